@@ -1,0 +1,59 @@
+"""Plotly figures for the dashboard: the chart specs of `pruning_core.figures`, themed.
+
+Thin on purpose: every chart is defined once, as a plain dict, in `pruning_core.figures` (the report embeds
+the same dicts with plotly.js). Here they become `plotly.graph_objects.Figure`s with the dashboard template.
+Show them with ``st.plotly_chart(fig, width="stretch", key=...)`` (Streamlit 1.67 deprecates
+``use_container_width``).
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from pruning_core import figures
+from app.theme import PLOTLY_TEMPLATE
+
+__all__ = [
+    "to_plotly",
+    "curves_chart",
+    "heatmap_chart",
+    "layer_bar_chart",
+    "sensitivity_curves_chart",
+    "proxy_scatter_chart",
+]
+
+
+def to_plotly(fig_dict: dict) -> go.Figure:
+    """A plain figure dict (``{"data": [...], "layout": {...}}``) -> a themed Plotly Figure.
+
+    The figure's own layout wins over the template (the template only fills what the spec leaves unset).
+    Plotly validates every property here, so a typo in a spec fails loudly in the tests.
+    """
+    fig = go.Figure(fig_dict)
+    fig.update_layout(template=go.layout.Template(PLOTLY_TEMPLATE))
+    return fig
+
+
+def curves_chart(results: dict, corpus: str, log_y: bool = False) -> go.Figure:
+    """Perplexity vs sparsity on `corpus` (see `pruning_core.figures.curves_figure`)."""
+    return to_plotly(figures.curves_figure(results, corpus, log_y=log_y))
+
+
+def heatmap_chart(sens: dict) -> go.Figure:
+    """Layers x modules sensitivity heatmap (see `pruning_core.figures.heatmap_figure`)."""
+    return to_plotly(figures.heatmap_figure(sens))
+
+
+def layer_bar_chart(sens: dict) -> go.Figure:
+    """Per-layer sensitivity bars (see `pruning_core.figures.layer_bar_figure`)."""
+    return to_plotly(figures.layer_bar_figure(sens))
+
+
+def sensitivity_curves_chart(maps: list[dict], module: str) -> go.Figure:
+    """One module kind's sensitivity vs sparsity, a line per layer (see `figures.sensitivity_curves_figure`)."""
+    return to_plotly(figures.sensitivity_curves_figure(maps, module))
+
+
+def proxy_scatter_chart(exact: dict, proxy: dict, spearman: float) -> go.Figure:
+    """A cheap proxy against the exact metric with its rank correlation (see `figures.proxy_scatter_figure`)."""
+    return to_plotly(figures.proxy_scatter_figure(exact, proxy, spearman))

@@ -1,0 +1,83 @@
+"""Start the dashboard: the command line behind `prunescope ui [--port P] [--host H] [--model M]`.
+
+Streamlit is started as a child process (``python -m streamlit run app/main.py``) from the repository
+root, so that `.streamlit/config.toml` (theme, headless, no usage stats) is always read, whatever the
+user's working directory. The model choice reaches the app through the environment variable
+``PRUNESCOPE_DEFAULT_MODEL`` (Streamlit has no way to pass arguments to a script run).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: Environment variable that carries `--model` to the app (read by pages through `default_model()`).
+MODEL_ENV = "PRUNESCOPE_DEFAULT_MODEL"
+DEFAULT_MODEL = "embedded"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAIN_SCRIPT = REPO_ROOT / "app" / "main.py"
+
+
+def default_model() -> str:
+    """The model the dashboard preselects: `PRUNESCOPE_DEFAULT_MODEL`, else "embedded" (SmolLM2-135M)."""
+    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+
+
+def streamlit_command(port: int = 8501, host: str = "127.0.0.1", model: str = DEFAULT_MODEL) -> list[str]:
+    """The argv that starts the dashboard on `host:port` (the model goes through `ui_environment`).
+
+    `host` defaults to 127.0.0.1: the dashboard can load arbitrary local files and models, so it is not
+    exposed on the network unless the user asks for it (e.g. ``--host 0.0.0.0``).
+    """
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return [
+        sys.executable, "-m", "streamlit", "run", str(MAIN_SCRIPT),
+        "--server.port", str(int(port)),
+        "--server.address", host,
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]
+
+
+def _absolute_if_path(model: str) -> str:
+    """A model given as a relative local path stays valid once the app runs from the repository root."""
+    candidate = Path(model).expanduser()
+    if model != DEFAULT_MODEL and candidate.exists():
+        return str(candidate.resolve())
+    return model
+
+
+def ui_environment(model: str = DEFAULT_MODEL, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the Streamlit child: `base` (default os.environ) plus the model choice.
+
+    Relative paths in `model` and in ``PRUNESCOPE_HOME`` are made absolute, because the child runs from
+    the repository root, not from the user's directory.
+    """
+    env = dict(os.environ if base is None else base)
+    env[MODEL_ENV] = _absolute_if_path(model)
+    if env.get("PRUNESCOPE_HOME"):
+        env["PRUNESCOPE_HOME"] = str(Path(env["PRUNESCOPE_HOME"]).expanduser().resolve())
+    # The app imports `app` and `pruning_core` from the checkout even when the project is not pip-installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def run_ui(port: int = 8501, host: str = "127.0.0.1", model: str = DEFAULT_MODEL) -> int:
+    """Run the dashboard in the foreground until Ctrl+C; returns Streamlit's exit code (0 after Ctrl+C)."""
+    command = streamlit_command(port=port, host=host, model=model)
+    print(f"PruneScope dashboard: http://{host}:{port}  (model: {model}; Ctrl+C to stop)", flush=True)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=ui_environment(model))
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        # Streamlit got the same SIGINT from the terminal; give it a moment to shut down cleanly.
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return 0

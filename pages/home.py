@@ -1,0 +1,89 @@
+"""Home: what PruneScope does, which model is preselected, and where to go next.
+
+Text only, on purpose: no chart appears here until something has been measured (no made-up numbers).
+Runs inside `app/main.py`'s navigation or on its own (`streamlit run pages/home.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/home.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app.launch import DEFAULT_MODEL, default_model  # noqa: E402
+
+EMBEDDED_DESCRIPTION = (
+    "SmolLM2-135M-Instruct, a Llama-architecture model with 135 million parameters "
+    "(30 decoder layers, 7 prunable linear layers each). It ships inside PruneScope and runs on a laptop CPU."
+)
+
+# What each page answers, in the order a newcomer uses them.
+STEPS = [
+    ("1 · Setup", "Pick the model and the text it is calibrated and tested on (Wikipedia, news, Python "
+                  "docs or your own file). See the model's size and how long a run will take before it starts."),
+    ("2 · Sensitivity", "A heatmap of every layer and module: where does removing weights hurt most? "
+                        "Darker is safer, brighter is more sensitive."),
+    ("3 · Curves", "Perplexity against sparsity for magnitude, Wanda and SparseGPT, with the dense model "
+                   "as the reference line and the 2:4 / 4:8 hardware-friendly patterns marked."),
+    ("4 · What-if", "Try one setting, compare the pruned model's text with the original's from the same "
+                    "prompt, and see the real size saving."),
+    ("5 · Summary & export", "The recommended setting for your quality budget, in one screen for a demo, "
+                             "and the mask and report to take away."),
+]
+
+
+st.title("PruneScope")
+st.markdown(
+    '<p class="ps-lead">How far can this language model be pruned, where, and at what cost in quality? '
+    "PruneScope removes a chosen share of a model's weights with the methods from the research literature "
+    "(magnitude, Wanda, SparseGPT), measures how much worse the model gets at predicting text "
+    "(<b>perplexity</b>: lower is better), and shows which parts of the model can lose weights safely.</p>",
+    unsafe_allow_html=True,
+)
+
+model = default_model()
+with st.container(border=True):
+    st.markdown(f'<span class="ps-pill">Model</span>&nbsp; **{model}**', unsafe_allow_html=True)
+    if model == DEFAULT_MODEL:
+        st.caption(EMBEDDED_DESCRIPTION)
+    else:
+        st.caption("Chosen with `prunescope ui --model`. Start without `--model` to use the embedded "
+                   "SmolLM2-135M-Instruct.")
+
+st.subheader("How it works")
+# Bordered columns stretch to the tallest card, so the row reads as one strip.
+columns = st.columns(len(STEPS), border=True)
+for column, (title, body) in zip(columns, STEPS):
+    with column:
+        st.markdown(f"**:blue[{title}]**")
+        st.markdown(f'<p class="ps-step">{body}</p>', unsafe_allow_html=True)
+
+st.write("")
+st.info(
+    "Open the pages from the menu on the left. Nothing has been measured in this session yet, so no chart "
+    "is shown here: every number in PruneScope comes from a real run on your model.",
+    icon=":material/info:",
+)
+
+with st.expander("Terms used throughout"):
+    st.markdown(
+        "- **Sparsity**: the share of weights set to zero, over all pruned linear layers (50 % = half).\n"
+        "- **Perplexity**: how surprised the model is by held-out text; the dense (unpruned) model is the "
+        "reference, and *+10 %* means 10 % higher than dense.\n"
+        "- **N:M (2:4, 4:8)**: at most N non-zero weights in every M consecutive ones; the only pattern that "
+        "current GPUs turn into real speed. Unstructured sparsity saves nothing on ordinary dense kernels.\n"
+        "- **Sensitivity**: how much the loss rises when one module alone is pruned and the rest stays intact."
+    )
+
+with st.expander("The same from a terminal"):
+    st.code(
+        "prunescope sweep --model embedded --calib wiki --eval wiki,news \\\n"
+        "    --methods magnitude,wanda,sparsegpt --structures unstructured,2:4 --sparsities 0.5,0.7 \\\n"
+        "    --nsamples 64 --seqlen 512 --eval-windows 64 --seed 0 --out runs/first",
+        language="bash",
+    )

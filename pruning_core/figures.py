@@ -1,0 +1,677 @@
+"""Chart specifications as plain Plotly figure dicts: one definition per chart, shared by dashboard and report.
+
+Every function here returns ``{"data": [...], "layout": {...}}`` built from plain Python types (str, int,
+float, None, lists, dicts), so that:
+  * the dashboard turns it into a ``plotly.graph_objects.Figure`` (``app/charts.py``), and
+  * the report writer dumps it with ``json.dumps`` and hands it to plotly.js (``Plotly.newPlot``),
+and both show exactly the same picture. This module must not import plotly or streamlit (the core stays
+importable without them); a test checks ``sys.modules`` in a subprocess.
+
+Conventions, chosen for a projector and for colour-blind readers:
+  * colours come from the Okabe-Ito palette (Okabe & Ito, "Color Universal Design", 2008), each method
+    always has the same colour and each structure the same marker symbol, in every chart;
+  * heatmaps use a perceptually uniform sequential scale (Viridis), readable in greyscale;
+  * every axis has a title with its unit; fonts are 16 px and up;
+  * hover text carries the exact numbers (and, for curves, the run settings that produced them);
+  * values that are missing or not finite become ``None`` (a gap), never NaN, which is invalid JSON.
+
+Input formats are those the CLI writes: ``results.json`` (see ``curves_figure``) and ``sensitivity.json``
+(see ``heatmap_figure``).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any, Iterable, Sequence
+
+__all__ = [
+    "PALETTE",
+    "METHOD_COLORS",
+    "DENSE_COLOR",
+    "STRUCTURE_SYMBOLS",
+    "METRIC_UNITS",
+    "SPARSITY_AXIS_TITLE",
+    "PERPLEXITY_AXIS_TITLE",
+    "FONT_FAMILY",
+    "method_color",
+    "structure_symbol",
+    "metric_unit",
+    "corpora_in",
+    "curve_table_rows",
+    "curves_figure",
+    "heatmap_figure",
+    "layer_bar_figure",
+    "sensitivity_curves_figure",
+    "proxy_scatter_figure",
+]
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared visual vocabulary
+# ---------------------------------------------------------------------------------------------------------
+
+#: Okabe-Ito colour-blind-safe palette (black first, as in the original; yellow last: weak on white).
+PALETTE: dict[str, str] = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "bluish_green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7",
+}
+
+#: Order in which colours are handed out to series that have no fixed colour (yellow last: low contrast).
+COLORWAY: list[str] = [
+    PALETTE["blue"],
+    PALETTE["vermillion"],
+    PALETTE["bluish_green"],
+    PALETTE["reddish_purple"],
+    PALETTE["orange"],
+    PALETTE["sky_blue"],
+    PALETTE["black"],
+    PALETTE["yellow"],
+]
+
+#: Fixed colour per pruning method, so a method looks the same on every page and in the report.
+METHOD_COLORS: dict[str, str] = {
+    "magnitude": PALETTE["vermillion"],
+    "wanda": PALETTE["blue"],
+    "sparsegpt": PALETTE["bluish_green"],
+    "structured": PALETTE["reddish_purple"],
+    "copal": PALETTE["orange"],
+}
+
+#: The dense (unpruned) model: a neutral dark grey reference.
+DENSE_COLOR = "#4D4D4D"
+
+#: Marker symbol per sparsity structure (plotly symbol names). Unknown N:M strings fall back by hash.
+STRUCTURE_SYMBOLS: dict[str, str] = {
+    "unstructured": "circle",
+    "2:4": "diamond",
+    "4:8": "square",
+    "1:4": "triangle-up",
+    "8:16": "star",
+}
+_FALLBACK_SYMBOLS = ["triangle-down", "pentagon", "hexagon", "cross", "x", "star-diamond"]
+
+#: Colour-bar / axis title per sensitivity metric: what the number is, with its unit.
+METRIC_UNITS: dict[str, str] = {
+    "exact": "Δ loss (nats/token)",
+    "reconstruction": "relative output error",
+    "taylor": "|W·∂L/∂W| sum",
+}
+
+SPARSITY_AXIS_TITLE = "sparsity (%)"
+PERPLEXITY_AXIS_TITLE = "perplexity (tokens, lower is better)"
+LAYER_AXIS_TITLE = "decoder layer (index, 0 = first)"
+MODULE_AXIS_TITLE = "module kind"
+
+#: Streamlit's own font first, then common system fonts (the report opens offline: no web fonts).
+FONT_FAMILY = '"Source Sans Pro", "Source Sans 3", "Segoe UI", "Helvetica Neue", Arial, sans-serif'
+BASE_FONT_SIZE = 16  # px; readable from the back of a meeting room
+TITLE_FONT_SIZE = 20
+HOVER_FONT_SIZE = 15
+SEQUENTIAL_COLORSCALE = "Viridis"  # perceptually uniform, colour-blind safe, survives greyscale printing
+
+# Viridis sampled at 10 evenly spaced stops: used to colour one line per layer (early = dark, late = yellow).
+_VIRIDIS_STOPS = [
+    "#440154", "#482878", "#3E4989", "#31688E", "#26828E",
+    "#1F9E89", "#35B779", "#6ECE58", "#B5DE2B", "#FDE725",
+]
+
+
+def method_color(method: str) -> str:
+    """Colour of a pruning method: fixed for known methods, a stable palette colour otherwise."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return COLORWAY[zlib.crc32(method.encode("utf-8")) % len(COLORWAY)]
+
+
+def structure_symbol(structure: str) -> str:
+    """Plotly marker symbol of a sparsity structure ("unstructured", "2:4", "4:8", ...)."""
+    if structure in STRUCTURE_SYMBOLS:
+        return STRUCTURE_SYMBOLS[structure]
+    return _FALLBACK_SYMBOLS[zlib.crc32(structure.encode("utf-8")) % len(_FALLBACK_SYMBOLS)]
+
+
+def metric_unit(metric: str) -> str:
+    """Title (with unit) of a sensitivity metric's values; the metric name itself when unknown."""
+    return METRIC_UNITS.get(metric, metric)
+
+
+def _base_layout(title: str, **extra: Any) -> dict:
+    """Layout shared by every chart: fonts, white background, margins, hover style."""
+    layout = {
+        "title": {"text": title, "font": {"size": TITLE_FONT_SIZE}, "x": 0.0, "xanchor": "left"},
+        "font": {"family": FONT_FAMILY, "size": BASE_FONT_SIZE, "color": "#262730"},
+        "paper_bgcolor": "#FFFFFF",
+        "plot_bgcolor": "#FFFFFF",
+        "colorway": list(COLORWAY),
+        "margin": {"l": 80, "r": 30, "t": 70, "b": 70},
+        "hoverlabel": {"font": {"family": FONT_FAMILY, "size": HOVER_FONT_SIZE}, "align": "left"},
+        "hovermode": "closest",
+    }
+    layout.update(extra)
+    return layout
+
+
+def _axis(title: str, **extra: Any) -> dict:
+    """An axis with a titled unit, light grid, and zero line."""
+    axis = {
+        "title": {"text": title},
+        "showgrid": True,
+        "gridcolor": "#E5E5E5",
+        "zeroline": False,
+        "showline": True,
+        "linecolor": "#888888",
+        "ticks": "outside",
+    }
+    # None means "let plotly decide": leave the key out, so the JSON stays clean for plotly.js.
+    axis.update({key: value for key, value in extra.items() if value is not None})
+    return axis
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Number helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> float | None:
+    """A plain float, or None for missing / non-numeric / NaN / inf values (gaps in the chart)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    """Exact-enough display of a number: `digits` significant digits, thousands separators, no 1e-05 noise."""
+    if value is None:
+        return "not computed"
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if 1e-3 <= magnitude < 1e6:
+        decimals = max(0, digits - 1 - int(math.floor(math.log10(magnitude))))
+        return f"{value:,.{decimals}f}"
+    return f"{value:.{digits - 1}e}"
+
+
+def _fmt_ppl(value: float) -> str:
+    """Perplexity with two decimals (the papers' precision) and thousands separators."""
+    return f"{value:,.2f}"
+
+
+def _percent(fraction: float) -> float:
+    """Fraction in [0, 1] -> percent, rounded so 0.5 shows as 50.0 and not 50.00000001."""
+    return round(100.0 * fraction, 4)
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in (_finite(x) for x in values) if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Perplexity vs sparsity (results.json)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def corpora_in(results: dict) -> list[str]:
+    """Evaluation corpora present in a results dict, dense first, in first-seen order."""
+    seen: dict[str, None] = {}
+    for corpus in (results.get("dense", {}).get("ppl") or {}):
+        seen[corpus] = None
+    for point in results.get("points", []):
+        for corpus in (point.get("ppl") or {}):
+            seen[corpus] = None
+    return list(seen)
+
+
+def _protocol_line(protocol: dict) -> str:
+    """One hover line with the run settings that produced a number (only those the protocol records)."""
+    labels = [
+        ("nsamples", "nsamples"),
+        ("seqlen", "seqlen"),
+        ("seed", "seed"),
+        ("eval_windows", "eval windows"),
+        ("dtype", "dtype"),
+        ("propagation", "propagation"),
+        ("calib", "calib"),
+    ]
+    parts = []
+    for key, label in labels:
+        value = protocol.get(key, protocol.get(key.replace("_", "-")))
+        if value is not None and value != "":
+            parts.append(f"{label} {value}")
+    return " · ".join(parts)
+
+
+def _ordered_methods(points: Sequence[dict]) -> list[str]:
+    """Known methods in a fixed order (magnitude, wanda, sparsegpt, ...), then others as they appear."""
+    present = list(dict.fromkeys(p["method"] for p in points))
+    known = [m for m in METHOD_COLORS if m in present]
+    return known + [m for m in present if m not in known]
+
+
+def curve_table_rows(results: dict) -> list[dict]:
+    """The numbers behind ``curves_figure`` as flat rows (dense first), for a table or a CSV download.
+
+    Columns: method, structure, target sparsity (%), sparsity (%), one ``ppl <corpus>`` column per corpus,
+    prune (s), eval (s). Sparsities are percentages of the pruned linears' weights.
+    """
+    corpora = corpora_in(results)
+    dense_ppl = results.get("dense", {}).get("ppl") or {}
+    rows = [
+        {
+            "method": "dense",
+            "structure": "-",
+            "target sparsity (%)": 0.0,
+            "sparsity (%)": 0.0,
+            **{f"ppl {c}": _finite(dense_ppl.get(c)) for c in corpora},
+            "prune (s)": None,
+            "eval (s)": _finite(results.get("dense", {}).get("eval_seconds")),
+        }
+    ]
+    points = list(results.get("points", []))
+    order = {m: i for i, m in enumerate(_ordered_methods(points))}
+    points.sort(key=lambda p: (order[p["method"]], p.get("structure") != "unstructured",
+                               p.get("structure", ""), _finite(p.get("sparsity")) or 0.0))
+    for p in points:
+        target = _finite(p.get("target_sparsity"))
+        measured = _finite(p.get("sparsity"))
+        rows.append(
+            {
+                "method": p["method"],
+                "structure": p.get("structure", "unstructured"),
+                "target sparsity (%)": None if target is None else _percent(target),
+                "sparsity (%)": None if measured is None else _percent(measured),
+                **{f"ppl {c}": _finite((p.get("ppl") or {}).get(c)) for c in corpora},
+                "prune (s)": _finite(p.get("prune_seconds")),
+                "eval (s)": _finite(p.get("eval_seconds")),
+            }
+        )
+    return rows
+
+
+def _point_hover(point: dict, corpus: str, ppl: float, dense: float | None, settings: str) -> str:
+    structure = point.get("structure", "unstructured")
+    measured = _finite(point.get("sparsity"))
+    target = _finite(point.get("target_sparsity"))
+    lines = [f"<b>{point['method']}</b> · {structure}"]
+    sparsity_line = f"sparsity {_percent(measured):.2f} %" if measured is not None else "sparsity ?"
+    if target is not None:
+        sparsity_line += f" (target {_percent(target):g} %)"
+    lines.append(sparsity_line)
+    ppl_line = f"perplexity {_fmt_ppl(ppl)} on {corpus}"
+    if dense:
+        ppl_line += f" ({100.0 * (ppl / dense - 1.0):+.1f} % vs dense {_fmt_ppl(dense)})"
+    lines.append(ppl_line)
+    timing = []
+    if _finite(point.get("prune_seconds")) is not None:
+        timing.append(f"prune {float(point['prune_seconds']):.1f} s")
+    if _finite(point.get("eval_seconds")) is not None:
+        timing.append(f"eval {float(point['eval_seconds']):.1f} s")
+    if timing:
+        lines.append(" · ".join(timing))
+    if settings:
+        lines.append(settings)
+    return "<br>".join(lines)
+
+
+def curves_figure(results: dict, corpus: str, log_y: bool = False) -> dict:
+    """Perplexity on `corpus` against measured sparsity (%), one line per method.
+
+    `results` is the CLI's results.json dict::
+
+        {"dense": {"ppl": {corpus: float}}, "protocol": {...}, "env": {...},
+         "points": [{"method", "structure", "target_sparsity", "sparsity", "ppl": {corpus: float},
+                     "prune_seconds", "eval_seconds"}, ...]}
+
+    Traces, in order: the dense model as a dashed horizontal reference line (name "dense"), one
+    ``lines+markers`` trace per method for its unstructured points sorted by sparsity, then one
+    ``markers`` trace per (method, N:M structure) with that structure's symbol in the method's colour.
+    Points without a finite perplexity on `corpus` are left out. Each trace carries
+    ``meta = {"method", "structure"}`` (or ``{"role": "dense"}``) so tests and pages can find it.
+    `log_y` switches the perplexity axis to a log scale (perplexity explodes at high sparsity).
+    """
+    settings = _protocol_line(results.get("protocol") or {})
+    dense_ppl = _finite((results.get("dense", {}).get("ppl") or {}).get(corpus))
+    points = [p for p in results.get("points", []) if _finite((p.get("ppl") or {}).get(corpus)) is not None]
+
+    data: list[dict] = []
+    max_x = 0.0
+    for method in _ordered_methods(points):
+        color = method_color(method)
+        own = [p for p in points if p["method"] == method]
+        structures = list(dict.fromkeys(p.get("structure", "unstructured") for p in own))
+        # Unstructured first (the line), then N:M markers, each in its legend group under the method.
+        structures.sort(key=lambda s: s != "unstructured")
+        for structure in structures:
+            group = [p for p in own if p.get("structure", "unstructured") == structure]
+            group.sort(key=lambda p: _finite(p.get("sparsity")) or _finite(p.get("target_sparsity")) or 0.0)
+            xs = []
+            for p in group:
+                fraction = _finite(p.get("sparsity"))
+                if fraction is None:
+                    fraction = _finite(p.get("target_sparsity")) or 0.0
+                xs.append(_percent(fraction))
+            ys = [float(p["ppl"][corpus]) for p in group]
+            max_x = max([max_x, *xs])
+            hover = [_point_hover(p, corpus, y, dense_ppl, settings) for p, y in zip(group, ys)]
+            is_line = structure == "unstructured"
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers" if is_line else "markers",
+                    "name": method if is_line else f"{method} {structure}",
+                    "legendgroup": method,
+                    "x": xs,
+                    "y": ys,
+                    "text": hover,
+                    "hovertemplate": "%{text}<extra></extra>",
+                    "line": {"color": color, "width": 3},
+                    "marker": {
+                        "color": color,
+                        "symbol": structure_symbol(structure),
+                        "size": 9 if is_line else 15,
+                        "line": {"color": "#FFFFFF" if is_line else "#000000", "width": 1 if is_line else 1.5},
+                    },
+                    "meta": {"method": method, "structure": structure},
+                }
+            )
+
+    if dense_ppl is not None:
+        right = max(max_x, 50.0)
+        dense_hover = f"<b>dense model</b> (0 % sparsity)<br>perplexity {_fmt_ppl(dense_ppl)} on {corpus}"
+        if settings:
+            dense_hover += f"<br>{settings}"
+        data.insert(
+            0,
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"dense ({_fmt_ppl(dense_ppl)})",
+                "x": [0.0, right],
+                "y": [dense_ppl, dense_ppl],
+                "text": [dense_hover, dense_hover],
+                "hovertemplate": "%{text}<extra></extra>",
+                "line": {"color": DENSE_COLOR, "width": 2, "dash": "dash"},
+                "meta": {"role": "dense"},
+            },
+        )
+
+    layout = _base_layout(
+        f"Perplexity vs sparsity · {corpus}",
+        xaxis=_axis(SPARSITY_AXIS_TITLE, rangemode="tozero", ticksuffix=""),
+        yaxis=_axis(PERPLEXITY_AXIS_TITLE, type="log" if log_y else "linear"),
+        legend={"title": {"text": "method · structure"}, "bgcolor": "rgba(255,255,255,0.85)"},
+    )
+    if not data:
+        layout["annotations"] = [
+            {"text": f"No perplexity measured on '{corpus}' yet.", "showarrow": False,
+             "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 18}}
+        ]
+    return {"data": data, "layout": layout}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sensitivity maps (sensitivity.json)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _clean_matrix(values: Sequence[Sequence[Any]]) -> list[list[float | None]]:
+    return [[_finite(v) for v in row] for row in values]
+
+
+def _size_text(size: Any) -> str | None:
+    """A module size as given by the core: a weight count (int) or a shape ([out, in])."""
+    if size is None:
+        return None
+    if isinstance(size, (list, tuple)):
+        dims = [int(d) for d in size]
+        count = math.prod(dims)
+        return f"{'×'.join(str(d) for d in dims)} ({count:,} weights)"
+    number = _finite(size)
+    return None if number is None else f"{int(number):,} weights"
+
+
+def _sens_title(sens: dict, what: str) -> str:
+    sparsity = _finite(sens.get("sparsity"))
+    at = f" at {_percent(sparsity):g} % sparsity" if sparsity is not None else ""
+    return f"{what} · {sens.get('method', '?')}{at} · {sens.get('metric', '?')}"
+
+
+def _check_shape(sens: dict) -> None:
+    layers, modules, values = sens.get("layers", []), sens.get("modules", []), sens.get("values", [])
+    assert len(values) == len(layers), f"values has {len(values)} rows but there are {len(layers)} layers"
+    for i, row in enumerate(values):
+        assert len(row) == len(modules), f"row {i} of values has {len(row)} entries, expected {len(modules)}"
+
+
+def heatmap_figure(sens: dict) -> dict:
+    """Heatmap of a sensitivity map: decoder layers (y, layer 0 at the top) x module kinds (x).
+
+    `sens` is the CLI's sensitivity.json dict: ``layers`` (list of int), ``modules`` (e.g. q, k, v, o, gate,
+    up, down), ``values`` (layers x modules, entries may be None), ``metric`` (exact, reconstruction,
+    taylor), ``method``, ``sparsity`` (fraction), ``baseline_loss``, and optionally ``module_names`` and
+    ``module_sizes`` (same shape as ``values``; a size is a weight count or a shape [out, in]).
+    Missing values stay None (drawn as gaps, hover says "not computed"). The colour bar is titled with the
+    metric's unit (``METRIC_UNITS``).
+    """
+    _check_shape(sens)
+    layers = [int(layer) for layer in sens["layers"]]
+    modules = [str(m) for m in sens["modules"]]
+    z = _clean_matrix(sens["values"])
+    unit = metric_unit(str(sens.get("metric", "")))
+    names = sens.get("module_names")
+    sizes = sens.get("module_sizes")
+
+    hover: list[list[str]] = []
+    for i, layer in enumerate(layers):
+        row = []
+        for j, module in enumerate(modules):
+            lines = [f"<b>layer {layer} · {module}</b>", f"{unit}: {_fmt(z[i][j])}"]
+            if names is not None and names[i][j]:
+                lines.append(str(names[i][j]))
+            size_text = _size_text(sizes[i][j]) if sizes is not None else None
+            if size_text:
+                lines.append(f"size {size_text}")
+            row.append("<br>".join(lines))
+        hover.append(row)
+
+    trace = {
+        "type": "heatmap",
+        "x": modules,
+        "y": layers,
+        "z": z,
+        "text": hover,
+        "hovertemplate": "%{text}<extra></extra>",
+        "hoverongaps": True,
+        "colorscale": SEQUENTIAL_COLORSCALE,
+        "colorbar": {"title": {"text": unit, "side": "right"}, "thickness": 18},
+        "xgap": 2,
+        "ygap": 1,
+        "meta": {"metric": sens.get("metric"), "method": sens.get("method"), "sparsity": sens.get("sparsity")},
+    }
+    height = max(420, min(1100, 120 + 24 * len(layers)))
+    layout = _base_layout(
+        _sens_title(sens, "Sensitivity"),
+        xaxis=_axis(MODULE_AXIS_TITLE, type="category", showgrid=False, side="bottom"),
+        yaxis=_axis(LAYER_AXIS_TITLE, autorange="reversed", showgrid=False,
+                    dtick=1 if len(layers) <= 32 else None),
+        height=height,
+        plot_bgcolor="#D9D9D9",  # gaps (None) show as light grey, distinct from every Viridis colour
+    )
+    return {"data": [trace], "layout": layout}
+
+
+def layer_bar_figure(sens: dict) -> dict:
+    """Bar chart of a per-layer aggregate: ``sens["layer_values"]`` (whole layer pruned) if present, else
+    the mean over the layer's module values (None ignored). The three most sensitive layers are drawn in
+    vermillion, the others in blue; hover says which aggregate is shown.
+    """
+    _check_shape(sens)
+    layers = [int(layer) for layer in sens["layers"]]
+    unit = metric_unit(str(sens.get("metric", "")))
+    if sens.get("layer_values") is not None:
+        values = [_finite(v) for v in sens["layer_values"]]
+        assert len(values) == len(layers), "layer_values must have one entry per layer"
+        how = "whole layer pruned"
+    else:
+        values = [_mean(row) for row in sens["values"]]
+        how = "mean over the layer's modules"
+    ranked = sorted((v, i) for i, v in enumerate(values) if v is not None)
+    top = {i for _, i in ranked[-3:]}
+    colors = [PALETTE["vermillion"] if i in top else PALETTE["blue"] for i in range(len(layers))]
+    hover = [f"<b>layer {layer}</b><br>{unit}: {_fmt(v)}<br>({how})" for layer, v in zip(layers, values)]
+    trace = {
+        "type": "bar",
+        "x": layers,
+        "y": values,
+        "marker": {"color": colors},
+        "text": hover,
+        "textposition": "none",
+        "hovertemplate": "%{text}<extra></extra>",
+        "name": how,
+        "meta": {"aggregate": how},
+    }
+    layout = _base_layout(
+        _sens_title(sens, "Per-layer sensitivity"),
+        xaxis=_axis(LAYER_AXIS_TITLE, dtick=1 if len(layers) <= 32 else None, showgrid=False),
+        yaxis=_axis(f"{unit} · {how}"),
+        showlegend=False,
+        bargap=0.15,
+    )
+    return {"data": [trace], "layout": layout}
+
+
+def _layer_color(position: int, count: int) -> str:
+    """Colour for the `position`-th of `count` layers, sampled along Viridis (early dark, late yellow)."""
+    if count <= 1:
+        return _VIRIDIS_STOPS[0]
+    t = position / (count - 1) * (len(_VIRIDIS_STOPS) - 1)
+    lo = int(math.floor(t))
+    hi = min(lo + 1, len(_VIRIDIS_STOPS) - 1)
+    frac = t - lo
+    a = [int(_VIRIDIS_STOPS[lo][k:k + 2], 16) for k in (1, 3, 5)]
+    b = [int(_VIRIDIS_STOPS[hi][k:k + 2], 16) for k in (1, 3, 5)]
+    return "#" + "".join(f"{round(x + (y - x) * frac):02X}" for x, y in zip(a, b))
+
+
+def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
+    """Sensitivity of one module kind against sparsity: one line per layer across several maps.
+
+    `maps` are sensitivity dicts (as for ``heatmap_figure``) of the same metric and method at different
+    sparsities; `module` is one of their ``modules`` (e.g. "down"). Layers are coloured along Viridis
+    (layer 0 dark purple, last layer yellow). Raises ValueError if the maps mix metrics or lack `module`.
+    """
+    if not maps:
+        raise ValueError("sensitivity_curves_figure needs at least one sensitivity map")
+    metrics = {m.get("metric") for m in maps}
+    if len(metrics) > 1:
+        raise ValueError(f"cannot draw maps of different metrics on one axis: {sorted(map(str, metrics))}")
+    for m in maps:
+        if module not in m.get("modules", []):
+            raise ValueError(f"module '{module}' is not in a map's modules {m.get('modules')}")
+    metric = str(maps[0].get("metric", ""))
+    unit = metric_unit(metric)
+    ordered = sorted(maps, key=lambda m: _finite(m.get("sparsity")) or 0.0)
+    layers = list(dict.fromkeys(int(layer) for m in ordered for layer in m["layers"]))
+
+    data = []
+    for position, layer in enumerate(layers):
+        xs, ys, hover = [], [], []
+        for m in ordered:
+            if layer not in [int(x) for x in m["layers"]]:
+                continue
+            i = [int(x) for x in m["layers"]].index(layer)
+            j = m["modules"].index(module)
+            value = _finite(m["values"][i][j])
+            sparsity = _percent(_finite(m.get("sparsity")) or 0.0)
+            xs.append(sparsity)
+            ys.append(value)
+            hover.append(f"<b>layer {layer} · {module}</b><br>sparsity {sparsity:g} %<br>{unit}: {_fmt(value)}")
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"layer {layer}",
+                "x": xs,
+                "y": ys,
+                "text": hover,
+                "hovertemplate": "%{text}<extra></extra>",
+                "line": {"color": _layer_color(position, len(layers)), "width": 2},
+                "marker": {"size": 7},
+                "meta": {"layer": layer, "module": module},
+            }
+        )
+    methods = sorted({str(m.get("method", "?")) for m in maps})
+    layout = _base_layout(
+        f"Sensitivity vs sparsity · {module} · {', '.join(methods)} · {metric}",
+        xaxis=_axis(SPARSITY_AXIS_TITLE, rangemode="tozero"),
+        yaxis=_axis(unit),
+        legend={"title": {"text": "layer"}},
+    )
+    return {"data": data, "layout": layout}
+
+
+def proxy_scatter_figure(exact: dict, proxy: dict, spearman: float) -> dict:
+    """Scatter of a cheap proxy metric (y) against the exact metric (x), one point per (layer, module).
+
+    Cells are matched by (layer, module) label, so the two maps may list them in different orders; pairs
+    with a None on either side are left out. Points are coloured by module kind; the title gives the
+    Spearman rank correlation ρ (1 = the proxy ranks modules exactly like the exact metric).
+    """
+    _check_shape(exact)
+    _check_shape(proxy)
+    exact_cells = {
+        (int(layer), str(module)): exact["values"][i][j]
+        for i, layer in enumerate(exact["layers"]) for j, module in enumerate(exact["modules"])
+    }
+    proxy_metric = str(proxy.get("metric", "proxy"))
+    exact_metric = str(exact.get("metric", "exact"))
+    x_unit, y_unit = metric_unit(exact_metric), metric_unit(proxy_metric)
+
+    by_module: dict[str, dict[str, list]] = {}
+    for i, layer in enumerate(proxy["layers"]):
+        for j, module in enumerate(proxy["modules"]):
+            x = _finite(exact_cells.get((int(layer), str(module))))
+            y = _finite(proxy["values"][i][j])
+            if x is None or y is None:
+                continue
+            series = by_module.setdefault(str(module), {"x": [], "y": [], "text": []})
+            series["x"].append(x)
+            series["y"].append(y)
+            series["text"].append(
+                f"<b>layer {int(layer)} · {module}</b><br>{exact_metric}: {_fmt(x)}<br>{proxy_metric}: {_fmt(y)}"
+            )
+
+    data = []
+    for k, (module, series) in enumerate(by_module.items()):
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": module,
+                **series,
+                "hovertemplate": "%{text}<extra></extra>",
+                "marker": {"color": COLORWAY[k % len(COLORWAY)], "size": 10, "opacity": 0.85,
+                           "line": {"color": "#FFFFFF", "width": 0.5}},
+                "meta": {"module": module},
+            }
+        )
+    rho = _finite(spearman)
+    rho_text = f"Spearman ρ = {rho:.2f}" if rho is not None else "Spearman ρ not available"
+    layout = _base_layout(
+        f"{proxy_metric} vs {exact_metric} · {rho_text}",
+        xaxis=_axis(f"{exact_metric}: {x_unit}"),
+        yaxis=_axis(f"{proxy_metric}: {y_unit}"),
+        legend={"title": {"text": "module"}},
+    )
+    return {"data": data, "layout": layout}

@@ -1,0 +1,158 @@
+"""Mask builders, the apply/restore context manager, and sparsity accounting.
+
+Convention: a mask is a bool tensor in the module's *native* weight layout, True = weight kept.
+Masks are keyed by qualified module name (``model.layers.0.self_attn.q_proj``).
+
+The embedded model's weights are dequantised Q4_1 values, so many scores tie exactly: every builder picks
+exactly k weights *by index* (top-k), never by ``score <= threshold``, or the sparsity would overshoot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Sparsity structure: unstructured, or N:M (at most n non-zeros in every m consecutive inputs)."""
+
+    n: int = 0
+    m: int = 0
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m > 0
+
+    @property
+    def sparsity(self) -> Optional[float]:
+        """The fixed sparsity an N:M structure implies (1 - n/m), None for unstructured."""
+        return 1.0 - self.n / self.m if self.is_nm else None
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
+
+
+UNSTRUCTURED = Structure()
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_structure(text: str) -> Structure:
+    """Parse "unstructured", "2:4", "4:8"... A malformed N:M string gets a message with examples."""
+    if text.strip().lower() == "unstructured":
+        return UNSTRUCTURED
+    match = _NM.match(text)
+    if not match:
+        raise ConfigError(f"Structure '{text}' is not understood; use 'unstructured' or N:M such as '2:4' or '4:8'.")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ConfigError(f"Structure '{text}' needs 0 < N < M (for example 2:4 or 4:8).")
+    return Structure(n, m)
+
+
+def check_sparsity(sparsity: float) -> float:
+    """Validate a sparsity fraction in [0, 1)."""
+    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+        raise ConfigError(f"Sparsity {sparsity!r} is outside [0, 1); give a fraction such as 0.5 for 50 %.")
+    return float(sparsity)
+
+
+def prune_count(numel: int, sparsity: float) -> int:
+    """Number of weights to remove from `numel` at `sparsity` (rounded to the nearest element)."""
+    return int(round(numel * sparsity))
+
+
+def keep_mask_from_scores(scores: torch.Tensor, sparsity: float, structure: Structure = UNSTRUCTURED,
+                          per_row: bool = False) -> torch.Tensor:
+    """Keep-mask for an (out, in) score matrix: low scores are pruned.
+
+    unstructured, per_row=False: exactly round(numel * sparsity) lowest scores of the matrix pruned
+    (one threshold per matrix, as magnitude pruning does).
+    unstructured, per_row=True: exactly round(in * sparsity) lowest scores of every output row (Wanda).
+    N:M: in every group of m consecutive inputs of a row, the m - n lowest scores pruned (sparsity ignored).
+    """
+    rows, cols = scores.shape
+    keep = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)  # contiguous even for Conv1D views
+    if structure.is_nm:
+        if cols % structure.m:
+            raise ConfigError(f"Input width {cols} is not a multiple of M={structure.m}; use another N:M.")
+        groups = scores.reshape(rows, cols // structure.m, structure.m)
+        drop = torch.topk(groups, structure.m - structure.n, dim=-1, largest=False).indices
+        keep.view(rows, cols // structure.m, structure.m).scatter_(-1, drop, False)
+        return keep
+    if per_row:
+        k = prune_count(cols, sparsity)
+        if k:
+            drop = torch.topk(scores, k, dim=1, largest=False).indices
+            keep.scatter_(1, drop, False)
+        return keep
+    k = prune_count(scores.numel(), sparsity)
+    if k:
+        drop = torch.topk(scores.flatten(), k, largest=False).indices
+        keep.view(-1)[drop] = False
+    return keep
+
+
+def sparsity_of(masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of pruned weights (False entries) over all given masks."""
+    total = sum(mask.numel() for mask in masks.values())
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    return 1.0 - kept / total if total else 0.0
+
+
+def measured_sparsity(model: nn.Module, modules: Mapping[str, nn.Module]) -> dict:
+    """Measure zeros / elements of the given modules' weights as they are now.
+
+    Returns {"overall": fraction, "per_module": {name: fraction}}.
+    """
+    per_module = {}
+    zeros = total = 0
+    for name, module in modules.items():
+        weight = module.weight.detach()
+        z = int((weight == 0).sum())
+        per_module[name] = z / weight.numel()
+        zeros += z
+        total += weight.numel()
+    return {"overall": zeros / total if total else 0.0, "per_module": per_module}
+
+
+@contextlib.contextmanager
+def preserved_weights(model: nn.Module, names: Iterable[str]) -> Iterator[nn.Module]:
+    """Copy the named modules' weights on entry and restore them bit-identically on exit (even on error)."""
+    saved = {name: model.get_submodule(name).weight.data.clone() for name in names}
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                model.get_submodule(name).weight.data.copy_(original)
+
+
+@contextlib.contextmanager
+def applied_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
+                  weights: Optional[Mapping[str, torch.Tensor]] = None) -> Iterator[nn.Module]:
+    """Apply keep-masks (and optionally replacement weights, e.g. SparseGPT's) inside a `with` block.
+
+    The original weights are restored bit-identically on exit, even on error, so a model held in a cache
+    is never left mutated. Yields the model.
+    """
+    for name, mask in masks.items():
+        module = model.get_submodule(name)
+        if tuple(mask.shape) != tuple(module.weight.shape):
+            raise ConfigError(f"Mask for '{name}' has shape {tuple(mask.shape)} but the weight has "
+                              f"{tuple(module.weight.shape)}; the mask belongs to another model.")
+    with preserved_weights(model, masks):
+        with torch.no_grad():
+            for name, mask in masks.items():
+                weight = model.get_submodule(name).weight.data
+                if weights is not None and name in weights:
+                    weight.copy_(weights[name].to(weight.dtype))
+                weight.mul_(mask.to(weight.dtype))
+        yield model

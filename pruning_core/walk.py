@@ -1,0 +1,125 @@
+"""THE layer walk, shared by every method, statistic and sensitivity probe.
+
+As in the Wanda and SparseGPT reference code, the inputs of the first decoder layer are captured once
+(with *all* keyword arguments the layer needs, `position_embeddings` included), then the model is walked
+layer by layer with two buffers swapped, so only one layer's activations are alive at a time. Unlike those
+codebases there is one walk, not a copy per method, and the catcher stops only on its own exception.
+
+Propagation modes:
+- ``pruned``: after a layer is pruned its outputs are recomputed, so the next layer's statistics see the
+  pruned model (what both papers do; the default for reported numbers).
+- ``dense``: statistics of the unpruned model, computed once and reusable across methods and sparsities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .models import LoadedModel
+from .progress import ProgressFn, no_progress
+from .stats import LayerStatistics
+
+PROPAGATIONS = ("pruned", "dense")
+
+
+class _LayerInputsCaptured(Exception):
+    """Raised by the capture hook to stop the forward pass once layer 0's inputs are known."""
+
+
+@dataclass
+class LayerInputs:
+    """Hidden states entering one decoder layer, per batch, and the keyword arguments the layer needs.
+
+    hidden[b]: (batch, seqlen, hidden) fp32 for batch b; kwargs[b]: that batch's layer kwargs
+    (attention mask, position ids, position embeddings...), shared by every layer.
+    """
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict]
+
+    @property
+    def tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+
+def batches_of(input_ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split (n, seqlen) token windows into batches of at most `batch_size` windows."""
+    return [input_ids[i:i + batch_size] for i in range(0, input_ids.shape[0], batch_size)]
+
+
+@torch.inference_mode()
+def capture_layer_inputs(loaded: LoadedModel, input_ids: torch.Tensor, batch_size: int = 8) -> LayerInputs:
+    """Run the embeddings on `input_ids` (n, seqlen) and capture what enters decoder layer 0."""
+    layer0 = loaded.adapter.decoder_layers(loaded.model)[0]
+    hidden, kwargs = [], []
+
+    def catch(module, args, layer_kwargs):  # noqa: ARG001 - torch hook signature
+        states = args[0] if args else layer_kwargs.pop("hidden_states")
+        hidden.append(states.detach().to(torch.float32))
+        kwargs.append({k: v for k, v in layer_kwargs.items() if k != "hidden_states"})
+        raise _LayerInputsCaptured
+
+    handle = layer0.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for batch in batches_of(input_ids, batch_size):
+            try:
+                loaded.model(input_ids=batch, use_cache=False)
+            except _LayerInputsCaptured:
+                pass
+    finally:
+        handle.remove()
+    return LayerInputs(hidden, kwargs)
+
+
+def run_layer(layer: nn.Module, inputs: LayerInputs, after_batch: Optional[Callable[[], None]] = None) -> list[torch.Tensor]:
+    """Forward every batch of `inputs` through one decoder layer; returns the outputs per batch."""
+    outputs = []
+    with torch.inference_mode():
+        for states, layer_kwargs in zip(inputs.hidden, inputs.kwargs):
+            out = layer(states, **layer_kwargs)
+            outputs.append((out[0] if isinstance(out, (tuple, list)) else out).to(torch.float32))
+            if after_batch is not None:
+                after_batch()
+    return outputs
+
+
+# on_layer(index, layer, stats) -> True if it changed the layer's weights
+LayerHandler = Callable[[int, nn.Module, LayerStatistics], bool]
+
+
+def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler, need: str = "none",
+                propagation: str = "pruned", progress: Optional[ProgressFn] = None,
+                layer_range: Optional[range] = None) -> LayerInputs:
+    """Walk the decoder layers in order, collecting input statistics of each layer's linears.
+
+    For each layer: forward all batches with hooks collecting `need` statistics, call `on_layer`, free the
+    statistics, and (in ``pruned`` mode, if the handler changed the weights) recompute the layer's outputs.
+    Returns the inputs of the layer after the last one walked (the final hidden states before the norm).
+    `on_layer` may change weights in place; restoring them is the caller's job (`masks.preserved_weights`).
+    """
+    if propagation not in PROPAGATIONS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"Propagation '{propagation}' is unknown; use one of {', '.join(PROPAGATIONS)}.")
+    progress = progress or no_progress
+    layers = loaded.adapter.decoder_layers(loaded.model)
+    indices = layer_range if layer_range is not None else range(len(layers))
+    current = inputs
+    for step, index in enumerate(indices):
+        layer = layers[index]
+        stats = LayerStatistics(loaded.adapter.layer_linears(layer), need)
+        with stats.hooks():
+            outputs = run_layer(layer, current, after_batch=stats.flush)
+        try:
+            changed = on_layer(index, layer, stats)
+        finally:
+            stats.free()
+        if changed and propagation == "pruned":
+            outputs = run_layer(layer, current)
+        current = LayerInputs(outputs, current.kwargs)
+        progress((step + 1) / len(indices), f"layer {index + 1}/{len(layers)}")
+    return current

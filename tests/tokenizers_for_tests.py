@@ -1,0 +1,93 @@
+"""A tiny byte-level BPE tokenizer for tests, trained in memory (offline, well under a second).
+
+Unit tests run on tiny random models and must not depend on the embedded SmolLM2 model or on the network, but
+they still need a real `transformers` tokenizer: one that encodes *any* string (byte-level, so no unknown
+tokens), decodes back, and has bos/eos/pad tokens like a causal LM's tokenizer. `build_test_tokenizer` trains
+such a tokenizer with the `tokenizers` library on a few paragraphs of built-in text (English prose and a bit
+of Python) and wraps it in `transformers.PreTrainedTokenizerFast`.
+
+The result is cached per argument tuple and therefore shared between tests: do not mutate it (set
+`model_max_length` through the argument instead).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+BOS_TOKEN = "<|bos|>"
+EOS_TOKEN = "<|eos|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)
+
+# Byte-level BPE starts from the 256 byte symbols; the specials come on top, and the rest are merges.
+_MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+
+_TRAINING_TEXT = """\
+The quick brown fox jumps over the lazy dog. A language model predicts the next token from the ones before it,
+and its perplexity is the exponential of the mean negative log-likelihood per token. Pruning removes weights
+from the linear layers of a network; with fifty percent sparsity, half of the weights of every matrix are zero.
+
+Magnitude pruning keeps the largest weights. Wanda scales each weight by the norm of its input activation and
+ranks the scores within each output row. SparseGPT solves a layer-wise reconstruction problem with the inverse
+Hessian and updates the weights that remain, block by block, so that the layer output changes as little as
+possible. In the two-to-four pattern, every group of four consecutive weights keeps at most two.
+
+Anarchism is a political philosophy. Alabama is a state in the southeastern region of the United States.
+Aristotle was a Greek philosopher and polymath. The ampere is the base unit of electric current.
+Hundreds of people have been forced to vacate their homes as strong winds pushed a bushfire towards the town.
+
+def perplexity(model, windows):
+    total, count = 0.0, 0
+    for window in windows:
+        loss = model(window, labels=window).loss
+        total += float(loss) * (len(window) - 1)
+        count += len(window) - 1
+    return math.exp(total / count)
+
+Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000 and symbols ( ) [ ] { } < > = + - * / % : ; , . ! ? ' " # @ & | ~ ^ _
+"""
+
+
+def build_test_tokenizer(
+    vocab_size: int = 300, model_max_length: int | None = None
+) -> transformers.PreTrainedTokenizerFast:
+    """Return a byte-level BPE tokenizer with `vocab_size` entries (bytes + specials + merges).
+
+    vocab_size: total vocabulary size in tokens, at least 259 (256 bytes and 3 special tokens).
+    model_max_length: the tokenizer's nominal maximum sequence length in tokens; None = no limit (transformers'
+        very large default). Set it small to exercise the "sequence longer than the maximum" warning.
+    Special tokens: bos `<|bos|>`, eos `<|eos|>`, pad `<|pad|>`; no special token is added on encode.
+    Deterministic: the same arguments give the same vocabulary. Cached and shared: do not mutate the result.
+    """
+    if vocab_size < _MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size must be at least {_MIN_VOCAB_SIZE} (256 bytes + 3 special tokens), got {vocab_size}"
+        )
+    # Normalised arguments, so that build_test_tokenizer() and build_test_tokenizer(300) share one object.
+    return _build_cached(int(vocab_size), None if model_max_length is None else int(model_max_length))
+
+
+@functools.lru_cache(maxsize=8)
+def _build_cached(vocab_size: int, model_max_length: int | None) -> transformers.PreTrainedTokenizerFast:
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_TRAINING_TEXT.split("\n\n"), trainer=trainer)
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        **kwargs,
+    )
