@@ -2,8 +2,9 @@
 
 Thin on purpose: every chart is defined once, as a plain dict, in `pruning_core.figures` (the report embeds
 the same dicts with plotly.js). Here they become `plotly.graph_objects.Figure`s with the dashboard template.
-Show them with ``st.plotly_chart(fig, width="stretch", key=...)`` (Streamlit 1.67 deprecates
-``use_container_width``).
+Show them with `show(fig, key=...)`: it passes ``theme=None`` (Streamlit's default "streamlit" chart theme
+would override our fonts and colours: small grey axis text, doubled bold titles) and a toolbar config
+that downloads a 2x PNG. Streamlit 1.67 deprecates ``use_container_width``; ``width="stretch"`` replaces it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pruning_core import figures
 from app.theme import PLOTLY_TEMPLATE
 
 __all__ = [
+    "PLOTLY_CONFIG",
     "to_plotly",
+    "show",
     "curves_chart",
     "heatmap_chart",
     "layer_bar_chart",
@@ -32,6 +35,27 @@ def to_plotly(fig_dict: dict) -> go.Figure:
     fig = go.Figure(fig_dict)
     fig.update_layout(template=go.layout.Template(PLOTLY_TEMPLATE))
     return fig
+
+
+#: plotly.js options for every dashboard chart: no logo, a crisp PNG export, scroll does not zoom the page.
+PLOTLY_CONFIG: dict = {
+    "displaylogo": False,
+    "scrollZoom": False,
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+    "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+}
+
+
+def show(fig: go.Figure, *, key: str, container=None, alt: str | None = None):
+    """Draw `fig` in the page (or in `container`, e.g. a column) with PruneScope's look.
+
+    `key` is required so a chart keeps its zoom state across reruns and tests can find it; `alt` is the
+    text screen readers get. Returns what ``st.plotly_chart`` returns.
+    """
+    import streamlit as st  # local: the figure builders above work without a Streamlit session
+
+    target = container if container is not None else st
+    return target.plotly_chart(fig, width="stretch", theme=None, key=key, config=PLOTLY_CONFIG, alt=alt)
 
 
 def curves_chart(results: dict, corpus: str, log_y: bool = False) -> go.Figure:

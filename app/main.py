@@ -58,6 +58,7 @@ def main() -> None:
 
     from app.launch import default_model
     from app.theme import inject_css
+    from pruning_core.errors import PruneScopeError
 
     st.set_page_config(page_title=PAGE_TITLE, page_icon=str(ICON), layout="wide",
                        initial_sidebar_state="auto")
@@ -73,7 +74,13 @@ def main() -> None:
     current = st.navigation(pages, position="sidebar")
     with st.sidebar:
         st.caption(f"Model: **{default_model()}**")
-    current.run()
+    try:
+        current.run()
+    except PruneScopeError as error:
+        # Expected, actionable problems (bad file, offline hub id, ...): one short message, no traceback.
+        # Anything else is a bug: it propagates, so AppTest's `at.exception` sees it, and users get
+        # Streamlit's redacted notice (client.showErrorDetails = "none" in .streamlit/config.toml).
+        st.error(str(error), icon=":material/error:")
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def metric_unit(metric: str) -> str:
 def _base_layout(title: str, **extra: Any) -> dict:
     """Layout shared by every chart: fonts, white background, margins, hover style."""
     layout = {
-        "title": {"text": title, "font": {"size": TITLE_FONT_SIZE}, "x": 0.0, "xanchor": "left"},
+        "title": {"text": title, "font": {"size": TITLE_FONT_SIZE}, "xref": "paper", "x": 0.0, "xanchor": "left"},
         "font": {"family": FONT_FAMILY, "size": BASE_FONT_SIZE, "color": "#262730"},
         "paper_bgcolor": "#FFFFFF",
         "plot_bgcolor": "#FFFFFF",
@@ -448,10 +448,14 @@ def _sens_title(sens: dict, what: str) -> str:
 
 
 def _check_shape(sens: dict) -> None:
+    """Reject a sensitivity dict whose `values` is not layers x modules (a broken or foreign file)."""
     layers, modules, values = sens.get("layers", []), sens.get("modules", []), sens.get("values", [])
-    assert len(values) == len(layers), f"values has {len(values)} rows but there are {len(layers)} layers"
+    if len(values) != len(layers):
+        raise ValueError(f"sensitivity map has {len(values)} rows of values but {len(layers)} layers")
     for i, row in enumerate(values):
-        assert len(row) == len(modules), f"row {i} of values has {len(row)} entries, expected {len(modules)}"
+        if len(row) != len(modules):
+            raise ValueError(f"row {i} of the sensitivity map has {len(row)} values, expected one per module "
+                             f"({len(modules)})")
 
 
 def heatmap_figure(sens: dict) -> dict:
@@ -521,7 +525,8 @@ def layer_bar_figure(sens: dict) -> dict:
     unit = metric_unit(str(sens.get("metric", "")))
     if sens.get("layer_values") is not None:
         values = [_finite(v) for v in sens["layer_values"]]
-        assert len(values) == len(layers), "layer_values must have one entry per layer"
+        if len(values) != len(layers):
+            raise ValueError(f"layer_values has {len(values)} entries, expected one per layer ({len(layers)})")
         how = "whole layer pruned"
     else:
         values = [_mean(row) for row in sens["values"]]
@@ -551,6 +556,9 @@ def layer_bar_figure(sens: dict) -> dict:
     return {"data": [trace], "layout": layout}
 
 
+_MAX_LAYER_LEGEND = 12  # more layers than this: a colour bar instead of one legend entry per layer
+
+
 def _layer_color(position: int, count: int) -> str:
     """Colour for the `position`-th of `count` layers, sampled along Viridis (early dark, late yellow)."""
     if count <= 1:
@@ -569,7 +577,8 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
 
     `maps` are sensitivity dicts (as for ``heatmap_figure``) of the same metric and method at different
     sparsities; `module` is one of their ``modules`` (e.g. "down"). Layers are coloured along Viridis
-    (layer 0 dark purple, last layer yellow). Raises ValueError if the maps mix metrics or lack `module`.
+    (layer 0 dark purple, last layer yellow); beyond 12 layers a "decoder layer" colour bar replaces the
+    legend. Raises ValueError if the maps mix metrics or lack `module`.
     """
     if not maps:
         raise ValueError("sensitivity_curves_figure needs at least one sensitivity map")
@@ -582,10 +591,10 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
     metric = str(maps[0].get("metric", ""))
     unit = metric_unit(metric)
     ordered = sorted(maps, key=lambda m: _finite(m.get("sparsity")) or 0.0)
-    layers = list(dict.fromkeys(int(layer) for m in ordered for layer in m["layers"]))
+    layers = sorted({int(layer) for m in ordered for layer in m["layers"]})
 
     data = []
-    for position, layer in enumerate(layers):
+    for layer in layers:
         xs, ys, hover = [], [], []
         for m in ordered:
             if layer not in [int(x) for x in m["layers"]]:
@@ -606,9 +615,35 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
                 "y": ys,
                 "text": hover,
                 "hovertemplate": "%{text}<extra></extra>",
-                "line": {"color": _layer_color(position, len(layers)), "width": 2},
+                # Coloured by layer index (not list position) so the colour bar below reads true for any subset.
+                "line": {"color": _layer_color(layer - layers[0], layers[-1] - layers[0] + 1), "width": 2},
                 "marker": {"size": 7},
                 "meta": {"layer": layer, "module": module},
+            }
+        )
+    use_colorbar = len(layers) > _MAX_LAYER_LEGEND
+    if use_colorbar:
+        # A 30-entry legend is unreadable: hide it and explain the line colours with a layer colour bar,
+        # drawn by one invisible marker trace that carries the Viridis scale.
+        for trace in data:
+            trace["showlegend"] = False
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "x": [None],
+                "y": [None],
+                "showlegend": False,
+                "hoverinfo": "skip",
+                "marker": {
+                    "color": [layers[0]],
+                    "cmin": layers[0],
+                    "cmax": layers[-1],
+                    "colorscale": SEQUENTIAL_COLORSCALE,
+                    "showscale": True,
+                    "colorbar": {"title": {"text": "decoder layer", "side": "right"}, "thickness": 18},
+                },
+                "meta": {"role": "layer colour bar"},
             }
         )
     methods = sorted({str(m.get("method", "?")) for m in maps})
@@ -617,6 +652,7 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
         xaxis=_axis(SPARSITY_AXIS_TITLE, rangemode="tozero"),
         yaxis=_axis(unit),
         legend={"title": {"text": "layer"}},
+        showlegend=not use_colorbar,
     )
     return {"data": data, "layout": layout}
 

@@ -218,7 +218,6 @@ class _ProgressWriter:
         self.started = time.time()
         self.last_write = 0.0
         self.fraction, self.message, self.eta = 0.0, "", None
-        self.dirty = False
         self._lock = threading.Lock()  # a job may report from several threads
 
     def __call__(self, fraction: float, message: str) -> None:
@@ -231,7 +230,6 @@ class _ProgressWriter:
             # Remaining time from the average rate so far (seconds). On resume, skipped points make the
             # first estimates optimistic; the rate settles as real points finish.
             self.eta = (now - self.started) * (1.0 - fraction) / fraction if fraction > 0 else None
-            self.dirty = True
             if now - self.last_write >= PROGRESS_WRITE_INTERVAL_S or fraction >= 1.0:
                 self._write(now)
         if self.forward is not None:
@@ -240,7 +238,7 @@ class _ProgressWriter:
     def _write(self, now: float) -> None:
         self.store.update_job(self.job_id, only_if_state=("running",), fraction=self.fraction,
                               message=self.message, eta_seconds=self.eta, updated=now, heartbeat=now)
-        self.last_write, self.dirty = now, False
+        self.last_write = now
 
     def final_fields(self) -> dict:
         """The last reported progress, for the row that records how the job ended."""
@@ -307,8 +305,8 @@ def execute_job(store: Store, job_id: str, progress: Optional[ProgressFn] = None
             _append_log(log_path, traceback.format_exc())
             raise
         t = time.time()
-        store.update_job(job_id, only_if_state=ended, state="done", fraction=1.0, message="done", eta_seconds=0.0, finished=t, updated=t, heartbeat=t,
-                         result=result, error=None)
+        store.update_job(job_id, only_if_state=ended, state="done", fraction=1.0, message="done", eta_seconds=0.0,
+                         finished=t, updated=t, heartbeat=t, result=result, error=None)
     _append_log(log_path, f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] done")
     return result
 

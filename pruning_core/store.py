@@ -135,7 +135,7 @@ def _canonical(obj: Any) -> Any:
     if isinstance(obj, int):
         return int(obj)  # int subclasses (IntEnum aside) collapse to int
     if isinstance(obj, float):
-        if math.isfinite(obj) and obj == int(obj):
+        if math.isfinite(obj) and obj == int(obj) and abs(obj) < 2**53:  # exactly representable integers only
             return int(obj)
         return float(obj)
     if isinstance(obj, enum.Enum):

@@ -7,7 +7,8 @@ Fixtures (session-scoped, so one server and one browser serve all browser tests)
   * `browser`   - Playwright's chromium driving Debian's /usr/bin/chromium (`make browser-deps`);
   * `page`      - a fresh 1440x900 page per test;
   * `artifacts` - the folder for screenshots, `test-artifacts/` (gitignored);
-  * `wait_for_app` - a function (page, text) that waits until the app shows `text` and is idle.
+  * `wait_for_app` - a function (page, text) that waits until the app shows `text` and is idle;
+  * `plotly_charts` - a function (page, min_count) returning what each drawn Plotly chart holds.
 The tests are skipped, with the reason, when Chromium or Playwright is missing.
 Set PRUNESCOPE_BROWSER_MODEL to start the app on another model than "embedded".
 """
@@ -143,3 +144,34 @@ def _wait_for_app(page, text: str, timeout_ms: int = 30_000) -> None:
 def wait_for_app():
     """`wait_for_app(page, text, timeout_ms=30_000)`: block until the app shows `text` and is idle."""
     return _wait_for_app
+
+
+_PLOTLY_SUMMARY_JS = """
+() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
+  title: (gd.layout && gd.layout.title && gd.layout.title.text) || '',
+  types: (gd.data || []).map(t => t.type || 'scatter'),
+  names: (gd.data || []).map(t => t.name || ''),
+  points: (gd.data || []).reduce((n, t) => n + (t.z ? t.z.flat().length : (t.y ? t.y.length : 0)), 0),
+  svg_marks: gd.querySelectorAll('.heatmaplayer image, .scatterlayer path.point, .barlayer path').length,
+}))
+"""
+
+
+def _plotly_charts(page, min_count: int = 1, timeout_ms: int = 30_000) -> list[dict]:
+    """Summaries of the Plotly charts drawn on the page, read from plotly.js's own graph divs.
+
+    Waits until at least `min_count` charts exist. Each summary: title, trace types and names, the number
+    of data values (heatmap cells or y values) and of drawn SVG marks (proof the chart really rendered).
+    """
+    page.wait_for_function(
+        f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {int(min_count)}",
+        timeout=timeout_ms,
+    )
+    return page.evaluate(_PLOTLY_SUMMARY_JS)
+
+
+@pytest.fixture(scope="session")
+def plotly_charts():
+    """`plotly_charts(page, min_count=1)`: list of {title, types, names, points, svg_marks} per chart."""
+    return _plotly_charts
+

@@ -1,0 +1,201 @@
+"""Sweeps: a grid of methods x structures x sparsities, evaluated on several corpora.
+
+Work is shared across the grid: the layer-0 inputs are captured once; in ``dense`` propagation the input
+statistics are collected once (the most demanding statistics any method of the grid needs) and every point
+only re-scores and re-thresholds; in ``pruned`` propagation each point walks the model as the papers do.
+
+With a `store`, each finished point is stored at once under a content hash of everything that determines
+it, and a later run (after a stop or a crash) reuses finished points instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Optional
+
+from .errors import ConfigError
+from .masks import parse_structure
+from .methods import get_method
+from .metrics import perplexity
+from .models import LoadedModel, load_model
+from .progress import ProgressFn, no_progress, sub_progress
+from .protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
+from .provenance import environment, library_versions
+from .prune import PruneConfig, collect_statistics, prune_settings, prune_with_statistics, prune_model
+from .walk import PROPAGATIONS, capture_layer_inputs
+
+_NEED_ORDER = {"none": 0, "act_sq": 1, "hessian": 2}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What to sweep. N:M structures appear once per method (their sparsity is fixed by N:M)."""
+
+    model: str = "embedded"
+    methods: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
+    structures: tuple[str, ...] = ("unstructured",)
+    sparsities: tuple[float, ...] = (0.5,)
+    eval_corpora: tuple[str, ...] = ("wiki",)
+    propagation: str = "pruned"
+    protocol: Protocol = field(default_factory=Protocol)
+
+    def validate(self) -> "SweepSpec":
+        """Check every setting before any work starts (so bad input costs nothing)."""
+        if not self.methods:
+            raise ConfigError("No method given; choose at least one of magnitude, wanda, sparsegpt.")
+        if not self.eval_corpora:
+            raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
+        for method in self.methods:
+            get_method(method)
+        structures = [parse_structure(s) for s in self.structures]
+        if any(not s.is_nm for s in structures) and not self.sparsities:
+            raise ConfigError("Unstructured pruning needs at least one sparsity, e.g. 0.5.")
+        if self.propagation not in PROPAGATIONS:
+            raise ConfigError(f"Propagation '{self.propagation}' is unknown; use 'pruned' or 'dense'.")
+        self.protocol.validate()
+        self.settings()
+        return self
+
+    def settings(self) -> list[PruneConfig]:
+        return prune_settings(self.methods, self.structures, self.sparsities, self.propagation)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepSpec":
+        d = dict(d)
+        d["protocol"] = Protocol(**d.get("protocol", {}))
+        for key in ("methods", "structures", "sparsities", "eval_corpora"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def point_key(fingerprint: str, calib: dict, protocol: Protocol, config: PruneConfig, evals: dict) -> dict:
+    """Everything that determines a sweep point (hash it with `store.content_hash`)."""
+    versions = library_versions()
+    return {
+        "kind": "sweep_point",
+        "model": fingerprint,
+        "calib": calib,
+        "protocol": protocol.to_dict(),
+        "config": config.to_dict(),
+        "eval": evals,
+        "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")},
+    }
+
+
+def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
+              progress: Optional[ProgressFn] = None,
+              on_point: Optional[Callable[[dict], None]] = None) -> dict:
+    """Run (or resume) a sweep and return the results.json document.
+
+    results = {"model", "dense": {"ppl": {corpus: ppl}, "eval_seconds": {...}}, "points": [...],
+    "protocol", "propagation", "env"}; each point has method, structure, target_sparsity, sparsity
+    (measured over the pruned linears), ppl {corpus: ppl}, prune_seconds, eval_seconds, cached.
+    `store` (a `pruning_core.store.Store`) makes points durable and resumable; `on_point` sees each point.
+    """
+    spec.validate()
+    progress = progress or no_progress
+    protocol = spec.protocol
+    if loaded is None:
+        loaded = load_model(spec.model, progress=sub_progress(progress, 0.0, 0.02))
+    # Read every corpus first: a bad corpus fails before any expensive work.
+    calib_ids = calibration_ids(loaded, protocol)
+    eval_ids = {corpus: evaluation_ids(loaded, corpus, protocol) for corpus in spec.eval_corpora}
+    calib_identity = corpus_key(protocol.calib, "calibration", protocol.calib_column)
+    eval_identity = {corpus: corpus_key(corpus, "evaluation")["sha256"] for corpus in spec.eval_corpora}
+
+    settings = spec.settings()
+    steps = len(settings) + 1
+    results = {
+        "model": loaded.describe(),
+        "dense": {"ppl": {}, "eval_seconds": {}},
+        "points": [],
+        "protocol": {**protocol.to_dict(), "eval_corpora": list(spec.eval_corpora),
+                     "eval_windows_used": {c: int(ids.shape[0]) for c, ids in eval_ids.items()},
+                     "propagation": spec.propagation},
+        "env": environment(),
+    }
+    run_key = None
+    if store is not None:
+        from .store import content_hash
+
+        run_key = content_hash({"sweep": spec.to_dict(), "model": loaded.fingerprint})
+        store.put_run(run_key, "sweep", spec.to_dict())
+
+    # Dense reference perplexities (cached like points).
+    dense_key = None
+    if store is not None:
+        dense_key = content_hash(point_key(loaded.fingerprint, {}, replace(protocol, nsamples=0, seed=0),
+                                           PruneConfig("magnitude", "unstructured", 0.0), eval_identity))
+    dense = store.get_result(dense_key) if store is not None else None
+    if dense is None:
+        dense = {"ppl": {}, "eval_seconds": {}}
+        for corpus, ids in eval_ids.items():
+            result = perplexity(loaded, ids, dtype=protocol.dtype,
+                                progress=sub_progress(progress, 0.02, 0.02 + 0.98 / steps))
+            dense["ppl"][corpus] = result.ppl
+            dense["eval_seconds"][corpus] = result.seconds
+        if store is not None:
+            store.put_result(dense_key, "dense_ppl", dense, run_key=run_key)
+    results["dense"] = dense
+
+    inputs = None
+    statistics = None
+    for index, config in enumerate(settings):
+        lo = 0.02 + 0.98 * (index + 1) / steps
+        hi = 0.02 + 0.98 * (index + 2) / steps
+        label = f"{config.method} {config.structure} {config.effective_sparsity:.0%}"
+        key = None
+        if store is not None:
+            key = content_hash(point_key(loaded.fingerprint, calib_identity, protocol, config, eval_identity))
+            cached = store.get_result(key)
+            if cached is not None:
+                point = {**cached, "cached": True}
+                results["points"].append(point)
+                if on_point:
+                    on_point(point)
+                progress(hi, f"{label}: from the store")
+                continue
+        step_progress = sub_progress(progress, lo, lo + (hi - lo) * 0.6)
+        step_progress(0.0, f"{label}: pruning")
+        method = get_method(config.method)
+        if spec.propagation == "dense" and method.needs != "none":
+            need = max((get_method(m).needs for m in spec.methods), key=_NEED_ORDER.__getitem__)
+            if statistics is None:
+                statistics = collect_statistics(loaded, calib_ids, need, protocol.batch_size,
+                                                sub_progress(step_progress, 0.0, 0.9))
+            pruned = prune_with_statistics(loaded, statistics, config)
+        else:
+            if inputs is None and method.needs != "none":
+                inputs = capture_layer_inputs(loaded, calib_ids, protocol.batch_size)
+            pruned = prune_model(loaded, calib_ids, config, protocol.batch_size,
+                                 sub_progress(step_progress, 0.0, 1.0), inputs=inputs)
+        point = {
+            "method": config.method,
+            "structure": config.structure,
+            "target_sparsity": config.effective_sparsity,
+            "sparsity": pruned.sparsity,
+            "propagation": spec.propagation,
+            "ppl": {},
+            "prune_seconds": pruned.seconds,
+            "eval_seconds": 0.0,
+        }
+        eval_start = time.perf_counter()
+        with pruned.applied(loaded):
+            for corpus, ids in eval_ids.items():
+                result = perplexity(loaded, ids, dtype=protocol.dtype,
+                                    progress=sub_progress(progress, lo + (hi - lo) * 0.6, hi))
+                point["ppl"][corpus] = result.ppl
+        point["eval_seconds"] = time.perf_counter() - eval_start
+        if store is not None:
+            store.put_result(key, "sweep_point", point, run_key=run_key)
+        point["cached"] = False
+        results["points"].append(point)
+        if on_point:
+            on_point(point)
+        progress(hi, f"{label}: ppl " + ", ".join(f"{c} {v:.2f}" for c, v in point["ppl"].items()))
+    return results
