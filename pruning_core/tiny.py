@@ -1,6 +1,10 @@
-"""A tiny byte-level BPE tokenizer for tests, trained in memory (offline, well under a second).
+"""Tiny random models and a tiny tokenizer, for tests and instant demos (offline, well under a second).
 
-Unit tests run on tiny random models and must not depend on the embedded SmolLM2 model or on the network, but
+`load_model("tiny-llama")` (also tiny-opt, tiny-gpt2, tiny-mistral, tiny-qwen2) gives a deterministic random
+model of that family with the tokenizer below, so every code path, workers included, can run without the
+embedded model. Its perplexities mean nothing about pruning quality.
+
+The tokenizer: unit tests run on tiny random models and must not depend on the embedded SmolLM2 model or on the network, but
 they still need a real `transformers` tokenizer: one that encodes *any* string (byte-level, so no unknown
 tokens), decodes back, and has bos/eos/pad tokens like a causal LM's tokenizer. `build_test_tokenizer` trains
 such a tokenizer with the `tokenizers` library on a few paragraphs of built-in text (English prose and a bit
@@ -13,9 +17,14 @@ The result is cached per argument tuple and therefore shared between tests: do n
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
+import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
 
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|eos|>"
@@ -91,3 +100,43 @@ def _build_cached(vocab_size: int, model_max_length: int | None) -> transformers
         pad_token=PAD_TOKEN,
         **kwargs,
     )
+
+
+
+def tiny_config(family: str = "llama", vocab_size: int = 300, layers: int = 2, hidden: int = 64):
+    """A small config of a supported family for tests and demos (random weights, seconds to build)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
+
+    if family in ("llama", "mistral", "qwen2"):
+        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[family]
+        return cls(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                   max_position_embeddings=512, tie_word_embeddings=True)
+    if family == "opt":
+        return OPTConfig(vocab_size=vocab_size, hidden_size=hidden, ffn_dim=hidden * 2, num_hidden_layers=layers,
+                         num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=hidden)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
+                          bos_token_id=0, eos_token_id=0)
+    from .errors import ModelLoadError
+
+    raise ModelLoadError(f"No tiny config for '{family}'; choose one of llama, mistral, qwen2, opt, gpt2.")
+
+
+def tiny_model(family: str = "llama", tokenizer=None, seed: int = 0, **config_kwargs) -> "LoadedModel":
+    """A randomly initialised model of a supported family wrapped as a LoadedModel (tests, demos).
+
+    tokenizer: defaults to `build_test_tokenizer()`; the vocabulary size follows it.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .models import LoadedModel, adapter_for
+
+    tokenizer = tokenizer if tokenizer is not None else build_test_tokenizer()
+    torch.manual_seed(seed)
+    config_kwargs.pop("vocab_size", None)
+    vocab = len(tokenizer)
+    config = tiny_config(family, vocab_size=vocab, **config_kwargs)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.config.use_cache = False
+    return LoadedModel(model, tokenizer, f"tiny-{family}", f"tiny-{family}", adapter_for(model))
