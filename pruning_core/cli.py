@@ -164,14 +164,29 @@ def cmd_ui(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ main
 
-# Explicit registry of sub-commands: name -> function adding its parser.
-COMMANDS: dict[str, Callable] = {"sweep": add_sweep, "ui": add_ui}
+# Explicit registry of sub-commands: name -> function adding its parser (or "module:function" in another file).
+COMMANDS: dict[str, Callable | str] = {
+    "sweep": add_sweep,
+    "sensitivity": "pruning_core.cli_engine:add_sensitivity",
+    "jobs": "pruning_core.cli_engine:add_jobs",
+    "export": "pruning_core.cli_export:add_export",
+    "apply-mask": "pruning_core.cli_export:add_apply_mask",
+    "ui": add_ui,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunescope", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS.values():
+        if isinstance(add, str):
+            import importlib
+
+            module_name, function_name = add.split(":")
+            try:
+                add = getattr(importlib.import_module(module_name), function_name)
+            except (ModuleNotFoundError, AttributeError):  # TEMPORARY while the module is being written
+                continue
         add(sub)
     return parser
 

@@ -45,6 +45,7 @@ from pruning_core.store import Store, content_hash
 JOB_KINDS: dict[str, str] = {
     "sweep": "pruning_core.sweep:run_sweep_job",
     "sensitivity": "pruning_core.sensitivity:run_sensitivity_job",
+    "whatif": "pruning_core.whatif:run_whatif_job",
     "selftest": "pruning_core.jobs:_selftest_job",
 }
 
