@@ -1,0 +1,208 @@
+"""Pruning behaviour on tiny random models: targets hit, N:M holds, formulas match, weights restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pruning_core.errors import ConfigError
+from pruning_core.masks import (applied_masks, keep_mask_from_scores, lowest_k, parse_structure,
+                                sparsity_of)
+from pruning_core.methods import METHODS, MethodOptions, get_method
+from pruning_core.models import weight_matrix
+from pruning_core.prune import PruneConfig, collect_statistics, prune_model, prune_with_statistics
+from pruning_core.stats import InputStatistics
+from pruning_core.tiny import tiny_model
+
+FAMILIES = ["llama", "opt", "gpt2"]
+
+
+def windows(n=8, seqlen=32, vocab=300, seed=0):
+    return torch.randint(0, vocab, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(before, model):
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), f"{key} changed"
+
+
+# ------------------------------------------------------------------------------------------ mask builders
+
+def test_lowest_k_is_exact_with_ties():
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.5, 2.0]] * 3)
+    mask = lowest_k(scores, 3)
+    assert mask.sum(dim=1).tolist() == [3, 3, 3]
+    # 0.5 first, then the two lowest-index ties
+    assert mask[0].tolist() == [True, True, False, False, True, False]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.7, 0.9])
+def test_unstructured_masks_hit_target_even_with_tied_scores(sparsity):
+    scores = torch.randint(0, 4, (37, 53)).float()  # heavy ties, like dequantised Q4 weights
+    per_matrix = keep_mask_from_scores(scores, sparsity)
+    assert (~per_matrix).sum() == round(scores.numel() * sparsity)
+    per_row = keep_mask_from_scores(scores, sparsity, per_row=True)
+    assert ((~per_row).sum(dim=1) == round(53 * sparsity)).all()
+
+
+@pytest.mark.parametrize("text", ["2:4", "4:8", "1:4"])
+def test_nm_masks_hold_in_every_group(text):
+    structure = parse_structure(text)
+    scores = torch.randint(0, 3, (16, 64)).float()
+    keep = keep_mask_from_scores(scores, 0.0, structure)
+    groups = keep.reshape(16, -1, structure.m).sum(dim=-1)
+    assert (groups == structure.n).all()
+
+
+@pytest.mark.parametrize("bad", ["2-4", "4:2", "0:4", "x:y", ""])
+def test_malformed_structures_are_refused(bad):
+    with pytest.raises(ConfigError, match="N:M|N < M"):
+        parse_structure(bad)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 1.5])
+def test_sparsity_outside_range_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        PruneConfig("magnitude", "unstructured", bad).validate()
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(ConfigError, match="magnitude, wanda, sparsegpt"):
+        get_method("obs")
+
+
+# --------------------------------------------------------------------------------------- method formulas
+
+def test_wanda_mask_equals_the_formula_by_hand():
+    torch.manual_seed(1)
+    W = torch.randn(12, 40)
+    X = torch.randn(500, 40) * torch.linspace(0.1, 3.0, 40)  # (tokens, in), uneven feature scales
+    stats = InputStatistics(40, hessian=False)
+    stats.add_batch(X[:200])
+    stats.add_batch(X[200:])
+    keep, new_weight = get_method("wanda").prune(W, stats, 0.5, parse_structure("unstructured"), MethodOptions())
+    assert new_weight is None
+    score = W.abs() * X.norm(dim=0).reshape(1, -1)  # |W_ij| * ||X_j||_2
+    expected = torch.ones_like(W, dtype=torch.bool)
+    for row in range(W.shape[0]):
+        expected[row, score[row].argsort()[:20]] = False
+    assert torch.equal(keep, expected)
+
+
+def _layer_error(W, X, keep, new_weight):
+    pruned = (new_weight if new_weight is not None else W) * keep
+    return float(((X @ W.t() - X @ pruned.t()) ** 2).sum())
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_sparsegpt_layer_error_is_below_magnitude_and_wanda(structure):
+    torch.manual_seed(0)
+    W = torch.randn(64, 256)
+    mixing = torch.randn(256, 256) / 16
+    X = torch.randn(2048, 256) @ mixing + 0.3 * torch.randn(2048, 256)  # correlated inputs
+    stats = InputStatistics(256, hessian=True)
+    stats.add_batch(X)
+    errors = {}
+    for name in ("magnitude", "wanda", "sparsegpt"):
+        keep, new_weight = METHODS[name].prune(W.clone(), stats, 0.5, parse_structure(structure), MethodOptions())
+        assert abs((~keep).float().mean().item() - 0.5) < 1e-6
+        errors[name] = _layer_error(W, X, keep, new_weight)
+    assert errors["sparsegpt"] < errors["wanda"]
+    assert errors["sparsegpt"] < errors["magnitude"]
+
+
+def test_hessian_diagonal_is_twice_wandas_squared_norm():
+    X = torch.randn(300, 16)
+    stats = InputStatistics(16, hessian=True)
+    stats.add_batch(X)
+    assert torch.allclose(torch.diag(stats.hessian), 2 * stats.act_sq, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- models, end to end
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("structure,sparsity", [("unstructured", 0.6), ("2:4", 0.5), ("4:8", 0.5)])
+def test_prune_model_hits_target_and_restores_weights(family, method, structure, sparsity):
+    lm = tiny_model(family)
+    before = snapshot(lm.model)
+    result = prune_model(lm, windows(), PruneConfig(method, structure, sparsity))
+    assert_same_weights(before, lm.model)
+    modules = lm.adapter.prunable_modules(lm.model)
+    assert set(result.masks) == set(modules)
+    for name, mask in result.masks.items():
+        assert mask.shape == modules[name].weight.shape
+        removed = int((~mask).sum())
+        if structure == "unstructured":
+            rows = weight_matrix(modules[name]).shape[0]
+            per = round(mask.numel() * sparsity) if method == "magnitude" else None
+            if per is not None:
+                assert removed == per
+            else:  # per row (wanda) or per block (sparsegpt): within one element per row
+                assert abs(removed - mask.numel() * sparsity) <= rows
+        else:
+            m = parse_structure(structure).m
+            matrix_mask = mask.t() if lm.adapter.family == "gpt2" else mask
+            assert (matrix_mask.reshape(matrix_mask.shape[0], -1, m).sum(-1) == m // 2).all()
+    assert abs(result.sparsity - sparsity) < 0.01
+    with result.applied(lm):
+        assert all(((modules[n].weight == 0) | ~result.masks[n].logical_not()).all() for n in modules)
+    assert_same_weights(before, lm.model)
+
+
+def test_applied_masks_restores_bit_identical_weights_even_on_error():
+    lm = tiny_model("llama")
+    before = snapshot(lm.model)
+    result = prune_model(lm, windows(), PruneConfig("sparsegpt", "unstructured", 0.5))
+    with pytest.raises(RuntimeError):
+        with applied_masks(lm.model, result.masks, result.weights):
+            changed = lm.model.get_submodule(next(iter(result.masks))).weight
+            assert (changed == 0).float().mean() >= 0.49
+            raise RuntimeError("boom")
+    assert_same_weights(before, lm.model)
+
+
+def test_same_seed_gives_identical_masks():
+    lm = tiny_model("llama")
+    a = prune_model(lm, windows(seed=3), PruneConfig("wanda", "unstructured", 0.5))
+    b = prune_model(lm, windows(seed=3), PruneConfig("wanda", "unstructured", 0.5))
+    c = prune_model(lm, windows(seed=4), PruneConfig("wanda", "unstructured", 0.5))
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+    assert any(not torch.equal(a.masks[n], c.masks[n]) for n in a.masks)
+
+
+def test_dense_statistics_are_reusable_across_methods_and_sparsities():
+    lm = tiny_model("llama")
+    stats = collect_statistics(lm, windows(), "hessian")
+    for method in ("wanda", "sparsegpt"):
+        for sparsity in (0.3, 0.7):
+            direct = prune_model(lm, windows(), PruneConfig(method, "unstructured", sparsity, "dense"))
+            reused = prune_with_statistics(lm, stats, PruneConfig(method, "unstructured", sparsity, "dense"))
+            assert all(torch.equal(direct.masks[n], reused.masks[n]) for n in direct.masks)
+
+
+def test_pruned_propagation_differs_from_dense_after_the_first_layer():
+    lm = tiny_model("llama", layers=3)
+    pruned = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, "pruned"))
+    dense = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, "dense"))
+    first = [n for n in pruned.masks if ".0." in n]
+    later = [n for n in pruned.masks if ".2." in n]
+    assert all(torch.equal(pruned.masks[n], dense.masks[n]) for n in first)
+    assert any(not torch.equal(pruned.masks[n], dense.masks[n]) for n in later)
+
+
+def test_per_layer_sparsity_overrides_and_targets():
+    lm = tiny_model("llama", layers=2)
+    result = prune_model(lm, None, PruneConfig("magnitude", "unstructured", 0.5, layer_sparsity={1: 0.2},
+                                               targets=("q", "down")))
+    assert len(result.masks) == 4
+    for name, mask in result.masks.items():
+        expected = 0.2 if ".1." in name else 0.5
+        assert abs(1 - mask.float().mean().item() - expected) < 0.01
+    with pytest.raises(ConfigError, match="not in this model"):
+        prune_model(lm, None, PruneConfig("magnitude", targets=("fc1",)))
