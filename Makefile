@@ -4,13 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prunescope-installed
 
-.PHONY: setup demo test test-fast bench clean-venv
+.PHONY: setup demo test test-fast bench browser-deps
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: it is the CPU wheel already on disk; the range in pyproject admits it.
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]"
