@@ -22,7 +22,8 @@ from .models import LoadedModel, load_model
 from .progress import ProgressFn, no_progress, sub_progress
 from .protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
 from .provenance import environment, library_versions
-from .prune import PruneConfig, collect_statistics, prune_settings, prune_with_statistics, prune_model
+from .prune import PruneConfig, prune_model, prune_settings, prune_with_statistics
+from .statistics_cache import cached_statistics
 from .walk import PROPAGATIONS, capture_layer_inputs
 
 _NEED_ORDER = {"none": 0, "act_sq": 1, "hessian": 2}
@@ -166,8 +167,8 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
         if spec.propagation == "dense" and method.needs != "none":
             need = max((get_method(m).needs for m in spec.methods), key=_NEED_ORDER.__getitem__)
             if statistics is None:
-                statistics = collect_statistics(loaded, calib_ids, need, protocol.batch_size,
-                                                sub_progress(step_progress, 0.0, 0.9))
+                statistics = cached_statistics(loaded, protocol, need, store, calib_ids,
+                                               sub_progress(step_progress, 0.0, 0.9))
             pruned = prune_with_statistics(loaded, statistics, config)
         else:
             if inputs is None and method.needs != "none":

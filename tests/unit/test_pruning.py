@@ -206,3 +206,27 @@ def test_per_layer_sparsity_overrides_and_targets():
         assert abs(1 - mask.float().mean().item() - expected) < 0.01
     with pytest.raises(ConfigError, match="not in this model"):
         prune_model(lm, None, PruneConfig("magnitude", targets=("fc1",)))
+
+
+def test_dense_statistics_are_cached_on_disk_by_content_hash():
+    from pruning_core.protocol import Protocol
+    from pruning_core.statistics_cache import cached_statistics
+    from pruning_core.store import Store
+
+    lm = tiny_model("llama")
+    store = Store()
+    protocol = Protocol(calib="news", nsamples=4, seqlen=32)
+    first = cached_statistics(lm, protocol, "hessian", store)
+    assert first.seconds > 0
+    again = cached_statistics(lm, protocol, "act_sq", store)  # served by the stored Hessian statistics
+    assert again.seconds == 0.0
+    q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
+    assert again.by_module[q] is again.by_module[k]  # shared input stored once
+    for name, stats in first.by_module.items():
+        assert torch.allclose(stats.hessian, again.by_module[name].hessian)
+        assert torch.allclose(stats.act_sq, again.by_module[name].act_sq)
+    other_seed = cached_statistics(lm, Protocol(calib="news", nsamples=4, seqlen=32, seed=1), "act_sq", store)
+    assert other_seed.seconds > 0
+    config = PruneConfig("sparsegpt", "unstructured", 0.5, "dense")
+    a, b = prune_with_statistics(lm, first, config), prune_with_statistics(lm, again, config)
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)

@@ -1,0 +1,82 @@
+"""Dense-model input statistics cached on disk, keyed by what determines them.
+
+Key = content hash of (model weight fingerprint, calibration corpus identity, nsamples, seqlen, seed, the
+statistics kind). The tensors live in one safetensors artifact of the store; the SQLite row records which
+modules share one statistics object (q/k/v and gate/up read the same input), so each Hessian is stored once.
+Computed once, the statistics serve every method, sparsity, page and process.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .models import LoadedModel
+from .progress import ProgressFn
+from .protocol import Protocol, calibration_ids, corpus_key
+from .prune import Statistics, collect_statistics
+from .stats import InputStatistics
+
+_ORDER = {"none": 0, "act_sq": 1, "hessian": 2}
+
+
+def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str) -> dict:
+    """Everything that determines dense statistics (hash it with `store.content_hash`)."""
+    return {
+        "kind": "dense_statistics",
+        "need": need,
+        "model": loaded.fingerprint,
+        "calib": corpus_key(protocol.calib, "calibration", protocol.calib_column),
+        "nsamples": protocol.nsamples,
+        "seqlen": protocol.seqlen,
+        "seed": protocol.seed,
+    }
+
+
+def cached_statistics(loaded: LoadedModel, protocol: Protocol, need: str, store=None,
+                      calib_ids: Optional[torch.Tensor] = None,
+                      progress: Optional[ProgressFn] = None) -> Statistics:
+    """Dense statistics of kind `need` ("act_sq" or "hessian"): from the store if present, else computed
+    (one dense layer walk) and saved. Hessian statistics also serve an "act_sq" request."""
+    if store is None:
+        ids = calib_ids if calib_ids is not None else calibration_ids(loaded, protocol)
+        return collect_statistics(loaded, ids, need, protocol.batch_size, progress)
+    from .store import content_hash
+
+    for candidate in [n for n in ("act_sq", "hessian") if _ORDER[n] >= _ORDER[need]]:  # smallest first
+        found = store.get_result(content_hash(statistics_key(loaded, protocol, candidate)))
+        if found is not None and store.artifact_info(found["artifact"]) is not None:
+            return _from_artifact(store, found, candidate)
+    ids = calib_ids if calib_ids is not None else calibration_ids(loaded, protocol)
+    statistics = collect_statistics(loaded, ids, need, protocol.batch_size, progress)
+    _save(store, statistics, content_hash(statistics_key(loaded, protocol, need)))
+    return statistics
+
+
+def _save(store, statistics: Statistics, key: str) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    owner_of: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, stats in statistics.by_module.items():
+        owner = owner_of.setdefault(id(stats), name)
+        aliases[name] = owner
+        if owner == name:
+            for field, tensor in stats.state().items():
+                tensors[f"{name}/{field}"] = tensor.contiguous()
+    artifact = store.save_tensors(tensors, "dense_statistics")
+    store.put_result(key, "dense_statistics", {"artifact": artifact, "aliases": aliases, "need": statistics.need,
+                                               "seconds": statistics.seconds})
+
+
+def _from_artifact(store, found: dict, need: str) -> Statistics:
+    tensors = store.load_tensors(found["artifact"])
+    owners: dict[str, InputStatistics] = {}
+    by_module = {}
+    for name, owner in found["aliases"].items():
+        if owner not in owners:
+            prefix = owner + "/"
+            owners[owner] = InputStatistics.from_state(
+                {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        by_module[name] = owners[owner]
+    return Statistics(need, by_module, 0.0)
