@@ -131,6 +131,24 @@ def measured_sparsity(model: nn.Module, modules: Mapping[str, nn.Module]) -> dic
     return {"overall": zeros / total if total else 0.0, "per_module": per_module}
 
 
+def sparsity_when_applied(model: nn.Module, masks: Mapping[str, torch.Tensor],
+                          weights: Optional[Mapping[str, torch.Tensor]] = None) -> dict:
+    """Zeros / elements the weights would have with `masks` (and `weights`) applied, without applying them.
+
+    A weight is zero if its mask entry is False or its (replacement) value is exactly 0.
+    Returns {"overall": fraction, "per_module": {name: fraction}}.
+    """
+    per_module = {}
+    zeros = total = 0
+    for name, mask in masks.items():
+        value = weights[name] if weights is not None and name in weights else model.get_submodule(name).weight
+        z = int(((~mask) | (value.detach() == 0)).sum())
+        per_module[name] = z / mask.numel()
+        zeros += z
+        total += mask.numel()
+    return {"overall": zeros / total if total else 0.0, "per_module": per_module}
+
+
 @contextlib.contextmanager
 def preserved_weights(model: nn.Module, names: Iterable[str]) -> Iterator[nn.Module]:
     """Copy the named modules' weights on entry and restore them bit-identically on exit (even on error)."""

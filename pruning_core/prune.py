@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import ConfigError
-from .masks import applied_masks, check_sparsity, measured_sparsity, parse_structure, preserved_weights
+from .masks import applied_masks, check_sparsity, parse_structure, preserved_weights, sparsity_when_applied
 from .methods import MethodOptions, get_method
 from .models import LoadedModel, to_native, weight_matrix
 from .progress import ProgressFn, no_progress
@@ -123,9 +123,7 @@ def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str
 
 
 def _finish(loaded: LoadedModel, config: PruneConfig, masks, weights, start: float) -> PruneResult:
-    modules = {name: loaded.model.get_submodule(name) for name in masks}
-    with applied_masks(loaded.model, masks, weights):
-        measured = measured_sparsity(loaded.model, modules)
+    measured = sparsity_when_applied(loaded.model, masks, weights)
     return PruneResult(config, masks, weights, measured["overall"], measured["per_module"],
                        time.perf_counter() - start)
 

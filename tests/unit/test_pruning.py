@@ -230,3 +230,16 @@ def test_dense_statistics_are_cached_on_disk_by_content_hash():
     config = PruneConfig("sparsegpt", "unstructured", 0.5, "dense")
     a, b = prune_with_statistics(lm, first, config), prune_with_statistics(lm, again, config)
     assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+
+
+def test_reported_sparsity_equals_zeros_counted_in_the_applied_model():
+    from pruning_core.masks import measured_sparsity
+
+    lm = tiny_model("llama")
+    for method in ("magnitude", "sparsegpt"):
+        result = prune_model(lm, windows(), PruneConfig(method, "unstructured", 0.55))
+        modules = lm.adapter.prunable_modules(lm.model)
+        with result.applied(lm):
+            live = measured_sparsity(lm.model, modules)
+        assert live["overall"] == pytest.approx(result.sparsity, abs=1e-12)
+        assert live["per_module"] == pytest.approx(result.per_module_sparsity, abs=1e-12)
