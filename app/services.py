@@ -1,0 +1,488 @@
+"""The dashboard's only door into `pruning_core`: cached models and corpora, job submission and results.
+
+Pages call these functions and never import the core themselves, so every expensive or failing call goes
+through one place:
+  * models are loaded once per (source, identity) with `st.cache_resource` and never mutated (pruning for
+    display goes through jobs; generation applies masks in a restoring context manager);
+  * corpus previews and token counts are `st.cache_data`;
+  * long work (sweeps, sensitivity maps, what-ifs) is a job of `pruning_core.jobs.JobRunner`, run in a worker
+    process that survives page reloads. With ``PRUNESCOPE_INLINE_JOBS=1`` (AppTest only) jobs run inline in
+    the script run, so tests are deterministic; the real app always uses workers.
+Each job spec records the model's identity (for a folder or a .gguf file: path, size and modification time),
+so a changed model file is never served a result computed for its old weights.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import streamlit as st
+
+from pruning_core import data as core_data
+from pruning_core.errors import ConfigError, PruneScopeError
+from pruning_core.jobs import ACTIVE_STATES, JobRunner, job_key
+from pruning_core.models import classify_source, load_model
+from pruning_core.protocol import PAPER_PROTOCOL, QUICK_PROTOCOL, Protocol
+from pruning_core.store import Store, content_hash, home_dir
+
+try:  # written by another part of the project; pages degrade with a message while it is missing
+    from pruning_core import estimates as _estimates
+except ImportError:  # pragma: no cover - depends on the checkout
+    _estimates = None
+
+INLINE_ENV = "PRUNESCOPE_INLINE_JOBS"
+EMBEDDED_CORPORA = tuple(core_data.EMBEDDED_CORPORA)
+HUB_CORPORA = tuple(core_data.HUB_CORPORA)
+USER_FILE_EXTENSIONS = tuple(ext.lstrip(".") for ext in core_data.USER_FILE_EXTENSIONS)
+METHODS = ("magnitude", "wanda", "sparsegpt")
+STRUCTURES = ("unstructured", "2:4", "4:8")
+SENSITIVITY_METRICS = ("exact", "reconstruction", "taylor")
+EVAL_DTYPES = ("float32", "bfloat16")
+
+#: Protocol settings for a quick first look on 2 CPU cores (the paper protocol is one click away).
+QUICK = {"nsamples": QUICK_PROTOCOL.nsamples, "seqlen": QUICK_PROTOCOL.seqlen,
+         "eval_windows": QUICK_PROTOCOL.eval_windows, "seed": 0, "dtype": "float32"}
+PAPER = {"nsamples": PAPER_PROTOCOL.nsamples, "seqlen": PAPER_PROTOCOL.seqlen,
+         "eval_windows": PAPER_PROTOCOL.eval_windows, "seed": 0, "dtype": "float32"}
+
+
+class ServiceError(PruneScopeError):
+    """A problem the dashboard reports as a short message (a job that failed, a missing engine part)."""
+
+
+def inline_jobs() -> bool:
+    """Whether jobs run inside the script run (tests) instead of worker processes (the real app)."""
+    return os.environ.get(INLINE_ENV, "") == "1"
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def model_identity(source: str) -> dict:
+    """What identifies a model source's weights without loading it: for files and folders, path + size + mtime.
+
+    Raises ModelLoadError (a PruneScopeError) for a path that does not exist.
+    """
+    kind = classify_source(source)
+    identity: dict[str, Any] = {"source": source, "kind": kind}
+    if kind in ("folder", "gguf"):
+        path = Path(source).expanduser().resolve()
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        identity.update(path=str(path), mtime_ns=max((p.stat().st_mtime_ns for p in files), default=0),
+                        size=sum(p.stat().st_size for p in files))
+    return identity
+
+
+def disk_bytes(source: str) -> Optional[int]:
+    """Bytes on disk of a model source (a folder's files, a .gguf file, the embedded GGUF); None if unknown."""
+    try:
+        kind = classify_source(source)
+        if kind == "embedded":
+            from pruning_core.models import embedded_gguf_path
+
+            return embedded_gguf_path().stat().st_size
+        if kind in ("folder", "gguf"):
+            return int(model_identity(source)["size"])
+    except (PruneScopeError, OSError):
+        return None
+    return None
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def _cached_model(source: str, identity_key: str):
+    """One shared LoadedModel per (source, identity). Shared across sessions: never mutate it."""
+    return load_model(source)
+
+
+def get_model(source: str):
+    """The loaded model for `source` (cached; reloaded when a file or folder model changes on disk)."""
+    return _cached_model(source, content_hash(model_identity(source)))
+
+
+def model_facts(source: str) -> dict:
+    """`LoadedModel.describe()` plus `disk_bytes` and the load time in seconds."""
+    loaded = get_model(source)
+    facts = dict(loaded.describe())
+    facts["disk_bytes"] = disk_bytes(source)
+    facts["load_seconds"] = loaded.load_seconds
+    return facts
+
+
+# ------------------------------------------------------------------------------------------------ corpora
+
+
+def _file_stamp(name: str) -> tuple:
+    path = Path(name).expanduser()
+    if path.is_file():
+        stat = path.stat()
+        return (stat.st_mtime_ns, stat.st_size)
+    return ()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _preview(name: str, split: str, column: Optional[str], stamp: tuple) -> dict:
+    return core_data.preview(name, split, column)
+
+
+def corpus_preview(name: str, split: str = "calibration", column: Optional[str] = None) -> dict:
+    """{"text" (first 600 characters), "chars", "documents"} of a corpus split (cached; files by mtime)."""
+    return _preview(name, split, column, _file_stamp(name))
+
+
+@st.cache_data(show_spinner="Counting tokens…", max_entries=64)
+def _token_count(source: str, identity_key: str, name: str, split: str, column: Optional[str], stamp: tuple) -> int:
+    loaded = get_model(source)
+    text = core_data.load_corpus_text(name, split, column)
+    return int(core_data.tokenize_text(loaded.tokenizer, text).numel())
+
+
+def token_count(source: str, name: str, split: str = "calibration", column: Optional[str] = None) -> int:
+    """Number of tokens of a corpus split under the model's tokenizer (cached)."""
+    return _token_count(source, content_hash(model_identity(source)), name, split, column, _file_stamp(name))
+
+
+def uploads_dir() -> Path:
+    """Where uploaded corpus files are saved: `$PRUNESCOPE_HOME/uploads`."""
+    folder = home_dir() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_upload(filename: str, content: bytes) -> str:
+    """Save an uploaded corpus file under `uploads_dir()` (name prefixed by its content hash); return its path."""
+    suffix = Path(filename).suffix.lower()
+    if suffix.lstrip(".") not in USER_FILE_EXTENSIONS:
+        raise ConfigError(f"'{filename}' is not a supported corpus file; upload one of "
+                          f"{', '.join('.' + e for e in USER_FILE_EXTENSIONS)}.")
+    import hashlib
+
+    digest = hashlib.sha256(content).hexdigest()[:12]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(filename).name)
+    path = uploads_dir() / f"{digest}-{safe}"
+    if not path.exists():
+        path.write_bytes(content)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+
+
+def protocol_dict(settings: dict) -> dict:
+    """The Protocol (as a dict) for the shared settings (see `app.state`); validated."""
+    proto = Protocol(calib=settings["calib"], nsamples=int(settings["nsamples"]), seqlen=int(settings["seqlen"]),
+                     seed=int(settings["seed"]), eval_windows=int(settings["eval_windows"]),
+                     dtype=settings["dtype"], calib_column=settings.get("calib_column") or None)
+    return proto.validate().to_dict()
+
+
+def sweep_spec(settings: dict, methods, structures, sparsities, propagation: str = "pruned") -> dict:
+    """A sweep job spec (`SweepSpec.to_dict()`), validated before anything runs."""
+    from pruning_core.sweep import SweepSpec
+
+    spec = SweepSpec(model=settings["model"], methods=tuple(methods), structures=tuple(structures),
+                     sparsities=tuple(float(s) for s in sparsities),
+                     eval_corpora=tuple(settings["eval_corpora"]), propagation=propagation,
+                     protocol=Protocol(**protocol_dict(settings)))
+    return spec.validate().to_dict()
+
+
+def sensitivity_spec(settings: dict, method: str, sparsities, metrics, probe_windows: int = 8) -> dict:
+    """A sensitivity job spec: {"model", "protocol", "method", "sparsities", "metrics", "probe_windows"}."""
+    if not metrics:
+        raise ConfigError("Choose at least one sensitivity metric (reconstruction is the cheapest).")
+    if not sparsities:
+        raise ConfigError("Choose at least one sparsity, e.g. 50 %.")
+    return {"model": settings["model"], "protocol": protocol_dict(settings), "method": method,
+            "sparsities": sorted(float(s) for s in sparsities), "metrics": list(metrics),
+            "probe_windows": int(probe_windows)}
+
+
+def whatif_spec(settings: dict, method: str, structure: str, sparsity: float,
+                layer_sparsity: Optional[dict] = None, prompt: str = "", max_new_tokens: int = 40) -> dict:
+    """A what-if job spec (see `pruning_core.whatif.run_whatif`)."""
+    return {"model": settings["model"], "model_identity": model_identity(settings["model"]),
+            "protocol": protocol_dict(settings), "method": method, "structure": structure,
+            "sparsity": float(sparsity),
+            "layer_sparsity": {str(k): float(v) for k, v in (layer_sparsity or {}).items()},
+            "eval_corpora": list(settings["eval_corpora"]), "prompt": prompt, "max_new_tokens": int(max_new_tokens)}
+
+
+# --------------------------------------------------------------------------------------------- estimates
+
+
+def estimates_available() -> bool:
+    return _estimates is not None
+
+
+def estimate(kind: str, settings: dict, spec: dict) -> Optional[dict]:
+    """The engine's {"seconds", "peak_memory_bytes", "breakdown", "assumptions"} for a job, or None when the
+    estimator is not available in this checkout."""
+    if _estimates is None:
+        return None
+    info = model_facts(settings["model"])
+    if kind == "sweep":
+        from pruning_core.sweep import SweepSpec
+
+        return _estimates.estimate_sweep(info, SweepSpec.from_dict(spec))
+    if kind == "sensitivity":
+        return _estimates.estimate_sensitivity(info, Protocol(**spec["protocol"]), spec["method"],
+                                               spec["sparsities"], spec["metrics"], spec["probe_windows"])
+    if kind == "whatif":
+        from pruning_core.sweep import SweepSpec
+
+        sweep = SweepSpec(model=spec["model"], methods=(spec["method"],), structures=(spec["structure"],),
+                          sparsities=(spec["sparsity"],), eval_corpora=tuple(spec["eval_corpora"]),
+                          protocol=Protocol(**spec["protocol"]))
+        return _estimates.estimate_sweep(info, sweep)
+    return None
+
+
+# -------------------------------------------------------------------------------------------------- jobs
+
+
+def _runner() -> JobRunner:
+    # The store is cheap to open (one SQLite file under $PRUNESCOPE_HOME); not cached, so a test that changes
+    # PRUNESCOPE_HOME gets its own store.
+    return JobRunner(Store())
+
+
+def _retire_if_stale(runner: JobRunner, kind: str, spec: dict) -> None:
+    """A finished job computed before the model file changed must not be reused: mark it failed (stale)."""
+    try:
+        identity = model_identity(spec["model"])
+    except PruneScopeError:
+        return
+    mtime_ns = identity.get("mtime_ns")
+    if not mtime_ns:
+        return
+    for job in runner.store.jobs_with_key(job_key(kind, spec)):
+        if job["state"] == "done" and (job.get("created") or 0) * 1e9 < mtime_ns:
+            runner.store.update_job(job["id"], only_if_state=("done",), state="failed",
+                                    error="The model changed on disk after this result was computed.")
+
+
+def submit_job(kind: str, spec: dict) -> str:
+    """Start (or attach to, or reuse the finished) job of `kind` with `spec`; return its id.
+
+    Inline mode (tests) runs it to the end before returning; a failure is then recorded in the job row and
+    shown by the job panel like a worker's failure.
+    """
+    runner = _runner()
+    _retire_if_stale(runner, kind, spec)
+    if not inline_jobs():
+        return runner.submit(kind, spec)
+    try:
+        runner.run_inline(kind, spec)
+    except PruneScopeError:
+        pass  # recorded as failed/cancelled in the job row; the panel shows it
+    except Exception:  # noqa: BLE001 - recorded in the row and its log; never a traceback on the page
+        pass
+    jobs = runner.store.jobs_with_key(job_key(kind, spec))
+    if not jobs:
+        raise ServiceError(f"The {kind} job did not start; try again.")
+    return max(jobs, key=lambda j: j.get("created") or 0)["id"]
+
+
+def job_status(job_id: str) -> dict:
+    """The job's status dict (state, fraction, message, eta_seconds, error, result, spec, kind...)."""
+    return _runner().status(job_id)
+
+
+def cancel_job(job_id: str) -> dict:
+    """Ask a job to stop at its next progress call; finished points stay stored."""
+    return _runner().cancel(job_id)
+
+
+def latest_job(kind: str, spec: Optional[dict] = None) -> Optional[str]:
+    """The newest job of `kind` worth showing after a reload: the same spec's if one exists, else the newest
+    running or done job of that kind; None when there is none."""
+    runner = _runner()
+    if spec is not None:
+        try:
+            same = runner.store.jobs_with_key(job_key(kind, spec))
+        except PruneScopeError:
+            same = []
+        if same:
+            return max(same, key=lambda j: j.get("created") or 0)["id"]
+    for job in runner.list_jobs(limit=50):
+        if job["kind"] == kind and job["state"] in (*ACTIVE_STATES, "done"):
+            return job["id"]
+    return None
+
+
+def is_active(status: dict) -> bool:
+    return status.get("state") in ACTIVE_STATES
+
+
+def partial_sweep_results(spec: dict) -> Optional[dict]:
+    """The sweep points stored so far for a running sweep job, as a results dict (None if none yet).
+
+    Uses the run key the sweep itself writes: content_hash({"sweep": spec, "model": weight fingerprint}).
+    """
+    from pruning_core.sweep import SweepSpec
+
+    loaded = get_model(spec["model"])
+    run_key = content_hash({"sweep": SweepSpec.from_dict(spec).to_dict(), "model": loaded.fingerprint})
+    payloads = Store().results_for_run(run_key)
+    if not payloads:
+        return None
+    dense = next((p for p in payloads if "method" not in p), {"ppl": {}})
+    points = [p for p in payloads if "method" in p]
+    return {"model": loaded.describe(), "dense": dense, "points": points,
+            "protocol": {**spec.get("protocol", {}), "propagation": spec.get("propagation")}}
+
+
+def recent_results(kind: str, model: Optional[str] = None, limit: int = 20) -> list[dict]:
+    """Finished job results of `kind` (for the model source `model` if given), newest first:
+    [{"id", "spec", "result", "finished"}]."""
+    out = []
+    for job in _runner().list_jobs(limit=100):
+        if model is not None and (job.get("spec") or {}).get("model") != model:
+            continue
+        if job["kind"] == kind and job["state"] == "done" and job.get("result"):
+            out.append({"id": job["id"], "spec": job["spec"], "result": job["result"], "finished": job.get("finished")})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def merge_sweeps(results: list[dict]) -> Optional[dict]:
+    """All points of several sweep results of the same model and protocol in one results dict (newest wins)."""
+    if not results:
+        return None
+    base = results[0]
+    same = [r for r in results if r.get("model", {}).get("fingerprint") == base.get("model", {}).get("fingerprint")
+            and _protocol_core(r) == _protocol_core(base)]
+    seen, points = set(), []
+    for r in same:
+        for p in r.get("points", []):
+            key = (p["method"], p["structure"], round(float(p.get("target_sparsity") or 0), 4))
+            if key not in seen:
+                seen.add(key)
+                points.append(p)
+    dense = {"ppl": {}}
+    for r in reversed(same):
+        dense["ppl"].update((r.get("dense") or {}).get("ppl") or {})
+    return {**base, "dense": dense, "points": points}
+
+
+def _protocol_core(results: dict) -> tuple:
+    p = results.get("protocol") or {}
+    return tuple(p.get(k) for k in ("calib", "nsamples", "seqlen", "seed", "eval_windows", "dtype", "propagation"))
+
+
+# ------------------------------------------------------------------------------------------------ what-if
+
+
+def generate(source: str, prompt: str, max_new_tokens: int = 40, mask_artifact: Optional[str] = None) -> str:
+    """Greedy text from the cached model, with a stored mask applied (restored afterwards) if given."""
+    from pruning_core.whatif import generate_text
+
+    masks = Store().load_tensors(mask_artifact) if mask_artifact else None
+    return generate_text(get_model(source), prompt, max_new_tokens, masks=masks)
+
+
+def format_seconds(seconds: Optional[float]) -> str:
+    """'about 40 s', 'about 3 min', or 'unknown'."""
+    if seconds is None:
+        return "unknown"
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def format_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "unknown"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def now() -> float:
+    return time.time()
+
+
+# -------------------------------------------------------------------------------------------- sensitivity
+
+MODULE_WORDS = {"q": "query projections", "k": "key projections", "v": "value projections",
+                "o": "attention output projections", "gate": "gate projections", "up": "up projections",
+                "down": "down projections", "fc1": "first MLP layers", "fc2": "second MLP layers",
+                "qkv": "fused attention projections", "fc": "MLP input layers", "proj": "MLP output layers"}
+
+
+def sensitivity_available() -> bool:
+    """Whether the engine's sensitivity module is present in this checkout."""
+    import importlib.util
+
+    return importlib.util.find_spec("pruning_core.sensitivity") is not None
+
+
+def _finite_mean(values) -> Optional[float]:
+    import math
+
+    kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def sensitivity_reading(sens: dict) -> str:
+    """One plain-language sentence from a sensitivity map's numbers: the most and least sensitive layers
+    (by `layer_values`, else the mean over a layer's modules) and module kinds (mean over layers)."""
+    layers = [int(x) for x in sens["layers"]]
+    values = sens["values"]
+    layer_scores = sens.get("layer_values") or [_finite_mean(row) for row in values]
+    ranked_layers = sorted((s, l) for s, l in zip(layer_scores, layers) if s is not None)
+    module_scores = [(_finite_mean(row[j] for row in values), m) for j, m in enumerate(sens["modules"])]
+    ranked_modules = sorted((s, m) for s, m in module_scores if s is not None)
+    if not ranked_layers or not ranked_modules:
+        return "No values were computed for this map."
+    top = sorted(l for _, l in ranked_layers[-2:]) if len(ranked_layers) > 2 else [ranked_layers[-1][1]]
+    safest = sorted(l for _, l in ranked_layers[:3]) if len(ranked_layers) > 4 else [ranked_layers[0][1]]
+    word = lambda m: MODULE_WORDS.get(m, f"'{m}' modules")  # noqa: E731
+    most_module, least_module = ranked_modules[-1][1], ranked_modules[0][1]
+    layer_text = ("layer " if len(top) == 1 else "layers ") + _join([str(l) for l in top])
+    safe_text = ("layer " if len(safest) == 1 else "layers ") + _join([str(l) for l in safest])
+    sparsity = sens.get("sparsity")
+    at = f" at {float(sparsity):.0%} sparsity" if sparsity is not None else ""
+    return (f"Pruned with {sens.get('method', '?')}{at}, {layer_text} and the {word(most_module)} are the most "
+            f"sensitive; {safe_text} and the {word(least_module)} are the safest places to remove weights.")
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def recommend(results: dict, corpus: str, budget: float) -> dict:
+    """The highest measured sparsity whose perplexity on `corpus` is at most (1 + budget) x dense.
+
+    Returns {"dense_ppl", "best" (point or None), "best_change" (fraction), "per_method": [(method, change,
+    point)] for each method's highest-sparsity point}. Ties at equal sparsity go to the lower perplexity.
+    """
+    dense = ((results.get("dense") or {}).get("ppl") or {}).get(corpus)
+    if dense is None:
+        raise ServiceError(f"The dense perplexity on '{corpus}' was not measured; run the sweep again.")
+    scored = []
+    for p in results.get("points", []):
+        ppl = (p.get("ppl") or {}).get(corpus)
+        if ppl is None:
+            continue
+        scored.append((float(p["sparsity"]), -ppl, p, ppl / dense - 1.0))
+    within = [s for s in scored if s[3] <= budget]
+    best = max(within, key=lambda s: (s[0], s[1])) if within else None
+    per_method = {}
+    for sparsity, neg, p, change in sorted(scored, key=lambda s: (s[0], s[1])):
+        per_method[p["method"]] = (p["method"], change, p)
+    return {"dense_ppl": dense, "best": best[2] if best else None, "best_change": best[3] if best else None,
+            "per_method": list(per_method.values())}

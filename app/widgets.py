@@ -1,0 +1,145 @@
+"""Shared dashboard widgets: page intro, error display, the settings line, and the live job panel.
+
+The job panel is the one place long work is shown: a progress bar with the current step and time left, a
+Cancel button, and a callback that draws partial results while the job runs. It refreshes itself with
+`st.fragment(run_every=...)` (only the panel reruns, not the page) and reruns the whole page once the job
+ends, so the page draws the final results.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+import streamlit as st
+
+from app import services, state
+from pruning_core.errors import PruneScopeError
+
+#: Seconds between refreshes of a running job's panel.
+REFRESH_S = 1.0
+
+
+def intro(title: str, lead: str) -> None:
+    """Page title and a one-paragraph explanation in plain words."""
+    st.title(title)
+    st.markdown(f'<p class="ps-lead">{lead}</p>', unsafe_allow_html=True)
+
+
+def show_error(error: BaseException) -> None:
+    """A short message, never a traceback: ours say what to do; anything else names the problem in one line
+    (the traceback goes to the server log for developers)."""
+    if isinstance(error, PruneScopeError):
+        st.error(str(error), icon=":material/error:")
+        return
+    print("".join(traceback.format_exception(error)), file=sys.stderr)
+    line = " ".join(str(error).split())[:300] or type(error).__name__
+    st.error(f"Something went wrong: {line}. Check the settings on the Setup page and try again.",
+             icon=":material/error:")
+
+
+def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a service; on failure show `show_error` and return None."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - every failure becomes a short message on the page
+        show_error(error)
+        return None
+
+
+def settings_line(settings: dict) -> None:
+    """One caption with the shared model, data and protocol (changed on the Setup page)."""
+    evals = ", ".join(settings["eval_corpora"])
+    calib = settings["calib"]
+    calib = calib if len(calib) < 30 else "…" + calib[-28:]
+    st.caption(f"Model **{settings['model']}** · calibration **{calib}** ({settings['nsamples']} windows × "
+               f"{settings['seqlen']} tokens, seed {settings['seed']}) · evaluation **{evals}** "
+               f"({settings['eval_windows']} windows) · change these on the **Setup** page.")
+
+
+def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
+    """The engine's time and memory estimate for a job, or a note that the estimator is missing."""
+    if spec is None:
+        return
+    if not services.estimates_available():
+        st.caption("Time estimate: not available in this version of the engine.")
+        return
+    try:
+        est = services.estimate(kind, settings, spec)
+    except Exception as error:  # noqa: BLE001 - an estimate must never block a run
+        st.caption(f"Time estimate unavailable: {' '.join(str(error).split())[:160]}")
+        return
+    if est:
+        st.caption(f":material/schedule: Estimated time **{services.format_seconds(est.get('seconds'))}**, "
+                   f"peak memory **{services.format_bytes(est.get('peak_memory_bytes'))}** on this machine.")
+
+
+def attach_job(kind: str, spec: Optional[dict]) -> Optional[str]:
+    """The job this page follows: the session's, else (after a reload) the newest of this kind in the store."""
+    job_id = state.job_id(kind)
+    if job_id is None:
+        job_id = guarded(services.latest_job, kind, spec)
+        if job_id:
+            state.set_job(kind, job_id)
+    return job_id
+
+
+def start_job(kind: str, spec: dict) -> Optional[str]:
+    """Submit a job and make it the page's job; errors are shown, not raised."""
+    job_id = guarded(services.submit_job, kind, spec)
+    if job_id:
+        state.set_job(kind, job_id)
+    return job_id
+
+
+def _eta_text(status: dict) -> str:
+    eta = status.get("eta_seconds")
+    started = status.get("started")
+    elapsed = f"running for {services.format_seconds(time.time() - started).removeprefix('about ')}" if started else "waiting for a worker"
+    return f"{elapsed} · time left {services.format_seconds(eta)}" if eta is not None else elapsed
+
+
+@st.fragment(run_every=REFRESH_S)
+def _live_panel(kind: str, job_id: str, on_progress: Optional[Callable[[dict], None]]) -> None:
+    status = guarded(services.job_status, job_id)
+    if status is None:
+        return
+    if not services.is_active(status):
+        st.rerun()  # the whole page: it draws the final results
+    with st.container(border=True):
+        fraction = float(status.get("fraction") or 0.0)
+        st.progress(min(max(fraction, 0.0), 1.0),
+                    text=f"**{fraction:.0%}** · {status.get('message') or 'starting'}")
+        left, right = st.columns([4, 1])
+        left.caption(_eta_text(status))
+        if right.button("Cancel", key=f"{kind}_cancel", icon=":material/stop_circle:", width="stretch"):
+            guarded(services.cancel_job, job_id)
+            st.toast("Cancelling: the job stops at its next step; finished points are kept.")
+    if on_progress is not None:
+        on_progress(status)
+
+
+def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[dict], None]] = None) -> Optional[dict]:
+    """Show the job's state; while it runs, a self-refreshing progress panel. Returns its status (or None)."""
+    if not job_id:
+        return None
+    status = guarded(services.job_status, job_id)
+    if status is None:
+        return None
+    state_ = status["state"]
+    if services.is_active(status):
+        _live_panel(kind, job_id, on_progress)
+    elif state_ == "done":
+        took = (status.get("finished") or 0) - (status.get("started") or status.get("finished") or 0)
+        st.caption(f":material/check_circle: Finished" + (f" in {services.format_seconds(took)}." if took > 0 else "."))
+    elif state_ == "failed":
+        st.error(f"The run failed: {status.get('error') or 'unknown error'}. Change the settings and run again; "
+                 "finished points are kept.", icon=":material/error:")
+    elif state_ == "cancelled":
+        st.warning("The run was cancelled. Finished points are kept: run again to resume where it stopped.",
+                   icon=":material/stop_circle:")
+    elif state_ == "interrupted":
+        st.warning(status.get("error") or "The run stopped; run again to resume.", icon=":material/warning:")
+    return status

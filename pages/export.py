@@ -1,0 +1,82 @@
+"""Export: the chosen setting as a re-applicable mask, a pruned model, an llm-compressor recipe and a report.
+
+Thin page: widgets in, one call to `app.export_service.export`, download buttons out. Reads the Setup
+page's choices from ``st.session_state["settings"]`` when present (quick defaults otherwise), and runs on its
+own (`streamlit run pages/export.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st
+
+from app import export_service as svc
+from app.charts import curves_chart, heatmap_chart, show
+
+RESULT_KEY = "export_result"
+
+st.title("Export")
+st.caption("Take the chosen setting away: the mask (re-applicable, verified against the model's fingerprint), "
+           "the pruned model, a recipe for llm-compressor and an evaluation report to forward.")
+
+settings = svc.settings_from(st.session_state)
+st.markdown(f"**Model** `{settings['model']}` · calibration **{settings['calib']}** · "
+            f"{settings['nsamples']} windows × {settings['seqlen']} tokens · evaluation on "
+            f"{', '.join(settings['eval_corpora'])}")
+
+with st.form("export-form"):
+    left, right = st.columns(2)
+    method = left.selectbox("Method", svc.METHODS, key="export_method")
+    structure = left.selectbox("Structure", svc.STRUCTURES, key="export_structure",
+                               help="2:4 can be accelerated by NVIDIA sparse tensor cores; unstructured cannot.")
+    sparsity = left.slider("Sparsity (unstructured)", 0.1, 0.9, 0.5, 0.05, key="export_sparsity")
+    prompts = right.text_area("Prompts for sample generations (one per line)", "\n".join(svc.DEFAULT_PROMPTS),
+                              key="export_prompts")
+    heatmap = right.checkbox("Sensitivity heatmap (reconstruction proxy)", True, key="export_heatmap")
+    recipe = right.checkbox("llm-compressor recipe", True, key="export_recipe")
+    save_model = right.checkbox("Pruned model (zip of a save_pretrained folder)", False, key="export_model")
+    pdf = right.checkbox("PDF report (headless Chromium)", False, key="export_pdf")
+    lm_eval = right.checkbox("lm-eval on the local tasks", False, key="export_lm_eval")
+    limit = right.number_input("lm-eval documents per task", 1, 500, 20, key="export_lm_eval_limit")
+    submitted = st.form_submit_button("Export", type="primary")
+
+if submitted:
+    options = {"method": method, "structure": structure, "sparsity": float(sparsity),
+               "prompts": tuple(p.strip() for p in prompts.splitlines() if p.strip()), "heatmap": heatmap,
+               "recipe": recipe, "save_model": save_model, "pdf": pdf,
+               "lm_eval_tasks": tuple(svc.LOCAL_TASKS) if lm_eval else (), "lm_eval_limit": int(limit)}
+    bar = st.progress(0.0, text="starting")
+    try:
+        st.session_state[RESULT_KEY] = svc.export(settings, options,
+                                                  lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
+        bar.empty()
+    except svc.PruneScopeError as exc:
+        bar.empty()
+        st.error(str(exc))
+
+result = st.session_state.get(RESULT_KEY)
+if result:
+    st.subheader("Summary")
+    for sentence in result["summary"]:
+        st.markdown(f"- {sentence}")
+    st.subheader("Downloads")
+    columns = st.columns(3)
+    for i, item in enumerate(result["files"]):
+        size = f" ({item['bytes'] / 1e6:.2f} MB)" if item.get("bytes") else ""
+        columns[i % 3].download_button(f"{item['name']}{size}", svc.file_bytes(item), file_name=item["name"],
+                                       mime=item["mime"], key=f"download-{item['name']}")
+    st.caption(f"Files are also in `{result['folder']}`.")
+    report = result["report"]
+    if report.get("results"):
+        corpus = next(iter(report["results"]["dense"]["ppl"]))
+        show(curves_chart(report["results"], corpus), key="export-curves")
+    if report.get("sensitivity"):
+        show(heatmap_chart(report["sensitivity"]), key="export-heatmap")
+    elif report.get("sensitivity_note"):
+        st.caption(report["sensitivity_note"])

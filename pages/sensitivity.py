@@ -1,0 +1,111 @@
+"""Sensitivity: which layers and modules can lose weights safely, as a layers x module-kinds heatmap.
+
+A cell is how much the loss grows when that one module alone is pruned (exact metric), or a cheaper proxy
+(reconstruction error, Taylor score). With several sparsities a per-module view shows how sensitivity
+grows; with the exact metric and a proxy, a scatter shows how well the proxy ranks modules (Spearman ρ).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/sensitivity.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import charts, services, state, widgets  # noqa: E402
+from pruning_core.figures import metric_unit  # noqa: E402
+
+SPARSITY_CHOICES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+METRIC_HELP = ("exact: loss increase when the module alone is pruned (one evaluation per module, slowest); "
+               "reconstruction: relative error of the module's output (cheap); taylor: first-order |W·∂L/∂W| "
+               "(one backward pass).")
+
+state.init()
+settings = state.settings()
+
+widgets.intro("Sensitivity", "Where does removing weights hurt? Each cell is one module of one layer, "
+              "pruned <b>alone</b>: brighter means the model suffers more, darker means it is safer to prune.")
+widgets.settings_line(settings)
+
+available = services.sensitivity_available()
+if not available:
+    st.warning("The sensitivity engine (pruning_core.sensitivity) is not installed in this version, so maps "
+               "cannot be computed yet. Curves and What-if work without it.", icon=":material/warning:")
+
+with st.container(border=True):
+    c1, c2, c3, c4 = st.columns([2, 3, 3, 2])
+    method = c1.selectbox("Method", services.METHODS, index=1, key="sens_method")
+    sparsities = c2.multiselect("Sparsities", SPARSITY_CHOICES, default=[0.5], key="sens_sparsities",
+                                format_func=lambda s: f"{s:.0%}",
+                                help="Several sparsities add a sensitivity-vs-sparsity view per module.")
+    metrics = c3.multiselect("Metrics", services.SENSITIVITY_METRICS, default=["reconstruction"],
+                             key="sens_metrics", help=METRIC_HELP)
+    probe = c4.number_input("Probe windows", 1, 256, value=8, key="sens_probe",
+                            help="Calibration windows used to measure the loss for the exact and Taylor metrics.")
+    spec = None
+    try:
+        spec = services.sensitivity_spec(settings, method, sparsities, metrics, int(probe))
+    except Exception as error:  # noqa: BLE001
+        widgets.show_error(error)
+    widgets.estimate_line("sensitivity", settings, spec)
+    run = st.button("Compute map", key="sens_run", type="primary", icon=":material/play_arrow:",
+                    disabled=spec is None or not available)
+
+if run and spec is not None:
+    widgets.start_job("sensitivity", spec)
+
+status = widgets.job_panel("sensitivity", widgets.attach_job("sensitivity", spec))
+result = status.get("result") if status and status.get("state") == "done" else None
+maps = (result or {}).get("maps") or []
+
+if not maps:
+    if status is None or not services.is_active(status):
+        st.info("No map yet: choose a method, sparsity and metric above and press **Compute map**. The "
+                "reconstruction metric is the fastest (about a minute with the quick protocol).",
+                icon=":material/info:")
+    st.stop()
+
+metrics_present = list(dict.fromkeys(m["metric"] for m in maps))
+sparsities_present = sorted({float(m["sparsity"]) for m in maps})
+s1, s2, _ = st.columns([2, 2, 3])
+metric = s1.selectbox("Show metric", metrics_present, key="sens_show_metric",
+                      format_func=lambda m: f"{m} · {metric_unit(m)}")
+sparsity = s2.selectbox("Show sparsity", sparsities_present, key="sens_show_sparsity",
+                        format_func=lambda s: f"{s:.0%}")
+chosen = next(m for m in maps if m["metric"] == metric and abs(float(m["sparsity"]) - sparsity) < 1e-9)
+
+st.markdown(f"**Reading:** {services.sensitivity_reading(chosen)}")
+left, right = st.columns([3, 2], gap="medium")
+charts.show(charts.heatmap_chart(chosen), key="sens_heatmap", container=left,
+            alt="Sensitivity heatmap: decoder layers by module kinds")
+charts.show(charts.layer_bar_chart(chosen), key="sens_layers", container=right,
+            alt="Sensitivity per decoder layer")
+if chosen.get("baseline_loss") is not None:
+    right.caption(f"Dense calibration loss {float(chosen['baseline_loss']):.3f} nats/token · computed in "
+                  f"{services.format_seconds(chosen.get('seconds'))}.")
+
+same_metric = [m for m in maps if m["metric"] == metric]
+if len(same_metric) > 1:
+    st.subheader("Sensitivity vs sparsity")
+    module = st.radio("Module kind", chosen["modules"], key="sens_module", horizontal=True,
+                      index=len(chosen["modules"]) - 1)
+    charts.show(charts.sensitivity_curves_chart(same_metric, module), key="sens_curves",
+                alt=f"Sensitivity of {module} modules against sparsity")
+
+exact = next((m for m in maps if m["metric"] == "exact" and abs(float(m["sparsity"]) - sparsity) < 1e-9), None)
+proxies = [m for m in maps if m["metric"] != "exact" and abs(float(m["sparsity"]) - sparsity) < 1e-9]
+if exact is not None and proxies:
+    st.subheader("Do the cheap proxies rank modules like the exact metric?")
+    correlations = {(round(float(c["sparsity"]), 6), c["proxy"]): c.get("spearman")
+                    for c in (result.get("correlations") or [])}
+    columns = st.columns(len(proxies))
+    for column, proxy in zip(columns, proxies):
+        rho = correlations.get((round(sparsity, 6), proxy["metric"]))
+        charts.show(charts.proxy_scatter_chart(exact, proxy, rho), key=f"sens_proxy_{proxy['metric']}",
+                    container=column, alt=f"{proxy['metric']} against the exact metric")
+    st.caption("Spearman ρ near 1: the proxy orders modules like the exact loss increase, so it can stand in "
+               "for it at a fraction of the cost.")

@@ -1,0 +1,195 @@
+"""Setup: choose the model, the calibration and evaluation text, and the protocol; see the cost before a run.
+
+Every choice goes into the shared settings (`app.state`), which the other pages read. Defaults are for a
+quick look on a laptop (16 windows of 256 tokens); "Paper protocol" sets the Wanda/SparseGPT settings.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/setup.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import services, state, widgets  # noqa: E402
+from app.launch import default_model  # noqa: E402
+
+MODEL_CHOICES = {
+    "embedded": "Embedded SmolLM2-135M",
+    "launcher": "Chosen at launch",
+    "folder": "Local folder",
+    "gguf": "GGUF file",
+    "hub": "Hugging Face hub id",
+}
+UPLOAD = "upload a file…"
+CORPUS_LABELS = {"wiki": "wiki · Wikipedia articles", "news": "news · Lee news corpus",
+                 "pydocs": "pydocs · Python documentation", "wikitext2": "wikitext2 (hub, online only)",
+                 "c4": "c4 (hub, online only)", "ptb": "ptb (hub, online only)", UPLOAD: "Upload a file…"}
+
+state.init()
+settings = state.settings()
+
+
+def _seed(key: str, value) -> None:
+    """Give a widget its value from the shared settings the first time it is drawn in this visit."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def _apply_preset(preset: dict) -> None:
+    for field, value in preset.items():
+        st.session_state[f"setup_{field}"] = value
+
+
+widgets.intro("Setup", "Choose the model and the text used to <b>calibrate</b> the pruning (which weights "
+              "matter) and to <b>evaluate</b> it (perplexity on held-out text). Every other page uses these "
+              "choices.")
+
+# ------------------------------------------------------------------------------------------------- model
+st.subheader("Model")
+launcher = default_model()
+choices = ["embedded"] + (["launcher"] if launcher != "embedded" else []) + ["folder", "gguf", "hub"]
+if "setup_model_kind" not in st.session_state:
+    current = settings["model"]
+    st.session_state["setup_model_kind"] = ("embedded" if current == "embedded" else
+                                            "launcher" if current == launcher else "folder")
+    st.session_state.setdefault("setup_model_path", "" if current in ("embedded", launcher) else current)
+kind = st.radio("Model source", choices, key="setup_model_kind", horizontal=True,
+                format_func=lambda c: MODEL_CHOICES[c] + (f" ({launcher})" if c == "launcher" else ""))
+source = None
+if kind == "embedded":
+    source = "embedded"
+elif kind == "launcher":
+    source = launcher
+else:
+    hints = {"folder": "A Hugging Face model folder (with config.json), e.g. /models/llama-1b",
+             "gguf": "Path of a .gguf file, e.g. /models/qwen2-0.5b.Q8_0.gguf",
+             "hub": "A hub id such as HuggingFaceTB/SmolLM2-360M (needs internet)"}
+    typed = st.text_input("Model path or id", key="setup_model_path", placeholder=hints[kind]).strip()
+    if kind == "hub":
+        st.caption("Hub models need internet access; on an offline machine you will get a message saying so.")
+    source = typed or None
+if source is None:
+    st.info("Enter a model path or id above, or choose the embedded model.", icon=":material/info:")
+else:
+    facts = widgets.guarded(services.model_facts, source)
+    if facts is not None:
+        state.update(model=source)
+        with st.container(border=True):
+            cols = st.columns(5)
+            cols[0].metric("Architecture", facts["family"].capitalize(),
+                           help=f"hidden size {facts['hidden_size']}; prunable linears per layer: "
+                                f"{', '.join(facts['module_kinds'])}")
+            cols[1].metric("Decoder layers", f"{facts['layers']}",
+                           help=f"{len(facts['module_kinds'])} prunable linear layers each")
+            cols[2].metric("Parameters", f"{facts['parameters'] / 1e6:,.1f} M",
+                           help=f"{facts['prunable_parameters'] / 1e6:,.1f} M of them in prunable linears")
+            cols[3].metric("Memory", services.format_bytes(facts["memory_bytes"]),
+                           help=f"weights in {facts['dtype']}, as loaded for pruning")
+            cols[4].metric("On disk", services.format_bytes(facts.get("disk_bytes")))
+            st.caption(f"**{facts['name']}** · prunable linears per layer: {', '.join(facts['module_kinds'])} · "
+                       f"weights fingerprint `{facts['fingerprint']}`")
+
+# ------------------------------------------------------------------------------------------------- data
+st.subheader("Calibration and evaluation text")
+calib_col, eval_col = st.columns(2, gap="large")
+with calib_col:
+    calib_options = list(services.EMBEDDED_CORPORA) + [UPLOAD] + list(services.HUB_CORPORA)
+    uploaded_path = st.session_state.get("setup_uploaded_path")
+    if uploaded_path:
+        calib_options.insert(len(services.EMBEDDED_CORPORA), uploaded_path)
+    current_calib = settings["calib"] if settings["calib"] in calib_options else "wiki"
+    _seed("setup_calib", current_calib)
+    calib = st.selectbox("Calibration corpus", calib_options, key="setup_calib",
+                         format_func=lambda c: CORPUS_LABELS.get(c, f"file · {Path(c).name.split('-', 1)[-1]}"),
+                         help="Pruning statistics (which weights matter) come from random windows of this text.")
+    if calib == UPLOAD:
+        upload = st.file_uploader("Text file", type=list(services.USER_FILE_EXTENSIONS), key="setup_upload",
+                                  help=".txt (paragraphs), .jsonl/.json (a 'text' field), .csv/.parquet (a column)")
+        if upload is not None:
+            path = widgets.guarded(services.save_upload, upload.name, upload.getvalue())
+            if path:
+                st.session_state["setup_uploaded_path"] = path
+                st.session_state["setup_calib"] = path
+                st.rerun()
+        calib = None
+    if calib and Path(calib).suffix.lower() in (".csv", ".parquet", ".json", ".jsonl"):
+        _seed("setup_calib_column", settings.get("calib_column") or "")
+        column = st.text_input("Text column / field", key="setup_calib_column",
+                               help="Leave empty for 'text' (JSON) or the only text column (tables).")
+        state.update(calib_column=column.strip() or None)
+    if calib:
+        state.update(calib=calib)
+        preview = widgets.guarded(services.corpus_preview, calib, "calibration", settings.get("calib_column"))
+        if preview is not None:
+            tokens = widgets.guarded(services.token_count, settings["model"], calib, "calibration",
+                                     settings.get("calib_column")) if source else None
+            token_text = f" · **{tokens:,}** tokens" if tokens else ""
+            st.caption(f"Calibration split: **{preview['documents']:,}** documents · "
+                       f"**{preview['chars']:,}** characters{token_text}")
+            with st.expander("Preview the calibration text"):
+                st.text(preview["text"] + " …")
+with eval_col:
+    eval_options = list(services.EMBEDDED_CORPORA) + list(services.HUB_CORPORA)
+    if uploaded_path:
+        eval_options.insert(len(services.EMBEDDED_CORPORA), uploaded_path)
+    _seed("setup_eval", [c for c in settings["eval_corpora"] if c in eval_options] or ["wiki"])
+    evals = st.multiselect("Evaluation corpora", eval_options, key="setup_eval",
+                           format_func=lambda c: CORPUS_LABELS.get(c, f"file · {Path(c).name.split('-', 1)[-1]}"),
+                           help="Perplexity is measured on the held-out (evaluation) split of each.")
+    if evals:
+        state.update(eval_corpora=list(evals))
+        for corpus in evals:
+            info = widgets.guarded(services.corpus_preview, corpus, "evaluation")
+            if info is not None:
+                st.caption(f"**{corpus if corpus in CORPUS_LABELS else Path(corpus).name}** evaluation split: "
+                           f"{info['documents']:,} documents · {info['chars']:,} characters")
+    else:
+        st.warning("Choose at least one evaluation corpus.", icon=":material/warning:")
+
+# ---------------------------------------------------------------------------------------------- protocol
+st.subheader("Protocol")
+for field in ("nsamples", "seqlen", "eval_windows", "seed", "dtype"):
+    _seed(f"setup_{field}", settings[field])
+p1, p2, p3, p4, p5 = st.columns(5)
+nsamples = p1.number_input("Calibration windows", 1, 4096, step=1, key="setup_nsamples",
+                           help="nsamples: random windows of the calibration text (papers: 128).")
+seqlen = p2.number_input("Tokens per window", 8, 8192, step=32, key="setup_seqlen",
+                         help="seqlen: tokens per calibration and evaluation window (papers: 2048).")
+eval_windows = p3.number_input("Evaluation windows", 1, 100_000, step=1, key="setup_eval_windows",
+                               help="Perplexity uses the first N non-overlapping windows of each evaluation "
+                                    "split (papers: all of them).")
+seed = p4.number_input("Seed", 0, 2**31 - 1, step=1, key="setup_seed", help="Calibration sampling seed.")
+dtype = p5.selectbox("Eval dtype", services.EVAL_DTYPES, key="setup_dtype",
+                     help="Compute dtype of the perplexity evaluation.")
+state.update(nsamples=int(nsamples), seqlen=int(seqlen), eval_windows=int(eval_windows), seed=int(seed),
+             dtype=dtype)
+b1, b2, _ = st.columns([1, 1, 3])
+b1.button("Quick look", key="setup_quick", on_click=_apply_preset, args=(services.QUICK,),
+          icon=":material/bolt:", width="stretch", help="16 windows × 256 tokens, 16 evaluation windows")
+b2.button("Paper protocol", key="setup_paper", on_click=_apply_preset, args=(services.PAPER,),
+          icon=":material/menu_book:", width="stretch",
+          help="128 windows × 2048 tokens, the whole evaluation split (as in Wanda/SparseGPT)")
+
+# --------------------------------------------------------------------------------------------- estimate
+st.subheader("Before you run")
+if source and evals:
+    try:
+        sweep = services.sweep_spec(settings, ["wanda"], ["unstructured"], [0.5])
+        sens = services.sensitivity_spec(settings, "wanda", [0.5], ["reconstruction"])
+    except Exception as error:  # noqa: BLE001
+        widgets.show_error(error)
+    else:
+        e1, e2 = st.columns(2)
+        with e1:
+            st.markdown("**One curve point** (Wanda, 50 %)")
+            widgets.estimate_line("sweep", settings, sweep)
+        with e2:
+            st.markdown("**One sensitivity map** (reconstruction proxy, 50 %)")
+            widgets.estimate_line("sensitivity", settings, sens)
+    st.success("Settings saved for this session: open **Sensitivity** or **Curves** in the menu to run.",
+               icon=":material/check_circle:")

@@ -1,0 +1,82 @@
+"""Summary: one screen for a demo: the recommended setting for a quality budget, the headline, two charts.
+
+The recommendation is the highest sparsity, among the points actually measured on the Curves page, whose
+perplexity stays within the budget (e.g. at most +10 % over the dense model) on the chosen corpus.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/summary.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import charts, services, state, widgets  # noqa: E402
+from pruning_core.figures import corpora_in  # noqa: E402
+
+METHOD_NAMES = {"magnitude": "magnitude pruning", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+
+state.init()
+settings = state.settings()
+widgets.intro("Summary", "The answer in one screen: how far this model can be pruned for the quality you are "
+              "willing to give up.")
+
+sweeps = [r["result"] for r in (widgets.guarded(services.recent_results, "sweep", settings["model"]) or [])]
+results = services.merge_sweeps(sweeps)
+if not results or not results.get("points"):
+    st.info("Nothing measured yet: run a sweep on the **Curves** page (and a map on **Sensitivity**); the "
+            "summary is built from those numbers only.", icon=":material/info:")
+    st.stop()
+
+c1, c2 = st.columns([3, 2])
+budget = c1.slider("Quality budget: at most this much worse perplexity than the dense model", 1, 100, 10,
+                   key="summary_budget", format="+%d %%")
+corpora = corpora_in(results)
+corpus = c2.selectbox("Judged on", corpora, key="summary_corpus")
+
+rec = services.recommend(results, corpus, budget / 100.0)
+dense = rec["dense_ppl"]
+with st.container(border=True):
+    if rec["best"] is None:
+        st.markdown(f"### No measured setting stays within +{budget} %")
+        st.markdown(f"The mildest measured point loses more than that on **{corpus}**. Try lower sparsities on "
+                    "the Curves page, or a larger budget.")
+    else:
+        p = rec["best"]
+        loss = rec["best_change"] * 100
+        st.markdown(f"### Recommended: **{METHOD_NAMES.get(p['method'], p['method'])}**, **{p['structure']}**, "
+                    f"**{p['sparsity']:.0%}** sparsity")
+        st.markdown(f'<p class="ps-lead">At {p["sparsity"]:.0%} sparsity with {METHOD_NAMES.get(p["method"], p["method"])} '
+                    f"the model's perplexity on {corpus} goes from {dense:,.2f} to {p['ppl'][corpus]:,.2f} "
+                    f"(<b>{loss:+.1f} %</b>), within your +{budget} % budget."
+                    + (" In the 2:4 compressed form its pruned layers take about 1.8x less storage (16-bit weights), and it can run faster on GPUs with sparse "
+                       "tensor cores." if p["structure"] == "2:4" else
+                       " Unstructured sparsity saves storage only in a compressed form and gives no speed-up on "
+                       "ordinary dense kernels.") + "</p>", unsafe_allow_html=True)
+    lines = []
+    for method, change, point in rec["per_method"]:
+        lines.append(f"- **{METHOD_NAMES.get(method, method)}** at {point['sparsity']:.0%} "
+                     f"({point['structure']}): {change * 100:+.1f} % perplexity")
+    if lines:
+        st.markdown("Headline numbers (each method's highest measured sparsity):\n" + "\n".join(lines))
+
+left, right = st.columns(2, gap="medium")
+charts.show(charts.curves_chart(results, corpus), key="summary_curves", container=left,
+            alt="Perplexity against sparsity")
+maps = []
+for r in widgets.guarded(services.recent_results, "sensitivity", settings["model"]) or []:
+    maps = r["result"].get("maps") or []
+    if maps:
+        break
+if maps:
+    chosen = max(maps, key=lambda m: (m["metric"] == "exact", -abs(float(m["sparsity"]) - 0.5)))
+    charts.show(charts.heatmap_chart(chosen), key="summary_heatmap", container=right,
+                alt="Sensitivity heatmap")
+    right.caption(services.sensitivity_reading(chosen))
+else:
+    right.info("Compute a sensitivity map on the **Sensitivity** page to see where the model is fragile.",
+               icon=":material/info:")

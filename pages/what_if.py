@@ -1,0 +1,116 @@
+"""What-if: try one pruning setting and see what it costs and what it really saves.
+
+Perplexity dense vs pruned, the model's size in the storage forms that realise a saving, an honest note on
+speed, and text from the dense and the pruned model side by side for the same prompt (greedy decoding).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/what_if.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import services, state, widgets  # noqa: E402
+
+DEFAULT_PROMPT = "The most important thing to know about the history of science is"
+
+state.init()
+settings = state.settings()
+
+widgets.intro("What-if", "Try one setting: how much worse does the pruned model get, how much smaller can it "
+              "be stored, and how does its text compare with the original's?")
+widgets.settings_line(settings)
+
+with st.container(border=True):
+    c1, c2, c3 = st.columns(3)
+    method = c1.selectbox("Method", services.METHODS, index=1, key="whatif_method")
+    structure = c2.selectbox("Structure", services.STRUCTURES, key="whatif_structure")
+    is_nm = structure != "unstructured"
+    sparsity = c3.slider("Sparsity", 0.05, 0.95, 0.5, 0.05, key="whatif_sparsity", disabled=is_nm,
+                         format="%.2f", help="Share of weights removed (N:M structures are always 50 %).")
+    layer_sparsity = {}
+    if not is_nm:
+        per_layer = st.toggle("Set sparsity per layer", key="whatif_per_layer",
+                              help="Edit the table: e.g. spare the first layers and prune the middle ones more.")
+        if per_layer:
+            facts = widgets.guarded(services.model_facts, settings["model"])
+            if facts:
+                rows = [{"layer": i, "sparsity": float(sparsity)} for i in range(facts["layers"])]
+                edited = st.data_editor(rows, key="whatif_layers", hide_index=True, disabled=["layer"],
+                                        column_config={"sparsity": st.column_config.NumberColumn(
+                                            "sparsity (0-1)", min_value=0.0, max_value=0.99, step=0.05,
+                                            format="%.2f")}, height=min(400, 38 + 35 * len(rows)))
+                layer_sparsity = {int(r["layer"]): float(r["sparsity"]) for r in edited
+                                  if r.get("sparsity") is not None and abs(float(r["sparsity"]) - sparsity) > 1e-9}
+    prompt = st.text_area("Prompt for the text comparison", DEFAULT_PROMPT, key="whatif_prompt", height=80)
+    spec = None
+    try:
+        spec = services.whatif_spec(settings, method, structure, sparsity, layer_sparsity, prompt.strip())
+    except Exception as error:  # noqa: BLE001
+        widgets.show_error(error)
+    widgets.estimate_line("whatif", settings, spec)
+    run = st.button("Try it", key="whatif_run", type="primary", icon=":material/play_arrow:", disabled=spec is None)
+
+if run and spec is not None:
+    widgets.start_job("whatif", spec)
+
+status = widgets.job_panel("whatif", widgets.attach_job("whatif", spec))
+result = status.get("result") if status and status.get("state") == "done" else None
+if not result:
+    if status is None or not services.is_active(status):
+        st.info("Choose a setting above and press **Try it**.", icon=":material/info:")
+    st.stop()
+
+config = result["config"]
+st.subheader(f"{config['method']} · {config['structure']} · {result['sparsity']:.1%} of weights removed")
+corpora = list(result["ppl"])
+cols = st.columns(len(corpora) + 1)
+for column, corpus in zip(cols, corpora):
+    dense, pruned = result["dense_ppl"][corpus], result["ppl"][corpus]
+    change = (pruned / dense - 1.0) * 100.0
+    column.metric(f"Perplexity on {corpus}", f"{pruned:,.2f}", f"{change:+.1f} % vs dense {dense:,.2f}",
+                  delta_color="inverse", help="Lower is better; the change is relative to the unpruned model.")
+size = result["size"]
+cols[-1].metric("Measured sparsity", f"{result['sparsity']:.1%}",
+                help="Zeros / elements over all pruned linear layers.")
+
+st.subheader("Size on disk (16-bit weights)")
+dense_b = size["dense_bytes"]
+forms = [("Dense (zeros stored)", size["dense_with_zeros_bytes"], "Zeros take as much space as any weight: no saving."),
+         ("Bitmask + kept values", size["bitmask_bytes"], "1 bit per weight says kept or pruned; only kept values are stored.")]
+if size.get("nm_2_4_bytes") is not None:
+    forms.insert(1, ("2:4 compressed", size["nm_2_4_bytes"],
+                     "2 values of every 4 plus a 2-bit position each (NVIDIA's sparse format)."))
+else:
+    forms.insert(1, ("2:4 compressed", None, "Needs a 2:4 mask: choose the 2:4 structure to use this form."))
+size_cols = st.columns(len(forms))
+for column, (label, nbytes, note) in zip(size_cols, forms):
+    with column.container(border=True):
+        if nbytes is None:
+            st.metric(label, "not applicable")
+        else:
+            saving = (1 - nbytes / dense_b) * 100 if dense_b else 0.0
+            st.metric(label, services.format_bytes(nbytes), f"{-saving:.1f} % vs dense" if saving else "no saving",
+                      delta_color="inverse" if saving else "off")
+        st.caption(note)
+st.caption(f"Whole model, {size['prunable_weights']:,} prunable weights of which {size['kept_weights']:,} kept; "
+           f"{size['other_parameters']:,} other parameters (embeddings, norms) stay dense.")
+st.info(result["speed_note"], icon=":material/speed:")
+
+st.subheader("Same prompt, dense vs pruned (greedy decoding)")
+gen = result["generations"]
+st.caption(f"Prompt: “{gen['prompt']}”")
+g1, g2 = st.columns(2)
+with g1.container(border=True):
+    st.markdown("**Dense model**")
+    st.write(gen["dense"] or "(no text)")
+with g2.container(border=True):
+    st.markdown(f"**Pruned model** ({result['sparsity']:.0%} sparse)")
+    st.write(gen["pruned"] or "(no text)")
+if result.get("mask_artifact"):
+    st.caption(f"Mask stored as artifact `{result['mask_artifact'][:12]}…` (export it from the Export page).")

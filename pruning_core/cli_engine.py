@@ -1,0 +1,149 @@
+"""`prunescope sensitivity` and `prunescope jobs`: the analysis engine, headless.
+
+`sensitivity` runs as a recorded job in this process (`JobRunner.run_inline`), so a map computed from the
+CLI shows up in the dashboard's job list and its maps are reused from the store.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .cli import (
+    ConsoleProgress,
+    _csv,
+    _floats,
+    add_protocol_args,
+    prepare_out_dir,
+    protocol_from_args,
+    write_json,
+)
+from .errors import ConfigError
+
+METRIC_CHOICES = ("exact", "reconstruction", "taylor")
+
+
+def _metrics(text: str) -> tuple[str, ...]:
+    parts = _csv(text.lower())
+    if parts == ("all",):
+        return METRIC_CHOICES
+    unknown = [p for p in parts if p not in METRIC_CHOICES]
+    if unknown or not parts:
+        raise ConfigError(f"--metric '{text}' is not understood; use all, or a comma list of "
+                          f"{', '.join(METRIC_CHOICES)}.")
+    return parts
+
+
+# ------------------------------------------------------------------------------------------ sensitivity
+
+def add_sensitivity(sub) -> None:
+    p = sub.add_parser("sensitivity", help="per-layer x per-module sensitivity map (heatmap numbers)")
+    add_protocol_args(p)
+    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
+    p.add_argument("--sparsity", type=float, default=None, help="one sparsity fraction (default 0.5)")
+    p.add_argument("--sparsities", default=None, help="comma-separated fractions, e.g. 0.3,0.5,0.7")
+    p.add_argument("--metric", default="exact", help="all, or a comma list of exact, reconstruction, taylor")
+    p.add_argument("--probe-windows", type=int, default=8, help="evaluation windows of the exact probe")
+    p.add_argument("--probe-dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype of the exact probes (default: --dtype)")
+    p.add_argument("--layers", default=None, help="comma-separated decoder layer indices (default all)")
+    p.add_argument("--out", required=True, help="output folder (sensitivity.json, sensitivity_all.json)")
+    p.set_defaults(handler=cmd_sensitivity)
+
+
+def cmd_sensitivity(args) -> int:
+    from .jobs import JobRunner
+
+    protocol = protocol_from_args(args)
+    sparsities = list(_floats(args.sparsities)) if args.sparsities else []
+    if args.sparsity is not None:
+        sparsities = [args.sparsity] + [s for s in sparsities if s != args.sparsity]
+    sparsities = sparsities or [0.5]
+    from .masks import check_sparsity
+    from .methods import get_method
+
+    for s in sparsities:
+        check_sparsity(s)
+    get_method(args.method)
+    metrics = _metrics(args.metric)
+    if args.probe_windows < 1:
+        raise ConfigError(f"--probe-windows must be a positive integer, got {args.probe_windows}.")
+    out = prepare_out_dir(args.out)
+    spec = {"model": args.model, "protocol": protocol.to_dict(), "method": args.method.strip().lower(),
+            "sparsities": sparsities, "metrics": list(metrics), "probe_windows": args.probe_windows}
+    if args.probe_dtype:
+        spec["dtype"] = args.probe_dtype
+    if args.layers:
+        try:
+            spec["layers"] = [int(x) for x in _csv(args.layers)]
+        except ValueError:
+            raise ConfigError(f"--layers '{args.layers}' must be comma-separated integers such as 0,1,2.") from None
+    start = time.perf_counter()
+    result = JobRunner().run_inline("sensitivity", spec, ConsoleProgress())
+    first = result["maps"][0]
+    write_json(out / "sensitivity.json", first)
+    write_json(out / "sensitivity_all.json", result)
+    _print_extremes(first)
+    for c in result["correlations"]:
+        print(f"spearman({c['proxy']} vs exact) at {c['sparsity']:g}: {c['spearman']:.3f}")
+    print(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity_all.json'} "
+          f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def ranked_cells(document: dict) -> list[tuple[float, int, str]]:
+    """(value, layer, module kind) of every cell of a map, most sensitive first."""
+    cells = [(v, layer, kind) for layer, row in zip(document["layers"], document["values"])
+             for kind, v in zip(document["modules"], row)]
+    return sorted(cells, key=lambda c: -c[0])
+
+
+def _print_extremes(document: dict, n: int = 5) -> None:
+    cells = ranked_cells(document)
+    print(f"{document['metric']} sensitivity, {document['method']} at {document['sparsity']:g} "
+          f"(baseline loss {document['baseline_loss']:.4f} nats/token; {document['units']})")
+    print("most sensitive:")
+    for v, layer, kind in cells[:n]:
+        print(f"  layer {layer:>3} {kind:<6} {v: .6g}")
+    print("least sensitive:")
+    for v, layer, kind in cells[-n:]:
+        print(f"  layer {layer:>3} {kind:<6} {v: .6g}")
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+def add_jobs(sub) -> None:
+    p = sub.add_parser("jobs", help="list jobs and their state; cancel one")
+    p.add_argument("--cancel", default=None, metavar="ID", help="cancel the job with this id (or unique prefix)")
+    p.add_argument("--limit", type=int, default=50, help="how many recent jobs to list")
+    p.set_defaults(handler=cmd_jobs)
+
+
+def _resolve_job_id(runner, prefix: str) -> str:
+    matches = [job["id"] for job in runner.store.recent_jobs(10_000) if job["id"].startswith(prefix)]
+    if not matches:
+        raise ConfigError(f"No job with id starting '{prefix}'; run `prunescope jobs` to list them.")
+    if len(matches) > 1:
+        raise ConfigError(f"Id prefix '{prefix}' matches {len(matches)} jobs; give more characters.")
+    return matches[0]
+
+
+def cmd_jobs(args) -> int:
+    from .jobs import JobRunner
+
+    runner = JobRunner()
+    if args.cancel:
+        status = runner.cancel(_resolve_job_id(runner, args.cancel.strip()))
+        print(f"{status['id'][:8]} {status['kind']} {status['state']} ({status['message']})")
+        return 0
+    jobs = runner.list_jobs(args.limit)
+    if not jobs:
+        print(f"no jobs in {runner.store.path}")
+        return 0
+    print(f"{'id':<8} {'kind':<12} {'state':<11} {'%':>5} {'eta':>7}  message")
+    for job in jobs:
+        eta = job.get("eta_seconds")
+        eta_text = f"{eta:.0f}s" if isinstance(eta, (int, float)) and job["state"] == "running" else "-"
+        fraction = job.get("fraction") or 0.0
+        print(f"{job['id'][:8]:<8} {job['kind']:<12} {job['state']:<11} {fraction * 100:>5.1f} {eta_text:>7}  "
+              f"{(job.get('message') or '')[:80]}")
+    return 0

@@ -1,0 +1,335 @@
+"""`prunescope export` and `prunescope apply-mask`: take a chosen setting out of PruneScope.
+
+`run_export(options)` is the headless pipeline shared by the CLI and the dashboard's Export page: load,
+prune, evaluate dense and pruned, then write the mask folder (masks.safetensors + manifest.json), the
+report (html, md, json, optionally pdf) and, on request, the pruned model, the llm-compressor recipe and
+lm-eval results. `run_apply_mask` re-applies an exported mask to a freshly loaded model and verifies it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import (
+    ConsoleProgress,
+    _csv,
+    _floats,
+    add_protocol_args,
+    load_model_from_args,
+    prepare_out_dir,
+    protocol_from_args,
+    write_json,
+)
+from .errors import ConfigError, PruneScopeError
+from .progress import ProgressFn, no_progress
+
+
+def _step_progress(progress: ProgressFn, lo: float, hi: float, label: str) -> ProgressFn:
+    """Map a step's own 0..1 progress into [lo, hi] of the whole export, prefixing its messages."""
+    return lambda fraction, message: progress(lo + (hi - lo) * fraction, f"{label}: {message}")
+
+DEFAULT_PROMPTS = ("The history of the city begins", "def fibonacci(n):")
+
+
+@dataclass
+class ExportOptions:
+    """What `run_export` produces. Sparsity is a fraction (ignored for N:M structures)."""
+
+    method: str = "wanda"
+    structure: str = "unstructured"
+    sparsity: float = 0.5
+    propagation: str = "pruned"
+    eval_corpora: tuple[str, ...] = ("wiki",)
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    max_new_tokens: int = 32
+    curve_sparsities: tuple[float, ...] = ()  # extra unstructured points for the report's curve
+    heatmap: bool = True  # reconstruction-proxy sensitivity map (one extra layer walk)
+    save_model: bool = False  # writes <out>/pruned-model
+    recipe: bool = False
+    lm_eval_tasks: tuple[str, ...] = ()
+    lm_eval_limit: int | None = 20
+    pdf: bool = False
+    formats: tuple[str, ...] = ("html", "md", "json")
+
+
+def _sensitivity_map(loaded, protocol, options: ExportOptions, sparsity: float, progress) -> tuple[dict | None, str]:
+    """The reconstruction-proxy heatmap, or (None, why not)."""
+    if not options.heatmap:
+        return None, "Sensitivity heatmap not computed (turned off)."
+    try:
+        from .sensitivity import compute_sensitivity
+    except ImportError:
+        return None, "Sensitivity heatmap not computed: the sensitivity module is not available in this version."
+    try:
+        out = compute_sensitivity(loaded, protocol, options.method, [sparsity], metrics=("reconstruction",),
+                                  probe_windows=8, progress=progress)
+    except PruneScopeError as exc:
+        return None, f"Sensitivity heatmap not computed: {exc}"
+    maps = out.get("maps") or []
+    if not maps:
+        return None, "Sensitivity heatmap not computed: no map was returned."
+    return maps[0], (f"Heatmap metric: local reconstruction error ||WX - W_sX||^2 / ||WX||^2 of each module pruned "
+                     f"alone with {options.method} (unstructured) at {sparsity:.0%}; a cheap proxy of the exact "
+                     "sensitivity (loss increase), computed without extra forward passes of the whole model.")
+
+
+def _file_rows(out: Path, names: Sequence[str]) -> list[dict]:
+    rows = []
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            rows.append({"name": name + "/", "bytes": size})
+        elif path.is_file():
+            rows.append({"name": name, "bytes": path.stat().st_size})
+    return rows
+
+
+def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: ProgressFn | None = None) -> dict:
+    """Prune `loaded` with `options`, evaluate, and write every export file into `out_dir`.
+
+    Returns {"files": {name: path}, "report": report data dict, "manifest": manifest}. The model is left as it was.
+    """
+    from .export import manifest_info_for, save_masks, save_pruned_model
+    from .lm_eval_bridge import compare_rows, evaluate_lm_eval
+    from .masks import parse_structure
+    from .metrics import perplexity
+    from .protocol import calibration_ids, evaluation_ids
+    from .provenance import environment
+    from .prune import PruneConfig, prune_model
+    from .report import (
+        build_report,
+        per_layer_table,
+        sample_generations,
+        size_summary,
+        speed_note,
+    )
+
+    progress = progress or no_progress
+    config = PruneConfig(options.method, options.structure, options.sparsity, options.propagation).validate()
+    for s in options.curve_sparsities:
+        PruneConfig(options.method, "unstructured", s, options.propagation).validate()
+    if not options.eval_corpora:
+        raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Read every corpus first: a bad corpus fails before any expensive work.
+    progress(0.02, "reading corpora")
+    calib = calibration_ids(loaded, protocol)
+    evals = {c: evaluation_ids(loaded, c, protocol) for c in options.eval_corpora}
+
+    def evaluate(lo: float, hi: float, label: str) -> dict:
+        ppl, step = {}, (hi - lo) / len(evals)
+        for i, (corpus, ids) in enumerate(evals.items()):
+            ppl[corpus] = perplexity(loaded, ids, dtype=protocol.dtype,
+                                     progress=_step_progress(progress, lo + i * step, lo + (i + 1) * step,
+                                                           f"{label} perplexity on {corpus}")).ppl
+        return ppl
+
+    dense_ppl = evaluate(0.05, 0.15, "dense")
+    progress(0.15, f"pruning: {options.method} {options.structure}")
+    result = prune_model(loaded, calib, config, protocol.batch_size,
+                         progress=_step_progress(progress, 0.15, 0.25, "pruning"))
+    with result.applied(loaded):
+        pruned_ppl = evaluate(0.25, 0.3, "pruned")
+    points = [{"method": config.method, "structure": config.structure, "target_sparsity": config.effective_sparsity,
+               "sparsity": result.sparsity, "ppl": pruned_ppl, "prune_seconds": result.seconds}]
+    for i, s in enumerate(options.curve_sparsities):
+        if abs(s - config.effective_sparsity) < 1e-9 and not parse_structure(config.structure).is_nm:
+            continue
+        progress(0.3 + 0.2 * i / len(options.curve_sparsities), f"curve point {s:.0%}")
+        extra = prune_model(loaded, calib, PruneConfig(options.method, "unstructured", s, options.propagation),
+                            protocol.batch_size)
+        with extra.applied(loaded):
+            points.append({"method": config.method, "structure": "unstructured", "target_sparsity": s,
+                           "sparsity": extra.sparsity, "prune_seconds": extra.seconds,
+                           "ppl": {c: perplexity(loaded, ids, dtype=protocol.dtype).ppl for c, ids in evals.items()}})
+    protocol_dict = {**protocol.to_dict(), "eval_corpora": list(options.eval_corpora),
+                     "eval_windows_used": {c: int(ids.shape[0]) for c, ids in evals.items()},
+                     "propagation": options.propagation}
+    results = {"dense": {"ppl": dense_ppl}, "points": points, "protocol": protocol_dict}
+
+    progress(0.5, "sensitivity heatmap (reconstruction proxy)")
+    sens, sens_note = _sensitivity_map(loaded, protocol, options, config.effective_sparsity, no_progress)
+
+    progress(0.6, "sample generations")
+    generations = sample_generations(loaded, list(options.prompts), result, options.max_new_tokens) \
+        if options.prompts else []
+
+    lm_eval = None
+    if options.lm_eval_tasks:
+        progress(0.7, "lm-eval (dense)")
+        dense_lm = evaluate_lm_eval(loaded, options.lm_eval_tasks, options.lm_eval_limit)
+        progress(0.8, "lm-eval (pruned)")
+        pruned_lm = evaluate_lm_eval(loaded, options.lm_eval_tasks, options.lm_eval_limit, result.masks,
+                                     result.weights)
+        limit = options.lm_eval_limit if options.lm_eval_limit is not None else "all"
+        lm_eval = {"note": f"lm-evaluation-harness on the in-memory model, limit {limit} documents per task; "
+                           "word/byte perplexity are not the token-level perplexity above.",
+                   "rows": compare_rows(dense_lm, pruned_lm), "dense": dense_lm["raw"], "pruned": pruned_lm["raw"]}
+
+    progress(0.9, "writing files")
+    manifest_info = manifest_info_for(loaded, result, protocol)
+    manifest = save_masks(result.masks, out, manifest_info)
+    written = ["masks.safetensors", "manifest.json"]
+    if options.save_model:
+        save_pruned_model(loaded, result, out / "pruned-model",
+                          metadata={"manifest": "../manifest.json", "ppl": pruned_ppl, "protocol": protocol_dict})
+        written.append("pruned-model")
+    recipe_how = None
+    if options.recipe:
+        from .recipe import write_recipe
+
+        _, recipe_how = write_recipe(loaded, config, out)
+        written.append("recipe.yaml")
+    if lm_eval is not None:
+        write_json(out / "lm_eval.json", lm_eval)
+        written.append("lm_eval.json")
+
+    describe = loaded.describe()
+    kept = sum(int(m.sum()) for m in result.masks.values())
+    total = sum(m.numel() for m in result.masks.values())
+    n_layers = len(loaded.adapter.decoder_layers(loaded.model))
+    data = {
+        "setting": {"model": loaded.name, "source": loaded.source, "fingerprint": loaded.fingerprint,
+                    "method": config.method, "structure": config.structure, "sparsity": config.effective_sparsity,
+                    "measured_sparsity": result.sparsity, "propagation": config.propagation,
+                    "weights_updated": result.weights is not None},
+        "ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
+        "sizes": size_summary(describe, kept, total, config.structure),
+        "speed_note": speed_note(config.structure),
+        "results": results,
+        "sensitivity": sens,
+        "sensitivity_note": sens_note,
+        "per_layer": per_layer_table(loaded.adapter, result.per_module_sparsity, n_layers),
+        "generations": generations,
+        "lm_eval": lm_eval,
+        "files": _file_rows(out, written),
+        "recipe_validation": recipe_how,
+        "protocol": protocol_dict,
+        "env": environment(),
+        "model": describe,
+    }
+    paths = build_report(data, out, formats=options.formats, pdf=options.pdf)
+    progress(1.0, "export done")
+    files = {name: out / name for name in written}
+    files.update({p.name: p for p in paths.values()})
+    return {"files": files, "report": data, "manifest": manifest}
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="prune at one setting and write masks, manifest and an evaluation report")
+    add_protocol_args(p)
+    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
+    p.add_argument("--structure", default="unstructured", help="unstructured, 2:4 or 4:8")
+    p.add_argument("--sparsity", type=float, default=0.5, help="target fraction of zeros (unstructured)")
+    p.add_argument("--propagation", default="pruned", choices=["pruned", "dense"])
+    p.add_argument("--eval", default="wiki", help="comma-separated evaluation corpora")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="prompt for the sample generations (repeatable; default two built-in prompts)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt")
+    p.add_argument("--curve-sparsities", default="", help="extra unstructured sparsities for the report's curve")
+    p.add_argument("--no-heatmap", action="store_true", help="skip the reconstruction-proxy sensitivity heatmap")
+    p.add_argument("--save-model", action="store_true", help="also write the pruned model to OUT/pruned-model")
+    p.add_argument("--recipe", action="store_true", help="also write an llm-compressor recipe.yaml")
+    p.add_argument("--lm-eval", default="", help="lm-eval tasks, comma-separated; 'local' = the two offline tasks")
+    p.add_argument("--lm-eval-limit", type=int, default=20, help="documents per lm-eval task")
+    p.add_argument("--pdf", action="store_true", help="also print report.pdf with headless Chromium")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .lm_eval_bridge import parse_tasks
+
+    options = ExportOptions(
+        method=args.method, structure=args.structure, sparsity=args.sparsity, propagation=args.propagation,
+        eval_corpora=_csv(args.eval), prompts=tuple(args.prompt) if args.prompt else DEFAULT_PROMPTS,
+        max_new_tokens=args.max_new_tokens, curve_sparsities=_floats(args.curve_sparsities),
+        heatmap=not args.no_heatmap, save_model=args.save_model, recipe=args.recipe,
+        lm_eval_tasks=tuple(parse_tasks(args.lm_eval)) if args.lm_eval.strip() else (),
+        lm_eval_limit=args.lm_eval_limit, pdf=args.pdf)
+    if options.lm_eval_limit is not None and options.lm_eval_limit < 1:
+        raise ConfigError("--lm-eval-limit must be a positive number of documents.")
+    from .prune import PruneConfig
+
+    PruneConfig(options.method, options.structure, options.sparsity, options.propagation).validate()
+    protocol = protocol_from_args(args)
+    out = prepare_out_dir(args.out)
+    progress = ConsoleProgress()
+    loaded = load_model_from_args(args, progress)
+    start = time.perf_counter()
+    outcome = run_export(loaded, protocol, options, out, progress)
+    data = outcome["report"]
+    for corpus, dense in data["ppl"]["dense"].items():
+        pruned = data["ppl"]["pruned"][corpus]
+        print(f"{corpus}: perplexity dense {dense:.3f} -> pruned {pruned:.3f} ({100 * (pruned / dense - 1):+.1f} %)")
+    print(f"measured sparsity {data['setting']['measured_sparsity']:.4f}; finished in {time.perf_counter() - start:.1f} s")
+    for name, path in sorted(outcome["files"].items()):
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        print(f"wrote {path} ({size:,} bytes)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ apply-mask
+
+def add_apply_mask(sub) -> None:
+    p = sub.add_parser("apply-mask", help="apply an exported mask to a freshly loaded model and verify it")
+    p.add_argument("--model", default="embedded", help="'embedded', a model folder, a .gguf file or a hub id")
+    p.add_argument("--mask", required=True, help="folder with masks.safetensors and manifest.json")
+    p.add_argument("--eval", default="", help="comma-separated corpora to measure perplexity on (optional)")
+    p.add_argument("--seqlen", type=int, default=None, help="evaluation window (default: the manifest's protocol)")
+    p.add_argument("--eval-windows", type=int, default=None, help="evaluation windows (default: the manifest's)")
+    p.add_argument("--save-model", default=None, help="write the masked model to this folder (save_pretrained)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    p.set_defaults(handler=cmd_apply_mask)
+
+
+def run_apply_mask(loaded, mask_dir, eval_corpora: Sequence[str] = (), seqlen: int | None = None,
+                   eval_windows: int | None = None, save_model: str | None = None) -> dict:
+    """Apply the mask folder permanently to `loaded` (freshly loaded), measure, and optionally evaluate/save."""
+    from .export import _drop_quantization_config, apply_mask_dir
+    from .metrics import perplexity
+    from .protocol import Protocol, evaluation_ids
+
+    applied = apply_mask_dir(loaded, mask_dir, permanent=True)
+    manifest = applied["manifest"]
+    summary = {"model": loaded.name, "fingerprint": loaded.fingerprint, "method": manifest.get("method"),
+               "structure": manifest.get("structure"), "measured_sparsity": applied["sparsity"]["overall"],
+               "manifest_sparsity": manifest.get("measured_sparsity", {}).get("overall"),
+               "weights_updated": manifest.get("weights_updated"), "ppl": {}}
+    if eval_corpora:
+        known = {k: v for k, v in (manifest.get("protocol") or {}).items() if k in Protocol.__dataclass_fields__}
+        protocol = Protocol(**known)
+        protocol = Protocol(**{**protocol.to_dict(), **({"seqlen": seqlen} if seqlen else {}),
+                               **({"eval_windows": eval_windows} if eval_windows else {})}).validate()
+        for corpus in eval_corpora:
+            summary["ppl"][corpus] = perplexity(loaded, evaluation_ids(loaded, corpus, protocol),
+                                                dtype=protocol.dtype).ppl
+    if save_model:
+        _drop_quantization_config(loaded.model)
+        loaded.model.save_pretrained(str(save_model), safe_serialization=True)
+        loaded.tokenizer.save_pretrained(str(save_model))
+        summary["saved_model"] = str(save_model)
+    return summary
+
+
+def cmd_apply_mask(args) -> int:
+    progress = ConsoleProgress()
+    loaded = load_model_from_args(args, progress)
+    summary = run_apply_mask(loaded, args.mask, _csv(args.eval), args.seqlen, args.eval_windows, args.save_model)
+    print(f"applied {args.mask} to {summary['model']} (fingerprint {summary['fingerprint']} verified, shapes match)")
+    print(f"measured sparsity {summary['measured_sparsity']:.4f} (manifest: {summary['manifest_sparsity']:.4f})")
+    if summary["weights_updated"]:
+        print("note: this mask comes from a method that also updated weights; the mask alone does not reproduce "
+              "its perplexity (use the exported pruned model).")
+    for corpus, ppl in summary["ppl"].items():
+        print(f"{corpus}: perplexity {ppl:.3f}")
+    if summary.get("saved_model"):
+        print(f"wrote {summary['saved_model']}")
+    return 0

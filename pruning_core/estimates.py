@@ -1,0 +1,218 @@
+"""Estimates of time and peak memory for a sweep or a sensitivity map, shown before the user commits.
+
+The formulas count the work the algorithms actually do, in units of one measured quantity: the dense
+model's forward throughput (tokens/s of a full forward: decoder layers + LM head). That time is split into
+a per-layer part and a head part in proportion to their parameters (a decoder forward costs ~2 FLOPs per
+parameter per token). Counted:
+- layer walk (calibration statistics): one forward per layer over nsamples x seqlen tokens, plus the
+  Hessian X X^T (2 d^2 FLOPs per token per distinct input of width d) when reconstruction or SparseGPT
+  needs it; in ``pruned`` propagation the walk runs two forwards per layer (statistics, then the pruned
+  outputs);
+- SparseGPT per matrix: ~2 x out x in^2 FLOPs of OBS updates plus the in^3 of the Cholesky factors, and a
+  Python loop step per column;
+- evaluation: eval windows x seqlen tokens per corpus, a full forward each;
+- exact sensitivity: per cell in layer l a probe through layers l..L-1 and the head, plus the dense probe;
+  the Taylor proxy one forward + backward (~3 forwards) over its windows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+#: Fallback when nothing was measured: sustained FLOP/s of a small CPU (2 cores, fp32, PyTorch).
+DEFAULT_FLOPS = 40e9
+#: Seconds of Python overhead per SparseGPT column step (measured order of magnitude on a CPU).
+SPARSEGPT_COLUMN_OVERHEAD_S = 30e-6
+#: Seconds per weight of top-k mask selection (kthvalue + tie handling) for magnitude/Wanda.
+MASK_SECONDS_PER_WEIGHT = 8e-9
+
+
+def _shape_facts(model_info: dict) -> dict:
+    layers = int(model_info["layers"])
+    hidden = int(model_info.get("hidden_size") or 0)
+    params = int(model_info["parameters"])
+    prunable = int(model_info["prunable_parameters"])
+    head = max(params - prunable, 1)  # embeddings (tied head) + norms: the head's matmul share
+    vocab = max(head // max(hidden, 1), 1)
+    kinds = list(model_info.get("module_kinds") or [])
+    per_layer = prunable / max(layers, 1)
+    # Distinct linear inputs per layer (Llama: attention input, o input, MLP input, down input): their widths
+    # set the Hessian cost. Without per-module shapes assume 3 of width hidden and 1 of width 8/3 hidden.
+    inner = max((per_layer - 4 * hidden * hidden) / (3 * max(hidden, 1)), hidden) if hidden else 0
+    input_widths = [hidden, hidden, hidden, inner]
+    return {"layers": layers, "hidden": hidden, "params": params, "prunable": prunable, "head": head,
+            "vocab": vocab, "kinds": kinds, "per_layer": per_layer, "input_widths": input_widths,
+            "memory": int(model_info.get("memory_bytes") or params * 4)}
+
+
+def _rates(facts: dict, throughput: float | None) -> dict:
+    """Seconds per token of one decoder layer and of the head, and the sustained FLOP/s."""
+    flops_per_token = 2.0 * (facts["prunable"] + facts["head"])
+    if throughput is None or throughput <= 0:
+        throughput = DEFAULT_FLOPS / flops_per_token
+        measured = False
+    else:
+        measured = True
+    full = 1.0 / throughput                                        # s per token of a full forward
+    body_share = facts["prunable"] / (facts["prunable"] + facts["head"])
+    return {"layer_s_per_token": full * body_share / max(facts["layers"], 1),
+            "head_s_per_token": full * (1 - body_share),
+            "full_s_per_token": full, "flops": throughput * flops_per_token,
+            "throughput": throughput, "measured": measured}
+
+
+def _hessian_seconds(facts: dict, rates: dict, tokens: int) -> float:
+    return sum(2.0 * w * w for w in facts["input_widths"]) * tokens * facts["layers"] / rates["flops"]
+
+
+def _mask_seconds(facts: dict, rates: dict, method: str) -> float:
+    """Time to build the masks of every prunable matrix once with `method`."""
+    if method != "sparsegpt":
+        return facts["prunable"] * MASK_SECONDS_PER_WEIGHT
+    hidden, inner = facts["hidden"], facts["input_widths"][-1]
+    # Llama-like split: 4 matrices reading width `hidden` (q, k, v, gate/up share) and down reading `inner`.
+    per_layer_flops = 0.0
+    rows_hidden = (facts["per_layer"] - hidden * inner) / max(hidden, 1)  # total out rows reading `hidden`
+    per_layer_flops += 2.0 * rows_hidden * hidden * hidden + 2.0 * hidden * inner * inner
+    matrices = max(len(facts["kinds"]), 1)
+    per_layer_flops += (matrices - 1) * hidden ** 3 + inner ** 3       # Cholesky / inverse per matrix
+    columns = (matrices - 1) * hidden + inner
+    return facts["layers"] * (per_layer_flops / rates["flops"] + columns * SPARSEGPT_COLUMN_OVERHEAD_S)
+
+
+def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
+    # Model weights + a batch of layer activations (~12 hidden-wide tensors live inside a layer) + one
+    # window's logits in fp32 (and its softmax) at a time.
+    return int(facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * 4
+               + 3 * seqlen * facts["vocab"] * 4)
+
+
+def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None = None) -> dict:
+    """Estimated seconds and peak memory (bytes) of `spec` (a `sweep.SweepSpec`) for the described model.
+
+    model_info: `LoadedModel.describe()`. throughput_tokens_per_s: a measured full-forward throughput
+    (`measure_throughput`); without one a conservative CPU rate is assumed (said in `assumptions`).
+    """
+    from .methods import get_method
+
+    facts = _shape_facts(model_info)
+    rates = _rates(facts, throughput_tokens_per_s)
+    protocol = spec.protocol
+    calib_tokens = protocol.nsamples * protocol.seqlen
+    eval_tokens = protocol.eval_windows * protocol.seqlen * len(spec.eval_corpora)
+    settings = spec.settings()
+    layer_pass = calib_tokens * facts["layers"] * rates["layer_s_per_token"]
+    breakdown = {"dense_eval": eval_tokens * rates["full_s_per_token"], "statistics": 0.0, "pruning": 0.0,
+                 "evaluation": 0.0}
+    needs = {get_method(c.method).needs for c in settings}
+    if spec.propagation == "dense" and needs - {"none"}:
+        breakdown["statistics"] = layer_pass + calib_tokens * rates["full_s_per_token"] / facts["layers"]
+        if "hessian" in needs:
+            breakdown["statistics"] += _hessian_seconds(facts, rates, calib_tokens)
+    for config in settings:
+        method = get_method(config.method)
+        breakdown["pruning"] += _mask_seconds(facts, rates, config.method)
+        if spec.propagation == "pruned" and method.needs != "none":
+            breakdown["pruning"] += 2 * layer_pass  # statistics forward + recomputed pruned outputs
+            if method.needs == "hessian":
+                breakdown["pruning"] += _hessian_seconds(facts, rates, calib_tokens)
+        breakdown["evaluation"] += eval_tokens * rates["full_s_per_token"]
+    seconds = sum(breakdown.values())
+    stats_bytes = 0
+    if needs & {"act_sq", "hessian"}:
+        stats_bytes = facts["layers"] * sum(w * 8 for w in facts["input_widths"])
+        if "hessian" in needs:
+            per_layer = sum(w * w * 4 for w in facts["input_widths"])
+            stats_bytes += per_layer * (facts["layers"] if spec.propagation == "dense" else 1)
+    activations = 2 * calib_tokens * facts["hidden"] * 4  # the walk's two buffers of layer inputs
+    masks = facts["prunable"] * (1 + (4 if "hessian" in needs else 0))  # bool masks (+ SparseGPT weights)
+    peak = _memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks
+    return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
+            "breakdown": {k: float(v) for k, v in breakdown.items()},
+            "assumptions": _assumptions(rates, f"{len(settings)} points, {spec.propagation} propagation")}
+
+
+def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Sequence[float],
+                         metrics: Sequence[str], probe_windows: int,
+                         throughput: float | None = None) -> dict:
+    """Estimated seconds and peak memory (bytes) of `sensitivity.compute_sensitivity` with these settings."""
+    from .methods import get_method
+    from .sensitivity import TAYLOR_WINDOWS
+
+    facts = _shape_facts(model_info)
+    rates = _rates(facts, throughput)
+    L, M = facts["layers"], max(len(facts["kinds"]), 1)
+    probe_tokens = probe_windows * protocol.seqlen
+    calib_tokens = protocol.nsamples * protocol.seqlen
+    metrics = list(metrics)
+    needs = get_method(method).needs if set(metrics) & {"exact", "reconstruction"} else "none"
+    if "reconstruction" in metrics:
+        needs = "hessian"
+    breakdown = {"dense_probe": probe_tokens * rates["full_s_per_token"], "statistics": 0.0, "taylor": 0.0,
+                 "masks": 0.0, "exact_probes": 0.0, "reconstruction": 0.0}
+    if needs != "none":
+        breakdown["statistics"] = calib_tokens * L * rates["layer_s_per_token"]
+        if needs == "hessian":
+            breakdown["statistics"] += _hessian_seconds(facts, rates, calib_tokens)
+    if "taylor" in metrics:
+        breakdown["taylor"] = 3.0 * min(TAYLOR_WINDOWS, protocol.nsamples) * protocol.seqlen * rates["full_s_per_token"]
+    n_s = len(sparsities)
+    breakdown["masks"] = n_s * _mask_seconds(facts, rates, method)
+    if "exact" in metrics:
+        layer_forwards = sum((L - l) for l in range(L)) * (M + 1)  # each cell + the whole-layer aggregate
+        breakdown["exact_probes"] = n_s * probe_tokens * (layer_forwards * rates["layer_s_per_token"]
+                                                           + L * (M + 1) * rates["head_s_per_token"])
+    if "reconstruction" in metrics:
+        breakdown["reconstruction"] = n_s * 4.0 * facts["prunable"] * max(facts["input_widths"]) / rates["flops"]
+    seconds = sum(breakdown.values())
+    probe_cache = (L + 1) * probe_tokens * facts["hidden"] * 4
+    stats_bytes = L * sum(w * w * 4 for w in facts["input_widths"]) if needs == "hessian" else \
+        L * sum(w * 8 for w in facts["input_widths"])
+    taylor_bytes = 2 * facts["prunable"] * 4 if "taylor" in metrics else 0  # gradients + |W*G| scores
+    masks = facts["prunable"] * (1 + (4 if method == "sparsegpt" else 0))
+    peak = _memory_common(facts, protocol.seqlen, protocol.batch_size) + probe_cache + stats_bytes \
+        + taylor_bytes + masks
+    return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
+            "breakdown": {k: float(v) for k, v in breakdown.items()},
+            "assumptions": _assumptions(rates, f"{n_s} sparsities x {len(metrics)} metrics, "
+                                               f"{L * M} cells + {L} whole-layer probes per exact map")}
+
+
+def _assumptions(rates: dict, what: str) -> str:
+    source = (f"measured throughput {rates['throughput']:.0f} tokens/s" if rates["measured"]
+              else f"no measured throughput; assumed {DEFAULT_FLOPS / 1e9:.0f} GFLOP/s")
+    return (f"{what}; {source}; forward time split between decoder layers and head by parameter count; "
+            "memory = weights + activations + statistics + masks (Python overhead not counted)")
+
+
+def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None) -> float:
+    """Full-forward throughput (tokens/s) of `loaded` from one small timed forward (one window).
+
+    Cached in `store` (if given) per model fingerprint, dtype, window length and thread count.
+    """
+    import torch
+
+    from .metrics import autocast_for, window_nll
+
+    tokens = int(min(max(seqlen, 2), 256))
+    key = None
+    if store is not None:
+        from .store import content_hash
+
+        key = content_hash({"kind": "throughput", "model": loaded.fingerprint, "dtype": dtype, "tokens": tokens,
+                            "threads": torch.get_num_threads()})
+        cached = store.get_result(key)
+        if cached is not None:
+            return float(cached["tokens_per_s"])
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), autocast_for(dtype):
+        window_nll(loaded, ids[:, : min(tokens, 16)])  # warm-up (allocations, kernel selection)
+        start = time.perf_counter()
+        window_nll(loaded, ids)
+        seconds = time.perf_counter() - start
+    rate = tokens / max(seconds, 1e-9)
+    if store is not None:
+        store.put_result(key, "throughput", {"tokens_per_s": rate, "seconds": seconds, "tokens": tokens})
+    return rate

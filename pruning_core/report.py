@@ -1,0 +1,491 @@
+"""The evaluation report of one pruning setting: HTML (self-contained), Markdown, JSON, and PDF.
+
+`build_report(data, out_dir)` takes one plain dict (see `build_report`) and writes ``report.html``,
+``report.md``, ``report.json`` and, on request, ``report.pdf``. The HTML opens offline: plotly.js is read
+from the installed plotly package's file (never imported: the core stays free of plotly) and inlined, and
+the charts are the figure dicts of `pruning_core.figures`, the same the dashboard shows.
+
+Safety: everything user-provided (model names, prompts, generations, file names, task names) is escaped
+with `html.escape`; JSON placed inside ``<script>`` has every ``</`` written as ``<\\/`` so no string can
+close the script element. PDF: printed by headless Chromium (`print_pdf`).
+
+Helpers used by the CLI and the dashboard to fill `data`: `size_summary`, `speed_note`, `per_layer_table`,
+`sample_generations`, `summary_sentences`.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, PruneScopeError
+
+REPORT_FORMAT_VERSION = 1
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+# ----------------------------------------------------------------------------------------- data helpers
+
+def size_summary(describe: Mapping[str, Any], kept_weights: int, pruned_weights_total: int,
+                 structure: str, bytes_per_value: int = 2) -> dict:
+    """Honest model sizes (bytes) for fp16 storage, dense vs a sparse storage form of the pruned linears.
+
+    describe: `LoadedModel.describe()` (parameters, prunable_parameters). kept_weights: non-zero weights of
+    the pruned linears; pruned_weights_total: all weights of the pruned linears.
+    Sparse form: for N:M, the kept values plus 2 bits of index metadata per kept value (NVIDIA's 2:4
+    semi-structured layout); for unstructured, the kept values plus a 1-bit-per-weight bitmap.
+    Note: ``save_pretrained`` stores zeros densely, so the saved folder is *not* smaller.
+    """
+    total = int(describe["parameters"])
+    dense_bytes = total * bytes_per_value
+    other = total - pruned_weights_total  # embeddings, norms, lm_head, unpruned linears
+    if structure != "unstructured":
+        sparse_linear_bits = kept_weights * (8 * bytes_per_value + 2)
+        form = "N:M semi-structured: kept values + 2-bit indices"
+    else:
+        sparse_linear_bits = kept_weights * 8 * bytes_per_value + pruned_weights_total
+        form = "bitmap: kept values + 1 bit per weight"
+    sparse_bytes = other * bytes_per_value + math.ceil(sparse_linear_bits / 8)
+    return {
+        "dtype": f"{8 * bytes_per_value}-bit values",
+        "parameters": total,
+        "pruned_linear_weights": pruned_weights_total,
+        "kept_weights": kept_weights,
+        "dense_bytes": dense_bytes,
+        "sparse_bytes": sparse_bytes,
+        "sparse_form": form,
+        "ratio": dense_bytes / sparse_bytes if sparse_bytes else float("nan"),
+        "note": "Sizes of a sparse storage form; the save_pretrained folder stores the zeros densely and "
+                "is as large as the dense model.",
+    }
+
+
+def speed_note(structure: str) -> str:
+    """One honest sentence about inference speed for a structure (nothing here was timed)."""
+    if structure == "unstructured":
+        return ("No speed-up to expect: unstructured zeros are still multiplied by dense kernels on CPUs and "
+                "GPUs; only the storage can shrink.")
+    if structure == "2:4":
+        return ("2:4 sparsity can speed up matrix multiplications on NVIDIA Ampere or newer GPUs with sparse "
+                "tensor-core kernels (e.g. cuSPARSELt in vLLM), typically well under 2x end to end; not measured "
+                "here, and dense CPU kernels gain nothing.")
+    return (f"{structure} sparsity has no common fast kernels; expect no speed-up without specialised "
+            "kernels (not measured here).")
+
+
+def per_layer_table(adapter, per_module_sparsity: Mapping[str, float], n_layers: int) -> dict:
+    """Layers x module kinds table of measured sparsity (fraction; None where a module was not pruned)."""
+    kinds = adapter.module_kinds
+    rows = []
+    for layer in range(n_layers):
+        values = [per_module_sparsity.get(adapter.qualified_name(layer, kind)) for kind in kinds]
+        rows.append({"layer": layer, "values": values})
+    return {"modules": kinds, "rows": rows, "unit": "fraction of zero weights"}
+
+
+def sample_generations(loaded, prompts: Sequence[str], prune_result=None, max_new_tokens: int = 40,
+                       masks=None, weights=None) -> list[dict]:
+    """Greedy continuations of each prompt by the dense and the pruned model: [{prompt, dense, pruned}]."""
+    import torch
+
+    from .masks import applied_masks
+
+    masks = masks if masks is not None else (prune_result.masks if prune_result is not None else None)
+    weights = weights if weights is not None else (prune_result.weights if prune_result is not None else None)
+
+    def generate(prompt: str) -> str:
+        tokenizer = loaded.tokenizer
+        ids = tokenizer(prompt, return_tensors="pt")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        with torch.inference_mode():
+            out = loaded.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                        pad_token_id=pad)
+        return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    rows = [{"prompt": p, "dense": generate(p)} for p in prompts]
+    if masks is not None:
+        with applied_masks(loaded.model, masks, weights):
+            for row in rows:
+                row["pruned"] = generate(row["prompt"])
+    return rows
+
+
+def _pct(fraction: float | None, digits: int = 1) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.{digits}f} %"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _mb(n_bytes: float | None) -> str:
+    return "–" if n_bytes is None else f"{n_bytes / 1e6:.1f} MB"
+
+
+def summary_sentences(data: Mapping[str, Any]) -> list[str]:
+    """The report's top summary in plain words: setting, quality change, size change, speed."""
+    s = data.get("setting", {})
+    sparsity = s.get("measured_sparsity", s.get("sparsity"))
+    structure = s.get("structure", "unstructured")
+    sentences = [(f"{s.get('model', 'The model')} was pruned with {s.get('method', '?')} to "
+                  f"{_pct(sparsity)} sparsity ({structure}) of its decoder linear layers.")]
+    dense = (data.get("ppl") or {}).get("dense") or {}
+    pruned = (data.get("ppl") or {}).get("pruned") or {}
+    for corpus, before in dense.items():
+        after = pruned.get(corpus)
+        if before and after:
+            change = 100.0 * (after / before - 1.0)
+            word = "worse" if change > 0 else "better"
+            sentences.append(f"Perplexity on {corpus} went from {before:.2f} to {after:.2f} "
+                             f"({abs(change):.1f} % {word}; lower is better).")
+    sizes = data.get("sizes")
+    if sizes:
+        sentences.append(f"Stored in a sparse form ({sizes['sparse_form']}), the model would take "
+                         f"{_mb(sizes['sparse_bytes'])} instead of {_mb(sizes['dense_bytes'])} "
+                         f"({sizes['ratio']:.2f}x smaller, {sizes['dtype']}).")
+    if data.get("speed_note"):
+        sentences.append(data["speed_note"])
+    return sentences
+
+
+# ----------------------------------------------------------------------------------------- plotly.js
+
+def plotly_js_path() -> Path:
+    """Path of plotly.min.js inside the installed plotly package (located without importing plotly)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise PruneScopeError("The plotly package is not installed; the HTML report embeds its plotly.min.js. "
+                              "Run `pip install plotly`.")
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise PruneScopeError(f"{path} is missing; reinstall plotly.")
+    return path
+
+
+def script_json(obj: Any) -> str:
+    """JSON safe to place inside a <script> element (no '</' or '<!--' can end or confuse it)."""
+    text = json.dumps(obj, default=_json_default, allow_nan=False)
+    return text.replace("</", "<\\/").replace("<!--", "\\u003c!--")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _clean(obj: Any) -> Any:
+    """Replace non-finite floats by None (NaN is not JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------- figures
+
+def report_figures(data: Mapping[str, Any]) -> list[dict]:
+    """[{"id", "title", "figure"}] for the report: curves per corpus, then the sensitivity heatmap."""
+    from . import figures
+
+    out = []
+    results = data.get("results")
+    if results:
+        for corpus in figures.corpora_in(results):
+            out.append({"id": f"curves-{len(out)}", "title": f"Perplexity vs sparsity ({corpus})",
+                        "figure": figures.curves_figure(results, corpus)})
+    sens = data.get("sensitivity")
+    if sens:
+        out.append({"id": f"heatmap-{len(out)}", "title": "Sensitivity heatmap", "figure": figures.heatmap_figure(sens)})
+    return out
+
+
+# ----------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#1a1a1a;line-height:1.5}
+h1{font-size:1.8em;margin-bottom:.2em}h2{border-bottom:2px solid #0072B2;padding-bottom:.2em;margin-top:2em}
+.summary{background:#EEF6FB;border-left:6px solid #0072B2;padding:1em 1.4em;font-size:1.1em}
+table{border-collapse:collapse;margin:1em 0;font-size:.95em}th,td{border:1px solid #ccc;padding:.3em .6em;
+text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}
+.gen td{text-align:left;vertical-align:top;white-space:pre-wrap;max-width:30em}
+.chart{width:100%;min-height:460px;margin:1em 0}.muted{color:#555;font-size:.9em}
+code{background:#f4f4f4;padding:0 .2em}
+@media print{.chart{page-break-inside:avoid}h2{page-break-after:avoid}}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1, cls: str = "") -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(headers))
+    body = []
+    for row in rows:
+        cells = "".join(f'<td class="{"l" if i < left else ""}">{_e(c)}</td>' for i, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _ppl_rows(data) -> list[list[str]]:
+    dense = (data.get("ppl") or {}).get("dense") or {}
+    pruned = (data.get("ppl") or {}).get("pruned") or {}
+    rows = []
+    for corpus in dict.fromkeys([*dense, *pruned]):
+        d, p = dense.get(corpus), pruned.get(corpus)
+        change = f"{100 * (p / d - 1):+.1f} %" if d and p else "–"
+        rows.append([corpus, _num(d), _num(p), change])
+    return rows
+
+
+def _lm_eval_rows(data) -> list[list[str]]:
+    rows = []
+    for row in (data.get("lm_eval") or {}).get("rows", []):
+        rows.append([row.get("task"), row.get("metric"), row.get("unit", ""), _num(row.get("dense"), 4),
+                     _num(row.get("pruned"), 4), row.get("limit", "all")])
+    return rows
+
+
+def _setting_rows(data) -> list[list[str]]:
+    s = data.get("setting", {})
+    rows = [["model", s.get("model")], ["model source", s.get("source", "")], ["fingerprint", s.get("fingerprint", "")],
+            ["method", s.get("method")], ["structure", s.get("structure")],
+            ["target sparsity", _pct(s.get("sparsity"), 2)], ["measured sparsity", _pct(s.get("measured_sparsity"), 2)],
+            ["propagation", s.get("propagation", "")]]
+    return [r for r in rows if r[1] not in (None, "")]
+
+
+def _kv_rows(mapping: Mapping[str, Any]) -> list[list[str]]:
+    return [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in mapping.items()]
+
+
+def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
+    """The self-contained HTML report as a string (plotly.js inlined unless `plotly_js` is given)."""
+    if plotly_js is None:
+        plotly_js = plotly_js_path().read_text(encoding="utf-8")
+    figs = report_figures(data)
+    title = f"PruneScope report: {data.get('setting', {}).get('model', 'model')}"
+    parts = [f"<h1>{_e(title)}</h1>",
+             f'<p class="muted">Generated {_e(data.get("generated", ""))} by PruneScope.</p>',
+             '<h2 id="summary">Summary</h2><div class="summary">'
+             + "".join(f"<p>{_e(s)}</p>" for s in summary_sentences(data)) + "</div>",
+             "<h2>Setting</h2>", _html_table(["", "value"], _setting_rows(data), left=2)]
+    if data.get("ppl"):
+        parts += ["<h2>Quality</h2>",
+                  ('<p class="muted">Token-level perplexity (exp of the mean token NLL over non-overlapping windows; '
+                   "lower is better).</p>"),
+                  _html_table(["corpus", "dense", "pruned", "change"], _ppl_rows(data))]
+    if data.get("sizes"):
+        z = data["sizes"]
+        parts += ["<h2>Size and speed</h2>",
+                  _html_table(["", "value"], [["dense", _mb(z["dense_bytes"])],
+                                              [f"sparse ({z['sparse_form']})", _mb(z["sparse_bytes"])],
+                                              ["ratio", f"{z['ratio']:.2f}x"]]),
+                  f'<p class="muted">{_e(z.get("note", ""))}</p>']
+    if data.get("speed_note"):
+        parts.append(f"<p>{_e(data['speed_note'])}</p>")
+    parts.append("<h2>Charts</h2>")
+    if figs:
+        for fig in figs:
+            parts.append(f'<h3>{_e(fig["title"])}</h3><div class="chart" id="{_e(fig["id"])}"></div>')
+    else:
+        parts.append("<p>No charts: no curve results and no sensitivity map were given.</p>")
+    if data.get("sensitivity_note"):
+        parts.append(f'<p class="muted">{_e(data["sensitivity_note"])}</p>')
+    table = data.get("per_layer")
+    if table:
+        parts += ["<h2>Per-layer sparsity</h2>", f'<p class="muted">Measured, {_e(table.get("unit", ""))} (%).</p>',
+                  _html_table(["layer", *table["modules"]],
+                              ([r["layer"], *[_pct(v) for v in r["values"]]] for r in table["rows"]))]
+    if data.get("generations"):
+        parts += ["<h2>Sample generations</h2>",
+                  '<p class="muted">Greedy decoding; the same prompt for the dense and the pruned model.</p>',
+                  _html_table(["prompt", "dense", "pruned"],
+                              ([g.get("prompt", ""), g.get("dense", ""), g.get("pruned", "")]
+                               for g in data["generations"]), left=3, cls="gen")]
+    if data.get("lm_eval"):
+        lm = data["lm_eval"]
+        parts += ["<h2>lm-eval</h2>",
+                  f'<p class="muted">{_e(lm.get("note", "lm-evaluation-harness, in-memory model."))}</p>',
+                  _html_table(["task", "metric", "unit", "dense", "pruned", "limit"], _lm_eval_rows(data), left=3)]
+    if data.get("files"):
+        parts += ["<h2>Files</h2>", _html_table(["file", "bytes"], [[f["name"], f.get("bytes", "")] for f in data["files"]])]
+    parts += ["<h2>Protocol</h2>", _html_table(["", "value"], _kv_rows(data.get("protocol") or {}), left=2),
+              "<h2>Environment</h2>", _html_table(["", "value"], _kv_rows(data.get("env") or {}), left=2)]
+    plots = "".join(
+        f'Plotly.newPlot({script_json(f["id"])}, F[{i}].data, F[{i}].layout, '
+        '{responsive:true, displaylogo:false});' for i, f in enumerate(figs))
+    figure_json = script_json([f["figure"] for f in figs])
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{_e(title)}</title><style>{_CSS}</style>"
+        f"<script>{plotly_js}</script></head><body>{''.join(parts)}"
+        f"<script>const F = {figure_json};{plots}"
+        "document.body.setAttribute('data-charts', String(F.length));</script></body></html>\n"
+    )
+
+
+# ----------------------------------------------------------------------------------------- Markdown
+
+def _md_escape(value: Any) -> str:
+    """Escape text for a Markdown table cell (and neutralise raw HTML)."""
+    text = html.escape(str(value), quote=False)
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(_md_escape(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(data: Mapping[str, Any]) -> str:
+    """The report as Markdown (charts are in report.html; their numbers are in the tables)."""
+    s = data.get("setting", {})
+    out = [f"# PruneScope report: {_md_escape(s.get('model', 'model'))}", "",
+           f"Generated {_md_escape(data.get('generated', ''))}.", "", "## Summary", ""]
+    out += [_md_escape(x) for x in summary_sentences(data)]
+    out += ["", "## Setting", "", _md_table(["", "value"], _setting_rows(data))]
+    if data.get("ppl"):
+        out += ["", "## Quality (token-level perplexity, lower is better)", "",
+                _md_table(["corpus", "dense", "pruned", "change"], _ppl_rows(data))]
+    if data.get("sizes"):
+        z = data["sizes"]
+        out += ["", "## Size and speed", "",
+                (f"Dense {_mb(z['dense_bytes'])}; sparse ({_md_escape(z['sparse_form'])}) {_mb(z['sparse_bytes'])}; "
+                 f"{z['ratio']:.2f}x smaller. {_md_escape(z.get('note', ''))}")]
+    if data.get("speed_note"):
+        out += ["", _md_escape(data["speed_note"])]
+    if data.get("results"):
+        from .figures import curve_table_rows
+
+        rows = curve_table_rows(data["results"])
+        if rows:
+            headers = list(rows[0])
+            out += ["", "## Curve points", "", _md_table(headers, ([_num(r[h]) for h in headers] for r in rows))]
+    if data.get("sensitivity_note"):
+        out += ["", _md_escape(data["sensitivity_note"])]
+    table = data.get("per_layer")
+    if table:
+        out += ["", "## Per-layer sparsity (measured, %)", "",
+                _md_table(["layer", *table["modules"]],
+                          ([r["layer"], *[_pct(v) for v in r["values"]]] for r in table["rows"]))]
+    if data.get("generations"):
+        out += ["", "## Sample generations (greedy)", "",
+                _md_table(["prompt", "dense", "pruned"],
+                          ([g.get("prompt", ""), g.get("dense", ""), g.get("pruned", "")] for g in data["generations"]))]
+    if data.get("lm_eval"):
+        out += ["", "## lm-eval", "", _md_escape(data["lm_eval"].get("note", "")), "",
+                _md_table(["task", "metric", "unit", "dense", "pruned", "limit"], _lm_eval_rows(data))]
+    if data.get("files"):
+        out += ["", "## Files", "", _md_table(["file", "bytes"], [[f["name"], f.get("bytes", "")] for f in data["files"]])]
+    out += ["", "## Protocol", "", _md_table(["", "value"], _kv_rows(data.get("protocol") or {})),
+            "", "## Environment", "", _md_table(["", "value"], _kv_rows(data.get("env") or {})), ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------- PDF
+
+def find_chromium() -> str | None:
+    """Path of a Chromium/Chrome executable, or None."""
+    override = os.environ.get("PRUNESCOPE_CHROMIUM")
+    if override:
+        return override if Path(override).is_file() else None
+    for name in CHROMIUM_CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def print_pdf(html_path, pdf_path, timeout_s: float = 120.0) -> Path:
+    """Print an HTML file to PDF with headless Chromium (charts get 10 s of virtual time to render)."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise PruneScopeError("PDF output needs Chromium, which was not found; install it (Debian: "
+                              "`apt-get install chromium`) or set PRUNESCOPE_CHROMIUM, or leave out --pdf.")
+    html_path, pdf_path = Path(html_path).resolve(), Path(pdf_path).resolve()
+    with tempfile.TemporaryDirectory(prefix="prunescope-chromium-") as profile:
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--no-pdf-header-footer",
+                   "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000",
+                   f"--print-to-pdf={pdf_path}", html_path.as_uri()]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise PruneScopeError(f"Chromium did not finish printing the PDF within {timeout_s:.0f} s; try again "
+                                  "or leave out --pdf.") from None
+    if not pdf_path.is_file() or pdf_path.stat().st_size == 0:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        raise PruneScopeError(f"Chromium did not write {pdf_path.name} (exit {proc.returncode}): {' / '.join(tail)}")
+    return pdf_path
+
+
+# ----------------------------------------------------------------------------------------- entry point
+
+def build_report(data: Mapping[str, Any], out_dir, formats: Sequence[str] = ("html", "md", "json"),
+                 pdf: bool = False) -> dict[str, Path]:
+    """Write the report files; returns {format: path}.
+
+    data (every key optional except ``setting``):
+      setting: {model, source, fingerprint, method, structure, sparsity (target), measured_sparsity, propagation}
+      ppl: {"dense": {corpus: ppl}, "pruned": {corpus: ppl}} (token-level perplexity)
+      sizes: `size_summary(...)`; speed_note: str (`speed_note`)
+      results: a results.json dict (curves); sensitivity: a sensitivity map dict (heatmap); sensitivity_note
+      per_layer: `per_layer_table(...)`; generations: [{prompt, dense, pruned}]
+      lm_eval: {"note", "rows": [{task, metric, unit, dense, pruned, limit}]}
+      files: [{name, bytes}]; protocol: dict; env: dict
+    pdf=True also prints report.pdf through headless Chromium (needs "html").
+    """
+    unknown = set(formats) - {"html", "md", "json"}
+    if unknown:
+        raise ConfigError(f"Unknown report formats {sorted(unknown)}; use html, md, json.")
+    if "setting" not in data:
+        raise ConfigError("The report needs at least the 'setting' (model, method, structure, sparsity).")
+    doc = _clean(dict(data))
+    doc.setdefault("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    if "json" in formats:
+        paths["json"] = _write(out / "report.json", json.dumps(
+            {"format_version": REPORT_FORMAT_VERSION, "summary": summary_sentences(doc), **doc},
+            indent=2, default=_json_default))
+    if "md" in formats:
+        paths["md"] = _write(out / "report.md", render_markdown(doc))
+    if "html" in formats or pdf:
+        paths["html"] = _write(out / "report.html", render_html(doc))
+    if pdf:
+        paths["pdf"] = print_pdf(paths["html"], out / "report.pdf")
+    return paths
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,479 @@
+"""Per-layer x per-module sensitivity maps: where can this model be pruned, and where does it hurt?
+
+A map is a (decoder layers x module kinds) matrix for one method and one sparsity s, with one of three metrics:
+
+- ``exact``: the increase in mean token NLL (nats/token) on a fixed probe set (the first `probe_windows`
+  evaluation windows of the calibration corpus) when that one module alone is pruned to s with the method
+  (mask from dense calibration statistics) and everything else stays dense. Made fast by running the dense
+  model once over the probe and keeping every layer's input hidden states, so probing a module in layer L
+  runs only layers L..end, then the final norm and the LM head (about half the layer forwards of a full pass).
+- ``reconstruction``: the module's relative output error ||W X - W_s X||^2 / ||W X||^2 on the calibration
+  activations, from the Hessian H = 2 X X^T / n already collected for the method:
+  ||dW X||_F^2 = (n/2) tr(dW H dW^T), so no extra forward pass is needed (the n/2 cancels in the ratio).
+- ``taylor``: the first-order estimate sum over the pruned weights of |W * dL/dW|, L the mean token NLL of a
+  few calibration windows, from one backward pass.
+
+Per-layer aggregates (``layer_values``): for ``exact`` the loss increase when every prunable linear of the
+layer is pruned at once; for ``reconstruction`` the mean of the layer's module errors; for ``taylor`` the sum.
+The Spearman rank correlation of each proxy against ``exact`` (over all cells, same sparsity) tells the user
+how far a cheap proxy can be trusted.
+
+With a store, every finished map is stored under a content hash of everything that determines it (and the
+rows of an unfinished exact map as they finish), so a second call is instant and a killed job resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .masks import UNSTRUCTURED, applied_masks, check_sparsity
+from .methods import MethodOptions, get_method
+from .metrics import EVAL_DTYPES, autocast_for, nll_from_hidden
+from .models import LoadedModel, is_transposed, to_native, weight_matrix
+from .progress import ProgressFn, no_progress
+from .protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
+from .walk import LayerInputs, batches_of, capture_layer_inputs, run_layer
+
+METRICS = ("exact", "reconstruction", "taylor")
+PROXIES = ("reconstruction", "taylor")
+#: Calibration windows in the one backward pass of the Taylor proxy (memory grows with the batch, not this).
+TAYLOR_WINDOWS = 8
+#: How the per-layer aggregate of each metric is formed (recorded in every map).
+LAYER_AGGREGATE = {
+    "exact": "loss increase with every module of the layer pruned at once",
+    "reconstruction": "mean of the layer's module errors",
+    "taylor": "sum of the layer's module scores",
+}
+UNITS = {
+    "exact": "increase of mean token NLL on the probe (nats/token)",
+    "reconstruction": "relative output error ||W X - W_s X||^2 / ||W X||^2 on calibration inputs (unitless)",
+    "taylor": "sum over pruned weights of |W * dL/dW|, L = mean token NLL of calibration windows (nats)",
+}
+# Bump when a metric's computation changes, so stored maps are not reused.
+_ALGORITHM_VERSION = "1"
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def final_norm(loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function from the last decoder layer's output to the LM head's input (final norm, projections)."""
+    model = loaded.model
+    family = loaded.adapter.family
+    if family in ("llama", "mistral", "qwen2", "qwen3"):
+        return model.model.norm
+    if family == "opt":
+        decoder = model.model.decoder
+        steps = [m for m in (decoder.final_layer_norm, decoder.project_out) if m is not None]
+        return nn.Sequential(*steps) if steps else nn.Identity()
+    if family == "gpt2":
+        return model.transformer.ln_f
+    raise ConfigError(f"No final-norm rule for the '{family}' family; add it to sensitivity.final_norm.")
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation of two equally long sequences (average ranks for ties); NaN if undefined."""
+    from scipy.stats import spearmanr
+
+    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return float("nan")
+    a, b = zip(*pairs)
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def map_key(loaded: LoadedModel, calib_identity: dict, probe_identity: str, protocol: Protocol, method: str,
+            metric: str, sparsity: float, probe_windows: int, dtype: str, layers: Sequence[int],
+            taylor_windows: int) -> dict:
+    """Everything that determines one map (hash it with `store.content_hash`)."""
+    from .provenance import library_versions
+
+    versions = library_versions()
+    return {
+        "kind": "sensitivity_map",
+        "algorithm": _ALGORITHM_VERSION,
+        "model": loaded.fingerprint,
+        "calib": calib_identity,
+        "probe": probe_identity if metric == "exact" else None,
+        "protocol": protocol.to_dict(),
+        "method": method,
+        "metric": metric,
+        "sparsity": float(sparsity),
+        "probe_windows": int(probe_windows),
+        "probe_dtype": dtype if metric == "exact" else "float32",
+        "layers": list(layers),
+        "taylor_windows": taylor_windows if metric == "taylor" else None,
+        "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")},
+    }
+
+
+class _ProbeCache:
+    """The dense model's hidden states at every layer input over the probe windows, and the probe loss.
+
+    hidden[L] is the input of decoder layer L (hidden[n_layers] = the last layer's output), per batch, fp32.
+    Memory: (layers + 1) x probe tokens x hidden x 4 bytes (~290 MB for 8 x 512 tokens of a 576-wide model).
+    """
+
+    def __init__(self, loaded: LoadedModel, probe_ids: torch.Tensor, batch_size: int, dtype: str,
+                 tick: Callable[[str], None]):
+        self.loaded = loaded
+        self.probe_ids = probe_ids  # (n, seqlen)
+        self.batches = batches_of(probe_ids, batch_size)
+        self.dtype = dtype
+        self.norm = final_norm(loaded)
+        self.head = loaded.model.get_output_embeddings()
+        self.layers = loaded.adapter.decoder_layers(loaded.model)
+        self.tokens = probe_ids.shape[0] * (probe_ids.shape[1] - 1)  # predicted tokens
+        with autocast_for(dtype):
+            current = capture_layer_inputs(loaded, probe_ids, batch_size)
+            self.hidden: list[list[torch.Tensor]] = [current.hidden]
+            self.kwargs = current.kwargs
+            for index, layer in enumerate(self.layers):
+                tick(f"dense probe: layer {index + 1}/{len(self.layers)}")
+                current = LayerInputs(run_layer(layer, current), self.kwargs)
+                self.hidden.append(current.hidden)
+        self.baseline = self.loss_from(len(self.layers), tick)
+
+    def loss_from(self, start: int, tick: Callable[[str], None]) -> float:
+        """Mean token NLL (nats) of the model as it is now, running layers start..end from cached inputs."""
+        current = LayerInputs(self.hidden[start], self.kwargs)
+        with torch.inference_mode(), autocast_for(self.dtype):
+            for index in range(start, len(self.layers)):
+                current = LayerInputs(run_layer(self.layers[index], current), self.kwargs)
+                tick("")
+            total = 0.0
+            for states, ids in zip(current.hidden, self.batches):
+                total += float(nll_from_hidden(self.norm(states), ids, self.head).double().sum())
+        return total / self.tokens
+
+
+class _MaskCache:
+    """Masks (and SparseGPT's updated weights) of one sparsity, computed once per module and reused."""
+
+    def __init__(self, loaded: LoadedModel, method: str, statistics, sparsity: float):
+        self.loaded, self.method, self.statistics, self.sparsity = loaded, get_method(method), statistics, sparsity
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def get(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(keep (out, in) bool, new weight (out, in) fp32 or None) for the qualified module `name`."""
+        if name not in self._cache:
+            module = self.loaded.model.get_submodule(name)
+            source = weight_matrix(module).to(torch.float32).contiguous()
+            stats = self.statistics.by_module.get(name) if self.statistics is not None else None
+            keep, new_weight = self.method.prune(source, stats, self.sparsity, UNSTRUCTURED, MethodOptions())
+            self._cache[name] = (keep, new_weight)
+        return self._cache[name]
+
+    def native(self, names: Sequence[str]) -> tuple[dict, dict | None]:
+        """masks, weights in the modules' native layout for `applied_masks`."""
+        masks, weights = {}, {}
+        for name in names:
+            module = self.loaded.model.get_submodule(name)
+            keep, new_weight = self.get(name)
+            masks[name] = to_native(module, keep)
+            if new_weight is not None:
+                weights[name] = to_native(module, new_weight.to(module.weight.dtype))
+        return masks, (weights or None)
+
+    def drop_layer(self, names: Sequence[str]) -> None:
+        for name in names:
+            self._cache.pop(name, None)
+
+
+def _taylor_scores(loaded: LoadedModel, calib_ids: torch.Tensor, windows: int, batch_size: int,
+                   tick: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """|W * dL/dW| (out, in) fp32 per prunable module; L = mean token NLL over the first `windows` windows.
+
+    Gradients are enabled only for the prunable weights (and restored after); the batches' gradients
+    accumulate in `.grad`, each batch's loss scaled so the total is the mean over all predicted tokens.
+    """
+    model = loaded.model
+    modules = loaded.adapter.prunable_modules(model)
+    ids = calib_ids[:windows]
+    total_tokens = ids.shape[0] * (ids.shape[1] - 1)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for module in modules.values():
+            module.weight.requires_grad_(True)
+        with torch.enable_grad():
+            for i, batch in enumerate(batches_of(ids, batch_size)):
+                tick(f"taylor: backward {i + 1}/{math.ceil(ids.shape[0] / batch_size)}")
+                logits = model(input_ids=batch, use_cache=False).logits  # (b, T, V)
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                       batch[:, 1:].reshape(-1), reduction="sum") / total_tokens
+                loss.backward()
+                del logits, loss
+        scores = {}
+        for name, module in modules.items():
+            grad = module.weight.grad
+            product = (module.weight.detach() * grad).abs() if grad is not None else torch.zeros_like(module.weight)
+            scores[name] = product.t().contiguous() if is_transposed(module) else product  # (out, in)
+            module.weight.grad = None
+        return scores
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def _relative_reconstruction(weight: torch.Tensor, keep: torch.Tensor, new_weight: torch.Tensor | None,
+                             hessian: torch.Tensor) -> float:
+    """||(W - W_s) X||^2 / ||W X||^2 = tr(dW H dW^T) / tr(W H W^T); W, keep (out, in), H (in, in)."""
+    pruned = (new_weight if new_weight is not None else weight) * keep
+    delta = weight - pruned                                # (out, in)
+    num = float(((delta @ hessian) * delta).sum(dtype=torch.float64))
+    den = float(((weight @ hessian) * weight).sum(dtype=torch.float64))
+    return num / den if den > 0 else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sparsities: Sequence[float],
+                        metrics: Sequence[str] = METRICS, probe_windows: int = 8, store=None,
+                        progress: ProgressFn | None = None, *, dtype: str | None = None,
+                        layers: Sequence[int] | None = None, taylor_windows: int = TAYLOR_WINDOWS) -> dict:
+    """Sensitivity maps of `loaded` for `method` at each sparsity and metric, plus proxy-vs-exact correlations.
+
+    Returns {"maps": [map per (metric, sparsity)], "correlations": [{"sparsity", "proxy", "spearman"}]}.
+    Each map: layers, modules, values (layers x modules), metric, method, sparsity, baseline_loss (dense mean
+    token NLL on the probe, nats), module_names, module_sizes ([out, in]), layer_values, layer_aggregate,
+    protocol (+ probe_windows, probe_dtype, taylor_windows), seconds, units, cached.
+    dtype: compute dtype of the exact probes ("float32" | "bfloat16"; default the protocol's).
+    layers: decoder layer indices to map (default all). The model's weights are left bit-identical.
+    """
+    progress = progress or no_progress
+    protocol = protocol.validate()
+    method_obj = get_method(method)
+    method = method_obj.name
+    sparsities = [check_sparsity(s) for s in sparsities]
+    if not sparsities:
+        raise ConfigError("No sparsity given; give at least one, e.g. 0.5.")
+    metrics = [m.strip().lower() for m in metrics]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ConfigError(f"Unknown sensitivity metric(s) {unknown}; choose from {', '.join(METRICS)}.")
+    if int(probe_windows) < 1:
+        raise ConfigError(f"probe_windows must be a positive integer, got {probe_windows}.")
+    dtype = dtype or protocol.dtype
+    if dtype not in EVAL_DTYPES:
+        raise ConfigError(f"Probe dtype '{dtype}' is unknown; use one of {', '.join(EVAL_DTYPES)}.")
+    n_layers = len(loaded.adapter.decoder_layers(loaded.model))
+    layer_list = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
+    if not layer_list or layer_list[0] < 0 or layer_list[-1] >= n_layers:
+        raise ConfigError(f"Layers {layers} are outside 0..{n_layers - 1}.")
+    kinds = loaded.adapter.module_kinds
+    start_all = time.perf_counter()
+
+    progress(0.0, "reading the calibration corpus")
+    calib_identity = corpus_key(protocol.calib, "calibration", protocol.calib_column)
+    probe_identity = corpus_key(protocol.calib, "evaluation", protocol.calib_column)["sha256"]
+
+    # ---------------------------------------------------------------- which maps are already stored
+    wanted = [(metric, s) for s in sparsities for metric in metrics]
+    keys: dict[tuple[str, float], str | None] = {}
+    maps: dict[tuple[str, float], dict] = {}
+    if store is not None:
+        from .store import content_hash
+
+        for metric, s in wanted:
+            keys[(metric, s)] = content_hash(map_key(loaded, calib_identity, probe_identity, protocol, method,
+                                                     metric, s, int(probe_windows), dtype, layer_list,
+                                                     taylor_windows))
+            cached = store.get_result(keys[(metric, s)])
+            if cached is not None:
+                maps[(metric, s)] = {**cached, "cached": True}
+    todo = [w for w in wanted if w not in maps]
+
+    # Work units for the progress fraction: one per layer forward of a probe, ~1/2 per cell for proxies.
+    def exact_units() -> float:
+        return sum((n_layers - l + 2) * (len(kinds) + 1) for l in layer_list)
+    total_units = 1.0 + n_layers  # the dense probe pass
+    need = method_obj.needs if any(m in ("exact", "reconstruction") for m, _ in todo) else "none"
+    if any(m == "reconstruction" for m, _ in todo):
+        need = "hessian"  # the Hessian also holds what Wanda needs (its diagonal)
+    calib_ratio = max(1.0, protocol.nsamples / max(1, int(probe_windows)))
+    stats_units = 2.0 * n_layers * calib_ratio  # the walk's forward + hooks over the calibration windows
+    if need != "none":
+        total_units += stats_units
+    if any(m == "taylor" for m, _ in todo):
+        total_units += 3.0 * n_layers * taylor_windows / max(1, int(probe_windows))
+    for metric, _ in todo:
+        total_units += exact_units() if metric == "exact" else 0.5 * len(layer_list) * len(kinds)
+    done = [0.0]
+    last_message = ["starting"]
+
+    def advance(units: float, message: str = "") -> None:
+        done[0] += units
+        if message:
+            last_message[0] = message
+        progress(min(done[0] / total_units, 0.999), last_message[0])
+
+    def tick(message: str) -> None:
+        advance(1.0, message)
+
+    # ---------------------------------------------------------------- shared work (only if something is left)
+    probe = None
+    statistics = None
+    taylor = None
+    calib = None
+    if todo:
+        # Tokenised only when something is computed: a fully stored result comes back without it.
+        probe_ids = evaluation_ids(loaded, protocol.calib, replace(protocol, eval_windows=int(probe_windows)),
+                                   protocol.calib_column)[: int(probe_windows)]
+        probe = _ProbeCache(loaded, probe_ids, protocol.batch_size, dtype, tick)
+        if need != "none":
+            from .prune import collect_statistics
+
+            calib = calibration_ids(loaded, protocol)
+            statistics = collect_statistics(
+                loaded, calib, need, protocol.batch_size,
+                progress=lambda _f, m: advance(stats_units / n_layers, f"calibration statistics: {m}"))
+        if any(m == "taylor" for m, _ in todo):
+            calib = calib if calib is not None else calibration_ids(loaded, protocol)
+            taylor_units = 3.0 * n_layers * taylor_windows / max(1, int(probe_windows))
+            n_batches = math.ceil(min(taylor_windows, calib.shape[0]) / min(protocol.batch_size, 2))
+            taylor = _taylor_scores(loaded, calib, taylor_windows, min(protocol.batch_size, 2),
+                                    lambda m: advance(taylor_units / max(n_batches, 1), m))
+    proto_doc = {**protocol.to_dict(), "probe_windows": int(probe.probe_ids.shape[0]) if probe else int(probe_windows),
+                 "probe_dtype": dtype, "taylor_windows": taylor_windows}
+    baseline = probe.baseline if probe is not None else next(iter(maps.values()))["baseline_loss"]
+
+    # ---------------------------------------------------------------- maps, one sparsity at a time
+    for s in sparsities:
+        masks = _MaskCache(loaded, method, statistics, s)
+        for metric in metrics:
+            if (metric, s) in maps:
+                continue
+            t0 = time.perf_counter()
+            values, layer_values = _compute_map(loaded, metric, s, layer_list, kinds, masks, probe, statistics,
+                                                taylor, store, keys.get((metric, s)), advance)
+            document = {
+                "layers": layer_list,
+                "modules": kinds,
+                "values": values,
+                "metric": metric,
+                "method": method,
+                "sparsity": s,
+                "baseline_loss": baseline,
+                "module_names": [[loaded.adapter.qualified_name(l, k) for k in kinds] for l in layer_list],
+                "module_sizes": [[list(weight_matrix(loaded.model.get_submodule(
+                    loaded.adapter.qualified_name(l, k))).shape) for k in kinds] for l in layer_list],
+                "layer_values": layer_values,
+                "layer_aggregate": LAYER_AGGREGATE[metric],
+                "protocol": proto_doc,
+                "model": {"name": loaded.name, "source": loaded.source, "fingerprint": loaded.fingerprint},
+                "seconds": time.perf_counter() - t0,
+                "units": UNITS[metric],
+            }
+            if store is not None:
+                store.put_result(keys[(metric, s)], "sensitivity_map", document)
+            maps[(metric, s)] = {**document, "cached": False}
+    progress(1.0, f"sensitivity done in {time.perf_counter() - start_all:.1f} s")
+
+    correlations = []
+    for s in sparsities:
+        exact = maps.get(("exact", s))
+        for proxy in PROXIES:
+            other = maps.get((proxy, s))
+            if exact is None or other is None:
+                continue
+            flat_exact = [v for row in exact["values"] for v in row]
+            flat_proxy = [v for row in other["values"] for v in row]
+            correlations.append({"sparsity": s, "proxy": proxy, "spearman": spearman(flat_proxy, flat_exact)})
+    return {"maps": [maps[w] for w in wanted], "correlations": correlations}
+
+
+def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: list[int], kinds: list[str],
+                 masks: _MaskCache, probe: _ProbeCache | None, statistics, taylor, store, key: str | None,
+                 advance) -> tuple[list[list[float]], list[float]]:
+    """values (layers x kinds) and layer_values of one map; exact rows are stored as they finish."""
+    adapter = loaded.adapter
+    pct = f"{sparsity:g}"
+    partial_key = None
+    partial: dict = {"rows": {}}
+    if metric == "exact" and store is not None and key is not None:
+        from .store import content_hash
+
+        partial_key = content_hash({"partial_of": key})
+        partial = store.get_result(partial_key) or partial
+    values, layer_values = [], []
+    for row_index, layer in enumerate(layer_list):
+        names = [adapter.qualified_name(layer, k) for k in kinds]
+        if metric == "exact":
+            stored = partial["rows"].get(str(layer))
+            if stored is not None:
+                values.append(stored["values"])
+                layer_values.append(stored["layer_value"])
+                advance((len(loaded.adapter.decoder_layers(loaded.model)) - layer + 2) * (len(kinds) + 1),
+                        f"exact {pct}: layer {layer + 1} from the store")
+                continue
+            row = []
+            for kind, name in zip(kinds, names):
+                message = f"exact {pct}: layer {layer + 1}/{len(probe.layers)} {kind}"
+                advance(0.0, message)
+                native_masks, native_weights = masks.native([name])
+                with applied_masks(loaded.model, native_masks, native_weights):
+                    loss = probe.loss_from(layer, lambda _m: advance(1.0))
+                advance(2.0)
+                row.append(loss - probe.baseline)
+            advance(0.0, f"exact {pct}: layer {layer + 1}/{len(probe.layers)} whole layer")
+            native_masks, native_weights = masks.native(names)
+            with applied_masks(loaded.model, native_masks, native_weights):
+                layer_value = probe.loss_from(layer, lambda _m: advance(1.0)) - probe.baseline
+            advance(2.0)
+            values.append(row)
+            layer_values.append(layer_value)
+            if partial_key is not None:
+                partial["rows"][str(layer)] = {"values": row, "layer_value": layer_value}
+                store.put_result(partial_key, "sensitivity_partial", partial)
+        elif metric == "reconstruction":
+            row = []
+            for kind, name in zip(kinds, names):
+                advance(0.5, f"reconstruction {pct}: layer {layer + 1} {kind}")
+                weight = weight_matrix(loaded.model.get_submodule(name)).to(torch.float32)
+                keep, new_weight = masks.get(name)
+                row.append(_relative_reconstruction(weight, keep, new_weight,
+                                                    statistics.by_module[name].hessian))
+            values.append(row)
+            layer_values.append(sum(row) / len(row))
+        else:  # taylor
+            row = []
+            for kind, name in zip(kinds, names):
+                advance(0.5, f"taylor {pct}: layer {layer + 1} {kind}")
+                keep, _ = masks.get(name)
+                row.append(float(taylor[name][~keep].sum(dtype=torch.float64)))
+            values.append(row)
+            layer_values.append(sum(row))
+    return values, layer_values
+
+
+def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:
+    """Job entry (`jobs.JOB_KINDS["sensitivity"]`).
+
+    spec = {"model", "protocol" (Protocol dict), "method", "sparsities", "metrics", "probe_windows"} and
+    optionally "dtype" (probe compute dtype) and "layers". Maps go to `store` as they finish, so a cancelled
+    or killed job resumes at map granularity (exact maps at row granularity).
+    """
+    from .models import load_model
+
+    for field_name in ("model", "protocol", "method", "sparsities"):
+        if field_name not in spec:
+            raise ConfigError(f"The sensitivity job spec lacks '{field_name}'.")
+    loaded = load_model(spec["model"])
+    return compute_sensitivity(
+        loaded, Protocol(**spec["protocol"]), spec["method"], list(spec["sparsities"]),
+        list(spec.get("metrics") or METRICS), int(spec.get("probe_windows", 8)), store=store, progress=progress,
+        dtype=spec.get("dtype"), layers=spec.get("layers"),
+    )

@@ -1,0 +1,190 @@
+"""Every dashboard page driven by AppTest on a tiny random model: widgets set by key, runs started and
+finished (jobs run inline: PRUNESCOPE_INLINE_JOBS=1), no exception, the expected charts present."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PAGE = {name: str(REPO_ROOT / "pages" / f"{name}.py")
+        for name in ("setup", "curves", "sensitivity", "what_if", "summary")}
+SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
+         "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
+
+
+@pytest.fixture(autouse=True)
+def app_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
+    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
+    return tmp_path
+
+
+def page(name: str, settings: dict | None = SMALL) -> AppTest:
+    at = AppTest.from_file(PAGE[name], default_timeout=120)
+    if settings is not None:
+        at.session_state["settings"] = dict(settings)
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def text_of(at: AppTest) -> str:
+    return "\n".join(str(e.value) for group in (at.markdown, at.caption, at.info, at.warning, at.subheader)
+                     for e in group)
+
+
+def fake_sensitivity_job(sparsities=(0.5, 0.7), metrics=("exact", "reconstruction")) -> str:
+    """A finished sensitivity job in the store, shaped like pruning_core.sensitivity's result."""
+    from pruning_core.store import Store
+
+    layers, modules = [0, 1], ["q", "k", "v", "o", "gate", "up", "down"]
+    maps = []
+    for metric in metrics:
+        for s in sparsities:
+            values = [[(i + 1) * (j + 1) * s * (1.0 if metric == "exact" else 0.1) for j in range(len(modules))]
+                      for i in range(len(layers))]
+            maps.append({"layers": layers, "modules": modules, "values": values, "metric": metric,
+                         "method": "wanda", "sparsity": s, "baseline_loss": 5.6,
+                         "module_names": [[f"model.layers.{l}.{m}" for m in modules] for l in layers],
+                         "module_sizes": [[4096] * len(modules) for _ in layers],
+                         "layer_values": None, "protocol": {}, "seconds": 1.0})
+    result = {"maps": maps, "correlations": [{"sparsity": s, "proxy": "reconstruction", "spearman": 1.0}
+                                             for s in sparsities]}
+    job_id, now = uuid.uuid4().hex, time.time()
+    Store().insert_job({"id": job_id, "key": uuid.uuid4().hex, "kind": "sensitivity", "spec": {"model": "tiny-llama"},
+                        "state": "done", "fraction": 1.0, "message": "done", "created": now, "updated": now,
+                        "started": now - 1, "finished": now, "result": result, "cancel_requested": 0})
+    return job_id
+
+
+def test_setup_page_shows_model_facts_and_writes_shared_settings():
+    at = ok(page("setup", {**SMALL, "eval_corpora": ["news"]}))
+    facts = {m.label: m.value for m in at.metric}
+    assert list(facts)[:5] == ["Architecture", "Decoder layers", "Parameters", "Memory", "On disk"]
+    assert (facts["Architecture"], facts["Decoder layers"]) == ("Llama", "2")
+    at.number_input(key="setup_nsamples").set_value(8).run()
+    at.multiselect(key="setup_eval").set_value(["news", "pydocs"]).run()
+    ok(at)
+    assert at.session_state["settings"]["nsamples"] == 8
+    assert at.session_state["settings"]["eval_corpora"] == ["news", "pydocs"]
+    at.button(key="setup_paper").click().run()
+    settings = ok(at).session_state["settings"]
+    assert (settings["nsamples"], settings["seqlen"]) == (128, 2048)
+    at.button(key="setup_quick").click().run()
+    assert ok(at).session_state["settings"]["nsamples"] == 16
+    assert "documents" in text_of(at)
+
+
+def test_setup_page_reports_a_missing_model_folder_without_traceback(tmp_path):
+    at = page("setup")
+    at.radio(key="setup_model_kind").set_value("folder").run()
+    at.text_input(key="setup_model_path").input(str(tmp_path / "no-such-model")).run()
+    assert not at.exception
+    assert any("does not exist" in e.value for e in at.error)
+
+
+def test_curves_page_runs_a_sweep_and_draws_the_curve_and_table():
+    at = ok(page("curves", {**SMALL, "eval_corpora": ["news", "pydocs"]}))
+    assert not at.get("plotly_chart")
+    at.multiselect(key="curves_methods").set_value(["magnitude", "wanda"])
+    at.multiselect(key="curves_sparsities").set_value([0.3, 0.5])
+    at.button(key="curves_run").click().run()
+    ok(at)
+    assert len(at.get("plotly_chart")) == 1
+    assert len(at.dataframe) == 1
+    assert len(at.dataframe[0].value) == 1 + 4  # dense + 2 methods x 2 sparsities
+    at.radio(key="curves_corpus").set_value("pydocs").run()
+    at.toggle(key="curves_log").set_value(True).run()
+    assert len(ok(at).get("plotly_chart")) == 1
+    # A reload (new session) re-attaches to the finished job and shows the same curve.
+    again = ok(page("curves"))
+    assert len(again.get("plotly_chart")) == 1
+
+
+def test_sensitivity_page_draws_heatmap_bars_curves_and_proxy_scatter():
+    at = AppTest.from_file(PAGE["sensitivity"], default_timeout=120)
+    at.session_state["settings"] = dict(SMALL)
+    at.session_state["jobs"] = {"sensitivity": fake_sensitivity_job()}
+    ok(at.run())
+    # heatmap + layer bars + sensitivity-vs-sparsity + one proxy scatter
+    assert len(at.get("plotly_chart")) == 4
+    reading = [m.value for m in at.markdown if m.value.startswith("**Reading:**")]
+    assert reading and "layer 1" in reading[0] and "down projections" in reading[0]
+    at.selectbox(key="sens_show_metric").set_value("reconstruction").run()
+    at.radio(key="sens_module").set_value("q").run()
+    assert len(ok(at).get("plotly_chart")) == 4
+
+
+def test_sensitivity_page_runs_a_map_when_the_engine_is_present():
+    pytest.importorskip("pruning_core.sensitivity")
+    at = ok(page("sensitivity"))
+    at.multiselect(key="sens_metrics").set_value(["reconstruction"])
+    at.number_input(key="sens_probe").set_value(1)
+    at.button(key="sens_run").click().run()
+    ok(at)
+    assert len(at.get("plotly_chart")) >= 2
+
+
+def test_what_if_page_compares_dense_and_pruned():
+    at = ok(page("what_if"))
+    at.selectbox(key="whatif_method").set_value("magnitude")
+    at.selectbox(key="whatif_structure").set_value("2:4")
+    at.text_area(key="whatif_prompt").input("Hello world")
+    at.button(key="whatif_run").click().run()
+    ok(at)
+    labels = [m.label for m in at.metric]
+    assert "Perplexity on news" in labels and "2:4 compressed" in labels
+    sizes = {m.label: m.value for m in at.metric}
+    assert sizes["2:4 compressed"] != "not applicable"
+    assert "Dense model" in text_of(at) and "Pruned model" in text_of(at)
+    assert "no speed-up" in " ".join(i.value for i in at.info)
+
+
+def test_what_if_page_per_layer_table():
+    at = ok(page("what_if"))
+    at.toggle(key="whatif_per_layer").set_value(True).run()
+    ok(at)
+    at.button(key="whatif_run").click().run()
+    sizes = {m.label: m.value for m in ok(at).metric}
+    assert sizes["2:4 compressed"] == "not applicable"
+
+
+def test_summary_page_recommends_within_budget():
+    empty = ok(page("summary"))
+    assert "Nothing measured yet" in text_of(empty)
+    curves = page("curves")
+    curves.multiselect(key="curves_sparsities").set_value([0.1, 0.5, 0.9])
+    curves.button(key="curves_run").click().run()
+    ok(curves)
+    fake_sensitivity_job(sparsities=(0.5,), metrics=("reconstruction",))
+    at = ok(page("summary"))
+    assert len(at.get("plotly_chart")) == 2
+    assert "Recommended" in text_of(at) or "No measured setting" in text_of(at)
+    at.slider(key="summary_budget").set_value(100).run()
+    ok(at)
+
+
+def test_recommend_picks_the_highest_sparsity_within_budget():
+    from app.services import recommend
+
+    results = {"dense": {"ppl": {"wiki": 10.0}}, "points": [
+        {"method": "wanda", "structure": "unstructured", "sparsity": 0.5, "ppl": {"wiki": 10.8}},
+        {"method": "wanda", "structure": "unstructured", "sparsity": 0.6, "ppl": {"wiki": 12.0}},
+        {"method": "magnitude", "structure": "unstructured", "sparsity": 0.5, "ppl": {"wiki": 10.95}},
+    ]}
+    rec = recommend(results, "wiki", 0.10)
+    assert rec["best"]["method"] == "wanda" and rec["best"]["sparsity"] == 0.5
+    assert rec["best_change"] == pytest.approx(0.08)
+    assert recommend(results, "wiki", 0.01)["best"] is None

@@ -1,0 +1,118 @@
+"""The dashboard end to end in headless Chromium on the embedded model (SmolLM2-135M):
+
+Setup with a tiny protocol -> a small sweep on Curves -> a small sensitivity map, all from the UI; the
+curve and the heatmap must render with data (read from plotly.js's graph divs). Screenshots go to
+test-artifacts/ and are copied to docs/ (the README shows them). Times to the first curve and the first
+heatmap are written to test-artifacts/dashboard-timings.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from app.launch import REPO_ROOT
+
+pytestmark = pytest.mark.browser
+
+DOCS = REPO_ROOT / "docs"
+RUN_TIMEOUT_MS = 240_000
+
+_CHART_WITH = """
+(want) => Array.from(document.querySelectorAll('.js-plotly-plot')).some(gd =>
+  (gd.data || []).some(t => (t.type || 'scatter') === want.type &&
+    (want.type === 'heatmap' ? (t.z || []).flat().some(v => v !== null) : (t.y || []).length > 0)) &&
+  gd.querySelectorAll('.heatmaplayer image, .scatterlayer path.point, .barlayer path').length > 0 &&
+  ((gd.layout && gd.layout.title && gd.layout.title.text) || '').startsWith(want.title))
+"""
+
+
+def _set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(400)
+
+
+def _screenshot(page, path) -> None:
+    """The whole page: Streamlit scrolls inside its own container, so grow the viewport to the content."""
+    height = page.evaluate("() => Math.max(...Array.from(document.querySelectorAll("
+                           "'[data-testid=\"stMain\"], section.main, [data-testid=\"stAppViewContainer\"]'))"
+                           ".map(e => e.scrollHeight), 900)")
+    page.set_viewport_size({"width": 1440, "height": min(int(height) + 40, 4000)})
+    page.wait_for_timeout(1200)  # plotly resizes to the new viewport
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+
+def _pick(page, label: str, option: str) -> None:
+    """Choose `option` in the selectbox labelled `label`."""
+    page.get_by_label(label, exact=True).first.click()
+    page.get_by_role("option", name=option).first.click()
+    page.wait_for_timeout(400)
+
+
+def _go(page, wait_for_app, title: str, marker: str) -> None:
+    """Open a page from the sidebar menu (same session, so the Setup choices are kept)."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    wait_for_app(page, marker, timeout_ms=60_000)
+
+
+def _no_errors(page) -> None:
+    assert "Traceback" not in page.inner_text("body")
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_setup_sweep_and_sensitivity_from_the_ui(page, app_url, artifacts, wait_for_app, plotly_charts):
+    timings: dict[str, float] = {}
+    page.goto(f"{app_url}/setup", wait_until="domcontentloaded")
+    wait_for_app(page, "Architecture", timeout_ms=90_000)
+    # News calibration (a short corpus, tokenized in a moment) and a tiny protocol:
+    # 4 calibration windows of 64 tokens, 2 evaluation windows.
+    _pick(page, "Calibration corpus", "news · Lee news corpus")
+    _set_number(page, "Calibration windows", 4)
+    _set_number(page, "Tokens per window", 64)
+    _set_number(page, "Evaluation windows", 2)
+    wait_for_app(page, "Settings saved", timeout_ms=60_000)
+    _no_errors(page)
+    _screenshot(page, artifacts / "setup.png")
+
+    # Curves: magnitude + Wanda at 50 % (the page's defaults).
+    _go(page, wait_for_app, "Curves", "Run sweep")
+    assert page.get_by_text("4 windows × 64 tokens", exact=False).count() >= 1
+    started = time.monotonic()
+    page.get_by_role("button", name="Run sweep").click()
+    page.wait_for_function(_CHART_WITH, arg={"type": "scatter", "title": "Perplexity vs sparsity"},
+                           timeout=RUN_TIMEOUT_MS)
+    page.get_by_text("Download CSV").first.wait_for(state="visible", timeout=RUN_TIMEOUT_MS)
+    timings["first_curve_s"] = round(time.monotonic() - started, 1)
+    wait_for_app(page, "Download CSV")
+    curves = [c for c in plotly_charts(page) if c["title"].startswith("Perplexity vs sparsity")]
+    assert curves and curves[0]["points"] >= 3 and curves[0]["svg_marks"] >= 2, curves
+    assert any(n.startswith("dense") for n in curves[0]["names"])
+    _no_errors(page)
+    _screenshot(page, artifacts / "curves.png")
+
+    # Sensitivity: Wanda at 50 %, reconstruction proxy (the page's defaults, the cheapest metric).
+    _go(page, wait_for_app, "Sensitivity", "Compute map")
+    started = time.monotonic()
+    page.get_by_role("button", name="Compute map").click()
+    page.wait_for_function(_CHART_WITH, arg={"type": "heatmap", "title": "Sensitivity"}, timeout=RUN_TIMEOUT_MS)
+    timings["first_heatmap_s"] = round(time.monotonic() - started, 1)
+    wait_for_app(page, "Reading:")
+    page.wait_for_function(_CHART_WITH, arg={"type": "bar", "title": "Per-layer sensitivity"}, timeout=30_000)
+    charts = plotly_charts(page, min_count=2)
+    heatmaps = [c for c in charts if "heatmap" in c["types"]]
+    assert heatmaps and heatmaps[0]["points"] == 30 * 7 and heatmaps[0]["svg_marks"] >= 1, charts
+    assert any("bar" in c["types"] for c in charts)
+    _no_errors(page)
+    _screenshot(page, artifacts / "sensitivity.png")
+
+    print(f"dashboard timings: {timings}")
+    (artifacts / "dashboard-timings.json").write_text(json.dumps(timings, indent=2))
+    DOCS.mkdir(exist_ok=True)
+    for name in ("setup", "curves", "sensitivity"):
+        shutil.copyfile(artifacts / f"{name}.png", DOCS / f"screenshot-{name}.png")
