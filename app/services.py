@@ -486,3 +486,23 @@ def recommend(results: dict, corpus: str, budget: float) -> dict:
         per_method[p["method"]] = (p["method"], change, p)
     return {"dense_ppl": dense, "best": best[2] if best else None, "best_change": best[3] if best else None,
             "per_method": list(per_method.values())}
+
+
+def top_cells(sens: dict, n: int = 8) -> list[dict]:
+    """The `n` highest cells of a sensitivity map: [{"layer", "module", "value", "weights"}], highest first."""
+    import math
+
+    cells = []
+    sizes = sens.get("module_sizes")
+    for i, layer in enumerate(sens["layers"]):
+        for j, module in enumerate(sens["modules"]):
+            value = sens["values"][i][j]
+            if value is None or not math.isfinite(float(value)):
+                continue
+            size = sizes[i][j] if sizes is not None else None
+            if isinstance(size, (list, tuple)):
+                size = math.prod(int(d) for d in size)
+            cells.append({"layer": int(layer), "module": str(module), "value": float(value),
+                          "weights": None if size is None else int(size)})
+    cells.sort(key=lambda c: c["value"], reverse=True)
+    return cells[:n]

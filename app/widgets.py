@@ -133,7 +133,7 @@ def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[
         _live_panel(kind, job_id, on_progress)
     elif state_ == "done":
         took = (status.get("finished") or 0) - (status.get("started") or status.get("finished") or 0)
-        st.caption(f":material/check_circle: Finished" + (f" in {services.format_seconds(took)}." if took > 0 else "."))
+        st.caption(":material/check_circle: Finished" + (f" in {services.format_seconds(took)}." if took > 0 else "."))
     elif state_ == "failed":
         st.error(f"The run failed: {status.get('error') or 'unknown error'}. Change the settings and run again; "
                  "finished points are kept.", icon=":material/error:")

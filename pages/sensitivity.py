@@ -79,14 +79,20 @@ sparsity = s2.selectbox("Show sparsity", sparsities_present, key="sens_show_spar
 chosen = next(m for m in maps if m["metric"] == metric and abs(float(m["sparsity"]) - sparsity) < 1e-9)
 
 st.markdown(f"**Reading:** {services.sensitivity_reading(chosen)}")
-left, right = st.columns([3, 2], gap="medium")
+left, right = st.columns([3, 2], gap="large")
 charts.show(charts.heatmap_chart(chosen), key="sens_heatmap", container=left,
             alt="Sensitivity heatmap: decoder layers by module kinds")
-charts.show(charts.layer_bar_chart(chosen), key="sens_layers", container=right,
+with right:
+    st.markdown(f"**Most sensitive modules** · {metric_unit(metric)}")
+    st.dataframe(services.top_cells(chosen, 8), hide_index=True, width="stretch", key="sens_top",
+                 column_config={"value": st.column_config.NumberColumn(format="%.4g")})
+    if chosen.get("baseline_loss") is not None:
+        st.caption(f"Dense calibration loss {float(chosen['baseline_loss']):.3f} nats/token · map computed in "
+                   f"{services.format_seconds(chosen.get('seconds'))}.")
+    st.caption("Read the heatmap row by row: a bright cell is a module whose weights the model needs; a dark "
+               "row is a layer that can be pruned harder (set it on the What-if page).")
+charts.show(charts.layer_bar_chart(chosen), key="sens_layers",
             alt="Sensitivity per decoder layer")
-if chosen.get("baseline_loss") is not None:
-    right.caption(f"Dense calibration loss {float(chosen['baseline_loss']):.3f} nats/token · computed in "
-                  f"{services.format_seconds(chosen.get('seconds'))}.")
 
 same_metric = [m for m in maps if m["metric"] == metric]
 if len(same_metric) > 1:

@@ -102,6 +102,8 @@ with calib_col:
     uploaded_path = st.session_state.get("setup_uploaded_path")
     if uploaded_path:
         calib_options.insert(len(services.EMBEDDED_CORPORA), uploaded_path)
+    if st.session_state.get("setup_pending_calib"):
+        st.session_state["setup_calib"] = st.session_state.pop("setup_pending_calib")
     current_calib = settings["calib"] if settings["calib"] in calib_options else "wiki"
     _seed("setup_calib", current_calib)
     calib = st.selectbox("Calibration corpus", calib_options, key="setup_calib",
@@ -113,8 +115,9 @@ with calib_col:
         if upload is not None:
             path = widgets.guarded(services.save_upload, upload.name, upload.getvalue())
             if path:
+                # The selectbox above is already drawn this run: choose the file on the next run.
                 st.session_state["setup_uploaded_path"] = path
-                st.session_state["setup_calib"] = path
+                st.session_state["setup_pending_calib"] = path
                 st.rerun()
         calib = None
     if calib and Path(calib).suffix.lower() in (".csv", ".parquet", ".json", ".jsonl"):

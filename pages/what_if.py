@@ -95,8 +95,8 @@ for column, (label, nbytes, note) in zip(size_cols, forms):
             st.metric(label, "not applicable")
         else:
             saving = (1 - nbytes / dense_b) * 100 if dense_b else 0.0
-            st.metric(label, services.format_bytes(nbytes), f"{-saving:.1f} % vs dense" if saving else "no saving",
-                      delta_color="inverse" if saving else "off")
+            st.metric(label, services.format_bytes(nbytes),
+                      f"{-saving:.1f} % vs dense" if abs(saving) >= 0.05 else None, delta_color="inverse")
         st.caption(note)
 st.caption(f"Whole model, {size['prunable_weights']:,} prunable weights of which {size['kept_weights']:,} kept; "
            f"{size['other_parameters']:,} other parameters (embeddings, norms) stay dense.")

@@ -261,6 +261,8 @@ def save_pruned_model(loaded: LoadedModel, prune_result, out_dir, metadata: dict
         loaded.model.save_pretrained(str(out), safe_serialization=True)
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(out))
+    for path in out.glob("*.safetensors"):  # safetensors writes files private; a model folder is meant to be shared
+        os.chmod(path, 0o644)
     if metadata is not None:
         (out / "prunescope.json").write_text(json.dumps(metadata, indent=2, default=str))
     return out

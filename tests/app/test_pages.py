@@ -95,6 +95,23 @@ def test_setup_page_reports_a_missing_model_folder_without_traceback(tmp_path):
     assert any("does not exist" in e.value for e in at.error)
 
 
+def test_uploaded_corpus_is_saved_under_home_and_usable_for_calibration(app_env):
+    from app import services
+    from pruning_core.errors import ConfigError
+
+    text = "\n\n".join(f"Paragraph {i} about pruning language models and their weights." for i in range(20))
+    path = services.save_upload("my notes.txt", text.encode())
+    assert Path(path).parent == app_env / "uploads" and Path(path).read_text() == text
+    with pytest.raises(ConfigError):
+        services.save_upload("model.bin", b"\0")
+    at = AppTest.from_file(PAGE["setup"], default_timeout=120)
+    at.session_state["settings"] = {**SMALL, "calib": path}
+    at.session_state["setup_uploaded_path"] = path
+    ok(at.run())
+    assert at.selectbox(key="setup_calib").value == path
+    assert "**16** documents" in text_of(at)  # 80 % of the 20 paragraphs calibrate
+
+
 def test_curves_page_runs_a_sweep_and_draws_the_curve_and_table():
     at = ok(page("curves", {**SMALL, "eval_corpora": ["news", "pydocs"]}))
     assert not at.get("plotly_chart")
