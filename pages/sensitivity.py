@@ -85,7 +85,8 @@ charts.show(charts.heatmap_chart(chosen), key="sens_heatmap", container=left,
 with right:
     st.markdown(f"**Most sensitive modules** · {metric_unit(metric)}")
     st.dataframe(services.top_cells(chosen, 8), hide_index=True, width="stretch", key="sens_top",
-                 column_config={"value": st.column_config.NumberColumn(format="%.4g")})
+                 column_config={"value": st.column_config.NumberColumn(format="%.4g"),
+                                "weights": st.column_config.NumberColumn(format="localized")})
     if chosen.get("baseline_loss") is not None:
         st.caption(f"Dense calibration loss {float(chosen['baseline_loss']):.3f} nats/token · map computed in "
                    f"{services.format_seconds(chosen.get('seconds'))}.")
