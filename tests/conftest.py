@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,10 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Stores are isolated per test (PRUNESCOPE_HOME below), but the converted embedded model is shared by every
+# test, app server and job worker of the run: converting it costs ~30 s and the result never changes.
+os.environ.setdefault("PRUNESCOPE_MODEL_CACHE", str(Path.home() / ".cache" / "prunescope" / "models"))
 
 
 @pytest.fixture(autouse=True)
@@ -25,23 +28,8 @@ def isolated_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def embedded_home(tmp_path_factory):
-    """A home holding the converted embedded model, converted once per session (about 30 s the first time).
-
-    The user's cache (~/.cache/prunescope) is reused read-only when it already has the conversion.
-    """
-    home = tmp_path_factory.mktemp("embedded-home")
-    user_models = Path.home() / ".cache" / "prunescope" / "models"
-    if user_models.is_dir():
-        for folder in user_models.glob("embedded-*"):
-            if (folder / ".complete").is_file():
-                shutil.copytree(folder, home / "models" / folder.name)
-    return home
-
-
-@pytest.fixture(scope="session")
-def embedded(embedded_home):
+def embedded():
     """The embedded SmolLM2-135M model, loaded once per session (never mutate it: use applied_masks)."""
     from pruning_core.models import load_model
 
-    return load_model("embedded", home=embedded_home)
+    return load_model("embedded")

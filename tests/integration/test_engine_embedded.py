@@ -17,13 +17,6 @@ PROTOCOL = Protocol(calib="news", nsamples=4, seqlen=128, eval_windows=2, batch_
 LAYERS = [0, 15, 29]
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    from pruning_core.models import load_model
-
-    return load_model("embedded")  # before any PRUNESCOPE_HOME change: the converted model stays cached
-
-
 def test_embedded_map_is_finite_and_proxies_correlate(embedded, tmp_path):
     from pruning_core.store import Store
 

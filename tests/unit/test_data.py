@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from pruning_core.errors import ConfigError
-from pruning_core.masks import (applied_masks, keep_mask_from_scores, lowest_k, parse_structure,
-                                sparsity_of)
+from pruning_core.masks import (applied_masks, keep_mask_from_scores, lowest_k, parse_structure)
 from pruning_core.methods import METHODS, MethodOptions, get_method
 from pruning_core.models import weight_matrix
 from pruning_core.prune import PruneConfig, collect_statistics, prune_model, prune_with_statistics
