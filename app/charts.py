@@ -14,6 +14,11 @@ import plotly.graph_objects as go
 from pruning_core import figures
 from app.theme import PLOTLY_TEMPLATE
 
+# Table helpers and units of the same chart specifications, re-exported so pages never import the core.
+corpora_in = figures.corpora_in
+curve_table_rows = figures.curve_table_rows
+metric_unit = figures.metric_unit
+
 __all__ = [
     "PLOTLY_CONFIG",
     "to_plotly",

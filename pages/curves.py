@@ -19,7 +19,7 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/curv
 import streamlit as st  # noqa: E402
 
 from app import charts, services, state, widgets  # noqa: E402
-from pruning_core.figures import corpora_in, curve_table_rows  # noqa: E402
+from app.charts import corpora_in, curve_table_rows  # noqa: E402
 
 SPARSITY_CHOICES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 

@@ -17,7 +17,7 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/sens
 import streamlit as st  # noqa: E402
 
 from app import charts, services, state, widgets  # noqa: E402
-from pruning_core.figures import metric_unit  # noqa: E402
+from app.charts import metric_unit  # noqa: E402
 
 SPARSITY_CHOICES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 METRIC_HELP = ("exact: loss increase when the module alone is pruned (one evaluation per module, slowest); "

@@ -16,7 +16,7 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/summ
 import streamlit as st  # noqa: E402
 
 from app import charts, services, state, widgets  # noqa: E402
-from pruning_core.figures import corpora_in  # noqa: E402
+from app.charts import corpora_in  # noqa: E402
 
 METHOD_NAMES = {"magnitude": "magnitude pruning", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
 
