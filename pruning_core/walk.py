@@ -112,8 +112,17 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
     for step, index in enumerate(indices):
         layer = layers[index]
         stats = LayerStatistics(loaded.adapter.layer_linears(layer), need)
+        batches_done = [0]
+
+        def after_batch(step=step, index=index) -> None:
+            stats.flush()
+            # Report per batch, not only per layer: a progress call is where a job notices a cancel request.
+            batches_done[0] += 1
+            progress((step + batches_done[0] / len(current.hidden) * 0.5) / len(indices),
+                     f"layer {index + 1}/{len(layers)}")
+
         with stats.hooks():
-            outputs = run_layer(layer, current, after_batch=stats.flush)
+            outputs = run_layer(layer, current, after_batch=after_batch)
         try:
             changed = on_layer(index, layer, stats)
         finally:
