@@ -183,10 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
             import importlib
 
             module_name, function_name = add.split(":")
-            try:
-                add = getattr(importlib.import_module(module_name), function_name)
-            except (ModuleNotFoundError, AttributeError):  # TEMPORARY while the module is being written
-                continue
+            add = getattr(importlib.import_module(module_name), function_name)
         add(sub)
     return parser
 
