@@ -106,6 +106,18 @@ def test_tokenize_text_is_1d_long_without_special_tokens_and_cached_per_tokenize
 
 
 def test_tokenize_text_does_not_warn_about_long_sequences():
+    import transformers
+
+    # Another test (the CLI) may have lowered transformers' verbosity; this test needs warnings to be emitted.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    try:
+        _check_no_long_sequence_warning()
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _check_no_long_sequence_warning():
     tokenizer = build_test_tokenizer(model_max_length=16)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()

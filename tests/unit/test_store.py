@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,10 @@ def _write_points(store: Store, writer: int, n: int, barrier) -> None:
     store.put_result(f"span{writer}", "span", {"start": start, "end": time.time()})
 
 
-def test_two_processes_write_concurrently(tmp_path):
+def test_two_processes_write_concurrently(tmp_path, monkeypatch):
+    # Spawned children re-import the parent's __main__; after an AppTest that can be a page script. A bare
+    # __main__ keeps the children to this test's own code.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     # The store file does not exist yet: both processes also race to create the schema and switch to WAL.
     store = Store(tmp_path / "db.sqlite")
     ctx = mp.get_context("spawn")  # a fresh interpreter, and the Store travels pickled (its path only)
