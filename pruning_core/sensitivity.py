@@ -334,12 +334,17 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
                                    protocol.calib_column)[: int(probe_windows)]
         probe = _ProbeCache(loaded, probe_ids, protocol.batch_size, dtype, tick)
         if need != "none":
-            from .prune import collect_statistics
+            from .statistics_cache import cached_statistics
 
             calib = calibration_ids(loaded, protocol)
-            statistics = collect_statistics(
-                loaded, calib, need, protocol.batch_size,
-                progress=lambda _f, m: advance(stats_units / n_layers, f"calibration statistics: {m}"))
+            stats_done = [0.0]
+
+            def stats_progress(fraction: float, message: str) -> None:
+                advance(stats_units * (fraction - stats_done[0]), f"calibration statistics: {message}")
+                stats_done[0] = fraction
+
+            # Shared with sweeps and other maps through the store (same model, corpus, nsamples, seqlen, seed).
+            statistics = cached_statistics(loaded, protocol, need, store, calib, stats_progress)
         if any(m == "taylor" for m, _ in todo):
             calib = calib if calib is not None else calibration_ids(loaded, protocol)
             taylor_units = 3.0 * n_layers * taylor_windows / max(1, int(probe_windows))
