@@ -135,9 +135,10 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     dense = store.get_result(dense_key) if store is not None else None
     if dense is None:
         dense = {"ppl": {}, "eval_seconds": {}}
-        for corpus, ids in eval_ids.items():
+        span = 0.98 / steps / len(eval_ids)
+        for c_index, (corpus, ids) in enumerate(eval_ids.items()):
             result = perplexity(loaded, ids, dtype=protocol.dtype,
-                                progress=sub_progress(progress, 0.02, 0.02 + 0.98 / steps))
+                                progress=sub_progress(progress, 0.02 + c_index * span, 0.02 + (c_index + 1) * span))
             dense["ppl"][corpus] = result.ppl
             dense["eval_seconds"][corpus] = result.seconds
         if store is not None:
@@ -187,9 +188,11 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
         }
         eval_start = time.perf_counter()
         with pruned.applied(loaded):
-            for corpus, ids in eval_ids.items():
+            span = (hi - lo) * 0.4 / len(eval_ids)  # the evaluation share of this point, split by corpus
+            for c_index, (corpus, ids) in enumerate(eval_ids.items()):
+                start_at = lo + (hi - lo) * 0.6 + c_index * span
                 result = perplexity(loaded, ids, dtype=protocol.dtype,
-                                    progress=sub_progress(progress, lo + (hi - lo) * 0.6, hi))
+                                    progress=sub_progress(progress, start_at, start_at + span))
                 point["ppl"][corpus] = result.ppl
         point["eval_seconds"] = time.perf_counter() - eval_start
         if store is not None:
