@@ -39,18 +39,19 @@ def cached_statistics(loaded: LoadedModel, protocol: Protocol, need: str, store=
                       progress: Optional[ProgressFn] = None) -> Statistics:
     """Dense statistics of kind `need` ("act_sq" or "hessian"): from the store if present, else computed
     (one dense layer walk) and saved. Hessian statistics also serve an "act_sq" request."""
-    if store is None:
-        ids = calib_ids if calib_ids is not None else calibration_ids(loaded, protocol)
-        return collect_statistics(loaded, ids, need, protocol.batch_size, progress)
-    from .store import content_hash
+    key = None
+    if store is not None:
+        from .store import content_hash
 
-    for candidate in [n for n in ("act_sq", "hessian") if _ORDER[n] >= _ORDER[need]]:  # smallest first
-        found = store.get_result(content_hash(statistics_key(loaded, protocol, candidate)))
-        if found is not None and store.artifact_info(found["artifact"]) is not None:
-            return _from_artifact(store, found, candidate)
+        for candidate in [n for n in ("act_sq", "hessian") if _ORDER[n] >= _ORDER[need]]:  # smallest first
+            found = store.get_result(content_hash(statistics_key(loaded, protocol, candidate)))
+            if found is not None and store.artifact_info(found["artifact"]) is not None:
+                return _from_artifact(store, found, candidate)
+        key = content_hash(statistics_key(loaded, protocol, need))
     ids = calib_ids if calib_ids is not None else calibration_ids(loaded, protocol)
     statistics = collect_statistics(loaded, ids, need, protocol.batch_size, progress)
-    _save(store, statistics, content_hash(statistics_key(loaded, protocol, need)))
+    if key is not None:
+        _save(store, statistics, key)
     return statistics
 
 

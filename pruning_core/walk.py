@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .models import LoadedModel
 from .progress import ProgressFn, no_progress
 from .stats import LayerStatistics
@@ -102,8 +103,6 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
     `on_layer` may change weights in place; restoring them is the caller's job (`masks.preserved_weights`).
     """
     if propagation not in PROPAGATIONS:
-        from .errors import ConfigError
-
         raise ConfigError(f"Propagation '{propagation}' is unknown; use one of {', '.join(PROPAGATIONS)}.")
     progress = progress or no_progress
     layers = loaded.adapter.decoder_layers(loaded.model)
