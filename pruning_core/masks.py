@@ -108,6 +108,29 @@ def keep_mask_from_scores(scores: torch.Tensor, sparsity: float, structure: Stru
     return ~lowest_k(scores.reshape(-1), prune_count(scores.numel(), sparsity)).reshape(rows, cols)
 
 
+def score_ranks(scores: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """Rank of every score from the lowest (0), ties by position, within each row or the whole matrix.
+
+    The rank order is what `keep_mask_from_scores` cuts (`lowest_k` breaks ties at the cut by the lowest
+    index, as a stable sort does), so `keep_mask_from_ranks(ranks, s)` gives the same mask at any sparsity s
+    with one comparison: a sweep ranks once and re-thresholds per point. int16 when the ranked length fits
+    (2 bytes per weight), else int32.
+    """
+    rows, cols = scores.shape
+    flat = scores.contiguous() if per_row else scores.reshape(1, -1)
+    n = flat.shape[1]
+    order = flat.argsort(dim=-1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(n, device=scores.device).expand_as(order))
+    return ranks.to(torch.int16 if n <= torch.iinfo(torch.int16).max else torch.int32).reshape(rows, cols)
+
+
+def keep_mask_from_ranks(ranks: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
+    """Keep-mask (out, in) from `score_ranks`: the round(n * sparsity) lowest-ranked entries are pruned."""
+    n = ranks.shape[1] if per_row else ranks.numel()
+    return ranks >= prune_count(n, sparsity)
+
+
 def sparsity_of(masks: Mapping[str, torch.Tensor]) -> float:
     """Fraction of pruned weights (False entries) over all given masks."""
     total = sum(mask.numel() for mask in masks.values())

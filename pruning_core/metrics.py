@@ -4,7 +4,7 @@ Token-level perplexity: non-overlapping `seqlen` windows of the evaluation split
 each token predicted from the window's earlier tokens; ppl = exp(mean token NLL in nats). Units: perplexity is
 per token of the model's tokenizer (not lm-eval's word/byte perplexity).
 
-The LM head runs on one window at a time so the (seqlen x vocab) logits stay small (~100 MB at 512 x 49k).
+The LM head runs on chunks of a few hundred token rows, so the (rows x vocab) logits stay small.
 """
 
 from __future__ import annotations
@@ -63,13 +63,35 @@ def window_nll(loaded: LoadedModel, input_ids: torch.Tensor) -> torch.Tensor:
     return nll_from_hidden(hidden, input_ids, head)
 
 
-def nll_from_hidden(hidden: torch.Tensor, input_ids: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
-    """Per-window summed NLL (b,) from final hidden states (b, T, H) (after the final norm)."""
-    sums = []
-    for b in range(hidden.shape[0]):
-        logits = head(hidden[b, :-1]).float()  # (T-1, V)
-        sums.append(F.cross_entropy(logits, input_ids[b, 1:], reduction="sum"))
-    return torch.stack(sums)
+def nll_from_hidden(hidden: torch.Tensor, input_ids: torch.Tensor, head: torch.nn.Linear) -> torch.Tensor:
+    """Per-window summed NLL (b,) fp32 from final hidden states (b, T, H) (after the final norm).
+
+    head: the output embedding (a Linear: weight (vocab, hidden), optional bias).
+    The head runs on chunks of rows across the windows, not on whole windows: a (rows x vocab) logits chunk
+    that stays in the CPU caches makes the head and its log-softmax ~1.7x faster than 511-row windows on the
+    embedded model (49k vocabulary), and bounds memory to ~25 MB of logits whatever the batch.
+    """
+    b, t, width = hidden.shape
+    states = hidden[:, :-1].reshape(-1, width)
+    targets = input_ids[:, 1:].reshape(-1)
+    weight, bias = head.weight, head.bias
+    rows = _HEAD_CHUNK_ROWS_FP32
+    device = states.device.type
+    if torch.is_autocast_enabled(device):
+        # Cast the (vocab x hidden) weight once, not once per chunk as autocast would (28M values here).
+        low = torch.get_autocast_dtype(device)
+        weight, bias = weight.to(low), (bias.to(low) if bias is not None else None)
+        states, rows = states.to(low), _HEAD_CHUNK_ROWS_BF16
+    parts = [F.cross_entropy(F.linear(states[i:i + rows], weight, bias).float(), targets[i:i + rows],
+                             reduction="none")
+             for i in range(0, states.shape[0], rows)]
+    return torch.cat(parts).reshape(b, t - 1).sum(dim=1)
+
+
+# Rows of logits per head chunk, measured on the embedded model (2 cores): 128 rows (12 MB of bf16 logits)
+# under bf16 autocast, 256 rows (50 MB) in fp32.
+_HEAD_CHUNK_ROWS_BF16 = 128
+_HEAD_CHUNK_ROWS_FP32 = 256
 
 
 def perplexity(loaded: LoadedModel, eval_ids: torch.Tensor, batch_size: int = 4, dtype: str = "float32",

@@ -17,7 +17,15 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import ConfigError
-from .masks import applied_masks, check_sparsity, parse_structure, preserved_weights, sparsity_when_applied
+from .masks import (
+    applied_masks,
+    check_sparsity,
+    keep_mask_from_ranks,
+    parse_structure,
+    preserved_weights,
+    score_ranks,
+    sparsity_when_applied,
+)
 from .methods import MethodOptions, get_method
 from .models import LoadedModel, to_native, weight_matrix
 from .progress import ProgressFn, no_progress
@@ -99,8 +107,14 @@ def _targets(loaded: LoadedModel, config: PruneConfig) -> list[str]:
 
 
 def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str, InputStatistics],
-                 config: PruneConfig, masks: dict, weights: Optional[dict], write: bool) -> None:
-    """Prune the targeted linears of one layer, recording masks (and weights); optionally write them in."""
+                 config: PruneConfig, masks: dict, weights: Optional[dict], write: bool,
+                 ranks: Optional[dict] = None) -> None:
+    """Prune the targeted linears of one layer, recording masks (and weights); optionally write them in.
+
+    ranks: a dict kept by the caller across settings pruned from the same dense statistics; for a scoring
+    method (magnitude, Wanda) in unstructured mode, each matrix's score ranks are computed once into it and
+    every later sparsity is a comparison (same masks as ranking afresh).
+    """
     method = get_method(config.method)
     structure = parse_structure(config.structure)
     sparsity = (config.layer_sparsity or {}).get(index, config.sparsity)
@@ -110,8 +124,14 @@ def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str
         module = linears[kind]
         matrix = weight_matrix(module)  # (out, in) view
         source = matrix.to(torch.float32).contiguous()  # Conv1D views are transposed; methods need rows
-        keep, new_weight = method.prune(source, stats_by_kind.get(kind), sparsity, structure, options)
         name = loaded.adapter.qualified_name(index, kind)
+        if ranks is not None and method.scores is not None and not structure.is_nm:
+            key = f"{method.name}:{name}"
+            if key not in ranks:
+                ranks[key] = score_ranks(method.scores(source, stats_by_kind.get(kind)), method.per_row)
+            keep, new_weight = keep_mask_from_ranks(ranks[key], sparsity, method.per_row), None
+        else:
+            keep, new_weight = method.prune(source, stats_by_kind.get(kind), sparsity, structure, options)
         masks[name] = to_native(module, keep)
         if new_weight is not None and weights is not None:
             weights[name] = to_native(module, new_weight.to(module.weight.dtype))
@@ -201,22 +221,27 @@ def collect_statistics(loaded: LoadedModel, calibration_ids: Optional[torch.Tens
     return Statistics(need, by_module, time.perf_counter() - start)
 
 
-def prune_with_statistics(loaded: LoadedModel, statistics: Statistics, config: PruneConfig,
-                          start: Optional[float] = None) -> PruneResult:
-    """Prune every targeted linear from precomputed dense statistics (no forward pass)."""
+def prune_with_statistics(loaded: LoadedModel, statistics: Optional[Statistics], config: PruneConfig,
+                          start: Optional[float] = None, ranks: Optional[dict] = None) -> PruneResult:
+    """Prune every targeted linear from precomputed dense statistics (no forward pass).
+
+    statistics may be None for a method that needs none (magnitude). ranks: see `_prune_layer`; pass the
+    same dict for every setting of a sweep over one model and statistics.
+    """
     config.validate()
     start = time.perf_counter() if start is None else start
     method = get_method(config.method)
-    if not statistics.covers(method.needs):
-        raise ConfigError(f"Method '{method.name}' needs '{method.needs}' statistics but '{statistics.need}' "
+    if method.needs != "none" and (statistics is None or not statistics.covers(method.needs)):
+        have = f"'{statistics.need}'" if statistics is not None else "no"
+        raise ConfigError(f"Method '{method.name}' needs '{method.needs}' statistics but {have} statistics "
                           "were collected.")
     masks: dict[str, torch.Tensor] = {}
     weights: Optional[dict[str, torch.Tensor]] = {} if method.updates_weights else None
     for index, layer in enumerate(loaded.adapter.decoder_layers(loaded.model)):
-        stats = {kind: statistics.by_module[loaded.adapter.qualified_name(index, kind)]
-                 for kind in loaded.adapter.module_kinds
-                 if loaded.adapter.qualified_name(index, kind) in statistics.by_module}
-        _prune_layer(loaded, index, layer, stats, config, masks, weights, write=False)
+        by_module = statistics.by_module if statistics is not None else {}
+        stats = {kind: by_module[loaded.adapter.qualified_name(index, kind)]
+                 for kind in loaded.adapter.module_kinds if loaded.adapter.qualified_name(index, kind) in by_module}
+        _prune_layer(loaded, index, layer, stats, config, masks, weights, write=False, ranks=ranks)
     return _finish(loaded, config, masks, weights, start)
 
 

@@ -2,7 +2,9 @@
 
 Work is shared across the grid: the layer-0 inputs are captured once; in ``dense`` propagation the input
 statistics are collected once (the most demanding statistics any method of the grid needs) and every point
-only re-scores and re-thresholds; in ``pruned`` propagation each point walks the model as the papers do.
+only re-thresholds (magnitude and Wanda rank each matrix's scores once, then a sparsity is one comparison;
+SparseGPT re-solves from the stored Hessians); in ``pruned`` propagation each point walks the model as the
+papers do.
 
 With a `store`, each finished point is stored at once under a content hash of everything that determines
 it, and a later run (after a stop or a crash) reuses finished points instead of recomputing them.
@@ -147,6 +149,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
 
     inputs = None
     statistics = None
+    ranks: dict = {}  # score ranks per (method, matrix): each later sparsity of a scoring method re-thresholds
     for index, config in enumerate(settings):
         lo = 0.02 + 0.98 * (index + 1) / steps
         hi = 0.02 + 0.98 * (index + 2) / steps
@@ -165,12 +168,17 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
         step_progress = sub_progress(progress, lo, lo + (hi - lo) * 0.6)
         step_progress(0.0, f"{label}: pruning")
         method = get_method(config.method)
-        if spec.propagation == "dense" and method.needs != "none":
+        # Ranking costs ~3 direct prunes, so it pays only when the method has several unstructured points.
+        ranks_for = ranks if sum(1 for c in settings if c.method == config.method
+                                 and not parse_structure(c.structure).is_nm) > 1 else None
+        if method.needs == "none":  # magnitude: no data, so both propagations are the same; rank once
+            pruned = prune_with_statistics(loaded, None, config, ranks=ranks_for)
+        elif spec.propagation == "dense":
             need = max((get_method(m).needs for m in spec.methods), key=_NEED_ORDER.__getitem__)
             if statistics is None:
                 statistics = cached_statistics(loaded, protocol, need, store, calib_ids,
                                                sub_progress(step_progress, 0.0, 0.9))
-            pruned = prune_with_statistics(loaded, statistics, config)
+            pruned = prune_with_statistics(loaded, statistics, config, ranks=ranks_for)
         else:
             if inputs is None and method.needs != "none":
                 inputs = capture_layer_inputs(loaded, calib_ids, protocol.batch_size)

@@ -30,6 +30,9 @@ class Method:
 
     needs: "none" | "act_sq" | "hessian" — the statistics the layer walk must collect for it.
     updates_weights: True if the method also changes the kept weights (SparseGPT's OBS update).
+    scores: for a method whose unstructured mask is "prune the lowest scores", score(W (out, in), stats) ->
+    (out, in); with `per_row`, the cut is per output row, else per matrix. Lets a dense-statistics sweep rank
+    the scores once and only re-threshold per sparsity (`masks.score_ranks`). None for other methods.
     """
 
     name: str
@@ -37,3 +40,5 @@ class Method:
     updates_weights: bool
     prune: PruneFn
     description: str
+    scores: Optional[Callable[[torch.Tensor, Optional[InputStatistics]], torch.Tensor]] = None
+    per_row: bool = False

@@ -242,3 +242,33 @@ def test_reported_sparsity_equals_zeros_counted_in_the_applied_model():
             live = measured_sparsity(lm.model, modules)
         assert live["overall"] == pytest.approx(result.sparsity, abs=1e-12)
         assert live["per_module"] == pytest.approx(result.per_module_sparsity, abs=1e-12)
+
+
+def test_score_ranks_give_the_same_masks_as_ranking_afresh():
+    """Ranks computed once and cut at any sparsity equal keep_mask_from_scores, ties included."""
+    from pruning_core.masks import UNSTRUCTURED, keep_mask_from_ranks, keep_mask_from_scores, score_ranks
+
+    torch.manual_seed(0)
+    scores = torch.randint(0, 7, (16, 40)).float()  # many ties, as dequantised weights have
+    for per_row in (True, False):
+        ranks = score_ranks(scores, per_row)
+        assert ranks.dtype == torch.int16
+        for sparsity in (0.0, 0.1, 0.33, 0.5, 0.77, 0.95):
+            expected = keep_mask_from_scores(scores, sparsity, UNSTRUCTURED, per_row=per_row)
+            assert torch.equal(keep_mask_from_ranks(ranks, sparsity, per_row), expected)
+
+
+def test_dense_sweep_ranks_reuse_matches_direct_pruning():
+    """prune_with_statistics with a shared ranks dict gives bit-identical masks to pruning without it."""
+    loaded = tiny_model("llama")
+    stats = collect_statistics(loaded, windows(), "act_sq")
+    ranks: dict = {}
+    for method in ("wanda", "magnitude"):
+        for sparsity in (0.3, 0.6):
+            config = PruneConfig(method, "unstructured", sparsity, "dense")
+            with_ranks = prune_with_statistics(loaded, stats, config, ranks=ranks)
+            direct = prune_with_statistics(loaded, stats, config)
+            assert with_ranks.sparsity == direct.sparsity
+            assert with_ranks.masks.keys() == direct.masks.keys()
+            assert all(torch.equal(with_ranks.masks[n], direct.masks[n]) for n in direct.masks)
+    assert ranks  # they were filled and reused
