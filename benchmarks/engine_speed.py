@@ -11,7 +11,8 @@ Measures (issue 3's targets):
 - the proxies (reconstruction, taylor) and their Spearman correlation with exact, and the top/bottom modules;
 - exact rows recomputed in fp32 for a few layers, against the bf16 map (accuracy of the bf16 probes);
 - a dense-propagation Wanda sweep of 9 sparsities: each point's (prune + eval) / eval;
-- the store round trip of an already computed map; peak RSS (resource.getrusage).
+- the store round trip of an already computed map; peak RSS (resource.getrusage's high-water mark, read after
+  each phase, so the phase that raised it shows).
 With --layers (a subset of decoder layers) the map is measured on those rows and extrapolated.
 
     python benchmarks/engine_speed.py --save docs/runs     # the full benchmark (about 25 min on 2 cores)
@@ -21,6 +22,7 @@ With --layers (a subset of decoder layers) the map is measured on those rows and
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
     loaded = load_model(args.model)
     out["model"] = loaded.name
     out["load_seconds"] = time.perf_counter() - t0
+    load_rss = _rss_bytes()
     n_layers = len(loaded.adapter.decoder_layers(loaded.model))
     kinds = loaded.adapter.module_kinds
     layers = list(range(n_layers)) if not args.layers else [int(x) for x in args.layers.split(",")]
@@ -141,6 +144,7 @@ def main(argv=None) -> int:
         out["exact_map"]["extrapolated_map_seconds"] = map_seconds
         out["exact_map"]["note"] = f"measured on layers {layers}; extrapolated by layer-forward counts"
     out["exact_map"].update(_ranked_cells(exact, 5))
+    peaks = out["peak_rss_bytes_after"] = {"load": load_rss, "exact_map": _rss_bytes()}
 
     # ---------------------------------------------------------------- same cells by full forward passes
     probe = _ProbeCache(loaded, _probe_ids(loaded, args), protocol.batch_size, args.dtype, lambda _m: None)
@@ -186,6 +190,9 @@ def main(argv=None) -> int:
             (n_layers * layer_seconds + head_seconds) / (mean_depth * layer_seconds + head_seconds),
     }
     speedup = (phase_seconds["shared"] + full_cells_seconds) / map_seconds
+    del probe, masks, stats
+    gc.collect()
+    peaks["full_forward_probes"] = _rss_bytes()
     out["exact_speedup_vs_full_forward (map, shared work included)"] = speedup
     out["exact_speedup_vs_full_forward (cells only)"] = full_cells_seconds / cells_seconds
     out["targets"] = {"exact_map_under_180s": map_seconds < 180, "speedup_at_least_1.7": speedup >= 1.7}
@@ -223,6 +230,9 @@ def main(argv=None) -> int:
         exact_layers = exact["layer_values"]
         out["proxies"]["spearman_vs_exact_layer_aggregates"] = {
             m["metric"]: spearman(m["layer_values"], exact_layers) for m in both["maps"] if m["metric"] != "exact"}
+        del both
+        gc.collect()
+        peaks["proxies"] = _rss_bytes()
 
     # ---------------------------------------------------------------- bf16 probes against fp32
     verify = [int(x) for x in args.verify_fp32_layers.split(",") if x.strip()] if args.dtype != "float32" else []
@@ -242,6 +252,7 @@ def main(argv=None) -> int:
             "spearman": spearman(low, ref),
         }
         document["fp32_rows"] = fp32
+        peaks["fp32_rows"] = _rss_bytes()
     if args.save:
         folder = Path(args.save)
         folder.mkdir(parents=True, exist_ok=True)
@@ -266,6 +277,7 @@ def main(argv=None) -> int:
             # A point costs prune + eval; the target is (prune + eval) / eval <= 1.2.
         }
         out["targets"]["sweep_point_cost_at_most_1.2x_eval"] = all(1 + r <= 1.2 for r in ratios[1:])
+    peaks["sweep"] = _rss_bytes()
     out["peak_rss_bytes"] = _rss_bytes()
     out["targets"]["peak_rss_under_4GB"] = out["peak_rss_bytes"] < 4 * 1024 ** 3
     print(json.dumps(out, indent=2))

@@ -46,6 +46,9 @@ METRICS = ("exact", "reconstruction", "taylor")
 PROXIES = ("reconstruction", "taylor")
 #: Calibration windows in the one backward pass of the Taylor proxy (memory grows with the batch, not this).
 TAYLOR_WINDOWS = 8
+#: Windows per backward pass of the Taylor proxy: one, because the autograd activations of a window (about 1.4 GB
+#: for 512 tokens of the embedded model, logits included) dominate its peak memory.
+TAYLOR_BATCH = 1
 #: How the per-layer aggregate of each metric is formed (recorded in every map).
 LAYER_AGGREGATE = {
     "exact": "loss increase with every module of the layer pruned at once",
@@ -218,9 +221,11 @@ def _taylor_scores(loaded: LoadedModel, calib_ids: torch.Tensor, windows: int, b
         scores = {}
         for name, module in modules.items():
             grad = module.weight.grad
-            product = (module.weight.detach() * grad).abs() if grad is not None else torch.zeros_like(module.weight)
-            scores[name] = product.t().contiguous() if is_transposed(module) else product  # (out, in)
             module.weight.grad = None
+            # |W * G| written into the gradient's own buffer: no second copy of every prunable weight.
+            product = grad.mul_(module.weight.detach()).abs_() if grad is not None \
+                else torch.zeros_like(module.weight)
+            scores[name] = product.t().contiguous() if is_transposed(module) else product  # (out, in)
         return scores
     finally:
         for p, flag in flags.items():
@@ -300,7 +305,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
     def exact_units() -> float:
         return sum((n_layers - l + 2) * (len(kinds) + 1) for l in layer_list)
     total_units = 1.0 + n_layers  # the dense probe pass
-    need = method_obj.needs if any(m in ("exact", "reconstruction") for m, _ in todo) else "none"
+    need = method_obj.needs if todo else "none"  # every metric scores the method's masks
     if any(m == "reconstruction" for m, _ in todo):
         need = "hessian"  # the Hessian also holds what Wanda needs (its diagonal)
     calib_ratio = max(1.0, protocol.nsamples / max(1, int(probe_windows)))
@@ -348,8 +353,8 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
         if any(m == "taylor" for m, _ in todo):
             calib = calib if calib is not None else calibration_ids(loaded, protocol)
             taylor_units = 3.0 * n_layers * taylor_windows / max(1, int(probe_windows))
-            n_batches = math.ceil(min(taylor_windows, calib.shape[0]) / min(protocol.batch_size, 2))
-            taylor = _taylor_scores(loaded, calib, taylor_windows, min(protocol.batch_size, 2),
+            n_batches = min(taylor_windows, calib.shape[0])
+            taylor = _taylor_scores(loaded, calib, taylor_windows, TAYLOR_BATCH,
                                     lambda m: advance(taylor_units / max(n_batches, 1), m))
     proto_doc = {**protocol.to_dict(), "probe_windows": int(probe.probe_ids.shape[0]) if probe else int(probe_windows),
                  "probe_dtype": dtype, "taylor_windows": taylor_windows}

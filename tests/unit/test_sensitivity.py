@@ -132,6 +132,15 @@ def test_taylor_matches_autograd(tiny, wanda_maps):
     assert weight.grad is None
 
 
+@pytest.mark.parametrize("metric", ["taylor", "reconstruction"])
+def test_a_proxy_alone_needs_no_other_metric(tiny, wanda_maps, metric):
+    """A proxy asked for on its own still gets the method's statistics for its masks (it once had none)."""
+    alone = compute_sensitivity(tiny, PROTOCOL, "wanda", [0.5], metrics=[metric], probe_windows=PROBE)
+    together = next(m for m in wanda_maps["maps"] if m["metric"] == metric)
+    flat = [v for row in alone["maps"][0]["values"] for v in row]
+    assert flat == pytest.approx([v for row in together["values"] for v in row], rel=1e-5, abs=1e-9)
+
+
 def test_weights_and_grad_flags_are_left_as_they_were(tiny):
     before = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
     flags = {n: p.requires_grad for n, p in tiny.model.named_parameters()}
