@@ -90,6 +90,10 @@ with right:
     if chosen.get("baseline_loss") is not None:
         st.caption(f"Dense calibration loss {float(chosen['baseline_loss']):.3f} nats/token · map computed in "
                    f"{services.format_seconds(chosen.get('seconds'))}.")
+    if metric == "exact" and (chosen.get("protocol") or {}).get("probe_dtype") == "bfloat16":
+        st.caption("The probes ran in bf16: against fp32 on the embedded model its rounding moved cells by "
+                   "about 0.001–0.002 nats/token, so smaller differences between cells are noise. Choose "
+                   "float32 on the Setup page for the finest ranking.")
     st.caption("Read the heatmap row by row: a bright cell is a module whose weights the model needs; a dark "
                "row is a layer that can be pruned harder (set it on the What-if page).")
 charts.show(charts.layer_bar_chart(chosen), key="sens_layers",
