@@ -385,6 +385,12 @@ def generate(source: str, prompt: str, max_new_tokens: int = 40, mask_artifact: 
     return generate_text(get_model(source), prompt, max_new_tokens, masks=masks)
 
 
+def compare_generations(source: str, prompt: str, mask_artifact: str, max_new_tokens: int = 40) -> dict:
+    """{"prompt", "dense", "pruned"}: greedy text of the dense model and of the model with a stored mask."""
+    return {"prompt": prompt, "dense": generate(source, prompt, max_new_tokens),
+            "pruned": generate(source, prompt, max_new_tokens, mask_artifact=mask_artifact)}
+
+
 def format_seconds(seconds: Optional[float]) -> str:
     """'about 40 s', 'about 3 min', or 'unknown'."""
     if seconds is None:

@@ -112,5 +112,29 @@ with g1.container(border=True):
 with g2.container(border=True):
     st.markdown(f"**Pruned model** ({result['sparsity']:.0%} sparse)")
     st.write(gen["pruned"] or "(no text)")
-if result.get("mask_artifact"):
-    st.caption(f"Mask stored as artifact `{result['mask_artifact'][:12]}…` (export it from the Export page).")
+artifact = result.get("mask_artifact")
+if artifact and config["method"] == "sparsegpt":
+    st.caption("To try another prompt, change it above and press **Try it**: SparseGPT also updates the kept "
+               "weights, which the stored mask does not hold.")
+elif artifact:
+    # Another prompt reuses the stored mask: a few seconds of generation instead of a whole what-if job.
+    with st.form("whatif_again_form", border=False):
+        again = st.text_input("Another prompt, same pruned model (no re-pruning)", key="whatif_prompt_again")
+        go = st.form_submit_button("Generate", icon=":material/refresh:")
+    if go and again.strip():
+        with st.spinner("Generating with the dense and the pruned model…"):
+            texts = widgets.guarded(services.compare_generations, settings["model"], again.strip(), artifact)
+        if texts:
+            st.session_state["whatif_again"] = {**texts, "artifact": artifact}
+    shown = st.session_state.get("whatif_again")
+    if shown and shown.get("artifact") == artifact:
+        st.caption(f"Prompt: “{shown['prompt']}”")
+        a1, a2 = st.columns(2)
+        with a1.container(border=True):
+            st.markdown("**Dense model**")
+            st.write(shown["dense"] or "(no text)")
+        with a2.container(border=True):
+            st.markdown(f"**Pruned model** ({result['sparsity']:.0%} sparse)")
+            st.write(shown["pruned"] or "(no text)")
+if artifact:
+    st.caption(f"Mask stored as artifact `{artifact[:12]}…` (export it from the Export page).")

@@ -169,6 +169,24 @@ def test_what_if_page_compares_dense_and_pruned():
     assert "no speed-up" in " ".join(i.value for i in at.info)
 
 
+def test_what_if_page_tries_another_prompt_without_re_pruning():
+    at = ok(page("what_if"))
+    at.selectbox(key="whatif_method").set_value("wanda")
+    at.button(key="whatif_run").click().run()
+    ok(at)
+    from app import services
+
+    job_before = services.latest_job("whatif")
+    assert job_before is not None
+    at.text_input(key="whatif_prompt_again").input("Once upon a time")
+    at.button[-1].click().run()  # the form's Generate button
+    ok(at)
+    assert "Once upon a time" in text_of(at)
+    again = at.session_state["whatif_again"]
+    assert again["prompt"] == "Once upon a time" and isinstance(again["pruned"], str)
+    assert services.latest_job("whatif") == job_before  # no new what-if job was started
+
+
 def test_what_if_page_per_layer_table():
     at = ok(page("what_if"))
     at.toggle(key="whatif_per_layer").set_value(True).run()
