@@ -1,7 +1,8 @@
 """The dashboard end to end in headless Chromium on the embedded model (SmolLM2-135M):
 
 Setup with a tiny protocol -> a small sweep on Curves -> a small sensitivity map, all from the UI; the
-curve and the heatmap must render with data (read from plotly.js's graph divs). Screenshots go to
+curve and the heatmap must render with data (read from plotly.js's graph divs). Then a long exact map is
+started and cancelled from the job panel's Cancel button. Screenshots go to
 test-artifacts/ and are copied to docs/ (the README shows them). Times to the first curve and the first
 heatmap are written to test-artifacts/dashboard-timings.json.
 """
@@ -110,6 +111,22 @@ def test_setup_sweep_and_sensitivity_from_the_ui(page, app_url, artifacts, wait_
     assert any("bar" in c["types"] for c in charts)
     _no_errors(page)
     _screenshot(page, artifacts / "sensitivity.png")
+
+    # Cancel: a long exact map (64 probe windows, about 10 minutes here) stops within seconds of the click.
+    _set_number(page, "Probe windows", 64)
+    page.get_by_label("Metrics", exact=True).first.click()
+    page.get_by_role("option", name="exact").first.click()
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(400)
+    page.get_by_role("button", name="Compute map").click()
+    cancel = page.get_by_role("button", name="Cancel")
+    cancel.first.wait_for(state="visible", timeout=60_000)
+    clicked = time.monotonic()
+    cancel.first.click()
+    page.get_by_text("The run was cancelled", exact=False).first.wait_for(state="visible", timeout=60_000)
+    timings["cancel_to_cancelled_s"] = round(time.monotonic() - clicked, 1)
+    assert page.get_by_role("button", name="Cancel").count() == 0
+    _no_errors(page)
 
     print(f"dashboard timings: {timings}")
     (artifacts / "dashboard-timings.json").write_text(json.dumps(timings, indent=2))
