@@ -1,8 +1,8 @@
-"""Export service: runs the export pipeline (`pruning_core.cli_export.run_export`) for the Export page.
+"""Export service: the Export page's job spec and how a finished export job is shown.
 
-The page imports only this module (plus app.charts and app.theme). Exports go to
-``$PRUNESCOPE_HOME/exports/<hash of the setting>/`` so a page reload finds the files again; the shared,
-cached model is never left mutated (run_export applies masks inside context managers).
+The export runs as a job (`pruning_core.cli_export.run_export_job`, in a worker process like sweeps and maps),
+so it survives a reload and can be cancelled. Exports go to ``$PRUNESCOPE_HOME/exports/<hash of the setting>/``,
+so a page reload finds the files again.
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
-import streamlit as st
-
-from pruning_core.cli_export import DEFAULT_PROMPTS, ExportOptions, run_export
+from pruning_core.cli_export import DEFAULT_PROMPTS, ExportOptions
 from pruning_core.errors import PruneScopeError
 from pruning_core.lm_eval_bridge import LOCAL_TASKS
 from pruning_core.protocol import QUICK_PROTOCOL, Protocol
@@ -36,7 +34,8 @@ __all__ = [
     "STRUCTURES",
     "PruneScopeError",
     "download_items",
-    "export",
+    "export_result",
+    "export_spec",
     "settings_from",
     "summary_sentences",
     "zip_folder",
@@ -60,36 +59,25 @@ def settings_from(session: dict) -> dict:
     }
 
 
-def _model(source: str):
-    try:  # share the dashboard's cached model when the services module is there
-        from app.services import get_model
-    except ImportError:
-        return _own_model(source)
-    return get_model(source)
+def export_spec(settings: dict, options: dict) -> dict:
+    """The export job spec for the Setup choices and the page's options (ExportOptions fields).
 
-
-@st.cache_resource(show_spinner="Loading the model…", max_entries=1)
-def _own_model(source: str):
-    from pruning_core.models import load_model
-
-    return load_model(source)
-
-
-def export(settings: dict, options: dict, progress: Callable[[float, str], None] | None = None) -> dict:
-    """Run the export; returns {"folder", "files": [{name, path, bytes, mime}], "summary", "report"}.
-
-    options: ExportOptions fields (method, structure, sparsity, prompts, heatmap, recipe, save_model, pdf,
-    lm_eval_tasks, lm_eval_limit...). Raises PruneScopeError with a message for the page to show.
+    Raises PruneScopeError (ConfigError) for a bad protocol or option, with a message for the page.
     """
     protocol = Protocol(calib=settings["calib"], nsamples=settings["nsamples"], seqlen=settings["seqlen"],
                         seed=settings["seed"], eval_windows=settings["eval_windows"], dtype=settings["dtype"],
                         calib_column=settings.get("calib_column")).validate()
     opts = ExportOptions(**{**options, "eval_corpora": tuple(settings["eval_corpora"])})
     folder = home_dir() / "exports" / content_hash({"settings": settings, "options": vars(opts)})[:16]
-    loaded = _model(settings["model"])
-    outcome = run_export(loaded, protocol, opts, folder, progress)
-    return {"folder": str(folder), "files": download_items(folder), "summary": summary_sentences(outcome["report"]),
-            "report": outcome["report"]}
+    as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
+    return {"model": settings["model"], "protocol": protocol.to_dict(), "options": as_json, "out_dir": str(folder)}
+
+
+def export_result(job_result: dict) -> dict:
+    """What the page shows of a finished export job: {"folder", "files", "summary", "report"}."""
+    report = job_result["report"]
+    return {"folder": job_result["folder"], "files": download_items(job_result["folder"]),
+            "summary": summary_sentences(report), "report": report}
 
 
 def zip_folder(folder: Path) -> bytes:

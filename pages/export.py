@@ -1,8 +1,9 @@
 """Export: the chosen setting as a re-applicable mask, a pruned model, an llm-compressor recipe and a report.
 
-Thin page: widgets in, one call to `app.export_service.export`, download buttons out. Reads the Setup
-page's choices from ``st.session_state["settings"]`` when present (quick defaults otherwise), and runs on its
-own (`streamlit run pages/export.py`).
+Thin page: widgets in, an export job (a worker process, like sweeps and maps: progress, time left, Cancel,
+and it survives a reload), download buttons out. Reads the Setup page's choices from
+``st.session_state["settings"]`` when present (quick defaults otherwise), and runs on its own
+(`streamlit run pages/export.py`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ if str(_ROOT) not in sys.path:
 import streamlit as st
 
 from app import export_service as svc
+from app import widgets
 from app.charts import curves_chart, heatmap_chart, show
-
-RESULT_KEY = "export_result"
 
 st.title("Export")
 st.caption("Take the chosen setting away: the mask (re-applicable, verified against the model's fingerprint), "
@@ -51,16 +51,14 @@ if submitted:
                "prompts": tuple(p.strip() for p in prompts.splitlines() if p.strip()), "heatmap": heatmap,
                "recipe": recipe, "save_model": save_model, "pdf": pdf,
                "lm_eval_tasks": tuple(svc.LOCAL_TASKS) if lm_eval else (), "lm_eval_limit": int(limit)}
-    bar = st.progress(0.0, text="starting")
     try:
-        st.session_state[RESULT_KEY] = svc.export(settings, options,
-                                                  lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
-        bar.empty()
+        widgets.start_job("export", svc.export_spec(settings, options))
     except svc.PruneScopeError as exc:
-        bar.empty()
         st.error(str(exc))
 
-result = st.session_state.get(RESULT_KEY)
+status = widgets.job_panel("export", widgets.attach_job("export", None))
+result = svc.export_result(status["result"]) if status and status.get("state") == "done" \
+    and status.get("result") else None
 if result:
     st.subheader("Summary")
     for sentence in result["summary"]:

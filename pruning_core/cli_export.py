@@ -220,6 +220,30 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     return {"files": files, "report": data, "manifest": manifest}
 
 
+def run_export_job(spec: dict, store, progress: ProgressFn) -> dict:  # noqa: ARG001 - job signature
+    """Job entry (`jobs.JOB_KINDS["export"]`): prune, evaluate and write the export files outside the page.
+
+    spec = {"model", "protocol" (Protocol dict), "options" (ExportOptions fields; lists for tuples), "out_dir"}.
+    Returns {"folder", "report"}. A cancelled export leaves a partial folder, rewritten by the next run.
+    """
+    from dataclasses import fields
+
+    from .models import load_model
+    from .protocol import Protocol
+
+    for name in ("model", "protocol", "options", "out_dir"):
+        if name not in spec:
+            raise ConfigError(f"The export job spec lacks '{name}'.")
+    known = {f.name for f in fields(ExportOptions)}
+    unknown = sorted(set(spec["options"]) - known)
+    if unknown:
+        raise ConfigError(f"Unknown export options {unknown}; known: {', '.join(sorted(known))}.")
+    options = ExportOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()})
+    loaded = load_model(spec["model"])
+    outcome = run_export(loaded, Protocol(**spec["protocol"]).validate(), options, spec["out_dir"], progress)
+    return {"folder": str(spec["out_dir"]), "report": outcome["report"]}
+
+
 # ------------------------------------------------------------------------------------------------ export
 
 def add_export(sub) -> None:

@@ -46,6 +46,7 @@ JOB_KINDS: dict[str, str] = {
     "sweep": "pruning_core.sweep:run_sweep_job",
     "sensitivity": "pruning_core.sensitivity:run_sensitivity_job",
     "whatif": "pruning_core.whatif:run_whatif_job",
+    "export": "pruning_core.cli_export:run_export_job",
     "selftest": "pruning_core.jobs:_selftest_job",
 }
 

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAGE = {name: str(REPO_ROOT / "pages" / f"{name}.py")
-        for name in ("setup", "curves", "sensitivity", "what_if", "summary")}
+        for name in ("setup", "curves", "sensitivity", "what_if", "summary", "export")}
 SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
          "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
 
@@ -185,6 +185,27 @@ def test_what_if_page_tries_another_prompt_without_re_pruning():
     again = at.session_state["whatif_again"]
     assert again["prompt"] == "Once upon a time" and isinstance(again["pruned"], str)
     assert services.latest_job("whatif") == job_before  # no new what-if job was started
+
+
+def test_export_page_runs_an_export_job_and_offers_the_files():
+    at = ok(page("export"))
+    at.checkbox(key="export_heatmap").set_value(False)
+    at.checkbox(key="export_recipe").set_value(True)
+    at.button[0].click().run()  # the form's Export button
+    ok(at)
+    from app import services
+
+    job_id = services.latest_job("export")
+    status = services.job_status(job_id)
+    assert status["state"] == "done", status
+    assert Path(status["result"]["folder"], "masks.safetensors").is_file()
+    downloads = [e.proto.label for e in at.get("download_button")]
+    assert any(label.startswith("masks.safetensors") for label in downloads), downloads
+    assert any(label.startswith("recipe.yaml") for label in downloads), downloads
+    assert "Summary" in text_of(at)
+    # A reload (a new session) finds the finished export again.
+    again = ok(page("export"))
+    assert [e.proto.label for e in again.get("download_button")] == downloads
 
 
 def test_what_if_page_per_layer_table():
