@@ -2,7 +2,7 @@
 
 Setup with a tiny protocol -> a small sweep on Curves -> a small sensitivity map, all from the UI; the
 curve and the heatmap must render with data (read from plotly.js's graph divs). Then a long exact map is
-started and cancelled from the job panel's Cancel button. Screenshots go to
+started and cancelled from the job panel's Cancel button, and an export job runs from the Export page. Screenshots go to
 test-artifacts/ and are copied to docs/ (the README shows them). Times to the first curve and the first
 heatmap are written to test-artifacts/dashboard-timings.json.
 """
@@ -126,6 +126,17 @@ def test_setup_sweep_and_sensitivity_from_the_ui(page, app_url, artifacts, wait_
     page.get_by_text("The run was cancelled", exact=False).first.wait_for(state="visible", timeout=60_000)
     timings["cancel_to_cancelled_s"] = round(time.monotonic() - clicked, 1)
     assert page.get_by_role("button", name="Cancel").count() == 0
+    _no_errors(page)
+
+    # Export: a job in a worker process; its files are offered for download when it is done.
+    _go(page, wait_for_app, "Export", "Pruned model (zip")
+    page.get_by_text("Sensitivity heatmap (reconstruction proxy)", exact=True).click()  # off: not needed here
+    started = time.monotonic()
+    page.get_by_role("button", name="Export", exact=True).click()
+    page.get_by_role("button", name="masks.safetensors", exact=False).first.wait_for(state="visible",
+                                                                                    timeout=RUN_TIMEOUT_MS)
+    timings["export_s"] = round(time.monotonic() - started, 1)
+    assert page.get_by_role("button", name="report.html", exact=False).count() >= 1
     _no_errors(page)
 
     print(f"dashboard timings: {timings}")
