@@ -11,7 +11,7 @@ A map is a (decoder layers x module kinds) matrix for one method and one sparsit
   activations, from the Hessian H = 2 X X^T / n already collected for the method:
   ||dW X||_F^2 = (n/2) tr(dW H dW^T), so no extra forward pass is needed (the n/2 cancels in the ratio).
 - ``taylor``: the first-order estimate sum over the pruned weights of |W * dL/dW|, L the mean token NLL of a
-  few calibration windows, from one backward pass.
+  few calibration windows, from one backward pass per window (gradients summed).
 
 Per-layer aggregates (``layer_values``): for ``exact`` the loss increase when every prunable linear of the
 layer is pruned at once; for ``reconstruction`` the mean of the layer's module errors; for ``taylor`` the sum.
@@ -44,7 +44,8 @@ from .walk import LayerInputs, batches_of, capture_layer_inputs, run_layer
 
 METRICS = ("exact", "reconstruction", "taylor")
 PROXIES = ("reconstruction", "taylor")
-#: Calibration windows in the one backward pass of the Taylor proxy (memory grows with the batch, not this).
+#: Calibration windows whose gradients the Taylor proxy sums (one backward pass per window, so memory does
+#: not grow with this).
 TAYLOR_WINDOWS = 8
 #: Windows per backward pass of the Taylor proxy: one, because the autograd activations of a window (about 1.4 GB
 #: for 512 tokens of the embedded model, logits included) dominate its peak memory.
