@@ -102,16 +102,22 @@ st.caption(f"Whole model, {size['prunable_weights']:,} prunable weights of which
            f"{size['other_parameters']:,} other parameters (embeddings, norms) stay dense.")
 st.info(result["speed_note"], icon=":material/speed:")
 
+
+
+def side_by_side(texts: dict) -> None:
+    """The prompt, then the dense and the pruned model's texts in two bordered columns."""
+    st.caption(f"Prompt: “{texts['prompt']}”")
+    dense_col, pruned_col = st.columns(2)
+    with dense_col.container(border=True):
+        st.markdown("**Dense model**")
+        st.write(texts["dense"] or "(no text)")
+    with pruned_col.container(border=True):
+        st.markdown(f"**Pruned model** ({result['sparsity']:.0%} sparse)")
+        st.write(texts["pruned"] or "(no text)")
+
+
 st.subheader("Same prompt, dense vs pruned (greedy decoding)")
-gen = result["generations"]
-st.caption(f"Prompt: “{gen['prompt']}”")
-g1, g2 = st.columns(2)
-with g1.container(border=True):
-    st.markdown("**Dense model**")
-    st.write(gen["dense"] or "(no text)")
-with g2.container(border=True):
-    st.markdown(f"**Pruned model** ({result['sparsity']:.0%} sparse)")
-    st.write(gen["pruned"] or "(no text)")
+side_by_side(result["generations"])
 artifact = result.get("mask_artifact")
 if artifact and config["method"] == "sparsegpt":
     st.caption("To try another prompt, change it above and press **Try it**: SparseGPT also updates the kept "
@@ -128,13 +134,6 @@ elif artifact:
             st.session_state["whatif_again"] = {**texts, "artifact": artifact}
     shown = st.session_state.get("whatif_again")
     if shown and shown.get("artifact") == artifact:
-        st.caption(f"Prompt: “{shown['prompt']}”")
-        a1, a2 = st.columns(2)
-        with a1.container(border=True):
-            st.markdown("**Dense model**")
-            st.write(shown["dense"] or "(no text)")
-        with a2.container(border=True):
-            st.markdown(f"**Pruned model** ({result['sparsity']:.0%} sparse)")
-            st.write(shown["pruned"] or "(no text)")
+        side_by_side(shown)
 if artifact:
     st.caption(f"Mask stored as artifact `{artifact[:12]}…` (export it from the Export page).")
