@@ -8,6 +8,7 @@ and it survives a reload), download buttons out. Reads the Setup page's choices 
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -67,8 +68,10 @@ if result:
     columns = st.columns(3)
     for i, item in enumerate(result["files"]):
         size = f" ({item['bytes'] / 1e6:.2f} MB)" if item.get("bytes") else ""
-        columns[i % 3].download_button(f"{item['name']}{size}", svc.file_bytes(item), file_name=item["name"],
-                                       mime=item["mime"], key=f"download-{item['name']}")
+        # Deferred: the bytes are read (or the pruned model zipped) only when the button is clicked, not on
+        # every rerun of the page.
+        columns[i % 3].download_button(f"{item['name']}{size}", functools.partial(svc.file_bytes, item),
+                                       file_name=item["name"], mime=item["mime"], key=f"download-{item['name']}")
     st.caption(f"Files are also in `{result['folder']}`.")
     report = result["report"]
     if report.get("results"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +138,10 @@ def test_setup_sweep_and_sensitivity_from_the_ui(page, app_url, artifacts, wait_
                                                                                     timeout=RUN_TIMEOUT_MS)
     timings["export_s"] = round(time.monotonic() - started, 1)
     assert page.get_by_role("button", name="report.html", exact=False).count() >= 1
+    with page.expect_download(timeout=60_000) as download:  # the bytes are produced on click (deferred)
+        page.get_by_role("button", name="manifest.json", exact=False).first.click()
+    manifest = json.loads(Path(download.value.path()).read_text())
+    assert manifest["model"]["fingerprint"] and manifest["measured_sparsity"]["per_module"], manifest.keys()
     _no_errors(page)
 
     print(f"dashboard timings: {timings}")
