@@ -28,6 +28,19 @@ def intro(title: str, lead: str) -> None:
     st.markdown(f'<p class="ps-lead">{lead}</p>', unsafe_allow_html=True)
 
 
+def page_start(title: str, lead: str, show_settings: bool = True) -> dict:
+    """The opening of a task page: session keys, title and lead, and (by default) the shared settings line.
+
+    Returns the shared settings (model, data, protocol) chosen on the Setup page.
+    """
+    state.init()
+    settings = state.settings()
+    intro(title, lead)
+    if show_settings:
+        settings_line(settings)
+    return settings
+
+
 def show_error(error: BaseException) -> None:
     """A short message, never a traceback: ours say what to do; anything else names the problem in one line
     (the traceback goes to the server log for developers)."""

@@ -18,17 +18,16 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/curv
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
+from app import charts, services, widgets  # noqa: E402
 from app.charts import corpora_in, curve_table_rows  # noqa: E402
 
 SPARSITY_CHOICES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
-state.init()
-settings = state.settings()
-
-widgets.intro("Curves", "How much worse does the model get as more weights are removed? Each line is a "
-              "pruning method; the dashed line is the unpruned model. <b>Lower perplexity is better.</b>")
-widgets.settings_line(settings)
+settings = widgets.page_start(
+    "Curves",
+    "How much worse does the model get as more weights are removed? Each line is a pruning method; the "
+    "dashed line is the unpruned model. <b>Lower perplexity is better.</b>",
+)
 
 with st.container(border=True):
     c1, c2, c3 = st.columns([2, 2, 3])

@@ -16,7 +16,7 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/sens
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
+from app import charts, services, widgets  # noqa: E402
 from app.charts import metric_unit  # noqa: E402
 
 SPARSITY_CHOICES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
@@ -24,12 +24,11 @@ METRIC_HELP = ("exact: loss increase when the module alone is pruned (one evalua
                "reconstruction: relative error of the module's output (cheap); taylor: first-order |W·∂L/∂W| "
                "(one backward pass).")
 
-state.init()
-settings = state.settings()
-
-widgets.intro("Sensitivity", "Where does removing weights hurt? Each cell is one module of one layer, "
-              "pruned <b>alone</b>: brighter means the model suffers more, darker means it is safer to prune.")
-widgets.settings_line(settings)
+settings = widgets.page_start(
+    "Sensitivity",
+    "Where does removing weights hurt? Each cell is one module of one layer, pruned <b>alone</b>: "
+    "brighter means the model suffers more, darker means it is safer to prune.",
+)
 
 available = services.sensitivity_available()
 if not available:

@@ -15,15 +15,17 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/summ
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
+from app import charts, services, widgets  # noqa: E402
 from app.charts import corpora_in  # noqa: E402
 
 METHOD_NAMES = {"magnitude": "magnitude pruning", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
 
-state.init()
-settings = state.settings()
-widgets.intro("Summary", "The answer in one screen: how far this model can be pruned for the quality you are "
-              "willing to give up.")
+settings = widgets.page_start(
+    "Summary",
+    "The answer in one screen: how far this model can be pruned for the quality you are "
+    "willing to give up.",
+    show_settings=False,
+)
 
 sweeps = [r["result"] for r in (widgets.guarded(services.recent_results, "sweep", settings["model"]) or [])]
 results = services.merge_sweeps(sweeps)

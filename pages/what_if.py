@@ -15,16 +15,15 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/what
 
 import streamlit as st  # noqa: E402
 
-from app import services, state, widgets  # noqa: E402
+from app import services, widgets  # noqa: E402
 
 DEFAULT_PROMPT = "The most important thing to know about the history of science is"
 
-state.init()
-settings = state.settings()
-
-widgets.intro("What-if", "Try one setting: how much worse does the pruned model get, how much smaller can it "
-              "be stored, and how does its text compare with the original's?")
-widgets.settings_line(settings)
+settings = widgets.page_start(
+    "What-if",
+    "Try one setting: how much worse does the pruned model get, how much smaller can it be stored, and "
+    "how does its text compare with the original's?",
+)
 
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
