@@ -45,7 +45,7 @@ from pruning_core.metrics import perplexity
 from pruning_core.models import load_model
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.statistics_cache import cached_statistics
-from pruning_core.sensitivity import _MaskCache, _ProbeCache, compute_sensitivity, spearman
+from pruning_core.sensitivity import _MaskCache, _ProbeCache, compute_sensitivity, probe_ids, spearman
 from pruning_core.store import Store
 from pruning_core.sweep import SweepSpec, run_sweep
 
@@ -60,14 +60,6 @@ def _ranked_cells(exact: dict, count: int) -> dict:
     cells.sort(reverse=True)
     return {"most_sensitive": [[name, round(v, 5)] for v, name in cells[:count]],
             "least_sensitive": [[name, round(v, 5)] for v, name in cells[-count:][::-1]]}
-
-
-def _probe_ids(loaded, args) -> torch.Tensor:
-    """The probe windows `compute_sensitivity` uses: the first windows of the calibration corpus's eval split."""
-    from pruning_core.protocol import evaluation_ids
-
-    protocol = Protocol(calib=args.calib, seqlen=args.seqlen, eval_windows=args.probe_windows)
-    return evaluation_ids(loaded, args.calib, protocol)[: args.probe_windows]
 
 
 def main(argv=None) -> int:
@@ -147,7 +139,8 @@ def main(argv=None) -> int:
     peaks = out["peak_rss_bytes_after"] = {"load": load_rss, "exact_map": _rss_bytes()}
 
     # ---------------------------------------------------------------- same cells by full forward passes
-    probe = _ProbeCache(loaded, _probe_ids(loaded, args), protocol.batch_size, args.dtype, lambda _m: None)
+    probe = _ProbeCache(loaded, probe_ids(loaded, protocol, args.probe_windows), protocol.batch_size, args.dtype,
+                        lambda _m: None)
 
     stats = cached_statistics(loaded, protocol, "act_sq", store, calibration_ids(loaded, protocol), None)
     masks = _MaskCache(loaded, "wanda", stats, 0.5)

@@ -120,6 +120,14 @@ def map_key(loaded: LoadedModel, calib_identity: dict, probe_identity: str, prot
     }
 
 
+def probe_ids(loaded: LoadedModel, protocol: Protocol, probe_windows: int) -> torch.Tensor:
+    """(probe_windows, seqlen) token ids of the exact metric's probe: the first windows of the calibration
+    corpus's evaluation split (held out from the calibration windows)."""
+    windows = int(probe_windows)
+    return evaluation_ids(loaded, protocol.calib, replace(protocol, eval_windows=windows),
+                          protocol.calib_column)[:windows]
+
+
 class _ProbeCache:
     """The dense model's hidden states at every layer input over the probe windows, and the probe loss.
 
@@ -336,9 +344,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
     calib = None
     if todo:
         # Tokenised only when something is computed: a fully stored result comes back without it.
-        probe_ids = evaluation_ids(loaded, protocol.calib, replace(protocol, eval_windows=int(probe_windows)),
-                                   protocol.calib_column)[: int(probe_windows)]
-        probe = _ProbeCache(loaded, probe_ids, protocol.batch_size, dtype, tick)
+        probe = _ProbeCache(loaded, probe_ids(loaded, protocol, probe_windows), protocol.batch_size, dtype, tick)
         if need != "none":
             from .statistics_cache import cached_statistics
 
