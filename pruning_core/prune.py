@@ -123,15 +123,17 @@ def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str
     for kind in _targets(loaded, config):
         module = linears[kind]
         matrix = weight_matrix(module)  # (out, in) view
-        source = matrix.to(torch.float32).contiguous()  # Conv1D views are transposed; methods need rows
         name = loaded.adapter.qualified_name(index, kind)
-        if ranks is not None and method.scores is not None and not structure.is_nm:
-            key = f"{method.name}:{name}"
-            if key not in ranks:
-                ranks[key] = score_ranks(method.scores(source, stats_by_kind.get(kind)), method.per_row)
+        key = f"{method.name}:{name}"
+        if ranks is not None and key in ranks and not structure.is_nm:  # ranked before: no copy, no scoring
             keep, new_weight = keep_mask_from_ranks(ranks[key], sparsity, method.per_row), None
         else:
-            keep, new_weight = method.prune(source, stats_by_kind.get(kind), sparsity, structure, options)
+            source = matrix.to(torch.float32).contiguous()  # Conv1D views are transposed; methods need rows
+            if ranks is not None and method.scores is not None and not structure.is_nm:
+                ranks[key] = score_ranks(method.scores(source, stats_by_kind.get(kind)), method.per_row)
+                keep, new_weight = keep_mask_from_ranks(ranks[key], sparsity, method.per_row), None
+            else:
+                keep, new_weight = method.prune(source, stats_by_kind.get(kind), sparsity, structure, options)
         masks[name] = to_native(module, keep)
         if new_weight is not None and weights is not None:
             weights[name] = to_native(module, new_weight.to(module.weight.dtype))
@@ -237,8 +239,8 @@ def prune_with_statistics(loaded: LoadedModel, statistics: Optional[Statistics],
                           "were collected.")
     masks: dict[str, torch.Tensor] = {}
     weights: Optional[dict[str, torch.Tensor]] = {} if method.updates_weights else None
+    by_module = statistics.by_module if statistics is not None else {}
     for index, layer in enumerate(loaded.adapter.decoder_layers(loaded.model)):
-        by_module = statistics.by_module if statistics is not None else {}
         stats = {kind: by_module[loaded.adapter.qualified_name(index, kind)]
                  for kind in loaded.adapter.module_kinds if loaded.adapter.qualified_name(index, kind) in by_module}
         _prune_layer(loaded, index, layer, stats, config, masks, weights, write=False, ranks=ranks)
