@@ -1,6 +1,6 @@
-"""Plotly figures for the dashboard: the chart specs of `pruning_core.figures`, themed.
+"""Plotly figures for the dashboard: the chart specs of `pruning_core.outputs.figures`, themed.
 
-Thin on purpose: every chart is defined once, as a plain dict, in `pruning_core.figures` (the report embeds
+Thin on purpose: every chart is defined once, as a plain dict, in `pruning_core.outputs.figures` (the report embeds
 the same dicts with plotly.js). Here they become `plotly.graph_objects.Figure`s with the dashboard template.
 Show them with `show(fig, key=...)`: it passes ``theme=None`` (Streamlit's default "streamlit" chart theme
 would override our fonts and colours: small grey axis text, doubled bold titles) and a toolbar config
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from pruning_core import figures
+from pruning_core.outputs import figures
 from app.theme import PLOTLY_TEMPLATE
 
 # Table helpers and units of the same chart specifications, re-exported so pages never import the core.
@@ -64,17 +64,17 @@ def show(fig: go.Figure, *, key: str, container=None, alt: str | None = None):
 
 
 def curves_chart(results: dict, corpus: str, log_y: bool = False) -> go.Figure:
-    """Perplexity vs sparsity on `corpus` (see `pruning_core.figures.curves_figure`)."""
+    """Perplexity vs sparsity on `corpus` (see `pruning_core.outputs.figures.curves_figure`)."""
     return to_plotly(figures.curves_figure(results, corpus, log_y=log_y))
 
 
 def heatmap_chart(sens: dict) -> go.Figure:
-    """Layers x modules sensitivity heatmap (see `pruning_core.figures.heatmap_figure`)."""
+    """Layers x modules sensitivity heatmap (see `pruning_core.outputs.figures.heatmap_figure`)."""
     return to_plotly(figures.heatmap_figure(sens))
 
 
 def layer_bar_chart(sens: dict) -> go.Figure:
-    """Per-layer sensitivity bars (see `pruning_core.figures.layer_bar_figure`)."""
+    """Per-layer sensitivity bars (see `pruning_core.outputs.figures.layer_bar_figure`)."""
     return to_plotly(figures.layer_bar_figure(sens))
 
 

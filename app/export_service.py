@@ -1,6 +1,6 @@
 """Export service: the Export page's job spec and how a finished export job is shown.
 
-The export runs as a job (`pruning_core.cli_export.run_export_job`, in a worker process like sweeps and maps),
+The export runs as a job (`pruning_core.outputs.pipeline.run_export_job`, in a worker process like sweeps and maps),
 so it survives a reload and can be cancelled. Exports go to ``$PRUNESCOPE_HOME/exports/<hash of the setting>/``,
 so a page reload finds the files again.
 """
@@ -13,12 +13,12 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
-from pruning_core.cli_export import DEFAULT_PROMPTS, ExportOptions
+from pruning_core.outputs.pipeline import DEFAULT_PROMPTS, ExportOptions
 from pruning_core.errors import PruneScopeError
-from pruning_core.lm_eval_bridge import LOCAL_TASKS
+from pruning_core.outputs.lm_eval_bridge import LOCAL_TASKS
 from pruning_core.protocol import QUICK_PROTOCOL, Protocol
-from pruning_core.report import summary_sentences
-from pruning_core.store import content_hash, home_dir
+from pruning_core.outputs.report import summary_sentences
+from pruning_core.execution.store import content_hash, home_dir
 
 METHODS = ("wanda", "sparsegpt", "magnitude")
 STRUCTURES = ("unstructured", "2:4", "4:8")

@@ -5,7 +5,7 @@ through one place:
   * models are loaded once per (source, identity) with `st.cache_resource` and never mutated (pruning for
     display goes through jobs; generation applies masks in a restoring context manager);
   * corpus previews and token counts are `st.cache_data`;
-  * long work (sweeps, sensitivity maps, what-ifs) is a job of `pruning_core.jobs.JobRunner`, run in a worker
+  * long work (sweeps, sensitivity maps, what-ifs) is a job of `pruning_core.execution.jobs.JobRunner`, run in a worker
     process that survives page reloads. With ``PRUNESCOPE_INLINE_JOBS=1`` (AppTest only) jobs run inline in
     the script run, so tests are deterministic; the real app always uses workers.
 Each job spec records the model's identity (for a folder or a .gguf file: path, size and modification time),
@@ -23,13 +23,13 @@ import streamlit as st
 
 from pruning_core import data as core_data
 from pruning_core.errors import ConfigError, PruneScopeError
-from pruning_core.jobs import ACTIVE_STATES, JobRunner, job_key
+from pruning_core.execution.jobs import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.models import classify_source, load_model
 from pruning_core.protocol import PAPER_PROTOCOL, QUICK_PROTOCOL, Protocol
-from pruning_core.store import Store, content_hash, home_dir
+from pruning_core.execution.store import Store, content_hash, home_dir
 
 try:  # written by another part of the project; pages degrade with a message while it is missing
-    from pruning_core import estimates as _estimates
+    from pruning_core.analysis import estimates as _estimates
 except ImportError:  # pragma: no cover - depends on the checkout
     _estimates = None
 
@@ -180,7 +180,7 @@ def protocol_dict(settings: dict) -> dict:
 
 def sweep_spec(settings: dict, methods, structures, sparsities, propagation: str = "pruned") -> dict:
     """A sweep job spec (`SweepSpec.to_dict()`), validated before anything runs."""
-    from pruning_core.sweep import SweepSpec
+    from pruning_core.analysis.sweep import SweepSpec
 
     spec = SweepSpec(model=settings["model"], methods=tuple(methods), structures=tuple(structures),
                      sparsities=tuple(float(s) for s in sparsities),
@@ -202,7 +202,7 @@ def sensitivity_spec(settings: dict, method: str, sparsities, metrics, probe_win
 
 def whatif_spec(settings: dict, method: str, structure: str, sparsity: float,
                 layer_sparsity: Optional[dict] = None, prompt: str = "", max_new_tokens: int = 40) -> dict:
-    """A what-if job spec (see `pruning_core.whatif.run_whatif`)."""
+    """A what-if job spec (see `pruning_core.analysis.whatif.run_whatif`)."""
     return {"model": settings["model"], "model_identity": model_identity(settings["model"]),
             "protocol": protocol_dict(settings), "method": method, "structure": structure,
             "sparsity": float(sparsity),
@@ -224,14 +224,14 @@ def estimate(kind: str, settings: dict, spec: dict) -> Optional[dict]:
         return None
     info = model_facts(settings["model"])
     if kind == "sweep":
-        from pruning_core.sweep import SweepSpec
+        from pruning_core.analysis.sweep import SweepSpec
 
         return _estimates.estimate_sweep(info, SweepSpec.from_dict(spec))
     if kind == "sensitivity":
         return _estimates.estimate_sensitivity(info, Protocol(**spec["protocol"]), spec["method"],
                                                spec["sparsities"], spec["metrics"], spec["probe_windows"])
     if kind == "whatif":
-        from pruning_core.sweep import SweepSpec
+        from pruning_core.analysis.sweep import SweepSpec
 
         sweep = SweepSpec(model=spec["model"], methods=(spec["method"],), structures=(spec["structure"],),
                           sparsities=(spec["sparsity"],), eval_corpora=tuple(spec["eval_corpora"]),
@@ -322,7 +322,7 @@ def partial_sweep_results(spec: dict) -> Optional[dict]:
 
     Uses the run key the sweep itself writes: content_hash({"sweep": spec, "model": weight fingerprint}).
     """
-    from pruning_core.sweep import SweepSpec
+    from pruning_core.analysis.sweep import SweepSpec
 
     loaded = get_model(spec["model"])
     run_key = content_hash({"sweep": SweepSpec.from_dict(spec).to_dict(), "model": loaded.fingerprint})
@@ -379,7 +379,7 @@ def _protocol_core(results: dict) -> tuple:
 
 def generate(source: str, prompt: str, max_new_tokens: int = 40, mask_artifact: Optional[str] = None) -> str:
     """Greedy text from the cached model, with a stored mask applied (restored afterwards) if given."""
-    from pruning_core.whatif import generate_text
+    from pruning_core.analysis.whatif import generate_text
 
     masks = Store().load_tensors(mask_artifact) if mask_artifact else None
     return generate_text(get_model(source), prompt, max_new_tokens, masks=masks)
@@ -430,7 +430,7 @@ def sensitivity_available() -> bool:
     """Whether the engine's sensitivity module is present in this checkout."""
     import importlib.util
 
-    return importlib.util.find_spec("pruning_core.sensitivity") is not None
+    return importlib.util.find_spec("pruning_core.analysis.sensitivity") is not None
 
 
 def _finite_mean(values) -> Optional[float]:

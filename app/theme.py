@@ -1,13 +1,13 @@
 """PruneScope's look: the Plotly template applied to every chart and the CSS injected into every page.
 
-Colours and fonts come from `pruning_core.figures` (the single source of the palette, shared with the
+Colours and fonts come from `pruning_core.outputs.figures` (the single source of the palette, shared with the
 report), so a chart looks the same in the dashboard and in the exported report. The Streamlit-wide theme
 (primary colour, font, toolbar) lives in `.streamlit/config.toml`; keep `PRIMARY_COLOR` in step with it.
 """
 
 from __future__ import annotations
 
-from pruning_core.figures import (
+from pruning_core.outputs.figures import (
     BASE_FONT_SIZE,
     COLORWAY,
     FONT_FAMILY,
@@ -22,7 +22,7 @@ PRIMARY_COLOR = PALETTE["blue"]
 TEXT_COLOR = "#262730"
 
 #: A Plotly template as a plain dict (``plotly.graph_objects.layout.Template`` accepts it as is).
-#: Figures from `pruning_core.figures` already set most of this; the template covers anything a page
+#: Figures from `pruning_core.outputs.figures` already set most of this; the template covers anything a page
 #: builds by hand and keeps defaults (fonts, colourway, grid) consistent.
 PLOTLY_TEMPLATE: dict = {
     "layout": {

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from pruning_core.estimates import (
+from pruning_core.analysis.estimates import (
     estimate_sensitivity,
     estimate_sweep,
     measure_throughput,
@@ -45,9 +45,9 @@ from pruning_core.metrics import perplexity
 from pruning_core.models import load_model
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.statistics_cache import cached_statistics
-from pruning_core.sensitivity import _MaskCache, _ProbeCache, compute_sensitivity, probe_ids, spearman
-from pruning_core.store import Store
-from pruning_core.sweep import SweepSpec, run_sweep
+from pruning_core.analysis.sensitivity import _MaskCache, _ProbeCache, compute_sensitivity, probe_ids, spearman
+from pruning_core.execution.store import Store
+from pruning_core.analysis.sweep import SweepSpec, run_sweep
 
 
 def _rss_bytes() -> int:

@@ -32,7 +32,7 @@ settings = widgets.page_start(
 
 available = services.sensitivity_available()
 if not available:
-    st.warning("The sensitivity engine (pruning_core.sensitivity) is not installed in this version, so maps "
+    st.warning("The sensitivity engine (pruning_core.analysis.sensitivity) is not installed in this version, so maps "
                "cannot be computed yet. Curves and What-if work without it.", icon=":material/warning:")
 
 with st.container(border=True):

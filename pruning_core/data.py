@@ -65,7 +65,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from .errors import ConfigError, CorpusError
+from pruning_core.errors import ConfigError, CorpusError
 
 EMBEDDED_CORPORA = ("wiki", "news", "pydocs")
 HUB_CORPORA = ("wikitext2", "c4", "ptb")

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from pruning_core.errors import ConfigError
 
 
 @dataclass(frozen=True)

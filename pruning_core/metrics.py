@@ -18,10 +18,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .models import LoadedModel
-from .progress import ProgressFn, no_progress
-from .walk import batches_of
+from pruning_core.errors import ConfigError
+from pruning_core.models import LoadedModel
+from pruning_core.progress import ProgressFn, no_progress
+from pruning_core.walk import batches_of
 
 EVAL_DTYPES = ("float32", "bfloat16")
 

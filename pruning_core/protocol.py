@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import data
-from .errors import ConfigError
-from .metrics import EVAL_DTYPES
-from .models import LoadedModel
+from pruning_core import data
+from pruning_core.errors import ConfigError
+from pruning_core.metrics import EVAL_DTYPES
+from pruning_core.models import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ _LIBRARIES = ("torch", "transformers", "safetensors", "gensim", "numpy", "lm_eva
 
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that determine results ("absent" if not installed)."""
-    from . import __version__
+    from pruning_core import __version__
 
     versions = {"prunescope": __version__, "python": platform.python_version()}
     for name in _LIBRARIES:

@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .masks import (
+from pruning_core.errors import ConfigError
+from pruning_core.masks import (
     applied_masks,
     check_sparsity,
     keep_mask_from_ranks,
@@ -26,11 +26,11 @@ from .masks import (
     score_ranks,
     sparsity_when_applied,
 )
-from .methods import MethodOptions, get_method
-from .models import LoadedModel, to_native, weight_matrix
-from .progress import ProgressFn, no_progress
-from .stats import InputStatistics, LayerStatistics
-from .walk import PROPAGATIONS, LayerInputs, capture_layer_inputs, walk_layers
+from pruning_core.methods import MethodOptions, get_method
+from pruning_core.models import LoadedModel, to_native, weight_matrix
+from pruning_core.progress import ProgressFn, no_progress
+from pruning_core.stats import InputStatistics, LayerStatistics
+from pruning_core.walk import PROPAGATIONS, LayerInputs, capture_layer_inputs, walk_layers
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from typing import Optional
 
 import torch
 
-from .models import LoadedModel
-from .progress import ProgressFn
-from .protocol import Protocol, calibration_ids, corpus_key
-from .prune import Statistics, collect_statistics
-from .stats import InputStatistics
+from pruning_core.models import LoadedModel
+from pruning_core.progress import ProgressFn
+from pruning_core.protocol import Protocol, calibration_ids, corpus_key
+from pruning_core.prune import Statistics, collect_statistics
+from pruning_core.stats import InputStatistics
 
 _ORDER = {"none": 0, "act_sq": 1, "hessian": 2}
 
@@ -41,7 +41,7 @@ def cached_statistics(loaded: LoadedModel, protocol: Protocol, need: str, store=
     (one dense layer walk) and saved. Hessian statistics also serve an "act_sq" request."""
     key = None
     if store is not None:
-        from .store import content_hash
+        from pruning_core.execution.store import content_hash
 
         for candidate in [n for n in ("act_sq", "hessian") if _ORDER[n] >= _ORDER[need]]:  # smallest first
             found = store.get_result(content_hash(statistics_key(loaded, protocol, candidate)))

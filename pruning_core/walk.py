@@ -19,10 +19,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .models import LoadedModel
-from .progress import ProgressFn, no_progress
-from .stats import LayerStatistics
+from pruning_core.errors import ConfigError
+from pruning_core.models import LoadedModel
+from pruning_core.progress import ProgressFn, no_progress
+from pruning_core.stats import LayerStatistics
 
 PROPAGATIONS = ("pruned", "dense")
 

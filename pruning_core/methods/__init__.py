@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .base import Method, MethodOptions
-from .magnitude import MAGNITUDE
-from .sparsegpt import SPARSEGPT
-from .wanda import WANDA
+from pruning_core.errors import ConfigError
+from pruning_core.methods.base import Method, MethodOptions
+from pruning_core.methods.magnitude import MAGNITUDE
+from pruning_core.methods.sparsegpt import SPARSEGPT
+from pruning_core.methods.wanda import WANDA
 
 METHODS: dict[str, Method] = {m.name: m for m in (MAGNITUDE, WANDA, SPARSEGPT)}
 

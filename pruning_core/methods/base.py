@@ -7,8 +7,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..masks import Structure
-from ..stats import InputStatistics
+from pruning_core.masks import Structure
+from pruning_core.stats import InputStatistics
 
 
 @dataclass(frozen=True)

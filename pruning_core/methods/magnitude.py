@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import Structure, keep_mask_from_scores
-from .base import Method, MethodOptions
+from pruning_core.masks import Structure, keep_mask_from_scores
+from pruning_core.methods.base import Method, MethodOptions
 
 
 def prune_magnitude(weight: torch.Tensor, stats, sparsity: float, structure: Structure,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import Structure, lowest_k, prune_count
-from ..stats import InputStatistics
-from .base import Method, MethodOptions
+from pruning_core.masks import Structure, lowest_k, prune_count
+from pruning_core.stats import InputStatistics
+from pruning_core.methods.base import Method, MethodOptions
 
 
 def _inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, percdamp: float) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import Structure, keep_mask_from_scores
-from ..stats import InputStatistics
-from .base import Method, MethodOptions
+from pruning_core.masks import Structure, keep_mask_from_scores
+from pruning_core.stats import InputStatistics
+from pruning_core.methods.base import Method, MethodOptions
 
 
 def wanda_scores(weight: torch.Tensor, act_sq: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Chart specs (`pruning_core.figures`) and their themed Plotly wrappers (`app.charts`).
+"""Chart specs (`pruning_core.outputs.figures`) and their themed Plotly wrappers (`app.charts`).
 
 The inputs are small hand-written results/sensitivity dicts in the CLI's formats; the numbers are made up
 for the test and never shown to users.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pruning_core import figures as F
+from pruning_core.outputs import figures as F
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULES = ["q", "k", "v", "o", "gate", "up", "down"]
@@ -288,7 +288,7 @@ def test_palette_is_okabe_ito_and_maps_are_stable():
 
 def test_figures_module_imports_neither_plotly_nor_streamlit():
     code = (
-        "import sys, json; import pruning_core.figures as F; "
+        "import sys, json; import pruning_core.outputs.figures as F; "
         "F.heatmap_figure({'layers': [0], 'modules': ['q'], 'values': [[1.0]], 'metric': 'exact'}); "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('plotly', 'streamlit'))))"
     )

@@ -46,8 +46,8 @@ def text_of(at: AppTest) -> str:
 
 
 def fake_sensitivity_job(sparsities=(0.5, 0.7), metrics=("exact", "reconstruction")) -> str:
-    """A finished sensitivity job in the store, shaped like pruning_core.sensitivity's result."""
-    from pruning_core.store import Store
+    """A finished sensitivity job in the store, shaped like pruning_core.analysis.sensitivity's result."""
+    from pruning_core.execution.store import Store
 
     layers, modules = [0, 1], ["q", "k", "v", "o", "gate", "up", "down"]
     maps = []
@@ -145,7 +145,7 @@ def test_sensitivity_page_draws_heatmap_bars_curves_and_proxy_scatter():
 
 
 def test_sensitivity_page_runs_a_map_when_the_engine_is_present():
-    pytest.importorskip("pruning_core.sensitivity")
+    pytest.importorskip("pruning_core.analysis.sensitivity")
     at = ok(page("sensitivity"))
     at.multiselect(key="sens_metrics").set_value(["reconstruction"])
     at.number_input(key="sens_probe").set_value(1)

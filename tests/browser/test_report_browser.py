@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_report import EVIL, sample_data
 
-from pruning_core.report import build_report, find_chromium
+from pruning_core.outputs.report import build_report, find_chromium
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pruning_core.protocol import Protocol
-from pruning_core.sensitivity import compute_sensitivity
+from pruning_core.analysis.sensitivity import compute_sensitivity
 
 pytestmark = pytest.mark.embedded
 
@@ -18,7 +18,7 @@ LAYERS = [0, 15, 29]
 
 
 def test_embedded_map_is_finite_and_proxies_correlate(embedded, tmp_path):
-    from pruning_core.store import Store
+    from pruning_core.execution.store import Store
 
     before = embedded.model.model.layers[15].mlp.down_proj.weight.detach().clone()
     store = Store(tmp_path / "s.sqlite")
@@ -38,7 +38,7 @@ def test_embedded_map_is_finite_and_proxies_correlate(embedded, tmp_path):
 
 
 def test_cli_sensitivity_on_the_embedded_model(embedded, tmp_path, monkeypatch, capsys):
-    from pruning_core import models
+    from pruning_core.models import loading as models
     from pruning_core.cli import main
 
     # The converted model stays in the usual home (no 30 s reconversion); the store and jobs go to tmp.

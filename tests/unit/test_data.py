@@ -14,7 +14,7 @@ import torch
 from pruning_core import data
 from pruning_core.errors import ConfigError, CorpusError
 
-from pruning_core.tiny import build_test_tokenizer
+from pruning_core.models.tiny import build_test_tokenizer
 
 
 def documents(name, split, column=None):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pruning_core.estimates import (
+from pruning_core.analysis.estimates import (
     estimate_sensitivity,
     estimate_sweep,
     measure_throughput,
 )
 from pruning_core.models import load_model
 from pruning_core.protocol import Protocol
-from pruning_core.store import Store
-from pruning_core.sweep import SweepSpec
+from pruning_core.execution.store import Store
+from pruning_core.analysis.sweep import SweepSpec
 
 PROTOCOL = Protocol(calib="news", nsamples=8, seqlen=64, eval_windows=4, batch_size=4)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pruning_core.errors import ConfigError, PruneScopeError
-from pruning_core.export import (
+from pruning_core.outputs.export import (
     MASK_FILE,
     apply_mask_dir,
     load_masks,
@@ -21,7 +21,7 @@ from pruning_core.export import (
 from pruning_core.metrics import perplexity
 from pruning_core.models import load_model
 from pruning_core.prune import PruneConfig, prune_model
-from pruning_core.tiny import tiny_model
+from pruning_core.models.tiny import tiny_model
 
 
 def _ids(n: int, seqlen: int, seed: int, vocab: int = 300) -> torch.Tensor:
@@ -180,7 +180,7 @@ def test_cli_export_bad_input_exits_2(tmp_path, capsys):
 
 
 def test_recipe_matches_setting(tiny):
-    from pruning_core.recipe import build_recipe, validate_recipe
+    from pruning_core.outputs.recipe import build_recipe, validate_recipe
 
     recipe = build_recipe(tiny, PruneConfig("sparsegpt", "2:4"))
     modifier = recipe["sparsity_stage"]["sparsity_modifiers"]["SparseGPTModifier"]
@@ -194,6 +194,6 @@ def test_recipe_matches_setting(tiny):
     assert any("down_proj" in pattern for pattern in modifier["ignore"])
     import yaml
 
-    from pruning_core.recipe import recipe_yaml
+    from pruning_core.outputs.recipe import recipe_yaml
 
     assert yaml.safe_load(recipe_yaml(recipe)) == recipe  # "2:4" survives YAML (not read as a base-60 number)

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from pruning_core import jobs as jobs_mod
+from pruning_core.execution import jobs as jobs_mod
 from pruning_core.errors import ConfigError, JobCancelled
-from pruning_core.jobs import JobRunner
-from pruning_core.store import Store, content_hash
+from pruning_core.execution.jobs import JobRunner
+from pruning_core.execution.store import Store, content_hash
 
 
 @pytest.fixture

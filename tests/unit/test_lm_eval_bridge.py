@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from pruning_core.errors import ConfigError
-from pruning_core.lm_eval_bridge import (
+from pruning_core.outputs.lm_eval_bridge import (
     LOCAL_TASKS,
     NEWS_ENDING,
     WIKI_ROLLING,

@@ -13,9 +13,9 @@ from pruning_core.errors import ModelLoadError
 from pruning_core.metrics import backward_transfer, perplexity
 from pruning_core.models import ADAPTERS, adapter_for, classify_source, load_model, weight_matrix
 from pruning_core.protocol import Protocol
-from pruning_core.store import Store
-from pruning_core.sweep import SweepSpec, run_sweep
-from pruning_core.tiny import tiny_model
+from pruning_core.execution.store import Store
+from pruning_core.analysis.sweep import SweepSpec, run_sweep
+from pruning_core.models.tiny import tiny_model
 
 TINY_PROTOCOL = dict(calib="news", nsamples=4, seqlen=32, eval_windows=3, batch_size=4)
 
@@ -120,8 +120,10 @@ def test_cli_bad_input_is_one_clear_sentence_and_keeps_out(tmp_path, capsys, cha
     args[args.index(flag) + 1] = value
     assert run_cli(*args, "--out", out) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
-    assert __import__("re").search(message, err), err
+    # Progress lines ("[  0.0% ...] loading model") may come first; the error itself is one line.
+    errors = [line for line in err.splitlines() if not line.startswith("[")]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "Traceback" not in err, err
+    assert __import__("re").search(message, errors[0]), err
     assert (out / "results.json").read_text() == "previous"
 
 

@@ -11,7 +11,7 @@ from pruning_core.methods import METHODS, MethodOptions, get_method
 from pruning_core.models import weight_matrix
 from pruning_core.prune import PruneConfig, collect_statistics, prune_model, prune_with_statistics
 from pruning_core.stats import InputStatistics
-from pruning_core.tiny import tiny_model
+from pruning_core.models.tiny import tiny_model
 
 FAMILIES = ["llama", "opt", "gpt2"]
 
@@ -210,7 +210,7 @@ def test_per_layer_sparsity_overrides_and_targets():
 def test_dense_statistics_are_cached_on_disk_by_content_hash():
     from pruning_core.protocol import Protocol
     from pruning_core.statistics_cache import cached_statistics
-    from pruning_core.store import Store
+    from pruning_core.execution.store import Store
 
     lm = tiny_model("llama")
     store = Store()

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from pruning_core.errors import ConfigError
-from pruning_core.report import (
+from pruning_core.outputs.report import (
     build_report,
     script_json,
     size_summary,

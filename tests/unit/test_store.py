@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pruning_core.store import ArtifactMissing, Store, content_hash, home_dir
+from pruning_core.execution.store import ArtifactMissing, Store, content_hash, home_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def test_acknowledged_writes_survive_a_killed_process(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from pruning_core.store import Store
+        from pruning_core.execution.store import Store
         s = Store({str(db)!r})
         for i in range(50):
             s.put_result(f"k{{i}}", "point", {{"i": i}})

@@ -14,7 +14,7 @@ was acknowledged.
 Layout under `$PRUNESCOPE_HOME` (default `~/.cache/prunescope`):
     prunescope.sqlite (+ -wal, -shm)   the database
     artifacts/<sha256>.safetensors       tensor artifacts
-    logs/job-<id>.log                    job worker output and tracebacks (written by `pruning_core.jobs`)
+    logs/job-<id>.log                    job worker output and tracebacks (written by `pruning_core.execution.jobs`)
 """
 
 from __future__ import annotations
@@ -439,7 +439,7 @@ class Store:
         return info
 
     # --------------------------------------------------------------------------------------------- jobs
-    # Row access only; the job lifecycle (spawning, heartbeats, cancellation) lives in pruning_core.jobs.
+    # Row access only; the job lifecycle (spawning, heartbeats, cancellation) lives in pruning_core.execution.jobs.
 
     def insert_job(self, row: dict, conn: Optional[sqlite3.Connection] = None) -> None:
         """Insert a job row (keys from `JOB_COLUMNS`; `spec`/`result` as dicts). Pass `conn` inside a transaction."""

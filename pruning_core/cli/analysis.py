@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from .cli import (
+from pruning_core.cli.common import (
     ConsoleProgress,
     _csv,
     _floats,
@@ -17,7 +17,7 @@ from .cli import (
     protocol_from_args,
     write_json,
 )
-from .errors import ConfigError
+from pruning_core.errors import ConfigError
 
 METRIC_CHOICES = ("exact", "reconstruction", "taylor")
 
@@ -51,15 +51,15 @@ def add_sensitivity(sub) -> None:
 
 
 def cmd_sensitivity(args) -> int:
-    from .jobs import JobRunner
+    from pruning_core.execution.jobs import JobRunner
 
     protocol = protocol_from_args(args)
     sparsities = list(_floats(args.sparsities)) if args.sparsities else []
     if args.sparsity is not None:
         sparsities = [args.sparsity] + [s for s in sparsities if s != args.sparsity]
     sparsities = sparsities or [0.5]
-    from .masks import check_sparsity
-    from .methods import get_method
+    from pruning_core.masks import check_sparsity
+    from pruning_core.methods import get_method
 
     for s in sparsities:
         check_sparsity(s)
@@ -128,7 +128,7 @@ def _resolve_job_id(runner, prefix: str) -> str:
 
 
 def cmd_jobs(args) -> int:
-    from .jobs import JobRunner
+    from pruning_core.execution.jobs import JobRunner
 
     runner = JobRunner()
     if args.cancel:

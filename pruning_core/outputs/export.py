@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError, PruneScopeError
-from .masks import applied_masks, measured_sparsity, sparsity_of
-from .models import LoadedModel
+from pruning_core.errors import ConfigError, PruneScopeError
+from pruning_core.masks import applied_masks, measured_sparsity, sparsity_of
+from pruning_core.models import LoadedModel
 
 MASK_FILE = "masks.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -77,7 +77,7 @@ def file_sha256(path: Path) -> str:
 
 def manifest_info_for(loaded: LoadedModel, prune_result, protocol=None) -> dict:
     """The manifest fields describing a result: setting, model identity, protocol, calibration corpus."""
-    from .provenance import library_versions
+    from pruning_core.provenance import library_versions
 
     config = prune_result.config
     info = {
@@ -95,7 +95,7 @@ def manifest_info_for(loaded: LoadedModel, prune_result, protocol=None) -> dict:
         info["protocol"] = protocol.to_dict()
         info["calibration"] = {"corpus": protocol.calib, "column": protocol.calib_column}
         try:
-            from .protocol import corpus_key
+            from pruning_core.protocol import corpus_key
 
             info["calibration"].update(corpus_key(protocol.calib, "calibration", protocol.calib_column))
         except PruneScopeError:

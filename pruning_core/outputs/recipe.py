@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
-from .masks import parse_structure
-from .models import LoadedModel
+from pruning_core.errors import ConfigError
+from pruning_core.masks import parse_structure
+from pruning_core.models import LoadedModel
 
 SUPPORTED_METHODS = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier",
                      "magnitude": "MagnitudePruningModifier"}

@@ -16,17 +16,17 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional
 
-from .errors import ConfigError
-from .masks import parse_structure
-from .methods import get_method
-from .metrics import perplexity
-from .models import LoadedModel, load_model
-from .progress import ProgressFn, no_progress, sub_progress
-from .protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
-from .provenance import environment, library_versions
-from .prune import PruneConfig, prune_model, prune_settings, prune_with_statistics
-from .statistics_cache import cached_statistics
-from .walk import PROPAGATIONS, capture_layer_inputs
+from pruning_core.errors import ConfigError
+from pruning_core.masks import parse_structure
+from pruning_core.methods import get_method
+from pruning_core.metrics import perplexity
+from pruning_core.models import LoadedModel, load_model
+from pruning_core.progress import ProgressFn, no_progress, sub_progress
+from pruning_core.protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
+from pruning_core.provenance import environment, library_versions
+from pruning_core.prune import PruneConfig, prune_model, prune_settings, prune_with_statistics
+from pruning_core.statistics_cache import cached_statistics
+from pruning_core.walk import PROPAGATIONS, capture_layer_inputs
 
 _NEED_ORDER = {"none": 0, "act_sq": 1, "hessian": 2}
 
@@ -98,7 +98,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     results = {"model", "dense": {"ppl": {corpus: ppl}, "eval_seconds": {...}}, "points": [...],
     "protocol", "propagation", "env"}; each point has method, structure, target_sparsity, sparsity
     (measured over the pruned linears), ppl {corpus: ppl}, prune_seconds, eval_seconds, cached.
-    `store` (a `pruning_core.store.Store`) makes points durable and resumable; `on_point` sees each point.
+    `store` (a `pruning_core.execution.store.Store`) makes points durable and resumable; `on_point` sees each point.
     """
     spec.validate()
     progress = progress or no_progress
@@ -124,7 +124,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     }
     run_key = None
     if store is not None:
-        from .store import content_hash
+        from pruning_core.execution.store import content_hash
 
         run_key = content_hash({"sweep": spec.to_dict(), "model": loaded.fingerprint})
         store.put_run(run_key, "sweep", spec.to_dict())

@@ -21,13 +21,13 @@ from typing import Optional
 
 import torch
 
-from .errors import ConfigError
-from .masks import parse_structure
-from .metrics import perplexity
-from .models import LoadedModel, load_model
-from .progress import ProgressFn, no_progress, sub_progress
-from .protocol import Protocol, calibration_ids, evaluation_ids
-from .prune import PruneConfig, prune_model
+from pruning_core.errors import ConfigError
+from pruning_core.masks import parse_structure
+from pruning_core.metrics import perplexity
+from pruning_core.models import LoadedModel, load_model
+from pruning_core.progress import ProgressFn, no_progress, sub_progress
+from pruning_core.protocol import Protocol, calibration_ids, evaluation_ids
+from pruning_core.prune import PruneConfig, prune_model
 
 VALUE_BITS = 16  # bits per stored weight value (fp16 / bf16)
 NM_INDEX_BITS = 2  # 2:4: each kept value carries a 2-bit position inside its group of 4
@@ -99,7 +99,7 @@ def generate_text(loaded: LoadedModel, prompt: str, max_new_tokens: int = 40,
     """
     if not masks:
         return _greedy(loaded, prompt, max_new_tokens)
-    from .masks import applied_masks
+    from pruning_core.masks import applied_masks
 
     with applied_masks(loaded.model, masks, weights):
         return _greedy(loaded, prompt, max_new_tokens)

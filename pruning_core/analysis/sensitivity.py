@@ -33,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .masks import UNSTRUCTURED, applied_masks, check_sparsity
-from .methods import MethodOptions, get_method
-from .metrics import EVAL_DTYPES, autocast_for, nll_from_hidden
-from .models import LoadedModel, is_transposed, to_native, weight_matrix
-from .progress import ProgressFn, no_progress
-from .protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
-from .walk import LayerInputs, batches_of, capture_layer_inputs, run_layer
+from pruning_core.errors import ConfigError
+from pruning_core.masks import UNSTRUCTURED, applied_masks, check_sparsity
+from pruning_core.methods import MethodOptions, get_method
+from pruning_core.metrics import EVAL_DTYPES, autocast_for, nll_from_hidden
+from pruning_core.models import LoadedModel, is_transposed, to_native, weight_matrix
+from pruning_core.progress import ProgressFn, no_progress
+from pruning_core.protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
+from pruning_core.walk import LayerInputs, batches_of, capture_layer_inputs, run_layer
 
 METRICS = ("exact", "reconstruction", "taylor")
 PROXIES = ("reconstruction", "taylor")
@@ -99,7 +99,7 @@ def map_key(loaded: LoadedModel, calib_identity: dict, probe_identity: str, prot
             metric: str, sparsity: float, probe_windows: int, dtype: str, layers: Sequence[int],
             taylor_windows: int) -> dict:
     """Everything that determines one map (hash it with `store.content_hash`)."""
-    from .provenance import library_versions
+    from pruning_core.provenance import library_versions
 
     versions = library_versions()
     return {
@@ -299,7 +299,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
     keys: dict[tuple[str, float], str | None] = {}
     maps: dict[tuple[str, float], dict] = {}
     if store is not None:
-        from .store import content_hash
+        from pruning_core.execution.store import content_hash
 
         for metric, s in wanted:
             keys[(metric, s)] = content_hash(map_key(loaded, calib_identity, probe_identity, protocol, method,
@@ -346,7 +346,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
         # Tokenised only when something is computed: a fully stored result comes back without it.
         probe = _ProbeCache(loaded, probe_ids(loaded, protocol, probe_windows), protocol.batch_size, dtype, tick)
         if need != "none":
-            from .statistics_cache import cached_statistics
+            from pruning_core.statistics_cache import cached_statistics
 
             calib = calibration_ids(loaded, protocol)
             stats_done = [0.0]
@@ -421,7 +421,7 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
     partial_key = None
     partial: dict = {"rows": {}}
     if metric == "exact" and store is not None and key is not None:
-        from .store import content_hash
+        from pruning_core.execution.store import content_hash
 
         partial_key = content_hash({"partial_of": key})
         partial = store.get_result(partial_key) or partial
@@ -483,7 +483,7 @@ def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:
     optionally "dtype" (probe compute dtype) and "layers". Maps go to `store` as they finish, so a cancelled
     or killed job resumes at map granularity (exact maps at row granularity).
     """
-    from .models import load_model
+    from pruning_core.models import load_model
 
     for field_name in ("model", "protocol", "method", "sparsities"):
         if field_name not in spec:

@@ -27,8 +27,8 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .errors import ConfigError, PruneScopeError
-from .masks import applied_masks
+from pruning_core.errors import ConfigError, PruneScopeError
+from pruning_core.masks import applied_masks
 
 WIKI_ROLLING = "prunescope_wiki_rolling"
 NEWS_ENDING = "prunescope_news_ending"
@@ -60,7 +60,7 @@ def parse_tasks(text: str) -> list[str]:
 
 
 def _documents(corpus: str) -> list[str]:
-    from . import data
+    from pruning_core import data
 
     try:
         return list(data._load_split(corpus, "evaluation", None).documents)

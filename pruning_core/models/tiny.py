@@ -24,7 +24,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 if TYPE_CHECKING:
-    from .models import LoadedModel
+    from pruning_core.models.adapters import LoadedModel
 
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|eos|>"
@@ -118,7 +118,7 @@ def tiny_config(family: str = "llama", vocab_size: int = 300, layers: int = 2, h
     if family == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
                           bos_token_id=0, eos_token_id=0)
-    from .errors import ModelLoadError
+    from pruning_core.errors import ModelLoadError
 
     raise ModelLoadError(f"No tiny config for '{family}'; choose one of llama, mistral, qwen2, opt, gpt2.")
 
@@ -130,7 +130,7 @@ def tiny_model(family: str = "llama", tokenizer=None, seed: int = 0, **config_kw
     """
     from transformers import AutoModelForCausalLM
 
-    from .models import LoadedModel, adapter_for
+    from pruning_core.models.adapters import LoadedModel, adapter_for
 
     tokenizer = tokenizer if tokenizer is not None else build_test_tokenizer()
     torch.manual_seed(seed)

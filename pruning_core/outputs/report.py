@@ -3,7 +3,7 @@
 `build_report(data, out_dir)` takes one plain dict (see `build_report`) and writes ``report.html``,
 ``report.md``, ``report.json`` and, on request, ``report.pdf``. The HTML opens offline: plotly.js is read
 from the installed plotly package's file (never imported: the core stays free of plotly) and inlined, and
-the charts are the figure dicts of `pruning_core.figures`, the same the dashboard shows.
+the charts are the figure dicts of `pruning_core.outputs.figures`, the same the dashboard shows.
 
 Safety: everything user-provided (model names, prompts, generations, file names, task names) is escaped
 with `html.escape`; JSON placed inside ``<script>`` has every ``</`` written as ``<\\/`` so no string can
@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, PruneScopeError
+from pruning_core.errors import ConfigError, PruneScopeError
 
 REPORT_FORMAT_VERSION = 1
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -98,7 +98,7 @@ def sample_generations(loaded, prompts: Sequence[str], prune_result=None, max_ne
     """Greedy continuations of each prompt by the dense and the pruned model: [{prompt, dense, pruned}]."""
     import torch
 
-    from .masks import applied_masks
+    from pruning_core.masks import applied_masks
 
     masks = masks if masks is not None else (prune_result.masks if prune_result is not None else None)
     weights = weights if weights is not None else (prune_result.weights if prune_result is not None else None)
@@ -205,7 +205,7 @@ def _clean(obj: Any) -> Any:
 
 def report_figures(data: Mapping[str, Any]) -> list[dict]:
     """[{"id", "title", "figure"}] for the report: curves per corpus, then the sensitivity heatmap."""
-    from . import figures
+    from pruning_core.outputs import figures
 
     out = []
     results = data.get("results")
@@ -380,7 +380,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     if data.get("speed_note"):
         out += ["", _md_escape(data["speed_note"])]
     if data.get("results"):
-        from .figures import curve_table_rows
+        from pruning_core.outputs.figures import curve_table_rows
 
         rows = curve_table_rows(data["results"])
         if rows:

@@ -94,7 +94,7 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     model_info: `LoadedModel.describe()`. throughput_tokens_per_s: a measured full-forward throughput
     (`measure_throughput`); without one a conservative CPU rate is assumed (said in `assumptions`).
     """
-    from .methods import get_method
+    from pruning_core.methods import get_method
 
     facts = _shape_facts(model_info)
     rates = _rates(facts, throughput_tokens_per_s)
@@ -137,8 +137,8 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
                          metrics: Sequence[str], probe_windows: int,
                          throughput: float | None = None) -> dict:
     """Estimated seconds and peak memory (bytes) of `sensitivity.compute_sensitivity` with these settings."""
-    from .methods import get_method
-    from .sensitivity import TAYLOR_WINDOWS
+    from pruning_core.methods import get_method
+    from pruning_core.analysis.sensitivity import TAYLOR_WINDOWS
 
     facts = _shape_facts(model_info)
     rates = _rates(facts, throughput)
@@ -193,7 +193,7 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None) 
     """
     import torch
 
-    from .metrics import autocast_for, window_nll
+    from pruning_core.metrics import autocast_for, window_nll
 
     # 2 x 512 tokens, not one short window: smaller matmuls run less efficiently, and timing one 256-token window
     # made the estimate of a map of 8 x 512-token probes 1.6x too long on the embedded model.
@@ -201,7 +201,7 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None) 
     windows = 2
     key = None
     if store is not None:
-        from .store import content_hash
+        from pruning_core.execution.store import content_hash
 
         key = content_hash({"kind": "throughput", "model": loaded.fingerprint, "dtype": dtype, "tokens": tokens,
                             "windows": windows, "threads": torch.get_num_threads()})

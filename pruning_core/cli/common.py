@@ -1,0 +1,85 @@
+"""Helpers shared by the `prunescope` sub-commands: argument parsing, console progress, output folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from pruning_core.errors import ConfigError
+from pruning_core.outputs.files import write_json  # noqa: F401 - re-exported for the commands
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in _csv(text))
+    except ValueError:
+        raise ConfigError(f"Sparsities '{text}' must be comma-separated numbers such as 0.5,0.7.") from None
+
+
+class ConsoleProgress:
+    """Progress callback printing one line per step to stderr (at most a few lines a second)."""
+
+    def __init__(self, stream=None, interval: float = 0.5):
+        self.stream = stream  # None: sys.stderr at each call (it may be replaced after import, e.g. by pytest)
+        self.interval = interval
+        self._last = 0.0
+        self._last_message = ""
+        self.start = time.perf_counter()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.perf_counter()
+        if message == self._last_message and now - self._last < self.interval and fraction < 1.0:
+            return
+        if message != self._last_message or now - self._last >= self.interval:
+            elapsed = now - self.start
+            print(f"[{fraction * 100:5.1f}% {elapsed:7.1f}s] {message}", file=self.stream or sys.stderr, flush=True)
+            self._last, self._last_message = now, message
+
+
+def prepare_out_dir(out: str) -> Path:
+    """Create --out if needed; refuse a path that is an existing file (nothing is deleted)."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out '{out}' is an existing file; give a folder path.")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def add_protocol_args(parser: argparse.ArgumentParser) -> None:
+    """Model, calibration and protocol options shared by sub-commands."""
+    parser.add_argument("--model", default="embedded", help="'embedded', a model folder, a .gguf file or a hub id")
+    parser.add_argument("--calib", default="wiki", help="calibration corpus: wiki, news, pydocs, a file, or a hub set")
+    parser.add_argument("--calib-column", default=None, help="text column of a .csv/.parquet/.jsonl calibration file")
+    parser.add_argument("--nsamples", type=int, default=64, help="calibration windows")
+    parser.add_argument("--seqlen", type=int, default=512, help="tokens per window")
+    parser.add_argument("--eval-windows", type=int, default=64, help="evaluation windows per corpus")
+    parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="evaluation compute dtype")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (memory only)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+
+
+def protocol_from_args(args):
+    from pruning_core.protocol import Protocol
+
+    return Protocol(calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                    eval_windows=args.eval_windows, dtype=args.dtype, batch_size=args.batch_size,
+                    calib_column=args.calib_column).validate()
+
+
+def load_model_from_args(args, progress=None):
+    from pruning_core.models import load_model
+
+    return load_model(args.model, trust_remote_code=args.trust_remote_code, progress=progress)

@@ -1,0 +1,70 @@
+"""The `prunescope` command: everything the dashboard does, headless.
+
+Each sub-command lives in its own module of this package and is registered in `COMMANDS`. Bad input prints
+one sentence naming the problem and the fix, exits with status 2, and leaves whatever is already in --out
+untouched. Nothing in the library imports this package: it is the top of the import graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional
+
+from pruning_core.errors import PruneScopeError
+
+EXIT_BAD_INPUT = 2
+
+# ------------------------------------------------------------------------------------------------ main
+
+# Explicit registry of sub-commands: name -> "module:function" adding its parser (imported when parsing).
+COMMANDS: dict[str, str] = {
+    "sweep": "pruning_core.cli.sweep:add_sweep",
+    "sensitivity": "pruning_core.cli.analysis:add_sensitivity",
+    "jobs": "pruning_core.cli.analysis:add_jobs",
+    "export": "pruning_core.cli.export:add_export",
+    "apply-mask": "pruning_core.cli.export:add_apply_mask",
+    "ui": "pruning_core.cli.ui:add_ui",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunescope", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS.values():
+        module_name, function_name = add.split(":")
+        getattr(importlib.import_module(module_name), function_name)(sub)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the `prunescope` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return int(args.handler(args) or 0)
+    except PruneScopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; finished points are kept in the store", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars would interleave with ours; our own progress lines say the same."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

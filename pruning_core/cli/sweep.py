@@ -1,0 +1,61 @@
+"""`prunescope sweep`: prune at a grid of settings and measure perplexity, headless."""
+
+from __future__ import annotations
+
+from pruning_core.cli.common import (
+    ConsoleProgress,
+    _csv,
+    _floats,
+    add_protocol_args,
+    load_model_from_args,
+    prepare_out_dir,
+    protocol_from_args,
+    write_json,
+)
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="prune at a grid of settings and measure perplexity")
+    add_protocol_args(p)
+    p.add_argument("--eval", default="wiki", help="comma-separated evaluation corpora")
+    p.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="comma-separated methods")
+    p.add_argument("--structures", default="unstructured", help="comma-separated: unstructured, 2:4, 4:8")
+    p.add_argument("--sparsities", default="0.5", help="comma-separated fractions (unstructured only)")
+    p.add_argument("--propagation", default="pruned", choices=["pruned", "dense"],
+                   help="pruned: papers' protocol (default); dense: reuse dense statistics (faster)")
+    p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
+    p.add_argument("--out", required=True, help="output folder (results.json)")
+    p.set_defaults(handler=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from pruning_core.analysis.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(model=args.model, methods=_csv(args.methods), structures=_csv(args.structures),
+                     sparsities=_floats(args.sparsities), eval_corpora=_csv(args.eval),
+                     propagation=args.propagation, protocol=protocol_from_args(args)).validate()
+    progress = ConsoleProgress()
+    loaded = load_model_from_args(args, progress)
+    store = None if args.no_store else _open_store()
+    out = prepare_out_dir(args.out)
+    results = run_sweep(spec, loaded=loaded, store=store, progress=progress)
+    write_json(out / "results.json", results)
+    _print_sweep_table(results)
+    print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+def _print_sweep_table(results: dict) -> None:
+    corpora = list(results["dense"]["ppl"])
+    header = f"{'method':<10} {'structure':<12} {'target':>6} {'sparsity':>8} " + " ".join(f"{c:>10}" for c in corpora)
+    print(header)
+    print(f"{'dense':<10} {'-':<12} {0:>6.2f} {0:>8.4f} " + " ".join(f"{results['dense']['ppl'][c]:>10.3f}" for c in corpora))
+    for p in results["points"]:
+        print(f"{p['method']:<10} {p['structure']:<12} {p['target_sparsity']:>6.2f} {p['sparsity']:>8.4f} "
+              + " ".join(f"{p['ppl'][c]:>10.3f}" for c in corpora))
+
+
+def _open_store():
+    from pruning_core.execution.store import Store
+
+    return Store()

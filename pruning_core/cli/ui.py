@@ -1,0 +1,17 @@
+"""`prunescope ui`: start the dashboard on localhost."""
+
+from __future__ import annotations
+
+
+def add_ui(sub) -> None:
+    p = sub.add_parser("ui", help="start the dashboard on localhost")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1 unless you need remote access)")
+    p.add_argument("--model", default="embedded", help="model preselected in the dashboard")
+    p.set_defaults(handler=cmd_ui)
+
+
+def cmd_ui(args) -> int:
+    from app.launch import run_ui  # the CLI only launches the app; the core never imports streamlit
+
+    return run_ui(port=args.port, host=args.host, model=args.model)

@@ -1,0 +1,93 @@
+"""The library's import graph: no module imports the command line, and no two modules import each other.
+
+Every `import` statement counts, also those inside functions (a lazy import still ties two modules together);
+`from package import name` counts as an import of `package.name` when that is a module. The parent package
+that Python runs before a submodule is not an edge of its own: only the modules a file names are.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pruning_core
+
+REPO = Path(__file__).resolve().parents[2]
+CORE = Path(pruning_core.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def imports_of(path: Path, package: str | None = None) -> set[str]:
+    """The modules one file imports (absolute names; relative imports resolved against `package`)."""
+    if package is None:
+        package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                names.add(full if full.startswith(("pruning_core", "app")) and _is_module(full) else base)
+    return names
+
+
+def _graph(roots: list[Path]) -> dict[str, set[str]]:
+    files = [p for root in roots for p in root.rglob("*.py")]
+    known = {_module_name(p) for p in files}
+    # A self-import (a `__main__` block importing its own module by name) is not a circle between modules.
+    return {_module_name(p): {m for m in imports_of(p) if m in known} - {_module_name(p)} for p in files}
+
+
+def test_nothing_outside_the_command_line_imports_it():
+    graph = _graph([CORE, REPO / "app", REPO / "pages"])
+    offenders = {module: sorted(m for m in targets if m == "pruning_core.cli" or m.startswith("pruning_core.cli."))
+                 for module, targets in graph.items() if not module.startswith("pruning_core.cli")}
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_the_library_has_no_import_circle():
+    graph = _graph([CORE])
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                circle = path[path.index(target):] + [target]
+                raise AssertionError("import circle: " + " -> ".join(circle))
+            if target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_the_walker_sees_lazy_imports(tmp_path):
+    # A file whose only import sits inside a function still counts (so the circle test cannot miss one).
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from pruning_core.models import loading\n")
+    assert "pruning_core.models.loading" in imports_of(source, package="")
