@@ -18,6 +18,11 @@ from app.theme import PLOTLY_TEMPLATE
 corpora_in = figures.corpora_in
 curve_table_rows = figures.curve_table_rows
 metric_unit = figures.metric_unit
+perplexity_change = figures.perplexity_change
+is_broken = figures.is_broken
+
+#: What a missing number shows in a table (a dash, never "None" or "nan").
+MISSING = "–"
 
 __all__ = [
     "PLOTLY_CONFIG",
@@ -28,6 +33,8 @@ __all__ = [
     "layer_bar_chart",
     "sensitivity_curves_chart",
     "proxy_scatter_chart",
+    "curve_table",
+    "top_cells_table",
 ]
 
 
@@ -63,8 +70,8 @@ def show(fig: go.Figure, *, key: str, container=None, alt: str | None = None):
     return target.plotly_chart(fig, width="stretch", theme=None, key=key, config=PLOTLY_CONFIG, alt=alt)
 
 
-def curves_chart(results: dict, corpus: str, log_y: bool = False) -> go.Figure:
-    """Perplexity vs sparsity on `corpus` (see `pruning_core.outputs.figures.curves_figure`)."""
+def curves_chart(results: dict, corpus: str, log_y: bool = True) -> go.Figure:
+    """Perplexity vs sparsity on `corpus`, log axis unless `log_y` is False (see `figures.curves_figure`)."""
     return to_plotly(figures.curves_figure(results, corpus, log_y=log_y))
 
 
@@ -86,3 +93,41 @@ def sensitivity_curves_chart(maps: list[dict], module: str) -> go.Figure:
 def proxy_scatter_chart(exact: dict, proxy: dict, spearman: float) -> go.Figure:
     """A cheap proxy against the exact metric with its rank correlation (see `figures.proxy_scatter_figure`)."""
     return to_plotly(figures.proxy_scatter_figure(exact, proxy, spearman))
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def _styled(rows: list[dict], formats: dict):
+    """`rows` as a pandas Styler for ``st.dataframe``: each column shown with its format, missing as a dash.
+
+    The cells keep their numbers (the table still sorts by value); only what is drawn is formatted, so a
+    measured sparsity of 0.300001 reads "30.0 %", not 30.0001, and a dense row's prune time reads "–".
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    present = {column: fmt for column, fmt in formats.items() if column in frame.columns}
+    return frame.style.format(present, na_rep=MISSING).format(na_rep=MISSING, subset=[
+        c for c in frame.columns if c not in present])
+
+
+def curve_table(results: dict):
+    """The Curves table (`curve_table_rows`): perplexities with 2 decimals, sparsities as "50.0 %",
+    seconds with 1 decimal, missing values as "–"."""
+    rows = curve_table_rows(results)
+    formats = {}
+    for column in rows[0] if rows else []:
+        if column.startswith("ppl "):
+            formats[column] = "{:,.2f}"
+        elif column.endswith("(%)"):
+            formats[column] = "{:.1f} %"
+        elif column.endswith("(s)"):
+            formats[column] = "{:,.1f}"
+    return _styled(rows, formats)
+
+
+def top_cells_table(cells: list[dict]):
+    """The most sensitive cells (`services.top_cells`): values with 4 significant digits, weight counts with
+    thousands separators, missing as "–"."""
+    return _styled(cells, {"value": "{:.4g}", "weights": "{:,.0f}"})

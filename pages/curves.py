@@ -44,8 +44,9 @@ with st.container(border=True):
     propagation = c4.radio("Statistics from", ["pruned", "dense"], key="curves_propagation", horizontal=True,
                            format_func=lambda p: {"pruned": "pruned layers (papers)",
                                                   "dense": "dense model (faster)"}[p],
-                           help="pruned: each layer sees the already-pruned earlier layers, as in the papers; "
-                                "dense: statistics are collected once and reused for every point.")
+                           help="Propagation: where each layer's input statistics come from. pruned: each layer "
+                                "sees the already-pruned earlier layers, as in the papers; dense: statistics are "
+                                "collected once on the unpruned model and reused for every point.")
     spec = None
     try:
         spec = services.sweep_spec(settings, methods, structures, sparsities, propagation)
@@ -70,16 +71,15 @@ def draw(results: dict, prefix: str, partial: bool = False) -> None:
     top1, top2 = st.columns([3, 1])
     corpus = top1.radio("Evaluation corpus", corpora, key=f"{prefix}_corpus", horizontal=True) \
         if len(corpora) > 1 else corpora[0]
-    log_y = top2.toggle("Log scale", key=f"{prefix}_log", help="Perplexity on a log axis: useful when high "
-                        "sparsities blow up.")
+    log_y = top2.toggle("Log scale", value=True, key=f"{prefix}_log",
+                        help="Perplexity on a log axis (the default): a broken point at high sparsity does not "
+                             "flatten the other lines. Off: a linear axis.")
     charts.show(charts.curves_chart(results, corpus, log_y=log_y), key=f"{prefix}_chart",
                 alt=f"Perplexity against sparsity on {corpus}")
     if partial:
         return
     rows = curve_table_rows(results)
-    st.dataframe(rows, hide_index=True, width="stretch", key=f"{prefix}_table",
-                 column_config={k: st.column_config.NumberColumn(format="%.2f") for k in rows[0]
-                                if k.startswith("ppl ") or k.endswith("(s)")})
+    st.dataframe(charts.curve_table(results), hide_index=True, width="stretch", key=f"{prefix}_table")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -20,6 +20,9 @@ from app import charts, services, widgets  # noqa: E402
 from app.charts import metric_unit  # noqa: E402
 
 SPARSITY_CHOICES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+#: Short names for the metric dropdowns (the unit goes to the help text and the chart axes: a long label
+#: such as "reconstruction · relative output error" was cut off in the narrow column).
+METRIC_LABELS = {"exact": "exact (Δ loss)", "reconstruction": "reconstruction error", "taylor": "Taylor score"}
 METRIC_HELP = ("exact: loss increase when the module alone is pruned (one evaluation per module, slowest); "
                "reconstruction: relative error of the module's output (cheap); taylor: first-order |W·∂L/∂W| "
                "(one backward pass).")
@@ -44,7 +47,9 @@ with st.container(border=True):
     metrics = c3.multiselect("Metrics", services.SENSITIVITY_METRICS, default=["reconstruction"],
                              key="sens_metrics", help=METRIC_HELP)
     probe = c4.number_input("Probe windows", 1, 256, value=8, key="sens_probe",
-                            help="Calibration windows used to measure the loss for the exact and Taylor metrics.")
+                            help="Probe windows: held-out text windows (seqlen tokens each) on which the exact "
+                                 "metric measures the loss before and after pruning one module. More windows: "
+                                 "steadier values, proportionally slower.")
     spec = None
     try:
         spec = services.sensitivity_spec(settings, method, sparsities, metrics, int(probe))
@@ -70,9 +75,11 @@ if not maps:
 
 metrics_present = list(dict.fromkeys(m["metric"] for m in maps))
 sparsities_present = sorted({float(m["sparsity"]) for m in maps})
-s1, s2, _ = st.columns([2, 2, 3])
+s1, s2, _ = st.columns([3, 2, 2])
 metric = s1.selectbox("Show metric", metrics_present, key="sens_show_metric",
-                      format_func=lambda m: f"{m} · {metric_unit(m)}")
+                      format_func=lambda m: METRIC_LABELS.get(m, m),
+                      help="Values are: " + "; ".join(f"{METRIC_LABELS.get(m, m)} = {metric_unit(m)}"
+                                                       for m in metrics_present) + ".")
 sparsity = s2.selectbox("Show sparsity", sparsities_present, key="sens_show_sparsity",
                         format_func=lambda s: f"{s:.0%}")
 chosen = next(m for m in maps if m["metric"] == metric and abs(float(m["sparsity"]) - sparsity) < 1e-9)
@@ -83,12 +90,13 @@ charts.show(charts.heatmap_chart(chosen), key="sens_heatmap", container=left,
             alt="Sensitivity heatmap: decoder layers by module kinds")
 with right:
     st.markdown(f"**Most sensitive modules** · {metric_unit(metric)}")
-    st.dataframe(services.top_cells(chosen, 8), hide_index=True, width="stretch", key="sens_top",
-                 column_config={"value": st.column_config.NumberColumn(format="%.4g"),
-                                "weights": st.column_config.NumberColumn(format="localized")})
+    st.dataframe(charts.top_cells_table(services.top_cells(chosen, 8)), hide_index=True, width="stretch",
+                 key="sens_top")
     if chosen.get("baseline_loss") is not None:
         st.caption(f"Dense calibration loss {float(chosen['baseline_loss']):.3f} nats/token · map computed in "
-                   f"{services.format_seconds(chosen.get('seconds'))}.")
+                   f"{services.format_seconds(chosen.get('seconds'))}.",
+                   help="nats/token: the mean negative log-likelihood per predicted token, in natural-log "
+                        "units (perplexity = e^loss). A cell of 0.01 nats/token raises perplexity by about 1 %.")
     if metric == "exact" and (chosen.get("protocol") or {}).get("probe_dtype") == "bfloat16":
         st.caption("The probes ran in bf16. On the embedded model, against fp32, the ranking held (Spearman "
                    "0.97) but cells came out about 0.001 nats/token lower (a pruned module also loses its "

@@ -49,22 +49,32 @@ with st.container(border=True):
                     "the Curves page, or a larger budget.")
     else:
         p = rec["best"]
-        loss = rec["best_change"] * 100
+        change = charts.perplexity_change(p["ppl"][corpus], dense)
         st.markdown(f"### Recommended: **{METHOD_NAMES.get(p['method'], p['method'])}**, **{p['structure']}**, "
                     f"**{p['sparsity']:.0%}** sparsity")
         st.markdown(f'<p class="ps-lead">At {p["sparsity"]:.0%} sparsity with {METHOD_NAMES.get(p["method"], p["method"])} '
                     f"the model's perplexity on {corpus} goes from {dense:,.2f} to {p['ppl'][corpus]:,.2f} "
-                    f"(<b>{loss:+.1f} %</b>), within your +{budget} % budget."
-                    + (" In the 2:4 compressed form its pruned layers take about 1.8x less storage (16-bit weights), and it can run faster on GPUs with sparse "
-                       "tensor cores." if p["structure"] == "2:4" else
-                       " Unstructured sparsity saves storage only in a compressed form and gives no speed-up on "
-                       "ordinary dense kernels.") + "</p>", unsafe_allow_html=True)
+                    f"(<b>{change}</b>), within your +{budget} % budget."
+                    + "</p>", unsafe_allow_html=True)
+        # Size and speed in the claims module's words: the What-if page and the report say exactly the same.
+        gains = services.point_claims(results, p)
+        st.markdown(" ".join(sentence for sentence in (gains["size"], gains["speed"]) if sentence))
+    # Per method: first what is usable (its highest sparsity within the budget), then where it ends (its
+    # highest measured point), said as a factor with a verdict when the model is broken there.
     lines = []
-    for method, change, point in rec["per_method"]:
-        lines.append(f"- **{METHOD_NAMES.get(method, method)}** at {point['sparsity']:.0%} "
-                     f"({point['structure']}): {change * 100:+.1f} % perplexity")
+    for method, _change, point in rec["per_method"]:
+        name = METHOD_NAMES.get(method, method)
+        within = rec["per_method_within"].get(method)
+        usable = (f"usable up to **{within[1]['sparsity']:.0%}** ({within[1]['structure']}, "
+                  f"{charts.perplexity_change(within[1]['ppl'][corpus], dense)} perplexity)"
+                  if within is not None else f"no measured point within +{budget} %")
+        line = f"- **{name}**: {usable}"
+        if within is None or within[1] is not point:
+            line += (f"; at {point['sparsity']:.0%} ({point['structure']}) perplexity "
+                     f"{charts.perplexity_change(point['ppl'][corpus], dense)}")
+        lines.append(line)
     if lines:
-        st.markdown("Headline numbers (each method's highest measured sparsity):\n" + "\n".join(lines))
+        st.markdown(f"Per method, on {corpus}:\n" + "\n".join(lines))
 
 left, right = st.columns(2, gap="medium")
 charts.show(charts.curves_chart(results, corpus), key="summary_curves", container=left,

@@ -11,7 +11,9 @@ Conventions, chosen for a projector and for colour-blind readers:
   * colours come from the Okabe-Ito palette (Okabe & Ito, "Color Universal Design", 2008), each method
     always has the same colour and each structure the same marker symbol, in every chart;
   * heatmaps use a perceptually uniform sequential scale (Viridis), readable in greyscale;
-  * every axis has a title with its unit; fonts are 16 px and up;
+  * every axis has a title with its unit (perplexity has none: its axis says just "perplexity"); fonts are
+    16 px and up; perplexity is drawn on a log axis by default, so one broken point (a perplexity in the
+    tens of thousands) does not flatten every other line;
   * hover text carries the exact numbers (and, for curves, the run settings that produced them);
   * values that are missing or not finite become ``None`` (a gap), never NaN, which is invalid JSON.
 
@@ -33,12 +35,15 @@ __all__ = [
     "METRIC_UNITS",
     "SPARSITY_AXIS_TITLE",
     "PERPLEXITY_AXIS_TITLE",
+    "BROKEN_RATIO",
     "FONT_FAMILY",
     "method_color",
     "structure_symbol",
     "metric_unit",
     "corpora_in",
     "curve_table_rows",
+    "perplexity_change",
+    "is_broken",
     "curves_figure",
     "heatmap_figure",
     "layer_bar_figure",
@@ -104,7 +109,10 @@ METRIC_UNITS: dict[str, str] = {
 }
 
 SPARSITY_AXIS_TITLE = "sparsity (%)"
-PERPLEXITY_AXIS_TITLE = "perplexity (tokens, lower is better)"
+PERPLEXITY_AXIS_TITLE = "perplexity"  # a ratio-like quantity (exp of the mean token NLL): it has no unit
+#: A point whose perplexity is this many times the dense model's is called broken: its text is no longer
+#: usable, and a percentage ("+341459.1 %") would only impress, so the change is said as a factor instead.
+BROKEN_RATIO = 10.0
 LAYER_AXIS_TITLE = "decoder layer (index, 0 = first)"
 MODULE_AXIS_TITLE = "module kind"
 
@@ -207,6 +215,24 @@ def _fmt_ppl(value: float) -> str:
     return f"{value:,.2f}"
 
 
+def is_broken(ppl: float, dense: float) -> bool:
+    """Whether a pruned perplexity is `BROKEN_RATIO` times the dense one or worse (the model is broken)."""
+    return dense > 0 and ppl / dense >= BROKEN_RATIO
+
+
+def perplexity_change(ppl: float, dense: float) -> str:
+    """The change from the dense perplexity in words a reader can use: "+9.6 %" below `BROKEN_RATIO` x dense,
+    else a factor with two significant digits and a verdict, "×3,400 (model broken)", never "+341459.1 %"."""
+    if not dense or dense <= 0:
+        return "change unknown"
+    ratio = ppl / dense
+    if ratio < BROKEN_RATIO:
+        return f"{100.0 * (ratio - 1.0):+.1f} %"
+    digits = int(math.floor(math.log10(ratio)))
+    rounded = round(ratio, 1 - digits)  # two significant digits: 12, 340, 3,400, 58,000
+    return f"×{rounded:,.0f} (model broken)"
+
+
 def _percent(fraction: float) -> float:
     """Fraction in [0, 1] -> percent, rounded so 0.5 shows as 50.0 and not 50.00000001."""
     return round(100.0 * fraction, 4)
@@ -235,14 +261,15 @@ def corpora_in(results: dict) -> list[str]:
 
 def _protocol_line(protocol: dict) -> str:
     """One hover line with the run settings that produced a number (only those the protocol records)."""
+    # Plain words, not the CLI's flag names (a hover label cannot carry its own explanation).
     labels = [
-        ("nsamples", "nsamples"),
-        ("seqlen", "seqlen"),
+        ("nsamples", "calibration windows"),
+        ("seqlen", "tokens/window"),
         ("seed", "seed"),
         ("eval_windows", "eval windows"),
         ("dtype", "dtype"),
-        ("propagation", "propagation"),
-        ("calib", "calib"),
+        ("propagation", "statistics from"),
+        ("calib", "calibration"),
     ]
     parts = []
     for key, label in labels:
@@ -311,7 +338,7 @@ def _point_hover(point: dict, corpus: str, ppl: float, dense: float | None, sett
     lines.append(sparsity_line)
     ppl_line = f"perplexity {_fmt_ppl(ppl)} on {corpus}"
     if dense:
-        ppl_line += f" ({100.0 * (ppl / dense - 1.0):+.1f} % vs dense {_fmt_ppl(dense)})"
+        ppl_line += f" ({perplexity_change(ppl, dense)} vs dense {_fmt_ppl(dense)})"
     lines.append(ppl_line)
     timing = []
     if _finite(point.get("prune_seconds")) is not None:
@@ -325,7 +352,7 @@ def _point_hover(point: dict, corpus: str, ppl: float, dense: float | None, sett
     return "<br>".join(lines)
 
 
-def curves_figure(results: dict, corpus: str, log_y: bool = False) -> dict:
+def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
     """Perplexity on `corpus` against measured sparsity (%), one line per method.
 
     `results` is the CLI's results.json dict::
@@ -339,7 +366,8 @@ def curves_figure(results: dict, corpus: str, log_y: bool = False) -> dict:
     ``markers`` trace per (method, N:M structure) with that structure's symbol in the method's colour.
     Points without a finite perplexity on `corpus` are left out. Each trace carries
     ``meta = {"method", "structure"}`` (or ``{"role": "dense"}``) so tests and pages can find it.
-    `log_y` switches the perplexity axis to a log scale (perplexity explodes at high sparsity).
+    The perplexity axis is logarithmic by default (`log_y`): perplexity explodes at high sparsity, and on a
+    linear axis one magnitude point at 58,000 flattens every other line; ``log_y=False`` gives a linear axis.
     """
     settings = _protocol_line(results.get("protocol") or {})
     dense_ppl = _finite((results.get("dense", {}).get("ppl") or {}).get(corpus))
@@ -442,10 +470,16 @@ def _size_text(size: Any) -> str | None:
     return None if number is None else f"{int(number):,} weights"
 
 
+#: Top margin (px) of charts whose title has a second, smaller line (the settings under the headline).
+_TWO_LINE_TITLE_MARGIN = 100
+
+
 def _sens_title(sens: dict, what: str) -> str:
+    """A short headline and, on a second smaller line, the settings: one line did not fit a half-width
+    column and was cut off ("Sensitivity · wanda at 50 % sparsity · reconstr...")."""
     sparsity = _finite(sens.get("sparsity"))
     at = f" at {_percent(sparsity):g} % sparsity" if sparsity is not None else ""
-    return f"{what} · {sens.get('method', '?')}{at} · {sens.get('metric', '?')}"
+    return f"{what}<br><sup>{sens.get('method', '?')}{at} · {sens.get('metric', '?')}</sup>"
 
 
 def _check_shape(sens: dict) -> None:
@@ -511,6 +545,7 @@ def heatmap_figure(sens: dict) -> dict:
         yaxis=_axis(LAYER_AXIS_TITLE, autorange="reversed", showgrid=False,
                     dtick=1 if len(layers) <= 32 else None),
         height=height,
+        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
         plot_bgcolor="#D9D9D9",  # gaps (None) show as light grey, distinct from every Viridis colour
     )
     return {"data": [trace], "layout": layout}
@@ -553,6 +588,7 @@ def layer_bar_figure(sens: dict) -> dict:
         yaxis=_axis(f"{unit} · {how}"),
         showlegend=False,
         bargap=0.15,
+        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
     )
     return {"data": [trace], "layout": layout}
 
@@ -706,9 +742,10 @@ def proxy_scatter_figure(exact: dict, proxy: dict, spearman: float) -> dict:
     rho = _finite(spearman)
     rho_text = f"Spearman ρ = {rho:.2f}" if rho is not None else "Spearman ρ not available"
     layout = _base_layout(
-        f"{proxy_metric} vs {exact_metric} · {rho_text}",
+        f"{proxy_metric} vs {exact_metric}<br><sup>{rho_text}</sup>",  # two lines: it sits in a narrow column
         xaxis=_axis(f"{exact_metric}: {x_unit}"),
         yaxis=_axis(f"{proxy_metric}: {y_unit}"),
         legend={"title": {"text": "module"}},
+        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
     )
     return {"data": data, "layout": layout}

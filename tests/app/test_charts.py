@@ -99,7 +99,7 @@ def test_curves_hover_has_exact_numbers_and_run_settings():
     assert "sparsity 50.00 % (target 50 %)" in hover
     assert "+22.1 % vs dense 18.02" in hover
     assert "prune 3.2 s" in hover or "prune 3.3 s" in hover
-    for setting in ("nsamples 64", "seqlen 512", "seed 0", "eval windows 64", "dtype float32"):
+    for setting in ("calibration windows 64", "tokens/window 512", "seed 0", "eval windows 64", "dtype float32"):
         assert setting in hover
 
 
@@ -108,16 +108,73 @@ def test_curves_leave_out_points_without_the_corpus_and_support_log_scale():
     assert fig["layout"]["yaxis"]["type"] == "log"
     assert not [t for t in fig["data"] if t.get("meta", {}).get("structure") in ("2:4", "4:8")]
     assert len([t for t in fig["data"] if t["mode"] == "lines+markers"]) == 3
-    assert F.curves_figure(make_results(), "wiki")["layout"]["yaxis"]["type"] == "linear"
+    assert F.curves_figure(make_results(), "wiki", log_y=False)["layout"]["yaxis"]["type"] == "linear"
 
 
 def test_curves_axes_have_units_and_empty_corpus_says_so():
     fig = F.curves_figure(make_results(), "wiki")
     assert fig["layout"]["xaxis"]["title"]["text"] == "sparsity (%)"
-    assert fig["layout"]["yaxis"]["title"]["text"] == "perplexity (tokens, lower is better)"
+    assert fig["layout"]["yaxis"]["title"]["text"] == "perplexity"  # perplexity has no unit
     empty = F.curves_figure({"dense": {"ppl": {}}, "points": [], "protocol": {}}, "wiki")
     assert empty["data"] == []
     assert "No perplexity" in empty["layout"]["annotations"][0]["text"]
+
+
+def test_curves_default_to_a_log_axis_titled_perplexity_without_unit():
+    # One broken magnitude point (58,000) must not flatten the other lines: log axis by default, here and
+    # in the themed dashboard chart; the title names the quantity only (perplexity has no unit).
+    results = make_results()
+    results["points"].append({"method": "magnitude", "structure": "unstructured", "target_sparsity": 0.9,
+                              "sparsity": 0.9, "ppl": {"wiki": 58_000.0}})
+    fig = F.curves_figure(results, "wiki")
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    assert fig["layout"]["yaxis"]["title"]["text"] == F.PERPLEXITY_AXIS_TITLE == "perplexity"
+    from app import charts
+
+    drawn = charts.curves_chart(results, "wiki")
+    assert drawn.layout.yaxis.type == "log" and drawn.layout.yaxis.title.text == "perplexity"
+    assert charts.curves_chart(results, "wiki", log_y=False).layout.yaxis.type == "linear"
+
+
+def test_perplexity_change_says_a_factor_for_a_broken_point():
+    assert F.perplexity_change(19.76, 18.02) == "+9.7 %"
+    assert F.perplexity_change(17.5, 18.0) == "-2.8 %"
+    assert F.perplexity_change(170.0, 18.0) == "+844.4 %"  # 9.4x: still a percentage
+    assert F.perplexity_change(61_530.0, 18.02) == "×3,400 (model broken)"  # not "+341,359.5 %"
+    assert F.perplexity_change(200.0, 18.0) == "×11 (model broken)"
+    assert F.is_broken(61_530.0, 18.02) and not F.is_broken(170.0, 18.0)
+    results = make_results()
+    results["points"].append({"method": "magnitude", "structure": "unstructured", "target_sparsity": 0.9,
+                              "sparsity": 0.9, "ppl": {"wiki": 61_530.0}})
+    hover = traces(F.curves_figure(results, "wiki"), method="magnitude", structure="unstructured")[0]["text"][-1]
+    assert "×3,400 (model broken) vs dense 18.02" in hover and "%" not in hover.split("perplexity")[1].split("<br>")[0]
+
+
+def test_sensitivity_titles_put_the_settings_on_a_second_line():
+    # One long line was cut off in a half-width column; the headline stays short.
+    for fig in (F.heatmap_figure(make_sens()), F.layer_bar_figure(make_sens()),
+                F.proxy_scatter_figure(make_sens(), make_sens(metric="taylor"), 0.5)):
+        headline, _, detail = fig["layout"]["title"]["text"].partition("<br>")
+        assert len(headline) <= 30 and detail.startswith("<sup>")
+        assert fig["layout"]["margin"]["t"] >= 90
+    assert "wanda at 50 % sparsity · exact" in F.heatmap_figure(make_sens())["layout"]["title"]["text"]
+
+
+def test_tables_format_numbers_and_show_missing_as_a_dash():
+    from app import charts
+
+    results = make_results()
+    results["points"][0]["sparsity"] = 0.300001  # measured sparsity a hair over the target
+    html = charts.curve_table(results).to_html()
+    assert "None" not in html and "nan" not in html and "30.0001" not in html
+    assert "30.0 %" in html and "50.0 %" in html  # sparsities as percentages
+    assert "18.02" in html and "18.0234" not in html  # perplexities with 2 decimals
+    assert ">–<" in html  # the dense row's prune time, the 2:4 points' news perplexity
+    frame = charts.curve_table(results).data
+    assert frame["sparsity (%)"].iloc[1] == pytest.approx(30.0001)  # numbers kept: the table sorts by value
+    cells = charts.top_cells_table([{"layer": 3, "module": "down", "value": 0.0123456, "weights": 884736},
+                                    {"layer": 1, "module": "q", "value": 1.5, "weights": None}]).to_html()
+    assert "0.01235" in cells and "884,736" in cells and ">–<" in cells and "None" not in cells
 
 
 def test_curve_table_rows_dense_first_then_points():

@@ -1,0 +1,71 @@
+"""The Summary's headline and charts, driven by AppTest on stored sweep results (no model run needed for the
+numbers): it leads with the recommended setting, says a broken point's change as a factor with a verdict
+(never "+341459.1 %"), and draws perplexity on a log axis."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SUMMARY = str(REPO_ROOT / "pages" / "summary.py")
+SETTINGS = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["wiki"],
+            "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
+
+
+@pytest.fixture(autouse=True)
+def app_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
+    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
+    return tmp_path
+
+
+def _point(method: str, sparsity: float, ppl: float) -> dict:
+    return {"method": method, "structure": "unstructured", "target_sparsity": sparsity, "sparsity": sparsity,
+            "ppl": {"wiki": ppl}, "prune_seconds": 1.0, "eval_seconds": 1.0, "propagation": "pruned"}
+
+
+def stored_sweep() -> None:
+    """A finished sweep job in the store: Wanda usable at 50 %, magnitude broken at 90 % (×3,400)."""
+    from pruning_core.execution.store import Store
+
+    result = {"model": {"name": "tiny", "fingerprint": "f"}, "dense": {"ppl": {"wiki": 18.02}},
+              "protocol": {"calib": "news", "nsamples": 4, "seqlen": 32, "seed": 0, "eval_windows": 4,
+                           "dtype": "float32", "propagation": "pruned"},
+              "points": [_point("wanda", 0.3, 18.5), _point("wanda", 0.5, 19.76), _point("wanda", 0.7, 40.1),
+                         _point("magnitude", 0.3, 19.0), _point("magnitude", 0.9, 61_530.0)]}
+    now = time.time()
+    Store().insert_job({"id": uuid.uuid4().hex, "key": uuid.uuid4().hex, "kind": "sweep",
+                        "spec": {"model": "tiny-llama"}, "state": "done", "fraction": 1.0, "message": "done",
+                        "created": now, "updated": now, "started": now - 1, "finished": now, "result": result,
+                        "cancel_requested": 0})
+
+
+def test_summary_leads_with_the_recommendation_and_names_a_broken_point_plainly():
+    stored_sweep()
+    at = AppTest.from_file(SUMMARY, default_timeout=120)
+    at.session_state["settings"] = dict(SETTINGS)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = [str(m.value) for m in at.markdown]
+    headline = next(t for t in texts if t.startswith("### "))
+    assert "Recommended" in headline and "Wanda" in headline and "50%" in headline
+    lead = next(t for t in texts if "goes from 18.02 to 19.76" in t)
+    assert "+9.7 %" in lead
+    per_method = next(t for t in texts if t.startswith("Per method"))
+    assert "usable up to **50%**" in per_method
+    assert "×3,400 (model broken)" in per_method
+    # No absurd percentages anywhere on the page (61,530 / 18.02 would read "+341,359.5 %").
+    assert not any("341" in t for t in texts)
+    charts = at.get("plotly_chart")
+    curves = json.loads(charts[0].proto.spec)
+    assert curves["layout"]["yaxis"]["type"] == "log"
+    assert curves["layout"]["yaxis"]["title"]["text"] == "perplexity"
