@@ -474,7 +474,9 @@ def recommend(results: dict, corpus: str, budget: float) -> dict:
     """The highest measured sparsity whose perplexity on `corpus` is at most (1 + budget) x dense.
 
     Returns {"dense_ppl", "best" (point or None), "best_change" (fraction), "per_method": [(method, change,
-    point)] for each method's highest-sparsity point}. Ties at equal sparsity go to the lower perplexity.
+    point)] for each method's highest-sparsity point, "per_method_within": {method: (change, point)} for each
+    method's highest-sparsity point within the budget (methods with none are absent)}. Ties at equal sparsity
+    go to the lower perplexity.
     """
     dense = ((results.get("dense") or {}).get("ppl") or {}).get(corpus)
     if dense is None:
@@ -487,11 +489,13 @@ def recommend(results: dict, corpus: str, budget: float) -> dict:
         scored.append((float(p["sparsity"]), -ppl, p, ppl / dense - 1.0))
     within = [s for s in scored if s[3] <= budget]
     best = max(within, key=lambda s: (s[0], s[1])) if within else None
-    per_method = {}
+    per_method, per_method_within = {}, {}
     for sparsity, neg, p, change in sorted(scored, key=lambda s: (s[0], s[1])):
         per_method[p["method"]] = (p["method"], change, p)
+        if change <= budget:
+            per_method_within[p["method"]] = (change, p)
     return {"dense_ppl": dense, "best": best[2] if best else None, "best_change": best[3] if best else None,
-            "per_method": list(per_method.values())}
+            "per_method": list(per_method.values()), "per_method_within": per_method_within}
 
 
 def top_cells(sens: dict, n: int = 8) -> list[dict]:

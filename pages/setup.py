@@ -160,9 +160,12 @@ for field in ("nsamples", "seqlen", "eval_windows", "seed", "dtype"):
     _seed(f"setup_{field}", settings[field])
 p1, p2, p3, p4, p5 = st.columns(5)
 nsamples = p1.number_input("Calibration windows", 1, 4096, step=1, key="setup_nsamples",
-                           help="nsamples: random windows of the calibration text (papers: 128).")
+                           help="nsamples in the papers and the CLI: how many random windows of the calibration "
+                                "text the pruning statistics are computed from. More: steadier masks, slower "
+                                "(papers: 128).")
 seqlen = p2.number_input("Tokens per window", 8, 8192, step=32, key="setup_seqlen",
-                         help="seqlen: tokens per calibration and evaluation window (papers: 2048).")
+                         help="seqlen in the papers and the CLI: the length, in tokens, of every calibration and "
+                              "evaluation window; the model reads each window on its own (papers: 2048).")
 eval_windows = p3.number_input("Evaluation windows", 1, 100_000, step=1, key="setup_eval_windows",
                                help="Perplexity uses the first N non-overlapping windows of each evaluation "
                                     "split (papers: all of them).")
