@@ -21,8 +21,10 @@ internet, so the embedded corpora come from files that installed packages ship (
 - ``pydocs``: CPython's ``pydoc_data.topics.topics`` (the help() topics: technical prose), sorted by topic key.
   Calibration = the first ``int(0.8 * n)`` topics, evaluation = the rest. The topic set depends on the Python
   version; CPython 3.11: 79 topics -> 63 / 16 topics, 330,518 / 134,527 characters.
-- user files (a path): ``.txt`` (documents = paragraphs separated by blank lines; a file without blank lines
-  falls back to non-empty lines), ``.jsonl`` (one JSON object per line, field ``text`` or ``column``),
+- user files (a path): ``.txt``, any other extension or none (plain UTF-8 text: documents = paragraphs
+  separated by blank lines; a file without blank lines falls back to non-empty lines; binary content, i.e. NUL
+  bytes or over 5 % control characters, and text that is not UTF-8 are refused with one sentence),
+  ``.jsonl`` (one JSON object per line, field ``text`` or ``column``),
   ``.json`` (a list of objects, a list of strings, or an object of lists), ``.csv`` and ``.parquet`` (a text
   column; ``column`` is required when the table has more than one text column). Calibration = the first
   80 % of the documents, evaluation = the last 20 %, at least one document each.
@@ -70,6 +72,8 @@ from pruning_core.errors import ConfigError, CorpusError
 EMBEDDED_CORPORA = ("wiki", "news", "pydocs")
 HUB_CORPORA = ("wikitext2", "c4", "ptb")
 SPLITS = ("calibration", "evaluation")
+# Extensions with a format of their own besides plain text; a file with any other extension (or none) is read
+# as plain UTF-8 text, like a .txt file.
 USER_FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 
 DOCUMENT_SEPARATOR = "\n\n"
@@ -83,7 +87,8 @@ CALIBRATION_FRACTION = 0.8  # pydocs and user files: first 80 % of documents cal
 HUB_PROBE_TIMEOUT_S = 3.0  # seconds to wait for a TCP connection to the hub before declaring it offline
 C4_EVALUATION_DOCUMENTS = 1100  # SparseGPT evaluates C4 on the first 1100 validation documents
 
-_SUPPORTED_FILES_TEXT = ".txt, .jsonl, .json, .csv or .parquet"
+_SUPPORTED_FILES_TEXT = "plain-text (.txt, another extension or none), .jsonl, .json, .csv or .parquet"
+_BINARY_CONTROL_SHARE = 0.05  # a decoded text whose first 64 K characters hold more control characters is binary
 _FALLBACK_ADVICE = "use an embedded corpus (wiki, news, pydocs) or upload a .txt/.jsonl/.json/.csv/.parquet file"
 
 
@@ -378,7 +383,7 @@ def _resolve_user_file(name: str) -> Path:
     path = Path(name).expanduser()
     suffix = path.suffix.lower()
     if not path.exists():
-        if suffix in USER_FILE_EXTENSIONS or os.sep in name or "/" in name:
+        if suffix or os.sep in name or "/" in name:
             raise CorpusError(f"The corpus file '{name}' does not exist: check the path or upload the file again.")
         raise CorpusError(
             f"Unknown corpus '{name}': choose one of {', '.join(EMBEDDED_CORPORA)} (embedded), "
@@ -386,10 +391,6 @@ def _resolve_user_file(name: str) -> Path:
         )
     if not path.is_file():
         raise CorpusError(f"'{name}' is not a file: give the path of a {_SUPPORTED_FILES_TEXT} file.")
-    if suffix not in USER_FILE_EXTENSIONS:
-        raise CorpusError(
-            f"'{path.name}' has an unsupported extension '{suffix or '(none)'}': save it as {_SUPPORTED_FILES_TEXT}."
-        )
     return path.resolve()
 
 
@@ -405,14 +406,14 @@ def _user_file_splits(path_str: str, mtime_ns: int, size: int, column: str | Non
         documents = _table_documents(_read_parquet(path), path, column)
     else:
         text = _read_text_file(path)
-        if suffix == ".txt":
-            documents = _txt_documents(text)
-        elif suffix == ".jsonl":
+        if suffix == ".jsonl":
             documents = _jsonl_documents(text, path, column)
         elif suffix == ".json":
             documents = _json_documents(text, path, column)
-        else:  # .csv
+        elif suffix == ".csv":
             documents = _table_documents(_read_csv(text, path), path, column)
+        else:  # .txt, any other extension, or none: plain text
+            documents = _txt_documents(text)
     if not documents:
         raise CorpusError(f"The corpus file '{path.name}' contains no text: upload a file with non-empty documents.")
     return _split_by_fraction(documents, f"The corpus file '{path.name}'")
@@ -422,8 +423,8 @@ def _read_text_file(path: Path) -> str:
     raw = path.read_bytes()
     if b"\x00" in raw:
         raise CorpusError(
-            f"The corpus file '{path.name}' looks binary (it contains NUL bytes): upload plain UTF-8 text "
-            f"({_SUPPORTED_FILES_TEXT})."
+            f"The corpus file '{path.name}' looks binary (it contains NUL bytes), not like text: give a "
+            f"{_SUPPORTED_FILES_TEXT} file."
         )
     try:
         text = raw.decode("utf-8-sig")
@@ -432,6 +433,13 @@ def _read_text_file(path: Path) -> str:
             f"The corpus file '{path.name}' is not valid UTF-8 (bad byte at offset {exc.start}): save it as UTF-8 "
             "text and upload it again."
         ) from exc
+    head = text[:65536]
+    controls = sum(1 for ch in head if ord(ch) < 32 and ch not in "\t\n\r\f\v")
+    if head and controls > _BINARY_CONTROL_SHARE * len(head):
+        raise CorpusError(
+            f"The corpus file '{path.name}' looks binary ({controls} control characters in its first {len(head)} "
+            f"characters), not like text: give a {_SUPPORTED_FILES_TEXT} file."
+        )
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise CorpusError(f"The corpus file '{path.name}' is empty: upload a file that contains text.")

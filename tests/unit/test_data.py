@@ -266,7 +266,10 @@ def test_edited_file_is_read_again(tmp_path):
         ("lines.json", b'{"text": "a"}\n{"text": "b"}\n', "rename the file to .jsonl"),
         ("one.txt", b"Only one paragraph here.", "holds 1 document"),
         ("numbers.csv", b"a,b\n1,2\n3,4\n", "has no text column"),
-        ("corpus.docx", b"PK\x03\x04", "unsupported extension '.docx'"),
+        ("corpus.docx", b"PK\x03\x04", "looks binary"),
+        ("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks binary"),
+        ("blob", bytes(range(1, 32)) * 8, "looks binary"),
+        ("latin1", "caf\xe9 au lait\n\nsecond".encode("latin-1"), "not valid UTF-8"),
         ("fake.parquet", b"not parquet at all", "not a readable Parquet file"),
     ],
 )
@@ -312,3 +315,33 @@ def test_unreachable_hub_and_connection_errors_read_as_offline(monkeypatch):
     monkeypatch.setattr(data, "_load_hub_split", refuse)
     with pytest.raises(CorpusError, match="seems offline"):
         data.load_corpus_text("ptb", "evaluation")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text files as users have them: no extension, or an unfamiliar one
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filename", ["README", "notes.md", "corpus.text", "log.v2"])
+def test_extensionless_or_unfamiliar_text_file_reads_as_plain_text(tmp_path, filename):
+    reference = tmp_path / "reference.txt"
+    reference.write_text("\n\n".join(DOCS))
+    path = tmp_path / filename
+    path.write_text("\n\n".join(DOCS))
+    for split in data.SPLITS:
+        assert data.load_corpus_text(str(path), split) == data.load_corpus_text(str(reference), split)
+
+
+def test_extensionless_text_file_calibrates_a_tiny_model(tmp_path):
+    from pruning_core.models import load_model
+    from pruning_core.protocol import Protocol, calibration_ids
+    from pruning_core.prune import PruneConfig, prune_model
+
+    path = tmp_path / "my_corpus"  # no extension, as files saved by many tools are
+    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog while a language "
+                                f"model predicts the next token, and pruning removes weights." for i in range(60)))
+    tiny = load_model("tiny-llama")
+    ids = calibration_ids(tiny, Protocol(calib=str(path), nsamples=4, seqlen=32))
+    assert ids.shape == (4, 32)
+    result = prune_model(tiny, ids, PruneConfig("wanda", "unstructured", 0.5))
+    assert result.sparsity == pytest.approx(0.5, abs=0.01)
