@@ -72,8 +72,11 @@ _INTERRUPTED_ERROR = ("The worker process stopped without finishing (killed, cra
                       "submit the same job again to resume from its stored points.")
 
 # Worker processes started by this Python process, kept so they can be reaped (waited for) when they end;
-# otherwise each finished worker would linger as a zombie whose pid still answers os.kill(pid, 0).
+# otherwise each finished worker would linger as a defunct (zombie) process whose pid still answers
+# os.kill(pid, 0). Each has a reaper thread that waits for it (see `_spawn`); `_reap_children` also collects
+# any that ended, on every status, list, submit and cancel.
 _CHILDREN: dict[str, subprocess.Popen] = {}
+_CHILDREN_LOCK = threading.Lock()
 
 
 class _Terminated(BaseException):
@@ -122,8 +125,22 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _reap_children() -> None:
-    for job_id, proc in list(_CHILDREN.items()):
-        if proc.poll() is not None:
+    """Wait for every finished worker this process started (non-blocking: `poll` is waitpid(WNOHANG))."""
+    with _CHILDREN_LOCK:
+        for job_id, proc in list(_CHILDREN.items()):
+            if proc.poll() is not None:
+                del _CHILDREN[job_id]
+
+
+def _reap_when_done(job_id: str, proc: subprocess.Popen) -> None:
+    """Body of a worker's reaper thread: wait for the worker to exit, then forget it.
+
+    A thread, not a SIGCHLD handler: Streamlit runs page scripts outside the main thread, where Python cannot
+    install signal handlers, and a handler that waits for any child would steal other libraries' children.
+    """
+    proc.wait()
+    with _CHILDREN_LOCK:
+        if _CHILDREN.get(job_id) is proc:
             del _CHILDREN[job_id]
 
 
@@ -176,6 +193,7 @@ class _Monitor:
 
     def __init__(self, store: Store, job_id: str, hard_exit: bool):
         self.store, self.job_id, self.hard_exit = store, job_id, hard_exit
+        self.writer: Optional["_ProgressWriter"] = None  # set by execute_job; its held-back report is flushed here
         self.cancel_event = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"prunescope-job-{job_id[:8]}", daemon=True)
@@ -198,6 +216,8 @@ class _Monitor:
                 if rows and rows[0]["cancel_requested"]:
                     self.cancel_event.set()
                     cancel_seen = cancel_seen or now
+                if self.writer is not None:
+                    self.writer.flush_pending(now)
                 if now - last_beat >= HEARTBEAT_INTERVAL_S:
                     self.store.update_job(self.job_id, only_if_state=("running",), heartbeat=now)
                     last_beat = now
@@ -220,6 +240,10 @@ class _ProgressWriter:
         self.started = time.time()
         self.last_write = 0.0
         self.fraction, self.message, self.eta = 0.0, "", None
+        # A report held back by the throttle; the monitor thread writes it once the interval has passed, so
+        # a step that starts just after another report (and then runs silently for a minute) is still shown,
+        # instead of the previous step's last message ("evaluating 4/4").
+        self.pending = False
         self._lock = threading.Lock()  # a job may report from several threads
 
     def __call__(self, fraction: float, message: str) -> None:
@@ -234,6 +258,8 @@ class _ProgressWriter:
             self.eta = (now - self.started) * (1.0 - fraction) / fraction if fraction > 0 else None
             if now - self.last_write >= PROGRESS_WRITE_INTERVAL_S or fraction >= 1.0:
                 self._write(now)
+            else:
+                self.pending = True
         if self.forward is not None:
             self.forward(fraction, message)
 
@@ -241,6 +267,13 @@ class _ProgressWriter:
         self.store.update_job(self.job_id, only_if_state=("running",), fraction=self.fraction,
                               message=self.message, eta_seconds=self.eta, updated=now, heartbeat=now)
         self.last_write = now
+        self.pending = False
+
+    def flush_pending(self, now: float) -> None:
+        """Write the latest report if the throttle held it back and the write interval has passed."""
+        with self._lock:
+            if self.pending and now - self.last_write >= PROGRESS_WRITE_INTERVAL_S:
+                self._write(now)
 
     def final_fields(self) -> dict:
         """The last reported progress, for the row that records how the job ended."""
@@ -278,6 +311,7 @@ def execute_job(store: Store, job_id: str, progress: Optional[ProgressFn] = None
     ended = ("running", "interrupted")  # a worker that ends after being presumed dead still records its end
     with _Monitor(store, job_id, hard_exit=in_worker) as monitor:
         writer = _ProgressWriter(store, job_id, monitor, progress)
+        monitor.writer = writer
         try:
             fn = resolve_job_function(job["kind"])
             result = fn(job["spec"], store, writer)
@@ -398,7 +432,10 @@ class JobRunner:
             self.store.update_job(job_id, only_if_state=ACTIVE_STATES, state="failed", finished=now,
                                   updated=now, error=f"Could not start a worker process: {exc}")
             raise PruneScopeError(f"Could not start a worker process for job {job_id}: {exc}") from None
-        _CHILDREN[job_id] = proc
+        with _CHILDREN_LOCK:
+            _CHILDREN[job_id] = proc
+        threading.Thread(target=_reap_when_done, args=(job_id, proc), name=f"prunescope-reap-{job_id[:8]}",
+                         daemon=True).start()
         self.store.update_job(job_id, only_if_state=ACTIVE_STATES, pid=proc.pid, updated=time.time())
 
     # ---------------------------------------------------------------------------------------- watching
@@ -408,6 +445,7 @@ class JobRunner:
 
         A queued/running job whose worker is gone is recorded as `interrupted` here, by whoever looks first.
         """
+        _reap_children()
         job = self.store.get_job(job_id)
         if job is None:
             raise ConfigError(f"No job {job_id!r} in the store {self.store.path}.")
@@ -427,6 +465,7 @@ class JobRunner:
 
     def list_jobs(self, limit: int = 50) -> list[dict]:
         """The `limit` most recent jobs, newest first, as `status` dicts."""
+        _reap_children()
         return [self._annotate(job) for job in self.store.recent_jobs(limit)]
 
     def wait(self, job_id: str, timeout: Optional[float] = None, poll_s: float = 0.1) -> dict:
@@ -438,12 +477,14 @@ class JobRunner:
         while True:
             status = self.status(job_id)
             if status["state"] in TERMINAL_STATES:
-                proc = _CHILDREN.pop(job_id, None)
+                with _CHILDREN_LOCK:
+                    proc = _CHILDREN.get(job_id)
                 if proc is not None:  # reap promptly; it exits right after writing its final row
                     try:
                         proc.wait(timeout=5)
                     except subprocess.TimeoutExpired:
-                        _CHILDREN[job_id] = proc
+                        pass  # its reaper thread waits for it
+                    _reap_children()
                 return status
             if deadline is not None and time.monotonic() >= deadline:
                 return status

@@ -161,3 +161,54 @@ def test_unknown_kind_names_the_known_ones(runner):
         runner.submit("nope", {})
     with pytest.raises(ConfigError, match="plain JSON"):
         runner.submit("selftest", {"name": object()})
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter of process `pid` from /proc (Z = defunct), or None when no such process exists."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def test_a_finished_worker_is_reaped_not_left_defunct(runner):
+    job = runner.submit("selftest", {"name": "reap", "steps": 2, "sleep": 0.05})
+    # Watch the row only (no runner.wait, which reaps on its own): nobody in this process asks after the job.
+    row = _wait_for(lambda: (j := runner.store.get_job(job)) and j["state"] == "done" and j)
+    pid = int(row["pid"])
+    assert pid != os.getpid()
+    _wait_for(lambda: _proc_state(pid) is None, timeout=10)  # gone: not a zombie ("Z") left behind
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # already waited for
+    assert job not in jobs_mod._CHILDREN
+    # Status and list calls after the end keep working and see no live worker.
+    assert runner.status(job)["alive"] is False and runner.list_jobs()[0]["id"] == job
+
+
+def test_status_and_list_reap_finished_children_without_blocking(runner, monkeypatch):
+    # Without the reaper thread (as if it had not run yet), a status or list call collects the ended worker.
+    monkeypatch.setattr(jobs_mod, "_reap_when_done", lambda job_id, proc: None)
+    job = runner.submit("selftest", {"name": "reap-on-status", "steps": 1, "sleep": 0.01})
+    pid = int(_wait_for(lambda: (j := runner.store.get_job(job)) and j["state"] == "done" and j)["pid"])
+    _wait_for(lambda: _proc_state(pid) == "Z", timeout=10)  # ended, nobody has waited for it yet
+    t0 = time.monotonic()
+    runner.list_jobs()
+    assert time.monotonic() - t0 < 2
+    assert _proc_state(pid) is None and job not in jobs_mod._CHILDREN
+
+
+def test_a_report_held_back_by_the_throttle_is_written_soon(runner):
+    # "evaluating 4/4" followed at once by a new step that runs silently: the new step's message must reach
+    # the store (the dashboard) within about a second, not when the step ends.
+    now = time.time()
+    runner.store.insert_job({"id": "flush", "key": "k-flush", "kind": "selftest", "spec": {}, "state": "running",
+                             "created": now, "updated": now, "heartbeat": now, "pid": os.getpid()})
+    with jobs_mod._Monitor(runner.store, "flush", hard_exit=False) as monitor:
+        writer = jobs_mod._ProgressWriter(runner.store, "flush", monitor, None)
+        monitor.writer = writer
+        writer(0.5, "evaluating 4/4")
+        writer(0.55, "wanda 50 %: pruning")  # within the write interval: held back
+        assert runner.store.get_job("flush")["message"] == "evaluating 4/4"
+        _wait_for(lambda: runner.store.get_job("flush")["message"] == "wanda 50 %: pruning", timeout=2)
+    assert runner.store.get_job("flush")["fraction"] == pytest.approx(0.55)
