@@ -9,13 +9,22 @@ user's working directory. The model choice reaches the app through the environme
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 #: Environment variable that carries `--model` to the app (read by pages through `default_model()`).
 MODEL_ENV = "PRUNESCOPE_DEFAULT_MODEL"
 DEFAULT_MODEL = "embedded"
+
+#: Seconds the Streamlit server gets to shut down after a stop signal before it is killed.
+STOP_GRACE_S = 10.0
+#: Signals that stop `prunescope ui` and are passed on to the server: Ctrl+C, a service manager or `timeout`
+#: (SIGTERM), a closed terminal (SIGHUP).
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN_SCRIPT = REPO_ROOT / "app" / "main.py"
@@ -67,17 +76,48 @@ def ui_environment(model: str = DEFAULT_MODEL, base: dict[str, str] | None = Non
 
 
 def run_ui(port: int = 8501, host: str = "127.0.0.1", model: str = DEFAULT_MODEL) -> int:
-    """Run the dashboard in the foreground until Ctrl+C; returns Streamlit's exit code (0 after Ctrl+C)."""
+    """Run the dashboard in the foreground until it is stopped; returns Streamlit's exit code, or 0 when it
+    was stopped on purpose (Ctrl+C, SIGTERM, SIGHUP).
+
+    A stop signal is passed on to the Streamlit server, which is then waited for (killed after
+    `STOP_GRACE_S`), so stopping this command always stops the dashboard and frees its port: a service
+    manager or `timeout` signals only this process, and the server used to keep running without it.
+    """
     command = streamlit_command(port=port, host=host, model=model)
     print(f"PruneScope dashboard: http://{host}:{port}  (model: {model}; Ctrl+C to stop)", flush=True)
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=ui_environment(model))
+    stopping: list[float] = []  # monotonic time of the first stop signal
+
+    def pass_on(signum: int, frame) -> None:  # noqa: ARG001 - signal handler signature
+        if not stopping:
+            stopping.append(time.monotonic())
+        if process.poll() is None:
+            # Streamlit stops its server cleanly on SIGINT/SIGTERM; a terminal's Ctrl+C may already have
+            # reached it (same process group): a second request is harmless.
+            process.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    # Signal handlers can only be set in the main thread; elsewhere (tests calling run_ui in a thread) the
+    # server is still waited for and killed on the way out.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, pass_on) for sig in FORWARDED_SIGNALS}
     try:
-        return process.wait()
-    except KeyboardInterrupt:
-        # Streamlit got the same SIGINT from the terminal; give it a moment to shut down cleanly.
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        return 0
+        while True:
+            try:
+                code = process.wait(timeout=0.2)
+                return 0 if stopping else code
+            except subprocess.TimeoutExpired:
+                if stopping and time.monotonic() - stopping[0] > STOP_GRACE_S:
+                    process.kill()
+                    process.wait()
+                    return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if process.poll() is None:  # leaving for any other reason (an exception): never orphan the server
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
