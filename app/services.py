@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import streamlit as st
 
+from pruning_core import claims
 from pruning_core import data as core_data
 from pruning_core.errors import ConfigError, PruneScopeError
 from pruning_core.execution.jobs import ACTIVE_STATES, JobRunner, job_key
@@ -76,19 +77,38 @@ def model_identity(source: str) -> dict:
     return identity
 
 
+def _disk_path(source: str) -> Optional[Path]:
+    """The file or folder a model source is read from (the embedded GGUF for 'embedded'); None for hub ids."""
+    kind = classify_source(source)
+    if kind == "embedded":
+        from pruning_core.models import embedded_gguf_path
+
+        return embedded_gguf_path()
+    if kind in ("folder", "gguf"):
+        return Path(source).expanduser().resolve()
+    return None
+
+
 def disk_bytes(source: str) -> Optional[int]:
     """Bytes on disk of a model source (a folder's files, a .gguf file, the embedded GGUF); None if unknown."""
     try:
         kind = classify_source(source)
         if kind == "embedded":
-            from pruning_core.models import embedded_gguf_path
-
-            return embedded_gguf_path().stat().st_size
+            return _disk_path(source).stat().st_size
         if kind in ("folder", "gguf"):
             return int(model_identity(source)["size"])
     except (PruneScopeError, OSError):
         return None
     return None
+
+
+def disk_form(source: str) -> Optional[str]:
+    """What the model is stored as on disk ('GGUF Q4_1', 'safetensors, bfloat16'); None if unknown."""
+    try:
+        path = _disk_path(source)
+    except PruneScopeError:
+        return None
+    return claims.disk_form(path) if path is not None else None
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
@@ -103,10 +123,11 @@ def get_model(source: str):
 
 
 def model_facts(source: str) -> dict:
-    """`LoadedModel.describe()` plus `disk_bytes` and the load time in seconds."""
+    """`LoadedModel.describe()` plus `disk_bytes`, `disk_form` (what the file is stored as) and the load time (s)."""
     loaded = get_model(source)
     facts = dict(loaded.describe())
     facts["disk_bytes"] = disk_bytes(source)
+    facts["disk_form"] = disk_form(source)
     facts["load_seconds"] = loaded.load_seconds
     return facts
 
@@ -376,19 +397,58 @@ def _protocol_core(results: dict) -> tuple:
 
 # ------------------------------------------------------------------------------------------------ what-if
 
-
-def generate(source: str, prompt: str, max_new_tokens: int = 40, mask_artifact: Optional[str] = None) -> str:
-    """Greedy text from the cached model, with a stored mask applied (restored afterwards) if given."""
-    from pruning_core.analysis.whatif import generate_text
-
-    masks = Store().load_tensors(mask_artifact) if mask_artifact else None
-    return generate_text(get_model(source), prompt, max_new_tokens, masks=masks)
+DEFAULT_PROMPT = claims.DEFAULT_PROMPT  # the What-if page's prompt: the one the library's what-if defaults to
 
 
-def compare_generations(source: str, prompt: str, mask_artifact: str, max_new_tokens: int = 40) -> dict:
-    """{"prompt", "dense", "pruned"}: greedy text of the dense model and of the model with a stored mask."""
-    return {"prompt": prompt, "dense": generate(source, prompt, max_new_tokens),
-            "pruned": generate(source, prompt, max_new_tokens, mask_artifact=mask_artifact)}
+def generate(source: str, prompt: str, max_new_tokens: int = 40, mask_artifact: Optional[str] = None,
+             weights_artifact: Optional[str] = None) -> str:
+    """Greedy text from the cached model, with a stored mask (and SparseGPT's stored weights) applied and
+    restored afterwards if given (`claims.generate_text`)."""
+    store = Store()
+    masks = store.load_tensors(mask_artifact) if mask_artifact else None
+    weights = store.load_tensors(weights_artifact) if mask_artifact and weights_artifact else None
+    return claims.generate_text(get_model(source), prompt, max_new_tokens, masks=masks, weights=weights)
+
+
+def compare_generations(source: str, prompt: str, mask_artifact: str, max_new_tokens: int = 40,
+                        weights_artifact: Optional[str] = None) -> dict:
+    """{"prompt", "dense", "pruned"}: greedy text of the dense model and of the model with a stored mask
+    (`claims.compare_generations`, as the what-if job and the report generate)."""
+    store = Store()
+    masks = store.load_tensors(mask_artifact)
+    weights = store.load_tensors(weights_artifact) if weights_artifact else None
+    return claims.compare_generations(get_model(source), [prompt], masks, weights, max_new_tokens)[0]
+
+
+def setting_claims(sizes: Optional[dict], structure: str) -> dict:
+    """{"size": sentence or None, "speed": sentence, "forms": [{"label", "bytes", "note"}]}: what the pages say
+    about a setting's gains, worded by `pruning_core.claims` exactly as the report words it.
+
+    sizes: any stored sizes dict with the counts "prunable_weights", "kept_weights", "other_parameters"
+    (results stored before the claims module are recomputed from those counts, so they read the same).
+    """
+    fresh = None
+    if sizes and all(k in sizes for k in ("prunable_weights", "kept_weights", "other_parameters")):
+        fresh = claims.sizes_from_counts(int(sizes["prunable_weights"]) + int(sizes["other_parameters"]),
+                                         sizes["prunable_weights"], sizes["kept_weights"], structure,
+                                         sizes.get("structured_parameters"))
+    out = claims.setting_claims(fresh, structure)
+    out["forms"] = claims.size_forms(fresh) if fresh else []
+    return out
+
+
+def point_claims(results: dict, point: dict) -> dict:
+    """`setting_claims` for a measured sweep point (sizes from the sweep's model counts and the point's measured
+    sparsity): the Summary page's wording of the recommended setting."""
+    structure = str(point.get("structure", "unstructured"))
+    return setting_claims(claims.sizes_for_point(results.get("model") or {}, point), structure)
+
+
+def model_size_labels(facts: dict) -> dict:
+    """{"disk", "memory", "value_16bit"}: each size of a model with what it is, e.g. "98.4 MB on disk (GGUF
+    Q4_1)" and "269.0 MB as 16-bit weights" (`claims.size_labels`)."""
+    return claims.size_labels(facts["parameters"], facts.get("memory_bytes"), facts.get("dtype"),
+                              facts.get("disk_bytes"), facts.get("disk_form"))
 
 
 def format_seconds(seconds: Optional[float]) -> str:
@@ -404,14 +464,8 @@ def format_seconds(seconds: Optional[float]) -> str:
 
 
 def format_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "unknown"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    """'98.4 MB' (powers of 1000) or 'unknown': the one byte format of pages and reports."""
+    return claims.format_bytes(n)
 
 
 def now() -> float:

@@ -90,9 +90,15 @@ else:
                            help=f"{facts['prunable_parameters'] / 1e6:,.1f} M of them in prunable linears")
             cols[3].metric("Memory", services.format_bytes(facts["memory_bytes"]),
                            help=f"weights in {facts['dtype']}, as loaded for pruning")
-            cols[4].metric("On disk", services.format_bytes(facts.get("disk_bytes")))
+            sizes = services.model_size_labels(facts)
+            cols[4].metric("On disk", services.format_bytes(facts.get("disk_bytes")),
+                           help=f"The model file as stored: {facts.get('disk_form') or 'format unknown'}.")
             st.caption(f"**{facts['name']}** · prunable linears per layer: {', '.join(facts['module_kinds'])} · "
                        f"weights fingerprint `{facts['fingerprint']}`")
+            # Three sizes of one model: each says what it is, so 98.4 MB and 269.0 MB are not read as a contradiction.
+            st.caption("Sizes: " + " · ".join(v for v in (sizes["disk"], sizes["memory"], sizes["value_16bit"]
+                                                          + " (the dense size What-if and reports compare with)")
+                                              if v))
 
 # ------------------------------------------------------------------------------------------------- data
 st.subheader("Calibration and evaluation text")

@@ -17,7 +17,7 @@ import streamlit as st  # noqa: E402
 
 from app import services, widgets  # noqa: E402
 
-DEFAULT_PROMPT = "The most important thing to know about the history of science is"
+DEFAULT_PROMPT = services.DEFAULT_PROMPT
 
 settings = widgets.page_start(
     "What-if",
@@ -78,28 +78,27 @@ size = result["size"]
 cols[-1].metric("Measured sparsity", f"{result['sparsity']:.1%}",
                 help="Zeros / elements over all pruned linear layers.")
 
-st.subheader("Size on disk (16-bit weights)")
-dense_b = size["dense_bytes"]
-forms = [("Dense (zeros stored)", size["dense_with_zeros_bytes"], "Zeros take as much space as any weight: no saving."),
-         ("Bitmask + kept values", size["bitmask_bytes"], "1 bit per weight says kept or pruned; only kept values are stored.")]
-if size.get("nm_2_4_bytes") is not None:
-    forms.insert(1, ("2:4 compressed", size["nm_2_4_bytes"],
-                     "2 values of every 4 plus a 2-bit position each (NVIDIA's sparse format)."))
-else:
-    forms.insert(1, ("2:4 compressed", None, "Needs a 2:4 mask: choose the 2:4 structure to use this form."))
-size_cols = st.columns(len(forms))
-for column, (label, nbytes, note) in zip(size_cols, forms):
+# Sizes and speed are worded by the claims module, exactly as the Summary page and the report word them.
+gains = services.setting_claims(size, config["structure"])
+st.subheader("Size as 16-bit weights (whole model)")
+st.caption("16-bit values, as models are shipped: the dense size here is the parameter count x 2 bytes. The "
+           "model file on Setup can be smaller because it is quantised (e.g. GGUF Q4_1).")
+size_cols = st.columns(len(gains["forms"]))
+dense_b = gains["forms"][0]["bytes"]  # the dense form comes first
+for column, form in zip(size_cols, gains["forms"]):
     with column.container(border=True):
-        if nbytes is None:
-            st.metric(label, "not applicable")
+        if form["bytes"] is None:
+            st.metric(form["label"], "not applicable")
         else:
-            saving = (1 - nbytes / dense_b) * 100 if dense_b else 0.0
-            st.metric(label, services.format_bytes(nbytes),
+            saving = (1 - form["bytes"] / dense_b) * 100 if dense_b else 0.0
+            st.metric(form["label"], services.format_bytes(form["bytes"]),
                       f"{-saving:.1f} % vs dense" if abs(saving) >= 0.05 else None, delta_color="inverse")
-        st.caption(note)
-st.caption(f"Whole model, {size['prunable_weights']:,} prunable weights of which {size['kept_weights']:,} kept; "
+        st.caption(form["note"])
+if gains["size"]:
+    st.markdown(gains["size"])
+st.caption(f"{size['prunable_weights']:,} prunable weights of which {size['kept_weights']:,} kept; "
            f"{size['other_parameters']:,} other parameters (embeddings, norms) stay dense.")
-st.info(result["speed_note"], icon=":material/speed:")
+st.info(gains["speed"], icon=":material/speed:")
 
 
 
@@ -117,10 +116,10 @@ def side_by_side(texts: dict) -> None:
 
 st.subheader("Same prompt, dense vs pruned (greedy decoding)")
 side_by_side(result["generations"])
-artifact = result.get("mask_artifact")
-if artifact and config["method"] == "sparsegpt":
+artifact, weights_artifact = result.get("mask_artifact"), result.get("weights_artifact")
+if artifact and config["method"] == "sparsegpt" and not weights_artifact:
     st.caption("To try another prompt, change it above and press **Try it**: SparseGPT also updates the kept "
-               "weights, which the stored mask does not hold.")
+               "weights, which this stored result does not hold.")
 elif artifact:
     # Another prompt reuses the stored mask: a few seconds of generation instead of a whole what-if job.
     with st.form("whatif_again_form", border=False):
@@ -128,7 +127,8 @@ elif artifact:
         go = st.form_submit_button("Generate", icon=":material/refresh:")
     if go and again.strip():
         with st.spinner("Generating with the dense and the pruned model…"):
-            texts = widgets.guarded(services.compare_generations, settings["model"], again.strip(), artifact)
+            texts = widgets.guarded(services.compare_generations, settings["model"], again.strip(), artifact,
+                                    weights_artifact=weights_artifact)
         if texts:
             st.session_state["whatif_again"] = {**texts, "artifact": artifact}
     shown = st.session_state.get("whatif_again")

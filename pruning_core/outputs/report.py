@@ -9,8 +9,9 @@ Safety: everything user-provided (model names, prompts, generations, file names,
 with `html.escape`; JSON placed inside ``<script>`` has every ``</`` written as ``<\\/`` so no string can
 close the script element. PDF: printed by headless Chromium (`print_pdf`).
 
-Helpers used by the CLI and the dashboard to fill `data`: `size_summary`, `speed_note`, `per_layer_table`,
-`sample_generations`, `summary_sentences`.
+Helpers used by the CLI and the dashboard to fill `data`: `per_layer_table`, `summary_sentences`. Sizes,
+the speed sentence and the sample generations come from `pruning_core.claims`, the one home of every claim
+about gains, so the report words a setting exactly as the What-if and Summary pages do.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pruning_core import claims
 from pruning_core.errors import ConfigError, PruneScopeError
 
 REPORT_FORMAT_VERSION = 1
@@ -35,53 +37,6 @@ CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-
 
 
 # ----------------------------------------------------------------------------------------- data helpers
-
-def size_summary(describe: Mapping[str, Any], kept_weights: int, pruned_weights_total: int,
-                 structure: str, bytes_per_value: int = 2) -> dict:
-    """Honest model sizes (bytes) for fp16 storage, dense vs a sparse storage form of the pruned linears.
-
-    describe: `LoadedModel.describe()` (parameters, prunable_parameters). kept_weights: non-zero weights of
-    the pruned linears; pruned_weights_total: all weights of the pruned linears.
-    Sparse form: for N:M, the kept values plus 2 bits of index metadata per kept value (NVIDIA's 2:4
-    semi-structured layout); for unstructured, the kept values plus a 1-bit-per-weight bitmap.
-    Note: ``save_pretrained`` stores zeros densely, so the saved folder is *not* smaller.
-    """
-    total = int(describe["parameters"])
-    dense_bytes = total * bytes_per_value
-    other = total - pruned_weights_total  # embeddings, norms, lm_head, unpruned linears
-    if structure != "unstructured":
-        sparse_linear_bits = kept_weights * (8 * bytes_per_value + 2)
-        form = "N:M semi-structured: kept values + 2-bit indices"
-    else:
-        sparse_linear_bits = kept_weights * 8 * bytes_per_value + pruned_weights_total
-        form = "bitmap: kept values + 1 bit per weight"
-    sparse_bytes = other * bytes_per_value + math.ceil(sparse_linear_bits / 8)
-    return {
-        "dtype": f"{8 * bytes_per_value}-bit values",
-        "parameters": total,
-        "pruned_linear_weights": pruned_weights_total,
-        "kept_weights": kept_weights,
-        "dense_bytes": dense_bytes,
-        "sparse_bytes": sparse_bytes,
-        "sparse_form": form,
-        "ratio": dense_bytes / sparse_bytes if sparse_bytes else float("nan"),
-        "note": "Sizes of a sparse storage form; the save_pretrained folder stores the zeros densely and "
-                "is as large as the dense model.",
-    }
-
-
-def speed_note(structure: str) -> str:
-    """One honest sentence about inference speed for a structure (nothing here was timed)."""
-    if structure == "unstructured":
-        return ("No speed-up to expect: unstructured zeros are still multiplied by dense kernels on CPUs and "
-                "GPUs; only the storage can shrink.")
-    if structure == "2:4":
-        return ("2:4 sparsity can speed up matrix multiplications on NVIDIA Ampere or newer GPUs with sparse "
-                "tensor-core kernels (e.g. cuSPARSELt in vLLM), typically well under 2x end to end; not measured "
-                "here, and dense CPU kernels gain nothing.")
-    return (f"{structure} sparsity has no common fast kernels; expect no speed-up without specialised "
-            "kernels (not measured here).")
-
 
 def per_layer_table(adapter, per_module_sparsity: Mapping[str, float], n_layers: int) -> dict:
     """Layers x module kinds table of measured sparsity (fraction; None where a module was not pruned)."""
@@ -91,33 +46,6 @@ def per_layer_table(adapter, per_module_sparsity: Mapping[str, float], n_layers:
         values = [per_module_sparsity.get(adapter.qualified_name(layer, kind)) for kind in kinds]
         rows.append({"layer": layer, "values": values})
     return {"modules": kinds, "rows": rows, "unit": "fraction of zero weights"}
-
-
-def sample_generations(loaded, prompts: Sequence[str], prune_result=None, max_new_tokens: int = 40,
-                       masks=None, weights=None) -> list[dict]:
-    """Greedy continuations of each prompt by the dense and the pruned model: [{prompt, dense, pruned}]."""
-    import torch
-
-    from pruning_core.masks import applied_masks
-
-    masks = masks if masks is not None else (prune_result.masks if prune_result is not None else None)
-    weights = weights if weights is not None else (prune_result.weights if prune_result is not None else None)
-
-    def generate(prompt: str) -> str:
-        tokenizer = loaded.tokenizer
-        ids = tokenizer(prompt, return_tensors="pt")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        with torch.inference_mode():
-            out = loaded.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                        pad_token_id=pad)
-        return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-
-    rows = [{"prompt": p, "dense": generate(p)} for p in prompts]
-    if masks is not None:
-        with applied_masks(loaded.model, masks, weights):
-            for row in rows:
-                row["pruned"] = generate(row["prompt"])
-    return rows
 
 
 def _pct(fraction: float | None, digits: int = 1) -> str:
@@ -132,10 +60,6 @@ def _num(value: Any, digits: int = 3) -> str:
             return "–"
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def _mb(n_bytes: float | None) -> str:
-    return "–" if n_bytes is None else f"{n_bytes / 1e6:.1f} MB"
 
 
 def summary_sentences(data: Mapping[str, Any]) -> list[str]:
@@ -154,11 +78,11 @@ def summary_sentences(data: Mapping[str, Any]) -> list[str]:
             word = "worse" if change > 0 else "better"
             sentences.append(f"Perplexity on {corpus} went from {before:.2f} to {after:.2f} "
                              f"({abs(change):.1f} % {word}; lower is better).")
-    sizes = data.get("sizes")
-    if sizes:
-        sentences.append(f"Stored in a sparse form ({sizes['sparse_form']}), the model would take "
-                         f"{_mb(sizes['sparse_bytes'])} instead of {_mb(sizes['dense_bytes'])} "
-                         f"({sizes['ratio']:.2f}x smaller, {sizes['dtype']}).")
+    if s.get("propagation_note"):  # which statistics made the mask: a Curves point may use the other mode
+        sentences.append(f"The mask ({s.get('mask_source', 'pruned for this export')}) was made with "
+                         f"{s.get('propagation')} propagation: {s['propagation_note']}.")
+    if data.get("sizes"):
+        sentences.append(claims.size_sentence(data["sizes"]))
     if data.get("speed_note"):
         sentences.append(data["speed_note"])
     return sentences
@@ -276,6 +200,11 @@ def _setting_rows(data) -> list[list[str]]:
     return [r for r in rows if r[1] not in (None, "")]
 
 
+def _size_rows(sizes: Mapping[str, Any]) -> list[list[str]]:
+    return [[f["label"], "not applicable" if f["bytes"] is None else claims.format_bytes(f["bytes"]), f["note"]]
+            for f in claims.size_forms(sizes)]
+
+
 def _kv_rows(mapping: Mapping[str, Any]) -> list[list[str]]:
     return [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in mapping.items()]
 
@@ -297,12 +226,9 @@ def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
                    "lower is better).</p>"),
                   _html_table(["corpus", "dense", "pruned", "change"], _ppl_rows(data))]
     if data.get("sizes"):
-        z = data["sizes"]
         parts += ["<h2>Size and speed</h2>",
-                  _html_table(["", "value"], [["dense", _mb(z["dense_bytes"])],
-                                              [f"sparse ({z['sparse_form']})", _mb(z["sparse_bytes"])],
-                                              ["ratio", f"{z['ratio']:.2f}x"]]),
-                  f'<p class="muted">{_e(z.get("note", ""))}</p>']
+                  f'<p class="muted">As {data["sizes"]["value_bits"]}-bit weights, whole model.</p>',
+                  _html_table(["storage form", "size", "how"], _size_rows(data["sizes"]), left=3)]
     if data.get("speed_note"):
         parts.append(f"<p>{_e(data['speed_note'])}</p>")
     parts.append("<h2>Charts</h2>")
@@ -373,10 +299,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         out += ["", "## Quality (token-level perplexity, lower is better)", "",
                 _md_table(["corpus", "dense", "pruned", "change"], _ppl_rows(data))]
     if data.get("sizes"):
-        z = data["sizes"]
-        out += ["", "## Size and speed", "",
-                (f"Dense {_mb(z['dense_bytes'])}; sparse ({_md_escape(z['sparse_form'])}) {_mb(z['sparse_bytes'])}; "
-                 f"{z['ratio']:.2f}x smaller. {_md_escape(z.get('note', ''))}")]
+        out += ["", f"## Size and speed (as {data['sizes']['value_bits']}-bit weights, whole model)", "",
+                _md_table(["storage form", "size", "how"], _size_rows(data["sizes"]))]
     if data.get("speed_note"):
         out += ["", _md_escape(data["speed_note"])]
     if data.get("results"):
@@ -454,7 +378,7 @@ def build_report(data: Mapping[str, Any], out_dir, formats: Sequence[str] = ("ht
     data (every key optional except ``setting``):
       setting: {model, source, fingerprint, method, structure, sparsity (target), measured_sparsity, propagation}
       ppl: {"dense": {corpus: ppl}, "pruned": {corpus: ppl}} (token-level perplexity)
-      sizes: `size_summary(...)`; speed_note: str (`speed_note`)
+      sizes: `claims.sizes_from_masks(...)`; speed_note: str (`claims.speed_sentence`)
       results: a results.json dict (curves); sensitivity: a sensitivity map dict (heatmap); sensitivity_note
       per_layer: `per_layer_table(...)`; generations: [{prompt, dense, pruned}]
       lm_eval: {"note", "rows": [{task, metric, unit, dense, pruned, limit}]}

@@ -7,14 +7,9 @@ import re
 
 import pytest
 
+from pruning_core import claims
 from pruning_core.errors import ConfigError
-from pruning_core.outputs.report import (
-    build_report,
-    script_json,
-    size_summary,
-    speed_note,
-    summary_sentences,
-)
+from pruning_core.outputs.report import build_report, script_json, summary_sentences
 
 EVIL = "<script>alert(1)</script>"
 
@@ -32,13 +27,12 @@ def sample_data(model_name: str = "tiny-llama", prompt: str = "Once upon a time"
     }
     sens = {"layers": [0, 1], "modules": ["q", "k"], "values": [[0.1, 0.2], [0.3, None]],
             "metric": "reconstruction", "method": "wanda", "sparsity": 0.5}
-    describe = {"parameters": 1000, "prunable_parameters": 800}
     return {
         "setting": {"model": model_name, "method": "wanda", "structure": "unstructured", "sparsity": 0.5,
                     "measured_sparsity": 0.5},
         "ppl": {"dense": {"wiki": 20.0}, "pruned": {"wiki": 23.0}},
-        "sizes": size_summary(describe, 400, 800, "unstructured"),
-        "speed_note": speed_note("unstructured"),
+        "sizes": claims.sizes_from_counts(1000, 800, 400, "unstructured"),
+        "speed_note": claims.speed_sentence("unstructured"),
         "results": results,
         "sensitivity": sens,
         "per_layer": {"modules": ["q", "k"], "rows": [{"layer": 0, "values": [0.5, 0.5]}], "unit": "fraction"},
@@ -83,16 +77,16 @@ def test_script_json_cannot_close_the_script():
     assert json.loads(text)["a"] == "</script><script>alert(1)</script>"
 
 
-def test_summary_and_sizes_are_honest():
-    sizes = size_summary({"parameters": 1000}, kept_weights=400, pruned_weights_total=800, structure="2:4")
-    assert sizes["dense_bytes"] == 2000
-    assert sizes["sparse_bytes"] == 200 * 2 + (400 * 18 + 7) // 8
-    assert 1.0 < sizes["ratio"] < 2.0
-    assert "No speed-up" in speed_note("unstructured")
-    assert "not measured" in speed_note("2:4")
-    sentences = summary_sentences({"setting": {"model": "m", "method": "wanda", "structure": "2:4",
-                                               "measured_sparsity": 0.5}, "sizes": sizes})
-    assert "smaller" in sentences[-1]
+def test_summary_and_sizes_come_from_the_claims_module(tmp_path):
+    sizes = claims.sizes_from_counts(1000, 800, 400, "2:4")
+    data = {"setting": {"model": "m", "method": "wanda", "structure": "2:4", "measured_sparsity": 0.5},
+            "sizes": sizes, "speed_note": claims.speed_sentence("2:4")}
+    sentences = summary_sentences(data)
+    assert sentences[-2:] == [claims.size_sentence(sizes), claims.speed_sentence("2:4")]
+    paths = build_report(data, tmp_path, formats=("md",))
+    md = paths["md"].read_text()
+    # The size table lists the claims module's storage forms with their sizes (2:4: 200*16 + 400*18 bits).
+    assert "| 2:4 compressed | 1.3 KB |" in md and "| Dense (zeros stored) | 2.0 KB |" in md
 
 
 def test_report_without_optional_parts(tmp_path):
