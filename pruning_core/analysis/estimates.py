@@ -10,15 +10,23 @@ parameter per token). Counted:
   outputs);
 - SparseGPT per matrix: ~2 x out x in^2 FLOPs of OBS updates plus the in^3 of the Cholesky factors, and a
   Python loop step per column;
-- evaluation: eval windows x seqlen tokens per corpus, a full forward each;
+- evaluation: the windows perplexity will really use per corpus x seqlen tokens, a full forward each: at most
+  `eval_windows`, and no more than the split holds (`evaluation_windows_used`: the paper protocol asks for
+  10,000 windows of 2048 tokens, the embedded wiki split has a few dozen);
 - exact sensitivity: per cell in layer l a probe through layers l..L-1 and the head, plus the dense probe;
-  the Taylor proxy one forward + backward (~3 forwards) over its windows.
+  the Taylor proxy one forward + backward (~3 forwards) over its windows; the probe windows, like evaluation
+  windows, are capped by what the calibration corpus's evaluation split holds.
+
+`estimate_job` is the one estimate of a job (sweep, sensitivity map, what-if) that every page and command
+shows: it measures this machine's throughput (cached) and counts the windows that will really be used, so
+the same job is never given two different durations.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 #: Fallback when nothing was measured: sustained FLOP/s of a small CPU (2 cores, fp32, PyTorch).
 DEFAULT_FLOPS = 40e9
@@ -88,11 +96,21 @@ def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
                + 3 * seqlen * facts["vocab"] * 4)
 
 
-def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None = None) -> dict:
+def _windows_line(windows: dict[str, int], asked: int, what: str) -> str:
+    """ "evaluation windows used: wiki 9 (of 10,000 asked: the split holds no more)" for `assumptions`."""
+    parts = [f"{corpus} {count:,}" for corpus, count in windows.items()]
+    capped = any(count < asked for count in windows.values())
+    return f"{what} used: {', '.join(parts)}" + (f" (of {asked:,} asked: the split holds no more)" if capped else "")
+
+
+def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None = None,
+                   eval_windows_used: dict[str, int] | None = None) -> dict:
     """Estimated seconds and peak memory (bytes) of `spec` (a `sweep.SweepSpec`) for the described model.
 
     model_info: `LoadedModel.describe()`. throughput_tokens_per_s: a measured full-forward throughput
     (`measure_throughput`); without one a conservative CPU rate is assumed (said in `assumptions`).
+    eval_windows_used: {corpus: windows} from `evaluation_windows_used`; each corpus counts
+    min(eval_windows, that number) windows. Without it `eval_windows` is assumed to fit in every split.
     """
     from pruning_core.methods import get_method
 
@@ -100,7 +118,9 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     rates = _rates(facts, throughput_tokens_per_s)
     protocol = spec.protocol
     calib_tokens = protocol.nsamples * protocol.seqlen
-    eval_tokens = protocol.eval_windows * protocol.seqlen * len(spec.eval_corpora)
+    windows = {corpus: min(int(protocol.eval_windows), int((eval_windows_used or {}).get(corpus, protocol.eval_windows)))
+               for corpus in spec.eval_corpora}
+    eval_tokens = sum(windows.values()) * protocol.seqlen
     settings = spec.settings()
     layer_pass = calib_tokens * facts["layers"] * rates["layer_s_per_token"]
     breakdown = {"dense_eval": eval_tokens * rates["full_s_per_token"], "statistics": 0.0, "pruning": 0.0,
@@ -130,19 +150,26 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     peak = _memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks
     return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
             "breakdown": {k: float(v) for k, v in breakdown.items()},
-            "assumptions": _assumptions(rates, f"{len(settings)} points, {spec.propagation} propagation")}
+            "assumptions": _assumptions(rates, f"{len(settings)} points, {spec.propagation} propagation; "
+                                               + _windows_line(windows, protocol.eval_windows,
+                                                               "evaluation windows"))}
 
 
 def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Sequence[float],
                          metrics: Sequence[str], probe_windows: int,
-                         throughput: float | None = None) -> dict:
-    """Estimated seconds and peak memory (bytes) of `sensitivity.compute_sensitivity` with these settings."""
+                         throughput: float | None = None, probe_windows_available: int | None = None) -> dict:
+    """Estimated seconds and peak memory (bytes) of `sensitivity.compute_sensitivity` with these settings.
+
+    probe_windows_available: whole seqlen windows in the calibration corpus's evaluation split (the probe's
+    text, `evaluation_windows_used`); the probe uses min(probe_windows, that number).
+    """
     from pruning_core.methods import get_method
     from pruning_core.analysis.sensitivity import TAYLOR_WINDOWS
 
     facts = _shape_facts(model_info)
     rates = _rates(facts, throughput)
     L, M = facts["layers"], max(len(facts["kinds"]), 1)
+    probe_windows = min(int(probe_windows), int(probe_windows_available or probe_windows))
     probe_tokens = probe_windows * protocol.seqlen
     calib_tokens = protocol.nsamples * protocol.seqlen
     metrics = list(metrics)
@@ -176,7 +203,8 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
             "breakdown": {k: float(v) for k, v in breakdown.items()},
             "assumptions": _assumptions(rates, f"{n_s} sparsities x {len(metrics)} metrics, "
-                                               f"{L * M} cells + {L} whole-layer probes per exact map")}
+                                               f"{L * M} cells + {L} whole-layer probes per exact map, "
+                                               f"{probe_windows} probe windows")}
 
 
 def _assumptions(rates: dict, what: str) -> str:
@@ -224,3 +252,65 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None) 
     if store is not None:
         store.put_result(key, "throughput", {"tokens_per_s": rate, "seconds": seconds, "tokens": tokens})
     return rate
+
+
+def split_tokens(loaded, corpus: str, split: str = "evaluation", column: str | None = None, store=None) -> int:
+    """Tokens of one corpus split under `loaded`'s tokenizer (cached in `store` per model and split text)."""
+    from pruning_core import data
+
+    text = data.load_corpus_text(corpus, split, column)
+    key = None
+    if store is not None:
+        from pruning_core.execution.store import content_hash
+
+        key = content_hash({"kind": "split_tokens", "model": loaded.fingerprint, "corpus": str(corpus),
+                            "split": split, "chars": len(text), "sha256": data.corpus_identity(corpus, split,
+                                                                                               column)["sha256"]})
+        cached = store.get_result(key)
+        if cached is not None:
+            return int(cached["tokens"])
+    tokens = int(data.tokenize_text(loaded.tokenizer, text).numel())
+    if store is not None:
+        store.put_result(key, "split_tokens", {"tokens": tokens})
+    return tokens
+
+
+def evaluation_windows_used(loaded, corpora: Sequence[str], protocol, store=None,
+                            column: str | None = None) -> dict[str, int]:
+    """{corpus: windows} that perplexity will really evaluate: min(eval_windows, whole seqlen windows of the
+    corpus's evaluation split), as `data.evaluation_windows` takes them."""
+    return {corpus: min(int(protocol.eval_windows),
+                        split_tokens(loaded, corpus, "evaluation", column, store) // int(protocol.seqlen))
+            for corpus in corpora}
+
+
+def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
+    """The estimate of a job as the dashboard and the CLI show it: {"seconds", "peak_memory_bytes",
+    "breakdown", "assumptions"}, or None for a kind without an estimate.
+
+    kind/spec: a job of `pruning_core.execution.jobs` ("sweep": `SweepSpec.to_dict()`; "sensitivity":
+    {"protocol", "method", "sparsities", "metrics", "probe_windows"}; "whatif": {"protocol", "method",
+    "structure", "sparsity", "eval_corpora"}). Uses this machine's measured throughput (`measure_throughput`,
+    cached in `store`) and the windows each split really holds, so one job gets one duration everywhere.
+    """
+    from pruning_core.analysis.sweep import SweepSpec
+    from pruning_core.protocol import Protocol
+
+    if kind not in ("sweep", "sensitivity", "whatif"):
+        return None
+    protocol = Protocol(**spec["protocol"])
+    info = loaded.describe()
+    rate = measure_throughput(loaded, protocol.seqlen, protocol.dtype, store)
+    if kind == "sensitivity":
+        available = evaluation_windows_used(loaded, [protocol.calib], replace(protocol, eval_windows=10**9),
+                                            store, protocol.calib_column)[protocol.calib]
+        return estimate_sensitivity(info, protocol, spec["method"], spec["sparsities"], spec["metrics"],
+                                    int(spec.get("probe_windows", 8)), rate, probe_windows_available=available)
+    if kind == "sweep":
+        sweep = SweepSpec.from_dict(spec)
+    else:
+        sweep = SweepSpec(model=spec.get("model", "embedded"), methods=(spec["method"],),
+                          structures=(spec["structure"],), sparsities=(float(spec["sparsity"]),),
+                          eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol)
+    windows = evaluation_windows_used(loaded, sweep.eval_corpora, protocol, store)
+    return estimate_sweep(info, sweep, rate, eval_windows_used=windows)

@@ -62,3 +62,38 @@ def test_throughput_is_measured_and_cached(tiny, tmp_path):
     assert rate > 0
     assert measure_throughput(tiny, 64, "float32", store) == rate  # from the store (a new timing would differ)
     assert measure_throughput(tiny, 64, "float32", Store(tmp_path / "other.sqlite")) > 0
+
+
+def test_paper_protocol_counts_the_windows_the_split_really_holds(tiny, tmp_path):
+    # The paper protocol asks for 10,000 evaluation windows of 2048 tokens; the wiki evaluation split holds
+    # far fewer. The estimate must count those, as perplexity will evaluate them, not 10,000.
+    from pruning_core.analysis.estimates import estimate_job, evaluation_windows_used
+    from pruning_core.protocol import PAPER_PROTOCOL, evaluation_ids
+
+    store = Store(tmp_path / "s.sqlite")
+    windows = evaluation_windows_used(tiny, ["wiki"], PAPER_PROTOCOL, store)
+    real = int(evaluation_ids(tiny, "wiki", PAPER_PROTOCOL).shape[0])
+    assert windows == {"wiki": real} and 0 < real < PAPER_PROTOCOL.eval_windows
+    assert evaluation_windows_used(tiny, ["wiki"], PAPER_PROTOCOL, store) == windows  # cached in the store
+
+    spec = SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=(0.5,), eval_corpora=("wiki",),
+                     protocol=PAPER_PROTOCOL)
+    info = tiny.describe()
+    counted = estimate_sweep(info, spec, 5000.0, eval_windows_used=windows)
+    naive = estimate_sweep(info, spec, 5000.0)  # every one of the 10,000 windows assumed to exist
+    tokens = real * PAPER_PROTOCOL.seqlen
+    per_token = counted["breakdown"]["dense_eval"] / tokens
+    assert naive["breakdown"]["dense_eval"] == pytest.approx(per_token * 10_000 * PAPER_PROTOCOL.seqlen)
+    assert counted["seconds"] < naive["seconds"] / 10
+    assert f"wiki {real}" in counted["assumptions"] and "holds no more" in counted["assumptions"]
+
+    # The one function the pages call: the same count, with this machine's measured throughput.
+    job = estimate_job("sweep", spec.to_dict(), tiny, store)
+    _check(job)
+    assert "measured throughput" in job["assumptions"] and f"wiki {real}" in job["assumptions"]
+    assert estimate_job("sweep", spec.to_dict(), tiny, store) == job  # same job, same figure
+    sens = estimate_job("sensitivity", {"protocol": PAPER_PROTOCOL.to_dict(), "method": "wanda",
+                                        "sparsities": [0.5], "metrics": ["exact"], "probe_windows": 10_000},
+                        tiny, store)
+    assert f"{real} probe windows" in sens["assumptions"]
+    assert estimate_job("export", {}, tiny, store) is None
