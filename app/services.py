@@ -238,27 +238,29 @@ def estimates_available() -> bool:
     return _estimates is not None
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def _estimate(kind: str, spec_json: str, identity_json: str, home: str) -> Optional[dict]:  # noqa: ARG001
+    # identity_json (the model file's identity) and home (the store) are part of the cache key only.
+    import json
+
+    spec = json.loads(spec_json)
+    return _estimates.estimate_job(kind, spec, get_model(spec["model"]), Store())
+
+
 def estimate(kind: str, settings: dict, spec: dict) -> Optional[dict]:
     """The engine's {"seconds", "peak_memory_bytes", "breakdown", "assumptions"} for a job, or None when the
-    estimator is not available in this checkout."""
+    estimator is not available in this checkout.
+
+    One function (`pruning_core.analysis.estimates.estimate_job`) for every page that shows an estimate, with
+    this machine's measured throughput and the windows the corpora really hold, so the Setup page and the
+    task pages give the same job the same duration."""
+    import json
+
     if _estimates is None:
         return None
-    info = model_facts(settings["model"])
-    if kind == "sweep":
-        from pruning_core.analysis.sweep import SweepSpec
-
-        return _estimates.estimate_sweep(info, SweepSpec.from_dict(spec))
-    if kind == "sensitivity":
-        return _estimates.estimate_sensitivity(info, Protocol(**spec["protocol"]), spec["method"],
-                                               spec["sparsities"], spec["metrics"], spec["probe_windows"])
-    if kind == "whatif":
-        from pruning_core.analysis.sweep import SweepSpec
-
-        sweep = SweepSpec(model=spec["model"], methods=(spec["method"],), structures=(spec["structure"],),
-                          sparsities=(spec["sparsity"],), eval_corpora=tuple(spec["eval_corpora"]),
-                          protocol=Protocol(**spec["protocol"]))
-        return _estimates.estimate_sweep(info, sweep)
-    return None
+    spec = {**spec, "model": spec.get("model") or settings["model"]}
+    return _estimate(kind, json.dumps(spec, sort_keys=True, default=str),
+                     json.dumps(model_identity(spec["model"]), sort_keys=True, default=str), str(home_dir()))
 
 
 # -------------------------------------------------------------------------------------------------- jobs

@@ -86,7 +86,8 @@ def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
         return
     if est:
         st.caption(f":material/schedule: Estimated time **{services.format_seconds(est.get('seconds'))}**, "
-                   f"peak memory **{services.format_bytes(est.get('peak_memory_bytes'))}** on this machine.")
+                   f"peak memory **{services.format_bytes(est.get('peak_memory_bytes'))}** on this machine.",
+                   help=est.get("assumptions"))  # what was counted: windows really used, measured speed
 
 
 def attach_job(kind: str, spec: Optional[dict]) -> Optional[str]:

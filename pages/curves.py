@@ -105,5 +105,5 @@ if merged and merged.get("points"):
     st.subheader("Perplexity vs sparsity")
     draw(merged, "curves")
 elif status is None or not services.is_active(status):
-    st.info("No curve yet: choose methods and sparsities above and press **Run sweep**. With the quick "
-            "protocol a first point takes about a minute on a laptop CPU.", icon=":material/info:")
+    st.info("No curve yet: choose methods and sparsities above and press **Run sweep**. The estimate above "
+            "says how long it takes on this machine.", icon=":material/info:")

@@ -69,7 +69,7 @@ maps = (result or {}).get("maps") or []
 if not maps:
     if status is None or not services.is_active(status):
         st.info("No map yet: choose a method, sparsity and metric above and press **Compute map**. The "
-                "reconstruction metric is the fastest (about a minute with the quick protocol).",
+                "reconstruction metric is the fastest; the estimate above is for this machine.",
                 icon=":material/info:")
     st.stop()
 
@@ -93,8 +93,9 @@ with right:
     st.dataframe(charts.top_cells_table(services.top_cells(chosen, 8)), hide_index=True, width="stretch",
                  key="sens_top")
     if chosen.get("baseline_loss") is not None:
-        st.caption(f"Dense calibration loss {float(chosen['baseline_loss']):.3f} nats/token · map computed in "
-                   f"{services.format_seconds(chosen.get('seconds'))}.",
+        # No duration here: the job panel above gives the run's one duration (a map-only time beside it was
+        # read as a second, contradicting figure for the same map).
+        st.caption(f"Dense calibration loss {float(chosen['baseline_loss']):.3f} nats/token.",
                    help="nats/token: the mean negative log-likelihood per predicted token, in natural-log "
                         "units (perplexity = e^loss). A cell of 0.01 nats/token raises perplexity by about 1 %.")
     if metric == "exact" and (chosen.get("protocol") or {}).get("probe_dtype") == "bfloat16":
