@@ -137,18 +137,46 @@ def corpus_identity(name: str | os.PathLike, split: str, column: str | None = No
     }
 
 
-def preview(name: str | os.PathLike, split: str, column: str | None = None, chars: int = 600) -> dict[str, Any]:
-    """A short look at a corpus split for the dashboard: {"text", "chars", "documents"}.
+#: Wiki markup that gensim's filter_wiki keeps (bold/italic quote runs, "==Heading==" lines) and wikitext's
+#: escapes (" @-@ ", "= = Heading = ="): removed from previews only. The split itself keeps them, byte for
+#: byte, so that it stays the split of the reference runs.
+_WIKI_QUOTES = re.compile(r"'{2,}")
+_WIKI_HEADING = re.compile(r"^[ \t]*(=+)[ \t]*(.*?)[ \t]*\1[ \t]*$", re.MULTILINE)
+_WIKITEXT_HEADING = re.compile(r"^[ \t]*(?:=[ \t])+(.*?)(?:[ \t]=)+[ \t]*$", re.MULTILINE)
+_WIKITEXT_ESCAPES = {" @-@ ": "-", " @,@ ": ",", " @.@ ": "."}
+_BLANK_RUNS = re.compile(r"\n{3,}")
+_MARKUP_CORPORA = ("wiki", "wikitext2")
 
-    text: the first ``chars`` characters of the split; chars: the split's total length in characters;
-    documents: the number of non-empty documents (articles, lines, topics, paragraphs, rows) in the split.
+
+def _readable(text: str) -> str:
+    """`text` without wiki markup, for a person to read (headings as plain lines, no quote runs)."""
+    for escape, plain in _WIKITEXT_ESCAPES.items():
+        text = text.replace(escape, plain)
+    text = _WIKITEXT_HEADING.sub(r"\1", text)
+    text = _WIKI_HEADING.sub(r"\2", text)
+    text = _WIKI_QUOTES.sub("", text)
+    return _BLANK_RUNS.sub("\n\n", text)
+
+
+def preview(name: str | os.PathLike, split: str, column: str | None = None, chars: int = 600) -> dict[str, Any]:
+    """A short look at a corpus split for the dashboard: {"text", "chars", "documents", "markup_removed"}.
+
+    text: the first ``chars`` characters of the split, as a person reads it: for the wiki corpora without
+    wiki markup (markup_removed True; the model still reads the split as stored); chars: the split's total
+    length in characters; documents: the number of non-empty documents (articles, lines, topics,
+    paragraphs, rows) in the split.
     """
     loaded = _load_split(name, split, column)
     text = loaded.text
+    limit = max(int(chars), 0)
+    cleaned = os.fspath(name) in _MARKUP_CORPORA
+    # Clean a little more than is shown: markup removal shortens the text.
+    shown = _readable(text[: 2 * limit])[:limit] if cleaned else text[:limit]
     return {
-        "text": text[: max(int(chars), 0)],
+        "text": shown,
         "chars": len(text),
         "documents": sum(1 for document in loaded.documents if document.strip()),
+        "markup_removed": cleaned,
     }
 
 

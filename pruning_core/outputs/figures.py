@@ -104,6 +104,7 @@ _FALLBACK_SYMBOLS = ["triangle-down", "pentagon", "hexagon", "cross", "x", "star
 #: Colour-bar / axis title per sensitivity metric: what the number is, with its unit.
 METRIC_UNITS: dict[str, str] = {
     "exact": "Δ loss (nats/token)",
+    "fisher": "estimated Δ loss (nats/token)",
     "reconstruction": "relative output error",
     "taylor": "|W·∂L/∂W| sum",
 }
