@@ -22,7 +22,8 @@ from app.charts import metric_unit  # noqa: E402
 SPARSITY_CHOICES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 #: Short names for the metric dropdowns (the unit goes to the help text and the chart axes: a long label
 #: such as "reconstruction · relative output error" was cut off in the narrow column).
-METRIC_LABELS = {"exact": "exact (Δ loss)", "reconstruction": "reconstruction error", "taylor": "Taylor score"}
+METRIC_LABELS = {"exact": "exact (Δ loss)", "fisher": "Fisher estimate", "reconstruction": "reconstruction error",
+                 "taylor": "Taylor score"}
 METRIC_HELP = ("exact: loss increase when the module alone is pruned (one evaluation per module, slowest); "
                "reconstruction: relative error of the module's output (cheap); taylor: first-order |W·∂L/∂W| "
                "(one backward pass).")
