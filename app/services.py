@@ -426,14 +426,10 @@ def setting_claims(sizes: Optional[dict], structure: str) -> dict:
     """{"size": sentence or None, "speed": sentence, "forms": [{"label", "bytes", "note"}]}: what the pages say
     about a setting's gains, worded by `pruning_core.claims` exactly as the report words it.
 
-    sizes: any stored sizes dict with the counts "prunable_weights", "kept_weights", "other_parameters"
-    (results stored before the claims module are recomputed from those counts, so they read the same).
+    sizes: any stored sizes dict with its counts (`claims.sizes_from_record`: results stored before the claims
+    module are recomputed from their counts, so they read the same).
     """
-    fresh = None
-    if sizes and all(k in sizes for k in ("prunable_weights", "kept_weights", "other_parameters")):
-        fresh = claims.sizes_from_counts(int(sizes["prunable_weights"]) + int(sizes["other_parameters"]),
-                                         sizes["prunable_weights"], sizes["kept_weights"], structure,
-                                         sizes.get("structured_parameters"))
+    fresh = claims.sizes_from_record(sizes, structure)
     out = claims.setting_claims(fresh, structure)
     out["forms"] = claims.size_forms(fresh) if fresh else []
     return out

@@ -114,6 +114,29 @@ def sizes_for_point(model_facts: Mapping[str, Any], point: Mapping[str, Any]) ->
     return sizes_from_counts(model_facts["parameters"], prunable, kept, str(point.get("structure", "unstructured")))
 
 
+def sizes_from_record(record: Optional[Mapping[str, Any]], structure: str) -> Optional[dict]:
+    """`sizes_from_counts` again from the counts in a stored sizes dict, or None when it holds none.
+
+    Results and reports stored earlier keep their counts under older names (the what-if's "size":
+    prunable_weights/kept_weights/other_parameters; the report's "sizes": parameters/pruned_linear_weights/
+    kept_weights); recomputing from the counts makes every stored result read in today's words.
+    """
+    if not record:
+        return None
+    kept = record.get("kept_weights")
+    if kept is None:
+        return None
+    if "prunable_weights" in record and "other_parameters" in record:
+        prunable = int(record["prunable_weights"])
+        parameters = prunable + int(record["other_parameters"])
+    elif "parameters" in record and "pruned_linear_weights" in record:
+        parameters, prunable = int(record["parameters"]), int(record["pruned_linear_weights"])
+    else:
+        return None
+    return sizes_from_counts(parameters, prunable, int(kept), str(record.get("structure") or structure),
+                             record.get("structured_parameters"))
+
+
 def format_bytes(n: Optional[float]) -> str:
     """'269.0 MB' (powers of 1000), '512 B', or 'unknown'."""
     if n is None:

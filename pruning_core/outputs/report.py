@@ -81,8 +81,9 @@ def summary_sentences(data: Mapping[str, Any]) -> list[str]:
     if s.get("propagation_note"):  # which statistics made the mask: a Curves point may use the other mode
         sentences.append(f"The mask ({s.get('mask_source', 'pruned for this export')}) was made with "
                          f"{s.get('propagation')} propagation: {s['propagation_note']}.")
-    if data.get("sizes"):
-        sentences.append(claims.size_sentence(data["sizes"]))
+    sizes = claims.sizes_from_record(data.get("sizes"), structure)
+    if sizes:
+        sentences.append(claims.size_sentence(sizes))
     if data.get("speed_note"):
         sentences.append(data["speed_note"])
     return sentences
@@ -200,6 +201,11 @@ def _setting_rows(data) -> list[list[str]]:
     return [r for r in rows if r[1] not in (None, "")]
 
 
+def _sizes(data: Mapping[str, Any]) -> dict | None:
+    """The report's sizes in today's form (reports stored earlier are recomputed from their counts)."""
+    return claims.sizes_from_record(data.get("sizes"), data.get("setting", {}).get("structure", "unstructured"))
+
+
 def _size_rows(sizes: Mapping[str, Any]) -> list[list[str]]:
     return [[f["label"], "not applicable" if f["bytes"] is None else claims.format_bytes(f["bytes"]), f["note"]]
             for f in claims.size_forms(sizes)]
@@ -225,10 +231,11 @@ def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
                   ('<p class="muted">Token-level perplexity (exp of the mean token NLL over non-overlapping windows; '
                    "lower is better).</p>"),
                   _html_table(["corpus", "dense", "pruned", "change"], _ppl_rows(data))]
-    if data.get("sizes"):
+    sizes = _sizes(data)
+    if sizes:
         parts += ["<h2>Size and speed</h2>",
-                  f'<p class="muted">As {data["sizes"]["value_bits"]}-bit weights, whole model.</p>',
-                  _html_table(["storage form", "size", "how"], _size_rows(data["sizes"]), left=3)]
+                  f'<p class="muted">As {sizes["value_bits"]}-bit weights, whole model.</p>',
+                  _html_table(["storage form", "size", "how"], _size_rows(sizes), left=3)]
     if data.get("speed_note"):
         parts.append(f"<p>{_e(data['speed_note'])}</p>")
     parts.append("<h2>Charts</h2>")
@@ -298,9 +305,10 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     if data.get("ppl"):
         out += ["", "## Quality (token-level perplexity, lower is better)", "",
                 _md_table(["corpus", "dense", "pruned", "change"], _ppl_rows(data))]
-    if data.get("sizes"):
-        out += ["", f"## Size and speed (as {data['sizes']['value_bits']}-bit weights, whole model)", "",
-                _md_table(["storage form", "size", "how"], _size_rows(data["sizes"]))]
+    sizes = _sizes(data)
+    if sizes:
+        out += ["", f"## Size and speed (as {sizes['value_bits']}-bit weights, whole model)", "",
+                _md_table(["storage form", "size", "how"], _size_rows(sizes))]
     if data.get("speed_note"):
         out += ["", _md_escape(data["speed_note"])]
     if data.get("results"):

@@ -145,3 +145,20 @@ def test_whatif_and_report_word_and_generate_the_same(tiny, tmp_path):
     report_says = summary_sentences(export)
     assert claims.size_sentence(whatif["size"]) in report_says and whatif["speed_note"] in report_says
     assert export["generations"] == [whatif["generations"]]
+
+
+def test_results_stored_before_the_claims_module_read_in_todays_words(tmp_path):
+    """Old what-if "size" and old report "sizes" dicts are recomputed from their counts (no KeyError, same words)."""
+    from pruning_core.outputs.report import build_report, summary_sentences
+
+    today = claims.sizes_from_counts(1000, 800, 400, "2:4")
+    old_whatif = {"value_bits": 16, "dense_bytes": 2000, "dense_with_zeros_bytes": 2000, "bitmask_bytes": 1300,
+                  "nm_2_4_bytes": 1300, "prunable_weights": 800, "kept_weights": 400, "other_parameters": 200}
+    old_report = {"dtype": "16-bit values", "parameters": 1000, "pruned_linear_weights": 800, "kept_weights": 400,
+                  "dense_bytes": 2000, "sparse_bytes": 1300, "sparse_form": "N:M", "ratio": 1.54, "note": "..."}
+    assert claims.sizes_from_record(old_whatif, "2:4") == today == claims.sizes_from_record(old_report, "2:4")
+    assert claims.sizes_from_record(today, "2:4") == today
+    assert claims.sizes_from_record({"dense_bytes": 2000}, "2:4") is None
+    data = {"setting": {"model": "m", "method": "wanda", "structure": "2:4"}, "sizes": old_report}
+    assert claims.size_sentence(today) in summary_sentences(data)
+    assert "2:4 compressed" in build_report(data, tmp_path, formats=("md",))["md"].read_text()
