@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_ui(sub) -> None:
-    p = sub.add_parser("ui", help="start the dashboard on localhost")
+    p = sub.add_parser("ui", help="start the dashboard on localhost (Ctrl+C or SIGTERM stops it, server included)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1 unless you need remote access)")
     p.add_argument("--model", default="embedded", help="model preselected in the dashboard")
