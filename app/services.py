@@ -14,8 +14,12 @@ so a changed model file is never served a result computed for its old weights.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,11 +27,12 @@ import streamlit as st
 
 from pruning_core import claims
 from pruning_core import data as core_data
-from pruning_core.errors import ConfigError, PruneScopeError
+from pruning_core.errors import ConfigError, CorpusError, PruneScopeError
 from pruning_core.execution.jobs import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.models import classify_source, load_model
 from pruning_core.protocol import PAPER_PROTOCOL, QUICK_PROTOCOL, Protocol
 from pruning_core.execution.store import Store, content_hash, home_dir
+from pruning_core.outputs.files import write_json
 
 try:  # written by another part of the project; pages degrade with a message while it is missing
     from pruning_core.analysis import estimates as _estimates
@@ -172,20 +177,187 @@ def uploads_dir() -> Path:
     return folder
 
 
-def save_upload(filename: str, content: bytes) -> str:
-    """Save an uploaded corpus file under `uploads_dir()` (name prefixed by its content hash); return its path."""
-    suffix = Path(filename).suffix.lower()
-    if suffix.lstrip(".") not in USER_FILE_EXTENSIONS:
-        raise ConfigError(f"'{filename}' is not a supported corpus file; upload one of "
-                          f"{', '.join('.' + e for e in USER_FILE_EXTENSIONS)}.")
+#: A stored upload is named "<12 hex digits of its content's sha256>-<original file name>".
+_UPLOAD_NAME = re.compile(r"^[0-9a-f]{12}-(?P<original>.+)$")
+
+
+def uploaded_corpora() -> list[str]:
+    """The paths of the files saved by `save_upload`, newest first (every one passed its checks on entry)."""
+    files = [p for p in uploads_dir().iterdir() if p.is_file() and _UPLOAD_NAME.match(p.name)]
+    return [str(p) for p in sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)]
+
+
+def corpus_label(name: str) -> str:
+    """How a corpus is named on a page: embedded and hub corpora by name, an upload by its original file
+    name (the content-hash prefix stays in the stored path only), any other file by its file name."""
+    if name in EMBEDDED_CORPORA or name in HUB_CORPORA:
+        return name
+    file_name = Path(name).name
+    match = _UPLOAD_NAME.match(file_name)
+    return match.group("original") if match else file_name
+
+
+def corpus_labels(names: list[str]) -> dict[str, str]:
+    """`corpus_label` of each name, made unique: uploads that share an original name get their upload time."""
+    labels = {name: corpus_label(name) for name in names}
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    for name, label in labels.items():
+        if counts[label] > 1 and is_file(name):
+            stamp = time.strftime("%d %b %H:%M:%S", time.localtime(Path(name).stat().st_mtime))
+            labels[name] = f"{label} (uploaded {stamp})"
+    return labels
+
+
+def is_file(name: str) -> bool:
+    """Whether a corpus name is an existing file (an upload or a path), not an embedded or hub corpus."""
+    return name not in EMBEDDED_CORPORA and name not in HUB_CORPORA and Path(name).expanduser().is_file()
+
+
+def _safe_file_name(filename: str) -> str:
+    """The original name as the browser sent it, minus anything that could leave the uploads folder."""
+    name = Path(filename.replace("\\", "/")).name
+    name = "".join(c if c.isprintable() and c != "/" else "_" for c in name).lstrip(". ")
+    return name or "upload.txt"
+
+
+def calibration_tokens_needed(nsamples: int, seqlen: int) -> int:
+    """Tokens a calibration text needs for `nsamples` random windows of `seqlen` tokens: the rule of
+    `pruning_core.data.random_token_windows` (at least nsamples x seqlen, and one window plus one token)."""
+    return max(int(nsamples) * int(seqlen), int(seqlen) + 1)
+
+
+def _require_calibration_tokens(tokens: int, settings: dict, label: str, user_file: bool) -> None:
+    """Raise CorpusError, worded for the Setup page (its labels, no internal names), when `tokens` of
+    calibration text are too few for the chosen calibration windows."""
+    nsamples, seqlen = int(settings["nsamples"]), int(settings["seqlen"])
+    needed = calibration_tokens_needed(nsamples, seqlen)
+    if tokens < needed:
+        share = f" (its first {core_data.CALIBRATION_FRACTION:.0%})" if user_file else ""
+        raise CorpusError(
+            f"The calibration text of '{label}'{share} has {tokens:,} tokens, too few for {nsamples} calibration "
+            f"windows of {seqlen} tokens ({needed:,} tokens): use a longer text, or lower 'Calibration windows' "
+            f"or 'Tokens per window' under Protocol.")
+
+
+def check_calibration_fits(settings: dict) -> int:
+    """The chosen calibration text's token count (the model's tokenizer, cached); raises CorpusError, worded
+    for the Setup page, when it is too short for the chosen calibration windows."""
+    name = settings["calib"]
+    tokens = token_count(settings["model"], name, "calibration", settings.get("calib_column") or None)
+    _require_calibration_tokens(tokens, settings, corpus_label(name),
+                                name not in EMBEDDED_CORPORA and name not in HUB_CORPORA)
+    return tokens
+
+
+def check_evaluation_fits(settings: dict) -> dict[str, int]:
+    """Token counts of the chosen evaluation files; raises CorpusError, worded for the Setup page, when one
+    holds less than one window of the chosen length (embedded corpora hold hundreds; hub corpora are checked
+    when they load)."""
+    seqlen = int(settings["seqlen"])
+    counts = {}
+    for name in settings["eval_corpora"]:
+        if not is_file(name):
+            continue
+        tokens = counts[name] = token_count(settings["model"], name, "evaluation")
+        if tokens < seqlen:  # perplexity needs one whole window (`pruning_core.data.consecutive_token_windows`)
+            raise CorpusError(
+                f"The evaluation text of '{corpus_label(name)}' (its last "
+                f"{1 - core_data.CALIBRATION_FRACTION:.0%}) has {tokens:,} tokens, fewer than one window of "
+                f"{seqlen} tokens: use a longer text, or lower 'Tokens per window' under Protocol.")
+    return counts
+
+
+def save_upload(filename: str, content: bytes, settings: Optional[dict] = None, column: Optional[str] = None) -> str:
+    """Check an uploaded corpus file and save it under `uploads_dir()`; return its stored path.
+
+    The stored name is "<content hash>-<original name>" (`corpus_label` shows the original name). The file is
+    read with `pruning_core.data` first (binary, empty, unreadable or malformed content is refused with its
+    one-sentence reason), and with `settings` (the Setup choices: model and protocol) its calibration text must
+    hold enough tokens for the chosen calibration windows. A refused file is never stored, so it cannot be
+    chosen. Raises PruneScopeError (CorpusError, ConfigError) with the reason.
+    """
     import hashlib
+    import shutil
 
     digest = hashlib.sha256(content).hexdigest()[:12]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(filename).name)
-    path = uploads_dir() / f"{digest}-{safe}"
-    if not path.exists():
-        path.write_bytes(content)
+    original = _safe_file_name(filename)
+    path = uploads_dir() / f"{digest}-{original}"
+    # Checked under its original name (so messages name it as the user knows it) in a private folder, then
+    # moved in when accepted.
+    folder = uploads_dir() / ".incoming" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    incoming = folder / original
+    incoming.write_bytes(content)
+    try:
+        for split in core_data.SPLITS:  # readable text with documents in both splits
+            core_data.preview(str(incoming), split, column or None)
+        if settings is not None and settings.get("model"):
+            text = core_data.load_corpus_text(str(incoming), "calibration", column or None)
+            tokens = int(core_data.tokenize_text(get_model(settings["model"]).tokenizer, text).numel())
+            _require_calibration_tokens(tokens, settings, original, user_file=True)
+        os.replace(incoming, path)  # the same content again: same name, refreshed time (listed first)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return str(path)
+
+
+# ------------------------------------------------------------------------------------ settings on disk
+
+#: The Setup settings, saved so that a reload or a second tab opens with them (see `saved_settings`).
+SETTINGS_FILE = "dashboard-settings.json"
+_SETTING_FIELDS = ("model", "calib", "calib_column", "eval_corpora", "nsamples", "seqlen", "eval_windows", "seed",
+                   "dtype")
+
+
+def _usable_corpus(name: Any) -> bool:
+    return isinstance(name, str) and (name in EMBEDDED_CORPORA or name in HUB_CORPORA or Path(name).is_file())
+
+
+def saved_settings(launch_model: str) -> dict:
+    """The Setup settings last saved for dashboards launched on `launch_model` (empty if none), minus what no
+    longer exists (a deleted upload) or is malformed, so a reload never opens on a broken choice."""
+    try:
+        document = json.loads((home_dir() / SETTINGS_FILE).read_text())
+        saved = dict(document[launch_model])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    kept = {k: saved[k] for k in _SETTING_FIELDS if k in saved}
+    if not _usable_corpus(kept.get("calib")):
+        kept.pop("calib", None)
+        kept.pop("calib_column", None)
+    evals = [c for c in kept.get("eval_corpora") or [] if _usable_corpus(c)] \
+        if isinstance(kept.get("eval_corpora"), list) else []
+    if evals:
+        kept["eval_corpora"] = evals
+    else:
+        kept.pop("eval_corpora", None)
+    for field in ("nsamples", "seqlen", "eval_windows", "seed"):
+        if field in kept and not (isinstance(kept[field], int) and kept[field] >= (0 if field == "seed" else 1)):
+            kept.pop(field)
+    if kept.get("dtype") not in EVAL_DTYPES:
+        kept.pop("dtype", None)
+    if not isinstance(kept.get("model"), str) or not kept["model"]:
+        kept.pop("model", None)
+    return kept
+
+
+def save_settings(launch_model: str, settings: dict) -> None:
+    """Save the Setup settings for dashboards launched on `launch_model` (atomic write; a failure to write is
+    not an error a user can act on, so it only costs the restore after a reload)."""
+    path = home_dir() / SETTINGS_FILE
+    try:
+        document = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(document, dict):
+            document = {}
+    except (OSError, ValueError):
+        document = {}
+    document[launch_model] = {k: settings.get(k) for k in _SETTING_FIELDS}
+    try:
+        write_json(path, document)
+    except OSError as error:
+        print(f"prunescope: could not save the dashboard settings to {path}: {error}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- protocol
@@ -319,9 +491,9 @@ def cancel_job(job_id: str) -> dict:
     return _runner().cancel(job_id)
 
 
-def latest_job(kind: str, spec: Optional[dict] = None) -> Optional[str]:
+def latest_job(kind: str, spec: Optional[dict] = None, model: Optional[str] = None) -> Optional[str]:
     """The newest job of `kind` worth showing after a reload: the same spec's if one exists, else the newest
-    running or done job of that kind; None when there is none."""
+    running or done job of that kind (of the model source `model`, if given); None when there is none."""
     runner = _runner()
     if spec is not None:
         try:
@@ -331,9 +503,21 @@ def latest_job(kind: str, spec: Optional[dict] = None) -> Optional[str]:
         if same:
             return max(same, key=lambda j: j.get("created") or 0)["id"]
     for job in runner.list_jobs(limit=50):
+        if model is not None and (job.get("spec") or {}).get("model") != model:
+            continue
         if job["kind"] == kind and job["state"] in (*ACTIVE_STATES, "done"):
             return job["id"]
     return None
+
+
+def same_job(status: dict, spec: Optional[dict]) -> bool:
+    """Whether the job `status` describes is the one `spec` (a page's current choices) would run."""
+    if spec is None or not status.get("key"):
+        return False
+    try:
+        return status["key"] == job_key(status["kind"], spec)
+    except PruneScopeError:
+        return False
 
 
 def is_active(status: dict) -> bool:

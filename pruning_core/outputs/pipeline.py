@@ -91,13 +91,8 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     from pruning_core.protocol import calibration_ids, evaluation_ids
     from pruning_core.provenance import environment
     from pruning_core.prune import PruneConfig, prune_model
-    from pruning_core.outputs.report import (
-        build_report,
-        per_layer_table,
-        sample_generations,
-        size_summary,
-        speed_note,
-    )
+    from pruning_core import claims
+    from pruning_core.outputs.report import build_report, per_layer_table
 
     progress = progress or no_progress
     config = PruneConfig(options.method, options.structure, options.sparsity, options.propagation).validate()
@@ -147,8 +142,8 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     sens, sens_note = _sensitivity_map(loaded, protocol, options, config.effective_sparsity, no_progress)
 
     progress(0.6, "sample generations")
-    generations = sample_generations(loaded, list(options.prompts), result, options.max_new_tokens) \
-        if options.prompts else []
+    generations = claims.compare_generations(loaded, list(options.prompts), result.masks, result.weights,
+                                             options.max_new_tokens) if options.prompts else []
 
     lm_eval = None
     if options.lm_eval_tasks:
@@ -181,8 +176,6 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
         written.append("lm_eval.json")
 
     describe = loaded.describe()
-    kept = sum(int(m.sum()) for m in result.masks.values())
-    total = sum(m.numel() for m in result.masks.values())
     n_layers = len(loaded.adapter.decoder_layers(loaded.model))
     data = {
         "setting": {"model": loaded.name, "source": loaded.source, "fingerprint": loaded.fingerprint,
@@ -190,8 +183,8 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
                     "measured_sparsity": result.sparsity, "propagation": config.propagation,
                     "weights_updated": result.weights is not None},
         "ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
-        "sizes": size_summary(describe, kept, total, config.structure),
-        "speed_note": speed_note(config.structure),
+        "sizes": claims.sizes_from_masks(loaded, result.masks, config.structure),
+        "speed_note": claims.speed_sentence(config.structure),
         "results": results,
         "sensitivity": sens,
         "sensitivity_note": sens_note,
