@@ -27,11 +27,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from pruning_core.errors import ConfigError
 from pruning_core.masks import UNSTRUCTURED, applied_masks, check_sparsity
@@ -42,8 +41,10 @@ from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
 from pruning_core.walk import LayerInputs, batches_of, capture_layer_inputs, run_layer
 
-METRICS = ("exact", "reconstruction", "taylor")
-PROXIES = ("reconstruction", "taylor")
+METRICS = ("exact", "fisher", "reconstruction", "taylor")
+PROXIES = ("fisher", "reconstruction", "taylor")
+#: Metrics computed on the probe windows (the exact metric's own text), so their key names the probe.
+PROBE_METRICS = ("exact", "fisher")
 #: Calibration windows whose gradients the Taylor proxy sums (one backward pass per window, so memory does
 #: not grow with this).
 TAYLOR_WINDOWS = 8
@@ -53,14 +54,20 @@ TAYLOR_BATCH = 1
 #: How the per-layer aggregate of each metric is formed (recorded in every map).
 LAYER_AGGREGATE = {
     "exact": "loss increase with every module of the layer pruned at once",
+    "fisher": "sum of the layer's module estimates (interactions inside the layer ignored)",
     "reconstruction": "mean of the layer's module errors",
     "taylor": "sum of the layer's module scores",
 }
 UNITS = {
     "exact": "increase of mean token NLL on the probe (nats/token)",
+    "fisher": "second-order estimate of the increase of mean token NLL on the probe (nats/token)",
     "reconstruction": "relative output error ||W X - W_s X||^2 / ||W X||^2 on calibration inputs (unitless)",
     "taylor": "sum over pruned weights of |W * dL/dW|, L = mean token NLL of calibration windows (nats)",
 }
+#: Rows of the exact map computed to measure a proxy's agreement when the full exact map is not asked for.
+AGREEMENT_SAMPLE_LAYERS = 3
+#: Below this Spearman rank agreement with the exact metric, a proxy's ranking is not to be read as advice.
+TRUSTED_AGREEMENT = 0.7
 # Bump when a metric's computation changes, so stored maps are not reused.
 _ALGORITHM_VERSION = "1"
 
@@ -68,18 +75,10 @@ _ALGORITHM_VERSION = "1"
 # --------------------------------------------------------------------------------------------- helpers
 
 def final_norm(loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The function from the last decoder layer's output to the LM head's input (final norm, projections)."""
-    model = loaded.model
-    family = loaded.adapter.family
-    if family in ("llama", "mistral", "qwen2", "qwen3"):
-        return model.model.norm
-    if family == "opt":
-        decoder = model.model.decoder
-        steps = [m for m in (decoder.final_layer_norm, decoder.project_out) if m is not None]
-        return nn.Sequential(*steps) if steps else nn.Identity()
-    if family == "gpt2":
-        return model.transformer.ln_f
-    raise ConfigError(f"No final-norm rule for the '{family}' family; add it to sensitivity.final_norm.")
+    """The function from the last decoder layer's output to the LM head's input (final norm, projections).
+
+    The adapter knows it for every family (explicit paths for the overrides, discovered for the rest)."""
+    return loaded.adapter.final_norm(loaded.model)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -107,17 +106,55 @@ def map_key(loaded: LoadedModel, calib_identity: dict, probe_identity: str, prot
         "algorithm": _ALGORITHM_VERSION,
         "model": loaded.fingerprint,
         "calib": calib_identity,
-        "probe": probe_identity if metric == "exact" else None,
+        "probe": probe_identity if metric in PROBE_METRICS else None,
         "protocol": protocol.to_dict(),
         "method": method,
         "metric": metric,
         "sparsity": float(sparsity),
         "probe_windows": int(probe_windows),
-        "probe_dtype": dtype if metric == "exact" else "float32",
+        "probe_dtype": dtype if metric in PROBE_METRICS else "float32",
         "layers": list(layers),
         "taylor_windows": taylor_windows if metric == "taylor" else None,
         "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")},
     }
+
+
+def spread_order(layers: Sequence[int]) -> list[int]:
+    """`layers` reordered so every prefix samples the depth evenly: first, last, middle, then the middles of
+    the gaps (0, 29, 15, 7, 22, ... for 30 layers)."""
+    layers = list(layers)
+    if len(layers) <= 2:
+        return layers
+    order, chosen = [0, len(layers) - 1], {0, len(layers) - 1}
+    gaps = [(0, len(layers) - 1)]
+    while gaps:
+        next_gaps = []
+        for lo, hi in gaps:
+            mid = (lo + hi) // 2
+            if mid not in chosen:
+                order.append(mid)
+                chosen.add(mid)
+            if mid - lo > 1:
+                next_gaps.append((lo, mid))
+            if hi - mid > 1:
+                next_gaps.append((mid, hi))
+        gaps = next_gaps
+    return [layers[i] for i in order]
+
+
+def agreement(proxy: dict, exact_rows: dict[int, list[float]]) -> dict:
+    """Spearman rank agreement of a proxy map with exact values over the cells both have.
+
+    exact_rows: {layer: values of that exact row}. Returns {"spearman", "cells", "scope"} ("all cells" when
+    every row of the proxy map is covered, else "sample of N cells (layers ...)").
+    """
+    pairs = [(p, e) for layer, row in zip(proxy["layers"], proxy["values"]) if layer in exact_rows
+             for p, e in zip(row, exact_rows[layer])]
+    covered = [layer for layer in proxy["layers"] if layer in exact_rows]
+    scope = ("all cells" if len(covered) == len(proxy["layers"]) else
+             f"sample of {len(pairs)} cells (layers {', '.join(str(l) for l in sorted(covered))})")
+    value = spearman([p for p, _ in pairs], [e for _, e in pairs]) if pairs else float("nan")
+    return {"spearman": value, "cells": len(pairs), "scope": scope}
 
 
 def probe_ids(loaded: LoadedModel, protocol: Protocol, probe_windows: int) -> torch.Tensor:
@@ -257,10 +294,19 @@ def _relative_reconstruction(weight: torch.Tensor, keep: torch.Tensor, new_weigh
 def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sparsities: Sequence[float],
                         metrics: Sequence[str] = METRICS, probe_windows: int = 8, store=None,
                         progress: ProgressFn | None = None, *, dtype: str | None = None,
-                        layers: Sequence[int] | None = None, taylor_windows: int = TAYLOR_WINDOWS) -> dict:
+                        layers: Sequence[int] | None = None, taylor_windows: int = TAYLOR_WINDOWS,
+                        agreement_layers: int = AGREEMENT_SAMPLE_LAYERS,
+                        on_map: Callable[[dict], None] | None = None,
+                        on_exact_row: Callable[[float, int, list[float], float], None] | None = None) -> dict:
     """Sensitivity maps of `loaded` for `method` at each sparsity and metric, plus proxy-vs-exact correlations.
 
-    Returns {"maps": [map per (metric, sparsity)], "correlations": [{"sparsity", "proxy", "spearman"}]}.
+    Returns {"maps": [map per (metric, sparsity)], "correlations": [{"sparsity", "proxy", "spearman", "cells",
+    "scope"}]}. A proxy is never returned without its measured agreement: where the exact map of its sparsity is
+    not asked for, the exact metric is computed on `agreement_layers` rows spread over the depth (stored as
+    rows of the exact map, so a later exact map reuses them) and the Spearman is over those cells.
+    Exact rows are computed in `spread_order` (shallow, deep, middle, ...) so an early stop leaves a sample.
+    on_map(document) sees each map as it is finished; on_exact_row(sparsity, layer, values, layer_value) each
+    exact row.
     Each map: layers, modules, values (layers x modules), metric, method, sparsity, baseline_loss (dense mean
     token NLL on the probe, nats), module_names, module_sizes ([out, in]), layer_values, layer_aggregate,
     protocol (+ probe_windows, probe_dtype, taylor_windows), seconds, units, cached.
@@ -323,8 +369,13 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
         total_units += stats_units
     if any(m == "taylor" for m, _ in todo):
         total_units += 3.0 * n_layers * taylor_windows / max(1, int(probe_windows))
+    if any(m == "fisher" for m, _ in todo):
+        total_units += 3.0 * n_layers  # one backward pass (about 3 forwards) per probe window
     for metric, _ in todo:
         total_units += exact_units() if metric == "exact" else 0.5 * len(layer_list) * len(kinds)
+    if "exact" not in metrics and any(m in PROXIES for m in metrics):  # the agreement sample's exact rows
+        total_units += len(sparsities) * sum((n_layers - l + 2) * (len(kinds) + 1)
+                                             for l in spread_order(layer_list)[:max(1, int(agreement_layers))])
     done = [0.0]
     last_message = ["starting"]
 
@@ -338,13 +389,30 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
         advance(1.0, message)
 
     # ---------------------------------------------------------------- shared work (only if something is left)
-    probe = None
+    probe_holder: list[_ProbeCache] = []
     statistics = None
     taylor = None
+    moments = None
     calib = None
-    if todo:
+    ids = None
+
+    def probe() -> _ProbeCache:
+        """The dense hidden-state cache of the exact probes, built on first use (a second-order map alone
+        needs only the windows, so the first map of a refinement does not wait for it)."""
+        nonlocal ids
+        if not probe_holder:
+            if ids is None:
+                advance(0.0, "reading the probe windows (held-out text)")
+            ids = ids if ids is not None else probe_ids(loaded, protocol, probe_windows)
+            probe_holder.append(_ProbeCache(loaded, ids, protocol.batch_size, dtype, tick))
+        return probe_holder[0]
+
+    sample_needed = [s for s in sparsities if "exact" not in metrics and any(m in PROXIES for m in metrics)]
+    if todo or sample_needed:
         # Tokenised only when something is computed: a fully stored result comes back without it.
-        probe = _ProbeCache(loaded, probe_ids(loaded, protocol, probe_windows), protocol.batch_size, dtype, tick)
+        ids = probe_ids(loaded, protocol, probe_windows)
+        if need == "none" and sample_needed:
+            need = method_obj.needs  # the agreement sample scores the method's masks
         if need != "none":
             from pruning_core.statistics_cache import cached_statistics
 
@@ -363,19 +431,41 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
             n_batches = min(taylor_windows, calib.shape[0])
             taylor = _taylor_scores(loaded, calib, taylor_windows, TAYLOR_BATCH,
                                     lambda m: advance(taylor_units / max(n_batches, 1), m))
-    proto_doc = {**protocol.to_dict(), "probe_windows": int(probe.probe_ids.shape[0]) if probe else int(probe_windows),
+        if any(m == "fisher" for m, _ in todo):
+            from pruning_core.analysis.second_order import gradient_moments
+
+            windows = ids.shape[0]
+            moments = gradient_moments(loaded, ids, dtype,
+                                       lambda m: advance(3.0 * n_layers / max(windows, 1), m))
+    used_windows = int(ids.shape[0]) if ids is not None else int(probe_windows)
+    proto_doc = {**protocol.to_dict(), "probe_windows": used_windows,
                  "probe_dtype": dtype, "taylor_windows": taylor_windows}
-    baseline = probe.baseline if probe is not None else next(iter(maps.values()))["baseline_loss"]
+
+    def baseline() -> float:
+        """Dense mean token NLL on the probe: from the exact probes' cache, or the gradient passes' losses."""
+        return moments.loss if moments is not None and not probe_holder else probe().baseline
 
     # ---------------------------------------------------------------- maps, one sparsity at a time
+    masks_by_sparsity: dict[float, _MaskCache] = {}
+    exact_rows: dict[float, dict[int, list[float]]] = {s: {} for s in sparsities}
+
+    def row_done(s: float, layer: int, values: list[float], layer_value: float) -> None:
+        exact_rows[s][layer] = values
+        if on_exact_row is not None:
+            on_exact_row(s, layer, values, layer_value)
+
     for s in sparsities:
-        masks = _MaskCache(loaded, method, statistics, s)
+        masks = masks_by_sparsity[s] = _MaskCache(loaded, method, statistics, s)
         for metric in metrics:
             if (metric, s) in maps:
+                if on_map is not None:
+                    on_map(maps[(metric, s)])
                 continue
             t0 = time.perf_counter()
             values, layer_values = _compute_map(loaded, metric, s, layer_list, kinds, masks, probe, statistics,
-                                                taylor, store, keys.get((metric, s)), advance)
+                                                taylor, store, keys.get((metric, s)), advance, moments,
+                                                order=spread_order(layer_list) if metric == "exact" else None,
+                                                on_row=lambda layer, v, lv, s=s: row_done(s, layer, v, lv))
             document = {
                 "layers": layer_list,
                 "modules": kinds,
@@ -383,7 +473,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
                 "metric": metric,
                 "method": method,
                 "sparsity": s,
-                "baseline_loss": baseline,
+                "baseline_loss": baseline(),
                 "module_names": [[loaded.adapter.qualified_name(l, k) for k in kinds] for l in layer_list],
                 "module_sizes": [[list(weight_matrix(loaded.model.get_submodule(
                     loaded.adapter.qualified_name(l, k))).shape) for k in kinds] for l in layer_list],
@@ -397,25 +487,47 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
             if store is not None:
                 store.put_result(keys[(metric, s)], "sensitivity_map", document)
             maps[(metric, s)] = {**document, "cached": False}
-    progress(1.0, f"sensitivity done in {time.perf_counter() - start_all:.1f} s")
+            if on_map is not None:
+                on_map(maps[(metric, s)])
 
+    # ---------------------------------------------------------------- agreement of every proxy with exact
     correlations = []
     for s in sparsities:
         exact = maps.get(("exact", s))
+        if exact is not None:
+            rows = dict(zip(exact["layers"], exact["values"]))
+        else:
+            if not any((proxy, s) in maps for proxy in PROXIES):
+                continue
+            # No exact map asked for: measure exact rows spread over the depth, stored as rows of the exact map.
+            from pruning_core.execution.store import content_hash
+
+            full_key = None if store is None else content_hash(map_key(
+                loaded, calib_identity, probe_identity, protocol, method, "exact", s, int(probe_windows), dtype,
+                layer_list, taylor_windows))
+            sample = spread_order(layer_list)[:max(1, int(agreement_layers))]
+            masks = masks_by_sparsity.get(s) or _MaskCache(loaded, method, statistics, s)
+            values, _ = _compute_map(loaded, "exact", s, sample, kinds, masks, probe, statistics, taylor, store,
+                                     full_key, advance, moments)
+            rows = dict(zip(sample, values))
         for proxy in PROXIES:
             other = maps.get((proxy, s))
-            if exact is None or other is None:
-                continue
-            flat_exact = [v for row in exact["values"] for v in row]
-            flat_proxy = [v for row in other["values"] for v in row]
-            correlations.append({"sparsity": s, "proxy": proxy, "spearman": spearman(flat_proxy, flat_exact)})
+            if other is not None:
+                correlations.append({"sparsity": s, "proxy": proxy, **agreement(other, rows)})
+    progress(1.0, f"sensitivity done in {time.perf_counter() - start_all:.1f} s")
     return {"maps": [maps[w] for w in wanted], "correlations": correlations}
 
 
 def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: list[int], kinds: list[str],
-                 masks: _MaskCache, probe: _ProbeCache | None, statistics, taylor, store, key: str | None,
-                 advance) -> tuple[list[list[float]], list[float]]:
-    """values (layers x kinds) and layer_values of one map; exact rows are stored as they finish."""
+                 masks: _MaskCache, probe: Callable[[], _ProbeCache], statistics, taylor, store, key: str | None,
+                 advance, moments=None, order: Sequence[int] | None = None,
+                 on_row: Callable[[int, list[float], float], None] | None = None
+                 ) -> tuple[list[list[float]], list[float]]:
+    """values (layers x kinds) and layer_values of one map; exact rows are stored as they finish.
+
+    order: the order in which rows are computed (default layer order; the values come back in layer order);
+    on_row(layer, values, layer_value) sees each exact row as it finishes or is read from the store.
+    """
     adapter = loaded.adapter
     pct = f"{sparsity:g}"
     partial_key = None
@@ -425,36 +537,38 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
 
         partial_key = content_hash({"partial_of": key})
         partial = store.get_result(partial_key) or partial
-    values, layer_values = [], []
-    for row_index, layer in enumerate(layer_list):
+    rows: dict[int, tuple[list[float], float]] = {}
+    for layer in (order if order is not None else layer_list):
         names = [adapter.qualified_name(layer, k) for k in kinds]
         if metric == "exact":
             stored = partial["rows"].get(str(layer))
             if stored is not None:
-                values.append(stored["values"])
-                layer_values.append(stored["layer_value"])
+                rows[layer] = (stored["values"], stored["layer_value"])
+                if on_row is not None:
+                    on_row(layer, *rows[layer])
                 advance((len(loaded.adapter.decoder_layers(loaded.model)) - layer + 2) * (len(kinds) + 1),
                         f"exact {pct}: layer {layer + 1} from the store")
                 continue
             row = []
             for kind, name in zip(kinds, names):
-                message = f"exact {pct}: layer {layer + 1}/{len(probe.layers)} {kind}"
+                message = f"exact {pct}: layer {layer + 1}/{len(probe().layers)} {kind}"
                 advance(0.0, message)
                 native_masks, native_weights = masks.native([name])
                 with applied_masks(loaded.model, native_masks, native_weights):
-                    loss = probe.loss_from(layer, lambda _m: advance(1.0))
+                    loss = probe().loss_from(layer, lambda _m: advance(1.0))
                 advance(2.0)
-                row.append(loss - probe.baseline)
-            advance(0.0, f"exact {pct}: layer {layer + 1}/{len(probe.layers)} whole layer")
+                row.append(loss - probe().baseline)
+            advance(0.0, f"exact {pct}: layer {layer + 1}/{len(probe().layers)} whole layer")
             native_masks, native_weights = masks.native(names)
             with applied_masks(loaded.model, native_masks, native_weights):
-                layer_value = probe.loss_from(layer, lambda _m: advance(1.0)) - probe.baseline
+                layer_value = probe().loss_from(layer, lambda _m: advance(1.0)) - probe().baseline
             advance(2.0)
-            values.append(row)
-            layer_values.append(layer_value)
+            rows[layer] = (row, layer_value)
             if partial_key is not None:
                 partial["rows"][str(layer)] = {"values": row, "layer_value": layer_value}
                 store.put_result(partial_key, "sensitivity_partial", partial)
+            if on_row is not None:
+                on_row(layer, row, layer_value)
         elif metric == "reconstruction":
             row = []
             for kind, name in zip(kinds, names):
@@ -463,34 +577,103 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
                 keep, new_weight = masks.get(name)
                 row.append(_relative_reconstruction(weight, keep, new_weight,
                                                     statistics.by_module[name].hessian))
-            values.append(row)
-            layer_values.append(sum(row) / len(row))
+            rows[layer] = (row, sum(row) / len(row))
+        elif metric == "fisher":
+            from pruning_core.analysis.second_order import pruning_delta
+
+            row = []
+            for kind, name in zip(kinds, names):
+                advance(0.5, f"second-order estimate {pct}: layer {layer + 1} {kind}")
+                weight = weight_matrix(loaded.model.get_submodule(name)).to(torch.float32)
+                keep, new_weight = masks.get(name)
+                row.append(moments.estimate(name, pruning_delta(weight, keep, new_weight)))
+            rows[layer] = (row, sum(row))
         else:  # taylor
             row = []
             for kind, name in zip(kinds, names):
                 advance(0.5, f"taylor {pct}: layer {layer + 1} {kind}")
                 keep, _ = masks.get(name)
                 row.append(float(taylor[name][~keep].sum(dtype=torch.float64)))
-            values.append(row)
-            layer_values.append(sum(row))
-    return values, layer_values
+            rows[layer] = (row, sum(row))
+    return [rows[layer][0] for layer in layer_list], [rows[layer][1] for layer in layer_list]
+
+
+@dataclass(frozen=True)
+class SensitivitySpec:
+    """One sensitivity-map request (the job spec of `run_sensitivity_job`). Sparsities are fractions, in the
+    order the maps are made (the first is the CLI's sensitivity.json).
+
+    dtype: compute dtype of the exact probes (None = the protocol's); layers: decoder layers to map (None = all).
+    """
+
+    model: str = "embedded"
+    protocol: Protocol = field(default_factory=Protocol)
+    method: str = "wanda"
+    sparsities: tuple[float, ...] = (0.5,)
+    metrics: tuple[str, ...] = ("exact",)
+    probe_windows: int = 8
+    dtype: str | None = None
+    layers: tuple[int, ...] | None = None
+
+    def validate(self) -> "SensitivitySpec":
+        """Check every setting before any work starts; raises ConfigError naming the problem and the fix."""
+        self.protocol.validate()
+        get_method(self.method)
+        if not self.sparsities:
+            raise ConfigError("Choose at least one sparsity, e.g. 50 %.")
+        for s in self.sparsities:
+            check_sparsity(s)
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ConfigError(f"Unknown sensitivity metric(s) {unknown}; choose from {', '.join(METRICS)} "
+                              "(reconstruction is the cheapest).")
+        if int(self.probe_windows) < 1:
+            raise ConfigError(f"probe_windows must be a positive integer, got {self.probe_windows}.")
+        if self.dtype is not None and self.dtype not in EVAL_DTYPES:
+            raise ConfigError(f"Probe dtype '{self.dtype}' is unknown; use one of {', '.join(EVAL_DTYPES)}.")
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-able dict; optional fields left unset are omitted (so the job key of a plain map stays short)."""
+        d = {"model": self.model, "protocol": self.protocol.to_dict(), "method": get_method(self.method).name,
+             "sparsities": [float(s) for s in self.sparsities], "metrics": list(self.metrics),
+             "probe_windows": int(self.probe_windows)}
+        if self.dtype is not None:
+            d["dtype"] = self.dtype
+        if self.layers is not None:
+            d["layers"] = [int(i) for i in self.layers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SensitivitySpec":
+        d = dict(d)
+        names = {f.name for f in fields(cls)}
+        for name in ("model", "protocol", "method", "sparsities"):
+            if name not in d:
+                raise ConfigError(f"The sensitivity job spec lacks '{name}'.")
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"Unknown sensitivity settings {unknown}; known: {', '.join(sorted(names))}.")
+        d["protocol"] = Protocol(**d["protocol"])
+        d["sparsities"] = tuple(float(s) for s in d["sparsities"])
+        d["metrics"] = tuple(m.strip().lower() for m in (d.get("metrics") or METRICS))
+        if d.get("layers") is not None:
+            d["layers"] = tuple(int(i) for i in d["layers"])
+        return cls(**d)
 
 
 def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:
-    """Job entry (`jobs.JOB_KINDS["sensitivity"]`).
+    """Job entry (`jobs.JOB_KINDS["sensitivity"]`): `spec` is `SensitivitySpec.to_dict()`.
 
-    spec = {"model", "protocol" (Protocol dict), "method", "sparsities", "metrics", "probe_windows"} and
-    optionally "dtype" (probe compute dtype) and "layers". Maps go to `store` as they finish, so a cancelled
-    or killed job resumes at map granularity (exact maps at row granularity).
+    Maps go to `store` as they finish, so a cancelled or killed job resumes at map granularity (exact maps at
+    row granularity).
     """
     from pruning_core.models import load_model
 
-    for field_name in ("model", "protocol", "method", "sparsities"):
-        if field_name not in spec:
-            raise ConfigError(f"The sensitivity job spec lacks '{field_name}'.")
-    loaded = load_model(spec["model"])
+    job = SensitivitySpec.from_dict(spec).validate()
+    progress(0.0, f"loading the model ({job.model})")  # seconds to minutes: say so, not "starting"
+    loaded = load_model(job.model)
     return compute_sensitivity(
-        loaded, Protocol(**spec["protocol"]), spec["method"], list(spec["sparsities"]),
-        list(spec.get("metrics") or METRICS), int(spec.get("probe_windows", 8)), store=store, progress=progress,
-        dtype=spec.get("dtype"), layers=spec.get("layers"),
+        loaded, job.protocol, job.method, list(job.sparsities), list(job.metrics), int(job.probe_windows),
+        store=store, progress=progress, dtype=job.dtype, layers=None if job.layers is None else list(job.layers),
     )

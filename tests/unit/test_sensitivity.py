@@ -54,7 +54,7 @@ def test_maps_have_shape_and_finite_values(tiny, wanda_maps):
     layers = len(tiny.adapter.decoder_layers(tiny.model))
     kinds = tiny.adapter.module_kinds
     assert [(m["metric"], m["sparsity"]) for m in wanda_maps["maps"]] == \
-        [("exact", 0.5), ("reconstruction", 0.5), ("taylor", 0.5)]
+        [("exact", 0.5), ("fisher", 0.5), ("reconstruction", 0.5), ("taylor", 0.5)]
     for m in wanda_maps["maps"]:
         assert m["layers"] == list(range(layers)) and m["modules"] == kinds
         assert len(m["values"]) == layers and all(len(row) == len(kinds) for row in m["values"])
@@ -62,9 +62,10 @@ def test_maps_have_shape_and_finite_values(tiny, wanda_maps):
         assert len(m["layer_values"]) == layers and all(math.isfinite(v) for v in m["layer_values"])
         assert m["method"] == "wanda" and m["protocol"]["probe_windows"] == PROBE
         assert m["baseline_loss"] == wanda_maps["maps"][0]["baseline_loss"] > 0
-    recon = wanda_maps["maps"][1]["values"]
+    recon = wanda_maps["maps"][2]["values"]
     assert all(0 < v < 1 for row in recon for v in row)  # pruning half the weights loses part of the output
-    assert {c["proxy"] for c in wanda_maps["correlations"]} == {"reconstruction", "taylor"}
+    assert {c["proxy"] for c in wanda_maps["correlations"]} == {"fisher", "reconstruction", "taylor"}
+    assert all(c["scope"] == "all cells" for c in wanda_maps["correlations"])
     assert all(-1 <= c["spearman"] <= 1 for c in wanda_maps["correlations"])
 
 
@@ -118,7 +119,7 @@ def test_reconstruction_from_the_hessian_matches_the_direct_output_error(tiny, m
 
 
 def test_taylor_matches_autograd(tiny, wanda_maps):
-    taylor = wanda_maps["maps"][2]["values"]
+    taylor = wanda_maps["maps"][3]["values"]
     ids = calibration_ids(tiny, PROTOCOL)[:TAYLOR_WINDOWS]
     name = tiny.adapter.qualified_name(1, "v")
     module, keep, _ = _mask(tiny, name, "wanda", 0.5, "act_sq")
@@ -188,7 +189,7 @@ def test_bad_input_is_a_config_error(tiny):
     with pytest.raises(ConfigError):
         compute_sensitivity(tiny, PROTOCOL, "wanda", [1.5], probe_windows=1)
     with pytest.raises(ConfigError):
-        compute_sensitivity(tiny, PROTOCOL, "wanda", [0.5], metrics=["fisher"], probe_windows=1)
+        compute_sensitivity(tiny, PROTOCOL, "wanda", [0.5], metrics=["obs-trace"], probe_windows=1)
     with pytest.raises(ConfigError):
         compute_sensitivity(tiny, PROTOCOL, "nope", [0.5], probe_windows=1)
     with pytest.raises(ConfigError):
@@ -235,3 +236,63 @@ def test_cli_sensitivity_writes_the_documents(tmp_path, monkeypatch, capsys):
     assert cli_main(["sensitivity", "--model", "tiny-llama", "--calib", str(calib), "--metric", "fisher",
                      "--out", str(out)]) == 2
     assert cli_main(["jobs", "--cancel", "zzzz"]) == 2
+
+
+# ------------------------------------------------------------------ second-order estimate and agreement
+
+def test_spread_order_samples_the_depth_evenly_and_covers_every_layer():
+    from pruning_core.analysis.sensitivity import spread_order
+
+    order = spread_order(list(range(30)))
+    assert order[:4] == [0, 29, 14, 7] and sorted(order) == list(range(30))
+    assert spread_order([3, 5]) == [3, 5] and sorted(spread_order([2, 4, 6, 8, 10])) == [2, 4, 6, 8, 10]
+
+
+def test_second_order_estimate_is_the_taylor_expansion_with_per_window_gradients(tiny):
+    """mean_w(g_w) . d + T/2 * sum(mean_w(g_w^2) d^2), checked against gradients taken one window at a time."""
+    from pruning_core.analysis.second_order import gradient_moments, pruning_delta
+    from pruning_core.analysis.sensitivity import probe_ids
+
+    ids = probe_ids(tiny, PROTOCOL, PROBE)
+    flags = [p.requires_grad for p in tiny.model.parameters()]
+    moments = gradient_moments(tiny, ids)
+    assert [p.requires_grad for p in tiny.model.parameters()] == flags  # restored
+    assert all(p.grad is None for p in tiny.model.parameters())
+    name = tiny.adapter.qualified_name(1, "down")
+    module = tiny.model.get_submodule(name)
+    grads = []
+    for w in range(ids.shape[0]):
+        weight = module.weight.detach().clone().requires_grad_(True)
+        logits = torch.func.functional_call(tiny.model, {f"{name}.weight": weight}, (ids[w:w + 1],)).logits
+        loss = F.cross_entropy(logits[0, :-1], ids[w, 1:])
+        grads.append(torch.autograd.grad(loss, weight)[0])
+    mean = torch.stack(grads).mean(0)
+    mean_sq = torch.stack(grads).square().mean(0)
+    weight = weight_matrix(module).float()
+    keep = torch.rand_like(weight) > 0.5
+    delta = pruning_delta(weight, keep, None)
+    expected = float((mean * delta).sum()) + 0.5 * (ids.shape[1] - 1) * float((mean_sq * delta ** 2).sum())
+    assert moments.estimate(name, delta) == pytest.approx(expected, rel=1e-3)
+
+
+def test_second_order_map_ranks_cells_like_the_exact_map(wanda_maps):
+    fisher = next(c for c in wanda_maps["correlations"] if c["proxy"] == "fisher")
+    assert fisher["spearman"] >= 0.7 and fisher["cells"] == sum(len(r) for r in wanda_maps["maps"][0]["values"])
+
+
+def test_a_proxy_alone_comes_with_its_agreement_on_a_sample_of_exact_rows(tmp_path):
+    loaded = load_model("tiny-llama", )
+    store = Store(tmp_path / "store.sqlite")
+    proxy_only = compute_sensitivity(loaded, PROTOCOL, "wanda", [0.5], metrics=["fisher"], probe_windows=PROBE,
+                                     store=store, agreement_layers=1)
+    (row,) = proxy_only["correlations"]
+    assert row["proxy"] == "fisher" and row["cells"] == len(loaded.adapter.module_kinds)
+    assert row["scope"].startswith("sample of") and -1 <= row["spearman"] <= 1
+    # The sampled row is a stored row of the exact map: the full exact map reuses it and agrees with it.
+    seen = []
+    full = compute_sensitivity(loaded, PROTOCOL, "wanda", [0.5], metrics=["exact"], probe_windows=PROBE,
+                               store=store, on_exact_row=lambda s, layer, values, lv: seen.append(layer))
+    assert seen == [0, 1]
+    assert full["maps"][0]["values"][0] == pytest.approx(
+        compute_sensitivity(loaded, PROTOCOL, "wanda", [0.5], metrics=["exact"], probe_windows=PROBE,
+                            layers=[0])["maps"][0]["values"][0], abs=1e-6)
