@@ -41,16 +41,19 @@ def page_start(title: str, lead: str, show_settings: bool = True) -> dict:
     return settings
 
 
+def error_text(error: BaseException) -> str:
+    """The one-paragraph message `show_error` shows for `error` (unexpected errors: traceback to the log)."""
+    if isinstance(error, PruneScopeError):
+        return str(error)
+    print("".join(traceback.format_exception(error)), file=sys.stderr)
+    line = " ".join(str(error).split())[:300] or type(error).__name__
+    return f"Something went wrong: {line}. Check the settings on the Setup page and try again."
+
+
 def show_error(error: BaseException) -> None:
     """A short message, never a traceback: ours say what to do; anything else names the problem in one line
     (the traceback goes to the server log for developers)."""
-    if isinstance(error, PruneScopeError):
-        st.error(str(error), icon=":material/error:")
-        return
-    print("".join(traceback.format_exception(error)), file=sys.stderr)
-    line = " ".join(str(error).split())[:300] or type(error).__name__
-    st.error(f"Something went wrong: {line}. Check the settings on the Setup page and try again.",
-             icon=":material/error:")
+    st.error(error_text(error), icon=":material/error:")
 
 
 def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -64,8 +67,8 @@ def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def settings_line(settings: dict) -> None:
     """One caption with the shared model, data and protocol (changed on the Setup page)."""
-    evals = ", ".join(settings["eval_corpora"])
-    calib = settings["calib"]
+    evals = ", ".join(services.corpus_label(c) for c in settings["eval_corpora"])
+    calib = services.corpus_label(settings["calib"])
     calib = calib if len(calib) < 30 else "…" + calib[-28:]
     st.caption(f"Model **{settings['model']}** · calibration **{calib}** ({settings['nsamples']} windows × "
                f"{settings['seqlen']} tokens, seed {settings['seed']}) · evaluation **{evals}** "
@@ -90,14 +93,27 @@ def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
                    help=est.get("assumptions"))  # what was counted: windows really used, measured speed
 
 
-def attach_job(kind: str, spec: Optional[dict]) -> Optional[str]:
-    """The job this page follows: the session's, else (after a reload) the newest of this kind in the store."""
+def attach_job(kind: str, spec: Optional[dict], model: Optional[str] = None) -> Optional[str]:
+    """The job this page follows: the session's, else (after a reload, in a new tab) the newest of this kind
+    in the store: the one of `spec` if there is one, else the newest running or done (of `model`, if given)."""
     job_id = state.job_id(kind)
     if job_id is None:
-        job_id = guarded(services.latest_job, kind, spec)
+        job_id = guarded(services.latest_job, kind, spec, model)
         if job_id:
             state.set_job(kind, job_id)
     return job_id
+
+
+def followed_spec(kind: str, model: Optional[str] = None) -> Optional[dict]:
+    """The spec of the job a page follows (attaching first, see `attach_job`), to seed the page's form from it
+    before the form is drawn; None when the page follows no job."""
+    job_id = attach_job(kind, None, model)
+    if not job_id:
+        return None
+    try:
+        return services.job_status(job_id).get("spec")
+    except Exception:  # noqa: BLE001 - a job gone from the store: the form keeps its defaults
+        return None
 
 
 def start_job(kind: str, spec: dict) -> Optional[str]:
@@ -135,16 +151,26 @@ def _live_panel(kind: str, job_id: str, on_progress: Optional[Callable[[dict], N
         on_progress(status)
 
 
-def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[dict], None]] = None) -> Optional[dict]:
-    """Show the job's state; while it runs, a self-refreshing progress panel. Returns its status (or None)."""
+def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[dict], None]] = None,
+              spec: Any = ...) -> Optional[dict]:
+    """Show the job's state; while it runs, a self-refreshing progress panel. Returns its status (or None).
+
+    With `spec` (the page's current choices; None when they are not valid), how an earlier run ended (failed, cancelled, interrupted) is
+    shown only while the choices are still that run's: once the settings change, its message would be
+    about a cause that may be fixed, so it is not drawn (the status is still returned)."""
     if not job_id:
         return None
     status = guarded(services.job_status, job_id)
     if status is None:
         return None
     state_ = status["state"]
+    current = spec is ... or services.same_job(status, spec)
     if services.is_active(status):
+        if not current:
+            st.caption(":material/info: The run below was started with other settings than those shown here.")
         _live_panel(kind, job_id, on_progress)
+    elif not current and state_ != "done":
+        pass
     elif state_ == "done":
         took = (status.get("finished") or 0) - (status.get("started") or status.get("finished") or 0)
         st.caption(":material/check_circle: Finished" + (f" in {services.format_seconds(took)}." if took > 0 else "."))

@@ -18,28 +18,46 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/curv
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, widgets  # noqa: E402
+from app import charts, services, state, widgets  # noqa: E402
 from app.charts import corpora_in, curve_table_rows  # noqa: E402
 
 SPARSITY_CHOICES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+#: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
+FORM = {"curves_methods": ["magnitude", "wanda"], "curves_structures": ["unstructured"],
+        "curves_sparsities": [0.5], "curves_propagation": "pruned"}
+
+
+def form_from_spec(spec) -> dict:
+    """The form values that make a sweep job's spec (the page re-attaching to it shows how it was made)."""
+    if not spec:
+        return {}
+    values = {"curves_methods": [m for m in spec.get("methods", ()) if m in services.METHODS],
+              "curves_structures": [s for s in spec.get("structures", ()) if s in services.STRUCTURES],
+              "curves_sparsities": [c for c in SPARSITY_CHOICES
+                                    if any(abs(c - float(s)) < 1e-9 for s in spec.get("sparsities", ()))]}
+    values = {key: value for key, value in values.items() if value}
+    if spec.get("propagation") in ("pruned", "dense"):
+        values["curves_propagation"] = spec["propagation"]
+    return values
+
 
 settings = widgets.page_start(
     "Curves",
     "How much worse does the model get as more weights are removed? Each line is a pruning method; the "
     "dashed line is the unpruned model. <b>Lower perplexity is better.</b>",
 )
+state.seed_form("sweep", FORM, lambda: form_from_spec(widgets.followed_spec("sweep", settings["model"])))
 
 with st.container(border=True):
     c1, c2, c3 = st.columns([2, 2, 3])
-    methods = c1.multiselect("Methods", services.METHODS, default=["magnitude", "wanda"], key="curves_methods",
+    methods = c1.multiselect("Methods", services.METHODS, key="curves_methods",
                              help="magnitude: smallest |W|; Wanda: |W|·‖X‖ per output row; SparseGPT: "
                                   "second-order with weight updates (slowest).")
-    structures = c2.multiselect("Structures", services.STRUCTURES, default=["unstructured"],
-                                key="curves_structures",
+    structures = c2.multiselect("Structures", services.STRUCTURES, key="curves_structures",
                                 help="unstructured: any weights; 2:4 and 4:8 keep N of every M (always 50 %), "
                                      "the pattern GPUs can accelerate.")
-    sparsities = c3.multiselect("Sparsities (unstructured)", SPARSITY_CHOICES, default=[0.5],
-                                key="curves_sparsities", format_func=lambda s: f"{s:.0%}")
+    sparsities = c3.multiselect("Sparsities (unstructured)", SPARSITY_CHOICES, key="curves_sparsities",
+                                format_func=lambda s: f"{s:.0%}")
     c4, c5 = st.columns([2, 5])
     propagation = c4.radio("Statistics from", ["pruned", "dense"], key="curves_propagation", horizontal=True,
                            format_func=lambda p: {"pruned": "pruned layers (papers)",
@@ -57,10 +75,12 @@ with st.container(border=True):
     run = st.button("Run sweep", key="curves_run", type="primary", icon=":material/play_arrow:",
                     disabled=spec is None)
 
+state.remember_form("sweep", FORM)
+
 if run and spec is not None:
     widgets.start_job("sweep", spec)
 
-job_id = widgets.attach_job("sweep", spec)
+job_id = widgets.attach_job("sweep", spec, settings["model"])
 
 
 def draw(results: dict, prefix: str, partial: bool = False) -> None:
@@ -95,7 +115,7 @@ def on_progress(status: dict) -> None:
         draw(partial, "curves_partial", partial=True)
 
 
-status = widgets.job_panel("sweep", job_id, on_progress)
+status = widgets.job_panel("sweep", job_id, on_progress, spec=spec)
 finished = [r["result"] for r in (widgets.guarded(services.recent_results, "sweep", settings["model"]) or [])]
 if status is not None and status.get("state") == "done" and status.get("result"):
     # This run first, then earlier finished sweeps of the same model and protocol.

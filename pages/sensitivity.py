@@ -16,7 +16,7 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/sens
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, widgets  # noqa: E402
+from app import charts, services, state, widgets  # noqa: E402
 from app.charts import metric_unit  # noqa: E402
 
 SPARSITY_CHOICES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
@@ -28,11 +28,32 @@ METRIC_HELP = ("exact: loss increase when the module alone is pruned (one evalua
                "reconstruction: relative error of the module's output (cheap); taylor: first-order |W·∂L/∂W| "
                "(one backward pass).")
 
+#: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
+FORM = {"sens_method": "wanda", "sens_sparsities": [0.5], "sens_metrics": ["reconstruction"], "sens_probe": 8}
+
+
+def form_from_spec(spec) -> dict:
+    """The form values that make a sensitivity job's spec (a page re-attaching to it shows how it was made)."""
+    if not spec:
+        return {}
+    values = {"sens_sparsities": [c for c in SPARSITY_CHOICES
+                                  if any(abs(c - float(s)) < 1e-9 for s in spec.get("sparsities", ()))],
+              "sens_metrics": [m for m in spec.get("metrics", ()) if m in services.SENSITIVITY_METRICS]}
+    values = {key: value for key, value in values.items() if value}
+    if spec.get("method") in services.METHODS:
+        values["sens_method"] = spec["method"]
+    if isinstance(spec.get("probe_windows"), int) and 1 <= spec["probe_windows"] <= 256:
+        values["sens_probe"] = spec["probe_windows"]
+    return values
+
+
 settings = widgets.page_start(
     "Sensitivity",
     "Where does removing weights hurt? Each cell is one module of one layer, pruned <b>alone</b>: "
     "brighter means the model suffers more, darker means it is safer to prune.",
 )
+state.seed_form("sensitivity", FORM,
+                lambda: form_from_spec(widgets.followed_spec("sensitivity", settings["model"])))
 
 available = services.sensitivity_available()
 if not available:
@@ -41,13 +62,12 @@ if not available:
 
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([2, 3, 3, 2])
-    method = c1.selectbox("Method", services.METHODS, index=1, key="sens_method")
-    sparsities = c2.multiselect("Sparsities", SPARSITY_CHOICES, default=[0.5], key="sens_sparsities",
+    method = c1.selectbox("Method", services.METHODS, key="sens_method")
+    sparsities = c2.multiselect("Sparsities", SPARSITY_CHOICES, key="sens_sparsities",
                                 format_func=lambda s: f"{s:.0%}",
                                 help="Several sparsities add a sensitivity-vs-sparsity view per module.")
-    metrics = c3.multiselect("Metrics", services.SENSITIVITY_METRICS, default=["reconstruction"],
-                             key="sens_metrics", help=METRIC_HELP)
-    probe = c4.number_input("Probe windows", 1, 256, value=8, key="sens_probe",
+    metrics = c3.multiselect("Metrics", services.SENSITIVITY_METRICS, key="sens_metrics", help=METRIC_HELP)
+    probe = c4.number_input("Probe windows", 1, 256, key="sens_probe",
                             help="Probe windows: held-out text windows (seqlen tokens each) on which the exact "
                                  "metric measures the loss before and after pruning one module. More windows: "
                                  "steadier values, proportionally slower.")
@@ -60,11 +80,23 @@ with st.container(border=True):
     run = st.button("Compute map", key="sens_run", type="primary", icon=":material/play_arrow:",
                     disabled=spec is None or not available)
 
+state.remember_form("sensitivity", FORM)
+
 if run and spec is not None:
     widgets.start_job("sensitivity", spec)
 
-status = widgets.job_panel("sensitivity", widgets.attach_job("sensitivity", spec))
+status = widgets.job_panel("sensitivity", widgets.attach_job("sensitivity", spec, settings["model"]), spec=spec)
 result = status.get("result") if status and status.get("state") == "done" else None
+if result is None and status is not None and status.get("state") in ("failed", "cancelled", "interrupted"):
+    # The followed run stopped without a map: the newest finished one stays on the page (as after a reload).
+    newest = widgets.guarded(services.recent_results, "sensitivity", settings["model"], 1) or []
+    if newest:
+        result = newest[0]["result"]
+        earlier = newest[0]["spec"] or {}
+        what = " · ".join(filter(None, [str(earlier.get("method") or ""), ", ".join(
+            f"{float(s):.0%}" for s in earlier.get("sparsities") or [])]))
+        st.caption(f":material/history: Showing the newest finished map{f' ({what})' if what else ''}: the "
+                   "last run did not finish.")
 maps = (result or {}).get("maps") or []
 
 if not maps:

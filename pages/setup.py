@@ -61,6 +61,7 @@ if "setup_model_kind" not in st.session_state:
 kind = st.radio("Model source", choices, key="setup_model_kind", horizontal=True,
                 format_func=lambda c: MODEL_CHOICES[c] + (f" ({launcher})" if c == "launcher" else ""))
 source = None
+facts = None  # the model's facts once it loads: the token checks below need its tokenizer
 if kind == "embedded":
     source = "embedded"
 elif kind == "launcher":
@@ -104,27 +105,46 @@ else:
 st.subheader("Calibration and evaluation text")
 calib_col, eval_col = st.columns(2, gap="large")
 with calib_col:
-    calib_options = list(services.EMBEDDED_CORPORA) + [UPLOAD] + list(services.HUB_CORPORA)
-    uploaded_path = st.session_state.get("setup_uploaded_path")
-    if uploaded_path:
-        calib_options.insert(len(services.EMBEDDED_CORPORA), uploaded_path)
+    uploads = services.uploaded_corpora()  # every earlier accepted upload stays selectable
+    calib_options = list(services.EMBEDDED_CORPORA) + uploads + [UPLOAD] + list(services.HUB_CORPORA)
+    if settings["calib"] not in calib_options and services.is_file(settings["calib"]):  # a path given elsewhere
+        calib_options.insert(len(services.EMBEDDED_CORPORA), settings["calib"])
+    labels = services.corpus_labels([c for c in calib_options if c not in CORPUS_LABELS])
     if st.session_state.get("setup_pending_calib"):
         st.session_state["setup_calib"] = st.session_state.pop("setup_pending_calib")
     current_calib = settings["calib"] if settings["calib"] in calib_options else "wiki"
     _seed("setup_calib", current_calib)
     calib = st.selectbox("Calibration corpus", calib_options, key="setup_calib",
-                         format_func=lambda c: CORPUS_LABELS.get(c, f"file · {Path(c).name.split('-', 1)[-1]}"),
+                         format_func=lambda c: CORPUS_LABELS.get(c) or f"file · {labels.get(c, c)}",
                          help="Pruning statistics (which weights matter) come from random windows of this text.")
+    refusal = st.session_state.pop("setup_upload_refused", None)  # shown once: it is about that upload only
+    if refusal:
+        st.error(refusal, icon=":material/block:")
+    calib_problem = False
     if calib == UPLOAD:
-        upload = st.file_uploader("Text file", type=list(services.USER_FILE_EXTENSIONS), key="setup_upload",
+        upload_column = st.text_input("Text column / field", key="setup_upload_column",
+                                      help="For .jsonl/.json/.csv/.parquet files: leave empty for 'text' (JSON) "
+                                           "or the only text column (tables).")
+        upload = st.file_uploader("Text file", type=[e for e in services.USER_FILE_EXTENSIONS if e],
+                                  key="setup_upload",
                                   help=".txt (paragraphs), .jsonl/.json (a 'text' field), .csv/.parquet (a column)")
         if upload is not None:
-            path = widgets.guarded(services.save_upload, upload.name, upload.getvalue())
-            if path:
-                # The selectbox above is already drawn this run: choose the file on the next run.
-                st.session_state["setup_uploaded_path"] = path
+            # Checked here, where it is dropped (content, and enough calibration text for the windows chosen
+            # under Protocol); a refused file is not stored and the previous choice stays selected.
+            try:
+                path = services.save_upload(upload.name, upload.getvalue(), settings if facts else None,
+                                            upload_column.strip() or None)
+            except Exception as error:  # noqa: BLE001 - every refusal is a short message
+                st.session_state["setup_upload_refused"] = (
+                    f"{widgets.error_text(error)} The calibration text stays "
+                    f"**{CORPUS_LABELS.get(current_calib) or services.corpus_label(current_calib)}**.")
+                st.session_state["setup_pending_calib"] = current_calib
+            else:
+                state.update(calib=path, calib_column=upload_column.strip() or None)
+                st.session_state["setup_calib_column"] = upload_column.strip()
                 st.session_state["setup_pending_calib"] = path
-                st.rerun()
+            # The selectbox above is already drawn this run: show the outcome on the next run.
+            st.rerun()
         calib = None
     if calib and Path(calib).suffix.lower() in (".csv", ".parquet", ".json", ".jsonl"):
         _seed("setup_calib_column", settings.get("calib_column") or "")
@@ -134,28 +154,33 @@ with calib_col:
     if calib:
         state.update(calib=calib)
         preview = widgets.guarded(services.corpus_preview, calib, "calibration", settings.get("calib_column"))
+        calib_problem = preview is None
         if preview is not None:
             tokens = widgets.guarded(services.token_count, settings["model"], calib, "calibration",
-                                     settings.get("calib_column")) if source else None
+                                     settings.get("calib_column")) if facts else None
             token_text = f" · **{tokens:,}** tokens" if tokens else ""
             st.caption(f"Calibration split: **{preview['documents']:,}** documents · "
                        f"**{preview['chars']:,}** characters{token_text}")
             with st.expander("Preview the calibration text"):
                 st.text(preview["text"] + " …")
 with eval_col:
-    eval_options = list(services.EMBEDDED_CORPORA) + list(services.HUB_CORPORA)
-    if uploaded_path:
-        eval_options.insert(len(services.EMBEDDED_CORPORA), uploaded_path)
+    eval_options = list(services.EMBEDDED_CORPORA) + uploads + list(services.HUB_CORPORA)
+    for chosen in settings["eval_corpora"]:  # a path given elsewhere
+        if chosen not in eval_options and services.is_file(chosen):
+            eval_options.insert(len(services.EMBEDDED_CORPORA), chosen)
+    labels = services.corpus_labels([c for c in eval_options if c not in CORPUS_LABELS])
     _seed("setup_eval", [c for c in settings["eval_corpora"] if c in eval_options] or ["wiki"])
     evals = st.multiselect("Evaluation corpora", eval_options, key="setup_eval",
-                           format_func=lambda c: CORPUS_LABELS.get(c, f"file · {Path(c).name.split('-', 1)[-1]}"),
+                           format_func=lambda c: CORPUS_LABELS.get(c) or f"file · {labels.get(c, c)}",
                            help="Perplexity is measured on the held-out (evaluation) split of each.")
+    eval_problem = False
     if evals:
         state.update(eval_corpora=list(evals))
         for corpus in evals:
             info = widgets.guarded(services.corpus_preview, corpus, "evaluation")
+            eval_problem = eval_problem or info is None
             if info is not None:
-                st.caption(f"**{corpus if corpus in CORPUS_LABELS else Path(corpus).name}** evaluation split: "
+                st.caption(f"**{labels.get(corpus, corpus)}** evaluation split: "
                            f"{info['documents']:,} documents · {info['chars']:,} characters")
     else:
         st.warning("Choose at least one evaluation corpus.", icon=":material/warning:")
@@ -190,12 +215,14 @@ b2.button("Paper protocol", key="setup_paper", on_click=_apply_preset, args=(ser
 # --------------------------------------------------------------------------------------------- estimate
 st.subheader("Before you run")
 if source and evals:
+    specs_ok = False
     try:
         sweep = services.sweep_spec(settings, ["wanda"], ["unstructured"], [0.5])
         sens = services.sensitivity_spec(settings, "wanda", [0.5], ["reconstruction"])
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     else:
+        specs_ok = True
         e1, e2 = st.columns(2)
         with e1:
             st.markdown("**One curve point** (Wanda, 50 %)")
@@ -203,5 +230,14 @@ if source and evals:
         with e2:
             st.markdown("**One sensitivity map** (reconstruction proxy, 50 %)")
             widgets.estimate_line("sensitivity", settings, sens)
-    st.success("Settings saved for this session: open **Sensitivity** or **Curves** in the menu to run.",
-               icon=":material/check_circle:")
+    # "Saved" only when a run can start: the texts read, and the calibration text holds the chosen windows.
+    ready = specs_ok and not calib_problem and not eval_problem
+    if ready and facts:
+        ready = widgets.guarded(services.check_calibration_fits, settings) is not None
+        ready = widgets.guarded(services.check_evaluation_fits, settings) is not None and ready
+    if ready:
+        st.success("Settings saved: open **Sensitivity** or **Curves** in the menu to run. A reload or a new "
+                   "tab opens with them.", icon=":material/check_circle:")
+    else:
+        st.warning("Fix the problem shown above before running: the pages use these settings.",
+                   icon=":material/warning:")

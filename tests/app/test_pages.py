@@ -80,8 +80,10 @@ def test_setup_page_shows_model_facts_and_writes_shared_settings():
     assert at.session_state["settings"]["nsamples"] == 8
     assert at.session_state["settings"]["eval_corpora"] == ["news", "pydocs"]
     at.button(key="setup_paper").click().run()
-    settings = ok(at).session_state["settings"]
+    settings = at.session_state["settings"]
     assert (settings["nsamples"], settings["seqlen"]) == (128, 2048)
+    # news holds fewer tokens than 128 x 2048: Setup says so before any run, in its own words
+    assert not at.exception and len(at.error) == 1 and "calibration text of 'news'" in at.error[0].value
     at.button(key="setup_quick").click().run()
     assert ok(at).session_state["settings"]["nsamples"] == 16
     assert "documents" in text_of(at)
@@ -97,12 +99,12 @@ def test_setup_page_reports_a_missing_model_folder_without_traceback(tmp_path):
 
 def test_uploaded_corpus_is_saved_under_home_and_usable_for_calibration(app_env):
     from app import services
-    from pruning_core.errors import ConfigError
+    from pruning_core.errors import PruneScopeError
 
     text = "\n\n".join(f"Paragraph {i} about pruning language models and their weights." for i in range(20))
     path = services.save_upload("my notes.txt", text.encode())
     assert Path(path).parent == app_env / "uploads" and Path(path).read_text() == text
-    with pytest.raises(ConfigError):
+    with pytest.raises(PruneScopeError):
         services.save_upload("model.bin", b"\0")
     at = AppTest.from_file(PAGE["setup"], default_timeout=120)
     at.session_state["settings"] = {**SMALL, "calib": path}
