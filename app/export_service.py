@@ -3,74 +3,208 @@
 The export runs as a job (`pruning_core.outputs.pipeline.run_export_job`, in a worker process like sweeps and maps),
 so it survives a reload and can be cancelled. Exports go to ``$PRUNESCOPE_HOME/exports/<hash of the setting>/``,
 so a page reload finds the files again.
+
+What is exported: a new setting (method, structure, sparsity, propagation; pre-filled from the Summary's
+recommendation when the Summary hands one over), or a stored What-if mask exactly as the What-if made it
+(per-layer sparsities included). The dense perplexity is reused from the store when measured before.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
-from pruning_core.outputs.pipeline import DEFAULT_PROMPTS, ExportOptions
-from pruning_core.errors import PruneScopeError
-from pruning_core.outputs.lm_eval_bridge import LOCAL_TASKS
-from pruning_core.protocol import QUICK_PROTOCOL, Protocol
-from pruning_core.outputs.report import summary_sentences
+from app import services
+from pruning_core.errors import ConfigError, PruneScopeError
 from pruning_core.execution.store import content_hash, home_dir
+from pruning_core.methods import METHODS as METHOD_REGISTRY
+from pruning_core.outputs.lm_eval_bridge import LOCAL_TASKS
+from pruning_core.outputs.pipeline import DEFAULT_PROMPTS, ExportOptions
+from pruning_core.outputs.report import summary_sentences
+from pruning_core.protocol import Protocol
+from pruning_core.prune import PROPAGATION_NOTES
 
-METHODS = ("wanda", "sparsegpt", "magnitude")
-STRUCTURES = ("unstructured", "2:4", "4:8")
-CORPORA = ("wiki", "news", "pydocs")
+METHODS = services.METHODS
+STRUCTURES = services.STRUCTURES
+PROPAGATIONS = tuple(PROPAGATION_NOTES)
+#: Session key the Summary page sets to hand its recommended point to this page.
+PREFILL_KEY = "export_prefill"
+#: Widget keys of the Export form that a Summary recommendation fills in.
+PREFILL_WIDGETS = {"method": "export_method", "structure": "export_structure", "sparsity": "export_sparsity",
+                   "propagation": "export_propagation"}
+FORM_DEFAULTS = {"export_method": "wanda", "export_structure": "unstructured", "export_sparsity": 0.5,
+                 "export_propagation": "pruned"}
+NEW_SETTING = "A new setting (chosen below)"
 MIME = {".json": "application/json", ".md": "text/markdown", ".html": "text/html", ".pdf": "application/pdf",
         ".safetensors": "application/octet-stream", ".yaml": "application/x-yaml", ".zip": "application/zip"}
 
 __all__ = [
-    "CORPORA",
     "DEFAULT_PROMPTS",
     "LOCAL_TASKS",
     "METHODS",
+    "NEW_SETTING",
+    "PREFILL_KEY",
+    "PROPAGATIONS",
     "STRUCTURES",
     "PruneScopeError",
+    "apply_prefill",
     "download_items",
+    "evaluation_note",
     "export_result",
     "export_spec",
-    "settings_from",
+    "recommendation_prefill",
+    "send_to_export",
     "summary_sentences",
+    "whatif_export_spec",
+    "whatif_sources",
     "zip_folder",
 ]
 
 
-def settings_from(session: dict) -> dict:
-    """The Setup page's choices (``st.session_state["settings"]``) if present, else the quick defaults."""
-    given = dict(session.get("settings") or {})
-    model = given.get("model") or os.environ.get("PRUNESCOPE_DEFAULT_MODEL", "").strip() or "embedded"
-    return {
-        "model": model,
-        "calib": given.get("calib", "wiki"),
-        "calib_column": given.get("calib_column"),
-        "nsamples": int(given.get("nsamples", QUICK_PROTOCOL.nsamples)),
-        "seqlen": int(given.get("seqlen", QUICK_PROTOCOL.seqlen)),
-        "eval_windows": int(given.get("eval_windows", QUICK_PROTOCOL.eval_windows)),
-        "seed": int(given.get("seed", 0)),
-        "dtype": given.get("dtype", "float32"),
-        "eval_corpora": list(given.get("eval_corpora") or ["wiki"]),
-    }
+def _folder_for(spec_core: dict) -> str:
+    return str(home_dir() / "exports" / content_hash(spec_core)[:16])
+
+
+def _options_json(opts: ExportOptions) -> dict:
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
+    if out.get("layer_sparsity"):
+        out["layer_sparsity"] = {str(k): float(v) for k, v in out["layer_sparsity"].items()}
+    return out
 
 
 def export_spec(settings: dict, options: dict) -> dict:
-    """The export job spec for the Setup choices and the page's options (ExportOptions fields).
+    """The export job spec for the shared settings (protocol from `services.protocol_of`, the one conversion
+    of dashboard settings) and the page's options (ExportOptions fields).
 
     Raises PruneScopeError (ConfigError) for a bad protocol or option, with a message for the page.
     """
-    protocol = Protocol(calib=settings["calib"], nsamples=settings["nsamples"], seqlen=settings["seqlen"],
-                        seed=settings["seed"], eval_windows=settings["eval_windows"], dtype=settings["dtype"],
-                        calib_column=settings.get("calib_column")).validate()
+    protocol = services.protocol_of(settings)
     opts = ExportOptions(**{**options, "eval_corpora": tuple(settings["eval_corpora"])})
-    folder = home_dir() / "exports" / content_hash({"settings": settings, "options": vars(opts)})[:16]
-    as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
-    return {"model": settings["model"], "protocol": protocol.to_dict(), "options": as_json, "out_dir": str(folder)}
+    if opts.method not in METHOD_REGISTRY:
+        raise ConfigError(f"Unknown method '{opts.method}'; choose one of {', '.join(METHOD_REGISTRY)}.")
+    if opts.propagation not in PROPAGATIONS:
+        raise ConfigError(f"Propagation '{opts.propagation}' is unknown; use one of {', '.join(PROPAGATIONS)}.")
+    as_json = _options_json(opts)
+    folder = _folder_for({"settings": settings, "options": as_json})
+    return {"model": settings["model"], "protocol": protocol.to_dict(), "options": as_json, "out_dir": folder}
+
+
+# ------------------------------------------------------------------------------------ What-if masks
+
+
+def _whatif_label(item: dict) -> str:
+    cfg, result = item["result"]["config"], item["result"]
+    layers = " per-layer" if cfg.get("layer_sparsity") else ""
+    target = cfg["structure"] if cfg["structure"] != "unstructured" else f"{float(cfg['sparsity']):.0%}{layers}"
+    return (f"What-if mask: {cfg['method']} {target} (measured {float(result['sparsity']):.1%}, "
+            f"mask {result['mask_artifact'][:8]})")
+
+
+def whatif_sources(model: str) -> list[dict]:
+    """Finished What-if results of `model` whose mask is stored and exportable, newest first:
+    [{"label", "spec", "result"}]. A SparseGPT mask needs its stored updated weights (What-ifs run before
+    they were stored are left out)."""
+    out, seen = [], set()
+    for item in services.recent_results("whatif", model):
+        result = item["result"]
+        artifact = result.get("mask_artifact")
+        config = result.get("config") or {}
+        if not artifact or artifact in seen or not config:
+            continue
+        method = METHOD_REGISTRY.get(config.get("method", ""))
+        if method is None or (method.updates_weights and not result.get("weights_artifact")):
+            continue
+        seen.add(artifact)
+        out.append({"label": _whatif_label(item), "spec": item["spec"], "result": result})
+    return out
+
+
+def whatif_export_spec(source: dict, options: dict) -> dict:
+    """The export job spec for a stored What-if mask: its model, protocol, corpora and setting (per-layer
+    sparsities included) as the What-if ran them, with the page's output options."""
+    spec, result = source["spec"], source["result"]
+    config = result["config"]
+    setting = {"method": config["method"], "structure": config["structure"], "sparsity": float(config["sparsity"]),
+               "propagation": config.get("propagation", "pruned"), "layer_sparsity": config.get("layer_sparsity"),
+               "mask_artifact": result["mask_artifact"], "weights_artifact": result.get("weights_artifact")}
+    protocol = Protocol(**spec["protocol"]).validate()
+    corpora = tuple(spec.get("eval_corpora") or (protocol.calib,))
+    opts = ExportOptions(**{**options, **setting, "eval_corpora": corpora})
+    as_json = _options_json(opts)
+    folder = _folder_for({"model": spec["model"], "protocol": protocol.to_dict(), "options": as_json})
+    return {"model": spec["model"], "protocol": protocol.to_dict(), "options": as_json, "out_dir": folder}
+
+
+# ----------------------------------------------------------------------------- Summary recommendation
+
+
+def recommendation_prefill(point: dict) -> dict:
+    """What the Summary hands to this page for a recommended sweep point: method, structure, sparsity (the
+    target, a slider value) and the propagation the point was measured with."""
+    structure = point.get("structure", "unstructured")
+    sparsity = float(point.get("target_sparsity") or point.get("sparsity") or 0.5)
+    return {"method": point["method"], "structure": structure,
+            "sparsity": min(0.9, max(0.1, round(sparsity * 20) / 20)),
+            "propagation": point.get("propagation") or "pruned"}
+
+
+#: The Export page's path, relative to the main script (app/main.py) and to a page run alone (pages/x.py).
+EXPORT_PAGE = "../pages/export.py"
+
+
+def send_to_export(point: dict) -> None:
+    """Hand a recommended sweep point to the Export page (pre-filled there) and open it.
+
+    Outside the multipage app (a page run on its own) there is no page to switch to; the hand-off stays in
+    the session and a note says where to go.
+    """
+    import streamlit as st
+    from streamlit.errors import StreamlitAPIException
+
+    st.session_state[PREFILL_KEY] = recommendation_prefill(point)
+    try:
+        st.switch_page(EXPORT_PAGE)
+    except StreamlitAPIException:
+        st.info("The recommendation is pre-filled on the Export page; open it from the menu.",
+                icon=":material/download:")
+
+
+def apply_prefill(session) -> dict | None:
+    """Seed the Export form's widget keys with their defaults, and move a Summary hand-off
+    (``session[PREFILL_KEY]``) into them, once.
+
+    Call before the form's widgets are drawn (the widgets then take no default of their own, so Streamlit
+    never sees two defaults). Returns the hand-off (for a note on the page) or None.
+    """
+    for key, value in FORM_DEFAULTS.items():
+        if key not in session:
+            session[key] = value
+    prefill = session.get(PREFILL_KEY)
+    if not prefill:
+        return None
+    del session[PREFILL_KEY]
+    for name, key in PREFILL_WIDGETS.items():
+        if name in prefill:
+            session[key] = prefill[name]
+    session["export_source"] = NEW_SETTING
+    return prefill
+
+
+def evaluation_note(report: dict) -> str:
+    """Which mask and which propagation produced the export's perplexities, and whether the dense one was
+    reused; explains why a Curves point (maybe in dense propagation) can read slightly differently."""
+    s = report.get("setting") or {}
+    propagation = s.get("propagation", "pruned")
+    other = "dense" if propagation == "pruned" else "pruned"
+    note = (f"These perplexities come from {propagation} propagation. A Curves point measured in {other} "
+            "propagation has slightly different masks, so its perplexity for the same method and sparsity can "
+            "differ a little; choose the propagation above to match it.")
+    cached = (report.get("evaluation") or {}).get("dense_cached") or []
+    if cached:
+        note += f" The dense perplexity on {', '.join(cached)} was reused from the store (measured earlier)."
+    return note
 
 
 def export_result(job_result: dict) -> dict:

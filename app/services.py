@@ -29,6 +29,8 @@ from pruning_core import claims
 from pruning_core import data as core_data
 from pruning_core.errors import ConfigError, CorpusError, PruneScopeError
 from pruning_core.execution.jobs import ACTIVE_STATES, JobRunner, job_key
+from pruning_core.methods import METHODS as _METHOD_REGISTRY
+from pruning_core.methods import STRUCTURES as _STRUCTURES
 from pruning_core.models import classify_source, load_model
 from pruning_core.protocol import PAPER_PROTOCOL, QUICK_PROTOCOL, Protocol
 from pruning_core.execution.store import Store, content_hash, home_dir
@@ -43,8 +45,8 @@ INLINE_ENV = "PRUNESCOPE_INLINE_JOBS"
 EMBEDDED_CORPORA = tuple(core_data.EMBEDDED_CORPORA)
 HUB_CORPORA = tuple(core_data.HUB_CORPORA)
 USER_FILE_EXTENSIONS = tuple(ext.lstrip(".") for ext in core_data.USER_FILE_EXTENSIONS)
-METHODS = ("magnitude", "wanda", "sparsegpt")
-STRUCTURES = ("unstructured", "2:4", "4:8")
+METHODS = tuple(_METHOD_REGISTRY)  # the registry's names, in its order
+STRUCTURES = _STRUCTURES
 SENSITIVITY_METRICS = ("exact", "reconstruction", "taylor")
 EVAL_DTYPES = ("float32", "bfloat16")
 
@@ -363,12 +365,18 @@ def save_settings(launch_model: str, settings: dict) -> None:
 # ---------------------------------------------------------------------------------------------- protocol
 
 
-def protocol_dict(settings: dict) -> dict:
-    """The Protocol (as a dict) for the shared settings (see `app.state`); validated."""
+def protocol_of(settings: dict) -> Protocol:
+    """THE Protocol of the dashboard's shared settings (see `app.state`), validated; every job spec of every
+    page (sweep, sensitivity, what-if, export) gets its protocol here."""
     proto = Protocol(calib=settings["calib"], nsamples=int(settings["nsamples"]), seqlen=int(settings["seqlen"]),
                      seed=int(settings["seed"]), eval_windows=int(settings["eval_windows"]),
                      dtype=settings["dtype"], calib_column=settings.get("calib_column") or None)
-    return proto.validate().to_dict()
+    return proto.validate()
+
+
+def protocol_dict(settings: dict) -> dict:
+    """`protocol_of(settings)` as a dict."""
+    return protocol_of(settings).to_dict()
 
 
 def sweep_spec(settings: dict, methods, structures, sparsities, propagation: str = "pruned") -> dict:
@@ -378,29 +386,33 @@ def sweep_spec(settings: dict, methods, structures, sparsities, propagation: str
     spec = SweepSpec(model=settings["model"], methods=tuple(methods), structures=tuple(structures),
                      sparsities=tuple(float(s) for s in sparsities),
                      eval_corpora=tuple(settings["eval_corpora"]), propagation=propagation,
-                     protocol=Protocol(**protocol_dict(settings)))
+                     protocol=protocol_of(settings))
     return spec.validate().to_dict()
 
 
 def sensitivity_spec(settings: dict, method: str, sparsities, metrics, probe_windows: int = 8) -> dict:
-    """A sensitivity job spec: {"model", "protocol", "method", "sparsities", "metrics", "probe_windows"}."""
+    """A sensitivity job spec (`SensitivitySpec.to_dict()`), validated before anything runs."""
+    from pruning_core.analysis.sensitivity import SensitivitySpec
+
     if not metrics:
         raise ConfigError("Choose at least one sensitivity metric (reconstruction is the cheapest).")
-    if not sparsities:
-        raise ConfigError("Choose at least one sparsity, e.g. 50 %.")
-    return {"model": settings["model"], "protocol": protocol_dict(settings), "method": method,
-            "sparsities": sorted(float(s) for s in sparsities), "metrics": list(metrics),
-            "probe_windows": int(probe_windows)}
+    spec = SensitivitySpec(model=settings["model"], protocol=protocol_of(settings), method=method,
+                           sparsities=tuple(sorted(float(s) for s in sparsities)), metrics=tuple(metrics),
+                           probe_windows=int(probe_windows))
+    return spec.validate().to_dict()
 
 
 def whatif_spec(settings: dict, method: str, structure: str, sparsity: float,
                 layer_sparsity: Optional[dict] = None, prompt: str = "", max_new_tokens: int = 40) -> dict:
-    """A what-if job spec (see `pruning_core.analysis.whatif.run_whatif`)."""
-    return {"model": settings["model"], "model_identity": model_identity(settings["model"]),
-            "protocol": protocol_dict(settings), "method": method, "structure": structure,
-            "sparsity": float(sparsity),
-            "layer_sparsity": {str(k): float(v) for k, v in (layer_sparsity or {}).items()},
-            "eval_corpora": list(settings["eval_corpora"]), "prompt": prompt, "max_new_tokens": int(max_new_tokens)}
+    """A what-if job spec (`WhatIfSpec.to_dict()`, see `pruning_core.analysis.whatif.run_whatif`), validated."""
+    from pruning_core.analysis.whatif import WhatIfSpec
+
+    layers = {int(k): float(v) for k, v in (layer_sparsity or {}).items() if v is not None} or None
+    spec = WhatIfSpec(model=settings["model"], protocol=protocol_of(settings), method=method, structure=structure,
+                      sparsity=float(sparsity), layer_sparsity=layers,
+                      eval_corpora=tuple(settings["eval_corpora"]), prompt=prompt,
+                      max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]))
+    return spec.validate().to_dict()
 
 
 # --------------------------------------------------------------------------------------------- estimates
@@ -631,6 +643,23 @@ def model_size_labels(facts: dict) -> dict:
     Q4_1)" and "269.0 MB as 16-bit weights" (`claims.size_labels`)."""
     return claims.size_labels(facts["parameters"], facts.get("memory_bytes"), facts.get("dtype"),
                               facts.get("disk_bytes"), facts.get("disk_form"))
+
+
+def time_left(status: dict) -> Optional[float]:
+    """Seconds left of a running job as the job panel shows them: the same estimate the page showed before
+    the run (`estimate`) at the start, the job's own measured rate as it progresses
+    (`pruning_core.analysis.estimates.time_left`)."""
+    rate_eta = status.get("eta_seconds")
+    if _estimates is None or not status.get("started"):
+        return rate_eta
+    spec = status.get("spec") or {}
+    try:
+        planned = (estimate(status.get("kind", ""), {"model": spec.get("model")}, spec) or {}).get("seconds") \
+            if spec.get("model") else None
+    except Exception:  # noqa: BLE001 - the job's own rate is a fine answer when no estimate can be made
+        planned = None
+    return _estimates.time_left(planned, time.time() - float(status["started"]),
+                                float(status.get("fraction") or 0.0), rate_eta)
 
 
 def format_seconds(seconds: Optional[float]) -> str:

@@ -1,9 +1,9 @@
 """Export: the chosen setting as a re-applicable mask, a pruned model, an llm-compressor recipe and a report.
 
 Thin page: widgets in, an export job (a worker process, like sweeps and maps: progress, time left, Cancel,
-and it survives a reload), download buttons out. Reads the Setup page's choices from
-``st.session_state["settings"]`` when present (quick defaults otherwise), and runs on its own
-(`streamlit run pages/export.py`).
+and it survives a reload), download buttons out. Reads the Setup page's choices (shared
+settings, quick defaults otherwise), offers the stored What-if masks and takes the Summary's recommendation
+pre-filled; runs on its own (`streamlit run pages/export.py`).
 """
 
 from __future__ import annotations
@@ -22,21 +22,44 @@ from app import export_service as svc
 from app import widgets
 from app.charts import curves_chart, heatmap_chart, show
 
-st.title("Export")
-st.caption("Take the chosen setting away: the mask (re-applicable, verified against the model's fingerprint), "
-           "the pruned model, a recipe for llm-compressor and an evaluation report to forward.")
+settings = widgets.page_start(
+    "Export",
+    "Take the chosen setting away: the mask (re-applicable, verified against the model's fingerprint), the "
+    "pruned model, a recipe for llm-compressor and an evaluation report to forward.",
+)
 
-settings = svc.settings_from(st.session_state)
-st.markdown(f"**Model** `{settings['model']}` · calibration **{settings['calib']}** · "
-            f"{settings['nsamples']} windows × {settings['seqlen']} tokens · evaluation on "
-            f"{', '.join(settings['eval_corpora'])}")
+prefill = svc.apply_prefill(st.session_state)  # the Summary's recommendation, handed over once
+sources = widgets.guarded(svc.whatif_sources, settings["model"]) or []
+by_label = {item["label"]: item for item in sources}
+source_label = st.selectbox(
+    "What to export", [svc.NEW_SETTING, *by_label], key="export_source",
+    help="A stored What-if mask is exported exactly as the What-if made it (per-layer sparsities included), "
+         "with the What-if's calibration and evaluation settings; no re-pruning.")
+source = by_label.get(source_label)
+if prefill and source is None:
+    st.info(f"Pre-filled with the Summary's recommendation: {prefill['method']}, {prefill['structure']}, "
+            f"{float(prefill['sparsity']):.0%} sparsity, {prefill['propagation']} propagation.",
+            icon=":material/recommend:")
+if source is not None:
+    cfg = source["result"]["config"]
+    layers = cfg.get("layer_sparsity") or {}
+    st.caption(f"{cfg['method']}, {cfg['structure']}, target {float(cfg['sparsity']):.0%}"
+               + (f" with {len(layers)} per-layer overrides" if layers else "")
+               + f", {cfg.get('propagation', 'pruned')} propagation; measured sparsity "
+               f"{float(source['result']['sparsity']):.1%}.")
 
 with st.form("export-form"):
     left, right = st.columns(2)
-    method = left.selectbox("Method", svc.METHODS, key="export_method")
-    structure = left.selectbox("Structure", svc.STRUCTURES, key="export_structure",
-                               help="2:4 can be accelerated by NVIDIA sparse tensor cores; unstructured cannot.")
-    sparsity = left.slider("Sparsity (unstructured)", 0.1, 0.9, 0.5, 0.05, key="export_sparsity")
+    if source is None:
+        method = left.selectbox("Method", svc.METHODS, key="export_method")
+        structure = left.selectbox("Structure", svc.STRUCTURES, key="export_structure",
+                                   help="2:4 can be accelerated by NVIDIA sparse tensor cores; unstructured cannot.")
+        sparsity = left.slider("Sparsity (unstructured)", 0.1, 0.9, step=0.05, key="export_sparsity")
+        propagation = left.selectbox(
+            "Propagation", svc.PROPAGATIONS, key="export_propagation",
+            help="pruned: each layer's calibration statistics come from the already-pruned earlier layers (the "
+                 "papers' protocol). dense: statistics of the dense model for every layer (the fast Curves mode). "
+                 "The same method and sparsity give slightly different perplexities under the two.")
     prompts = right.text_area("Prompts for sample generations (one per line)", "\n".join(svc.DEFAULT_PROMPTS),
                               key="export_prompts")
     heatmap = right.checkbox("Sensitivity heatmap (reconstruction proxy)", True, key="export_heatmap")
@@ -48,12 +71,16 @@ with st.form("export-form"):
     submitted = st.form_submit_button("Export", type="primary")
 
 if submitted:
-    options = {"method": method, "structure": structure, "sparsity": float(sparsity),
-               "prompts": tuple(p.strip() for p in prompts.splitlines() if p.strip()), "heatmap": heatmap,
+    options = {"prompts": tuple(p.strip() for p in prompts.splitlines() if p.strip()), "heatmap": heatmap,
                "recipe": recipe, "save_model": save_model, "pdf": pdf,
                "lm_eval_tasks": tuple(svc.LOCAL_TASKS) if lm_eval else (), "lm_eval_limit": int(limit)}
     try:
-        widgets.start_job("export", svc.export_spec(settings, options))
+        if source is None:
+            options.update(method=method, structure=structure, sparsity=float(sparsity), propagation=propagation)
+            spec = svc.export_spec(settings, options)
+        else:
+            spec = svc.whatif_export_spec(source, options)
+        widgets.start_job("export", spec)
     except svc.PruneScopeError as exc:
         st.error(str(exc))
 
@@ -73,6 +100,7 @@ if result:
         columns[i % 3].download_button(f"{item['name']}{size}", functools.partial(svc.file_bytes, item),
                                        file_name=item["name"], mime=item["mime"], key=f"download-{item['name']}")
     st.caption(f"Files are also in `{result['folder']}`.")
+    st.caption(svc.evaluation_note(result["report"]))
     report = result["report"]
     if report.get("results"):
         corpus = next(iter(report["results"]["dense"]["ppl"]))

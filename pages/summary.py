@@ -15,7 +15,7 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/summ
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, widgets  # noqa: E402
+from app import charts, export_service, services, widgets  # noqa: E402
 from app.charts import corpora_in  # noqa: E402
 
 METHOD_NAMES = {"magnitude": "magnitude pruning", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
@@ -59,6 +59,9 @@ with st.container(border=True):
         # Size and speed in the claims module's words: the What-if page and the report say exactly the same.
         gains = services.point_claims(results, p)
         st.markdown(" ".join(sentence for sentence in (gains["size"], gains["speed"]) if sentence))
+        if st.button("Export this setting", key="summary_export", icon=":material/download:",
+                     help="Opens the Export page with this method, structure, sparsity and propagation filled in."):
+            export_service.send_to_export(p)
     # Per method: first what is usable (its highest sparsity within the budget), then where it ends (its
     # highest measured point), said as a factor with a verdict when the model is broken there.
     lines = []

@@ -26,7 +26,7 @@ from pruning_core.masks import (
     score_ranks,
     sparsity_when_applied,
 )
-from pruning_core.methods import MethodOptions, get_method
+from pruning_core.methods import MethodOptions, covers, get_method
 from pruning_core.models import LoadedModel, to_native, weight_matrix
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.stats import InputStatistics, LayerStatistics
@@ -40,6 +40,10 @@ class PruneConfig:
     sparsity: target fraction of zeros in [0, 1) for unstructured pruning (ignored for N:M).
     layer_sparsity: optional per-decoder-layer overrides {layer index: sparsity}.
     targets: module kinds to prune (e.g. ("q", "k")); None = every prunable linear.
+
+    The method and structure are resolved once, when the config is built (an unknown name raises ConfigError
+    then): `method_spec` is the registered `Method`, `structure_spec` the parsed `Structure`, and `method`
+    holds the registry's spelling of the name.
     """
 
     method: str = "wanda"
@@ -51,11 +55,16 @@ class PruneConfig:
     blocksize: int = 128
     percdamp: float = 0.01
 
+    def __post_init__(self) -> None:
+        # Frozen: set the resolved objects (not fields, so to_dict and equality see only the settings).
+        method = get_method(self.method)
+        object.__setattr__(self, "method", method.name)
+        object.__setattr__(self, "method_spec", method)
+        object.__setattr__(self, "structure_spec", parse_structure(self.structure))
+
     def validate(self) -> "PruneConfig":
         """Check every field; raises ConfigError naming the bad value and the fix."""
-        get_method(self.method)
-        structure = parse_structure(self.structure)
-        if not structure.is_nm:
+        if not self.structure_spec.is_nm:
             check_sparsity(self.sparsity)
         for layer, value in (self.layer_sparsity or {}).items():
             check_sparsity(value)
@@ -68,7 +77,7 @@ class PruneConfig:
     @property
     def effective_sparsity(self) -> float:
         """The target sparsity: the N:M-implied one for N:M structures."""
-        structure = parse_structure(self.structure)
+        structure = self.structure_spec
         return structure.sparsity if structure.is_nm else float(self.sparsity)
 
     def to_dict(self) -> dict:
@@ -115,8 +124,7 @@ def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str
     method (magnitude, Wanda) in unstructured mode, each matrix's score ranks are computed once into it and
     every later sparsity is a comparison (same masks as ranking afresh).
     """
-    method = get_method(config.method)
-    structure = parse_structure(config.structure)
+    method, structure = config.method_spec, config.structure_spec
     sparsity = (config.layer_sparsity or {}).get(index, config.sparsity)
     options = MethodOptions(config.blocksize, config.percdamp)
     linears = loaded.adapter.layer_linears(layer)
@@ -144,6 +152,47 @@ def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str
                 matrix.mul_(keep.to(matrix.dtype))
 
 
+#: What each propagation means, in the words pages and reports use to say which one produced a number: the
+#: same method and sparsity give slightly different masks (and perplexities) under the two.
+PROPAGATION_NOTES = {
+    "pruned": "each layer's statistics are measured on the outputs of the already-pruned earlier layers "
+              "(pruned propagation, as the Wanda and SparseGPT papers do)",
+    "dense": "every layer's statistics are measured once on the dense model and reused for every setting "
+             "(dense propagation, the fast sweep mode)",
+}
+
+
+def propagation_note(propagation: str) -> str:
+    """One clause saying how the calibration statistics behind a mask were measured."""
+    if propagation not in PROPAGATION_NOTES:
+        raise ConfigError(f"Propagation '{propagation}' is unknown; use 'pruned' or 'dense'.")
+    return PROPAGATION_NOTES[propagation]
+
+
+def result_from_masks(loaded: LoadedModel, config: PruneConfig, masks: dict[str, torch.Tensor],
+                      weights: Optional[dict[str, torch.Tensor]] = None, seconds: float = 0.0) -> PruneResult:
+    """A `PruneResult` for keep-masks computed earlier (e.g. a stored What-if mask), checked against `loaded`.
+
+    Every name must be a linear of this model with the mask's shape; the sparsity is measured afresh.
+    """
+    config.validate()
+    if not masks:
+        raise ConfigError("The stored mask is empty; run the What-if again.")
+    for name, mask in masks.items():
+        try:
+            module = loaded.model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"The stored mask names '{name}', which this model does not have; it was made "
+                              "for another model. Choose a mask made for this model.") from None
+        if tuple(mask.shape) != tuple(module.weight.shape):
+            raise ConfigError(f"The stored mask for '{name}' has shape {tuple(mask.shape)} but the weight has "
+                              f"{tuple(module.weight.shape)}; it was made for another model.")
+    bool_masks = {name: mask.to(torch.bool) for name, mask in masks.items()}
+    result = _finish(loaded, config, bool_masks, weights, time.perf_counter())
+    result.seconds = seconds
+    return result
+
+
 def _finish(loaded: LoadedModel, config: PruneConfig, masks, weights, start: float) -> PruneResult:
     measured = sparsity_when_applied(loaded.model, masks, weights)
     return PruneResult(config, masks, weights, measured["overall"], measured["per_module"],
@@ -162,7 +211,7 @@ def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], co
     config.validate()
     progress = progress or no_progress
     start = time.perf_counter()
-    method = get_method(config.method)
+    method = config.method_spec
     if config.propagation == "dense" and method.needs != "none":
         statistics = collect_statistics(loaded, calibration_ids, method.needs, batch_size, progress, inputs)
         return prune_with_statistics(loaded, statistics, config, start=start)
@@ -197,8 +246,7 @@ class Statistics:
     seconds: float = 0.0
 
     def covers(self, need: str) -> bool:
-        order = {"none": 0, "act_sq": 1, "hessian": 2}
-        return order[self.need] >= order[need]
+        return covers(self.need, need)
 
 
 def collect_statistics(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], need: str,
@@ -232,7 +280,7 @@ def prune_with_statistics(loaded: LoadedModel, statistics: Optional[Statistics],
     """
     config.validate()
     start = time.perf_counter() if start is None else start
-    method = get_method(config.method)
+    method = config.method_spec
     if method.needs != "none" and (statistics is None or not statistics.covers(method.needs)):
         have = f"'{statistics.need}'" if statistics is not None else "no"
         raise ConfigError(f"Method '{method.name}' needs '{method.needs}' statistics but {have} statistics "
@@ -253,8 +301,9 @@ def prune_settings(methods: Sequence[str], structures: Sequence[str], sparsities
     configs = []
     for method in methods:
         for structure in structures:
-            if parse_structure(structure).is_nm:
-                configs.append(PruneConfig(method, structure, parse_structure(structure).sparsity, propagation))
+            nm = parse_structure(structure)
+            if nm.is_nm:
+                configs.append(PruneConfig(method, structure, nm.sparsity, propagation))
             else:
                 configs.extend(PruneConfig(method, "unstructured", check_sparsity(s), propagation)
                                for s in sparsities)

@@ -12,23 +12,21 @@ it, and a later run (after a stop or a crash) reuses finished points instead of 
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
+from pruning_core import evaluate
 from pruning_core.errors import ConfigError
+from pruning_core.execution.store import content_hash
 from pruning_core.masks import parse_structure
-from pruning_core.methods import get_method
-from pruning_core.metrics import perplexity
+from pruning_core.methods import METHODS, get_method, strongest_need
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
+from pruning_core.protocol import Protocol, calibration_ids, corpus_key
 from pruning_core.provenance import environment, library_versions
 from pruning_core.prune import PruneConfig, prune_model, prune_settings, prune_with_statistics
 from pruning_core.statistics_cache import cached_statistics
 from pruning_core.walk import PROPAGATIONS, capture_layer_inputs
-
-_NEED_ORDER = {"none": 0, "act_sq": 1, "hessian": 2}
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class SweepSpec:
     def validate(self) -> "SweepSpec":
         """Check every setting before any work starts (so bad input costs nothing)."""
         if not self.methods:
-            raise ConfigError("No method given; choose at least one of magnitude, wanda, sparsegpt.")
+            raise ConfigError(f"No method given; choose at least one of {', '.join(METHODS)}.")
         if not self.eval_corpora:
             raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
         for method in self.methods:
@@ -107,7 +105,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
         loaded = load_model(spec.model, progress=sub_progress(progress, 0.0, 0.02))
     # Read every corpus first: a bad corpus fails before any expensive work.
     calib_ids = calibration_ids(loaded, protocol)
-    eval_ids = {corpus: evaluation_ids(loaded, corpus, protocol) for corpus in spec.eval_corpora}
+    eval_ids = evaluate.evaluation_windows(loaded, protocol, spec.eval_corpora)
     calib_identity = corpus_key(protocol.calib, "calibration", protocol.calib_column)
     eval_identity = {corpus: corpus_key(corpus, "evaluation")["sha256"] for corpus in spec.eval_corpora}
 
@@ -117,34 +115,20 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
         "model": loaded.describe(),
         "dense": {"ppl": {}, "eval_seconds": {}},
         "points": [],
-        "protocol": {**protocol.to_dict(), "eval_corpora": list(spec.eval_corpora),
-                     "eval_windows_used": {c: int(ids.shape[0]) for c, ids in eval_ids.items()},
-                     "propagation": spec.propagation},
+        "protocol": evaluate.protocol_record(protocol, eval_ids, propagation=spec.propagation),
         "env": environment(),
     }
     run_key = None
     if store is not None:
-        from pruning_core.execution.store import content_hash
-
         run_key = content_hash({"sweep": spec.to_dict(), "model": loaded.fingerprint})
         store.put_run(run_key, "sweep", spec.to_dict())
 
-    # Dense reference perplexities (cached like points).
-    dense_key = None
-    if store is not None:
-        dense_key = content_hash(point_key(loaded.fingerprint, {}, replace(protocol, nsamples=0, seed=0),
-                                           PruneConfig("magnitude", "unstructured", 0.0), eval_identity))
-    dense = store.get_result(dense_key) if store is not None else None
-    if dense is None:
-        dense = {"ppl": {}, "eval_seconds": {}}
-        span = 0.98 / steps / len(eval_ids)
-        for c_index, (corpus, ids) in enumerate(eval_ids.items()):
-            result = perplexity(loaded, ids, dtype=protocol.dtype,
-                                progress=sub_progress(progress, 0.02 + c_index * span, 0.02 + (c_index + 1) * span))
-            dense["ppl"][corpus] = result.ppl
-            dense["eval_seconds"][corpus] = result.seconds
-        if store is not None:
-            store.put_result(dense_key, "dense_ppl", dense, run_key=run_key)
+    # Dense reference perplexities: measured once per model and corpus, then reused from the store.
+    dense_eval = evaluate.evaluate_setting(loaded, protocol, spec.eval_corpora, None, eval_ids=eval_ids,
+                                           store=store, progress=sub_progress(progress, 0.02, 0.02 + 0.98 / steps))
+    dense = {"ppl": dense_eval.dense_ppl, "eval_seconds": dense_eval.dense_seconds}
+    if store is not None:  # this run's own copy, so a running sweep's partial results show the dense line
+        store.put_result(content_hash({"sweep_dense": run_key}), "sweep_dense", dense, run_key=run_key)
     results["dense"] = dense
 
     inputs = None
@@ -167,14 +151,14 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
                 continue
         step_progress = sub_progress(progress, lo, lo + (hi - lo) * 0.6)
         step_progress(0.0, f"{label}: pruning")
-        method = get_method(config.method)
+        method = config.method_spec
         # Ranking costs ~3 direct prunes, so it pays only when the method has several unstructured points.
         ranks_for = ranks if sum(1 for c in settings if c.method == config.method
-                                 and not parse_structure(c.structure).is_nm) > 1 else None
+                                 and not c.structure_spec.is_nm) > 1 else None
         if method.needs == "none":  # magnitude: no data, so both propagations are the same; rank once
             pruned = prune_with_statistics(loaded, None, config, ranks=ranks_for)
         elif spec.propagation == "dense":
-            need = max((get_method(m).needs for m in spec.methods), key=_NEED_ORDER.__getitem__)
+            need = strongest_need(c.method_spec.needs for c in settings)
             if statistics is None:
                 statistics = cached_statistics(loaded, protocol, need, store, calib_ids,
                                                sub_progress(step_progress, 0.0, 0.9))
@@ -194,15 +178,11 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
             "prune_seconds": pruned.seconds,
             "eval_seconds": 0.0,
         }
-        eval_start = time.perf_counter()
-        with pruned.applied(loaded):
-            span = (hi - lo) * 0.4 / len(eval_ids)  # the evaluation share of this point, split by corpus
-            for c_index, (corpus, ids) in enumerate(eval_ids.items()):
-                start_at = lo + (hi - lo) * 0.6 + c_index * span
-                result = perplexity(loaded, ids, dtype=protocol.dtype,
-                                    progress=sub_progress(progress, start_at, start_at + span))
-                point["ppl"][corpus] = result.ppl
-        point["eval_seconds"] = time.perf_counter() - eval_start
+        evaluation = evaluate.evaluate_setting(loaded, protocol, spec.eval_corpora, pruned, dense=False,
+                                               eval_ids=eval_ids, label=label,
+                                               progress=sub_progress(progress, lo + (hi - lo) * 0.6, hi))
+        point["ppl"] = evaluation.pruned_ppl
+        point["eval_seconds"] = evaluation.seconds
         if store is not None:
             store.put_result(key, "sweep_point", point, run_key=run_key)
         point["cached"] = False

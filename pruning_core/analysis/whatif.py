@@ -12,24 +12,80 @@ gains, so the What-if page, the Summary and the report word a setting the same w
 from __future__ import annotations
 
 import time
-from typing import Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional, Union
 
 import torch
 
-from pruning_core import claims
+from pruning_core import claims, evaluate
 from pruning_core.errors import ConfigError
-from pruning_core.masks import parse_structure
-from pruning_core.metrics import perplexity
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, calibration_ids, evaluation_ids
+from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.prune import PruneConfig, prune_model
 
 
-def _layer_sparsity(spec: dict) -> Optional[dict[int, float]]:
-    raw = spec.get("layer_sparsity") or {}
-    out = {int(layer): float(value) for layer, value in raw.items() if value is not None}
-    return out or None
+@dataclass(frozen=True)
+class WhatIfSpec:
+    """One what-if setting (the job spec of `run_whatif_job`). Sparsities are fractions.
+
+    layer_sparsity: optional {decoder layer: sparsity} overrides (unstructured only).
+    eval_corpora: corpora to evaluate (default: the calibration corpus's evaluation split).
+    model_identity: the dashboard's record of the model file (path, size, mtime), so a changed file gets a new
+    job key; not used by the computation.
+    """
+
+    model: str = "embedded"
+    protocol: Protocol = field(default_factory=Protocol)
+    method: str = "wanda"
+    structure: str = "unstructured"
+    sparsity: float = 0.5
+    layer_sparsity: Optional[dict[int, float]] = None
+    eval_corpora: tuple[str, ...] = ()
+    propagation: str = "pruned"
+    prompt: str = ""
+    max_new_tokens: int = 40
+    model_identity: Optional[dict] = None
+
+    @property
+    def corpora(self) -> tuple[str, ...]:
+        return tuple(self.eval_corpora) or (self.protocol.calib,)
+
+    def config(self) -> PruneConfig:
+        """The validated pruning setting."""
+        config = PruneConfig(method=self.method, structure=self.structure, sparsity=float(self.sparsity),
+                             propagation=self.propagation, layer_sparsity=self.layer_sparsity or None).validate()
+        if config.structure_spec.is_nm and config.layer_sparsity:
+            raise ConfigError("Per-layer sparsities apply to unstructured pruning only; N:M fixes the sparsity. "
+                              "Clear the per-layer table or choose 'unstructured'.")
+        return config
+
+    def validate(self) -> "WhatIfSpec":
+        """Check every setting before any work starts; raises ConfigError naming the problem."""
+        self.protocol.validate()
+        self.config()
+        if int(self.max_new_tokens) < 0:
+            raise ConfigError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens}.")
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (layer keys as strings); `from_dict` reads it back."""
+        d = asdict(self)
+        d["layer_sparsity"] = {str(k): float(v) for k, v in (self.layer_sparsity or {}).items()}
+        d["eval_corpora"] = list(self.eval_corpora)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WhatIfSpec":
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"Unknown what-if settings {unknown}; known: {', '.join(f.name for f in fields(cls))}.")
+        d["protocol"] = Protocol(**d.get("protocol", {}))
+        raw = d.get("layer_sparsity") or {}
+        d["layer_sparsity"] = {int(k): float(v) for k, v in raw.items() if v is not None} or None
+        d["eval_corpora"] = tuple(d.get("eval_corpora") or ())
+        return cls(**d)
 
 
 def per_layer_sparsity(loaded: LoadedModel, masks: dict[str, torch.Tensor]) -> list[float]:
@@ -44,48 +100,43 @@ def per_layer_sparsity(loaded: LoadedModel, masks: dict[str, torch.Tensor]) -> l
     return out
 
 
-def run_whatif(spec: dict, loaded: Optional[LoadedModel] = None, store=None,
+def run_whatif(spec: Union[WhatIfSpec, dict], loaded: Optional[LoadedModel] = None, store=None,
                progress: Optional[ProgressFn] = None) -> dict:
     """Prune with one setting and compare with the dense model; see the module docstring.
 
-    spec: {"model", "protocol" (Protocol dict), "method", "structure", "sparsity", "layer_sparsity"
-    ({layer: sparsity}, optional), "eval_corpora" (list), "prompt" (optional), "max_new_tokens" (default 40)}.
-    Returns {"ppl": {corpus: ppl}, "dense_ppl": {corpus: ppl}, "sparsity", "per_layer_sparsity",
-    "mask_artifact" (store hash or None without a store), "size", "generations" {"prompt", "dense", "pruned"},
-    "speed_note", "config", "protocol", "model", "prune_seconds"}.
+    spec: a `WhatIfSpec` or its dict. The perplexities come from `evaluate.evaluate_setting` (the dense one
+    reused from `store` when measured before).
+    Returns {"ppl": {corpus: ppl}, "dense_ppl": {corpus: ppl}, "evaluation" (`Evaluation.to_dict()`: windows,
+    timings, protocol), "sparsity", "per_layer_sparsity", "mask_artifact" (store hash or None without a store),
+    "weights_artifact" (SparseGPT's updated weights, or None), "size", "generations" {"prompt", "dense",
+    "pruned"}, "speed_note", "config", "protocol", "model", "prune_seconds"}.
     """
     progress = progress or no_progress
-    protocol = Protocol(**spec.get("protocol", {})).validate()
-    corpora = list(spec.get("eval_corpora") or [protocol.calib])
-    config = PruneConfig(method=spec.get("method", "wanda"), structure=spec.get("structure", "unstructured"),
-                         sparsity=float(spec.get("sparsity", 0.5)), propagation=spec.get("propagation", "pruned"),
-                         layer_sparsity=_layer_sparsity(spec)).validate()
-    if parse_structure(config.structure).is_nm and config.layer_sparsity:
-        raise ConfigError("Per-layer sparsities apply to unstructured pruning only; N:M fixes the sparsity. "
-                          "Clear the per-layer table or choose 'unstructured'.")
+    spec = (spec if isinstance(spec, WhatIfSpec) else WhatIfSpec.from_dict(spec)).validate()
+    protocol, config = spec.protocol, spec.config()
     if loaded is None:
-        loaded = load_model(spec.get("model", "embedded"), progress=sub_progress(progress, 0.0, 0.05))
+        loaded = load_model(spec.model, progress=sub_progress(progress, 0.0, 0.05))
     calib = calibration_ids(loaded, protocol)
-    eval_ids = {corpus: evaluation_ids(loaded, corpus, protocol) for corpus in corpora}
+    eval_ids = evaluate.evaluation_windows(loaded, protocol, spec.corpora)
 
-    progress(0.05, "dense perplexity")
-    dense_ppl = {c: perplexity(loaded, ids, dtype=protocol.dtype).ppl for c, ids in eval_ids.items()}
-    pruned = prune_model(loaded, calib, config, protocol.batch_size, sub_progress(progress, 0.15, 0.65))
-    progress(0.65, "pruned perplexity")
-    with pruned.applied(loaded):
-        pruned_ppl = {c: perplexity(loaded, ids, dtype=protocol.dtype).ppl for c, ids in eval_ids.items()}
+    pruned = prune_model(loaded, calib, config, protocol.batch_size, sub_progress(progress, 0.05, 0.6))
+    evaluation = evaluate.evaluate_setting(loaded, protocol, spec.corpora, pruned, eval_ids=eval_ids, store=store,
+                                           progress=sub_progress(progress, 0.6, 0.75))
+    dense_ppl, pruned_ppl = evaluation.dense_ppl, evaluation.pruned_ppl
 
-    prompt = str(spec.get("prompt") or claims.DEFAULT_PROMPT)
+    prompt = str(spec.prompt or claims.DEFAULT_PROMPT)
     progress(0.75, "generating text (dense and pruned)")
     generations = claims.compare_generations(loaded, [prompt], pruned.masks, pruned.weights,
-                                             int(spec.get("max_new_tokens", 40)))[0]
+                                             int(spec.max_new_tokens))[0]
 
-    artifact = None
-    if store is not None:
+    artifact = weights_artifact = None
+    if store is not None:  # kept so the Export page can export exactly this mask (per-layer settings included)
         progress(0.95, "saving the mask")
         bool_masks = {name: mask.to(torch.bool) for name, mask in pruned.masks.items()}
         artifact = store.save_tensors(bool_masks, "mask", metadata={"method": config.method,
                                                                     "structure": config.structure})
+        if pruned.weights is not None:  # SparseGPT's updated weights belong to its mask
+            weights_artifact = store.save_tensors(pruned.weights, "weights", metadata={"mask": artifact})
     progress(1.0, "done")
     return {
         "ppl": pruned_ppl,
@@ -93,6 +144,8 @@ def run_whatif(spec: dict, loaded: Optional[LoadedModel] = None, store=None,
         "sparsity": pruned.sparsity,
         "per_layer_sparsity": per_layer_sparsity(loaded, pruned.masks),
         "mask_artifact": artifact,
+        "weights_artifact": weights_artifact,
+        "evaluation": evaluation.to_dict(),
         "size": claims.sizes_from_masks(loaded, pruned.masks, config.structure),
         "generations": generations,
         "speed_note": claims.speed_sentence(config.structure),

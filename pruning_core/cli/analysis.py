@@ -53,30 +53,25 @@ def add_sensitivity(sub) -> None:
 def cmd_sensitivity(args) -> int:
     from pruning_core.execution.jobs import JobRunner
 
+    from pruning_core.analysis.sensitivity import SensitivitySpec
+
     protocol = protocol_from_args(args)
     sparsities = list(_floats(args.sparsities)) if args.sparsities else []
     if args.sparsity is not None:
         sparsities = [args.sparsity] + [s for s in sparsities if s != args.sparsity]
-    sparsities = sparsities or [0.5]
-    from pruning_core.masks import check_sparsity
-    from pruning_core.methods import get_method
-
-    for s in sparsities:
-        check_sparsity(s)
-    get_method(args.method)
-    metrics = _metrics(args.metric)
-    if args.probe_windows < 1:
-        raise ConfigError(f"--probe-windows must be a positive integer, got {args.probe_windows}.")
-    out = prepare_out_dir(args.out)
-    spec = {"model": args.model, "protocol": protocol.to_dict(), "method": args.method.strip().lower(),
-            "sparsities": sparsities, "metrics": list(metrics), "probe_windows": args.probe_windows}
-    if args.probe_dtype:
-        spec["dtype"] = args.probe_dtype
+    layers = None
     if args.layers:
         try:
-            spec["layers"] = [int(x) for x in _csv(args.layers)]
+            layers = tuple(int(x) for x in _csv(args.layers))
         except ValueError:
             raise ConfigError(f"--layers '{args.layers}' must be comma-separated integers such as 0,1,2.") from None
+    job = SensitivitySpec(model=args.model, protocol=protocol, method=args.method.strip().lower(),
+                          sparsities=tuple(sparsities or [0.5]), metrics=_metrics(args.metric),
+                          probe_windows=args.probe_windows, dtype=args.probe_dtype or None, layers=layers)
+    if args.probe_windows < 1:
+        raise ConfigError(f"--probe-windows must be a positive integer, got {args.probe_windows}.")
+    spec = job.validate().to_dict()
+    out = prepare_out_dir(args.out)
     start = time.perf_counter()
     result = JobRunner().run_inline("sensitivity", spec, ConsoleProgress())
     first = result["maps"][0]

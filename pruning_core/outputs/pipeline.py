@@ -8,14 +8,14 @@ lm-eval results. `run_apply_mask` re-applies an exported mask to a freshly loade
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pruning_core import evaluate
 from pruning_core.outputs.files import write_json
 from pruning_core.errors import ConfigError, PruneScopeError
-from pruning_core.progress import ProgressFn, no_progress
+from pruning_core.progress import ProgressFn, no_progress, sub_progress
 
 
 def _step_progress(progress: ProgressFn, lo: float, hi: float, label: str) -> ProgressFn:
@@ -27,12 +27,21 @@ DEFAULT_PROMPTS = ("The history of the city begins", "def fibonacci(n):")
 
 @dataclass
 class ExportOptions:
-    """What `run_export` produces. Sparsity is a fraction (ignored for N:M structures)."""
+    """What `run_export` produces. Sparsity is a fraction (ignored for N:M structures).
+
+    mask_artifact: export this stored What-if mask (store hash) instead of pruning afresh; method, structure,
+    sparsity, propagation and layer_sparsity then describe how it was made. weights_artifact: the updated
+    weights stored with it (SparseGPT), or None.
+    layer_sparsity: per-decoder-layer overrides {layer: sparsity} (unstructured only).
+    """
 
     method: str = "wanda"
     structure: str = "unstructured"
     sparsity: float = 0.5
     propagation: str = "pruned"
+    layer_sparsity: dict[int, float] | None = None
+    mask_artifact: str | None = None
+    weights_artifact: str | None = None
     eval_corpora: tuple[str, ...] = ("wiki",)
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     max_new_tokens: int = 32
@@ -44,6 +53,35 @@ class ExportOptions:
     lm_eval_limit: int | None = 20
     pdf: bool = False
     formats: tuple[str, ...] = ("html", "md", "json")
+
+
+def export_config(options: ExportOptions):
+    """The validated `PruneConfig` of an export (layer keys may arrive as strings from JSON)."""
+    from pruning_core.prune import PruneConfig
+
+    layers = {int(k): float(v) for k, v in (options.layer_sparsity or {}).items()} or None
+    if not options.eval_corpora:
+        raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
+    return PruneConfig(options.method, options.structure, options.sparsity, options.propagation,
+                       layer_sparsity=layers).validate()
+
+
+def stored_result(loaded, config, store, mask_artifact: str, weights_artifact: str | None = None):
+    """The `PruneResult` of a stored mask (and weights), checked against `loaded` (names and shapes)."""
+    from pruning_core.prune import result_from_masks
+
+    masks = store.load_tensors(mask_artifact)
+    weights = store.load_tensors(weights_artifact) if weights_artifact else None
+    if config.method_spec.updates_weights and weights is None:
+        raise ConfigError(f"The stored {config.method} mask has no updated weights with it; run the What-if "
+                          "again to store them, or export a new setting.")
+    return result_from_masks(loaded, config, masks, weights)
+
+
+def _mask_source(options: ExportOptions) -> str:
+    if options.mask_artifact:
+        return f"stored What-if mask {options.mask_artifact[:12]}"
+    return "pruned for this export"
 
 
 def _sensitivity_map(loaded, protocol, options: ExportOptions, sparsity: float, progress) -> tuple[dict | None, str]:
@@ -79,63 +117,62 @@ def _file_rows(out: Path, names: Sequence[str]) -> list[dict]:
     return rows
 
 
-def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: ProgressFn | None = None) -> dict:
-    """Prune `loaded` with `options`, evaluate, and write every export file into `out_dir`.
+def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: ProgressFn | None = None,
+               store=None) -> dict:
+    """Prune `loaded` with `options` (or take the stored What-if mask it names), evaluate with
+    `evaluate.evaluate_setting`, and write every export file into `out_dir`.
 
+    store: the `Store` holding a What-if mask artifact, and where the dense perplexity is reused from.
     Returns {"files": {name: path}, "report": report data dict, "manifest": manifest}. The model is left as it was.
     """
     from pruning_core.outputs.export import manifest_info_for, save_masks, save_pruned_model
     from pruning_core.outputs.lm_eval_bridge import compare_rows, evaluate_lm_eval
-    from pruning_core.masks import parse_structure
-    from pruning_core.metrics import perplexity
-    from pruning_core.protocol import calibration_ids, evaluation_ids
+    from pruning_core.protocol import calibration_ids
     from pruning_core.provenance import environment
-    from pruning_core.prune import PruneConfig, prune_model
+    from pruning_core.prune import PruneConfig, propagation_note, prune_model
     from pruning_core import claims
     from pruning_core.outputs.report import build_report, per_layer_table
 
     progress = progress or no_progress
-    config = PruneConfig(options.method, options.structure, options.sparsity, options.propagation).validate()
+    config = export_config(options)
     for s in options.curve_sparsities:
         PruneConfig(options.method, "unstructured", s, options.propagation).validate()
-    if not options.eval_corpora:
-        raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
+    if options.mask_artifact and store is None:
+        raise ConfigError("Exporting a stored What-if mask needs the store it was saved in.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Read every corpus first: a bad corpus fails before any expensive work.
     progress(0.02, "reading corpora")
     calib = calibration_ids(loaded, protocol)
-    evals = {c: evaluation_ids(loaded, c, protocol) for c in options.eval_corpora}
+    evals = evaluate.evaluation_windows(loaded, protocol, options.eval_corpora)
 
-    def evaluate(lo: float, hi: float, label: str) -> dict:
-        ppl, step = {}, (hi - lo) / len(evals)
-        for i, (corpus, ids) in enumerate(evals.items()):
-            ppl[corpus] = perplexity(loaded, ids, dtype=protocol.dtype,
-                                     progress=_step_progress(progress, lo + i * step, lo + (i + 1) * step,
-                                                           f"{label} perplexity on {corpus}")).ppl
-        return ppl
-
-    dense_ppl = evaluate(0.05, 0.15, "dense")
-    progress(0.15, f"pruning: {options.method} {options.structure}")
-    result = prune_model(loaded, calib, config, protocol.batch_size,
-                         progress=_step_progress(progress, 0.15, 0.25, "pruning"))
-    with result.applied(loaded):
-        pruned_ppl = evaluate(0.25, 0.3, "pruned")
+    if options.mask_artifact:
+        progress(0.05, f"loading the What-if mask {options.mask_artifact[:12]}")
+        result = stored_result(loaded, config, store, options.mask_artifact, options.weights_artifact)
+    else:
+        progress(0.05, f"pruning: {options.method} {options.structure}")
+        result = prune_model(loaded, calib, config, protocol.batch_size,
+                             progress=_step_progress(progress, 0.05, 0.2, "pruning"))
+    evaluation = evaluate.evaluate_setting(loaded, protocol, options.eval_corpora, result, eval_ids=evals,
+                                           store=store, progress=sub_progress(progress, 0.2, 0.3))
+    dense_ppl, pruned_ppl = evaluation.dense_ppl, evaluation.pruned_ppl
     points = [{"method": config.method, "structure": config.structure, "target_sparsity": config.effective_sparsity,
-               "sparsity": result.sparsity, "ppl": pruned_ppl, "prune_seconds": result.seconds}]
+               "sparsity": result.sparsity, "ppl": pruned_ppl, "prune_seconds": result.seconds,
+               "propagation": config.propagation}]
     for i, s in enumerate(options.curve_sparsities):
-        if abs(s - config.effective_sparsity) < 1e-9 and not parse_structure(config.structure).is_nm:
+        if abs(s - config.effective_sparsity) < 1e-9 and not config.structure_spec.is_nm:
             continue
-        progress(0.3 + 0.2 * i / len(options.curve_sparsities), f"curve point {s:.0%}")
+        step = sub_progress(progress, 0.3 + 0.2 * i / len(options.curve_sparsities),
+                            0.3 + 0.2 * (i + 1) / len(options.curve_sparsities))
+        step(0.0, f"curve point {s:.0%}: pruning")
         extra = prune_model(loaded, calib, PruneConfig(options.method, "unstructured", s, options.propagation),
                             protocol.batch_size)
-        with extra.applied(loaded):
-            points.append({"method": config.method, "structure": "unstructured", "target_sparsity": s,
-                           "sparsity": extra.sparsity, "prune_seconds": extra.seconds,
-                           "ppl": {c: perplexity(loaded, ids, dtype=protocol.dtype).ppl for c, ids in evals.items()}})
-    protocol_dict = {**protocol.to_dict(), "eval_corpora": list(options.eval_corpora),
-                     "eval_windows_used": {c: int(ids.shape[0]) for c, ids in evals.items()},
-                     "propagation": options.propagation}
+        curve = evaluate.evaluate_setting(loaded, protocol, options.eval_corpora, extra, dense=False, eval_ids=evals,
+                                          progress=sub_progress(step, 0.5, 1.0), label=f"curve point {s:.0%}")
+        points.append({"method": config.method, "structure": "unstructured", "target_sparsity": s,
+                       "sparsity": extra.sparsity, "prune_seconds": extra.seconds, "ppl": curve.pruned_ppl,
+                       "propagation": options.propagation})
+    protocol_dict = evaluate.protocol_record(protocol, evals, propagation=options.propagation)
     results = {"dense": {"ppl": dense_ppl}, "points": points, "protocol": protocol_dict}
 
     progress(0.5, "sensitivity heatmap (reconstruction proxy)")
@@ -181,8 +218,11 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
         "setting": {"model": loaded.name, "source": loaded.source, "fingerprint": loaded.fingerprint,
                     "method": config.method, "structure": config.structure, "sparsity": config.effective_sparsity,
                     "measured_sparsity": result.sparsity, "propagation": config.propagation,
+                    "propagation_note": propagation_note(config.propagation),
+                    "layer_sparsity": config.layer_sparsity, "mask_source": _mask_source(options),
                     "weights_updated": result.weights is not None},
         "ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
+        "evaluation": evaluation.to_dict(),
         "sizes": claims.sizes_from_masks(loaded, result.masks, config.structure),
         "speed_note": claims.speed_sentence(config.structure),
         "results": results,
@@ -204,8 +244,9 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     return {"files": files, "report": data, "manifest": manifest}
 
 
-def run_export_job(spec: dict, store, progress: ProgressFn) -> dict:  # noqa: ARG001 - job signature
-    """Job entry (`jobs.JOB_KINDS["export"]`): prune, evaluate and write the export files outside the page.
+def run_export_job(spec: dict, store, progress: ProgressFn) -> dict:
+    """Job entry (`jobs.JOB_KINDS["export"]`): prune (or take a stored What-if mask), evaluate and write the
+    export files outside the page; the dense perplexity is reused from `store` when measured before.
 
     spec = {"model", "protocol" (Protocol dict), "options" (ExportOptions fields; lists for tuples), "out_dir"}.
     Returns {"folder", "report"}. A cancelled export leaves a partial folder, rewritten by the next run.
@@ -224,7 +265,8 @@ def run_export_job(spec: dict, store, progress: ProgressFn) -> dict:  # noqa: AR
         raise ConfigError(f"Unknown export options {unknown}; known: {', '.join(sorted(known))}.")
     options = ExportOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()})
     loaded = load_model(spec["model"])
-    outcome = run_export(loaded, Protocol(**spec["protocol"]).validate(), options, spec["out_dir"], progress)
+    outcome = run_export(loaded, Protocol(**spec["protocol"]).validate(), options, spec["out_dir"], progress,
+                         store=store)
     return {"folder": str(spec["out_dir"]), "report": outcome["report"]}
 
 
@@ -232,8 +274,7 @@ def run_apply_mask(loaded, mask_dir, eval_corpora: Sequence[str] = (), seqlen: i
                    eval_windows: int | None = None, save_model: str | None = None) -> dict:
     """Apply the mask folder permanently to `loaded` (freshly loaded), measure, and optionally evaluate/save."""
     from pruning_core.outputs.export import _drop_quantization_config, apply_mask_dir
-    from pruning_core.metrics import perplexity
-    from pruning_core.protocol import Protocol, evaluation_ids
+    from pruning_core.protocol import Protocol
 
     applied = apply_mask_dir(loaded, mask_dir, permanent=True)
     manifest = applied["manifest"]
@@ -246,9 +287,10 @@ def run_apply_mask(loaded, mask_dir, eval_corpora: Sequence[str] = (), seqlen: i
         protocol = Protocol(**known)
         protocol = Protocol(**{**protocol.to_dict(), **({"seqlen": seqlen} if seqlen else {}),
                                **({"eval_windows": eval_windows} if eval_windows else {})}).validate()
-        for corpus in eval_corpora:
-            summary["ppl"][corpus] = perplexity(loaded, evaluation_ids(loaded, corpus, protocol),
-                                                dtype=protocol.dtype).ppl
+        # The mask is already in the weights: evaluate the model as it is (no dense model to compare with).
+        evaluation = evaluate.evaluate_setting(loaded, protocol, list(eval_corpora), evaluate.IN_PLACE, dense=False)
+        summary["ppl"] = evaluation.pruned_ppl
+        summary["eval_windows_used"] = evaluation.windows
     if save_model:
         _drop_quantization_config(loaded.model)
         loaded.model.save_pretrained(str(save_model), safe_serialization=True)

@@ -1,0 +1,92 @@
+"""Export page hand-offs (AppTest, tiny model, inline jobs): a stored What-if mask is offered and exported as
+it was made, and the Summary's recommendation arrives pre-filled; the page says which propagation produced
+its perplexities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
+         "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
+
+
+@pytest.fixture(autouse=True)
+def app_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
+    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
+    return tmp_path
+
+
+def page(name: str, session: dict | None = None) -> AppTest:
+    at = AppTest.from_file(str(REPO_ROOT / "pages" / f"{name}.py"), default_timeout=120)
+    at.session_state["settings"] = dict(SMALL)
+    for key, value in (session or {}).items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def text_of(at: AppTest) -> str:
+    return "\n".join(str(e.value) for group in (at.markdown, at.caption, at.info, at.warning, at.subheader)
+                     for e in group)
+
+
+def test_export_page_offers_and_exports_the_stored_whatif_mask():
+    from app import services
+
+    job = services.submit_job("whatif", services.whatif_spec(SMALL, "wanda", "unstructured", 0.5, {0: 0.3},
+                                                              max_new_tokens=2))
+    whatif = services.job_status(job)["result"]
+    at = ok(page("export"))
+    options = at.selectbox(key="export_source").options
+    labels = [o for o in options if o.startswith("What-if mask")]
+    assert labels and "per-layer" in labels[0] and whatif["mask_artifact"][:8] in labels[0], options
+    at.selectbox(key="export_source").set_value(labels[0]).run()
+    ok(at)
+    assert "per-layer overrides" in text_of(at)
+    assert all(s.key != "export_method" for s in at.selectbox)  # the mask's own setting, not a new one
+    at.checkbox(key="export_heatmap").set_value(False)
+    at.button[0].click().run()  # the form's Export button
+    ok(at)
+    status = services.job_status(services.latest_job("export"))
+    assert status["state"] == "done", status
+    report = status["result"]["report"]
+    assert report["setting"]["mask_source"] == f"stored What-if mask {whatif['mask_artifact'][:12]}"
+    assert report["ppl"]["pruned"] == whatif["ppl"]  # the What-if's own mask and evaluation, not a re-pruning
+    assert report["evaluation"]["dense_cached"] == ["news"]  # the What-if measured the dense model already
+    text = text_of(at)
+    assert "pruned propagation" in text and "reused from the store" in text
+
+
+def test_summary_recommendation_arrives_prefilled_on_export():
+    from app import services
+
+    services.submit_job("sweep", services.sweep_spec(SMALL, ["magnitude", "sparsegpt"], ["unstructured"],
+                                                     [0.1, 0.3], propagation="dense"))
+    summary = ok(page("summary"))
+    summary.slider(key="summary_budget").set_value(100).run()
+    ok(summary)
+    summary.button(key="summary_export").click().run()
+    ok(summary)
+    prefill = summary.session_state["export_prefill"]
+    assert prefill["propagation"] == "dense" and prefill["structure"] == "unstructured"
+    assert prefill["method"] in ("magnitude", "sparsegpt") and prefill["sparsity"] in (0.1, 0.3)
+
+    at = ok(page("export", {"export_prefill": prefill}))
+    assert at.selectbox(key="export_method").value == prefill["method"]
+    assert at.selectbox(key="export_propagation").value == "dense"
+    assert at.slider(key="export_sparsity").value == pytest.approx(prefill["sparsity"])
+    assert "Pre-filled with the Summary's recommendation" in text_of(at)
+    assert "export_prefill" not in at.session_state  # taken once: later edits are the user's
