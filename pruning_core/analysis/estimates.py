@@ -112,8 +112,6 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     eval_windows_used: {corpus: windows} from `evaluation_windows_used`; each corpus counts
     min(eval_windows, that number) windows. Without it `eval_windows` is assumed to fit in every split.
     """
-    from pruning_core.methods import get_method
-
     facts = _shape_facts(model_info)
     rates = _rates(facts, throughput_tokens_per_s)
     protocol = spec.protocol
@@ -125,13 +123,13 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     layer_pass = calib_tokens * facts["layers"] * rates["layer_s_per_token"]
     breakdown = {"dense_eval": eval_tokens * rates["full_s_per_token"], "statistics": 0.0, "pruning": 0.0,
                  "evaluation": 0.0}
-    needs = {get_method(c.method).needs for c in settings}
+    needs = {c.method_spec.needs for c in settings}
     if spec.propagation == "dense" and needs - {"none"}:
         breakdown["statistics"] = layer_pass + calib_tokens * rates["full_s_per_token"] / facts["layers"]
         if "hessian" in needs:
             breakdown["statistics"] += _hessian_seconds(facts, rates, calib_tokens)
     for config in settings:
-        method = get_method(config.method)
+        method = config.method_spec
         breakdown["pruning"] += _mask_seconds(facts, rates, config.method)
         if spec.propagation == "pruned" and method.needs != "none":
             breakdown["pruning"] += 2 * layer_pass  # statistics forward + recomputed pruned outputs
@@ -314,3 +312,29 @@ def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
                           eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol)
     windows = evaluation_windows_used(loaded, sweep.eval_corpora, protocol, store)
     return estimate_sweep(info, sweep, rate, eval_windows_used=windows)
+
+
+#: Fraction of a job after which its own measured rate alone gives the time left (before it, the estimate
+#: shown before the run is blended in: early rates are noisy, and two different figures for the same job, one
+#: before and one just after pressing Run, read as a contradiction).
+RATE_TRUSTED_FRACTION = 0.3
+
+
+def time_left(estimate_seconds: float | None, elapsed: float, fraction: float,
+              rate_eta: float | None = None) -> float | None:
+    """Seconds left of a running job: the estimate's remainder at the start, the job's own rate later.
+
+    estimate_seconds: `estimate_job`'s seconds for the job (None if unknown); elapsed: seconds since it
+    started; fraction: its progress in [0, 1]; rate_eta: the rate-based remainder the job reports
+    (elapsed x (1 - fraction) / fraction), None before the first progress. The weight of the rate grows
+    linearly to 1 at `RATE_TRUSTED_FRACTION`.
+    """
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    planned = None if estimate_seconds is None else max(float(estimate_seconds) * (1.0 - fraction),
+                                                         float(estimate_seconds) - float(elapsed), 0.0)
+    if rate_eta is None:
+        return planned
+    if planned is None:
+        return float(rate_eta)
+    weight = min(fraction / RATE_TRUSTED_FRACTION, 1.0)
+    return weight * float(rate_eta) + (1.0 - weight) * planned

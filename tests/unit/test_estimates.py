@@ -97,3 +97,17 @@ def test_paper_protocol_counts_the_windows_the_split_really_holds(tiny, tmp_path
                         tiny, store)
     assert f"{real} probe windows" in sens["assumptions"]
     assert estimate_job("export", {}, tiny, store) is None
+
+
+def test_time_left_starts_from_the_estimate_and_follows_the_rate():
+    from pruning_core.analysis.estimates import RATE_TRUSTED_FRACTION, time_left
+
+    # Just started: the figure the page showed before Run (120 s), not a noisy rate (28 s) from 1 % done.
+    assert time_left(120.0, 1.0, 0.0, None) == pytest.approx(120.0)  # no progress yet: all of it is left
+    assert time_left(120.0, 1.0, 0.01, 28.0) == pytest.approx(0.01 / RATE_TRUSTED_FRACTION * 28.0
+                                                             + (1 - 0.01 / RATE_TRUSTED_FRACTION) * 119.0)
+    # Past the trusted fraction the job's own rate alone counts; without an estimate, the rate is used as is.
+    assert time_left(120.0, 30.0, 0.5, 30.0) == pytest.approx(30.0)
+    assert time_left(None, 5.0, 0.1, 45.0) == pytest.approx(45.0)
+    assert time_left(None, 5.0, 0.0, None) is None
+    assert time_left(10.0, 50.0, 0.2, None) == pytest.approx(8.0)  # over its estimate: the share left, not 0
