@@ -1,0 +1,47 @@
+"""The default sensitivity map: a second-order first map, refined to exact with agreement shown at every step."""
+
+from __future__ import annotations
+
+import pytest
+
+from pruning_core.analysis.refinement import is_trusted, refine_sensitivity
+from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT, compute_sensitivity
+from pruning_core.execution.store import Store
+from pruning_core.models.tiny import tiny_model
+from pruning_core.protocol import Protocol
+
+PROTOCOL = Protocol(calib="news", nsamples=8, seqlen=64, eval_windows=4, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def deep():
+    return tiny_model("llama", layers=5)
+
+
+def test_views_go_from_the_estimate_through_sampled_agreement_to_the_exact_map(deep, tmp_path):
+    seen = []
+    result = refine_sensitivity(deep, PROTOCOL, "wanda", 0.5, probe_windows=3, store=Store(tmp_path / "s.sqlite"),
+                                on_view=seen.append)
+    steps = [(v["metric"], v["refinement"]["step"], (v["refinement"]["agreement"] or {}).get("cells")) for v in seen]
+    kinds = len(deep.adapter.module_kinds)
+    # First the complete estimate with no agreement yet; then the estimate with agreement on 2, 3, 4 exact rows;
+    # then the exact map with the agreement between the two refinements over every cell.
+    assert steps == [("fisher", 1, None), ("fisher", 1, 2 * kinds), ("fisher", 1, 3 * kinds),
+                     ("fisher", 1, 4 * kinds), ("exact", 2, 5 * kinds)]
+    assert seen[0]["refinement"]["trusted"] is False  # no measured agreement yet: no reading
+    final = result["view"]
+    assert final["refinement"]["final"] and final["refinement"]["trusted"]
+    assert final["refinement"]["agreement"]["scope"] == "all cells"
+    # The sampled rows are rows of the same exact map (spread order: layers 0, 4, 2, 1 first).
+    assert "layers 0, 2, 4" in seen[1]["refinement"]["agreement"]["scope"] or \
+        "layers 0, 4" in seen[1]["refinement"]["agreement"]["scope"]
+    exact = compute_sensitivity(deep, PROTOCOL, "wanda", [0.5], ["exact"], 3)["maps"][0]
+    flat = lambda m: [v for row in m["values"] for v in row]  # noqa: E731
+    assert flat(final) == pytest.approx(flat(exact), abs=1e-6)
+
+
+def test_a_proxy_below_the_threshold_is_not_trusted_and_exact_always_is():
+    assert is_trusted({"metric": "exact"}, None)
+    assert not is_trusted({"metric": "reconstruction"}, {"spearman": TRUSTED_AGREEMENT - 0.01})
+    assert is_trusted({"metric": "fisher"}, {"spearman": TRUSTED_AGREEMENT})
+    assert not is_trusted({"metric": "taylor"}, {"spearman": float("nan")})
