@@ -125,7 +125,7 @@ def start_job(kind: str, spec: dict) -> Optional[str]:
 
 
 def _eta_text(status: dict) -> str:
-    eta = status.get("eta_seconds")
+    eta = services.time_left(status)  # starts from the page's estimate, then follows the job's own rate
     started = status.get("started")
     elapsed = f"running for {services.format_seconds(time.time() - started).removeprefix('about ')}" if started else "waiting for a worker"
     return f"{elapsed} · time left {services.format_seconds(eta)}" if eta is not None else elapsed
