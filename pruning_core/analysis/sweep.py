@@ -19,7 +19,7 @@ from pruning_core import evaluate
 from pruning_core.errors import ConfigError
 from pruning_core.execution.store import content_hash
 from pruning_core.masks import parse_structure
-from pruning_core.methods import METHODS, get_method, strongest_need
+from pruning_core.methods import METHODS, strongest_need
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol, calibration_ids, corpus_key
@@ -47,8 +47,6 @@ class SweepSpec:
             raise ConfigError(f"No method given; choose at least one of {', '.join(METHODS)}.")
         if not self.eval_corpora:
             raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
-        for method in self.methods:
-            get_method(method)
         structures = [parse_structure(s) for s in self.structures]
         if any(not s.is_nm for s in structures) and not self.sparsities:
             raise ConfigError("Unstructured pruning needs at least one sparsity, e.g. 0.5.")

@@ -27,7 +27,6 @@ from pathlib import Path
 import yaml
 
 from pruning_core.errors import ConfigError
-from pruning_core.masks import parse_structure
 from pruning_core.models import LoadedModel
 
 SUPPORTED_METHODS = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier",
@@ -43,7 +42,7 @@ def build_recipe(loaded: LoadedModel, config, stage: str = "sparsity_stage") -> 
     if config.method not in SUPPORTED_METHODS:
         raise ConfigError(f"llm-compressor has no modifier for method '{config.method}'; recipes exist for "
                           f"{', '.join(SUPPORTED_METHODS)}.")
-    structure = parse_structure(config.structure)
+    structure = config.structure_spec
     mask_structure = f"{structure.n}:{structure.m}" if structure.is_nm else "0:0"
     adapter = loaded.adapter
     layers = len(adapter.decoder_layers(loaded.model))
