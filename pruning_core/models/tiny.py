@@ -1,6 +1,7 @@
 """Tiny random models and a tiny tokenizer, for tests and instant demos (offline, well under a second).
 
-`load_model("tiny-llama")` (also tiny-opt, tiny-gpt2, tiny-mistral, tiny-qwen2) gives a deterministic random
+`load_model("tiny-llama")` (also tiny-opt, tiny-gpt2, tiny-mistral, tiny-qwen2, and tiny-gpt_neox, tiny-phi3,
+tiny-gemma, tiny-falcon, tiny-stablelm, tiny-olmo, whose adapters are discovered) gives a deterministic random
 model of that family with the tokenizer below, so every code path, workers included, can run without the
 embedded model. Its perplexities mean nothing about pruning quality.
 
@@ -103,24 +104,50 @@ def _build_cached(vocab_size: int, model_max_length: int | None) -> transformers
 
 
 
-def tiny_config(family: str = "llama", vocab_size: int = 300, layers: int = 2, hidden: int = 64):
-    """A small config of a supported family for tests and demos (random weights, seconds to build)."""
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
+# Families with a tiny config. The first five have explicit adapters; the rest are found by generic discovery
+# (GPT-NeoX = Pythia, Phi-3 with fused qkv/gate_up projections, Gemma, Falcon, StableLM, OLMo).
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt2", "gpt_neox", "phi3", "gemma", "falcon", "stablelm", "olmo")
 
-    if family in ("llama", "mistral", "qwen2"):
-        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[family]
-        return cls(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
-                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                   max_position_embeddings=512, tie_word_embeddings=True)
-    if family == "opt":
-        return OPTConfig(vocab_size=vocab_size, hidden_size=hidden, ffn_dim=hidden * 2, num_hidden_layers=layers,
-                         num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=hidden)
-    if family == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
-                          bos_token_id=0, eos_token_id=0)
-    from pruning_core.errors import ModelLoadError
 
-    raise ModelLoadError(f"No tiny config for '{family}'; choose one of llama, mistral, qwen2, opt, gpt2.")
+def tiny_config(family: str = "llama", vocab_size: int = 300, layers: int = 2, hidden: int = 64, **overrides):
+    """A small config of a supported family for tests and demos (random weights, well under a second to build).
+
+    hidden: hidden size (4 attention heads, so head size hidden / 4); layers: decoder layers; overrides: any
+    other config attribute (e.g. ``alibi=True`` for Falcon). Token ids follow `build_test_tokenizer`
+    (bos 0, eos 1, pad 2) for the families whose defaults would point outside the tiny vocabulary.
+    """
+    import transformers
+
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4)
+    # Llama-like configs share their argument names; Gemma's default head_dim (256) must follow the hidden size.
+    llama_like = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
+                  "phi3": "Phi3Config", "gemma": "GemmaConfig", "stablelm": "StableLmConfig", "olmo": "OlmoConfig"}
+    if family in llama_like:
+        extra = dict(intermediate_size=hidden * 2, num_key_value_heads=2, max_position_embeddings=512,
+                     tie_word_embeddings=True)
+        if family in ("phi3", "gemma", "stablelm", "olmo"):
+            extra.update(bos_token_id=0, eos_token_id=1, pad_token_id=2)
+        if family == "gemma":
+            extra["head_dim"] = hidden // 4
+        config = getattr(transformers, llama_like[family])(**common, **extra)
+    elif family == "opt":
+        config = transformers.OPTConfig(**common, ffn_dim=hidden * 2, max_position_embeddings=512,
+                                        word_embed_proj_dim=hidden)
+    elif family == "gpt2":
+        config = transformers.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4,
+                                         n_positions=512, bos_token_id=0, eos_token_id=0)
+    elif family == "gpt_neox":
+        config = transformers.GPTNeoXConfig(**common, intermediate_size=hidden * 4, max_position_embeddings=512,
+                                            bos_token_id=0, eos_token_id=1)
+    elif family == "falcon":
+        config = transformers.FalconConfig(**common, bos_token_id=0, eos_token_id=1)
+    else:
+        from pruning_core.errors import ModelLoadError
+
+        raise ModelLoadError(f"No tiny config for '{family}'; choose one of {', '.join(TINY_FAMILIES)}.")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
 
 
 def tiny_model(family: str = "llama", tokenizer=None, seed: int = 0, **config_kwargs) -> "LoadedModel":

@@ -34,13 +34,31 @@ def test_adapters_find_every_prunable_linear(family, kinds):
             assert out_in == (module.out_features, module.in_features)
 
 
-def test_unsupported_architecture_names_the_supported_ones():
+def test_encoder_model_is_refused_by_the_adapter_check_even_as_a_decoder():
     from transformers import BertConfig, BertLMHeadModel
 
     model = BertLMHeadModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=32, is_decoder=True))
-    with pytest.raises(ModelLoadError, match="supported families are " + ", ".join(sorted(ADAPTERS))):
+    with pytest.raises(ModelLoadError, match="'bert' is an encoder-only .* decoder-only causal language models"):
         adapter_for(model)
+
+
+def test_model_without_decoder_layers_is_refused():
+    class Toy(torch.nn.Module):
+        config = type("Config", (), {"model_type": "toy", "is_encoder_decoder": False})()
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ModelLoadError, match="No decoder layers .* 'toy' model"):
+        adapter_for(Toy())
+
+
+def test_explicit_adapters_stay_overrides():
+    lm = tiny_model("llama")
+    assert lm.adapter is ADAPTERS["llama"] and not lm.adapter.discovered
+    assert lm.adapter.module_kinds == ["q", "k", "v", "o", "gate", "up", "down"]
 
 
 def test_perplexity_matches_the_hf_loss():
