@@ -51,15 +51,17 @@ def cmd_export(args) -> int:
         lm_eval_limit=args.lm_eval_limit, pdf=args.pdf)
     if options.lm_eval_limit is not None and options.lm_eval_limit < 1:
         raise ConfigError("--lm-eval-limit must be a positive number of documents.")
-    from pruning_core.prune import PruneConfig
+    from pruning_core.execution.store import Store
+    from pruning_core.outputs.pipeline import export_config
 
-    PruneConfig(options.method, options.structure, options.sparsity, options.propagation).validate()
+    export_config(options)  # a bad setting fails before the model is loaded
     protocol = protocol_from_args(args)
     out = prepare_out_dir(args.out)
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     start = time.perf_counter()
-    outcome = run_export(loaded, protocol, options, out, progress)
+    # The store gives back a dense perplexity measured before (by a sweep, what-if or export).
+    outcome = run_export(loaded, protocol, options, out, progress, store=Store())
     data = outcome["report"]
     for corpus, dense in data["ppl"]["dense"].items():
         pruned = data["ppl"]["pruned"][corpus]
