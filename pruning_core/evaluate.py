@@ -112,6 +112,7 @@ def _measure(loaded: LoadedModel, ids: torch.Tensor, dtype: str, what: str, corp
     def report(fraction: float, message: str) -> None:  # noqa: ARG001 - say what is evaluated, not "i/n"
         progress(fraction, f"{what} perplexity on {corpus}, window {max(1, min(n, round(fraction * n)))}/{n}")
 
+    progress(0.0, f"{what} perplexity on {corpus}: {n} windows of {ids.shape[1]} tokens")  # before the 1st batch
     return metrics.perplexity(loaded, ids, dtype=dtype, progress=report)
 
 

@@ -85,6 +85,7 @@ def test_evaluate_setting_dense_and_pruned_per_corpus(tiny):
     assert result.protocol["seqlen"] == 32 and result.protocol["eval_corpora"] == ["news", "wiki"]
     # Progress says what is evaluated, and only moves forward.
     assert any(m == "dense perplexity on wiki, window 3/3" for _, m in messages), messages
+    assert messages[0] == (0.0, "dense perplexity on news: 3 windows of 32 tokens")  # named before the 1st batch
     assert any(m.startswith("pruned perplexity on news, window") for _, m in messages)
     fractions = [f for f, _ in messages]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
