@@ -162,8 +162,10 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     text, `evaluation_windows_used`); the probe uses min(probe_windows, that number).
     """
     from pruning_core.methods import get_method
-    from pruning_core.analysis.sensitivity import TAYLOR_WINDOWS
+    from pruning_core.analysis import sensitivity as _sensitivity
 
+    TAYLOR_WINDOWS = _sensitivity.TAYLOR_WINDOWS
+    proxies = tuple(getattr(_sensitivity, "PROXIES", ("reconstruction", "taylor")))
     facts = _shape_facts(model_info)
     rates = _rates(facts, throughput)
     L, M = facts["layers"], max(len(facts["kinds"]), 1)
@@ -171,23 +173,30 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     probe_tokens = probe_windows * protocol.seqlen
     calib_tokens = protocol.nsamples * protocol.seqlen
     metrics = list(metrics)
-    needs = get_method(method).needs if set(metrics) & {"exact", "reconstruction"} else "none"
+    # Proxies alone: the exact metric is still measured on a few sampled rows, to report their agreement.
+    sample_rows = 0 if "exact" in metrics or not set(metrics) & set(proxies) else \
+        min(L, int(getattr(_sensitivity, "AGREEMENT_SAMPLE_LAYERS", 0)))
+    needs = get_method(method).needs if set(metrics) & {"exact", "reconstruction"} or sample_rows else "none"
     if "reconstruction" in metrics:
         needs = "hessian"
     breakdown = {"dense_probe": probe_tokens * rates["full_s_per_token"], "statistics": 0.0, "taylor": 0.0,
-                 "masks": 0.0, "exact_probes": 0.0, "reconstruction": 0.0}
+                 "fisher": 0.0, "masks": 0.0, "exact_probes": 0.0, "reconstruction": 0.0}
     if needs != "none":
         breakdown["statistics"] = calib_tokens * L * rates["layer_s_per_token"]
         if needs == "hessian":
             breakdown["statistics"] += _hessian_seconds(facts, rates, calib_tokens)
     if "taylor" in metrics:
         breakdown["taylor"] = 3.0 * min(TAYLOR_WINDOWS, protocol.nsamples) * protocol.seqlen * rates["full_s_per_token"]
+    if "fisher" in metrics:  # one forward + backward (~3 forwards) per probe window
+        breakdown["fisher"] = 3.0 * probe_tokens * rates["full_s_per_token"]
     n_s = len(sparsities)
     breakdown["masks"] = n_s * _mask_seconds(facts, rates, method)
-    if "exact" in metrics:
-        layer_forwards = sum((L - l) for l in range(L)) * (M + 1)  # each cell + the whole-layer aggregate
+    if "exact" in metrics or sample_rows:
+        rows = range(L) if "exact" in metrics else [round(i * (L - 1) / max(sample_rows - 1, 1))
+                                                     for i in range(sample_rows)]
+        layer_forwards = sum((L - l) for l in rows) * (M + 1)  # each cell + the whole-layer aggregate
         breakdown["exact_probes"] = n_s * probe_tokens * (layer_forwards * rates["layer_s_per_token"]
-                                                           + L * (M + 1) * rates["head_s_per_token"])
+                                                           + len(rows) * (M + 1) * rates["head_s_per_token"])
     if "reconstruction" in metrics:
         breakdown["reconstruction"] = n_s * 4.0 * facts["prunable"] * max(facts["input_widths"]) / rates["flops"]
     seconds = sum(breakdown.values())

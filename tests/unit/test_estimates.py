@@ -53,7 +53,12 @@ def test_sensitivity_estimate_scales_with_sparsities_and_metrics(tiny):
     for e in (one, three, proxies):
         _check(e)
     assert three["breakdown"]["exact_probes"] == pytest.approx(3 * one["breakdown"]["exact_probes"])
-    assert proxies["breakdown"]["exact_probes"] == 0 and proxies["breakdown"]["taylor"] > 0
+    assert proxies["breakdown"]["taylor"] > 0
+    # Proxies alone still measure the exact metric on a few sampled rows (their agreement): a fraction of a map.
+    assert 0 < proxies["breakdown"]["exact_probes"] <= one["breakdown"]["exact_probes"]  # 2 layers: all sampled
+    fisher = estimate_sensitivity(info, PROTOCOL, "wanda", [0.5], ["fisher"], 4, 5000.0)
+    _check(fisher)
+    assert fisher["breakdown"]["fisher"] > 0 and fisher["breakdown"]["exact_probes"] > 0  # + agreement sample
 
 
 def test_throughput_is_measured_and_cached(tiny, tmp_path):
