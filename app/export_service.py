@@ -17,13 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from app import services
+from pruning_core.analysis.whatif import WhatIfSpec
 from pruning_core.errors import ConfigError, PruneScopeError
 from pruning_core.execution.store import content_hash, home_dir
 from pruning_core.methods import METHODS as METHOD_REGISTRY
 from pruning_core.outputs.lm_eval_bridge import LOCAL_TASKS
 from pruning_core.outputs.pipeline import DEFAULT_PROMPTS, ExportOptions
 from pruning_core.outputs.report import summary_sentences
-from pruning_core.protocol import Protocol
 from pruning_core.prune import PROPAGATION_NOTES
 
 METHODS = services.METHODS
@@ -129,12 +129,12 @@ def whatif_export_spec(source: dict, options: dict) -> dict:
     setting = {"method": config["method"], "structure": config["structure"], "sparsity": float(config["sparsity"]),
                "propagation": config.get("propagation", "pruned"), "layer_sparsity": config.get("layer_sparsity"),
                "mask_artifact": result["mask_artifact"], "weights_artifact": result.get("weights_artifact")}
-    protocol = Protocol(**spec["protocol"]).validate()
-    corpora = tuple(spec.get("eval_corpora") or (protocol.calib,))
-    opts = ExportOptions(**{**options, **setting, "eval_corpora": corpora})
+    whatif = WhatIfSpec.from_dict(spec)
+    protocol = whatif.protocol.validate()
+    opts = ExportOptions(**{**options, **setting, "eval_corpora": whatif.corpora})
     as_json = _options_json(opts)
-    folder = _folder_for({"model": spec["model"], "protocol": protocol.to_dict(), "options": as_json})
-    return {"model": spec["model"], "protocol": protocol.to_dict(), "options": as_json, "out_dir": folder}
+    folder = _folder_for({"model": whatif.model, "protocol": protocol.to_dict(), "options": as_json})
+    return {"model": whatif.model, "protocol": protocol.to_dict(), "options": as_json, "out_dir": folder}
 
 
 # ----------------------------------------------------------------------------- Summary recommendation
