@@ -14,8 +14,8 @@ Any decoder-only Hugging Face causal LM is walked the same way, so a new family 
   names that would collide inside a layer use their whole path joined by ``_``. Fused projections therefore
   stay their own kinds (Phi-3 ``qkv``/``gate_up``, GPT-NeoX and Falcon ``qkv``/``h_to_4h``).
 - **final norm**: the norm modules registered after the layers in their parent (``model.norm``,
-  ``gpt_neox.final_layer_norm``, ``transformer.ln_f``), i.e. what maps the last layer's output to the
-  LM head's input.
+  ``gpt_neox.final_layer_norm``, ``transformer.ln_f``), else the parent's other non-embedding norms, i.e.
+  what maps the last layer's output to the LM head's input.
 
 Encoder-only (BERT-like) and encoder-decoder (T5-like) models are refused with one sentence by
 `check_decoder_only`, before weights are loaded where the config is read first.
@@ -186,14 +186,24 @@ def _forward_order(model: nn.Module, layer0: nn.Module, paths: list[str]) -> lis
 
 
 def find_final_norm_paths(model: nn.Module, layers_path: str) -> tuple[str, ...]:
-    """Paths of the norm modules registered after the layers in their parent (the last layer's output -> LM head)."""
+    """Paths of the norm modules between the last layer's output and the LM head, in the layers' parent.
+
+    The norms registered after the layers (``model.norm``, ``transformer.ln_f``); when none is (OPT registers
+    ``final_layer_norm`` before its layers), every norm of the parent whose name does not say "emb"
+    (an embedding norm such as BLOOM's ``word_embeddings_layernorm`` runs before the layers).
+    """
     parent_path, _, layers_name = layers_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    found, after = [], False
+    after, anywhere, seen_layers = [], [], False
     for name, child in parent.named_children():
         if name == layers_name:
-            after = True
+            seen_layers = True
             continue
-        if after and child is not None and "norm" in type(child).__name__.lower():
-            found.append(f"{parent_path}.{name}" if parent_path else name)
-    return tuple(found)
+        if child is None or "norm" not in type(child).__name__.lower():
+            continue
+        path = f"{parent_path}.{name}" if parent_path else name
+        if seen_layers:
+            after.append(path)
+        elif "emb" not in name.lower():
+            anywhere.append(path)
+    return tuple(after or anywhere)

@@ -11,7 +11,7 @@ import torch
 from pruning_core.analysis.sweep import SweepSpec, run_sweep
 from pruning_core.errors import ModelLoadError
 from pruning_core.masks import applied_masks
-from pruning_core.models import ADAPTERS, load_model, weight_matrix
+from pruning_core.models import ADAPTERS, discover_adapter, load_model, weight_matrix
 from pruning_core.models.tiny import tiny_model
 from pruning_core.outputs.export import load_masks
 from pruning_core.outputs.pipeline import ExportOptions, run_export
@@ -62,6 +62,21 @@ def test_layer_walk_reproduces_the_models_logits(family_model):
         logits = lm.model.get_output_embeddings()(lm.adapter.final_norm(lm.model)(torch.cat(final.hidden)))
         reference = lm.model(input_ids=ids).logits
     torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,renamed", [("llama", {}), ("opt", {"out": "o"}),
+                                            ("gpt2", {"c_attn": "qkv", "attn_c_proj": "o", "c_fc": "fc",
+                                                      "mlp_c_proj": "proj"})])
+def test_discovery_agrees_with_the_explicit_overrides(family, renamed):
+    """Without its override a family is found the same way: same layers, same linears, a final norm that works."""
+    lm = tiny_model(family)
+    found = discover_adapter(lm.model)
+    explicit = ADAPTERS[family]
+    assert found.layers_path == explicit.layers_path
+    assert {renamed.get(kind, kind): path for kind, path in found.linears.items()} == explicit.linears
+    hidden = torch.randn(2, 5, lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(found.final_norm(lm.model)(hidden), explicit.final_norm(lm.model)(hidden))
 
 
 def test_falcon_with_alibi_walks_too():
