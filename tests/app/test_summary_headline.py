@@ -7,25 +7,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SUMMARY = str(REPO_ROOT / "pages" / "summary.py")
-SETTINGS = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["wiki"],
-            "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
+# The pages' test environment (tiny model, a temporary PRUNESCOPE_HOME, inline jobs) and helpers.
+from tests.app.test_pages import PAGE, SMALL, app_env, ok  # noqa: E402,F401 - app_env is an autouse fixture
 
-
-@pytest.fixture(autouse=True)
-def app_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
-    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
-    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
-    return tmp_path
+SETTINGS = {**SMALL, "eval_corpora": ["wiki"]}
 
 
 def _point(method: str, sparsity: float, ppl: float) -> dict:
@@ -51,10 +42,9 @@ def stored_sweep() -> None:
 
 def test_summary_leads_with_the_recommendation_and_names_a_broken_point_plainly():
     stored_sweep()
-    at = AppTest.from_file(SUMMARY, default_timeout=120)
+    at = AppTest.from_file(PAGE["summary"], default_timeout=120)
     at.session_state["settings"] = dict(SETTINGS)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    ok(at.run())
     texts = [str(m.value) for m in at.markdown]
     headline = next(t for t in texts if t.startswith("### "))
     assert "Recommended" in headline and "Wanda" in headline and "50%" in headline
