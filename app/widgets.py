@@ -155,9 +155,10 @@ def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[
               spec: Any = ...) -> Optional[dict]:
     """Show the job's state; while it runs, a self-refreshing progress panel. Returns its status (or None).
 
-    With `spec` (the page's current choices; None when they are not valid), how an earlier run ended (failed, cancelled, interrupted) is
-    shown only while the choices are still that run's: once the settings change, its message would be
-    about a cause that may be fixed, so it is not drawn (the status is still returned)."""
+    With `spec` (the page's current choices; None when they are not valid), how an earlier run ended
+    (failed, cancelled, interrupted) is shown only while the choices are still that run's: once the settings
+    change, its message would be about a cause that may be fixed, so it is not drawn (the status is still
+    returned). While a run started with other choices is going, a line says so above its progress."""
     if not job_id:
         return None
     status = guarded(services.job_status, job_id)
@@ -170,7 +171,7 @@ def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[
             st.caption(":material/info: The run below was started with other settings than those shown here.")
         _live_panel(kind, job_id, on_progress)
     elif not current and state_ != "done":
-        pass
+        pass  # an earlier run with other choices: how it ended says nothing about the current ones
     elif state_ == "done":
         took = (status.get("finished") or 0) - (status.get("started") or status.get("finished") or 0)
         st.caption(":material/check_circle: Finished" + (f" in {services.format_seconds(took)}." if took > 0 else "."))
