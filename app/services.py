@@ -221,6 +221,11 @@ def _safe_file_name(filename: str) -> str:
     """The original name as the browser sent it, minus anything that could leave the uploads folder."""
     name = Path(filename.replace("\\", "/")).name
     name = "".join(c if c.isprintable() and c != "/" else "_" for c in name).lstrip(". ")
+    stem, suffix = (name[: -len(Path(name).suffix)], Path(name).suffix) if Path(name).suffix else (name, "")
+    suffix = suffix[:16]
+    while len((stem + suffix).encode()) > 180:  # with the hash prefix, under the 255-byte limit of file names
+        stem = stem[:-1]
+    name = stem + suffix
     return name or "upload.txt"
 
 
