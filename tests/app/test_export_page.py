@@ -71,22 +71,28 @@ def test_export_page_offers_and_exports_the_stored_whatif_mask():
 
 
 def test_summary_recommendation_arrives_prefilled_on_export():
+    """In the multipage app the Summary's button opens Export with its recommended point filled in."""
     from app import services
 
     services.submit_job("sweep", services.sweep_spec(SMALL, ["magnitude", "sparsegpt"], ["unstructured"],
                                                      [0.1, 0.3], propagation="dense"))
-    summary = ok(page("summary"))
-    summary.slider(key="summary_budget").set_value(100).run()
-    ok(summary)
-    summary.button(key="summary_export").click().run()
-    ok(summary)
-    prefill = summary.session_state["export_prefill"]
-    assert prefill["propagation"] == "dense" and prefill["structure"] == "unstructured"
-    assert prefill["method"] in ("magnitude", "sparsegpt") and prefill["sparsity"] in (0.1, 0.3)
-
-    at = ok(page("export", {"export_prefill": prefill}))
-    assert at.selectbox(key="export_method").value == prefill["method"]
-    assert at.selectbox(key="export_propagation").value == "dense"
-    assert at.slider(key="export_sparsity").value == pytest.approx(prefill["sparsity"])
+    at = AppTest.from_file(str(REPO_ROOT / "app" / "main.py"), default_timeout=120)
+    at.session_state["settings"] = dict(SMALL)
+    ok(at.run())
+    ok(at.switch_page("../pages/summary.py").run())
+    at.slider(key="summary_budget").set_value(100).run()
+    ok(at).button(key="summary_export").click().run()
+    ok(at)
+    # Now on the Export page, the form carries the Summary's point.
     assert "Pre-filled with the Summary's recommendation" in text_of(at)
+    method, sparsity = at.selectbox(key="export_method").value, at.slider(key="export_sparsity").value
+    assert method in ("magnitude", "sparsegpt") and sparsity in (pytest.approx(0.1), pytest.approx(0.3))
+    assert at.selectbox(key="export_propagation").value == "dense"  # the sweep's propagation, not the default
+    assert at.selectbox(key="export_structure").value == "unstructured"
     assert "export_prefill" not in at.session_state  # taken once: later edits are the user's
+    # Outside the multipage app (the page on its own) the hand-off waits in the session, with a note.
+    alone = ok(page("summary"))
+    alone.slider(key="summary_budget").set_value(100).run()
+    ok(alone).button(key="summary_export").click().run()
+    assert ok(alone).session_state["export_prefill"]["propagation"] == "dense"
+    assert "pre-filled on the Export page" in text_of(alone)
