@@ -318,7 +318,8 @@ def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
     else:
         sweep = SweepSpec(model=spec.get("model", "embedded"), methods=(spec["method"],),
                           structures=(spec["structure"],), sparsities=(float(spec["sparsity"]),),
-                          eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol)
+                          eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol,
+                          propagation=spec.get("propagation") or "pruned")
     windows = evaluation_windows_used(loaded, sweep.eval_corpora, protocol, store)
     return estimate_sweep(info, sweep, rate, eval_windows_used=windows)
 
