@@ -211,3 +211,17 @@ def test_typed_job_specs_round_trip_and_validate():
             SensitivitySpec(**{**sens.__dict__, **bad}).validate()
     with pytest.raises(ConfigError, match="lacks 'sparsities'"):
         SensitivitySpec.from_dict({"model": "x", "protocol": {}, "method": "wanda"})
+
+
+def test_export_in_the_sweeps_propagation_reproduces_its_point(tiny, tmp_path):
+    """'19.81 on Curves vs 19.76 on Export': the same method and sparsity differ only by propagation; export in
+    the sweep's propagation and the number is the sweep's."""
+    sweep = run_sweep(SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=(0.5,), eval_corpora=("news",),
+                                propagation="dense", protocol=PROTOCOL), loaded=tiny)
+    curve = sweep["points"][0]["ppl"]["news"]
+    common = dict(method="wanda", sparsity=0.5, eval_corpora=("news",), heatmap=False, prompts=(), formats=("json",))
+    dense = run_export(tiny, PROTOCOL, ExportOptions(propagation="dense", **common), tmp_path / "d")["report"]
+    pruned = run_export(tiny, PROTOCOL, ExportOptions(propagation="pruned", **common), tmp_path / "p")["report"]
+    assert dense["ppl"]["pruned"]["news"] == pytest.approx(curve, rel=1e-9)
+    assert pruned["ppl"]["pruned"]["news"] != pytest.approx(curve, rel=1e-9)
+    assert "dense propagation" in dense["setting"]["propagation_note"]
