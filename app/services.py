@@ -667,23 +667,6 @@ def time_left(status: dict) -> Optional[float]:
                                 float(status.get("fraction") or 0.0), rate_eta)
 
 
-def time_left(status: dict) -> Optional[float]:
-    """Seconds left of a running job as the job panel shows them: the same estimate the page showed before
-    the run (`estimate`) at the start, the job's own measured rate as it progresses
-    (`pruning_core.analysis.estimates.time_left`)."""
-    rate_eta = status.get("eta_seconds")
-    if _estimates is None or not status.get("started"):
-        return rate_eta
-    spec = status.get("spec") or {}
-    try:
-        planned = (estimate(status.get("kind", ""), {"model": spec.get("model")}, spec) or {}).get("seconds") \
-            if spec.get("model") else None
-    except Exception:  # noqa: BLE001 - the job's own rate is a fine answer when no estimate can be made
-        planned = None
-    return _estimates.time_left(planned, time.time() - float(status["started"]),
-                                float(status.get("fraction") or 0.0), rate_eta)
-
-
 def format_seconds(seconds: Optional[float]) -> str:
     """'about 40 s', 'about 3 min', or 'unknown'."""
     if seconds is None:
