@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pruning_core import evaluate
 from pruning_core.outputs.files import write_json
 from pruning_core.errors import ConfigError, PruneScopeError
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -125,6 +124,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     store: the `Store` holding a What-if mask artifact, and where the dense perplexity is reused from.
     Returns {"files": {name: path}, "report": report data dict, "manifest": manifest}. The model is left as it was.
     """
+    from pruning_core import evaluate  # imported here: `prunescope --help` stays free of torch
     from pruning_core.outputs.export import manifest_info_for, save_masks, save_pruned_model
     from pruning_core.outputs.lm_eval_bridge import compare_rows, evaluate_lm_eval
     from pruning_core.protocol import calibration_ids
@@ -273,6 +273,7 @@ def run_export_job(spec: dict, store, progress: ProgressFn) -> dict:
 def run_apply_mask(loaded, mask_dir, eval_corpora: Sequence[str] = (), seqlen: int | None = None,
                    eval_windows: int | None = None, save_model: str | None = None) -> dict:
     """Apply the mask folder permanently to `loaded` (freshly loaded), measure, and optionally evaluate/save."""
+    from pruning_core import evaluate
     from pruning_core.outputs.export import _drop_quantization_config, apply_mask_dir
     from pruning_core.protocol import Protocol
 
