@@ -12,14 +12,12 @@ from typing import Optional
 
 import torch
 
+from pruning_core.methods import NEEDS, covers
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn
 from pruning_core.protocol import Protocol, calibration_ids, corpus_key
 from pruning_core.prune import Statistics, collect_statistics
 from pruning_core.stats import InputStatistics
-
-_ORDER = {"none": 0, "act_sq": 1, "hessian": 2}
-
 
 def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str) -> dict:
     """Everything that determines dense statistics (hash it with `store.content_hash`)."""
@@ -43,7 +41,7 @@ def cached_statistics(loaded: LoadedModel, protocol: Protocol, need: str, store=
     if store is not None:
         from pruning_core.execution.store import content_hash
 
-        for candidate in [n for n in ("act_sq", "hessian") if _ORDER[n] >= _ORDER[need]]:  # smallest first
+        for candidate in [n for n in NEEDS if n != "none" and covers(n, need)]:  # smallest first
             found = store.get_result(content_hash(statistics_key(loaded, protocol, candidate)))
             if found is not None and store.artifact_info(found["artifact"]) is not None:
                 return _from_artifact(store, found, candidate)
