@@ -43,6 +43,9 @@ from pruning_core.walk import LayerInputs, batches_of, capture_layer_inputs, run
 
 METRICS = ("exact", "fisher", "reconstruction", "taylor")
 PROXIES = ("fisher", "reconstruction", "taylor")
+#: The default "metric": the refinement of `analysis.refinement` (second-order estimate, then exact), shown
+#: as views with their measured agreement.
+REFINE = "auto"
 #: Metrics computed on the probe windows (the exact metric's own text), so their key names the probe.
 PROBE_METRICS = ("exact", "fisher")
 #: Calibration windows whose gradients the Taylor proxy sums (one backward pass per window, so memory does
@@ -610,7 +613,7 @@ class SensitivitySpec:
     protocol: Protocol = field(default_factory=Protocol)
     method: str = "wanda"
     sparsities: tuple[float, ...] = (0.5,)
-    metrics: tuple[str, ...] = ("exact",)
+    metrics: tuple[str, ...] = (REFINE,)
     probe_windows: int = 8
     dtype: str | None = None
     layers: tuple[int, ...] | None = None
@@ -623,6 +626,8 @@ class SensitivitySpec:
             raise ConfigError("Choose at least one sparsity, e.g. 50 %.")
         for s in self.sparsities:
             check_sparsity(s)
+        if self.metrics == (REFINE,):
+            return self
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise ConfigError(f"Unknown sensitivity metric(s) {unknown}; choose from {', '.join(METRICS)} "
@@ -673,7 +678,46 @@ def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:
     job = SensitivitySpec.from_dict(spec).validate()
     progress(0.0, f"loading the model ({job.model})")  # seconds to minutes: say so, not "starting"
     loaded = load_model(job.model)
+    if job.metrics == (REFINE,):
+        return _refine_job(job, loaded, store, progress)
     return compute_sensitivity(
         loaded, job.protocol, job.method, list(job.sparsities), list(job.metrics), int(job.probe_windows),
         store=store, progress=progress, dtype=job.dtype, layers=None if job.layers is None else list(job.layers),
     )
+
+
+def live_views_key(spec: dict) -> str:
+    """Store key of the views a running refinement job has shown so far (see `live_views`)."""
+    from pruning_core.execution.store import content_hash
+
+    return content_hash({"sensitivity_views_of": SensitivitySpec.from_dict(spec).to_dict()})
+
+
+def live_views(spec: dict, store) -> list[dict]:
+    """The newest view of each sparsity of a refinement job, while it runs or after (empty before the first)."""
+    found = store.get_result(live_views_key(spec)) if store is not None else None
+    return list((found or {}).get("views", {}).values())
+
+
+def _refine_job(job: "SensitivitySpec", loaded: LoadedModel, store, progress: ProgressFn) -> dict:
+    """The default map: each sparsity refined from the second-order estimate to exact; every view is stored
+    at once under `live_views_key`, so the page and the CLI show the newest refinement while the job runs."""
+    from pruning_core.analysis.refinement import refine_sensitivity
+    from pruning_core.progress import sub_progress
+
+    views: dict[str, dict] = {}
+    key = live_views_key(job.to_dict())
+    maps, correlations = [], []
+    count = len(job.sparsities)
+    for index, sparsity in enumerate(job.sparsities):
+        def on_view(view: dict, sparsity: float = sparsity) -> None:
+            views[f"{sparsity:g}"] = view
+            if store is not None:
+                store.put_result(key, "sensitivity_views", {"views": views})
+
+        out = refine_sensitivity(loaded, job.protocol, job.method, sparsity, int(job.probe_windows), store,
+                                 sub_progress(progress, index / count, (index + 1) / count), on_view=on_view,
+                                 dtype=job.dtype, layers=None if job.layers is None else list(job.layers))
+        maps += out["maps"]
+        correlations += out["correlations"]
+    return {"maps": maps, "correlations": correlations, "views": [views[f"{s:g}"] for s in job.sparsities]}

@@ -19,18 +19,56 @@ from pruning_core.cli.common import (
 )
 from pruning_core.errors import ConfigError
 
-METRIC_CHOICES = ("exact", "reconstruction", "taylor")
+METRIC_CHOICES = ("exact", "fisher", "reconstruction", "taylor")
+#: How often (seconds) the CLI looks for a newer refinement to write to sensitivity.json.
+VIEW_POLL_S = 1.0
 
 
 def _metrics(text: str) -> tuple[str, ...]:
     parts = _csv(text.lower())
     if parts == ("all",):
         return METRIC_CHOICES
+    if parts == ("auto",):
+        return parts
     unknown = [p for p in parts if p not in METRIC_CHOICES]
     if unknown or not parts:
-        raise ConfigError(f"--metric '{text}' is not understood; use all, or a comma list of "
+        raise ConfigError(f"--metric '{text}' is not understood; use auto, all, or a comma list of "
                           f"{', '.join(METRIC_CHOICES)}.")
     return parts
+
+
+class _ViewWriter:
+    """Progress callback that also writes the newest refinement of a running map to sensitivity.json.
+
+    The refinement job stores each view as soon as it exists (`analysis.sensitivity.live_views`); reading it
+    from the store (rather than from a callback inside the job) works the same when the CLI is attached to a
+    job that a dashboard worker runs.
+    """
+
+    def __init__(self, spec: dict, store, path, console):
+        self.spec, self.store, self.path, self.console = spec, store, path, console
+        self.written: list | None = None
+        self.last_poll = 0.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.console(fraction, message)
+        if time.perf_counter() - self.last_poll >= VIEW_POLL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        from pruning_core.analysis.sensitivity import live_views
+
+        self.last_poll = time.perf_counter()
+        views = live_views(self.spec, self.store)
+        stamp = [(v["metric"], (v["refinement"]["agreement"] or {}).get("cells")) for v in views]
+        if views and stamp != self.written:
+            write_json(self.path, views[0])
+            self.written = stamp
+            r = views[0]["refinement"]
+            measured = r["agreement"]
+            agreement = (f"; agreement with exact {measured['spearman']:.2f} over {measured['scope']}"
+                         if measured else "")
+            print(f"wrote {self.path}: refinement {r['step']}/{r['of']} ({r['name']}){agreement}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------ sensitivity
@@ -41,7 +79,10 @@ def add_sensitivity(sub) -> None:
     p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
     p.add_argument("--sparsity", type=float, default=None, help="one sparsity fraction (default 0.5)")
     p.add_argument("--sparsities", default=None, help="comma-separated fractions, e.g. 0.3,0.5,0.7")
-    p.add_argument("--metric", default="exact", help="all, or a comma list of exact, reconstruction, taylor")
+    p.add_argument("--metric", default="auto",
+                   help="auto (default: a second-order estimate first, refined to the exact map; sensitivity.json "
+                        "is rewritten after each refinement), all, or a comma list of "
+                        + ", ".join(METRIC_CHOICES))
     p.add_argument("--probe-windows", type=int, default=8, help="evaluation windows of the exact probe")
     p.add_argument("--probe-dtype", default=None, choices=["float32", "bfloat16"],
                    help="compute dtype of the exact probes (default: --dtype)")
@@ -73,13 +114,19 @@ def cmd_sensitivity(args) -> int:
     spec = job.validate().to_dict()
     out = prepare_out_dir(args.out)
     start = time.perf_counter()
-    result = JobRunner().run_inline("sensitivity", spec, ConsoleProgress())
-    first = result["maps"][0]
+    runner = JobRunner()
+    progress = ConsoleProgress()
+    if job.metrics == ("auto",):
+        progress = _ViewWriter(spec, runner.store, out / "sensitivity.json", progress)
+    result = runner.run_inline("sensitivity", spec, progress)
+    # The refinement's final view (the exact map with its agreement), else the first map asked for.
+    first = result["views"][0] if result.get("views") else result["maps"][0]
     write_json(out / "sensitivity.json", first)
     write_json(out / "sensitivity_all.json", result)
     _print_extremes(first)
     for c in result["correlations"]:
-        print(f"spearman({c['proxy']} vs exact) at {c['sparsity']:g}: {c['spearman']:.3f}")
+        print(f"spearman({c['proxy']} vs exact) at {c['sparsity']:g}: {c['spearman']:.3f} "
+              f"over {c.get('scope', 'all cells')}")
     print(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity_all.json'} "
           f"({time.perf_counter() - start:.1f} s)")
     return 0

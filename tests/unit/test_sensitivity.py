@@ -233,7 +233,7 @@ def test_cli_sensitivity_writes_the_documents(tmp_path, monkeypatch, capsys):
     assert "most sensitive" in printed and "least sensitive" in printed
     assert cli_main(["jobs"]) == 0
     assert "sensitivity" in capsys.readouterr().out
-    assert cli_main(["sensitivity", "--model", "tiny-llama", "--calib", str(calib), "--metric", "fisher",
+    assert cli_main(["sensitivity", "--model", "tiny-llama", "--calib", str(calib), "--metric", "obs-trace",
                      "--out", str(out)]) == 2
     assert cli_main(["jobs", "--cancel", "zzzz"]) == 2
 
@@ -296,3 +296,27 @@ def test_a_proxy_alone_comes_with_its_agreement_on_a_sample_of_exact_rows(tmp_pa
     assert full["maps"][0]["values"][0] == pytest.approx(
         compute_sensitivity(loaded, PROTOCOL, "wanda", [0.5], metrics=["exact"], probe_windows=PROBE,
                             layers=[0])["maps"][0]["values"][0], abs=1e-6)
+
+
+def test_cli_default_writes_each_refinement_as_soon_as_it_exists(tmp_path, monkeypatch, capsys):
+    """`prunescope sensitivity` with its defaults: sensitivity.json holds the estimate first, then the exact map."""
+    import pruning_core.cli.analysis as cli_analysis
+
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(cli_analysis, "VIEW_POLL_S", 0.0)  # look at the store at every progress call
+    out = tmp_path / "out"
+    written = []
+    real_write = cli_analysis.write_json
+
+    def spy(path, document):
+        if path.name == "sensitivity.json":
+            written.append((document["metric"], document["refinement"]["step"]))
+        real_write(path, document)
+
+    monkeypatch.setattr(cli_analysis, "write_json", spy)
+    assert cli_main(["sensitivity", "--model", "tiny-llama", "--calib", "news", "--nsamples", "4", "--seqlen", "32",
+                     "--probe-windows", "2", "--out", str(out)]) == 0
+    assert written[0] == ("fisher", 1) and written[-1] == ("exact", 2)
+    doc = json.loads((out / "sensitivity.json").read_text())
+    assert doc["refinement"]["final"] and doc["refinement"]["agreement"]["scope"] == "all cells"
+    assert "refinement 1/2 (second-order estimate)" in capsys.readouterr().out
