@@ -158,6 +158,9 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
                          throughput: float | None = None, probe_windows_available: int | None = None) -> dict:
     """Estimated seconds and peak memory (bytes) of `sensitivity.compute_sensitivity` with these settings.
 
+    metrics may be the default ("auto",) (`sensitivity.REFINE`): counted as its two refinements, the
+    second-order estimate and the exact map.
+
     probe_windows_available: whole seqlen windows in the calibration corpus's evaluation split (the probe's
     text, `evaluation_windows_used`); the probe uses min(probe_windows, that number).
     """
@@ -173,6 +176,10 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     probe_tokens = probe_windows * protocol.seqlen
     calib_tokens = protocol.nsamples * protocol.seqlen
     metrics = list(metrics)
+    refine = getattr(_sensitivity, "REFINE", "auto")
+    if refine in metrics:  # the default refinement computes the second-order estimate, then the exact map
+        metrics = list(dict.fromkeys(m for metric in metrics
+                                     for m in (("fisher", "exact") if metric == refine else (metric,))))
     # Proxies alone: the exact metric is still measured on a few sampled rows, to report their agreement.
     sample_rows = 0 if "exact" in metrics or not set(metrics) & set(proxies) else \
         min(L, int(getattr(_sensitivity, "AGREEMENT_SAMPLE_LAYERS", 0)))

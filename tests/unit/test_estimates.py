@@ -59,6 +59,13 @@ def test_sensitivity_estimate_scales_with_sparsities_and_metrics(tiny):
     fisher = estimate_sensitivity(info, PROTOCOL, "wanda", [0.5], ["fisher"], 4, 5000.0)
     _check(fisher)
     assert fisher["breakdown"]["fisher"] > 0 and fisher["breakdown"]["exact_probes"] > 0  # + agreement sample
+    # The default "auto" refinement is the second-order estimate followed by the full exact map.
+    auto = estimate_sensitivity(info, PROTOCOL, "wanda", [0.5], ["auto"], 4, 5000.0)
+    _check(auto)
+    both = estimate_sensitivity(info, PROTOCOL, "wanda", [0.5], ["fisher", "exact"], 4, 5000.0)
+    assert auto["seconds"] == pytest.approx(both["seconds"])
+    assert auto["breakdown"]["exact_probes"] == pytest.approx(one["breakdown"]["exact_probes"])
+    assert auto["breakdown"]["fisher"] == pytest.approx(fisher["breakdown"]["fisher"])
 
 
 def test_throughput_is_measured_and_cached(tiny, tmp_path):
