@@ -11,15 +11,25 @@ Each state is a *view*: the map document being shown plus ``refinement`` = {"ste
 "agreement" ({"spearman", "cells", "scope", "against"} or None), "trusted"}. A view whose map is not exact
 is trusted only when its measured agreement reaches `TRUSTED_AGREEMENT`; pages withhold their plain-language
 reading otherwise.
+
+`run_sensitivity_job` (the "sensitivity" job kind) lives here, above `analysis.sensitivity`, because it runs
+either a plain `compute_sensitivity` or, for the default metric "auto", this refinement.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT, agreement, compute_sensitivity
-from pruning_core.models import LoadedModel
-from pruning_core.progress import ProgressFn, no_progress
+from pruning_core.analysis.sensitivity import (
+    REFINE,
+    TRUSTED_AGREEMENT,
+    SensitivitySpec,
+    agreement,
+    compute_sensitivity,
+)
+from pruning_core.execution.store import content_hash
+from pruning_core.models import LoadedModel, load_model
+from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol
 
 #: (metric, what the page calls it) of each refinement, in order.
@@ -85,3 +95,52 @@ def refine_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, spa
                                  probe_windows, store, progress, dtype=dtype, layers=layers, on_map=map_done,
                                  on_exact_row=row_done)
     return {**result, "views": views, "view": views[-1]}
+
+
+def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:
+    """Job entry (`jobs.JOB_KINDS["sensitivity"]`): `spec` is `SensitivitySpec.to_dict()`.
+
+    Maps go to `store` as they finish, so a cancelled or killed job resumes at map granularity (exact maps at
+    row granularity).
+    """
+    job = SensitivitySpec.from_dict(spec).validate()
+    progress(0.0, f"loading the model ({job.model})")  # seconds to minutes: say so, not "starting"
+    loaded = load_model(job.model)
+    if job.metrics == (REFINE,):
+        return _refine_job(job, loaded, store, progress)
+    return compute_sensitivity(
+        loaded, job.protocol, job.method, list(job.sparsities), list(job.metrics), int(job.probe_windows),
+        store=store, progress=progress, dtype=job.dtype, layers=None if job.layers is None else list(job.layers),
+    )
+
+
+def live_views_key(spec: dict) -> str:
+    """Store key of the views a running refinement job has shown so far (see `live_views`)."""
+    return content_hash({"sensitivity_views_of": SensitivitySpec.from_dict(spec).to_dict()})
+
+
+def live_views(spec: dict, store) -> list[dict]:
+    """The newest view of each sparsity of a refinement job, while it runs or after (empty before the first)."""
+    found = store.get_result(live_views_key(spec)) if store is not None else None
+    return list((found or {}).get("views", {}).values())
+
+
+def _refine_job(job: SensitivitySpec, loaded: LoadedModel, store, progress: ProgressFn) -> dict:
+    """The default map: each sparsity refined from the second-order estimate to exact; every view is stored
+    at once under `live_views_key`, so the page and the CLI show the newest refinement while the job runs."""
+    views: dict[str, dict] = {}
+    key = live_views_key(job.to_dict())
+    maps, correlations = [], []
+    count = len(job.sparsities)
+    for index, sparsity in enumerate(job.sparsities):
+        def on_view(view: dict, sparsity: float = sparsity) -> None:
+            views[f"{sparsity:g}"] = view
+            if store is not None:
+                store.put_result(key, "sensitivity_views", {"views": views})
+
+        out = refine_sensitivity(loaded, job.protocol, job.method, sparsity, int(job.probe_windows), store,
+                                 sub_progress(progress, index / count, (index + 1) / count), on_view=on_view,
+                                 dtype=job.dtype, layers=None if job.layers is None else list(job.layers))
+        maps += out["maps"]
+        correlations += out["correlations"]
+    return {"maps": maps, "correlations": correlations, "views": [views[f"{s:g}"] for s in job.sparsities]}

@@ -40,7 +40,7 @@ def _metrics(text: str) -> tuple[str, ...]:
 class _ViewWriter:
     """Progress callback that also writes the newest refinement of a running map to sensitivity.json.
 
-    The refinement job stores each view as soon as it exists (`analysis.sensitivity.live_views`); reading it
+    The refinement job stores each view as soon as it exists (`analysis.refinement.live_views`); reading it
     from the store (rather than from a callback inside the job) works the same when the CLI is attached to a
     job that a dashboard worker runs.
     """
@@ -56,7 +56,7 @@ class _ViewWriter:
             self.flush()
 
     def flush(self) -> None:
-        from pruning_core.analysis.sensitivity import live_views
+        from pruning_core.analysis.refinement import live_views
 
         self.last_poll = time.perf_counter()
         views = live_views(self.spec, self.store)

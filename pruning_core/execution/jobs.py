@@ -44,7 +44,7 @@ from pruning_core.execution.store import Store, content_hash
 #: listing jobs never imports torch/transformers. Add a kind here; there is no other discovery.
 JOB_KINDS: dict[str, str] = {
     "sweep": "pruning_core.analysis.sweep:run_sweep_job",
-    "sensitivity": "pruning_core.analysis.sensitivity:run_sensitivity_job",
+    "sensitivity": "pruning_core.analysis.refinement:run_sensitivity_job",
     "whatif": "pruning_core.analysis.whatif:run_whatif_job",
     "export": "pruning_core.outputs.pipeline:run_export_job",
     "selftest": "pruning_core.execution.jobs:_selftest_job",

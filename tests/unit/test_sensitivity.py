@@ -18,10 +18,10 @@ from pruning_core.metrics import perplexity
 from pruning_core.models import load_model, to_native, weight_matrix
 from pruning_core.protocol import Protocol, calibration_ids, evaluation_ids
 from pruning_core.prune import collect_statistics
+from pruning_core.analysis.refinement import run_sensitivity_job
 from pruning_core.analysis.sensitivity import (
     TAYLOR_WINDOWS,
     compute_sensitivity,
-    run_sensitivity_job,
 )
 from pruning_core.execution.store import Store
 
