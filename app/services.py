@@ -27,6 +27,8 @@ import streamlit as st
 
 from pruning_core import claims
 from pruning_core import data as core_data
+from pruning_core.analysis.sensitivity import REFINE as SENSITIVITY_AUTO
+from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT
 from pruning_core.errors import ConfigError, CorpusError, PruneScopeError
 from pruning_core.execution.jobs import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.methods import METHODS as _METHOD_REGISTRY
@@ -47,7 +49,9 @@ HUB_CORPORA = tuple(core_data.HUB_CORPORA)
 USER_FILE_EXTENSIONS = tuple(ext.lstrip(".") for ext in core_data.USER_FILE_EXTENSIONS)
 METHODS = tuple(_METHOD_REGISTRY)  # the registry's names, in its order
 STRUCTURES = _STRUCTURES
-SENSITIVITY_METRICS = ("exact", "reconstruction", "taylor")
+#: The Sensitivity page's metric choices; "auto" (`pruning_core.analysis.sensitivity.REFINE`, the default) is
+#: the refinement from the second-order estimate to the exact map, with the agreement of each step measured.
+SENSITIVITY_METRICS = (SENSITIVITY_AUTO, "exact", "fisher", "reconstruction", "taylor")
 EVAL_DTYPES = ("float32", "bfloat16")
 
 #: Protocol settings for a quick first look on 2 CPU cores (the paper protocol is one click away).
@@ -400,7 +404,13 @@ def sensitivity_spec(settings: dict, method: str, sparsities, metrics, probe_win
     from pruning_core.analysis.sensitivity import SensitivitySpec
 
     if not metrics:
-        raise ConfigError("Choose at least one sensitivity metric (reconstruction is the cheapest).")
+        raise ConfigError("Choose at least one sensitivity metric: 'Automatic' (the default) gives a trustworthy "
+                          "first map quickly and refines it to the exact one.")
+    if SENSITIVITY_AUTO in metrics and len(metrics) > 1:
+        raise ConfigError("'Automatic' already computes the second-order estimate and the exact map: keep it "
+                          "alone, or remove it to choose metrics by hand.")
+    if int(probe_windows) < 1:  # checked here too: the core's check of an automatic spec stops before it
+        raise ConfigError(f"Probe windows must be a positive whole number, got {probe_windows}.")
     spec = SensitivitySpec(model=settings["model"], protocol=protocol_of(settings), method=method,
                            sparsities=tuple(sorted(float(s) for s in sparsities)), metrics=tuple(metrics),
                            probe_windows=int(probe_windows))
@@ -735,6 +745,96 @@ def sensitivity_reading(sens: dict) -> str:
     at = f" at {float(sparsity):.0%} sparsity" if sparsity is not None else ""
     return (f"Pruned with {sens.get('method', '?')}{at}, {layer_text} and the {word(most_module)} are the most "
             f"sensitive; {safe_text} and the {word(least_module)} are the safest places to remove weights.")
+
+
+#: How a sentence names each metric's map (the refinements name themselves, see `analysis.refinement`).
+SENSITIVITY_METRIC_NAMES = {"exact": "exact loss increase", "fisher": "second-order estimate",
+                            "reconstruction": "reconstruction error", "taylor": "Taylor score"}
+
+
+def sensitivity_live_views(spec: dict) -> list[dict]:
+    """The newest view of each sparsity of an automatic sensitivity job (`SENSITIVITY_AUTO`), while it runs or
+    after it stopped: map documents with their `refinement` (see `pruning_core.analysis.refinement`), in the
+    order the sparsities started (the last is the one being refined now); empty for other jobs or before the
+    first map."""
+    from pruning_core.analysis.refinement import live_views
+
+    if list((spec or {}).get("metrics") or []) != [SENSITIVITY_AUTO]:
+        return []
+    return live_views(spec, Store())
+
+
+def map_agreement(sens: dict, correlations=()) -> Optional[dict]:
+    """The measured rank agreement of a map with the exact metric: {"spearman", "cells", "scope", "against"}.
+
+    A refinement view carries its own (for the final exact view: the agreement between the two refinements);
+    a proxy map takes its entry in the job result's `correlations` (same metric and sparsity). None for a plain
+    exact map and for a proxy whose agreement was not measured (results stored before it was)."""
+    refinement = sens.get("refinement")
+    if refinement is not None:
+        return refinement.get("agreement")
+    if sens.get("metric") == "exact":
+        return None
+    for entry in correlations or ():
+        if entry.get("proxy") == sens.get("metric") and sens.get("sparsity") is not None \
+                and abs(float(entry.get("sparsity", -1)) - float(sens["sparsity"])) < 1e-9:
+            return {"spearman": entry.get("spearman"), "cells": entry.get("cells"),
+                    "scope": entry.get("scope") or "", "against": "exact"}
+    return None
+
+
+def _agreement_words(measured: dict) -> str:
+    """"0.91 over a sample of 21 cells (layers 0, 15, 29)" / "0.90 over all cells"; NaN: not measurable."""
+    import math
+
+    rho = measured.get("spearman")
+    if rho is None or not math.isfinite(float(rho)):
+        return "could not be measured (too few distinct values)"
+    scope = str(measured.get("scope") or "")
+    scope = scope if not scope or scope == "all cells" else f"a {scope}"
+    return f"{float(rho):.2f}" + (f" over {scope}" if scope else "")
+
+
+def sensitivity_trust(sens: dict, correlations=()) -> dict:
+    """Which map this is, how far its ranking agrees with the exact metric, and whether its plain-language
+    reading (`sensitivity_reading`) may be shown.
+
+    Returns {"trusted": bool, "agreement": dict | None (see `map_agreement`), "label": one line naming the
+    metric (and refinement) with its measured agreement, "withheld": None, or the sentence saying why the
+    reading is not shown}. An exact map is its own truth; any other map is trusted only with a measured
+    agreement of at least `TRUSTED_AGREEMENT` (`pruning_core.analysis.refinement.is_trusted`)."""
+    from pruning_core.analysis.refinement import is_trusted
+
+    measured = map_agreement(sens, correlations)
+    trusted = is_trusted(sens, measured)
+    refinement = sens.get("refinement")
+    metric = str(sens.get("metric"))
+    name = (refinement or {}).get("name") or SENSITIVITY_METRIC_NAMES.get(metric, metric)
+    label = (f"Refinement {refinement['step']} of {refinement['of']}: {name}" if refinement is not None
+             else name[:1].upper() + name[1:])
+    if refinement is not None and metric == "exact" and measured is not None:
+        label += f" — agreement between the refinements: {_agreement_words(measured)}"
+    elif metric == "exact":
+        label += " — the reference every estimate is measured against"
+    elif measured is not None:
+        label += f" — agreement with the exact metric {_agreement_words(measured)}"
+    elif refinement is not None:
+        label += " — agreement with the exact metric not measured yet (its first rows are being computed)"
+    else:
+        label += " — agreement with the exact metric not measured"
+    withheld = None
+    if not trusted:
+        rho = (measured or {}).get("spearman")
+        if measured is None:
+            why = "its agreement with the exact metric is not measured yet"
+        elif rho is None or rho != rho:
+            why = "its agreement with the exact metric could not be measured"
+        else:
+            why = f"agreement {float(rho):.2f} with the exact metric is too low to read this map as advice"
+        then = ("the exact map this run is computing replaces it when it is done." if refinement is not None
+                else "choose 'Automatic' or the exact metric for a map you can act on.")
+        withheld = f"No plain-language reading: {why} (at least {TRUSTED_AGREEMENT:.1f} is needed); {then}"
+    return {"trusted": trusted, "agreement": measured, "label": label, "withheld": withheld}
 
 
 # ---------------------------------------------------------------------------------------------- summary

@@ -82,16 +82,27 @@ with st.container(border=True):
 left, right = st.columns(2, gap="medium")
 charts.show(charts.curves_chart(results, corpus), key="summary_curves", container=left,
             alt="Perplexity against sparsity")
-maps = []
-for r in widgets.guarded(services.recent_results, "sensitivity", settings["model"]) or []:
-    maps = r["result"].get("maps") or []
-    if maps:
-        break
-if maps:
-    chosen = max(maps, key=lambda m: (m["metric"] == "exact", -abs(float(m["sparsity"]) - 0.5)))
+# Every finished map (a refinement's final view where there is one) with its result's measured agreements.
+candidates = []
+for age, r in enumerate(widgets.guarded(services.recent_results, "sensitivity", settings["model"]) or []):
+    views = r["result"].get("views") or []
+    for m in r["result"].get("maps") or []:
+        shown = next((v for v in views if v["metric"] == m["metric"] and v["sparsity"] == m["sparsity"]), m)
+        candidates.append((shown, r["result"].get("correlations") or [], age))
+if candidates:
+    # The same trust rule as the Sensitivity page: an exact map first, else a proxy whose measured agreement
+    # with exact is high enough, else the newest map with its reading withheld; then near 50 %, then newest.
+    trust = {id(m): services.sensitivity_trust(m, c) for m, c, _ in candidates}
+    chosen, _, _ = max(candidates, key=lambda t: (trust[id(t[0])]["trusted"], t[0]["metric"] == "exact",
+                                                  -abs(float(t[0]["sparsity"]) - 0.5), -t[2]))
     charts.show(charts.heatmap_chart(chosen), key="summary_heatmap", container=right,
                 alt="Sensitivity heatmap")
-    right.caption(services.sensitivity_reading(chosen))
+    verdict = trust[id(chosen)]
+    right.caption(verdict["label"])
+    if verdict["trusted"]:
+        right.caption(services.sensitivity_reading(chosen))
+    else:
+        right.warning(verdict["withheld"], icon=":material/do_not_disturb_on:")
 else:
     right.info("Compute a sensitivity map on the **Sensitivity** page to see where the model is fragile.",
                icon=":material/info:")
