@@ -46,7 +46,6 @@ except ImportError:  # pragma: no cover - depends on the checkout
 INLINE_ENV = "PRUNESCOPE_INLINE_JOBS"
 EMBEDDED_CORPORA = tuple(core_data.EMBEDDED_CORPORA)
 HUB_CORPORA = tuple(core_data.HUB_CORPORA)
-USER_FILE_EXTENSIONS = tuple(ext.lstrip(".") for ext in core_data.USER_FILE_EXTENSIONS)
 METHODS = tuple(_METHOD_REGISTRY)  # the registry's names, in its order
 STRUCTURES = _STRUCTURES
 #: The Sensitivity page's metric choices; "auto" (`pruning_core.analysis.sensitivity.REFINE`, the default) is
@@ -131,6 +130,24 @@ def _cached_model(source: str, identity_key: str):
 def get_model(source: str):
     """The loaded model for `source` (cached; reloaded when a file or folder model changes on disk)."""
     return _cached_model(source, content_hash(model_identity(source)))
+
+
+#: How the Setup page names a model family (its `config.model_type`); others: see `family_label`.
+FAMILY_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma",
+                "gemma2": "Gemma 2", "gemma3_text": "Gemma 3", "phi": "Phi", "phi3": "Phi-3",
+                "gpt_neox": "GPT-NeoX", "gpt2": "GPT-2", "gptj": "GPT-J", "gpt_bigcode": "GPT-BigCode",
+                "opt": "OPT", "falcon": "Falcon", "stablelm": "StableLM", "olmo": "OLMo", "olmo2": "OLMo 2",
+                "bloom": "BLOOM", "mpt": "MPT", "granite": "Granite", "smollm3": "SmolLM3"}
+
+
+def family_label(family: str) -> str:
+    """A readable family name ("gpt_neox" -> "GPT-NeoX"); an unlisted one with its underscores as hyphens and
+    a capital first letter ("some_model" -> "Some-model")."""
+    family = str(family or "")
+    if family.lower() in FAMILY_NAMES:
+        return FAMILY_NAMES[family.lower()]
+    readable = family.replace("_", "-")
+    return readable[:1].upper() + readable[1:]
 
 
 def model_facts(source: str) -> dict:

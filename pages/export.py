@@ -19,7 +19,7 @@ if str(_ROOT) not in sys.path:
 import streamlit as st
 
 from app import export_service as svc
-from app import widgets
+from app import services, widgets
 from app.charts import curves_chart, heatmap_chart, show
 
 settings = widgets.page_start(
@@ -89,7 +89,12 @@ result = svc.export_result(status["result"]) if status and status.get("state") =
     and status.get("result") else None
 if result:
     st.subheader("Summary")
+    # Corpora as the other pages name them: an upload by its original file name, not its stored path
+    # ("<content hash>-<name>" under $PRUNESCOPE_HOME).
+    corpora = {c for side in ((result["report"].get("ppl") or {}).values()) for c in (side or {})}
     for sentence in result["summary"]:
+        for corpus in sorted(corpora, key=len, reverse=True):
+            sentence = sentence.replace(corpus, services.corpus_label(corpus))
         st.markdown(f"- {sentence}")
     st.subheader("Downloads")
     columns = st.columns(3)

@@ -82,7 +82,7 @@ else:
         state.update(model=source)
         with st.container(border=True):
             cols = st.columns(5)
-            cols[0].metric("Architecture", facts["family"].capitalize(),
+            cols[0].metric("Architecture", services.family_label(facts["family"]),
                            help=f"hidden size {facts['hidden_size']}; prunable linears per layer: "
                                 f"{', '.join(facts['module_kinds'])}")
             cols[1].metric("Decoder layers", f"{facts['layers']}",
@@ -125,9 +125,12 @@ with calib_col:
         upload_column = st.text_input("Text column / field", key="setup_upload_column",
                                       help="For .jsonl/.json/.csv/.parquet files: leave empty for 'text' (JSON) "
                                            "or the only text column (tables).")
-        upload = st.file_uploader("Text file", type=[e for e in services.USER_FILE_EXTENSIONS if e],
-                                  key="setup_upload",
-                                  help=".txt (paragraphs), .jsonl/.json (a 'text' field), .csv/.parquet (a column)")
+        # Any file name: plain text with any extension or none is read as text, and binary content is refused
+        # with its reason by the check below (pruning_core.data), not by the name.
+        upload = st.file_uploader("Text file", key="setup_upload",
+                                  help="Plain UTF-8 text with any extension or none (paragraphs are documents); "
+                                       ".jsonl/.json (a 'text' field), .csv/.parquet (a column). Binary files "
+                                       "are refused.")
         if upload is not None:
             # Checked here, where it is dropped (content, and enough calibration text for the windows chosen
             # under Protocol); a refused file is not stored and the previous choice stays selected.
@@ -163,6 +166,8 @@ with calib_col:
                        f"**{preview['chars']:,}** characters{token_text}")
             with st.expander("Preview the calibration text"):
                 st.text(preview["text"] + " …")
+                if preview.get("markup_removed"):
+                    st.caption("Wiki markup removed for display; the model reads the same text.")
 with eval_col:
     eval_options = list(services.EMBEDDED_CORPORA) + uploads + list(services.HUB_CORPORA)
     for chosen in settings["eval_corpora"]:  # a path given elsewhere

@@ -15,22 +15,48 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/what
 
 import streamlit as st  # noqa: E402
 
-from app import services, widgets  # noqa: E402
+from app import services, state, widgets  # noqa: E402
 
 DEFAULT_PROMPT = services.DEFAULT_PROMPT
+#: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them and a
+#: reload or a second tab shows the form that made the what-if shown). "whatif_layer_seed" is not a widget: the
+#: per-layer sparsities the table starts from ({layer: sparsity}, the followed job's).
+FORM = {"whatif_method": "wanda", "whatif_structure": "unstructured", "whatif_sparsity": 0.5,
+        "whatif_per_layer": False, "whatif_prompt": DEFAULT_PROMPT, "whatif_layer_seed": {}}
+
+
+def form_from_spec(spec) -> dict:
+    """The form values that make a what-if job's spec (a page re-attaching to it shows how it was made)."""
+    if not spec:
+        return {}
+    values = {}
+    if spec.get("method") in services.METHODS:
+        values["whatif_method"] = spec["method"]
+    if spec.get("structure") in services.STRUCTURES:
+        values["whatif_structure"] = spec["structure"]
+    if isinstance(spec.get("sparsity"), (int, float)) and 0.05 <= float(spec["sparsity"]) <= 0.95:
+        values["whatif_sparsity"] = round(round(float(spec["sparsity"]) / 0.05) * 0.05, 2)  # the slider's steps
+    if isinstance(spec.get("prompt"), str) and spec["prompt"]:
+        values["whatif_prompt"] = spec["prompt"]
+    layers = spec.get("layer_sparsity") or {}
+    if layers:
+        values["whatif_per_layer"] = True
+        values["whatif_layer_seed"] = {int(k): float(v) for k, v in layers.items()}
+    return values
 
 settings = widgets.page_start(
     "What-if",
     "Try one setting: how much worse does the pruned model get, how much smaller can it be stored, and "
     "how does its text compare with the original's?",
 )
+state.seed_form("whatif", FORM, lambda: form_from_spec(widgets.followed_spec("whatif", settings["model"])))
 
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", services.METHODS, index=1, key="whatif_method")
+    method = c1.selectbox("Method", services.METHODS, key="whatif_method")
     structure = c2.selectbox("Structure", services.STRUCTURES, key="whatif_structure")
     is_nm = structure != "unstructured"
-    sparsity = c3.slider("Sparsity", 0.05, 0.95, 0.5, 0.05, key="whatif_sparsity", disabled=is_nm,
+    sparsity = c3.slider("Sparsity", 0.05, 0.95, step=0.05, key="whatif_sparsity", disabled=is_nm,
                          format="%.2f", help="Share of weights removed (N:M structures are always 50 %).")
     layer_sparsity = {}
     if not is_nm:
@@ -39,14 +65,15 @@ with st.container(border=True):
         if per_layer:
             facts = widgets.guarded(services.model_facts, settings["model"])
             if facts:
-                rows = [{"layer": i, "sparsity": float(sparsity)} for i in range(facts["layers"])]
+                seed = st.session_state.get("whatif_layer_seed") or {}
+                rows = [{"layer": i, "sparsity": float(seed.get(i, sparsity))} for i in range(facts["layers"])]
                 edited = st.data_editor(rows, key="whatif_layers", hide_index=True, disabled=["layer"],
                                         column_config={"sparsity": st.column_config.NumberColumn(
                                             "sparsity (0-1)", min_value=0.0, max_value=0.99, step=0.05,
                                             format="%.2f")}, height=min(400, 38 + 35 * len(rows)))
                 layer_sparsity = {int(r["layer"]): float(r["sparsity"]) for r in edited
                                   if r.get("sparsity") is not None and abs(float(r["sparsity"]) - sparsity) > 1e-9}
-    prompt = st.text_area("Prompt for the text comparison", DEFAULT_PROMPT, key="whatif_prompt", height=80)
+    prompt = st.text_area("Prompt for the text comparison", key="whatif_prompt", height=80)
     spec = None
     try:
         spec = services.whatif_spec(settings, method, structure, sparsity, layer_sparsity, prompt.strip())
@@ -55,10 +82,12 @@ with st.container(border=True):
     widgets.estimate_line("whatif", settings, spec)
     run = st.button("Try it", key="whatif_run", type="primary", icon=":material/play_arrow:", disabled=spec is None)
 
+state.remember_form("whatif", FORM)
+
 if run and spec is not None:
     widgets.start_job("whatif", spec)
 
-status = widgets.job_panel("whatif", widgets.attach_job("whatif", spec))
+status = widgets.job_panel("whatif", widgets.attach_job("whatif", spec, settings["model"]), spec=spec)
 result = status.get("result") if status and status.get("state") == "done" else None
 if not result:
     if status is None or not services.is_active(status):
