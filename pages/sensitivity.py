@@ -26,7 +26,7 @@ from app.charts import metric_unit  # noqa: E402
 SPARSITY_CHOICES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 #: Short names for the metric dropdowns (the unit goes to the help text and the chart axes: a long label
 #: such as "reconstruction · relative output error" was cut off in the narrow column).
-METRIC_LABELS = {"auto": "Automatic (estimate → exact)", "exact": "exact (Δ loss)",
+METRIC_LABELS = {"auto": "Automatic", "exact": "exact (Δ loss)",
                  "fisher": "second-order estimate", "reconstruction": "reconstruction error",
                  "taylor": "Taylor score"}
 METRIC_HELP = ("Automatic (recommended): a fast second-order estimate first, then refined to the exact map while "

@@ -223,7 +223,7 @@ if source and evals:
     specs_ok = False
     try:
         sweep = services.sweep_spec(settings, ["wanda"], ["unstructured"], [0.5])
-        sens = services.sensitivity_spec(settings, "wanda", [0.5], ["reconstruction"])
+        sens = services.sensitivity_spec(settings, "wanda", [0.5], [services.SENSITIVITY_AUTO])
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     else:
@@ -233,7 +233,8 @@ if source and evals:
             st.markdown("**One curve point** (Wanda, 50 %)")
             widgets.estimate_line("sweep", settings, sweep)
         with e2:
-            st.markdown("**One sensitivity map** (reconstruction proxy, 50 %)")
+            # The Sensitivity page's default: the second-order estimate refined to the exact map (whole job).
+            st.markdown("**One sensitivity map** (Automatic: estimate refined to exact, 50 %)")
             widgets.estimate_line("sensitivity", settings, sens)
     # "Saved" only when a run can start: the texts read, and the calibration text holds the chosen windows.
     ready = specs_ok and not calib_problem and not eval_problem
