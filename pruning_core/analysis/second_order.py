@@ -25,7 +25,8 @@ elementwise pass over the weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,25 @@ class GradientMoments:
         return first + 0.5 * self.tokens * second
 
 
+@contextlib.contextmanager
+def prunable_weight_gradients(model: torch.nn.Module, modules: dict[str, torch.nn.Module]) -> Iterator[None]:
+    """Autograd on, with gradients for the prunable weights only (no memory for the other parameters'
+    gradients); every requires_grad flag is restored and every .grad cleared on exit."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for module in modules.values():
+            module.weight.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
 def gradient_moments(loaded: LoadedModel, probe_ids: torch.Tensor, dtype: str = "float32",
                      tick: Callable[[str], None] | None = None) -> GradientMoments:
     """Mean and mean squared gradient of each probe window's mean token NLL w.r.t. every prunable weight.
@@ -70,40 +90,29 @@ def gradient_moments(loaded: LoadedModel, probe_ids: torch.Tensor, dtype: str = 
     windows = int(probe_ids.shape[0])
     sums = {name: torch.zeros_like(m.weight, dtype=torch.float32) for name, m in modules.items()}
     squares = {name: torch.zeros_like(m.weight, dtype=torch.float32) for name, m in modules.items()}
-    flags = {p: p.requires_grad for p in model.parameters()}
     total_loss = 0.0
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        for module in modules.values():
-            module.weight.requires_grad_(True)
-        with torch.enable_grad():
-            for w in range(windows):
-                tick(f"second-order estimate: backward pass {w + 1}/{windows}")
-                batch = probe_ids[w:w + 1]  # (1, T + 1)
-                with autocast_for(dtype):
-                    logits = model(input_ids=batch, use_cache=False).logits  # (1, T + 1, V)
-                loss = F.cross_entropy(logits[0, :-1].float(), batch[0, 1:])  # mean over the window's tokens
-                loss.backward()
-                total_loss += float(loss.detach())
-                del logits, loss
-                for name, module in modules.items():
-                    grad = module.weight.grad.float()
-                    module.weight.grad = None
-                    sums[name].add_(grad)
-                    squares[name].addcmul_(grad, grad)
-        mean, mean_sq = {}, {}
-        for name, module in modules.items():
-            flip = is_transposed(module)  # GPT-2's Conv1D stores (in, out)
-            mean[name] = (sums[name].t() if flip else sums[name]).div_(windows)
-            mean_sq[name] = (squares[name].t() if flip else squares[name]).div_(windows)
-        return GradientMoments(mean, mean_sq, tokens=int(probe_ids.shape[1]) - 1, windows=windows,
-                               loss=total_loss / max(windows, 1))
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-            p.grad = None
+    with prunable_weight_gradients(model, modules):
+        for w in range(windows):
+            tick(f"second-order estimate: backward pass {w + 1}/{windows}")
+            batch = probe_ids[w:w + 1]  # (1, T + 1)
+            with autocast_for(dtype):
+                logits = model(input_ids=batch, use_cache=False).logits  # (1, T + 1, V)
+            loss = F.cross_entropy(logits[0, :-1].float(), batch[0, 1:])  # mean over the window's tokens
+            loss.backward()
+            total_loss += float(loss.detach())
+            del logits, loss
+            for name, module in modules.items():
+                grad = module.weight.grad.float()
+                module.weight.grad = None
+                sums[name].add_(grad)
+                squares[name].addcmul_(grad, grad)
+    mean, mean_sq = {}, {}
+    for name, module in modules.items():
+        flip = is_transposed(module)  # GPT-2's Conv1D stores (in, out)
+        mean[name] = (sums[name].t() if flip else sums[name]).div_(windows)
+        mean_sq[name] = (squares[name].t() if flip else squares[name]).div_(windows)
+    return GradientMoments(mean, mean_sq, tokens=int(probe_ids.shape[1]) - 1, windows=windows,
+                           loss=total_loss / max(windows, 1))
 
 
 def pruning_delta(weight: torch.Tensor, keep: torch.Tensor, new_weight: torch.Tensor | None) -> torch.Tensor:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 import torch.nn.functional as F
 
+from pruning_core.analysis.second_order import gradient_moments, prunable_weight_gradients, pruning_delta
 from pruning_core.errors import ConfigError
 from pruning_core.masks import UNSTRUCTURED, applied_masks, check_sparsity
 from pruning_core.methods import MethodOptions, get_method
@@ -61,6 +62,8 @@ LAYER_AGGREGATE = {
     "reconstruction": "mean of the layer's module errors",
     "taylor": "sum of the layer's module scores",
 }
+#: How progress messages name each proxy.
+PROXY_LABELS = {"fisher": "second-order estimate", "reconstruction": "reconstruction", "taylor": "taylor"}
 UNITS = {
     "exact": "increase of mean token NLL on the probe (nats/token)",
     "fisher": "second-order estimate of the increase of mean token NLL on the probe (nats/token)",
@@ -252,21 +255,15 @@ def _taylor_scores(loaded: LoadedModel, calib_ids: torch.Tensor, windows: int, b
     modules = loaded.adapter.prunable_modules(model)
     ids = calib_ids[:windows]
     total_tokens = ids.shape[0] * (ids.shape[1] - 1)
-    flags = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        for module in modules.values():
-            module.weight.requires_grad_(True)
-        with torch.enable_grad():
-            for i, batch in enumerate(batches_of(ids, batch_size)):
-                tick(f"taylor: backward {i + 1}/{math.ceil(ids.shape[0] / batch_size)}")
-                logits = model(input_ids=batch, use_cache=False).logits  # (b, T, V)
-                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                       batch[:, 1:].reshape(-1), reduction="sum") / total_tokens
-                loss.backward()
-                del logits, loss
+    # The gradients are read inside the context, before it restores the flags and clears them.
+    with prunable_weight_gradients(model, modules):
+        for i, batch in enumerate(batches_of(ids, batch_size)):
+            tick(f"taylor: backward {i + 1}/{math.ceil(ids.shape[0] / batch_size)}")
+            logits = model(input_ids=batch, use_cache=False).logits  # (b, T, V)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                   batch[:, 1:].reshape(-1), reduction="sum") / total_tokens
+            loss.backward()
+            del logits, loss
         scores = {}
         for name, module in modules.items():
             grad = module.weight.grad
@@ -276,10 +273,6 @@ def _taylor_scores(loaded: LoadedModel, calib_ids: torch.Tensor, windows: int, b
                 else torch.zeros_like(module.weight)
             scores[name] = product.t().contiguous() if is_transposed(module) else product  # (out, in)
         return scores
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-            p.grad = None
 
 
 def _relative_reconstruction(weight: torch.Tensor, keep: torch.Tensor, new_weight: torch.Tensor | None,
@@ -435,8 +428,6 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
             taylor = _taylor_scores(loaded, calib, taylor_windows, TAYLOR_BATCH,
                                     lambda m: advance(taylor_units / max(n_batches, 1), m))
         if any(m == "fisher" for m, _ in todo):
-            from pruning_core.analysis.second_order import gradient_moments
-
             windows = ids.shape[0]
             moments = gradient_moments(loaded, ids, dtype,
                                        lambda m: advance(3.0 * n_layers / max(windows, 1), m))
@@ -540,6 +531,16 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
 
         partial_key = content_hash({"partial_of": key})
         partial = store.get_result(partial_key) or partial
+    def weight_of(name: str) -> torch.Tensor:
+        return weight_matrix(loaded.model.get_submodule(name)).to(torch.float32)  # (out, in)
+
+    # score(module name, keep (out, in), new weight or None) -> the proxy's value of that module
+    proxy_scores = {
+        "reconstruction": lambda name, keep, new: _relative_reconstruction(
+            weight_of(name), keep, new, statistics.by_module[name].hessian),
+        "fisher": lambda name, keep, new: moments.estimate(name, pruning_delta(weight_of(name), keep, new)),
+        "taylor": lambda name, keep, _new: float(taylor[name][~keep].sum(dtype=torch.float64)),
+    }
     rows: dict[int, tuple[list[float], float]] = {}
     for layer in (order if order is not None else layer_list):
         names = [adapter.qualified_name(layer, k) for k in kinds]
@@ -572,32 +573,14 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
                 store.put_result(partial_key, "sensitivity_partial", partial)
             if on_row is not None:
                 on_row(layer, row, layer_value)
-        elif metric == "reconstruction":
+        else:  # a proxy: one number per module from its weight and the method's mask, no probe
+            score = proxy_scores[metric]
             row = []
             for kind, name in zip(kinds, names):
-                advance(0.5, f"reconstruction {pct}: layer {layer + 1} {kind}")
-                weight = weight_matrix(loaded.model.get_submodule(name)).to(torch.float32)
+                advance(0.5, f"{PROXY_LABELS[metric]} {pct}: layer {layer + 1} {kind}")
                 keep, new_weight = masks.get(name)
-                row.append(_relative_reconstruction(weight, keep, new_weight,
-                                                    statistics.by_module[name].hessian))
-            rows[layer] = (row, sum(row) / len(row))
-        elif metric == "fisher":
-            from pruning_core.analysis.second_order import pruning_delta
-
-            row = []
-            for kind, name in zip(kinds, names):
-                advance(0.5, f"second-order estimate {pct}: layer {layer + 1} {kind}")
-                weight = weight_matrix(loaded.model.get_submodule(name)).to(torch.float32)
-                keep, new_weight = masks.get(name)
-                row.append(moments.estimate(name, pruning_delta(weight, keep, new_weight)))
-            rows[layer] = (row, sum(row))
-        else:  # taylor
-            row = []
-            for kind, name in zip(kinds, names):
-                advance(0.5, f"taylor {pct}: layer {layer + 1} {kind}")
-                keep, _ = masks.get(name)
-                row.append(float(taylor[name][~keep].sum(dtype=torch.float64)))
-            rows[layer] = (row, sum(row))
+                row.append(score(name, keep, new_weight))
+            rows[layer] = (row, sum(row) / len(row) if metric == "reconstruction" else sum(row))
     return [rows[layer][0] for layer in layer_list], [rows[layer][1] for layer in layer_list]
 
 
@@ -626,12 +609,10 @@ class SensitivitySpec:
             raise ConfigError("Choose at least one sparsity, e.g. 50 %.")
         for s in self.sparsities:
             check_sparsity(s)
-        if self.metrics == (REFINE,):
-            return self
-        unknown = [m for m in self.metrics if m not in METRICS]
+        unknown = [] if self.metrics == (REFINE,) else [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
-            raise ConfigError(f"Unknown sensitivity metric(s) {unknown}; choose from {', '.join(METRICS)} "
-                              "(reconstruction is the cheapest).")
+            raise ConfigError(f"Unknown sensitivity metric(s) {unknown}; choose '{REFINE}' (the default: a fast "
+                              f"estimate refined to exact) or some of {', '.join(METRICS)}.")
         if int(self.probe_windows) < 1:
             raise ConfigError(f"probe_windows must be a positive integer, got {self.probe_windows}.")
         if self.dtype is not None and self.dtype not in EVAL_DTYPES:

@@ -45,3 +45,13 @@ def test_a_proxy_below_the_threshold_is_not_trusted_and_exact_always_is():
     assert not is_trusted({"metric": "reconstruction"}, {"spearman": TRUSTED_AGREEMENT - 0.01})
     assert is_trusted({"metric": "fisher"}, {"spearman": TRUSTED_AGREEMENT})
     assert not is_trusted({"metric": "taylor"}, {"spearman": float("nan")})
+
+
+def test_the_default_spec_still_checks_its_probe_settings():
+    from pruning_core.analysis.sensitivity import REFINE, SensitivitySpec
+    from pruning_core.errors import ConfigError
+
+    assert SensitivitySpec().metrics == (REFINE,)
+    for bad in ({"probe_windows": 0}, {"dtype": "float8"}, {"metrics": (REFINE, "exact")}):
+        with pytest.raises(ConfigError):
+            SensitivitySpec(**bad).validate()
