@@ -62,7 +62,9 @@ with st.form("export-form"):
                  "The same method and sparsity give slightly different perplexities under the two.")
     prompts = right.text_area("Prompts for sample generations (one per line)", "\n".join(svc.DEFAULT_PROMPTS),
                               key="export_prompts")
-    heatmap = right.checkbox("Sensitivity heatmap (reconstruction proxy)", True, key="export_heatmap")
+    heatmap = right.checkbox("Sensitivity heatmap (second-order estimate)", True, key="export_heatmap",
+                          help="Each module's estimated loss increase, with its measured agreement with the exact "
+                               "metric on the first and last layers.")
     recipe = right.checkbox("llm-compressor recipe", True, key="export_recipe")
     save_model = right.checkbox("Pruned model (zip of a save_pretrained folder)", False, key="export_model")
     pdf = right.checkbox("PDF report (headless Chromium)", False, key="export_pdf")

@@ -29,7 +29,7 @@ def add_export(sub) -> None:
                    help="prompt for the sample generations (repeatable; default two built-in prompts)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt")
     p.add_argument("--curve-sparsities", default="", help="extra unstructured sparsities for the report's curve")
-    p.add_argument("--no-heatmap", action="store_true", help="skip the reconstruction-proxy sensitivity heatmap")
+    p.add_argument("--no-heatmap", action="store_true", help="skip the sensitivity heatmap (second-order estimate with its measured agreement)")
     p.add_argument("--save-model", action="store_true", help="also write the pruned model to OUT/pruned-model")
     p.add_argument("--recipe", action="store_true", help="also write an llm-compressor recipe.yaml")
     p.add_argument("--lm-eval", default="", help="lm-eval tasks, comma-separated; 'local' = the two offline tasks")

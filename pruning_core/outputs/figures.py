@@ -553,7 +553,7 @@ def heatmap_figure(sens: dict) -> dict:
 
 
 def layer_bar_figure(sens: dict) -> dict:
-    """Bar chart of a per-layer aggregate: ``sens["layer_values"]`` (whole layer pruned) if present, else
+    """Bar chart of a per-layer aggregate: ``sens["layer_values"]`` (as ``sens["layer_aggregate"]`` says) if present, else
     the mean over the layer's module values (None ignored). The three most sensitive layers are drawn in
     vermillion, the others in blue; hover says which aggregate is shown.
     """
@@ -564,7 +564,7 @@ def layer_bar_figure(sens: dict) -> dict:
         values = [_finite(v) for v in sens["layer_values"]]
         if len(values) != len(layers):
             raise ValueError(f"layer_values has {len(values)} entries, expected one per layer ({len(layers)})")
-        how = "whole layer pruned"
+        how = sens.get("layer_aggregate") or "whole layer pruned"  # each metric names its own aggregate
     else:
         values = [_mean(row) for row in sens["values"]]
         how = "mean over the layer's modules"

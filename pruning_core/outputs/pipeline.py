@@ -17,6 +17,11 @@ from pruning_core.errors import ConfigError, PruneScopeError
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 
 
+#: Probe windows of the report's heatmap and exact rows measured for its agreement (first and last layer).
+PROBE_WINDOWS = 8
+AGREEMENT_ROWS = 2
+
+
 def _step_progress(progress: ProgressFn, lo: float, hi: float, label: str) -> ProgressFn:
     """Map a step's own 0..1 progress into [lo, hi] of the whole export, prefixing its messages."""
     return lambda fraction, message: progress(lo + (hi - lo) * fraction, f"{label}: {message}")
@@ -45,7 +50,7 @@ class ExportOptions:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     max_new_tokens: int = 32
     curve_sparsities: tuple[float, ...] = ()  # extra unstructured points for the report's curve
-    heatmap: bool = True  # reconstruction-proxy sensitivity map (one extra layer walk)
+    heatmap: bool = True  # second-order sensitivity map with its measured agreement (see _sensitivity_map)
     save_model: bool = False  # writes <out>/pruned-model
     recipe: bool = False
     lm_eval_tasks: tuple[str, ...] = ()
@@ -83,25 +88,33 @@ def _mask_source(options: ExportOptions) -> str:
     return "pruned for this export"
 
 
-def _sensitivity_map(loaded, protocol, options: ExportOptions, sparsity: float, progress) -> tuple[dict | None, str]:
-    """The reconstruction-proxy heatmap, or (None, why not)."""
+def _sensitivity_map(loaded, protocol, options: ExportOptions, sparsity: float, progress,
+                     store=None) -> tuple[dict | None, str]:
+    """The heatmap of the report: the second-order estimate with its measured agreement, or (None, why not).
+
+    The estimate's agreement with the exact metric is measured on `AGREEMENT_ROWS` exact rows (the first and
+    last layers), so the report never shows a ranking without saying how far it can be trusted; with the
+    dashboard's store, a map the Sensitivity page already computed for this protocol is reused.
+    """
+    from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT, compute_sensitivity
+
     if not options.heatmap:
         return None, "Sensitivity heatmap not computed (turned off)."
     try:
-        from pruning_core.analysis.sensitivity import compute_sensitivity
-    except ImportError:
-        return None, "Sensitivity heatmap not computed: the sensitivity module is not available in this version."
-    try:
-        out = compute_sensitivity(loaded, protocol, options.method, [sparsity], metrics=("reconstruction",),
-                                  probe_windows=8, progress=progress)
+        out = compute_sensitivity(loaded, protocol, options.method, [sparsity], metrics=("fisher",),
+                                  probe_windows=PROBE_WINDOWS, store=store, progress=progress,
+                                  agreement_layers=AGREEMENT_ROWS)
     except PruneScopeError as exc:
         return None, f"Sensitivity heatmap not computed: {exc}"
-    maps = out.get("maps") or []
-    if not maps:
-        return None, "Sensitivity heatmap not computed: no map was returned."
-    return maps[0], (f"Heatmap metric: local reconstruction error ||WX - W_sX||^2 / ||WX||^2 of each module pruned "
-                     f"alone with {options.method} (unstructured) at {sparsity:.0%}; a cheap proxy of the exact "
-                     "sensitivity (loss increase), computed without extra forward passes of the whole model.")
+    (sens,) = out["maps"]
+    (measured,) = out["correlations"]
+    note = (f"Heatmap: second-order estimate of each module's loss increase (nats/token) when it alone is pruned "
+            f"with {options.method} (unstructured) at {sparsity:.0%}, from one backward pass per probe window. "
+            f"Its rank agreement with the exact metric is {measured['spearman']:.2f} (Spearman) over a "
+            f"{measured['scope']}.")
+    if not measured["spearman"] >= TRUSTED_AGREEMENT:
+        note += f" That is below {TRUSTED_AGREEMENT}: read the map as a rough picture, not as advice."
+    return {**sens, "agreement": measured}, note
 
 
 def _file_rows(out: Path, names: Sequence[str]) -> list[dict]:
@@ -175,8 +188,8 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     protocol_dict = evaluate.protocol_record(protocol, evals, propagation=options.propagation)
     results = {"dense": {"ppl": dense_ppl}, "points": points, "protocol": protocol_dict}
 
-    progress(0.5, "sensitivity heatmap (reconstruction proxy)")
-    sens, sens_note = _sensitivity_map(loaded, protocol, options, config.effective_sparsity, no_progress)
+    progress(0.5, "sensitivity heatmap (second-order estimate and its agreement)")
+    sens, sens_note = _sensitivity_map(loaded, protocol, options, config.effective_sparsity, no_progress, store)
 
     progress(0.6, "sample generations")
     generations = claims.compare_generations(loaded, list(options.prompts), result.masks, result.weights,

@@ -138,7 +138,7 @@ def test_setup_sweep_and_sensitivity_from_the_ui(page, app_url, artifacts, wait_
 
     # Export: a job in a worker process; its files are offered for download when it is done.
     _go(page, wait_for_app, "Export", "Pruned model (zip")
-    page.get_by_text("Sensitivity heatmap (reconstruction proxy)", exact=True).click()  # off: not needed here
+    page.get_by_text("Sensitivity heatmap (second-order estimate)", exact=True).click()  # off: not needed here
     started = time.monotonic()
     page.get_by_role("button", name="Export", exact=True).click()
     page.get_by_role("button", name="masks.safetensors", exact=False).first.wait_for(state="visible",

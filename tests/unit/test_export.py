@@ -154,6 +154,11 @@ def test_cli_export_writes_every_file_and_apply_mask_verifies(tmp_path, capsys):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     pruned = report["ppl"]["pruned"]["news"]
+    # The report's heatmap is the second-order estimate, never without its measured agreement with exact.
+    assert report["sensitivity"]["metric"] == "fisher"
+    agreement = report["sensitivity"]["agreement"]
+    assert -1 <= agreement["spearman"] <= 1 and agreement["cells"] > 0
+    assert f"{agreement['spearman']:.2f} (Spearman)" in report["sensitivity_note"]
     assert "Plotly.newPlot" in (out / "report.html").read_text()
     assert "<b>hi</b>" not in (out / "report.html").read_text()
     capsys.readouterr()
