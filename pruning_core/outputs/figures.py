@@ -552,8 +552,13 @@ def heatmap_figure(sens: dict) -> dict:
     return {"data": [trace], "layout": layout}
 
 
+#: Short axis words for each metric's per-layer aggregate (the map's own "layer_aggregate" says it in full).
+LAYER_AGGREGATE_SHORT = {"exact": "whole layer pruned", "reconstruction": "mean over the layer's modules",
+                         "fisher": "sum over the layer's modules", "taylor": "sum over the layer's modules"}
+
+
 def layer_bar_figure(sens: dict) -> dict:
-    """Bar chart of a per-layer aggregate: ``sens["layer_values"]`` (as ``sens["layer_aggregate"]`` says) if present, else
+    """Bar chart of a per-layer aggregate: ``sens["layer_values"]`` (the metric's own aggregate) if present, else
     the mean over the layer's module values (None ignored). The three most sensitive layers are drawn in
     vermillion, the others in blue; hover says which aggregate is shown.
     """
@@ -564,14 +569,16 @@ def layer_bar_figure(sens: dict) -> dict:
         values = [_finite(v) for v in sens["layer_values"]]
         if len(values) != len(layers):
             raise ValueError(f"layer_values has {len(values)} entries, expected one per layer ({len(layers)})")
-        how = sens.get("layer_aggregate") or "whole layer pruned"  # each metric names its own aggregate
+        # Each metric has its own per-layer aggregate: exact prunes the whole layer, the estimates add up cells.
+        how = LAYER_AGGREGATE_SHORT.get(str(sens.get("metric")), "sum over the layer's modules")
     else:
         values = [_mean(row) for row in sens["values"]]
         how = "mean over the layer's modules"
     ranked = sorted((v, i) for i, v in enumerate(values) if v is not None)
     top = {i for _, i in ranked[-3:]}
     colors = [PALETTE["vermillion"] if i in top else PALETTE["blue"] for i in range(len(layers))]
-    hover = [f"<b>layer {layer}</b><br>{unit}: {_fmt(v)}<br>({how})" for layer, v in zip(layers, values)]
+    hover = [f"<b>layer {layer}</b><br>{unit}: {_fmt(v)}<br>({sens.get('layer_aggregate') or how})"
+             for layer, v in zip(layers, values)]
     trace = {
         "type": "bar",
         "x": layers,

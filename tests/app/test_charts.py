@@ -251,6 +251,9 @@ def test_layer_bar_prefers_layer_values_else_row_means():
     assert "whole layer" in whole["layout"]["yaxis"]["title"]["text"]
     colors = whole["data"][0]["marker"]["color"]
     assert colors[3] != colors[0]  # the least sensitive layer is not highlighted
+    # An estimate's layer value adds up its cells: the axis must not claim the whole layer was pruned.
+    summed = F.layer_bar_figure({**sens, "metric": "fisher"})
+    assert "sum over the layer's modules" in summed["layout"]["yaxis"]["title"]["text"]
 
 
 def test_sensitivity_curves_one_line_per_layer_ordered_by_sparsity():
