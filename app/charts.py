@@ -108,6 +108,9 @@ def _styled(rows: list[dict], formats: dict):
 
     frame = pd.DataFrame(rows)
     present = {column: fmt for column, fmt in formats.items() if column in frame.columns}
+    # A numeric column with a missing value is an object column holding None, which st.dataframe draws as
+    # "None" whatever the Styler says; as floats the gap is NaN and is drawn as `na_rep`.
+    frame = frame.astype({column: float for column in present})
     return frame.style.format(present, na_rep=MISSING).format(na_rep=MISSING, subset=[
         c for c in frame.columns if c not in present])
 

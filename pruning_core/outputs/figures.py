@@ -353,6 +353,21 @@ def _point_hover(point: dict, corpus: str, ppl: float, dense: float | None, sett
     return "<br>".join(lines)
 
 
+def log_ticks(values: Sequence[float]) -> dict:
+    """Tick positions and labels of a log axis over `values`: 1-2-5 steps of every decade the values span,
+    labelled as whole numbers ("20", "1,000"). Plotly's own log ticks label the in-between ticks with one digit
+    ("2" for 20), which reads as a perplexity of 2; {} when there is nothing positive to place."""
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not finite:
+        return {}
+    low, high = min(finite) / 1.15, max(finite) * 1.15
+    ticks = [m * 10 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5) if low <= m * 10 ** e <= high]
+    if len(ticks) < 2:  # a narrow range: its ends are the ticks
+        ticks = [min(finite), max(finite)]
+    return {"tickvals": ticks, "ticktext": [f"{v:,.0f}" if v >= 10 else f"{v:.3g}" for v in ticks]}
+
+
 def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
     """Perplexity on `corpus` against measured sparsity (%), one line per method.
 
@@ -439,7 +454,8 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
     layout = _base_layout(
         f"Perplexity vs sparsity · {corpus}",
         xaxis=_axis(SPARSITY_AXIS_TITLE, rangemode="tozero", ticksuffix=""),
-        yaxis=_axis(PERPLEXITY_AXIS_TITLE, type="log" if log_y else "linear"),
+        yaxis=_axis(PERPLEXITY_AXIS_TITLE, type="log" if log_y else "linear",
+                    **(log_ticks([y for trace in data for y in trace["y"]]) if log_y else {})),
         legend={"title": {"text": "method · structure"}, "bgcolor": "rgba(255,255,255,0.85)"},
     )
     if not data:

@@ -390,3 +390,27 @@ def test_show_draws_charts_with_our_theme_not_streamlits():
         assert element.proto.theme == ""  # theme=None: our fonts and colours, not Streamlit's chart theme
         assert json.loads(element.proto.spec)["layout"]["font"]["size"] == F.BASE_FONT_SIZE
         assert '"displaylogo": false' in element.proto.config
+
+
+def test_log_axis_labels_read_as_perplexities_not_digits():
+    """Plotly's own log ticks label 20 as "2"; the curves' axis names every tick by its value."""
+    results = {"dense": {"ppl": {"wiki": 19.31}}, "protocol": {},
+               "points": [{"method": "wanda", "structure": "unstructured", "target_sparsity": 0.5, "sparsity": 0.5,
+                           "ppl": {"wiki": 37.67}},
+                          {"method": "magnitude", "structure": "unstructured", "target_sparsity": 0.5,
+                           "sparsity": 0.5, "ppl": {"wiki": 58_000.0}}]}
+    axis = F.curves_figure(results, "wiki")["layout"]["yaxis"]
+    assert axis["type"] == "log" and axis["ticktext"][0] == "20" and "50,000" in axis["ticktext"]
+    assert all(float(text.replace(",", "")) == value for text, value in zip(axis["ticktext"], axis["tickvals"]))
+    assert "tickvals" not in F.curves_figure(results, "wiki", log_y=False)["layout"]["yaxis"]
+
+
+def test_curve_table_draws_a_missing_time_as_a_dash():
+    from app import charts
+
+    results = {"dense": {"ppl": {"wiki": 19.3}, "eval_seconds": {"wiki": 2.0}}, "protocol": {},
+               "points": [{"method": "wanda", "structure": "unstructured", "target_sparsity": 0.5, "sparsity": 0.5,
+                           "ppl": {"wiki": 37.6}, "prune_seconds": 24.2, "eval_seconds": 2.8}]}
+    styled = charts.curve_table(results)
+    assert styled.data["prune (s)"].dtype == float  # None in an object column is drawn "None" by st.dataframe
+    assert "None" not in styled.to_html() and "–" in styled.to_html()

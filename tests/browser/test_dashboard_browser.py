@@ -4,13 +4,14 @@ Setup with a tiny protocol -> a small sweep on Curves -> a small sensitivity map
 curve and the heatmap must render with data (read from plotly.js's graph divs). The map is the default
 "Automatic" one: its first refinement is shown with its measured agreement, its refinement toward the exact map
 is cancelled from the job panel's Cancel button, and an export job runs from the Export page. Screenshots go to
-test-artifacts/ and are copied to docs/ (the README shows them). Times to the first curve and the first
+test-artifacts/ and, with PRUNESCOPE_UPDATE_SCREENSHOTS=1, copied to docs/ (the README shows them). Times to the first curve and the first
 heatmap are written to test-artifacts/dashboard-timings.json.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -153,6 +154,7 @@ def test_setup_sweep_and_sensitivity_from_the_ui(page, app_url, artifacts, wait_
 
     print(f"dashboard timings: {timings}")
     (artifacts / "dashboard-timings.json").write_text(json.dumps(timings, indent=2))
-    DOCS.mkdir(exist_ok=True)
-    for name in ("setup", "curves", "sensitivity"):
-        shutil.copyfile(artifacts / f"{name}.png", DOCS / f"screenshot-{name}.png")
+    if os.environ.get("PRUNESCOPE_UPDATE_SCREENSHOTS") == "1":  # a test run never changes tracked files by itself
+        DOCS.mkdir(exist_ok=True)
+        for name in ("setup", "curves", "sensitivity"):
+            shutil.copyfile(artifacts / f"{name}.png", DOCS / f"screenshot-{name}.png")
