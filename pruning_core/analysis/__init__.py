@@ -1,0 +1,1 @@
+"""Analysis: sweeps, sensitivity maps (exact, second-order estimate, proxies, refinement), what-if, estimates."""
