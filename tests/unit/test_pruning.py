@@ -187,8 +187,9 @@ def test_dense_statistics_are_reusable_across_methods_and_sparsities():
 
 def test_pruned_propagation_differs_from_dense_after_the_first_layer():
     lm = tiny_model("llama", layers=3)
-    pruned = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, "pruned"))
-    dense = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, "dense"))
+    # Same compute dtype on both sides, so only the propagation differs.
+    pruned = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, "pruned", calib_dtype="float32"))
+    dense = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, "dense", calib_dtype="float32"))
     first = [n for n in pruned.masks if ".0." in n]
     later = [n for n in pruned.masks if ".2." in n]
     assert all(torch.equal(pruned.masks[n], dense.masks[n]) for n in first)
@@ -272,3 +273,55 @@ def test_dense_sweep_ranks_reuse_matches_direct_pruning():
             assert with_ranks.masks.keys() == direct.masks.keys()
             assert all(torch.equal(with_ranks.masks[n], direct.masks[n]) for n in direct.masks)
     assert ranks  # they were filled and reused
+
+
+# ------------------------------------------------------------------------- calibration compute dtype
+
+def test_calibration_dtype_is_resolved_and_recorded():
+    """None resolves per propagation (bf16 for pruned, fp32 for dense) and `to_dict` names the dtype used."""
+    from pruning_core.prune import DEFAULT_CALIB_DTYPE
+
+    assert PruneConfig("wanda", propagation="pruned").to_dict()["calib_dtype"] == DEFAULT_CALIB_DTYPE["pruned"]
+    assert PruneConfig("wanda", propagation="dense").to_dict()["calib_dtype"] == "float32"
+    explicit = PruneConfig("sparsegpt", calib_dtype="float32")
+    assert explicit.to_dict()["calib_dtype"] == "float32"
+    assert explicit != PruneConfig("sparsegpt", calib_dtype="bfloat16")  # a different setting, a different key
+    with pytest.raises(ConfigError, match="float32, bfloat16"):
+        PruneConfig("wanda", calib_dtype="float16").validate()
+    lm = tiny_model("llama", layers=2)
+    result = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, calib_dtype="bfloat16"))
+    assert result.config.to_dict()["calib_dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_bf16_calibration_forwards_stay_close_to_fp32(family, method):
+    """bf16 autocast in the walk: masks nearly the same as fp32 and the pruned model's loss within 1 %."""
+    from pruning_core.metrics import perplexity
+
+    lm = tiny_model(family, layers=3)
+    before = snapshot(lm.model)
+    calib, evals = windows(n=16, seed=1), windows(n=4, seed=2)
+    results = {dtype: prune_model(lm, calib, PruneConfig(method, "unstructured", 0.5, calib_dtype=dtype))
+               for dtype in ("float32", "bfloat16")}
+    assert_same_weights(before, lm.model)
+    fp32, bf16 = results["float32"], results["bfloat16"]
+    same = sum(int((fp32.masks[n] == bf16.masks[n]).sum()) for n in fp32.masks)
+    total = sum(m.numel() for m in fp32.masks.values())
+    assert same / total > 0.95, f"only {same / total:.3f} of mask entries agree"
+    assert any(not torch.equal(fp32.masks[n], bf16.masks[n]) for n in fp32.masks)  # bf16 really ran
+    assert abs(bf16.sparsity - fp32.sparsity) < 0.005
+    nll = {}
+    for dtype, result in results.items():
+        with result.applied(lm):
+            nll[dtype] = perplexity(lm, evals).nll
+    assert abs(nll["bfloat16"] / nll["float32"] - 1) < 0.01, nll
+
+
+def test_fp32_calibration_is_the_reference_walk():
+    """calib_dtype float32 runs no autocast: the same masks as pruning from fp32 dense statistics by hand."""
+    lm = tiny_model("llama", layers=2)
+    stats = collect_statistics(lm, windows(), "act_sq", dtype="float32")
+    by_hand = prune_with_statistics(lm, stats, PruneConfig("wanda", "unstructured", 0.5, "dense"))
+    walked = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, "dense", calib_dtype="float32"))
+    assert all(torch.equal(by_hand.masks[n], walked.masks[n]) for n in by_hand.masks)
