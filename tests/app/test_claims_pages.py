@@ -3,53 +3,24 @@ for the same setting, and the page's "another prompt" generates the text the wha
 
 from __future__ import annotations
 
-import time
-import uuid
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from tests.app.apptest_helpers import SMALL, insert_job, ok, page  # noqa: E402
 
-PAGES = Path(__file__).resolve().parents[2] / "pages"
-SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
-         "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
+pytestmark = pytest.mark.usefixtures("app_env")
+
 SETTING = {"method": "magnitude", "structure": "2:4", "sparsity": 0.5}
-
-
-@pytest.fixture(autouse=True)
-def app_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
-    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
-    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
-
-
-def _page(name: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=120)
-    at.session_state["settings"] = dict(SMALL)
-    return at.run()
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
 
 
 def _store_sweep(whatif: dict) -> None:
     """A finished sweep holding the what-if's setting as its one point (what the Summary recommends)."""
-    from pruning_core.execution.store import Store
-
     dense = whatif["dense_ppl"]["news"]
     point = {**{k: SETTING[k] for k in ("method", "structure")}, "target_sparsity": 0.5,
              "sparsity": whatif["sparsity"], "ppl": {"news": dense * 1.01}}
     result = {"model": whatif["model"], "dense": {"ppl": {"news": dense}}, "points": [point],
               "protocol": whatif["protocol"]}
-    job_id, now = uuid.uuid4().hex, time.time()
-    Store().insert_job({"id": job_id, "key": uuid.uuid4().hex, "kind": "sweep", "spec": {"model": "tiny-llama"},
-                        "state": "done", "fraction": 1.0, "message": "done", "created": now, "updated": now,
-                        "started": now - 1, "finished": now, "result": result, "cancel_requested": 0})
+    insert_job("sweep", {"model": "tiny-llama"}, "done", result)
 
 
 def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
@@ -59,7 +30,7 @@ def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
     from pruning_core.outputs.report import summary_sentences
     from pruning_core.protocol import Protocol
 
-    whatif_page = _page("what_if")
+    whatif_page = page("what_if")
     whatif_page.selectbox(key="whatif_method").set_value(SETTING["method"])
     whatif_page.selectbox(key="whatif_structure").set_value(SETTING["structure"])
     whatif_page.button(key="whatif_run").click().run()
@@ -67,7 +38,7 @@ def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
     whatif = services.job_status(services.latest_job("whatif"))["result"]
 
     _store_sweep(whatif)
-    summary_page = ok(_page("summary"))
+    summary_page = ok(page("summary"))
 
     protocol = Protocol(**{k: SMALL[k] for k in ("calib", "nsamples", "seqlen", "eval_windows", "seed", "dtype")})
     report = run_export(load_model("tiny-llama"), protocol,
@@ -87,7 +58,7 @@ def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
 def test_another_prompt_generates_what_the_whatif_job_generated():
     from app import services
 
-    at = _page("what_if")
+    at = page("what_if")
     at.selectbox(key="whatif_method").set_value("wanda")
     at.text_area(key="whatif_prompt").input("Once upon a time")
     at.button(key="whatif_run").click().run()
@@ -100,7 +71,7 @@ def test_another_prompt_generates_what_the_whatif_job_generated():
 def test_setup_names_what_each_model_size_is():
     from app import services
 
-    at = ok(_page("setup"))
+    at = ok(page("setup"))
     sizes = next(c.value for c in at.caption if c.value.startswith("Sizes: "))
     assert "in memory (float32, as loaded for pruning)" in sizes
     assert "as 16-bit weights (the dense size What-if and reports compare with)" in sizes

@@ -4,43 +4,12 @@ its perplexities."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from tests.app.apptest_helpers import SMALL, multipage_app, ok, page, text_of  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
-         "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
-
-
-@pytest.fixture(autouse=True)
-def app_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
-    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
-    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
-    return tmp_path
-
-
-def page(name: str, session: dict | None = None) -> AppTest:
-    at = AppTest.from_file(str(REPO_ROOT / "pages" / f"{name}.py"), default_timeout=120)
-    at.session_state["settings"] = dict(SMALL)
-    for key, value in (session or {}).items():
-        at.session_state[key] = value
-    return at.run()
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def text_of(at: AppTest) -> str:
-    return "\n".join(str(e.value) for group in (at.markdown, at.caption, at.info, at.warning, at.subheader)
-                     for e in group)
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def test_export_page_offers_and_exports_the_stored_whatif_mask():
@@ -76,9 +45,7 @@ def test_summary_recommendation_arrives_prefilled_on_export():
 
     services.submit_job("sweep", services.sweep_spec(SMALL, ["magnitude", "sparsegpt"], ["unstructured"],
                                                      [0.1, 0.3], propagation="dense"))
-    at = AppTest.from_file(str(REPO_ROOT / "app" / "main.py"), default_timeout=120)
-    at.session_state["settings"] = dict(SMALL)
-    ok(at.run())
+    at = ok(multipage_app())
     ok(at.switch_page("../pages/summary.py").run())
     at.slider(key="summary_budget").set_value(100).run()
     ok(at).button(key="summary_export").click().run()

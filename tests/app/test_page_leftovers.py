@@ -11,8 +11,6 @@ check that fails on the defect it names:
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,48 +18,15 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from tests.app.test_journey_state import UPLOAD, errors, paragraphs, upload  # noqa: E402
+from tests.app.apptest_helpers import (SMALL, UPLOAD, errors, insert_job, no_exception, page,  # noqa: E402
+                                       paragraphs, status_text_of, upload)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PAGE = {name: str(REPO_ROOT / "pages" / f"{name}.py") for name in ("setup", "what_if", "export")}
-SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
-         "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
-
-
-@pytest.fixture(autouse=True)
-def app_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
-    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
-    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def session(name: str, settings: dict = SMALL, **state) -> AppTest:
     """A new browser session on a page, with `state` preset in its session (e.g. the job it followed)."""
-    at = AppTest.from_file(PAGE[name], default_timeout=180)
-    at.session_state["settings"] = dict(settings)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def text_of(at: AppTest) -> str:
-    return "\n".join(str(e.value) for group in (at.markdown, at.caption, at.info, at.warning, at.success)
-                     for e in group)
-
-
-def insert_job(kind: str, spec: dict, state: str, error: str | None = None) -> str:
-    from pruning_core.execution.jobs import job_key
-    from pruning_core.execution.store import Store
-
-    job_id, now = uuid.uuid4().hex, time.time()
-    Store().insert_job({"id": job_id, "key": job_key(kind, spec), "kind": kind, "spec": spec, "state": state,
-                        "fraction": 0.3, "message": state, "created": now, "updated": now, "started": now,
-                        "finished": None if state == "running" else now, "result": None, "error": error,
-                        "cancel_requested": 0})
-    return job_id
+    return no_exception(page(name, settings, timeout=180, **state))
 
 
 # ------------------------------------------------------------------------------------------------- What-if
@@ -77,7 +42,7 @@ def test_a_second_what_if_tab_shows_the_form_of_the_running_job():
     assert at.selectbox(key="whatif_structure").value == "unstructured"
     assert at.slider(key="whatif_sparsity").value == pytest.approx(0.3)
     assert at.text_area(key="whatif_prompt").value == "Once upon a time"
-    assert "started with other settings" not in text_of(at)  # the form is the job's
+    assert "started with other settings" not in status_text_of(at)  # the form is the job's
 
 
 def test_a_failed_what_if_error_goes_once_the_form_no_longer_matches_it():
@@ -145,6 +110,6 @@ def test_setup_names_the_family_readably_and_says_when_wiki_markup_was_removed()
     at = session("setup", {**SMALL, "model": "tiny-gpt_neox", "calib": "wiki"})
     facts = {m.label: m.value for m in at.metric}
     assert facts["Architecture"] == "GPT-NeoX"
-    assert "Wiki markup removed for display; the model reads the same text." in text_of(at)
+    assert "Wiki markup removed for display; the model reads the same text." in status_text_of(at)
     news = session("setup")
-    assert "Wiki markup removed" not in text_of(news)
+    assert "Wiki markup removed" not in status_text_of(news)

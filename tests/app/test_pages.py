@@ -3,70 +3,22 @@ finished (jobs run inline: PRUNESCOPE_INLINE_JOBS=1), no exception, the expected
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from tests.app.apptest_helpers import SMALL, fake_map, insert_job, ok, page, text_of  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PAGE = {name: str(REPO_ROOT / "pages" / f"{name}.py")
-        for name in ("setup", "curves", "sensitivity", "what_if", "summary", "export")}
-SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
-         "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
-
-
-@pytest.fixture(autouse=True)
-def app_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
-    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
-    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
-    return tmp_path
-
-
-def page(name: str, settings: dict | None = SMALL) -> AppTest:
-    at = AppTest.from_file(PAGE[name], default_timeout=120)
-    if settings is not None:
-        at.session_state["settings"] = dict(settings)
-    return at.run()
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def text_of(at: AppTest) -> str:
-    return "\n".join(str(e.value) for group in (at.markdown, at.caption, at.info, at.warning, at.subheader)
-                     for e in group)
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def fake_sensitivity_job(sparsities=(0.5, 0.7), metrics=("exact", "reconstruction")) -> str:
     """A finished sensitivity job in the store, shaped like pruning_core.analysis.sensitivity's result."""
-    from pruning_core.execution.store import Store
-
-    layers, modules = [0, 1], ["q", "k", "v", "o", "gate", "up", "down"]
-    maps = []
-    for metric in metrics:
-        for s in sparsities:
-            values = [[(i + 1) * (j + 1) * s * (1.0 if metric == "exact" else 0.1) for j in range(len(modules))]
-                      for i in range(len(layers))]
-            maps.append({"layers": layers, "modules": modules, "values": values, "metric": metric,
-                         "method": "wanda", "sparsity": s, "baseline_loss": 5.6,
-                         "module_names": [[f"model.layers.{l}.{m}" for m in modules] for l in layers],
-                         "module_sizes": [[4096] * len(modules) for _ in layers],
-                         "layer_values": None, "protocol": {}, "seconds": 1.0})
+    maps = [fake_map(metric, s, 1.0 if metric == "exact" else 0.1) for metric in metrics for s in sparsities]
     result = {"maps": maps, "correlations": [{"sparsity": s, "proxy": "reconstruction", "spearman": 1.0}
                                              for s in sparsities]}
-    job_id, now = uuid.uuid4().hex, time.time()
-    Store().insert_job({"id": job_id, "key": uuid.uuid4().hex, "kind": "sensitivity", "spec": {"model": "tiny-llama"},
-                        "state": "done", "fraction": 1.0, "message": "done", "created": now, "updated": now,
-                        "started": now - 1, "finished": now, "result": result, "cancel_requested": 0})
-    return job_id
+    return insert_job("sensitivity", {"model": "tiny-llama"}, "done", result)
 
 
 def test_setup_page_shows_model_facts_and_writes_shared_settings():
@@ -106,10 +58,7 @@ def test_uploaded_corpus_is_saved_under_home_and_usable_for_calibration(app_env)
     assert Path(path).parent == app_env / "uploads" and Path(path).read_text() == text
     with pytest.raises(PruneScopeError):
         services.save_upload("model.bin", b"\0")
-    at = AppTest.from_file(PAGE["setup"], default_timeout=120)
-    at.session_state["settings"] = {**SMALL, "calib": path}
-    at.session_state["setup_uploaded_path"] = path
-    ok(at.run())
+    at = ok(page("setup", {**SMALL, "calib": path}, setup_uploaded_path=path))
     assert at.selectbox(key="setup_calib").value == path
     assert "**16** documents" in text_of(at)  # 80 % of the 20 paragraphs calibrate
 
@@ -133,10 +82,7 @@ def test_curves_page_runs_a_sweep_and_draws_the_curve_and_table():
 
 
 def test_sensitivity_page_draws_heatmap_bars_curves_and_proxy_scatter():
-    at = AppTest.from_file(PAGE["sensitivity"], default_timeout=120)
-    at.session_state["settings"] = dict(SMALL)
-    at.session_state["jobs"] = {"sensitivity": fake_sensitivity_job()}
-    ok(at.run())
+    at = ok(page("sensitivity", jobs={"sensitivity": fake_sensitivity_job()}))
     # heatmap + layer bars + sensitivity-vs-sparsity + one proxy scatter
     assert len(at.get("plotly_chart")) == 4
     reading = [m.value for m in at.markdown if m.value.startswith("**Reading:**")]

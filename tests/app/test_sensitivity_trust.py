@@ -10,76 +10,26 @@
 from __future__ import annotations
 
 import re
-import time
-import uuid
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from tests.app.test_summary_headline import stored_sweep  # noqa: E402 - a finished sweep the Summary needs
+from tests.app.apptest_helpers import SMALL, fake_map, insert_job, ok, page, stored_sweep, text_of  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PAGE = {name: str(REPO_ROOT / "pages" / f"{name}.py") for name in ("sensitivity", "summary")}
-SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
-         "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
-LAYERS, MODULES = [0, 1], ["q", "k", "v", "o", "gate", "up", "down"]
-
-
-@pytest.fixture(autouse=True)
-def app_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("PRUNESCOPE_DEFAULT_MODEL", "tiny-llama")
-    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
-    monkeypatch.setenv("PRUNESCOPE_INLINE_JOBS", "1")
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def session(name: str, jobs: dict | None = None) -> AppTest:
-    at = AppTest.from_file(PAGE[name], default_timeout=180)
     # The Summary judges the stored sweep's corpus (wiki); the sensitivity jobs' specs are made with SMALL.
-    at.session_state["settings"] = {**SMALL, "eval_corpora": ["wiki"]} if name == "summary" else dict(SMALL)
-    if jobs:
-        at.session_state["jobs"] = jobs
-    return at.run()
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def text_of(at: AppTest) -> str:
-    return "\n".join(str(e.value) for group in (at.markdown, at.caption, at.info, at.warning, at.subheader)
-                     for e in group)
+    settings = {**SMALL, "eval_corpora": ["wiki"]} if name == "summary" else SMALL
+    return page(name, settings, timeout=180, **({"jobs": jobs} if jobs else {}))
 
 
 def readings(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown if m.value.startswith("**Reading:**")] + \
         [c.value for c in at.caption if c.value.startswith("Pruned with ")]
-
-
-def fake_map(metric: str, sparsity: float = 0.5) -> dict:
-    values = [[(i + 1) * (j + 1) * sparsity for j in range(len(MODULES))] for i in range(len(LAYERS))]
-    return {"layers": LAYERS, "modules": MODULES, "values": values, "metric": metric, "method": "wanda",
-            "sparsity": sparsity, "baseline_loss": 5.6, "layer_values": None,
-            "module_names": [[f"model.layers.{l}.{m}" for m in MODULES] for l in LAYERS],
-            "module_sizes": [[4096] * len(MODULES) for _ in LAYERS], "protocol": {}, "seconds": 1.0}
-
-
-def insert_job(spec: dict, state: str, result: dict | None = None) -> str:
-    from pruning_core.execution.jobs import job_key
-    from pruning_core.execution.store import Store
-
-    job_id, now = uuid.uuid4().hex, time.time()
-    Store().insert_job({"id": job_id, "key": job_key("sensitivity", spec), "kind": "sensitivity", "spec": spec,
-                        "state": state, "fraction": 1.0 if state == "done" else 0.4, "message": state,
-                        "created": now, "updated": now, "started": now - 1,
-                        "finished": None if state == "running" else now, "result": result,
-                        "cancel_requested": 0})
-    return job_id
 
 
 def test_the_default_map_is_the_refinement_with_its_measured_agreement_and_reading():
@@ -113,7 +63,7 @@ def test_a_running_map_shows_the_newest_refinement_and_its_sampled_agreement():
     from pruning_core.execution.store import Store
 
     spec = services.sensitivity_spec(SMALL, "wanda", [0.5], ["auto"], 8)
-    running = insert_job(spec, "running")
+    running = insert_job("sensitivity", spec, "running", fraction=0.4)
     measured = {"spearman": 0.91, "cells": 21, "scope": "sample of 21 cells (layers 0, 15, 29)", "against": "exact"}
     Store().put_result(live_views_key(spec), "sensitivity_views",
                        {"views": {"0.5": view_of(fake_map("fisher"), 1, measured)}})
@@ -137,7 +87,7 @@ def test_a_proxy_below_the_threshold_gets_no_reading_and_says_why():
     result = {"maps": [fake_map("reconstruction")],
               "correlations": [{"sparsity": 0.5, "proxy": "reconstruction", "spearman": 0.31, "cells": 14,
                                 "scope": "sample of 14 cells (layers 0, 1)"}]}
-    done = insert_job(spec, "done", result)
+    done = insert_job("sensitivity", spec, "done", result)
     at = ok(session("sensitivity", {"sensitivity": done}))
     text = text_of(at)
     assert "Reconstruction error — agreement with the exact metric 0.31 over a sample of 14 cells" in text, text
@@ -161,7 +111,7 @@ def test_the_summary_prefers_a_trusted_proxy_to_an_untrusted_one():
                                 "scope": "all cells"},
                                {"sparsity": 0.5, "proxy": "fisher", "spearman": 0.93, "cells": 14,
                                 "scope": "all cells"}]}
-    insert_job(spec, "done", result)
+    insert_job("sensitivity", spec, "done", result)
     stored_sweep()
     summary = ok(session("summary"))
     assert "Second-order estimate — agreement with the exact metric 0.93 over all cells" in text_of(summary)

@@ -1,0 +1,136 @@
+"""What the dashboard's AppTests share: the tiny-model settings, opening a page as a new browser session, the
+checks every page test makes, an upload as a user drops it, and jobs written straight into the store.
+
+The environment these need (tiny model by default, a fresh PRUNESCOPE_HOME, inline jobs) is the `app_env`
+fixture of tests/app/conftest.py; a test module asks for it with `pytestmark = pytest.mark.usefixtures("app_env")`.
+Import this module after `pytest.importorskip("streamlit")`: it imports Streamlit's AppTest.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MAIN = str(REPO_ROOT / "app" / "main.py")  # the multipage app (navigation, page switches)
+# Settings small enough for a page's run to finish in seconds on the tiny random model.
+SMALL = {"model": "tiny-llama", "calib": "news", "calib_column": None, "eval_corpora": ["news"],
+         "nsamples": 4, "seqlen": 32, "eval_windows": 4, "seed": 0, "dtype": "float32"}
+UPLOAD = "upload a file…"  # the Setup page's calibration choice that shows the uploader
+
+# The element groups whose text a page check reads: prose and headings, or prose and status messages.
+PAGE_TEXT = ("markdown", "caption", "info", "warning", "subheader")
+STATUS_TEXT = ("markdown", "caption", "info", "warning", "success")
+
+
+def page(name: str, settings: dict | None = SMALL, timeout: float = 120, **state) -> AppTest:
+    """A new browser session (a reload or a second tab is one) on pages/<name>.py, run once.
+
+    `settings`: the session's shared settings (copied; None: nothing preset, as in a fresh browser);
+    `state`: further session-state keys preset before the run (e.g. jobs={...}, the job the session follows);
+    `timeout`: seconds one run of the script may take.
+    """
+    at = AppTest.from_file(str(REPO_ROOT / "pages" / f"{name}.py"), default_timeout=timeout)
+    if settings is not None:
+        at.session_state["settings"] = dict(settings)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def multipage_app(settings: dict = SMALL) -> AppTest:
+    """A new session on the multipage app (app/main.py, its home page shown), run once."""
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.session_state["settings"] = dict(settings)
+    return at.run()
+
+
+def no_exception(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    """`at` after a run with neither an exception nor an error message."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [str(e.value) for e in at.error]
+
+
+def text_of(at: AppTest, groups: tuple[str, ...] = PAGE_TEXT) -> str:
+    """The text of the page's elements of `groups` (attribute names of AppTest), one element a line."""
+    return "\n".join(str(e.value) for group in groups for e in getattr(at, group))
+
+
+def status_text_of(at: AppTest) -> str:
+    """The page's prose and status messages, success included ("Settings saved", a finished run's panel)."""
+    return text_of(at, STATUS_TEXT)
+
+
+def paragraphs(n: int, topic: str) -> bytes:
+    """A plain-text file of `n` paragraphs (about 20 tokens each), as a user uploads."""
+    return "\n\n".join(f"Paragraph {i} of the {topic} notes: pruning removes weights from a language model, "
+                       f"and the text says how much it costs." for i in range(n)).encode()
+
+
+def upload(at: AppTest, name: str, content: bytes) -> AppTest:
+    """Choose "Upload a file…" and drop `content` as `name` on the uploader, as a user does."""
+    at.selectbox(key="setup_calib").set_value(UPLOAD).run()
+    at.get("file_uploader")[0].set_value((name, content, "text/plain"))
+    return no_exception(at.run())
+
+
+def insert_job(kind: str, spec: dict, state: str, result: dict | None = None, *, error: str | None = None,
+               fraction: float | None = None, age_s: float = 0.0) -> str:
+    """A job row written straight into the store (no run), keyed by its content as a submitted job is.
+
+    `fraction`: progress in [0, 1] (default: 1.0 when done, else 0.3); `age_s`: seconds since it was
+    created and finished (the newest job of a kind is the one with the smallest age). Returns the job id.
+    """
+    from pruning_core.execution.jobs import job_key
+    from pruning_core.execution.store import Store
+
+    job_id, now = uuid.uuid4().hex, time.time() - age_s
+    if fraction is None:
+        fraction = 1.0 if state == "done" else 0.3
+    Store().insert_job({"id": job_id, "key": job_key(kind, spec), "kind": kind, "spec": spec, "state": state,
+                        "fraction": fraction, "message": state, "created": now, "updated": now,
+                        "started": now - 1, "finished": None if state == "running" else now, "result": result,
+                        "error": error, "cancel_requested": 0})
+    return job_id
+
+
+LAYERS, MODULES = [0, 1], ["q", "k", "v", "o", "gate", "up", "down"]
+
+
+def fake_map(metric: str, sparsity: float = 0.5, scale: float = 1.0) -> dict:
+    """A sensitivity map of a 2-layer model, shaped like pruning_core.analysis.sensitivity's: cell (i, j) is
+    (i + 1)(j + 1) * sparsity * scale, so layer 1's down projection is the most sensitive."""
+    values = [[(i + 1) * (j + 1) * sparsity * scale for j in range(len(MODULES))] for i in range(len(LAYERS))]
+    return {"layers": LAYERS, "modules": MODULES, "values": values, "metric": metric, "method": "wanda",
+            "sparsity": sparsity, "baseline_loss": 5.6, "layer_values": None,
+            "module_names": [[f"model.layers.{l}.{m}" for m in MODULES] for l in LAYERS],
+            "module_sizes": [[4096] * len(MODULES) for _ in LAYERS], "protocol": {}, "seconds": 1.0}
+
+
+def _point(method: str, sparsity: float, ppl: float) -> dict:
+    return {"method": method, "structure": "unstructured", "target_sparsity": sparsity, "sparsity": sparsity,
+            "ppl": {"wiki": ppl}, "prune_seconds": 1.0, "eval_seconds": 1.0, "propagation": "pruned"}
+
+
+def stored_sweep() -> str:
+    """A finished sweep job in the store (the Summary needs one): Wanda usable at 50 %, magnitude broken at
+    90 % (×3,400), perplexity on wiki. Returns the job id."""
+    result = {"model": {"name": "tiny", "fingerprint": "f"}, "dense": {"ppl": {"wiki": 18.02}},
+              "protocol": {"calib": "news", "nsamples": 4, "seqlen": 32, "seed": 0, "eval_windows": 4,
+                           "dtype": "float32", "propagation": "pruned"},
+              "points": [_point("wanda", 0.3, 18.5), _point("wanda", 0.5, 19.76), _point("wanda", 0.7, 40.1),
+                         _point("magnitude", 0.3, 19.0), _point("magnitude", 0.9, 61_530.0)]}
+    return insert_job("sweep", {"model": "tiny-llama"}, "done", result)
