@@ -9,7 +9,6 @@ The LM head runs on chunks of a few hundred token rows, so the (rows x vocab) lo
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -19,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from pruning_core.errors import ConfigError
+from pruning_core.precision import EVAL_DTYPES, autocast_for  # noqa: F401 - re-exported for callers
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.walk import batches_of
 
-EVAL_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -43,16 +42,6 @@ class PerplexityResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def autocast_for(dtype: str):
-    """bf16 autocast on CPU (weights stay fp32; matmuls run in bf16 on AMX), or a no-op for fp32."""
-    if dtype not in EVAL_DTYPES:
-        raise ConfigError(f"Evaluation dtype '{dtype}' is unknown; use one of {', '.join(EVAL_DTYPES)}.")
-    if dtype == "bfloat16":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def window_nll(loaded: LoadedModel, input_ids: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torch import nn
 
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel
+from pruning_core.precision import autocast_for
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.stats import LayerStatistics
 
@@ -95,8 +96,6 @@ def run_layer(layer: nn.Module, inputs: LayerInputs, after_batch: Optional[Calla
 
     dtype: "float32", or "bfloat16" for bf16 autocast (see the module docstring).
     """
-    from pruning_core.metrics import autocast_for  # metrics imports this module
-
     outputs = []
     with torch.inference_mode(), autocast_for(check_calib_dtype(dtype)):
         for states, layer_kwargs in zip(inputs.hidden, inputs.kwargs):
