@@ -85,7 +85,7 @@ def find_peer(explicit: str | None) -> tuple[str | None, str]:
                                 "print(llmcompressor.__version__, torch.__version__, transformers.__version__)"],
                                capture_output=True, text=True)
         if probe.returncode == 0:
-            return candidate, probe.stdout.strip()
+            return candidate, probe.stdout.strip().splitlines()[-1]  # llmcompressor may log a line first
     return None, ("llm-compressor is not installed (build it with ../shared/tools/peer_venv.sh, then pass its "
                   "python with --peer-python or $PEER_PYTHON); measuring our side only")
 
@@ -199,13 +199,15 @@ def main() -> None:
     report["dense_ppl"] = round(dense.dense_ppl["wiki"], 4)
     ours, theirs = report["ours"], report["peer_results"]
     for method in (m for m in ("wanda", "sparsegpt") if m in cases):
-        ours[method] = {"default": ours_point(loaded, protocol, calib, evals, method,
-                                              PruneConfig(method, sparsity=0.5).calib_dtype)}
-        if not args.no_fp32_check and ours[method]["default"]["config"]["calib_dtype"] != "float32":
-            ours[method]["float32"] = ours_point(loaded, protocol, calib, evals, method, "float32")
-            default, fp32 = ours[method]["default"]["ppl"], ours[method]["float32"]["ppl"]
-            report["fidelity"][method] = {"ppl_default": default, "ppl_float32": fp32,
-                                          "relative_change": round(default / fp32 - 1, 5)}
+        # Both calibration dtypes (bf16 is the fast path, fp32 its fidelity reference), or only the default.
+        default = PruneConfig(method, sparsity=0.5).calib_dtype
+        dtypes = [default] if args.no_fp32_check else ["bfloat16", "float32"]
+        ours[method] = {"default_calib_dtype": default,
+                        **{dtype: ours_point(loaded, protocol, calib, evals, method, dtype) for dtype in dtypes}}
+        if len(dtypes) == 2:
+            bf16, fp32 = ours[method]["bfloat16"]["ppl"], ours[method]["float32"]["ppl"]
+            report["fidelity"][method] = {"ppl_bfloat16": bf16, "ppl_float32": fp32,
+                                          "relative_change": round(bf16 / fp32 - 1, 5)}
     if "grid" in cases:
         ours["grid"] = ours_grid(loaded, protocol, grid)
 
@@ -218,11 +220,11 @@ def main() -> None:
             for method in (m for m in ("wanda", "sparsegpt") if m in cases):
                 theirs[method] = peer_points(peer, folder, ids_path, method, [0.5], work, loaded, protocol, evals,
                                              args.peer_batch_size)
-                report["ratios"][f"{method}_per_point"] = ratio(theirs[method]["0.5"]["oneshot_seconds"],
-                                                                 ours[method]["default"]["prune_seconds"])
-                if "float32" in ours[method]:
-                    report["ratios"][f"{method}_per_point_fp32"] = ratio(
-                        theirs[method]["0.5"]["oneshot_seconds"], ours[method]["float32"]["prune_seconds"])
+                for dtype in (d for d in ("bfloat16", "float32") if d in ours[method]):
+                    report["ratios"][f"{method}_per_point_{dtype}"] = ratio(
+                        theirs[method]["0.5"]["oneshot_seconds"], ours[method][dtype]["prune_seconds"])
+                report["ratios"][f"{method}_per_point_default"] = report["ratios"][
+                    f"{method}_per_point_{ours[method]['default_calib_dtype']}"]
             if "grid" in cases:
                 # The 50 % Wanda point is the same run as the per-point case; reuse it rather than run it twice.
                 todo = [s for s in grid if not (s == 0.5 and "wanda" in theirs and "0.5" in theirs["wanda"])]

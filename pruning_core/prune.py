@@ -32,12 +32,19 @@ from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.stats import InputStatistics, LayerStatistics
 from pruning_core.walk import PROPAGATIONS, LayerInputs, capture_layer_inputs, check_calib_dtype, walk_layers
 
-#: Compute dtype of the calibration forwards when a config names none, per propagation. Pruned propagation
-#: runs its two forwards per layer under bf16 autocast (statistics still accumulated in fp32): measured on the
-#: embedded model it moves Wanda / SparseGPT 50 % perplexity by well under the 0.5 % fidelity tolerance
-#: (docs/runs/peer-speed.json) at ~2x the speed. Dense propagation stays fp32, so a what-if in dense mode
-#: matches the sweep's dense statistics (collected in fp32 and cached).
-DEFAULT_CALIB_DTYPE = {"pruned": "bfloat16", "dense": "float32"}
+#: Compute dtype of the calibration forwards when a config names none, per (propagation, method). Measured on
+#: the embedded model (docs/runs/peer-speed.json: 64 x 512 wiki calibration, 16 evaluation windows, 2-core EPYC
+#: with AVX512-BF16), bf16 autocast in pruned propagation made Wanda 50 % 1.5x faster and moved its perplexity
+#: by -0.53 % (41.72 against 41.94), within the ~0.5 % fidelity tolerance, so it is Wanda's default; for
+#: SparseGPT 50 % it was 1.34x faster but moved perplexity by +0.90 % (36.50 against 36.17), beyond it, so
+#: SparseGPT stays fp32 unless asked. Dense propagation stays fp32, so a what-if in dense mode matches the
+#: sweep's dense statistics (collected in fp32 and cached).
+DEFAULT_CALIB_DTYPE = {("pruned", "wanda"): "bfloat16"}
+
+
+def default_calib_dtype(propagation: str, method: str) -> str:
+    """The calibration compute dtype a config gets when it names none (see `DEFAULT_CALIB_DTYPE`)."""
+    return DEFAULT_CALIB_DTYPE.get((propagation, method), "float32")
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class PruneConfig:
     layer_sparsity: optional per-decoder-layer overrides {layer index: sparsity}.
     targets: module kinds to prune (e.g. ("q", "k")); None = every prunable linear.
     calib_dtype: compute dtype of the calibration forwards, "float32" or "bfloat16" (autocast; statistics
-    are accumulated in fp32 either way); None = `DEFAULT_CALIB_DTYPE` for the propagation, resolved when the
+    are accumulated in fp32 either way); None = `default_calib_dtype` of the propagation and method, resolved when the
     config is built so `to_dict` (and every result that records it) names the dtype actually used.
 
     The method and structure are resolved once, when the config is built (an unknown name raises ConfigError
@@ -73,7 +80,7 @@ class PruneConfig:
         object.__setattr__(self, "method_spec", method)
         object.__setattr__(self, "structure_spec", parse_structure(self.structure))
         if self.calib_dtype is None:
-            object.__setattr__(self, "calib_dtype", DEFAULT_CALIB_DTYPE.get(self.propagation, "float32"))
+            object.__setattr__(self, "calib_dtype", default_calib_dtype(self.propagation, self.method))
 
     def validate(self) -> "PruneConfig":
         """Check every field; raises ConfigError naming the bad value and the fix."""

@@ -278,10 +278,10 @@ def test_dense_sweep_ranks_reuse_matches_direct_pruning():
 # ------------------------------------------------------------------------- calibration compute dtype
 
 def test_calibration_dtype_is_resolved_and_recorded():
-    """None resolves per propagation (bf16 for pruned, fp32 for dense) and `to_dict` names the dtype used."""
-    from pruning_core.prune import DEFAULT_CALIB_DTYPE
-
-    assert PruneConfig("wanda", propagation="pruned").to_dict()["calib_dtype"] == DEFAULT_CALIB_DTYPE["pruned"]
+    """None resolves per propagation and method (verified bf16 only for Wanda in pruned propagation), and
+    `to_dict` names the dtype actually used."""
+    assert PruneConfig("wanda", propagation="pruned").to_dict()["calib_dtype"] == "bfloat16"
+    assert PruneConfig("sparsegpt", propagation="pruned").to_dict()["calib_dtype"] == "float32"
     assert PruneConfig("wanda", propagation="dense").to_dict()["calib_dtype"] == "float32"
     explicit = PruneConfig("sparsegpt", calib_dtype="float32")
     assert explicit.to_dict()["calib_dtype"] == "float32"
