@@ -45,6 +45,18 @@ def _evaluation_tags(page) -> list[str]:
                          ".map(e => e.getAttribute('aria-label'))")
 
 
+def _wait_for_evaluation_tags(page, count: int, timeout_ms: int = 30_000) -> None:
+    """Wait until the multiselect draws `count` chips: after a reload "Settings saved" can be drawn a moment
+    before the chips, and reading them at once raced the page on a fast machine. A missing chip still fails
+    below, with the chips that are there."""
+    try:
+        page.wait_for_function("n => document.querySelectorAll("
+                               "'[data-testid=\"stMultiSelect\"] .react-aria-ComboBox [data-tag]').length >= n",
+                               arg=count, timeout=timeout_ms)
+    except Exception:  # noqa: BLE001 - the assertion after this call reports what is drawn
+        pass
+
+
 def _no_traceback(page) -> None:
     assert "Traceback" not in page.inner_text("body")
     assert page.locator('[data-testid="stException"]').count() == 0
@@ -75,6 +87,7 @@ def test_a_refused_upload_keeps_the_choice_and_a_reload_keeps_the_settings(page,
     # A reload is a new session: the settings chosen above come back from disk.
     page.reload(wait_until="domcontentloaded")
     wait_for_app(page, "Settings saved", timeout_ms=90_000)
+    _wait_for_evaluation_tags(page, 2)
     assert sorted(_evaluation_tags(page)) == sorted([WIKI, NEWS]), _evaluation_tags(page)
     assert NEWS in _chosen_calibration(page)
     assert page.get_by_label("Tokens per window", exact=True).input_value() == "64"
