@@ -18,6 +18,7 @@ either a plain `compute_sensitivity` or, for the default metric "auto", this ref
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from pruning_core.analysis.sensitivity import (
@@ -46,12 +47,12 @@ def is_trusted(document: dict, measured: dict | None) -> bool:
     if document.get("metric") == "exact":
         return True
     value = (measured or {}).get("spearman")
-    return value is not None and value == value and value >= TRUSTED_AGREEMENT
+    return value is not None and math.isfinite(value) and value >= TRUSTED_AGREEMENT
 
 
 def view_of(document: dict, step: int, measured: dict | None) -> dict:
     """The map `document` as refinement `step` (1-based), with its measured agreement (or None)."""
-    metric, name = REFINEMENTS[step - 1]
+    _metric, name = REFINEMENTS[step - 1]
     return {**document, "refinement": {
         "step": step, "of": len(REFINEMENTS), "name": name, "final": step == len(REFINEMENTS),
         "agreement": measured, "trusted": is_trusted(document, measured)}}
