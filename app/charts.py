@@ -101,18 +101,23 @@ def proxy_scatter_chart(exact: dict, proxy: dict, spearman: float) -> go.Figure:
 def _styled(rows: list[dict], formats: dict):
     """`rows` as a pandas Styler for ``st.dataframe``: each column shown with its format, missing as a dash.
 
-    The cells keep their numbers (the table still sorts by value); only what is drawn is formatted, so a
-    measured sparsity of 0.300001 reads "30.0 %", not 30.0001, and a dense row's prune time reads "–".
+    Complete columns keep their numbers (the table still sorts by value); only what is drawn is formatted, so
+    a measured sparsity of 0.300001 reads "30.0 %", not 30.0001. st.dataframe draws a missing number as
+    "None" whatever the Styler says, so a column with a gap (a dense row's prune time) is turned into its
+    formatted text, with "–" in the gap.
     """
     import pandas as pd
 
     frame = pd.DataFrame(rows)
     present = {column: fmt for column, fmt in formats.items() if column in frame.columns}
-    # A numeric column with a missing value is an object column holding None, which st.dataframe draws as
-    # "None" whatever the Styler says; as floats the gap is NaN and is drawn as `na_rep`.
-    frame = frame.astype({column: float for column in present})
-    return frame.style.format(present, na_rep=MISSING).format(na_rep=MISSING, subset=[
-        c for c in frame.columns if c not in present])
+    with_gaps = [column for column in present if frame[column].isna().any()]
+    for column in with_gaps:
+        fmt = present[column]
+        frame[column] = [MISSING if pd.isna(v) else fmt.format(float(v)) for v in frame[column]]
+    numeric = {c: fmt for c, fmt in present.items() if c not in with_gaps}
+    frame = frame.astype({column: float for column in numeric})
+    return frame.style.format(numeric, na_rep=MISSING).format(na_rep=MISSING, subset=[
+        c for c in frame.columns if c not in numeric])
 
 
 def curve_table(results: dict):
