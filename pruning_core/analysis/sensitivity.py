@@ -1,6 +1,6 @@
 """Per-layer x per-module sensitivity maps: where can this model be pruned, and where does it hurt?
 
-A map is a (decoder layers x module kinds) matrix for one method and one sparsity s, with one of three metrics:
+A map is a (decoder layers x module kinds) matrix for one method and one sparsity s, with one of four metrics:
 
 - ``exact``: the increase in mean token NLL (nats/token) on a fixed probe set (the first `probe_windows`
   evaluation windows of the calibration corpus) when that one module alone is pruned to s with the method
@@ -12,11 +12,13 @@ A map is a (decoder layers x module kinds) matrix for one method and one sparsit
   ||dW X||_F^2 = (n/2) tr(dW H dW^T), so no extra forward pass is needed (the n/2 cancels in the ratio).
 - ``taylor``: the first-order estimate sum over the pruned weights of |W * dL/dW|, L the mean token NLL of a
   few calibration windows, from one backward pass per window (gradients summed).
+- ``fisher``: the second-order estimate of the exact value from one backward pass per probe window
+  (`analysis.second_order`).
 
 Per-layer aggregates (``layer_values``): for ``exact`` the loss increase when every prunable linear of the
-layer is pruned at once; for ``reconstruction`` the mean of the layer's module errors; for ``taylor`` the sum.
-The Spearman rank correlation of each proxy against ``exact`` (over all cells, same sparsity) tells the user
-how far a cheap proxy can be trusted.
+layer is pruned at once; for ``reconstruction`` the mean of the layer's module errors; for ``taylor`` and
+``fisher`` the sum. The Spearman rank correlation of each proxy against ``exact`` (over all cells, or over a
+sample of exact rows when the exact map was not asked for) tells the user how far a proxy can be trusted.
 
 With a store, every finished map is stored under a content hash of everything that determines it (and the
 rows of an unfinished exact map as they finish), so a second call is instant and a killed job resumes.
@@ -127,7 +129,7 @@ def map_key(loaded: LoadedModel, calib_identity: dict, probe_identity: str, prot
 
 def spread_order(layers: Sequence[int]) -> list[int]:
     """`layers` reordered so every prefix samples the depth evenly: first, last, middle, then the middles of
-    the gaps (0, 29, 15, 7, 22, ... for 30 layers)."""
+    the gaps (0, 29, 14, 7, 21, ... for 30 layers)."""
     layers = list(layers)
     if len(layers) <= 2:
         return layers
@@ -278,8 +280,7 @@ def _taylor_scores(loaded: LoadedModel, calib_ids: torch.Tensor, windows: int, b
 def _relative_reconstruction(weight: torch.Tensor, keep: torch.Tensor, new_weight: torch.Tensor | None,
                              hessian: torch.Tensor) -> float:
     """||(W - W_s) X||^2 / ||W X||^2 = tr(dW H dW^T) / tr(W H W^T); W, keep (out, in), H (in, in)."""
-    pruned = (new_weight if new_weight is not None else weight) * keep
-    delta = weight - pruned                                # (out, in)
+    delta = pruning_delta(weight, keep, new_weight)        # (out, in); its sign cancels in the square
     num = float(((delta @ hessian) * delta).sum(dtype=torch.float64))
     den = float(((weight @ hessian) * weight).sum(dtype=torch.float64))
     return num / den if den > 0 else float("nan")
@@ -351,6 +352,8 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
             if cached is not None:
                 maps[(metric, s)] = {**cached, "cached": True}
     todo = [w for w in wanted if w not in maps]
+    # A proxy without the exact map of its sparsity gets exact rows spread over the depth, for its agreement.
+    sample_agreement = "exact" not in metrics and any(m in PROXIES for m in metrics)
 
     # Work units for the progress fraction: one per layer forward of a probe, ~1/2 per cell for proxies.
     def exact_units() -> float:
@@ -369,7 +372,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
         total_units += 3.0 * n_layers  # one backward pass (about 3 forwards) per probe window
     for metric, _ in todo:
         total_units += exact_units() if metric == "exact" else 0.5 * len(layer_list) * len(kinds)
-    if "exact" not in metrics and any(m in PROXIES for m in metrics):  # the agreement sample's exact rows
+    if sample_agreement:
         total_units += len(sparsities) * sum((n_layers - l + 2) * (len(kinds) + 1)
                                              for l in spread_order(layer_list)[:max(1, int(agreement_layers))])
     done = [0.0]
@@ -394,20 +397,17 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
 
     def probe() -> _ProbeCache:
         """The dense hidden-state cache of the exact probes, built on first use (a second-order map alone
-        needs only the windows, so the first map of a refinement does not wait for it)."""
-        nonlocal ids
+        needs only the windows, so the first map of a refinement does not wait for it). Only called once
+        something is computed, so `ids` has been read by then."""
         if not probe_holder:
-            if ids is None:
-                advance(0.0, "reading the probe windows (held-out text)")
-            ids = ids if ids is not None else probe_ids(loaded, protocol, probe_windows)
             probe_holder.append(_ProbeCache(loaded, ids, protocol.batch_size, dtype, tick))
         return probe_holder[0]
 
-    sample_needed = [s for s in sparsities if "exact" not in metrics and any(m in PROXIES for m in metrics)]
-    if todo or sample_needed:
+    if todo or sample_agreement:
         # Tokenised only when something is computed: a fully stored result comes back without it.
+        advance(0.0, "reading the probe windows (held-out text)")
         ids = probe_ids(loaded, protocol, probe_windows)
-        if need == "none" and sample_needed:
+        if need == "none" and sample_agreement:
             need = method_obj.needs  # the agreement sample scores the method's masks
         if need != "none":
             from pruning_core.statistics_cache import cached_statistics
@@ -441,13 +441,6 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
 
     # ---------------------------------------------------------------- maps, one sparsity at a time
     masks_by_sparsity: dict[float, _MaskCache] = {}
-    exact_rows: dict[float, dict[int, list[float]]] = {s: {} for s in sparsities}
-
-    def row_done(s: float, layer: int, values: list[float], layer_value: float) -> None:
-        exact_rows[s][layer] = values
-        if on_exact_row is not None:
-            on_exact_row(s, layer, values, layer_value)
-
     for s in sparsities:
         masks = masks_by_sparsity[s] = _MaskCache(loaded, method, statistics, s)
         for metric in metrics:
@@ -459,7 +452,8 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
             values, layer_values = _compute_map(loaded, metric, s, layer_list, kinds, masks, probe, statistics,
                                                 taylor, store, keys.get((metric, s)), advance, moments,
                                                 order=spread_order(layer_list) if metric == "exact" else None,
-                                                on_row=lambda layer, v, lv, s=s: row_done(s, layer, v, lv))
+                                                on_row=None if on_exact_row is None else
+                                                (lambda layer, v, lv, s=s: on_exact_row(s, layer, v, lv)))
             document = {
                 "layers": layer_list,
                 "modules": kinds,
