@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pruning_core.metrics import autocast_for
 from pruning_core.models import LoadedModel, is_transposed
+from pruning_core.precision import autocast_for
 
 
 @dataclass

@@ -320,3 +320,10 @@ def test_cli_default_writes_each_refinement_as_soon_as_it_exists(tmp_path, monke
     doc = json.loads((out / "sensitivity.json").read_text())
     assert doc["refinement"]["final"] and doc["refinement"]["agreement"]["scope"] == "all cells"
     assert "refinement 1/2 (second-order estimate)" in capsys.readouterr().out
+
+
+def test_cli_metric_choices_are_the_core_metrics():
+    from pruning_core.analysis.sensitivity import METRICS
+    from pruning_core.cli.analysis import METRIC_CHOICES
+
+    assert METRIC_CHOICES == METRICS
