@@ -250,10 +250,8 @@ def _safe_file_name(filename: str) -> str:
     return name or "upload.txt"
 
 
-def calibration_tokens_needed(nsamples: int, seqlen: int) -> int:
-    """Tokens a calibration text needs for `nsamples` random windows of `seqlen` tokens: the rule of
-    `pruning_core.data.random_token_windows` (at least nsamples x seqlen, and one window plus one token)."""
-    return max(int(nsamples) * int(seqlen), int(seqlen) + 1)
+#: Tokens a calibration text needs for the chosen windows: the core's own rule (`pruning_core.data`).
+calibration_tokens_needed = core_data.calibration_tokens_needed
 
 
 def _require_calibration_tokens(tokens: int, settings: dict, label: str, user_file: bool) -> None:

@@ -239,6 +239,12 @@ def evaluation_windows(tokenizer: Any, text: str, seqlen: int, eval_windows: int
     return consecutive_token_windows(tokenize_text(tokenizer, text), seqlen, eval_windows, source="evaluation split")
 
 
+def calibration_tokens_needed(nsamples: int, seqlen: int) -> int:
+    """Tokens a text needs for `random_token_windows`: nsamples x seqlen, and at least one window plus one
+    token (the two checks that function makes), so callers can refuse a short text before reading windows."""
+    return max(int(nsamples) * int(seqlen), int(seqlen) + 1)
+
+
 def random_token_windows(
     token_ids: torch.Tensor, nsamples: int, seqlen: int, seed: int, source: str = "text"
 ) -> torch.Tensor:
