@@ -27,6 +27,7 @@ import streamlit as st
 
 from pruning_core import claims
 from pruning_core import data as core_data
+from pruning_core.analysis.sensitivity import METRICS as _SENSITIVITY_METRICS
 from pruning_core.analysis.sensitivity import REFINE as SENSITIVITY_AUTO
 from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT
 from pruning_core.errors import ConfigError, CorpusError, PruneScopeError
@@ -34,6 +35,7 @@ from pruning_core.execution.jobs import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.methods import METHODS as _METHOD_REGISTRY
 from pruning_core.methods import STRUCTURES as _STRUCTURES
 from pruning_core.models import classify_source, load_model
+from pruning_core.precision import EVAL_DTYPES as _EVAL_DTYPES
 from pruning_core.protocol import PAPER_PROTOCOL, QUICK_PROTOCOL, Protocol
 from pruning_core.execution.store import Store, content_hash, home_dir
 from pruning_core.outputs.files import write_json
@@ -50,8 +52,8 @@ METHODS = tuple(_METHOD_REGISTRY)  # the registry's names, in its order
 STRUCTURES = _STRUCTURES
 #: The Sensitivity page's metric choices; "auto" (`pruning_core.analysis.sensitivity.REFINE`, the default) is
 #: the refinement from the second-order estimate to the exact map, with the agreement of each step measured.
-SENSITIVITY_METRICS = (SENSITIVITY_AUTO, "exact", "fisher", "reconstruction", "taylor")
-EVAL_DTYPES = ("float32", "bfloat16")
+SENSITIVITY_METRICS = (SENSITIVITY_AUTO, *_SENSITIVITY_METRICS)
+EVAL_DTYPES = _EVAL_DTYPES
 
 #: Protocol settings for a quick first look on 2 CPU cores (the paper protocol is one click away).
 QUICK = {"nsamples": QUICK_PROTOCOL.nsamples, "seqlen": QUICK_PROTOCOL.seqlen,
