@@ -11,11 +11,12 @@ for any method and sparsity via `prune_with_statistics`, which needs no forward 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Sequence
 
 import torch
 
+from pruning_core.allocation.plan import SparsityPlan, module_sizes, plan_for
 from pruning_core.errors import ConfigError
 from pruning_core.masks import (
     applied_masks,
@@ -54,6 +55,8 @@ class PruneConfig:
     sparsity: target fraction of zeros in [0, 1) for unstructured pruning (ignored for N:M).
     layer_sparsity: optional per-decoder-layer overrides {layer index: sparsity}.
     targets: module kinds to prune (e.g. ("q", "k")); None = every prunable linear.
+    plan: optional `SparsityPlan` (sparsity per layer x module kind); when given it decides every module's
+    sparsity and `sparsity` records the plan's global sparsity by parameters (set by `with_plan`).
     calib_dtype: compute dtype of the calibration forwards, "float32" or "bfloat16" (autocast; statistics
     are accumulated in fp32 either way); None = `default_calib_dtype` of the propagation and method, resolved when the
     config is built so `to_dict` (and every result that records it) names the dtype actually used.
@@ -72,6 +75,7 @@ class PruneConfig:
     blocksize: int = 128
     percdamp: float = 0.01
     calib_dtype: Optional[str] = None
+    plan: Optional[SparsityPlan] = None
 
     def __post_init__(self) -> None:
         # Frozen: set the resolved objects (not fields, so to_dict and equality see only the settings).
@@ -93,7 +97,23 @@ class PruneConfig:
         if self.blocksize < 1 or not 0 <= self.percdamp < 1:
             raise ConfigError("blocksize must be >= 1 and percdamp in [0, 1).")
         check_calib_dtype(self.calib_dtype)
+        if self.plan is not None and self.layer_sparsity:
+            raise ConfigError("Give either a sparsity plan or per-layer sparsities, not both; edit the plan instead.")
         return self
+
+    def module_sparsity(self, layer: int, kind: str) -> float:
+        """The sparsity this setting prunes `kind` of decoder layer `layer` to (plan, per-layer override, or
+        the uniform value); for N:M structures 0 means "leave dense" and anything else means N:M."""
+        if self.plan is not None:
+            return self.plan.sparsity(layer, kind)
+        return (self.layer_sparsity or {}).get(layer, self.sparsity)
+
+    def with_plan(self, loaded: LoadedModel, plan: SparsityPlan) -> "PruneConfig":
+        """This setting with `plan` (checked against `loaded`) and `sparsity` set to the plan's global sparsity."""
+        plan = plan_for(loaded, plan)
+        applied = plan.for_structure(self.structure_spec.sparsity) if self.structure_spec.is_nm else plan
+        return replace(self, plan=plan, layer_sparsity=None,
+                       sparsity=round(applied.global_sparsity(module_sizes(loaded)), 6))
 
     @property
     def effective_sparsity(self) -> float:
@@ -102,7 +122,9 @@ class PruneConfig:
         return structure.sparsity if structure.is_nm else float(self.sparsity)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["plan"] = self.plan.to_dict() if self.plan is not None else None
+        return out
 
 
 @dataclass
@@ -146,7 +168,6 @@ def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str
     every later sparsity is a comparison (same masks as ranking afresh).
     """
     method, structure = config.method_spec, config.structure_spec
-    sparsity = (config.layer_sparsity or {}).get(index, config.sparsity)
     options = MethodOptions(config.blocksize, config.percdamp)
     linears = loaded.adapter.layer_linears(layer)
     for kind in _targets(loaded, config):
@@ -154,6 +175,10 @@ def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str
         matrix = weight_matrix(module)  # (out, in) view
         name = loaded.adapter.qualified_name(index, kind)
         key = f"{method.name}:{name}"
+        sparsity = config.module_sparsity(index, kind)
+        if structure.is_nm and sparsity == 0:  # a plan may leave chosen modules dense beside N:M ones
+            masks[name] = to_native(module, torch.ones_like(matrix, dtype=torch.bool))
+            continue
         if ranks is not None and key in ranks and not structure.is_nm:  # ranked before: no copy, no scoring
             keep, new_weight = keep_mask_from_ranks(ranks[key], sparsity, method.per_row), None
         else:
