@@ -18,6 +18,7 @@ from typing import Optional, Union
 import torch
 
 from pruning_core import claims, evaluate
+from pruning_core.allocation.plan import SparsityPlan
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -30,6 +31,9 @@ class WhatIfSpec:
     """One what-if setting (the job spec of `run_whatif_job`). Sparsities are fractions.
 
     layer_sparsity: optional {decoder layer: sparsity} overrides (unstructured only).
+    plan: optional sparsity plan in dict form (`SparsityPlan.to_dict()`: per layer x module kind, e.g. an
+    allocator's plan as edited on the What-if page); it decides every module's sparsity, and the result's
+    `sparsity` is what the masks measure. Exclusive with `layer_sparsity`.
     eval_corpora: corpora to evaluate (default: the calibration corpus's evaluation split).
     model_identity: the dashboard's record of the model file (path, size, mtime), so a changed file gets a new
     job key; not used by the computation.
@@ -46,6 +50,7 @@ class WhatIfSpec:
     prompt: str = ""
     max_new_tokens: int = 40
     model_identity: Optional[dict] = None
+    plan: Optional[dict] = None
 
     @property
     def corpora(self) -> tuple[str, ...]:
@@ -58,12 +63,26 @@ class WhatIfSpec:
         if config.structure_spec.is_nm and config.layer_sparsity:
             raise ConfigError("Per-layer sparsities apply to unstructured pruning only; N:M fixes the sparsity. "
                               "Clear the per-layer table or choose 'unstructured'.")
+        if self.plan is not None and config.layer_sparsity:
+            raise ConfigError("Give either a sparsity plan or per-layer sparsities, not both; edit the plan instead.")
         return config
+
+    def sparsity_plan(self) -> Optional[SparsityPlan]:
+        """The plan of this setting (`plan` read back), or None for a uniform or per-layer setting."""
+        return SparsityPlan.from_dict(self.plan) if self.plan is not None else None
+
+    def config_for(self, loaded: LoadedModel) -> PruneConfig:
+        """The pruning setting for `loaded`: `config()`, with the plan applied (checked against the model's
+        layers and module kinds, `sparsity` set to the plan's global sparsity by parameters) when there is one."""
+        config = self.config()
+        plan = self.sparsity_plan()
+        return config.with_plan(loaded, plan) if plan is not None else config
 
     def validate(self) -> "WhatIfSpec":
         """Check every setting before any work starts; raises ConfigError naming the problem."""
         self.protocol.validate()
         self.config()
+        self.sparsity_plan()  # a malformed table fails here, before any work
         if int(self.max_new_tokens) < 0:
             raise ConfigError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens}.")
         return self
@@ -73,6 +92,8 @@ class WhatIfSpec:
         d = asdict(self)
         d["layer_sparsity"] = {str(k): float(v) for k, v in (self.layer_sparsity or {}).items()}
         d["eval_corpora"] = list(self.eval_corpora)
+        if self.plan is None:  # specs without a plan keep the job keys they had before plans existed
+            d.pop("plan")
         return d
 
     @classmethod
@@ -109,13 +130,15 @@ def run_whatif(spec: Union[WhatIfSpec, dict], loaded: Optional[LoadedModel] = No
     Returns {"ppl": {corpus: ppl}, "dense_ppl": {corpus: ppl}, "evaluation" (`Evaluation.to_dict()`: windows,
     timings, protocol), "sparsity", "per_layer_sparsity", "mask_artifact" (store hash or None without a store),
     "weights_artifact" (SparseGPT's updated weights, or None), "size", "generations" {"prompt", "dense",
-    "pruned"}, "speed_note", "config", "protocol", "model", "prune_seconds"}.
+    "pruned"}, "speed_note", "config" (with the plan, when one was given), "plan_sparsity" (the plan's global
+    sparsity by parameters, None without a plan), "protocol", "model", "prune_seconds"}.
     """
     progress = progress or no_progress
     spec = (spec if isinstance(spec, WhatIfSpec) else WhatIfSpec.from_dict(spec)).validate()
-    protocol, config = spec.protocol, spec.config()
+    protocol = spec.protocol
     if loaded is None:
         loaded = load_model(spec.model, progress=sub_progress(progress, 0.0, 0.05))
+    config = spec.config_for(loaded)
     calib = calibration_ids(loaded, protocol)
     eval_ids = evaluate.evaluation_windows(loaded, protocol, spec.corpora)
 
@@ -150,6 +173,8 @@ def run_whatif(spec: Union[WhatIfSpec, dict], loaded: Optional[LoadedModel] = No
         "generations": generations,
         "speed_note": claims.speed_sentence(config.structure),
         "config": config.to_dict(),
+        # `with_plan` set it to the plan's global sparsity by parameters (N:M: as the structure applies it).
+        "plan_sparsity": float(config.sparsity) if config.plan is not None else None,
         "protocol": protocol.to_dict(),
         "model": loaded.describe(),
         "prune_seconds": pruned.seconds,
