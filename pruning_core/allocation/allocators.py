@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from pruning_core.allocation.owl import allocate_owl
 from pruning_core.allocation.plan import SparsityPlan, module_sizes
+from pruning_core.allocation.sensitivity_guided import allocate_by_sensitivity
 from pruning_core.errors import ConfigError
 
 
@@ -46,7 +48,14 @@ def _uniform(inputs: AllocationInputs, target: float) -> SparsityPlan:
 
 UNIFORM = Allocator("uniform", "none", _uniform, "the same sparsity for every module")
 
-ALLOCATORS: dict[str, Allocator] = {a.name: a for a in (UNIFORM,)}
+OWL = Allocator("owl", "act_sq", allocate_owl,
+                "outlier-weighted layerwise sparsity: layers with more activation outliers keep more weights "
+                "(options M, lambda)")
+SENSITIVITY = Allocator("sensitivity", "sensitivity", allocate_by_sensitivity,
+                        "per-module sparsities minimising the summed loss increase a sensitivity map predicts "
+                        "(maps at two or more sparsities)")
+
+ALLOCATORS: dict[str, Allocator] = {a.name: a for a in (UNIFORM, OWL, SENSITIVITY)}
 
 
 def get_allocator(name: str) -> Allocator:
