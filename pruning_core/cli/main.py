@@ -23,6 +23,7 @@ EXIT_BAD_INPUT = 2
 COMMANDS: dict[str, str] = {
     "sweep": "pruning_core.cli.sweep:add_sweep",
     "sensitivity": "pruning_core.cli.analysis:add_sensitivity",
+    "budget": "pruning_core.cli.budget:add_budget",
     "jobs": "pruning_core.cli.analysis:add_jobs",
     "export": "pruning_core.cli.export:add_export",
     "apply-mask": "pruning_core.cli.export:add_apply_mask",

@@ -47,6 +47,7 @@ JOB_KINDS: dict[str, str] = {
     "sensitivity": "pruning_core.analysis.refinement:run_sensitivity_job",
     "whatif": "pruning_core.analysis.whatif:run_whatif_job",
     "export": "pruning_core.outputs.pipeline:run_export_job",
+    "budget": "pruning_core.allocation.budget:run_budget_job",
     "selftest": "pruning_core.execution.jobs:_selftest_job",
 }
 

@@ -1,0 +1,518 @@
+"""The most sparsity a quality budget allows: a step-wise search of the global sparsity, re-measuring each step.
+
+Given a budget (a relative perplexity increase over the dense model, e.g. +10 %, or an absolute perplexity) on
+one evaluation corpus, `search_budget` prunes with one method x allocator at growing global sparsities (coarse
+steps, `coarse_step` apart) until a step breaks the budget, then bisects between the last passing and the first
+failing step down to `resolution`. This is the adaptive, step-wise pruning of the adaptive sparse fine-tuning line
+of work, without the fine-tuning: each step is a fresh prune of the dense model at that global target.
+
+Every measurement goes through `evaluate.evaluate_setting` (the one evaluation path; the dense perplexity is
+measured once and kept in the store) and is stored under a key of everything that determines it (model,
+calibration, protocol, method, structure, propagation, the plan's content digest, evaluation corpus), so a second
+search, or a search for a neighbouring budget, re-measures nothing it already has. Every sparsity the search
+visits lies on a grid of `resolution` (1 percentage point by default), which is what makes neighbours share
+points.
+
+What the search assumes: perplexity grows with global sparsity, so "within budget" holds below some edge and
+fails above it. That is true only roughly: on a real model perplexity is noisy by a few tenths of a percent
+between neighbouring sparsities (different masks, a finite evaluation set), and a plan-making allocator may
+change its plan's shape from one target to the next. The search therefore finds *an* edge where a passing step
+sits `resolution` below a failing one; it never looks above the first failing coarse step, so a pass further up
+(a non-monotone bump) is not seen. The result says how sure it is: the evaluation windows behind each figure,
+the gap between the last passing and first failing step, and whether the measured perplexities it saw were in
+fact monotone in sparsity.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
+from pruning_core.errors import ConfigError
+from pruning_core.masks import parse_structure
+from pruning_core.methods import get_method
+from pruning_core.progress import ProgressFn, no_progress, sub_progress
+from pruning_core.protocol import Protocol
+from pruning_core.walk import PROPAGATIONS
+
+#: A sparsity -> perplexity function (the search's only view of quality; tests inject a synthetic one).
+MeasureFn = Callable[[float], float]
+
+#: Kinds of store rows this module writes.
+POINT_KIND = "budget_point"
+RESULT_KIND = "budget_result"
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """What to search.
+
+    model: model source (as `load_model` takes it). protocol: calibration and evaluation settings.
+    method, allocation: a registered pruning method and allocator (`allocators.ALLOCATORS`).
+    structure: "unstructured" (an N:M structure fixes its own sparsity, so there is nothing to search).
+    propagation: "pruned" (the papers' protocol) or "dense".
+    corpus: evaluation corpus of the budget; None = the calibration corpus (its evaluation split).
+    max_increase: budget as a relative perplexity increase over dense (0.10 = +10 %), or
+    max_ppl: budget as an absolute perplexity; give exactly one.
+    coarse_step: distance of the first, upward steps (fraction; 0.10 = 10 points of sparsity).
+    resolution: the bisection stops when the last passing and first failing step are this close; every visited
+    sparsity lies on a grid of it (0.01 = 1 percentage point).
+    low, high: the range searched (fractions); `low` must pass for there to be a frontier.
+    sensitivity: path of a sensitivity result JSON (`prunescope sensitivity`'s output) for the "sensitivity"
+    allocator; None = maps of this model and method found in the store.
+    options: allocator options as (name, value) pairs (e.g. (("M", 5.0), ("lambda", 0.08)) for OWL).
+    """
+
+    model: str = "embedded"
+    protocol: Protocol = field(default_factory=Protocol)
+    method: str = "wanda"
+    allocation: str = "uniform"
+    structure: str = "unstructured"
+    propagation: str = "pruned"
+    corpus: Optional[str] = None
+    max_increase: Optional[float] = None
+    max_ppl: Optional[float] = None
+    coarse_step: float = 0.10
+    resolution: float = 0.01
+    low: float = 0.0
+    high: float = 0.95
+    sensitivity: Optional[str] = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def eval_corpus(self) -> str:
+        """The corpus the budget is measured on."""
+        return self.corpus or self.protocol.calib
+
+    def validate(self) -> "BudgetSpec":
+        """Check every setting before any work starts; raises ConfigError naming the bad value and the fix."""
+        self.protocol.validate()
+        get_method(self.method)
+        get_allocator(self.allocation)
+        if parse_structure(self.structure).is_nm:
+            raise ConfigError(f"Structure '{self.structure}' fixes the sparsity at N:M, so there is no sparsity to "
+                              "search; use 'unstructured' for a budget search.")
+        if self.propagation not in PROPAGATIONS:
+            raise ConfigError(f"Propagation '{self.propagation}' is unknown; use 'pruned' or 'dense'.")
+        if (self.max_increase is None) == (self.max_ppl is None):
+            raise ConfigError("Give exactly one budget: a relative perplexity increase (e.g. 10%) or an absolute "
+                              "perplexity (e.g. 30).")
+        if self.max_increase is not None and not (math.isfinite(self.max_increase) and self.max_increase >= 0):
+            raise ConfigError(f"The allowed increase {self.max_increase:g} must be a fraction >= 0, e.g. 0.10 "
+                              "for +10 %.")
+        if self.max_ppl is not None and not (math.isfinite(self.max_ppl) and self.max_ppl > 0):
+            raise ConfigError(f"The perplexity budget {self.max_ppl:g} must be a positive number.")
+        if not 0.0 < self.resolution <= 0.5:
+            raise ConfigError(f"Resolution {self.resolution:g} must be in (0, 0.5]; 0.01 is one percentage point.")
+        if self.coarse_step < self.resolution:
+            raise ConfigError(f"The coarse step {self.coarse_step:g} is finer than the resolution "
+                              f"{self.resolution:g}; make it at least as large.")
+        if not 0.0 <= self.low < self.high < 1.0:
+            raise ConfigError(f"Bounds {self.low:g}..{self.high:g} must satisfy 0 <= low < high < 1.")
+        return self
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "protocol": self.protocol.to_dict(), "method": self.method,
+                "allocation": self.allocation, "structure": self.structure, "propagation": self.propagation,
+                "corpus": self.corpus, "max_increase": self.max_increase, "max_ppl": self.max_ppl,
+                "coarse_step": self.coarse_step, "resolution": self.resolution, "low": self.low,
+                "high": self.high, "sensitivity": self.sensitivity, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "BudgetSpec":
+        d = dict(d)
+        d["protocol"] = Protocol(**d.get("protocol", {}))
+        d["options"] = tuple((d.get("options") or {}).items())
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"Unknown budget settings {sorted(unknown)}; known: "
+                              f"{', '.join(cls.__dataclass_fields__)}.")
+        return cls(**d)
+
+    def passes(self, ppl: float, dense_ppl: float) -> bool:
+        """Whether perplexity `ppl` is within the budget (a NaN or infinite perplexity never is)."""
+        if not math.isfinite(ppl):
+            return False
+        if self.max_ppl is not None:
+            return ppl <= self.max_ppl
+        return ppl <= dense_ppl * (1.0 + self.max_increase)
+
+    def describe(self) -> str:
+        """The budget in words, e.g. '+10 % perplexity on wiki'."""
+        if self.max_ppl is not None:
+            return f"perplexity <= {self.max_ppl:g} on {self.eval_corpus}"
+        return f"+{self.max_increase * 100:g} % perplexity on {self.eval_corpus}"
+
+
+def parse_fraction(text: str, what: str = "increase") -> float:
+    """'10%' -> 0.10, '0.1' -> 0.1, '+25 %' -> 0.25. A bare number above 5 is refused as ambiguous."""
+    raw = str(text).strip().replace(" ", "").lstrip("+")
+    try:
+        if raw.endswith("%"):
+            return float(raw[:-1]) / 100.0
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"The {what} '{text}' is not a number; write it as 10% or 0.10.") from None
+    if value > 5:
+        raise ConfigError(f"The {what} '{text}' reads as {value * 100:g} %; write 10% (or 0.10) for +10 %.")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ the search
+
+
+def _grid(value: float, resolution: float) -> int:
+    """`value` in units of `resolution` (the search works on integers, so visited sparsities repeat exactly)."""
+    return int(round(value / resolution))
+
+
+def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = None, store=None,
+                  progress: Optional[ProgressFn] = None, sensitivity: Optional[Mapping] = None) -> dict:
+    """The most global sparsity (by parameters) whose perplexity stays within `spec`'s budget.
+
+    loaded: the model (`LoadedModel`, left unchanged); may be None only when `measure` is given.
+    measure: sparsity -> perplexity on the budget's corpus; default the real one (prune with the allocator's
+    plan, evaluate with `evaluate_setting`, reuse and fill `store`). With an injected `measure` the dense
+    perplexity is `measure(0.0)` and nothing is stored.
+    sensitivity: a sensitivity result for the "sensitivity" allocator (default: `spec.sensitivity`'s file, else
+    maps in `store`).
+    Returns {"frontier": {"sparsity", "ppl", "increase"} of the last passing step (None when even `low` fails),
+    "trajectory": [{"step", "phase", "sparsity", "ppl", "increase", "passed", "reused", ...}] in visit order,
+    "certainty": {"eval_windows", "gap_pp" (first failing - last passing, percentage points; None when `high`
+    passed), "evaluations" (points the search used), "measured" (of them, measured now), "reused",
+    "grid_evaluations" (what a 2-point grid over the range would need), "ppl_monotone", "bounded_by"},
+    "dense_ppl", "budget" (in words and as the perplexity limit), "spec", "protocol", "machine", "seconds"}.
+    Sparsities are fractions; perplexity has no unit; seconds are wall seconds.
+    """
+    spec = spec.validate()
+    progress = progress or no_progress
+    start = time.perf_counter()
+    if measure is None:
+        if loaded is None:
+            raise ConfigError("A budget search needs a model; load one first.")
+        measurer = _RealMeasure(loaded, spec, store, progress, sensitivity)
+    else:
+        measurer = _InjectedMeasure(measure)
+    progress(0.0, f"dense perplexity on {spec.eval_corpus}")
+    dense_ppl = measurer.dense()
+    limit = spec.max_ppl if spec.max_ppl is not None else dense_ppl * (1.0 + spec.max_increase)
+
+    res = spec.resolution
+    low, high, coarse = _grid(spec.low, res), _grid(spec.high, res), max(1, _grid(spec.coarse_step, res))
+    # Progress: the coarse steps to the top plus the bisection's halvings (an upper bound; the search stops early).
+    expected = max(1, (high - low + coarse - 1) // coarse + max(1, math.ceil(math.log2(coarse))))
+    trajectory: list[dict] = []
+    seen: dict[int, dict] = {}
+
+    def visit(units: int, phase: str) -> bool:
+        if units in seen:
+            return seen[units]["passed"]
+        sparsity = round(units * res, 6)
+        index = len(trajectory)
+        lo_f, hi_f = min(index / expected, 0.99), min((index + 1) / expected, 0.99)
+        progress(lo_f, f"step {index + 1}: {spec.method} {spec.allocation} at {sparsity:.0%} ({phase})")
+        point = measurer(sparsity, sub_progress(progress, lo_f, hi_f)) if units > 0 else \
+            {"ppl": dense_ppl, "reused": True, "dense": True}
+        ppl = float(point["ppl"])
+        row = {"step": index + 1, "phase": phase, "sparsity": sparsity, "ppl": ppl,
+               "increase": ppl / dense_ppl - 1.0 if dense_ppl > 0 else None,
+               "passed": spec.passes(ppl, dense_ppl), "reused": bool(point.get("reused", False)),
+               **{k: v for k, v in point.items() if k not in ("ppl", "reused")}}
+        trajectory.append(row)
+        seen[units] = row
+        verdict = "within" if row["passed"] else "over"
+        progress(hi_f, f"{sparsity:.0%}: ppl {ppl:.3f} ({verdict} the budget {limit:.3f})")
+        return row["passed"]
+
+    passing: Optional[int] = None
+    failing: Optional[int] = None
+    if visit(low, "start"):
+        passing = low
+        units = low
+        while units < high:  # coarse steps upward; the top of the range is always a step
+            units = min(units + coarse, high)
+            if visit(units, "coarse"):
+                passing = units
+            else:
+                failing = units
+                break
+        if failing is not None:
+            while failing - passing > 1:  # bisection on the resolution grid
+                middle = (passing + failing) // 2
+                if visit(middle, "bisect"):
+                    passing = middle
+                else:
+                    failing = middle
+    else:
+        failing = low
+
+    frontier = None
+    if passing is not None:
+        best = seen[passing]
+        frontier = {"sparsity": best["sparsity"], "ppl": best["ppl"], "increase": best["increase"],
+                    **{k: best[k] for k in ("plan_sparsity", "measured_sparsity") if k in best}}
+    measured_points = [r for r in trajectory if not r.get("dense")]
+    ordered = sorted(measured_points, key=lambda r: r["sparsity"])
+    monotone = all(a["ppl"] <= b["ppl"] for a, b in zip(ordered, ordered[1:]))
+    grid_points = int(math.floor((spec.high - spec.low) / 0.02 + 1e-9)) + 1
+    certainty = {
+        "eval_windows": measurer.windows,
+        "gap_pp": None if passing is None or failing is None else round((failing - passing) * res * 100, 6),
+        "evaluations": len(measured_points),
+        "measured": sum(1 for r in measured_points if not r["reused"]),
+        "reused": sum(1 for r in measured_points if r["reused"]),
+        "grid_evaluations": grid_points,
+        "ppl_monotone": monotone,
+        "bounded_by": ("the upper bound" if failing is None else
+                       "the lower bound already fails" if passing is None else "a failing step"),
+    }
+    result = {
+        "frontier": frontier,
+        "trajectory": trajectory,
+        "certainty": certainty,
+        "dense_ppl": dense_ppl,
+        "budget": {"text": spec.describe(), "max_ppl": limit, "corpus": spec.eval_corpus},
+        "spec": spec.to_dict(),
+        "protocol": measurer.protocol(),
+        "machine": _machine(),
+        "seconds": time.perf_counter() - start,
+        "prune_seconds": sum(r.get("prune_seconds", 0.0) for r in measured_points if not r["reused"]),
+        "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in measured_points if not r["reused"]),
+    }
+    measurer.finish(result)
+    progress(1.0, "budget search done: " + (f"{frontier['sparsity']:.0%} within {spec.describe()}"
+                                             if frontier else f"no sparsity >= {spec.low:.0%} within the budget"))
+    return result
+
+
+def _machine() -> dict:
+    from pruning_core.provenance import environment
+
+    return environment()
+
+
+class _InjectedMeasure:
+    """A caller's sparsity -> perplexity function (tests, what-if estimates): no model, no store."""
+
+    windows = None
+
+    def __init__(self, measure: MeasureFn):
+        self.measure = measure
+
+    def dense(self) -> float:
+        return float(self.measure(0.0))
+
+    def __call__(self, sparsity: float, progress: ProgressFn) -> dict:  # noqa: ARG002
+        return {"ppl": float(self.measure(sparsity)), "reused": False}
+
+    def protocol(self) -> dict:
+        return {"measure": "injected"}
+
+    def finish(self, result: dict) -> None:
+        pass
+
+
+class _RealMeasure:
+    """Prune with the allocator's plan at a global sparsity and measure perplexity, reusing the store.
+
+    Work shared across steps: evaluation windows and calibration windows are read once, layer-0 inputs are
+    captured once (pruned propagation), dense statistics are read once from the statistics cache (an allocator
+    that reads them, dense propagation), so the plan adds at most one calibration pass to the whole search.
+    """
+
+    def __init__(self, loaded, spec: BudgetSpec, store, progress: ProgressFn, sensitivity: Optional[Mapping]):
+        from pruning_core import evaluate
+        from pruning_core.protocol import corpus_key
+
+        self.loaded, self.spec, self.store, self.progress = loaded, spec, store, progress
+        self.allocator = get_allocator(spec.allocation)
+        self.method = get_method(spec.method)
+        self.eval_ids = evaluate.evaluation_windows(loaded, spec.protocol, [spec.eval_corpus])
+        self.windows = int(self.eval_ids[spec.eval_corpus].shape[0])
+        self.calib_identity = corpus_key(spec.protocol.calib, "calibration", spec.protocol.calib_column)
+        self.eval_identity = corpus_key(spec.eval_corpus, "evaluation")["sha256"]
+        self._calib_ids = None
+        self._inputs = None
+        self._statistics: dict[str, Any] = {}
+        self.sensitivity = sensitivity
+        if self.allocator.needs == "sensitivity" and self.sensitivity is None:
+            self.sensitivity = load_sensitivity(spec.sensitivity, store, loaded, self.method.name)
+        self.run_key = None
+        if store is not None:
+            from pruning_core.execution.store import content_hash
+
+            self.run_key = content_hash({"budget": spec.to_dict(), "model": loaded.fingerprint})
+            store.put_run(self.run_key, "budget", spec.to_dict())
+
+    # -------------------------------------------------------------------------------------- shared work
+
+    def calib_ids(self):
+        if self._calib_ids is None:
+            from pruning_core.protocol import calibration_ids
+
+            self._calib_ids = calibration_ids(self.loaded, self.spec.protocol)
+        return self._calib_ids
+
+    def statistics(self, need: str, progress: ProgressFn):
+        """Dense statistics of kind `need` (from the store when there), read or computed once per search."""
+        from pruning_core.methods import covers
+        from pruning_core.statistics_cache import cached_statistics
+
+        for have, value in self._statistics.items():
+            if covers(have, need):
+                return value
+        value = cached_statistics(self.loaded, self.spec.protocol, need, self.store, self.calib_ids(), progress)
+        self._statistics[need] = value
+        return value
+
+    def plan(self, sparsity: float, progress: ProgressFn):
+        statistics = self.statistics("act_sq", progress) if self.allocator.needs == "act_sq" else None
+        inputs = AllocationInputs(self.loaded, statistics=statistics, sensitivity=self.sensitivity,
+                                  options=dict(self.spec.options))
+        return make_plan(self.spec.allocation, inputs, sparsity)
+
+    # -------------------------------------------------------------------------------------- measuring
+
+    def dense(self) -> float:
+        from pruning_core import evaluate
+
+        evaluation = evaluate.evaluate_setting(self.loaded, self.spec.protocol, [self.spec.eval_corpus], None,
+                                               eval_ids=self.eval_ids, store=self.store,
+                                               progress=sub_progress(self.progress, 0.0, 0.02))
+        self.dense_cached = self.spec.eval_corpus in evaluation.dense_cached
+        return float(evaluation.dense_ppl[self.spec.eval_corpus])
+
+    def point_key(self, config) -> dict:
+        """Everything that determines one measured step (hash it with `store.content_hash`)."""
+        from pruning_core.provenance import library_versions
+
+        versions = library_versions()
+        return {"kind": POINT_KIND, "model": self.loaded.fingerprint, "calib": self.calib_identity,
+                "protocol": self.spec.protocol.to_dict(), "method": config.method, "structure": config.structure,
+                "propagation": config.propagation, "calib_dtype": config.calib_dtype,
+                "blocksize": config.blocksize, "percdamp": config.percdamp, "plan": config.plan.digest(),
+                "corpus": self.eval_identity,
+                "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}}
+
+    def __call__(self, sparsity: float, progress: ProgressFn) -> dict:
+        from pruning_core import evaluate
+        from pruning_core.prune import PruneConfig, prune_model, prune_with_statistics
+
+        spec = self.spec
+        plan = self.plan(sparsity, sub_progress(progress, 0.0, 0.3))
+        config = PruneConfig(spec.method, spec.structure, sparsity, spec.propagation).with_plan(self.loaded, plan)
+        key = None
+        if self.store is not None:
+            from pruning_core.execution.store import content_hash
+
+            key = content_hash(self.point_key(config))
+            stored = self.store.get_result(key)
+            if stored is not None:
+                self.store.put_result(key, POINT_KIND, stored, run_key=self.run_key)  # link it to this run too
+                return {**stored, "reused": True}
+        label = f"{spec.method} {spec.allocation} {sparsity:.0%}"
+        prune_progress = sub_progress(progress, 0.3, 0.7)
+        prune_progress(0.0, f"{label}: pruning")
+        if self.method.needs == "none":
+            pruned = prune_with_statistics(self.loaded, None, config)
+        elif spec.propagation == "dense":
+            pruned = prune_with_statistics(self.loaded, self.statistics(self.method.needs, prune_progress), config)
+        else:
+            if self._inputs is None:
+                from pruning_core.walk import capture_layer_inputs
+
+                self._inputs = capture_layer_inputs(self.loaded, self.calib_ids(), spec.protocol.batch_size)
+            pruned = prune_model(self.loaded, self.calib_ids(), config, spec.protocol.batch_size, prune_progress,
+                                 inputs=self._inputs)
+        evaluation = evaluate.evaluate_setting(self.loaded, spec.protocol, [spec.eval_corpus], pruned, dense=False,
+                                               eval_ids=self.eval_ids, label=label,
+                                               progress=sub_progress(progress, 0.7, 1.0))
+        point = {"ppl": float(evaluation.pruned_ppl[spec.eval_corpus]), "plan_sparsity": config.sparsity,
+                 "measured_sparsity": pruned.sparsity, "plan_digest": plan.digest(), "allocator": plan.allocator,
+                 "windows": self.windows, "prune_seconds": pruned.seconds, "eval_seconds": evaluation.seconds}
+        if key is not None:
+            self.store.put_result(key, POINT_KIND, point, run_key=self.run_key)
+        return {**point, "reused": False}
+
+    def protocol(self) -> dict:
+        from pruning_core import evaluate
+
+        return evaluate.protocol_record(self.spec.protocol, self.eval_ids, propagation=self.spec.propagation,
+                                        calib_dtype=self._calib_dtype())
+
+    def _calib_dtype(self) -> str:
+        from pruning_core.prune import default_calib_dtype
+
+        return default_calib_dtype(self.spec.propagation, self.method.name)
+
+    def finish(self, result: dict) -> None:
+        result["model"] = self.loaded.describe()
+        result["dense_reused"] = self.dense_cached
+        if self.sensitivity is not None:  # which maps the plans read, so the answer can be traced
+            result["sensitivity"] = {"source": self.sensitivity.get("source", "given"),
+                                     "maps": [{k: m.get(k) for k in ("metric", "method", "sparsity")}
+                                              for m in self.sensitivity.get("maps", [])]}
+        if self.store is not None:
+            from pruning_core.execution.store import content_hash
+
+            self.store.put_result(content_hash({"budget_result": self.run_key}), RESULT_KIND,
+                                  {k: v for k, v in result.items() if k != "machine"}, run_key=self.run_key)
+
+
+def load_sensitivity(path: Optional[str], store, loaded, method: str) -> Optional[dict]:
+    """A sensitivity result {"maps": [...]} for the "sensitivity" allocator: from the JSON file `path` (what
+    `prunescope sensitivity` writes), else the maps of this model and `method` over every layer in `store` (the
+    newest of each metric and sparsity). None when there is none; `make_plan` then says how to compute one."""
+    if path:
+        import json
+        from pathlib import Path
+
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"Sensitivity file '{path}' does not exist; give the JSON `prunescope sensitivity` "
+                              "wrote.")
+        try:
+            document = json.loads(file.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"Sensitivity file '{path}' is not valid JSON ({exc}).") from None
+        if isinstance(document, Mapping) and "maps" not in document and "values" in document:
+            document = {"maps": [document]}  # a single map
+        if not isinstance(document, Mapping) or not isinstance(document.get("maps"), list):
+            raise ConfigError(f"Sensitivity file '{path}' has no 'maps' list; give the JSON `prunescope "
+                              "sensitivity` wrote.")
+        return {**document, "source": str(file)}
+    if store is None:
+        return None
+    import json
+
+    rows = store.execute("SELECT payload FROM results WHERE kind = 'sensitivity_map' ORDER BY created")
+    layers = len(loaded.adapter.decoder_layers(loaded.model))
+    newest: dict[tuple[str, float], dict] = {}
+    for row in rows:
+        document = json.loads(row["payload"])
+        if ((document.get("model") or {}).get("fingerprint") != loaded.fingerprint
+                or document.get("method") != method or len(document.get("layers") or ()) != layers):
+            continue  # another model or method, or a map of some layers only (the allocator needs every layer)
+        newest[(str(document.get("metric")), float(document.get("sparsity", -1)))] = document
+    if not newest:
+        return None
+    # Every metric is handed over; the allocator picks one measured at two or more sparsities (exact first).
+    return {"maps": [newest[k] for k in sorted(newest)], "source": "store"}
+
+
+def run_budget_job(spec: dict, store, progress: ProgressFn) -> dict:
+    """Job entry (`jobs.JOB_KINDS["budget"]`): `spec` is `BudgetSpec.to_dict()`. Every measured step goes to
+    `store` as it finishes, so a cancelled or killed job resumes without re-measuring. Returns the search result."""
+    from pruning_core.models import load_model
+
+    budget = BudgetSpec.from_dict(spec).validate()
+    progress(0.0, f"loading the model ({budget.model})")
+    loaded = load_model(budget.model)
+    return search_budget(loaded, budget, store=store, progress=progress)
+
+
+__all__ = ["BudgetSpec", "MeasureFn", "load_sensitivity", "parse_fraction", "run_budget_job",
+           "search_budget"]

@@ -1,0 +1,85 @@
+"""`prunescope budget`: the most sparsity a quality budget allows, for one method x allocator, headless."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pruning_core.cli.common import (
+    ConsoleProgress,
+    add_protocol_args,
+    prepare_out_dir,
+    protocol_from_args,
+    write_json,
+)
+from pruning_core.errors import ConfigError
+
+
+def add_budget(sub) -> None:
+    p = sub.add_parser("budget", help="the most global sparsity within a perplexity budget (budget.json)")
+    add_protocol_args(p)
+    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
+    p.add_argument("--allocation", default="uniform", help="allocator: uniform, owl, sensitivity, ...")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-increase", default=None,
+                        help="allowed perplexity increase over dense: 10%% or 0.10 (= +10 %%)")
+    budget.add_argument("--max-ppl", type=float, default=None, help="allowed perplexity (absolute)")
+    p.add_argument("--corpus", default=None, help="evaluation corpus of the budget (default: the --calib corpus)")
+    p.add_argument("--propagation", default="pruned", choices=["pruned", "dense"],
+                   help="pruned: papers' protocol (default); dense: reuse dense statistics (faster)")
+    p.add_argument("--coarse-step", default="0.10", help="first, upward steps: 10%% or 0.10")
+    p.add_argument("--resolution", default="0.01", help="bisection stops at this gap: 1%% or 0.01")
+    p.add_argument("--low", default="0", help="lowest sparsity searched (fraction or %%)")
+    p.add_argument("--high", default="0.95", help="highest sparsity searched (fraction or %%)")
+    p.add_argument("--sensitivity", default=None,
+                   help="sensitivity JSON for --allocation sensitivity (default: maps in the store)")
+    p.add_argument("--out", required=True, help="output folder (budget.json)")
+    p.set_defaults(handler=cmd_budget)
+
+
+def cmd_budget(args) -> int:
+    from pruning_core.allocation.budget import BudgetSpec, parse_fraction
+    from pruning_core.execution.jobs import JobRunner
+
+    sensitivity = args.sensitivity
+    if sensitivity:
+        path = Path(sensitivity).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--sensitivity '{sensitivity}' is not a file; give the sensitivity_all.json that "
+                              "`prunescope sensitivity` wrote.")
+        sensitivity = str(path.resolve())  # the job may run in another folder
+    spec = BudgetSpec(
+        model=args.model, protocol=protocol_from_args(args), method=args.method.strip().lower(),
+        allocation=args.allocation.strip().lower(), propagation=args.propagation, corpus=args.corpus,
+        max_increase=None if args.max_increase is None else parse_fraction(args.max_increase, "--max-increase"),
+        max_ppl=args.max_ppl, coarse_step=parse_fraction(args.coarse_step, "--coarse-step"),
+        resolution=parse_fraction(args.resolution, "--resolution"), low=parse_fraction(args.low, "--low"),
+        high=parse_fraction(args.high, "--high"), sensitivity=sensitivity,
+    ).validate()
+    out = prepare_out_dir(args.out)
+    start = time.perf_counter()
+    result = JobRunner().run_inline("budget", spec.to_dict(), ConsoleProgress())
+    write_json(out / "budget.json", result)
+    _print_budget(result)
+    print(f"wrote {out / 'budget.json'} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _print_budget(result: dict) -> None:
+    print(f"{'step':>4} {'phase':<7} {'sparsity':>8} {'ppl':>10} {'increase':>9}  verdict")
+    for row in result["trajectory"]:
+        increase = "" if row["increase"] is None else f"{row['increase'] * 100:+8.2f}%"
+        verdict = ("within" if row["passed"] else "over") + (" (stored)" if row["reused"] else "")
+        print(f"{row['step']:>4} {row['phase']:<7} {row['sparsity']:>8.2f} {row['ppl']:>10.3f} "
+              f"{increase:>9}  {verdict}")
+    frontier, certainty = result["frontier"], result["certainty"]
+    print(f"dense ppl {result['dense_ppl']:.3f}; budget {result['budget']['text']} (ppl <= "
+          f"{result['budget']['max_ppl']:.3f})")
+    if frontier is None:
+        print(f"no sparsity in the searched range is within the budget ({certainty['bounded_by']})")
+        return
+    gap = "none failed up to the upper bound" if certainty["gap_pp"] is None else \
+        f"first failing step {certainty['gap_pp']:g} points higher"
+    print(f"frontier: {frontier['sparsity']:.0%} sparsity, ppl {frontier['ppl']:.3f} "
+          f"({frontier['increase'] * 100:+.2f} %); {gap}; {certainty['evaluations']} evaluations "
+          f"({certainty['reused']} from the store) on {certainty['eval_windows']} windows")

@@ -1,0 +1,217 @@
+"""The quality-budget search: finds a known edge with few evaluations, reuses stored steps, runs as a job and a CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pruning_core import cli, evaluate
+from pruning_core.allocation.allocators import AllocationInputs, make_plan
+from pruning_core.allocation.budget import BudgetSpec, load_sensitivity, parse_fraction, search_budget
+from pruning_core.errors import ConfigError, JobCancelled
+from pruning_core.execution.jobs import JOB_KINDS, resolve_job_function
+from pruning_core.execution.store import Store, content_hash
+from pruning_core.models.tiny import tiny_model
+from pruning_core.protocol import Protocol, calibration_ids
+from pruning_core.prune import PruneConfig, prune_model
+
+TINY = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=3, batch_size=4)
+DENSE = 20.0
+
+
+def smooth(sparsity: float) -> float:
+    """A monotone synthetic quality function: ppl = 20 * exp(3 s^2)."""
+    return DENSE * math.exp(3.0 * sparsity ** 2)
+
+
+def edge(increase: float) -> float:
+    """The sparsity where `smooth` reaches dense * (1 + increase)."""
+    return math.sqrt(math.log1p(increase) / 3.0)
+
+
+def counting(fn):
+    calls = []
+
+    def measure(sparsity: float) -> float:
+        calls.append(sparsity)
+        return fn(sparsity)
+
+    return measure, calls
+
+
+def grid_frontier(fn, limit: float, step: float = 0.02, high: float = 0.95) -> float:
+    """What a dense grid finds: the highest grid sparsity within the limit below the first failing one."""
+    best = 0.0
+    for i in range(1, int(high / step + 1e-9) + 1):
+        if fn(i * step) > limit:
+            break
+        best = i * step
+    return best
+
+
+@pytest.mark.parametrize("increase", [0.05, 0.10, 0.25, 0.50, 1.0])
+def test_search_finds_the_known_edge_within_resolution_with_a_third_of_a_grids_evaluations(increase):
+    measure, calls = counting(smooth)
+    spec = BudgetSpec(model="tiny-llama", protocol=TINY, max_increase=increase)
+    result = search_budget(tiny_model("llama", layers=2), spec, measure=measure)
+    truth = edge(increase)
+    frontier = result["frontier"]["sparsity"]
+    assert frontier <= truth < frontier + spec.resolution + 1e-9
+    assert result["certainty"]["gap_pp"] == pytest.approx(1.0)
+    assert abs(frontier - grid_frontier(smooth, DENSE * (1 + increase))) <= 0.02 + 1e-9
+    # Every point measured once (the dense value is measure(0.0)); far fewer than the 2 % grid's 48.
+    assert len(calls) == result["certainty"]["evaluations"] + 1 == len(set(calls))
+    assert result["certainty"]["grid_evaluations"] == 48
+    assert result["certainty"]["evaluations"] * 3 <= result["certainty"]["grid_evaluations"]
+    assert result["dense_ppl"] == DENSE
+    assert result["frontier"]["increase"] == pytest.approx(smooth(frontier) / DENSE - 1)
+    assert result["certainty"]["ppl_monotone"]
+    passed = [r for r in result["trajectory"] if r["passed"]]
+    failed = [r for r in result["trajectory"] if not r["passed"]]
+    assert max(r["sparsity"] for r in passed) == frontier < min(r["sparsity"] for r in failed)
+    assert [r["step"] for r in result["trajectory"]] == list(range(1, len(result["trajectory"]) + 1))
+
+
+def test_absolute_budget_and_both_ends_of_the_range():
+    tiny = tiny_model("llama", layers=2)
+    result = search_budget(tiny, BudgetSpec(max_ppl=30.0), measure=smooth)
+    assert result["frontier"]["sparsity"] <= edge(0.5) < result["frontier"]["sparsity"] + 0.01
+    # A budget the dense model already breaks has no frontier.
+    none = search_budget(tiny, BudgetSpec(max_ppl=DENSE / 2), measure=smooth)
+    assert none["frontier"] is None and none["certainty"]["bounded_by"] == "the lower bound already fails"
+    # A budget nothing breaks stops at the upper bound, with no gap to report.
+    top = search_budget(tiny, BudgetSpec(max_increase=1e6, high=0.9), measure=smooth)
+    assert top["frontier"]["sparsity"] == 0.9 and top["certainty"]["gap_pp"] is None
+    assert top["certainty"]["bounded_by"] == "the upper bound"
+
+
+def test_a_non_monotone_curve_is_reported_not_hidden():
+    def bumpy(s: float) -> float:
+        return smooth(s) * (0.8 if 0.2 <= s < 0.3 else 1.0)  # a dip: ppl at 0.2 below ppl at 0.1
+
+    result = search_budget(tiny_model("llama", layers=2), BudgetSpec(max_increase=0.10), measure=bumpy)
+    assert not result["certainty"]["ppl_monotone"]
+
+
+@pytest.mark.parametrize("text,value", [("10%", 0.10), ("0.1", 0.1), ("+25 %", 0.25), ("1.5", 1.5)])
+def test_parse_fraction(text, value):
+    assert parse_fraction(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(max_increase=None), "exactly one budget"),
+    (dict(max_ppl=30.0), "exactly one budget"),
+    (dict(structure="2:4"), "nothing|no sparsity to search"),
+    (dict(allocation="nope"), "Unknown allocation 'nope'"),
+    (dict(coarse_step=0.005), "finer than the resolution"),
+    (dict(low=0.9, high=0.5), "low < high"),
+])
+def test_bad_specs_are_refused_with_a_clear_message(change, message):
+    spec = BudgetSpec.from_dict({**BudgetSpec(max_increase=0.1).to_dict(), **change})
+    with pytest.raises(ConfigError, match=message):
+        spec.validate()
+
+
+def test_a_bare_ten_is_refused_as_ambiguous():
+    with pytest.raises(ConfigError, match="reads as 1000 %"):
+        parse_fraction("10")
+
+
+def test_spec_round_trips_through_a_dict():
+    spec = BudgetSpec(model="tiny-llama", protocol=TINY, method="magnitude", allocation="uniform", corpus="pydocs",
+                      max_ppl=12.5, options=(("M", 5.0),))
+    assert BudgetSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.eval_corpus == "pydocs" and BudgetSpec(protocol=TINY, max_ppl=1).eval_corpus == "news"
+
+
+# ------------------------------------------------------------------------------------------ the real path
+
+REAL = dict(model="tiny-llama", protocol=TINY, method="wanda", coarse_step=0.3, resolution=0.1, high=0.9)
+
+
+def test_real_search_reuses_every_stored_step_and_measures_with_the_evaluation_path():
+    loaded = tiny_model("llama", layers=2)
+    store = Store()
+    spec = BudgetSpec(max_increase=0.0, **REAL)  # any increase fails: the search bisects down from 30 %
+    first = search_budget(loaded, spec, store=store)
+    measured = [r for r in first["trajectory"] if r["sparsity"] > 0]
+    assert measured and not any(r["reused"] for r in measured)
+    assert first["certainty"]["measured"] == len(measured) and first["certainty"]["eval_windows"] == 3
+    # One step re-measured by hand, through the same prune and evaluation: the same perplexity.
+    row = measured[0]
+    plan = make_plan("uniform", AllocationInputs(loaded), row["sparsity"])
+    config = PruneConfig("wanda", "unstructured", row["sparsity"], "pruned").with_plan(loaded, plan)
+    pruned = prune_model(loaded, calibration_ids(loaded, TINY), config, TINY.batch_size)
+    by_hand = evaluate.evaluate_setting(loaded, TINY, ["news"], pruned, dense=True, store=store)
+    assert by_hand.pruned_ppl["news"] == pytest.approx(row["ppl"], rel=1e-6)
+    assert by_hand.dense_ppl["news"] == first["dense_ppl"] and by_hand.dense_cached == ["news"]
+
+    # The same search again re-measures nothing; a looser budget re-measures only the steps it has not seen.
+    again = search_budget(loaded, spec, store=store)
+    assert again["certainty"]["measured"] == 0 and again["dense_reused"]
+    assert [r["ppl"] for r in again["trajectory"]] == [r["ppl"] for r in first["trajectory"]]
+    looser = search_budget(loaded, BudgetSpec(max_increase=1e6, **REAL), store=store)
+    seen = {r["sparsity"] for r in measured}
+    for r in looser["trajectory"]:
+        if r["sparsity"] > 0:
+            assert r["reused"] == (r["sparsity"] in seen)
+    assert looser["frontier"]["sparsity"] == 0.9
+
+
+def test_a_cancelled_search_resumes_from_its_stored_steps():
+    loaded = tiny_model("llama", layers=2)
+    store = Store()
+    spec = BudgetSpec(max_increase=1e6, **REAL)
+    steps = []
+
+    def cancel_at_second_step(fraction: float, message: str) -> None:
+        if message.startswith("step "):
+            steps.append(message)
+            if len(steps) == 3:  # start (dense), 30 %, then stop before 60 %
+                raise JobCancelled("stop")
+
+    with pytest.raises(JobCancelled):
+        search_budget(loaded, spec, store=store, progress=cancel_at_second_step)
+    resumed = search_budget(loaded, spec, store=store)
+    reused = {r["sparsity"]: r["reused"] for r in resumed["trajectory"] if r["sparsity"] > 0}
+    assert reused == {0.3: True, 0.6: False, 0.9: False}
+
+
+def test_sensitivity_maps_are_found_in_the_store_for_this_model_and_method():
+    loaded = tiny_model("llama", layers=2)
+    store = Store()
+    assert load_sensitivity(None, store, loaded, "wanda") is None
+    mine = {"method": "wanda", "layers": [0, 1], "model": {"fingerprint": loaded.fingerprint}}
+    for index, (metric, sparsity) in enumerate([("fisher", 0.5), ("exact", 0.5), ("fisher", 0.7), ("fisher", 0.5)]):
+        store.put_result(content_hash([metric, sparsity, index]), "sensitivity_map",
+                         {**mine, "metric": metric, "sparsity": sparsity, "version": index})
+    store.put_result("other method", "sensitivity_map", {**mine, "metric": "exact", "method": "magnitude",
+                                                         "sparsity": 0.3})
+    store.put_result("some layers", "sensitivity_map", {**mine, "metric": "exact", "layers": [1], "sparsity": 0.7})
+    found = load_sensitivity(None, store, loaded, "wanda")
+    assert [(m["metric"], m["sparsity"], m["version"]) for m in found["maps"]] == [
+        ("exact", 0.5, 1), ("fisher", 0.5, 3), ("fisher", 0.7, 2)]  # the newest of each metric and sparsity
+
+
+def test_budget_job_kind_is_registered():
+    assert resolve_job_function("budget").__name__ == "run_budget_job" and "budget" in JOB_KINDS
+
+
+def test_cli_budget_writes_budget_json(tmp_path, capsys):
+    argv = ["budget", "--model", "tiny-llama", "--method", "wanda", "--allocation", "uniform", "--max-increase",
+            "10%", "--calib", "news", "--nsamples", "4", "--seqlen", "32", "--eval-windows", "2",
+            "--coarse-step", "30%", "--resolution", "0.1", "--high", "0.9", "--out", tmp_path / "out"]
+    assert cli.main([str(a) for a in argv]) == 0
+    result = json.loads((tmp_path / "out" / "budget.json").read_text())
+    for key in ("frontier", "trajectory", "certainty", "dense_ppl", "spec", "protocol", "machine", "seconds"):
+        assert key in result
+    assert result["spec"]["max_increase"] == pytest.approx(0.10) and result["spec"]["corpus"] is None
+    assert result["budget"]["corpus"] == "news" and result["certainty"]["eval_windows"] == 2
+    assert result["budget"]["max_ppl"] == pytest.approx(result["dense_ppl"] * 1.1)
+    assert "wrote" in capsys.readouterr().out
+    # A bare 10 is ambiguous: one sentence, exit 2, nothing written.
+    bad = [{"10%": "10", str(tmp_path / "out"): str(tmp_path / "bad")}.get(str(a), str(a)) for a in argv]
+    assert cli.main(bad) == 2
+    assert "write 10%" in capsys.readouterr().err and not (tmp_path / "bad").exists()
