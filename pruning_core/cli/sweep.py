@@ -1,6 +1,14 @@
-"""`prunescope sweep`: prune at a grid of settings and measure perplexity, headless."""
+"""`prunescope sweep`: prune at a grid of settings and measure perplexity, headless.
+
+`--allocation uniform,owl,sensitivity` makes the allocation one more axis of the grid (unstructured points
+only); `--sensitivity FILE` gives the "sensitivity" allocator a map made by `prunescope sensitivity`
+(sensitivity_all.json), otherwise the sweep computes the exact map itself (reused from the store).
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from pruning_core.cli.common import (
     ConsoleProgress,
@@ -12,6 +20,7 @@ from pruning_core.cli.common import (
     protocol_from_args,
     write_json,
 )
+from pruning_core.errors import ConfigError
 
 
 def add_sweep(sub) -> None:
@@ -23,6 +32,12 @@ def add_sweep(sub) -> None:
     p.add_argument("--sparsities", default="0.5", help="comma-separated fractions (unstructured only)")
     p.add_argument("--propagation", default="pruned", choices=["pruned", "dense"],
                    help="pruned: papers' protocol (default); dense: reuse dense statistics (faster)")
+    p.add_argument("--allocation", default="uniform",
+                   help="comma-separated allocators giving each layer/module its sparsity for a global target: "
+                        "uniform (default), owl, sensitivity")
+    p.add_argument("--sensitivity", default=None, metavar="FILE",
+                   help="sensitivity_all.json of `prunescope sensitivity` (maps at two or more sparsities) for "
+                        "--allocation sensitivity; without it the exact map is computed")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
     p.add_argument("--out", required=True, help="output folder (results.json)")
     p.set_defaults(handler=cmd_sweep)
@@ -33,26 +48,47 @@ def cmd_sweep(args) -> int:
 
     spec = SweepSpec(model=args.model, methods=_csv(args.methods), structures=_csv(args.structures),
                      sparsities=_floats(args.sparsities), eval_corpora=_csv(args.eval),
-                     propagation=args.propagation, protocol=protocol_from_args(args)).validate()
+                     propagation=args.propagation, protocol=protocol_from_args(args),
+                     allocations=_csv(args.allocation)).validate()
+    sensitivity = _read_sensitivity(args.sensitivity) if args.sensitivity else None
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     store = None if args.no_store else _open_store()
     out = prepare_out_dir(args.out)
-    results = run_sweep(spec, loaded=loaded, store=store, progress=progress)
+    results = run_sweep(spec, loaded=loaded, store=store, progress=progress, sensitivity=sensitivity)
     write_json(out / "results.json", results)
     _print_sweep_table(results)
     print(f"wrote {out / 'results.json'}")
     return 0
 
 
+def _read_sensitivity(path: str) -> dict:
+    """A sensitivity result from a file of `prunescope sensitivity`: sensitivity_all.json ({"maps": [...]})
+    or one map (sensitivity.json), wrapped as a result."""
+    file = Path(path).expanduser()
+    try:
+        document = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"Cannot read the sensitivity file '{path}' ({exc}); give the sensitivity_all.json "
+                          "written by `prunescope sensitivity`.") from None
+    if isinstance(document, dict) and "maps" in document:
+        return document
+    if isinstance(document, dict) and "values" in document:
+        return {"maps": [document]}
+    raise ConfigError(f"'{path}' holds no sensitivity maps; give the sensitivity_all.json written by "
+                      "`prunescope sensitivity`.")
+
+
 def _print_sweep_table(results: dict) -> None:
     corpora = list(results["dense"]["ppl"])
-    header = f"{'method':<10} {'structure':<12} {'target':>6} {'sparsity':>8} " + " ".join(f"{c:>10}" for c in corpora)
+    header = (f"{'method':<10} {'structure':<12} {'allocation':<11} {'target':>6} {'sparsity':>8} "
+              + " ".join(f"{c:>10}" for c in corpora))
     print(header)
-    print(f"{'dense':<10} {'-':<12} {0:>6.2f} {0:>8.4f} " + " ".join(f"{results['dense']['ppl'][c]:>10.3f}" for c in corpora))
+    print(f"{'dense':<10} {'-':<12} {'-':<11} {0:>6.2f} {0:>8.4f} "
+          + " ".join(f"{results['dense']['ppl'][c]:>10.3f}" for c in corpora))
     for p in results["points"]:
-        print(f"{p['method']:<10} {p['structure']:<12} {p['target_sparsity']:>6.2f} {p['sparsity']:>8.4f} "
-              + " ".join(f"{p['ppl'][c]:>10.3f}" for c in corpora))
+        print(f"{p['method']:<10} {p['structure']:<12} {p.get('allocation', 'uniform'):<11} "
+              f"{p['target_sparsity']:>6.2f} {p['sparsity']:>8.4f} " + " ".join(f"{p['ppl'][c]:>10.3f}" for c in corpora))
 
 
 def _open_store():
