@@ -170,24 +170,40 @@ def _prune_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: dict[str
     method, structure = config.method_spec, config.structure_spec
     options = MethodOptions(config.blocksize, config.percdamp)
     linears = loaded.adapter.layer_linears(layer)
-    for kind in _targets(loaded, config):
-        module = linears[kind]
-        matrix = weight_matrix(module)  # (out, in) view
-        name = loaded.adapter.qualified_name(index, kind)
-        key = f"{method.name}:{name}"
+    kinds = _targets(loaded, config)
+    found: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}  # kind -> (keep (out, in), new W or None)
+    to_prune: list[str] = []
+    for kind in kinds:
+        matrix = weight_matrix(linears[kind])  # (out, in) view
+        key = f"{method.name}:{loaded.adapter.qualified_name(index, kind)}"
         sparsity = config.module_sparsity(index, kind)
         if structure.is_nm and sparsity == 0:  # a plan may leave chosen modules dense beside N:M ones
-            masks[name] = to_native(module, torch.ones_like(matrix, dtype=torch.bool))
-            continue
-        if ranks is not None and key in ranks and not structure.is_nm:  # ranked before: no copy, no scoring
-            keep, new_weight = keep_mask_from_ranks(ranks[key], sparsity, method.per_row), None
-        else:
+            found[kind] = torch.ones_like(matrix, dtype=torch.bool), None
+        elif ranks is not None and key in ranks and not structure.is_nm:  # ranked before: no copy, no scoring
+            found[kind] = keep_mask_from_ranks(ranks[key], sparsity, method.per_row), None
+        elif ranks is not None and method.scores is not None and not structure.is_nm:
             source = matrix.to(torch.float32).contiguous()  # Conv1D views are transposed; methods need rows
-            if ranks is not None and method.scores is not None and not structure.is_nm:
-                ranks[key] = score_ranks(method.scores(source, stats_by_kind.get(kind)), method.per_row)
-                keep, new_weight = keep_mask_from_ranks(ranks[key], sparsity, method.per_row), None
-            else:
-                keep, new_weight = method.prune(source, stats_by_kind.get(kind), sparsity, structure, options)
+            ranks[key] = score_ranks(method.scores(source, stats_by_kind.get(kind)), method.per_row)
+            found[kind] = keep_mask_from_ranks(ranks[key], sparsity, method.per_row), None
+        else:
+            to_prune.append(kind)
+    # Linears that read the same input share one statistics object; a method that can prunes them together.
+    groups: dict[int, list[str]] = {}
+    for kind in to_prune:
+        groups.setdefault(id(stats_by_kind.get(kind)) if method.prune_group else len(groups), []).append(kind)
+    for group in groups.values():
+        sources = [weight_matrix(linears[kind]).to(torch.float32).contiguous() for kind in group]
+        sparsities = [config.module_sparsity(index, kind) for kind in group]
+        if len(group) > 1:
+            outcomes = method.prune_group(sources, stats_by_kind.get(group[0]), sparsities, structure, options)
+        else:
+            outcomes = [method.prune(sources[0], stats_by_kind.get(group[0]), sparsities[0], structure, options)]
+        found.update(zip(group, outcomes))
+    for kind in kinds:
+        module = linears[kind]
+        matrix = weight_matrix(module)
+        name = loaded.adapter.qualified_name(index, kind)
+        keep, new_weight = found[kind]
         masks[name] = to_native(module, keep)
         if new_weight is not None and weights is not None:
             weights[name] = to_native(module, new_weight.to(module.weight.dtype))

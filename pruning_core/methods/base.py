@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -24,6 +24,11 @@ PruneFn = Callable[[torch.Tensor, Optional[InputStatistics], float, Structure, M
                    tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
+# prune_group([W_i (out_i, in)], shared stats, [sparsity_i], structure, options) -> [(keep_i, new W_i or None)]
+PruneGroupFn = Callable[[Sequence[torch.Tensor], Optional[InputStatistics], Sequence[float], Structure, MethodOptions],
+                        list[tuple[torch.Tensor, Optional[torch.Tensor]]]]
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered pruning method.
@@ -33,6 +38,8 @@ class Method:
     scores: for a method whose unstructured mask is "prune the lowest scores", score(W (out, in), stats) ->
     (out, in); with `per_row`, the cut is per output row, else per matrix. Lets a dense-statistics sweep rank
     the scores once and only re-threshold per sparsity (`masks.score_ranks`). None for other methods.
+    prune_group: optional; prunes several matrices that read the same input (q/k/v, gate/up) at once, with
+    the same results as `prune` on each (SparseGPT shares one inverse Hessian and one column loop).
     """
 
     name: str
@@ -42,3 +49,4 @@ class Method:
     description: str
     scores: Optional[Callable[[torch.Tensor, Optional[InputStatistics]], torch.Tensor]] = None
     per_row: bool = False
+    prune_group: Optional[PruneGroupFn] = None

@@ -9,6 +9,8 @@ All math in fp32; the caller casts back to the model's dtype.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from pruning_core.masks import Structure, lowest_k, prune_count
@@ -34,14 +36,26 @@ def _inverse_hessian_factor(hessian: torch.Tensor, weight: torch.Tensor, percdam
     return torch.linalg.cholesky(Hinv, upper=True)
 
 
-def prune_sparsegpt(weight: torch.Tensor, stats: InputStatistics, sparsity: float, structure: Structure,
-                    options: MethodOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (keep mask, updated weights), both (out, in)."""
-    W = weight.clone().to(torch.float32)
+def prune_sparsegpt_group(weights: Sequence[torch.Tensor], stats: InputStatistics, sparsities: Sequence[float],
+                          structure: Structure, options: MethodOptions) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Prune several matrices that read the same input (q/k/v, gate/up) in one OBS pass.
+
+    weights: (out_i, in) fp32 copies (zeroed in place on dead input columns); sparsities: one per matrix.
+    Returns [(keep mask, updated weights)] per matrix. The OBS update of a row depends only on that row and the
+    shared inverse Hessian, so stacking the rows gives each matrix the numbers it would get alone (up to fp32
+    summation order), with one Cholesky factor instead of one per matrix and one column loop instead of
+    several: the loop runs ~5,000 times per decoder layer alone and ~3,300 times grouped. Each matrix keeps
+    its own mask choice and exact zero count (`prune_count` of its own size and sparsity).
+    """
+    W = torch.cat([w.to(torch.float32) for w in weights], dim=0)
     rows, cols = W.shape
     Hinv = _inverse_hessian_factor(stats.hessian.to(torch.float32), W, options.percdamp)
+    bounds = [0]
+    for w in weights:
+        bounds.append(bounds[-1] + w.shape[0])
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    totals = [prune_count((stop - start) * cols, s) for (start, stop), s in zip(spans, sparsities)]
     pruned = torch.zeros_like(W, dtype=torch.bool)
-    total_k = prune_count(W.numel(), sparsity)
     bs = options.blocksize
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
@@ -52,15 +66,16 @@ def prune_sparsegpt(weight: torch.Tensor, stats: InputStatistics, sparsity: floa
         d = torch.diag(Hinv1)             # (count,)
         mask1 = torch.zeros_like(W1, dtype=torch.bool)  # True = pruned
         if not structure.is_nm:
-            # Exact count for this block: the share of total_k that falls on columns [i1, i2).
-            k = round(total_k * i2 / cols) - round(total_k * i1 / cols)
+            # Exact count per matrix for this block: the share of its total that falls on columns [i1, i2).
             scores = W1.square() / d.reshape(1, -1).square()
-            mask1 = lowest_k(scores.reshape(-1), k).reshape(mask1.shape)
-        # The column loop runs ~5,000 times per decoder layer, so it does the fewest tensor ops that give the
-        # reference's numbers: err = (w - q) / d_i with q = w where kept, 0 where pruned, is w * pruned / d_i
-        # (w * 1 and w - 0 are both exactly w; kept entries give a zero either way, at most of the other sign);
-        # and the quantised column q is the updated column with its pruned entries zeroed, since the kept
-        # entries of column i are no longer changed once err_i is zero there.
+            for (start, stop), total_k in zip(spans, totals):
+                k = round(total_k * i2 / cols) - round(total_k * i1 / cols)
+                mask1[start:stop] = lowest_k(scores[start:stop].reshape(-1), k).reshape(stop - start, count)
+        # The column loop does the fewest tensor ops that give the reference's numbers: err = (w - q) / d_i
+        # with q = w where kept, 0 where pruned, is w * pruned / d_i (w * 1 and w - 0 are both exactly w; kept
+        # entries give a zero either way, at most of the other sign); and the quantised column q is the updated
+        # column with its pruned entries zeroed, since the kept entries of column i no longer change once
+        # err_i is zero there.
         prunedf = mask1.to(W1.dtype)
         for i in range(count):
             if structure.is_nm and i % structure.m == 0:
@@ -74,8 +89,16 @@ def prune_sparsegpt(weight: torch.Tensor, stats: InputStatistics, sparsity: floa
         pruned[:, i1:i2] = mask1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
     keep = ~pruned
-    return keep, W * keep
+    W = W * keep
+    return [(keep[start:stop], W[start:stop]) for start, stop in spans]
+
+
+def prune_sparsegpt(weight: torch.Tensor, stats: InputStatistics, sparsity: float, structure: Structure,
+                    options: MethodOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (keep mask, updated weights), both (out, in): one matrix, the group of one."""
+    return prune_sparsegpt_group([weight], stats, [sparsity], structure, options)[0]
 
 
 SPARSEGPT = Method("sparsegpt", needs="hessian", updates_weights=True, prune=prune_sparsegpt,
+                   prune_group=prune_sparsegpt_group,
                    description="OBS with Hessian 2XX^T/n, 1 % damping, blocks of 128, weight updates")

@@ -325,3 +325,31 @@ def test_fp32_calibration_is_the_reference_walk():
     by_hand = prune_with_statistics(lm, stats, PruneConfig("wanda", "unstructured", 0.5, "dense"))
     walked = prune_model(lm, windows(), PruneConfig("wanda", "unstructured", 0.5, "dense", calib_dtype="float32"))
     assert all(torch.equal(by_hand.masks[n], walked.masks[n]) for n in by_hand.masks)
+
+
+def test_upper_gram_rebuilds_the_full_hessian():
+    from pruning_core.stats import add_upper_gram, symmetric_from_upper
+
+    x = torch.randn(300, 700, generator=torch.Generator().manual_seed(3))
+    acc = torch.zeros(700, 700)
+    add_upper_gram(acc, x, block=256)
+    torch.testing.assert_close(symmetric_from_upper(acc), x.t() @ x, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_sparsegpt_group_gives_each_matrix_its_own_result(structure):
+    from pruning_core.methods.sparsegpt import prune_sparsegpt, prune_sparsegpt_group
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(512, 64, generator=g)
+    stats = InputStatistics(64, hessian=True)
+    stats.add_batch(x)
+    weights = [torch.randn(rows, 64, generator=g) for rows in (32, 16, 8)]
+    sparsities = [0.5, 0.3, 0.7]
+    options = MethodOptions(blocksize=16)
+    grouped = prune_sparsegpt_group([w.clone() for w in weights], stats, sparsities, parse_structure(structure),
+                                    options)
+    for w, s, (keep, new) in zip(weights, sparsities, grouped):
+        alone_keep, alone_new = prune_sparsegpt(w.clone(), stats, s, parse_structure(structure), options)
+        assert torch.equal(keep, alone_keep)
+        torch.testing.assert_close(new, alone_new, rtol=1e-4, atol=1e-5)
