@@ -16,7 +16,6 @@ from app.theme import PLOTLY_TEMPLATE
 
 # Table helpers and units of the same chart specifications, re-exported so pages never import the core.
 corpora_in = figures.corpora_in
-curve_table_rows = figures.curve_table_rows
 metric_unit = figures.metric_unit
 perplexity_change = figures.perplexity_change
 is_broken = figures.is_broken
@@ -29,7 +28,11 @@ __all__ = [
     "to_plotly",
     "show",
     "curves_chart",
+    "allocations_in",
+    "point_allocation",
+    "curve_table_rows",
     "heatmap_chart",
+    "plan_heatmap_chart",
     "layer_bar_chart",
     "sensitivity_curves_chart",
     "proxy_scatter_chart",
@@ -70,14 +73,98 @@ def show(fig: go.Figure, *, key: str, container=None, alt: str | None = None):
     return target.plotly_chart(fig, width="stretch", theme=None, key=key, config=PLOTLY_CONFIG, alt=alt)
 
 
+#: Line dash of each allocation when a chart overlays several (uniform solid: the reference every plan beats).
+ALLOCATION_DASHES = {"uniform": "solid", "owl": "dash", "sensitivity": "dot"}
+_OTHER_DASHES = ("dashdot", "longdash", "longdashdot")
+
+
+def point_allocation(point: dict) -> str:
+    """The allocator a sweep point's plan came from ("uniform" for points stored before allocations existed)."""
+    return str(point.get("allocation") or "uniform")
+
+
+def allocations_in(results: dict) -> list[str]:
+    """The allocations of a results dict's points: "uniform" first, then the others as they appear."""
+    present = list(dict.fromkeys(point_allocation(p) for p in results.get("points") or []))
+    return sorted(present, key=lambda a: a != "uniform")
+
+
+def allocation_dash(allocation: str, position: int = 0) -> str:
+    """The line dash of an allocation (a fixed one for the known allocators, else by its position)."""
+    return ALLOCATION_DASHES.get(allocation) or _OTHER_DASHES[position % len(_OTHER_DASHES)]
+
+
+def _only(results: dict, allocation: str) -> dict:
+    return {**results, "points": [p for p in results.get("points") or [] if point_allocation(p) == allocation]}
+
+
 def curves_chart(results: dict, corpus: str, log_y: bool = True) -> go.Figure:
-    """Perplexity vs sparsity on `corpus`, log axis unless `log_y` is False (see `figures.curves_figure`)."""
-    return to_plotly(figures.curves_figure(results, corpus, log_y=log_y))
+    """Perplexity vs sparsity on `corpus`, log axis unless `log_y` is False (see `figures.curves_figure`).
+
+    With points of more than one allocation, each allocation gets its own lines (one per method, in the
+    method's colour and legend group) with the allocation's dash (`ALLOCATION_DASHES`), named
+    "<method> · <allocation>" and with `meta["allocation"]`, so uniform and OWL of one method sit side by side.
+    """
+    fig = figures.curves_figure(results, corpus, log_y=log_y)  # the layout (axes, log ticks over every point)
+    allocations = allocations_in(results)
+    if len(allocations) > 1:
+        data = [t for t in fig["data"] if (t.get("meta") or {}).get("role") == "dense"]
+        for position, allocation in enumerate(allocations):
+            for trace in figures.curves_figure(_only(results, allocation), corpus, log_y=log_y)["data"]:
+                if (trace.get("meta") or {}).get("role") == "dense":
+                    continue
+                trace["name"] = f"{trace['name']} · {allocation}"
+                trace["line"] = {**trace.get("line", {}), "dash": allocation_dash(allocation, position)}
+                trace["meta"] = {**trace.get("meta", {}), "allocation": allocation}
+                trace["text"] = [f"{text}<br>allocation: {allocation}" for text in trace.get("text") or []]
+                data.append(trace)
+        fig = {**fig, "data": data}
+        fig["layout"] = {**fig["layout"], "legend": {**fig["layout"].get("legend", {}),
+                                                     "title": {"text": "method · structure · allocation"}}}
+    return to_plotly(fig)
+
+
+def curve_table_rows(results: dict) -> list[dict]:
+    """The Curves table's rows (`figures.curve_table_rows`); with more than one allocation, the rows of each
+    allocation in turn, with an "allocation" column after the method (the dense row once, first)."""
+    allocations = allocations_in(results)
+    if len(allocations) <= 1:
+        return figures.curve_table_rows(results)
+    rows: list[dict] = []
+    for allocation in allocations:
+        own = figures.curve_table_rows(_only(results, allocation))
+        if not rows:
+            rows.append({"method": own[0]["method"], "allocation": "-",
+                         **{k: v for k, v in own[0].items() if k != "method"}})
+        rows.extend({"method": r["method"], "allocation": allocation,
+                     **{k: v for k, v in r.items() if k != "method"}} for r in own[1:])
+    return rows
 
 
 def heatmap_chart(sens: dict) -> go.Figure:
     """Layers x modules sensitivity heatmap (see `pruning_core.outputs.figures.heatmap_figure`)."""
     return to_plotly(figures.heatmap_figure(sens))
+
+
+def plan_heatmap_chart(plan: dict, global_sparsity: float) -> go.Figure:
+    """A sparsity plan (`SparsityPlan.to_dict()`) as a layers x module-kinds heatmap of sparsities in %.
+
+    Drawn with the sensitivity heatmap's specification (`figures.heatmap_figure`: same axes, layer 0 at the
+    top, same colour scale), so a plan and a map side by side read alike; titled with the allocator and the
+    plan's global sparsity by parameters (`global_sparsity`, a fraction, from the core). The trace's `meta`
+    says {"role": "plan", "allocator", "global_sparsity"}.
+    """
+    values = [[100.0 * float(v) for v in row] for row in plan["values"]]
+    origin = (plan.get("settings") or {}).get("edited_from")
+    who = f"{plan.get('allocator', '?')} (from {origin})" if origin else str(plan.get("allocator", "?"))
+    as_map = {"layers": list(range(len(values))), "modules": list(plan["kinds"]), "values": values,
+              "metric": "sparsity (%)", "method": who, "sparsity": None}
+    fig = to_plotly(figures.heatmap_figure(as_map))
+    fig.update_layout(title_text=f"Sparsity plan<br><sup>{who} · {100.0 * float(global_sparsity):.1f} % of "
+                                 "the pruned weights, counted over parameters</sup>")
+    fig.update_traces(meta={"role": "plan", "allocator": plan.get("allocator"),
+                            "global_sparsity": float(global_sparsity)})
+    return fig
 
 
 def layer_bar_chart(sens: dict) -> go.Figure:

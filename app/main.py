@@ -36,6 +36,7 @@ PAGES: list[PageSpec] = [
     PageSpec("pages/home.py", "Home", ":material/home:", "", default=True),
     PageSpec("pages/setup.py", "Setup", ":material/tune:", "setup"),
     PageSpec("pages/sensitivity.py", "Sensitivity", ":material/grid_on:", "sensitivity"),
+    PageSpec("pages/allocation.py", "Allocation", ":material/view_quilt:", "allocation"),
     PageSpec("pages/curves.py", "Curves", ":material/show_chart:", "curves"),
     PageSpec("pages/what_if.py", "What-if", ":material/science:", "what-if"),
     PageSpec("pages/summary.py", "Summary", ":material/dashboard:", "summary"),

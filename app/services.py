@@ -25,8 +25,10 @@ from typing import Any, Optional
 
 import streamlit as st
 
+from app.charts import point_allocation  # the one rule: a point without one is uniform
 from pruning_core import claims
 from pruning_core import data as core_data
+from pruning_core.allocation import allocators as _allocators
 from pruning_core.analysis.sensitivity import METRICS as _SENSITIVITY_METRICS
 from pruning_core.analysis.sensitivity import REFINE as SENSITIVITY_AUTO
 from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT
@@ -405,14 +407,26 @@ def protocol_dict(settings: dict) -> dict:
     return protocol_of(settings).to_dict()
 
 
-def sweep_spec(settings: dict, methods, structures, sparsities, propagation: str = "pruned") -> dict:
-    """A sweep job spec (`SweepSpec.to_dict()`), validated before anything runs."""
+def sweep_spec(settings: dict, methods, structures, sparsities, propagation: str = "pruned",
+               allocations=("uniform",)) -> dict:
+    """A sweep job spec (`SweepSpec.to_dict()`), validated before anything runs.
+
+    allocations: allocator names (`ALLOCATIONS`), one more axis of the grid: each unstructured point is pruned
+    with that allocator's plan for its target sparsity."""
+    from dataclasses import fields
+
     from pruning_core.analysis.sweep import SweepSpec
 
+    allocations = tuple(allocations or ("uniform",))
+    extra = {}
+    if "allocations" in {f.name for f in fields(SweepSpec)}:
+        extra["allocations"] = allocations
+    elif allocations != ("uniform",):
+        raise ConfigError("This version of the engine sweeps the uniform allocation only; choose 'uniform'.")
     spec = SweepSpec(model=settings["model"], methods=tuple(methods), structures=tuple(structures),
                      sparsities=tuple(float(s) for s in sparsities),
                      eval_corpora=tuple(settings["eval_corpora"]), propagation=propagation,
-                     protocol=protocol_of(settings))
+                     protocol=protocol_of(settings), **extra)
     return spec.validate().to_dict()
 
 
@@ -435,15 +449,20 @@ def sensitivity_spec(settings: dict, method: str, sparsities, metrics, probe_win
 
 
 def whatif_spec(settings: dict, method: str, structure: str, sparsity: float,
-                layer_sparsity: Optional[dict] = None, prompt: str = "", max_new_tokens: int = 40) -> dict:
-    """A what-if job spec (`WhatIfSpec.to_dict()`, see `pruning_core.analysis.whatif.run_whatif`), validated."""
+                layer_sparsity: Optional[dict] = None, prompt: str = "", max_new_tokens: int = 40,
+                plan: Optional[dict] = None) -> dict:
+    """A what-if job spec (`WhatIfSpec.to_dict()`, see `pruning_core.analysis.whatif.run_whatif`), validated.
+
+    plan: a sparsity plan dict (an allocator's, as edited on the page) that decides every module's sparsity;
+    `sparsity` is then the target it was made for."""
     from pruning_core.analysis.whatif import WhatIfSpec
 
     layers = {int(k): float(v) for k, v in (layer_sparsity or {}).items() if v is not None} or None
     spec = WhatIfSpec(model=settings["model"], protocol=protocol_of(settings), method=method, structure=structure,
                       sparsity=float(sparsity), layer_sparsity=layers,
                       eval_corpora=tuple(settings["eval_corpora"]), prompt=prompt,
-                      max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]))
+                      max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]),
+                      plan=plan)
     return spec.validate().to_dict()
 
 
@@ -610,7 +629,7 @@ def merge_sweeps(results: list[dict]) -> Optional[dict]:
     seen, points = set(), []
     for r in same:
         for p in r.get("points", []):
-            key = (p["method"], p["structure"], round(float(p.get("target_sparsity") or 0), 4))
+            key = (p["method"], p["structure"], point_allocation(p), round(float(p.get("target_sparsity") or 0), 4))
             if key not in seen:
                 seen.add(key)
                 points.append(p)
@@ -903,3 +922,179 @@ def top_cells(sens: dict, n: int = 8) -> list[dict]:
                           "weights": None if size is None else int(size)})
     cells.sort(key=lambda c: c["value"], reverse=True)
     return cells[:n]
+
+
+# -------------------------------------------------------------------------------------------- allocation
+
+#: The allocator registry's names, in its order ("uniform" first); see `pruning_core.allocation.allocators`.
+ALLOCATIONS = tuple(_allocators.ALLOCATORS)
+#: What each allocator does, in the registry's words (the pages' help texts).
+ALLOCATION_DESCRIPTIONS = {name: a.description for name, a in _allocators.ALLOCATORS.items()}
+
+
+def allocation_needs(name: str) -> str:
+    """What allocator `name` reads: "none", a statistics kind such as "act_sq" (one calibration pass, cached),
+    or "sensitivity" (a stored sensitivity map at two or more sparsities)."""
+    return _allocators.get_allocator(name).needs
+
+
+def _map_sparsities(result: dict) -> dict[str, set]:
+    """metric -> the sparsities a sensitivity result has maps at."""
+    found: dict[str, set] = {}
+    for m in result.get("maps") or []:
+        found.setdefault(str(m.get("metric")), set()).add(round(float(m["sparsity"]), 6))
+    return found
+
+
+def sensitivity_for_allocation(model: str) -> Optional[dict]:
+    """The newest finished sensitivity result of `model` with maps at two or more sparsities of one metric
+    (what the `sensitivity` allocator needs to know each module's marginal cost): {"id", "result", "label"},
+    or None when there is none."""
+    for r in recent_results("sensitivity", model):
+        found = _map_sparsities(r["result"])
+        usable = {metric: s for metric, s in found.items() if len(s) >= 2}
+        if usable:
+            metric = "exact" if "exact" in usable else sorted(usable)[0]
+            spec = r.get("spec") or {}
+            label = (f"{SENSITIVITY_METRIC_NAMES.get(metric, metric)} map of {spec.get('method', '?')} at "
+                     + ", ".join(f"{s:.0%}" for s in sorted(usable[metric])))
+            return {"id": r["id"], "result": r["result"], "label": label}
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _allocation_plan(model: str, identity_key: str, protocol_json: str, allocator: str, target: float,
+                     sensitivity_id: Optional[str], home: str) -> dict:  # noqa: ARG001 - identity/home: cache key
+    from pruning_core.allocation.plan import module_sizes
+    from pruning_core.statistics_cache import cached_statistics
+
+    loaded = get_model(model)
+    protocol = Protocol(**json.loads(protocol_json))
+    needs = allocation_needs(allocator)
+    statistics = sensitivity = None
+    if needs == "sensitivity":
+        found = sensitivity_for_allocation(model)
+        sensitivity = found["result"] if found and found["id"] == sensitivity_id else None
+    elif needs != "none":  # dense input statistics: from the store when a sweep or an earlier plan made them
+        statistics = cached_statistics(loaded, protocol, needs, Store())
+    plan = _allocators.make_plan(allocator, _allocators.AllocationInputs(loaded, statistics=statistics,
+                                                                         sensitivity=sensitivity), target)
+    sizes = module_sizes(loaded)
+    return {"plan": plan.to_dict(), "global_sparsity": plan.global_sparsity(sizes),
+            "layer_sparsity": [plan.layer_mean(i, s) for i, s in enumerate(sizes)],
+            "sensitivity_id": sensitivity_id}
+
+
+def allocation_plan(settings: dict, allocator: str, target: float) -> dict:
+    """The plan allocator `allocator` makes for global target sparsity `target` (by parameters) on the Setup
+    model, with the Setup calibration (`pruning_core.allocation.allocators.make_plan`).
+
+    Returns {"plan" (`SparsityPlan.to_dict()`), "global_sparsity" (the plan's, by parameters, from the core),
+    "layer_sparsity" (each layer's, by parameters), "sensitivity_id" (the sensitivity job read, or None)}.
+    Cached per (model file, protocol, allocator, target, sensitivity job). An allocator that reads statistics
+    costs one calibration pass the first time (cached on disk for every later plan and sweep); one that reads
+    a sensitivity map uses `sensitivity_for_allocation`'s. Raises ConfigError saying what is missing.
+    """
+    model = settings["model"]
+    found = sensitivity_for_allocation(model) if allocation_needs(allocator) == "sensitivity" else None
+    return _allocation_plan(model, content_hash(model_identity(model)),
+                            json.dumps(protocol_dict(settings), sort_keys=True), allocator, round(float(target), 6),
+                            found["id"] if found else None, str(home_dir()))
+
+
+def plan_facts(settings: dict, plan: dict) -> dict:
+    """{"global_sparsity", "layer_sparsity"}: a plan's (an edited one's) global sparsity and each layer's,
+    counted over parameters on the Setup model (`SparsityPlan.global_sparsity(module_sizes(loaded))`).
+    Raises ConfigError when the plan does not fit the model or holds a value outside [0, 0.99]."""
+    from pruning_core.allocation.plan import SparsityPlan, module_sizes, plan_for
+
+    loaded = get_model(settings["model"])
+    checked = plan_for(loaded, SparsityPlan.from_dict(plan))
+    sizes = module_sizes(loaded)
+    return {"global_sparsity": checked.global_sparsity(sizes),
+            "layer_sparsity": [checked.layer_mean(i, s) for i, s in enumerate(sizes)]}
+
+
+def edited_plan(base: dict, rows: list[dict]) -> dict:
+    """The plan dict of an edited table: `rows` = [{"layer", <kind>: sparsity, ...}] (the What-if editor's),
+    over `base` (the plan it started from). Unchanged: `base` itself; changed: allocator "edited", with
+    "edited_from" naming the allocator it started from (as `SparsityPlan.edited` records it)."""
+    kinds = list(base["kinds"])
+    values = [list(row) for row in base["values"]]
+    for row in rows:
+        layer = int(row["layer"])
+        for j, kind in enumerate(kinds):
+            if row.get(kind) is not None and 0 <= layer < len(values):
+                values[layer][j] = float(row[kind])
+    if values == [[float(v) for v in row] for row in base["values"]]:
+        return base
+    settings = dict(base.get("settings") or {})
+    if base.get("allocator") != "edited":
+        settings["edited_from"] = base.get("allocator")
+    return {**base, "values": values, "allocator": "edited", "settings": settings}
+
+
+def plan_origin(plan: dict) -> str:
+    """The allocator a plan came from: its own, or for an edited plan the one it was edited from."""
+    return str((plan.get("settings") or {}).get("edited_from") or plan.get("allocator") or "uniform")
+
+
+# ------------------------------------------------------------------------------------------------ budget
+
+
+def budget_spec(settings: dict, method: str, allocation: str, max_increase: float, corpus: Optional[str] = None,
+                propagation: str = "pruned") -> dict:
+    """A budget-search job spec (`pruning_core.allocation.budget.BudgetSpec.to_dict()`), validated: the most
+    global sparsity of `method` with `allocation`'s plans whose perplexity on `corpus` (default: the first
+    evaluation corpus of the settings) stays within +`max_increase` (a fraction: 0.10 = +10 %) of dense."""
+    from pruning_core.allocation.budget import BudgetSpec
+
+    corpus = corpus or (settings.get("eval_corpora") or [None])[0]
+    spec = BudgetSpec(model=settings["model"], protocol=protocol_of(settings), method=method, allocation=allocation,
+                      propagation=propagation, corpus=corpus, max_increase=round(float(max_increase), 6))
+    return spec.validate().to_dict()
+
+
+def budget_status(spec: dict) -> Optional[dict]:
+    """The newest job of exactly this budget spec (`job_status`), or None when it was never asked for. A finished
+    one holds the search result ("frontier", "trajectory", "certainty", ...): asked again, it is reused."""
+    runner = _runner()
+    jobs = runner.store.jobs_with_key(job_key("budget", spec))
+    if not jobs:
+        return None
+    return runner.status(max(jobs, key=lambda j: j.get("created") or 0)["id"])
+
+
+def budget_answer_words(result: dict) -> dict:
+    """How a budget search's answer is said: {"found": bool, "sparsity", "ppl", "increase" (fractions; None
+    when nothing passed), "how": one sentence on how it was found (steps visited, evaluation windows, the gap
+    between the last passing and the first failing step, reused measurements), "caveat": None or a sentence
+    (perplexity not monotone in sparsity, or the edge lies above the searched range)}."""
+    frontier = result.get("frontier")
+    certainty = result.get("certainty") or {}
+    steps = [float(r["sparsity"]) for r in result.get("trajectory") or [] if r.get("sparsity") is not None]
+    path = " → ".join(f"{s:.0%}" for s in steps[:12]) + (" …" if len(steps) > 12 else "")
+    evaluations, reused = certainty.get("evaluations"), certainty.get("reused") or 0
+    how = f"Found by a step-wise search of {len(steps)} step{'s' if len(steps) != 1 else ''} ({path})"
+    if evaluations is not None:
+        how += f", {evaluations} evaluation{'s' if evaluations != 1 else ''}"
+        how += f" ({reused} reused from earlier searches)" if reused else ""
+        grid = certainty.get("grid_evaluations")
+        how += f" where a grid of 2-point steps needs {grid}" if grid else ""
+    windows = certainty.get("eval_windows")
+    how += f"; each perplexity on {windows} evaluation windows" if windows is not None else ""
+    gap = certainty.get("gap_pp")
+    if gap is not None:
+        how += f"; the last passing and the first failing step are {float(gap):g} percentage points apart"
+    how += "."
+    caveat = None
+    if certainty.get("ppl_monotone") is False:
+        caveat = ("Perplexity did not grow steadily with sparsity along the search, so a setting above this edge "
+                  "might also pass: read the edge as approximate.")
+    elif gap is None and frontier is not None:
+        caveat = f"Even the top of the searched range passed: the edge is at or above {frontier['sparsity']:.0%}."
+    if not frontier:
+        return {"found": False, "sparsity": None, "ppl": None, "increase": None, "how": how, "caveat": caveat}
+    return {"found": True, "sparsity": float(frontier["sparsity"]), "ppl": float(frontier["ppl"]),
+            "increase": float(frontier["increase"]) if frontier.get("increase") is not None else None,
+            "how": how, "caveat": caveat}

@@ -1,4 +1,5 @@
 """Curves: perplexity against sparsity for each method and structure, with the dense model as reference.
+With several allocations (uniform, owl, sensitivity), each method has a line per allocation, dashed by allocation.
 
 Settings in, one sweep job out; the chart fills in as points finish (they are read from the store while
 the job runs) and the final numbers come from the job's result. Finished sweeps of the same model and
@@ -24,7 +25,7 @@ from app.charts import corpora_in, curve_table_rows  # noqa: E402
 SPARSITY_CHOICES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
 FORM = {"curves_methods": ["magnitude", "wanda"], "curves_structures": ["unstructured"],
-        "curves_sparsities": [0.5], "curves_propagation": "pruned"}
+        "curves_sparsities": [0.5], "curves_propagation": "pruned", "curves_allocations": ["uniform"]}
 
 
 def form_from_spec(spec) -> dict:
@@ -35,6 +36,7 @@ def form_from_spec(spec) -> dict:
               "curves_structures": [s for s in spec.get("structures", ()) if s in services.STRUCTURES],
               "curves_sparsities": [c for c in SPARSITY_CHOICES
                                     if any(abs(c - float(s)) < 1e-9 for s in spec.get("sparsities", ()))]}
+    values["curves_allocations"] = [a for a in spec.get("allocations") or ("uniform",) if a in services.ALLOCATIONS]
     values = {key: value for key, value in values.items() if value}
     if spec.get("propagation") in ("pruned", "dense"):
         values["curves_propagation"] = spec["propagation"]
@@ -58,16 +60,20 @@ with st.container(border=True):
                                      "the pattern GPUs can accelerate.")
     sparsities = c3.multiselect("Sparsities (unstructured)", SPARSITY_CHOICES, key="curves_sparsities",
                                 format_func=lambda s: f"{s:.0%}")
-    c4, c5 = st.columns([2, 5])
+    c4, c6, c5 = st.columns([2, 2, 3])
     propagation = c4.radio("Statistics from", ["pruned", "dense"], key="curves_propagation", horizontal=True,
                            format_func=lambda p: {"pruned": "pruned layers (papers)",
                                                   "dense": "dense model (faster)"}[p],
                            help="Propagation: where each layer's input statistics come from. pruned: each layer "
                                 "sees the already-pruned earlier layers, as in the papers; dense: statistics are "
                                 "collected once on the unpruned model and reused for every point.")
+    allocations = c6.multiselect("Allocations", services.ALLOCATIONS, key="curves_allocations",
+                                 help="How each sparsity is spread over layers and modules (unstructured points; "
+                                      "each allocation adds a line per method, dashed by allocation): "
+                                      + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
     spec = None
     try:
-        spec = services.sweep_spec(settings, methods, structures, sparsities, propagation)
+        spec = services.sweep_spec(settings, methods, structures, sparsities, propagation, allocations)
     except Exception as error:  # noqa: BLE001 - bad choices: say what to fix, keep the page
         widgets.show_error(error)
     with c5:

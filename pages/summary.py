@@ -1,7 +1,9 @@
 """Summary: one screen for a demo: the recommended setting for a quality budget, the headline, two charts.
 
 The recommendation is the highest sparsity, among the points actually measured on the Curves page, whose
-perplexity stays within the budget (e.g. at most +10 % over the dense model) on the chosen corpus.
+perplexity stays within the budget (e.g. at most +10 % over the dense model) on the chosen corpus. Below it,
+"the most sparsity within +X %" per method is answered by a budget search (a job: step-wise, re-measuring each
+step, reusing every measurement already stored) for the budget on the slider, with how it was found.
 """
 
 from __future__ import annotations
@@ -27,18 +29,82 @@ settings = widgets.page_start(
     show_settings=False,
 )
 
+
+
+def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None:
+    """"The most sparsity within +budget %" per method, from budget-search jobs (one per method): the stored
+    answer when this budget was searched before, else a button that runs the searches."""
+    st.subheader(f"The most sparsity within +{budget} %")
+    c1, c2 = st.columns([3, 2])
+    if "summary_budget_methods" not in st.session_state:
+        st.session_state["summary_budget_methods"] = default_methods
+    methods = c1.multiselect("Methods", services.METHODS, key="summary_budget_methods",
+                             format_func=lambda m: METHOD_NAMES.get(m, m))
+    allocation = c2.selectbox("Allocation", services.ALLOCATIONS, key="summary_budget_allocation",
+                              help="How each step's global sparsity is spread over layers and modules: "
+                                   + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+    specs = {}
+    for method in methods:
+        spec = widgets.guarded(services.budget_spec, settings, method, allocation, budget / 100.0, corpus)
+        if spec is not None:
+            specs[method] = spec
+    statuses = {m: widgets.guarded(services.budget_status, spec) for m, spec in specs.items()}
+    lines, captions, missing = [], [], []
+    for method, status in statuses.items():
+        name = METHOD_NAMES.get(method, method)
+        plan = "" if allocation == "uniform" else f" ({allocation} plan)"
+        if status and status.get("state") == "done" and status.get("result"):
+            said = services.budget_answer_words(status["result"])
+            dense = status["result"].get("dense_ppl")
+            if said["found"]:
+                lines.append(f"- **{name}**{plan}: at most **{said['sparsity']:.0%}** sparsity within +{budget} % "
+                             f"on {corpus}: perplexity {said['ppl']:,.2f} "
+                             f"({charts.perplexity_change(said['ppl'], dense)} vs dense {dense:,.2f}).")
+            else:
+                lines.append(f"- **{name}**{plan}: no sparsity searched stays within +{budget} % on {corpus}.")
+            captions.append(f"{name}: {said['how']}" + (f" {said['caveat']}" if said["caveat"] else ""))
+        elif status and services.is_active(status):
+            lines.append(f"- **{name}**{plan}: searching…")
+        else:
+            if status and status.get("state") == "failed":
+                lines.append(f"- **{name}**{plan}: the last search failed ({status.get('error') or 'unknown'}).")
+            else:
+                lines.append(f"- **{name}**{plan}: not searched for +{budget} % yet.")
+            missing.append(method)
+    if lines:
+        st.markdown("\n".join(lines))
+    for caption in captions:
+        st.caption(caption)
+    if missing and st.button(f"Find the most sparsity within +{budget} %", key="summary_budget_run",
+                             type="primary", icon=":material/search:",
+                             help="A budget search per method: coarse steps up, then bisection near the edge, "
+                                  "re-measuring each step; measurements stored by earlier searches are reused."):
+        for method in missing:
+            widgets.start_job("budget", specs[method])
+        st.rerun()
+    active = next((s for s in statuses.values() if s and services.is_active(s)), None)
+    if active is not None:
+        widgets.job_panel("budget", active["id"])
+
+
 sweeps = [r["result"] for r in (widgets.guarded(services.recent_results, "sweep", settings["model"]) or [])]
 results = services.merge_sweeps(sweeps)
-if not results or not results.get("points"):
-    st.info("Nothing measured yet: run a sweep on the **Curves** page (and a map on **Sensitivity**); the "
-            "summary is built from those numbers only.", icon=":material/info:")
-    st.stop()
+has_sweep = bool(results and results.get("points"))
 
 c1, c2 = st.columns([3, 2])
 budget = c1.slider("Quality budget: at most this much worse perplexity than the dense model", 1, 100, 10,
                    key="summary_budget", format="+%d %%")
-corpora = corpora_in(results)
+corpora = corpora_in(results) if has_sweep else list(settings["eval_corpora"])
 corpus = c2.selectbox("Judged on", corpora, key="summary_corpus")
+swept_methods = list(dict.fromkeys(p["method"] for p in results["points"])) if has_sweep else []
+default_methods = [m for m in services.METHODS if m in swept_methods] or ["wanda"]
+
+if not has_sweep:
+    st.info("Nothing measured yet for the recommendation: run a sweep on the **Curves** page (and a map on "
+            "**Sensitivity**) for it, the curves and the heatmap; the budget search below answers on its own.",
+            icon=":material/info:")
+    budget_section(budget, corpus, default_methods)
+    st.stop()
 
 rec = services.recommend(results, corpus, budget / 100.0)
 dense = rec["dense_ppl"]
@@ -78,6 +144,8 @@ with st.container(border=True):
         lines.append(line)
     if lines:
         st.markdown(f"Per method, on {corpus}:\n" + "\n".join(lines))
+
+budget_section(budget, corpus, default_methods)
 
 left, right = st.columns(2, gap="medium")
 charts.show(charts.curves_chart(results, corpus), key="summary_curves", container=left,

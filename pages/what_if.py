@@ -6,6 +6,8 @@ speed, and text from the dense and the pruned model side by side for the same pr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -19,10 +21,12 @@ from app import services, state, widgets  # noqa: E402
 
 DEFAULT_PROMPT = services.DEFAULT_PROMPT
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them and a
-#: reload or a second tab shows the form that made the what-if shown). "whatif_layer_seed" is not a widget: the
-#: per-layer sparsities the table starts from ({layer: sparsity}, the followed job's).
+#: reload or a second tab shows the form that made the what-if shown). "whatif_plan_seed" and
+#: "whatif_layer_seed" are not widgets: the plan the table starts from (the followed job's, dict form) and the
+#: per-layer sparsities of a job made before plans ({layer: sparsity}).
 FORM = {"whatif_method": "wanda", "whatif_structure": "unstructured", "whatif_sparsity": 0.5,
-        "whatif_per_layer": False, "whatif_prompt": DEFAULT_PROMPT, "whatif_layer_seed": {}}
+        "whatif_per_layer": False, "whatif_start": "uniform", "whatif_prompt": DEFAULT_PROMPT,
+        "whatif_plan_seed": None, "whatif_layer_seed": {}}
 
 
 def form_from_spec(spec) -> dict:
@@ -38,6 +42,14 @@ def form_from_spec(spec) -> dict:
         values["whatif_sparsity"] = round(round(float(spec["sparsity"]) / 0.05) * 0.05, 2)  # the slider's steps
     if isinstance(spec.get("prompt"), str) and spec["prompt"]:
         values["whatif_prompt"] = spec["prompt"]
+    plan = spec.get("plan")
+    if isinstance(plan, dict) and plan.get("values"):
+        values["whatif_per_layer"] = True
+        values["whatif_plan_seed"] = plan
+        if services.plan_origin(plan) in services.ALLOCATIONS:
+            values["whatif_start"] = services.plan_origin(plan)
+        if isinstance(plan.get("target"), (int, float)) and 0.05 <= float(plan["target"]) <= 0.95:
+            values["whatif_sparsity"] = round(round(float(plan["target"]) / 0.05) * 0.05, 2)
     layers = spec.get("layer_sparsity") or {}
     if layers:
         values["whatif_per_layer"] = True
@@ -50,6 +62,47 @@ settings = widgets.page_start(
     "how does its text compare with the original's?",
 )
 state.seed_form("whatif", FORM, lambda: form_from_spec(widgets.followed_spec("whatif", settings["model"])))
+if st.session_state.get("whatif_start") not in services.ALLOCATIONS:  # an allocator gone from the registry
+    st.session_state["whatif_start"] = "uniform"
+
+
+def plan_editor(sparsity: float):
+    """The plan table: an allocator's plan for `sparsity` (or the followed job's plan), one row per layer and
+    one column per module kind, editable; returns the edited plan (dict form) or None when none could be made."""
+    start = st.selectbox("Start from", services.ALLOCATIONS, key="whatif_start",
+                         help="The allocator whose plan for the sparsity above fills the table: "
+                              + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+    seed = st.session_state.get("whatif_plan_seed")
+    if seed and services.plan_origin(seed) == start and seed.get("target") is not None \
+            and abs(float(seed["target"]) - sparsity) < 1e-9:
+        base = seed  # the plan of the run shown (after a reload), edits included
+    else:
+        with st.spinner(f"Making the {start} plan…"):
+            made = widgets.guarded(services.allocation_plan, settings, start, sparsity)
+        if made is None:
+            return None
+        base = made["plan"]
+        old_layers = st.session_state.get("whatif_layer_seed") or {}
+        if start == "uniform" and old_layers:  # a run made before plans: its per-layer values
+            base = services.edited_plan(base, [{"layer": int(layer), **{k: float(v) for k in base["kinds"]}}
+                                               for layer, v in old_layers.items()])
+    kinds = list(base["kinds"])
+    rows = [{"layer": i, **dict(zip(kinds, row))} for i, row in enumerate(base["values"])]
+    digest = hashlib.sha1(json.dumps(base["values"]).encode()).hexdigest()[:10]  # a new base: a fresh table
+    column = st.column_config.NumberColumn(min_value=0.0, max_value=0.99, step=0.05, format="%.2f")
+    edited = st.data_editor(rows, key=f"whatif_plan_{digest}", hide_index=True, disabled=["layer"],
+                            column_config={kind: column for kind in kinds},
+                            height=min(400, 38 + 35 * len(rows)))
+    plan = services.edited_plan(base, list(edited))
+    facts = widgets.guarded(services.plan_facts, settings, plan)
+    if facts is None:
+        return None
+    changed = " (edited)" if plan.get("allocator") == "edited" else ""
+    st.caption(f"This plan{changed} removes **{facts['global_sparsity']:.1%}** of the pruned linears' weights "
+               f"(counted over parameters); layers range from {min(facts['layer_sparsity']):.1%} to "
+               f"{max(facts['layer_sparsity']):.1%}. It replaces the slider's value; the result reports the "
+               "measured sparsity.")
+    return plan
 
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
@@ -58,25 +111,19 @@ with st.container(border=True):
     is_nm = structure != "unstructured"
     sparsity = c3.slider("Sparsity", 0.05, 0.95, step=0.05, key="whatif_sparsity", disabled=is_nm,
                          format="%.2f", help="Share of weights removed (N:M structures are always 50 %).")
-    layer_sparsity = {}
+    plan = None
     if not is_nm:
-        per_layer = st.toggle("Set sparsity per layer", key="whatif_per_layer",
-                              help="Edit the table: e.g. spare the first layers and prune the middle ones more.")
+        per_layer = st.toggle("Set sparsity per layer and module", key="whatif_per_layer",
+                              help="Start from an allocator's plan for the sparsity above (uniform, or one that "
+                                   "spares sensitive layers) and edit it: e.g. spare the first layers and prune "
+                                   "the middle ones more.")
         if per_layer:
-            facts = widgets.guarded(services.model_facts, settings["model"])
-            if facts:
-                seed = st.session_state.get("whatif_layer_seed") or {}
-                rows = [{"layer": i, "sparsity": float(seed.get(i, sparsity))} for i in range(facts["layers"])]
-                edited = st.data_editor(rows, key="whatif_layers", hide_index=True, disabled=["layer"],
-                                        column_config={"sparsity": st.column_config.NumberColumn(
-                                            "sparsity (0-1)", min_value=0.0, max_value=0.99, step=0.05,
-                                            format="%.2f")}, height=min(400, 38 + 35 * len(rows)))
-                layer_sparsity = {int(r["layer"]): float(r["sparsity"]) for r in edited
-                                  if r.get("sparsity") is not None and abs(float(r["sparsity"]) - sparsity) > 1e-9}
+            plan = plan_editor(sparsity)
     prompt = st.text_area("Prompt for the text comparison", key="whatif_prompt", height=80)
     spec = None
     try:
-        spec = services.whatif_spec(settings, method, structure, sparsity, layer_sparsity, prompt.strip())
+        plan = plan if plan and plan.get("allocator") != "uniform" else None  # unedited uniform: a plain run
+        spec = services.whatif_spec(settings, method, structure, sparsity, None, prompt.strip(), plan=plan)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     widgets.estimate_line("whatif", settings, spec)
@@ -95,7 +142,10 @@ if not result:
     st.stop()
 
 config = result["config"]
-st.subheader(f"{config['method']} · {config['structure']} · {result['sparsity']:.1%} of weights removed")
+planned = config.get("plan")
+how = f" · {services.plan_origin(planned)} plan" + (" (edited)" if planned.get("allocator") == "edited" else "") \
+    if planned else ""
+st.subheader(f"{config['method']} · {config['structure']}{how} · {result['sparsity']:.1%} of weights removed")
 corpora = list(result["ppl"])
 cols = st.columns(len(corpora) + 1)
 for column, corpus in zip(cols, corpora):

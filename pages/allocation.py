@@ -1,0 +1,93 @@
+"""Allocation: where the zeros go. An allocator turns a global target sparsity into a plan (one sparsity per
+layer x module kind); the page shows the plan as a heatmap beside the sensitivity map it can be read against,
+with the plan's global sparsity counted over parameters (the figure every page and file reports).
+
+uniform needs nothing; allocators that read calibration statistics cost one calibration pass the first time
+(cached on disk for later plans and sweeps); the sensitivity allocator reads a stored map at two or more
+sparsities (Sensitivity page). Try a plan on the What-if page, or sweep allocations on the Curves page.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/allocation.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import charts, services, state, widgets  # noqa: E402
+
+#: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
+FORM = {"alloc_allocator": "uniform", "alloc_target": 0.5}
+NEEDS_WORDS = {"none": "needs nothing but the model",
+               "sensitivity": "reads a sensitivity map at two or more sparsities"}
+
+settings = widgets.page_start(
+    "Allocation",
+    "Where should the zeros go? An allocator spreads a global sparsity over layers and module kinds: "
+    "<b>brighter cells are pruned harder</b>. Compare the plan with the sensitivity map beside it.",
+)
+state.seed_form("allocation", FORM)
+if st.session_state.get("alloc_allocator") not in services.ALLOCATIONS:
+    st.session_state["alloc_allocator"] = "uniform"
+
+with st.container(border=True):
+    c1, c2 = st.columns([2, 3])
+    allocator = c1.selectbox("Allocator", services.ALLOCATIONS, key="alloc_allocator",
+                             help="; ".join(f"{name}: {text}" for name, text in
+                                            services.ALLOCATION_DESCRIPTIONS.items()))
+    target = c2.slider("Global target sparsity", 0.05, 0.95, step=0.05, key="alloc_target", format="%.2f",
+                       help="Share of the pruned linears' weights removed, counted over parameters.")
+    needs = services.allocation_needs(allocator)
+    st.caption(f"**{allocator}**: {services.ALLOCATION_DESCRIPTIONS.get(allocator, '')}; "
+               + NEEDS_WORDS.get(needs, "reads calibration statistics (one calibration pass the first time, "
+                                        "then cached)") + ".")
+state.remember_form("allocation", FORM)
+
+source = widgets.guarded(services.sensitivity_for_allocation, settings["model"]) if needs == "sensitivity" else None
+if needs == "sensitivity" and source is None:
+    st.info("This allocator reads a sensitivity map at two or more sparsities: compute one on the "
+            "**Sensitivity** page (choose two sparsities, e.g. 40 % and 60 %), then come back.",
+            icon=":material/info:")
+    st.stop()
+
+with st.spinner("Making the plan…"):
+    made = widgets.guarded(services.allocation_plan, settings, allocator, target)
+if made is None:
+    st.stop()
+plan, global_sparsity = made["plan"], made["global_sparsity"]
+
+st.markdown(f"**{allocator}** plan for a **{target:.0%}** target: **{global_sparsity:.1%}** of the pruned linears' "
+            f"weights removed (counted over parameters); layers range from **{min(made['layer_sparsity']):.1%}** "
+            f"to **{max(made['layer_sparsity']):.1%}**.")
+if source is not None:
+    st.caption(f"Made from the {source['label']}.")
+
+# The sensitivity map to read the plan against: the same choice as the Summary's (a trusted map first, the
+# exact one, then the sparsity nearest the target, then the newest).
+candidates = []
+for age, r in enumerate(widgets.guarded(services.recent_results, "sensitivity", settings["model"]) or []):
+    views = r["result"].get("views") or []
+    for m in r["result"].get("maps") or []:
+        shown = next((v for v in views if v["metric"] == m["metric"] and v["sparsity"] == m["sparsity"]), m)
+        candidates.append((shown, r["result"].get("correlations") or [], age))
+
+left, right = st.columns(2, gap="medium")
+charts.show(charts.plan_heatmap_chart(plan, global_sparsity), key="alloc_plan", container=left,
+            alt="Sparsity plan: decoder layers by module kinds")
+if candidates:
+    trust = {id(m): services.sensitivity_trust(m, c) for m, c, _ in candidates}
+    chosen, _, _ = max(candidates, key=lambda t: (trust[id(t[0])]["trusted"], t[0]["metric"] == "exact",
+                                                  -abs(float(t[0]["sparsity"]) - target), -t[2]))
+    charts.show(charts.heatmap_chart(chosen), key="alloc_sensitivity", container=right,
+                alt="Sensitivity heatmap: decoder layers by module kinds")
+    right.caption(trust[id(chosen)]["label"])
+else:
+    right.info("No sensitivity map yet: compute one on the **Sensitivity** page to see whether the plan spares "
+               "the modules the model needs.", icon=":material/info:")
+
+st.caption("Try this plan (and edit it) on the **What-if** page; compare allocations across sparsities on the "
+           "**Curves** page.")
