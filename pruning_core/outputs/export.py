@@ -6,7 +6,8 @@ Masks (`save_masks` / `load_masks` / `apply_mask_dir`):
     (True = kept, big-endian bit order, zero-padded to a whole byte). 8x smaller than a bool tensor.
     The safetensors metadata repeats each module's shape, so the file can be unpacked on its own.
   * ``manifest.json``: format version, method, structure, target and measured sparsity (overall and per
-    module), model identity (name, source, weight fingerprint, per-module shapes), calibration corpus and
+    module), the sparsity plan and its allocator (``allocator``, ``plan`` = `SparsityPlan.to_dict()` or null
+    for a uniform sparsity, ``plan_digest``), model identity (name, source, weight fingerprint, per-module shapes), calibration corpus and
     protocol, library versions, and the sha256 of ``masks.safetensors`` (checked on load).
 
 SparseGPT updates the weights it keeps; a keep-mask alone does not reproduce its pruned model. The manifest
@@ -80,11 +81,17 @@ def manifest_info_for(loaded: LoadedModel, prune_result, protocol=None) -> dict:
     from pruning_core.provenance import library_versions
 
     config = prune_result.config
+    plan = config.plan
     info = {
         "method": config.method,
         "structure": config.structure,
         "target_sparsity": config.effective_sparsity,
         "layer_sparsity": {str(k): v for k, v in (config.layer_sparsity or {}).items()} or None,
+        # The plan, so the same per-module sparsities can be re-made or edited; its global sparsity by
+        # parameters is target_sparsity. A plain sparsity is "uniform", per-layer overrides "edited".
+        "allocator": plan.allocator if plan is not None else ("edited" if config.layer_sparsity else "uniform"),
+        "plan": plan.to_dict() if plan is not None else None,
+        "plan_digest": plan.digest() if plan is not None else None,
         "propagation": config.propagation,
         "weights_updated": prune_result.weights is not None,
         "model": {"name": loaded.name, "source": loaded.source, "fingerprint": loaded.fingerprint,

@@ -37,6 +37,11 @@ class ExportOptions:
     sparsity, propagation and layer_sparsity then describe how it was made. weights_artifact: the updated
     weights stored with it (SparseGPT), or None.
     layer_sparsity: per-decoder-layer overrides {layer: sparsity} (unstructured only).
+    plan: a sparsity plan (`SparsityPlan.to_dict()`: sparsity per decoder layer x module kind) deciding every
+    module's sparsity; `sparsity` is then ignored (the plan's global sparsity by parameters is reported).
+    allocator: the allocator (`allocation.allocators.ALLOCATORS`) that made `plan`, or, without a plan, the one
+    that makes it here for the global target `sparsity` (allocators reading dense statistics only; a
+    "sensitivity" plan is exported from its table). None = uniform. Manifest and report record both.
     """
 
     method: str = "wanda"
@@ -44,6 +49,8 @@ class ExportOptions:
     sparsity: float = 0.5
     propagation: str = "pruned"
     layer_sparsity: dict[int, float] | None = None
+    plan: dict | None = None
+    allocator: str | None = None
     mask_artifact: str | None = None
     weights_artifact: str | None = None
     eval_corpora: tuple[str, ...] = ("wiki",)
@@ -59,15 +66,59 @@ class ExportOptions:
     formats: tuple[str, ...] = ("html", "md", "json")
 
 
-def export_config(options: ExportOptions):
-    """The validated `PruneConfig` of an export (layer keys may arrive as strings from JSON)."""
+def export_config(options: ExportOptions, loaded=None, plan=None):
+    """The validated `PruneConfig` of an export (layer keys may arrive as strings from JSON).
+
+    With a plan (`options.plan`, or `plan` made by `export_plan`) and `loaded`, the config carries the plan
+    checked against the model; without `loaded` the plan and allocator are only checked for form (so the
+    CLI fails before loading a model).
+    """
+    from pruning_core.allocation.allocators import get_allocator
+    from pruning_core.allocation.plan import SparsityPlan
     from pruning_core.prune import PruneConfig
 
     layers = {int(k): float(v) for k, v in (options.layer_sparsity or {}).items()} or None
     if not options.eval_corpora:
         raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
-    return PruneConfig(options.method, options.structure, options.sparsity, options.propagation,
-                       layer_sparsity=layers).validate()
+    if options.allocator is not None:
+        get_allocator(options.allocator)
+    if plan is None and options.plan is not None:
+        plan = SparsityPlan.from_dict(options.plan)
+    if (plan is not None or options.allocator is not None) and layers:
+        raise ConfigError("Give either a sparsity plan (or allocator) or per-layer sparsities, not both; edit "
+                          "the plan instead.")
+    config = PruneConfig(options.method, options.structure, options.sparsity, options.propagation,
+                         layer_sparsity=layers).validate()
+    if plan is not None and loaded is not None:
+        config = config.with_plan(loaded, plan).validate()
+    return config
+
+
+def export_plan(loaded, protocol, options: ExportOptions, store=None, calib_ids=None, progress=None):
+    """The `SparsityPlan` an export prunes with: `options.plan`, or the plan `options.allocator` makes for
+    the global target `options.sparsity` from the dense calibration statistics (cached in `store`); None
+    for a uniform export."""
+    from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
+    from pruning_core.allocation.plan import SparsityPlan
+
+    if options.plan is not None:
+        plan = SparsityPlan.from_dict(options.plan)
+        if options.allocator is not None and get_allocator(options.allocator).name != plan.allocator:
+            raise ConfigError(f"The plan was made by '{plan.allocator}' but the export names allocator "
+                              f"'{options.allocator}'; leave the allocator out or give that allocator's plan.")
+        return plan
+    if options.allocator is None or get_allocator(options.allocator).name == "uniform":
+        return None
+    allocator = get_allocator(options.allocator)
+    if allocator.needs == "sensitivity":
+        raise ConfigError(f"A '{allocator.name}' plan reads a sensitivity map; export the plan itself (the "
+                          "Allocation view or the sweep's results.json holds it) instead of naming the allocator.")
+    statistics = None
+    if allocator.needs != "none":
+        from pruning_core.statistics_cache import cached_statistics
+
+        statistics = cached_statistics(loaded, protocol, allocator.needs, store, calib_ids, progress)
+    return make_plan(allocator.name, AllocationInputs(loaded, statistics=statistics), options.sparsity)
 
 
 def stored_result(loaded, config, store, mask_artifact: str, weights_artifact: str | None = None):
@@ -158,6 +209,8 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     progress(0.02, "reading corpora")
     calib = calibration_ids(loaded, protocol)
     evals = evaluate.evaluation_windows(loaded, protocol, options.eval_corpora)
+    plan = export_plan(loaded, protocol, options, store, calib, _step_progress(progress, 0.02, 0.05, "plan"))
+    config = export_config(options, loaded, plan)
 
     if options.mask_artifact:
         progress(0.05, f"loading the What-if mask {options.mask_artifact[:12]}")
@@ -169,9 +222,10 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     evaluation = evaluate.evaluate_setting(loaded, protocol, options.eval_corpora, result, eval_ids=evals,
                                            store=store, progress=sub_progress(progress, 0.2, 0.3))
     dense_ppl, pruned_ppl = evaluation.dense_ppl, evaluation.pruned_ppl
-    points = [{"method": config.method, "structure": config.structure, "target_sparsity": config.effective_sparsity,
-               "sparsity": result.sparsity, "ppl": pruned_ppl, "prune_seconds": result.seconds,
-               "propagation": config.propagation}]
+    allocation = plan.allocator if plan is not None else "uniform"
+    points = [{"method": config.method, "structure": config.structure, "allocation": allocation,
+               "target_sparsity": config.effective_sparsity, "sparsity": result.sparsity, "ppl": pruned_ppl,
+               "prune_seconds": result.seconds, "propagation": config.propagation}]
     for i, s in enumerate(options.curve_sparsities):
         if abs(s - config.effective_sparsity) < 1e-9 and not config.structure_spec.is_nm:
             continue
@@ -182,7 +236,8 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
                             protocol.batch_size)
         curve = evaluate.evaluate_setting(loaded, protocol, options.eval_corpora, extra, dense=False, eval_ids=evals,
                                           progress=sub_progress(step, 0.5, 1.0), label=f"curve point {s:.0%}")
-        points.append({"method": config.method, "structure": "unstructured", "target_sparsity": s,
+        points.append({"method": config.method, "structure": "unstructured", "allocation": "uniform",
+                       "target_sparsity": s,
                        "sparsity": extra.sparsity, "prune_seconds": extra.seconds, "ppl": curve.pruned_ppl,
                        "propagation": options.propagation})
     protocol_dict = evaluate.protocol_record(protocol, evals, propagation=options.propagation)
@@ -232,7 +287,10 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
                     "method": config.method, "structure": config.structure, "sparsity": config.effective_sparsity,
                     "measured_sparsity": result.sparsity, "propagation": config.propagation,
                     "propagation_note": propagation_note(config.propagation),
-                    "layer_sparsity": config.layer_sparsity, "mask_source": _mask_source(options),
+                    "layer_sparsity": config.layer_sparsity, "allocator": allocation,
+                    "plan": plan.to_dict() if plan is not None else None,
+                    "plan_digest": plan.digest() if plan is not None else None,
+                    "mask_source": _mask_source(options),
                     "weights_updated": result.weights is not None},
         "ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
         "evaluation": evaluation.to_dict(),
@@ -293,7 +351,8 @@ def run_apply_mask(loaded, mask_dir, eval_corpora: Sequence[str] = (), seqlen: i
     applied = apply_mask_dir(loaded, mask_dir, permanent=True)
     manifest = applied["manifest"]
     summary = {"model": loaded.name, "fingerprint": loaded.fingerprint, "method": manifest.get("method"),
-               "structure": manifest.get("structure"), "measured_sparsity": applied["sparsity"]["overall"],
+               "structure": manifest.get("structure"), "allocator": manifest.get("allocator"),
+               "plan_digest": manifest.get("plan_digest"), "measured_sparsity": applied["sparsity"]["overall"],
                "manifest_sparsity": manifest.get("measured_sparsity", {}).get("overall"),
                "weights_updated": manifest.get("weights_updated"), "ppl": {}}
     if eval_corpora:
