@@ -172,3 +172,15 @@ def test_cli_allocation_axis(tmp_path, allocators, capsys):
                      "--out", str(tmp_path / "bad")])
     assert code == 2
     assert "Unknown allocation 'evenly'; choose one of uniform" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [n for n in ALLOCATORS if n != "uniform"])
+def test_every_registered_allocator_sweeps_to_its_target(tiny, name):
+    """The registry's own allocators through the sweep (the map of "sensitivity" computed by the sweep)."""
+    spec = SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=(0.6,), eval_corpora=("news",),
+                     propagation="dense", protocol=PROTOCOL, allocations=(name,))
+    (point,) = run_sweep(spec, loaded=tiny)["points"]
+    plan = SparsityPlan.from_dict(point["plan"])
+    assert point["allocation"] == name and plan.allocator == name
+    assert plan.global_sparsity(module_sizes(tiny)) == pytest.approx(0.6, abs=0.001)
+    assert point["sparsity"] == pytest.approx(0.6, abs=0.01)
