@@ -28,7 +28,7 @@ from pruning_core.allocation.allocators import ALLOCATORS, AllocationInputs, get
 from pruning_core.errors import ConfigError
 from pruning_core.execution.store import content_hash
 from pruning_core.masks import parse_structure
-from pruning_core.methods import METHODS, covers, strongest_need
+from pruning_core.methods import METHODS, strongest_need
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol, calibration_ids, corpus_key
