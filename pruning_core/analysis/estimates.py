@@ -25,7 +25,7 @@ the same job is never given two different durations.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 #: Fallback when nothing was measured: sustained FLOP/s of a small CPU (2 cores, fp32, PyTorch).
@@ -104,14 +104,27 @@ def _windows_line(windows: dict[str, int], asked: int, what: str) -> str:
 
 
 def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None = None,
-                   eval_windows_used: dict[str, int] | None = None) -> dict:
+                   eval_windows_used: dict[str, int] | None = None, *, stored_statistics: str = "none",
+                   stored_maps: Collection[str] = (), probe_windows_available: int | None = None) -> dict:
     """Estimated seconds and peak memory (bytes) of `spec` (a `sweep.SweepSpec`) for the described model.
+
+    Every point of `spec.grid()` is counted (each setting once per allocation), plus what the plans need, as
+    `run_sweep` does it: one dense statistics walk shared by dense propagation and every plan that reads
+    statistics ("owl"), the allocator's scoring of every weight per distinct plan, and for "sensitivity" the
+    exact map of each method at `spec.map_sparsities()` (`estimate_sensitivity`).
 
     model_info: `LoadedModel.describe()`. throughput_tokens_per_s: a measured full-forward throughput
     (`measure_throughput`); without one a conservative CPU rate is assumed (said in `assumptions`).
     eval_windows_used: {corpus: windows} from `evaluation_windows_used`; each corpus counts
     min(eval_windows, that number) windows. Without it `eval_windows` is assumed to fit in every split.
+    stored_statistics: the strongest dense statistics already in the store ("none", "act_sq", "hessian"); a
+    walk they cover costs nothing. stored_maps: methods whose sensitivity map the sweep would reuse from the
+    store. probe_windows_available: whole windows of the calibration corpus's evaluation split (the map's
+    probe text; see `estimate_sensitivity`).
     """
+    from pruning_core.allocation.allocators import get_allocator
+    from pruning_core.methods import covers, strongest_need
+
     facts = _shape_facts(model_info)
     rates = _rates(facts, throughput_tokens_per_s)
     protocol = spec.protocol
@@ -119,16 +132,35 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     windows = {corpus: min(int(protocol.eval_windows), int((eval_windows_used or {}).get(corpus, protocol.eval_windows)))
                for corpus in spec.eval_corpora}
     eval_tokens = sum(windows.values()) * protocol.seqlen
-    settings = spec.settings()
+    grid = spec.grid()
+    allocators = {name: get_allocator(name) for _, name in grid}
     layer_pass = calib_tokens * facts["layers"] * rates["layer_s_per_token"]
-    breakdown = {"dense_eval": eval_tokens * rates["full_s_per_token"], "statistics": 0.0, "pruning": 0.0,
-                 "evaluation": 0.0}
-    needs = {c.method_spec.needs for c in settings}
-    if spec.propagation == "dense" and needs - {"none"}:
+    breakdown = {"dense_eval": eval_tokens * rates["full_s_per_token"], "statistics": 0.0, "plans": 0.0,
+                 "sensitivity_maps": 0.0, "pruning": 0.0, "evaluation": 0.0}
+    needs = {c.method_spec.needs for c, _ in grid}
+    plan_needs = {a.needs for a in allocators.values()} - {"none", "sensitivity"}
+    # One dense walk serves dense-propagation pruning and every plan reading statistics (the sweep's `stats_need`).
+    stats_need = strongest_need(list(plan_needs) + (list(needs) if spec.propagation == "dense" else []))
+    if stats_need != "none" and not covers(stored_statistics, stats_need):
         breakdown["statistics"] = layer_pass + calib_tokens * rates["full_s_per_token"] / facts["layers"]
-        if "hessian" in needs:
+        if stats_need == "hessian":
             breakdown["statistics"] += _hessian_seconds(facts, rates, calib_tokens)
-    for config in settings:
+    plans = {(allocation, c.method if allocators[allocation].needs == "sensitivity" else None, c.sparsity)
+             for c, allocation in grid if allocation != "uniform"}
+    # An allocator reading statistics scores every weight once per plan (OWL: |W| x ||X|| per layer); the
+    # sensitivity allocator's greedy fill over layers x kinds cells is negligible beside its map.
+    breakdown["plans"] = sum(facts["prunable"] * MASK_SECONDS_PER_WEIGHT for allocation, _, _ in plans
+                             if allocators[allocation].needs not in ("none", "sensitivity"))
+    map_methods = sorted({c.method for c, allocation in grid if allocators[allocation].needs == "sensitivity"}
+                         - set(stored_maps))
+    map_peak = 0
+    for method in map_methods:
+        made = estimate_sensitivity(model_info, protocol, method, spec.map_sparsities(), ["exact"],
+                                    sweep_map_probe_windows(), throughput_tokens_per_s,
+                                    probe_windows_available=probe_windows_available)
+        breakdown["sensitivity_maps"] += made["seconds"]
+        map_peak = max(map_peak, made["peak_memory_bytes"])
+    for config, _ in grid:
         method = config.method_spec
         breakdown["pruning"] += _mask_seconds(facts, rates, config.method)
         if spec.propagation == "pruned" and method.needs != "none":
@@ -137,20 +169,38 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
                 breakdown["pruning"] += _hessian_seconds(facts, rates, calib_tokens)
         breakdown["evaluation"] += eval_tokens * rates["full_s_per_token"]
     seconds = sum(breakdown.values())
+    stat_needs = needs | plan_needs
     stats_bytes = 0
-    if needs & {"act_sq", "hessian"}:
+    if stat_needs & {"act_sq", "hessian"}:
         stats_bytes = facts["layers"] * sum(w * 8 for w in facts["input_widths"])
-        if "hessian" in needs:
+        if "hessian" in stat_needs:
             per_layer = sum(w * w * 4 for w in facts["input_widths"])
-            stats_bytes += per_layer * (facts["layers"] if spec.propagation == "dense" else 1)
+            stats_bytes += per_layer * (facts["layers"] if stats_need == "hessian" else 1)
     activations = 2 * calib_tokens * facts["hidden"] * 4  # the walk's two buffers of layer inputs
     masks = facts["prunable"] * (1 + (4 if "hessian" in needs else 0))  # bool masks (+ SparseGPT weights)
-    peak = _memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks
+    peak = max(_memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks,
+               map_peak)
+    allocation_names = list(dict.fromkeys(allocation for _, allocation in grid))
+    what = f"{len(grid)} points"
+    if allocation_names != ["uniform"]:
+        what += f" (allocations {', '.join(allocation_names)}; {len(plans)} plans"
+        what += (f"; exact sensitivity map of {', '.join(map_methods)} at "
+                 f"{', '.join(f'{s:.0%}' for s in spec.map_sparsities())})" if map_methods else ")")
     return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
             "breakdown": {k: float(v) for k, v in breakdown.items()},
-            "assumptions": _assumptions(rates, f"{len(settings)} points, {spec.propagation} propagation; "
+            "assumptions": _assumptions(rates, f"{what}, {spec.propagation} propagation; "
                                                + _windows_line(windows, protocol.eval_windows,
                                                                "evaluation windows"))}
+
+
+def sweep_map_probe_windows() -> int:
+    """Probe windows of the sensitivity map a sweep computes for its "sensitivity" plans: `run_sweep` calls
+    `compute_sensitivity` with its default, read here so the two cannot drift apart."""
+    import inspect
+
+    from pruning_core.analysis.sensitivity import compute_sensitivity
+
+    return int(inspect.signature(compute_sensitivity).parameters["probe_windows"].default)
 
 
 def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Sequence[float],
@@ -328,7 +378,48 @@ def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
                           eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol,
                           propagation=spec.get("propagation") or "pruned")
     windows = evaluation_windows_used(loaded, sweep.eval_corpora, protocol, store)
-    return estimate_sweep(info, sweep, rate, eval_windows_used=windows)
+    stored_statistics, stored_maps = _stored_plan_inputs(loaded, sweep, store)
+    available = None
+    if stored_maps is not None:  # the sweep computes a map: its probe reads the calibration corpus's evaluation split
+        available = evaluation_windows_used(loaded, [protocol.calib], replace(protocol, eval_windows=10**9),
+                                            store, protocol.calib_column)[protocol.calib]
+    return estimate_sweep(info, sweep, rate, eval_windows_used=windows, stored_statistics=stored_statistics,
+                          stored_maps=stored_maps or (), probe_windows_available=available)
+
+
+def _stored_plan_inputs(loaded, sweep, store) -> tuple[str, set[str] | None]:
+    """What the plans of `sweep` find in `store`: the strongest dense statistics stored for its calibration
+    ("none" without), and the methods whose exact sensitivity map `run_sweep` would reuse (None when no point
+    has a "sensitivity" plan). The keys are the ones `cached_statistics` and `compute_sensitivity` look up."""
+    from pruning_core.allocation.allocators import get_allocator
+    from pruning_core.methods import NEEDS
+
+    map_methods = {c.method for c, allocation in sweep.grid() if get_allocator(allocation).needs == "sensitivity"}
+    if store is None:
+        return "none", (set() if map_methods else None)
+    from pruning_core.execution.store import content_hash
+    from pruning_core.statistics_cache import statistics_key
+
+    protocol = sweep.protocol
+    stored = "none"
+    for need in NEEDS[1:]:  # weakest first: the last one found is the strongest
+        found = store.get_result(content_hash(statistics_key(loaded, protocol, need)))
+        if found is not None and store.artifact_info(found["artifact"]) is not None:
+            stored = need
+    if not map_methods:
+        return stored, None
+    from pruning_core.analysis import sensitivity
+    from pruning_core.protocol import corpus_key
+
+    calib_identity = corpus_key(protocol.calib, "calibration", protocol.calib_column)
+    probe_identity = corpus_key(protocol.calib, "evaluation", protocol.calib_column)["sha256"]
+    layers = list(range(len(loaded.adapter.decoder_layers(loaded.model))))
+    maps = {method for method in map_methods
+            if all(store.get_result(content_hash(sensitivity.map_key(
+                loaded, calib_identity, probe_identity, protocol, method, "exact", s, sweep_map_probe_windows(),
+                protocol.dtype, layers, sensitivity.TAYLOR_WINDOWS))) is not None
+                   for s in sweep.map_sparsities())}
+    return stored, maps
 
 
 #: Fraction of a job after which its own measured rate alone gives the time left (before it, the estimate

@@ -123,3 +123,80 @@ def test_time_left_starts_from_the_estimate_and_follows_the_rate():
     assert time_left(None, 5.0, 0.1, 45.0) == pytest.approx(45.0)
     assert time_left(None, 5.0, 0.0, None) is None
     assert time_left(10.0, 50.0, 0.2, None) == pytest.approx(8.0)  # over its estimate: the share left, not 0
+
+
+def test_sweep_estimate_counts_every_allocation_of_the_grid(tiny):
+    info = tiny.describe()
+    base = dict(model="tiny-llama", methods=("wanda",), structures=("unstructured", "2:4"), sparsities=(0.5, 0.7),
+                eval_corpora=("news",), protocol=PROTOCOL)
+    uniform = estimate_sweep(info, SweepSpec(**base), 5000.0)
+    both = estimate_sweep(info, SweepSpec(**base, allocations=("uniform", "owl")), 5000.0)
+    _check(both)
+    # 2 unstructured settings x 2 allocations + the 2:4 setting once (N:M sweeps uniform only) = 5 points, not 3.
+    assert len(SweepSpec(**base, allocations=("uniform", "owl")).grid()) == 5
+    assert both["breakdown"]["evaluation"] == pytest.approx(uniform["breakdown"]["evaluation"] * 5 / 3)
+    assert both["breakdown"]["pruning"] == pytest.approx(uniform["breakdown"]["pruning"] * 5 / 3)
+    assert "5 points (allocations uniform, owl; 2 plans)" in both["assumptions"]
+    assert uniform["breakdown"]["plans"] == 0 and uniform["breakdown"]["statistics"] == 0  # pruned propagation
+
+
+def test_owl_plans_cost_one_statistics_walk_and_nothing_once_it_is_stored(tiny):
+    info = tiny.describe()
+    base = dict(model="tiny-llama", methods=("wanda",), eval_corpora=("news",), protocol=PROTOCOL,
+                allocations=("owl",))
+    one = estimate_sweep(info, SweepSpec(**base, sparsities=(0.5,)), 5000.0)
+    three = estimate_sweep(info, SweepSpec(**base, sparsities=(0.3, 0.5, 0.7)), 5000.0)
+    # The dense walk is shared by every plan; the allocator's scoring is per plan.
+    assert one["breakdown"]["statistics"] > 0
+    assert three["breakdown"]["statistics"] == pytest.approx(one["breakdown"]["statistics"])
+    assert three["breakdown"]["plans"] == pytest.approx(3 * one["breakdown"]["plans"]) and one["breakdown"]["plans"] > 0
+    cached = estimate_sweep(info, SweepSpec(**base, sparsities=(0.5,)), 5000.0, stored_statistics="act_sq")
+    assert cached["breakdown"]["statistics"] == 0
+    assert cached["seconds"] == pytest.approx(one["seconds"] - one["breakdown"]["statistics"])
+    # In dense propagation the methods' own walk already covers OWL's statistics: no second walk.
+    dense = dict(base, propagation="dense", sparsities=(0.5,))
+    with_owl = estimate_sweep(info, SweepSpec(**dense), 5000.0)
+    plain = estimate_sweep(info, SweepSpec(**{**dense, "allocations": ("uniform",)}), 5000.0)
+    assert with_owl["breakdown"]["statistics"] == pytest.approx(plain["breakdown"]["statistics"])
+    # Magnitude reads no statistics, but its OWL plans do.
+    magnitude = estimate_sweep(info, SweepSpec(**{**dense, "methods": ("magnitude",)}), 5000.0)
+    assert magnitude["breakdown"]["statistics"] > 0
+
+
+def test_sensitivity_plans_add_the_map_unless_it_is_stored(tiny):
+    from pruning_core.analysis.estimates import sweep_map_probe_windows
+
+    info = tiny.describe()
+    spec = SweepSpec(model="tiny-llama", methods=("wanda", "magnitude"), sparsities=(0.6,), eval_corpora=("news",),
+                     protocol=PROTOCOL, allocations=("uniform", "sensitivity"))
+    estimate = estimate_sweep(info, spec, 5000.0)
+    _check(estimate)
+    one_map = estimate_sensitivity(info, PROTOCOL, "wanda", spec.map_sparsities(), ["exact"],
+                                   sweep_map_probe_windows(), 5000.0)
+    assert spec.map_sparsities() == (0.5, 0.6)  # two sparsities: the allocator needs marginal costs
+    assert estimate["breakdown"]["sensitivity_maps"] == pytest.approx(
+        one_map["seconds"] + estimate_sensitivity(info, PROTOCOL, "magnitude", spec.map_sparsities(), ["exact"],
+                                                  sweep_map_probe_windows(), 5000.0)["seconds"])
+    assert "exact sensitivity map of magnitude, wanda at 50%, 60%" in estimate["assumptions"]
+    assert estimate["peak_memory_bytes"] >= one_map["peak_memory_bytes"]
+    stored = estimate_sweep(info, spec, 5000.0, stored_maps={"wanda"})
+    assert stored["breakdown"]["sensitivity_maps"] == pytest.approx(estimate["breakdown"]["sensitivity_maps"]
+                                                                    - one_map["seconds"])
+
+
+def test_estimate_job_sees_what_a_finished_sweep_stored(tiny, tmp_path):
+    # The keys estimate_job looks up are the ones the sweep fills: after one run, neither the map nor the dense
+    # statistics of the plans are counted again.
+    from pruning_core.analysis.estimates import estimate_job
+    from pruning_core.analysis.sweep import run_sweep
+
+    store = Store(tmp_path / "s.sqlite")
+    protocol = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=2, batch_size=4)
+    spec = SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=(0.6,), eval_corpora=("news",),
+                     protocol=protocol, allocations=("owl", "sensitivity"))
+    before = estimate_job("sweep", spec.to_dict(), tiny, store)
+    assert before["breakdown"]["sensitivity_maps"] > 0 and before["breakdown"]["statistics"] > 0
+    run_sweep(spec, loaded=tiny, store=store)
+    after = estimate_job("sweep", spec.to_dict(), tiny, store)
+    assert after["breakdown"]["sensitivity_maps"] == 0 and after["breakdown"]["statistics"] == 0
+    assert after["breakdown"]["evaluation"] == pytest.approx(before["breakdown"]["evaluation"])
