@@ -1,8 +1,18 @@
-"""`prunescope export` and `prunescope apply-mask`: the export pipeline (`pruning_core.outputs.pipeline`), headless."""
+"""`prunescope export` and `prunescope apply-mask`: the export pipeline (`pruning_core.outputs.pipeline`), headless.
+
+Where the zeros go: a plain `--sparsity` prunes every module alike; `--allocation NAME` makes the plan of that
+allocator for the global target `--sparsity`, as `prunescope sweep --allocation` does (owl from the cached
+dense statistics; sensitivity from `--sensitivity FILE` or the exact map at the sweep's map sparsities, reused
+from the store); `--plan FILE` prunes with a plan made elsewhere (`SparsityPlan.to_dict()` JSON, or a file
+holding one: an export's manifest.json or report.json, a budget.json frontier that carries its plan).
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from pruning_core.cli.common import (
     ConsoleProgress,
@@ -22,7 +32,18 @@ def add_export(sub) -> None:
     add_protocol_args(p)
     p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
     p.add_argument("--structure", default="unstructured", help="unstructured, 2:4 or 4:8")
-    p.add_argument("--sparsity", type=float, default=0.5, help="target fraction of zeros (unstructured)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="target fraction of zeros (unstructured; default 0.5); with --allocation the global target "
+                        "counted over parameters")
+    p.add_argument("--allocation", default=None,
+                   help="allocator giving each layer/module its sparsity for the global --sparsity: uniform, owl, "
+                        "sensitivity (unstructured only)")
+    p.add_argument("--sensitivity", default=None, metavar="FILE",
+                   help="sensitivity_all.json of `prunescope sensitivity` for --allocation sensitivity; without it "
+                        "the exact map is computed (reused from the store)")
+    p.add_argument("--plan", default=None, metavar="FILE",
+                   help="a sparsity plan JSON ({kinds, values, allocator, ...} as SparsityPlan.to_dict() writes it), "
+                        "or a manifest.json, report.json or budget.json holding one; fixes every module's sparsity")
     p.add_argument("--propagation", default="pruned", choices=["pruned", "dense"])
     p.add_argument("--eval", default="wiki", help="comma-separated evaluation corpora")
     p.add_argument("--prompt", action="append", default=None,
@@ -42,8 +63,10 @@ def add_export(sub) -> None:
 def cmd_export(args) -> int:
     from pruning_core.outputs.lm_eval_bridge import parse_tasks
 
+    allocator, plan = _plan_choice(args)  # bad plan input fails before the model is loaded
     options = ExportOptions(
-        method=args.method, structure=args.structure, sparsity=args.sparsity, propagation=args.propagation,
+        method=args.method, structure=args.structure, sparsity=0.5 if args.sparsity is None else args.sparsity,
+        propagation=args.propagation, plan=plan, allocator=None if allocator == "sensitivity" else allocator,
         eval_corpora=_csv(args.eval), prompts=tuple(args.prompt) if args.prompt else DEFAULT_PROMPTS,
         max_new_tokens=args.max_new_tokens, curve_sparsities=_floats(args.curve_sparsities),
         heatmap=not args.no_heatmap, save_model=args.save_model, recipe=args.recipe,
@@ -60,17 +83,106 @@ def cmd_export(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     start = time.perf_counter()
+    store = Store()
+    if allocator == "sensitivity":  # the pipeline makes statistics-only plans; this one reads a map
+        options = replace(options, plan=_sensitivity_plan(args, loaded, protocol, options, store, progress))
     # The store gives back a dense perplexity measured before (by a sweep, what-if or export).
-    outcome = run_export(loaded, protocol, options, out, progress, store=Store())
+    outcome = run_export(loaded, protocol, options, out, progress, store=store)
     data = outcome["report"]
     for corpus, dense in data["ppl"]["dense"].items():
         pruned = data["ppl"]["pruned"][corpus]
         print(f"{corpus}: perplexity dense {dense:.3f} -> pruned {pruned:.3f} ({100 * (pruned / dense - 1):+.1f} %)")
+    if data["setting"].get("plan") is not None:
+        print(f"plan by {data['setting']['allocator']}: global sparsity {data['setting']['sparsity']:.4f} by "
+              f"parameters (digest {data['setting']['plan_digest'][:12]})")
     print(f"measured sparsity {data['setting']['measured_sparsity']:.4f}; finished in {time.perf_counter() - start:.1f} s")
     for name, path in sorted(outcome["files"].items()):
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
         print(f"wrote {path} ({size:,} bytes)")
     return 0
+
+
+def _plan_choice(args) -> tuple[str | None, dict | None]:
+    """(allocator name or None, plan dict or None) from --allocation / --plan, checked for form; ConfigError
+    names the conflict or the bad file."""
+    from pruning_core.allocation.allocators import get_allocator
+    from pruning_core.masks import parse_structure
+
+    if args.plan and args.allocation:
+        raise ConfigError("Give --allocation (make a plan here) or --plan FILE (use a plan made elsewhere), not both.")
+    if args.plan:
+        if args.sparsity is not None:
+            raise ConfigError("--plan fixes every module's sparsity (its global sparsity is reported); leave out "
+                              "--sparsity, or use --allocation NAME --sparsity S to make a plan for a target.")
+        return None, _read_plan(args.plan)
+    if args.sensitivity and not args.allocation:
+        raise ConfigError("--sensitivity is read by --allocation sensitivity; add it, or leave out --sensitivity.")
+    if not args.allocation:
+        return None, None
+    name = get_allocator(args.allocation).name  # an unknown name lists the known ones
+    if args.sensitivity and name != "sensitivity":
+        raise ConfigError(f"--sensitivity is read by --allocation sensitivity, not '{name}'; leave it out.")
+    if name != "uniform" and parse_structure(args.structure).is_nm:
+        raise ConfigError(f"--allocation {name} sets per-module sparsities, but {args.structure} fixes them; use "
+                          "--structure unstructured, or --plan FILE with 0 for the modules to keep dense.")
+    return name, None
+
+
+def _read_plan(path: str) -> dict:
+    """The plan dict (`SparsityPlan.to_dict()`) in the JSON file `path`: the plan itself, or a document holding
+    one ("plan" of a manifest.json or sweep point, "setting.plan" of a report.json, "frontier.plan" of a
+    budget.json)."""
+    from pruning_core.allocation.plan import SparsityPlan
+
+    file = Path(path).expanduser()
+    try:
+        document = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot read the plan file '{path}' ({exc}); give a JSON sparsity plan with 'kinds' and "
+                          "'values' (layers x kinds).") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"'{path}' is not a sparsity plan; give a JSON object with 'kinds' and 'values'.")
+    if "frontier" in document:  # budget.json
+        frontier = document["frontier"]
+        spec = document.get("spec") or {}
+        if not frontier:
+            raise ConfigError(f"'{path}' found no sparsity within its budget, so it holds no plan to export.")
+        if not frontier.get("plan"):
+            raise ConfigError(f"The frontier in '{path}' records no plan table; make the same plan with "
+                              f"--allocation {spec.get('allocation', 'uniform')} --sparsity {frontier['sparsity']:g} "
+                              f"--method {spec.get('method', 'wanda')} and the search's calibration settings.")
+        document = frontier["plan"]
+    elif "kinds" not in document and isinstance(document.get("setting"), dict):  # report.json
+        document = document["setting"].get("plan") or {"allocator": document["setting"].get("allocator")}
+    elif "kinds" not in document and "plan" in document:  # manifest.json, a sweep point
+        document = document["plan"] or {"allocator": document.get("allocator")}
+    if "kinds" not in document and "allocator" in document:
+        raise ConfigError(f"'{path}' records no plan table (its setting: {document['allocator']}); give a file with "
+                          "the plan itself ('kinds' and 'values')" + (", or export with --sparsity."
+                                                                      if document["allocator"] == "uniform" else "."))
+    SparsityPlan.from_dict(document)  # names what is missing or out of range
+    return document
+
+
+def _sensitivity_plan(args, loaded, protocol, options, store, progress) -> dict:
+    """The "sensitivity" allocator's plan for the global target `options.sparsity`, as a sweep makes it: from
+    --sensitivity FILE, else the exact map at the sweep's map sparsities (reused from, and kept in, `store`)."""
+    from pruning_core.allocation.allocators import AllocationInputs, make_plan
+
+    if args.sensitivity:
+        from pruning_core.cli.sweep import _read_sensitivity
+
+        sensitivity = _read_sensitivity(args.sensitivity)
+    else:
+        from pruning_core.analysis.sensitivity import compute_sensitivity
+        from pruning_core.analysis.sweep import SweepSpec
+
+        sparsities = SweepSpec(methods=(options.method,), sparsities=(options.sparsity,)).map_sparsities()
+        progress(0.0, f"exact sensitivity map of {options.method} at "
+                      f"{', '.join(f'{s:.0%}' for s in sparsities)} for the plan")
+        sensitivity = compute_sensitivity(loaded, protocol, options.method, sparsities, metrics=("exact",),
+                                          store=store, progress=progress)
+    return make_plan("sensitivity", AllocationInputs(loaded, sensitivity=sensitivity), options.sparsity).to_dict()
 
 
 def add_apply_mask(sub) -> None:
