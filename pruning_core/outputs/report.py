@@ -9,7 +9,9 @@ Safety: everything user-provided (model names, prompts, generations, file names,
 with `html.escape`; JSON placed inside ``<script>`` has every ``</`` written as ``<\\/`` so no string can
 close the script element. PDF: printed by headless Chromium (`print_pdf`).
 
-Helpers used by the CLI and the dashboard to fill `data`: `per_layer_table`, `summary_sentences`. Sizes,
+Helpers used by the CLI and the dashboard to fill `data`: `per_layer_table`, `summary_sentences`;
+`allocation_summary` / `allocation_sentences` / `plan_figure` say where the zeros are (the plan, its allocator,
+its global and per-layer sparsity by parameters). Sizes,
 the speed sentence and the sample generations come from `pruning_core.claims`, the one home of every claim
 about gains, so the report words a setting exactly as the What-if and Summary pages do.
 """
@@ -46,6 +48,112 @@ def per_layer_table(adapter, per_module_sparsity: Mapping[str, float], n_layers:
         values = [per_module_sparsity.get(adapter.qualified_name(layer, kind)) for kind in kinds]
         rows.append({"layer": layer, "values": values})
     return {"modules": kinds, "rows": rows, "unit": "fraction of zero weights"}
+
+
+def allocation_summary(data: Mapping[str, Any]) -> dict | None:
+    """Where the zeros are: the setting's sparsity plan as the report shows it, or None without any sparsity.
+
+    Returns {"allocator", "edited_from", "settings" (allocator options), "structure", "uniform" (one value
+    everywhere), "value" (that value, a fraction; None for a varied plan), "global_sparsity" (zeros / weights of
+    every planned linear, a fraction; None when it cannot be counted), "kinds", "rows": [{"layer", "mean" (the
+    layer's sparsity by parameters; None when unknown), "values" (per kind)}], "by_parameters" (whether every
+    mean is known), "module_sizes" (layers x kinds weight counts, or None)}.
+
+    The plan is the setting's "plan" (`SparsityPlan.to_dict()`), else its per-layer overrides ("layer_sparsity"
+    over "sparsity"; kinds and layer count from "per_layer"), else the uniform "sparsity". An N:M plan is shown
+    as it is applied (0 = dense, anything else the structure's sparsity). Figures by parameters come from
+    `SparsityPlan.global_sparsity` / `layer_mean` with ``data["module_sizes"]`` (sizes[layer][kind] = weight
+    count, `allocation.plan.module_sizes`), else with the shapes the sensitivity map records for every layer.
+    Without sizes, the global figure of an unstructured plan is the
+    setting's target (`PruneConfig.with_plan` sets it to the plan's global sparsity by parameters) and a layer's
+    mean is known only where all its modules share one value.
+    """
+    from pruning_core.allocation.plan import SparsityPlan
+    from pruning_core.masks import parse_structure
+
+    s = data.get("setting") or {}
+    structure = str(s.get("structure") or "unstructured")
+    nm = parse_structure(structure)
+    target = nm.sparsity if nm.is_nm else s.get("sparsity")
+    per_layer = data.get("per_layer") or {}
+    if s.get("plan"):
+        plan = SparsityPlan.from_dict(s["plan"])
+    elif s.get("layer_sparsity") and target is not None:
+        kinds = tuple(per_layer.get("modules") or ("all modules",))
+        overrides = {int(k): float(v) for k, v in s["layer_sparsity"].items()}
+        layers = max(len(per_layer.get("rows") or ()), max(overrides) + 1)
+        plan = SparsityPlan.with_overrides(layers, kinds, float(target), overrides)
+    elif target is not None:
+        return {"allocator": str(s.get("allocator") or "uniform"), "edited_from": None, "settings": {},
+                "structure": structure, "uniform": True, "value": float(target), "global_sparsity": float(target),
+                "kinds": [], "rows": [], "by_parameters": True, "module_sizes": None}
+    else:
+        return None
+    settings = dict(plan.settings)
+    edited_from = settings.pop("edited_from", None)
+    applied = plan.for_structure(nm.sparsity) if nm.is_nm else plan
+    sizes = _module_sizes(data, applied.kinds, applied.layers)
+    if sizes is not None:
+        global_sparsity = applied.global_sparsity(sizes)
+        means = [applied.layer_mean(i, sizes[i]) for i in range(applied.layers)]
+    else:
+        global_sparsity = float(s["sparsity"]) if not nm.is_nm and s.get("sparsity") is not None else None
+        if applied.is_uniform:
+            global_sparsity = applied.values[0][0] if applied.layers else global_sparsity
+        means = [row[0] if len(set(row)) == 1 else None for row in applied.values]
+    return {"allocator": plan.allocator, "edited_from": edited_from, "settings": settings, "structure": structure,
+            "uniform": applied.is_uniform, "value": applied.values[0][0] if applied.is_uniform and applied.layers
+            else None, "global_sparsity": global_sparsity, "kinds": list(applied.kinds),
+            "rows": [{"layer": i, "mean": means[i], "values": list(row)} for i, row in enumerate(applied.values)],
+            "by_parameters": all(m is not None for m in means),
+            "module_sizes": [[int(row[k]) for k in applied.kinds] for row in sizes] if sizes is not None else None}
+
+
+def _module_sizes(data: Mapping[str, Any], kinds: Sequence[str], layers: int) -> list[dict] | None:
+    """sizes[layer][kind] = weight count: ``data["module_sizes"]``, else the shapes [out, in] the sensitivity map
+    records for every layer and kind (the export's heatmap), else None. Sizes that do not fit the plan (another
+    model) are not used."""
+    sizes = data.get("module_sizes")
+    if sizes is None:
+        sens = data.get("sensitivity") or {}
+        shapes, modules = sens.get("module_sizes"), list(sens.get("modules") or ())
+        if shapes is None or [int(x) for x in sens.get("layers") or ()] != list(range(layers)):
+            return None
+        try:
+            sizes = [{kind: math.prod(int(d) for d in size) if isinstance(size, (list, tuple)) else int(size)
+                      for kind, size in zip(modules, row)} for row in shapes]
+        except (TypeError, ValueError):
+            return None
+    if len(sizes) != layers or any(set(kinds) - set(row) for row in sizes):
+        return None
+    return sizes
+
+
+def allocation_sentences(summary: Mapping[str, Any]) -> list[str]:
+    """The "Where the zeros are" section in plain words (`allocation_summary`'s dict)."""
+    who = summary["allocator"] + (f" (edited from {summary['edited_from']})" if summary.get("edited_from") else "")
+    nm = f" ({summary['structure']})" if summary["structure"] != "unstructured" else ""
+    if summary["uniform"]:
+        return [f"{who}: every module at {_pct(summary['value'])}{nm}."]
+    options = ", ".join(f"{k} = {v}" for k, v in (summary.get("settings") or {}).items())
+    sentences = [f"Allocator: {who}" + (f", with {options}" if options else "") + ".",
+                 f"Global sparsity {_pct(summary['global_sparsity'], 2)}{nm}, counted over parameters "
+                 "(zeros / weights of all pruned linears, so a large MLP projection weighs more than a small "
+                 "attention one)."]
+    known = [r for r in summary["rows"] if r["mean"] is not None]
+    if known:
+        low = min(known, key=lambda r: r["mean"])
+        high = max(known, key=lambda r: r["mean"])
+        sentences.append(f"Per layer, by parameters: from {_pct(low['mean'])} (layer {low['layer']}) to "
+                         f"{_pct(high['mean'])} (layer {high['layer']}).")
+    if not summary["by_parameters"]:
+        sentences.append("This report holds no module sizes, so a layer whose modules differ has no mean by "
+                         "parameters (–); the per-module values are exact.")
+    return sentences
+
+
+def _allocation_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    return [[r["layer"], _pct(r["mean"]), *[_pct(v) for v in r["values"]]] for r in summary["rows"]]
 
 
 def _pct(fraction: float | None, digits: int = 1) -> str:
@@ -141,7 +249,32 @@ def report_figures(data: Mapping[str, Any]) -> list[dict]:
     sens = data.get("sensitivity")
     if sens:
         out.append({"id": f"heatmap-{len(out)}", "title": "Sensitivity heatmap", "figure": figures.heatmap_figure(sens)})
+    summary = allocation_summary(data)
+    if summary and not summary["uniform"]:
+        out.append({"id": f"plan-{len(out)}", "title": "Sparsity plan", "figure": plan_figure(summary),
+                    "section": "allocation"})
     return out
+
+
+def plan_figure(summary: Mapping[str, Any]) -> dict:
+    """A plan (`allocation_summary`) as a layers x module-kinds heatmap of sparsities in %, drawn with the
+    sensitivity heatmap's specification (`figures.heatmap_figure`) as the dashboard's Allocation view draws it,
+    titled with the allocator and the global sparsity by parameters."""
+    from pruning_core.outputs import figures
+
+    who = summary["allocator"] + (f" (from {summary['edited_from']})" if summary.get("edited_from") else "")
+    as_map = {"layers": [r["layer"] for r in summary["rows"]], "modules": list(summary["kinds"]),
+              "values": [[100.0 * v for v in r["values"]] for r in summary["rows"]], "metric": "sparsity (%)",
+              "method": who, "sparsity": None}
+    if summary.get("module_sizes") is not None:
+        as_map["module_sizes"] = summary["module_sizes"]
+    figure = figures.heatmap_figure(as_map)
+    total = summary.get("global_sparsity")
+    figure["layout"]["title"]["text"] = "Sparsity plan<br><sup>" + _e(who) + (
+        f" · {100.0 * total:.1f} % of the pruned weights, counted over parameters" if total is not None else "") \
+        + "</sup>"
+    figure["data"][0]["meta"] = {"role": "plan", "allocator": summary["allocator"], "global_sparsity": total}
+    return figure
 
 
 # ----------------------------------------------------------------------------------------- HTML
@@ -195,7 +328,7 @@ def _lm_eval_rows(data) -> list[list[str]]:
 def _setting_rows(data) -> list[list[str]]:
     s = data.get("setting", {})
     rows = [["model", s.get("model")], ["model source", s.get("source", "")], ["fingerprint", s.get("fingerprint", "")],
-            ["method", s.get("method")], ["structure", s.get("structure")],
+            ["method", s.get("method")], ["structure", s.get("structure")], ["allocation", s.get("allocator")],
             ["target sparsity", _pct(s.get("sparsity"), 2)], ["measured sparsity", _pct(s.get("measured_sparsity"), 2)],
             ["propagation", s.get("propagation", "")]]
     return [r for r in rows if r[1] not in (None, "")]
@@ -238,9 +371,21 @@ def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
                   _html_table(["storage form", "size", "how"], _size_rows(sizes), left=3)]
     if data.get("speed_note"):
         parts.append(f"<p>{_e(data['speed_note'])}</p>")
+    allocation = allocation_summary(data)
+    if allocation:
+        parts += ['<h2 id="allocation">Where the zeros are</h2>',
+                  "".join(f"<p>{_e(x)}</p>" for x in allocation_sentences(allocation))]
+        parts += [f'<div class="chart" id="{_e(fig["id"])}"></div>' for fig in figs
+                  if fig.get("section") == "allocation"]
+        if allocation["rows"]:
+            parts += ['<p class="muted">Planned sparsity per module (%); "layer" is the layer\'s sparsity counted '
+                      "over its parameters.</p>",
+                      _html_table(["layer", "layer (by parameters)", *allocation["kinds"]],
+                                  _allocation_rows(allocation))]
+    charts = [fig for fig in figs if fig.get("section", "charts") == "charts"]
     parts.append("<h2>Charts</h2>")
-    if figs:
-        for fig in figs:
+    if charts:
+        for fig in charts:
             parts.append(f'<h3>{_e(fig["title"])}</h3><div class="chart" id="{_e(fig["id"])}"></div>')
     else:
         parts.append("<p>No charts: no curve results and no sensitivity map were given.</p>")
@@ -311,6 +456,13 @@ def render_markdown(data: Mapping[str, Any]) -> str:
                 _md_table(["storage form", "size", "how"], _size_rows(sizes))]
     if data.get("speed_note"):
         out += ["", _md_escape(data["speed_note"])]
+    allocation = allocation_summary(data)
+    if allocation:
+        out += ["", "## Where the zeros are", ""] + [_md_escape(x) for x in allocation_sentences(allocation)]
+        if allocation["rows"]:
+            out += ["", "Planned sparsity per module (%); \"layer\" is the layer's sparsity counted over its "
+                        "parameters.", "",
+                    _md_table(["layer", "layer (by parameters)", *allocation["kinds"]], _allocation_rows(allocation))]
     if data.get("results"):
         from pruning_core.outputs.figures import curve_table_rows
 
@@ -384,7 +536,10 @@ def build_report(data: Mapping[str, Any], out_dir, formats: Sequence[str] = ("ht
     """Write the report files; returns {format: path}.
 
     data (every key optional except ``setting``):
-      setting: {model, source, fingerprint, method, structure, sparsity (target), measured_sparsity, propagation}
+      setting: {model, source, fingerprint, method, structure, sparsity (target), measured_sparsity, propagation,
+               allocator, plan (`SparsityPlan.to_dict()` or None), layer_sparsity} ("Where the zeros are")
+      module_sizes: [{kind: weights}] per decoder layer (`allocation.plan.module_sizes`): a plan's per-layer
+               sparsities counted over parameters
       ppl: {"dense": {corpus: ppl}, "pruned": {corpus: ppl}} (token-level perplexity)
       sizes: `claims.sizes_from_masks(...)`; speed_note: str (`claims.speed_sentence`)
       results: a results.json dict (curves); sensitivity: a sensitivity map dict (heatmap); sensitivity_note

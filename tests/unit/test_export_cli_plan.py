@@ -52,6 +52,7 @@ def test_plan_file_is_exported_and_a_manifest_gives_back_the_same_masks(tiny, tm
     assert f"plan by edited: global sparsity {manifest['target_sparsity']:.4f} by parameters" in printed
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["setting"]["plan_digest"] == plan.digest()
+    assert "Allocator: edited (edited from owl)." in (tmp_path / "a" / "report.md").read_text()
 
     # The export's own manifest (and its report.json) is a plan file: the same masks, bit for bit.
     for source in ("manifest.json", "report.json"):
@@ -76,6 +77,9 @@ def test_allocation_owl_makes_the_plan_from_the_dense_statistics(tiny, tmp_path)
     assert manifest["allocator"] == "owl" and manifest["plan"] == expected.to_dict()
     assert manifest["target_sparsity"] == pytest.approx(0.6, abs=1e-3)  # the global target, by parameters
     assert manifest["measured_sparsity"]["overall"] == pytest.approx(0.6, abs=0.01)
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "## Where the zeros are" in report and "Allocator: owl, with M = 5.0, lambda = 0.08." in report
+    assert f"Global sparsity {100 * manifest['target_sparsity']:.2f} %" in report
 
 
 def test_allocation_sensitivity_computes_the_map_like_the_sweep(tiny, tmp_path):

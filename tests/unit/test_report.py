@@ -95,3 +95,105 @@ def test_report_without_optional_parts(tmp_path):
     assert "No charts" in paths["html"].read_text()
     with pytest.raises(ConfigError, match="setting"):
         build_report({}, tmp_path)
+
+
+def plan_data(plan: dict, structure: str = "unstructured", sizes: bool = True, sparsity: float = 0.6) -> dict:
+    data = {"setting": {"model": "m", "method": "wanda", "structure": structure, "sparsity": sparsity,
+                        "measured_sparsity": sparsity, "allocator": plan.get("allocator"), "plan": plan},
+            "per_layer": {"modules": ["q", "k"], "rows": [{"layer": 0, "values": [0.2, 0.6]},
+                                                          {"layer": 1, "values": [0.7, 0.7]}], "unit": "fraction"}}
+    if sizes:
+        data["module_sizes"] = [{"q": 100, "k": 300}, {"q": 100, "k": 300}]  # k weighs three times q
+    return data
+
+
+PLAN = {"kinds": ["q", "k"], "values": [[0.2, 0.6], [0.7, 0.7]], "allocator": "sensitivity", "target": 0.6,
+        "settings": {"bounds": [0.0, 0.95]}}
+
+
+def test_where_the_zeros_are_counts_the_plan_over_parameters(tmp_path):
+    from pruning_core.outputs.report import allocation_summary, report_figures
+
+    summary = allocation_summary(plan_data(PLAN))
+    # Layer 0: (0.2 x 100 + 0.6 x 300) / 400 = 0.5 (its unweighted mean would be 0.4); global (200 + 280) / 800.
+    assert [r["mean"] for r in summary["rows"]] == pytest.approx([0.5, 0.7])
+    assert summary["global_sparsity"] == pytest.approx(0.6) and summary["by_parameters"]
+    paths = build_report(plan_data(PLAN), tmp_path)
+    md = paths["md"].read_text()
+    assert "## Where the zeros are" in md and "Allocator: sensitivity, with bounds = [0.0, 0.95]." in md
+    assert "Global sparsity 60.00 %, counted over parameters" in md
+    assert "from 50.0 % (layer 0) to 70.0 % (layer 1)" in md
+    assert "| 0 | 50.0 % | 20.0 % | 60.0 % |" in md and "| 1 | 70.0 % | 70.0 % | 70.0 % |" in md
+    assert "no module sizes" not in md
+    page = paths["html"].read_text()
+    section = page.split('id="allocation"')[1].split("<h2>Charts</h2>")[0]
+    (plan_fig,) = [f for f in report_figures(plan_data(PLAN)) if f["id"].startswith("plan-")]
+    assert f'id="{plan_fig["id"]}"' in section  # the plan chart sits in its section, not among the charts
+    assert f'Plotly.newPlot("{plan_fig["id"]}"' in page
+    trace = plan_fig["figure"]["data"][0]
+    assert trace["z"] == [[20.0, 60.0], [70.0, 70.0]] and trace["meta"]["global_sparsity"] == pytest.approx(0.6)
+    assert "60.0 % of the pruned weights" in plan_fig["figure"]["layout"]["title"]["text"]
+    assert json.loads(paths["json"].read_text())["setting"]["plan"] == PLAN
+
+
+def test_uniform_setting_says_every_module_at_its_sparsity(tmp_path):
+    data = {"setting": {"model": "m", "method": "wanda", "structure": "unstructured", "sparsity": 0.5,
+                        "allocator": "uniform", "plan": None}}
+    paths = build_report(data, tmp_path, formats=("html", "md"))
+    assert "uniform: every module at 50.0 %." in paths["md"].read_text()
+    page = paths["html"].read_text()
+    assert "uniform: every module at 50.0 %." in page and 'id="plan-' not in page
+    nm = {"setting": {"model": "m", "method": "wanda", "structure": "2:4", "sparsity": 0.5}}
+    assert "uniform: every module at 50.0 % (2:4)." in build_report(nm, tmp_path, formats=("md",))["md"].read_text()
+
+
+def test_plan_without_module_sizes_shows_only_what_it_can_count(tmp_path):
+    md = build_report(plan_data(PLAN, sizes=False), tmp_path, formats=("md",))["md"].read_text()
+    # The global figure is the setting's target (the plan's by parameters); layer 0's modules differ: no mean.
+    assert "Global sparsity 60.00 %" in md and "| 0 | – | 20.0 % | 60.0 % |" in md
+    assert "| 1 | 70.0 % | 70.0 % | 70.0 % |" in md and "no module sizes" in md
+    owl = {"kinds": ["q", "k"], "values": [[0.55, 0.55], [0.65, 0.65]], "allocator": "owl",
+           "settings": {"M": 5.0, "lambda": 0.08}}
+    md = build_report(plan_data(owl, sizes=False), tmp_path, formats=("md",))["md"].read_text()
+    assert "Allocator: owl, with M = 5.0, lambda = 0.08." in md and "no module sizes" not in md
+    assert "from 55.0 % (layer 0) to 65.0 % (layer 1)" in md
+
+
+def test_nm_plan_is_shown_as_applied_and_edited_plans_name_their_origin(tmp_path):
+    plan = {"kinds": ["q", "k"], "values": [[0.0, 0.0], [0.5, 0.5]], "allocator": "edited",
+            "settings": {"edited_from": "uniform"}}
+    md = build_report(plan_data(plan, "2:4", sparsity=0.5), tmp_path, formats=("md",))["md"].read_text()
+    assert "Allocator: edited (edited from uniform)." in md
+    assert "Global sparsity 25.00 % (2:4)" in md and "| 0 | 0.0 % | 0.0 % | 0.0 % |" in md
+    # Per-layer overrides without a plan table (the What-if's older form) are a plan too.
+    data = {"setting": {"model": "m", "method": "wanda", "structure": "unstructured", "sparsity": 0.5,
+                        "layer_sparsity": {"1": 0.7}},
+            "per_layer": {"modules": ["q", "k"], "rows": [{"layer": 0, "values": [0.5, 0.5]},
+                                                          {"layer": 1, "values": [0.7, 0.7]}]},
+            "module_sizes": [{"q": 100, "k": 300}, {"q": 100, "k": 300}]}
+    md = build_report(data, tmp_path, formats=("md",))["md"].read_text()
+    assert "Allocator: edited." in md and "Global sparsity 60.00 %" in md and "| 1 | 70.0 % | 70.0 % | 70.0 % |" in md
+
+
+def test_plan_names_are_escaped(tmp_path):
+    plan = {**PLAN, "allocator": EVIL}
+    paths = build_report(plan_data(plan), tmp_path, formats=("html", "md"))
+    page = paths["html"].read_text()
+    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert EVIL not in paths["md"].read_text()
+
+
+def test_layer_means_use_the_shapes_of_the_sensitivity_map_when_no_sizes_are_given(tmp_path):
+    from pruning_core.outputs.report import allocation_summary
+
+    data = plan_data(PLAN, sizes=False)
+    data["sensitivity"] = {"layers": [0, 1], "modules": ["q", "k"], "values": [[0.1, 0.2], [0.3, 0.4]],
+                           "metric": "fisher", "method": "wanda", "sparsity": 0.6,
+                           "module_sizes": [[[10, 10], [30, 10]], [[10, 10], [30, 10]]]}  # [out, in]: 100 and 300
+    summary = allocation_summary(data)
+    assert summary["by_parameters"] and [r["mean"] for r in summary["rows"]] == pytest.approx([0.5, 0.7])
+    assert summary["module_sizes"] == [[100, 300], [100, 300]]
+    # A map of some layers only says nothing about the others: no sizes are taken from it.
+    data["sensitivity"] = {**data["sensitivity"], "layers": [1], "values": [[0.3, 0.4]],
+                           "module_sizes": [[[10, 10], [30, 10]]]}
+    assert allocation_summary(data)["rows"][0]["mean"] is None
