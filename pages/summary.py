@@ -31,6 +31,12 @@ settings = widgets.page_start(
 
 
 
+def form_of(point: dict) -> str:
+    """A sweep point's structure, and its allocation when not uniform ("unstructured, owl plan")."""
+    allocation = charts.point_allocation(point)
+    return point["structure"] + ("" if allocation == "uniform" else f", {allocation} plan")
+
+
 def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None:
     """"The most sparsity within +budget %" per method, from budget-search jobs (one per method): the stored
     answer when this budget was searched before, else a button that runs the searches."""
@@ -116,7 +122,7 @@ with st.container(border=True):
     else:
         p = rec["best"]
         change = charts.perplexity_change(p["ppl"][corpus], dense)
-        st.markdown(f"### Recommended: **{METHOD_NAMES.get(p['method'], p['method'])}**, **{p['structure']}**, "
+        st.markdown(f"### Recommended: **{METHOD_NAMES.get(p['method'], p['method'])}**, **{form_of(p)}**, "
                     f"**{p['sparsity']:.0%}** sparsity")
         st.markdown(f'<p class="ps-lead">At {p["sparsity"]:.0%} sparsity with {METHOD_NAMES.get(p["method"], p["method"])} '
                     f"the model's perplexity on {corpus} goes from {dense:,.2f} to {p['ppl'][corpus]:,.2f} "
@@ -134,12 +140,12 @@ with st.container(border=True):
     for method, _change, point in rec["per_method"]:
         name = METHOD_NAMES.get(method, method)
         within = rec["per_method_within"].get(method)
-        usable = (f"usable up to **{within[1]['sparsity']:.0%}** ({within[1]['structure']}, "
+        usable = (f"usable up to **{within[1]['sparsity']:.0%}** ({form_of(within[1])}, "
                   f"{charts.perplexity_change(within[1]['ppl'][corpus], dense)} perplexity)"
                   if within is not None else f"no measured point within +{budget} %")
         line = f"- **{name}**: {usable}"
         if within is None or within[1] is not point:
-            line += (f"; at {point['sparsity']:.0%} ({point['structure']}) perplexity "
+            line += (f"; at {point['sparsity']:.0%} ({form_of(point)}) perplexity "
                      f"{charts.perplexity_change(point['ppl'][corpus], dense)}")
         lines.append(line)
     if lines:

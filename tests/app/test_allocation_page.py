@@ -102,12 +102,18 @@ def _point(allocation, sparsity, ppl):
             "sparsity": sparsity, "ppl": {"news": ppl}, "prune_seconds": 1.0, "eval_seconds": 1.0}
 
 
-def test_curves_overlay_allocations_per_method():
+def _two_allocations() -> dict:
+    """A finished sweep of wanda with uniform and owl plans at 50 % and 70 % (OWL better at 70 %)."""
     result = {"model": {"name": "tiny", "fingerprint": "f"}, "dense": {"ppl": {"news": 10.0}},
               "protocol": {"calib": "news", "propagation": "pruned"},
               "points": [_point("uniform", 0.5, 12.0), _point("uniform", 0.7, 30.0),
                          _point("owl", 0.5, 11.5), _point("owl", 0.7, 20.0)]}
     insert_job("sweep", {"model": "tiny-llama"}, "done", result)
+    return result
+
+
+def test_curves_overlay_allocations_per_method():
+    result = _two_allocations()
     at = ok(page("curves"))
     curves = next(f for f in _figures(at) if f["layout"]["title"]["text"].startswith("Perplexity vs sparsity"))
     lines = {t["name"]: t for t in curves["data"] if (t.get("meta") or {}).get("role") != "dense"}
@@ -121,6 +127,13 @@ def test_curves_overlay_allocations_per_method():
 
 
 # -------------------------------------------------------------------------------------------------- Summary
+
+
+def test_summary_recommendation_names_the_allocation_of_a_plan_point():
+    _two_allocations()
+    at = ok(page("summary", summary_budget=100, summary_budget_methods=["wanda"]))
+    headline = next(str(m.value) for m in at.markdown if str(m.value).startswith("### "))
+    assert "**unstructured, owl plan**, **70%** sparsity" in headline  # owl's 70 % is within +100 %, uniform's not
 
 
 def _stored_answer(budget: float, frontier: float, ppl: float) -> None:
