@@ -17,11 +17,13 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/allo
     sys.path.insert(0, str(_ROOT))
 
 import streamlit as st  # noqa: E402
+from streamlit.errors import StreamlitAPIException  # noqa: E402
 
 from app import charts, services, state, widgets  # noqa: E402
 
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
 FORM = {"alloc_allocator": "uniform", "alloc_target": 0.5}
+WHATIF_PAGE = str(_ROOT / "pages" / "what_if.py")
 NEEDS_WORDS = {"none": "needs nothing but the model",
                "sensitivity": "reads a sensitivity map at two or more sparsities"}
 
@@ -89,5 +91,13 @@ else:
     right.info("No sensitivity map yet: compute one on the **Sensitivity** page to see whether the plan spares "
                "the modules the model needs.", icon=":material/info:")
 
-st.caption("Try this plan (and edit it) on the **What-if** page; compare allocations across sparsities on the "
-           "**Curves** page.")
+if st.button("Try this plan on the What-if page", key="alloc_to_whatif", icon=":material/science:",
+             help="Opens the What-if page with this plan in its table, ready to edit and run."):
+    # The What-if form's own keys (see pages/what_if.py FORM): its table starts from this plan.
+    st.session_state.update(whatif_per_layer=True, whatif_start=allocator, whatif_sparsity=float(target),
+                            whatif_structure="unstructured", whatif_plan_seed=plan)
+    try:
+        st.switch_page(WHATIF_PAGE)
+    except StreamlitAPIException:  # a page run on its own: no menu to switch in
+        st.info("The plan is waiting on the What-if page; open it from the menu.", icon=":material/science:")
+st.caption("Compare allocations across sparsities on the **Curves** page (choose them under Allocations).")

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 from app import charts, services  # noqa: E402
-from tests.app.apptest_helpers import SMALL, fake_map, insert_job, ok, page  # noqa: E402
+from tests.app.apptest_helpers import SMALL, fake_map, insert_job, multipage_app, ok, page  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
 
@@ -174,3 +174,15 @@ def test_summary_budget_search_runs_as_a_job_and_says_how_it_was_found():
     steps = len(status["result"]["trajectory"])
     assert f"Found by a step-wise search of {steps} steps" in _texts(at)
     assert not any(b.key == "summary_budget_run" for b in at.button)  # answered: nothing left to run
+
+
+def test_a_plan_goes_from_the_allocation_view_to_the_whatif_editor():
+    at = multipage_app()
+    at.switch_page("../pages/allocation.py").run()
+    at.slider(key="alloc_target").set_value(0.6).run()
+    ok(at).button(key="alloc_to_whatif").click().run()
+    ok(at)
+    assert any(t.value == "What-if" for t in at.title)  # the What-if page is shown, its table from the plan
+    assert at.session_state["whatif_plan_seed"]["values"][0][0] == pytest.approx(0.6)
+    assert at.toggle(key="whatif_per_layer").value and at.slider(key="whatif_sparsity").value == pytest.approx(0.6)
+    assert "This plan removes **60.0%**" in _texts(at)
