@@ -93,8 +93,11 @@ def cmd_export(args) -> int:
         pruned = data["ppl"]["pruned"][corpus]
         print(f"{corpus}: perplexity dense {dense:.3f} -> pruned {pruned:.3f} ({100 * (pruned / dense - 1):+.1f} %)")
     if data["setting"].get("plan") is not None:
-        print(f"plan by {data['setting']['allocator']}: global sparsity {data['setting']['sparsity']:.4f} by "
-              f"parameters (digest {data['setting']['plan_digest'][:12]})")
+        from pruning_core.outputs.report import allocation_summary
+
+        planned = allocation_summary(data)["global_sparsity"]  # as the report's "Where the zeros are" says it
+        print(f"plan by {data['setting']['allocator']} (digest {data['setting']['plan_digest'][:12]})"
+              + (f": global sparsity {planned:.4f} by parameters" if planned is not None else ""))
     print(f"measured sparsity {data['setting']['measured_sparsity']:.4f}; finished in {time.perf_counter() - start:.1f} s")
     for name, path in sorted(outcome["files"].items()):
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

@@ -49,7 +49,8 @@ def test_plan_file_is_exported_and_a_manifest_gives_back_the_same_masks(tiny, tm
     assert manifest["allocator"] == "edited"
     assert manifest["target_sparsity"] == pytest.approx(plan.global_sparsity(module_sizes(tiny)), abs=1e-6)
     printed = capsys.readouterr().out
-    assert f"plan by edited: global sparsity {manifest['target_sparsity']:.4f} by parameters" in printed
+    assert f"plan by edited (digest {plan.digest()[:12]}): global sparsity {manifest['target_sparsity']:.4f} by " \
+           "parameters" in printed
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["setting"]["plan_digest"] == plan.digest()
     assert "Allocator: edited (edited from owl)." in (tmp_path / "a" / "report.md").read_text()
