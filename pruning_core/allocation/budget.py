@@ -180,7 +180,9 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     sensitivity: a sensitivity result for the "sensitivity" allocator (default: `spec.sensitivity`'s file, else
     maps in `store`).
     Returns {"frontier": {"sparsity", "ppl", "increase"} of the last passing step (None when even `low` fails),
-    "trajectory": [{"step", "phase", "sparsity", "ppl", "increase", "passed", "reused", ...}] in visit order,
+    "trajectory": [{"step", "phase", "sparsity", "ppl", "increase", "passed", "reused", ...}] in visit order
+    (a `low` of 0 is the dense model itself, marked "dense"; measured steps add plan_sparsity, measured_sparsity,
+    plan_digest, allocator, windows, prune_seconds, eval_seconds),
     "certainty": {"eval_windows", "gap_pp" (first failing - last passing, percentage points; None when `high`
     passed), "evaluations" (points the search used), "measured" (of them, measured now), "reused",
     "grid_evaluations" (what a 2-point grid over the range would need), "ppl_monotone", "bounded_by"},
@@ -215,7 +217,7 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
         lo_f, hi_f = min(index / expected, 0.99), min((index + 1) / expected, 0.99)
         progress(lo_f, f"step {index + 1}: {spec.method} {spec.allocation} at {sparsity:.0%} ({phase})")
         point = measurer(sparsity, sub_progress(progress, lo_f, hi_f)) if units > 0 else \
-            {"ppl": dense_ppl, "reused": True, "dense": True}
+            {"ppl": dense_ppl, "reused": measurer.dense_reused, "dense": True}
         ppl = float(point["ppl"])
         row = {"step": index + 1, "phase": phase, "sparsity": sparsity, "ppl": ppl,
                "increase": ppl / dense_ppl - 1.0 if dense_ppl > 0 else None,
@@ -298,6 +300,7 @@ class _InjectedMeasure:
     """A caller's sparsity -> perplexity function (tests, what-if estimates): no model, no store."""
 
     windows = None
+    dense_reused = False
 
     def __init__(self, measure: MeasureFn):
         self.measure = measure
@@ -382,7 +385,7 @@ class _RealMeasure:
         evaluation = evaluate.evaluate_setting(self.loaded, self.spec.protocol, [self.spec.eval_corpus], None,
                                                eval_ids=self.eval_ids, store=self.store,
                                                progress=sub_progress(self.progress, 0.0, 0.02))
-        self.dense_cached = self.spec.eval_corpus in evaluation.dense_cached
+        self.dense_reused = self.spec.eval_corpus in evaluation.dense_cached
         return float(evaluation.dense_ppl[self.spec.eval_corpus])
 
     def point_key(self, config) -> dict:
@@ -450,7 +453,7 @@ class _RealMeasure:
 
     def finish(self, result: dict) -> None:
         result["model"] = self.loaded.describe()
-        result["dense_reused"] = self.dense_cached
+        result["dense_reused"] = self.dense_reused
         if self.sensitivity is not None:  # which maps the plans read, so the answer can be traced
             result["sensitivity"] = {"source": self.sensitivity.get("source", "given"),
                                      "maps": [{k: m.get(k) for k in ("metric", "method", "sparsity")}

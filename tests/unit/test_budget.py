@@ -137,7 +137,8 @@ def test_real_search_reuses_every_stored_step_and_measures_with_the_evaluation_p
     spec = BudgetSpec(max_increase=0.0, **REAL)  # any increase fails: the search bisects down from 30 %
     first = search_budget(loaded, spec, store=store)
     measured = [r for r in first["trajectory"] if r["sparsity"] > 0]
-    assert measured and not any(r["reused"] for r in measured)
+    assert measured and not any(r["reused"] for r in first["trajectory"])  # the dense value too: measured now
+    assert first["trajectory"][0]["dense"] and first["trajectory"][0]["sparsity"] == 0.0
     assert first["certainty"]["measured"] == len(measured) and first["certainty"]["eval_windows"] == 3
     # One step re-measured by hand, through the same prune and evaluation: the same perplexity.
     row = measured[0]
@@ -150,7 +151,7 @@ def test_real_search_reuses_every_stored_step_and_measures_with_the_evaluation_p
 
     # The same search again re-measures nothing; a looser budget re-measures only the steps it has not seen.
     again = search_budget(loaded, spec, store=store)
-    assert again["certainty"]["measured"] == 0 and again["dense_reused"]
+    assert again["certainty"]["measured"] == 0 and again["dense_reused"] and again["trajectory"][0]["reused"]
     assert [r["ppl"] for r in again["trajectory"]] == [r["ppl"] for r in first["trajectory"]]
     looser = search_budget(loaded, BudgetSpec(max_increase=1e6, **REAL), store=store)
     seen = {r["sparsity"] for r in measured}
@@ -215,3 +216,44 @@ def test_cli_budget_writes_budget_json(tmp_path, capsys):
     bad = [{"10%": "10", str(tmp_path / "out"): str(tmp_path / "bad")}.get(str(a), str(a)) for a in argv]
     assert cli.main(bad) == 2
     assert "write 10%" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_owl_search_adds_one_statistics_pass_and_reuses_it():
+    loaded = tiny_model("llama", layers=2)
+    store = Store()
+
+    def statistics_rows() -> int:
+        return store.execute("SELECT COUNT(*) AS n FROM results WHERE kind = 'dense_statistics'")[0]["n"]
+
+    first = search_budget(loaded, BudgetSpec(allocation="owl", max_increase=0.0, **REAL), store=store)
+    assert statistics_rows() == 1  # one dense walk for the whole search, kept in the statistics cache
+    for row in first["trajectory"][1:]:
+        assert row["allocator"] == "owl" and abs(row["plan_sparsity"] - row["sparsity"]) <= 0.001
+    again = search_budget(loaded, BudgetSpec(allocation="owl", max_increase=1e6, **REAL), store=store)
+    assert statistics_rows() == 1
+    assert any(r["reused"] for r in again["trajectory"][1:])
+
+
+def _synthetic_map(metric: str, sparsity: float, kinds: list[str]) -> dict:
+    """A sensitivity map of a 2-layer model: layer 0's MLP costs the most (values grow with sparsity)."""
+    values = [[sparsity ** 2 * (10.0 if layer == 0 and kind in ("gate", "up", "down") else 1.0) for kind in kinds]
+              for layer in (0, 1)]
+    return {"metric": metric, "method": "wanda", "sparsity": sparsity, "layers": [0, 1], "modules": kinds,
+            "values": values}
+
+
+def test_sensitivity_allocation_reads_a_file_or_refuses_without_maps(tmp_path):
+    loaded = tiny_model("llama", layers=2)
+    spec = BudgetSpec(allocation="sensitivity", max_increase=1e6, **REAL)
+    with pytest.raises(ConfigError, match="needs a sensitivity map"):
+        search_budget(loaded, spec, store=Store())
+    kinds = list(loaded.adapter.module_kinds)
+    path = tmp_path / "sensitivity_all.json"
+    path.write_text(json.dumps({"maps": [_synthetic_map("exact", s, kinds) for s in (0.3, 0.6)]}))
+    with_file = BudgetSpec.from_dict({**spec.to_dict(), "sensitivity": str(path)})
+    result = search_budget(loaded, with_file, store=Store())
+    assert result["sensitivity"]["source"] == str(path) and len(result["sensitivity"]["maps"]) == 2
+    step = result["trajectory"][1]
+    assert step["allocator"] == "sensitivity" and abs(step["plan_sparsity"] - step["sparsity"]) <= 0.001
+    with pytest.raises(ConfigError, match="does not exist"):
+        search_budget(loaded, BudgetSpec.from_dict({**spec.to_dict(), "sensitivity": str(tmp_path / "no.json")}))
