@@ -297,7 +297,7 @@ def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], co
     names = list(loaded.adapter.prunable_modules(loaded.model))
     with preserved_weights(loaded.model, names):  # the walk writes pruned weights in; undo them after
         walk_layers(loaded, inputs, on_layer, need=method.needs, propagation="pruned", progress=progress,
-                    dtype=config.calib_dtype)
+                    dtype=config.calib_dtype, always_changes=True)
     return _finish(loaded, config, masks, weights, start)
 
 

@@ -27,7 +27,7 @@ from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel
 from pruning_core.precision import autocast_for
 from pruning_core.progress import ProgressFn, no_progress
-from pruning_core.stats import LayerStatistics
+from pruning_core.stats import AllInputsSeen, LayerStatistics
 
 PROPAGATIONS = ("pruned", "dense")
 #: Compute dtypes of the walk's calibration forwards ("float32" reproduces the reference numbers bit for bit).
@@ -94,13 +94,17 @@ def run_layer(layer: nn.Module, inputs: LayerInputs, after_batch: Optional[Calla
               dtype: str = "float32") -> list[torch.Tensor]:
     """Forward every batch of `inputs` through one decoder layer; returns the outputs per batch (fp32).
 
-    dtype: "float32", or "bfloat16" for bf16 autocast (see the module docstring).
+    dtype: "float32", or "bfloat16" for bf16 autocast (see the module docstring). A batch stopped by a
+    statistics hook (`stats.AllInputsSeen`) has no output: the list is then empty.
     """
     outputs = []
     with torch.inference_mode(), autocast_for(check_calib_dtype(dtype)):
         for states, layer_kwargs in zip(inputs.hidden, inputs.kwargs):
-            out = layer(states, **layer_kwargs)
-            outputs.append((out[0] if isinstance(out, (tuple, list)) else out).to(torch.float32))
+            try:
+                out = layer(states, **layer_kwargs)
+                outputs.append((out[0] if isinstance(out, (tuple, list)) else out).to(torch.float32))
+            except AllInputsSeen:
+                pass
             if after_batch is not None:
                 after_batch()
     return outputs
@@ -112,7 +116,8 @@ LayerHandler = Callable[[int, nn.Module, LayerStatistics], bool]
 
 def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler, need: str = "none",
                 propagation: str = "pruned", progress: Optional[ProgressFn] = None,
-                layer_range: Optional[range] = None, dtype: str = "float32") -> LayerInputs:
+                layer_range: Optional[range] = None, dtype: str = "float32",
+                always_changes: bool = False) -> LayerInputs:
     """Walk the decoder layers in order, collecting input statistics of each layer's linears.
 
     For each layer: forward all batches with hooks collecting `need` statistics, call `on_layer`, free the
@@ -120,6 +125,10 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
     Returns the inputs of the layer after the last one walked (the final hidden states before the norm).
     `on_layer` may change weights in place; restoring them is the caller's job (`masks.preserved_weights`).
     dtype: compute dtype of the layer forwards, "float32" or "bfloat16" (autocast; statistics stay fp32).
+    always_changes: the handler changes every layer (pruning), so in ``pruned`` propagation the statistics pass
+    only collects statistics and stops before the layer's last linear computes (`LayerStatistics.stop_early`);
+    the outputs come from the recomputation after the change, as always. A handler that then reports no change
+    costs one more forward of that layer, never a wrong result.
     """
     check_calib_dtype(dtype)
     if propagation not in PROPAGATIONS:
@@ -130,7 +139,8 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
     current = inputs
     for step, index in enumerate(indices):
         layer = layers[index]
-        stats = LayerStatistics(loaded.adapter.layer_linears(layer), need)
+        stop_early = always_changes and propagation == "pruned" and need != "none"
+        stats = LayerStatistics(loaded.adapter.layer_linears(layer), need, stop_early=stop_early)
         batches_done = [0]
 
         def after_batch(step=step, index=index) -> None:
@@ -146,7 +156,7 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
             changed = on_layer(index, layer, stats)
         finally:
             stats.free()
-        if changed and propagation == "pruned":
+        if (changed and propagation == "pruned") or len(outputs) < len(current.hidden):
             outputs = run_layer(layer, current, dtype=dtype)
         current = LayerInputs(outputs, current.kwargs)
         progress((step + 1) / len(indices), f"layer {index + 1}/{len(layers)}")

@@ -353,3 +353,37 @@ def test_sparsegpt_group_gives_each_matrix_its_own_result(structure):
         alone_keep, alone_new = prune_sparsegpt(w.clone(), stats, s, parse_structure(structure), options)
         assert torch.equal(keep, alone_keep)
         torch.testing.assert_close(new, alone_new, rtol=1e-4, atol=1e-5)
+
+
+def test_statistics_pass_stops_before_the_last_linear_with_the_same_results():
+    from pruning_core.walk import capture_layer_inputs, walk_layers
+
+    lm = tiny_model("llama", layers=2)
+    ids = windows(n=4, seqlen=16)
+    calls = {"down": 0}
+    downs = [layer.mlp.down_proj for layer in lm.adapter.decoder_layers(lm.model)]
+    handles = [d.register_forward_hook(lambda *a: calls.__setitem__("down", calls["down"] + 1)) for d in downs]
+
+    def run(always_changes):
+        seen, calls["down"] = [], 0
+
+        def on_layer(index, layer, stats):
+            seen.append({k: v.hessian.clone() for k, v in stats.by_kind.items()})
+            with torch.no_grad():
+                layer.mlp.up_proj.weight.mul_(0.5)  # a change, so outputs must be recomputed
+            return True
+
+        before = snapshot(lm.model)
+        out = walk_layers(lm, capture_layer_inputs(lm, ids, 2), on_layer, need="hessian",
+                          always_changes=always_changes)
+        lm.model.load_state_dict(before)
+        return seen, out.hidden, calls["down"]
+
+    full, full_out, full_calls = run(False)
+    early, early_out, early_calls = run(True)
+    for handle in handles:
+        handle.remove()
+    assert early_calls == full_calls // 2  # the statistics pass never ran down_proj; the recomputation did
+    for a, b in zip(full, early):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(x, y) for x, y in zip(full_out, early_out))
