@@ -21,6 +21,7 @@ Statistics: the dense input statistics of the calibration set (`prune.Statistics
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -64,10 +65,22 @@ def outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:
     return 100.0 * count / max(total, 1)
 
 
+#: Outlier ratios already computed, per statistics object (weakly held) and (weights fingerprint, M): a budget
+#: search or a sweep asks OWL for plans at many targets, and the ratios do not depend on the target.
+_RATIOS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def outlier_ratios(loaded, statistics, m: float = DEFAULT_M) -> list[float]:
     """OWL's layer outlier ratio D_l in % (step 1-2 of the recipe) for every decoder layer of `loaded`."""
-    layers = len(loaded.adapter.decoder_layers(loaded.model))
-    return [outlier_ratio(layer_scores(loaded, statistics, i), m) for i in range(layers)]
+    key = (loaded.fingerprint, float(m))
+    try:
+        known = _RATIOS.setdefault(statistics, {})
+    except TypeError:  # not weakly referenceable: compute every time
+        known = {}
+    if key not in known:
+        layers = len(loaded.adapter.decoder_layers(loaded.model))
+        known[key] = [outlier_ratio(layer_scores(loaded, statistics, i), m) for i in range(layers)]
+    return list(known[key])
 
 
 def owl_sparsities(ratios: Sequence[float], target: float, lam: float = DEFAULT_LAMBDA) -> list[float]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pruning_core.allocation.plan import module_sizes
 from pruning_core.outputs.files import write_json
 from pruning_core.errors import ConfigError, PruneScopeError
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -222,7 +223,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     evaluation = evaluate.evaluate_setting(loaded, protocol, options.eval_corpora, result, eval_ids=evals,
                                            store=store, progress=sub_progress(progress, 0.2, 0.3))
     dense_ppl, pruned_ppl = evaluation.dense_ppl, evaluation.pruned_ppl
-    allocation = plan.allocator if plan is not None else "uniform"
+    allocation = plan.allocator if plan is not None else ("edited" if config.layer_sparsity else "uniform")
     points = [{"method": config.method, "structure": config.structure, "allocation": allocation,
                "target_sparsity": config.effective_sparsity, "sparsity": result.sparsity, "ppl": pruned_ppl,
                "prune_seconds": result.seconds, "propagation": config.propagation}]
@@ -292,6 +293,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
                     "plan_digest": plan.digest() if plan is not None else None,
                     "mask_source": _mask_source(options),
                     "weights_updated": result.weights is not None},
+        "module_sizes": module_sizes(loaded),
         "ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
         "evaluation": evaluation.to_dict(),
         "sizes": claims.sizes_from_masks(loaded, result.masks, config.structure),
