@@ -1,4 +1,4 @@
-"""`prunescope budget`: the most sparsity a quality budget allows, for one method x allocator, headless."""
+"""`prunescope budget`: the most sparsity a quality budget allows, for each method x allocator asked, headless."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from pruning_core.errors import ConfigError
 def add_budget(sub) -> None:
     p = sub.add_parser("budget", help="the most global sparsity within a perplexity budget (budget.json)")
     add_protocol_args(p)
-    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
-    p.add_argument("--allocation", default="uniform", help="allocator: uniform, owl, sensitivity, ...")
+    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt; a comma list searches each")
+    p.add_argument("--allocation", default="uniform",
+                   help="allocator: uniform, owl, sensitivity, ...; a comma list searches each")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--max-increase", default=None,
                         help="allowed perplexity increase over dense: 10%% or 0.10 (= +10 %%)")
@@ -48,19 +49,29 @@ def cmd_budget(args) -> int:
             raise ConfigError(f"--sensitivity '{sensitivity}' is not a file; give the sensitivity_all.json that "
                               "`prunescope sensitivity` wrote.")
         sensitivity = str(path.resolve())  # the job may run in another folder
-    spec = BudgetSpec(
-        model=args.model, protocol=protocol_from_args(args), method=args.method.strip().lower(),
-        allocation=args.allocation.strip().lower(), propagation=args.propagation, corpus=args.corpus,
+    methods = [m.strip().lower() for m in args.method.split(",") if m.strip()]
+    allocations = [a.strip().lower() for a in args.allocation.split(",") if a.strip()]
+    specs = [BudgetSpec(
+        model=args.model, protocol=protocol_from_args(args), method=method, allocation=allocation,
+        propagation=args.propagation, corpus=args.corpus,
         max_increase=None if args.max_increase is None else parse_fraction(args.max_increase, "--max-increase"),
         max_ppl=args.max_ppl, coarse_step=parse_fraction(args.coarse_step, "--coarse-step"),
         resolution=parse_fraction(args.resolution, "--resolution"), low=parse_fraction(args.low, "--low"),
         high=parse_fraction(args.high, "--high"), sensitivity=sensitivity,
-    ).validate()
+    ).validate() for method in methods for allocation in allocations]  # every spec checked before any runs
+    if not specs:
+        raise ConfigError("Give at least one --method and one --allocation.")
     out = prepare_out_dir(args.out)
     start = time.perf_counter()
-    result = JobRunner().run_inline("budget", spec.to_dict(), ConsoleProgress())
-    write_json(out / "budget.json", result)
-    _print_budget(result)
+    runner = JobRunner()
+    results = []
+    for spec in specs:
+        print(f"== {spec.method} / {spec.allocation}")
+        result = runner.run_inline("budget", spec.to_dict(), ConsoleProgress())
+        _print_budget(result)
+        results.append(result)
+    # One search: budget.json is its result (as before); several: {"searches": [...]} in the order asked.
+    write_json(out / "budget.json", results[0] if len(results) == 1 else {"searches": results})
     print(f"wrote {out / 'budget.json'} ({time.perf_counter() - start:.1f} s)")
     return 0
 

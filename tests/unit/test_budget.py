@@ -218,6 +218,17 @@ def test_cli_budget_writes_budget_json(tmp_path, capsys):
     assert "write 10%" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+def test_cli_budget_searches_each_method_and_allocation_asked(tmp_path):
+    argv = ["budget", "--model", "tiny-llama", "--method", "magnitude,wanda", "--allocation", "uniform,owl",
+            "--max-increase", "10%", "--calib", "news", "--nsamples", "4", "--seqlen", "32", "--eval-windows", "2",
+            "--coarse-step", "30%", "--resolution", "0.1", "--high", "0.9", "--out", tmp_path / "out"]
+    assert cli.main([str(a) for a in argv]) == 0
+    searches = json.loads((tmp_path / "out" / "budget.json").read_text())["searches"]
+    assert [(s["spec"]["method"], s["spec"]["allocation"]) for s in searches] == [
+        ("magnitude", "uniform"), ("magnitude", "owl"), ("wanda", "uniform"), ("wanda", "owl")]
+    assert all("frontier" in s for s in searches)
+
+
 def test_owl_search_adds_one_statistics_pass_and_reuses_it():
     loaded = tiny_model("llama", layers=2)
     store = Store()
