@@ -241,6 +241,23 @@ def main() -> None:
     if args.save:
         path = ROOT / "docs" / "runs" / ("peer-speed-quick.json" if args.quick else "peer-speed.json")
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            # A run of some cases keeps the other cases of the saved file, each with the machine and load it was
+            # measured under: every ratio still compares two sides measured in one run.
+            earlier = json.loads(path.read_text())
+            kept = [c for c in earlier.get("cases", []) if c not in cases]
+            for case in kept:
+                for part in ("ours", "peer_results", "fidelity"):
+                    if case in earlier.get(part, {}):
+                        report[part][case] = earlier[part][case]
+                for key, value in earlier.get("ratios", {}).items():
+                    if key == case or key.startswith(f"{case}_"):
+                        report["ratios"][key] = value
+                report.setdefault("earlier_runs", {})[case] = earlier.get("earlier_runs", {}).get(case) or {
+                    "machine": earlier.get("machine"), "load_average_start": earlier.get("load_average_start"),
+                    "load_average_end": earlier.get("load_average_end"), "note": earlier.get("note")}
+            report["cases"] = cases + kept
+            text = json.dumps(report, indent=2)
         path.write_text(text + "\n")
         log(f"saved {path.relative_to(ROOT)}")
 
