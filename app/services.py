@@ -1085,7 +1085,8 @@ def budget_answer_words(result: dict) -> dict:
     how += f"; each perplexity on {windows} evaluation windows" if windows is not None else ""
     gap = certainty.get("gap_pp")
     if gap is not None:
-        how += f"; the last passing and the first failing step are {float(gap):g} percentage points apart"
+        unit = "percentage point" if float(gap) == 1 else "percentage points"
+        how += f"; the last passing and the first failing step are {float(gap):g} {unit} apart"
     how += "."
     caveat = None
     if certainty.get("ppl_monotone") is False:

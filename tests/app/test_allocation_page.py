@@ -154,7 +154,7 @@ def test_summary_budget_slider_reads_the_stored_answer_of_each_budget():
     at = ok(page("summary", summary_budget_methods=["wanda"]))
     assert "- **Wanda**: at most **41%** sparsity within +10 % on news: perplexity 10.90" in _texts(at)
     assert "6 evaluations" in _texts(at) and "4 evaluation windows" in _texts(at)
-    assert "1 percentage points apart" in _texts(at)
+    assert "the last passing and the first failing step are 1 percentage point apart" in _texts(at)
     at.slider(key="summary_budget").set_value(25).run()
     ok(at)
     assert "at most **56%** sparsity within +25 %" in _texts(at) and "41%" not in _texts(at)
