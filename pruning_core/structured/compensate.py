@@ -1,0 +1,163 @@
+"""Few-shot compensation: refit the consumer linear's remaining columns after structured units are removed.
+
+Removing units drops some input features R of a consumer linear y = W x + b (o_proj, down_proj, fc2, GPT-2's
+c_proj); the kept features K and their weights can absorb part of the loss. Everything is computed from the
+input moments Sigma = E[x x^T] and mu = E[x] of the dense calibration pass (`statistics`); no raw activations.
+
+Where the consumer has a bias (OPT, GPT-2), x is augmented with a constant 1 so the bias is refit with the
+weights (Sigma~ = [[Sigma, mu], [mu^T, 1]], W~ = [W | b]); the removal-only starting point then carries
+FLAP's bias correction b' = b + W_R mu_R (the removed features replaced by their calibration mean). Llama-like
+consumers have no bias in the architecture, so they get the weight refit alone (adding one would need
+``mlp_bias``/``attention_bias``, which also give gate/up and q/k/v biases).
+
+The refit (per output row, a ridge regression pulled toward the removal-only weights W0 = [W_K | b']):
+
+    W' = (W~ Sigma~[:, K] + lam W0) (Sigma~[K, K] + lam I)^-1,    lam = alpha * mean diag Sigma[K, K]
+
+lam -> 0 is the plain least-squares refit; lam -> infinity is removal (plus FLAP's bias) alone.
+
+Why shrink toward W0 and choose alpha by cross-validation: a plain refit with 1 % damping toward zero
+reconstructs the calibration tokens better but, from 8 windows, *hurt* held-out perplexity on the embedded
+model (issue 14: 37.3 against 33.7 without compensation, 29.6 from 32 windows): the moments of 8 windows are
+noisy and the least-squares solution fits that noise. Shrinking toward zero would also shrink the useful
+signal; shrinking toward the removal-only weights means a large lam can never do worse than no compensation.
+How much to shrink depends on how much data there is, so alpha is chosen by 2-fold cross-validation over the
+calibration windows (even/odd windows; fit on one, measure the output error on the other, both ways): with
+few windows it picks a large alpha, with many a small one, and "no refit" is one of the choices. The chosen
+alpha is then used for a refit on all windows. A fixed `damping` skips the cross-validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from pruning_core.structured.statistics import FOLDS, ConsumerStatistics
+
+#: Shrinkage strengths tried by the cross-validation, as fractions of mean diag(Sigma[K, K]); infinity = no refit.
+ALPHA_GRID = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, float("inf"))
+
+
+@dataclass
+class Refit:
+    """A consumer's new weights after removal. weight: (out, |K|) fp64 on the kept columns, in K's order;
+    bias: (out,) fp64 or None; alpha: the shrinkage used (inf = no refit); cv_error / cv_error_removal: the
+    cross-validated relative output error with this alpha and with removal alone (None for a fixed damping)."""
+
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    alpha: float
+    cv_error: Optional[float] = None
+    cv_error_removal: Optional[float] = None
+
+
+def augmented(gram: torch.Tensor, mean: torch.Tensor, with_bias: bool) -> torch.Tensor:
+    """Sigma~ = [[Sigma, mu], [mu^T, 1]] when the consumer has a bias, else Sigma (fp64)."""
+    if not with_bias:
+        return gram
+    n = gram.shape[0]
+    out = torch.empty(n + 1, n + 1, dtype=torch.float64)
+    out[:n, :n] = gram
+    out[:n, n] = mean
+    out[n, :n] = mean
+    out[n, n] = 1.0
+    return out
+
+
+def _dense(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return weight if bias is None else torch.cat([weight, bias[:, None]], dim=1)
+
+
+def _split(full: torch.Tensor, with_bias: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    return (full[:, :-1], full[:, -1]) if with_bias else (full, None)
+
+
+def _kept_index(keep: list[int], columns: int, with_bias: bool) -> torch.Tensor:
+    return torch.tensor(list(keep) + ([columns] if with_bias else []), dtype=torch.long)
+
+
+def removal_weights(weight: torch.Tensor, bias: Optional[torch.Tensor], keep: list[int],
+                    mean: torch.Tensor) -> torch.Tensor:
+    """W0 = [W_K | b + W_R mu_R] (FLAP's bias correction) or W_K without a bias, (out, |K~|) fp64."""
+    kept = _dense(weight, None)[:, keep]
+    if bias is None:
+        return kept
+    removed = sorted(set(range(weight.shape[1])) - set(keep))
+    corrected = bias + weight[:, removed] @ mean[removed] if removed else bias.clone()
+    return torch.cat([kept, corrected[:, None]], dim=1)
+
+
+def solve(dense: torch.Tensor, sigma: torch.Tensor, index: torch.Tensor, prior: torch.Tensor,
+          alpha: float, columns: int) -> torch.Tensor:
+    """W' = (W~ Sigma~[:, K] + lam W0)(Sigma~[K, K] + lam I)^-1 with lam = alpha * mean diag Sigma[K, K]."""
+    if alpha == float("inf"):
+        return prior.clone()
+    kept_features = index[index < columns]
+    lam = alpha * float(torch.diagonal(sigma)[kept_features].mean()) + 1e-12
+    system = sigma[index][:, index] + lam * torch.eye(len(index), dtype=torch.float64)
+    rhs = dense @ sigma[:, index] + lam * prior  # (out, |K~|)
+    chol = torch.linalg.cholesky(system)
+    return torch.cholesky_solve(rhs.t(), chol).t()
+
+
+def output_error(dense: torch.Tensor, sigma: torch.Tensor, index: torch.Tensor, new: torch.Tensor) -> float:
+    """Relative squared output error E||W~ x~ - W' x~_K||^2 / E||W~ x~||^2 under moments `sigma` (augmented
+    when there is a bias)."""
+    padded = torch.zeros_like(dense)
+    padded[:, index] = new
+    diff = dense - padded
+    denominator = float(((dense @ sigma) * dense).sum())
+    return float(((diff @ sigma) * diff).sum()) / max(denominator, 1e-30)
+
+
+def reconstruction_error(weight: torch.Tensor, bias: Optional[torch.Tensor], keep: list[int],
+                         new_weight: torch.Tensor, new_bias: Optional[torch.Tensor],
+                         gram: torch.Tensor, mean: torch.Tensor) -> float:
+    """Relative output error of a consumer whose kept columns `keep` carry `new_weight` (out, |K|) and
+    `new_bias`, against the dense W (out, in), b, under the input moments (gram = E[x x^T], mean = E[x])."""
+    with_bias = bias is not None
+    weight, sigma = weight.to(torch.float64), augmented(gram.to(torch.float64), mean.to(torch.float64), with_bias)
+    dense = _dense(weight, None if bias is None else bias.to(torch.float64))
+    new = _dense(new_weight.to(torch.float64), None if new_bias is None else new_bias.to(torch.float64))
+    return output_error(dense, sigma, _kept_index(keep, weight.shape[1], with_bias), new)
+
+
+def refit(weight: torch.Tensor, bias: Optional[torch.Tensor], keep: list[int], stats: ConsumerStatistics,
+          damping: Optional[float] = None) -> Refit:
+    """Refit a consumer (weight (out, in), bias (out,) or None) to its kept input columns `keep`.
+
+    damping: None = choose the shrinkage alpha by 2-fold cross-validation over calibration windows (see the
+    module docstring); a float = use that alpha (fraction of mean diag) without cross-validation.
+    """
+    weight = weight.to(torch.float64)
+    bias = None if bias is None else bias.to(torch.float64)
+    with_bias = bias is not None
+    columns = weight.shape[1]
+    index = _kept_index(keep, columns, with_bias)
+    dense = _dense(weight, bias)
+    cv_error = cv_removal = None
+    if damping is None:
+        folds = []
+        for fold in range(FOLDS):
+            gram, mean, _ = stats.moments((fold,))
+            folds.append((augmented(gram, mean, with_bias), mean))
+        errors = []
+        for alpha in ALPHA_GRID:
+            total = 0.0
+            for fit, check in ((0, 1), (1, 0)):
+                sigma_fit, mean_fit = folds[fit]
+                prior = removal_weights(weight, bias, keep, mean_fit)
+                new = solve(dense, sigma_fit, index, prior, alpha, columns)
+                total += output_error(dense, folds[check][0], index, new)
+            errors.append(total / 2)
+        best = min(range(len(ALPHA_GRID)), key=lambda i: (errors[i], -i))  # ties: the stronger shrinkage
+        alpha, cv_error, cv_removal = ALPHA_GRID[best], errors[best], errors[-1]
+    else:
+        alpha = float(damping)
+    gram, mean, _ = stats.moments()
+    sigma = augmented(gram, mean, with_bias)
+    new = solve(dense, sigma, index, removal_weights(weight, bias, keep, mean), alpha, columns)
+    new_weight, new_bias = _split(new, with_bias)
+    return Refit(new_weight, new_bias, alpha, cv_error, cv_removal)
