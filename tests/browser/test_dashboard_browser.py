@@ -3,7 +3,9 @@
 Setup with a tiny protocol -> a small sweep on Curves -> a small sensitivity map, all from the UI; the
 curve and the heatmap must render with data (read from plotly.js's graph divs). The map is the default
 "Automatic" one: its first refinement is shown with its measured agreement, its refinement toward the exact map
-is cancelled from the job panel's Cancel button, and an export job runs from the Export page. Screenshots go to
+is cancelled from the job panel's Cancel button, and an export job runs from the Export page. On the Summary, a
+budget search answers "the most sparsity within +10 %", and moving the budget to +50 % changes the answer.
+Screenshots go to
 test-artifacts/ and, with PRUNESCOPE_UPDATE_SCREENSHOTS=1, copied to docs/ (the README shows them). Times to the first curve and the first
 heatmap are written to test-artifacts/dashboard-timings.json.
 """
@@ -151,6 +153,35 @@ def test_setup_sweep_and_sensitivity_from_the_ui(page, app_url, artifacts, wait_
     manifest = json.loads(Path(download.value.path()).read_text())
     assert manifest["model"]["fingerprint"] and manifest["measured_sparsity"]["per_module"], manifest.keys()
     _no_errors(page)
+
+    # Summary: "the most sparsity within +X %" for magnitude (no calibration pass) by a budget-search job, then
+    # the manager moves the budget and a second search (reusing the first one's measurements) moves the answer.
+    _go(page, wait_for_app, "Summary", "The most sparsity within +10 %")
+    page.get_by_role("button", name="Remove Wanda").first.click()  # the swept methods are preselected
+    wait_for_app(page, "magnitude pruning: not searched for +10 % yet")
+    started = time.monotonic()
+    page.get_by_role("button", name="Find the most sparsity within +10 %").click()
+    answer = r"magnitude pruning: at most (\d+)% sparsity within \+{} %"
+    tight = page.get_by_text(re.compile(answer.format(10))).first
+    tight.wait_for(state="visible", timeout=2 * RUN_TIMEOUT_MS)  # about 10 prunes and evaluations
+    timings["budget_search_s"] = round(time.monotonic() - started, 1)
+    assert page.get_by_text("Found by a step-wise search of", exact=False).count() >= 1
+    at_10 = int(re.search(answer.format(10), tight.inner_text()).group(1))
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    for _ in range(40):  # +10 % -> +50 %, one step a press
+        slider.press("ArrowRight")
+    wait_for_app(page, "magnitude pruning: not searched for +50 % yet")
+    started = time.monotonic()
+    page.get_by_role("button", name="Find the most sparsity within +50 %").click()
+    loose = page.get_by_text(re.compile(answer.format(50))).first
+    loose.wait_for(state="visible", timeout=2 * RUN_TIMEOUT_MS)
+    timings["second_budget_search_s"] = round(time.monotonic() - started, 1)
+    at_50 = int(re.search(answer.format(50), loose.inner_text()).group(1))
+    assert at_50 > at_10, (at_10, at_50)
+    assert page.get_by_text(re.compile(r"reused from earlier searches")).count() >= 1
+    _no_errors(page)
+    _screenshot(page, artifacts / "summary.png")
 
     print(f"dashboard timings: {timings}")
     (artifacts / "dashboard-timings.json").write_text(json.dumps(timings, indent=2))
