@@ -250,6 +250,29 @@ def speed_sentence(structure: str, measured: Optional[Mapping[str, Any]] = None)
             "(not measured here).")
 
 
+def measured_from_speed(speed: Optional[Mapping[str, Any]], dtype: str = "float32") -> Optional[dict]:
+    """The `measured` argument of `speed_sentence` from a structured speed measurement
+    (`pruning_core.structured.speed.measure_speed`'s dict) in one dtype; None when it holds no such dtype.
+
+    {"device": "<machine>, float32 weights", <phase label>: {"dense_tokens_per_s", "pruned_tokens_per_s"}, ...}
+    """
+    if not speed or dtype not in (speed.get("phases") or {}):
+        return None
+    where = speed.get("machine_text") or (speed.get("machine") or {}).get("cpu") or "this machine"
+    measured: dict = {"device": f"{where}, {dtype} weights"}
+    for phase, numbers in speed["phases"][dtype].items():
+        measured[phase] = {"dense_tokens_per_s": numbers["dense_tokens_per_s"],
+                           "pruned_tokens_per_s": numbers["pruned_tokens_per_s"]}
+    return measured
+
+
+def structured_claims(sizes: Optional[Mapping[str, Any]], speed: Optional[Mapping[str, Any]],
+                      dtype: str = "float32") -> dict:
+    """`setting_claims` for a structurally pruned model: sizes from its real parameter count, speed from the
+    measurement (`measured_from_speed`), or the "not measured here" sentence when there is none."""
+    return setting_claims(sizes, STRUCTURED, measured_from_speed(speed, dtype))
+
+
 def setting_claims(sizes: Optional[Mapping[str, Any]], structure: str,
                    measured: Optional[Mapping[str, Any]] = None) -> dict:
     """{"size": sentence or None, "speed": sentence}: what every page and report says about one setting."""
@@ -390,6 +413,13 @@ def generate_text(loaded, prompt: str, max_new_tokens: int = 40,
         return _greedy(loaded, prompt, max_new_tokens)
     with applied_masks(loaded.model, masks, weights):
         return _greedy(loaded, prompt, max_new_tokens)
+
+
+def compare_models(dense, pruned, prompts: Sequence[str], max_new_tokens: int = 40) -> list[dict]:
+    """[{"prompt", "dense", "pruned"}]: greedy text of two models (e.g. a dense model and its structurally
+    pruned copy, which has its own smaller tensors), tokenised and decoded as `generate_text` does."""
+    return [{"prompt": p, "dense": generate_text(dense, p, max_new_tokens),
+             "pruned": generate_text(pruned, p, max_new_tokens)} for p in prompts]
 
 
 def compare_generations(loaded, prompts: Sequence[str], masks: Optional[Mapping[str, torch.Tensor]],
