@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "pruning_core.cli.analysis:add_jobs",
     "export": "pruning_core.cli.export:add_export",
     "apply-mask": "pruning_core.cli.export:add_apply_mask",
+    "structured": "pruning_core.cli.structured:add_structured",
     "ui": "pruning_core.cli.ui:add_ui",
 }
 

@@ -48,6 +48,7 @@ JOB_KINDS: dict[str, str] = {
     "whatif": "pruning_core.analysis.whatif:run_whatif_job",
     "export": "pruning_core.outputs.pipeline:run_export_job",
     "budget": "pruning_core.allocation.budget:run_budget_job",
+    "structured": "pruning_core.structured.run:run_structured_job",
     "selftest": "pruning_core.execution.jobs:_selftest_job",
 }
 

@@ -1,0 +1,90 @@
+"""`prunescope structured`: remove heads / MLP channels / layers at several ratios, evaluate, time, save.
+
+Writes DIR/structured.json (`structured.run.run_structured`'s result: per ratio the measured fraction of
+decoder parameters removed, parameters, perplexity, the size and speed sentences, widths per layer) and, with
+--save-model, DIR/structured-<ratio>/ (a Hugging Face folder, reloaded and re-evaluated before it is reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pruning_core.cli.common import (
+    ConsoleProgress,
+    _csv,
+    _floats,
+    add_protocol_args,
+    load_model_from_args,
+    prepare_out_dir,
+    protocol_from_args,
+    write_json,
+)
+from pruning_core.errors import ConfigError
+
+
+def add_structured(sub) -> None:
+    p = sub.add_parser("structured", help="remove heads/channels/layers: a smaller, measured-faster model")
+    add_protocol_args(p)
+    p.add_argument("--eval", default="wiki", help="comma-separated evaluation corpora")
+    p.add_argument("--units", default="heads,channels", help="heads,channels (either or both) or layers")
+    p.add_argument("--ratios", default="0.1,0.2,0.3", help="comma-separated fractions of decoder parameters")
+    p.add_argument("--score", default="obs", help="unit score: magnitude, wanda_sp, flap or obs")
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True,
+                   help="refit the remaining weights from the calibration windows (default on)")
+    p.add_argument("--damping", type=float, default=None,
+                   help="fixed refit shrinkage as a fraction of mean diag (default: chosen by cross-validation)")
+    p.add_argument("--head-mode", default="query", choices=["query", "group"],
+                   help="query: query heads within every key/value group; group: whole key/value groups")
+    p.add_argument("--speed", action="store_true", help="time dense and pruned on this machine (prefill, decode)")
+    p.add_argument("--speed-repeats", type=int, default=3, help="timed runs per phase (median reported)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode run")
+    p.add_argument("--prefill-tokens", type=int, default=512, help="tokens of the prefill pass")
+    p.add_argument("--save-model", action="store_true", help="write each pruned model as a Hugging Face folder")
+    p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
+    p.add_argument("--out", required=True, help="output folder (structured.json)")
+    p.set_defaults(handler=cmd_structured)
+
+
+def cmd_structured(args) -> int:
+    from pruning_core.structured.run import StructuredSpec, run_structured
+
+    ratios = _floats(args.ratios)
+    spec = StructuredSpec(model=args.model, protocol=protocol_from_args(args), units=_csv(args.units),
+                          ratios=ratios, score=args.score, compensate=args.compensate, damping=args.damping,
+                          head_mode=args.head_mode, eval_corpora=_csv(args.eval), speed=args.speed,
+                          speed_settings={"repeats": args.speed_repeats, "decode_tokens": args.decode_tokens,
+                                          "prefill_tokens": args.prefill_tokens}).validate()
+    if len(set(ratios)) != len(ratios):
+        raise ConfigError(f"--ratios {args.ratios} repeats a value; give each ratio once.")
+    progress = ConsoleProgress()
+    loaded = load_model_from_args(args, progress)
+    out = prepare_out_dir(args.out)
+    store = None
+    if not args.no_store:
+        from pruning_core.execution.store import Store
+
+        store = Store()
+    result = run_structured(spec, loaded=loaded, store=store, progress=progress,
+                            save_dir=out if args.save_model else None)
+    write_json(out / "structured.json", result)
+    _print_table(result)
+    print(f"wrote {out / 'structured.json'}")
+    return 0
+
+
+def _print_table(result: dict) -> None:
+    corpora = list(result["dense_ppl"])
+    print("ratio  removed  parameters   " + "  ".join(f"{c:>10}" for c in corpora) + "  speed (fp32)")
+    print("dense  0.0 %    " + f"{result['model']['parameters']:>11,}  "
+          + "  ".join(f"{result['dense_ppl'][c]:10.3f}" for c in corpora))
+    for point in result["points"]:
+        speed = point.get("speed") or {}
+        ratios = (speed.get("ratios") or {}).get("float32") or {}
+        speed_text = ", ".join(f"{label} {value:.2f}x" for label, value in ratios.items()) or "not measured"
+        print(f"{point['ratio']:<5g}  {point['measured_ratio'] * 100:5.1f} %  "
+              f"{point['parameters']['model_after']:>11,}  "
+              + "  ".join(f"{point['ppl'][c]:10.3f}" for c in corpora) + f"  {speed_text}")
+        if point.get("saved"):
+            saved = point["saved"]
+            print(f"       saved {saved['folder']} ({saved['file_bytes']:,} bytes), reloaded perplexity within "
+                  f"{saved['max_relative_gap']:.1e} relative")

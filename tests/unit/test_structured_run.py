@@ -1,0 +1,152 @@
+"""Structured runs on tiny models: the speed measurement (shape of the result, store reuse, models untouched; no
+timing assertions), run_structured through the one evaluation path (stored points, saved folders that reload
+to the same perplexity), the claims it states, the CLI and the job kind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pruning_core import claims, evaluate
+from pruning_core.cli import EXIT_BAD_INPUT, main
+from pruning_core.errors import ConfigError
+from pruning_core.execution.jobs import JOB_KINDS, JobRunner
+from pruning_core.execution.store import Store
+from pruning_core.models import load_model
+from pruning_core.models.tiny import tiny_model
+from pruning_core.protocol import Protocol
+from pruning_core.structured import StructuredConfig, prune_structured
+from pruning_core.structured.run import StructuredSpec, run_structured
+from pruning_core.structured.speed import SpeedConfig, machine_facts, measure_speed
+
+QUICK_SPEED = {"prefill_tokens": 16, "decode_tokens": 3, "decode_batches": [1, 2], "repeats": 1,
+               "prompt_tokens": 4}
+PROTOCOL = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=2, batch_size=4)
+
+
+def state(model):
+    return {name: p.detach().clone() for name, p in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_speed_measures_both_models_in_each_phase_and_dtype_without_changing_them(family, tmp_path):
+    dense = tiny_model(family, layers=2)
+    pruned = prune_structured(dense, None, StructuredConfig(score="magnitude", compensate=False, ratio=0.3)).loaded
+    before = state(dense.model), state(pruned.model)
+    store = Store(tmp_path / "s.sqlite")
+    config = SpeedConfig(**QUICK_SPEED)
+    speed = measure_speed(dense, pruned, config, store=store)
+    assert set(speed["phases"]) == {"float32", "bfloat16"}
+    labels = ["prefill at 16 tokens", "decode at batch 1", "decode at batch 2"]
+    for dtype, table in speed["phases"].items():
+        assert list(table) == labels
+        for row in table.values():
+            assert row["dense_tokens_per_s"] > 0 and row["pruned_tokens_per_s"] > 0
+            assert row["speedup"] == pytest.approx(row["pruned_tokens_per_s"] / row["dense_tokens_per_s"])
+            assert len(row["dense_seconds"]) == len(row["pruned_seconds"]) == config.repeats
+        assert speed["ratios"][dtype] == {label: row["speedup"] for label, row in table.items()}
+    # The cached fp32 models were neither cast nor changed (bf16 ran on copies).
+    for original, model in zip(before, (dense.model, pruned.model)):
+        now = state(model)
+        assert all(torch.equal(original[k], now[k]) and now[k].dtype == original[k].dtype for k in original)
+    assert speed["machine"] == machine_facts() and speed["cached"] is False
+    again = measure_speed(dense, pruned, config, store=store)
+    assert again["cached"] is True and again["phases"] == speed["phases"]
+    # Another machine fact (the thread count) is another measurement.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert measure_speed(dense, pruned, config, store=store)["cached"] is False
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_speed_refuses_bad_settings_and_too_long_runs():
+    dense = tiny_model("llama", layers=1)
+    with pytest.raises(ConfigError, match="dtypes"):
+        measure_speed(dense, dense, SpeedConfig(dtypes=("float16",)))
+    with pytest.raises(ConfigError, match="positions"):
+        measure_speed(dense, dense, SpeedConfig(prefill_tokens=4096))
+
+
+def test_measured_structured_speed_is_phrased_from_the_measurement_and_unstructured_stays_honest():
+    speed = {"machine_text": "Test CPU (2 threads), torch 2", "phases": {"float32": {
+        "prefill at 512 tokens": {"dense_tokens_per_s": 100.0, "pruned_tokens_per_s": 125.0},
+        "decode at batch 1": {"dense_tokens_per_s": 20.0, "pruned_tokens_per_s": 24.0}}}}
+    sentence = claims.structured_claims(None, speed)["speed"]
+    assert "Test CPU" in sentence and "(1.25x)" in sentence and "decode at batch 1 20.0 -> 24.0" in sentence
+    assert "not measured" in claims.structured_claims(None, None)["speed"]
+    assert claims.measured_from_speed(speed, "bfloat16") is None
+    assert claims.speed_sentence("unstructured").startswith("No speed-up")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama")
+
+
+def test_run_structured_evaluates_the_copy_stores_points_and_saves_a_folder_that_reloads(tiny, tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    spec = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.2, 0.4), speed=True,
+                          speed_settings={**QUICK_SPEED, "dtypes": ["float32"]}, max_new_tokens=3)
+    before = state(tiny.model)
+    result = run_structured(spec, loaded=tiny, store=store, save_dir=tmp_path / "models")
+    assert all(torch.equal(before[k], v) for k, v in state(tiny.model).items())
+    dense = evaluate.evaluate_setting(tiny, PROTOCOL, ["news"], None)
+    assert result["dense_ppl"]["news"] == pytest.approx(dense.dense_ppl["news"])
+    first, second = result["points"]
+    assert first["parameters"]["model_after"] > second["parameters"]["model_after"]
+    assert first["measured_ratio"] == pytest.approx(0.2, abs=0.05)
+    for point in result["points"]:
+        assert point["saved"]["max_relative_gap"] < 1e-4
+        assert point["saved"]["reloaded_ppl"]["news"] == pytest.approx(point["ppl"]["news"], rel=1e-4)
+        assert point["saved"]["file_bytes"] > 0
+        assert point["sizes"]["structured_parameters"] == point["parameters"]["model_after"]
+        assert "Measured on" in point["claims"]["speed"] and point["speed"]["phases"]["float32"]
+        assert point["samples"][0]["pruned"] is not None
+    json.dumps(result)
+    again = run_structured(spec, loaded=tiny, store=store)
+    assert [p["from_store"] for p in again["points"]] == [True, True]
+    assert [p["ppl"] for p in again["points"]] == [p["ppl"] for p in result["points"]]
+
+
+def test_spec_refuses_bad_input_before_work():
+    with pytest.raises(ConfigError, match="ratio"):
+        StructuredSpec(ratios=(1.5,)).validate()
+    with pytest.raises(ConfigError, match="units"):
+        StructuredSpec(units=("rows",)).validate()
+    with pytest.raises(ConfigError, match="speed settings"):
+        StructuredSpec(speed=True, speed_settings={"warmups": 3}).validate()
+    with pytest.raises(ConfigError, match="Unknown structured settings"):
+        StructuredSpec.from_dict({"ratio": 0.2})
+
+
+CLI_ARGS = ["--model", "tiny-llama", "--calib", "news", "--eval", "news", "--nsamples", "4", "--seqlen", "32",
+            "--eval-windows", "2", "--batch-size", "4", "--no-store"]
+
+
+def test_cli_writes_structured_json_and_refuses_bad_units(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["structured", *CLI_ARGS, "--ratios", "0.25", "--units", "channels", "--no-compensate",
+                 "--score", "magnitude", "--out", str(out)]) == 0
+    document = json.loads((out / "structured.json").read_text())
+    (point,) = document["points"]
+    assert point["config"]["units"] == ["channels"] and point["config"]["compensate"] is False
+    assert point["speed"] is None and "not measured" in point["claims"]["speed"]
+    assert all(w["channels"] < tiny_model("llama").model.config.intermediate_size for w in point["widths"])
+    assert main(["structured", *CLI_ARGS, "--units", "rows", "--out", str(tmp_path / "bad")]) == EXIT_BAD_INPUT
+    assert "rows" in capsys.readouterr().err
+
+
+def test_structured_job_kind_runs_inline_with_progress(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path / "home"))
+    assert "structured" in JOB_KINDS
+    runner = JobRunner()
+    seen = []
+    spec = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.3,), score="magnitude",
+                          compensate=False, max_new_tokens=0).to_dict()
+    result = runner.run_inline("structured", spec, lambda f, m: seen.append(f))
+    assert seen[-1] == 1.0 and len(result["points"]) == 1
+    assert runner.list_jobs()[0]["state"] == "done"
