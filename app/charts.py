@@ -160,8 +160,9 @@ def plan_heatmap_chart(plan: dict, global_sparsity: float) -> go.Figure:
     as_map = {"layers": list(range(len(values))), "modules": list(plan["kinds"]), "values": values,
               "metric": "sparsity (%)", "method": who, "sparsity": None}
     fig = to_plotly(figures.heatmap_figure(as_map))
-    fig.update_layout(title_text=f"Sparsity plan<br><sup>{who} · {100.0 * float(global_sparsity):.1f} % of "
-                                 "the pruned weights, counted over parameters</sup>")
+    # Short enough for a half-width column: a longer second line was cut off at the chart's edge.
+    fig.update_layout(title_text=f"Sparsity plan<br><sup>{who} · {100.0 * float(global_sparsity):.1f} % "
+                                 "of weights, by parameters</sup>")
     fig.update_traces(meta={"role": "plan", "allocator": plan.get("allocator"),
                             "global_sparsity": float(global_sparsity)})
     return fig

@@ -24,8 +24,6 @@ from app import charts, services, state, widgets  # noqa: E402
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
 FORM = {"alloc_allocator": "uniform", "alloc_target": 0.5}
 WHATIF_PAGE = str(_ROOT / "pages" / "what_if.py")
-NEEDS_WORDS = {"none": "needs nothing but the model",
-               "sensitivity": "reads a sensitivity map at two or more sparsities"}
 
 settings = widgets.page_start(
     "Allocation",
@@ -44,9 +42,9 @@ with st.container(border=True):
     target = c2.slider("Global target sparsity", 0.05, 0.95, step=0.05, key="alloc_target", format="%.2f",
                        help="Share of the pruned linears' weights removed, counted over parameters.")
     needs = services.allocation_needs(allocator)
-    st.caption(f"**{allocator}**: {services.ALLOCATION_DESCRIPTIONS.get(allocator, '')}; "
-               + NEEDS_WORDS.get(needs, "reads calibration statistics (one calibration pass the first time, "
-                                        "then cached)") + ".")
+    cost = ("" if needs in ("none", "sensitivity") else  # the registry's description names a map it reads
+            "; it reads calibration statistics (one calibration pass the first time, then cached)")
+    st.caption(f"**{allocator}**: {services.ALLOCATION_DESCRIPTIONS.get(allocator, '')}{cost}.")
 state.remember_form("allocation", FORM)
 
 source = widgets.guarded(services.sensitivity_for_allocation, settings["model"]) if needs == "sensitivity" else None
