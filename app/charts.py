@@ -74,8 +74,9 @@ def show(fig: go.Figure, *, key: str, container=None, alt: str | None = None):
 
 
 #: Line dash of each allocation when a chart overlays several (uniform solid: the reference every plan beats).
-ALLOCATION_DASHES = {"uniform": "solid", "owl": "dash", "sensitivity": "dot"}
-_OTHER_DASHES = ("dashdot", "longdash", "longdashdot")
+#: Never plain "dash": that is the dense model's line.
+ALLOCATION_DASHES = {"uniform": "solid", "owl": "dashdot", "sensitivity": "dot"}
+_OTHER_DASHES = ("longdash", "longdashdot")
 
 
 def point_allocation(point: dict) -> str:
