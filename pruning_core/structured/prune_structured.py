@@ -69,7 +69,8 @@ class StructuredConfig:
     compensate: refit the consumers' kept columns (and bias) after removal (see `compensate`).
     damping: None = shrinkage chosen by cross-validation over calibration windows (few-shot safe); a float =
         fixed shrinkage alpha as a fraction of mean diag (0.01 = the plain 1 % damped refit; inf = FLAP's bias
-        correction only). Also the damping of the ``obs`` score's inverse (0.01 when None).
+        correction only).
+    score_damping: damping of the ``obs`` score's inverse, as a fraction of mean diag(H) (SparseGPT's 1 %).
     head_mode: "query" (remove query heads within every key/value group, groups stay equal) or "group" (remove
         whole key/value groups); the same for multi-head attention.
     plan: optional `SparsityPlan`; layer l's ratio is the plan's sparsity of layer l by parameters.
@@ -80,6 +81,7 @@ class StructuredConfig:
     score: str = "obs"
     compensate: bool = True
     damping: Optional[float] = None
+    score_damping: float = 0.01
     head_mode: str = "query"
     plan: Optional[SparsityPlan] = None
 
@@ -103,6 +105,8 @@ class StructuredConfig:
             raise ConfigError(f"Head mode '{self.head_mode}' is unknown; use one of {', '.join(HEAD_MODES)}.")
         if self.damping is not None and not self.damping >= 0:
             raise ConfigError(f"Damping {self.damping} must be >= 0 (or None to choose it from the data).")
+        if not 0 < self.score_damping < float("inf"):
+            raise ConfigError(f"Score damping {self.score_damping} must be a positive fraction such as 0.01.")
         return self
 
     def to_dict(self) -> dict:
@@ -136,7 +140,8 @@ class StructuredResult:
     """What structured pruning produced.
 
     loaded: the pruned copy (its own LoadedModel; the input model is untouched).
-    kept: per *kept* dense layer index -> {"heads": kept head units, "channels": kept channels} (dense indices).
+    kept: per *kept* dense layer index -> {"heads": kept head units, "channels": kept channels} (dense indices;
+        a head unit is a query head in "query" mode under GQA, else a key/value group = a head for MHA).
     kept_layers: dense indices of the decoder layers that remain.
     widths: per remaining layer, {"heads", "kv_heads", "channels"} read from its tensors.
     params: `ParameterCounts`; ratio: measured fraction of decoder parameters removed.
@@ -259,10 +264,13 @@ def prune_structured(loaded: LoadedModel, calib_ids: Optional[torch.Tensor], con
         statistics = collect_unit_statistics(loaded, calib_ids, batch_size, sub_progress(progress, 0.0, 0.6))
         seconds["statistics"] = statistics.seconds
     dense_layers = loaded.adapter.decoder_layers(loaded.model)
+    if statistics is not None and (len(statistics.consumers) != len(dense_layers) or
+                                   statistics.consumers[0][layout.mlp_consumer].columns != layout.intermediate):
+        raise ConfigError("The structured statistics given were collected on another model (their layers or "
+                          "widths differ); collect them on this model with collect_unit_statistics.")
     params_before = decoder_parameters(loaded), model_parameters(loaded)
     per_layer_params = [layer_parameters(layer) for layer in dense_layers]
     ratios = layer_ratios(loaded, config)
-    damping = 0.01 if config.damping is None else config.damping
 
     # Choose the removals on the dense (unchanged) model.
     clock = time.perf_counter()
@@ -282,7 +290,8 @@ def prune_structured(loaded: LoadedModel, calib_ids: Optional[torch.Tensor], con
                     removals[index][unit_kind] = []
                     continue
                 stats = statistics.consumers[index][consumer_kind(layout, unit_kind)] if statistics else None
-                scores = unit_scores(layout, linears, unit_kind, config.score, stats, mode, damping)
+                scores = unit_scores(layout, linears, unit_kind, config.score, stats, mode,
+                                     config.score_damping)
                 removals[index][unit_kind] = choose_removed(layout, scores, unit_kind, count, mode)
             progress(0.6 + 0.2 * (index + 1) / len(dense_layers), f"scored layer {index + 1}/{len(dense_layers)}")
     seconds["scoring"] = time.perf_counter() - clock

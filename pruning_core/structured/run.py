@@ -26,6 +26,7 @@ from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.structured.prune_structured import StructuredConfig, StructuredResult, prune_structured
 from pruning_core.structured.speed import SpeedConfig, measure_speed
 from pruning_core.structured.statistics import collect_unit_statistics
+from pruning_core.structured.units import layout_for
 
 RUN_KIND = "structured"
 POINT_KIND = "structured_point"
@@ -154,7 +155,7 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
     (asked), "measured_ratio", "parameters" (`ParameterCounts` as a dict), "model_removed_fraction", "widths",
     "ppl", "change" {corpus: pruned/dense - 1}, "compensation", "sizes", "claims" {"size", "speed"}, "speed"
     (`measure_speed`'s dict or None), "samples" [{"prompt", "dense", "pruned"}], "saved" (or None), "seconds",
-    "from_store"}], "unstructured_speed" (the honest sentence for unstructured zeros), "created"}.
+    "from_store"}], "dense_widths" {"heads", "kv_heads", "channels"}, "unstructured_speed" (the honest sentence for unstructured zeros), "created"}.
     """
     progress = progress or no_progress
     spec = (spec if isinstance(spec, StructuredSpec) else StructuredSpec.from_dict(spec)).validate()
@@ -211,8 +212,10 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
         points.append({**point, "from_store": False})
         progress(lo + share, f"ratio {ratio:g} done")
     progress(1.0, "structured run done")
+    layout = layout_for(loaded)
     return {"spec": spec.to_dict(), "model": loaded.describe(), "protocol": protocol.to_dict(),
             "dense_ppl": dense.dense_ppl, "points": points,
+            "dense_widths": {"heads": layout.heads, "kv_heads": layout.kv_heads, "channels": layout.intermediate},
             "unstructured_speed": claims.speed_sentence("unstructured"), "created": time.time()}
 
 

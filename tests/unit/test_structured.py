@@ -209,7 +209,8 @@ def test_cross_validated_shrinkage_beats_a_plain_refit_from_8_windows(models):
 
 
 @pytest.mark.parametrize("family,units", [("llama", ("heads", "channels")), ("qwen2", ("heads", "channels")),
-                                          ("opt", ("channels",)), ("gpt2", ("channels",)), ("llama", ("layers",))])
+                                          ("opt", ("channels",)), ("gpt2", ("channels",)), ("llama", ("layers",)),
+                                          ("qwen2", ("layers",))])
 def test_saved_folder_reloads_with_from_pretrained_and_matches_logits(models, family, units, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -244,6 +245,20 @@ def test_per_layer_widths_and_opt_heads_load_with_load_structured(models, family
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("family,units", [("qwen2", ("heads", "channels")), ("gpt2", ("heads", "channels")),
+                                          ("llama", ("layers",))])
+def test_pruned_model_generates_with_its_cache_as_without(family, units):
+    lm = tiny_model(family, layers=3)
+    result = prune_structured(lm, windows(), StructuredConfig(units=units, ratio=0.3))
+    prompt = windows(2, 5, seed=3)
+    with torch.no_grad():
+        cached = result.loaded.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+                                              do_sample=False, use_cache=True, pad_token_id=2)
+        plain = result.loaded.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+                                             do_sample=False, use_cache=False, pad_token_id=2)
+    assert cached.shape == (2, 11) and torch.equal(cached, plain)
+
+
 def test_bad_settings_are_refused_with_a_message(models):
     lm = models["llama"]
     with pytest.raises(ConfigError, match="layers alone"):
@@ -254,5 +269,7 @@ def test_bad_settings_are_refused_with_a_message(models):
         prune_structured(lm, None, StructuredConfig(score="obs"))
     with pytest.raises(ConfigError, match="unknown"):
         prune_structured(lm, windows(), StructuredConfig(score="nope"))
+    with pytest.raises(ConfigError, match="Head mode"):
+        prune_structured(lm, windows(), StructuredConfig(head_mode="kv"))
     magnitude = prune_structured(lm, None, StructuredConfig(score="magnitude", compensate=False, ratio=0.2))
     assert magnitude.ratio > 0.1
