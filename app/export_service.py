@@ -123,12 +123,14 @@ def whatif_sources(model: str) -> list[dict]:
 
 def whatif_export_spec(source: dict, options: dict) -> dict:
     """The export job spec for a stored What-if mask: its model, protocol, corpora and setting (per-layer
-    sparsities included) as the What-if ran them, with the page's output options."""
+    sparsities or its sparsity plan included) as the What-if ran them, with the page's output options."""
     spec, result = source["spec"], source["result"]
     config = result["config"]
     setting = {"method": config["method"], "structure": config["structure"], "sparsity": float(config["sparsity"]),
                "propagation": config.get("propagation", "pruned"), "layer_sparsity": config.get("layer_sparsity"),
                "mask_artifact": result["mask_artifact"], "weights_artifact": result.get("weights_artifact")}
+    if config.get("plan"):  # a What-if run with a plan: the manifest records the plan and who made it
+        setting.update(plan=config["plan"], layer_sparsity=None)
     whatif = WhatIfSpec.from_dict(spec)
     protocol = whatif.protocol.validate()
     opts = ExportOptions(**{**options, **setting, "eval_corpora": whatif.corpora})

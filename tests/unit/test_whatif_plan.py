@@ -58,3 +58,23 @@ def test_a_plan_for_another_model_is_refused_before_pruning(tiny):
     spec = WhatIfSpec(model="tiny-llama", protocol=PROTOCOL, plan=SparsityPlan.uniform(5, kinds, 0.5).to_dict())
     with pytest.raises(ConfigError, match="make a plan for this model"):
         run_whatif(spec, loaded=tiny)
+
+
+def test_exporting_a_whatif_plan_records_the_plan_in_the_manifest(tiny, tmp_path):
+    import json
+
+    from app.export_service import whatif_export_spec
+    from pruning_core.execution.store import Store
+    from pruning_core.outputs.pipeline import ExportOptions, run_export
+
+    store = Store(tmp_path / "store.sqlite")
+    plan = _plan(tiny)
+    spec = WhatIfSpec(model="tiny-llama", protocol=PROTOCOL, method="magnitude", plan=plan.to_dict(),
+                      eval_corpora=("news",), max_new_tokens=1)
+    result = run_whatif(spec, loaded=tiny, store=store)
+    job = whatif_export_spec({"spec": spec.to_dict(), "result": result}, {"heatmap": False})
+    assert job["options"]["plan"]["values"] == [list(row) for row in plan.values]
+    outcome = run_export(tiny, PROTOCOL, ExportOptions(**job["options"]), tmp_path / "out", store=store)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["plan_digest"] == plan.digest() and manifest["allocator"] == "edited"
+    assert outcome["report"]["setting"]["plan"]["values"] == [list(row) for row in plan.values]
