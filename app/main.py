@@ -39,6 +39,7 @@ PAGES: list[PageSpec] = [
     PageSpec("pages/allocation.py", "Allocation", ":material/view_quilt:", "allocation"),
     PageSpec("pages/curves.py", "Curves", ":material/show_chart:", "curves"),
     PageSpec("pages/what_if.py", "What-if", ":material/science:", "what-if"),
+    PageSpec("pages/structured.py", "Structured", ":material/content_cut:", "structured"),
     PageSpec("pages/summary.py", "Summary", ":material/dashboard:", "summary"),
     PageSpec("pages/export.py", "Export", ":material/download:", "export"),
 ]

@@ -1099,3 +1099,79 @@ def budget_answer_words(result: dict) -> dict:
     return {"found": True, "sparsity": float(frontier["sparsity"]), "ppl": float(frontier["ppl"]),
             "increase": float(frontier["increase"]) if frontier.get("increase") is not None else None,
             "how": how, "caveat": caveat}
+
+
+# -------------------------------------------------------------------------------------------- structured
+
+STRUCTURED_UNITS = ("heads", "channels", "layers")
+STRUCTURED_SCORES = ("obs", "wanda_sp", "flap", "magnitude")
+STRUCTURED_SCORE_DESCRIPTIONS = {
+    "obs": "each unit's numerical effect on the layer output (calibration second moments)",
+    "wanda_sp": "weight magnitude x input activation norm (Wanda-sp)",
+    "flap": "fluctuation of the unit's input over the calibration windows (FLAP)",
+    "magnitude": "weight magnitude only (needs no calibration data)",
+}
+
+
+def structured_spec(settings: dict, units, ratios, score: str = "obs", compensate: bool = True,
+                    speed: bool = True, prompt: str = "", max_new_tokens: int = 40,
+                    speed_settings: Optional[dict] = None) -> dict:
+    """A structured job spec (`StructuredSpec.to_dict()`, see `pruning_core.structured.run.run_structured`),
+    validated before anything runs. ratios: fractions of decoder parameters to remove."""
+    from pruning_core.structured.run import StructuredSpec
+
+    spec = StructuredSpec(model=settings["model"], protocol=protocol_of(settings), units=tuple(units),
+                          ratios=tuple(sorted(float(r) for r in ratios)), score=score, compensate=bool(compensate),
+                          eval_corpora=tuple(settings["eval_corpora"]), speed=bool(speed),
+                          speed_settings=dict(speed_settings or {}), prompt=prompt,
+                          max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]))
+    return spec.validate().to_dict()
+
+
+def unstructured_for(result: dict) -> Optional[dict]:
+    """The finished sweeps of the structured result's model with the same evaluation (corpus windows, seqlen,
+    dtype), merged: their unstructured points go on the Structured page's axes. None when there is none."""
+    fingerprint = (result.get("model") or {}).get("fingerprint")
+    protocol = result.get("protocol") or {}
+    same = []
+    for job in recent_results("sweep", limit=50):
+        sweep = job["result"]
+        p = sweep.get("protocol") or {}
+        if (sweep.get("model") or {}).get("fingerprint") == fingerprint and all(
+                p.get(k) == protocol.get(k) for k in ("seqlen", "eval_windows", "dtype")):
+            same.append(sweep)
+    return merge_sweeps(same)
+
+
+def structured_tradeoff_figure(result: dict, corpus: str, axis: str, dtype: str = "float32") -> dict:
+    """The Structured page's trade-off chart spec (`outputs.structured_figures.tradeoff_figure`), with the
+    matching sweep's unstructured points; {"figure", "unstructured_points": how many were drawn}."""
+    from pruning_core.outputs.structured_figures import tradeoff_figure
+
+    sweep = unstructured_for(result)
+    figure = tradeoff_figure(result, sweep, corpus, axis, dtype)
+    count = sum(len(t["x"]) for t in figure["data"] if (t.get("meta") or {}).get("role") == "unstructured")
+    return {"figure": figure, "unstructured_points": count}
+
+
+def structured_widths_figure(result: dict, index: int) -> dict:
+    """The per-layer widths chart spec of the result's `index`-th point."""
+    from pruning_core.outputs.structured_figures import widths_figure
+
+    return widths_figure(result["points"][index], result["dense_widths"])
+
+
+def structured_claims(point: dict, dtype: str = "float32") -> dict:
+    """{"size", "speed"}: a structured point's sentences, from its real parameter count and its measured speed
+    (`claims.structured_claims`), as the report words them."""
+    return claims.structured_claims(point.get("sizes"), point.get("speed"), dtype)
+
+
+def structured_speed_rows(point: dict) -> list[dict]:
+    """The measured speed of a point as table rows: dtype, phase, dense and pruned tokens/s, speed-up."""
+    rows = []
+    for dtype, table in ((point.get("speed") or {}).get("phases") or {}).items():
+        for phase, numbers in table.items():
+            rows.append({"weights": dtype, "phase": phase, "dense tokens/s": numbers["dense_tokens_per_s"],
+                         "pruned tokens/s": numbers["pruned_tokens_per_s"], "speed-up": numbers["speedup"]})
+    return rows

@@ -1,0 +1,167 @@
+"""Structured: remove whole attention heads and MLP channels, so the model is really smaller and faster.
+
+Perplexity against the share of decoder parameters removed and against the speed-up measured on this machine
+(structured points beside the unstructured points of a sweep of the same model, on the same axes), the widths
+left in every layer, the measured sizes and speeds in words, and text from the dense and the pruned model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/structured.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import charts, services, state, widgets  # noqa: E402
+
+RATIO_CHOICES = [0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
+FORM = {"structured_units": ["heads", "channels"], "structured_ratios": [0.1, 0.2, 0.3], "structured_score": "obs",
+        "structured_compensate": True, "structured_speed": True, "structured_prompt": services.DEFAULT_PROMPT}
+
+
+def form_from_spec(spec) -> dict:
+    """The form values that make a structured job's spec (a page re-attaching to it shows how it was made)."""
+    if not spec:
+        return {}
+    values = {}
+    if spec.get("units") and set(spec["units"]) <= set(services.STRUCTURED_UNITS):
+        values["structured_units"] = list(spec["units"])
+    ratios = [float(r) for r in spec.get("ratios") or [] if float(r) in RATIO_CHOICES]
+    if ratios:
+        values["structured_ratios"] = ratios
+    if spec.get("score") in services.STRUCTURED_SCORES:
+        values["structured_score"] = spec["score"]
+    for key in ("compensate", "speed"):
+        if isinstance(spec.get(key), bool):
+            values[f"structured_{key}"] = spec[key]
+    if isinstance(spec.get("prompt"), str) and spec["prompt"]:
+        values["structured_prompt"] = spec["prompt"]
+    return values
+
+
+settings = widgets.page_start(
+    "Structured",
+    "Remove whole attention heads and MLP channels: the matrices shrink, so the saved model is smaller and every "
+    "runtime does less work. Speed-ups here are measured on this machine, dense and pruned in the same run.",
+)
+state.seed_form("structured", FORM,
+                lambda: form_from_spec(widgets.followed_spec("structured", settings["model"])))
+
+with st.container(border=True):
+    c1, c2 = st.columns(2)
+    units = c1.multiselect("Units to remove", services.STRUCTURED_UNITS, key="structured_units",
+                           help="heads: attention heads (with grouped-query attention, the same number of query "
+                                "heads from every key/value group); channels: MLP intermediate channels; layers: "
+                                "whole decoder layers (alone).")
+    ratios = c2.multiselect("Decoder parameters to remove", RATIO_CHOICES, key="structured_ratios",
+                            format_func=lambda r: f"{r:.0%}",
+                            help="A fraction of the decoder layers' parameters (embeddings and LM head are kept); "
+                                 "the result reports the share actually removed (units are indivisible).")
+    c3, c4, c5 = st.columns(3)
+    score = c3.selectbox("Unit score", services.STRUCTURED_SCORES, key="structured_score",
+                         help="; ".join(f"{k}: {v}" for k, v in services.STRUCTURED_SCORE_DESCRIPTIONS.items()))
+    compensate = c4.toggle("Compensate from calibration data", key="structured_compensate",
+                           help="Refit the weights that read the removed units' outputs by least squares on the "
+                                "calibration windows (shrinkage chosen by cross-validation, so few windows do not "
+                                "overfit).")
+    speed = c5.toggle("Measure speed", key="structured_speed",
+                      help="Time prefill (512 tokens) and decode (batch 1 and 8) of the dense and the pruned "
+                           "model in fp32 and bf16, interleaved, median of 3; reused until the machine changes.")
+    prompt = st.text_input("Prompt for the text comparison", key="structured_prompt")
+    spec = None
+    try:
+        spec = services.structured_spec(settings, units, ratios, score, compensate, speed, prompt.strip())
+    except Exception as error:  # noqa: BLE001
+        widgets.show_error(error)
+    run = st.button("Prune structurally", key="structured_run", type="primary", icon=":material/content_cut:",
+                    disabled=spec is None)
+
+state.remember_form("structured", FORM)
+
+if run and spec is not None:
+    widgets.start_job("structured", spec)
+
+status = widgets.job_panel("structured", widgets.attach_job("structured", spec, settings["model"]), spec=spec)
+result = status.get("result") if status and status.get("state") == "done" else None
+if not result:
+    if status is None or not services.is_active(status):
+        st.info("Choose units and ratios above and press **Prune structurally**.", icon=":material/info:")
+    st.stop()
+
+points = result["points"]
+corpora = list(result["dense_ppl"])
+corpus = st.selectbox("Corpus", corpora, key="structured_corpus") if len(corpora) > 1 else corpora[0]
+dense_ppl = result["dense_ppl"][corpus]
+
+st.subheader("Quality, size and measured speed")
+rows = []
+for point in points:
+    ratios_fp32 = ((point.get("speed") or {}).get("ratios") or {}).get("float32") or {}
+    row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
+           "parameters left": f"{point['parameters']['model_after']:,}",
+           "16-bit size": services.format_bytes(point["sizes"]["structured_bytes"]),
+           f"perplexity ({corpus})": f"{point['ppl'][corpus]:,.2f}",
+           "change": charts.perplexity_change(point["ppl"][corpus], dense_ppl)}
+    for phase, value in ratios_fp32.items():
+        row[f"{phase} (fp32)"] = f"{value:.2f}x"
+    if not ratios_fp32:
+        row["speed-up"] = "not measured"
+    rows.append(row)
+st.dataframe([{"decoder parameters removed": "0 % (dense)",
+               "parameters left": f"{result['model']['parameters']:,}",
+               "16-bit size": services.format_bytes(points[0]["sizes"]["dense_bytes"]) if points else charts.MISSING,
+               f"perplexity ({corpus})": f"{dense_ppl:,.2f}", "change": "–"}, *rows],
+             hide_index=True, key="structured_table")
+
+left, right = st.columns(2)
+removed = services.structured_tradeoff_figure(result, corpus, "removed")
+charts.show(charts.to_plotly(removed["figure"]), key="structured_removed_chart", container=left,
+            alt="Perplexity against decoder parameters removed, structured and unstructured")
+faster = services.structured_tradeoff_figure(result, corpus, "speedup")
+charts.show(charts.to_plotly(faster["figure"]), key="structured_speed_chart", container=right,
+            alt="Perplexity against the measured speed-up")
+if removed["unstructured_points"]:
+    st.caption("Open circles: unstructured points of a sweep of the same model. Their weights are zeroed, not "
+               "removed (the zeros are stored and multiplied), so they sit at 1.0x on the speed axis: "
+               + result["unstructured_speed"])
+else:
+    st.caption("Run a sweep of this model on the **Curves** page (same evaluation windows) to see unstructured "
+               "methods on the same axes. " + result["unstructured_speed"])
+if not any(p.get("speed") for p in points):
+    st.caption("Speed was not measured in this run: switch on **Measure speed** to place the points on the "
+               "speed axis.")
+
+st.subheader("One setting in detail")
+labels = [f"{p['measured_ratio']:.1%} removed" for p in points]
+index = st.radio("Setting", range(len(points)), format_func=lambda i: labels[i], horizontal=True,
+                 key="structured_point")
+point = points[index]
+gains = services.structured_claims(point)
+st.markdown(gains["size"] or "")
+st.info(gains["speed"], icon=":material/speed:")
+speed_rows = services.structured_speed_rows(point)
+if speed_rows:
+    st.dataframe(speed_rows, hide_index=True, key="structured_speed_table",
+                 column_config={"dense tokens/s": st.column_config.NumberColumn(format="%.1f"),
+                                "pruned tokens/s": st.column_config.NumberColumn(format="%.1f"),
+                                "speed-up": st.column_config.NumberColumn(format="%.2fx")})
+if point.get("load_note"):
+    st.caption(point["load_note"])
+charts.show(charts.to_plotly(services.structured_widths_figure(result, index)), key="structured_widths_chart",
+            alt="Heads and channels kept per layer")
+
+if point.get("samples"):
+    st.subheader("Same prompt, dense vs structurally pruned (greedy decoding)")
+    texts = point["samples"][0]
+    st.caption(f"Prompt: “{texts['prompt']}”")
+    dense_col, pruned_col = st.columns(2)
+    with dense_col.container(border=True):
+        st.markdown("**Dense model**")
+        st.write(texts["dense"] or "(no text)")
+    with pruned_col.container(border=True):
+        st.markdown(f"**Structurally pruned** ({point['measured_ratio']:.0%} of decoder parameters removed)")
+        st.write(texts["pruned"] or "(no text)")

@@ -1,0 +1,89 @@
+"""The Structured page, driven by AppTest on the tiny model: a real structured job (inline) with measured speed,
+the trade-off charts with a sweep's unstructured points on the same axes (at 1.0x, marked not measured), the
+widths per layer, the claims from the measurement, text side by side, a reload re-attaching, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("streamlit")
+from tests.app.apptest_helpers import SMALL, insert_job, ok, page, text_of  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
+
+
+def _figures(at) -> dict[str, dict]:
+    return {chart.proto.id or str(i): json.loads(chart.proto.spec) for i, chart in enumerate(at.get("plotly_chart"))}
+
+
+def _by_title(at, start: str) -> dict:
+    return next(f for f in _figures(at).values() if f["layout"]["title"]["text"].startswith(start))
+
+
+def _sweep_of_tiny() -> None:
+    """A finished sweep of the same tiny model and evaluation: Wanda at 30 and 50 % (unstructured)."""
+    from pruning_core.models import load_model
+
+    fingerprint = load_model("tiny-llama").fingerprint
+    points = [{"method": "wanda", "structure": "unstructured", "target_sparsity": s, "sparsity": s,
+               "ppl": {"news": p}} for s, p in ((0.3, 300.0), (0.5, 320.0))]
+    insert_job("sweep", {"model": "tiny-llama"}, "done",
+               {"model": {"name": "tiny", "fingerprint": fingerprint}, "dense": {"ppl": {"news": 290.0}},
+                "protocol": {**{k: SMALL[k] for k in ("calib", "nsamples", "seqlen", "seed", "eval_windows",
+                                                       "dtype")}, "propagation": "pruned"},
+                "points": points})
+
+
+def test_a_structured_run_shows_measured_tradeoffs_widths_and_text_and_survives_a_reload():
+    _sweep_of_tiny()
+    at = ok(page("structured", structured_ratios=[0.2, 0.3], structured_prompt="The history of"))
+    assert "press **Prune structurally**" in text_of(at)
+    at.button(key="structured_run").click().run()
+    ok(at)
+    removed = _by_title(at, "Perplexity on news against parameters removed")
+    structured = next(t for t in removed["data"] if t["meta"]["role"] == "structured")
+    assert len(structured["x"]) == 2 and structured["x"][0] == pytest.approx(20.0, abs=5)
+    unstructured = next(t for t in removed["data"] if t["meta"]["role"] == "unstructured")
+    assert unstructured["x"] == [30.0, 50.0] and unstructured["marker"]["symbol"] == "circle-open"
+    assert "zeroed" in unstructured["text"][0] and "not removed" in unstructured["text"][0]
+
+    speed = _by_title(at, "Perplexity on news against measured speed-up")
+    measured = next(t for t in speed["data"] if t["meta"]["role"] == "structured")
+    assert len(measured["x"]) == 2 and all(x > 0 for x in measured["x"])
+    honest = next(t for t in speed["data"] if t["meta"]["role"] == "unstructured")
+    assert honest["x"] == [1.0, 1.0] and honest["meta"]["speed"] == "not measured"
+    assert "not measured" in honest["text"][0]
+
+    widths = _by_title(at, "Widths per layer")
+    assert [t["name"] for t in widths["data"]] == ["query heads kept", "MLP channels kept"]
+    assert all(0 < v <= 100 for t in widths["data"] for v in t["y"])
+
+    infos = "\n".join(str(e.value) for e in at.info)
+    assert "Measured on" in infos and "dense -> pruned in one run" in infos and "decode at batch 8" in infos
+    prose = text_of(at)
+    assert "structurally pruned model has" in prose and "**Structurally pruned**" in prose
+    assert "Open circles: unstructured points" in prose and "No speed-up to expect" in prose
+    assert len(at.dataframe) == 2  # the table of ratios and the measured tokens/s of the setting in detail
+    phases = set(at.dataframe[1].value["phase"])
+    assert phases == {"prefill at 512 tokens", "decode at batch 1", "decode at batch 8"}
+
+    # Another setting in detail: its widths chart follows.
+    at.radio(key="structured_point").set_value(1).run()
+    ok(at)
+    assert _by_title(at, "Widths per layer")["layout"]["title"]["text"] != widths["layout"]["title"]["text"]
+
+    # A reload is a new session: the page re-attaches to the finished job and shows the same form and result.
+    again = ok(page("structured"))
+    assert again.multiselect(key="structured_ratios").value == [0.2, 0.3]
+    assert _by_title(again, "Perplexity on news against parameters removed")
+
+
+def test_bad_choices_are_one_message_and_no_run():
+    at = ok(page("structured"))
+    at.multiselect(key="structured_units").set_value([]).run()
+    assert any("units" in str(e.value).lower() for e in at.error)
+    assert at.button(key="structured_run").disabled
+    at.multiselect(key="structured_units").set_value(["layers", "heads"]).run()
+    assert any("layers" in str(e.value).lower() for e in at.error)
