@@ -831,6 +831,27 @@ def _agreement_words(measured: dict) -> str:
     return f"{float(rho):.2f}" + (f" over {scope}" if scope else "")
 
 
+def map_to_show(model: str, near: float = 0.5) -> Optional[tuple[dict, dict]]:
+    """The stored sensitivity map a page shows beside its own figures, with its trust verdict, or None.
+
+    Every finished map of `model` (a refinement's final view where there is one) with its result's measured
+    agreements; the rule is the Sensitivity page's: a trusted map first (exact, or a proxy whose measured
+    agreement with exact is high enough), an exact map before a proxy, then the sparsity nearest `near`,
+    then the newest. Returns (map, `sensitivity_trust` of it).
+    """
+    candidates = []
+    for age, r in enumerate(recent_results("sensitivity", model) or []):
+        views = r["result"].get("views") or []
+        for m in r["result"].get("maps") or []:
+            shown = next((v for v in views if v["metric"] == m["metric"] and v["sparsity"] == m["sparsity"]), m)
+            candidates.append((shown, sensitivity_trust(shown, r["result"].get("correlations") or []), age))
+    if not candidates:
+        return None
+    chosen, trust, _ = max(candidates, key=lambda t: (t[1]["trusted"], t[0]["metric"] == "exact",
+                                                      -abs(float(t[0]["sparsity"]) - near), -t[2]))
+    return chosen, trust
+
+
 def sensitivity_trust(sens: dict, correlations=()) -> dict:
     """Which map this is, how far its ranking agrees with the exact metric, and whether its plain-language
     reading (`sensitivity_reading`) may be shown.

@@ -66,25 +66,17 @@ st.markdown(f"**{allocator}** plan for a **{target:.0%}** target: **{global_spar
 if source is not None:
     st.caption(f"Made from the {source['label']}.")
 
-# The sensitivity map to read the plan against: the same choice as the Summary's (a trusted map first, the
-# exact one, then the sparsity nearest the target, then the newest).
-candidates = []
-for age, r in enumerate(widgets.guarded(services.recent_results, "sensitivity", settings["model"]) or []):
-    views = r["result"].get("views") or []
-    for m in r["result"].get("maps") or []:
-        shown = next((v for v in views if v["metric"] == m["metric"] and v["sparsity"] == m["sparsity"]), m)
-        candidates.append((shown, r["result"].get("correlations") or [], age))
+# The sensitivity map to read the plan against: the Summary's choice, nearest the target (one rule, in services).
+found = widgets.guarded(services.map_to_show, settings["model"], float(target))
 
 left, right = st.columns(2, gap="medium")
 charts.show(charts.plan_heatmap_chart(plan, global_sparsity), key="alloc_plan", container=left,
             alt="Sparsity plan: decoder layers by module kinds")
-if candidates:
-    trust = {id(m): services.sensitivity_trust(m, c) for m, c, _ in candidates}
-    chosen, _, _ = max(candidates, key=lambda t: (trust[id(t[0])]["trusted"], t[0]["metric"] == "exact",
-                                                  -abs(float(t[0]["sparsity"]) - target), -t[2]))
+if found:
+    chosen, verdict = found
     charts.show(charts.heatmap_chart(chosen), key="alloc_sensitivity", container=right,
                 alt="Sensitivity heatmap: decoder layers by module kinds")
-    right.caption(trust[id(chosen)]["label"])
+    right.caption(verdict["label"])
 else:
     right.info("No sensitivity map yet: compute one on the **Sensitivity** page to see whether the plan spares "
                "the modules the model needs.", icon=":material/info:")

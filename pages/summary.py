@@ -156,22 +156,12 @@ budget_section(budget, corpus, default_methods)
 left, right = st.columns(2, gap="medium")
 charts.show(charts.curves_chart(results, corpus), key="summary_curves", container=left,
             alt="Perplexity against sparsity")
-# Every finished map (a refinement's final view where there is one) with its result's measured agreements.
-candidates = []
-for age, r in enumerate(widgets.guarded(services.recent_results, "sensitivity", settings["model"]) or []):
-    views = r["result"].get("views") or []
-    for m in r["result"].get("maps") or []:
-        shown = next((v for v in views if v["metric"] == m["metric"] and v["sparsity"] == m["sparsity"]), m)
-        candidates.append((shown, r["result"].get("correlations") or [], age))
-if candidates:
-    # The same trust rule as the Sensitivity page: an exact map first, else a proxy whose measured agreement
-    # with exact is high enough, else the newest map with its reading withheld; then near 50 %, then newest.
-    trust = {id(m): services.sensitivity_trust(m, c) for m, c, _ in candidates}
-    chosen, _, _ = max(candidates, key=lambda t: (trust[id(t[0])]["trusted"], t[0]["metric"] == "exact",
-                                                  -abs(float(t[0]["sparsity"]) - 0.5), -t[2]))
+# The map to read beside the curves: trusted first, exact before a proxy, near 50 %, newest (one rule, in services).
+found = widgets.guarded(services.map_to_show, settings["model"], 0.5)
+if found:
+    chosen, verdict = found
     charts.show(charts.heatmap_chart(chosen), key="summary_heatmap", container=right,
                 alt="Sensitivity heatmap")
-    verdict = trust[id(chosen)]
     right.caption(verdict["label"])
     if verdict["trusted"]:
         right.caption(services.sensitivity_reading(chosen))
