@@ -2,7 +2,8 @@
 
 Writes DIR/structured.json (`structured.run.run_structured`'s result: per ratio the measured fraction of
 decoder parameters removed, parameters, perplexity, the size and speed sentences, widths per layer) and, with
---save-model, DIR/structured-<ratio>/ (a Hugging Face folder, reloaded and re-evaluated before it is reported).
+--save-model, DIR/structured-<ratio>/ (a Hugging Face folder, reloaded and re-evaluated before it is reported);
+with --report, DIR/report-<ratio>/report.{html,md,json} (`outputs.structured_export.structured_report_data`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def add_structured(sub) -> None:
     p.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode run")
     p.add_argument("--prefill-tokens", type=int, default=512, help="tokens of the prefill pass")
     p.add_argument("--save-model", action="store_true", help="write each pruned model as a Hugging Face folder")
+    p.add_argument("--report", action="store_true",
+                   help="write a report per ratio (DIR/report-<ratio>/report.html, .md, .json) with the measured "
+                        "sizes and speed")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
     p.add_argument("--out", required=True, help="output folder (structured.json)")
     p.set_defaults(handler=cmd_structured)
@@ -67,6 +71,12 @@ def cmd_structured(args) -> int:
     result = run_structured(spec, loaded=loaded, store=store, progress=progress,
                             save_dir=out if args.save_model else None)
     write_json(out / "structured.json", result)
+    if args.report:
+        from pruning_core.outputs.report import build_report
+        from pruning_core.outputs.structured_export import structured_report_data
+
+        for point in result["points"]:
+            build_report(structured_report_data(result, point), out / f"report-{point['ratio']:g}")
     _print_table(result)
     print(f"wrote {out / 'structured.json'}")
     return 0

@@ -73,6 +73,8 @@ def allocation_summary(data: Mapping[str, Any]) -> dict | None:
 
     s = data.get("setting") or {}
     structure = str(s.get("structure") or "unstructured")
+    if structure == claims.STRUCTURED:  # removed units, not zeros: the widths table says where
+        return None
     nm = parse_structure(structure)
     target = nm.sparsity if nm.is_nm else s.get("sparsity")
     per_layer = data.get("per_layer") or {}
@@ -177,6 +179,8 @@ def summary_sentences(data: Mapping[str, Any]) -> list[str]:
     structure = s.get("structure", "unstructured")
     sentences = [(f"{s.get('model', 'The model')} was pruned with {s.get('method', '?')} to "
                   f"{_pct(sparsity)} sparsity ({structure}) of its decoder linear layers.")]
+    if data.get("structured"):
+        sentences = structured_sentences(s, data["structured"])
     dense = (data.get("ppl") or {}).get("dense") or {}
     pruned = (data.get("ppl") or {}).get("pruned") or {}
     for corpus, before in dense.items():
@@ -195,6 +199,49 @@ def summary_sentences(data: Mapping[str, Any]) -> list[str]:
     if data.get("speed_note"):
         sentences.append(data["speed_note"])
     return sentences
+
+
+def structured_sentences(setting: Mapping[str, Any], structured: Mapping[str, Any]) -> list[str]:
+    """What a structured setting removed, in parameters (DESIGN "Structured ratio"), and the saved file's size.
+
+    structured: {"measured_ratio", "parameters" (`ParameterCounts` as a dict), "file_bytes" (or None), "speed"
+    (`structured.speed.measure_speed`'s dict or None), "widths", "dense_widths", "reload" (or None)}."""
+    params = structured["parameters"]
+    model_removed = 1.0 - params["model_after"] / max(params["model_before"], 1)
+    out = [(f"{setting.get('model', 'The model')} was pruned structurally ({setting.get('method', '?')}): "
+            f"{_pct(structured['measured_ratio'])} of its decoder-layer parameters were removed, so the whole "
+            f"model went from {params['model_before']:,} to {params['model_after']:,} parameters "
+            f"({_pct(model_removed)} of the model, embeddings and LM head included).")]
+    if structured.get("file_bytes"):
+        out.append(f"The saved model's weight files take {claims.format_bytes(structured['file_bytes'])} "
+                   f"({structured.get('file_dtype', 'float32')} as saved).")
+    reload = structured.get("reload")
+    if reload:
+        out.append(f"Reloaded from its folder, it gives the same perplexity to {reload['max_relative_gap']:.1e} "
+                   "relative" + (" with plain transformers." if reload.get("loadable_with_transformers") else
+                                 f" ({reload.get('load_note', '')})."))
+    return out
+
+
+def _structured_speed_rows(structured: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for dtype, table in (((structured.get("speed") or {}).get("phases")) or {}).items():
+        for phase, n in table.items():
+            rows.append([dtype, phase, f"{n['dense_tokens_per_s']:,.1f}", f"{n['pruned_tokens_per_s']:,.1f}",
+                         f"{n['speedup']:.2f}x"])
+    return rows
+
+
+def _structured_width_rows(structured: Mapping[str, Any]) -> list[list[str]]:
+    dense = structured.get("dense_widths") or {}
+    layers = structured.get("kept_layers") or list(range(len(structured.get("widths") or [])))
+    return [[layer, f"{w['heads']} of {dense.get('heads', '?')}", f"{w['kv_heads']} of {dense.get('kv_heads', '?')}",
+             f"{w['channels']:,} of {dense.get('channels', '?'):,}" if dense.get("channels") else w["channels"]]
+            for layer, w in zip(layers, structured.get("widths") or [])]
+
+
+STRUCTURED_SPEED_HEADERS = ["weights", "phase", "dense tokens/s", "pruned tokens/s", "speed-up"]
+STRUCTURED_WIDTH_HEADERS = ["layer", "query heads", "key/value heads", "MLP channels"]
 
 
 # ----------------------------------------------------------------------------------------- plotly.js
@@ -331,6 +378,9 @@ def _setting_rows(data) -> list[list[str]]:
             ["method", s.get("method")], ["structure", s.get("structure")], ["allocation", s.get("allocator")],
             ["target sparsity", _pct(s.get("sparsity"), 2)], ["measured sparsity", _pct(s.get("measured_sparsity"), 2)],
             ["propagation", s.get("propagation", "")]]
+    if s.get("structure") == claims.STRUCTURED:  # removed parameters, not zeros (DESIGN "Structured ratio")
+        rows[6:8] = [["target: decoder parameters removed", _pct(s.get("sparsity"), 2)],
+                     ["measured: decoder parameters removed", _pct(s.get("measured_sparsity"), 2)]]
     return [r for r in rows if r[1] not in (None, "")]
 
 
@@ -371,6 +421,14 @@ def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
                   _html_table(["storage form", "size", "how"], _size_rows(sizes), left=3)]
     if data.get("speed_note"):
         parts.append(f"<p>{_e(data['speed_note'])}</p>")
+    structured = data.get("structured")
+    if structured and _structured_speed_rows(structured):
+        parts += ['<h3>Measured speed</h3><p class="muted">Dense and pruned in the same run on '
+                  f'{_e((structured["speed"] or {}).get("machine_text", "this machine"))}; median of the runs.</p>',
+                  _html_table(STRUCTURED_SPEED_HEADERS, _structured_speed_rows(structured), left=2)]
+    if structured and structured.get("widths"):
+        parts += ["<h2>Widths per layer</h2>",
+                  _html_table(STRUCTURED_WIDTH_HEADERS, _structured_width_rows(structured))]
     allocation = allocation_summary(data)
     if allocation:
         parts += ['<h2 id="allocation">Where the zeros are</h2>',
@@ -456,6 +514,12 @@ def render_markdown(data: Mapping[str, Any]) -> str:
                 _md_table(["storage form", "size", "how"], _size_rows(sizes))]
     if data.get("speed_note"):
         out += ["", _md_escape(data["speed_note"])]
+    structured = data.get("structured")
+    if structured and _structured_speed_rows(structured):
+        out += ["", "### Measured speed (dense and pruned in the same run, median)", "",
+                _md_table(STRUCTURED_SPEED_HEADERS, _structured_speed_rows(structured))]
+    if structured and structured.get("widths"):
+        out += ["", "## Widths per layer", "", _md_table(STRUCTURED_WIDTH_HEADERS, _structured_width_rows(structured))]
     allocation = allocation_summary(data)
     if allocation:
         out += ["", "## Where the zeros are", ""] + [_md_escape(x) for x in allocation_sentences(allocation)]
@@ -546,6 +610,7 @@ def build_report(data: Mapping[str, Any], out_dir, formats: Sequence[str] = ("ht
       per_layer: `per_layer_table(...)`; generations: [{prompt, dense, pruned}]
       lm_eval: {"note", "rows": [{task, metric, unit, dense, pruned, limit}]}
       files: [{name, bytes}]; protocol: dict; env: dict
+      structured: a structurally pruned model's facts (`structured_sentences`): parameters, measured speed, widths
     pdf=True also prints report.pdf through headless Chromium (needs "html").
     """
     unknown = set(formats) - {"html", "md", "json"}
