@@ -24,7 +24,7 @@ from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.structured.prune_structured import StructuredConfig, StructuredResult, prune_structured
-from pruning_core.structured.speed import SpeedConfig, measure_speed
+from pruning_core.structured.speed import SpeedConfig, machine_facts, measure_speed
 from pruning_core.structured.statistics import collect_unit_statistics
 from pruning_core.structured.units import layout_for
 
@@ -113,7 +113,10 @@ def _point_key(loaded: LoadedModel, spec: StructuredSpec, ratio: float) -> str:
     versions = library_versions()
     return content_hash({"kind": POINT_KIND, "model": loaded.fingerprint, "protocol": spec.protocol.to_dict(),
                          "config": spec.config(ratio).to_dict(), "corpora": list(spec.corpora),
-                         "speed": spec.speed_config().to_dict() if spec.speed else None,
+                         # A timed point holds this machine's speed: another machine (or thread count) times again.
+                         "speed": ({"settings": spec.speed_config().to_dict(),
+                                    "machine": machine_facts(next(loaded.model.parameters()).device)}
+                                   if spec.speed else None),
                          "prompt": spec.prompt, "max_new_tokens": int(spec.max_new_tokens),
                          "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}})
 
@@ -155,7 +158,8 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
     (asked), "measured_ratio", "parameters" (`ParameterCounts` as a dict), "model_removed_fraction", "widths",
     "ppl", "change" {corpus: pruned/dense - 1}, "compensation", "sizes", "claims" {"size", "speed"}, "speed"
     (`measure_speed`'s dict or None), "samples" [{"prompt", "dense", "pruned"}], "saved" (or None), "seconds",
-    "from_store"}], "dense_widths" {"heads", "kv_heads", "channels"}, "unstructured_speed" (the honest sentence for unstructured zeros), "created"}.
+    "from_store"}], "dense_widths" {"heads", "kv_heads", "channels"}, "unstructured_speed" (the honest
+    sentence for unstructured zeros), "created"}.
     """
     progress = progress or no_progress
     spec = (spec if isinstance(spec, StructuredSpec) else StructuredSpec.from_dict(spec)).validate()

@@ -110,6 +110,14 @@ def test_run_structured_evaluates_the_copy_stores_points_and_saves_a_folder_that
     again = run_structured(spec, loaded=tiny, store=store)
     assert [p["from_store"] for p in again["points"]] == [True, True]
     assert [p["ppl"] for p in again["points"]] == [p["ppl"] for p in result["points"]]
+    threads = torch.get_num_threads()
+    try:  # another machine fact: the stored points' speeds are not this machine's, so they are timed again
+        torch.set_num_threads(threads + 1)
+        retimed = run_structured(spec, loaded=tiny, store=store)
+        assert [p["from_store"] for p in retimed["points"]] == [False, False]
+        assert retimed["points"][0]["speed"]["machine"]["threads"] == threads + 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_spec_refuses_bad_input_before_work():
