@@ -101,7 +101,8 @@ class StructuredSpec:
         d = dict(d)
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"Unknown structured settings {unknown}; known: {', '.join(f.name for f in fields(cls))}.")
+            known = ", ".join(f.name for f in fields(cls))
+            raise ConfigError(f"Unknown structured settings {unknown}; known: {known}.")
         d["protocol"] = Protocol(**d.get("protocol", {}))
         return cls(**d)
 
