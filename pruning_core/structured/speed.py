@@ -114,7 +114,8 @@ def describe_machine(machine: dict) -> str:
     if machine.get("accelerator"):
         return f"{machine['accelerator']}, torch {machine['torch']}"
     flags = ", ".join(f for f in machine.get("cpu_flags", []) if f != "avx512f") or "no bf16/AMX flags"
-    return f"{machine['cpu']} ({machine['threads']} threads, {flags}), torch {machine['torch']}"
+    threads = f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}"
+    return f"{machine['cpu']} ({threads}, {flags}), torch {machine['torch']}"
 
 
 def speed_key(dense: LoadedModel, pruned: LoadedModel, config: SpeedConfig, machine: dict) -> dict:
