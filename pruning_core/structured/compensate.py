@@ -37,6 +37,7 @@ import torch
 from pruning_core.structured.statistics import FOLDS, ConsumerStatistics
 
 #: Shrinkage strengths tried by the cross-validation, as fractions of mean diag(Sigma[K, K]); infinity = no refit.
+#: Steps of about half a decade: the held-out error varies little within a factor of ~3 around its best alpha.
 ALPHA_GRID = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, float("inf"))
 
 
@@ -139,21 +140,7 @@ def refit(weight: torch.Tensor, bias: Optional[torch.Tensor], keep: list[int], s
     dense = _dense(weight, bias)
     cv_error = cv_removal = None
     if damping is None:
-        folds = []
-        for fold in range(FOLDS):
-            gram, mean, _ = stats.moments((fold,))
-            folds.append((augmented(gram, mean, with_bias), mean))
-        errors = []
-        for alpha in ALPHA_GRID:
-            total = 0.0
-            for fit, check in ((0, 1), (1, 0)):
-                sigma_fit, mean_fit = folds[fit]
-                prior = removal_weights(weight, bias, keep, mean_fit)
-                new = solve(dense, sigma_fit, index, prior, alpha, columns)
-                total += output_error(dense, folds[check][0], index, new)
-            errors.append(total / 2)
-        best = min(range(len(ALPHA_GRID)), key=lambda i: (errors[i], -i))  # ties: the stronger shrinkage
-        alpha, cv_error, cv_removal = ALPHA_GRID[best], errors[best], errors[-1]
+        alpha, cv_error, cv_removal = cross_validated_alpha(weight, bias, keep, stats)
     else:
         alpha = float(damping)
     gram, mean, _ = stats.moments()
@@ -161,3 +148,51 @@ def refit(weight: torch.Tensor, bias: Optional[torch.Tensor], keep: list[int], s
     new = solve(dense, sigma, index, removal_weights(weight, bias, keep, mean), alpha, columns)
     new_weight, new_bias = _split(new, with_bias)
     return Refit(new_weight, new_bias, alpha, cv_error, cv_removal)
+
+
+def cross_validated_alpha(weight: torch.Tensor, bias: Optional[torch.Tensor], keep: list[int],
+                          stats: ConsumerStatistics) -> tuple[float, float, float]:
+    """(alpha, its cross-validated relative error, the error of removal alone) over `ALPHA_GRID`.
+
+    2-fold: fit on the even windows, measure on the odd ones and the other way round, mean of the two relative
+    output errors. Computed in fp32 (it only ranks alphas; the final refit is fp64), with the alpha-independent
+    products formed once per fold, and the held-out error expanded as
+    E = c - 2 <W', W~ Sigma_c[:, K]> + <W' Sigma_c[K, K], W'> (c = tr(W~ Sigma_c W~^T)), so each alpha costs one
+    Cholesky solve and one product of the kept size: the down projection of the embedded model (1,126 kept of
+    1,536) takes well under a second per alpha on one core.
+    """
+    with_bias = bias is not None
+    columns = weight.shape[1]
+    index = _kept_index(keep, columns, with_bias)
+    dense = _dense(weight, bias).to(torch.float32)
+    folds = []
+    for fold in range(FOLDS):
+        gram, mean, _ = stats.moments((fold,))
+        sigma = augmented(gram, mean, with_bias).to(torch.float32)
+        cross = dense @ sigma[:, index]  # (out, |K~|) W~ Sigma[:, K]
+        kept = sigma[index][:, index]
+        total = float(((dense @ sigma) * dense).sum())
+        prior = removal_weights(weight, bias, keep, mean).to(torch.float32)
+        lam_unit = float(torch.diagonal(sigma)[index[index < columns]].mean())
+        folds.append((cross, kept, total, prior, lam_unit))
+    errors = []
+    eye = torch.eye(len(index), dtype=torch.float32)
+    for alpha in ALPHA_GRID:
+        total_error = 0.0
+        for fit, check in ((0, 1), (1, 0)):
+            cross, kept, _, prior, lam_unit = folds[fit]
+            if alpha == float("inf"):
+                new = prior
+            else:
+                lam = alpha * lam_unit + 1e-12
+                chol, info = torch.linalg.cholesky_ex(kept + lam * eye)
+                if int(info):  # not positive definite in fp32 at this alpha: not a candidate
+                    total_error = float("inf")
+                    break
+                new = torch.cholesky_solve((cross + lam * prior).t(), chol).t()
+            c_cross, c_kept, c_total, _, _ = folds[check]
+            error = c_total - 2 * float((new * c_cross).sum()) + float(((new @ c_kept) * new).sum())
+            total_error += max(error, 0.0) / max(c_total, 1e-30)
+        errors.append(total_error / 2)
+    best = min(range(len(ALPHA_GRID)), key=lambda i: (errors[i], -i))  # ties: the stronger shrinkage
+    return ALPHA_GRID[best], errors[best], errors[-1]

@@ -73,7 +73,8 @@ class StructuredConfig:
     score_damping: damping of the ``obs`` score's inverse, as a fraction of mean diag(H) (SparseGPT's 1 %).
     head_mode: "query" (remove query heads within every key/value group, groups stay equal) or "group" (remove
         whole key/value groups); the same for multi-head attention.
-    plan: optional `SparsityPlan`; layer l's ratio is the plan's sparsity of layer l by parameters.
+    plan: optional `SparsityPlan`; layer l's ratio is the plan's sparsity of layer l by parameters (heads and
+        channels; layer removal uses `ratio`).
     """
 
     units: tuple[str, ...] = ("heads", "channels")
