@@ -1196,3 +1196,29 @@ def structured_speed_rows(point: dict) -> list[dict]:
             rows.append({"weights": dtype, "phase": phase, "dense tokens/s": numbers["dense_tokens_per_s"],
                          "pruned tokens/s": numbers["pruned_tokens_per_s"], "speed-up": numbers["speedup"]})
     return rows
+
+
+def structured_report_html(result: dict, index: int) -> str:
+    """The report (HTML, self-contained) of the result's `index`-th point, from the job's measurements
+    (`outputs.structured_export.structured_report_data`), as the CLI's --report and the export write it."""
+    from pruning_core.outputs.report import render_html
+    from pruning_core.outputs.structured_export import structured_report_data
+
+    data = structured_report_data(result, result["points"][index])
+    data.setdefault("generated", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    return render_html(data)
+
+
+def structured_save_command(result: dict, index: int) -> str:
+    """The `prunescope structured` command that writes this point's smaller model folder and report."""
+    spec, point = result["spec"], result["points"][index]
+    protocol = spec["protocol"]
+    parts = ["prunescope structured", f"--model {spec['model']}", f"--calib {protocol['calib']}",
+             f"--nsamples {protocol['nsamples']}", f"--seqlen {protocol['seqlen']}",
+             f"--eval-windows {protocol['eval_windows']}", f"--seed {protocol['seed']}",
+             f"--eval {','.join(spec['eval_corpora'] or [protocol['calib']])}",
+             f"--units {','.join(spec['units'])}", f"--ratios {point['ratio']:g}", f"--score {spec['score']}",
+             "--compensate" if spec["compensate"] else "--no-compensate"]
+    if spec.get("speed"):
+        parts.append("--speed")
+    return " ".join(parts + ["--save-model", "--report", "--out structured-export"])

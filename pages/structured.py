@@ -154,6 +154,14 @@ if point.get("load_note"):
 charts.show(charts.to_plotly(services.structured_widths_figure(result, index)), key="structured_widths_chart",
             alt="Heads and channels kept per layer")
 
+left, right = st.columns([1, 2])
+report = widgets.guarded(services.structured_report_html, result, index)
+if report:
+    left.download_button("Download the report (HTML)", report, file_name="structured-report.html",
+                         mime="text/html", key="structured_report", icon=":material/download:")
+right.caption("To write the smaller model as a Hugging Face folder (reloaded and checked) with its report, run:")
+right.code(services.structured_save_command(result, index), language="bash")
+
 if point.get("samples"):
     st.subheader("Same prompt, dense vs structurally pruned (greedy decoding)")
     texts = point["samples"][0]

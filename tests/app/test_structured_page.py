@@ -69,6 +69,14 @@ def test_a_structured_run_shows_measured_tradeoffs_widths_and_text_and_survives_
     phases = set(at.dataframe[1].value["phase"])
     assert phases == {"prefill at 512 tokens", "decode at batch 1", "decode at batch 8"}
 
+    command = at.code[0].value
+    assert command.startswith("prunescope structured --model tiny-llama") and "--save-model" in command
+    assert "--ratios 0.2 " in command
+    from pruning_core.cli.main import build_parser
+
+    args = build_parser().parse_args(command.split()[1:])  # the command the page shows is one the CLI takes
+    assert args.ratios == "0.2" and args.save_model and args.compensate and args.calib == "news"
+
     # Another setting in detail: its widths chart follows.
     at.radio(key="structured_point").set_value(1).run()
     ok(at)
