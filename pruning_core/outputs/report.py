@@ -296,6 +296,12 @@ def report_figures(data: Mapping[str, Any]) -> list[dict]:
     sens = data.get("sensitivity")
     if sens:
         out.append({"id": f"heatmap-{len(out)}", "title": "Sensitivity heatmap", "figure": figures.heatmap_figure(sens)})
+    structured = data.get("structured")
+    if structured and structured.get("widths") and structured.get("dense_widths"):
+        from pruning_core.outputs.structured_figures import widths_figure
+
+        out.append({"id": f"widths-{len(out)}", "title": "Widths per layer",
+                    "figure": widths_figure(dict(structured), structured["dense_widths"])})
     summary = allocation_summary(data)
     if summary and not summary["uniform"]:
         out.append({"id": f"plan-{len(out)}", "title": "Sparsity plan", "figure": plan_figure(summary),
