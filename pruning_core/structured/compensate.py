@@ -24,7 +24,14 @@ signal; shrinking toward the removal-only weights means a large lam can never do
 How much to shrink depends on how much data there is, so alpha is chosen by 2-fold cross-validation over the
 calibration windows (even/odd windows; fit on one, measure the output error on the other, both ways): with
 few windows it picks a large alpha, with many a small one, and "no refit" is one of the choices. The chosen
-alpha is then used for a refit on all windows. A fixed `damping` skips the cross-validation.
+alpha, halved because the final refit sees twice the tokens of a fold (a ridge's best strength falls as
+1 / tokens; on the tiny models, 8 to 32 windows, halving lowered the held-out error in 28 of 48 layer/consumer
+cases and raised it in 8), is then used for a refit on all windows. A fixed `damping` skips the cross-validation.
+
+Measured on the embedded model (20 % of decoder parameters as MLP channels, Wanda-sp scores, 8 x 512 wiki
+calibration windows, 8 evaluation windows, dense 14.55): removal alone 28.07, plain 1 % refit 28.66 (worse:
+it overfits), cross-validated shrinkage 24.39; from 32 windows: removal 28.02, plain 1 % refit 23.12,
+cross-validated shrinkage 22.72 (these with the alpha not yet halved).
 """
 
 from __future__ import annotations
@@ -141,6 +148,9 @@ def refit(weight: torch.Tensor, bias: Optional[torch.Tensor], keep: list[int], s
     cv_error = cv_removal = None
     if damping is None:
         alpha, cv_error, cv_removal = cross_validated_alpha(weight, bias, keep, stats)
+        # Chosen for fits on one fold; the final fit sees all folds, and a ridge's best strength (relative to
+        # the per-token moments) falls as 1 / tokens: scale it down by the fold's share of the tokens.
+        alpha *= (sum(stats.tokens) / FOLDS) / max(sum(stats.tokens), 1)
     else:
         alpha = float(damping)
     gram, mean, _ = stats.moments()
