@@ -64,8 +64,9 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.10,0.25,0.50")
     parser.add_argument("--budget-eval-windows", type=int, default=16)
     parser.add_argument("--only", choices=("table", "budget"), default=None)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when another run shares the cores)")
     args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 2))
+    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 2)))
 
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
