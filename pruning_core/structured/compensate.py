@@ -20,7 +20,7 @@ Why shrink toward W0 and choose alpha by cross-validation: a plain refit with 1 
 reconstructs the calibration tokens better but, from 8 windows, *hurt* held-out perplexity on the embedded
 model (issue 14: 37.3 against 33.7 without compensation, 29.6 from 32 windows): the moments of 8 windows are
 noisy and the least-squares solution fits that noise. Shrinking toward zero would also shrink the useful
-signal; shrinking toward the removal-only weights means a large lam can never do worse than no compensation.
+signal; shrinking toward the removal-only weights makes a large lam tend to removal alone, not to a zero output.
 How much to shrink depends on how much data there is, so alpha is chosen by 2-fold cross-validation over the
 calibration windows (even/odd windows; fit on one, measure the output error on the other, both ways): with
 few windows it picks a large alpha, with many a small one, and "no refit" is one of the choices. The chosen
