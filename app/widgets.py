@@ -184,3 +184,17 @@ def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[
     elif state_ == "interrupted":
         st.warning(status.get("error") or "The run stopped; run again to resume.", icon=":material/warning:")
     return status
+
+
+def finished_result(kind: str, spec: Optional[dict], run: bool, model: Optional[str], hint: str) -> dict:
+    """The page's one-job flow: start the job when `run` was pressed, show its panel, and return the finished
+    result; until there is one, show `hint` (when nothing runs) and stop the page run there."""
+    if run and spec is not None:
+        start_job(kind, spec)
+    status = job_panel(kind, attach_job(kind, spec, model), spec=spec)
+    result = status.get("result") if status and status.get("state") == "done" else None
+    if not result:
+        if status is None or not services.is_active(status):
+            st.info(hint, icon=":material/info:")
+        st.stop()
+    return result

@@ -82,15 +82,8 @@ with st.container(border=True):
 
 state.remember_form("structured", FORM)
 
-if run and spec is not None:
-    widgets.start_job("structured", spec)
-
-status = widgets.job_panel("structured", widgets.attach_job("structured", spec, settings["model"]), spec=spec)
-result = status.get("result") if status and status.get("state") == "done" else None
-if not result:
-    if status is None or not services.is_active(status):
-        st.info("Choose units and ratios above and press **Prune structurally**.", icon=":material/info:")
-    st.stop()
+result = widgets.finished_result("structured", spec, run, settings["model"],
+                                 "Choose units and ratios above and press **Prune structurally**.")
 
 points = result["points"]
 corpora = list(result["dense_ppl"])

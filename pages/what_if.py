@@ -131,15 +131,8 @@ with st.container(border=True):
 
 state.remember_form("whatif", FORM)
 
-if run and spec is not None:
-    widgets.start_job("whatif", spec)
-
-status = widgets.job_panel("whatif", widgets.attach_job("whatif", spec, settings["model"]), spec=spec)
-result = status.get("result") if status and status.get("state") == "done" else None
-if not result:
-    if status is None or not services.is_active(status):
-        st.info("Choose a setting above and press **Try it**.", icon=":material/info:")
-    st.stop()
+result = widgets.finished_result("whatif", spec, run, settings["model"],
+                                 "Choose a setting above and press **Try it**.")
 
 config = result["config"]
 planned = config.get("plan")
