@@ -198,3 +198,19 @@ def finished_result(kind: str, spec: Optional[dict], run: bool, model: Optional[
             st.info(hint, icon=":material/info:")
         st.stop()
     return result
+
+
+def side_by_side(texts: dict, pruned_label: str) -> None:
+    """The prompt, then the dense and the pruned model's texts in two bordered columns.
+
+    texts: {"prompt", "dense", "pruned"} (one sample of `claims.compare_generations` / `compare_models`);
+    pruned_label: the pruned column's heading, e.g. "Pruned model (50 % sparse)".
+    """
+    st.caption(f"Prompt: “{texts['prompt']}”")
+    dense_col, pruned_col = st.columns(2)
+    with dense_col.container(border=True):
+        st.markdown("**Dense model**")
+        st.write(texts["dense"] or "(no text)")
+    with pruned_col.container(border=True):
+        st.markdown(pruned_label)
+        st.write(texts["pruned"] or "(no text)")

@@ -157,12 +157,5 @@ right.code(services.structured_save_command(result, index), language="bash")
 
 if point.get("samples"):
     st.subheader("Same prompt, dense vs structurally pruned (greedy decoding)")
-    texts = point["samples"][0]
-    st.caption(f"Prompt: “{texts['prompt']}”")
-    dense_col, pruned_col = st.columns(2)
-    with dense_col.container(border=True):
-        st.markdown("**Dense model**")
-        st.write(texts["dense"] or "(no text)")
-    with pruned_col.container(border=True):
-        st.markdown(f"**Structurally pruned** ({point['measured_ratio']:.0%} of decoder parameters removed)")
-        st.write(texts["pruned"] or "(no text)")
+    widgets.side_by_side(point["samples"][0], f"**Structurally pruned** ({point['measured_ratio']:.0%} of "
+                         "decoder parameters removed)")

@@ -175,15 +175,7 @@ st.info(gains["speed"], icon=":material/speed:")
 
 
 def side_by_side(texts: dict) -> None:
-    """The prompt, then the dense and the pruned model's texts in two bordered columns."""
-    st.caption(f"Prompt: “{texts['prompt']}”")
-    dense_col, pruned_col = st.columns(2)
-    with dense_col.container(border=True):
-        st.markdown("**Dense model**")
-        st.write(texts["dense"] or "(no text)")
-    with pruned_col.container(border=True):
-        st.markdown(f"**Pruned model** ({result['sparsity']:.0%} sparse)")
-        st.write(texts["pruned"] or "(no text)")
+    widgets.side_by_side(texts, f"**Pruned model** ({result['sparsity']:.0%} sparse)")
 
 
 st.subheader("Same prompt, dense vs pruned (greedy decoding)")
