@@ -198,7 +198,15 @@ def summary_sentences(data: Mapping[str, Any]) -> list[str]:
         sentences.append(claims.size_sentence(sizes))
     if data.get("speed_note"):
         sentences.append(data["speed_note"])
+    if data.get("unstructured_note"):  # a structured report: the measured speed beside unstructured's honest none
+        sentences.append(unstructured_contrast(data["unstructured_note"]))
     return sentences
+
+
+def unstructured_contrast(note: str) -> str:
+    """A structured report's comparison line: what unstructured pruning (zeros kept) gains in speed, in the claims
+    module's words (`claims.speed_sentence("unstructured")`)."""
+    return f"Unstructured pruning, by contrast, zeroes weights without removing them: {note}"
 
 
 def structured_sentences(setting: Mapping[str, Any], structured: Mapping[str, Any]) -> list[str]:
@@ -427,6 +435,8 @@ def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
                   _html_table(["storage form", "size", "how"], _size_rows(sizes), left=3)]
     if data.get("speed_note"):
         parts.append(f"<p>{_e(data['speed_note'])}</p>")
+    if data.get("unstructured_note"):
+        parts.append(f'<p class="muted">{_e(unstructured_contrast(data["unstructured_note"]))}</p>')
     structured = data.get("structured")
     if structured and _structured_speed_rows(structured):
         parts += ['<h3>Measured speed</h3><p class="muted">Dense and pruned in the same run on '
@@ -520,6 +530,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
                 _md_table(["storage form", "size", "how"], _size_rows(sizes))]
     if data.get("speed_note"):
         out += ["", _md_escape(data["speed_note"])]
+    if data.get("unstructured_note"):
+        out += ["", _md_escape(unstructured_contrast(data["unstructured_note"]))]
     structured = data.get("structured")
     if structured and _structured_speed_rows(structured):
         out += ["", "### Measured speed (dense and pruned in the same run, median)", "",
@@ -612,6 +624,7 @@ def build_report(data: Mapping[str, Any], out_dir, formats: Sequence[str] = ("ht
                sparsities counted over parameters
       ppl: {"dense": {corpus: ppl}, "pruned": {corpus: ppl}} (token-level perplexity)
       sizes: `claims.sizes_from_masks(...)`; speed_note: str (`claims.speed_sentence`)
+      unstructured_note: a structured report's `claims.speed_sentence("unstructured")`, said beside its measured speed
       results: a results.json dict (curves); sensitivity: a sensitivity map dict (heatmap); sensitivity_note
       per_layer: `per_layer_table(...)`; generations: [{prompt, dense, pruned}]
       lm_eval: {"note", "rows": [{task, metric, unit, dense, pruned, limit}]}

@@ -50,8 +50,11 @@ def test_export_writes_a_smaller_folder_and_a_report_with_measured_savings(tiny,
     assert f"{point['parameters']['model_after']:,} parameters" in summary
     assert claims.format_bytes(point["saved"]["file_bytes"]) in summary
     assert "Measured on" in summary and "decode at batch 1" in summary
+    # The measured savings beside unstructured's honest "no speed-up", in the claims module's words.
+    assert claims.speed_sentence("unstructured") in document["summary"][-1]
     markdown = (tmp_path / "export" / "report.md").read_text()
     assert "### Measured speed" in markdown and "## Widths per layer" in markdown
+    assert claims.speed_sentence("unstructured") in markdown
     assert "Where the zeros are" not in markdown and "measured: decoder parameters removed" in markdown
     html = (tmp_path / "export" / "report.html").read_text()
     assert "Measured speed" in html and "model/model.safetensors" in html
