@@ -1149,6 +1149,20 @@ def structured_spec(settings: dict, units, ratios, score: str = "obs", compensat
     return spec.validate().to_dict()
 
 
+def latest_structured_result(model: str) -> Optional[dict]:
+    """The newest finished structured job's result for the model source `model` (`run_structured`'s dict, as
+    the Structured page shows it), or None when this model has none."""
+    found = recent_results("structured", model, limit=1)
+    return found[0]["result"] if found else None
+
+
+def structured_speedups(point: dict, dtype: str = "float32") -> Optional[dict[str, float]]:
+    """{phase label: pruned/dense tokens/s} measured for a structured point in `dtype` (`measure_speed`'s
+    "ratios"), or None when its speed was not measured in that dtype (never estimated)."""
+    ratios = ((point.get("speed") or {}).get("ratios") or {}).get(dtype)
+    return dict(ratios) if ratios else None
+
+
 def unstructured_for(result: dict) -> Optional[dict]:
     """The finished sweeps of the structured result's model with the same evaluation (corpus windows, seqlen,
     dtype), merged: their unstructured points go on the Structured page's axes. None when there is none."""

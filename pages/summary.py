@@ -3,7 +3,9 @@
 The recommendation is the highest sparsity, among the points actually measured on the Curves page, whose
 perplexity stays within the budget (e.g. at most +10 % over the dense model) on the chosen corpus. Below it,
 "the most sparsity within +X %" per method is answered by a budget search (a job: step-wise, re-measuring each
-step, reusing every measurement already stored) for the budget on the slider, with how it was found.
+step, reusing every measurement already stored) for the budget on the slider, with how it was found. Then the
+newest structured run of the model (Structured page): parameters really removed and speed-ups measured on this
+machine, beside the honest speed sentence of the recommended setting (zeros are not removed, so no speed-up).
 """
 
 from __future__ import annotations
@@ -93,6 +95,60 @@ def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None
         widgets.job_panel("budget", active["id"])
 
 
+def structured_section(corpus: str, recommended: dict | None, recommended_speed: str | None) -> None:
+    """"Really smaller and faster": the newest structured run of this model, per point (parameters removed, size,
+    measured speed-ups or "not measured", perplexity), beside what the recommended unstructured setting gains in
+    speed (the claims module's honest sentence). Without a structured run, one line pointing to its page.
+
+    recommended: the recommended sweep point (None when nothing is recommended); recommended_speed: its speed
+    sentence (`services.point_claims`)."""
+    st.subheader("Really smaller and faster: structured pruning")
+    result = widgets.guarded(services.latest_structured_result, settings["model"])
+    if not result or not result.get("points"):
+        st.info("Remove whole heads and MLP channels on the **Structured** page to see a model that is really "
+                "smaller and faster, with its speed measured on this machine.", icon=":material/info:")
+        return
+    points = result["points"]
+    # Its own evaluation may be on other corpora than the sweep's: the Summary's corpus when it has it.
+    on = corpus if corpus in result["dense_ppl"] else next(iter(result["dense_ppl"]))
+    dense_ppl = result["dense_ppl"][on]
+    rows = []
+    for point in points:
+        row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
+               "parameters (whole model)": f"{point['parameters']['model_after']:,} "
+                                           f"(−{point['model_removed_fraction']:.1%})",
+               "16-bit size": services.format_bytes(point["sizes"]["structured_bytes"])}
+        speedups = services.structured_speedups(point)
+        for phase, value in (speedups or {}).items():
+            row[f"{phase} speed-up (fp32)"] = f"{value:.2f}x"
+        if not speedups:
+            row["speed-up"] = "not measured"
+        row[f"perplexity ({on})"] = f"{point['ppl'][on]:,.2f}"
+        row["change"] = charts.perplexity_change(point["ppl"][on], dense_ppl)
+        rows.append(row)
+    dense = {"decoder parameters removed": "0 % (dense)",
+             "parameters (whole model)": f"{result['model']['parameters']:,}",
+             "16-bit size": services.format_bytes(points[0]["sizes"]["dense_bytes"]),
+             f"perplexity ({on})": f"{dense_ppl:,.2f}"}
+    columns = list(dict.fromkeys(c for row in rows for c in row))  # the points' order: speed before perplexity
+    st.dataframe([{c: dense.get(c, "–") for c in columns}, *rows], hide_index=True, key="summary_structured_table")
+    left, right = st.columns(2, gap="medium")
+    with left.container(border=True):
+        st.markdown("**Structured: the matrices are smaller**")
+        st.markdown("\n".join(f"- **{p['measured_ratio']:.1%} removed**: "
+                              + " ".join(s for s in services.structured_claims(p).values() if s) for p in points))
+    with right.container(border=True):
+        if recommended is not None and recommended_speed:
+            st.markdown(f"**The recommended setting ({METHOD_NAMES.get(recommended['method'], recommended['method'])}"
+                        f", {form_of(recommended)}, {recommended['sparsity']:.0%}): zeros, not removed**")
+            st.markdown(recommended_speed)
+        else:
+            st.markdown("**Unstructured pruning: zeros, not removed**")
+            st.markdown(services.setting_claims(None, "unstructured")["speed"])
+    st.caption("Speed-ups are measured on this machine, dense and pruned in the same run; open the **Structured** "
+               "page for the charts, the widths per layer and the report.")
+
+
 sweeps = [r["result"] for r in (widgets.guarded(services.recent_results, "sweep", settings["model"]) or [])]
 results = services.merge_sweeps(sweeps)
 has_sweep = bool(results and results.get("points"))
@@ -110,6 +166,7 @@ if not has_sweep:
             "**Sensitivity**) for it, the curves and the heatmap; the budget search below answers on its own.",
             icon=":material/info:")
     budget_section(budget, corpus, default_methods)
+    structured_section(corpus, None, None)
     st.stop()
 
 rec = services.recommend(results, corpus, budget / 100.0)
@@ -152,6 +209,10 @@ with st.container(border=True):
         st.markdown(f"Per method, on {corpus}:\n" + "\n".join(lines))
 
 budget_section(budget, corpus, default_methods)
+# Beside the structured savings, what the recommended (unstructured or N:M) setting gains in speed: the same
+# claims sentence as its headline above, so the two never disagree.
+structured_section(corpus, rec["best"],
+                   services.point_claims(results, rec["best"])["speed"] if rec["best"] else None)
 
 left, right = st.columns(2, gap="medium")
 charts.show(charts.curves_chart(results, corpus), key="summary_curves", container=left,
