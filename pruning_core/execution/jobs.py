@@ -49,6 +49,7 @@ JOB_KINDS: dict[str, str] = {
     "export": "pruning_core.outputs.pipeline:run_export_job",
     "budget": "pruning_core.allocation.budget:run_budget_job",
     "structured": "pruning_core.structured.run:run_structured_job",
+    "recovery": "pruning_core.recovery.run:run_recovery_job",
     "selftest": "pruning_core.execution.jobs:_selftest_job",
 }
 

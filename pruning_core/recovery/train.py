@@ -1,0 +1,233 @@
+"""The recovery training loop: a masked adapter trained on token windows, with checkpoints to resume from.
+
+Loss: mean next-token NLL (nats) of each batch of windows, computed like the evaluation's (`metrics.window_nll`,
+the LM head on chunks of rows). AdamW on the adapter's A and B only, linear warm-up then cosine decay to 10 %
+of the peak rate. Matmuls under bf16 autocast by default (weights and optimizer state stay fp32).
+
+Checkpoint: every `checkpoint_every` steps, and when cancelled, the adapter weights, the optimizer and
+scheduler state, the step, the loss history and the RNG state go to `<checkpoint_dir>/checkpoint.pt` (written
+to a temporary file, then renamed, so a kill mid-write keeps the previous one). `train_adapter` called again
+with the same checkpoint folder continues from there: a cancelled or killed recovery resumes, it does not
+start again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from types import SimpleNamespace
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from pruning_core.errors import ConfigError, JobCancelled
+from pruning_core.precision import EVAL_DTYPES, autocast_for
+from pruning_core.progress import ProgressFn, no_progress
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Recovery training settings.
+
+    steps: optimizer steps; batch_size: windows per step; seqlen: tokens per window; lr: peak learning rate;
+    warmup: steps of linear warm-up; weight_decay: AdamW decay on A and B; dtype: compute dtype of the matmuls
+    ("bfloat16" autocast or "float32"); seed: window sampling and adapter initialisation; eval_every: steps
+    between two quick evaluations for the curve (0 = only before and after); checkpoint_every: steps between
+    checkpoints; max_seconds: stop early after this much training time (None = run all steps).
+    """
+
+    steps: int = 200
+    batch_size: int = 4
+    seqlen: int = 256
+    lr: float = 1e-3
+    warmup: int = 10
+    weight_decay: float = 0.0
+    dtype: str = "bfloat16"
+    seed: int = 0
+    eval_every: int = 50
+    checkpoint_every: int = 20
+    max_seconds: Optional[float] = None
+
+    def validate(self) -> "TrainConfig":
+        for name in ("steps", "batch_size", "seqlen"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"Recovery {name} must be a positive integer, got {getattr(self, name)}.")
+        if int(self.seqlen) < 2:
+            raise ConfigError("Recovery seqlen must be at least 2 tokens.")
+        if not float(self.lr) > 0:
+            raise ConfigError(f"The learning rate must be positive, got {self.lr}.")
+        if self.dtype not in EVAL_DTYPES:
+            raise ConfigError(f"Recovery dtype '{self.dtype}' is unknown; use one of {', '.join(EVAL_DTYPES)}.")
+        if int(self.eval_every) < 0 or int(self.checkpoint_every) < 1 or int(self.warmup) < 0:
+            raise ConfigError("eval_every must be 0 or more, checkpoint_every 1 or more, warmup 0 or more.")
+        if self.max_seconds is not None and not float(self.max_seconds) > 0:
+            raise ConfigError(f"max_seconds must be positive, got {self.max_seconds}.")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainHistory:
+    """loss: [(step, mean NLL of that step's batch)]; evals: [(step, {corpus: perplexity})] of the quick
+    evaluations; seconds: training wall time (evaluations excluded); steps_done; resumed_from: the step a
+    checkpoint gave (0 = fresh start); stopped: "done" | "time budget"."""
+
+    loss: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    seconds: float = 0.0
+    steps_done: int = 0
+    resumed_from: int = 0
+    stopped: str = "done"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def training_windows(token_ids: torch.Tensor, seqlen: int, count: int, seed: int) -> torch.Tensor:
+    """`count` windows of `seqlen` tokens drawn uniformly from a 1-D token sequence, in epochs of at most
+    ntokens // seqlen windows (each epoch its own seed), so a short corpus is revisited instead of refused."""
+    from pruning_core.data import random_token_windows
+
+    ntokens = int(token_ids.numel())
+    per_epoch = max(1, ntokens // int(seqlen) - 1)
+    chunks, epoch = [], 0
+    while sum(c.shape[0] for c in chunks) < count:
+        n = min(per_epoch, count - sum(c.shape[0] for c in chunks))
+        chunks.append(random_token_windows(token_ids, n, seqlen, seed + 7919 * epoch, source="training split"))
+        epoch += 1
+    return torch.cat(chunks)[:count]
+
+
+def _schedule(config: TrainConfig) -> Callable[[int], float]:
+    warm, total = int(config.warmup), int(config.steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _adapter_state(peft_model) -> dict:
+    return {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(folder: Path, peft_model, optimizer, scheduler, step: int, history: TrainHistory,
+                     key: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CHECKPOINT + ".tmp")
+    torch.save({"key": key, "step": step, "adapter": _adapter_state(peft_model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history.to_dict(),
+                "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, folder / CHECKPOINT)
+
+
+def _load_checkpoint(folder: Optional[Path], key: str):
+    if folder is None or not (folder / CHECKPOINT).exists():
+        return None
+    state = torch.load(folder / CHECKPOINT, weights_only=False)
+    return state if state.get("key") == key else None  # another setting's checkpoint: start fresh
+
+
+def batch_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL (nats) over the batch's predicted tokens (as the evaluation computes it)."""
+    from pruning_core.metrics import window_nll
+
+    # window_nll reads only `.model` of a LoadedModel
+    return window_nll(SimpleNamespace(model=model), batch).sum() / (batch.shape[0] * (batch.shape[1] - 1))
+
+
+def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, config: TrainConfig, *,
+                  checkpoint_dir=None, key: str = "", progress: Optional[ProgressFn] = None,
+                  evaluate: Optional[Callable[[], dict]] = None) -> TrainHistory:
+    """Train the masked adapter of `peft_model` on `windows` (steps x batch_size rows of seqlen tokens).
+
+    hf_model: the Hugging Face model inside `peft_model` (its LoRA layers injected), used for the loss.
+    checkpoint_dir / key: where checkpoints go and what they must match to be resumed from (the setting's hash).
+    evaluate: () -> {corpus: perplexity}, called every `eval_every` steps and at the end (for the curve).
+    progress: (fraction, message) with the loss and the time left; may raise `JobCancelled`, which saves a
+    checkpoint first (so the work done is kept) and re-raises.
+    """
+    config = config.validate()
+    progress = progress or no_progress
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("The adapter has no trainable parameter; give at least one target with rank >= 1.")
+    optimizer = torch.optim.AdamW(params, lr=float(config.lr), weight_decay=float(config.weight_decay))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    history = TrainHistory()
+    start_step = 0
+    state = _load_checkpoint(folder, key)
+    if state is not None:
+        named = dict(peft_model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["adapter"].items():
+                named[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = TrainHistory(**state["history"])
+        torch.set_rng_state(state["rng"])
+        start_step = history.resumed_from = int(state["step"])
+    elif evaluate is not None:
+        history.evals.append((0, evaluate()))
+    peft_model.train()
+    hf_model.config.use_cache = False
+    step = start_step
+    trained_before = history.seconds
+    try:
+        for step in range(start_step, int(config.steps)):
+            rows = windows[step * config.batch_size:(step + 1) * config.batch_size]
+            tick = time.perf_counter()
+            with autocast_for(config.dtype):
+                loss = batch_loss(hf_model, rows)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.seconds += time.perf_counter() - tick
+            history.loss.append((step + 1, float(loss.detach())))
+            history.steps_done = step + 1
+            done = step + 1 - start_step
+            per_step = (history.seconds - trained_before) / max(1, done)
+            left = per_step * (int(config.steps) - step - 1)
+            if evaluate is not None and config.eval_every and (step + 1) % config.eval_every == 0 \
+                    and step + 1 < config.steps:
+                peft_model.eval()
+                history.evals.append((step + 1, evaluate()))
+                peft_model.train()
+            if (step + 1) % config.checkpoint_every == 0 and folder is not None:
+                _save_checkpoint(folder, peft_model, optimizer, scheduler, step + 1, history, key)
+            over_time = config.max_seconds is not None and history.seconds >= float(config.max_seconds)
+            progress((step + 1) / config.steps,
+                     f"recovery step {step + 1}/{config.steps}, loss {float(loss.detach()):.3f}, "
+                     f"about {_duration(left)} left")
+            if over_time:
+                history.stopped = "time budget"
+                break
+    except JobCancelled:
+        if folder is not None:
+            _save_checkpoint(folder, peft_model, optimizer, scheduler, history.steps_done, history, key)
+        raise
+    peft_model.eval()
+    if evaluate is not None:
+        history.evals.append((history.steps_done, evaluate()))
+    if folder is not None:
+        _save_checkpoint(folder, peft_model, optimizer, scheduler, history.steps_done, history, key)
+    return history
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
