@@ -28,6 +28,7 @@ from pruning_core.precision import EVAL_DTYPES, autocast_for
 from pruning_core.progress import ProgressFn, no_progress
 
 CHECKPOINT = "checkpoint.pt"
+PLAN_AFTER = 3  # steps timed before a time budget decides how many steps fit
 
 
 @dataclass
@@ -38,7 +39,9 @@ class TrainConfig:
     warmup: steps of linear warm-up; weight_decay: AdamW decay on A and B; dtype: compute dtype of the matmuls
     ("bfloat16" autocast or "float32"); seed: window sampling and adapter initialisation; eval_every: steps
     between two quick evaluations for the curve (0 = only before and after); checkpoint_every: steps between
-    checkpoints; max_seconds: stop early after this much training time (None = run all steps).
+    checkpoints; max_seconds: a training-time budget (None = run all steps): after the first steps the loop
+    measures its seconds per step and plans min(steps, what fits) steps, so the learning-rate schedule still
+    decays to its end inside the budget; it also stops at the budget if steps turn out slower.
     """
 
     steps: int = 200
@@ -77,7 +80,8 @@ class TrainConfig:
 class TrainHistory:
     """loss: [(step, mean NLL of that step's batch)]; evals: [(step, {corpus: perplexity})] of the quick
     evaluations; seconds: training wall time (evaluations excluded); steps_done; resumed_from: the step a
-    checkpoint gave (0 = fresh start); stopped: "done" | "time budget"."""
+    checkpoint gave (0 = fresh start); stopped: "done" | "time budget"; planned_steps: the steps the loop
+    aims for (`steps`, or fewer when a time budget was set and measured to allow fewer)."""
 
     loss: list = field(default_factory=list)
     evals: list = field(default_factory=list)
@@ -85,6 +89,7 @@ class TrainHistory:
     steps_done: int = 0
     resumed_from: int = 0
     stopped: str = "done"
+    planned_steps: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,10 +110,11 @@ def training_windows(token_ids: torch.Tensor, seqlen: int, count: int, seed: int
     return torch.cat(chunks)[:count]
 
 
-def _schedule(config: TrainConfig) -> Callable[[int], float]:
-    warm, total = int(config.warmup), int(config.steps)
+def _schedule(config: TrainConfig, history: "TrainHistory") -> Callable[[int], float]:
+    warm = int(config.warmup)
 
     def factor(step: int) -> float:
+        total = int(history.planned_steps or config.steps)  # read at each step: a time budget may shorten it
         if step < warm:
             return (step + 1) / warm
         progress = (step - warm) / max(1, total - warm)
@@ -164,8 +170,8 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
     if not params:
         raise ConfigError("The adapter has no trainable parameter; give at least one target with rank >= 1.")
     optimizer = torch.optim.AdamW(params, lr=float(config.lr), weight_decay=float(config.weight_decay))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    history = TrainHistory()
+    history = TrainHistory(planned_steps=int(config.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, history))
     start_step = 0
     state = _load_checkpoint(folder, key)
     if state is not None:
@@ -175,7 +181,8 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
                 named[name].copy_(value)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        history = TrainHistory(**state["history"])
+        for name, value in state["history"].items():  # in place: the schedule reads this object
+            setattr(history, name, value)
         torch.set_rng_state(state["rng"])
         start_step = history.resumed_from = int(state["step"])
     elif evaluate is not None:
@@ -186,6 +193,8 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
     trained_before = history.seconds
     try:
         for step in range(start_step, int(config.steps)):
+            if step >= history.planned_steps:
+                break
             rows = windows[step * config.batch_size:(step + 1) * config.batch_size]
             tick = time.perf_counter()
             with autocast_for(config.dtype):
@@ -199,17 +208,20 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
             history.steps_done = step + 1
             done = step + 1 - start_step
             per_step = (history.seconds - trained_before) / max(1, done)
-            left = per_step * (int(config.steps) - step - 1)
+            if config.max_seconds is not None and done == PLAN_AFTER and step + 1 < history.planned_steps:
+                fits = int(float(config.max_seconds) / per_step)  # measured, not guessed: plan what fits
+                history.planned_steps = max(step + 1, min(history.planned_steps, fits))
+            left = per_step * (history.planned_steps - step - 1)
             if evaluate is not None and config.eval_every and (step + 1) % config.eval_every == 0 \
-                    and step + 1 < config.steps:
+                    and step + 1 < history.planned_steps:
                 peft_model.eval()
                 history.evals.append((step + 1, evaluate()))
                 peft_model.train()
             if (step + 1) % config.checkpoint_every == 0 and folder is not None:
                 _save_checkpoint(folder, peft_model, optimizer, scheduler, step + 1, history, key)
             over_time = config.max_seconds is not None and history.seconds >= float(config.max_seconds)
-            progress((step + 1) / config.steps,
-                     f"recovery step {step + 1}/{config.steps}, loss {float(loss.detach()):.3f}, "
+            progress((step + 1) / history.planned_steps,
+                     f"recovery step {step + 1}/{history.planned_steps}, loss {float(loss.detach()):.3f}, "
                      f"about {_duration(left)} left")
             if over_time:
                 history.stopped = "time budget"
@@ -218,6 +230,8 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
         if folder is not None:
             _save_checkpoint(folder, peft_model, optimizer, scheduler, history.steps_done, history, key)
         raise
+    if history.steps_done < int(config.steps):
+        history.stopped = "time budget"
     peft_model.eval()
     if evaluate is not None:
         history.evals.append((history.steps_done, evaluate()))
