@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import streamlit as st
 
-from app.charts import point_allocation  # the one rule: a point without one is uniform
+from app.charts import MISSING, point_allocation  # the one rule: a point without one is uniform
 from pruning_core import claims
 from pruning_core import data as core_data
 from pruning_core.allocation import allocators as _allocators
@@ -1236,3 +1236,193 @@ def structured_save_command(result: dict, index: int) -> str:
     if spec.get("speed"):
         parts.append("--speed")
     return " ".join(parts + ["--save-model", "--report", "--out structured-export"])
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+
+#: The Recovery page's rank allocations (sensitivity-allocated ranks need a map's costs: the CLI takes them).
+RECOVERY_RANK_ALLOCATIONS = ("uniform", "gradient")
+#: Session key the Summary sets to hand its recommended setting to the Recovery page (`send_to_recovery`).
+RECOVERY_PREFILL_KEY = "recovery_prefill"
+#: The setting the Recovery page starts from when the Summary recommends none.
+DEFAULT_RECOVERY_SOURCE = {"method": "wanda", "structure": "unstructured", "sparsity": 0.5, "propagation": "pruned",
+                           "allocator": "uniform"}
+RECOVERY_PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "recovery.py")
+
+
+def recovery_rank_descriptions() -> dict[str, str]:
+    from pruning_core.recovery.ranks import RANK_DESCRIPTIONS
+
+    return {k: RANK_DESCRIPTIONS[k] for k in RECOVERY_RANK_ALLOCATIONS}
+
+
+def recovery_source(point: dict) -> dict:
+    """The setting a sweep point was measured with, as the Recovery page's source: method, structure, sparsity
+    (the target, rounded to the page's 5 % steps), propagation and allocation ("uniform" when none)."""
+    sparsity = float(point.get("target_sparsity") or point.get("sparsity") or 0.5)
+    return {"method": point["method"], "structure": point.get("structure", "unstructured"),
+            "sparsity": min(0.9, max(0.1, round(sparsity * 20) / 20)),
+            "propagation": point.get("propagation") or "pruned", "allocator": point_allocation(point)}
+
+
+def recommended_source(settings: dict, budget: float = 0.10, corpus: Optional[str] = None) -> Optional[dict]:
+    """The Summary's recommended setting (highest measured sparsity within +`budget` perplexity on `corpus`,
+    default the first evaluation corpus) as a Recovery source, or None when no sweep recommends one."""
+    results = merge_sweeps([r["result"] for r in recent_results("sweep", settings["model"])])
+    if not results or not results.get("points"):
+        return None
+    corpora = list((results.get("dense") or {}).get("ppl") or {})
+    wanted = corpus or next((c for c in settings["eval_corpora"] if c in corpora), corpora[0] if corpora else None)
+    if wanted is None:
+        return None
+    best = recommend(results, wanted, budget)["best"]
+    return recovery_source(best) if best else None
+
+
+def send_to_recovery(point: dict) -> None:
+    """Hand a sweep point to the Recovery page (preselected there) and open it; a page run on its own has no
+    menu to switch in, so a note says where to go."""
+    from streamlit.errors import StreamlitAPIException
+
+    st.session_state[RECOVERY_PREFILL_KEY] = recovery_source(point)
+    try:
+        st.switch_page(RECOVERY_PAGE)
+    except StreamlitAPIException:
+        st.info("The setting is preselected on the Recovery page; open it from the menu.",
+                icon=":material/healing:")
+
+
+def recovery_spec(settings: dict, source: dict, steps: int = 200, rank: int = 8, rank_allocation: str = "uniform",
+                  eval_corpora=None, minutes: Optional[float] = 15, train_corpus: Optional[str] = None,
+                  batch_size: Optional[int] = None, seqlen: Optional[int] = None, prompt: str = "",
+                  max_new_tokens: int = 40) -> dict:
+    """A recovery job spec (`RecoverySpec.to_dict()`, see `pruning_core.recovery.run.run_recovery`), validated.
+
+    source: {"method", "structure", "sparsity", "propagation", "allocator"} (the pruned setting to recover);
+    steps / batch_size / seqlen: optimizer steps, windows per step, tokens per window (`TrainConfig`; None keeps
+    its default); minutes: training time budget (the run stops there; None = all steps); train_corpus: whose
+    calibration split it trains on (default the dashboard's calibration corpus)."""
+    from pruning_core.recovery.run import RecoverySpec
+
+    if rank_allocation not in RECOVERY_RANK_ALLOCATIONS:
+        raise ConfigError(f"Unknown rank allocation '{rank_allocation}'; choose "
+                          f"{' or '.join(RECOVERY_RANK_ALLOCATIONS)}.")
+    corpora = tuple(eval_corpora if eval_corpora is not None else settings["eval_corpora"])
+    if not corpora:
+        raise ConfigError("Choose at least one corpus to measure the recovery on.")
+    train = {"steps": int(steps)}
+    if batch_size is not None:
+        train["batch_size"] = int(batch_size)
+    if seqlen is not None:
+        train["seqlen"] = int(seqlen)
+    if minutes:
+        train["max_seconds"] = float(minutes) * 60.0
+    allocator = source.get("allocator")
+    spec = RecoverySpec(model=settings["model"], protocol=protocol_of(settings), method=source["method"],
+                        structure=source.get("structure", "unstructured"), sparsity=float(source["sparsity"]),
+                        propagation=source.get("propagation") or "pruned",
+                        allocator=None if allocator in (None, "uniform") else allocator,
+                        train_corpus=train_corpus or settings["calib"], train=train, rank=int(rank),
+                        rank_allocation=rank_allocation, eval_corpora=corpora, prompt=prompt,
+                        max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]))
+    return spec.validate().to_dict()
+
+
+def _same_source(spec: dict, source: dict) -> bool:
+    allocator = source.get("allocator")
+    return (spec.get("method") == source.get("method")
+            and spec.get("structure", "unstructured") == source.get("structure", "unstructured")
+            and abs(float(spec.get("sparsity") or 0) - float(source.get("sparsity") or 0)) < 1e-6
+            and (spec.get("allocator") or None) == (None if allocator in (None, "uniform") else allocator))
+
+
+def latest_recovery_result(model: str, source: Optional[dict] = None) -> Optional[dict]:
+    """The newest finished recovery job's result for the model source `model` (of the pruned setting `source`,
+    when given: method, structure, sparsity, allocator), or None when there is none."""
+    for found in recent_results("recovery", model):
+        if source is None or _same_source(found["result"].get("spec") or found["spec"], source):
+            return found["result"]
+    return None
+
+
+def recovery_figures(result: dict) -> dict:
+    """{"loss", "perplexity"}: the Recovery page's chart specs (`outputs.recovery_figures`)."""
+    from pruning_core.outputs import recovery_figures as figures
+
+    return {"loss": figures.loss_figure(result), "perplexity": figures.perplexity_figure(result)}
+
+
+def recovery_rows(result: dict) -> list[dict]:
+    """The before/after table per corpus: dense, pruned, recovered (merged model) perplexity, the recovered
+    model's change against dense and the share of the pruning gap won back."""
+    from pruning_core.outputs.recovery_figures import before_after
+
+    def fmt(value: Optional[float]) -> str:
+        return MISSING if value is None else f"{value:,.2f}"
+
+    rows = []
+    for r in before_after(result):
+        rows.append({"corpus": r["corpus"], "dense": fmt(r["dense"]), "pruned": fmt(r["pruned"]),
+                     "after recovery": fmt(r["recovered"]),
+                     "change vs dense": (MISSING if None in (r["recovered"], r["dense"]) else
+                                         f"{100 * (r['recovered'] / r['dense'] - 1):+.1f} %"),
+                     "gap won back": MISSING if r["share"] is None else f"{100 * r['share']:.0f} %"})
+    return rows
+
+
+def recovery_words(result: dict) -> dict:
+    """{"sparsity", "adapter", "ranks", "exact" (bool: the merged sparsity equals the pruned one and every
+    pruned weight is still zero)}: the facts of a recovery in the report's words."""
+    from pruning_core.outputs import recovery_figures as figures
+
+    sparsity = result.get("sparsity") or {}
+    return {"sparsity": figures.sparsity_sentence(result), "adapter": figures.adapter_sentence(result),
+            "ranks": figures.ranks_sentence(result.get("ranks") or {}),
+            "exact": bool(sparsity.get("pruned_weights_zero")) and sparsity.get("before") == sparsity.get("merged")}
+
+
+def recovery_estimate(spec: dict) -> dict:
+    """The training time of a recovery spec, an estimate (`recovery.estimate.estimate_training`): from the last
+    recovery of the model on this machine, else from the model's measured forward speed."""
+    from pruning_core.recovery.estimate import estimate_training, measured_seconds_per_token
+    from pruning_core.recovery.train import TrainConfig
+
+    config = TrainConfig(**(spec.get("train") or {}))
+    measured = next((r["result"] for r in recent_results("recovery", spec["model"], limit=10)
+                     if (r["result"].get("spec") or {}).get("train", {}).get("dtype", "bfloat16") == config.dtype
+                     and measured_seconds_per_token(r["result"])), None)
+    throughput = None
+    if measured is None:
+        if _estimates is None:
+            raise ServiceError("No recovery of this model was measured yet and the throughput probe is missing "
+                               "from this version of the engine.")
+        throughput = _estimates.measure_throughput(get_model(spec["model"]), config.seqlen, config.dtype, Store())
+    return estimate_training(config.steps, config.batch_size, config.seqlen, measured=measured,
+                             forward_tokens_per_s=throughput, max_seconds=config.max_seconds)
+
+
+def recovery_report_html(result: dict) -> str:
+    """The report (HTML, self-contained) of a recovery result, with its Recovery section
+    (`outputs.recovery_export.recovery_report_data`), as the export writes it."""
+    from pruning_core.outputs.recovery_export import recovery_report_data
+    from pruning_core.outputs.report import render_html
+
+    data = recovery_report_data(result)
+    data.setdefault("generated", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    return render_html(data)
+
+
+def recovery_adapter_zip(result: dict) -> Optional[bytes]:
+    """The adapter folder the job saved (PEFT files + ranks.json) as a zip, or None when it is not on disk."""
+    import io
+    import zipfile
+
+    folder = (result.get("adapter") or {}).get("folder")
+    if not folder or not Path(folder).is_dir():
+        return None
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(Path(folder).iterdir()):
+            if path.is_file():
+                archive.write(path, f"adapter/{path.name}")
+    return buffer.getvalue()

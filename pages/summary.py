@@ -39,6 +39,19 @@ def form_of(point: dict) -> str:
     return point["structure"] + ("" if allocation == "uniform" else f", {allocation} plan")
 
 
+def recovery_line(recovered: dict, corpus: str) -> None:
+    """One line: the recommended setting after a finished recovery (Recovery page): its merged model's
+    perplexity and the share of the pruning gap won back, on the Summary's corpus when it was measured."""
+    on = corpus if corpus in (recovered.get("recovered_ppl") or {}) else next(iter(recovered["recovered_ppl"]))
+    after, dense = recovered["recovered_ppl"][on], recovered["dense_ppl"][on]
+    share = (recovered.get("recovered_share") or {}).get(on)
+    won = f", {share:.0%} of the gap won back" if share is not None else ""
+    st.markdown(f":material/healing: **After recovery with an adapter**: perplexity on {on} "
+                f"{recovered['pruned_ppl'][on]:,.2f} → **{after:,.2f}** "
+                f"({charts.perplexity_change(after, dense)} vs dense{won}); the sparsity stays "
+                f"{recovered['sparsity']['merged']:.1%}.")
+
+
 def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None:
     """"The most sparsity within +budget %" per method, from budget-search jobs (one per method): the stored
     answer when this budget was searched before, else a button that runs the searches."""
@@ -188,9 +201,17 @@ with st.container(border=True):
         # Size and speed in the claims module's words: the What-if page and the report say exactly the same.
         gains = services.point_claims(results, p)
         st.markdown(" ".join(sentence for sentence in (gains["size"], gains["speed"]) if sentence))
-        if st.button("Export this setting", key="summary_export", icon=":material/download:",
+        b1, b2 = st.columns(2)
+        if b1.button("Export this setting", key="summary_export", icon=":material/download:",
                      help="Opens the Export page with this method, structure, sparsity and propagation filled in."):
             export_service.send_to_export(p)
+        if b2.button("Recover quality with an adapter", key="summary_recover", icon=":material/healing:",
+                     help="Opens the Recovery page with this setting preselected: a short training of a small "
+                          "masked adapter that wins back perplexity and keeps every pruned weight at zero."):
+            services.send_to_recovery(p)
+        recovered = widgets.guarded(services.latest_recovery_result, settings["model"], services.recovery_source(p))
+        if recovered:
+            recovery_line(recovered, corpus)
     # Per method: first what is usable (its highest sparsity within the budget), then where it ends (its
     # highest measured point), said as a factor with a verdict when the model is broken there.
     lines = []

@@ -200,6 +200,10 @@ def summary_sentences(data: Mapping[str, Any]) -> list[str]:
         sentences.append(data["speed_note"])
     if data.get("unstructured_note"):  # a structured report: the measured speed beside unstructured's honest none
         sentences.append(unstructured_contrast(data["unstructured_note"]))
+    if data.get("recovery"):  # a recovery report: what the adapter won back, in the Recovery page's words
+        from pruning_core.outputs.recovery_figures import recovery_sentences
+
+        sentences += recovery_sentences(data["recovery"])
     return sentences
 
 
@@ -310,6 +314,14 @@ def report_figures(data: Mapping[str, Any]) -> list[dict]:
 
         out.append({"id": f"widths-{len(out)}", "title": "Widths per layer",
                     "figure": widths_figure(dict(structured), structured["dense_widths"])})
+    recovery = data.get("recovery")
+    if recovery:
+        from pruning_core.outputs.recovery_figures import loss_figure, perplexity_figure
+
+        out += [{"id": f"recovery-loss-{len(out)}", "title": "Training loss", "figure": loss_figure(recovery),
+                 "section": "recovery"},
+                {"id": f"recovery-ppl-{len(out) + 1}", "title": "Perplexity during recovery",
+                 "figure": perplexity_figure(recovery), "section": "recovery"}]
     summary = allocation_summary(data)
     if summary and not summary["uniform"]:
         out.append({"id": f"plan-{len(out)}", "title": "Sparsity plan", "figure": plan_figure(summary),
@@ -386,6 +398,26 @@ def _lm_eval_rows(data) -> list[list[str]]:
     return rows
 
 
+RECOVERY_HEADERS = ["corpus", "dense", "pruned", "after recovery", "gap won back"]
+
+
+def _recovery_rows(recovery: Mapping[str, Any]) -> list[list[str]]:
+    from pruning_core.outputs.recovery_figures import before_after
+
+    return [[r["corpus"], _num(r["dense"], 2), _num(r["pruned"], 2), _num(r["recovered"], 2),
+             "–" if r["share"] is None else f"{100 * r['share']:.0f} %"] for r in before_after(dict(recovery))]
+
+
+def _recovery_facts(recovery: Mapping[str, Any]) -> list[list[str]]:
+    from pruning_core.outputs.recovery_figures import recovery_facts
+
+    return recovery_facts(dict(recovery))
+
+
+def _recovery_samples(recovery: Mapping[str, Any]) -> list[list[str]]:
+    return [[g.get("prompt", ""), g.get("dense", ""), g.get("pruned", "")] for g in recovery.get("samples") or []]
+
+
 def _setting_rows(data) -> list[list[str]]:
     s = data.get("setting", {})
     rows = [["model", s.get("model")], ["model source", s.get("source", "")], ["fingerprint", s.get("fingerprint", "")],
@@ -428,6 +460,18 @@ def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
                   ('<p class="muted">Token-level perplexity (exp of the mean token NLL over non-overlapping windows; '
                    "lower is better).</p>"),
                   _html_table(["corpus", "dense", "pruned", "change"], _ppl_rows(data))]
+    recovery = data.get("recovery")
+    if recovery:
+        parts += ['<h2 id="recovery">Recovery</h2>',
+                  '<p class="muted">A masked LoRA adapter trained on the pruned model and merged into it; the "after '
+                  'recovery" perplexity is the merged model\'s, measured with the same evaluation.</p>',
+                  _html_table(RECOVERY_HEADERS, _recovery_rows(recovery)),
+                  _html_table(["", "value"], _recovery_facts(recovery), left=2)]
+        parts += [f'<div class="chart" id="{_e(fig["id"])}"></div>' for fig in figs
+                  if fig.get("section") == "recovery"]
+        if recovery.get("samples"):
+            parts += ["<h3>Sample generations, dense and recovered (greedy)</h3>",
+                      _html_table(["prompt", "dense", "recovered"], _recovery_samples(recovery), left=3, cls="gen")]
     sizes = _sizes(data)
     if sizes:
         parts += ["<h2>Size and speed</h2>",
@@ -524,6 +568,16 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     if data.get("ppl"):
         out += ["", "## Quality (token-level perplexity, lower is better)", "",
                 _md_table(["corpus", "dense", "pruned", "change"], _ppl_rows(data))]
+    recovery = data.get("recovery")
+    if recovery:
+        out += ["", "## Recovery", "",
+                "A masked LoRA adapter trained on the pruned model and merged into it; the \"after recovery\" "
+                "perplexity is the merged model's, measured with the same evaluation.", "",
+                _md_table(RECOVERY_HEADERS, _recovery_rows(recovery)), "",
+                _md_table(["", "value"], _recovery_facts(recovery))]
+        if recovery.get("samples"):
+            out += ["", "### Sample generations, dense and recovered (greedy)", "",
+                    _md_table(["prompt", "dense", "recovered"], _recovery_samples(recovery))]
     sizes = _sizes(data)
     if sizes:
         out += ["", f"## Size and speed (as {sizes['value_bits']}-bit weights, whole model)", "",
@@ -630,6 +684,8 @@ def build_report(data: Mapping[str, Any], out_dir, formats: Sequence[str] = ("ht
       lm_eval: {"note", "rows": [{task, metric, unit, dense, pruned, limit}]}
       files: [{name, bytes}]; protocol: dict; env: dict
       structured: a structurally pruned model's facts (`structured_sentences`): parameters, measured speed, widths
+      recovery: `recovery.run.run_recovery`'s result (the Recovery section: before/after, training, adapter, merged
+               sparsity, ranks, charts and the dense vs recovered texts; `outputs.recovery_export`)
     pdf=True also prints report.pdf through headless Chromium (needs "html").
     """
     unknown = set(formats) - {"html", "md", "json"}

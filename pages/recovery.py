@@ -1,0 +1,187 @@
+"""Recovery: win back the quality pruning cost with a small masked adapter that keeps every pruned weight at zero.
+
+The setting to recover (the Summary's recommendation when there is one, else Wanda at 50 %), the training
+settings with an estimate of the training time, then, once the job is done: perplexity before and after per
+corpus, the training loss and the quick evaluations against the step, the sparsity measured after merging, the
+adapter's size, where its ranks went, text from the dense and the recovered model, and the report and adapter
+to download.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/recovery.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import charts, services, state, widgets  # noqa: E402
+
+RANK_CHOICES = [1, 2, 4, 8, 16, 32]
+SEQLEN_CHOICES = [32, 64, 128, 256, 512]
+SOURCE_KEYS = {"method": "recovery_method", "structure": "recovery_structure", "sparsity": "recovery_sparsity",
+               "propagation": "recovery_propagation", "allocator": "recovery_allocator"}
+FORM = {"recovery_method": "wanda", "recovery_structure": "unstructured", "recovery_sparsity": 0.5,
+        "recovery_propagation": "pruned", "recovery_allocator": "uniform", "recovery_steps": 200,
+        "recovery_rank": 8, "recovery_rank_allocation": "uniform", "recovery_minutes": 15,
+        "recovery_batch": 4, "recovery_seqlen": 256, "recovery_prompt": services.DEFAULT_PROMPT}
+
+
+def form_from_spec(spec) -> dict:
+    """The form values that make a recovery job's spec (a page re-attaching to it shows how it was made)."""
+    if not spec:
+        return {}
+    values = {key: spec[name] for name, key in SOURCE_KEYS.items() if spec.get(name) is not None}
+    values["recovery_allocator"] = spec.get("allocator") or "uniform"
+    train = spec.get("train") or {}
+    for name, key in (("steps", "recovery_steps"), ("batch_size", "recovery_batch"), ("seqlen", "recovery_seqlen")):
+        if train.get(name):
+            values[key] = int(train[name])
+    if train.get("max_seconds"):
+        values["recovery_minutes"] = max(1, round(float(train["max_seconds"]) / 60))
+    if int(spec.get("rank") or 0) in RANK_CHOICES:
+        values["recovery_rank"] = int(spec["rank"])
+    if spec.get("rank_allocation") in services.RECOVERY_RANK_ALLOCATIONS:
+        values["recovery_rank_allocation"] = spec["rank_allocation"]
+    if spec.get("eval_corpora"):
+        values["recovery_eval"] = list(spec["eval_corpora"])
+    if spec.get("train_corpus"):
+        values["recovery_train_corpus"] = spec["train_corpus"]
+    if isinstance(spec.get("prompt"), str) and spec["prompt"]:
+        values["recovery_prompt"] = spec["prompt"]
+    return values
+
+
+settings = widgets.page_start(
+    "Recovery",
+    "Win back the quality pruning cost: a short training of a small LoRA adapter on the pruned model. Its update "
+    "is masked, so merging it keeps every pruned weight at exactly zero, and it ships as a small file beside the mask.",
+)
+corpora = list(dict.fromkeys([*settings["eval_corpora"], *services.EMBEDDED_CORPORA]))
+train_corpora = list(dict.fromkeys([settings["calib"], *services.EMBEDDED_CORPORA]))
+handed = st.session_state.pop(services.RECOVERY_PREFILL_KEY, None)  # the Summary's "Recover quality" button
+if handed:
+    for name, key in SOURCE_KEYS.items():
+        if name in handed:
+            st.session_state[key] = handed[name]
+state.seed_form("recovery", {**FORM, "recovery_eval": list(settings["eval_corpora"]),
+                             "recovery_train_corpus": settings["calib"]},
+                lambda: form_from_spec(widgets.followed_spec("recovery", settings["model"])))
+if "recovery_source_seeded" not in st.session_state:  # once per session: start from the Summary's recommendation
+    st.session_state["recovery_source_seeded"] = True
+    recommended = None if handed or st.session_state.get(state.FORMS, {}).get("recovery") else \
+        widgets.guarded(services.recommended_source, settings)
+    if recommended and not state.job_id("recovery"):
+        for name, key in SOURCE_KEYS.items():
+            st.session_state[key] = recommended[name]
+        st.caption(":material/recommend: Preselected: the Summary's recommended setting.")
+if handed:
+    st.caption(":material/recommend: Preselected from the Summary: its recommended setting.")
+
+with st.container(border=True):
+    st.markdown("**The pruned setting to recover**")
+    c1, c2, c3, c4 = st.columns(4)
+    method = c1.selectbox("Method", services.METHODS, key="recovery_method")
+    structure = c2.selectbox("Structure", services.STRUCTURES, key="recovery_structure")
+    sparsity = c3.slider("Sparsity", 0.1, 0.9, step=0.05, key="recovery_sparsity", format="%.2f",
+                         help="Fraction of the decoder linears' weights set to zero (N:M structures fix it at "
+                              "their own ratio).")
+    allocator = c4.selectbox("Allocation", services.ALLOCATIONS, key="recovery_allocator",
+                             help="; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+    st.markdown("**Training**")
+    t1, t2, t3, t4 = st.columns(4)
+    steps = t1.number_input("Steps", min_value=1, max_value=20_000, step=10, key="recovery_steps",
+                            help="Optimizer steps of the adapter (AdamW, linear warm-up).")
+    minutes = t2.number_input("Time budget (minutes)", min_value=1, max_value=600, step=1, key="recovery_minutes",
+                              help="Training stops after this much time even if steps remain; the result says "
+                                   "how many steps ran.")
+    rank = t3.selectbox("LoRA rank", RANK_CHOICES, key="recovery_rank",
+                        help="The budget of trainable parameters: what this rank on every adapted linear trains.")
+    rank_allocation = t4.radio("Ranks", services.RECOVERY_RANK_ALLOCATIONS, key="recovery_rank_allocation",
+                               horizontal=True, help="; ".join(f"{n}: {t}" for n, t in
+                                                               services.recovery_rank_descriptions().items()))
+    e1, e2 = st.columns(2)
+    eval_corpora = e1.multiselect("Measure on", corpora, key="recovery_eval", format_func=services.corpus_label,
+                                  help="Perplexity before and after recovery on each corpus's evaluation split; "
+                                       "the charts follow these during training.")
+    train_corpus = e2.selectbox("Train on", train_corpora, key="recovery_train_corpus",
+                                format_func=services.corpus_label,
+                                help="The adapter trains on this corpus's calibration split (never its "
+                                     "evaluation split).")
+    with st.expander("More training settings"):
+        m1, m2 = st.columns(2)
+        batch = m1.number_input("Windows per step", min_value=1, max_value=64, key="recovery_batch")
+        seqlen = m2.selectbox("Tokens per window", SEQLEN_CHOICES, key="recovery_seqlen")
+        prompt = st.text_input("Prompt for the text comparison", key="recovery_prompt")
+    spec = None
+    try:
+        source = {"method": method, "structure": structure, "sparsity": float(sparsity), "allocator": allocator,
+                  "propagation": st.session_state.get("recovery_propagation") or "pruned"}
+        spec = services.recovery_spec(settings, source, int(steps), int(rank), rank_allocation, eval_corpora,
+                                      float(minutes), train_corpus, int(batch), int(seqlen), prompt.strip())
+    except Exception as error:  # noqa: BLE001
+        widgets.show_error(error)
+    if spec is not None:
+        estimate = widgets.guarded(services.recovery_estimate, spec)
+        if estimate:
+            budget = " (the time budget stops it first)" if estimate["capped"] else ""
+            st.caption(f":material/schedule: Training time, an estimate: **{services.format_seconds(estimate['seconds'])}**"
+                       f"{budget}: {int(steps):,} steps × {estimate['seconds_per_step']:.2f} s per step.",
+                       help=estimate["assumptions"])
+    run = st.button("Recover", key="recovery_run", type="primary", icon=":material/healing:", disabled=spec is None,
+                    help="Runs as a job: it survives a reload, can be cancelled, and a second run resumes from the "
+                         "last checkpoint.")
+
+state.remember_form("recovery", [*FORM, "recovery_eval", "recovery_train_corpus"])
+
+result = widgets.finished_result("recovery", spec, run, settings["model"],
+                                 "Choose the setting and the training above and press **Recover**.")
+
+st.caption(f"Recovered: **{(result.get('pruned') or {}).get('description', '?')}** · "
+           f"{result['history'].get('steps_done', 0):,} steps"
+           + (f" (stopped by the time budget of {result['history'].get('planned_steps', 0):,} planned)"
+              if result["history"].get("stopped") == "time budget" else "")
+           + f" · {services.format_seconds(result.get('train_seconds')).removeprefix('about ')} of training")
+
+st.subheader("Before and after, per corpus")
+st.dataframe(services.recovery_rows(result), hide_index=True, key="recovery_table")
+st.caption("Token-level perplexity on each corpus's evaluation split, lower is better. *After recovery* is the "
+           "merged model (the one that ships); *gap won back* = (pruned − after) / (pruned − dense).")
+
+figures = services.recovery_figures(result)
+left, right = st.columns(2)
+charts.show(charts.to_plotly(figures["loss"]), key="recovery_loss_chart", container=left,
+            alt="Training loss against step")
+charts.show(charts.to_plotly(figures["perplexity"]), key="recovery_ppl_chart", container=right,
+            alt="Perplexity against step, with the dense and pruned perplexity as reference lines")
+windows = (result.get("spec") or {}).get("curve_windows")
+st.caption(f"During training the perplexity is a quick evaluation on the first {windows} windows of each corpus; "
+           "the dashed (dense) and dotted (pruned) lines and the star (merged model) are full evaluations.")
+
+st.subheader("The mask survives, the adapter is small")
+words = services.recovery_words(result)
+if words["exact"]:
+    st.success(words["sparsity"], icon=":material/check_circle:")
+else:
+    st.warning(words["sparsity"], icon=":material/warning:")
+st.markdown(f"{words['adapter']}  \n{words['ranks']}")
+
+left, right = st.columns(2)
+report = widgets.guarded(services.recovery_report_html, result)
+if report:
+    left.download_button("Download the report (HTML)", report, file_name="recovery-report.html", mime="text/html",
+                         key="recovery_report", icon=":material/download:")
+adapter_zip = widgets.guarded(services.recovery_adapter_zip, result)
+if adapter_zip:
+    right.download_button("Download the adapter (PEFT, zip)", adapter_zip, file_name="recovery-adapter.zip",
+                          mime="application/zip", key="recovery_adapter", icon=":material/download:")
+st.caption("The adapter (PEFT format) loads onto the pruned model re-created from the exported mask (Export "
+           "page). To write the merged model (every pruned weight still zero) beside the adapter and this report, "
+           "run `prunescope recover` with `--out`.")
+
+if result.get("samples"):
+    st.subheader("Same prompt, dense vs recovered (greedy decoding)")
+    widgets.side_by_side(result["samples"][0], "**Recovered model** (pruned + merged adapter)")

@@ -1,0 +1,80 @@
+"""Export of a recovery: the adapter (PEFT files + ranks.json), the merged model and the report's Recovery section.
+
+`export_recovery(loaded, spec, out_dir)` runs `recovery.run.run_recovery` with out_dir (the adapter is copied to
+out_dir/adapter) and merged_dir = out_dir/merged-model (a Hugging Face folder whose pruned weights are exactly
+zero), then writes the report (`report.build_report`) with a "Recovery" section: before/after per corpus,
+training time and steps, adapter size and its fraction of the model, the merged sparsity and the ranks.
+`recovery_report_data(result)` turns any recovery result (a job's, a CLI run's) into the report's data, so the
+dashboard's download, the CLI and this export word it the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from pruning_core.errors import ConfigError
+from pruning_core.models import LoadedModel
+from pruning_core.outputs.report import build_report
+from pruning_core.progress import ProgressFn, no_progress, sub_progress
+from pruning_core.provenance import environment
+from pruning_core.recovery.run import RecoverySpec, run_recovery
+
+MERGED_FOLDER = "merged-model"
+ADAPTER_FOLDER = "adapter"
+
+
+def recovery_report_data(result: dict, files: Optional[list] = None) -> dict:
+    """`build_report`'s data for a `run_recovery` result: the setting recovered, dense vs pruned perplexity
+    (the Quality table) and the whole result under "recovery" (the Recovery section)."""
+    model, spec = result.get("model") or {}, result.get("spec") or {}
+    pruned = result.get("pruned") or {}
+    from_setting = pruned.get("source", "setting") == "setting"
+    return {
+        "setting": {"model": model.get("name"), "source": model.get("source"),
+                    "fingerprint": model.get("fingerprint"),
+                    "method": spec.get("method") if from_setting else pruned.get("description"),
+                    "structure": spec.get("structure", "unstructured") if from_setting else pruned.get("source"),
+                    "sparsity": spec.get("sparsity") if from_setting else pruned.get("sparsity"),
+                    "measured_sparsity": (result.get("sparsity") or {}).get("before", pruned.get("sparsity")),
+                    "propagation": spec.get("propagation") if from_setting else None},
+        "ppl": {"dense": result.get("dense_ppl") or {}, "pruned": result.get("pruned_ppl") or {}},
+        "recovery": result,
+        "files": files or [],
+        "protocol": result.get("protocol") or {},
+        "env": environment(),
+    }
+
+
+def _files(out: Path) -> list[dict]:
+    """[{name (relative to out), bytes}] of the adapter and merged-model files written."""
+    found = []
+    for folder in (ADAPTER_FOLDER, MERGED_FOLDER):
+        if (out / folder).is_dir():
+            found += [{"name": f"{folder}/{p.name}", "bytes": p.stat().st_size}
+                      for p in sorted((out / folder).iterdir()) if p.is_file()]
+    return found
+
+
+def export_recovery(loaded: Optional[LoadedModel], spec: Union[RecoverySpec, dict], out_dir, store=None,
+                    progress: Optional[ProgressFn] = None, pdf: bool = False) -> dict:
+    """Recover `spec`'s pruned setting, write out_dir/adapter, out_dir/merged-model and the report beside them.
+
+    Returns {"folder", "adapter" (folder), "merged" (folder), "report" {format: path}, "files" [{name, bytes}],
+    "result" (`run_recovery`'s dict)}. Nothing already in out_dir is overwritten: an existing merged-model
+    folder is an error naming it."""
+    progress = progress or no_progress
+    spec = (spec if isinstance(spec, RecoverySpec) else RecoverySpec.from_dict(spec)).validate()
+    out = Path(out_dir)
+    for folder in (MERGED_FOLDER, ADAPTER_FOLDER):
+        if (out / folder).exists():
+            raise ConfigError(f"{out / folder} already exists; choose another output folder (nothing is "
+                              "overwritten).")
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_recovery(spec, loaded=loaded, store=store, progress=sub_progress(progress, 0.0, 0.95),
+                          out_dir=out, merged_dir=out / MERGED_FOLDER)
+    files = _files(out)
+    paths = build_report(recovery_report_data(result, files), out, pdf=pdf)
+    progress(1.0, "recovery export written")
+    return {"folder": str(out), "adapter": result["adapter"]["folder"], "merged": str(out / MERGED_FOLDER),
+            "report": {k: str(v) for k, v in paths.items()}, "files": files, "result": result}
