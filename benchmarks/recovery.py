@@ -1,0 +1,161 @@
+"""Recovery benchmark (issue 15): how much quality a masked LoRA adapter wins back after pruning, and at what cost.
+
+On the embedded model pruned with Wanda to 50 % (pruned propagation, 64 x 512 wiki calibration, seed 0; 64
+evaluation windows of 512 tokens on wiki, news and pydocs), the tool's recovery defaults (masked LoRA rank 8 on
+the seven linears of every layer, AdamW, bf16 autocast, batches of 4 x 256 tokens of the wiki calibration split)
+within a training-time budget:
+- `uniform`: the defaults, 15 minutes of training (the issue's target: >= 60 % of the wiki gap won back, >= a
+  third on news and pydocs, merged sparsity exactly the pruned one, adapter file < 3 % of the model);
+- `gradient`: the same parameter count spent by gradient-energy ranks (`recovery.ranks.gradient_plan`), same
+  budget and steps as `uniform`;
+- `stepwise`: prune 30 % -> recover -> 50 % -> recover, the same total training budget as `uniform`.
+
+Every figure comes from `recovery.run.run_recovery` (the CLI's and dashboard's path). Resumable: each finished
+entry is written to the JSON at once and skipped next time. Usage:
+`python benchmarks/recovery.py [--minutes 15] [--only uniform,gradient,stepwise] [--out docs/runs/recovery.json]`;
+`--quick` runs a tiny random model in seconds (its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pruning_core.execution.store import Store  # noqa: E402
+from pruning_core.models.loading import load_model  # noqa: E402
+from pruning_core.protocol import Protocol  # noqa: E402
+from pruning_core.recovery.run import RecoverySpec, run_recovery  # noqa: E402
+from pruning_core.structured.speed import machine_facts  # noqa: E402
+
+FULL = {"model": "embedded", "method": "wanda", "sparsity": 0.5, "nsamples": 64, "seqlen": 512, "eval_windows": 64,
+        "corpora": ["wiki", "news", "pydocs"], "train_corpus": "wiki", "rank": 8, "schedule": [0.3],
+        "train": {"steps": 600, "batch_size": 4, "seqlen": 256, "lr": 1e-3, "dtype": "bfloat16",
+                  "eval_every": 50, "checkpoint_every": 20}}
+QUICK = {"model": "tiny-llama", "method": "wanda", "sparsity": 0.5, "nsamples": 4, "seqlen": 64, "eval_windows": 4,
+         "corpora": ["wiki", "news"], "train_corpus": "wiki", "rank": 2, "schedule": [0.3],
+         "train": {"steps": 8, "batch_size": 2, "seqlen": 32, "lr": 5e-3, "dtype": "bfloat16",
+                   "eval_every": 4, "checkpoint_every": 4}}
+ENTRIES = ("uniform", "gradient", "stepwise")
+
+
+def _save(out: Path, report: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out)
+
+
+class _Progress:
+    """One line to stderr every 5 % or every 60 s (an entry takes about a quarter of an hour)."""
+
+    def __init__(self, name: str):
+        self.name, self.last, self.clock = name, -1.0, time.perf_counter()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.perf_counter()
+        if fraction - self.last >= 0.05 or now - self.clock >= 60 or fraction >= 1.0:
+            print(f"  [{self.name} {fraction:5.1%}] {message}", file=sys.stderr, flush=True)
+            self.last, self.clock = fraction, now
+
+
+def _entry(result: dict) -> dict:
+    """What the table keeps of a `run_recovery` result (not the adapter's path or the sample texts)."""
+    history = result["history"]
+    return {"dense_ppl": result["dense_ppl"], "pruned_ppl": result["pruned_ppl"],
+            "recovered_ppl": result["recovered_ppl"], "recovered_share": result["recovered_share"],
+            "sparsity": result["sparsity"], "pruned": result["pruned"],
+            "adapter": {k: v for k, v in result["adapter"].items() if k != "folder"},
+            "ranks": {k: result["ranks"][k] for k in ("allocation", "budget", "parameters")},
+            "rank_histogram": _histogram(result["ranks"]["ranks"]),
+            "train_seconds": result["train_seconds"], "seconds": result["seconds"],
+            "steps": sum(s["history"]["steps_done"] for s in result["stages"]),
+            "stages": [{"sparsity": s["sparsity"], "pruned_ppl": s["pruned_ppl"], "steps": s["history"]["steps_done"],
+                        "seconds": s["history"]["seconds"], "evals": s["history"]["evals"]}
+                       for s in result["stages"]],
+            "loss": history["loss"][::10], "evals": history["evals"]}
+
+
+def _histogram(ranks: dict) -> dict:
+    counts: dict = {}
+    for r in ranks.values():
+        counts[str(r)] = counts.get(str(r), 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/runs/recovery.json")
+    parser.add_argument("--minutes", type=float, default=15.0, help="training-time budget of every entry")
+    parser.add_argument("--only", default=",".join(ENTRIES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny random model, seconds: checks the script only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = {**(QUICK if args.quick else FULL), "minutes": args.minutes}
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    if report.get("settings") != settings:
+        report = {"settings": settings}  # other settings: start again
+    report.setdefault("entries", {})
+    report["machine"] = {**machine_facts(), "torch_threads": torch.get_num_threads()}
+    store = Store()
+    loaded = load_model(settings["model"])
+    protocol = Protocol(calib="wiki", nsamples=settings["nsamples"], seqlen=settings["seqlen"],
+                        eval_windows=settings["eval_windows"], seed=0)
+    base = dict(model=settings["model"], protocol=protocol, method=settings["method"], sparsity=settings["sparsity"],
+                train_corpus=settings["train_corpus"], eval_corpora=tuple(settings["corpora"]), rank=settings["rank"],
+                train={**settings["train"], "max_seconds": 60.0 * args.minutes}, max_new_tokens=0)
+    specs = {"uniform": RecoverySpec(**base),
+             "gradient": RecoverySpec(**base, rank_allocation="gradient"),
+             "stepwise": RecoverySpec(**base, schedule=tuple(settings["schedule"]))}
+    entries = report["entries"]
+    for name in [n for n in args.only.split(",") if n]:
+        if name in entries:
+            print(f"{name}: from {out}")
+            continue
+        if name == "gradient" and "uniform" in entries:  # same steps as uniform: compare ranks, not speed
+            steps = entries["uniform"]["steps"]
+            specs[name] = RecoverySpec(**{**base, "train": {**base["train"], "steps": steps, "max_seconds": None}},
+                                       rank_allocation="gradient")
+        result = run_recovery(specs[name], loaded=loaded, store=store, progress=_Progress(name))
+        entries[name] = _entry(result)
+        _save(out, report)
+        print(f"{name}: pruned {result['pruned_ppl']} -> recovered {result['recovered_ppl']} "
+              f"(share {result['recovered_share']}), {result['train_seconds']:.0f} s training")
+
+    checks = {}
+    if "uniform" in entries:
+        e = entries["uniform"]
+        share = e["recovered_share"]
+        checks["wiki_share (>= 0.6)"] = share.get("wiki")
+        checks["other_shares (>= 1/3)"] = {c: v for c, v in share.items() if c != "wiki"}
+        checks["recovery_target_met"] = bool(share.get("wiki") is not None and share["wiki"] >= 0.6 and all(
+            v is not None and v >= 1 / 3 for c, v in share.items() if c != "wiki"))
+        checks["merged_sparsity_equal"] = e["sparsity"]["merged"] == e["sparsity"]["before"] and \
+            e["sparsity"]["pruned_weights_zero"]
+        checks["adapter_fraction (< 0.03)"] = e["adapter"]["fraction_of_model"]
+        checks["train_minutes"] = e["train_seconds"] / 60
+    if "uniform" in entries and "gradient" in entries:
+        u, g = entries["uniform"]["recovered_ppl"], entries["gradient"]["recovered_ppl"]
+        checks["gradient_vs_uniform_ppl"] = {c: [g[c], u[c]] for c in u}
+        checks["gradient_at_least_as_good"] = all(g[c] <= u[c] for c in u)
+        checks["same_parameter_budget"] = entries["gradient"]["ranks"]["parameters"] <= \
+            entries["uniform"]["ranks"]["budget"]
+    if "uniform" in entries and "stepwise" in entries:
+        checks["stepwise_vs_one_shot_ppl"] = {c: [entries["stepwise"]["recovered_ppl"][c],
+                                                  entries["uniform"]["recovered_ppl"][c]]
+                                              for c in entries["uniform"]["recovered_ppl"]}
+    report["checks"] = checks
+    _save(out, report)
+    print(json.dumps(checks, indent=1))
+
+
+if __name__ == "__main__":
+    main()
