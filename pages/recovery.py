@@ -140,10 +140,9 @@ state.remember_form("recovery", [*FORM, "recovery_eval", "recovery_train_corpus"
 result = widgets.finished_result("recovery", spec, run, settings["model"],
                                  "Choose the setting and the training above and press **Recover**.")
 
-st.caption(f"Recovered: **{(result.get('pruned') or {}).get('description', '?')}** · "
-           f"{result['history'].get('steps_done', 0):,} steps"
-           + (f" (stopped by the time budget of {result['history'].get('planned_steps', 0):,} planned)"
-              if result["history"].get("stopped") == "time budget" else "")
+words = services.recovery_words(result)
+st.caption(f"Recovered: **{(result.get('pruned') or {}).get('description', '?')}** · {words['steps']:,} steps"
+           + (" (stopped by the time budget)" if result["history"].get("stopped") == "time budget" else "")
            + f" · {services.format_seconds(result.get('train_seconds')).removeprefix('about ')} of training")
 
 st.subheader("Before and after, per corpus")
@@ -162,7 +161,6 @@ st.caption(f"During training the perplexity is a quick evaluation on the first {
            "the dashed (dense) and dotted (pruned) lines and the star (merged model) are full evaluations.")
 
 st.subheader("The mask survives, the adapter is small")
-words = services.recovery_words(result)
 if words["exact"]:
     st.success(words["sparsity"], icon=":material/check_circle:")
 else:

@@ -11,7 +11,8 @@ import json
 import pytest
 
 pytest.importorskip("streamlit")
-from tests.app.apptest_helpers import SMALL, insert_job, ok, page, stored_sweep, text_of  # noqa: E402
+from tests.app.apptest_helpers import (  # noqa: E402
+    SMALL, insert_job, multipage_app, ok, page, stored_sweep, text_of)
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
 
@@ -125,3 +126,16 @@ def test_summary_offers_recovery_of_its_recommendation_and_shows_a_finished_one(
     assert f"**{result['recovered_ppl']['wiki']:,.2f}**" in line and "50.0%" in line
     share = result["recovered_share"]["wiki"]
     assert (f"{share:.0%} of the gap won back" in line) == (share is not None)
+
+
+def test_in_the_app_the_summary_button_opens_recovery_with_its_setting():
+    settings = {**SMALL, "eval_corpora": ["wiki"], "calib": "wiki"}
+    stored_sweep()
+    at = ok(multipage_app(settings))
+    ok(at.switch_page("../pages/summary.py").run())
+    at.button(key="summary_recover").click().run()
+    ok(at)
+    assert any(t.value == "Recovery" for t in at.title)
+    assert "Preselected from the Summary" in text_of(at)
+    assert at.selectbox(key="recovery_method").value == "wanda" and at.slider(key="recovery_sparsity").value == 0.5
+    assert "recovery_prefill" not in at.session_state  # taken once: later edits are the user's
