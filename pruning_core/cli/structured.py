@@ -4,6 +4,7 @@ Writes DIR/structured.json (`structured.run.run_structured`'s result: per ratio 
 decoder parameters removed, parameters, perplexity, the size and speed sentences, widths per layer) and, with
 --save-model, DIR/structured-<ratio>/ (a Hugging Face folder, reloaded and re-evaluated before it is reported);
 with --report, DIR/report-<ratio>/report.{html,md,json} (`outputs.structured_export.structured_report_data`).
+--allocation spreads each ratio over the layers (uniform, owl, sensitivity; `structured.run.allocation_plans`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def add_structured(sub) -> None:
                    help="fixed refit shrinkage as a fraction of mean diag (default: chosen by cross-validation)")
     p.add_argument("--head-mode", default="query", choices=["query", "group"],
                    help="query: query heads within every key/value group; group: whole key/value groups")
+    p.add_argument("--allocation", default="uniform",
+                   help="how each ratio is spread over the layers: uniform, owl (layers with more activation "
+                        "outliers lose less) or sensitivity (from a sensitivity map; heads/channels only)")
+    p.add_argument("--sensitivity", default=None,
+                   help="sensitivity JSON for --allocation sensitivity (default: this model's maps in the store)")
+    p.add_argument("--sensitivity-method", default="wanda",
+                   help="the method of the stored sensitivity maps --allocation sensitivity reads")
     p.add_argument("--speed", action="store_true", help="time dense and pruned on this machine (prefill, decode)")
     p.add_argument("--speed-repeats", type=int, default=3, help="timed runs per phase (median reported)")
     p.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode run")
@@ -56,6 +64,8 @@ def cmd_structured(args) -> int:
     spec = StructuredSpec(model=args.model, protocol=protocol_from_args(args), units=_csv(args.units),
                           ratios=ratios, score=args.score, compensate=args.compensate, damping=args.damping,
                           head_mode=args.head_mode, eval_corpora=_csv(args.eval), speed=args.speed,
+                          allocation=args.allocation, sensitivity=args.sensitivity,
+                          sensitivity_method=args.sensitivity_method,
                           speed_settings={"repeats": args.speed_repeats, "decode_tokens": args.decode_tokens,
                                           "prefill_tokens": args.prefill_tokens}).validate()
     if len(set(ratios)) != len(ratios):

@@ -7,6 +7,13 @@ copy as its own model, `pruned=IN_PLACE`), measures speed against the dense mode
 (`speed.measure_speed`, stored by both fingerprints and the machine), and with `save_dir` writes the smaller
 Hugging Face folder, reloads it and evaluates the reloaded model again (its perplexity must agree).
 
+How the ratio is spread over the layers is the spec's `allocation` (an allocator of
+`allocation.allocators`): "uniform" gives every layer the ratio itself; any other allocator makes a
+`SparsityPlan` per ratio for that global target (OWL from the dense input statistics, cached in the store;
+"sensitivity" from a stored sensitivity map, `budget.load_sensitivity`) and layer l loses the plan's sparsity of
+layer l by parameters (`StructuredConfig(plan=...)`). Each point records its allocation, the plan (in its
+config) and the measured fraction each layer lost.
+
 Each finished point is stored under a key of everything that determines it, so a cancelled job resumes without
 pruning again (a point that must be saved or timed, and was not, is recomputed).
 """
@@ -19,14 +26,17 @@ from pathlib import Path
 from typing import Optional, Union
 
 from pruning_core import claims, evaluate
+from pruning_core.allocation.allocators import get_allocator
+from pruning_core.allocation.plan import SparsityPlan
 from pruning_core.errors import ConfigError
+from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.structured.prune_structured import StructuredConfig, StructuredResult, prune_structured
 from pruning_core.structured.speed import SpeedConfig, machine_facts, measure_speed
 from pruning_core.structured.statistics import collect_unit_statistics
-from pruning_core.structured.units import layout_for
+from pruning_core.structured.units import layer_parameters, layout_for
 
 RUN_KIND = "structured"
 POINT_KIND = "structured_point"
@@ -41,6 +51,11 @@ class StructuredSpec:
     speed: time dense and pruned (`speed.measure_speed`) with `speed_settings` (`SpeedConfig` fields).
     prompt / max_new_tokens: the sample text of each point ("" = the default prompt; 0 tokens = no text).
     model_identity: the dashboard's record of the model file, so a changed file gets a new job key.
+    allocation: the allocator that spreads each ratio over the layers (`allocation.allocators.ALLOCATORS`;
+        heads/channels only, layer removal picks layers by block influence). sensitivity / sensitivity_method:
+        for the "sensitivity" allocator, a sensitivity JSON (`prunescope sensitivity`'s output), else the maps of
+        this model pruned with `sensitivity_method` in the store (unstructured maps: the nearest measurement of
+        which layers tolerate losing weights).
     """
 
     model: str = "embedded"
@@ -57,6 +72,9 @@ class StructuredSpec:
     prompt: str = ""
     max_new_tokens: int = 40
     model_identity: Optional[dict] = None
+    allocation: str = "uniform"
+    sensitivity: Optional[str] = None
+    sensitivity_method: str = "wanda"
 
     def __post_init__(self) -> None:
         self.units = (self.units,) if isinstance(self.units, str) else tuple(self.units)
@@ -67,9 +85,10 @@ class StructuredSpec:
     def corpora(self) -> tuple[str, ...]:
         return tuple(self.eval_corpora) or (self.protocol.calib,)
 
-    def config(self, ratio: float) -> StructuredConfig:
+    def config(self, ratio: float, plan: Optional[SparsityPlan] = None) -> StructuredConfig:
+        """The setting of one point; plan: the allocation's plan for this ratio (None = uniform)."""
         return StructuredConfig(units=self.units, ratio=float(ratio), score=self.score, compensate=self.compensate,
-                                damping=self.damping, head_mode=self.head_mode).validate()
+                                damping=self.damping, head_mode=self.head_mode, plan=plan).validate()
 
     def speed_config(self) -> SpeedConfig:
         unknown = sorted(set(self.speed_settings) - {f.name for f in fields(SpeedConfig)})
@@ -85,6 +104,12 @@ class StructuredSpec:
             raise ConfigError("No structured ratio given; pass e.g. 0.1,0.2,0.3 (fractions of decoder parameters).")
         for ratio in self.ratios:
             self.config(ratio)
+        self.allocation = get_allocator(str(self.allocation)).name
+        if self.allocation != "uniform" and "layers" in self.units:
+            raise ConfigError(f"Allocation '{self.allocation}' spreads heads and channels over the layers; whole "
+                              "layers are chosen by block influence. Use allocation 'uniform' with layers.")
+        if self.allocation == "sensitivity":
+            get_method(self.sensitivity_method)
         if self.speed:
             self.speed_config()
         if int(self.max_new_tokens) < 0:
@@ -107,19 +132,57 @@ class StructuredSpec:
         return cls(**d)
 
 
-def _point_key(loaded: LoadedModel, spec: StructuredSpec, ratio: float) -> str:
+def _point_key(loaded: LoadedModel, spec: StructuredSpec, ratio: float, plan: Optional[SparsityPlan] = None) -> str:
     from pruning_core.execution.store import content_hash
     from pruning_core.provenance import library_versions
 
     versions = library_versions()
     return content_hash({"kind": POINT_KIND, "model": loaded.fingerprint, "protocol": spec.protocol.to_dict(),
-                         "config": spec.config(ratio).to_dict(), "corpora": list(spec.corpora),
+                         "config": spec.config(ratio, plan).to_dict(), "corpora": list(spec.corpora),
                          # A timed point holds this machine's speed: another machine (or thread count) times again.
                          "speed": ({"settings": spec.speed_config().to_dict(),
                                     "machine": machine_facts(next(loaded.model.parameters()).device)}
                                    if spec.speed else None),
                          "prompt": spec.prompt, "max_new_tokens": int(spec.max_new_tokens),
                          "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}})
+
+
+def allocation_plans(loaded: LoadedModel, spec: StructuredSpec, store=None, calib_ids=None,
+                     progress: Optional[ProgressFn] = None) -> dict[float, SparsityPlan]:
+    """{ratio: the plan `spec.allocation` makes for that global target} ({} for "uniform": each layer gets the
+    ratio itself). OWL reads the dense input statistics (`cached_statistics`, one walk, kept in `store`);
+    "sensitivity" reads the maps `budget.load_sensitivity` finds, and raises ConfigError saying how to make one
+    when there is none."""
+    from pruning_core.allocation.allocators import AllocationInputs, make_plan
+    from pruning_core.allocation.budget import load_sensitivity
+
+    allocator = get_allocator(spec.allocation)
+    if allocator.name == "uniform":
+        return {}
+    statistics = sensitivity = None
+    if allocator.needs == "sensitivity":
+        sensitivity = load_sensitivity(spec.sensitivity, store, loaded, spec.sensitivity_method)
+        if sensitivity is None:
+            raise ConfigError(f"Allocation 'sensitivity' needs a sensitivity map of this model ({loaded.name}) "
+                              f"pruned with {spec.sensitivity_method}, over every layer at two or more sparsities, "
+                              "and none is stored. Compute one on the Sensitivity page (or `prunescope sensitivity "
+                              f"--method {spec.sensitivity_method} --sparsities 0.3,0.5`), give its JSON "
+                              "(--sensitivity FILE), or choose allocation 'owl' or 'uniform'.")
+    elif allocator.needs != "none":
+        from pruning_core.statistics_cache import cached_statistics
+
+        statistics = cached_statistics(loaded, spec.protocol, allocator.needs, store, calib_ids, progress)
+    inputs = AllocationInputs(loaded, statistics=statistics, sensitivity=sensitivity)
+    return {ratio: make_plan(allocator.name, inputs, ratio) for ratio in spec.ratios}
+
+
+def layer_removed_fractions(dense: LoadedModel, result: StructuredResult) -> list[float]:
+    """Measured fraction of each dense decoder layer's parameters removed, in dense layer order (1.0 for a
+    removed layer); weighted by the dense layers' parameters, their mean is `result.ratio`."""
+    before = [layer_parameters(layer) for layer in dense.adapter.decoder_layers(dense.model)]
+    after = dict(zip(result.kept_layers, (layer_parameters(layer) for layer in
+                                          result.loaded.adapter.decoder_layers(result.loaded.model))))
+    return [1.0 - after.get(index, 0) / max(count, 1) for index, count in enumerate(before)]
 
 
 def structured_sizes(dense: LoadedModel, result: StructuredResult) -> dict:
@@ -159,17 +222,20 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
     (asked), "measured_ratio", "parameters" (`ParameterCounts` as a dict), "model_removed_fraction", "widths",
     "ppl", "change" {corpus: pruned/dense - 1}, "compensation", "sizes", "claims" {"size", "speed"}, "speed"
     (`measure_speed`'s dict or None), "samples" [{"prompt", "dense", "pruned"}], "saved" (or None), "seconds",
-    "from_store"}], "dense_widths" {"heads", "kv_heads", "channels"}, "unstructured_speed" (the honest
-    sentence for unstructured zeros), "created"}.
+    "allocation", "layer_removed" (`layer_removed_fractions`), "config" (with the allocation's plan),
+    "from_store"}], "dense_widths" {"heads", "kv_heads", "channels"}, "unstructured_speed" (the honest sentence
+    for unstructured zeros), "created"}.
     """
     progress = progress or no_progress
     spec = (spec if isinstance(spec, StructuredSpec) else StructuredSpec.from_dict(spec)).validate()
     protocol, corpora = spec.protocol, spec.corpora
     if loaded is None:
         loaded = load_model(spec.model, progress=sub_progress(progress, 0.0, 0.05))
+    # Plans first: a missing sensitivity map is reported before any evaluation runs.
+    plans = allocation_plans(loaded, spec, store, progress=sub_progress(progress, 0.05, 0.1))
     eval_ids = evaluate.evaluation_windows(loaded, protocol, corpora)
     dense = evaluate.evaluate_setting(loaded, protocol, corpora, None, eval_ids=eval_ids, store=store,
-                                      progress=sub_progress(progress, 0.05, 0.15))
+                                      progress=sub_progress(progress, 0.1 if plans else 0.05, 0.15))
     needs_data = spec.score != "magnitude" or spec.compensate or "layers" in spec.units
     calib = calibration_ids(loaded, protocol) if needs_data else None
     statistics = None
@@ -179,7 +245,8 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
     for i, ratio in enumerate(spec.ratios):
         lo = 0.15 + i * share
         step = lambda a, b, lo=lo: sub_progress(progress, lo + a * share, lo + b * share)  # noqa: E731
-        key = _point_key(loaded, spec, ratio) if store is not None else None
+        plan = plans.get(ratio)
+        key = _point_key(loaded, spec, ratio, plan) if store is not None else None
         stored = store.get_result(key) if key is not None else None
         if stored is not None and save_dir is None:
             points.append({**stored, "saved": None, "from_store": True})
@@ -187,7 +254,7 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
         if statistics is None and needs_data:
             statistics = collect_unit_statistics(loaded, calib, protocol.batch_size, step(0.0, 0.3))
         clock = time.perf_counter()
-        result = prune_structured(loaded, calib, spec.config(ratio), step(0.3, 0.4), statistics=statistics,
+        result = prune_structured(loaded, calib, spec.config(ratio, plan), step(0.3, 0.4), statistics=statistics,
                                   batch_size=protocol.batch_size)
         label = f"structured {result.ratio * 100:.0f} %"
         evaluation = evaluate.evaluate_setting(result.loaded, protocol, corpora, evaluate.IN_PLACE, dense=False,
@@ -209,7 +276,8 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
                  "compensation": {str(k): v for k, v in result.compensation.items()},
                  "loadable_with_transformers": result.loadable_with_transformers, "load_note": result.load_note,
                  "sizes": sizes, "claims": claims.structured_claims(sizes, speed), "speed": speed,
-                 "samples": samples, "saved": saved, "config": spec.config(ratio).to_dict(),
+                 "samples": samples, "saved": saved, "config": spec.config(ratio, plan).to_dict(),
+                 "allocation": spec.allocation, "layer_removed": layer_removed_fractions(loaded, result),
                  "seconds": {**result.seconds, "evaluation": evaluation.seconds,
                              "total": time.perf_counter() - clock}}
         if store is not None:

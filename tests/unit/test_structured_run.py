@@ -158,3 +158,85 @@ def test_structured_job_kind_runs_inline_with_progress(tmp_path, monkeypatch):
     result = runner.run_inline("structured", spec, lambda f, m: seen.append(f))
     assert seen[-1] == 1.0 and len(result["points"]) == 1
     assert runner.list_jobs()[0]["state"] == "done"
+
+
+# ------------------------------------------------------------------------------------------ allocation
+
+# Tiny llama: a decoder layer has 36,992 parameters and an MLP channel costs 3 x 64 = 192 of them. Heads go first
+# (in steps of 2 query heads = 4,096 parameters), the channels take the remainder to the nearest channel, so each
+# layer lands within half a channel (96 / 36,992 = 0.26 %) of its planned fraction, and so does their mean.
+HALF_CHANNEL = 96 / 36992
+
+
+def test_owl_spreads_the_ratio_over_layers_and_keeps_the_global_ratio_within_half_a_channel(tiny, tmp_path):
+    from pruning_core.structured.units import layer_parameters
+
+    store = Store(tmp_path / "s.sqlite")
+    spec = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.2, 0.4), score="magnitude",
+                          compensate=False, max_new_tokens=0, allocation="OWL")
+    result = run_structured(spec, loaded=tiny, store=store)
+    assert result["spec"]["allocation"] == "owl"
+    sizes = [layer_parameters(layer) for layer in tiny.adapter.decoder_layers(tiny.model)]
+    for point in result["points"]:
+        plan = point["config"]["plan"]
+        assert point["allocation"] == "owl" and plan["allocator"] == "owl" and plan["target"] == point["ratio"]
+        planned = [row[0] for row in plan["values"]]  # OWL gives every module of a layer the layer's value
+        removed = point["layer_removed"]
+        assert max(removed) - min(removed) > 0.1  # not uniform: the layers lose different shares
+        assert removed == pytest.approx(planned, abs=HALF_CHANNEL)
+        weighted = sum(r * n for r, n in zip(removed, sizes)) / sum(sizes)
+        assert weighted == pytest.approx(point["measured_ratio"], abs=1e-12)
+        assert point["measured_ratio"] == pytest.approx(point["ratio"], abs=HALF_CHANNEL)
+        assert len({w["channels"] for w in point["widths"]}) == 2
+    # Another allocation is another point; the same one is found in the store.
+    again = run_structured(spec, loaded=tiny, store=store)
+    assert [p["from_store"] for p in again["points"]] == [True, True]
+    uniform = run_structured(StructuredSpec(**{**spec.to_dict(), "protocol": PROTOCOL, "allocation": "uniform"}),
+                             loaded=tiny, store=store)
+    assert [p["from_store"] for p in uniform["points"]] == [False, False]
+    assert all(len(set(p["layer_removed"])) == 1 and p["config"]["plan"] is None for p in uniform["points"])
+
+
+def test_uniform_allocation_is_bit_identical_to_no_allocation(tiny, tmp_path):
+    from pruning_core.allocation.allocators import AllocationInputs, make_plan
+
+    store = Store(tmp_path / "s.sqlite")
+    old = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.3,), max_new_tokens=0).to_dict()
+    for name in ("allocation", "sensitivity", "sensitivity_method"):
+        old.pop(name)  # a spec written before allocations existed
+    first = run_structured(old, loaded=tiny, store=store)
+    explicit = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.3,), max_new_tokens=0,
+                              allocation="uniform")
+    second = run_structured(explicit, loaded=tiny, store=store)
+    assert second["points"][0]["from_store"] and second["points"][0]["ppl"] == first["points"][0]["ppl"]
+    # The uniform allocator's plan prunes exactly the same model as a plain ratio.
+    config = explicit.config(0.3)
+    plain = prune_structured(tiny, None, StructuredConfig(score="magnitude", compensate=False, ratio=0.3))
+    planned = prune_structured(tiny, None, StructuredConfig(score="magnitude", compensate=False, ratio=0.3,
+                                                            plan=make_plan("uniform", AllocationInputs(tiny), 0.3)))
+    assert config.plan is None and plain.widths == planned.widths
+    a, b = state(plain.loaded.model), state(planned.loaded.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_allocation_refuses_unknown_names_layers_and_a_missing_sensitivity_map(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="Unknown allocation 'outliers'.*uniform, owl, sensitivity"):
+        StructuredSpec(allocation="outliers").validate()
+    with pytest.raises(ConfigError, match="block influence"):
+        StructuredSpec(units=("layers",), allocation="owl").validate()
+    spec = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.2,), allocation="sensitivity",
+                          max_new_tokens=0)
+    with pytest.raises(ConfigError, match="Sensitivity page.*prunescope sensitivity --method wanda"):
+        run_structured(spec, loaded=tiny, store=Store(tmp_path / "s.sqlite"))
+
+
+def test_cli_takes_an_allocation(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["structured", *CLI_ARGS, "--ratios", "0.3", "--score", "magnitude", "--no-compensate",
+                 "--allocation", "owl", "--out", str(out)]) == 0
+    (point,) = json.loads((out / "structured.json").read_text())["points"]
+    assert point["allocation"] == "owl" and point["config"]["plan"]["allocator"] == "owl"
+    assert len(set(point["layer_removed"])) == 2
+    assert main(["structured", *CLI_ARGS, "--allocation", "outliers", "--out", str(tmp_path / "bad")]) \
+        == EXIT_BAD_INPUT
+    assert "outliers" in capsys.readouterr().err
