@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "export": "pruning_core.cli.export:add_export",
     "apply-mask": "pruning_core.cli.export:add_apply_mask",
     "structured": "pruning_core.cli.structured:add_structured",
+    "recover": "pruning_core.cli.recover:add_recover",
     "ui": "pruning_core.cli.ui:add_ui",
 }
 

@@ -151,10 +151,22 @@ def load_adapter(model: nn.Module, folder, adapter_name: str = ADAPTER_NAME, is_
 
 def swap_adapter(peft_model, folder, adapter_name: str) -> None:
     """Load another saved adapter into an existing masked PEFT model and make it the active one, without
-    reloading the base model (its layers are already `MaskedLoraLinear`, so the new adapter is masked too)."""
+    reloading the base model. A name already loaded is only made active (its folder is not read again)."""
+    from peft import LoraConfig
+
     folder = Path(folder)
     if adapter_name not in peft_model.peft_config:
+        if not (folder / "adapter_config.json").exists():
+            raise ConfigError(f"{folder} holds no adapter_config.json: give the folder a recovery saved its "
+                              f"adapter in (it has adapter_config.json and adapter_model.safetensors).")
+        # Add the adapter with a masked config first: PEFT's own load_adapter would read a plain config, and a
+        # module this adapter targets but the loaded ones do not would get an unmasked LoRA layer.
+        config = LoraConfig.from_pretrained(str(folder))
+        register_masked(config)
+        config.inference_mode = True
+        peft_model.add_adapter(adapter_name, config)
         peft_model.load_adapter(str(folder), adapter_name=adapter_name)
+        masked_modules(peft_model)
     peft_model.set_adapter(adapter_name)
 
 

@@ -94,11 +94,11 @@ def masked_gradients(model: nn.Module, names: Sequence[str], batches: Sequence[t
                      progress: Optional[ProgressFn] = None) -> dict[str, torch.Tensor]:
     """Σ over `batches` of d loss / d W for the modules `names`, multiplied by their keep pattern (W != 0).
 
-    loss_fn(batch) -> scalar loss (mean token NLL). The weights' requires_grad is restored afterwards.
+    loss_fn(batch) -> scalar loss (mean token NLL). Every parameter's requires_grad is restored afterwards.
     """
     progress = progress or no_progress
     modules = {n: model.get_submodule(n) for n in names}
-    before = {n: m.weight.requires_grad for n, m in modules.items()}
+    before = {p: p.requires_grad for p in model.parameters()}
     grads = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in modules.items()}
     try:
         for p in model.parameters():
@@ -113,9 +113,10 @@ def masked_gradients(model: nn.Module, names: Sequence[str], batches: Sequence[t
                 grads[n] += m.weight.grad.float()
             progress((i + 1) / len(batches), f"gradient of the pruned model, batch {i + 1}/{len(batches)}")
     finally:
-        for n, m in modules.items():
+        for m in modules.values():
             m.weight.grad = None
-            m.weight.requires_grad_(before[n])
+        for p, requires_grad in before.items():
+            p.requires_grad_(requires_grad)
     for n, m in modules.items():
         grads[n].mul_(m.weight.detach() != 0)
     return grads

@@ -131,7 +131,11 @@ class RecoverySpec:
             if self.source != "setting" or self.structure != "unstructured" or self.plan is not None:
                 raise ConfigError("Step-wise recovery prunes unstructured sparsities afresh at each step; give a "
                                   "method and a final sparsity (not a mask, plan or N:M structure).")
-            if list(self.schedule) != sorted(self.schedule) or self.schedule[-1] >= float(self.sparsity):
+            if not all(0 < s < 1 for s in self.schedule):
+                raise ConfigError(f"Every step-wise sparsity must be between 0 and 1, got {list(self.schedule)}.")
+            # Strictly: a repeated step would prune to the same sparsity twice and split the steps for nothing.
+            rising = all(a < b for a, b in zip(self.schedule, self.schedule[1:]))
+            if not rising or self.schedule[-1] >= float(self.sparsity):
                 raise ConfigError(f"The step-wise schedule {list(self.schedule)} must rise and end below the final "
                                   f"sparsity {self.sparsity}.")
         if int(self.rank) < 1:
