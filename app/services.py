@@ -1136,16 +1136,26 @@ STRUCTURED_SCORE_DESCRIPTIONS = {
 
 def structured_spec(settings: dict, units, ratios, score: str = "obs", compensate: bool = True,
                     speed: bool = True, prompt: str = "", max_new_tokens: int = 40,
-                    speed_settings: Optional[dict] = None) -> dict:
+                    speed_settings: Optional[dict] = None, allocation: str = "uniform") -> dict:
     """A structured job spec (`StructuredSpec.to_dict()`, see `pruning_core.structured.run.run_structured`),
-    validated before anything runs. ratios: fractions of decoder parameters to remove."""
+    validated before anything runs. ratios: fractions of decoder parameters to remove. allocation: how each
+    ratio is spread over the layers (`ALLOCATIONS`); "sensitivity" reads the maps of the method of this model's
+    newest usable sensitivity result (`sensitivity_for_allocation`)."""
     from pruning_core.structured.run import StructuredSpec
 
+    extra = {}
+    if allocation_needs(allocation) == "sensitivity":
+        found = sensitivity_for_allocation(settings["model"])
+        if found is None:
+            raise ConfigError("Allocation 'sensitivity' reads a sensitivity map of this model at two or more "
+                              "sparsities; compute one on the Sensitivity page first, or choose 'owl' or 'uniform'.")
+        extra["sensitivity_method"] = (found["result"].get("spec") or {}).get("method") or "wanda"
     spec = StructuredSpec(model=settings["model"], protocol=protocol_of(settings), units=tuple(units),
                           ratios=tuple(sorted(float(r) for r in ratios)), score=score, compensate=bool(compensate),
                           eval_corpora=tuple(settings["eval_corpora"]), speed=bool(speed),
                           speed_settings=dict(speed_settings or {}), prompt=prompt,
-                          max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]))
+                          max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]),
+                          allocation=allocation, **extra)
     return spec.validate().to_dict()
 
 
@@ -1233,6 +1243,10 @@ def structured_save_command(result: dict, index: int) -> str:
              f"--eval {','.join(spec['eval_corpora'] or [protocol['calib']])}",
              f"--units {','.join(spec['units'])}", f"--ratios {point['ratio']:g}", f"--score {spec['score']}",
              "--compensate" if spec["compensate"] else "--no-compensate"]
+    if spec.get("allocation", "uniform") != "uniform":
+        parts.append(f"--allocation {spec['allocation']}")
+        if spec["allocation"] == "sensitivity":
+            parts.append(f"--sensitivity-method {spec.get('sensitivity_method') or 'wanda'}")
     if spec.get("speed"):
         parts.append("--speed")
     return " ".join(parts + ["--save-model", "--report", "--out structured-export"])

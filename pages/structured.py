@@ -20,7 +20,8 @@ from app import charts, services, state, widgets  # noqa: E402
 
 RATIO_CHOICES = [0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
 FORM = {"structured_units": ["heads", "channels"], "structured_ratios": [0.1, 0.2, 0.3], "structured_score": "obs",
-        "structured_compensate": True, "structured_speed": True, "structured_prompt": services.DEFAULT_PROMPT}
+        "structured_compensate": True, "structured_speed": True, "structured_prompt": services.DEFAULT_PROMPT,
+        "structured_allocation": "uniform"}
 
 
 def form_from_spec(spec) -> dict:
@@ -35,6 +36,8 @@ def form_from_spec(spec) -> dict:
         values["structured_ratios"] = ratios
     if spec.get("score") in services.STRUCTURED_SCORES:
         values["structured_score"] = spec["score"]
+    if spec.get("allocation") in services.ALLOCATIONS:
+        values["structured_allocation"] = spec["allocation"]
     for key in ("compensate", "speed"):
         if isinstance(spec.get(key), bool):
             values[f"structured_{key}"] = spec[key]
@@ -71,10 +74,15 @@ with st.container(border=True):
     speed = c5.toggle("Measure speed", key="structured_speed",
                       help="Time prefill (512 tokens) and decode (batch 1 and 8) of the dense and the pruned "
                            "model in fp32 and bf16, interleaved, median of 3; reused until the machine changes.")
-    prompt = st.text_input("Prompt for the text comparison", key="structured_prompt")
+    c6, c7 = st.columns([1, 2])
+    allocation = c6.selectbox("Allocation", services.ALLOCATIONS, key="structured_allocation",
+                              help="How each ratio is spread over the layers (heads and channels): "
+                                   + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+    prompt = c7.text_input("Prompt for the text comparison", key="structured_prompt")
     spec = None
     try:
-        spec = services.structured_spec(settings, units, ratios, score, compensate, speed, prompt.strip())
+        spec = services.structured_spec(settings, units, ratios, score, compensate, speed, prompt.strip(),
+                                        allocation=allocation)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     run = st.button("Prune structurally", key="structured_run", type="primary", icon=":material/content_cut:",
@@ -146,6 +154,10 @@ if point.get("load_note"):
     st.caption(point["load_note"])
 charts.show(charts.to_plotly(services.structured_widths_figure(result, index)), key="structured_widths_chart",
             alt="Heads and channels kept per layer")
+if point.get("layer_removed"):
+    shares = point["layer_removed"]
+    st.caption(f"Allocation **{point.get('allocation', 'uniform')}**: each layer lost between {min(shares):.1%} "
+               f"and {max(shares):.1%} of its parameters (measured).")
 
 left, right = st.columns([1, 2])
 report = widgets.guarded(services.structured_report_html, result, index)

@@ -5,6 +5,7 @@ widths per layer, the claims from the measurement, text side by side, a reload r
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -95,3 +96,25 @@ def test_bad_choices_are_one_message_and_no_run():
     assert at.button(key="structured_run").disabled
     at.multiselect(key="structured_units").set_value(["layers", "heads"]).run()
     assert any("layers" in str(e.value).lower() for e in at.error)
+
+
+def test_an_owl_allocation_spreads_the_ratio_over_layers_and_a_missing_map_is_one_message():
+    at = ok(page("structured", structured_ratios=[0.3], structured_speed=False))
+    assert at.selectbox(key="structured_allocation").value == "uniform"
+    assert at.selectbox(key="structured_allocation").options == ["uniform", "owl", "sensitivity"]
+    at.selectbox(key="structured_allocation").set_value("sensitivity").run()
+    assert any("Sensitivity page" in str(e.value) for e in at.error)
+    assert at.button(key="structured_run").disabled
+    at.selectbox(key="structured_allocation").set_value("owl").run()
+    ok(at)
+    at.button(key="structured_run").click().run()
+    ok(at)
+    caption = next(str(c.value) for c in at.caption if "Allocation **owl**" in str(c.value))
+    low, high = (float(x) for x in re.findall(r"([\d.]+)%", caption))
+    assert high - low > 5  # the layers lose different shares (measured)
+    assert "--allocation owl" in at.code[0].value
+    from pruning_core.cli.main import build_parser
+
+    assert build_parser().parse_args(at.code[0].value.split()[1:]).allocation == "owl"
+    # A reload re-attaches to the job and shows the allocation that made it.
+    assert ok(page("structured")).selectbox(key="structured_allocation").value == "owl"
