@@ -240,3 +240,20 @@ def test_cli_takes_an_allocation(tmp_path, capsys):
     assert main(["structured", *CLI_ARGS, "--allocation", "outliers", "--out", str(tmp_path / "bad")]) \
         == EXIT_BAD_INPUT
     assert "outliers" in capsys.readouterr().err
+
+
+def test_sensitivity_allocation_reads_a_sensitivity_file_and_spares_the_sensitive_layer(tiny, tmp_path):
+    kinds = list(tiny.adapter.module_kinds)
+    maps = [{"layers": [0, 1], "modules": kinds, "metric": "exact", "method": "wanda", "sparsity": s,
+             # layer 0 costs ten times more loss than layer 1 at every sparsity
+             "values": [[10.0 * s * s] * len(kinds), [s * s] * len(kinds)]} for s in (0.3, 0.6)]
+    file = tmp_path / "sensitivity_all.json"
+    file.write_text(json.dumps({"maps": maps}))
+    spec = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.3,), units=("channels",),
+                          score="magnitude", compensate=False, max_new_tokens=0, allocation="sensitivity",
+                          sensitivity=str(file))
+    (point,) = run_structured(spec, loaded=tiny)["points"]
+    assert point["config"]["plan"]["allocator"] == "sensitivity"
+    first, second = point["layer_removed"]
+    assert first < 0.3 < second
+    assert point["measured_ratio"] == pytest.approx(0.3, abs=HALF_CHANNEL)
