@@ -68,7 +68,7 @@ def add_recover(sub) -> None:
     p.add_argument("--merged", action="store_true", help=f"also write the merged model to OUT/{MERGED_FOLDER}")
     p.add_argument("--no-store", action="store_true",
                    help="do not use or fill the results store (no checkpoints: a stopped run starts again)")
-    p.add_argument("--out", required=True, help="output folder (recovery.json, adapter/)")
+    p.add_argument("--out", required=True, help="output folder (recovery.json, the report, adapter/)")
     p.set_defaults(handler=cmd_recover)
 
 
@@ -124,8 +124,13 @@ def cmd_recover(args) -> int:
     result = run_recovery(spec, loaded=loaded, store=store, progress=progress, out_dir=out,
                           merged_dir=out / MERGED_FOLDER if args.merged else None)
     write_json(out / "recovery.json", result)
+    from pruning_core.outputs.recovery_export import recovery_report_data, report_files
+    from pruning_core.outputs.report import build_report
+
+    # The same report the dashboard's download and `export_recovery` write (one wording everywhere).
+    report = build_report(recovery_report_data(result, report_files(out)), out)
     _print_summary(result)
-    print(f"wrote {out / 'recovery.json'}")
+    print(f"wrote {out / 'recovery.json'}, " + ", ".join(str(p) for p in report.values()))
     return 0
 
 

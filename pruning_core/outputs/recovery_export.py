@@ -46,7 +46,7 @@ def recovery_report_data(result: dict, files: Optional[list] = None) -> dict:
     }
 
 
-def _files(out: Path) -> list[dict]:
+def report_files(out: Path) -> list[dict]:
     """[{name (relative to out), bytes}] of the adapter and merged-model files written."""
     found = []
     for folder in (ADAPTER_FOLDER, MERGED_FOLDER):
@@ -73,7 +73,7 @@ def export_recovery(loaded: Optional[LoadedModel], spec: Union[RecoverySpec, dic
     out.mkdir(parents=True, exist_ok=True)
     result = run_recovery(spec, loaded=loaded, store=store, progress=sub_progress(progress, 0.0, 0.95),
                           out_dir=out, merged_dir=out / MERGED_FOLDER)
-    files = _files(out)
+    files = report_files(out)
     paths = build_report(recovery_report_data(result, files), out, pdf=pdf)
     progress(1.0, "recovery export written")
     return {"folder": str(out), "adapter": result["adapter"]["folder"], "merged": str(out / MERGED_FOLDER),
