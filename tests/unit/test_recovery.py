@@ -331,6 +331,8 @@ def test_cli_recover_writes_adapter_merged_model_and_result(tmp_path, capsys):
     assert result["sparsity"]["pruned_weights_zero"]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "merged-model" / "config.json").exists()
+    report = (out / "report.md").read_text()  # the dashboard's report, written by the CLI too
+    assert "Recovery" in report and "merged-model/config.json" in report
     printed = capsys.readouterr().out
     for text in ("news", "pydocs", "merged sparsity", "adapter"):
         assert text in printed, printed
