@@ -49,7 +49,7 @@ def recovery_report_data(result: dict, files: Optional[list] = None) -> dict:
 def report_files(out: Path) -> list[dict]:
     """[{name (relative to out), bytes}] of the adapter and merged-model files written."""
     found = []
-    for folder in (ADAPTER_FOLDER, MERGED_FOLDER):
+    for folder in ("mask", ADAPTER_FOLDER, MERGED_FOLDER):
         if (out / folder).is_dir():
             found += [{"name": f"{folder}/{p.name}", "bytes": p.stat().st_size}
                       for p in sorted((out / folder).iterdir()) if p.is_file()]

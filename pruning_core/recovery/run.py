@@ -194,12 +194,14 @@ def pruned_copy(loaded: LoadedModel, spec: RecoverySpec, protocol: Protocol, cal
                 sparsity: Optional[float] = None, base: Optional[LoadedModel] = None,
                 progress: Optional[ProgressFn] = None) -> tuple[LoadedModel, dict]:
     """A pruned copy of `base` (default `loaded`) per `spec` (at `sparsity` for a step-wise step) and a record of
-    how it was pruned: {"source", "description", "sparsity" (measured, over pruned linears), "prune_seconds"}."""
+    how it was pruned: {"source", "description", "sparsity" (measured, over pruned linears), "prune_seconds",
+    "result" (the `PruneResult` for a setting, else None)}."""
     from pruning_core.masks import measured_sparsity
 
     progress = progress or no_progress
     base = base or loaded
     clock = time.perf_counter()
+    result = None
     if spec.source == "structured":
         from pruning_core.structured.slicing import load_structured
 
@@ -234,7 +236,24 @@ def pruned_copy(loaded: LoadedModel, spec: RecoverySpec, protocol: Protocol, cal
     modules = copy_.adapter.prunable_modules(copy_.model)
     return copy_, {"source": spec.source, "description": description,
                    "sparsity": measured_sparsity(copy_.model, modules)["overall"],
-                   "prune_seconds": time.perf_counter() - clock}
+                   "prune_seconds": time.perf_counter() - clock, "result": result}
+
+
+def save_mask_beside(loaded: LoadedModel, spec: RecoverySpec, record: dict, protocol: Protocol, out: Path):
+    """The pruned model's mask in `out`/mask (the export format), so the adapter next to it can be loaded onto a
+    freshly pruned copy of the dense model: the setting's masks, or the given mask folder copied. None when no
+    mask reproduces the pruned model (structured folders; step-wise runs, whose later masks were taken on
+    recovered weights)."""
+    from pruning_core.outputs.export import manifest_info_for, save_masks
+
+    folder = out / "mask"
+    if spec.source == "mask":
+        shutil.copytree(spec.mask_dir, folder, dirs_exist_ok=True)
+        return str(folder)
+    if spec.source == "setting" and not spec.schedule and record.get("result") is not None:
+        save_masks(record["result"].masks, folder, manifest_info_for(loaded, record["result"], protocol))
+        return str(folder)
+    return None
 
 
 def _targets(pruned: LoadedModel, kinds: tuple[str, ...]) -> dict[str, torch.nn.Module]:
@@ -384,6 +403,7 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
         target = Path(out_dir) / "adapter"
         shutil.copytree(saved["folder"], target, dirs_exist_ok=True)
         saved = {**saved, "folder": str(target)}
+    mask_dir = save_mask_beside(loaded, spec, pruned_record, protocol, Path(out_dir)) if out_dir is not None else None
     # Merge: the shipped model. Its zeros must be exactly the pruned model's.
     keep = {n: m.keep_pattern.clone() for n, m in masked_lora.masked_modules(peft_model).items()}
     merged = peft_model.merge_and_unload()
@@ -421,7 +441,8 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
                            "pruned_weights_zero": zeros_kept},
               "samples": samples, "seconds": time.perf_counter() - clock,
               "train_seconds": sum(s["history"]["seconds"] for s in stages),
-              "merged_dir": str(merged_dir) if merged_dir is not None else None, "created": time.time()}
+              "merged_dir": str(merged_dir) if merged_dir is not None else None, "mask_dir": mask_dir,
+              "created": time.time()}
     if store is not None:
         store.put_run(key, RUN_KIND, spec.to_dict())
         store.put_result(key, RUN_KIND, result, run_key=key)

@@ -143,6 +143,15 @@ def test_adapter_round_trips_onto_a_freshly_pruned_model(tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
     torch.testing.assert_close(loaded, _logits(merged, ids), rtol=1e-5, atol=1e-5)
 
+    # The mask written next to the adapter re-creates the pruned model from the dense one (the delta's home).
+    from pruning_core.outputs.export import apply_mask_dir
+
+    assert result["mask_dir"] == str(tmp_path / "out" / "mask")
+    again = tiny_model("llama", layers=2)
+    apply_mask_dir(again, result["mask_dir"], permanent=True)
+    on_mask = masked_lora.load_adapter(again.model, folder)
+    torch.testing.assert_close(_logits(on_mask, ids), _logits(merged, ids), rtol=1e-5, atol=1e-5)
+
 
 def test_adapter_of_an_exported_mask_loads_onto_the_freshly_masked_model(tmp_path):
     from transformers import AutoModelForCausalLM
