@@ -6,9 +6,10 @@ the seven linears of every layer, AdamW, bf16 autocast, batches of 4 x 256 token
 within a training-time budget:
 - `uniform`: the defaults, 15 minutes of training (the issue's target: >= 60 % of the wiki gap won back, >= a
   third on news and pydocs, merged sparsity exactly the pruned one, adapter file < 3 % of the model);
-- `gradient`: the same parameter count spent by gradient-energy ranks (`recovery.ranks.gradient_plan`), same
-  budget and steps as `uniform`;
-- `stepwise`: prune 30 % -> recover -> 50 % -> recover, the same total training budget as `uniform`.
+- `gradient`: the same parameter count spent by gradient-energy ranks (`recovery.ranks.gradient_plan`), for the
+  same number of steps as `uniform` trained in its budget;
+- `stepwise`: prune 30 % -> recover -> 50 % -> recover, the same total number of steps as `uniform`.
+The two comparisons run by steps, not by the clock, so they may share the cores with other work.
 
 Every figure comes from `recovery.run.run_recovery` (the CLI's and dashboard's path). Resumable: each finished
 entry is written to the JSON at once and skipped next time. Usage:
@@ -120,10 +121,12 @@ def main() -> None:
         if name in entries:
             print(f"{name}: from {out}")
             continue
-        if name == "gradient" and "uniform" in entries:  # same steps as uniform: compare ranks, not speed
-            steps = entries["uniform"]["steps"]
-            specs[name] = RecoverySpec(**{**base, "train": {**base["train"], "steps": steps, "max_seconds": None}},
-                                       rank_allocation="gradient")
+        if name in ("gradient", "stepwise") and "uniform" in entries:
+            # The same number of steps as uniform's timed run, no clock: the comparison is of ranks and of
+            # schedules at an equal training budget, whatever else shares the cores meanwhile.
+            same = {**base, "train": {**base["train"], "steps": entries["uniform"]["steps"], "max_seconds": None}}
+            specs[name] = (RecoverySpec(**same, rank_allocation="gradient") if name == "gradient"
+                           else RecoverySpec(**same, schedule=tuple(settings["schedule"])))
         result = run_recovery(specs[name], loaded=loaded, store=store, progress=_Progress(name))
         entries[name] = _entry(result)
         _save(out, report)
