@@ -5,7 +5,8 @@ mask folder (--mask) or a structured folder (--structured); --schedule 0.3,0.5 r
 recovering between them. Writes DIR/recovery.json (`recovery.run.run_recovery`'s result: dense, pruned and
 recovered perplexity per corpus, the loss curve, ranks, merged sparsity, adapter size), DIR/adapter (PEFT's
 format, loadable onto the pruned model with `recovery.masked_lora.load_adapter`) and, with --merged,
-DIR/merged-model (a Hugging Face folder whose pruned weights are still exactly 0.0).
+DIR/merged-model (a Hugging Face folder whose pruned weights are still exactly 0.0). --list prints the adapters
+in the store (`recovery.catalog.list_adapters`: the setting each recovers, perplexity, size, folder) and exits.
 
 Two protocols meet here: the papers' one for pruning and perplexity (--calib, --calib-windows, --eval-seqlen,
 --eval-windows), and the training's own (--corpus, --steps, --batch-size, --seqlen, --lr, --dtype).
@@ -68,7 +69,10 @@ def add_recover(sub) -> None:
     p.add_argument("--merged", action="store_true", help=f"also write the merged model to OUT/{MERGED_FOLDER}")
     p.add_argument("--no-store", action="store_true",
                    help="do not use or fill the results store (no checkpoints: a stopped run starts again)")
-    p.add_argument("--out", required=True, help="output folder (recovery.json, the report, adapter/)")
+    p.add_argument("--out", default=None, help="output folder (recovery.json, the report, adapter/); required "
+                                                "unless --list")
+    p.add_argument("--list", action="store_true",
+                   help="list the adapters in the store (the setting each recovers, its perplexity) and exit")
     p.set_defaults(handler=cmd_recover)
 
 
@@ -112,6 +116,15 @@ def cmd_recover(args) -> int:
 
     # PEFT asks transformers a deprecated question on every attach; the user can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    if args.list:  # the store's adapters: no model, setting or output folder needed
+        from pruning_core.execution.store import Store
+        from pruning_core.recovery.catalog import adapter_table, list_adapters
+
+        print("\n".join(adapter_table(list_adapters(Store()))))
+        return 0
+    if not args.out:
+        raise ConfigError("Give --out DIR for the adapter, the report and recovery.json (or --list to see the "
+                          "adapters in the store).")
     spec = spec_from_args(args)
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)

@@ -365,3 +365,62 @@ def test_cli_recover_refuses_bad_input_in_one_sentence(tmp_path, capsys):
     (tmp_path / "mask").mkdir()
     assert main([*CLI_ARGS, *SETTING, "--mask", str(tmp_path / "mask"), "--out", str(out)]) == EXIT_BAD_INPUT
     assert "--mask" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ the catalog
+
+@pytest.fixture(scope="module")
+def two_recoveries(tmp_path_factory):
+    """A store holding two real recoveries of the tiny model (magnitude 50 %, then step-wise to 40 %)."""
+    home = tmp_path_factory.mktemp("catalog")
+    store = Store(home / "prunescope.sqlite")
+    loaded = tiny_model("llama", layers=2)
+    first = run_recovery(_spec(eval_corpora=("news", "pydocs")), loaded=loaded, store=store)
+    second = run_recovery(_spec(sparsity=0.4, schedule=(0.2,), train={**TRAIN, "steps": 4}), loaded=loaded,
+                          store=store)
+    return home, first, second, loaded.fingerprint
+
+
+def test_list_adapters_lists_the_stored_recoveries_newest_first(two_recoveries, tmp_path):
+    from pruning_core.recovery.catalog import list_adapters
+    from pruning_core.recovery.run import adapter_folder
+
+    home, first, second, fingerprint = two_recoveries
+    store = Store(home / "prunescope.sqlite")
+    rows = list_adapters(store)
+    assert [r["key"] for r in rows] == [second["key"], first["key"]]
+    newest, oldest = rows
+    assert oldest["setting"] == first["pruned"]["description"] and "50%" in oldest["setting"]
+    assert newest["schedule"] == [0.2] and newest["steps"] == 4 and oldest["steps"] == TRAIN["steps"]
+    assert oldest["fingerprint"] == fingerprint and oldest["train_corpus"] == "news"
+    assert oldest["recovered_ppl"] == first["recovered_ppl"] and set(oldest["recovered_ppl"]) == {"news", "pydocs"}
+    assert oldest["pruned_ppl"] == first["pruned_ppl"] and oldest["dense_ppl"] == first["dense_ppl"]
+    assert oldest["rank_allocation"].startswith("uniform, rank 2 on")
+    assert oldest["folder"] == str(adapter_folder(store, first["key"])) and oldest["bytes"] == first["adapter"]["bytes"]
+    assert oldest["created"] == first["created"] < newest["created"]
+    assert list_adapters(store, model_fingerprint="another model") == []
+    assert len(list_adapters(store, model_fingerprint=fingerprint)) == 2
+    # A copy of the store whose newest adapter folder was deleted lists only the other one.
+    copy = tmp_path / "copy"
+    shutil.copytree(home, copy)
+    shutil.rmtree(copy / "adapters" / second["key"])
+    assert [r["key"] for r in list_adapters(Store(copy / "prunescope.sqlite"))] == [first["key"]]
+
+
+def test_cli_recover_list_prints_the_adapters_without_out_or_setting(two_recoveries, tmp_path, monkeypatch, capsys):
+    from pruning_core.cli.main import EXIT_BAD_INPUT, main
+
+    home, first, second, _ = two_recoveries
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(home))
+    assert main(["recover", "--list"]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0].startswith("created (UTC)") and len(lines) == 5, printed
+    assert second["key"][:12] in lines[1] and "step-wise 20% -> " in lines[1]  # newest first
+    assert first["key"][:12] in lines[3] and first["pruned"]["description"] in lines[3]
+    assert f"news {first['pruned_ppl']['news']:,.2f} -> {first['recovered_ppl']['news']:,.2f}" in lines[4]
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path / "empty"))
+    assert main(["recover", "--list"]) == 0
+    assert "No recovery adapters in the store yet" in capsys.readouterr().out
+    assert main(["recover", "--model", "tiny-llama"]) == EXIT_BAD_INPUT  # neither --out nor --list
+    assert "--out DIR" in capsys.readouterr().err
