@@ -50,6 +50,7 @@ JOB_KINDS: dict[str, str] = {
     "budget": "pruning_core.allocation.budget:run_budget_job",
     "structured": "pruning_core.structured.run:run_structured_job",
     "recovery": "pruning_core.recovery.run:run_recovery_job",
+    "continual": "pruning_core.continual.run:run_continual_job",
     "selftest": "pruning_core.execution.jobs:_selftest_job",
 }
 

@@ -1,0 +1,78 @@
+"""`prunescope continual`: prune along a sequence of domains with several strategies; R matrix and BWT.
+
+Writes DIR/continual.json (`continual.run.run_continual`'s result: per strategy the R matrix, BWT, forward
+transfer, average perplexity after the last step, mask overlap between steps, and every step's perplexities)
+and DIR/<strategy>/step-<t>/ (each step's mask in the export format, `outputs.export.save_masks`). Prints the
+R matrix and BWT of every strategy. Finished steps are kept in the results store, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+from pruning_core.cli.common import ConsoleProgress, _csv, load_model_from_args, prepare_out_dir, write_json
+
+
+def add_continual(sub) -> None:
+    from pruning_core.continual.strategies import STRATEGIES
+
+    p = sub.add_parser("continual", help="prune as domains arrive (latest, sequential, accumulated, copal, joint): "
+                                         "R matrix and backward transfer")
+    p.add_argument("--model", default="embedded", help="'embedded', a model folder, a .gguf file or a hub id")
+    p.add_argument("--domains", default="wiki,news,pydocs",
+                   help="comma-separated corpora in arrival order: wiki, news, pydocs or text file paths")
+    p.add_argument("--method", default="wanda", help="wanda or sparsegpt")
+    p.add_argument("--sparsity", type=float, default=0.5, help="target sparsity of every step (ignored for N:M)")
+    p.add_argument("--structure", default="unstructured", help="unstructured or N:M such as 2:4")
+    p.add_argument("--allocation", default="uniform",
+                   help="how the sparsity is spread over the modules: uniform, owl or sensitivity")
+    p.add_argument("--sensitivity", default=None, help="sensitivity JSON for --allocation sensitivity")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated: {', '.join(STRATEGIES)}")
+    p.add_argument("--nsamples", type=int, default=64, help="calibration windows per domain")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per window")
+    p.add_argument("--eval-windows", type=int, default=32, help="evaluation windows per domain")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="evaluation compute dtype")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (memory only)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
+    p.add_argument("--out", required=True, help="output folder (continual.json and the masks of every step)")
+    p.set_defaults(handler=cmd_continual)
+
+
+def cmd_continual(args) -> int:
+    from pruning_core.continual.run import ContinualSpec, run_continual
+    from pruning_core.protocol import Protocol
+
+    protocol = Protocol(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, eval_windows=args.eval_windows,
+                        dtype=args.dtype, batch_size=args.batch_size)
+    spec = ContinualSpec(model=args.model, protocol=protocol, domains=_csv(args.domains), method=args.method,
+                         sparsity=args.sparsity, structure=args.structure, allocation=args.allocation,
+                         sensitivity=args.sensitivity, strategies=_csv(args.strategies)).validate()
+    progress = ConsoleProgress()
+    loaded = load_model_from_args(args, progress)
+    out = prepare_out_dir(args.out)
+    store = None
+    if not args.no_store:
+        from pruning_core.execution.store import Store
+
+        store = Store()
+    result = run_continual(spec, loaded=loaded, store=store, progress=progress, out_dir=out)
+    write_json(out / "continual.json", result)
+    _print_result(result)
+    print(f"wrote {out / 'continual.json'}")
+    return 0
+
+
+def _print_result(result: dict) -> None:
+    domains = result["domains"]
+    width = max(10, *(len(d) for d in domains))
+    print("dense        " + "  ".join(f"{result['dense_ppl'][d]:>{width}.3f}" for d in domains))
+    for name, figures in result["strategies"].items():
+        print(f"\n{name}{'' if figures['continual'] else ' (not continual: reference)'}: R[step][domain], "
+              "perplexity")
+        print("after step   " + "  ".join(f"{d:>{width}}" for d in domains))
+        for t, row in enumerate(figures["R"]):
+            print(f"{t + 1:<2} {domains[t]:<9} " + "  ".join(f"{v:>{width}.3f}" for v in row))
+        overlap = ", ".join(f"{v:.3f}" for v in figures["overlap"]) or "-"
+        print(f"BWT {figures['bwt']:+.3f}  average after last step {figures['average']:.3f}  "
+              f"mask overlap between steps {overlap}")
+    print(f"\n{result['bwt_note']}.")

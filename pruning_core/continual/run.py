@@ -1,0 +1,334 @@
+"""A continual-pruning run: domains D1..DT arrive in order; each strategy prunes at every step; R matrix and BWT.
+
+`run_continual(spec)` is what the CLI (`prunescope continual`), the dashboard's job (kind "continual") and the
+benchmark call, so that they agree. For each strategy (`strategies.STRATEGIES`) and step t it asks the strategy
+for the step's `PruneResult`, evaluates it on EVERY domain's evaluation split through THE evaluation
+(`evaluate.evaluate_setting`), and reads the R matrix, BWT, forward transfer, the average perplexity after the
+last step and the mask overlap between consecutive steps off those perplexities (`continual.metrics`).
+
+Cost: what makes a run expensive is calibration walks and evaluations, and both are shared.
+- Statistics are dense-propagation statistics, one walk per domain (`statistics_cache.cached_statistics`,
+  kept in the store when one is given): every strategy, step and resumed run reuses them, and the accumulated,
+  copal and joint statistics are arithmetic on them, never another walk.
+- Evaluations are keyed by the content of the masks (and SparseGPT's weights): a step whose mask another
+  strategy already produced (step 1 of latest, sequential, accumulated and copal prune with D1 alone; sequential
+  keeps D1's mask) is not evaluated again. `joint` prunes and evaluates once.
+The result's "work" records the seconds of each kind and how many evaluations were reused.
+
+Each finished (strategy, step) is stored under a content key (model weights, protocol, the whole domain
+sequence's text hashes, strategy, step, setting with its plan, library versions) with its masks (and updated
+weights) as an artifact, so a cancelled run resumes without pruning or evaluating finished steps again, and a
+later step of `sequential` continues from the stored model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Optional, Union
+
+from pruning_core import evaluate
+from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
+from pruning_core.continual.domains import Domain, DomainSequence
+from pruning_core.continual.metrics import average_perplexity, backward_transfer, forward_transfer, mask_overlap
+from pruning_core.continual.metrics import r_matrix
+from pruning_core.continual.strategies import STRATEGIES, Strategy, get_strategy
+from pruning_core.errors import ConfigError
+from pruning_core.methods import get_method
+from pruning_core.models import LoadedModel, load_model
+from pruning_core.progress import ProgressFn, no_progress, sub_progress
+from pruning_core.protocol import Protocol
+from pruning_core.prune import PruneConfig, PruneResult, Statistics
+
+RUN_KIND = "continual"
+STEP_KIND = "continual_step"
+
+#: The sign convention every page and table states beside a BWT figure.
+BWT_NOTE = ("BWT = mean over earlier domains of (perplexity after the last step - perplexity right after that "
+            "domain's own step); positive = forgetting, negative = the earlier domains got better")
+
+
+@dataclass
+class ContinualSpec:
+    """One continual run (the job spec of `run_continual_job`).
+
+    domains: corpora in arrival order (embedded names or user file paths; see `domains.DomainSequence`).
+    protocol: nsamples, seqlen, seed, evaluation windows, dtype, batch size; its `calib` is ignored (every
+        domain calibrates on its own calibration split) and recorded as the first domain.
+    method / sparsity / structure: the setting every step prunes to (wanda or sparsegpt; "unstructured" or N:M).
+    allocation: how the sparsity is spread over the modules (`allocation.allocators.ALLOCATORS`): "owl" makes
+        each step's plan from the statistics that strategy prunes with (sequential keeps step 1's plan);
+        "sensitivity" reads a sensitivity JSON (`sensitivity`) or this model's stored maps, one plan for all steps.
+    strategies: names in `strategies.STRATEGIES`, in the order results list them.
+    eval_windows: evaluation windows per domain; None = the protocol's.
+    model_identity: the dashboard's record of the model file, so a changed file gets a new job key.
+    """
+
+    model: str = "embedded"
+    protocol: Protocol = field(default_factory=Protocol)
+    domains: tuple[str, ...] = ("wiki", "news", "pydocs")
+    method: str = "wanda"
+    sparsity: float = 0.5
+    structure: str = "unstructured"
+    allocation: str = "uniform"
+    sensitivity: Optional[str] = None
+    strategies: tuple[str, ...] = tuple(STRATEGIES)
+    eval_windows: Optional[int] = None
+    model_identity: Optional[dict] = None
+
+    def __post_init__(self) -> None:
+        self.domains = tuple(d.strip() for d in self.domains.split(",")) if isinstance(self.domains, str) \
+            else tuple(self.domains)
+        self.strategies = tuple(s.strip() for s in self.strategies.split(",")) if isinstance(self.strategies, str) \
+            else tuple(self.strategies)
+        self.sparsity = float(self.sparsity)
+
+    def effective_protocol(self) -> Protocol:
+        """The protocol the run uses: `eval_windows` applied, `calib` set to the first domain (for the record)."""
+        protocol = replace(self.protocol, calib=self.domains[0] if self.domains else self.protocol.calib)
+        if self.eval_windows is not None:
+            protocol = replace(protocol, eval_windows=int(self.eval_windows))
+        return protocol
+
+    def config(self) -> PruneConfig:
+        """The step setting before allocation (dense propagation: statistics are shared across strategies)."""
+        return PruneConfig(self.method, self.structure, self.sparsity, propagation="dense").validate()
+
+    def sequence(self, check: bool = True) -> DomainSequence:
+        return DomainSequence(self.domains, check=check)
+
+    def validate(self) -> "ContinualSpec":
+        """Check every setting (and read every domain) before any work starts; raises ConfigError."""
+        self.effective_protocol().validate()
+        self.config()
+        method = get_method(self.method)
+        if method.needs == "none":
+            raise ConfigError(f"Method '{method.name}' uses no calibration data, so every continual strategy gives "
+                              "the same mask; choose wanda or sparsegpt.")
+        if not self.strategies:
+            raise ConfigError(f"No strategy given; choose from {', '.join(STRATEGIES)}.")
+        self.strategies = tuple(get_strategy(s, method).name for s in self.strategies)
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"Strategies {', '.join(self.strategies)} repeat a name; give each once.")
+        self.allocation = get_allocator(str(self.allocation)).name
+        self.sequence(check=True)
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["domains"], d["strategies"] = list(self.domains), list(self.strategies)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContinualSpec":
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"Unknown continual settings {unknown}; known: {', '.join(f.name for f in fields(cls))}.")
+        d["protocol"] = Protocol(**d.get("protocol", {}))
+        return cls(**d)
+
+
+def _step_key(loaded: LoadedModel, protocol: Protocol, sequence_identity: list, strategy: str, step: int,
+              config: PruneConfig) -> str:
+    from pruning_core.execution.store import content_hash
+    from pruning_core.provenance import library_versions
+
+    versions = library_versions()
+    return content_hash({"kind": STEP_KIND, "model": loaded.fingerprint, "protocol": protocol.to_dict(),
+                         "domains": sequence_identity, "strategy": strategy, "step": step,
+                         "config": config.to_dict(),
+                         "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}})
+
+
+def _digest(result: PruneResult) -> str:
+    """Content hash of what a step's model is: its masks and (SparseGPT) updated weights."""
+    from pruning_core.execution.store import tensors_hash
+
+    weights = tensors_hash(result.weights) if result.weights is not None else None
+    return f"{tensors_hash(result.masks)}:{weights}"
+
+
+def _from_store(store, stored: dict, config: PruneConfig) -> Optional[PruneResult]:
+    """The stored step's result (masks, weights), or None when an artifact is gone (the step is redone)."""
+    from pruning_core.execution.store import ArtifactMissing
+
+    try:
+        masks = {name: mask.bool() for name, mask in store.load_tensors(stored["masks"]).items()}
+        weights = store.load_tensors(stored["weights"]) if stored.get("weights") else None
+    except ArtifactMissing:
+        return None
+    return PruneResult(config, masks, weights, float(stored["sparsity"]), {}, 0.0)
+
+
+class _Plans:
+    """The allocation plan each (strategy, step) prunes with; the sensitivity maps are read once."""
+
+    def __init__(self, spec: ContinualSpec, loaded: LoadedModel, store):
+        self.spec, self.loaded = spec, loaded
+        self.allocator = get_allocator(spec.allocation)
+        self.sensitivity = None
+        if self.allocator.needs == "sensitivity":
+            from pruning_core.allocation.budget import load_sensitivity
+
+            self.sensitivity = load_sensitivity(spec.sensitivity, store, loaded, spec.method)
+            if self.sensitivity is None:
+                raise ConfigError(f"Allocation 'sensitivity' needs a sensitivity map of this model pruned with "
+                                  f"{spec.method}; compute one (`prunescope sensitivity --method {spec.method}`), "
+                                  "give its JSON (--sensitivity FILE), or choose allocation 'owl' or 'uniform'.")
+        self._fixed = {}  # strategy name -> plan kept from step 1
+
+    def config(self, strategy: Strategy) -> PruneConfig:
+        base = self.spec.config()
+        if self.allocator.name == "uniform":
+            return base
+        if strategy.name in self._fixed:
+            return base.with_plan(self.loaded, self._fixed[strategy.name])
+        statistics = strategy.statistics() if self.allocator.needs == "act_sq" else None
+        plan = make_plan(self.allocator.name, AllocationInputs(self.loaded, statistics=statistics,
+                                                               sensitivity=self.sensitivity), self.spec.sparsity)
+        if strategy.plan_from_first_step:
+            self._fixed[strategy.name] = plan
+        return base.with_plan(self.loaded, plan)
+
+
+def _save_step_masks(out_dir: Path, loaded: LoadedModel, result: PruneResult, strategy: Strategy, step: int,
+                     domain: Domain, protocol: Protocol, seen: list[str]) -> str:
+    from pruning_core.outputs.export import manifest_info_for, save_masks
+
+    folder = Path(out_dir) / strategy.name / f"step-{step}"
+    info = manifest_info_for(loaded, result, domain.protocol(protocol))
+    info["continual"] = {"strategy": strategy.name, "step": step, "domain": domain.name, "domains_seen": seen,
+                         "rule": strategy.rule}
+    save_masks(result.masks, folder, info)
+    return str(folder)
+
+
+def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel] = None, store=None,
+                  progress: Optional[ProgressFn] = None, out_dir: Optional[Union[str, Path]] = None) -> dict:
+    """Every strategy of `spec` over the domain sequence; see the module docstring.
+
+    out_dir: save every step's mask with `outputs.export.save_masks` under out_dir/<strategy>/step-<t> (t from 1).
+    Returns {"spec", "model" (`describe()`), "protocol", "domains" [names], "dense_ppl" {domain: ppl},
+    "strategies": {name: {"rule", "continual" (False for joint), "R" (T x T, rows = steps, columns = domains),
+    "bwt", "fwt" (None for T = 1), "average", "overlap" [Jaccard of pruned sets, step t-1 -> t, T-1 values],
+    "steps": [{"step" (1-based), "domain", "sparsity" (measured), "ppl" {domain: ppl}, "seconds" (prune +
+    evaluation), "prune_seconds", "evaluation_seconds", "from_store", "evaluation_reused", "mask_dir"}]}},
+    "bwt_note", "work" {"statistics_seconds", "prune_seconds", "evaluation_seconds", "evaluations",
+    "evaluations_reused", "steps_from_store"}, "seconds", "created"}.
+    """
+    from pruning_core.statistics_cache import cached_statistics
+
+    progress = progress or no_progress
+    clock = time.perf_counter()
+    spec = (spec if isinstance(spec, ContinualSpec) else ContinualSpec.from_dict(spec)).validate()
+    protocol = spec.effective_protocol()
+    sequence = spec.sequence(check=False)  # checked by validate
+    names = sequence.names
+    if loaded is None:
+        loaded = load_model(spec.model, progress=sub_progress(progress, 0.0, 0.03))
+    method = get_method(spec.method)
+    eval_ids = sequence.evaluation_ids(loaded, protocol)
+    dense = evaluate.evaluate_setting(loaded, protocol, names, None, eval_ids=eval_ids, store=store,
+                                      progress=sub_progress(progress, 0.03, 0.08))
+    plans = _Plans(spec, loaded, store)
+    identity = sequence.identity()
+    work = {"statistics_seconds": 0.0, "prune_seconds": 0.0, "evaluation_seconds": dense.seconds,
+            "evaluations": 0, "evaluations_reused": 0, "steps_from_store": 0}
+    domain_statistics: dict[str, Statistics] = {}
+
+    def statistics_of(domain: Domain, report: ProgressFn) -> Statistics:
+        if domain.name not in domain_statistics:
+            start = time.perf_counter()
+            report(0.0, f"calibration statistics of {domain.label}")
+            domain_statistics[domain.name] = cached_statistics(loaded, domain.protocol(protocol), method.needs,
+                                                               store, progress=report)
+            work["statistics_seconds"] += time.perf_counter() - start
+        return domain_statistics[domain.name]
+
+    evaluated: dict[str, dict[str, float]] = {}  # mask digest -> perplexity per domain
+    total_steps = len(spec.strategies) * len(sequence)
+    out: dict[str, dict] = {}
+    for s_index, name in enumerate(spec.strategies):
+        strategy = get_strategy(name, method)
+        previous: Optional[PruneResult] = None
+        rows: list[dict[str, float]] = []
+        steps: list[dict] = []
+        overlaps: list[float] = []
+        for t, domain in enumerate(sequence):
+            done = s_index * len(sequence) + t
+            report = sub_progress(progress, 0.08 + 0.92 * done / total_steps, 0.08 + 0.92 * (done + 1) / total_steps)
+            if strategy.sees_all_domains and t == 0:
+                for other in sequence:
+                    strategy.observe(statistics_of(other, report))
+            elif not strategy.sees_all_domains:
+                strategy.observe(statistics_of(domain, report))
+            seen = names if strategy.sees_all_domains else names[:t + 1]
+            if strategy.static and previous is not None:  # joint: the same mask at every step
+                result, ppl, record = previous, rows[-1], {**steps[-1], "prune_seconds": 0.0,
+                                                           "evaluation_seconds": 0.0, "seconds": 0.0,
+                                                           "evaluation_reused": True}
+            else:
+                config = plans.config(strategy)
+                key = _step_key(loaded, protocol, identity, strategy.name, t, config) if store is not None else None
+                stored = store.get_result(key) if key is not None else None
+                result = _from_store(store, stored, config) if stored is not None else None
+                if result is not None:
+                    ppl = {d: float(v) for d, v in stored["ppl"].items()}
+                    evaluated.setdefault(stored["digest"], ppl)
+                    work["steps_from_store"] += 1
+                    record = {"sparsity": result.sparsity, "prune_seconds": 0.0, "evaluation_seconds": 0.0,
+                              "from_store": True, "evaluation_reused": False}
+                else:
+                    report(0.1, f"{strategy.name}: pruning step {t + 1} ({domain.label})")
+                    result = strategy.prune(loaded, config, previous)
+                    work["prune_seconds"] += result.seconds
+                    digest = _digest(result)
+                    reused = digest in evaluated
+                    if reused:
+                        ppl, eval_seconds = evaluated[digest], 0.0
+                        work["evaluations_reused"] += 1
+                    else:
+                        evaluation = evaluate.evaluate_setting(
+                            loaded, protocol, names, result, dense=False, eval_ids=eval_ids,
+                            progress=sub_progress(report, 0.3, 1.0), label=f"{strategy.name} step {t + 1}")
+                        ppl, eval_seconds = evaluation.pruned_ppl, evaluation.seconds
+                        evaluated[digest] = ppl
+                        work["evaluations"] += 1
+                        work["evaluation_seconds"] += eval_seconds
+                    record = {"sparsity": result.sparsity, "prune_seconds": result.seconds,
+                              "evaluation_seconds": eval_seconds, "from_store": False, "evaluation_reused": reused}
+                    if store is not None:
+                        masks = store.save_tensors(result.masks, "continual_masks")
+                        weights = (store.save_tensors(result.weights, "continual_weights")
+                                   if result.weights is not None else None)
+                        store.put_result(key, STEP_KIND, {"strategy": strategy.name, "step": t, "ppl": ppl,
+                                                          "sparsity": result.sparsity, "masks": masks,
+                                                          "weights": weights, "digest": digest,
+                                                          "config": config.to_dict()})
+                record["seconds"] = record["prune_seconds"] + record["evaluation_seconds"]
+            record = {**record, "step": t + 1, "domain": domain.name, "ppl": dict(ppl), "domains_seen": list(seen),
+                      "mask_dir": None}
+            if out_dir is not None:
+                record["mask_dir"] = _save_step_masks(Path(out_dir), loaded, result, strategy, t + 1, domain,
+                                                      protocol, list(seen))
+            if previous is not None:
+                overlaps.append(mask_overlap(previous.masks, result.masks))
+            rows.append(ppl)
+            steps.append(record)
+            previous = result
+            report(1.0, f"{strategy.name}: step {t + 1} of {len(sequence)} done")
+        R = r_matrix(rows, names)
+        out[strategy.name] = {"rule": strategy.rule, "continual": not strategy.sees_all_domains, "R": R,
+                              "bwt": backward_transfer(R), "fwt": forward_transfer(R),
+                              "average": average_perplexity(R), "overlap": overlaps, "steps": steps}
+    progress(1.0, "continual run done")
+    return {"spec": spec.to_dict(), "model": loaded.describe(), "protocol": protocol.to_dict(), "domains": names,
+            "dense_ppl": dense.dense_ppl, "strategies": out, "bwt_note": BWT_NOTE, "work": work,
+            "seconds": time.perf_counter() - clock, "created": time.time()}
+
+
+def run_continual_job(spec: dict, store, progress: ProgressFn) -> dict:
+    """Job entry (`jobs.JOB_KINDS["continual"]`): `run_continual` with its steps kept in `store`."""
+    return run_continual(spec, store=store, progress=progress)
