@@ -1254,8 +1254,9 @@ def structured_save_command(result: dict, index: int) -> str:
 
 # ---------------------------------------------------------------------------------------------- recovery
 
-#: The Recovery page's rank allocations (sensitivity-allocated ranks need a map's costs: the CLI takes them).
-RECOVERY_RANK_ALLOCATIONS = ("uniform", "gradient")
+#: The Recovery page's rank allocations; "sensitivity" is offered only when the model has a usable stored map
+#: (`recovery_rank_allocations`).
+RECOVERY_RANK_ALLOCATIONS = ("uniform", "gradient", "sensitivity")
 #: Session key the Summary sets to hand its recommended setting to the Recovery page (`send_to_recovery`).
 RECOVERY_PREFILL_KEY = "recovery_prefill"
 #: The setting the Recovery page starts from when the Summary recommends none.
@@ -1268,6 +1269,58 @@ def recovery_rank_descriptions() -> dict[str, str]:
     from pruning_core.recovery.ranks import RANK_DESCRIPTIONS
 
     return {k: RANK_DESCRIPTIONS[k] for k in RECOVERY_RANK_ALLOCATIONS}
+
+
+def recovery_rank_allocations(model: str) -> list[str]:
+    """The rank allocations the Recovery page offers for `model`: uniform and gradient, and sensitivity when a
+    stored sensitivity map of it is usable (`sensitivity_for_allocation`)."""
+    usable = sensitivity_for_allocation(model) is not None
+    return [k for k in RECOVERY_RANK_ALLOCATIONS if k != "sensitivity" or usable]
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """Step-wise sparsities typed as "0.3, 0.4" (or "30%, 40%"); empty text = one-shot (). Raises ConfigError
+    on anything that is not a number; the order and range are checked by `RecoverySpec.validate`."""
+    values = []
+    for part in (p.strip() for p in re.split(r"[,;\s]+", text or "")):
+        if not part:
+            continue
+        try:
+            values.append(float(part[:-1]) / 100 if part.endswith("%") else float(part))
+        except ValueError:
+            raise ConfigError(f"Could not read '{part}' as a sparsity; type the step-wise sparsities as "
+                              "fractions separated by commas, e.g. 0.3,0.4 (or leave the field empty for "
+                              "one-shot pruning).") from None
+    return tuple(values)
+
+
+def recovery_sensitivity_costs(model: str, sparsity: float) -> dict:
+    """{"costs": {module name: cost}, "label"}: each module's cost at `sparsity` from the newest usable
+    sensitivity map of `model` (`recovery.sensitivity_costs.module_costs`). Raises ConfigError when none."""
+    from pruning_core.recovery.sensitivity_costs import module_costs
+
+    found = sensitivity_for_allocation(model)
+    if found is None:
+        raise ConfigError("Sensitivity-allocated ranks read a sensitivity map of this model at two or more "
+                          "sparsities; compute one on the Sensitivity page first, or choose uniform or gradient.")
+    method = (found["result"].get("spec") or {}).get("method")
+    return {"costs": module_costs(get_model(model), found["result"], sparsity, method), "label": found["label"]}
+
+
+def recovery_adapters(model: str) -> list[dict]:
+    """The adapters in the store of the model `model` (`recovery.catalog.list_adapters`), newest first, as the
+    Recovery page's table: when, the setting recovered, training, ranks, perplexity pruned -> recovered per
+    corpus, size and folder."""
+    from pruning_core.recovery.catalog import list_adapters, perplexity_words
+
+    rows = list_adapters(Store(), model_fingerprint=get_model(model).fingerprint)
+    return [{"created (UTC)": time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["created"])),
+             "setting": ("step-wise " + " → ".join(f"{s:.0%}" for s in r["schedule"]) + " → " if r["schedule"]
+                         else "") + r["setting"],
+             "trained on": corpus_label(r["train_corpus"]) if r["train_corpus"] else MISSING,
+             "steps": r["steps"], "ranks": r["rank_allocation"],
+             "perplexity pruned → recovered": perplexity_words(r).replace(" -> ", " → "),
+             "size": format_bytes(r["bytes"]), "folder": r["folder"]} for r in rows]
 
 
 def recovery_source(point: dict) -> dict:
@@ -1309,13 +1362,15 @@ def send_to_recovery(point: dict) -> None:
 def recovery_spec(settings: dict, source: dict, steps: int = 200, rank: int = 8, rank_allocation: str = "uniform",
                   eval_corpora=None, minutes: Optional[float] = 15, train_corpus: Optional[str] = None,
                   batch_size: Optional[int] = None, seqlen: Optional[int] = None, prompt: str = "",
-                  max_new_tokens: int = 40) -> dict:
+                  max_new_tokens: int = 40, schedule: str = "") -> dict:
     """A recovery job spec (`RecoverySpec.to_dict()`, see `pruning_core.recovery.run.run_recovery`), validated.
 
     source: {"method", "structure", "sparsity", "propagation", "allocator"} (the pruned setting to recover);
     steps / batch_size / seqlen: optimizer steps, windows per step, tokens per window (`TrainConfig`; None keeps
     its default); minutes: training time budget (the run stops there; None = all steps); train_corpus: whose
-    calibration split it trains on (default the dashboard's calibration corpus)."""
+    calibration split it trains on (default the dashboard's calibration corpus); schedule: step-wise sparsities
+    before the final one as typed ("0.3,0.4"; empty = one-shot, `parse_schedule`); rank_allocation
+    "sensitivity" reads the costs at the setting's sparsity from the model's stored map."""
     from pruning_core.recovery.run import RecoverySpec
 
     if rank_allocation not in RECOVERY_RANK_ALLOCATIONS:
@@ -1332,13 +1387,16 @@ def recovery_spec(settings: dict, source: dict, steps: int = 200, rank: int = 8,
     if minutes:
         train["max_seconds"] = float(minutes) * 60.0
     allocator = source.get("allocator")
+    costs = (recovery_sensitivity_costs(settings["model"], float(source["sparsity"]))["costs"]
+             if rank_allocation == "sensitivity" else None)
     spec = RecoverySpec(model=settings["model"], protocol=protocol_of(settings), method=source["method"],
                         structure=source.get("structure", "unstructured"), sparsity=float(source["sparsity"]),
                         propagation=source.get("propagation") or "pruned",
                         allocator=None if allocator in (None, "uniform") else allocator,
                         train_corpus=train_corpus or settings["calib"], train=train, rank=int(rank),
-                        rank_allocation=rank_allocation, eval_corpora=corpora, prompt=prompt,
-                        max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]))
+                        rank_allocation=rank_allocation, sensitivity_costs=costs, eval_corpora=corpora,
+                        prompt=prompt, max_new_tokens=int(max_new_tokens), schedule=parse_schedule(schedule),
+                        model_identity=model_identity(settings["model"]))
     return spec.validate().to_dict()
 
 

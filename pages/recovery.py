@@ -27,7 +27,8 @@ SOURCE_KEYS = {"method": "recovery_method", "structure": "recovery_structure", "
 FORM = {"recovery_method": "wanda", "recovery_structure": "unstructured", "recovery_sparsity": 0.5,
         "recovery_propagation": "pruned", "recovery_allocator": "uniform", "recovery_steps": 200,
         "recovery_rank": 8, "recovery_rank_allocation": "uniform", "recovery_minutes": 15,
-        "recovery_batch": 4, "recovery_seqlen": 256, "recovery_prompt": services.DEFAULT_PROMPT}
+        "recovery_batch": 4, "recovery_seqlen": 256, "recovery_prompt": services.DEFAULT_PROMPT,
+        "recovery_schedule": ""}
 
 
 def form_from_spec(spec) -> dict:
@@ -46,6 +47,7 @@ def form_from_spec(spec) -> dict:
         values["recovery_rank"] = int(spec["rank"])
     if spec.get("rank_allocation") in services.RECOVERY_RANK_ALLOCATIONS:
         values["recovery_rank_allocation"] = spec["rank_allocation"]
+    values["recovery_schedule"] = ",".join(f"{float(s):g}" for s in spec.get("schedule") or ())
     if spec.get("eval_corpora"):
         values["recovery_eval"] = list(spec["eval_corpora"])
     if spec.get("train_corpus"):
@@ -91,6 +93,11 @@ with st.container(border=True):
                               "their own ratio).")
     allocator = c4.selectbox("Allocation", services.ALLOCATIONS, key="recovery_allocator",
                              help="; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+    schedule = st.text_input("Step-wise sparsities before the final one", key="recovery_schedule",
+                             placeholder="e.g. 0.3,0.4 (empty: prune once, then recover)",
+                             help="Step-wise prune and recover: prune to each of these sparsities in turn, recovering "
+                                  "between them (the steps are split evenly), then to the final sparsity above. "
+                                  "Unstructured settings only.")
     st.markdown("**Training**")
     t1, t2, t3, t4 = st.columns(4)
     steps = t1.number_input("Steps", min_value=1, max_value=20_000, step=10, key="recovery_steps",
@@ -100,7 +107,10 @@ with st.container(border=True):
                                    "how many steps ran.")
     rank = t3.selectbox("LoRA rank", RANK_CHOICES, key="recovery_rank",
                         help="The budget of trainable parameters: what this rank on every adapted linear trains.")
-    rank_allocation = t4.radio("Ranks", services.RECOVERY_RANK_ALLOCATIONS, key="recovery_rank_allocation",
+    rank_choices = widgets.guarded(services.recovery_rank_allocations, settings["model"]) or ["uniform", "gradient"]
+    if st.session_state.get("recovery_rank_allocation") not in rank_choices:  # e.g. the map it used is gone
+        st.session_state["recovery_rank_allocation"] = "uniform"
+    rank_allocation = t4.radio("Ranks", rank_choices, key="recovery_rank_allocation",
                                horizontal=True, help="; ".join(f"{n}: {t}" for n, t in
                                                                services.recovery_rank_descriptions().items()))
     e1, e2 = st.columns(2)
@@ -121,7 +131,8 @@ with st.container(border=True):
         source = {"method": method, "structure": structure, "sparsity": float(sparsity), "allocator": allocator,
                   "propagation": st.session_state.get("recovery_propagation") or "pruned"}
         spec = services.recovery_spec(settings, source, int(steps), int(rank), rank_allocation, eval_corpora,
-                                      float(minutes), train_corpus, int(batch), int(seqlen), prompt.strip())
+                                      float(minutes), train_corpus, int(batch), int(seqlen), prompt.strip(),
+                                      schedule=schedule)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     if spec is not None:
@@ -136,6 +147,16 @@ with st.container(border=True):
                          "last checkpoint.")
 
 state.remember_form("recovery", [*FORM, "recovery_eval", "recovery_train_corpus"])
+
+adapters = widgets.guarded(services.recovery_adapters, settings["model"])
+with st.expander(f"Adapters in the store ({len(adapters or [])})"):
+    if adapters:
+        st.dataframe(adapters, hide_index=True, key="recovery_adapters_table")
+        st.caption("Every finished recovery of this model keeps its adapter (PEFT format) in the store, newest "
+                   "first; *perplexity* is the pruned model's and the merged recovered model's, per corpus "
+                   "measured.")
+    else:
+        st.caption("No adapters of this model in the store yet: press **Recover** to train one.")
 
 result = widgets.finished_result("recovery", spec, run, settings["model"],
                                  "Choose the setting and the training above and press **Recover**.")

@@ -48,7 +48,7 @@ def test_without_a_result_the_page_shows_the_setting_training_an_estimate_and_ru
     assert not at.button(key="recovery_run").disabled
     estimate = next(c.value for c in at.caption if "Training time, an estimate" in c.value)
     assert "4 steps ×" in estimate and "s per step" in estimate
-    assert not at.get("plotly_chart") and not at.dataframe
+    assert not at.get("plotly_chart") and not any("gap won back" in d.value.columns for d in at.dataframe)
 
     at.multiselect(key="recovery_eval").set_value([]).run()  # bad input: one message, no run
     assert any("at least one corpus" in str(e.value) for e in at.error)
@@ -58,7 +58,7 @@ def test_without_a_result_the_page_shows_the_setting_training_an_estimate_and_ru
 def test_a_finished_recovery_shows_table_charts_merged_sparsity_adapter_and_text():
     result = _recovery()
     at = ok(page("recovery", **TINY_FORM))
-    table = at.dataframe[0].value
+    table = _result_table(at)
     assert list(table["corpus"]) == ["news"]
     assert list(table["dense"]) == [f"{result['dense_ppl']['news']:,.2f}"]
     assert list(table["pruned"]) == [f"{result['pruned_ppl']['news']:,.2f}"]
@@ -92,7 +92,7 @@ def test_recover_runs_the_job_and_a_reload_reattaches():
     at = ok(page("recovery", **TINY_FORM))
     at.button(key="recovery_run").click().run()
     ok(at)
-    assert at.dataframe[0].value["corpus"].tolist() == ["news"]
+    assert _result_table(at)["corpus"].tolist() == ["news"]
     assert any("exactly 50.0 %" in str(s.value) for s in at.success)
     again = ok(page("recovery"))  # a new session: the finished job and the form that made it come back
     assert again.number_input(key="recovery_steps").value == 4 and again.selectbox(key="recovery_seqlen").value == 32
@@ -139,3 +139,64 @@ def test_in_the_app_the_summary_button_opens_recovery_with_its_setting():
     assert "Preselected from the Summary" in text_of(at)
     assert at.selectbox(key="recovery_method").value == "wanda" and at.slider(key="recovery_sparsity").value == 0.5
     assert "recovery_prefill" not in at.session_state  # taken once: later edits are the user's
+
+
+
+def _result_table(at):
+    """The before/after table (the adapters expander holds a table too)."""
+    return next(d.value for d in at.dataframe if "gap won back" in d.value.columns)
+
+
+def _adapters_expander(at):
+    return next(e for e in at.expander if e.label.startswith("Adapters in the store"))
+
+
+def test_step_wise_sparsities_and_sensitivity_ranks_reach_the_job_spec():
+    from pruning_core.execution.store import Store
+    from tests.app.apptest_helpers import fake_map
+
+    at = ok(page("recovery", **TINY_FORM))
+    assert at.radio(key="recovery_rank_allocation").options == ["uniform", "gradient"]  # no map yet
+    at.text_input(key="recovery_schedule").set_value("0.3, abc").run()  # bad input: one message, no run
+    assert any("Could not read 'abc'" in str(e.value) for e in at.error)
+    assert at.button(key="recovery_run").disabled
+    at.text_input(key="recovery_schedule").set_value("0.6").run()  # above the final 0.5: the spec's own check
+    assert any("must rise and end below the final" in str(e.value) for e in at.error)
+
+    # A stored sensitivity map at two sparsities offers sensitivity ranks; layer 1's down projection costs most.
+    insert_job("sensitivity", {"model": "tiny-llama", "method": "wanda", "sparsities": [0.4, 0.6]}, "done",
+               {"maps": [fake_map("exact", 0.4), fake_map("exact", 0.6)], "correlations": []})
+    at = ok(page("recovery", **TINY_FORM, recovery_schedule="0.3", recovery_rank_allocation="sensitivity"))
+    assert at.radio(key="recovery_rank_allocation").options == ["uniform", "gradient", "sensitivity"]
+    at.button(key="recovery_run").click().run()
+    ok(at)
+    job = next(j for j in Store().recent_jobs() if j["kind"] == "recovery")
+    spec = job["spec"]
+    assert spec["schedule"] == [0.3] and spec["sparsity"] == 0.5 and spec["rank_allocation"] == "sensitivity"
+    costs = spec["sensitivity_costs"]
+    assert len(costs) == 14 and max(costs, key=costs.get) == "model.layers.1.mlp.down_proj"
+    # The map's own cost curve at the setting's 50 % (between the cells at 40 and 60 %: 2 x 7 x s).
+    assert costs["model.layers.1.mlp.down_proj"] == pytest.approx(2 * 7 * 0.5, rel=1e-6)
+    result = job["result"]
+    assert [round(s["sparsity"], 2) for s in result["stages"]] == [0.3, 0.5]
+    assert result["ranks"]["allocation"] == "sensitivity"
+    assert _result_table(at)["corpus"].tolist() == ["news"]
+    again = ok(page("recovery"))  # the followed job's form comes back, step-wise sparsities included
+    assert again.text_input(key="recovery_schedule").value == "0.3"
+
+
+def test_adapters_in_the_store_are_listed_newest_first():
+    at = ok(page("recovery", **TINY_FORM))
+    assert _adapters_expander(at).label == "Adapters in the store (0)"
+    assert "No adapters of this model in the store yet" in text_of(at)
+    older = _recovery(sparsity=0.5)
+    newer = _recovery(sparsity=0.4)
+    at = ok(page("recovery", **TINY_FORM))
+    expander = _adapters_expander(at)
+    assert expander.label == "Adapters in the store (2)"
+    table = expander.dataframe[0].value
+    assert list(table["setting"]) == [newer["pruned"]["description"], older["pruned"]["description"]]
+    assert list(table["folder"]) == [newer["adapter"]["folder"], older["adapter"]["folder"]]
+    assert list(table["steps"]) == [4, 4]
+    pruned_to_recovered = f"news {older['pruned_ppl']['news']:,.2f} → {older['recovered_ppl']['news']:,.2f}"
+    assert pruned_to_recovered in table["perplexity pruned → recovered"].iloc[1]

@@ -424,3 +424,24 @@ def test_cli_recover_list_prints_the_adapters_without_out_or_setting(two_recover
     assert "No recovery adapters in the store yet" in capsys.readouterr().out
     assert main(["recover", "--model", "tiny-llama"]) == EXIT_BAD_INPUT  # neither --out nor --list
     assert "--out DIR" in capsys.readouterr().err
+
+
+def test_sensitivity_costs_follow_the_maps_curve_at_the_recovered_sparsity():
+    from pruning_core.recovery.sensitivity_costs import module_costs
+
+    lm = tiny_model("llama", layers=2)
+    kinds = list(lm.adapter.module_kinds)
+
+    def cell_map(sparsity, layers=(0, 1)):
+        return {"layers": list(layers), "modules": kinds, "metric": "exact", "method": "wanda", "sparsity": sparsity,
+                "values": [[(i + 1) * (j + 1) * sparsity ** 2 for j in range(len(kinds))] for i in layers]}
+
+    costs = module_costs(lm, {"maps": [cell_map(0.4), cell_map(0.6)]}, 0.5)
+    assert set(costs) == set(lm.adapter.prunable_modules(lm.model))
+    # Cells grow as s^2: the power law through the two maps gives exactly (i + 1)(j + 1) 0.25 at 50 %.
+    name = lm.adapter.qualified_name(1, kinds[-1])
+    assert costs[name] == pytest.approx(2 * len(kinds) * 0.25) and max(costs, key=costs.get) == name
+    with pytest.raises(ConfigError, match="no values for layers"):
+        module_costs(lm, {"maps": [cell_map(0.4, (0,)), cell_map(0.6, (0,))]}, 0.5)
+    with pytest.raises(ConfigError, match="two or more sparsities"):
+        module_costs(lm, {"maps": [cell_map(0.4)]}, 0.5)
