@@ -16,9 +16,10 @@ Cost: what makes a run expensive is calibration walks and evaluations, and both 
 The result's "work" records the seconds of each kind and how many evaluations were reused.
 
 Each finished (strategy, step) is stored under a content key (model weights, protocol, the whole domain
-sequence's text hashes, strategy, step, setting with its plan, library versions) with its masks (and updated
-weights) as an artifact, so a cancelled run resumes without pruning or evaluating finished steps again, and a
-later step of `sequential` continues from the stored model.
+sequence's text hashes, strategy, step, setting with its plan, library versions) with its masks (bit-packed) as
+an artifact, and for `sequential`, whose next step prunes this one's model, SparseGPT's updated weights too: a
+cancelled run resumes without pruning or evaluating finished steps again, and a later step of `sequential`
+continues from the stored model.
 """
 
 from __future__ import annotations
@@ -154,12 +155,30 @@ def _from_store(store, stored: dict, config: PruneConfig) -> Optional[PruneResul
     """The stored step's result (masks, weights), or None when an artifact is gone (the step is redone)."""
     from pruning_core.execution.store import ArtifactMissing
 
+    from pruning_core.outputs.export import unpack_mask
+
     try:
-        masks = {name: mask.bool() for name, mask in store.load_tensors(stored["masks"]).items()}
+        masks = {name: unpack_mask(packed, tuple(stored["shapes"][name]))
+                 for name, packed in store.load_tensors(stored["masks"]).items()}
         weights = store.load_tensors(stored["weights"]) if stored.get("weights") else None
     except ArtifactMissing:
         return None
     return PruneResult(config, masks, weights, float(stored["sparsity"]), {}, 0.0)
+
+
+def _store_step(store, key: str, strategy: Strategy, step: int, result: PruneResult, ppl: dict, digest: str,
+                config: PruneConfig) -> None:
+    """Keep a finished step: perplexities, bit-packed masks (1/8 byte per weight) and, for a strategy whose next
+    step prunes this result (sequential), SparseGPT's updated weights."""
+    from pruning_core.outputs.export import pack_mask
+
+    masks = store.save_tensors({name: pack_mask(mask) for name, mask in result.masks.items()}, "continual_masks")
+    weights = (store.save_tensors(result.weights, "continual_weights")
+               if result.weights is not None and strategy.uses_previous else None)
+    store.put_result(key, STEP_KIND, {"strategy": strategy.name, "step": step, "ppl": ppl,
+                                      "sparsity": result.sparsity, "masks": masks, "weights": weights,
+                                      "shapes": {name: list(mask.shape) for name, mask in result.masks.items()},
+                                      "digest": digest, "config": config.to_dict()})
 
 
 class _Plans:
@@ -300,13 +319,7 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
                     record = {"sparsity": result.sparsity, "prune_seconds": result.seconds,
                               "evaluation_seconds": eval_seconds, "from_store": False, "evaluation_reused": reused}
                     if store is not None:
-                        masks = store.save_tensors(result.masks, "continual_masks")
-                        weights = (store.save_tensors(result.weights, "continual_weights")
-                                   if result.weights is not None else None)
-                        store.put_result(key, STEP_KIND, {"strategy": strategy.name, "step": t, "ppl": ppl,
-                                                          "sparsity": result.sparsity, "masks": masks,
-                                                          "weights": weights, "digest": digest,
-                                                          "config": config.to_dict()})
+                        _store_step(store, key, strategy, t, result, ppl, digest, config)
                 record["seconds"] = record["prune_seconds"] + record["evaluation_seconds"]
             record = {**record, "step": t + 1, "domain": domain.name, "ppl": dict(ppl), "domains_seen": list(seen),
                       "mask_dir": None}

@@ -48,6 +48,9 @@ class Strategy:
     #: True when a statistics-based allocation plan is made at step 1 and kept (sequential: a plan that moved
     #: sparsity between modules later would have to regrow weights somewhere to keep the global target).
     plan_from_first_step = False
+    #: True when step t prunes the result of step t-1 (sequential): a resumed run needs that result's updated
+    #: weights, so they are stored with its masks (other strategies store masks only).
+    uses_previous = False
 
     def __init__(self, method: Method):
         self.method = method
@@ -95,6 +98,7 @@ class Sequential(Latest):
     name = "sequential"
     description = "the previous step's pruned model pruned again with the newest domain's statistics (masks grow)"
     plan_from_first_step = True
+    uses_previous = True
 
     def prune(self, loaded: LoadedModel, config: PruneConfig, previous: Optional[PruneResult]) -> PruneResult:
         if previous is None:

@@ -240,6 +240,22 @@ def test_run_continual_resumes_from_the_store_and_saves_every_mask(tiny, tmp_pat
     assert [s["from_store"] for s in more["strategies"]["accumulated"]["steps"]] == [False, False]
 
 
+def test_an_interrupted_sequential_sparsegpt_run_continues_from_the_stored_model(tiny, tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    spec = ContinualSpec(model="tiny", protocol=PROTOCOL, domains=("news", "pydocs"), method="sparsegpt",
+                         strategies=("sequential",))
+    first = run_continual(spec, loaded=tiny, store=store)
+    # Lose step 2, as if the run had been cancelled after step 1.
+    rows = [r for r in store.execute("SELECT key, payload FROM results WHERE kind = 'continual_step'")
+            if json.loads(r["payload"])["step"] == 1]
+    assert len(rows) == 1
+    store.execute("DELETE FROM results WHERE key = ?", (rows[0]["key"],))
+    resumed = run_continual(spec, loaded=tiny, store=store)
+    steps = resumed["strategies"]["sequential"]["steps"]
+    assert [s["from_store"] for s in steps] == [True, False]
+    assert resumed["strategies"]["sequential"]["R"] == first["strategies"]["sequential"]["R"]
+
+
 def test_owl_allocation_per_step_and_sequential_keeps_its_first_plan(tiny):
     spec = ContinualSpec(model="tiny", protocol=PROTOCOL, domains=("news", "wiki"), allocation="owl",
                          strategies=("sequential", "copal"))
