@@ -69,10 +69,12 @@ def _print_result(result: dict) -> None:
     for name, figures in result["strategies"].items():
         print(f"\n{name}{'' if figures['continual'] else ' (not continual: reference)'}: R[step][domain], "
               "perplexity")
+        print(f"  rule: {figures['rule']}")
         print("after step   " + "  ".join(f"{d:>{width}}" for d in domains))
         for t, row in enumerate(figures["R"]):
             print(f"{t + 1:<2} {domains[t]:<9} " + "  ".join(f"{v:>{width}.3f}" for v in row))
         overlap = ", ".join(f"{v:.3f}" for v in figures["overlap"]) or "-"
-        print(f"BWT {figures['bwt']:+.3f}  average after last step {figures['average']:.3f}  "
+        fwt = f"{figures['fwt']:+.3f}" if figures["fwt"] is not None else "-"
+        print(f"BWT {figures['bwt']:+.3f}  FWT {fwt}  average after last step {figures['average']:.3f}  "
               f"mask overlap between steps {overlap}")
     print(f"\n{result['bwt_note']}.")

@@ -100,7 +100,11 @@ def test_domain_sequence_is_checked_before_any_work(tmp_path):
     assert ContinualSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).to_dict() == spec.to_dict()
     assert spec.effective_protocol().eval_windows == 2 and spec.effective_protocol().calib == "news"
     assert JOB_KINDS["continual"] == "pruning_core.continual.run:run_continual_job"
-    assert callable(resolve_job_function("continual"))
+    job = resolve_job_function("continual")
+    messages = []
+    result = job(ContinualSpec(model="tiny-llama", protocol=PROTOCOL, domains=("news",), strategies=("latest",),
+                               eval_windows=2).to_dict(), Store(tmp_path / "s.sqlite"), lambda f, m: messages.append(f))
+    assert result["strategies"]["latest"]["R"][0][0] > 1 and messages[-1] == 1.0
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
