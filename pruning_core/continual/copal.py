@@ -33,8 +33,9 @@ mask is chosen inside the OBS loop from the updated weights, which has no entry 
 and says so in its result (`rule_note`).
 
 Numerics: computed as S = max_d I_d * (m_1 / m_d), m_d the row means, i.e. every domain rescaled to domain 1's
-row scale (the same per-row order as the normalised maximum); the first term is multiplied by exactly 1.0, so
-with a single domain S is Wanda's fp32 score bit for bit and the mask ties break as Wanda's do.
+row scale (the same per-row order as the normalised maximum, since every row is multiplied by its positive m_1);
+the first domain's term is used as computed, so with a single domain S is Wanda's fp32 score bit for bit and
+the mask's ties break as Wanda's do.
 """
 
 from __future__ import annotations
