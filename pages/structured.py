@@ -73,7 +73,7 @@ with st.container(border=True):
                                 "overfit).")
     speed = c5.toggle("Measure speed", key="structured_speed",
                       help="Time prefill (512 tokens) and decode (batch 1 and 8) of the dense and the pruned "
-                           "model in fp32 and bf16, interleaved, median of 3; reused until the machine changes.")
+                           "model in fp32 and bf16, interleaved, fastest of 3 (other processes only add time); reused until the machine changes.")
     c6, c7 = st.columns([1, 2])
     allocation = c6.selectbox("Allocation", services.ALLOCATIONS, key="structured_allocation",
                               help="How each ratio is spread over the layers (heads and channels): "

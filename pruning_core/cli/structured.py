@@ -45,7 +45,7 @@ def add_structured(sub) -> None:
     p.add_argument("--sensitivity-method", default="wanda",
                    help="the method of the stored sensitivity maps --allocation sensitivity reads")
     p.add_argument("--speed", action="store_true", help="time dense and pruned on this machine (prefill, decode)")
-    p.add_argument("--speed-repeats", type=int, default=3, help="timed runs per phase (median reported)")
+    p.add_argument("--speed-repeats", type=int, default=3, help="timed runs per phase (the fastest is reported)")
     p.add_argument("--decode-tokens", type=int, default=32, help="new tokens per decode run")
     p.add_argument("--prefill-tokens", type=int, default=512, help="tokens of the prefill pass")
     p.add_argument("--save-model", action="store_true", help="write each pruned model as a Hugging Face folder")

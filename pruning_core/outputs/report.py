@@ -484,7 +484,7 @@ def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
     structured = data.get("structured")
     if structured and _structured_speed_rows(structured):
         parts += ['<h3>Measured speed</h3><p class="muted">Dense and pruned in the same run on '
-                  f'{_e((structured["speed"] or {}).get("machine_text", "this machine"))}; median of the runs.</p>',
+                  f'{_e((structured["speed"] or {}).get("machine_text", "this machine"))}; fastest of the runs (other processes only add time).</p>',
                   _html_table(STRUCTURED_SPEED_HEADERS, _structured_speed_rows(structured), left=2)]
     if structured and structured.get("widths"):
         parts += ["<h2>Widths per layer</h2>",
@@ -588,7 +588,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         out += ["", _md_escape(unstructured_contrast(data["unstructured_note"]))]
     structured = data.get("structured")
     if structured and _structured_speed_rows(structured):
-        out += ["", "### Measured speed (dense and pruned in the same run, median)", "",
+        out += ["", "### Measured speed (dense and pruned in the same run, fastest of the runs)", "",
                 _md_table(STRUCTURED_SPEED_HEADERS, _structured_speed_rows(structured))]
     if structured and structured.get("widths"):
         out += ["", "## Widths per layer", "", _md_table(STRUCTURED_WIDTH_HEADERS, _structured_width_rows(structured))]

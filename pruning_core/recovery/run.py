@@ -290,11 +290,13 @@ def rank_plan(pruned: LoadedModel, spec: RecoverySpec, windows: torch.Tensor, co
     return rank_plans.gradient_plan(grads, spec.rank)
 
 
-def _quick_evaluator(peft_loaded: LoadedModel, curve_ids: dict, dtype: str):
-    from pruning_core.metrics import perplexity
+def _quick_evaluator(peft_loaded: LoadedModel, protocol: Protocol, curve_ids: dict):
+    """() -> {corpus: perplexity} of the model as it is now on the curve's first windows, through THE evaluation
+    (in the protocol's dtype, like the before and after figures the curve is drawn against)."""
 
     def evaluate_now() -> dict:
-        return {c: perplexity(peft_loaded, ids, dtype=dtype).ppl for c, ids in curve_ids.items()}
+        return evaluate.evaluate_setting(peft_loaded, protocol, list(curve_ids), evaluate.IN_PLACE, dense=False,
+                                         eval_ids=curve_ids, label="recovering").pruned_ppl
 
     return evaluate_now
 
@@ -312,7 +314,7 @@ def _train_stage(pruned: LoadedModel, spec: RecoverySpec, config: TrainConfig, w
     lora = masked_lora.lora_config(list(plan.ranks), default, spec.alpha, rank_pattern=pattern,
                                    fan_in_fan_out=pruned.adapter.family == "gpt2")
     peft_model = masked_lora.attach(pruned.model, lora)
-    evaluate_now = _quick_evaluator(pruned, curve_ids, config.dtype)  # pruned.model now carries the LoRA layers
+    evaluate_now = _quick_evaluator(pruned, spec.protocol, curve_ids)  # pruned.model now carries the LoRA layers
     history = train_adapter(peft_model, pruned.model, windows, config, checkpoint_dir=folder, key=key,
                             progress=sub_progress(progress, 0.05, 1.0), evaluate=evaluate_now)
     return peft_model, plan, history

@@ -7,7 +7,10 @@ A speed-up is a ratio of tokens/s measured in the same process, dense and pruned
     (tokens/s = b x decode_tokens / seconds; the prompt's own forward pass is not timed).
 Each phase runs in every dtype asked: "float32" on the model as loaded, "bfloat16" on bf16 *copies* of both
 models (the cached models are never cast). Every repeat measures dense and pruned back to back, alternating
-which goes first, and the figure is the median over repeats; one warm-up pass per model and dtype is not counted.
+which goes first, and the figure is each model's fastest repeat; one warm-up pass per model and dtype is not
+counted. The fastest, not the median: another process on the cores only ever adds time, so the minimum is the
+estimate least moved by it (as `timeit` reports), while a median of 3 shifts whenever two runs are disturbed.
+The load average before and after is recorded with the result, so a reader can see how quiet the machine was.
 
 `measure_speed(..., store=store)` keeps the result in the store under a key of both models' fingerprints, the
 settings and the machine facts (CPU model, its bf16/AMX flags, threads, torch version, accelerator), so the
@@ -20,7 +23,6 @@ import copy
 import inspect
 import os
 import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -41,7 +43,7 @@ RESULT_KIND = "structured_speed"
 class SpeedConfig:
     """What to time. prefill_tokens: tokens of the prefill pass (batch 1); decode_tokens: new tokens per
     decode run; decode_batches: batch sizes of the decode runs; prompt_tokens: prompt length before decoding;
-    dtypes: from SPEED_DTYPES; repeats: timed runs per phase and model (the median is reported); seed: the
+    dtypes: from SPEED_DTYPES; repeats: timed runs per phase and model (the fastest is reported); seed: the
     random token ids' seed."""
 
     prefill_tokens: int = 512
@@ -121,10 +123,22 @@ def describe_machine(machine: dict) -> str:
 def speed_key(dense: LoadedModel, pruned: LoadedModel, config: SpeedConfig, machine: dict) -> dict:
     """Everything that determines a measurement (hash it with `store.content_hash`)."""
     return {"kind": RESULT_KIND, "dense": dense.fingerprint, "pruned": pruned.fingerprint,
-            "settings": config.to_dict(), "machine": machine}
+            "settings": config.to_dict(), "machine": machine, "statistic": STATISTIC}
 
 
 # --------------------------------------------------------------------------------------------- timing
+
+#: How repeats become one figure (part of the stored key: a figure made another way is measured again).
+STATISTIC = "fastest of the repeats"
+
+
+def _load_average() -> Optional[list]:
+    """The 1, 5 and 15 minute load averages (runnable processes), or None where the OS has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -213,7 +227,8 @@ def measure_speed(dense: LoadedModel, pruned: LoadedModel, config: Optional[Spee
     phases = config.phases()
     start = time.perf_counter()
     result: dict = {"machine": machine, "machine_text": describe_machine(machine), "settings": config.to_dict(),
-                    "dense": dense.fingerprint, "pruned": pruned.fingerprint, "phases": {}, "ratios": {}}
+                    "dense": dense.fingerprint, "pruned": pruned.fingerprint, "phases": {}, "ratios": {},
+                    "statistic": STATISTIC, "load_average": {"start": _load_average()}}
     steps, done = len(config.dtypes) * config.repeats * len(phases), 0
     for dtype in config.dtypes:
         # fp32 times the models as loaded; bf16 times bf16 copies (the cached models are never cast).
@@ -237,13 +252,14 @@ def measure_speed(dense: LoadedModel, pruned: LoadedModel, config: Optional[Spee
         table = {}
         for label, kind, batch in phases:
             tokens = config.prefill_tokens if kind == "prefill" else batch * config.decode_tokens
-            rate = {name: tokens / statistics.median(times[label][name]) for name in ("dense", "pruned")}
+            rate = {name: tokens / min(times[label][name]) for name in ("dense", "pruned")}
             table[label] = {"dense_tokens_per_s": rate["dense"], "pruned_tokens_per_s": rate["pruned"],
                             "speedup": rate["pruned"] / rate["dense"], "tokens": tokens,
                             "dense_seconds": times[label]["dense"], "pruned_seconds": times[label]["pruned"]}
         result["phases"][dtype] = table
         result["ratios"][dtype] = {label: row["speedup"] for label, row in table.items()}
     result["seconds"] = time.perf_counter() - start
+    result["load_average"]["end"] = _load_average()
     if store is not None:
         store.put_result(key, RESULT_KIND, result)
     progress(1.0, "speed measured")
