@@ -4,12 +4,14 @@ On the embedded model (30 layers, 9 query heads in 3 key/value groups, 1,536 MLP
 calibration (seed 0), 64 wiki evaluation windows, OBS output-effect scores:
 - the table, per ratio of decoder parameters removed: parameters left (decoder and whole model), file size of
   the saved folder (and its reloaded perplexity), prefill and decode speed-ups measured against the dense model
-  in the same run (fp32 and bf16 copies; prefill 512 tokens, decode 64 tokens at batch 1 and 8, median of 3),
+  in the same run (fp32 and bf16 copies; prefill 512 tokens, decode 64 tokens at batch 1 and 8, fastest of 3),
   perplexity with compensation, without compensation, and the Wanda-sp baseline (activation-aware scores, no
   compensation);
 - compensation from 8, 32 and 128 calibration windows at 20 % (few-shot: 8 windows should keep >= 70 % of what
   128 recover);
-- speed only, at 25 %: MLP channels alone, heads alone and whole layers (what each kind of unit buys);
+- speed (entries "speed" and "speed_only_*", timed apart from the quality runs on the same units, so that
+  `--speed-again` re-measures them alone on a quiet machine): the table's ratios, and at 25 % MLP channels alone,
+  heads alone and whole layers (what each kind of unit buys);
 - the targets of the issue checked on these numbers, and the machine.
 
 Every figure comes from `structured.run.run_structured` (the CLI's and dashboard's path). Resumable: every
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/runs/structured.json")
     parser.add_argument("--quick", action="store_true", help="tiny random model, seconds: checks the script only")
     parser.add_argument("--no-store", action="store_true", help="do not reuse stored dense perplexities / speeds")
+    parser.add_argument("--speed-again", action="store_true",
+                        help="measure the speed entries again (run it when nothing else uses the cores)")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     out = Path(args.out)
@@ -85,6 +89,13 @@ def main() -> None:
     protocol = Protocol(calib="wiki", nsamples=settings["nsamples"], seqlen=settings["seqlen"],
                         eval_windows=settings["eval_windows"], seed=0)
     entries = report["entries"]
+    if args.speed_again:
+        for name in [n for n in entries if n.startswith("speed")]:
+            del entries[name]
+    # Speed entries evaluate on 2 windows only: the same calibration gives the same units (so the same shapes,
+    # hence the same speed) as the table's runs; their perplexities are not used.
+    speed_protocol = Protocol(calib="wiki", nsamples=settings["nsamples"], seqlen=settings["seqlen"], eval_windows=2,
+                              seed=0)
 
     def run(name: str, spec: StructuredSpec, save: bool = False) -> dict:
         if name in entries:
@@ -108,8 +119,10 @@ def main() -> None:
 
     base = dict(model=settings["model"], protocol=protocol, units=("heads", "channels"), ratios=settings["ratios"],
                 eval_corpora=("wiki",), max_new_tokens=0)
-    main_run = run("compensated", StructuredSpec(**base, score="obs", compensate=True, speed=True,
-                                                 speed_settings=settings["speed"]), save=True)
+    main_run = run("compensated", StructuredSpec(**base, score="obs", compensate=True), save=True)
+    # Timed apart from the quality runs, on the same units, so it can be re-measured on a quiet machine alone.
+    speed_run = run("speed", StructuredSpec(**{**base, "protocol": speed_protocol}, score="obs", compensate=True,
+                                            speed=True, speed_settings=settings["speed"]))
     plain = run("uncompensated", StructuredSpec(**base, score="obs", compensate=False))
     wanda_sp = run("wanda_sp", StructuredSpec(**base, score="wanda_sp", compensate=False))
     few = {}
@@ -130,14 +143,17 @@ def main() -> None:
     speed_only = {}
     for units in (("channels",), ("heads",), ("layers",)):
         speed_only[units[0]] = run(f"speed_only_{units[0]}", StructuredSpec(
-            **{**base, "units": units, "ratios": [settings["speed_ratio"]]}, score="magnitude" if units[0] != "layers"
+            **{**base, "protocol": speed_protocol, "units": units, "ratios": [settings["speed_ratio"]]},
+            score="magnitude" if units[0] != "layers"
             else "obs", compensate=False, speed=True, speed_settings=settings["speed"]))
 
     # The table and the targets, from the entries above.
     dense = main_run["dense_ppl"]["wiki"]
     rows = []
-    for point, no_comp, baseline in zip(main_run["points"], plain["points"], wanda_sp["points"]):
-        speed = point["speed"]["ratios"]
+    for point, no_comp, baseline, timed in zip(main_run["points"], plain["points"], wanda_sp["points"],
+                                               speed_run["points"]):
+        assert timed["widths"] == point["widths"], "the speed run removed other units than the table's run"
+        speed = timed["speed"]["ratios"]
         rows.append({"ratio": point["ratio"], "decoder_removed": point["measured_ratio"],
                      "model_removed": point["model_removed_fraction"],
                      "parameters": point["parameters"]["model_after"],
@@ -175,6 +191,9 @@ def main() -> None:
                        "rows": rows, "compensation_windows": {"ratio": settings["few_shot_ratio"],
                                                              "uncompensated": no_comp_few, "ppl": windows},
                        "speed_only": {k: v["points"][0]["speed"]["ratios"] for k, v in speed_only.items()},
+                       "speed_load_average": {"table": speed_run["points"][0]["speed"].get("load_average"),
+                                              **{k: v["points"][0]["speed"].get("load_average")
+                                                 for k, v in speed_only.items()}},
                        "checks": checks}
     _save(out, report)
     print(json.dumps(report["table"], indent=1))
