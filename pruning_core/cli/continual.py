@@ -2,7 +2,8 @@
 
 Writes DIR/continual.json (`continual.run.run_continual`'s result: per strategy the R matrix, BWT, forward
 transfer, average perplexity after the last step, mask overlap between steps, and every step's perplexities)
-and DIR/<strategy>/step-<t>/ (each step's mask in the export format, `outputs.export.save_masks`). Prints the
+and DIR/<strategy>/step-<t>/ (each step's mask in the export format, `outputs.export.save_masks`), and with
+--report the report (`outputs.continual_export.continual_report_data`, the dashboard's wording). Prints the
 R matrix and BWT of every strategy. Finished steps are kept in the results store, so an interrupted run resumes.
 """
 
@@ -34,11 +35,24 @@ def add_continual(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (memory only)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
+    p.add_argument("--adapters", action="store_true", help="instead of pruning strategies: prune once, then "
+                   "one masked LoRA adapter per domain with a selector against one shared adapter (ConPET)")
+    p.add_argument("--replay", type=int, default=0, help="--adapters: stored windows per earlier domain replayed")
+    p.add_argument("--rank", type=int, default=8, help="--adapters: LoRA rank")
+    p.add_argument("--train-steps", type=int, default=100, help="--adapters: training steps per domain")
+    p.add_argument("--router", default="selector", choices=["selector", "prefix"],
+                   help="--adapters: what routes a window to an adapter (hidden-state selector or lowest prefix loss)")
+    p.add_argument("--report", action="store_true",
+                   help="also write the report (report.html, .md, .json) with its Continual pruning section")
     p.add_argument("--out", required=True, help="output folder (continual.json and the masks of every step)")
     p.set_defaults(handler=cmd_continual)
 
 
 def cmd_continual(args) -> int:
+    if args.adapters:
+        from pruning_core.cli.continual_adapters import cmd_continual_adapters
+
+        return cmd_continual_adapters(args)
     from pruning_core.continual.run import ContinualSpec, run_continual
     from pruning_core.protocol import Protocol
 
@@ -59,6 +73,13 @@ def cmd_continual(args) -> int:
     write_json(out / "continual.json", result)
     _print_result(result)
     print(f"wrote {out / 'continual.json'}")
+    if args.report:
+        from pruning_core.outputs.continual_export import continual_report_data
+        from pruning_core.outputs.report import build_report
+
+        files = [{"name": "continual.json", "bytes": (out / "continual.json").stat().st_size}]
+        paths = build_report(continual_report_data(result, files), out)
+        print(f"wrote {paths['html']}")
     return 0
 
 

@@ -204,6 +204,10 @@ def summary_sentences(data: Mapping[str, Any]) -> list[str]:
         from pruning_core.outputs.recovery_figures import recovery_sentences
 
         sentences += recovery_sentences(data["recovery"])
+    if data.get("continual"):  # a continual report: the sequence and which strategy forgets least
+        from pruning_core.outputs.continual_figures import continual_sentences
+
+        sentences += continual_sentences(data["continual"])
     return sentences
 
 
@@ -322,6 +326,16 @@ def report_figures(data: Mapping[str, Any]) -> list[dict]:
                  "section": "recovery"},
                 {"id": f"recovery-ppl-{len(out) + 1}", "title": "Perplexity during recovery",
                  "figure": perplexity_figure(recovery), "section": "recovery"}]
+    continual = data.get("continual")
+    if continual:
+        from pruning_core.outputs import continual_figures as cf
+
+        out += [{"id": f"continual-r-{len(out) + k}", "title": f"R matrix: {name}", "section": "continual",
+                 "figure": cf.r_matrix_figure(continual, name)} for k, name in enumerate(continual["strategies"])]
+        out += [{"id": f"continual-transfer-{len(out)}", "title": "BWT and average perplexity",
+                 "figure": cf.transfer_figure(continual), "section": "continual"},
+                {"id": f"continual-overlap-{len(out) + 1}", "title": "Mask overlap",
+                 "figure": cf.overlap_figure(continual), "section": "continual"}]
     summary = allocation_summary(data)
     if summary and not summary["uniform"]:
         out.append({"id": f"plan-{len(out)}", "title": "Sparsity plan", "figure": plan_figure(summary),
@@ -418,6 +432,27 @@ def _recovery_samples(recovery: Mapping[str, Any]) -> list[list[str]]:
     return [[g.get("prompt", ""), g.get("dense", ""), g.get("pruned", "")] for g in recovery.get("samples") or []]
 
 
+def _continual_parts(continual: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The Continual pruning section as (kind, content) parts, shared by the HTML and the Markdown report:
+    ("p", text), ("table", (headers, rows)), ("h3", title)."""
+    from pruning_core.outputs import continual_figures as cf
+
+    parts: list[tuple[str, Any]] = [
+        ("p", "Domains arrive in order; after step t a strategy may use only the domains seen so far (joint sees "
+              "them all at once: the non-continual reference). R[t][i] = perplexity on domain i's evaluation split "
+              "after step t (lower is better). " + str(continual.get("bwt_note") or "BWT: positive = forgetting")
+              + "."),
+        ("table", (cf.SUMMARY_HEADERS, cf.summary_table(dict(continual))))]
+    for name, figures in continual["strategies"].items():
+        overlap = ", ".join(f"{v:.3f}" for v in figures.get("overlap") or []) or "–"
+        parts += [("h3", f"R matrix: {cf.strategy_label(dict(continual), name)}"),
+                  ("p", f"Rule: {figures.get('rule', '')}. BWT {cf.signed(figures.get('bwt'), 3)}, average perplexity "
+                        f"after the last step {_num(figures.get('average'))}; mask overlap between consecutive "
+                        f"steps {overlap}."),
+                  ("table", cf.r_table(dict(continual), name))]
+    return parts
+
+
 def _setting_rows(data) -> list[list[str]]:
     s = data.get("setting", {})
     rows = [["model", s.get("model")], ["model source", s.get("source", "")], ["fingerprint", s.get("fingerprint", "")],
@@ -472,6 +507,13 @@ def render_html(data: Mapping[str, Any], plotly_js: str | None = None) -> str:
         if recovery.get("samples"):
             parts += ["<h3>Sample generations, dense and recovered (greedy)</h3>",
                       _html_table(["prompt", "dense", "recovered"], _recovery_samples(recovery), left=3, cls="gen")]
+    continual = data.get("continual")
+    if continual:
+        parts.append('<h2 id="continual">Continual pruning</h2>')
+        for kind, content in _continual_parts(continual):
+            parts.append(_html_table(*content) if kind == "table" else f"<{kind}>{_e(content)}</{kind}>")
+        parts += [f'<div class="chart" id="{_e(fig["id"])}"></div>' for fig in figs
+                  if fig.get("section") == "continual"]
     sizes = _sizes(data)
     if sizes:
         parts += ["<h2>Size and speed</h2>",
@@ -578,6 +620,12 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         if recovery.get("samples"):
             out += ["", "### Sample generations, dense and recovered (greedy)", "",
                     _md_table(["prompt", "dense", "recovered"], _recovery_samples(recovery))]
+    continual = data.get("continual")
+    if continual:
+        out += ["", "## Continual pruning"]
+        for kind, content in _continual_parts(continual):
+            out += ["", _md_table(*content) if kind == "table" else
+                    f"### {_md_escape(content)}" if kind == "h3" else _md_escape(content)]
     sizes = _sizes(data)
     if sizes:
         out += ["", f"## Size and speed (as {sizes['value_bits']}-bit weights, whole model)", "",
@@ -686,6 +734,9 @@ def build_report(data: Mapping[str, Any], out_dir, formats: Sequence[str] = ("ht
       structured: a structurally pruned model's facts (`structured_sentences`): parameters, measured speed, widths
       recovery: `recovery.run.run_recovery`'s result (the Recovery section: before/after, training, adapter, merged
                sparsity, ranks, charts and the dense vs recovered texts; `outputs.recovery_export`)
+      continual: `continual.run.run_continual`'s result (the Continual pruning section: R matrices as tables, BWT
+               with its sign convention, FWT, average perplexity and rule per strategy, their charts;
+               `outputs.continual_export`)
     pdf=True also prints report.pdf through headless Chromium (needs "html").
     """
     unknown = set(formats) - {"html", "md", "json"}
