@@ -41,6 +41,7 @@ PAGES: list[PageSpec] = [
     PageSpec("pages/what_if.py", "What-if", ":material/science:", "what-if"),
     PageSpec("pages/structured.py", "Structured", ":material/content_cut:", "structured"),
     PageSpec("pages/recovery.py", "Recovery", ":material/healing:", "recovery"),
+    PageSpec("pages/continual.py", "Continual", ":material/timeline:", "continual"),
     PageSpec("pages/summary.py", "Summary", ":material/dashboard:", "summary"),
     PageSpec("pages/export.py", "Export", ":material/download:", "export"),
 ]

@@ -32,6 +32,7 @@ from pruning_core.allocation import allocators as _allocators
 from pruning_core.analysis.sensitivity import METRICS as _SENSITIVITY_METRICS
 from pruning_core.analysis.sensitivity import REFINE as SENSITIVITY_AUTO
 from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT
+from pruning_core.continual.strategies import STRATEGIES as _CONTINUAL_STRATEGIES
 from pruning_core.errors import ConfigError, CorpusError, PruneScopeError
 from pruning_core.execution.jobs import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.methods import METHODS as _METHOD_REGISTRY
@@ -1499,3 +1500,112 @@ def recovery_adapter_zip(result: dict) -> Optional[bytes]:
             if path.is_file():
                 archive.write(path, f"adapter/{path.name}")
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- continual
+
+#: The strategies of continual pruning, in the registry's order (the page offers them all by default).
+CONTINUAL_STRATEGIES = tuple(_CONTINUAL_STRATEGIES)
+
+
+def continual_strategy_descriptions() -> dict[str, dict]:
+    """{name: {"description", "continual"}} of the registered strategies (`continual.strategies`)."""
+    from pruning_core.continual.strategies import strategy_descriptions
+
+    return strategy_descriptions()
+
+
+def continual_bwt_note() -> str:
+    """The BWT sign convention every continual figure states (`continual.run.BWT_NOTE`)."""
+    from pruning_core.continual.run import BWT_NOTE
+
+    return BWT_NOTE
+
+
+def continual_corpora(settings: dict) -> list[str]:
+    """The corpora a domain sequence can use: the embedded ones, the files uploaded on the Setup page (newest
+    first) and the shared settings' own file corpora."""
+    chosen = [c for c in [settings.get("calib"), *(settings.get("eval_corpora") or [])] if c and is_file(c)]
+    return list(dict.fromkeys([*EMBEDDED_CORPORA, *uploaded_corpora(), *chosen]))
+
+
+def continual_spec(settings: dict, domains, method: str, sparsity: float, strategies, structure: str = "unstructured",
+                   allocation: str = "uniform") -> dict:
+    """A continual job spec (`ContinualSpec.to_dict()`, see `pruning_core.continual.run.run_continual`),
+    validated (every domain read) before anything runs. domains: corpora in arrival order; the protocol
+    (windows, seqlen, seed, evaluation windows) is the dashboard's."""
+    from pruning_core.continual.run import ContinualSpec
+
+    domains, strategies = tuple(domains or ()), tuple(strategies or ())
+    if not domains:
+        raise ConfigError("Choose the domains in the order they arrive, e.g. wiki, then news, then pydocs.")
+    if not strategies:
+        raise ConfigError("Choose at least one strategy; 'joint' alone is only the reference line.")
+    spec = ContinualSpec(model=settings["model"], protocol=protocol_of(settings), domains=domains, method=method,
+                         sparsity=float(sparsity), structure=structure, allocation=allocation,
+                         strategies=strategies, model_identity=model_identity(settings["model"]))
+    return spec.validate().to_dict()
+
+
+def latest_continual_result(model: str) -> Optional[dict]:
+    """The newest finished continual job's result for the model source `model` (`run_continual`'s dict), or
+    None when this model has none."""
+    found = recent_results("continual", model, limit=1)
+    return found[0]["result"] if found else None
+
+
+def continual_figures(result: dict) -> dict:
+    """{"R": {strategy: heatmap spec}, "transfer": BWT/average bars, "overlap": mask overlap lines}
+    (`outputs.continual_figures`), domains named as the Setup page names them."""
+    from pruning_core.outputs import continual_figures as figures
+
+    labels = corpus_labels(list(result["domains"]))
+    return {"R": {name: figures.r_matrix_figure(result, name, labels) for name in result["strategies"]},
+            "transfer": figures.transfer_figure(result), "overlap": figures.overlap_figure(result)}
+
+
+def continual_rows(result: dict) -> list[dict]:
+    """The strategies table, least forgetting first: BWT, average perplexity after the last step, FWT and the
+    rule of each strategy in words (`outputs.continual_figures.strategy_rows`)."""
+    from pruning_core.outputs.continual_figures import strategy_rows
+
+    def fmt(value: Optional[float], signed: bool = False) -> str:
+        return MISSING if value is None else (f"{value:+,.2f}" if signed else f"{value:,.2f}")
+
+    return [{"strategy": r["strategy"] + ("" if r["continual"] else " (reference, not continual)"),
+             "BWT (positive = forgetting)": fmt(r["bwt"], True), "average perplexity": fmt(r["average"]),
+             "FWT": fmt(r["fwt"], True), "rule": r["rule"]} for r in strategy_rows(result)]
+
+
+def continual_answer(result: dict) -> str:
+    """The page's one-sentence answer, "X forgets least: BWT ... (positive = forgetting) ...", from the result."""
+    from pruning_core.outputs.continual_figures import answer_sentence
+
+    return answer_sentence(result)
+
+
+def continual_report_html(result: dict) -> str:
+    """The report (HTML, self-contained) of a continual result, with its "Continual pruning" section
+    (`outputs.continual_export.continual_report_data`), as the export and `prunescope continual --report` write it."""
+    from pruning_core.outputs.continual_export import continual_report_data
+    from pruning_core.outputs.report import render_html
+
+    data = continual_report_data(result)
+    data.setdefault("generated", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    return render_html(data)
+
+
+def continual_command(result: dict) -> str:
+    """The `prunescope continual` command that re-runs this result and writes its masks and report."""
+    spec = result["spec"]
+    protocol = spec["protocol"]
+    parts = ["prunescope continual", f"--model {spec['model']}", f"--domains {','.join(spec['domains'])}",
+             f"--method {spec['method']}", f"--sparsity {float(spec['sparsity']):g}",
+             f"--strategies {','.join(spec['strategies'])}", f"--nsamples {protocol['nsamples']}",
+             f"--seqlen {protocol['seqlen']}", f"--eval-windows {protocol['eval_windows']}",
+             f"--seed {protocol['seed']}"]
+    if spec.get("structure", "unstructured") != "unstructured":
+        parts.append(f"--structure {spec['structure']}")
+    if spec.get("allocation", "uniform") != "uniform":
+        parts.append(f"--allocation {spec['allocation']}")
+    return " ".join(parts + ["--report", "--out continual-export"])

@@ -1,0 +1,126 @@
+"""Continual: prune as domains arrive one after another, and read which strategy forgets the earlier ones least.
+
+The domain sequence (embedded corpora and uploaded files, in arrival order), the method and sparsity every step
+prunes to, the strategies (joint labelled as the non-continual reference); once the job is done: the answer in
+one sentence, the strategies sorted by forgetting (BWT, average perplexity, FWT, rule), the R matrix of each
+strategy as a heatmap, BWT and average perplexity as bars, the mask overlap between steps, and the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/continual.py`
+    sys.path.insert(0, str(_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import charts, services, state, widgets  # noqa: E402
+
+#: Methods whose masks depend on the calibration data (magnitude's would be the same at every step).
+METHODS = ("wanda", "sparsegpt")
+FORM = {"continual_domains": list(services.EMBEDDED_CORPORA), "continual_method": "wanda",
+        "continual_sparsity": 0.5, "continual_strategies": list(services.CONTINUAL_STRATEGIES)}
+
+
+def form_from_spec(spec) -> dict:
+    """The form values that make a continual job's spec (a page re-attaching to it shows how it was made)."""
+    if not spec:
+        return {}
+    values = {}
+    if spec.get("domains"):
+        values["continual_domains"] = list(spec["domains"])
+    if spec.get("method") in METHODS:
+        values["continual_method"] = spec["method"]
+    if spec.get("sparsity") is not None:
+        values["continual_sparsity"] = float(spec["sparsity"])
+    known = [s for s in spec.get("strategies") or [] if s in services.CONTINUAL_STRATEGIES]
+    if known:
+        values["continual_strategies"] = known
+    return values
+
+
+settings = widgets.page_start(
+    "Continual",
+    "New data arrives in domains, one after another (this month's tickets, next quarter's manuals). Prune at "
+    "every arrival and see what each strategy forgets: the R matrix holds the perplexity on every domain after "
+    "every step, and backward transfer (BWT) sums up how much the earlier domains got worse.",
+)
+state.seed_form("continual", FORM, lambda: form_from_spec(widgets.followed_spec("continual", settings["model"])))
+descriptions = services.continual_strategy_descriptions()
+corpora = services.continual_corpora(settings)
+labels = services.corpus_labels(list(dict.fromkeys([*corpora, *st.session_state.get("continual_domains", [])])))
+corpora = list(labels)  # a remembered domain that is no longer listed stays choosable
+
+
+def strategy_label(name: str) -> str:
+    return name if descriptions.get(name, {}).get("continual", True) else f"{name} (non-continual reference)"
+
+
+with st.container(border=True):
+    domains = st.multiselect("Domains, in arrival order", corpora, key="continual_domains",
+                             format_func=lambda c: labels.get(c, c),
+                             help="Pick them in the order they arrive: the first one picked is D1. Upload your own "
+                                  "files on the Setup page; each domain calibrates on its calibration split and "
+                                  "is measured on its evaluation split.")
+    if domains:
+        st.caption("Sequence: " + " → ".join(f"**D{i + 1}** {labels.get(d, d)}" for i, d in enumerate(domains)))
+    c1, c2 = st.columns(2)
+    method = c1.selectbox("Method", METHODS, key="continual_method",
+                          help="Methods that read calibration data (magnitude would give the same mask at every "
+                               "step).")
+    sparsity = c2.slider("Sparsity of every step", 0.1, 0.9, step=0.05, key="continual_sparsity", format="%.2f")
+    strategies = st.multiselect("Strategies", services.CONTINUAL_STRATEGIES, key="continual_strategies",
+                                format_func=strategy_label,
+                                help="; ".join(f"{n}: {d['description']}" for n, d in descriptions.items()))
+    spec = None
+    try:
+        spec = services.continual_spec(settings, domains, method, sparsity, strategies)
+    except Exception as error:  # noqa: BLE001
+        widgets.show_error(error)
+    run = st.button("Run the sequence", key="continual_run", type="primary", icon=":material/timeline:",
+                    disabled=spec is None,
+                    help="Runs as a job: it survives a reload, can be cancelled, and a second run resumes "
+                         "without redoing finished steps.")
+
+state.remember_form("continual", FORM)
+
+result = widgets.finished_result("continual", spec, run, settings["model"],
+                                 "Choose the domains in arrival order and press **Run the sequence**.")
+
+names = [services.corpus_label(d) for d in result["domains"]]
+st.caption(f"Sequence **{' → '.join(names)}** · {result['spec']['method']} at "
+           f"{float(result['spec']['sparsity']):.0%} per step · {len(result['strategies'])} strategies")
+st.success(services.continual_answer(result), icon=":material/emoji_events:")
+st.info(f"Sign convention: {result.get('bwt_note') or services.continual_bwt_note()}.", icon=":material/info:")
+
+st.subheader("Strategies, least forgetting first")
+st.dataframe(services.continual_rows(result), hide_index=True, key="continual_table")
+st.caption("BWT and FWT are in perplexity points; FWT = how much higher a domain's perplexity is just before its "
+           "own step than right after it. The average is over every domain after the last step (lower is better).")
+
+figures = services.continual_figures(result)
+st.subheader("R matrix: perplexity on every domain after every step")
+tabs = st.tabs([strategy_label(n) for n in figures["R"]])
+for tab, (name, figure) in zip(tabs, figures["R"].items()):
+    charts.show(charts.to_plotly(figure), key=f"continual_r_{name}", container=tab,
+                alt=f"R matrix of {name}: perplexity per domain (columns) after each step (rows)")
+st.caption("Rows: the model after each step; columns: the domain measured. The outlined diagonal is each domain "
+           "right after its own step; cells below it show what later steps did to it (forgetting), cells above "
+           "it a domain before it arrived. Every tab uses one colour scale.")
+
+left, right = st.columns(2)
+charts.show(charts.to_plotly(figures["transfer"]), key="continual_transfer_chart", container=left,
+            alt="BWT and average perplexity after the last step per strategy")
+charts.show(charts.to_plotly(figures["overlap"]), key="continual_overlap_chart", container=right,
+            alt="Mask overlap between consecutive steps per strategy")
+
+left, right = st.columns([1, 2])
+report = widgets.guarded(services.continual_report_html, result)
+if report:
+    left.download_button("Download the report (HTML)", report, file_name="continual-report.html",
+                         mime="text/html", key="continual_report", icon=":material/download:")
+right.caption("To write every step's mask of every strategy with this report, run:")
+right.code(services.continual_command(result), language="bash")

@@ -1,0 +1,96 @@
+"""The Continual page, driven by AppTest on the tiny model: the form with no result (domains in arrival order, all
+five strategies with joint labelled as the reference, bad input as one message); a finished real `run_continual`
+inserted as the dashboard's job shows the answer sentence computed from it, the strategies table sorted by
+forgetting, one R heatmap per strategy, the BWT/average bars and the overlap chart, the BWT convention and the
+report; a click on Run runs the job (inline) and a reload re-attaches with its form."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("streamlit")
+from tests.app.apptest_helpers import insert_job, ok, page, text_of  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
+
+DOMAINS = ["news", "pydocs"]
+STRATEGIES = ["latest", "sequential", "accumulated", "copal", "joint"]
+
+
+def _continual() -> dict:
+    """A finished continual job of the tiny model in the store: a real `run_continual` (Wanda 50 %, news -> pydocs,
+    every strategy, 4 x 32-token calibration windows), stored as the dashboard's job stores it."""
+    from pruning_core.continual.run import ContinualSpec, run_continual
+    from pruning_core.execution.store import Store
+    from pruning_core.protocol import Protocol
+
+    spec = ContinualSpec(model="tiny-llama", protocol=Protocol(nsamples=4, seqlen=32, eval_windows=4),
+                         domains=tuple(DOMAINS), strategies=tuple(STRATEGIES))
+    result = run_continual(spec, store=Store())
+    insert_job("continual", result["spec"], "done", result)
+    return result
+
+
+def _figures(at) -> dict[str, dict]:
+    return {c.proto.id or str(i): json.loads(c.proto.spec) for i, c in enumerate(at.get("plotly_chart"))}
+
+
+def test_without_a_result_the_page_offers_the_sequence_method_and_strategies():
+    at = ok(page("continual", continual_domains=DOMAINS))
+    assert "press **Run the sequence**" in text_of(at)
+    assert at.multiselect(key="continual_strategies").value == STRATEGIES
+    assert "joint (non-continual reference)" in at.multiselect(key="continual_strategies").options
+    assert {"wiki", "news", "pydocs"} <= set(at.multiselect(key="continual_domains").options)
+    assert "**D1** news → **D2** pydocs" in text_of(at)
+    assert not at.button(key="continual_run").disabled and not at.get("plotly_chart")
+
+    at.multiselect(key="continual_domains").set_value([]).run()  # bad input: one message, no run
+    assert any("Choose the domains" in str(e.value) for e in at.error)
+    assert at.button(key="continual_run").disabled
+
+
+def test_a_finished_run_shows_the_answer_table_heatmaps_bars_and_the_bwt_convention():
+    result = _continual()
+    at = ok(page("continual", continual_domains=DOMAINS))
+    figures = result["strategies"]
+    continual = {n: f for n, f in figures.items() if f["continual"]}
+    best = min(continual, key=lambda n: continual[n]["bwt"])
+    answer = str(at.success[0].value)
+    assert "forgets least: BWT" in answer and best in answer.split("forget")[0]
+    assert f"{continual[best]['bwt']:+.2f}" in answer and "(positive = forgetting)" in answer
+    assert any("positive = forgetting" in str(i.value) for i in at.info)  # the convention stated on screen
+
+    table = next(d.value for d in at.dataframe if "BWT (positive = forgetting)" in d.value.columns)
+    names = [s.split(" ")[0] for s in table["strategy"]]
+    assert sorted(names) == sorted(STRATEGIES) and names[-1] == "joint"  # the reference last
+    order = sorted(continual, key=lambda n: continual[n]["bwt"])
+    assert names[:-1] == order  # least forgetting first
+    assert list(table["BWT (positive = forgetting)"])[0] == f"{continual[order[0]]['bwt']:+,.2f}"
+    assert list(table["rule"])[names.index("copal")] == figures["copal"]["rule"]
+
+    charts = list(_figures(at).values())
+    heatmaps = [c for c in charts if c["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == len(STRATEGIES)
+    copal = next(h for h in heatmaps if h["data"][0]["meta"]["strategy"] == "copal")["data"][0]
+    assert [pytest.approx(row) for row in figures["copal"]["R"]] == copal["z"] and copal["x"] == DOMAINS
+    assert copal["y"] == ["after step 1 (news)", "after step 2 (pydocs)"]
+    bars = next(c for c in charts if c["layout"]["title"]["text"].startswith("Forgetting (BWT)"))
+    assert bars["data"][0]["y"] == pytest.approx([figures[n]["bwt"] for n in STRATEGIES])
+    assert "positive = forgetting" in bars["layout"]["yaxis"]["title"]["text"]
+    overlap = next(c for c in charts if c["layout"]["title"]["text"] == "Mask overlap between consecutive steps")
+    assert [t["y"] for t in overlap["data"]] == [pytest.approx(figures[n]["overlap"]) for n in STRATEGIES]
+    assert {d.key for d in at.download_button} == {"continual_report"}
+    assert at.code[0].value.startswith("prunescope continual --model tiny-llama --domains news,pydocs")
+
+
+def test_run_starts_the_job_and_a_reload_reattaches_with_its_form():
+    at = ok(page("continual", continual_domains=DOMAINS, continual_strategies=["latest", "copal"]))
+    at.button(key="continual_run").click().run()
+    ok(at)
+    assert "forgets least" in str(at.success[0].value)
+    again = ok(page("continual"))  # a new session: the finished job and the form that made it come back
+    assert again.multiselect(key="continual_strategies").value == ["latest", "copal"]
+    assert again.multiselect(key="continual_domains").value == DOMAINS
+    assert len([c for c in _figures(again).values() if c["data"][0]["type"] == "heatmap"]) == 2
