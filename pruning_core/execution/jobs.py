@@ -51,6 +51,7 @@ JOB_KINDS: dict[str, str] = {
     "structured": "pruning_core.structured.run:run_structured_job",
     "recovery": "pruning_core.recovery.run:run_recovery_job",
     "continual": "pruning_core.continual.run:run_continual_job",
+    "continual_adapters": "pruning_core.continual.adapters:run_continual_adapters_job",
     "selftest": "pruning_core.execution.jobs:_selftest_job",
 }
 
