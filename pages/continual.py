@@ -111,11 +111,13 @@ st.caption("Rows: the model after each step; columns: the domain measured. The o
            "right after its own step; cells below it show what later steps did to it (forgetting), cells above "
            "it a domain before it arrived. Every tab uses one colour scale.")
 
-left, right = st.columns(2)
-charts.show(charts.to_plotly(figures["transfer"]), key="continual_transfer_chart", container=left,
+st.subheader("Forgetting, quality and how far the masks move")
+charts.show(charts.to_plotly(figures["transfer"]), key="continual_transfer_chart",
             alt="BWT and average perplexity after the last step per strategy")
-charts.show(charts.to_plotly(figures["overlap"]), key="continual_overlap_chart", container=right,
+charts.show(charts.to_plotly(figures["overlap"]), key="continual_overlap_chart",
             alt="Mask overlap between consecutive steps per strategy")
+st.caption("Overlap: the share of pruned weights two consecutive masks have in common (pruned in both / pruned "
+           "in either); 1 = the step changed nothing.")
 
 left, right = st.columns([1, 2])
 report = widgets.guarded(services.continual_report_html, result)

@@ -21,9 +21,9 @@ from typing import Optional
 from pruning_core.outputs.figures import SEQUENTIAL_COLORSCALE, _axis, _base_layout, _finite, _fmt
 
 #: The sign convention said beside every BWT figure (DESIGN "Continual pruning").
-BWT_AXIS_TITLE = "BWT (perplexity points; positive = forgetting)"
-AVERAGE_AXIS_TITLE = "Average perplexity after the last step (lower is better)"
-OVERLAP_AXIS_TITLE = "Mask overlap with the previous step (Jaccard, 1 = same mask)"
+BWT_AXIS_TITLE = "BWT (positive = forgetting)"
+AVERAGE_AXIS_TITLE = "Average perplexity, last step"
+OVERLAP_AXIS_TITLE = "Overlap (Jaccard; 1 = same mask)"
 #: One colour per registered strategy (joint, the non-continual reference, in grey).
 STRATEGY_COLORS = {"latest": "#D62728", "sequential": "#FF7F0E", "accumulated": "#1F77B4", "copal": "#2CA02C",
                    "joint": "#7F7F7F"}
@@ -43,9 +43,12 @@ def domain_labels(result: dict, labels: Optional[dict] = None) -> list[str]:
     return [labels.get(d) or (d if d in EMBEDDED else os.path.basename(d) or d) for d in result["domains"]]
 
 
-def strategy_label(result: dict, name: str) -> str:
-    """A strategy's name, with "(reference, not continual)" for one that saw every domain at once (joint)."""
-    return name if result["strategies"][name].get("continual", True) else f"{name} (reference, not continual)"
+def strategy_label(result: dict, name: str, short: bool = False) -> str:
+    """A strategy's name, with "(reference, not continual)" ("(reference)" when `short`) for one that saw every
+    domain at once (joint)."""
+    if result["strategies"][name].get("continual", True):
+        return name
+    return f"{name} (reference)" if short else f"{name} (reference, not continual)"
 
 
 def _range(result: dict) -> tuple[Optional[float], Optional[float]]:
@@ -79,9 +82,10 @@ def r_matrix_figure(result: dict, strategy: str, labels: Optional[dict] = None) 
              "colorscale": SEQUENTIAL_COLORSCALE, "zmin": zmin, "zmax": zmax, "xgap": 2, "ygap": 2,
              "colorbar": {"title": {"text": "perplexity", "side": "right"}, "thickness": 18},
              "meta": {"strategy": strategy, "diagonal": [z[i][i] for i in range(T)]}}
-    # The diagonal (each domain right after its own step) is BWT's baseline: outlined so the eye finds it.
+    # The diagonal (each domain right after its own step) is BWT's baseline: outlined so the eye finds it, in a
+    # colour Viridis never takes.
     shapes = [{"type": "rect", "xref": "x", "yref": "y", "x0": i - 0.5, "x1": i + 0.5, "y0": i - 0.5,
-               "y1": i + 0.5, "line": {"color": "#FFFFFF", "width": 3}} for i in range(T)]
+               "y1": i + 0.5, "line": {"color": "#E8175D", "width": 4}} for i in range(T)]
     bwt = _finite(figures.get("bwt"))
     title = (f"R matrix of {strategy_label(result, strategy)}: BWT {bwt:+.2f}" if bwt is not None else
              f"R matrix of {strategy_label(result, strategy)}")
@@ -97,7 +101,7 @@ def transfer_figure(result: dict) -> dict:
     """BWT and average perplexity after the last step per strategy: two bar panels side by side; the average
     panel carries the dense model's average as a dashed line."""
     names = list(result["strategies"])
-    labels = [strategy_label(result, n) for n in names]
+    labels = [strategy_label(result, n, short=True) for n in names]
     colors = [strategy_color(n, k) for k, n in enumerate(names)]
     bwt = [_finite(result["strategies"][n].get("bwt")) for n in names]
     average = [_finite(result["strategies"][n].get("average")) for n in names]
@@ -118,13 +122,13 @@ def transfer_figure(result: dict) -> dict:
         data.append({"type": "scatter", "mode": "lines", "name": f"dense model: {_fmt(level)}", "x": [None],
                      "y": [None], "xaxis": "x2", "yaxis": "y2", "line": {"color": "#262730", "dash": "dash"},
                      "meta": {"role": "dense", "value": level}})
-    layout = _base_layout("Forgetting (BWT) and average perplexity after the last step",
-                          xaxis=_axis("Strategy", domain=[0.0, 0.45], type="category"),
+    layout = _base_layout("Forgetting (BWT, perplexity points) and average perplexity after the last step",
+                          xaxis=_axis("", domain=[0.0, 0.45], type="category"),
                           yaxis=_axis(BWT_AXIS_TITLE, zeroline=True, zerolinecolor="#262730"),
-                          xaxis2=_axis("Strategy", domain=[0.55, 1.0], type="category"),
+                          xaxis2=_axis("", domain=[0.55, 1.0], type="category"),
                           yaxis2=_axis(AVERAGE_AXIS_TITLE, anchor="x2", rangemode="tozero"),
-                          shapes=shapes, legend={"orientation": "h", "y": -0.3}, height=460,
-                          margin={"l": 80, "r": 30, "t": 70, "b": 120})
+                          shapes=shapes, legend={"orientation": "h", "y": -0.2, "x": 0.55}, height=460,
+                          margin={"l": 80, "r": 30, "t": 70, "b": 90})
     return {"data": data, "layout": layout}
 
 
@@ -142,8 +146,8 @@ def overlap_figure(result: dict) -> dict:
                      "hovertemplate": f"{name}, %{{x}}: overlap %{{y:.3f}}<extra></extra>", "meta": {"strategy": name}})
     layout = _base_layout("Mask overlap between consecutive steps",
                           xaxis=_axis("Step (the mask after it against the one before)", type="category"),
-                          yaxis=_axis(OVERLAP_AXIS_TITLE, range=[0, 1.05]),
-                          legend={"orientation": "h", "y": -0.25})
+                          yaxis=_axis(OVERLAP_AXIS_TITLE, range=[0, 1.05]), height=420,
+                          legend={"orientation": "v", "x": 1.02, "y": 1.0})
     return {"data": data, "layout": layout}
 
 

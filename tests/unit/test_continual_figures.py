@@ -44,7 +44,7 @@ def test_r_heatmap_has_steps_as_rows_domains_as_columns_text_and_the_diagonal_ou
 def test_transfer_bars_state_the_sign_convention_and_carry_the_measured_values():
     fig = cf.transfer_figure(hand_made())
     bwt, average = fig["data"][0], fig["data"][1]
-    assert bwt["y"] == [3.5, 0.75, 0.0] and bwt["x"][2] == "joint (reference, not continual)"
+    assert bwt["y"] == [3.5, 0.75, 0.0] and bwt["x"][2] == "joint (reference)"
     assert average["y"] == pytest.approx([52 / 3, 15.5, 47 / 3]) and average["yaxis"] == "y2"
     assert "positive = forgetting" in fig["layout"]["yaxis"]["title"]["text"]
     assert fig["data"][2]["meta"]["value"] == pytest.approx(14.0)  # the dense average, dashed

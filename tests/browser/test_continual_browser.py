@@ -1,0 +1,89 @@
+"""The Continual page in headless Chromium: with a finished continual run of the tiny model in the store (a real
+`run_continual`, inserted as the dashboard's job), the page opens on it, states which strategy forgets least and
+the BWT convention, and draws the R matrix as a heatmap with data (read from plotly.js's graph div); opening
+another strategy's tab draws its R matrix too.
+
+It starts its own server on the tiny model with its own PRUNESCOPE_HOME (the shared `app_url` serves the embedded
+model and a store this test cannot write to before the server starts).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from app.launch import REPO_ROOT, streamlit_command, ui_environment
+from tests.browser.conftest import SERVER_START_TIMEOUT_S, _free_port, _stop, _wait_healthy
+
+pytestmark = pytest.mark.browser
+
+_R_HEATMAP = """
+(strategy) => Array.from(document.querySelectorAll('.js-plotly-plot')).some(gd =>
+  (gd.data || []).some(t => t.type === 'heatmap' && t.meta && t.meta.strategy === strategy &&
+    (t.z || []).flat().some(v => v !== null)) &&
+  gd.querySelectorAll('.heatmaplayer image, .heatmaplayer .hm').length > 0 &&
+  gd.getBoundingClientRect().width > 0)
+"""
+
+
+@pytest.fixture(scope="module")
+def continual_app(artifacts, tmp_path_factory):
+    """(url, result): a dashboard on the tiny model whose store holds one finished continual job."""
+    from tests.app.apptest_helpers import insert_job
+
+    home = tmp_path_factory.mktemp("continual-home")
+    before = os.environ.get("PRUNESCOPE_HOME")
+    os.environ["PRUNESCOPE_HOME"] = str(home)
+    try:
+        from pruning_core.continual.run import ContinualSpec, run_continual
+        from pruning_core.execution.store import Store
+        from pruning_core.protocol import Protocol
+
+        spec = ContinualSpec(model="tiny-llama", protocol=Protocol(nsamples=4, seqlen=32, eval_windows=4),
+                             domains=("news", "pydocs"), strategies=("latest", "copal", "joint"))
+        result = run_continual(spec, store=Store())
+        insert_job("continual", result["spec"], "done", result)
+        env = ui_environment("tiny-llama")
+    finally:
+        if before is None:
+            os.environ.pop("PRUNESCOPE_HOME", None)
+        else:
+            os.environ["PRUNESCOPE_HOME"] = before
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = artifacts / "streamlit-continual-server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(streamlit_command(port=port, host="127.0.0.1", model="tiny-llama"),
+                                   cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        _wait_healthy(url, process, log_path, SERVER_START_TIMEOUT_S)
+        yield url, result
+    finally:
+        _stop(process)
+
+
+def test_the_continual_page_opens_its_r_matrix(browser, continual_app, artifacts, wait_for_app):
+    url, result = continual_app
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{url}/continual", wait_until="domcontentloaded")
+        wait_for_app(page, "forgets least", timeout_ms=120_000)
+        body = page.inner_text("body")
+        assert "Traceback" not in body and "positive = forgetting" in body
+        page.wait_for_function(_R_HEATMAP, arg="latest", timeout=60_000)  # the first tab is open
+        page.get_by_role("tab", name="copal").click()
+        page.wait_for_function(_R_HEATMAP, arg="copal", timeout=30_000)
+        drawn = page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(gd =>
+            (gd.data || []).filter(t => t.type === 'heatmap' && t.meta && t.meta.strategy === 'copal')
+              .map(t => t.z))""")
+        assert drawn and [[round(v, 6) for v in row] for row in drawn[0]] == \
+            [[round(v, 6) for v in row] for row in result["strategies"]["copal"]["R"]]
+        page.set_viewport_size({"width": 1440, "height": 2600})  # Streamlit scrolls inside its own container
+        page.wait_for_timeout(1200)  # plotly resizes to the new viewport
+        page.screenshot(path=str(artifacts / "continual.png"), full_page=True)
+    finally:
+        context.close()
