@@ -76,7 +76,7 @@ def test_a_finished_run_shows_the_answer_table_heatmaps_bars_and_the_bwt_convent
     copal = next(h for h in heatmaps if h["data"][0]["meta"]["strategy"] == "copal")["data"][0]
     assert [pytest.approx(row) for row in figures["copal"]["R"]] == copal["z"] and copal["x"] == DOMAINS
     assert copal["y"] == ["after step 1 (news)", "after step 2 (pydocs)"]
-    bars = next(c for c in charts if c["layout"]["title"]["text"].startswith("Forgetting (BWT)"))
+    bars = next(c for c in charts if c["layout"]["title"]["text"].startswith("Forgetting (BWT"))
     assert bars["data"][0]["y"] == pytest.approx([figures[n]["bwt"] for n in STRATEGIES])
     assert "positive = forgetting" in bars["layout"]["yaxis"]["title"]["text"]
     overlap = next(c for c in charts if c["layout"]["title"]["text"] == "Mask overlap between consecutive steps")
