@@ -97,7 +97,8 @@ st.success(services.continual_answer(result), icon=":material/emoji_events:")
 st.info(f"Sign convention: {result.get('bwt_note') or services.continual_bwt_note()}.", icon=":material/info:")
 
 st.subheader("Strategies, least forgetting first")
-st.dataframe(services.continual_rows(result), hide_index=True, key="continual_table")
+st.dataframe(services.continual_rows(result), hide_index=True, key="continual_table",
+             column_config={"rule": st.column_config.TextColumn(width="large")})
 st.caption("BWT and FWT are in perplexity points; FWT = how much higher a domain's perplexity is just before its "
            "own step than right after it. The average is over every domain after the last step (lower is better).")
 

@@ -37,8 +37,16 @@ def _figures(at) -> dict[str, dict]:
     return {c.proto.id or str(i): json.loads(c.proto.spec) for i, c in enumerate(at.get("plotly_chart"))}
 
 
-def test_without_a_result_the_page_offers_the_sequence_method_and_strategies():
+def test_without_a_result_the_page_offers_the_sequence_method_and_strategies(app_env):
+    uploads = app_env / "uploads"
+    uploads.mkdir(exist_ok=True)
+    upload = uploads / "0123456789ab-manuals.txt"  # as the Setup page stores an accepted upload
+    upload.write_text("A manual paragraph about pruning.\n\n" * 200)
     at = ok(page("continual", continual_domains=DOMAINS))
+    assert "manuals.txt" in at.multiselect(key="continual_domains").options  # the uploads the Setup page knows
+    ok(at.multiselect(key="continual_domains").set_value([*DOMAINS, str(upload)]).run())
+    assert "**D3** manuals.txt" in text_of(at)
+    at.multiselect(key="continual_domains").set_value(DOMAINS).run()
     assert "press **Run the sequence**" in text_of(at)
     assert at.multiselect(key="continual_strategies").value == STRATEGIES
     assert "joint (non-continual reference)" in at.multiselect(key="continual_strategies").options
