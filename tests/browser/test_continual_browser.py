@@ -87,3 +87,24 @@ def test_the_continual_page_opens_its_r_matrix(browser, continual_app, artifacts
         page.screenshot(path=str(artifacts / "continual.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_the_continual_report_draws_its_charts_offline(browser, continual_app, tmp_path):
+    from pruning_core.outputs.continual_export import continual_report_data
+    from pruning_core.outputs.report import build_report
+
+    _, result = continual_app
+    paths = build_report(continual_report_data(result), tmp_path)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(paths["html"].as_uri())
+        charts = len(result["strategies"]) + 2  # an R heatmap per strategy, the bars, the overlap
+        page.wait_for_selector(f"body[data-charts='{charts}']", timeout=30_000)
+        page.wait_for_function(f"document.querySelectorAll('.chart .main-svg').length >= {charts}", timeout=30_000)
+        assert page.locator("[id^='continual-r-'] .heatmaplayer image, [id^='continual-r-'] .hm").count() >= 1
+        assert "Continual pruning" in page.inner_text("h2#continual") and not errors, errors
+    finally:
+        context.close()
