@@ -35,7 +35,7 @@ from pruning_core.errors import ConfigError
 from pruning_core.masks import parse_structure
 from pruning_core.methods import get_method
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol
+from pruning_core.protocol import Protocol, spec_fields
 from pruning_core.walk import PROPAGATIONS
 
 #: A sparsity -> perplexity function (the search's only view of quality; tests inject a synthetic one).
@@ -123,13 +123,8 @@ class BudgetSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "BudgetSpec":
-        d = dict(d)
-        d["protocol"] = Protocol(**d.get("protocol", {}))
+        d = spec_fields(cls, d, "budget")
         d["options"] = tuple((d.get("options") or {}).items())
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"Unknown budget settings {sorted(unknown)}; known: "
-                              f"{', '.join(cls.__dataclass_fields__)}.")
         return cls(**d)
 
     def passes(self, ppl: float, dense_ppl: float) -> bool:

@@ -12,7 +12,7 @@ gains, so the What-if page, the Summary and the report word a setting the same w
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Union
 
 import torch
@@ -22,7 +22,7 @@ from pruning_core.allocation.plan import SparsityPlan
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, calibration_ids
+from pruning_core.protocol import Protocol, calibration_ids, spec_fields
 from pruning_core.prune import PruneConfig, prune_model
 
 
@@ -98,11 +98,7 @@ class WhatIfSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WhatIfSpec":
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"Unknown what-if settings {unknown}; known: {', '.join(f.name for f in fields(cls))}.")
-        d["protocol"] = Protocol(**d.get("protocol", {}))
+        d = spec_fields(cls, d, "what-if")
         raw = d.get("layer_sparsity") or {}
         d["layer_sparsity"] = {int(k): float(v) for k, v in raw.items() if v is not None} or None
         d["eval_corpora"] = tuple(d.get("eval_corpora") or ())

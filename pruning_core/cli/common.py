@@ -79,6 +79,15 @@ def protocol_from_args(args):
                     calib_column=args.calib_column).validate()
 
 
+def store_from_args(args):
+    """The user's store (results reused across runs), or None with --no-store."""
+    if getattr(args, "no_store", False):
+        return None
+    from pruning_core.execution.store import Store
+
+    return Store()
+
+
 def load_model_from_args(args, progress=None):
     from pruning_core.models import load_model
 

@@ -9,7 +9,9 @@ R matrix and BWT of every strategy. Finished steps are kept in the results store
 
 from __future__ import annotations
 
-from pruning_core.cli.common import ConsoleProgress, _csv, load_model_from_args, prepare_out_dir, write_json
+from pruning_core.cli.common import (
+    ConsoleProgress, _csv, load_model_from_args, prepare_out_dir, store_from_args, write_json,
+)
 
 
 def add_continual(sub) -> None:
@@ -64,11 +66,7 @@ def cmd_continual(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     out = prepare_out_dir(args.out)
-    store = None
-    if not args.no_store:
-        from pruning_core.execution.store import Store
-
-        store = Store()
+    store = store_from_args(args)
     result = run_continual(spec, loaded=loaded, store=store, progress=progress, out_dir=out)
     write_json(out / "continual.json", result)
     _print_result(result)

@@ -14,7 +14,9 @@ Two protocols meet here: the papers' one for pruning and perplexity (--calib, --
 
 from __future__ import annotations
 
-from pruning_core.cli.common import ConsoleProgress, _csv, _floats, load_model_from_args, prepare_out_dir, write_json
+from pruning_core.cli.common import (
+    ConsoleProgress, _csv, _floats, load_model_from_args, prepare_out_dir, store_from_args, write_json,
+)
 from pruning_core.errors import ConfigError
 
 MERGED_FOLDER = "merged-model"
@@ -129,11 +131,7 @@ def cmd_recover(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     out = prepare_out_dir(args.out)
-    store = None
-    if not args.no_store:
-        from pruning_core.execution.store import Store
-
-        store = Store()
+    store = store_from_args(args)
     result = run_recovery(spec, loaded=loaded, store=store, progress=progress, out_dir=out,
                           merged_dir=out / MERGED_FOLDER if args.merged else None)
     write_json(out / "recovery.json", result)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from pruning_core.cli.common import (
+    store_from_args,
     ConsoleProgress,
     _csv,
     _floats,
@@ -73,11 +74,7 @@ def cmd_structured(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     out = prepare_out_dir(args.out)
-    store = None
-    if not args.no_store:
-        from pruning_core.execution.store import Store
-
-        store = Store()
+    store = store_from_args(args)
     result = run_structured(spec, loaded=loaded, store=store, progress=progress,
                             save_dir=out if args.save_model else None)
     write_json(out / "structured.json", result)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from pruning_core.cli.common import (
+    store_from_args,
     ConsoleProgress,
     _csv,
     _floats,
@@ -53,7 +54,7 @@ def cmd_sweep(args) -> int:
     sensitivity = _read_sensitivity(args.sensitivity) if args.sensitivity else None
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
-    store = None if args.no_store else _open_store()
+    store = store_from_args(args)
     out = prepare_out_dir(args.out)
     results = run_sweep(spec, loaded=loaded, store=store, progress=progress, sensitivity=sensitivity)
     write_json(out / "results.json", results)
@@ -89,9 +90,3 @@ def _print_sweep_table(results: dict) -> None:
     for p in results["points"]:
         print(f"{p['method']:<10} {p['structure']:<12} {p.get('allocation', 'uniform'):<11} "
               f"{p['target_sparsity']:>6.2f} {p['sparsity']:>8.4f} " + " ".join(f"{p['ppl'][c]:>10.3f}" for c in corpora))
-
-
-def _open_store():
-    from pruning_core.execution.store import Store
-
-    return Store()

@@ -25,7 +25,7 @@ continues from the stored model.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -39,7 +39,7 @@ from pruning_core.errors import ConfigError
 from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol
+from pruning_core.protocol import Protocol, spec_fields
 from pruning_core.prune import PruneConfig, PruneResult, Statistics
 
 RUN_KIND = "continual"
@@ -123,12 +123,7 @@ class ContinualSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContinualSpec":
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"Unknown continual settings {unknown}; known: {', '.join(f.name for f in fields(cls))}.")
-        d["protocol"] = Protocol(**d.get("protocol", {}))
-        return cls(**d)
+        return cls(**spec_fields(cls, d, "continual"))
 
 
 def _step_key(loaded: LoadedModel, protocol: Protocol, sequence_identity: list, strategy: str, step: int,

@@ -35,7 +35,7 @@ from pruning_core import claims, evaluate
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, calibration_ids
+from pruning_core.protocol import Protocol, calibration_ids, spec_fields
 from pruning_core.recovery import masked_lora, ranks as rank_plans
 from pruning_core.recovery.train import TrainConfig, batch_loss, train_adapter, training_windows
 
@@ -157,12 +157,7 @@ class RecoverySpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RecoverySpec":
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"Unknown recovery settings {unknown}; known: {', '.join(f.name for f in fields(cls))}.")
-        d["protocol"] = Protocol(**d.get("protocol", {}))
-        return cls(**d)
+        return cls(**spec_fields(cls, d, "recovery"))
 
 
 def run_key(loaded: LoadedModel, spec: RecoverySpec) -> str:

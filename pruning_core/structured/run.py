@@ -32,7 +32,7 @@ from pruning_core.errors import ConfigError
 from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, calibration_ids
+from pruning_core.protocol import Protocol, calibration_ids, spec_fields
 from pruning_core.structured.prune_structured import StructuredConfig, StructuredResult, prune_structured
 from pruning_core.structured.speed import SpeedConfig, machine_facts, measure_speed
 from pruning_core.structured.statistics import collect_unit_statistics
@@ -123,13 +123,7 @@ class StructuredSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "StructuredSpec":
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            known = ", ".join(f.name for f in fields(cls))
-            raise ConfigError(f"Unknown structured settings {unknown}; known: {known}.")
-        d["protocol"] = Protocol(**d.get("protocol", {}))
-        return cls(**d)
+        return cls(**spec_fields(cls, d, "structured"))
 
 
 def _point_key(loaded: LoadedModel, spec: StructuredSpec, ratio: float, plan: Optional[SparsityPlan] = None) -> str:
