@@ -71,7 +71,8 @@ class ContinualAdaptersSpec:
     modes: "per_domain" and/or "shared". train: `TrainConfig` fields of every domain's training.
     rank / alpha / kinds: LoRA rank, alpha (default 2 * rank), module kinds adapted (default all prunable kinds).
     replay: training windows kept per domain and mixed into later domains' per-domain training (0 = no replay).
-    selector: "centroid" or "logistic" (see `selector`); router: what routes R's windows: "selector" or
+    selector: "logistic" or "centroid" (see `selector`: on the embedded model the regression routed 99 % of
+        held-out wiki/news/pydocs windows, the nearest centroid 75-79 %); router: what routes R's windows: "selector" or
         "prefix" (lowest NLL of the first `prefix_tokens` tokens); both accuracies are always reported.
     eval_windows: evaluation windows per domain (None = the protocol's).
     """
@@ -90,7 +91,7 @@ class ContinualAdaptersSpec:
     alpha: Optional[float] = None
     kinds: tuple[str, ...] = ()
     replay: int = 0
-    selector: str = "centroid"
+    selector: str = "logistic"
     router: str = "selector"
     prefix_tokens: int = 64
     eval_windows: Optional[int] = None
@@ -314,6 +315,8 @@ def run_continual_adapters(spec: Union[ContinualAdaptersSpec, dict], loaded: Opt
     domain), "folder"}, "adapters" {name: {"domain", "parameters", "pruned_weights_zero", "folder", "bytes"}},
     "replay_windows" (raw windows kept), "bwt_note", "work", "seconds", "created"}.
     """
+    from peft import set_peft_model_state_dict
+
     from pruning_core.data import load_corpus_text, tokenize_text
     from pruning_core.recovery.run import pruned_copy, rank_plan, run_key
 
@@ -366,8 +369,6 @@ def run_continual_adapters(spec: Union[ContinualAdaptersSpec, dict], loaded: Opt
             found = _stored_state(store, key)
             if found is not None:
                 stored, tensors = found
-                from peft import set_peft_model_state_dict
-
                 set_peft_model_state_dict(peft_model, tensors, adapter_name=name)
                 work["steps_from_store"] += 1
                 step = {**stored["record"], "from_store": True}

@@ -6,7 +6,10 @@
   nearest domain centroid (Euclidean, "centroid") or a softmax regression trained in torch ("logistic", full
   batch, Adam). It is fit on calibration windows of the domains seen so far and scored on their evaluation
   windows, which it never saw. It keeps one centroid per domain, the centring and spread, and the regression
-  weights: no text.
+  weights: no text. Measured on the embedded model pruned by Wanda to 50 % (wiki, news, pydocs; 16, 32 or 64
+  calibration windows of 128 tokens per domain; 32 held-out windows each): the regression routed 99 % of the
+  windows, the nearest centroid 75-79 % (wiki and news, both English prose, are close in the mean state), so the
+  regression is the default.
 - `prefix_routes`: each trained adapter scores the first `prefix_tokens` tokens of the window; the lowest summed
   NLL (nats) wins (ConPET's "lowest loss" alternative; costs one prefix forward pass per adapter).
 
@@ -105,7 +108,7 @@ class DomainSelector:
         return cls(list(meta["domains"]), meta["kind"], **load_file(str(folder / SELECTOR_FILES[0])))
 
 
-def fit_selector(features_by_domain: Mapping[str, torch.Tensor], kind: str = "centroid", steps: int = 300,
+def fit_selector(features_by_domain: Mapping[str, torch.Tensor], kind: str = "logistic", steps: int = 300,
                  lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0) -> DomainSelector:
     """Fit a `DomainSelector` on {domain: (n_d, H) pooled states}, domains in the mapping's order.
 
