@@ -61,4 +61,6 @@ def print_adapters_result(result: dict) -> None:
     if selector.get("prefix_accuracy") is not None:
         print(f"\nselector ({selector['kind']}) accuracy on held-out windows {selector['accuracy']:.1%}; "
               f"lowest-prefix-loss router {selector['prefix_accuracy']:.1%}")
+    if result.get("forgetting_ratio") is not None:
+        print(f"per-domain adapters keep {result['forgetting_ratio']:.1%} of the shared adapter's forgetting (BWT)")
     print(f"\n{result['bwt_note']}.")

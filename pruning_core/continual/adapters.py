@@ -313,7 +313,9 @@ def run_continual_adapters(spec: Union[ContinualAdaptersSpec, dict], loaded: Opt
     per_domain also "ppl_oracle", "selector_accuracy", "prefix_accuracy", "routes" {domain: windows per
     adapter}}, "selector" {"kind", "router", "accuracy", "prefix_accuracy" (last step, held-out windows of every
     domain), "folder"}, "adapters" {name: {"domain", "parameters", "pruned_weights_zero", "folder", "bytes"}},
-    "replay_windows" (raw windows kept), "bwt_note", "work", "seconds", "created"}.
+    "replay_windows" (raw windows kept), "forgetting_ratio" (per-domain BWT / shared BWT, or None), "bwt_note",
+    "work" {"train_seconds", "evaluation_seconds", "evaluations", "steps_from_store", "prune_seconds"}, "seconds",
+    "created"}.
     """
     from peft import set_peft_model_state_dict
 
@@ -436,7 +438,16 @@ def run_continual_adapters(spec: Union[ContinualAdaptersSpec, dict], loaded: Opt
                          "accuracy": last.get("selector_accuracy", selector.accuracy(held_features)),
                          "prefix_accuracy": last.get("prefix_accuracy"), "folder": selector_folder},
             "adapters": adapters, "replay_windows": sum(int(p.shape[0]) for p in replay_pool),
+            "forgetting_ratio": _forgetting_ratio(modes_out),
             "bwt_note": BWT_NOTE, "work": work, "seconds": time.perf_counter() - clock, "created": time.time()}
+
+
+def _forgetting_ratio(modes_out: dict) -> Optional[float]:
+    """Per-domain BWT (routed) / shared BWT: the share of the shared adapter's forgetting that per-domain adapters
+    keep (the issue's target is at most 0.1); None without both modes or when the shared adapter did not forget."""
+    if "per_domain" not in modes_out or "shared" not in modes_out or not modes_out["shared"]["bwt"] > 0:
+        return None
+    return modes_out["per_domain"]["bwt"] / modes_out["shared"]["bwt"]
 
 
 def _folder_names(sequence: DomainSequence) -> list[str]:

@@ -123,6 +123,8 @@ def test_r_matrices_are_t_by_t_and_the_selector_routes_every_held_out_window(run
     R = per_domain["R_oracle"]
     assert R[1][0] == R[0][0] and R[2][0] == R[0][0] and R[2][1] == R[1][1]
     assert result["replay_windows"] == 2 * T
+    shared = result["modes"]["shared"]["bwt"]
+    assert result["forgetting_ratio"] == (per_domain["bwt"] / shared if shared > 0 else None)
 
 
 def test_earlier_adapters_are_bit_identical_after_later_steps(run, domain_files):
