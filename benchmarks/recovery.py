@@ -13,7 +13,9 @@ The two comparisons run by steps, not by the clock, so they may share the cores 
 
 Every figure comes from `recovery.run.run_recovery` (the CLI's and dashboard's path). Resumable: each finished
 entry is written to the JSON at once and skipped next time. Usage:
-`python benchmarks/recovery.py [--minutes 15] [--only uniform,gradient,stepwise] [--out docs/runs/recovery.json]`;
+`python benchmarks/recovery.py [--minutes 15] [--only uniform,gradient,stepwise] [--out docs/runs/recovery.json]`
+(`--compare-steps N --compare-eval-windows K --only compare_uniform,compare_gradient,compare_stepwise` runs the
+two comparisons shorter, at N steps each, uniform and gradient on one mask folder);
 `--quick` runs a tiny random model in seconds (its numbers mean nothing).
 """
 
@@ -83,6 +85,20 @@ def _entry(result: dict) -> dict:
             "loss": history["loss"][::10], "evals": history["evals"]}
 
 
+def _mask_folder(loaded, spec: RecoverySpec, protocol: Protocol, store) -> str:
+    """The spec's pruned setting saved once as a mask folder (under the store's folder), for entries that
+    recover the same mask."""
+    from pruning_core.outputs.export import manifest_info_for, save_masks
+    from pruning_core.protocol import calibration_ids
+    from pruning_core.recovery.run import pruned_copy
+
+    folder = store.path.parent / "benchmark-masks" / f"{spec.method}-{spec.sparsity:g}-{loaded.fingerprint}"
+    if not (folder / "manifest.json").exists():
+        _, record = pruned_copy(loaded, spec, protocol, calibration_ids(loaded, protocol), store)
+        save_masks(record["result"].masks, folder, manifest_info_for(loaded, record["result"], protocol))
+    return str(folder)
+
+
 def _histogram(ranks: dict) -> dict:
     counts: dict = {}
     for r in ranks.values():
@@ -96,6 +112,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="training-time budget of every entry")
     parser.add_argument("--only", default=",".join(ENTRIES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compare-steps", type=int, default=None,
+                        help="run the rank and schedule comparisons as compare_uniform / compare_gradient / "
+                             "compare_stepwise at this many steps each (no clock), instead of uniform's steps")
+    parser.add_argument("--compare-eval-windows", type=int, default=None,
+                        help="evaluation windows per corpus of the compare_* entries (default: the table's)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, seconds: checks the script only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,6 +138,19 @@ def main() -> None:
              "gradient": RecoverySpec(**base, rank_allocation="gradient"),
              "stepwise": RecoverySpec(**base, schedule=tuple(settings["schedule"]))}
     entries = report["entries"]
+    if args.compare_steps:
+        # Shorter comparisons at an equal number of steps: uniform and gradient ranks recover the same mask
+        # (pruned once here and passed as a mask folder: Wanda's mask is the whole pruned model), step-wise
+        # prunes at each step itself.
+        report["compare"] = {"steps": args.compare_steps, "eval_windows": args.compare_eval_windows}
+        compare_protocol = Protocol(calib="wiki", nsamples=settings["nsamples"], seqlen=settings["seqlen"],
+                                    eval_windows=args.compare_eval_windows or settings["eval_windows"], seed=0)
+        train = {**base["train"], "steps": args.compare_steps, "max_seconds": None}
+        mask_dir = _mask_folder(loaded, RecoverySpec(**base), protocol, store)
+        short = {**base, "protocol": compare_protocol, "train": train}
+        specs["compare_uniform"] = RecoverySpec(**short, mask_dir=mask_dir)
+        specs["compare_gradient"] = RecoverySpec(**short, mask_dir=mask_dir, rank_allocation="gradient")
+        specs["compare_stepwise"] = RecoverySpec(**short, schedule=tuple(settings["schedule"]))
     for name in [n for n in args.only.split(",") if n]:
         if name in entries:
             print(f"{name}: from {out}")
@@ -145,16 +179,19 @@ def main() -> None:
             e["sparsity"]["pruned_weights_zero"]
         checks["adapter_fraction (< 0.03)"] = e["adapter"]["fraction_of_model"]
         checks["train_minutes"] = e["train_seconds"] / 60
-    if "uniform" in entries and "gradient" in entries:
-        u, g = entries["uniform"]["recovered_ppl"], entries["gradient"]["recovered_ppl"]
+    prefix = "compare_" if "compare_uniform" in entries else ""
+    if prefix + "uniform" in entries and prefix + "gradient" in entries:
+        u, g = entries[prefix + "uniform"]["recovered_ppl"], entries[prefix + "gradient"]["recovered_ppl"]
         checks["gradient_vs_uniform_ppl"] = {c: [g[c], u[c]] for c in u}
         checks["gradient_at_least_as_good"] = all(g[c] <= u[c] for c in u)
-        checks["same_parameter_budget"] = entries["gradient"]["ranks"]["parameters"] <= \
-            entries["uniform"]["ranks"]["budget"]
-    if "uniform" in entries and "stepwise" in entries:
-        checks["stepwise_vs_one_shot_ppl"] = {c: [entries["stepwise"]["recovered_ppl"][c],
-                                                  entries["uniform"]["recovered_ppl"][c]]
-                                              for c in entries["uniform"]["recovered_ppl"]}
+        checks["same_parameter_budget"] = entries[prefix + "gradient"]["ranks"]["parameters"] <= \
+            entries[prefix + "uniform"]["ranks"]["budget"]
+    if prefix + "uniform" in entries and prefix + "stepwise" in entries:
+        checks["stepwise_vs_one_shot_ppl"] = {c: [entries[prefix + "stepwise"]["recovered_ppl"][c],
+                                                  entries[prefix + "uniform"]["recovered_ppl"][c]]
+                                              for c in entries[prefix + "uniform"]["recovered_ppl"]}
+    checks["comparisons_from"] = (f"compare_* entries ({report['compare']['steps']} steps each)" if prefix
+                                  else "the full entries")
     report["checks"] = checks
     _save(out, report)
     print(json.dumps(checks, indent=1))

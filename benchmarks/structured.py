@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/runs/structured.json")
     parser.add_argument("--quick", action="store_true", help="tiny random model, seconds: checks the script only")
     parser.add_argument("--no-store", action="store_true", help="do not reuse stored dense perplexities / speeds")
+    parser.add_argument("--no-unit-speeds", action="store_true",
+                        help="skip timing MLP channels, heads and layers alone at 25 %% (the speed_only entries)")
     parser.add_argument("--speed-again", action="store_true",
                         help="measure the speed entries again (run it when nothing else uses the cores)")
     args = parser.parse_args()
@@ -141,7 +143,7 @@ def main() -> None:
         "uncompensated_few_shot_ratio",
         StructuredSpec(**{**base, "ratios": [settings["few_shot_ratio"]]}, score="obs", compensate=False))
     speed_only = {}
-    for units in (("channels",), ("heads",), ("layers",)):
+    for units in () if args.no_unit_speeds else (("channels",), ("heads",), ("layers",)):
         speed_only[units[0]] = run(f"speed_only_{units[0]}", StructuredSpec(
             **{**base, "protocol": speed_protocol, "units": units, "ratios": [settings["speed_ratio"]]},
             score="magnitude" if units[0] != "layers"
