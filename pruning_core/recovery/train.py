@@ -39,9 +39,9 @@ class TrainConfig:
     warmup: steps of linear warm-up; weight_decay: AdamW decay on A and B; dtype: compute dtype of the matmuls
     ("bfloat16" autocast or "float32"); seed: window sampling and adapter initialisation; eval_every: steps
     between two quick evaluations for the curve (0 = only before and after); checkpoint_every: steps between
-    checkpoints; max_seconds: a training-time budget (None = run all steps): after the first steps the loop
+    checkpoints; max_seconds: a training-time budget (None = run all steps): from the third step on the loop
     measures its seconds per step and plans min(steps, what fits) steps, so the learning-rate schedule still
-    decays to its end inside the budget; it also stops at the budget if steps turn out slower.
+    decays to its end inside the budget; it stops before a step that would end past the budget.
     """
 
     steps: int = 200
@@ -208,9 +208,11 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
             history.steps_done = step + 1
             done = step + 1 - start_step
             per_step = (history.seconds - trained_before) / max(1, done)
-            if config.max_seconds is not None and done == PLAN_AFTER and step + 1 < history.planned_steps:
-                fits = int(float(config.max_seconds) / per_step)  # measured, not guessed: plan what fits
-                history.planned_steps = max(step + 1, min(history.planned_steps, fits))
+            if config.max_seconds is not None and done >= PLAN_AFTER:
+                # Measured, not guessed: plan the steps that fit, re-planned every step as the pace changes
+                # (another process on the cores), so the schedule still decays to its end inside the budget.
+                fits = int(float(config.max_seconds) / per_step)
+                history.planned_steps = max(step + 1, min(int(config.steps), fits))
             left = per_step * (history.planned_steps - step - 1)
             if evaluate is not None and config.eval_every and (step + 1) % config.eval_every == 0 \
                     and step + 1 < history.planned_steps:
@@ -219,7 +221,8 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
                 peft_model.train()
             if (step + 1) % config.checkpoint_every == 0 and folder is not None:
                 _save_checkpoint(folder, peft_model, optimizer, scheduler, step + 1, history, key)
-            over_time = config.max_seconds is not None and history.seconds >= float(config.max_seconds)
+            # Stop before a step that would end past the budget (the budget is a promise, not a hint).
+            over_time = config.max_seconds is not None and history.seconds + per_step > float(config.max_seconds)
             progress((step + 1) / history.planned_steps,
                      f"recovery step {step + 1}/{history.planned_steps}, loss {float(loss.detach()):.3f}, "
                      f"about {_duration(left)} left")
