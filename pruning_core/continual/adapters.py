@@ -48,7 +48,7 @@ from pruning_core.continual.selector import (SELECTOR_KINDS, fit_selector, poole
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol
+from pruning_core.protocol import Protocol, spec_fields
 from pruning_core.recovery import masked_lora
 from pruning_core.recovery.train import TrainConfig, train_adapter, training_windows
 
@@ -159,13 +159,7 @@ class ContinualAdaptersSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContinualAdaptersSpec":
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"Unknown continual adapter settings {unknown}; known: "
-                              f"{', '.join(f.name for f in fields(cls))}.")
-        d["protocol"] = Protocol(**d.get("protocol", {}))
-        return cls(**d)
+        return cls(**spec_fields(cls, d, "continual adapter"))
 
 
 # ------------------------------------------------------------------------------------------------ adapters
