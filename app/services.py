@@ -1595,6 +1595,34 @@ def continual_report_html(result: dict) -> str:
     return render_html(data)
 
 
+def latest_continual_adapters_result(model: str) -> Optional[dict]:
+    """The newest finished per-domain adapters job's result for the model source `model`
+    (`continual.adapters.run_continual_adapters`'s dict), or None."""
+    found = recent_results("continual_adapters", model, limit=1)
+    return found[0]["result"] if found else None
+
+
+def continual_adapter_rows(result: dict) -> list[dict]:
+    """One row per adapter mode of a per-domain adapters result: BWT (positive = forgetting), average perplexity
+    after the last step and, for per-domain adapters, the router's measured accuracy on held-out windows."""
+    selector = result.get("selector") or {}
+
+    def fmt(value: Optional[float], signed: bool = False) -> str:
+        return MISSING if value is None else (f"{value:+,.2f}" if signed else f"{value:,.2f}")
+
+    def share(value: Optional[float]) -> str:
+        return MISSING if value is None else f"{value:.0%}"
+
+    rows = []
+    for mode, figures in (result.get("modes") or {}).items():
+        per_domain = mode == "per_domain"
+        rows.append({"adapters": "one per domain, routed" if per_domain else "one shared adapter",
+                     "BWT": fmt(figures.get("bwt"), signed=True), "average": fmt(figures.get("average")),
+                     "router accuracy": share(selector.get("accuracy")) if per_domain else MISSING,
+                     "prefix-loss accuracy": share(selector.get("prefix_accuracy")) if per_domain else MISSING})
+    return rows
+
+
 def continual_command(result: dict) -> str:
     """The `prunescope continual` command that re-runs this result and writes its masks and report."""
     spec = result["spec"]

@@ -120,6 +120,20 @@ charts.show(charts.to_plotly(figures["overlap"]), key="continual_overlap_chart",
 st.caption("Overlap: the share of pruned weights two consecutive masks have in common (pruned in both / pruned "
            "in either); 1 = the step changed nothing.")
 
+st.subheader("Per-domain adapters with a selector (ConPET)")
+adapters = widgets.guarded(services.latest_continual_adapters_result, settings["model"])
+if adapters:
+    st.dataframe(services.continual_adapter_rows(adapters), hide_index=True, key="continual_adapters_table")
+    ratio = adapters.get("forgetting_ratio")
+    st.caption("One masked adapter per domain on the pruned model, each input routed to its domain's adapter by a "
+               "classifier on the model's hidden states (accuracy measured on held-out windows), against one "
+               "adapter trained on the whole sequence. "
+               + (f"Per-domain forgetting is {ratio:.2f}x the shared adapter's." if ratio is not None else ""))
+else:
+    st.caption("No per-domain adapters for this model yet. Train them on this sequence with:")
+    st.code(services.continual_command(result).replace("--report --out continual-export",
+                                                      "--adapters --out continual-adapters"), language="bash")
+
 left, right = st.columns([1, 2])
 report = widgets.guarded(services.continual_report_html, result)
 if report:

@@ -90,7 +90,28 @@ def test_a_finished_run_shows_the_answer_table_heatmaps_bars_and_the_bwt_convent
     overlap = next(c for c in charts if c["layout"]["title"]["text"] == "Mask overlap between consecutive steps")
     assert [t["y"] for t in overlap["data"]] == [pytest.approx(figures[n]["overlap"]) for n in STRATEGIES]
     assert {d.key for d in at.download_button} == {"continual_report"}
-    assert at.code[0].value.startswith("prunescope continual --model tiny-llama --domains news,pydocs")
+    assert at.code[-1].value.startswith("prunescope continual --model tiny-llama --domains news,pydocs")
+    # No per-domain adapters yet: the page says how to train them on this sequence.
+    assert any("--adapters" in c.value for c in at.code)
+
+
+def test_per_domain_adapters_show_their_forgetting_and_measured_router_accuracy():
+    from pruning_core.continual.adapters import ContinualAdaptersSpec, run_continual_adapters
+    from pruning_core.execution.store import Store
+    from pruning_core.protocol import Protocol
+
+    _continual()
+    spec = ContinualAdaptersSpec(model="tiny-llama", protocol=Protocol(nsamples=4, seqlen=32, eval_windows=4),
+                                 domains=tuple(DOMAINS), rank=2,
+                                 train={"steps": 2, "batch_size": 2, "seqlen": 32, "warmup": 1, "dtype": "float32",
+                                        "eval_every": 0})
+    adapters = run_continual_adapters(spec, store=Store())
+    insert_job("continual_adapters", adapters["spec"], "done", adapters)
+    at = ok(page("continual", continual_domains=DOMAINS))
+    table = next(d.value for d in at.dataframe if "router accuracy" in d.value.columns)
+    assert list(table["adapters"]) == ["one per domain, routed", "one shared adapter"]
+    assert list(table["router accuracy"])[0] == f"{adapters['selector']['accuracy']:.0%}"
+    assert list(table["BWT"])[1] == f"{adapters['modes']['shared']['bwt']:+,.2f}"
 
 
 def test_run_starts_the_job_and_a_reload_reattaches_with_its_form():
