@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -112,11 +112,7 @@ class ContinualAdaptersSpec:
         return replace(self.protocol, **changes)
 
     def train_config(self) -> TrainConfig:
-        unknown = sorted(set(self.train) - {f.name for f in fields(TrainConfig)})
-        if unknown:
-            raise ConfigError(f"Unknown training settings {unknown}; known: "
-                              f"{', '.join(f.name for f in fields(TrainConfig))}.")
-        return TrainConfig(**self.train).validate()
+        return TrainConfig.from_dict(self.train)
 
     def recovery_spec(self):
         """The pruned model and adapter shape as `recovery.run.RecoverySpec` (what `pruned_copy` prunes)."""

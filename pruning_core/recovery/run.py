@@ -25,7 +25,7 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -99,11 +99,7 @@ class RecoverySpec:
         return "mask" if self.mask_dir else "structured" if self.structured_dir else "setting"
 
     def train_config(self) -> TrainConfig:
-        unknown = sorted(set(self.train) - {f.name for f in fields(TrainConfig)})
-        if unknown:
-            raise ConfigError(f"Unknown training settings {unknown}; known: "
-                              f"{', '.join(f.name for f in fields(TrainConfig))}.")
-        return TrainConfig(**self.train).validate()
+        return TrainConfig.from_dict(self.train)
 
     def export_options(self, sparsity: Optional[float] = None):
         """The pruning setting as `ExportOptions` (what an export of it would prune)."""

@@ -75,6 +75,17 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Validated settings from a spec's `train` dict; unknown keys refused with the known ones named."""
+        from dataclasses import fields
+
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"Unknown training settings {unknown}; known: "
+                              f"{', '.join(f.name for f in fields(cls))}.")
+        return cls(**d).validate()
+
 
 @dataclass
 class TrainHistory:
