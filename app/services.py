@@ -1137,11 +1137,13 @@ STRUCTURED_SCORE_DESCRIPTIONS = {
 
 def structured_spec(settings: dict, units, ratios, score: str = "obs", compensate: bool = True,
                     speed: bool = True, prompt: str = "", max_new_tokens: int = 40,
-                    speed_settings: Optional[dict] = None, allocation: str = "uniform") -> dict:
+                    speed_settings: Optional[dict] = None, allocation: str = "uniform",
+                    layer_share: float = 0.5) -> dict:
     """A structured job spec (`StructuredSpec.to_dict()`, see `pruning_core.structured.run.run_structured`),
     validated before anything runs. ratios: fractions of decoder parameters to remove. allocation: how each
     ratio is spread over the layers (`ALLOCATIONS`); "sensitivity" reads the maps of the method of this model's
-    newest usable sensitivity result (`sensitivity_for_allocation`)."""
+    newest usable sensitivity result (`sensitivity_for_allocation`). layer_share: with layers mixed with
+    heads/channels, the share of each ratio removed as whole layers."""
     from pruning_core.structured.run import StructuredSpec
 
     extra = {}
@@ -1156,7 +1158,7 @@ def structured_spec(settings: dict, units, ratios, score: str = "obs", compensat
                           eval_corpora=tuple(settings["eval_corpora"]), speed=bool(speed),
                           speed_settings=dict(speed_settings or {}), prompt=prompt,
                           max_new_tokens=int(max_new_tokens), model_identity=model_identity(settings["model"]),
-                          allocation=allocation, **extra)
+                          allocation=allocation, layer_share=float(layer_share), **extra)
     return spec.validate().to_dict()
 
 
@@ -1244,6 +1246,8 @@ def structured_save_command(result: dict, index: int) -> str:
              f"--eval {','.join(spec['eval_corpora'] or [protocol['calib']])}",
              f"--units {','.join(spec['units'])}", f"--ratios {point['ratio']:g}", f"--score {spec['score']}",
              "--compensate" if spec["compensate"] else "--no-compensate"]
+    if "layers" in spec["units"] and len(spec["units"]) > 1:
+        parts.append(f"--layer-share {spec.get('layer_share', 0.5):g}")
     if spec.get("allocation", "uniform") != "uniform":
         parts.append(f"--allocation {spec['allocation']}")
         if spec["allocation"] == "sensitivity":

@@ -21,7 +21,7 @@ from app import charts, services, state, widgets  # noqa: E402
 RATIO_CHOICES = [0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
 FORM = {"structured_units": ["heads", "channels"], "structured_ratios": [0.1, 0.2, 0.3], "structured_score": "obs",
         "structured_compensate": True, "structured_speed": True, "structured_prompt": services.DEFAULT_PROMPT,
-        "structured_allocation": "uniform"}
+        "structured_allocation": "uniform", "structured_layer_share": 0.5}
 
 
 def form_from_spec(spec) -> dict:
@@ -38,6 +38,8 @@ def form_from_spec(spec) -> dict:
         values["structured_score"] = spec["score"]
     if spec.get("allocation") in services.ALLOCATIONS:
         values["structured_allocation"] = spec["allocation"]
+    if isinstance(spec.get("layer_share"), (int, float)) and 0.1 <= spec["layer_share"] <= 0.9:
+        values["structured_layer_share"] = round(float(spec["layer_share"]), 1)
     for key in ("compensate", "speed"):
         if isinstance(spec.get(key), bool):
             values[f"structured_{key}"] = spec[key]
@@ -59,7 +61,7 @@ with st.container(border=True):
     units = c1.multiselect("Units to remove", services.STRUCTURED_UNITS, key="structured_units",
                            help="heads: attention heads (with grouped-query attention, the same number of query "
                                 "heads from every key/value group); channels: MLP intermediate channels; layers: "
-                                "whole decoder layers (alone).")
+                                "whole decoder layers (mixed with heads/channels: the layer share below).")
     ratios = c2.multiselect("Decoder parameters to remove", RATIO_CHOICES, key="structured_ratios",
                             format_func=lambda r: f"{r:.0%}",
                             help="A fraction of the decoder layers' parameters (embeddings and LM head are kept); "
@@ -74,7 +76,12 @@ with st.container(border=True):
     speed = c5.toggle("Measure speed", key="structured_speed",
                       help="Time prefill (512 tokens) and decode (batch 1 and 8) of the dense and the pruned "
                            "model in fp32 and bf16, interleaved, fastest of 3 (other processes only add time); reused until the machine changes.")
-    c6, c7 = st.columns([1, 2])
+    c6, c8, c7 = st.columns([1, 1, 2])
+    layer_share = c8.slider("Share removed as whole layers", 0.1, 0.9, step=0.1, key="structured_layer_share",
+                            disabled=not ("layers" in units and len(units) > 1),
+                            help="With layers and heads/channels both chosen: the part of each ratio removed as "
+                                 "whole decoder layers (lowest block influence). Whole layers speed up batch-1 "
+                                 "decoding most; widths cost less quality. Compare both with Measure speed.")
     allocation = c6.selectbox("Allocation", services.ALLOCATIONS, key="structured_allocation",
                               help="How each ratio is spread over the layers (heads and channels): "
                                    + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
@@ -82,7 +89,7 @@ with st.container(border=True):
     spec = None
     try:
         spec = services.structured_spec(settings, units, ratios, score, compensate, speed, prompt.strip(),
-                                        allocation=allocation)
+                                        allocation=allocation, layer_share=layer_share)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     run = st.button("Prune structurally", key="structured_run", type="primary", icon=":material/content_cut:",

@@ -29,7 +29,10 @@ def add_structured(sub) -> None:
     p = sub.add_parser("structured", help="remove heads/channels/layers: a smaller, measured-faster model")
     add_protocol_args(p)
     p.add_argument("--eval", default="wiki", help="comma-separated evaluation corpora")
-    p.add_argument("--units", default="heads,channels", help="heads,channels (either or both) or layers")
+    p.add_argument("--units", default="heads,channels", help="any of heads, channels, layers (layers mixed with widths: see --layer-share)")
+    p.add_argument("--layer-share", type=float, default=0.5,
+                   help="with layers and heads/channels mixed, the share of each ratio removed as whole layers "
+                        "(whole layers speed up batch-1 decoding most; widths cost less quality)")
     p.add_argument("--ratios", default="0.1,0.2,0.3", help="comma-separated fractions of decoder parameters")
     p.add_argument("--score", default="obs", help="unit score: magnitude, wanda_sp, flap or obs")
     p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True,
@@ -64,7 +67,7 @@ def cmd_structured(args) -> int:
     ratios = _floats(args.ratios)
     spec = StructuredSpec(model=args.model, protocol=protocol_from_args(args), units=_csv(args.units),
                           ratios=ratios, score=args.score, compensate=args.compensate, damping=args.damping,
-                          head_mode=args.head_mode, eval_corpora=_csv(args.eval), speed=args.speed,
+                          head_mode=args.head_mode, layer_share=args.layer_share, eval_corpora=_csv(args.eval), speed=args.speed,
                           allocation=args.allocation, sensitivity=args.sensitivity,
                           sensitivity_method=args.sensitivity_method,
                           speed_settings={"repeats": args.speed_repeats, "decode_tokens": args.decode_tokens,

@@ -15,8 +15,11 @@ How many units a layer loses (the ratio is a fraction of decoder-layer parameter
   indivisible, so the measured ratio differs slightly; `StructuredResult.ratio` is the measured one);
 - under grouped-query attention in ``query`` head mode every key/value group loses the same number of query
   heads (the heads with the lowest scores within each group).
-- ``layers``: whole decoder layers by block influence, the count closest to ratio x decoder parameters; it
-  cannot be combined with heads/channels in one call (run two calls for that).
+- ``layers``: whole decoder layers by block influence, the count closest to ratio x decoder parameters. Mixed
+  with heads and/or channels, whole layers take `layer_share` of the target (the lowest-influence layers) and
+  the kept layers lose heads/channels for the rest, every kept layer the same fraction of its parameters. Whole
+  layers are what shortens decoding at batch 1, where per-layer overhead and weight traffic bound the time
+  while width saves little (measure it: `speed.measure_speed`); widths cost less quality per parameter.
 Statistics are those of the dense model (`statistics.collect_unit_statistics`), collected once; pass them
 back through `statistics=` to try other ratios without another walk.
 """
@@ -63,7 +66,7 @@ from pruning_core.structured.units import (
 class StructuredConfig:
     """One structured pruning setting.
 
-    units: unit kinds to remove, from ("heads", "channels") or ("layers",).
+    units: unit kinds to remove, any of ("heads", "channels", "layers").
     ratio: target fraction of decoder-layer parameters removed, in [0, 1) (ignored for widths when `plan` is set).
     score: "magnitude", "wanda_sp", "flap" or "obs" (see `scores`); layers are always scored by block influence.
     compensate: refit the consumers' kept columns (and bias) after removal (see `compensate`).
@@ -74,7 +77,9 @@ class StructuredConfig:
     head_mode: "query" (remove query heads within every key/value group, groups stay equal) or "group" (remove
         whole key/value groups); the same for multi-head attention.
     plan: optional `SparsityPlan`; layer l's ratio is the plan's sparsity of layer l by parameters (heads and
-        channels; layer removal uses `ratio`).
+        channels; layer removal uses `ratio`; not with layers mixed in).
+    layer_share: with layers and heads/channels mixed, the share of the target removed as whole layers, in
+        (0, 1) (0.4 at ratio 0.25: about 10 % of decoder parameters as layers, 15 % as widths); unused otherwise.
     """
 
     units: tuple[str, ...] = ("heads", "channels")
@@ -85,6 +90,17 @@ class StructuredConfig:
     score_damping: float = 0.01
     head_mode: str = "query"
     plan: Optional[SparsityPlan] = None
+    layer_share: float = 0.5
+
+    @property
+    def width_units(self) -> tuple[str, ...]:
+        """The width kinds among the units (heads, channels)."""
+        return tuple(u for u in self.units if u != "layers")
+
+    @property
+    def mixed(self) -> bool:
+        """Whole layers and widths in one setting."""
+        return "layers" in self.units and bool(self.width_units)
 
     def __post_init__(self) -> None:
         units = (self.units,) if isinstance(self.units, str) else tuple(self.units)
@@ -96,8 +112,12 @@ class StructuredConfig:
         if unknown or not self.units:
             raise ConfigError(f"Structured units {unknown or '(none)'} are unknown; choose from "
                               f"{', '.join(UNIT_KINDS)}.")
-        if "layers" in self.units and len(self.units) > 1:
-            raise ConfigError("Remove whole layers alone or heads/channels alone; run two prunings to combine them.")
+        if self.mixed and not 0.0 < float(self.layer_share) < 1.0:
+            raise ConfigError(f"Layer share {self.layer_share} must be a fraction in (0, 1): the part of the ratio "
+                              "removed as whole layers when layers are mixed with heads/channels (e.g. 0.4).")
+        if self.mixed and self.plan is not None:
+            raise ConfigError("A sparsity plan spreads heads and channels over the layers; with whole layers mixed "
+                              "in, use a uniform ratio (no plan) or remove heads/channels only.")
         if not 0.0 <= float(self.ratio) < 1.0:
             raise ConfigError(f"Structured ratio {self.ratio} must be a fraction in [0, 1), e.g. 0.2 for 20 % of "
                               "the decoder parameters.")
@@ -278,11 +298,17 @@ def prune_structured(loaded: LoadedModel, calib_ids: Optional[torch.Tensor], con
     removals: dict[int, dict[str, list[int]]] = {}
     kept_layers = list(range(len(dense_layers)))
     if "layers" in config.units:
-        target = float(config.ratio) * sum(per_layer_params)
+        share = config.layer_share if config.mixed else 1.0
+        target = share * float(config.ratio) * sum(per_layer_params)
         dropped = layers_to_remove(statistics.block_influence, per_layer_params, target)
         kept_layers = [i for i in kept_layers if i not in dropped]
-    else:
-        for index, layer in enumerate(dense_layers):
+        if config.mixed:  # the kept layers give the rest, each the same fraction of its own parameters
+            left = float(config.ratio) * sum(per_layer_params) - sum(per_layer_params[i] for i in dropped)
+            width_ratio = max(left, 0.0) / sum(per_layer_params[i] for i in kept_layers)
+            ratios = [width_ratio] * len(dense_layers)
+    if config.width_units:
+        for index in kept_layers:
+            layer = dense_layers[index]
             linears = loaded.adapter.layer_linears(layer)
             counts = removal_counts(layout, linears, per_layer_params[index], ratios[index], config.units, mode)
             removals[index] = {}

@@ -46,7 +46,7 @@ POINT_KIND = "structured_point"
 class StructuredSpec:
     """One structured run (the job spec of `run_structured_job`).
 
-    units / score / compensate / damping / head_mode: as `StructuredConfig`; ratios: fractions of decoder
+    units / score / compensate / damping / head_mode / layer_share: as `StructuredConfig`; ratios: fractions of decoder
     parameters to remove, one point each. eval_corpora: corpora to evaluate (default: the calibration corpus).
     speed: time dense and pruned (`speed.measure_speed`) with `speed_settings` (`SpeedConfig` fields).
     prompt / max_new_tokens: the sample text of each point ("" = the default prompt; 0 tokens = no text).
@@ -75,6 +75,7 @@ class StructuredSpec:
     allocation: str = "uniform"
     sensitivity: Optional[str] = None
     sensitivity_method: str = "wanda"
+    layer_share: float = 0.5
 
     def __post_init__(self) -> None:
         self.units = (self.units,) if isinstance(self.units, str) else tuple(self.units)
@@ -88,7 +89,8 @@ class StructuredSpec:
     def config(self, ratio: float, plan: Optional[SparsityPlan] = None) -> StructuredConfig:
         """The setting of one point; plan: the allocation's plan for this ratio (None = uniform)."""
         return StructuredConfig(units=self.units, ratio=float(ratio), score=self.score, compensate=self.compensate,
-                                damping=self.damping, head_mode=self.head_mode, plan=plan).validate()
+                                damping=self.damping, head_mode=self.head_mode, plan=plan,
+                                layer_share=float(self.layer_share)).validate()
 
     def speed_config(self) -> SpeedConfig:
         unknown = sorted(set(self.speed_settings) - {f.name for f in fields(SpeedConfig)})

@@ -2,7 +2,10 @@
 
 A speed-up is a ratio of tokens/s measured in the same process, dense and pruned interleaved (DESIGN
 "Speed-up"), never a formula. Phases:
-  * prefill: one forward pass over `prefill_tokens` tokens at batch 1 (tokens/s = prefill_tokens / seconds);
+  * prefill: one forward pass over `prefill_tokens` tokens at batch 1 (tokens/s = prefill_tokens / seconds),
+    computing the logits of the last position only where the model allows it (`logits_to_keep=1`, what
+    `generate` does for its prefill: the next token needs no other logits); `prefill_logits="all"` times the
+    full-vocabulary logits of every position instead (a perplexity pass);
   * decode at batch b: greedy decoding of `decode_tokens` new tokens with the KV cache after a short prompt
     (tokens/s = b x decode_tokens / seconds; the prompt's own forward pass is not timed).
 Each phase runs in every dtype asked: "float32" on the model as loaded, "bfloat16" on bf16 *copies* of both
@@ -37,6 +40,7 @@ SPEED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 #: CPU flags that decide how fast bf16 runs on a CPU (native bf16 dot products, AMX tiles).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f")
 RESULT_KIND = "structured_speed"
+PREFILL_LOGITS = ("last", "all")
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class SpeedConfig:
     """What to time. prefill_tokens: tokens of the prefill pass (batch 1); decode_tokens: new tokens per
     decode run; decode_batches: batch sizes of the decode runs; prompt_tokens: prompt length before decoding;
     dtypes: from SPEED_DTYPES; repeats: timed runs per phase and model (the fastest is reported); seed: the
-    random token ids' seed."""
+    random token ids' seed; prefill_logits: "last" (the logits generation needs) or "all" (every position's)."""
 
     prefill_tokens: int = 512
     decode_tokens: int = 32
@@ -53,6 +57,7 @@ class SpeedConfig:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     repeats: int = 3
     seed: int = 0
+    prefill_logits: str = "last"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decode_batches", tuple(int(b) for b in self.decode_batches))
@@ -68,6 +73,8 @@ class SpeedConfig:
         unknown = [d for d in self.dtypes if d not in SPEED_DTYPES]
         if unknown or not self.dtypes:
             raise ConfigError(f"Speed dtypes {unknown or '(none)'} are unknown; use {', '.join(SPEED_DTYPES)}.")
+        if self.prefill_logits not in PREFILL_LOGITS:
+            raise ConfigError(f"Prefill logits '{self.prefill_logits}' is unknown; use {' or '.join(PREFILL_LOGITS)}.")
         return self
 
     def to_dict(self) -> dict:
@@ -145,12 +152,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _last_logits_only(model) -> dict:
+    """The forward argument that limits the logits to the last position, where the model has one."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):  # transformers >= 4.50, and before
+        if name in parameters:
+            return {name: 1}
+    return {}
+
+
 @torch.inference_mode()
-def _prefill_seconds(model, ids: torch.Tensor) -> float:
+def _prefill_seconds(model, ids: torch.Tensor, logits: str = "last") -> float:
     device = ids.device
+    extra = _last_logits_only(model) if logits == "last" else {}
     _sync(device)
     start = time.perf_counter()
-    model(input_ids=ids, use_cache=False)
+    model(input_ids=ids, use_cache=False, **extra)
     _sync(device)
     return time.perf_counter() - start
 
@@ -243,7 +260,8 @@ def measure_speed(dense: LoadedModel, pruned: LoadedModel, config: Optional[Spee
             order = ("dense", "pruned") if repeat % 2 == 0 else ("pruned", "dense")
             for label, kind, batch in phases:
                 for name in order:
-                    seconds = (_prefill_seconds(models[name], prefill_ids) if kind == "prefill" else
+                    seconds = (_prefill_seconds(models[name], prefill_ids, config.prefill_logits)
+                               if kind == "prefill" else
                                _decode_seconds(models[name], prompts[batch], config.decode_tokens))
                     times[label][name].append(seconds)
                 done += 1

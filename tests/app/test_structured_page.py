@@ -94,8 +94,14 @@ def test_bad_choices_are_one_message_and_no_run():
     at.multiselect(key="structured_units").set_value([]).run()
     assert any("units" in str(e.value).lower() for e in at.error)
     assert at.button(key="structured_run").disabled
-    at.multiselect(key="structured_units").set_value(["layers", "heads"]).run()
-    assert any("layers" in str(e.value).lower() for e in at.error)
+    at.multiselect(key="structured_units").set_value(["layers", "heads"]).run()  # a mix: its share is asked
+    assert not at.error and not at.button(key="structured_run").disabled
+    assert not at.slider(key="structured_layer_share").disabled
+    at.selectbox(key="structured_allocation").set_value("owl").run()  # layers are chosen by block influence
+    assert any("block influence" in str(e.value) for e in at.error)
+    assert at.button(key="structured_run").disabled
+    at.multiselect(key="structured_units").set_value(["heads"]).run()
+    assert at.slider(key="structured_layer_share").disabled  # no layers: the share means nothing
 
 
 def test_an_owl_allocation_spreads_the_ratio_over_layers_and_a_missing_map_is_one_message():

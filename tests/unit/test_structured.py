@@ -127,6 +127,22 @@ def test_parameter_accounting_is_exact(models):
     assert layers.params.decoder_after == dense_layer and layers.ratio == 0.5
 
 
+def test_layers_mixed_with_widths_take_their_share_and_the_kept_layers_give_the_rest():
+    lm = tiny_model("llama", layers=4)
+    dense_layer = sum(p.numel() for p in lm.adapter.decoder_layers(lm.model)[0].parameters())
+    ids = windows()
+    mixed = prune_structured(lm, ids, StructuredConfig(units=("layers", "heads", "channels"), ratio=0.4,
+                                                       layer_share=0.6))
+    # 0.6 x 0.4 x 4 layers = 0.96 of a layer: one whole layer goes, the three kept ones lose widths for the rest
+    assert len(mixed.kept_layers) == 3 == len(mixed.widths)
+    assert all(w["channels"] < 128 and w["channels"] == mixed.widths[0]["channels"] for w in mixed.widths)
+    assert abs(mixed.ratio - 0.4) < 3 * 64 * 3 * 3 / (4 * dense_layer)  # within a few channels per layer
+    assert set(mixed.kept) == set(mixed.kept_layers)
+    alone = prune_structured(lm, ids, StructuredConfig(units=("layers",), ratio=0.4))
+    assert len(alone.kept_layers) == 2  # 1.6 layers rounds to 2 when layers carry the whole target
+    assert torch.isfinite(logits(mixed.loaded.model, ids[:2])).all()
+
+
 def test_obs_score_is_the_error_increase_of_an_optimal_refit():
     torch.manual_seed(0)
     x = torch.randn(400, 6) @ torch.randn(6, 6)
@@ -261,8 +277,11 @@ def test_pruned_model_generates_with_its_cache_as_without(family, units):
 
 def test_bad_settings_are_refused_with_a_message(models):
     lm = models["llama"]
-    with pytest.raises(ConfigError, match="layers alone"):
-        prune_structured(lm, windows(), StructuredConfig(units=("layers", "heads")))
+    with pytest.raises(ConfigError, match="Layer share"):
+        prune_structured(lm, windows(), StructuredConfig(units=("layers", "heads"), layer_share=1.0))
+    plan = SparsityPlan.from_layers(lm.adapter.module_kinds, [0.1, 0.4], "test")
+    with pytest.raises(ConfigError, match="uniform ratio"):
+        prune_structured(lm, windows(), StructuredConfig(units=("layers", "channels"), plan=plan))
     with pytest.raises(ConfigError, match="fraction"):
         prune_structured(lm, windows(), StructuredConfig(ratio=1.2))
     with pytest.raises(ConfigError, match="calibration"):

@@ -69,6 +69,24 @@ def test_speed_refuses_bad_settings_and_too_long_runs():
         measure_speed(dense, dense, SpeedConfig(dtypes=("float16",)))
     with pytest.raises(ConfigError, match="positions"):
         measure_speed(dense, dense, SpeedConfig(prefill_tokens=4096))
+    with pytest.raises(ConfigError, match="Prefill logits"):
+        measure_speed(dense, dense, SpeedConfig(prefill_logits="first"))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_prefill_asks_for_the_last_position_s_logits_only_where_the_model_allows_it(family):
+    from pruning_core.structured.speed import _last_logits_only
+
+    model = tiny_model(family, layers=1).model
+    extra = _last_logits_only(model)
+    ids = torch.randint(0, 50, (1, 12))
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits
+        last = model(input_ids=ids, use_cache=False, **extra).logits
+    # generation's prefill needs only the next token's logits: the same numbers, one position (or all of them
+    # for a model without the argument, which is timed as it is)
+    assert torch.allclose(last[:, -1], full[:, -1], atol=1e-5)
+    assert last.shape[1] == (1 if extra else 12)
 
 
 def test_measured_structured_speed_is_phrased_from_the_measurement_and_unstructured_stays_honest():
