@@ -68,6 +68,22 @@ class _Progress:
             self.last, self.clock = fraction, now
 
 
+def _forget(names: list, entries: dict, specs: dict, loaded, store: Store) -> None:
+    """Drop `names` from the entries and delete their stored results and checkpoints, so they run afresh."""
+    import shutil
+
+    from pruning_core.recovery.run import run_key
+
+    for name in names:
+        entries.pop(name, None)
+        if name not in specs:
+            continue
+        key = run_key(loaded, specs[name].validate())
+        store.execute("DELETE FROM results WHERE key = ?", (key,))
+        shutil.rmtree(store.path.parent / "recovery" / key, ignore_errors=True)
+        print(f"{name}: measured again (stored result {key[:12]} and its checkpoint deleted)")
+
+
 def _entry(result: dict) -> dict:
     """What the table keeps of a `run_recovery` result (not the adapter's path or the sample texts)."""
     history = result["history"]
@@ -118,6 +134,9 @@ def main() -> None:
     parser.add_argument("--compare-eval-windows", type=int, default=None,
                         help="evaluation windows per corpus of the compare_* entries (default: the table's)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, seconds: checks the script only")
+    parser.add_argument("--again", default="",
+                        help="comma-separated entries to measure again: dropped from the JSON, their stored result "
+                             "and training checkpoint deleted (a timed entry must train, not resume)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = {**(QUICK if args.quick else FULL), "minutes": args.minutes}
@@ -138,6 +157,9 @@ def main() -> None:
              "gradient": RecoverySpec(**base, rank_allocation="gradient"),
              "stepwise": RecoverySpec(**base, schedule=tuple(settings["schedule"]))}
     entries = report["entries"]
+    again = [n for n in args.again.split(",") if n]
+    if again:
+        _forget(again, entries, specs, loaded, store)
     if args.compare_steps:
         # Shorter comparisons at an equal number of steps: uniform and gradient ranks recover the same mask
         # (pruned once here and passed as a mask folder: Wanda's mask is the whole pruned model), step-wise
