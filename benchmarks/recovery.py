@@ -14,8 +14,9 @@ The two comparisons run by steps, not by the clock, so they may share the cores 
 Every figure comes from `recovery.run.run_recovery` (the CLI's and dashboard's path). Resumable: each finished
 entry is written to the JSON at once and skipped next time. Usage:
 `python benchmarks/recovery.py [--minutes 15] [--only uniform,gradient,stepwise] [--out docs/runs/recovery.json]`
-(`--compare-steps N --compare-eval-windows K --only compare_uniform,compare_gradient,compare_stepwise` runs the
-two comparisons shorter, at N steps each, uniform and gradient on one mask folder);
+(`--compare-steps N --compare-eval-windows K --only compare_uniform,compare_gradient,compare_sensitivity,
+compare_stepwise` runs the comparisons shorter, at N steps each, uniform, gradient and sensitivity ranks (from
+Wanda's stored Fisher maps) on one mask folder);
 `--quick` runs a tiny random model in seconds (its numbers mean nothing).
 """
 
@@ -173,6 +174,19 @@ def main() -> None:
         specs["compare_uniform"] = RecoverySpec(**short, mask_dir=mask_dir)
         specs["compare_gradient"] = RecoverySpec(**short, mask_dir=mask_dir, rank_allocation="gradient")
         specs["compare_stepwise"] = RecoverySpec(**short, schedule=tuple(settings["schedule"]))
+        if "compare_sensitivity" in args.only:
+            # Ranks by the sensitivity map's cost of each module at the recovered sparsity: the Fisher maps of
+            # Wanda that the allocation benchmark stores (computed here once when the store has none).
+            from pruning_core.analysis.sensitivity import compute_sensitivity
+            from pruning_core.recovery.sensitivity_costs import module_costs
+
+            maps = compute_sensitivity(loaded, Protocol(calib="wiki", nsamples=32, seqlen=min(512, settings["seqlen"]),
+                                                        seed=0, eval_windows=8),
+                                       "wanda", [0.3, 0.5, 0.7, 0.9], metrics=("fisher",), store=store,
+                                       dtype="bfloat16", agreement_layers=0)
+            specs["compare_sensitivity"] = RecoverySpec(**short, mask_dir=mask_dir, rank_allocation="sensitivity",
+                                                        sensitivity_costs=module_costs(loaded, maps,
+                                                                                       settings["sparsity"]))
     for name in [n for n in args.only.split(",") if n]:
         if name in entries:
             print(f"{name}: from {out}")
@@ -208,6 +222,10 @@ def main() -> None:
         checks["gradient_at_least_as_good"] = all(g[c] <= u[c] for c in u)
         checks["same_parameter_budget"] = entries[prefix + "gradient"]["ranks"]["parameters"] <= \
             entries[prefix + "uniform"]["ranks"]["budget"]
+    if prefix + "uniform" in entries and prefix + "sensitivity" in entries:
+        u, g = entries[prefix + "uniform"]["recovered_ppl"], entries[prefix + "sensitivity"]["recovered_ppl"]
+        checks["sensitivity_vs_uniform_ppl"] = {c: [g[c], u[c]] for c in u}
+        checks["sensitivity_at_least_as_good"] = all(g[c] <= u[c] for c in u)
     if prefix + "uniform" in entries and prefix + "stepwise" in entries:
         checks["stepwise_vs_one_shot_ppl"] = {c: [entries[prefix + "stepwise"]["recovered_ppl"][c],
                                                   entries[prefix + "uniform"]["recovered_ppl"][c]]

@@ -169,7 +169,8 @@ st.caption(f"Recovered: **{(result.get('pruned') or {}).get('description', '?')}
 st.subheader("Before and after, per corpus")
 st.dataframe(services.recovery_rows(result), hide_index=True, key="recovery_table")
 st.caption("Token-level perplexity on each corpus's evaluation split, lower is better. *After recovery* is the "
-           "merged model (the one that ships); *gap won back* = (pruned − after) / (pruned − dense).")
+           "merged model (the one that ships); *gap won back* = (pruned − after) / (pruned − dense), or – where pruning barely changed the "
+           "perplexity (a share of no gap means nothing).")
 
 figures = services.recovery_figures(result)
 left, right = st.columns(2)

@@ -22,6 +22,9 @@ from pruning_core import claims
 from pruning_core.outputs.figures import COLORWAY, _axis, _base_layout, _finite
 
 LOSS_COLOR = "#1F77B4"
+# The legend hangs below the x-axis title (anchored by its top edge), with room for a few rows of entries.
+_LEGEND_BELOW = {"orientation": "h", "y": -0.28, "yanchor": "top", "x": 0.0}
+_MARGIN_FOR_LEGEND = {"l": 80, "r": 30, "t": 70, "b": 150}
 
 
 def corpus_color(corpora: list[str], corpus: str) -> str:
@@ -72,7 +75,7 @@ def loss_figure(result: dict) -> dict:
                      "meta": {"role": "loss"}})
     layout = _base_layout("Training loss against step", xaxis=_axis("Optimizer step"),
                           yaxis=_axis("Training loss (mean token NLL, nats)"),
-                          legend={"orientation": "h", "y": -0.2}, showlegend=len(data) > 1)
+                          legend=_LEGEND_BELOW, margin=_MARGIN_FOR_LEGEND, showlegend=len(data) > 1)
     return {"data": data, "layout": layout}
 
 
@@ -115,7 +118,8 @@ def perplexity_figure(result: dict) -> dict:
                          "hovertemplate": f"{corpus}, merged model: %{{y:,.2f}}<extra>full evaluation</extra>",
                          "meta": {"role": "recovered", "corpus": corpus}})
     layout = _base_layout("Perplexity against step", xaxis=_axis("Optimizer step"),
-                          yaxis=_axis("Perplexity (lower is better)"), legend={"orientation": "h", "y": -0.2})
+                          yaxis=_axis("Perplexity (lower is better)"), legend=_LEGEND_BELOW,
+                          margin=_MARGIN_FOR_LEGEND)
     return {"data": data, "layout": layout}
 
 

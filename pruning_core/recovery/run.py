@@ -39,6 +39,9 @@ from pruning_core.protocol import Protocol, calibration_ids, spec_fields
 from pruning_core.recovery import masked_lora, ranks as rank_plans
 from pruning_core.recovery.train import TrainConfig, batch_loss, train_adapter, training_windows
 
+#: Smallest pruning gap (a fraction of the dense perplexity) that a "share of the gap won back" is computed for:
+#: below it the share divides by noise (a 0.1 % gap closed by 5 % would read 5,000 %), so it is None ("–").
+MIN_GAP = 0.01
 RUN_KIND = "recovery"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 RANKS_FILE = "ranks.json"
@@ -154,6 +157,14 @@ class RecoverySpec:
     @classmethod
     def from_dict(cls, d: dict) -> "RecoverySpec":
         return cls(**spec_fields(cls, d, "recovery"))
+
+
+def gap_won_back(dense: float, pruned: float, recovered: float) -> Optional[float]:
+    """(pruned - recovered) / (pruned - dense): the share of the perplexity pruning cost that recovery won back
+    (1.0 = back to dense, above 1 = better than dense, negative = worse than pruned); None when pruning cost
+    less than MIN_GAP of the dense perplexity."""
+    gap = pruned - dense
+    return (pruned - recovered) / gap if gap >= MIN_GAP * dense else None
 
 
 def run_key(loaded: LoadedModel, spec: RecoverySpec) -> str:
@@ -331,7 +342,8 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
     (a Hugging Face folder, loadable with `from_pretrained`).
     Returns {"spec", "key", "model", "pruned": {"source", "description", "sparsity"}, "protocol", "dense_ppl",
     "pruned_ppl", "recovered_ppl" (merged model), "recovered_share" {corpus: (pruned - recovered) / (pruned -
-    dense)}, "history" (loss and quick-evaluation curve, seconds), "stages" (step-wise: one record per step),
+    dense), None when pruning cost less than MIN_GAP}, "history" (loss and quick-evaluation curve, seconds),
+    "stages" (step-wise: one record per step),
     "ranks" (`RankPlan.to_dict`), "adapter" {"parameters", "bytes", "model_bytes", "fraction_of_model",
     "folder"}, "sparsity" {"before", "merged", "pruned_weights_zero": bool}, "samples", "seconds",
     "from_store", "created"}.
@@ -420,8 +432,7 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
         merged.save_pretrained(str(merged_dir), safe_serialization=True)
         loaded.tokenizer.save_pretrained(str(merged_dir))
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    share = {c: ((pruned_ppl[c] - after.pruned_ppl[c]) / (pruned_ppl[c] - dense.dense_ppl[c])
-                 if pruned_ppl[c] > dense.dense_ppl[c] else None) for c in corpora}
+    share = {c: gap_won_back(dense.dense_ppl[c], pruned_ppl[c], after.pruned_ppl[c]) for c in corpora}
     result = {"spec": spec.to_dict(), "key": key, "model": loaded.describe(),
               "pruned": {k: pruned_record[k] for k in ("source", "description", "sparsity")},
               "protocol": protocol.to_dict(), "dense_ppl": dense.dense_ppl, "pruned_ppl": pruned_ppl,

@@ -14,7 +14,7 @@ from pruning_core.execution.store import Store
 from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.recovery import masked_lora, ranks
-from pruning_core.recovery.run import RecoverySpec, pruned_copy, run_recovery
+from pruning_core.recovery.run import RecoverySpec, gap_won_back, pruned_copy, run_recovery
 from pruning_core.recovery.train import batch_loss
 
 PROTOCOL = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=2, batch_size=4)
@@ -463,3 +463,12 @@ def test_sensitivity_costs_follow_the_maps_curve_at_the_recovered_sparsity():
         module_costs(lm, {"maps": [cell_map(0.4, (0,)), cell_map(0.6, (0,))]}, 0.5)
     with pytest.raises(ConfigError, match="two or more sparsities"):
         module_costs(lm, {"maps": [cell_map(0.4)]}, 0.5)
+
+
+def test_the_share_of_the_gap_won_back_and_no_share_of_a_gap_within_noise():
+    assert gap_won_back(20.0, 40.0, 26.0) == pytest.approx(0.7)
+    assert gap_won_back(20.0, 40.0, 18.0) == pytest.approx(1.1)  # better than dense
+    assert gap_won_back(20.0, 40.0, 44.0) == pytest.approx(-0.2)  # worse than pruned
+    # pruning cost 0.05 % of dense: a 2 % recovery would read 4,000 %; no share is given
+    assert gap_won_back(291.87, 291.94, 288.65) is None
+    assert gap_won_back(20.0, 19.0, 18.0) is None

@@ -54,7 +54,12 @@ def test_figures_draw_the_measured_history_and_the_references(result):
     news = rows["news"]
     assert news["recovered"] == pytest.approx(result["recovered_ppl"]["news"])
     if news["pruned"] > news["dense"]:
-        assert news["share"] == pytest.approx((news["pruned"] - news["recovered"]) / (news["pruned"] - news["dense"]))
+        from pruning_core.recovery.run import MIN_GAP
+
+        gap = news["pruned"] - news["dense"]
+        # a share of a gap within noise is not given (the tiny model barely loses anything at 50 %)
+        assert news["share"] == (pytest.approx((news["pruned"] - news["recovered"]) / gap)
+                                 if gap >= MIN_GAP * news["dense"] else None)
 
 
 def test_words_say_the_measured_facts(result):
