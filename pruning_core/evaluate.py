@@ -20,6 +20,7 @@ import torch
 
 from pruning_core import metrics
 from pruning_core.errors import ConfigError
+from pruning_core.execution.devices import LayerOffload
 from pruning_core.masks import applied_masks
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -106,20 +107,36 @@ def _masks_context(loaded: LoadedModel, pruned: Pruned):
 
 
 def _measure(loaded: LoadedModel, ids: torch.Tensor, dtype: str, what: str, corpus: str,
-             progress: ProgressFn) -> metrics.PerplexityResult:
+             progress: ProgressFn, offload: Optional[LayerOffload] = None) -> metrics.PerplexityResult:
     n = int(ids.shape[0])
 
     def report(fraction: float, message: str) -> None:  # noqa: ARG001 - say what is evaluated, not "i/n"
         progress(fraction, f"{what} perplexity on {corpus}, window {max(1, min(n, round(fraction * n)))}/{n}")
 
     progress(0.0, f"{what} perplexity on {corpus}: {n} windows of {ids.shape[1]} tokens")  # before the 1st batch
-    return metrics.perplexity(loaded, ids, dtype=dtype, progress=report)
+    return metrics.perplexity(loaded, ids, dtype=dtype, progress=report, offload=offload)
+
+
+def bf16_agreement(loaded: LoadedModel, ids: torch.Tensor, offload: Optional[LayerOffload] = None,
+                   batch_size: int = 4) -> dict:
+    """How far bf16 autocast moves perplexity from fp32 on the windows `ids` (n, seqlen; a few suffice).
+
+    Returns {"fp32": ppl, "bf16": ppl, "relative_gap": bf16 / fp32 - 1, "windows": n}. This is what "bf16 by
+    default on GPUs with verified agreement" (`execution.devices.default_dtype`) checks; the decision (e.g.
+    accept bf16 when |gap| <= 0.5 %, the fidelity tolerance used for the calibration dtype) is the caller's,
+    who should record the figure beside the results it justifies.
+    """
+    fp32 = metrics.perplexity(loaded, ids, batch_size=batch_size, dtype="float32", offload=offload)
+    bf16 = metrics.perplexity(loaded, ids, batch_size=batch_size, dtype="bfloat16", offload=offload)
+    return {"fp32": fp32.ppl, "bf16": bf16.ppl, "relative_gap": bf16.ppl / fp32.ppl - 1.0,
+            "windows": int(ids.shape[0])}
 
 
 def evaluate_setting(loaded: LoadedModel, protocol: Protocol, eval_corpora: Sequence[str],
                      pruned: Pruned = None, *, dense: bool = True,
                      eval_ids: Optional[Mapping[str, torch.Tensor]] = None, store=None,
-                     progress: Optional[ProgressFn] = None, label: str = "pruned") -> Evaluation:
+                     progress: Optional[ProgressFn] = None, label: str = "pruned",
+                     offload: Optional[LayerOffload] = None) -> Evaluation:
     """Dense and pruned perplexity of `loaded` on each corpus, under `protocol`.
 
     pruned: the setting to measure (see `Pruned`); None measures the dense model only. Masks are applied in a
@@ -128,6 +145,7 @@ def evaluate_setting(loaded: LoadedModel, protocol: Protocol, eval_corpora: Sequ
     With `pruned=IN_PLACE` the dense model is no longer in memory, so a dense value comes only from the store.
     eval_ids: already-read windows per corpus (default: read them from `protocol`).
     label: how progress messages name the pruned model ("pruned", "wanda 50 %", ...).
+    offload: an `execution.devices.LayerOffload`: evaluate layer by layer on its compute device (a GPU).
     """
     progress = progress or no_progress
     protocol = protocol.validate()
@@ -167,14 +185,16 @@ def evaluate_setting(loaded: LoadedModel, protocol: Protocol, eval_corpora: Sequ
         return sub_progress(progress, lo / total, done / total)
 
     for corpus in dense_todo:
-        result = _measure(loaded, eval_ids[corpus], protocol.dtype, "dense", corpus, step(corpus))
+        result = _measure(loaded, eval_ids[corpus], protocol.dtype, "dense", corpus, step(corpus),
+                          offload)
         out.dense_ppl[corpus], out.dense_seconds[corpus] = result.ppl, result.seconds
         if store is not None:
             store.put_result(keys[corpus], "dense_ppl", {"corpus": corpus, **result.to_dict()})
     if pruned_todo:
         with _masks_context(loaded, pruned):
             for corpus in pruned_todo:
-                result = _measure(loaded, eval_ids[corpus], protocol.dtype, label, corpus, step(corpus))
+                result = _measure(loaded, eval_ids[corpus], protocol.dtype, label, corpus, step(corpus),
+                                  offload)
                 out.pruned_ppl[corpus], out.pruned_seconds[corpus] = result.ppl, result.seconds
     # Keep the caller's corpus order in every dict (stored values were filled first).
     out.dense_ppl = {c: out.dense_ppl[c] for c in eval_ids if c in out.dense_ppl}

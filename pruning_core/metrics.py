@@ -5,6 +5,10 @@ each token predicted from the window's earlier tokens; ppl = exp(mean token NLL 
 per token of the model's tokenizer (not lm-eval's word/byte perplexity).
 
 The LM head runs on chunks of a few hundred token rows, so the (rows x vocab) logits stay small.
+
+With a `LayerOffload` (a model larger than GPU memory) the evaluation is layer by layer, as the walk prunes:
+the windows' hidden states go through one decoder layer at a time on the compute device, then the final norm
+and the LM head run there; the same operations on the same batches as the whole-model forward.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from pruning_core.errors import ConfigError
+from pruning_core.execution.devices import LayerOffload, windows_that_fit
 from pruning_core.precision import EVAL_DTYPES, autocast_for  # noqa: F401 - re-exported for callers
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress
-from pruning_core.walk import batches_of
+from pruning_core.walk import batches_of, capture_layer_inputs, walk_layers
 
 
 
@@ -84,21 +89,59 @@ _HEAD_CHUNK_ROWS_FP32 = 256
 
 
 def perplexity(loaded: LoadedModel, eval_ids: torch.Tensor, batch_size: int = 4, dtype: str = "float32",
-               progress: Optional[ProgressFn] = None) -> PerplexityResult:
-    """Perplexity of the model as it is now on evaluation windows (n, seqlen). Runs under inference_mode."""
+               progress: Optional[ProgressFn] = None, offload: Optional[LayerOffload] = None) -> PerplexityResult:
+    """Perplexity of the model as it is now on evaluation windows (n, seqlen). Runs under inference_mode.
+
+    offload: evaluate layer by layer on the offload's compute device, the model staying home (module docstring).
+    """
     progress = progress or no_progress
     if eval_ids.ndim != 2 or eval_ids.shape[0] == 0 or eval_ids.shape[1] < 2:
         raise ConfigError("Perplexity needs at least one evaluation window of 2 or more tokens.")
     start = time.perf_counter()
     total_nll, total_tokens = 0.0, 0
     batches = batches_of(eval_ids, batch_size)
-    with torch.inference_mode(), autocast_for(dtype):
-        for i, batch in enumerate(batches):
-            total_nll += float(window_nll(loaded, batch).double().sum())
-            total_tokens += batch.shape[0] * (batch.shape[1] - 1)
-            progress((i + 1) / len(batches), f"evaluating {i + 1}/{len(batches)}")
+    if offload is not None:
+        total_nll = _offloaded_nll(loaded, eval_ids, batch_size, dtype, offload, progress)
+        total_tokens = eval_ids.shape[0] * (eval_ids.shape[1] - 1)
+    else:
+        with torch.inference_mode(), autocast_for(dtype):
+            for i, batch in enumerate(batches):
+                total_nll += float(window_nll(loaded, batch).double().sum())
+                total_tokens += batch.shape[0] * (batch.shape[1] - 1)
+                progress((i + 1) / len(batches), f"evaluating {i + 1}/{len(batches)}")
     nll = total_nll / total_tokens
     return PerplexityResult(math.exp(nll), nll, total_tokens, eval_ids.shape[0], time.perf_counter() - start, dtype)
+
+
+def _offloaded_nll(loaded: LoadedModel, eval_ids: torch.Tensor, batch_size: int, dtype: str,
+                   offload: LayerOffload, progress: ProgressFn) -> float:
+    """Summed token NLL (nats) of every window, walking one decoder layer at a time on the compute device.
+
+    The windows' hidden states stay on the compute device between layers, two fp32 buffers of (windows, seqlen,
+    hidden); windows beyond what fits in half the free GPU memory (or `offload.max_windows`) are evaluated in
+    further walks of whole batches, so the batches are those of the whole-model forward either way.
+    """
+    hidden = int(getattr(loaded.model.config, "hidden_size", 0) or loaded.model.get_input_embeddings().weight.shape[1])
+    window_bytes = 2 * eval_ids.shape[1] * hidden * 4
+    per_walk = windows_that_fit(offload.compute, window_bytes, eval_ids.shape[0], batch_size)
+    if offload.max_windows is not None:
+        per_walk = max(batch_size, min(per_walk, offload.max_windows) // batch_size * batch_size)
+    norm, head = loaded.adapter.final_norm(loaded.model), loaded.model.get_output_embeddings()
+    total = 0.0
+    for first in range(0, eval_ids.shape[0], per_walk):
+        chunk = eval_ids[first:first + per_walk]
+        done, share = first / eval_ids.shape[0], chunk.shape[0] / eval_ids.shape[0]
+        inputs = capture_layer_inputs(loaded, chunk, batch_size, offload=offload)
+        final = walk_layers(loaded, inputs, lambda index, layer, stats: False, need="none", propagation="dense",
+                            progress=lambda fraction, message: progress(done + 0.95 * share * fraction,
+                                                                        f"evaluating {message}"),
+                            dtype=dtype, offload=offload)
+        with offload.visiting("head", norm, head), torch.inference_mode(), autocast_for(dtype):
+            for states, batch in zip(final.hidden, batches_of(chunk, batch_size)):
+                total += float(nll_from_hidden(norm(states), offload.to_compute(batch, "ids"), head).double().sum())
+        del inputs, final  # free the compute device's buffers before the next walk
+    progress(1.0, "evaluated")
+    return total
 
 
 def backward_transfer(R: Sequence[Sequence[float]]) -> float:

@@ -6,6 +6,10 @@ method declares, prunes every targeted linear with the method's pure function, a
 
 `collect_statistics` runs the same walk without pruning (``dense`` propagation): its result can be reused
 for any method and sparsity via `prune_with_statistics`, which needs no forward pass at all.
+
+Both take an optional `execution.devices.LayerOffload`: each layer is then walked, and pruned, on the compute
+device (a GPU) while the model stays home (the CPU); masks, weights and statistics are sent home layer by
+layer, so the GPU holds one layer's worth of them and the results are where they would be without offload.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from pruning_core.allocation.plan import SparsityPlan, module_sizes, plan_for
 from pruning_core.errors import ConfigError
+from pruning_core.execution.devices import LayerOffload
 from pruning_core.masks import (
     applied_masks,
     check_sparsity,
@@ -263,12 +268,14 @@ def _finish(loaded: LoadedModel, config: PruneConfig, masks, weights, start: flo
 
 def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], config: PruneConfig,
                 batch_size: int = 8, progress: Optional[ProgressFn] = None,
-                inputs: Optional[LayerInputs] = None) -> PruneResult:
+                inputs: Optional[LayerInputs] = None, offload: Optional[LayerOffload] = None) -> PruneResult:
     """Prune with `config` using calibration windows (n, seqlen); the model is restored on return.
 
     In ``pruned`` propagation each layer's statistics come from the already-pruned earlier layers (the
     papers' protocol). In ``dense`` propagation statistics of the dense model are used (see
     `collect_statistics` to reuse them across settings). `inputs` may pass already-captured layer-0 inputs.
+    offload: walk and prune each layer on the offload's compute device (see the module docstring); magnitude
+    (no walk) and the pruning from dense statistics run where the model lives.
     """
     config.validate()
     progress = progress or no_progress
@@ -276,7 +283,7 @@ def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], co
     method = config.method_spec
     if config.propagation == "dense" and method.needs != "none":
         statistics = collect_statistics(loaded, calibration_ids, method.needs, batch_size, progress, inputs,
-                                        dtype=config.calib_dtype)
+                                        dtype=config.calib_dtype, offload=offload)
         return prune_with_statistics(loaded, statistics, config, start=start)
     masks: dict[str, torch.Tensor] = {}
     weights: Optional[dict[str, torch.Tensor]] = {} if method.updates_weights else None
@@ -288,16 +295,22 @@ def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], co
         if calibration_ids is None:
             raise ConfigError(f"Method '{config.method}' needs calibration data; choose a calibration corpus.")
         progress(0.0, "capturing layer-0 inputs")
-        inputs = capture_layer_inputs(loaded, calibration_ids, batch_size)
+        inputs = capture_layer_inputs(loaded, calibration_ids, batch_size, offload=offload)
 
     def on_layer(index: int, layer, stats: LayerStatistics) -> bool:
         _prune_layer(loaded, index, layer, stats.by_kind, config, masks, weights, write=True)
+        if offload is not None:  # results live with the model; the GPU keeps one layer's at a time
+            for kind in loaded.adapter.module_kinds:
+                name = loaded.adapter.qualified_name(index, kind)
+                for found in (masks, weights if weights is not None else {}):
+                    if name in found:
+                        found[name] = offload.to_home(found[name], "results")
         return True
 
     names = list(loaded.adapter.prunable_modules(loaded.model))
     with preserved_weights(loaded.model, names):  # the walk writes pruned weights in; undo them after
         walk_layers(loaded, inputs, on_layer, need=method.needs, propagation="pruned", progress=progress,
-                    dtype=config.calib_dtype, always_changes=True)
+                    dtype=config.calib_dtype, always_changes=True, offload=offload)
     return _finish(loaded, config, masks, weights, start)
 
 
@@ -315,26 +328,31 @@ class Statistics:
 
 def collect_statistics(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], need: str,
                        batch_size: int = 8, progress: Optional[ProgressFn] = None,
-                       inputs: Optional[LayerInputs] = None, dtype: str = "float32") -> Statistics:
+                       inputs: Optional[LayerInputs] = None, dtype: str = "float32",
+                       offload: Optional[LayerOffload] = None) -> Statistics:
     """One dense walk collecting `need` statistics ("act_sq" or "hessian") for every prunable linear.
 
     dtype: compute dtype of the calibration forwards ("float32" or "bfloat16"); statistics stay fp32.
+    offload: walk each layer on the compute device; its statistics are sent home after the layer.
     """
     progress = progress or no_progress
     start = time.perf_counter()
     if inputs is None:
         if calibration_ids is None:
             raise ConfigError("Statistics need calibration data; choose a calibration corpus.")
-        inputs = capture_layer_inputs(loaded, calibration_ids, batch_size)
+        inputs = capture_layer_inputs(loaded, calibration_ids, batch_size, offload=offload)
     by_module: dict[str, InputStatistics] = {}
 
     def on_layer(index: int, layer, stats: LayerStatistics) -> bool:
         for kind, value in stats.by_kind.items():
             by_module[loaded.adapter.qualified_name(index, kind)] = value
+            if offload is not None:  # a whole model's Hessians would not fit on the GPU
+                value.to(offload.home)  # in place; linears sharing an input share this object
         stats.by_kind = {}  # keep them alive past the walk's free()
         return False
 
-    walk_layers(loaded, inputs, on_layer, need=need, propagation="dense", progress=progress, dtype=dtype)
+    walk_layers(loaded, inputs, on_layer, need=need, propagation="dense", progress=progress, dtype=dtype,
+                offload=offload)
     return Statistics(need, by_module, time.perf_counter() - start)
 
 

@@ -47,11 +47,13 @@ def symmetric_from_upper(upper: torch.Tensor) -> torch.Tensor:
 class InputStatistics:
     """Running statistics of one linear's input features (columns of its (out, in) weight)."""
 
-    def __init__(self, columns: int, hessian: bool):
+    def __init__(self, columns: int, hessian: bool, device: Optional[torch.device] = None):
+        """device: where the sums live, that of the inputs they add (a GPU under layer offload); default CPU."""
         self.columns = columns
         self.tokens = 0  # number of token vectors seen
-        self.sum_sq = torch.zeros(columns, dtype=torch.float64)  # (in,) sum over tokens of x_j^2
-        self._xxt: Optional[torch.Tensor] = torch.zeros(columns, columns, dtype=torch.float32) if hessian else None
+        self.sum_sq = torch.zeros(columns, dtype=torch.float64, device=device)  # (in,) sum over tokens of x_j^2
+        self._xxt: Optional[torch.Tensor] = (torch.zeros(columns, columns, dtype=torch.float32, device=device)
+                                             if hessian else None)
 
     def add_batch(self, x: torch.Tensor) -> None:
         """Add a batch of inputs of shape (..., in)."""
@@ -90,6 +92,13 @@ class InputStatistics:
         if hessian is not None:
             stats._xxt = hessian * (stats.tokens / 2.0)
         return stats
+
+    def to(self, device: torch.device) -> "InputStatistics":
+        """Move the sums to `device` in place (e.g. home from the GPU once a layer is walked); returns self."""
+        self.sum_sq = self.sum_sq.to(device)
+        if self._xxt is not None:
+            self._xxt = self._xxt.to(device)
+        return self
 
     def free(self) -> None:
         """Drop the large buffers (the Hessian can be hundreds of MB across a model)."""
@@ -149,7 +158,8 @@ class LayerStatistics:
             key = (x.data_ptr(), tuple(x.shape))
             if kind not in self.by_kind:
                 # Modules fed by the same tensor share one statistics object (computed once).
-                self.by_kind[kind] = seen.get(key) or InputStatistics(x.shape[-1], self.need == "hessian")
+                self.by_kind[kind] = seen.get(key) or InputStatistics(x.shape[-1], self.need == "hessian",
+                                                                   device=x.device)
             stats = self.by_kind[kind]
             if key not in seen:
                 stats.add_batch(x)

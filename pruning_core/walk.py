@@ -13,10 +13,19 @@ Propagation modes:
 Compute dtype (`CALIB_DTYPES`): the calibration forwards of the walk run in fp32 or under bf16 autocast (weights
 and the hidden states carried between layers stay fp32; matmuls run in bf16, ~3-4x the fp32 rate on CPUs with
 AVX512-BF16 or AMX). Statistics are always accumulated in fp32/fp64 from whatever reaches the linears.
+
+Offload (`execution.devices.LayerOffload`, optional): the model stays on its home device (the CPU) and each
+decoder layer visits the compute device (a GPU) only while it is walked: its statistics forward, the handler
+(so pruning math runs on the GPU) and its recomputation; then it goes home. The carried hidden states (and the
+layer kwargs) live on the compute device for the whole walk, as in the reference implementations: each layer
+reads them twice (statistics pass and recomputation) and its outputs are the next layer's inputs, so keeping
+them there saves two or three host-device copies of every activation per layer, at the cost of GPU memory for
+two buffers of nsamples x seqlen x hidden fp32 values. Without an offload nothing moves (numbers unchanged).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -24,6 +33,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import ConfigError
+from pruning_core.execution.devices import LayerOffload
 from pruning_core.models import LoadedModel
 from pruning_core.precision import autocast_for
 from pruning_core.progress import ProgressFn, no_progress
@@ -67,8 +77,13 @@ def batches_of(input_ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def capture_layer_inputs(loaded: LoadedModel, input_ids: torch.Tensor, batch_size: int = 8) -> LayerInputs:
-    """Run the embeddings on `input_ids` (n, seqlen) and capture what enters decoder layer 0."""
+def capture_layer_inputs(loaded: LoadedModel, input_ids: torch.Tensor, batch_size: int = 8,
+                         offload: Optional[LayerOffload] = None) -> LayerInputs:
+    """Run the embeddings on `input_ids` (n, seqlen) and capture what enters decoder layer 0.
+
+    offload: the embeddings run where the model lives (a lookup, cheap; the forward stops before layer 0) and
+    the captured hidden states and kwargs are then moved to the compute device, where the walk wants them.
+    """
     layer0 = loaded.adapter.decoder_layers(loaded.model)[0]
     hidden, kwargs = [], []
 
@@ -87,6 +102,8 @@ def capture_layer_inputs(loaded: LoadedModel, input_ids: torch.Tensor, batch_siz
                 pass
     finally:
         handle.remove()
+    if offload is not None:
+        return LayerInputs(offload.to_compute(hidden), offload.to_compute(kwargs))
     return LayerInputs(hidden, kwargs)
 
 
@@ -117,7 +134,7 @@ LayerHandler = Callable[[int, nn.Module, LayerStatistics], bool]
 def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler, need: str = "none",
                 propagation: str = "pruned", progress: Optional[ProgressFn] = None,
                 layer_range: Optional[range] = None, dtype: str = "float32",
-                always_changes: bool = False) -> LayerInputs:
+                always_changes: bool = False, offload: Optional[LayerOffload] = None) -> LayerInputs:
     """Walk the decoder layers in order, collecting input statistics of each layer's linears.
 
     For each layer: forward all batches with hooks collecting `need` statistics, call `on_layer`, free the
@@ -129,6 +146,9 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
     only collects statistics and stops before the layer's last linear computes (`LayerStatistics.stop_early`);
     the outputs come from the recomputation after the change, as always. A handler that then reports no change
     costs one more forward of that layer, never a wrong result.
+    offload: move each layer to the compute device while it is walked and back home after (see the module
+    docstring); the inputs are moved there first (a no-op when `capture_layer_inputs` had the same offload) and
+    the returned inputs stay on the compute device.
     """
     check_calib_dtype(dtype)
     if propagation not in PROPAGATIONS:
@@ -137,27 +157,39 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
     layers = loaded.adapter.decoder_layers(loaded.model)
     indices = layer_range if layer_range is not None else range(len(layers))
     current = inputs
+    if offload is not None:
+        current = LayerInputs(offload.to_compute(inputs.hidden), offload.to_compute(inputs.kwargs))
     for step, index in enumerate(indices):
         layer = layers[index]
-        stop_early = always_changes and propagation == "pruned" and need != "none"
-        stats = LayerStatistics(loaded.adapter.layer_linears(layer), need, stop_early=stop_early)
-        batches_done = [0]
-
-        def after_batch(step=step, index=index) -> None:
-            stats.flush()
-            # Report per batch, not only per layer: a progress call is where a job notices a cancel request.
-            batches_done[0] += 1
-            progress((step + batches_done[0] / len(current.hidden) * 0.5) / len(indices),
-                     f"layer {index + 1}/{len(layers)}")
-
-        with stats.hooks():
-            outputs = run_layer(layer, current, after_batch=after_batch, dtype=dtype)
-        try:
-            changed = on_layer(index, layer, stats)
-        finally:
-            stats.free()
-        if (changed and propagation == "pruned") or len(outputs) < len(current.hidden):
-            outputs = run_layer(layer, current, dtype=dtype)
-        current = LayerInputs(outputs, current.kwargs)
-        progress((step + 1) / len(indices), f"layer {index + 1}/{len(layers)}")
+        visit = offload.visiting(f"layer {index}", layer) if offload is not None else contextlib.nullcontext()
+        with visit:
+            current = _walk_layer(loaded, layer, index, step, current, on_layer, need, propagation, progress,
+                                  len(indices), len(layers), dtype, always_changes)
     return current
+
+
+def _walk_layer(loaded: LoadedModel, layer: nn.Module, index: int, step: int, current: LayerInputs,
+                on_layer: LayerHandler, need: str, propagation: str, progress: ProgressFn, steps: int,
+                total_layers: int, dtype: str, always_changes: bool) -> LayerInputs:
+    """One step of `walk_layers`: statistics forward, handler, recomputation; returns the next layer's inputs."""
+    stop_early = always_changes and propagation == "pruned" and need != "none"
+    stats = LayerStatistics(loaded.adapter.layer_linears(layer), need, stop_early=stop_early)
+    batches_done = [0]
+
+    def after_batch() -> None:
+        stats.flush()
+        # Report per batch, not only per layer: a progress call is where a job notices a cancel request.
+        batches_done[0] += 1
+        progress((step + batches_done[0] / len(current.hidden) * 0.5) / steps,
+                 f"layer {index + 1}/{total_layers}")
+
+    with stats.hooks():
+        outputs = run_layer(layer, current, after_batch=after_batch, dtype=dtype)
+    try:
+        changed = on_layer(index, layer, stats)
+    finally:
+        stats.free()
+    if (changed and propagation == "pruned") or len(outputs) < len(current.hidden):
+        outputs = run_layer(layer, current, dtype=dtype)
+    progress((step + 1) / steps, f"layer {index + 1}/{total_layers}")
+    return LayerInputs(outputs, current.kwargs)

@@ -65,17 +65,51 @@ def add_protocol_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seqlen", type=int, default=512, help="tokens per window")
     parser.add_argument("--eval-windows", type=int, default=64, help="evaluation windows per corpus")
     parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="evaluation compute dtype")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="evaluation compute dtype (default float32 on the CPU, bfloat16 autocast on CUDA)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (memory only)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    parser.add_argument("--device", default="cpu", metavar="auto|cpu|cuda[:N]",
+                        help="where pruning and evaluation compute (export): on cuda the model stays in host memory "
+                             "and one decoder layer at a time visits the GPU; auto = cuda if present, else cpu")
+
+
+#: Commands whose pruning and evaluation honour --device (layer offload); the others compute on the CPU.
+DEVICE_COMMANDS = ("export",)
+
+
+def device_from_args(args):
+    """The torch device of --device: ConfigError in one sentence for cuda without a GPU, a bad name or index,
+    or a GPU asked of a command that computes on the CPU only (--device auto then means the CPU)."""
+    import torch
+
+    from pruning_core.execution.devices import resolve_device
+
+    name = getattr(args, "device", "cpu")
+    device = resolve_device(name)
+    command = getattr(args, "command", None)
+    if device.type != "cpu" and command not in DEVICE_COMMANDS:
+        if str(name).strip().lower() == "auto":
+            return torch.device("cpu")
+        raise ConfigError(f"`prunescope {command}` computes on the CPU for now (--device applies to "
+                          f"{', '.join(DEVICE_COMMANDS)}); drop --device {name} or use --device cpu.")
+    return device
+
+
+def offload_from_args(args):
+    """The `LayerOffload` for --device (the model stays on the CPU, layers visit the GPU), or None on the CPU."""
+    from pruning_core.execution.devices import offload_for
+
+    return offload_for(device_from_args(args))
 
 
 def protocol_from_args(args):
+    from pruning_core.execution.devices import default_dtype
     from pruning_core.protocol import Protocol
 
+    dtype = args.dtype or default_dtype(device_from_args(args))  # also checks --device before any work
     return Protocol(calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-                    eval_windows=args.eval_windows, dtype=args.dtype, batch_size=args.batch_size,
+                    eval_windows=args.eval_windows, dtype=dtype, batch_size=args.batch_size,
                     calib_column=args.calib_column).validate()
 
 

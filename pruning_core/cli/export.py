@@ -20,6 +20,7 @@ from pruning_core.cli.common import (
     _floats,
     add_protocol_args,
     load_model_from_args,
+    offload_from_args,
     prepare_out_dir,
     protocol_from_args,
 )
@@ -87,7 +88,7 @@ def cmd_export(args) -> int:
     if allocator == "sensitivity":  # the pipeline makes statistics-only plans; this one reads a map
         options = replace(options, plan=_sensitivity_plan(args, loaded, protocol, options, store, progress))
     # The store gives back a dense perplexity measured before (by a sweep, what-if or export).
-    outcome = run_export(loaded, protocol, options, out, progress, store=store)
+    outcome = run_export(loaded, protocol, options, out, progress, store=store, offload=offload_from_args(args))
     data = outcome["report"]
     for corpus, dense in data["ppl"]["dense"].items():
         pruned = data["ppl"]["pruned"][corpus]

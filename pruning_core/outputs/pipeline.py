@@ -182,11 +182,13 @@ def _file_rows(out: Path, names: Sequence[str]) -> list[dict]:
 
 
 def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: ProgressFn | None = None,
-               store=None) -> dict:
+               store=None, offload=None) -> dict:
     """Prune `loaded` with `options` (or take the stored What-if mask it names), evaluate with
     `evaluate.evaluate_setting`, and write every export file into `out_dir`.
 
     store: the `Store` holding a What-if mask artifact, and where the dense perplexity is reused from.
+    offload: an `execution.devices.LayerOffload`: the pruning walks and the perplexities run layer by layer on
+    its compute device (a GPU), the model staying on the CPU; the heatmap, generations and lm-eval stay there.
     Returns {"files": {name: path}, "report": report data dict, "manifest": manifest}. The model is left as it was.
     """
     from pruning_core import evaluate  # imported here: `prunescope --help` stays free of torch
@@ -219,9 +221,9 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     else:
         progress(0.05, f"pruning: {options.method} {options.structure}")
         result = prune_model(loaded, calib, config, protocol.batch_size,
-                             progress=_step_progress(progress, 0.05, 0.2, "pruning"))
+                             progress=_step_progress(progress, 0.05, 0.2, "pruning"), offload=offload)
     evaluation = evaluate.evaluate_setting(loaded, protocol, options.eval_corpora, result, eval_ids=evals,
-                                           store=store, progress=sub_progress(progress, 0.2, 0.3))
+                                           store=store, progress=sub_progress(progress, 0.2, 0.3), offload=offload)
     dense_ppl, pruned_ppl = evaluation.dense_ppl, evaluation.pruned_ppl
     allocation = plan.allocator if plan is not None else ("edited" if config.layer_sparsity else "uniform")
     points = [{"method": config.method, "structure": config.structure, "allocation": allocation,
@@ -234,9 +236,10 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
                             0.3 + 0.2 * (i + 1) / len(options.curve_sparsities))
         step(0.0, f"curve point {s:.0%}: pruning")
         extra = prune_model(loaded, calib, PruneConfig(options.method, "unstructured", s, options.propagation),
-                            protocol.batch_size)
+                            protocol.batch_size, offload=offload)
         curve = evaluate.evaluate_setting(loaded, protocol, options.eval_corpora, extra, dense=False, eval_ids=evals,
-                                          progress=sub_progress(step, 0.5, 1.0), label=f"curve point {s:.0%}")
+                                          progress=sub_progress(step, 0.5, 1.0), label=f"curve point {s:.0%}",
+                                          offload=offload)
         points.append({"method": config.method, "structure": "unstructured", "allocation": "uniform",
                        "target_sparsity": s,
                        "sparsity": extra.sparsity, "prune_seconds": extra.seconds, "ppl": curve.pruned_ppl,
