@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prunescope-installed
+RAY_STAMP := $(VENV)/.prunescope-ray-installed
 
-.PHONY: setup demo test test-fast bench browser-deps
+.PHONY: setup demo test test-fast bench browser-deps ray-deps
 
 setup: $(STAMP)
 
@@ -24,7 +25,14 @@ demo: setup
 browser-deps:
 	@command -v chromium >/dev/null 2>&1 || ( (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "WARNING: could not install chromium; browser tests will be skipped" )
 
-test: setup browser-deps
+# The optional Ray extra, so that the tests run the Ray executor too; `demo` does not need it.
+ray-deps: $(RAY_STAMP)
+
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[ray]"
+	touch $(RAY_STAMP)
+
+test: setup browser-deps ray-deps
 	$(PY) -m pytest -q -ra tests
 
 test-fast: setup

@@ -1,13 +1,18 @@
 """Sweeps: a grid of methods x structures x allocations x sparsities, evaluated on several corpora.
 
-Work is shared across the grid: the layer-0 inputs are captured once; in ``dense`` propagation the input
-statistics are collected once (the most demanding statistics any method of the grid needs) and every point
+Work is shared across the grid: the layer-0 inputs are captured once per worker; in ``dense`` propagation
+the input statistics are collected once (the most demanding statistics any method of the grid needs) and every point
 only re-thresholds (magnitude and Wanda rank each matrix's scores once, then a sparsity is one comparison;
 SparseGPT re-solves from the stored Hessians); in ``pruned`` propagation each point walks the model as the
 papers do.
 
 With a `store`, each finished point is stored at once under a content hash of everything that determines
 it, and a later run (after a stop or a crash) reuses finished points instead of recomputing them.
+
+Points are independent units of work (`PointTask`, computed by a `SweepWorker`), so an executor
+(`pruning_core.execution.executors`) can run them here, in grid order, or on Ray workers in parallel. The
+driver (`run_sweep`) keeps what must happen once: dense perplexities, statistics for plans, the plans
+themselves, and every store read and write.
 
 An allocation (`pruning_core.allocation.allocators`) is one more axis: each unstructured (method, allocation,
 sparsity) point prunes with the plan the allocator makes for that global target. Plans read the dense
@@ -20,12 +25,17 @@ so a plan could only leave modules dense, which no allocator here decides.
 
 from __future__ import annotations
 
+import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping, Optional
+
+import torch
 
 from pruning_core import evaluate
 from pruning_core.allocation.allocators import ALLOCATORS, AllocationInputs, get_allocator, make_plan
 from pruning_core.errors import ConfigError
+from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
 from pruning_core.execution.store import content_hash
 from pruning_core.masks import parse_structure
 from pruning_core.methods import METHODS, strongest_need
@@ -147,26 +157,126 @@ def _sensitivity_for(sensitivity: Optional[Mapping], method: str) -> Optional[Ma
     return sensitivity.get(method)
 
 
+@dataclass(frozen=True)
+class PointTask:
+    """One sweep point to compute: its setting and how to name it; the model and windows are the worker's.
+
+    base: the grid's setting (its sparsity is the target); config: `base`, or `base` with the plan the driver
+    made for it; use_ranks: rank each matrix's scores once and re-threshold for later sparsities (speed
+    only: the masks are those of ranking afresh).
+    """
+
+    base: PruneConfig
+    config: PruneConfig
+    allocation: str
+    label: str
+    use_ranks: bool
+
+
+def _point_identity(config: PruneConfig, allocation: str) -> dict:
+    return {"allocation": allocation,
+            "plan": config.plan.to_dict() if config.plan is not None else None,
+            "plan_digest": config.plan.digest() if config.plan is not None else None}
+
+
+class SweepWorker:
+    """Prunes and evaluates sweep points on one loaded model; no store (the driver owns it).
+
+    Keeps what the points it computes share: the layer-0 inputs of the calibration windows (pruned
+    propagation, captured at the first point that needs them) and the score ranks of each matrix.
+    calib_ids: (nsamples, seqlen) token ids; eval_ids: {corpus: (windows, seqlen)}; statistics: the dense
+    statistics a ``dense`` propagation prunes from (None otherwise).
+    """
+
+    def __init__(self, loaded: LoadedModel, spec: SweepSpec, calib_ids: torch.Tensor,
+                 eval_ids: Mapping[str, torch.Tensor], statistics=None):
+        self.loaded = loaded
+        self.spec = spec
+        self.calib_ids = calib_ids
+        self.eval_ids = eval_ids
+        self.statistics = statistics
+        self.inputs = None
+        self.ranks: dict = {}  # score ranks per (method, matrix)
+
+    def run(self, task: PointTask, progress: ProgressFn) -> dict:
+        """The point dict (without "cached") of `task`; progress over [0, 1]: pruning to 0.6, then evaluation."""
+        loaded, spec, config = self.loaded, self.spec, task.config
+        progress(0.0, f"{task.label}: pruning")
+        method = config.method_spec
+        ranks = self.ranks if task.use_ranks else None
+        if method.needs == "none":  # magnitude: no data, so both propagations are the same; rank once
+            pruned = prune_with_statistics(loaded, None, config, ranks=ranks)
+        elif spec.propagation == "dense":
+            pruned = prune_with_statistics(loaded, self.statistics, config, ranks=ranks)
+        else:
+            if self.inputs is None:
+                self.inputs = capture_layer_inputs(loaded, self.calib_ids, spec.protocol.batch_size)
+            pruned = prune_model(loaded, self.calib_ids, config, spec.protocol.batch_size,
+                                 sub_progress(progress, 0.0, 0.6), inputs=self.inputs)
+        point = {
+            "method": config.method,
+            "structure": config.structure,
+            **_point_identity(config, task.allocation),
+            "target_sparsity": task.base.effective_sparsity,
+            "sparsity": pruned.sparsity,
+            "propagation": spec.propagation,
+            "ppl": {},
+            "prune_seconds": pruned.seconds,
+            "eval_seconds": 0.0,
+        }
+        evaluation = evaluate.evaluate_setting(loaded, spec.protocol, spec.eval_corpora, pruned, dense=False,
+                                               eval_ids=self.eval_ids, label=task.label,
+                                               progress=sub_progress(progress, 0.6, 1.0))
+        point["ppl"] = evaluation.pruned_ppl
+        point["eval_seconds"] = evaluation.seconds
+        return point
+
+
+def build_sweep_worker(spec: SweepSpec, fingerprint: str, calib_ids: torch.Tensor,
+                       eval_ids: Mapping[str, torch.Tensor], statistics=None) -> SweepWorker:
+    """A worker in another process (a Ray actor): loads `spec.model` itself and checks that its weights are
+    the driver's (`fingerprint`), so every point is computed on the model the driver keyed it by."""
+    loaded = load_model(spec.model)
+    if loaded.fingerprint != fingerprint:
+        raise ConfigError(f"A worker loaded '{spec.model}' but its weights differ from the model this sweep runs "
+                          "on; give the sweep a model source every worker can load the same way (a folder or "
+                          "hub id present on every node), or use --executor local.")
+    return SweepWorker(loaded, spec, calib_ids, eval_ids, statistics)
+
+
 def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
               progress: Optional[ProgressFn] = None,
               on_point: Optional[Callable[[dict], None]] = None,
-              sensitivity: Optional[Mapping] = None) -> dict:
+              sensitivity: Optional[Mapping] = None,
+              executor=None) -> dict:
     """Run (or resume) a sweep and return the results.json document.
 
     results = {"model", "dense": {"ppl": {corpus: ppl}, "eval_seconds": {...}}, "points": [...],
     "protocol", "propagation", "allocations", "env"}; each point has method, structure, allocation,
     target_sparsity (the global target asked, a fraction), sparsity (measured over the pruned linears), plan
     (`SparsityPlan.to_dict()`, None for a uniform point), plan_digest (None for uniform), ppl {corpus: ppl},
-    prune_seconds, eval_seconds, cached.
+    prune_seconds, eval_seconds, cached; "execution" records where the points ran and the driver's serial
+    seconds (load, prepare: windows, dense evaluation, statistics, plans, store checks; startup of Ray) beside
+    the seconds of the points phase.
     `store` (a `pruning_core.execution.store.Store`) makes points durable and resumable; `on_point` sees each point.
     sensitivity: for the "sensitivity" allocation, a `compute_sensitivity` result (or {method: result});
     without one the exact map at `spec.map_sparsities()` is computed once per method (reused from `store`).
+    executor: where the missing points are computed: None or an `ExecutorConfig` of kind "local" (this
+    process, in grid order), an `ExecutorConfig` of kind "ray" (Ray workers, each loading `spec.model`
+    itself), or an executor object. Results and store keys do not depend on it; this driver alone reads and
+    writes `store`, so runs on different executors resume each other's points.
     """
     spec.validate()
     progress = progress or no_progress
+    if executor is None or isinstance(executor, ExecutorConfig):
+        executor = make_executor(executor)  # a missing Ray fails here, before any work
     protocol = spec.protocol
+    load_seconds = 0.0
     if loaded is None:
+        start = time.perf_counter()
         loaded = load_model(spec.model, progress=sub_progress(progress, 0.0, 0.02))
+        load_seconds = time.perf_counter() - start
+    prepare_start = time.perf_counter()
     # Read every corpus first: a bad corpus fails before any expensive work.
     calib_ids = calibration_ids(loaded, protocol)
     eval_ids = evaluate.evaluation_windows(loaded, protocol, spec.eval_corpora)
@@ -197,7 +307,6 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
         store.put_result(content_hash({"sweep_dense": run_key}), "sweep_dense", dense, run_key=run_key)
     results["dense"] = dense
 
-    inputs = None
     statistics = None
     allocators = {allocation: get_allocator(allocation) for _, allocation in grid}
     # One set of dense statistics serves dense-propagation pruning and every plan (hessian covers act_sq).
@@ -235,72 +344,91 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
                                    config.sparsity)
         return plans[key]
 
-    ranks: dict = {}  # score ranks per (method, matrix): each later sparsity of a scoring method re-thresholds
+    # Every point's setting (plans are made here, on the driver) and store key; finished points come from the
+    # store and only the missing ones go to the executor. Progress advances by finished points.
+    def done_fraction(count: int) -> float:
+        return 0.02 + 0.98 * (count + 1) / steps
+
+    points: list = [None] * len(grid)
+    keys: list = [None] * len(grid)
+    tasks: list[PointTask] = []
+    task_points: list[int] = []  # grid index of each task
+    done = 0
     for index, (base, allocation) in enumerate(grid):
-        lo = 0.02 + 0.98 * (index + 1) / steps
-        hi = 0.02 + 0.98 * (index + 2) / steps
         label = f"{base.method} {base.structure} {base.effective_sparsity:.0%}"
         if allocation != "uniform":
             label += f" {allocation}"
-        step_progress = sub_progress(progress, lo, lo + (hi - lo) * 0.6)
+        lo, hi = done_fraction(done), done_fraction(done + 1)
+        plan_progress = sub_progress(progress, lo, lo + (hi - lo) * 0.6)
         # A uniform point keeps its plain sparsity: same masks, same key as before plans existed.
-        config = base if allocation == "uniform" else base.with_plan(loaded, plan_of(base, allocation, step_progress))
-        identity = {"allocation": allocation,
-                    "plan": config.plan.to_dict() if config.plan is not None else None,
-                    "plan_digest": config.plan.digest() if config.plan is not None else None}
-        key = None
+        config = base if allocation == "uniform" else base.with_plan(loaded, plan_of(base, allocation, plan_progress))
         if store is not None:
-            key = content_hash(point_key(loaded.fingerprint, calib_identity, protocol, config, eval_identity))
-            cached = store.get_result(key)
+            keys[index] = content_hash(point_key(loaded.fingerprint, calib_identity, protocol, config, eval_identity))
+            cached = store.get_result(keys[index])
             if cached is not None:
                 # The key holds the plan's table, not its maker: name this run's allocator.
-                point = {**cached, **identity, "target_sparsity": base.effective_sparsity, "cached": True}
-                results["points"].append(point)
+                points[index] = {**cached, **_point_identity(config, allocation),
+                                 "target_sparsity": base.effective_sparsity, "cached": True}
                 if on_point:
-                    on_point(point)
-                progress(hi, f"{label}: from the store")
+                    on_point(points[index])
+                done += 1
+                progress(done_fraction(done), f"{label}: from the store")
                 continue
-        step_progress(0.0, f"{label}: pruning")
-        method = config.method_spec
         # Ranking costs ~3 direct prunes, so it pays only when the method has several unstructured points.
-        ranks_for = ranks if sum(1 for c, _ in grid if c.method == config.method
-                                 and not c.structure_spec.is_nm) > 1 else None
-        if method.needs == "none":  # magnitude: no data, so both propagations are the same; rank once
-            pruned = prune_with_statistics(loaded, None, config, ranks=ranks_for)
-        elif spec.propagation == "dense":
-            pruned = prune_with_statistics(loaded, dense_statistics(step_progress), config, ranks=ranks_for)
-        else:
-            if inputs is None and method.needs != "none":
-                inputs = capture_layer_inputs(loaded, calib_ids, protocol.batch_size)
-            pruned = prune_model(loaded, calib_ids, config, protocol.batch_size,
-                                 sub_progress(step_progress, 0.0, 1.0), inputs=inputs)
-        point = {
-            "method": config.method,
-            "structure": config.structure,
-            **identity,
-            "target_sparsity": base.effective_sparsity,
-            "sparsity": pruned.sparsity,
-            "propagation": spec.propagation,
-            "ppl": {},
-            "prune_seconds": pruned.seconds,
-            "eval_seconds": 0.0,
-        }
-        evaluation = evaluate.evaluate_setting(loaded, protocol, spec.eval_corpora, pruned, dense=False,
-                                               eval_ids=eval_ids, label=label,
-                                               progress=sub_progress(progress, lo + (hi - lo) * 0.6, hi))
-        point["ppl"] = evaluation.pruned_ppl
-        point["eval_seconds"] = evaluation.seconds
-        if store is not None:
-            store.put_result(key, "sweep_point", point, run_key=run_key)
-        point["cached"] = False
-        results["points"].append(point)
-        if on_point:
-            on_point(point)
-        progress(hi, f"{label}: ppl " + ", ".join(f"{c} {v:.2f}" for c, v in point["ppl"].items()))
+        use_ranks = sum(1 for c, _ in grid if c.method == config.method and not c.structure_spec.is_nm) > 1
+        tasks.append(PointTask(base=base, config=config, allocation=allocation, label=label, use_ranks=use_ranks))
+        task_points.append(index)
+
+    if spec.propagation == "dense" and any(t.config.method_spec.needs != "none" for t in tasks):
+        lo, hi = done_fraction(done), done_fraction(done + 1)
+        dense_statistics(sub_progress(progress, lo, lo + (hi - lo) * 0.6))
+    points_start = time.perf_counter()
+    pruning_statistics = statistics if spec.propagation == "dense" else None  # plans' statistics stay here
+    recipe = WorkerRecipe(build=build_sweep_worker,
+                          args=(spec, loaded.fingerprint, calib_ids, eval_ids, pruning_statistics),
+                          local=lambda: SweepWorker(loaded, spec, calib_ids, eval_ids, pruning_statistics))
+
+    def task_progress(_: int) -> ProgressFn:  # the local executor runs tasks in order: the next range
+        return sub_progress(progress, done_fraction(done), done_fraction(done + 1))
+
+    def waiting() -> None:  # a Ray run calls this while every worker is busy: cancel and heartbeat go here
+        progress(done_fraction(done), f"{done}/{len(grid)} points done; running on {executor.config.describe()}")
+
+    with closing(executor.run(recipe, tasks, task_progress, waiting)) as finished:
+        for number, point in finished:
+            index = task_points[number]
+            if points[index] is not None:  # one result per task; never store or report a point twice
+                continue
+            if store is not None:
+                store.put_result(keys[index], "sweep_point", point, run_key=run_key)
+            point["cached"] = False
+            points[index] = point
+            if on_point:
+                on_point(point)
+            done += 1
+            progress(done_fraction(done),
+                     f"{tasks[number].label}: ppl " + ", ".join(f"{c} {v:.2f}" for c, v in point["ppl"].items()))
+    results["points"] = points  # grid order, whatever order the points finished in
+    startup = float(getattr(executor, "startup_seconds", 0.0)) if tasks else 0.0
+    results["execution"] = {
+        "executor": executor.config.kind,
+        "workers": executor.config.workers if executor.config.kind == "ray" else 1,
+        "points_computed": len(tasks),
+        # Parts of this call's wall time: load and prepare on the driver, starting/joining Ray, then the points
+        # (which include each Ray worker's own start, listed apart in worker_start_seconds).
+        "seconds": {"load": load_seconds, "prepare": points_start - prepare_start, "startup": startup,
+                    "points": time.perf_counter() - points_start - startup},
+        "worker_start_seconds": list(getattr(executor, "worker_start_seconds", [])) if tasks else [],
+    }
     return results
 
 
 def run_sweep_job(spec: dict, store, progress: ProgressFn) -> dict:
     """Job entry (`jobs.JOB_KINDS["sweep"]`): `spec` is `SweepSpec.to_dict()`; points go to `store` as they
-    finish, so a cancelled or killed job resumes where it stopped. Returns the results.json document."""
-    return run_sweep(SweepSpec.from_dict(spec), store=store, progress=progress)
+    finish, so a cancelled or killed job resumes where it stopped. Returns the results.json document.
+
+    Where the points run comes from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS
+    (`ExecutorConfig.from_env`; unset = this process): they change no number, so they are not in `spec`
+    and never in a job or point key.
+    """
+    return run_sweep(SweepSpec.from_dict(spec), store=store, progress=progress, executor=ExecutorConfig.from_env())
