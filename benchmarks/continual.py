@@ -40,8 +40,10 @@ FULL = {"model": "embedded", "domains": ["wiki", "news", "pydocs"], "method": "w
         "strategies": ["latest", "sequential", "accumulated", "copal", "joint"]}
 QUICK = {**FULL, "model": "tiny-llama", "nsamples": 4, "seqlen": 64, "eval_windows": 4}
 #: Training of every domain's adapter (and of the shared one at each step): rank 8 on every linear.
-ADAPTERS = {"train": {"steps": 60, "batch_size": 4, "seqlen": 256, "eval_every": 0}, "rank": 8}
-QUICK_ADAPTERS = {"train": {"steps": 4, "batch_size": 2, "seqlen": 32, "eval_every": 0}, "rank": 2}
+#: eval_windows: per domain for the R matrices (the selector is scored on the held-out windows of every domain).
+ADAPTERS = {"train": {"steps": 40, "batch_size": 4, "seqlen": 256, "eval_every": 0}, "rank": 8, "eval_windows": 16}
+QUICK_ADAPTERS = {"train": {"steps": 4, "batch_size": 2, "seqlen": 32, "eval_every": 0}, "rank": 2,
+                  "eval_windows": 4}
 
 
 def main() -> None:
@@ -110,7 +112,7 @@ def _adapters(settings: dict, adapters: dict, loaded) -> dict:
 
     spec = ContinualAdaptersSpec(model=settings["model"], domains=tuple(settings["domains"]),
                                  method=settings["method"], sparsity=settings["sparsity"], train=adapters["train"],
-                                 rank=adapters["rank"],
+                                 rank=adapters["rank"], eval_windows=adapters["eval_windows"],
                                  protocol=Protocol(nsamples=settings["nsamples"], seqlen=settings["seqlen"], seed=0,
                                                    eval_windows=settings["eval_windows"]))
     clock = time.perf_counter()
