@@ -21,6 +21,11 @@ def autocast_for(dtype: str):
     if dtype not in EVAL_DTYPES:
         raise ConfigError(f"Evaluation dtype '{dtype}' is unknown; use one of {', '.join(EVAL_DTYPES)}.")
     if dtype == "bfloat16":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+        # Autocast is per device type: enable it for the CPU always and for CUDA where there is one, so that the
+        # ops run in bf16 wherever the tensors are (a CPU run on a GPU machine, or a layer offloaded to the GPU).
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(device_type="cpu", dtype=torch.bfloat16))
+        if torch.cuda.is_available():
+            stack.enter_context(torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+        return stack
     return contextlib.nullcontext()

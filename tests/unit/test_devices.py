@@ -245,3 +245,14 @@ def test_cuda_offload_agrees_with_the_cpu_and_leaves_the_model_home(method):
     assert on_gpu.ppl == pytest.approx(perplexity(loaded, eval_ids).ppl, rel=1e-4)
     assert all(p.device == CPU and not p.is_inference() for p in loaded.model.parameters())
     assert bf16_agreement(loaded, eval_ids, offload)["relative_gap"] == pytest.approx(0.0, abs=0.05)
+
+
+def test_bf16_autocast_covers_the_cpu_even_where_cuda_exists():
+    """A CPU run asked for bf16 runs its matmuls in bf16 on any machine (autocast is per device type)."""
+    from pruning_core.precision import autocast_for
+
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with autocast_for("bfloat16"):
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast_for("float32"):
+        assert (a @ b).dtype == torch.float32
