@@ -15,6 +15,7 @@ Set PRUNESCOPE_BROWSER_MODEL to start the app on another model than "embedded".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -74,6 +76,34 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def tiny_model_server(home: Path, log_path: Path, prepare: Callable[[], object]) -> Iterator[tuple[str, object]]:
+    """(url, what `prepare` returned): a dashboard on the tiny model whose PRUNESCOPE_HOME is `home`, started
+    after `prepare()` filled that store (run with PRUNESCOPE_HOME set to `home`, restored after). The shared
+    `app_url` serves the embedded model and a store a test cannot write to before its server starts."""
+    before = os.environ.get("PRUNESCOPE_HOME")
+    os.environ["PRUNESCOPE_HOME"] = str(home)
+    try:
+        prepared = prepare()
+        env = ui_environment("tiny-llama")
+    finally:
+        if before is None:
+            os.environ.pop("PRUNESCOPE_HOME", None)
+        else:
+            os.environ["PRUNESCOPE_HOME"] = before
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(streamlit_command(port=port, host="127.0.0.1", model="tiny-llama"),
+                                   cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        _wait_healthy(url, process, log_path, SERVER_START_TIMEOUT_S)
+        yield url, prepared
+    finally:
+        _stop(process)
 
 
 @pytest.fixture(scope="session")

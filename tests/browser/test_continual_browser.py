@@ -3,19 +3,14 @@
 the BWT convention, and draws the R matrix as a heatmap with data (read from plotly.js's graph div); opening
 another strategy's tab draws its R matrix too.
 
-It starts its own server on the tiny model with its own PRUNESCOPE_HOME (the shared `app_url` serves the embedded
-model and a store this test cannot write to before the server starts).
+It starts its own server on the tiny model with its own store (`conftest.tiny_model_server`).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
-from app.launch import REPO_ROOT, streamlit_command, ui_environment
-from tests.browser.conftest import SERVER_START_TIMEOUT_S, _free_port, _stop, _wait_healthy
+from tests.browser.conftest import tiny_model_server
 
 pytestmark = pytest.mark.browser
 
@@ -31,38 +26,22 @@ _R_HEATMAP = """
 @pytest.fixture(scope="module")
 def continual_app(artifacts, tmp_path_factory):
     """(url, result): a dashboard on the tiny model whose store holds one finished continual job."""
-    from tests.app.apptest_helpers import insert_job
 
-    home = tmp_path_factory.mktemp("continual-home")
-    before = os.environ.get("PRUNESCOPE_HOME")
-    os.environ["PRUNESCOPE_HOME"] = str(home)
-    try:
+    def finished_run() -> dict:
         from pruning_core.continual.run import ContinualSpec, run_continual
         from pruning_core.execution.store import Store
         from pruning_core.protocol import Protocol
+        from tests.app.apptest_helpers import insert_job
 
         spec = ContinualSpec(model="tiny-llama", protocol=Protocol(nsamples=4, seqlen=32, eval_windows=4),
                              domains=("news", "pydocs"), strategies=("latest", "copal", "joint"))
         result = run_continual(spec, store=Store())
         insert_job("continual", result["spec"], "done", result)
-        env = ui_environment("tiny-llama")
-    finally:
-        if before is None:
-            os.environ.pop("PRUNESCOPE_HOME", None)
-        else:
-            os.environ["PRUNESCOPE_HOME"] = before
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = artifacts / "streamlit-continual-server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(streamlit_command(port=port, host="127.0.0.1", model="tiny-llama"),
-                                   cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        _wait_healthy(url, process, log_path, SERVER_START_TIMEOUT_S)
-        yield url, result
-    finally:
-        _stop(process)
+        return result
+
+    with tiny_model_server(tmp_path_factory.mktemp("continual-home"),
+                           artifacts / "streamlit-continual-server.log", finished_run) as served:
+        yield served
 
 
 def test_the_continual_page_opens_its_r_matrix(browser, continual_app, artifacts, wait_for_app):

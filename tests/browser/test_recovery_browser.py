@@ -4,19 +4,14 @@ opens the Recovery page with that setting, a short training runs as a real backg
 before/after table, the exact merged sparsity, the loss chart drawn by plotly.js and a report download whose HTML
 names the recovered setting.
 
-It starts its own server on the tiny model with its own PRUNESCOPE_HOME (the shared `app_url` serves the embedded
-model and a store this test cannot write to before the server starts).
+It starts its own server on the tiny model with its own store (`conftest.tiny_model_server`).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
-from app.launch import REPO_ROOT, streamlit_command, ui_environment
-from tests.browser.conftest import SERVER_START_TIMEOUT_S, _free_port, _stop, _wait_healthy
+from tests.browser.conftest import tiny_model_server
 
 pytestmark = pytest.mark.browser
 
@@ -32,29 +27,10 @@ def recovery_app(artifacts, tmp_path_factory):
     """The url of a dashboard on the tiny model whose store holds one finished sweep."""
     from tests.app.apptest_helpers import stored_sweep
 
-    home = tmp_path_factory.mktemp("recovery-home")
-    before = os.environ.get("PRUNESCOPE_HOME")
-    os.environ["PRUNESCOPE_HOME"] = str(home)
-    try:
-        stored_sweep()  # Wanda usable at 50 % on wiki: the Summary's recommendation
-        env = ui_environment("tiny-llama")
-    finally:
-        if before is None:
-            os.environ.pop("PRUNESCOPE_HOME", None)
-        else:
-            os.environ["PRUNESCOPE_HOME"] = before
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = artifacts / "streamlit-recovery-server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(streamlit_command(port=port, host="127.0.0.1", model="tiny-llama"),
-                                   cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        _wait_healthy(url, process, log_path, SERVER_START_TIMEOUT_S)
+    # Wanda usable at 50 % on wiki: the Summary's recommendation
+    with tiny_model_server(tmp_path_factory.mktemp("recovery-home"), artifacts / "streamlit-recovery-server.log",
+                           stored_sweep) as (url, _):
         yield url
-    finally:
-        _stop(process)
 
 
 def test_from_the_summary_to_a_recovered_model_and_its_report(browser, recovery_app, artifacts, wait_for_app):
@@ -66,14 +42,10 @@ def test_from_the_summary_to_a_recovered_model_and_its_report(browser, recovery_
         page.get_by_role("button", name="Recover quality with an adapter").click()
         wait_for_app(page, "Preselected from the Summary", timeout_ms=60_000)
         assert "/recovery" in page.url and "Traceback" not in page.inner_text("body")
-        # A short training: a few steps of small windows (the tiny model learns nothing more from longer ones).
+        # A short training: a few steps (the tiny model learns nothing more from a longer one).
         steps = page.get_by_role("spinbutton", name="Steps", exact=True)
         steps.fill("6")
         steps.press("Enter")
-        page.get_by_text("More training settings").click()
-        windows = page.get_by_role("spinbutton", name="Windows per step", exact=True)
-        windows.fill("2")
-        windows.press("Enter")
         wait_for_app(page, "6 steps ×", timeout_ms=30_000)  # the estimate follows the edited form
         page.get_by_role("button", name="Recover", exact=True).click()
         wait_for_app(page, "gap won back", timeout_ms=240_000)  # a real background job, then the result
