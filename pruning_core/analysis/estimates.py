@@ -105,7 +105,8 @@ def _windows_line(windows: dict[str, int], asked: int, what: str) -> str:
 
 def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None = None,
                    eval_windows_used: dict[str, int] | None = None, *, stored_statistics: str = "none",
-                   stored_maps: Collection[str] = (), probe_windows_available: int | None = None) -> dict:
+                   stored_maps: Collection[str] = (), probe_windows_available: int | None = None,
+                   workers: int = 1) -> dict:
     """Estimated seconds and peak memory (bytes) of `spec` (a `sweep.SweepSpec`) for the described model.
 
     Every point of `spec.grid()` is counted (each setting once per allocation), plus what the plans need, as
@@ -121,6 +122,10 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     walk they cover costs nothing. stored_maps: methods whose sensitivity map the sweep would reuse from the
     store. probe_windows_available: whole windows of the calibration corpus's evaluation split (the map's
     probe text; see `estimate_sensitivity`).
+    workers: parallel workers of the executor (`execution.executors.ExecutorConfig`; 1 = the local executor).
+    The points' pruning and evaluation spread over min(workers, points) workers while the driver's part (dense
+    evaluation, statistics, plans, maps) stays serial; each worker holds its own copy of the model, so the peak
+    memory grows with them (the assumptions say how many were counted; the breakdown is of wall seconds).
     """
     from pruning_core.allocation.allocators import get_allocator
     from pruning_core.methods import covers, strongest_need
@@ -168,6 +173,10 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
             if method.needs == "hessian":
                 breakdown["pruning"] += _hessian_seconds(facts, rates, calib_tokens)
         breakdown["evaluation"] += eval_tokens * rates["full_s_per_token"]
+    parallel = max(1, min(int(workers), len(grid)))
+    # The points run on `parallel` workers: their share of the wall time divides, the driver's does not.
+    breakdown["pruning"] /= parallel
+    breakdown["evaluation"] /= parallel
     seconds = sum(breakdown.values())
     stat_needs = needs | plan_needs
     stats_bytes = 0
@@ -180,12 +189,16 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     masks = facts["prunable"] * (1 + (4 if "hessian" in needs else 0))  # bool masks (+ SparseGPT weights)
     peak = max(_memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks,
                map_peak)
+    if parallel > 1:  # the driver's model and each worker's own copy, with its walk and masks
+        peak *= parallel + 1
     allocation_names = list(dict.fromkeys(allocation for _, allocation in grid))
     what = f"{len(grid)} points"
     if allocation_names != ["uniform"]:
         what += f" (allocations {', '.join(allocation_names)}; {len(plans)} plans"
         what += (f"; exact sensitivity map of {', '.join(map_methods)} at "
                  f"{', '.join(f'{s:.0%}' for s in spec.map_sparsities())})" if map_methods else ")")
+    if parallel > 1:
+        what += f" on {parallel} parallel workers"
     return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
             "breakdown": {k: float(v) for k, v in breakdown.items()},
             "assumptions": _assumptions(rates, f"{what}, {spec.propagation} propagation; "
@@ -383,8 +396,14 @@ def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
     if stored_maps is not None:  # the sweep computes a map: its probe reads the calibration corpus's evaluation split
         available = evaluation_windows_used(loaded, [protocol.calib], replace(protocol, eval_windows=10**9),
                                             store, protocol.calib_column)[protocol.calib]
+    workers = 1
+    if kind == "sweep":  # a sweep job runs on the executor its environment names (`run_sweep_job`)
+        from pruning_core.execution.executors import ExecutorConfig
+
+        executor = ExecutorConfig.from_env()
+        workers = int(executor.workers) if executor.kind == "ray" else 1
     return estimate_sweep(info, sweep, rate, eval_windows_used=windows, stored_statistics=stored_statistics,
-                          stored_maps=stored_maps or (), probe_windows_available=available)
+                          stored_maps=stored_maps or (), probe_windows_available=available, workers=workers)
 
 
 def _stored_plan_inputs(loaded, sweep, store) -> tuple[str, set[str] | None]:

@@ -200,3 +200,27 @@ def test_estimate_job_sees_what_a_finished_sweep_stored(tiny, tmp_path):
     after = estimate_job("sweep", spec.to_dict(), tiny, store)
     assert after["breakdown"]["sensitivity_maps"] == 0 and after["breakdown"]["statistics"] == 0
     assert after["breakdown"]["evaluation"] == pytest.approx(before["breakdown"]["evaluation"])
+
+
+def test_parallel_workers_divide_the_points_share_and_multiply_the_memory(tiny, monkeypatch, tmp_path):
+    from pruning_core.analysis.estimates import estimate_job
+
+    info = tiny.describe()
+    spec = SweepSpec(model="tiny-llama", methods=("wanda", "magnitude"), sparsities=(0.3, 0.5, 0.7),
+                     eval_corpora=("news",), protocol=PROTOCOL)
+    one = estimate_sweep(info, spec, 5000.0)
+    two = estimate_sweep(info, spec, 5000.0, workers=2)
+    many = estimate_sweep(info, spec, 5000.0, workers=64)  # no more workers than points count
+    for e in (one, two, many):
+        _check(e)
+    for part in ("pruning", "evaluation"):
+        assert two["breakdown"][part] == pytest.approx(one["breakdown"][part] / 2)
+        assert many["breakdown"][part] == pytest.approx(one["breakdown"][part] / 6)
+    assert two["breakdown"]["dense_eval"] == one["breakdown"]["dense_eval"]  # the driver's part stays serial
+    assert two["peak_memory_bytes"] == pytest.approx(3 * one["peak_memory_bytes"], abs=3)  # driver + 2 workers
+    assert "on 2 parallel workers" in two["assumptions"] and "parallel" not in one["assumptions"]
+    # A sweep job estimates on the executor its environment names.
+    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "ray")
+    monkeypatch.setenv("PRUNESCOPE_WORKERS", "2")
+    job = estimate_job("sweep", spec.to_dict(), tiny, Store(tmp_path / "store.sqlite"))
+    assert "on 2 parallel workers" in job["assumptions"]
