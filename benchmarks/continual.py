@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/runs/continual.json")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny random model, seconds: checks the script only")
+    parser.add_argument("--adapter-steps", type=int, default=None,
+                        help="training steps of every adapter (default: ADAPTERS' 40)")
     parser.add_argument("--only", default="strategies,adapters",
                         help="comma-separated parts to run: strategies (continual pruning), adapters (ConPET)")
     args = parser.parse_args()
@@ -64,7 +66,10 @@ def main() -> None:
         report.update(_strategies(settings, loaded))
         _save(out, report)
     if "adapters" in parts:
-        report["adapters"] = _adapters(settings, QUICK_ADAPTERS if args.quick else ADAPTERS, loaded)
+        adapters = QUICK_ADAPTERS if args.quick else ADAPTERS
+        if args.adapter_steps:
+            adapters = {**adapters, "train": {**adapters["train"], "steps": args.adapter_steps}}
+        report["adapters"] = _adapters(settings, adapters, loaded)
         _save(out, report)
     print(json.dumps({"checks": report.get("checks"), "adapters": (report.get("adapters") or {}).get("checks")},
                      indent=1))
