@@ -80,7 +80,7 @@ def _forget(names: list, entries: dict, specs: dict, loaded, store: Store) -> No
         if name not in specs:
             continue
         key = run_key(loaded, specs[name].validate())
-        store.execute("DELETE FROM results WHERE key = ?", (key,))
+        store.delete_result(key)
         shutil.rmtree(store.path.parent / "recovery" / key, ignore_errors=True)
         print(f"{name}: measured again (stored result {key[:12]} and its checkpoint deleted)")
 

@@ -325,6 +325,10 @@ class Store:
         """Whether a result is stored under `key` (cheaper than `get_result` for resume checks)."""
         return self._conn().execute("SELECT 1 FROM results WHERE key = ?", (key,)).fetchone() is not None
 
+    def delete_result(self, key: str) -> None:
+        """Forget the result stored under `key` (nothing happens when there is none), so it is computed again."""
+        self._conn().execute("DELETE FROM results WHERE key = ?", (key,))
+
     def results_for_run(self, run_key: str) -> list[dict]:
         """Payloads of the results linked to `run_key`, in the order they were first linked."""
         rows = self._conn().execute(

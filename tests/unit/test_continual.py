@@ -253,7 +253,7 @@ def test_an_interrupted_sequential_sparsegpt_run_continues_from_the_stored_model
     rows = [r for r in store.execute("SELECT key, payload FROM results WHERE kind = 'continual_step'")
             if json.loads(r["payload"])["step"] == 1]
     assert len(rows) == 1
-    store.execute("DELETE FROM results WHERE key = ?", (rows[0]["key"],))
+    store.delete_result(rows[0]["key"])
     resumed = run_continual(spec, loaded=tiny, store=store)
     steps = resumed["strategies"]["sequential"]["steps"]
     assert [s["from_store"] for s in steps] == [True, False]

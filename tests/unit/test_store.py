@@ -164,3 +164,13 @@ def test_tensor_artifacts_round_trip_bit_exactly(store):
     assert info["kind"] == "mask" and info["bytes"] == store.artifact_path(digest).stat().st_size > 0
     with pytest.raises(ArtifactMissing, match="recompute"):
         store.load_tensors("0" * 64)
+
+
+def test_a_deleted_result_is_gone_and_deleting_a_missing_one_is_harmless(tmp_path):
+    from pruning_core.execution.store import Store
+
+    store = Store(tmp_path / "s.sqlite")
+    store.put_result("k", "kind", {"x": 1})
+    store.delete_result("k")
+    assert store.get_result("k") is None and not store.has_result("k")
+    store.delete_result("k")  # nothing there: no error
