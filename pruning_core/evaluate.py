@@ -82,17 +82,24 @@ def protocol_record(protocol: Protocol, eval_ids: Mapping[str, torch.Tensor], **
             "eval_windows_used": {c: int(ids.shape[0]) for c, ids in eval_ids.items()}, **extra}
 
 
-def dense_key(loaded: LoadedModel, protocol: Protocol, corpus: str) -> dict:
+def dense_key(loaded: LoadedModel, protocol: Protocol, corpus: str,
+              offload: Optional[LayerOffload] = None) -> dict:
     """Everything that determines the dense perplexity on `corpus` (hash it with `store.content_hash`).
 
-    Calibration settings do not enter: the dense model needs no calibration data.
+    Calibration settings do not enter: the dense model needs no calibration data. The device does when it is
+    not the CPU: GPU kernels sum in another order (and bf16 on tensor cores differs more), so a GPU figure must
+    not stand in for a CPU one or the reverse. CPU keys carry no device field, so figures stored before devices
+    existed stay valid.
     """
     from pruning_core.provenance import library_versions
 
     versions = library_versions()
-    return {"kind": "dense_ppl", "model": loaded.fingerprint, "corpus": corpus_key(corpus, "evaluation")["sha256"],
-            "seqlen": protocol.seqlen, "eval_windows": protocol.eval_windows, "dtype": protocol.dtype,
-            "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}}
+    key = {"kind": "dense_ppl", "model": loaded.fingerprint, "corpus": corpus_key(corpus, "evaluation")["sha256"],
+           "seqlen": protocol.seqlen, "eval_windows": protocol.eval_windows, "dtype": protocol.dtype,
+           "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}}
+    if offload is not None and offload.compute.type != "cpu":
+        key["device"] = offload.compute.type  # the kind, not the index: two GPUs of one machine agree
+    return key
 
 
 def _masks_context(loaded: LoadedModel, pruned: Pruned):
@@ -164,7 +171,7 @@ def evaluate_setting(loaded: LoadedModel, protocol: Protocol, eval_corpora: Sequ
             if store is not None:
                 from pruning_core.execution.store import content_hash
 
-                keys[corpus] = content_hash(dense_key(loaded, protocol, corpus))
+                keys[corpus] = content_hash(dense_key(loaded, protocol, corpus, offload))
                 stored = store.get_result(keys[corpus])
                 if stored is not None:
                     out.dense_ppl[corpus], out.dense_seconds[corpus] = float(stored["ppl"]), 0.0

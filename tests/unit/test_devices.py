@@ -13,7 +13,7 @@ import torch
 from pruning_core.cli.common import device_from_args, offload_from_args
 from pruning_core.cli.main import main
 from pruning_core.errors import ConfigError
-from pruning_core.evaluate import bf16_agreement, evaluate_setting
+from pruning_core.evaluate import bf16_agreement, dense_key, evaluate_setting
 from pruning_core.execution.devices import (LayerOffload, default_dtype, move_tensors, offload_for, resolve_device,
                                              windows_that_fit)
 from pruning_core.metrics import perplexity
@@ -197,6 +197,17 @@ def test_pruned_evaluation_with_offload(tiny):
     for key in ("dense_ppl", "pruned_ppl"):
         assert math.isclose(getattr(offloaded, key)["x"], getattr(plain, key)["x"], rel_tol=1e-6)
     assert len(offload.moved("layer 1")) == 4  # dense and pruned evaluation each walked it there and back
+
+
+def test_dense_perplexity_key_names_a_gpu_but_not_the_cpu(tiny):
+    """A GPU's dense perplexity is stored apart from the CPU's; CPU keys are those stored before devices."""
+    protocol = Protocol(seqlen=32, eval_windows=4, batch_size=4)
+    plain = dense_key(tiny, protocol, "wiki")
+    assert "device" not in plain
+    assert dense_key(tiny, protocol, "wiki", LayerOffload(CPU, CPU)) == plain
+    # torch.device("cuda") is only a name: the key is made without a GPU.
+    gpu = dense_key(tiny, protocol, "wiki", LayerOffload(torch.device("cuda", 1), CPU))
+    assert gpu == {**plain, "device": "cuda"}
 
 
 def test_export_pipeline_with_offload_gives_the_same_report_figures(tiny, tmp_path):
