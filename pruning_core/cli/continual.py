@@ -5,12 +5,15 @@ transfer, average perplexity after the last step, mask overlap between steps, an
 and DIR/<strategy>/step-<t>/ (each step's mask in the export format, `outputs.export.save_masks`), and with
 --report the report (`outputs.continual_export.continual_report_data`, the dashboard's wording). Prints the
 R matrix and BWT of every strategy. Finished steps are kept in the results store, so an interrupted run resumes.
+`--executor ray [--ray-address ADDR] [--workers N]` evaluates the step models on Ray workers (same numbers, same
+store keys); this process still prunes and owns the store.
 """
 
 from __future__ import annotations
 
 from pruning_core.cli.common import (
-    ConsoleProgress, _csv, load_model_from_args, prepare_out_dir, store_from_args, write_json,
+    ConsoleProgress, _csv, add_executor_args, executor_config_from_args, load_model_from_args, prepare_out_dir,
+    store_from_args, write_json,
 )
 
 
@@ -37,6 +40,7 @@ def add_continual(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (memory only)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
+    add_executor_args(p, "step evaluations")
     p.add_argument("--adapters", action="store_true", help="instead of pruning strategies: prune once, then "
                    "one masked LoRA adapter per domain with a selector against one shared adapter (ConPET)")
     p.add_argument("--replay", type=int, default=0, help="--adapters: stored windows per earlier domain replayed")
@@ -63,11 +67,15 @@ def cmd_continual(args) -> int:
     spec = ContinualSpec(model=args.model, protocol=protocol, domains=_csv(args.domains), method=args.method,
                          sparsity=args.sparsity, structure=args.structure, allocation=args.allocation,
                          sensitivity=args.sensitivity, strategies=_csv(args.strategies)).validate()
+    from pruning_core.execution.executors import make_executor
+
+    # Checked (and Ray imported) before the model loads, so a missing Ray costs nothing.
+    executor = make_executor(executor_config_from_args(args))
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     out = prepare_out_dir(args.out)
     store = store_from_args(args)
-    result = run_continual(spec, loaded=loaded, store=store, progress=progress, out_dir=out)
+    result = run_continual(spec, loaded=loaded, store=store, progress=progress, out_dir=out, executor=executor)
     write_json(out / "continual.json", result)
     _print_result(result)
     print(f"wrote {out / 'continual.json'}")

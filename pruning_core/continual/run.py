@@ -15,6 +15,15 @@ Cost: what makes a run expensive is calibration walks and evaluations, and both 
   keeps D1's mask) is not evaluated again. `joint` prunes and evaluates once.
 The result's "work" records the seconds of each kind and how many evaluations were reused.
 
+Where evaluations run: the driver (this process) keeps the cheap, sequential part (statistics, each strategy's
+prune chain, the de-duplication by mask digest, the store); the evaluation of each distinct step model is a unit
+of work (`EvalTask`, computed by a `ContinualEvalWorker`) for an executor (`pruning_core.execution.executors`).
+The local executor evaluates each step right after its prune, as the library always did (one step model waits in
+memory at a time); a Ray executor gets every distinct step model of the run at once, after all pruning, and its
+workers (each loading the model once) evaluate them in parallel; the driver then assembles the R matrices. The
+numbers, store keys and records do not depend on the executor. With Ray the distinct step models wait in the
+driver's memory until evaluated (masks, and SparseGPT's weights).
+
 Each finished (strategy, step) is stored under a content key (model weights, protocol, the whole domain
 sequence's text hashes, strategy, step, setting with its plan, library versions) with its masks (bit-packed) as
 an artifact, and for `sequential`, whose next step prunes this one's model, SparseGPT's updated weights too: a
@@ -25,6 +34,7 @@ continues from the stored model.
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
@@ -36,6 +46,7 @@ from pruning_core.continual.metrics import average_perplexity, backward_transfer
 from pruning_core.continual.metrics import r_matrix
 from pruning_core.continual.strategies import STRATEGIES, Strategy, get_strategy
 from pruning_core.errors import ConfigError
+from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
 from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -207,6 +218,43 @@ class _Plans:
         return base.with_plan(self.loaded, plan)
 
 
+@dataclass(frozen=True)
+class EvalTask:
+    """One step model to evaluate on every domain: what `evaluate.evaluate_setting` applies (keep-masks, True =
+    kept, and SparseGPT's updated weights, None for a method that only masks) and how progress names it.
+    Picklable, so a Ray worker can take it; the model and evaluation windows are the worker's."""
+
+    masks: dict
+    weights: Optional[dict]
+    label: str
+
+
+class ContinualEvalWorker:
+    """Evaluates step models on every domain's evaluation windows of one loaded model; no store (the driver
+    owns it). eval_ids: {domain: (windows, seqlen) token ids}, read by the driver."""
+
+    def __init__(self, loaded: LoadedModel, protocol: Protocol, names: list[str], eval_ids: dict):
+        self.loaded, self.protocol, self.names, self.eval_ids = loaded, protocol, list(names), eval_ids
+
+    def run(self, task: EvalTask, progress: ProgressFn) -> dict:
+        """{"ppl": {domain: perplexity}, "seconds": wall seconds of the evaluation}; the model is left dense."""
+        evaluation = evaluate.evaluate_setting(self.loaded, self.protocol, self.names, task, dense=False,
+                                               eval_ids=self.eval_ids, progress=progress, label=task.label)
+        return {"ppl": evaluation.pruned_ppl, "seconds": evaluation.seconds}
+
+
+def build_continual_worker(model: str, fingerprint: str, protocol: Protocol, names: list[str],
+                           eval_ids: dict) -> ContinualEvalWorker:
+    """A worker in another process (a Ray actor): loads `model` itself and checks that its weights are the
+    driver's (`fingerprint`), so every step is evaluated on the model the run is keyed by."""
+    loaded = load_model(model)
+    if loaded.fingerprint != fingerprint:
+        raise ConfigError(f"A worker loaded '{model}' but its weights differ from the model this continual run "
+                          "prunes; give a model source every worker can load the same way (a folder or hub id "
+                          "present on every node), or use --executor local.")
+    return ContinualEvalWorker(loaded, protocol, names, eval_ids)
+
+
 def _save_step_masks(out_dir: Path, loaded: LoadedModel, result: PruneResult, strategy: Strategy, step: int,
                      domain: Domain, protocol: Protocol, seen: list[str]) -> str:
     from pruning_core.outputs.export import manifest_info_for, save_masks
@@ -220,23 +268,35 @@ def _save_step_masks(out_dir: Path, loaded: LoadedModel, result: PruneResult, st
 
 
 def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel] = None, store=None,
-                  progress: Optional[ProgressFn] = None, out_dir: Optional[Union[str, Path]] = None) -> dict:
+                  progress: Optional[ProgressFn] = None, out_dir: Optional[Union[str, Path]] = None,
+                  executor=None) -> dict:
     """Every strategy of `spec` over the domain sequence; see the module docstring.
 
     out_dir: save every step's mask with `outputs.export.save_masks` under out_dir/<strategy>/step-<t> (t from 1).
+    executor: where the step evaluations run: None or an `ExecutorConfig` of kind "local" (this process, each
+    right after its prune), an `ExecutorConfig` of kind "ray" (Ray workers, each loading `spec.model` itself),
+    or an executor object. Results and store keys do not depend on it; this driver alone reads and writes `store`.
     Returns {"spec", "model" (`describe()`), "protocol", "domains" [names], "dense_ppl" {domain: ppl},
     "strategies": {name: {"rule", "continual" (False for joint), "R" (T x T, rows = steps, columns = domains),
     "bwt", "fwt" (None for T = 1), "average", "overlap" [Jaccard of pruned sets, step t-1 -> t, T-1 values],
     "steps": [{"step" (1-based), "domain", "sparsity" (measured), "ppl" {domain: ppl}, "seconds" (prune +
     evaluation), "prune_seconds", "evaluation_seconds", "from_store", "evaluation_reused", "mask_dir"}]}},
     "bwt_note", "work" {"statistics_seconds", "prune_seconds", "evaluation_seconds", "evaluations",
-    "evaluations_reused", "steps_from_store"}, "seconds", "created"}.
+    "evaluations_reused", "steps_from_store"}, "execution" {"executor", "workers", "evaluations_computed",
+    "seconds" {"startup" (starting or joining Ray, driver-side), "evaluations" (wall seconds waiting for the
+    executor's evaluations, less startup)}, "worker_start_seconds" [per Ray worker]}, "seconds", "created"}.
     """
     from pruning_core.statistics_cache import cached_statistics
 
     progress = progress or no_progress
     clock = time.perf_counter()
     spec = (spec if isinstance(spec, ContinualSpec) else ContinualSpec.from_dict(spec)).validate()
+    if executor is None or isinstance(executor, ExecutorConfig):
+        executor = make_executor(executor)  # a missing Ray fails here, before any work
+    # Local: each step is evaluated right after its prune (one step model in memory, as always). Ray: every
+    # distinct step model is evaluated in one executor run after all pruning, so each worker loads the model once.
+    deferred = executor.config.kind != "local"
+    prune_end = 0.3 if deferred else 1.0  # progress: pruning steps up to here, then the evaluations
     protocol = spec.effective_protocol()
     sequence = spec.sequence(check=False)  # checked by validate
     names = sequence.names
@@ -250,6 +310,10 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
     identity = sequence.identity()
     work = {"statistics_seconds": 0.0, "prune_seconds": 0.0, "evaluation_seconds": dense.seconds,
             "evaluations": 0, "evaluations_reused": 0, "steps_from_store": 0}
+    execution = {"executor": executor.config.kind,
+                 "workers": executor.config.workers if executor.config.kind == "ray" else 1,
+                 "evaluations_computed": 0, "seconds": {"startup": 0.0, "evaluations": 0.0},
+                 "worker_start_seconds": []}
     domain_statistics: dict[str, Statistics] = {}
 
     def statistics_of(domain: Domain, report: ProgressFn) -> Statistics:
@@ -262,27 +326,90 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
         return domain_statistics[domain.name]
 
     evaluated: dict[str, dict[str, float]] = {}  # mask digest -> perplexity per domain
+    # Step models waiting for their evaluation, by digest: the task, the progress range of the step that asked
+    # for it, and the records (with what to store) that wait for its perplexities.
+    pending: dict[str, dict] = {}
+    recipe = WorkerRecipe(build=build_continual_worker,
+                          args=(spec.model, loaded.fingerprint, protocol, names, eval_ids),
+                          local=lambda: ContinualEvalWorker(loaded, protocol, names, eval_ids))
+
+    def settle(digest: str, outcome: dict) -> None:
+        """An evaluation came back: fill every record waiting for it and store the steps it finishes."""
+        entry = pending.pop(digest)
+        ppl = outcome["ppl"]
+        evaluated[digest] = ppl
+        work["evaluations"] += 1
+        work["evaluation_seconds"] += outcome["seconds"]
+        for record, stored in entry["waiting"]:
+            if record is entry["evaluator"]:
+                record["evaluation_seconds"] = outcome["seconds"]
+            record["seconds"] = record["prune_seconds"] + record["evaluation_seconds"]
+            record["ppl"] = dict(ppl)
+            if stored is not None:
+                _store_step(store, *stored[:4], ppl, *stored[4:])
+
+    def evaluate_pending() -> None:
+        """Run every waiting evaluation on the executor; results come back in finish order."""
+        if not pending:
+            return
+        digests = list(pending)
+        tasks = [pending[d]["task"] for d in digests]
+        finished = 0
+
+        def fraction() -> float:
+            return prune_end + (1.0 - prune_end) * finished / len(tasks) if deferred else prune_end
+
+        def task_progress(index: int) -> ProgressFn:
+            if deferred:  # its share of the evaluation phase
+                return sub_progress(progress, fraction(), prune_end + (1.0 - prune_end) * (finished + 1) / len(tasks))
+            return sub_progress(pending[digests[index]]["report"], 0.3, 1.0)  # the step's own range, as before
+
+        def waiting() -> None:  # a Ray run calls this while every worker is busy: cancel and heartbeat go here
+            progress(fraction(), f"{finished}/{len(tasks)} evaluations done; running on "
+                                 f"{executor.config.describe()}")
+
+        start = time.perf_counter()
+        with closing(executor.run(recipe, tasks, task_progress, waiting)) as results:
+            for index, outcome in results:
+                if digests[index] not in pending:  # one result per task; never store a step twice
+                    continue
+                settle(digests[index], outcome)
+                finished += 1
+                if deferred:
+                    progress(fraction(), f"{tasks[index].label}: evaluated ({finished}/{len(tasks)})")
+        startup = float(getattr(executor, "startup_seconds", 0.0))
+        execution["evaluations_computed"] += len(tasks)
+        execution["seconds"]["startup"] += startup
+        execution["seconds"]["evaluations"] += time.perf_counter() - start - startup
+        execution["worker_start_seconds"] += list(getattr(executor, "worker_start_seconds", []))
+
     total_steps = len(spec.strategies) * len(sequence)
-    out: dict[str, dict] = {}
+    runs: list[tuple[Strategy, list[dict], list[float]]] = []  # per strategy: its steps' records and overlaps
     for s_index, name in enumerate(spec.strategies):
         strategy = get_strategy(name, method)
         previous: Optional[PruneResult] = None
-        rows: list[dict[str, float]] = []
+        previous_digest: Optional[str] = None
         steps: list[dict] = []
         overlaps: list[float] = []
         for t, domain in enumerate(sequence):
             done = s_index * len(sequence) + t
-            report = sub_progress(progress, 0.08 + 0.92 * done / total_steps, 0.08 + 0.92 * (done + 1) / total_steps)
+            report = sub_progress(progress, 0.08 + (prune_end - 0.08) * done / total_steps,
+                                  0.08 + (prune_end - 0.08) * (done + 1) / total_steps)
             if strategy.sees_all_domains and t == 0:
                 for other in sequence:
                     strategy.observe(statistics_of(other, report))
             elif not strategy.sees_all_domains:
                 strategy.observe(statistics_of(domain, report))
             seen = names if strategy.sees_all_domains else names[:t + 1]
+            waits_on: Optional[str] = None  # digest of a pending evaluation this step's perplexities come from
+            to_store = None  # what `_store_step` needs besides the perplexities, for a step pruned now
+            evaluator = False
             if strategy.static and previous is not None:  # joint: the same mask at every step
-                result, ppl, record = previous, rows[-1], {**steps[-1], "prune_seconds": 0.0,
-                                                           "evaluation_seconds": 0.0, "seconds": 0.0,
-                                                           "evaluation_reused": True}
+                result, digest = previous, previous_digest
+                ppl = None if digest in pending else steps[-1]["ppl"]
+                waits_on = digest if digest in pending else None
+                record = {**steps[-1], "prune_seconds": 0.0, "evaluation_seconds": 0.0, "seconds": 0.0,
+                          "evaluation_reused": True}
             else:
                 config = plans.config(strategy)
                 key = _step_key(loaded, protocol, identity, strategy.name, t, config) if store is not None else None
@@ -290,7 +417,8 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
                 result = _from_store(store, stored, config) if stored is not None else None
                 if result is not None:
                     ppl = {d: float(v) for d, v in stored["ppl"].items()}
-                    evaluated.setdefault(stored["digest"], ppl)
+                    digest = stored["digest"]
+                    evaluated.setdefault(digest, ppl)
                     work["steps_from_store"] += 1
                     record = {"sparsity": result.sparsity, "prune_seconds": 0.0, "evaluation_seconds": 0.0,
                               "from_store": True, "evaluation_reused": False}
@@ -299,44 +427,64 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
                     result = strategy.prune(loaded, config, previous)
                     work["prune_seconds"] += result.seconds
                     digest = _digest(result)
-                    reused = digest in evaluated
+                    reused = digest in pending or digest in evaluated
+                    ppl = None
                     if reused:
-                        ppl, eval_seconds = evaluated[digest], 0.0
                         work["evaluations_reused"] += 1
+                        if digest in pending:
+                            waits_on = digest
+                        else:
+                            ppl = evaluated[digest]
                     else:
-                        evaluation = evaluate.evaluate_setting(
-                            loaded, protocol, names, result, dense=False, eval_ids=eval_ids,
-                            progress=sub_progress(report, 0.3, 1.0), label=f"{strategy.name} step {t + 1}")
-                        ppl, eval_seconds = evaluation.pruned_ppl, evaluation.seconds
-                        evaluated[digest] = ppl
-                        work["evaluations"] += 1
-                        work["evaluation_seconds"] += eval_seconds
+                        pending[digest] = {"task": EvalTask(result.masks, result.weights,
+                                                            f"{strategy.name} step {t + 1}"),
+                                           "result": result, "report": report, "waiting": [], "evaluator": None}
+                        waits_on, evaluator = digest, True
                     record = {"sparsity": result.sparsity, "prune_seconds": result.seconds,
-                              "evaluation_seconds": eval_seconds, "from_store": False, "evaluation_reused": reused}
+                              "evaluation_seconds": 0.0, "from_store": False, "evaluation_reused": reused}
                     if store is not None:
-                        _store_step(store, key, strategy, t, result, ppl, digest, config)
+                        # A step waiting for another's evaluation keeps that step's tensors (the same content, by
+                        # digest), not a second copy of its own.
+                        kept = result if waits_on is None or evaluator else replace(
+                            result, masks=pending[digest]["result"].masks, weights=pending[digest]["result"].weights)
+                        to_store = (key, strategy, t, kept, digest, config)
+                        if waits_on is None:
+                            _store_step(store, key, strategy, t, result, ppl, digest, config)
+                            to_store = None
                 record["seconds"] = record["prune_seconds"] + record["evaluation_seconds"]
-            record = {**record, "step": t + 1, "domain": domain.name, "ppl": dict(ppl), "domains_seen": list(seen),
-                      "mask_dir": None}
+            record = {**record, "step": t + 1, "domain": domain.name, "ppl": None if ppl is None else dict(ppl),
+                      "domains_seen": list(seen), "mask_dir": None}
+            if waits_on is not None:
+                if evaluator:
+                    pending[waits_on]["evaluator"] = record
+                pending[waits_on]["waiting"].append((record, to_store))
+                if not deferred:
+                    evaluate_pending()
             if out_dir is not None:
                 record["mask_dir"] = _save_step_masks(Path(out_dir), loaded, result, strategy, t + 1, domain,
                                                       protocol, list(seen))
             if previous is not None:
                 overlaps.append(mask_overlap(previous.masks, result.masks))
-            rows.append(ppl)
             steps.append(record)
-            previous = result
+            previous, previous_digest = result, digest
             report(1.0, f"{strategy.name}: step {t + 1} of {len(sequence)} done")
-        R = r_matrix(rows, names)
+        runs.append((strategy, steps, overlaps))
+    evaluate_pending()  # Ray: every distinct step model at once; local: nothing is left
+    out: dict[str, dict] = {}
+    for strategy, steps, overlaps in runs:
+        R = r_matrix([record["ppl"] for record in steps], names)
         out[strategy.name] = {"rule": strategy.rule, "continual": not strategy.sees_all_domains, "R": R,
                               "bwt": backward_transfer(R), "fwt": forward_transfer(R),
                               "average": average_perplexity(R), "overlap": overlaps, "steps": steps}
     progress(1.0, "continual run done")
     return {"spec": spec.to_dict(), "model": loaded.describe(), "protocol": protocol.to_dict(), "domains": names,
             "dense_ppl": dense.dense_ppl, "strategies": out, "bwt_note": BWT_NOTE, "work": work,
-            "seconds": time.perf_counter() - clock, "created": time.time()}
+            "execution": execution, "seconds": time.perf_counter() - clock, "created": time.time()}
 
 
 def run_continual_job(spec: dict, store, progress: ProgressFn) -> dict:
-    """Job entry (`jobs.JOB_KINDS["continual"]`): `run_continual` with its steps kept in `store`."""
-    return run_continual(spec, store=store, progress=progress)
+    """Job entry (`jobs.JOB_KINDS["continual"]`): `run_continual` with its steps kept in `store`.
+
+    Where the evaluations run comes from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS
+    (`ExecutorConfig.from_env`; unset = this process): they change no number, so they are not in `spec`."""
+    return run_continual(spec, store=store, progress=progress, executor=ExecutorConfig.from_env())
