@@ -28,6 +28,7 @@ from pruning_core.analysis.sensitivity import (
     agreement,
     compute_sensitivity,
 )
+from pruning_core.execution.executors import ExecutorConfig, make_executor
 from pruning_core.execution.store import content_hash
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -61,11 +62,12 @@ def view_of(document: dict, step: int, measured: dict | None) -> dict:
 def refine_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sparsity: float,
                        probe_windows: int = 8, store=None, progress: ProgressFn | None = None,
                        on_view: Callable[[dict], None] | None = None, *, dtype: str | None = None,
-                       layers: Sequence[int] | None = None) -> dict:
+                       layers: Sequence[int] | None = None, executor=None) -> dict:
     """Run both refinements of one map; `on_view(view)` sees every state worth showing, newest last.
 
-    Returns {"maps": [estimate, exact], "correlations": [...], "views": [...], "view": the final view}.
-    Everything is stored as `compute_sensitivity` stores it, so a stopped refinement resumes where it was.
+    Returns {"maps": [estimate, exact], "correlations": [...], "views": [...], "view": the final view,
+    "execution": where the exact rows ran}. Everything is stored as `compute_sensitivity` stores it, so a
+    stopped refinement resumes where it was. executor: where the exact rows run (`compute_sensitivity`).
     """
     progress = progress or no_progress
     views: list[dict] = []
@@ -94,7 +96,7 @@ def refine_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, spa
 
     result = compute_sensitivity(loaded, protocol, method, [sparsity], [m for m, _ in REFINEMENTS],
                                  probe_windows, store, progress, dtype=dtype, layers=layers, on_map=map_done,
-                                 on_exact_row=row_done)
+                                 on_exact_row=row_done, executor=executor)
     return {**result, "views": views, "view": views[-1]}
 
 
@@ -103,15 +105,21 @@ def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:
 
     Maps go to `store` as they finish, so a cancelled or killed job resumes at map granularity (exact maps at
     row granularity).
+
+    Where the exact rows run comes from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS
+    (`ExecutorConfig.from_env`; unset = this process): they change no number, so they are not in `spec`
+    and never in a job or map key.
     """
     job = SensitivitySpec.from_dict(spec).validate()
+    executor = make_executor(ExecutorConfig.from_env())  # a bad setting or a missing Ray fails before the load
     progress(0.0, f"loading the model ({job.model})")  # seconds to minutes: say so, not "starting"
     loaded = load_model(job.model)
     if job.metrics == (REFINE,):
-        return _refine_job(job, loaded, store, progress)
+        return _refine_job(job, loaded, store, progress, executor)
     return compute_sensitivity(
         loaded, job.protocol, job.method, list(job.sparsities), list(job.metrics), int(job.probe_windows),
         store=store, progress=progress, dtype=job.dtype, layers=None if job.layers is None else list(job.layers),
+        executor=executor,
     )
 
 
@@ -126,12 +134,14 @@ def live_views(spec: dict, store) -> list[dict]:
     return list((found or {}).get("views", {}).values())
 
 
-def _refine_job(job: SensitivitySpec, loaded: LoadedModel, store, progress: ProgressFn) -> dict:
+def _refine_job(job: SensitivitySpec, loaded: LoadedModel, store, progress: ProgressFn, executor=None) -> dict:
     """The default map: each sparsity refined from the second-order estimate to exact; every view is stored
-    at once under `live_views_key`, so the page and the CLI show the newest refinement while the job runs."""
+    at once under `live_views_key`, so the page and the CLI show the newest refinement while the job runs.
+    On an executor, each sparsity's exact rows are one run of it; "execution" sums their rows and seconds."""
     views: dict[str, dict] = {}
     key = live_views_key(job.to_dict())
     maps, correlations = [], []
+    execution: dict = {}
     count = len(job.sparsities)
     for index, sparsity in enumerate(job.sparsities):
         def on_view(view: dict, sparsity: float = sparsity) -> None:
@@ -141,7 +151,22 @@ def _refine_job(job: SensitivitySpec, loaded: LoadedModel, store, progress: Prog
 
         out = refine_sensitivity(loaded, job.protocol, job.method, sparsity, int(job.probe_windows), store,
                                  sub_progress(progress, index / count, (index + 1) / count), on_view=on_view,
-                                 dtype=job.dtype, layers=None if job.layers is None else list(job.layers))
+                                 dtype=job.dtype, layers=None if job.layers is None else list(job.layers),
+                                 executor=executor)
         maps += out["maps"]
         correlations += out["correlations"]
-    return {"maps": maps, "correlations": correlations, "views": [views[f"{s:g}"] for s in job.sparsities]}
+        execution = _add_execution(execution, out["execution"])
+    return {"maps": maps, "correlations": correlations, "views": [views[f"{s:g}"] for s in job.sparsities],
+            "execution": execution}
+
+
+def _add_execution(total: dict, part: dict) -> dict:
+    """The "execution" block of two calls of `compute_sensitivity` together: rows and seconds added up."""
+    if not total:
+        return dict(part)
+    seconds = [total["rows_seconds"], part["rows_seconds"]]
+    return {**total,
+            "rows_computed": total["rows_computed"] + part["rows_computed"],
+            "startup_seconds": total["startup_seconds"] + part["startup_seconds"],
+            "rows_seconds": None if None in seconds else sum(seconds),
+            "worker_start_seconds": total["worker_start_seconds"] + part["worker_start_seconds"]}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from pruning_core.analysis.second_order import gradient_moments, prunable_weight_gradients, pruning_delta
 from pruning_core.errors import ConfigError
+from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
 from pruning_core.masks import UNSTRUCTURED, applied_masks, check_sparsity
 from pruning_core.methods import MethodOptions, get_method
 from pruning_core.metrics import EVAL_DTYPES, autocast_for, nll_from_hidden
@@ -294,11 +296,14 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
                         layers: Sequence[int] | None = None, taylor_windows: int = TAYLOR_WINDOWS,
                         agreement_layers: int = AGREEMENT_SAMPLE_LAYERS,
                         on_map: Callable[[dict], None] | None = None,
-                        on_exact_row: Callable[[float, int, list[float], float], None] | None = None) -> dict:
+                        on_exact_row: Callable[[float, int, list[float], float], None] | None = None,
+                        executor=None) -> dict:
     """Sensitivity maps of `loaded` for `method` at each sparsity and metric, plus proxy-vs-exact correlations.
 
     Returns {"maps": [map per (metric, sparsity)], "correlations": [{"sparsity", "proxy", "spearman", "cells",
-    "scope"}]}. A proxy is never returned without its measured agreement: where the exact map of its sparsity is
+    "scope"}], "execution": {"executor", "workers", "rows_computed" (exact rows computed, not read from the
+    store), "startup_seconds", "rows_seconds" (wall seconds of the rows on an executor; None locally, where
+    rows run between the maps), "worker_start_seconds"}}. A proxy is never returned without its measured agreement: where the exact map of its sparsity is
     not asked for, the exact metric is computed on `agreement_layers` rows spread over the depth (stored as
     rows of the exact map, so a later exact map reuses them) and the Spearman is over those cells.
     Exact rows are computed in `spread_order` (shallow, deep, middle, ...) so an early stop leaves a sample.
@@ -309,8 +314,16 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
     protocol (+ probe_windows, probe_dtype, taylor_windows), seconds, units, cached.
     dtype: compute dtype of the exact probes ("float32" | "bfloat16"; default the protocol's).
     layers: decoder layer indices to map (default all). The model's weights are left bit-identical.
+    executor: where the exact rows not in `store` are computed: None or an `ExecutorConfig` of kind "local"
+    (this process, between the maps, in `spread_order`), an `ExecutorConfig` of kind "ray" (Ray workers, each
+    loading `loaded.source` itself; every missing row of this call's exact maps and agreement samples is one
+    `ExactRowTask`, sent after the proxies, which stay here), or an executor object. Numbers and store keys
+    do not depend on it; on an executor an exact map is finished (on_map) after the proxies of the call.
     """
     progress = progress or no_progress
+    if executor is None or isinstance(executor, ExecutorConfig):
+        executor = make_executor(executor)  # a missing Ray fails here, before any work
+    remote = executor.config.kind != "local"
     protocol = protocol.validate()
     method_obj = get_method(method)
     method = method_obj.name
@@ -439,7 +452,43 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
         """Dense mean token NLL on the probe: from the exact probes' cache, or the gradient passes' losses."""
         return moments.loss if moments is not None and not probe_holder else probe().baseline
 
+    def exact_key(s: float) -> str | None:
+        """Store key of the exact map at `s` (its rows are kept under it, also those of agreement samples)."""
+        if store is None:
+            return None
+        from pruning_core.execution.store import content_hash
+
+        return content_hash(map_key(loaded, calib_identity, probe_identity, protocol, method, "exact", s,
+                                    int(probe_windows), dtype, layer_list, taylor_windows))
+
+    def finish_map(metric: str, s: float, values: list, layer_values: list, seconds: float) -> None:
+        """Store the map document and hand it to on_map."""
+        document = {
+            "layers": layer_list,
+            "modules": kinds,
+            "values": values,
+            "metric": metric,
+            "method": method,
+            "sparsity": s,
+            "baseline_loss": baseline(),
+            "module_names": [[loaded.adapter.qualified_name(l, k) for k in kinds] for l in layer_list],
+            "module_sizes": [[list(weight_matrix(loaded.model.get_submodule(
+                loaded.adapter.qualified_name(l, k))).shape) for k in kinds] for l in layer_list],
+            "layer_values": layer_values,
+            "layer_aggregate": LAYER_AGGREGATE[metric],
+            "protocol": proto_doc,
+            "model": {"name": loaded.name, "source": loaded.source, "fingerprint": loaded.fingerprint},
+            "seconds": seconds,
+            "units": UNITS[metric],
+        }
+        if store is not None:
+            store.put_result(keys[(metric, s)], "sensitivity_map", document)
+        maps[(metric, s)] = {**document, "cached": False}
+        if on_map is not None:
+            on_map(maps[(metric, s)])
+
     # ---------------------------------------------------------------- maps, one sparsity at a time
+    rows_computed = [0]
     masks_by_sparsity: dict[float, _MaskCache] = {}
     for s in sparsities:
         masks = masks_by_sparsity[s] = _MaskCache(loaded, method, statistics, s)
@@ -448,35 +497,46 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
                 if on_map is not None:
                     on_map(maps[(metric, s)])
                 continue
+            if metric == "exact" and remote:
+                continue  # its rows go to the executor below, after the proxies
             t0 = time.perf_counter()
             values, layer_values = _compute_map(loaded, metric, s, layer_list, kinds, masks, probe, statistics,
                                                 taylor, store, keys.get((metric, s)), advance, moments,
                                                 order=spread_order(layer_list) if metric == "exact" else None,
                                                 on_row=None if on_exact_row is None else
-                                                (lambda layer, v, lv, s=s: on_exact_row(s, layer, v, lv)))
-            document = {
-                "layers": layer_list,
-                "modules": kinds,
-                "values": values,
-                "metric": metric,
-                "method": method,
-                "sparsity": s,
-                "baseline_loss": baseline(),
-                "module_names": [[loaded.adapter.qualified_name(l, k) for k in kinds] for l in layer_list],
-                "module_sizes": [[list(weight_matrix(loaded.model.get_submodule(
-                    loaded.adapter.qualified_name(l, k))).shape) for k in kinds] for l in layer_list],
-                "layer_values": layer_values,
-                "layer_aggregate": LAYER_AGGREGATE[metric],
-                "protocol": proto_doc,
-                "model": {"name": loaded.name, "source": loaded.source, "fingerprint": loaded.fingerprint},
-                "seconds": time.perf_counter() - t0,
-                "units": UNITS[metric],
-            }
-            if store is not None:
-                store.put_result(keys[(metric, s)], "sensitivity_map", document)
-            maps[(metric, s)] = {**document, "cached": False}
-            if on_map is not None:
-                on_map(maps[(metric, s)])
+                                                (lambda layer, v, lv, s=s: on_exact_row(s, layer, v, lv)),
+                                                computed=rows_computed)
+            finish_map(metric, s, values, layer_values, time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------- exact rows on an executor's workers
+    remote_rows: dict[float, dict[int, tuple[list[float], float]]] = {}
+    rows_seconds, startup = None, 0.0
+    sample = spread_order(layer_list)[:max(1, int(agreement_layers))]
+    if remote:
+        requests: dict[float, _RowRequest] = {}
+        for s in sparsities:
+            if ("exact", s) in maps or s in requests:
+                continue
+            if ("exact", s) in wanted:
+                requests[s] = _RowRequest(s, tuple(spread_order(layer_list)), keys.get(("exact", s)), True)
+            elif any((proxy, s) in maps for proxy in PROXIES):  # the agreement sample of the proxies
+                requests[s] = _RowRequest(s, tuple(sample), exact_key(s), False)
+        rows_start = time.perf_counter()
+        recipe = WorkerRecipe(build=build_exact_row_worker,
+                              args=(loaded.source, loaded.fingerprint, method, statistics, ids,
+                                    protocol.batch_size, dtype),
+                              local=lambda: ExactRowWorker(loaded, method, statistics, ids, protocol.batch_size,
+                                                           dtype))
+        remote_rows, rows_computed[0] = _exact_rows_on_executor(executor, recipe, list(requests.values()),
+                                                                n_layers, len(kinds), store, advance, on_exact_row)
+        startup = float(getattr(executor, "startup_seconds", 0.0)) if rows_computed[0] else 0.0
+        rows_seconds = time.perf_counter() - rows_start
+        for s, request in requests.items():
+            if request.report:
+                # The baseline of an exact map is the probe's, as where its rows are computed here.
+                probe()
+                finish_map("exact", s, [remote_rows[s][l][0] for l in layer_list],
+                           [remote_rows[s][l][1] for l in layer_list], rows_seconds)
 
     # ---------------------------------------------------------------- agreement of every proxy with exact
     correlations = []
@@ -488,43 +548,83 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
             if not any((proxy, s) in maps for proxy in PROXIES):
                 continue
             # No exact map asked for: measure exact rows spread over the depth, stored as rows of the exact map.
-            from pruning_core.execution.store import content_hash
-
-            full_key = None if store is None else content_hash(map_key(
-                loaded, calib_identity, probe_identity, protocol, method, "exact", s, int(probe_windows), dtype,
-                layer_list, taylor_windows))
-            sample = spread_order(layer_list)[:max(1, int(agreement_layers))]
-            masks = masks_by_sparsity.get(s) or _MaskCache(loaded, method, statistics, s)
-            values, _ = _compute_map(loaded, "exact", s, sample, kinds, masks, probe, statistics, taylor, store,
-                                     full_key, advance, moments)
-            rows = dict(zip(sample, values))
+            if remote:
+                rows = {layer: remote_rows[s][layer][0] for layer in sample}
+            else:
+                masks = masks_by_sparsity.get(s) or _MaskCache(loaded, method, statistics, s)
+                values, _ = _compute_map(loaded, "exact", s, sample, kinds, masks, probe, statistics, taylor,
+                                         store, exact_key(s), advance, moments, computed=rows_computed)
+                rows = dict(zip(sample, values))
         for proxy in PROXIES:
             other = maps.get((proxy, s))
             if other is not None:
                 correlations.append({"sparsity": s, "proxy": proxy, **agreement(other, rows)})
     progress(1.0, f"sensitivity done in {time.perf_counter() - start_all:.1f} s")
-    return {"maps": [maps[w] for w in wanted], "correlations": correlations}
+    execution = {
+        "executor": executor.config.kind,
+        "workers": executor.config.workers if remote else 1,
+        "rows_computed": rows_computed[0],
+        "startup_seconds": startup,
+        "rows_seconds": rows_seconds,
+        "worker_start_seconds": list(getattr(executor, "worker_start_seconds", [])) if rows_computed[0] else [],
+    }
+    return {"maps": [maps[w] for w in wanted], "correlations": correlations, "execution": execution}
+
+
+def exact_row(probe: _ProbeCache, masks: _MaskCache, layer: int, kinds: Sequence[str],
+              advance: Callable[..., None]) -> tuple[list[float], float]:
+    """One row of the exact map: (loss increase per module kind, loss increase with the whole layer pruned),
+    in nats/token on the probe, each module pruned alone with `masks` and the rest of the model dense.
+
+    Runs layers `layer`..end from the probe's cached inputs, (len(kinds) + 1) times; advance(units, message)
+    gets one unit per layer forward and 2 for the head of each probe (the units of `exact_units`). The one
+    computation of an exact row, on the driver (`_compute_map`) and on executor workers (`ExactRowWorker`).
+    """
+    model, adapter = probe.loaded.model, probe.loaded.adapter
+    pct = f"{masks.sparsity:g}"
+    names = [adapter.qualified_name(layer, k) for k in kinds]
+    row = []
+    for kind, name in zip(kinds, names):
+        advance(0.0, f"exact {pct}: layer {layer + 1}/{len(probe.layers)} {kind}")
+        native_masks, native_weights = masks.native([name])
+        with applied_masks(model, native_masks, native_weights):
+            loss = probe.loss_from(layer, lambda _m: advance(1.0))
+        advance(2.0)
+        row.append(loss - probe.baseline)
+    advance(0.0, f"exact {pct}: layer {layer + 1}/{len(probe.layers)} whole layer")
+    native_masks, native_weights = masks.native(names)
+    with applied_masks(model, native_masks, native_weights):
+        layer_value = probe.loss_from(layer, lambda _m: advance(1.0)) - probe.baseline
+    advance(2.0)
+    return row, layer_value
+
+
+def _read_partial(store, key: str | None) -> tuple[str | None, dict]:
+    """(store key, record) of the finished rows of the unfinished exact map `key`: {"rows": {str(layer):
+    {"values", "layer_value"}}}; (None, empty record) without a store or key (nothing is kept)."""
+    if store is None or key is None:
+        return None, {"rows": {}}
+    from pruning_core.execution.store import content_hash
+
+    partial_key = content_hash({"partial_of": key})
+    return partial_key, store.get_result(partial_key) or {"rows": {}}
 
 
 def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: list[int], kinds: list[str],
                  masks: _MaskCache, probe: Callable[[], _ProbeCache], statistics, taylor, store, key: str | None,
                  advance, moments=None, order: Sequence[int] | None = None,
-                 on_row: Callable[[int, list[float], float], None] | None = None
-                 ) -> tuple[list[list[float]], list[float]]:
+                 on_row: Callable[[int, list[float], float], None] | None = None,
+                 computed: list[int] | None = None) -> tuple[list[list[float]], list[float]]:
     """values (layers x kinds) and layer_values of one map; exact rows are stored as they finish.
 
     order: the order in which rows are computed (default layer order; the values come back in layer order);
-    on_row(layer, values, layer_value) sees each exact row as it finishes or is read from the store.
+    on_row(layer, values, layer_value) sees each exact row as it finishes or is read from the store;
+    computed: a one-item counter increased by each exact row computed here (not read from the store).
     """
     adapter = loaded.adapter
     pct = f"{sparsity:g}"
-    partial_key = None
-    partial: dict = {"rows": {}}
-    if metric == "exact" and store is not None and key is not None:
-        from pruning_core.execution.store import content_hash
+    partial_key, partial = _read_partial(store, key) if metric == "exact" else (None, {"rows": {}})
 
-        partial_key = content_hash({"partial_of": key})
-        partial = store.get_result(partial_key) or partial
     def weight_of(name: str) -> torch.Tensor:
         return weight_matrix(loaded.model.get_submodule(name)).to(torch.float32)  # (out, in)
 
@@ -547,20 +647,9 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
                 advance((len(loaded.adapter.decoder_layers(loaded.model)) - layer + 2) * (len(kinds) + 1),
                         f"exact {pct}: layer {layer + 1} from the store")
                 continue
-            row = []
-            for kind, name in zip(kinds, names):
-                message = f"exact {pct}: layer {layer + 1}/{len(probe().layers)} {kind}"
-                advance(0.0, message)
-                native_masks, native_weights = masks.native([name])
-                with applied_masks(loaded.model, native_masks, native_weights):
-                    loss = probe().loss_from(layer, lambda _m: advance(1.0))
-                advance(2.0)
-                row.append(loss - probe().baseline)
-            advance(0.0, f"exact {pct}: layer {layer + 1}/{len(probe().layers)} whole layer")
-            native_masks, native_weights = masks.native(names)
-            with applied_masks(loaded.model, native_masks, native_weights):
-                layer_value = probe().loss_from(layer, lambda _m: advance(1.0)) - probe().baseline
-            advance(2.0)
+            row, layer_value = exact_row(probe(), masks, layer, kinds, advance)
+            if computed is not None:
+                computed[0] += 1
             rows[layer] = (row, layer_value)
             if partial_key is not None:
                 partial["rows"][str(layer)] = {"values": row, "layer_value": layer_value}
@@ -576,6 +665,130 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
                 row.append(score(name, keep, new_weight))
             rows[layer] = (row, sum(row) / len(row) if metric == "reconstruction" else sum(row))
     return [rows[layer][0] for layer in layer_list], [rows[layer][1] for layer in layer_list]
+
+
+# ------------------------------------------------------------------------------ exact rows as executor tasks
+
+@dataclass(frozen=True)
+class ExactRowTask:
+    """One row of an exact map to compute on an executor worker: decoder layer `layer` at `sparsity`."""
+
+    sparsity: float
+    layer: int
+
+
+class ExactRowWorker:
+    """Computes exact rows (`exact_row`) on one loaded model; no store (the driver owns it).
+
+    Holds what every row shares: the dense probe cache (built once, from the driver's probe ids) and one mask
+    cache per sparsity (from the driver's calibration statistics, None for a method without data). A row's
+    masks are dropped once it is done: in one call every (sparsity, layer) is asked once.
+    """
+
+    def __init__(self, loaded: LoadedModel, method: str, statistics, probe_ids: torch.Tensor, batch_size: int,
+                 dtype: str):
+        self.loaded, self.method, self.statistics = loaded, method, statistics
+        self.kinds = list(loaded.adapter.module_kinds)
+        self.probe = _ProbeCache(loaded, probe_ids, batch_size, dtype, lambda _m: None)
+        self.masks: dict[float, _MaskCache] = {}
+
+    def run(self, task: ExactRowTask, progress: ProgressFn) -> tuple[list[float], float]:
+        """(values per module kind, whole-layer value) of `task`'s row, nats/token; progress over [0, 1]."""
+        masks = self.masks.get(task.sparsity)
+        if masks is None:
+            masks = self.masks[task.sparsity] = _MaskCache(self.loaded, self.method, self.statistics, task.sparsity)
+        units = (len(self.probe.layers) - task.layer + 2) * (len(self.kinds) + 1)
+        done, last = [0.0], [""]
+
+        def advance(amount: float, message: str = "") -> None:
+            done[0] += amount
+            last[0] = message or last[0]
+            progress(min(done[0] / units, 1.0), last[0])
+
+        row = exact_row(self.probe, masks, task.layer, self.kinds, advance)
+        masks.drop_layer([self.loaded.adapter.qualified_name(task.layer, k) for k in self.kinds])
+        return row
+
+
+def build_exact_row_worker(source: str, fingerprint: str, method: str, statistics, probe_ids: torch.Tensor,
+                           batch_size: int, dtype: str) -> ExactRowWorker:
+    """A worker in another process (a Ray actor): loads the model from `source` itself and checks that its
+    weights are the driver's (`fingerprint`), so every row is computed on the model its map is keyed by."""
+    from pruning_core.models import load_model
+
+    loaded = load_model(source)
+    if loaded.fingerprint != fingerprint:
+        raise ConfigError(f"A worker loaded '{source}' but its weights differ from the model this sensitivity map "
+                          "is computed on; give a model source every worker can load the same way (a folder or "
+                          "hub id present on every node), or use --executor local.")
+    return ExactRowWorker(loaded, method, statistics, probe_ids, batch_size, dtype)
+
+
+@dataclass(frozen=True)
+class _RowRequest:
+    """Exact rows one call needs at one sparsity: `layers` in computing order, stored as rows of the exact map
+    `key` (None: not stored); `report` says whether on_exact_row sees them (rows of an asked exact map, not
+    an agreement sample)."""
+
+    sparsity: float
+    layers: tuple[int, ...]
+    key: str | None
+    report: bool
+
+
+def _exact_rows_on_executor(executor, recipe: WorkerRecipe, requests: Sequence[_RowRequest], n_layers: int,
+                            n_kinds: int, store, advance: Callable[..., None],
+                            on_exact_row: Callable[[float, int, list[float], float], None] | None
+                            ) -> tuple[dict[float, dict[int, tuple[list[float], float]]], int]:
+    """Every row of `requests`: stored rows read from the partial records, the missing ones computed as
+    `ExactRowTask`s on `executor` (in request order, so early rows sample the depth) and each written to its
+    partial record as it arrives, in finish order. This driver alone reads and writes `store`.
+
+    Returns ({sparsity: {layer: (values, layer_value)}}, rows computed). advance(units, message) gets the
+    units of `exact_units` per row; a raise from it (a cancel) stops the workers, finished rows stay stored.
+    """
+    rows: dict[float, dict[int, tuple[list[float], float]]] = {}
+    partials: dict[float, tuple[str | None, dict]] = {}
+    tasks: list[ExactRowTask] = []
+    reports = {r.sparsity: r.report for r in requests}
+
+    def units(layer: int) -> float:
+        return (n_layers - layer + 2) * (n_kinds + 1)
+
+    for request in requests:
+        s = request.sparsity
+        partials[s] = _read_partial(store, request.key)
+        rows[s] = {}
+        for layer in request.layers:
+            stored = partials[s][1]["rows"].get(str(layer))
+            if stored is None:
+                tasks.append(ExactRowTask(s, layer))
+                continue
+            rows[s][layer] = (stored["values"], stored["layer_value"])
+            if request.report and on_exact_row is not None:
+                on_exact_row(s, layer, *rows[s][layer])
+            advance(units(layer), f"exact {s:g}: layer {layer + 1} from the store")
+    done = [0]
+
+    def waiting() -> None:  # called while every worker is busy: progress, and with it a cancel, gets through
+        advance(0.0, f"{done[0]}/{len(tasks)} exact rows done; running on {executor.config.describe()}")
+
+    with closing(executor.run(recipe, tasks, None, waiting)) as finished:
+        for number, (values, layer_value) in finished:
+            task = tasks[number]
+            if task.layer in rows[task.sparsity]:  # one result per task; never store or report a row twice
+                continue
+            rows[task.sparsity][task.layer] = (values, layer_value)
+            partial_key, partial = partials[task.sparsity]
+            if partial_key is not None:
+                partial["rows"][str(task.layer)] = {"values": values, "layer_value": layer_value}
+                store.put_result(partial_key, "sensitivity_partial", partial)
+            if reports[task.sparsity] and on_exact_row is not None:
+                on_exact_row(task.sparsity, task.layer, values, layer_value)
+            done[0] += 1
+            advance(units(task.layer), f"exact {task.sparsity:g}: layer {task.layer + 1} done "
+                                       f"({done[0]}/{len(tasks)} rows on {executor.config.describe()})")
+    return rows, len(tasks)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """`prunescope sensitivity` and `prunescope jobs`: the analysis engine, headless.
 
 `sensitivity` runs as a recorded job in this process (`JobRunner.run_inline`), so a map computed from the
-CLI shows up in the dashboard's job list and its maps are reused from the store.
+CLI shows up in the dashboard's job list and its maps are reused from the store. `--executor ray
+[--ray-address ADDR] [--workers N]` computes the exact rows on Ray workers (same numbers, same store keys);
+the job reads these settings as a job worker would (`ExecutorConfig.from_env`), and this process still owns
+the store.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from pruning_core.cli.common import (
     ConsoleProgress,
     _csv,
     _floats,
+    add_executor_args,
     add_protocol_args,
+    executor_config_from_args,
+    executor_environment,
     prepare_out_dir,
     protocol_from_args,
     write_json,
@@ -89,16 +95,20 @@ def add_sensitivity(sub) -> None:
     p.add_argument("--probe-dtype", default=None, choices=["float32", "bfloat16"],
                    help="compute dtype of the exact probes (default: --dtype)")
     p.add_argument("--layers", default=None, help="comma-separated decoder layer indices (default all)")
+    add_executor_args(p, "exact rows")
     p.add_argument("--out", required=True, help="output folder (sensitivity.json, sensitivity_all.json)")
     p.set_defaults(handler=cmd_sensitivity)
 
 
 def cmd_sensitivity(args) -> int:
+    from pruning_core.execution.executors import make_executor
     from pruning_core.execution.jobs import JobRunner
 
     from pruning_core.analysis.sensitivity import REFINE, SensitivitySpec
 
     protocol = protocol_from_args(args)
+    executor = executor_config_from_args(args)
+    make_executor(executor)  # a missing Ray fails here, before any work
     sparsities = list(_floats(args.sparsities)) if args.sparsities else []
     if args.sparsity is not None:
         sparsities = [args.sparsity] + [s for s in sparsities if s != args.sparsity]
@@ -120,7 +130,8 @@ def cmd_sensitivity(args) -> int:
     progress = ConsoleProgress()
     if job.metrics == (REFINE,):
         progress = _ViewWriter(spec, runner.store, out / "sensitivity.json", progress)
-    result = runner.run_inline("sensitivity", spec, progress)
+    with executor_environment(executor):
+        result = runner.run_inline("sensitivity", spec, progress)
     # The refinement's final view (the exact map with its agreement), else the first map asked for.
     first = result["views"][0] if result.get("views") else result["maps"][0]
     write_json(out / "sensitivity.json", first)
@@ -129,6 +140,10 @@ def cmd_sensitivity(args) -> int:
     for c in result["correlations"]:
         print(f"spearman({c['proxy']} vs exact) at {c['sparsity']:g}: {c['spearman']:.3f} "
               f"over {c.get('scope', 'all cells')}")
+    execution = result.get("execution")
+    if execution:
+        where = "this process" if execution["executor"] == "local" else f"Ray, {execution['workers']} workers"
+        print(f"exact rows computed: {execution['rows_computed']} ({where}; rows already stored are not counted)")
     print(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity_all.json'} "
           f"({time.perf_counter() - start:.1f} s)")
     return 0

@@ -17,7 +17,9 @@ from pruning_core.cli.common import (
     ConsoleProgress,
     _csv,
     _floats,
+    add_executor_args,
     add_protocol_args,
+    executor_config_from_args,
     load_model_from_args,
     prepare_out_dir,
     protocol_from_args,
@@ -41,13 +43,7 @@ def add_sweep(sub) -> None:
     p.add_argument("--sensitivity", default=None, metavar="FILE",
                    help="sensitivity_all.json of `prunescope sensitivity` (maps at two or more sparsities) for "
                         "--allocation sensitivity; without it the exact map is computed")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="where points are computed: local (this process, default) or ray (parallel Ray workers, "
-                        "needs pip install '.[ray]')")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="Ray cluster to join (e.g. auto, ray://head:10001); default: start Ray on this machine")
-    p.add_argument("--workers", type=int, default=2,
-                   help="Ray workers, each holding one copy of the model (default 2)")
+    add_executor_args(p, "points")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
     p.add_argument("--out", required=True, help="output folder (results.json)")
     p.set_defaults(handler=cmd_sweep)
@@ -55,17 +51,14 @@ def add_sweep(sub) -> None:
 
 def cmd_sweep(args) -> int:
     from pruning_core.analysis.sweep import SweepSpec, run_sweep
-    from pruning_core.execution.executors import ExecutorConfig, make_executor
+    from pruning_core.execution.executors import make_executor
 
     spec = SweepSpec(model=args.model, methods=_csv(args.methods), structures=_csv(args.structures),
                      sparsities=_floats(args.sparsities), eval_corpora=_csv(args.eval),
                      propagation=args.propagation, protocol=protocol_from_args(args),
                      allocations=_csv(args.allocation)).validate()
-    if args.executor == "ray" and args.trust_remote_code:
-        raise ConfigError("Ray workers load the model without remote code; drop --trust-remote-code or use "
-                          "--executor local.")
     # Checked (and Ray imported) before the model loads, so a missing Ray costs nothing.
-    executor = make_executor(ExecutorConfig(kind=args.executor, address=args.ray_address, workers=args.workers))
+    executor = make_executor(executor_config_from_args(args))
     sensitivity = _read_sensitivity(args.sensitivity) if args.sensitivity else None
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
