@@ -9,7 +9,9 @@ the hub) the model stays in host memory and one decoder layer at a time visits t
 - dense perplexity, its evaluation tokens/s and the peak GPU memory (torch.cuda.max_memory_allocated) of it;
 - per method (Wanda, SparseGPT at 50 %): prune seconds, measured sparsity, peak GPU memory of the pruning walk,
   then the pruned perplexity and its tokens/s;
-- the model's fp32 bytes beside the peaks, so the offload's bound (one layer, not the model) is visible.
+- the model's fp32 bytes beside the peaks, so the offload's bound (one layer, not the model) is visible;
+- Wanda 2:4 and its prefill tokens/s with the weights dense and then on the GPU's sparse tensor cores
+  (`execution.sparse_kernels.measure_two_four_speed`; on a CPU or a pre-Ampere GPU the reason it cannot).
 A hub model that cannot be loaded (offline machine) is recorded with the loader's message and the run goes on.
 
 Without a CUDA GPU (or with --quick) it runs the same code on the tiny random model `tiny-llama`, with
@@ -36,6 +38,7 @@ import torch
 
 from pruning_core.errors import PruneScopeError
 from pruning_core.execution.devices import LayerOffload, default_dtype, resolve_device
+from pruning_core.execution.sparse_kernels import KernelSpeedConfig, measure_two_four_speed
 from pruning_core.evaluate import bf16_agreement
 from pruning_core.metrics import perplexity
 from pruning_core.models import load_model
@@ -74,7 +77,7 @@ def _evaluate(loaded, eval_ids, protocol: Protocol, dtype: str, offload: LayerOf
 
 
 def bench_model(source: str, protocol: Protocol, methods: list[str], sparsity: float, device: torch.device,
-                dtype: Optional[str], agreement_windows: int) -> dict:
+                dtype: Optional[str], agreement_windows: int, two_four: bool = True, quick: bool = False) -> dict:
     """Every figure of one model (see the module docstring); a model that cannot be loaded gives {"error"}."""
     _log(f"loading {source}")
     try:
@@ -106,6 +109,16 @@ def bench_model(source: str, protocol: Protocol, methods: list[str], sparsity: f
             pruned["eval"] = _evaluate(loaded, eval_ids, protocol, dtype, offload, device)
         out["methods"][method] = pruned
         _log(f"{source}: {method} pruned in {result.seconds:.1f} s, ppl {pruned['eval']['ppl']:.3f}")
+    if two_four:
+        # The 2:4 speed claim as a measurement: Wanda 2:4, then the same pruned model dense and on the sparse
+        # tensor cores (`execution.sparse_kernels`); on a CPU or an older GPU the sentence saying why not.
+        _log(f"{source}: wanda 2:4 on the sparse kernels")
+        result = prune_model(loaded, calib, PruneConfig("wanda", "2:4", 0.5), protocol.batch_size, offload=offload)
+        out["two_four"] = measure_two_four_speed(loaded, result.masks, device, result.weights,
+                                                 KernelSpeedConfig(tokens=protocol.seqlen * 4 if not quick else 64,
+                                                                   repeats=10 if not quick else 2))
+        out["two_four"]["sparsity"] = result.sparsity
+        out["two_four"].pop("measured", None)  # the claim's argument; its figures are the fields above
     out["layer_moves"] = len([m for m in offload.moves if m[0].startswith("layer")])
     return out
 
@@ -125,6 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="evaluation dtype (default: bfloat16 on CUDA, float32 on the CPU)")
     parser.add_argument("--agreement-windows", type=int, default=4, help="windows of the bf16/fp32 check")
+    parser.add_argument("--no-two-four", action="store_true",
+                        help="skip the 2:4 sparse-kernel timing (Wanda 2:4, dense against compressed weights)")
     parser.add_argument("--out", default="docs/runs/gpu.json")
     args = parser.parse_args(argv)
 
@@ -147,8 +162,8 @@ def main(argv=None) -> int:
     sources = ["tiny-llama"] if quick else ["embedded"] + ([args.hub_model] if args.hub_model else [])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     start = time.perf_counter()
-    models = [bench_model(source, protocol, methods, args.sparsity, device, args.dtype, args.agreement_windows)
-              for source in sources]
+    models = [bench_model(source, protocol, methods, args.sparsity, device, args.dtype, args.agreement_windows,
+                          not args.no_two_four, quick) for source in sources]
     document = {"benchmark": "gpu", "gpu_at_hand": gpu, "note": note, "device": str(device),
                 "offload": "model in host memory, one decoder layer at a time on the compute device",
                 "machine": machine_facts(device), "protocol": protocol.to_dict(), "sparsity": args.sparsity,

@@ -284,6 +284,14 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
         write_json(out / "lm_eval.json", lm_eval)
         written.append("lm_eval.json")
 
+    kernel_speed = None
+    if offload is not None and config.structure == "2:4":
+        # On a GPU the 2:4 speed claim becomes a measurement: the same pruned model dense and on the sparse
+        # tensor cores, or the sentence saying why this GPU cannot.
+        from pruning_core.execution.sparse_kernels import measure_two_four_speed
+
+        progress(0.92, "timing the 2:4 mask on the GPU's sparse kernels")
+        kernel_speed = measure_two_four_speed(loaded, result.masks, offload.compute, result.weights)
     describe = loaded.describe()
     n_layers = len(loaded.adapter.decoder_layers(loaded.model))
     data = {
@@ -300,7 +308,10 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
         "ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
         "evaluation": evaluation.to_dict(),
         "sizes": claims.sizes_from_masks(loaded, result.masks, config.structure),
-        "speed_note": claims.speed_sentence(config.structure),
+        "speed_note": " ".join(filter(None, (claims.speed_sentence(config.structure,
+                                                                   (kernel_speed or {}).get("measured")),
+                                              (kernel_speed or {}).get("reason")))),
+        "kernel_speed": kernel_speed,
         "results": results,
         "sensitivity": sens,
         "sensitivity_note": sens_note,
