@@ -21,17 +21,25 @@ sits `resolution` below a failing one; it never looks above the first failing co
 (a non-monotone bump) is not seen. The result says how sure it is: the evaluation windows behind each figure,
 the gap between the last passing and first failing step, and whether the measured perplexities it saw were in
 fact monotone in sparsity.
+
+Where points are measured: each point is a unit of work (`BudgetPointTask`, computed by a `BudgetWorker`) for an
+executor (`pruning_core.execution.executors`); the driver makes the plans and alone reads and writes the store.
+With W workers the search goes in rounds of W points (the next W coarse steps; W cuts of the bracket into W + 1
+equal parts): it may measure more points than the sequential search but needs fewer rounds; with W = 1 (the
+local executor) it is the sequential search, point for point.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
 from pruning_core.errors import ConfigError
+from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
 from pruning_core.masks import parse_structure
 from pruning_core.methods import get_method
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -165,7 +173,8 @@ def _grid(value: float, resolution: float) -> int:
 
 
 def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = None, store=None,
-                  progress: Optional[ProgressFn] = None, sensitivity: Optional[Mapping] = None) -> dict:
+                  progress: Optional[ProgressFn] = None, sensitivity: Optional[Mapping] = None,
+                  executor=None) -> dict:
     """The most global sparsity (by parameters) whose perplexity stays within `spec`'s budget.
 
     loaded: the model (`LoadedModel`, left unchanged); may be None only when `measure` is given.
@@ -174,19 +183,35 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     perplexity is `measure(0.0)` and nothing is stored.
     sensitivity: a sensitivity result for the "sensitivity" allocator (default: `spec.sensitivity`'s file, else
     maps in `store`).
+    executor: where the points are measured: None or an `ExecutorConfig` of kind "local" (this process), an
+    `ExecutorConfig` of kind "ray" (Ray workers, each loading `spec.model` itself), or an executor object. With
+    W workers each round measures W points together: the coarse phase the next W coarse steps (the first failing
+    one ends it), the bisection W cuts of the bracket into W + 1 equal parts on the resolution grid. W = 1 (local)
+    visits exactly the points of the sequential search, in its order. With W > 1 a search may measure more
+    points than the sequential one (points above the first failing step of a round are measured, reported in the
+    trajectory and in "ppl_monotone", but never move the frontier) and needs fewer rounds. Plans are made, and
+    points read from and written to `store` under the same keys, by this driver alone.
     Returns {"frontier": {"sparsity", "ppl", "increase"} of the last passing step (None when even `low` fails),
-    "trajectory": [{"step", "phase", "sparsity", "ppl", "increase", "passed", "reused", ...}] in visit order
-    (a `low` of 0 is the dense model itself, marked "dense"; measured steps add plan_sparsity, measured_sparsity,
-    plan_digest, allocator, windows, prune_seconds, eval_seconds),
+    "trajectory": [{"step", "phase", "sparsity", "ppl", "increase", "passed", "reused", "round", ...}] in visit
+    order, ascending sparsity within a round ("round": the round it was measured in, points of one round are
+    measured together; 0 = the dense start, which needs no measurement; a `low` of 0 is the dense model itself,
+    marked "dense"; measured steps add plan_sparsity, measured_sparsity, plan_digest, allocator, windows,
+    prune_seconds, eval_seconds),
     "certainty": {"eval_windows", "gap_pp" (first failing - last passing, percentage points; None when `high`
     passed), "evaluations" (points the search used), "measured" (of them, measured now), "reused",
     "grid_evaluations" (what a 2-point grid over the range would need), "ppl_monotone", "bounded_by"},
-    "dense_ppl", "budget" (in words and as the perplexity limit), "spec", "protocol", "machine", "seconds"}.
+    "dense_ppl", "budget" (in words and as the perplexity limit), "spec", "protocol", "machine", "seconds",
+    "execution": {"executor", "workers" (W), "rounds", "points_computed", "seconds" {"startup" (starting or
+    joining Ray, driver-side), "points" (waiting for the executor's points, less startup)},
+    "worker_start_seconds" [per Ray worker and round]}}.
     Sparsities are fractions; perplexity has no unit; seconds are wall seconds.
     """
     spec = spec.validate()
     progress = progress or no_progress
     start = time.perf_counter()
+    if executor is None or isinstance(executor, ExecutorConfig):
+        executor = make_executor(executor)  # a missing Ray fails here, before any work
+    width = executor.config.workers if executor.config.kind != "local" else 1
     if measure is None:
         if loaded is None:
             raise ConfigError("A budget search needs a model; load one first.")
@@ -203,48 +228,105 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     expected = max(1, (high - low + coarse - 1) // coarse + max(1, math.ceil(math.log2(coarse))))
     trajectory: list[dict] = []
     seen: dict[int, dict] = {}
+    execution = {"executor": executor.config.kind, "workers": width, "rounds": 0, "points_computed": 0,
+                 "seconds": {"startup": 0.0, "points": 0.0}, "worker_start_seconds": []}
 
-    def visit(units: int, phase: str) -> bool:
-        if units in seen:
-            return seen[units]["passed"]
+    def fractions(index: int) -> tuple[float, float]:
+        return min(index / expected, 0.99), min((index + 1) / expected, 0.99)
+
+    def record(units: int, index: int, phase: str, point: dict, number: int) -> dict:
         sparsity = round(units * res, 6)
-        index = len(trajectory)
-        lo_f, hi_f = min(index / expected, 0.99), min((index + 1) / expected, 0.99)
-        progress(lo_f, f"step {index + 1}: {spec.method} {spec.allocation} at {sparsity:.0%} ({phase})")
-        point = measurer(sparsity, sub_progress(progress, lo_f, hi_f)) if units > 0 else \
-            {"ppl": dense_ppl, "reused": measurer.dense_reused, "dense": True}
         ppl = float(point["ppl"])
         row = {"step": index + 1, "phase": phase, "sparsity": sparsity, "ppl": ppl,
                "increase": ppl / dense_ppl - 1.0 if dense_ppl > 0 else None,
-               "passed": spec.passes(ppl, dense_ppl), "reused": bool(point.get("reused", False)),
+               "passed": spec.passes(ppl, dense_ppl), "reused": bool(point.get("reused", False)), "round": number,
                **{k: v for k, v in point.items() if k not in ("ppl", "reused")}}
-        trajectory.append(row)
-        seen[units] = row
         verdict = "within" if row["passed"] else "over"
-        progress(hi_f, f"{sparsity:.0%}: ppl {ppl:.3f} ({verdict} the budget {limit:.3f})")
-        return row["passed"]
+        progress(fractions(index)[1], f"{sparsity:.0%}: ppl {ppl:.3f} ({verdict} the budget {limit:.3f})")
+        return row
+
+    def measure_round(points: list[int], phase: str) -> None:
+        """Measure the grid points `points` together (one round): stored ones from the store, the others as
+        executor tasks; their rows join the trajectory in ascending sparsity."""
+        todo = [units for units in sorted(set(points)) if units not in seen]
+        if not todo:
+            return
+        number = 0 if todo == [0] else execution["rounds"] + 1  # the dense start needs no measurement
+        execution["rounds"] = max(execution["rounds"], number)
+        first = len(trajectory)
+        rows: list[Optional[dict]] = [None] * len(todo)
+        tasks, owners = [], []  # executor tasks and the position in `todo` of each
+        for position, units in enumerate(todo):
+            sparsity = round(units * res, 6)
+            lo_f, hi_f = fractions(first + position)
+            progress(lo_f, f"step {first + position + 1}: {spec.method} {spec.allocation} at {sparsity:.0%} "
+                           f"({phase})")
+            if units == 0:
+                point = {"ppl": dense_ppl, "reused": measurer.dense_reused, "dense": True}
+            else:
+                point, task = measurer.prepare(sparsity, sub_progress(progress, lo_f, hi_f))
+                if point is None:
+                    tasks.append(task)
+                    owners.append(position)
+                    continue
+            rows[position] = record(units, first + position, phase, point, number)
+
+        def task_progress(index: int) -> ProgressFn:  # the local executor runs tasks in order: the point's range
+            return sub_progress(progress, *fractions(first + owners[index]))
+
+        def waiting() -> None:  # a Ray run calls this while every worker is busy: cancel and heartbeat go here
+            done = sum(row is not None for row in rows)
+            progress(fractions(first)[0], f"round {number}: {done}/{len(todo)} points done; running on "
+                                          f"{executor.config.describe()}")
+
+        if tasks:
+            begin = time.perf_counter()
+            with closing(executor.run(measurer.recipe(), tasks, task_progress, waiting)) as finished:
+                for index, outcome in finished:
+                    position = owners[index]
+                    if rows[position] is not None:  # one result per task; never store a point twice
+                        continue
+                    point = measurer.complete(tasks[index], outcome)
+                    rows[position] = record(todo[position], first + position, phase, point, number)
+            startup = float(getattr(executor, "startup_seconds", 0.0))
+            execution["points_computed"] += len(tasks)
+            execution["seconds"]["startup"] += startup
+            execution["seconds"]["points"] += time.perf_counter() - begin - startup
+            execution["worker_start_seconds"] += list(getattr(executor, "worker_start_seconds", []))
+        for units, row in zip(todo, rows):
+            trajectory.append(row)
+            seen[units] = row
+
+    def first_failure(points: list[int], passing: Optional[int]) -> tuple[Optional[int], Optional[int]]:
+        """(last passing point below the first failing one, or `passing`; first failing point or None)."""
+        for units in sorted(points):
+            if not seen[units]["passed"]:
+                return passing, units
+            passing = units
+        return passing, None
 
     passing: Optional[int] = None
     failing: Optional[int] = None
-    if visit(low, "start"):
-        passing = low
-        units = low
-        while units < high:  # coarse steps upward; the top of the range is always a step
-            units = min(units + coarse, high)
-            if visit(units, "coarse"):
-                passing = units
-            else:
-                failing = units
-                break
-        if failing is not None:
-            while failing - passing > 1:  # bisection on the resolution grid
-                middle = (passing + failing) // 2
-                if visit(middle, "bisect"):
-                    passing = middle
-                else:
-                    failing = middle
-    else:
-        failing = low
+    with _held(executor, execution):
+        measure_round([low], "start")
+        if seen[low]["passed"]:
+            passing = low
+            units = low
+            while units < high and failing is None:  # coarse steps upward; the top of the range is always a step
+                batch = []
+                while len(batch) < width and units < high:
+                    units = min(units + coarse, high)
+                    batch.append(units)
+                measure_round(batch, "coarse")
+                passing, failing = first_failure(batch, passing)
+            while failing is not None and failing - passing > 1:  # W-section of the bracket on the resolution grid
+                gap = failing - passing
+                cuts = sorted({passing + k * gap // (width + 1) for k in range(1, width + 1)} - {passing, failing})
+                measure_round(cuts, "bisect")
+                passing, cut_failing = first_failure(cuts, passing)
+                failing = cut_failing if cut_failing is not None else failing
+        else:
+            failing = low
 
     frontier = None
     if passing is not None:
@@ -278,11 +360,27 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
         "seconds": time.perf_counter() - start,
         "prune_seconds": sum(r.get("prune_seconds", 0.0) for r in measured_points if not r["reused"]),
         "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in measured_points if not r["reused"]),
+        "execution": execution,
     }
     measurer.finish(result)
     progress(1.0, "budget search done: " + (f"{frontier['sparsity']:.0%} within {spec.describe()}"
                                              if frontier else f"no sparsity >= {spec.low:.0%} within the budget"))
     return result
+
+
+@contextmanager
+def _held(executor, execution: dict) -> Iterator[None]:
+    """Keep a Ray executor connected for the whole search: each round is one executor run, and a run that finds
+    no Ray would start (and stop) its own local Ray every round. Its seconds count as startup."""
+    connect = getattr(executor, "_connect", None)  # RayExecutor's; the local executor has nothing to hold
+    begin = time.perf_counter()
+    started = bool(connect()) if connect is not None else False
+    execution["seconds"]["startup"] += time.perf_counter() - begin
+    try:
+        yield
+    finally:
+        if started:
+            executor._ray.shutdown()
 
 
 def _machine() -> dict:
@@ -303,14 +401,98 @@ class _InjectedMeasure:
     def dense(self) -> float:
         return float(self.measure(0.0))
 
-    def __call__(self, sparsity: float, progress: ProgressFn) -> dict:  # noqa: ARG002
-        return {"ppl": float(self.measure(sparsity)), "reused": False}
+    def prepare(self, sparsity: float, progress: ProgressFn) -> tuple[Optional[dict], Any]:  # noqa: ARG002
+        """(None, task): nothing is stored, so every point is a task; the task is the sparsity."""
+        return None, sparsity
+
+    def recipe(self) -> WorkerRecipe:
+        return WorkerRecipe(build=_InjectedWorker, args=(self.measure,), local=lambda: _InjectedWorker(self.measure))
+
+    def complete(self, task: float, outcome: float) -> dict:  # noqa: ARG002
+        return {"ppl": float(outcome), "reused": False}
 
     def protocol(self) -> dict:
         return {"measure": "injected"}
 
     def finish(self, result: dict) -> None:
         pass
+
+
+class _InjectedWorker:
+    """Runs an injected measure: task = a sparsity, result = its perplexity."""
+
+    def __init__(self, measure: MeasureFn):
+        self.measure = measure
+
+    def run(self, task: float, progress: ProgressFn) -> float:  # noqa: ARG002
+        return float(self.measure(task))
+
+
+@dataclass(frozen=True)
+class BudgetPointTask:
+    """One point of a budget search to measure: the global target, the setting with the plan the driver made
+    for it (`PruneConfig`), how progress names it, and its store key (None without a store; the driver's)."""
+
+    sparsity: float
+    config: Any
+    label: str
+    key: Optional[str] = None
+
+
+class BudgetWorker:
+    """Prunes and evaluates budget points on one loaded model; no store (the driver owns it).
+
+    Keeps what its points share: the layer-0 inputs of the calibration windows (pruned propagation, captured at
+    the first point). calib_ids: (nsamples, seqlen) token ids, None when no point walks data (magnitude, dense
+    propagation); eval_ids: {corpus: (windows, seqlen)}; statistics: the dense statistics a ``dense`` propagation
+    prunes from (None otherwise).
+    """
+
+    def __init__(self, loaded, spec: BudgetSpec, calib_ids, eval_ids: Mapping, statistics=None):
+        self.loaded, self.spec, self.calib_ids, self.eval_ids, self.statistics = (loaded, spec, calib_ids, eval_ids,
+                                                                                  statistics)
+        self.method = get_method(spec.method)
+        self._inputs = None
+
+    def run(self, task: BudgetPointTask, progress: ProgressFn) -> dict:
+        """{"ppl" (on the budget's corpus), "measured_sparsity", "prune_seconds", "eval_seconds"}; progress over
+        [0.3, 1]: pruning to 0.7, then evaluation (the plan took [0, 0.3] on the driver)."""
+        from pruning_core import evaluate
+        from pruning_core.prune import prune_model, prune_with_statistics
+
+        spec, config = self.spec, task.config
+        prune_progress = sub_progress(progress, 0.3, 0.7)
+        prune_progress(0.0, f"{task.label}: pruning")
+        if self.method.needs == "none":
+            pruned = prune_with_statistics(self.loaded, None, config)
+        elif spec.propagation == "dense":
+            pruned = prune_with_statistics(self.loaded, self.statistics, config)
+        else:
+            if self._inputs is None:
+                from pruning_core.walk import capture_layer_inputs
+
+                self._inputs = capture_layer_inputs(self.loaded, self.calib_ids, spec.protocol.batch_size)
+            pruned = prune_model(self.loaded, self.calib_ids, config, spec.protocol.batch_size, prune_progress,
+                                 inputs=self._inputs)
+        evaluation = evaluate.evaluate_setting(self.loaded, spec.protocol, [spec.eval_corpus], pruned, dense=False,
+                                               eval_ids=self.eval_ids, label=task.label,
+                                               progress=sub_progress(progress, 0.7, 1.0))
+        return {"ppl": float(evaluation.pruned_ppl[spec.eval_corpus]), "measured_sparsity": pruned.sparsity,
+                "prune_seconds": pruned.seconds, "eval_seconds": evaluation.seconds}
+
+
+def build_budget_worker(spec: BudgetSpec, fingerprint: str, calib_ids, eval_ids: Mapping,
+                        statistics=None) -> BudgetWorker:
+    """A worker in another process (a Ray actor): loads `spec.model` itself and checks that its weights are the
+    driver's (`fingerprint`), so every point is measured on the model the search is keyed by."""
+    from pruning_core.models import load_model
+
+    loaded = load_model(spec.model)
+    if loaded.fingerprint != fingerprint:
+        raise ConfigError(f"A worker loaded '{spec.model}' but its weights differ from the model this search "
+                          "prunes; give a model source every worker can load the same way (a folder or hub id "
+                          "present on every node), or use --executor local.")
+    return BudgetWorker(loaded, spec, calib_ids, eval_ids, statistics)
 
 
 class _RealMeasure:
@@ -333,7 +515,7 @@ class _RealMeasure:
         self.calib_identity = corpus_key(spec.protocol.calib, "calibration", spec.protocol.calib_column)
         self.eval_identity = corpus_key(spec.eval_corpus, "evaluation")["sha256"]
         self._calib_ids = None
-        self._inputs = None
+        self._worker: Optional[BudgetWorker] = None  # this process's worker, kept across rounds
         self._statistics: dict[str, Any] = {}
         self.sensitivity = sensitivity
         if self.allocator.needs == "sensitivity" and self.sensitivity is None:
@@ -395,9 +577,10 @@ class _RealMeasure:
                 "corpus": self.eval_identity,
                 "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}}
 
-    def __call__(self, sparsity: float, progress: ProgressFn) -> dict:
-        from pruning_core import evaluate
-        from pruning_core.prune import PruneConfig, prune_model, prune_with_statistics
+    def prepare(self, sparsity: float, progress: ProgressFn) -> tuple[Optional[dict], Optional[BudgetPointTask]]:
+        """(the stored point, None) when the store has it, else (None, the task that measures it). The plan is
+        made here, on the driver, and so are the dense statistics a ``dense`` propagation prunes from."""
+        from pruning_core.prune import PruneConfig
 
         spec = self.spec
         plan = self.plan(sparsity, sub_progress(progress, 0.0, 0.3))
@@ -410,29 +593,42 @@ class _RealMeasure:
             stored = self.store.get_result(key)
             if stored is not None:
                 self.store.put_result(key, POINT_KIND, stored, run_key=self.run_key)  # link it to this run too
-                return {**stored, "reused": True}
-        label = f"{spec.method} {spec.allocation} {sparsity:.0%}"
-        prune_progress = sub_progress(progress, 0.3, 0.7)
-        prune_progress(0.0, f"{label}: pruning")
-        if self.method.needs == "none":
-            pruned = prune_with_statistics(self.loaded, None, config)
-        elif spec.propagation == "dense":
-            pruned = prune_with_statistics(self.loaded, self.statistics(self.method.needs, prune_progress), config)
-        else:
-            if self._inputs is None:
-                from pruning_core.walk import capture_layer_inputs
+                return {**stored, "reused": True}, None
+        if self.method.needs != "none" and spec.propagation == "dense":
+            self.statistics(self.method.needs, sub_progress(progress, 0.3, 0.7))
+        return None, BudgetPointTask(sparsity, config, f"{spec.method} {spec.allocation} {sparsity:.0%}", key)
 
-                self._inputs = capture_layer_inputs(self.loaded, self.calib_ids(), spec.protocol.batch_size)
-            pruned = prune_model(self.loaded, self.calib_ids(), config, spec.protocol.batch_size, prune_progress,
-                                 inputs=self._inputs)
-        evaluation = evaluate.evaluate_setting(self.loaded, spec.protocol, [spec.eval_corpus], pruned, dense=False,
-                                               eval_ids=self.eval_ids, label=label,
-                                               progress=sub_progress(progress, 0.7, 1.0))
-        point = {"ppl": float(evaluation.pruned_ppl[spec.eval_corpus]), "plan_sparsity": config.sparsity,
-                 "measured_sparsity": pruned.sparsity, "plan_digest": plan.digest(), "allocator": plan.allocator,
-                 "windows": self.windows, "prune_seconds": pruned.seconds, "eval_seconds": evaluation.seconds}
-        if key is not None:
-            self.store.put_result(key, POINT_KIND, point, run_key=self.run_key)
+    def _pruning_inputs(self) -> tuple[Any, Any]:
+        """(calibration windows, dense statistics) the workers prune from: each only where a point needs it."""
+        needs_data = self.method.needs != "none"
+        calib_ids = self.calib_ids() if needs_data and self.spec.propagation == "pruned" else None
+        statistics = (self.statistics(self.method.needs, no_progress)
+                      if needs_data and self.spec.propagation == "dense" else None)
+        return calib_ids, statistics
+
+    def recipe(self) -> WorkerRecipe:
+        """Workers that prune and evaluate points: in this process one worker kept for the whole search (its
+        captured layer inputs serve every round), on Ray one per actor and round, each loading `spec.model`."""
+        calib_ids, statistics = self._pruning_inputs()
+
+        def local() -> BudgetWorker:
+            if self._worker is None:
+                self._worker = BudgetWorker(self.loaded, self.spec, calib_ids, self.eval_ids, statistics)
+            return self._worker
+
+        return WorkerRecipe(build=build_budget_worker,
+                            args=(self.spec, self.loaded.fingerprint, calib_ids, self.eval_ids, statistics),
+                            local=local)
+
+    def complete(self, task: BudgetPointTask, outcome: dict) -> dict:
+        """The point of a finished task, stored under its key."""
+        plan = task.config.plan
+        point = {"ppl": outcome["ppl"], "plan_sparsity": task.config.sparsity,
+                 "measured_sparsity": outcome["measured_sparsity"], "plan_digest": plan.digest(),
+                 "allocator": plan.allocator, "windows": self.windows, "prune_seconds": outcome["prune_seconds"],
+                 "eval_seconds": outcome["eval_seconds"]}
+        if task.key is not None:
+            self.store.put_result(task.key, POINT_KIND, point, run_key=self.run_key)
         return {**point, "reused": False}
 
     def protocol(self) -> dict:
@@ -503,14 +699,18 @@ def load_sensitivity(path: Optional[str], store, loaded, method: str) -> Optiona
 
 def run_budget_job(spec: dict, store, progress: ProgressFn) -> dict:
     """Job entry (`jobs.JOB_KINDS["budget"]`): `spec` is `BudgetSpec.to_dict()`. Every measured step goes to
-    `store` as it finishes, so a cancelled or killed job resumes without re-measuring. Returns the search result."""
+    `store` as it finishes, so a cancelled or killed job resumes without re-measuring. Returns the search result.
+
+    Where the points are measured comes from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS
+    (`ExecutorConfig.from_env`; unset = this process): they change no number, so they are not in `spec`."""
     from pruning_core.models import load_model
 
     budget = BudgetSpec.from_dict(spec).validate()
     progress(0.0, f"loading the model ({budget.model})")
+    executor = make_executor(ExecutorConfig.from_env())  # a missing Ray fails here, before the model loads
     loaded = load_model(budget.model)
-    return search_budget(loaded, budget, store=store, progress=progress)
+    return search_budget(loaded, budget, store=store, progress=progress, executor=executor)
 
 
-__all__ = ["BudgetSpec", "MeasureFn", "load_sensitivity", "parse_fraction", "run_budget_job",
-           "search_budget"]
+__all__ = ["BudgetPointTask", "BudgetSpec", "BudgetWorker", "MeasureFn", "build_budget_worker",
+           "load_sensitivity", "parse_fraction", "run_budget_job", "search_budget"]

@@ -1,4 +1,8 @@
-"""`prunescope budget`: the most sparsity a quality budget allows, for each method x allocator asked, headless."""
+"""`prunescope budget`: the most sparsity a quality budget allows, for each method x allocator asked, headless.
+
+`--executor ray [--ray-address ADDR] [--workers N]` measures each round's points on Ray workers (W workers: W
+points a round; same points' numbers and store keys); this process still makes the plans and owns the store.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from pathlib import Path
 
 from pruning_core.cli.common import (
     ConsoleProgress,
+    add_executor_args,
     add_protocol_args,
+    executor_config_from_args,
+    executor_environment,
     prepare_out_dir,
     protocol_from_args,
     write_json,
@@ -34,6 +41,7 @@ def add_budget(sub) -> None:
     p.add_argument("--high", default="0.95", help="highest sparsity searched (fraction or %%)")
     p.add_argument("--sensitivity", default=None,
                    help="sensitivity JSON for --allocation sensitivity (default: maps in the store)")
+    add_executor_args(p, "each round's points")
     p.add_argument("--out", required=True, help="output folder (budget.json)")
     p.set_defaults(handler=cmd_budget)
 
@@ -61,13 +69,18 @@ def cmd_budget(args) -> int:
     ).validate() for method in methods for allocation in allocations]  # every spec checked before any runs
     if not specs:
         raise ConfigError("Give at least one --method and one --allocation.")
+    from pruning_core.execution.executors import make_executor
+
+    executor = executor_config_from_args(args)
+    make_executor(executor)  # a missing Ray fails here, before any search
     out = prepare_out_dir(args.out)
     start = time.perf_counter()
     runner = JobRunner()
     results = []
     for spec in specs:
         print(f"== {spec.method} / {spec.allocation}")
-        result = runner.run_inline("budget", spec.to_dict(), ConsoleProgress())
+        with executor_environment(executor):  # the job reads where to measure from the environment
+            result = runner.run_inline("budget", spec.to_dict(), ConsoleProgress())
         _print_budget(result)
         results.append(result)
     # One search: budget.json is its result (as before); several: {"searches": [...]} in the order asked.

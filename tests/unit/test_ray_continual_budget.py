@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
 
 from pruning_core import cli
+from pruning_core.allocation.budget import BudgetSpec, run_budget_job, search_budget
 from pruning_core.continual.run import ContinualSpec, run_continual, run_continual_job
 from pruning_core.execution.executors import ExecutorConfig
 from pruning_core.execution.store import Store
@@ -164,3 +166,164 @@ def test_cli_continual_on_ray(ray, tmp_path):
     assert cli.main(argv) == 0
     result = json.loads((out / "continual.json").read_text())
     assert result["execution"]["executor"] == "ray" and list(result["strategies"]) == ["latest", "copal"]
+
+
+# ------------------------------------------------------------------------------------------------ budget search
+
+DENSE = 20.0
+
+
+def smooth(sparsity: float) -> float:
+    """A monotone synthetic quality function: ppl = 20 * exp(3 s^2)."""
+    return DENSE * math.exp(3.0 * sparsity ** 2)
+
+
+def sequential_visits(fn, spec: BudgetSpec) -> list[float]:
+    """The sequential search written out plainly: the sparsities it measures, in order (grid units, then
+    fractions), coarse steps up from `low` to the first failing one, then halving the bracket."""
+    res = spec.resolution
+    low, high, coarse = round(spec.low / res), round(spec.high / res), max(1, round(spec.coarse_step / res))
+    limit = fn(0.0) * (1 + spec.max_increase)
+    visits: list[int] = []
+
+    def passes(units: int) -> bool:
+        visits.append(units)
+        return fn(round(units * res, 6)) <= limit
+
+    if not passes(low):
+        return [round(u * res, 6) for u in visits]
+    passing, failing, units = low, None, low
+    while units < high:
+        units = min(units + coarse, high)
+        if passes(units):
+            passing = units
+        else:
+            failing = units
+            break
+    while failing is not None and failing - passing > 1:
+        middle = (passing + failing) // 2
+        passing, failing = (middle, failing) if passes(middle) else (passing, middle)
+    return [round(u * res, 6) for u in visits if u > 0]
+
+
+def counting(fn):
+    calls: list[float] = []
+
+    def measure(sparsity: float) -> float:
+        calls.append(sparsity)
+        return fn(sparsity)
+
+    return measure, calls
+
+
+SPECS = [BudgetSpec(max_increase=increase) for increase in (0.02, 0.10, 0.25, 1.0, 1e6)] + [
+    BudgetSpec(max_increase=0.10, low=0.13, high=0.77, coarse_step=0.07),
+    BudgetSpec(max_increase=0.30, resolution=0.03, coarse_step=0.12, low=0.2),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.max_increase}-{s.low}-{s.coarse_step}")
+def test_one_worker_visits_the_sequential_points_in_order(spec):
+    measure, calls = counting(smooth)
+    result = search_budget(None, spec, measure=measure)
+    assert calls[0] == 0.0 and calls[1:] == sequential_visits(smooth, spec)
+    measured = [row for row in result["trajectory"] if not row.get("dense")]
+    assert [row["round"] for row in measured] == list(range(1, len(measured) + 1))  # one point a round
+    assert result["execution"] == {**result["execution"], "executor": "local", "workers": 1,
+                                   "rounds": len(measured), "points_computed": len(measured)}
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.max_increase}-{s.low}-{s.coarse_step}")
+def test_w_workers_find_the_same_edge_in_fewer_rounds(spec, workers):
+    one = search_budget(None, spec, measure=smooth)
+    executor = ReversedExecutor(ExecutorConfig(kind="ray", workers=workers))
+    measure, calls = counting(smooth)
+    wide = search_budget(None, spec, measure=measure, executor=executor)
+    assert wide["frontier"] == one["frontier"] and wide["certainty"]["gap_pp"] == one["certainty"]["gap_pp"]
+    assert wide["certainty"]["bounded_by"] == one["certainty"]["bounded_by"]
+    rounds = wide["execution"]["rounds"]
+    assert (wide["execution"]["workers"], wide["execution"]["points_computed"]) == (workers, len(calls) - 1)
+    assert executor.calls == [n for n in executor.calls if 1 <= n <= workers] and len(executor.calls) == rounds
+    # Never more rounds (W steps up at a time; each cut leaves at most ceil(gap / (W + 1)) of the bracket), and
+    # fewer on the default grid (a measured `low` and a 4-unit bracket can leave a W-section nothing to gain).
+    assert rounds <= one["execution"]["rounds"]
+    if spec.low == 0:
+        assert rounds < one["execution"]["rounds"]
+    assert len(set(calls)) == len(calls)  # no point measured twice
+    # Rows: numbered in visit order, ascending sparsity within a round (whatever order the results came back in).
+    trajectory = wide["trajectory"]
+    assert [row["step"] for row in trajectory] == list(range(1, len(trajectory) + 1))
+    for number in range(1, rounds + 1):
+        sparsities = [row["sparsity"] for row in trajectory if row["round"] == number]
+        assert 1 <= len(sparsities) <= workers and sparsities == sorted(sparsities)
+        assert all(row["ppl"] == smooth(row["sparsity"]) for row in trajectory if row["round"] == number)
+
+
+def test_w_section_of_a_wide_bracket_cuts_it_in_equal_parts():
+    # +10 % of smooth: the edge is at 17.8 %; coarse steps of 40 points leave the bracket (0, 40).
+    spec = BudgetSpec(max_increase=0.10, coarse_step=0.40, high=0.8)
+    measure, calls = counting(smooth)
+    result = search_budget(None, spec, measure=measure, executor=ReversedExecutor(ExecutorConfig(kind="ray",
+                                                                                                 workers=3)))
+    by_round: dict = {}
+    for row in result["trajectory"]:
+        by_round.setdefault(row["round"], []).append(row["sparsity"])
+    assert by_round[1] == [0.4, 0.8]  # coarse: the two steps up to the top (three workers, two steps left)
+    assert by_round[2] == [0.1, 0.2, 0.3]  # the bracket (0, 40) in four equal parts
+    assert by_round[3] == [0.12, 0.15, 0.17]  # (10, 20): 10 // 4 points apart, floored on the grid
+    assert result["frontier"]["sparsity"] == pytest.approx(0.17)
+
+
+BUDGET = dict(model="tiny-llama", protocol=Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=3,
+                                                    batch_size=4),
+              method="wanda", coarse_step=0.2, resolution=0.1, high=0.4)
+#: The random tiny model's wanda perplexity on news is monotone up to 40 % (285.34, 285.38, 285.70, 286.36, 286.81
+#: at 0-40 %), not above: a budget of 286 has its edge between 20 and 30 %.
+EDGE_PPL = 286.0
+
+
+def test_budget_on_ray_measures_each_point_as_locally(ray, tiny, tmp_path):
+    """Ray with 2 workers against the same 2-wide rounds in this process: the same points and perplexities; and
+    the frontier of the sequential search where the tiny model's perplexity is monotone in sparsity."""
+    spec = BudgetSpec(max_ppl=EDGE_PPL, **BUDGET)
+    sequential = search_budget(tiny, spec)
+    assert sequential["certainty"]["ppl_monotone"] and sequential["frontier"]["sparsity"] == 0.2
+    in_process = search_budget(tiny, spec, executor=ReversedExecutor())
+    store = CountingStore(tmp_path / "s.sqlite")
+    on_ray = search_budget(tiny, spec, store=store, executor=RAY_2)
+    assert on_ray["execution"]["executor"] == "ray" and on_ray["execution"]["workers"] == 2
+    assert on_ray["execution"]["rounds"] < sequential["execution"]["rounds"]
+    assert [r["sparsity"] for r in on_ray["trajectory"]] == [r["sparsity"] for r in in_process["trajectory"]]
+    for row, expected in zip(on_ray["trajectory"], in_process["trajectory"]):
+        assert row["ppl"] == pytest.approx(expected["ppl"], rel=1e-6) and row["round"] == expected["round"]
+        assert row.get("measured_sparsity") == expected.get("measured_sparsity")
+    assert on_ray["frontier"]["sparsity"] == sequential["frontier"]["sparsity"]
+    local_ppl = {r["sparsity"]: r["ppl"] for r in sequential["trajectory"]}
+    for row in on_ray["trajectory"]:
+        if row["sparsity"] in local_ppl:
+            assert row["ppl"] == pytest.approx(local_ppl[row["sparsity"]], rel=1e-6)
+    # Stored under the local keys, once each: the local search re-measures nothing Ray measured.
+    points = {key: n for (kind, key), n in store.writes.items() if kind == "budget_point"}
+    assert len(points) == on_ray["execution"]["points_computed"]
+    again = search_budget(tiny, spec, store=store)
+    measured_on_ray = {r["sparsity"] for r in on_ray["trajectory"] if r["sparsity"] > 0}
+    assert all(r["reused"] for r in again["trajectory"] if r["sparsity"] in measured_on_ray)
+
+
+def test_budget_job_and_cli_read_the_executor(ray, monkeypatch, tmp_path):
+    spec = BudgetSpec(max_increase=1e6, **{**BUDGET, "coarse_step": 0.5, "high": 0.9})
+    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "ray")
+    monkeypatch.setenv("PRUNESCOPE_WORKERS", "2")
+    result = run_budget_job(spec.to_dict(), Store(tmp_path / "s.sqlite"), lambda fraction, message: None)
+    assert result["execution"]["executor"] == "ray" and result["execution"]["rounds"] == 1
+    assert [r["sparsity"] for r in result["trajectory"]] == [0.0, 0.5, 0.9]
+    monkeypatch.delenv("PRUNESCOPE_EXECUTOR")
+    monkeypatch.delenv("PRUNESCOPE_WORKERS")
+    argv = ["budget", "--model", "tiny-llama", "--method", "wanda", "--max-increase", "10%", "--calib", "news",
+            "--nsamples", "4", "--seqlen", "32", "--eval-windows", "2", "--coarse-step", "30%", "--resolution",
+            "0.1", "--high", "0.9", "--executor", "ray", "--workers", "2", "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    written = json.loads((tmp_path / "out" / "budget.json").read_text())
+    assert written["execution"]["executor"] == "ray" and written["execution"]["workers"] == 2
+    assert "PRUNESCOPE_EXECUTOR" not in os.environ  # the flags do not outlive the command
