@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ import pytest
 from pruning_core import cli
 from pruning_core.allocation.budget import BudgetSpec, run_budget_job, search_budget
 from pruning_core.continual.run import ContinualSpec, run_continual, run_continual_job
+from pruning_core.errors import JobCancelled
 from pruning_core.execution.executors import ExecutorConfig
 from pruning_core.execution.store import Store
 from pruning_core.models import load_model
@@ -145,6 +147,39 @@ def test_continual_on_ray_equals_local_and_evaluates_each_step_model_once(ray, l
     assert stored_steps(store).keys() == stored_steps(reference_store).keys()
     assert {n for (kind, _), n in store.writes.items() if kind == "continual_step"} == {1}
     assert (tmp_path / "out" / "copal" / "step-3" / "masks.safetensors").is_file()
+
+
+def _workers_gone(ray, timeout_s: float = 20.0) -> bool:
+    """Whether every executor actor has ended within `timeout_s` (ray.kill is asynchronous)."""
+    from pruning_core.execution.ray_executor import ACTOR_PREFIX
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not [name for name in ray.util.list_named_actors() if name.startswith(ACTOR_PREFIX)]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_continual_cancel_on_ray_stops_the_workers_and_keeps_evaluated_steps(ray, local_continual, tmp_path):
+    reference, _ = local_continual
+    store = CountingStore(tmp_path / "s.sqlite")
+
+    def progress(fraction: float, message: str) -> None:  # the job runner's cancel: raise at the next report
+        if "evaluated (1/" in message:
+            raise JobCancelled("cancelled")
+
+    with pytest.raises(JobCancelled):
+        run_continual(CONTINUAL, store=store, executor=RAY_2, progress=progress)
+    assert _workers_gone(ray)
+    kept = stored_steps(store)
+    assert 1 <= len(kept) < sum(len(f["steps"]) for f in reference["strategies"].values())
+    assert len({step["digest"] for step in kept.values()}) == 1  # only the one finished evaluation's steps
+    resumed = run_continual(CONTINUAL, store=store)
+    assert resumed["work"]["steps_from_store"] == len(kept)
+    for name, figures in reference["strategies"].items():
+        for row, expected in zip(resumed["strategies"][name]["R"], figures["R"], strict=True):
+            assert row == pytest.approx(expected, rel=1e-6), name
 
 
 def test_continual_job_reads_the_executor_from_the_environment(ray, monkeypatch, tmp_path):
@@ -327,3 +362,20 @@ def test_budget_job_and_cli_read_the_executor(ray, monkeypatch, tmp_path):
     written = json.loads((tmp_path / "out" / "budget.json").read_text())
     assert written["execution"]["executor"] == "ray" and written["execution"]["workers"] == 2
     assert "PRUNESCOPE_EXECUTOR" not in os.environ  # the flags do not outlive the command
+
+
+def test_budget_cancel_on_ray_stops_the_workers_and_keeps_finished_points(ray, tiny, tmp_path):
+    spec = BudgetSpec(max_increase=1e6, **{**BUDGET, "coarse_step": 0.1})
+    store = CountingStore(tmp_path / "s.sqlite")
+
+    def progress(fraction: float, message: str) -> None:  # cancel at the first measured point's verdict
+        if ": ppl " in message and not message.startswith("0%"):
+            raise JobCancelled("cancelled")
+
+    with pytest.raises(JobCancelled):
+        search_budget(tiny, spec, store=store, progress=progress, executor=RAY_2)
+    assert _workers_gone(ray)
+    stored = [key for (kind, key) in store.writes if kind == "budget_point"]
+    assert len(stored) == 1  # the point whose result came back; its round's other point is not stored
+    resumed = search_budget(tiny, spec, store=store)
+    assert sum(r["reused"] for r in resumed["trajectory"] if r["sparsity"] > 0) == 1
