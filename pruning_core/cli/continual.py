@@ -58,6 +58,12 @@ def cmd_continual(args) -> int:
     if args.adapters:
         from pruning_core.cli.continual_adapters import cmd_continual_adapters
 
+        if args.executor != "local":
+            from pruning_core.errors import ConfigError
+
+            raise ConfigError("--adapters trains in this process; drop --executor ray (it runs the pruning "
+                              "strategies' evaluations on Ray workers) or drop --adapters.")
+
         return cmd_continual_adapters(args)
     from pruning_core.continual.run import ContinualSpec, run_continual
     from pruning_core.protocol import Protocol
