@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from pruning_core.execution.devices import LayerOffload
 from pruning_core.methods import NEEDS, covers
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn
@@ -19,9 +20,14 @@ from pruning_core.protocol import Protocol, calibration_ids, corpus_key
 from pruning_core.prune import Statistics, collect_statistics
 from pruning_core.stats import InputStatistics
 
-def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str) -> dict:
-    """Everything that determines dense statistics (hash it with `store.content_hash`)."""
-    return {
+def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str,
+                   offload: Optional[LayerOffload] = None) -> dict:
+    """Everything that determines dense statistics (hash it with `store.content_hash`).
+
+    A walk on a GPU (`offload` to a non-CPU device) is keyed apart: its kernels sum in another order. CPU keys
+    have no device field, as before devices existed.
+    """
+    key = {
         "kind": "dense_statistics",
         "need": need,
         "model": loaded.fingerprint,
@@ -30,24 +36,29 @@ def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str) -> dict:
         "seqlen": protocol.seqlen,
         "seed": protocol.seed,
     }
+    if offload is not None and offload.compute.type != "cpu":
+        key["device"] = offload.compute.type
+    return key
 
 
 def cached_statistics(loaded: LoadedModel, protocol: Protocol, need: str, store=None,
                       calib_ids: Optional[torch.Tensor] = None,
-                      progress: Optional[ProgressFn] = None) -> Statistics:
+                      progress: Optional[ProgressFn] = None,
+                      offload: Optional[LayerOffload] = None) -> Statistics:
     """Dense statistics of kind `need` ("act_sq" or "hessian"): from the store if present, else computed
-    (one dense layer walk) and saved. Hessian statistics also serve an "act_sq" request."""
+    (one dense layer walk, on the offload's compute device when one is given) and saved. Hessian statistics
+    also serve an "act_sq" request."""
     key = None
     if store is not None:
         from pruning_core.execution.store import content_hash
 
         for candidate in [n for n in NEEDS if n != "none" and covers(n, need)]:  # smallest first
-            found = store.get_result(content_hash(statistics_key(loaded, protocol, candidate)))
+            found = store.get_result(content_hash(statistics_key(loaded, protocol, candidate, offload)))
             if found is not None and store.artifact_info(found["artifact"]) is not None:
                 return _from_artifact(store, found, candidate)
-        key = content_hash(statistics_key(loaded, protocol, need))
+        key = content_hash(statistics_key(loaded, protocol, need, offload))
     ids = calib_ids if calib_ids is not None else calibration_ids(loaded, protocol)
-    statistics = collect_statistics(loaded, ids, need, protocol.batch_size, progress)
+    statistics = collect_statistics(loaded, ids, need, protocol.batch_size, progress, offload=offload)
     if key is not None:
         _save(store, statistics, key)
     return statistics

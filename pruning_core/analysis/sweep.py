@@ -35,6 +35,7 @@ import torch
 from pruning_core import evaluate
 from pruning_core.allocation.allocators import ALLOCATORS, AllocationInputs, get_allocator, make_plan
 from pruning_core.errors import ConfigError
+from pruning_core.execution.devices import offload_for, resolve_device
 from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
 from pruning_core.execution.store import content_hash
 from pruning_core.masks import parse_structure
@@ -126,17 +127,20 @@ class SweepSpec:
         return cls(**d)
 
 
-def point_key(fingerprint: str, calib: dict, protocol: Protocol, config: PruneConfig, evals: dict) -> dict:
+def point_key(fingerprint: str, calib: dict, protocol: Protocol, config: PruneConfig, evals: dict,
+              device: Optional[str] = None) -> dict:
     """Everything that determines a sweep point (hash it with `store.content_hash`).
 
     A plan enters as its digest (equal tables key one result, whichever allocator made them); a config
-    without a plan (a uniform sparsity) keys exactly as before plans existed.
+    without a plan (a uniform sparsity) keys exactly as before plans existed. device: the kind of compute
+    device ("cuda") when it is not the CPU: GPU kernels round differently, so their points are keyed apart;
+    CPU points key as before devices existed.
     """
     versions = library_versions()
     config_dict = config.to_dict()
     if config.plan is not None:
         config_dict["plan"] = config.plan.digest()
-    return {
+    key = {
         "kind": "sweep_point",
         "model": fingerprint,
         "calib": calib,
@@ -145,6 +149,9 @@ def point_key(fingerprint: str, calib: dict, protocol: Protocol, config: PruneCo
         "eval": evals,
         "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")},
     }
+    if device is not None and device != "cpu":
+        key["device"] = device
+    return key
 
 
 def _sensitivity_for(sensitivity: Optional[Mapping], method: str) -> Optional[Mapping]:
@@ -185,16 +192,18 @@ class SweepWorker:
     Keeps what the points it computes share: the layer-0 inputs of the calibration windows (pruned
     propagation, captured at the first point that needs them) and the score ranks of each matrix.
     calib_ids: (nsamples, seqlen) token ids; eval_ids: {corpus: (windows, seqlen)}; statistics: the dense
-    statistics a ``dense`` propagation prunes from (None otherwise).
+    statistics a ``dense`` propagation prunes from (None otherwise); offload: an `execution.devices.LayerOffload`
+    (the model stays home, each layer's walk and evaluation run on its compute device, a GPU), None = the CPU.
     """
 
     def __init__(self, loaded: LoadedModel, spec: SweepSpec, calib_ids: torch.Tensor,
-                 eval_ids: Mapping[str, torch.Tensor], statistics=None):
+                 eval_ids: Mapping[str, torch.Tensor], statistics=None, offload=None):
         self.loaded = loaded
         self.spec = spec
         self.calib_ids = calib_ids
         self.eval_ids = eval_ids
         self.statistics = statistics
+        self.offload = offload
         self.inputs = None
         self.ranks: dict = {}  # score ranks per (method, matrix)
 
@@ -210,9 +219,10 @@ class SweepWorker:
             pruned = prune_with_statistics(loaded, self.statistics, config, ranks=ranks)
         else:
             if self.inputs is None:
-                self.inputs = capture_layer_inputs(loaded, self.calib_ids, spec.protocol.batch_size)
+                self.inputs = capture_layer_inputs(loaded, self.calib_ids, spec.protocol.batch_size,
+                                                   offload=self.offload)
             pruned = prune_model(loaded, self.calib_ids, config, spec.protocol.batch_size,
-                                 sub_progress(progress, 0.0, 0.6), inputs=self.inputs)
+                                 sub_progress(progress, 0.0, 0.6), inputs=self.inputs, offload=self.offload)
         point = {
             "method": config.method,
             "structure": config.structure,
@@ -226,29 +236,33 @@ class SweepWorker:
         }
         evaluation = evaluate.evaluate_setting(loaded, spec.protocol, spec.eval_corpora, pruned, dense=False,
                                                eval_ids=self.eval_ids, label=task.label,
-                                               progress=sub_progress(progress, 0.6, 1.0))
+                                               progress=sub_progress(progress, 0.6, 1.0), offload=self.offload)
         point["ppl"] = evaluation.pruned_ppl
         point["eval_seconds"] = evaluation.seconds
         return point
 
 
 def build_sweep_worker(spec: SweepSpec, fingerprint: str, calib_ids: torch.Tensor,
-                       eval_ids: Mapping[str, torch.Tensor], statistics=None) -> SweepWorker:
+                       eval_ids: Mapping[str, torch.Tensor], statistics=None,
+                       device: Optional[str] = None) -> SweepWorker:
     """A worker in another process (a Ray actor): loads `spec.model` itself and checks that its weights are
-    the driver's (`fingerprint`), so every point is computed on the model the driver keyed it by."""
+    the driver's (`fingerprint`), so every point is computed on the model the driver keyed it by.
+    device: the kind of compute device ("cuda"), resolved in the actor: Ray shows an actor that reserved a
+    GPU only that GPU, as cuda:0."""
     loaded = load_model(spec.model)
     if loaded.fingerprint != fingerprint:
         raise ConfigError(f"A worker loaded '{spec.model}' but its weights differ from the model this sweep runs "
                           "on; give the sweep a model source every worker can load the same way (a folder or "
                           "hub id present on every node), or use --executor local.")
-    return SweepWorker(loaded, spec, calib_ids, eval_ids, statistics)
+    offload = offload_for(resolve_device(device)) if device not in (None, "cpu") else None
+    return SweepWorker(loaded, spec, calib_ids, eval_ids, statistics, offload)
 
 
 def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
               progress: Optional[ProgressFn] = None,
               on_point: Optional[Callable[[dict], None]] = None,
               sensitivity: Optional[Mapping] = None,
-              executor=None) -> dict:
+              executor=None, device=None) -> dict:
     """Run (or resume) a sweep and return the results.json document.
 
     results = {"model", "dense": {"ppl": {corpus: ppl}, "eval_seconds": {...}}, "points": [...],
@@ -265,9 +279,19 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     process, in grid order), an `ExecutorConfig` of kind "ray" (Ray workers, each loading `spec.model`
     itself), or an executor object. Results and store keys do not depend on it; this driver alone reads and
     writes `store`, so runs on different executors resume each other's points.
+    device: where pruning and evaluation compute ("cpu", "cuda", "cuda:N", "auto" or a torch.device; None = the
+    CPU). On a GPU the model stays in host memory and one decoder layer at a time visits the GPU (the dense
+    evaluation, the statistics walk and every point; a "sensitivity" plan's map stays on the CPU); GPU points
+    and statistics are stored apart from CPU ones. Ray workers each reserve one GPU for it.
     """
     spec.validate()
     progress = progress or no_progress
+    device = resolve_device(str(device)) if device is not None else torch.device("cpu")
+    offload = offload_for(device)
+    device_kind = None if offload is None else device.type
+    if offload is not None and executor.config.kind == "ray" and not executor.config.gpus_per_task > 0:
+        raise ConfigError(f"Ray workers compute on {device} only if each reserves a GPU; give the executor "
+                          "gpus_per_task=1 (the CLI does so for --device cuda), or use --device cpu.")
     if executor is None or isinstance(executor, ExecutorConfig):
         executor = make_executor(executor)  # a missing Ray fails here, before any work
     protocol = spec.protocol
@@ -301,7 +325,8 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
 
     # Dense reference perplexities: measured once per model and corpus, then reused from the store.
     dense_eval = evaluate.evaluate_setting(loaded, protocol, spec.eval_corpora, None, eval_ids=eval_ids,
-                                           store=store, progress=sub_progress(progress, 0.02, 0.02 + 0.98 / steps))
+                                           store=store, progress=sub_progress(progress, 0.02, 0.02 + 0.98 / steps),
+                                           offload=offload)
     dense = {"ppl": dense_eval.dense_ppl, "eval_seconds": dense_eval.dense_seconds}
     if store is not None:  # this run's own copy, so a running sweep's partial results show the dense line
         store.put_result(content_hash({"sweep_dense": run_key}), "sweep_dense", dense, run_key=run_key)
@@ -317,7 +342,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
         nonlocal statistics
         if statistics is None or not statistics.covers(stats_need):
             statistics = cached_statistics(loaded, protocol, stats_need, store, calib_ids,
-                                           sub_progress(step_progress, 0.0, 0.9))
+                                           sub_progress(step_progress, 0.0, 0.9), offload=offload)
         return statistics
 
     maps: dict = {}  # method -> sensitivity result read by the "sensitivity" allocator
@@ -363,7 +388,8 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
         # A uniform point keeps its plain sparsity: same masks, same key as before plans existed.
         config = base if allocation == "uniform" else base.with_plan(loaded, plan_of(base, allocation, plan_progress))
         if store is not None:
-            keys[index] = content_hash(point_key(loaded.fingerprint, calib_identity, protocol, config, eval_identity))
+            keys[index] = content_hash(point_key(loaded.fingerprint, calib_identity, protocol, config, eval_identity,
+                                                 device_kind))
             cached = store.get_result(keys[index])
             if cached is not None:
                 # The key holds the plan's table, not its maker: name this run's allocator.
@@ -385,8 +411,8 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     points_start = time.perf_counter()
     pruning_statistics = statistics if spec.propagation == "dense" else None  # plans' statistics stay here
     recipe = WorkerRecipe(build=build_sweep_worker,
-                          args=(spec, loaded.fingerprint, calib_ids, eval_ids, pruning_statistics),
-                          local=lambda: SweepWorker(loaded, spec, calib_ids, eval_ids, pruning_statistics))
+                          args=(spec, loaded.fingerprint, calib_ids, eval_ids, pruning_statistics, device_kind),
+                          local=lambda: SweepWorker(loaded, spec, calib_ids, eval_ids, pruning_statistics, offload))
 
     def task_progress(_: int) -> ProgressFn:  # the local executor runs tasks in order: the next range
         return sub_progress(progress, done_fraction(done), done_fraction(done + 1))
@@ -413,6 +439,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     results["execution"] = {
         "executor": executor.config.kind,
         "workers": executor.config.workers if executor.config.kind == "ray" else 1,
+        "device": str(device),
         "points_computed": len(tasks),
         # Parts of this call's wall time: load and prepare on the driver, starting/joining Ray, then the points
         # (which include each Ray worker's own start, listed apart in worker_start_seconds).

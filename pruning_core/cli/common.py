@@ -71,12 +71,12 @@ def add_protocol_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (memory only)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     parser.add_argument("--device", default="cpu", metavar="auto|cpu|cuda[:N]",
-                        help="where pruning and evaluation compute (export): on cuda the model stays in host memory "
+                        help="where pruning and evaluation compute (export, sweep): on cuda the model stays in host memory "
                              "and one decoder layer at a time visits the GPU; auto = cuda if present, else cpu")
 
 
 #: Commands whose pruning and evaluation honour --device (layer offload); the others compute on the CPU.
-DEVICE_COMMANDS = ("export",)
+DEVICE_COMMANDS = ("export", "sweep")
 
 
 def device_from_args(args):
@@ -149,7 +149,10 @@ def executor_config_from_args(args):
     if args.executor == "ray" and getattr(args, "trust_remote_code", False):
         raise ConfigError("Ray workers load the model without remote code; drop --trust-remote-code or use "
                           "--executor local.")
-    return ExecutorConfig(kind=args.executor, address=args.ray_address, workers=args.workers).validate()
+    # A command computing on a GPU (--device cuda) gives each Ray worker one GPU of its own.
+    gpus = 1.0 if args.executor == "ray" and device_from_args(args).type == "cuda" else 0.0
+    return ExecutorConfig(kind=args.executor, address=args.ray_address, workers=args.workers,
+                          gpus_per_task=gpus).validate()
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@
 only); `--sensitivity FILE` gives the "sensitivity" allocator a map made by `prunescope sensitivity`
 (sensitivity_all.json), otherwise the sweep computes the exact map itself (reused from the store).
 `--executor ray [--ray-address ADDR] [--workers N]` computes the points on Ray workers (same numbers, same
-store keys); this process still owns the store.
+store keys); this process still owns the store. `--device cuda` walks and evaluates each layer on the GPU with
+the model in host memory (each Ray worker then reserves one GPU).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pruning_core.cli.common import (
     _floats,
     add_executor_args,
     add_protocol_args,
+    device_from_args,
     executor_config_from_args,
     load_model_from_args,
     prepare_out_dir,
@@ -65,7 +67,7 @@ def cmd_sweep(args) -> int:
     store = store_from_args(args)
     out = prepare_out_dir(args.out)
     results = run_sweep(spec, loaded=loaded, store=store, progress=progress, sensitivity=sensitivity,
-                        executor=executor)
+                        executor=executor, device=device_from_args(args))
     write_json(out / "results.json", results)
     _print_sweep_table(results)
     print(f"wrote {out / 'results.json'}")

@@ -94,10 +94,11 @@ def test_cli_cuda_without_a_gpu_prints_the_sentence_and_exits_non_zero(tmp_path,
 def test_cli_device_arguments():
     export = argparse.Namespace(command="export", device="cpu")
     assert device_from_args(export) == CPU and offload_from_args(export) is None
+    assert device_from_args(argparse.Namespace(command="sweep", device="cpu")) == CPU
     # A command that computes on the CPU only: auto means the CPU there, an explicit GPU is refused.
-    assert device_from_args(argparse.Namespace(command="sweep", device="auto")) == CPU
+    assert device_from_args(argparse.Namespace(command="sensitivity", device="auto")) == CPU
     with pytest.raises(ConfigError):
-        device_from_args(argparse.Namespace(command="sweep", device="cuda"))
+        device_from_args(argparse.Namespace(command="sensitivity", device="cuda"))
 
 
 # ------------------------------------------------------------------------------------------ LayerOffload
@@ -223,6 +224,65 @@ def test_export_pipeline_with_offload_gives_the_same_report_figures(tiny, tmp_pa
     assert offloaded["setting"]["measured_sparsity"] == plain["setting"]["measured_sparsity"]
     # pruning (setting and curve point) and evaluation (dense, pruned, curve point) each walked every layer
     assert len(offload.moved("layer 0")) == 2 * (2 + 3)
+
+
+def test_sweep_points_with_cpu_offload_equal_the_plain_sweep(tiny):
+    """A sweep worker given an offload walks and evaluates each layer on the compute device: same points."""
+    from pruning_core.analysis.sweep import PointTask, SweepSpec, SweepWorker, run_sweep
+
+    protocol = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=3, batch_size=4)
+    spec = SweepSpec(model="tiny-llama", methods=("wanda", "sparsegpt"), sparsities=(0.5,), eval_corpora=("news",),
+                     protocol=protocol)
+    plain = run_sweep(spec, loaded=tiny)
+    assert plain["execution"]["device"] == "cpu"
+    from pruning_core.evaluate import evaluation_windows
+    from pruning_core.protocol import calibration_ids
+
+    offload = LayerOffload(CPU, CPU)
+    worker = SweepWorker(tiny, spec, calibration_ids(tiny, protocol), evaluation_windows(tiny, protocol, ["news"]),
+                         offload=offload)
+    for point in plain["points"]:
+        config = PruneConfig(point["method"], sparsity=0.5)
+        found = worker.run(PointTask(base=config, config=config, allocation="uniform", label="x", use_ranks=False),
+                           lambda *_: None)
+        assert math.isclose(found["ppl"]["news"], point["ppl"]["news"], rel_tol=1e-6)
+        assert found["sparsity"] == point["sparsity"]
+    assert len(offload.moved("layer 1")) == 2 * 2 * 2  # 2 points x (pruning walk, evaluation walk) x there and back
+
+
+def test_gpu_points_and_statistics_are_keyed_apart_from_cpu_ones(tiny):
+    from pruning_core.analysis.sweep import point_key
+    from pruning_core.statistics_cache import statistics_key
+
+    protocol = Protocol(calib="news", nsamples=4, seqlen=32)
+    config = PruneConfig("wanda", sparsity=0.5)
+    cpu_point = point_key("f", {}, protocol, config, {})
+    assert point_key("f", {}, protocol, config, {}, "cpu") == cpu_point and "device" not in cpu_point
+    assert point_key("f", {}, protocol, config, {}, "cuda") == {**cpu_point, "device": "cuda"}
+    cpu_stats = statistics_key(tiny, protocol, "act_sq")
+    assert statistics_key(tiny, protocol, "act_sq", LayerOffload(CPU, CPU)) == cpu_stats
+    gpu = LayerOffload(torch.device("cuda", 0), CPU)
+    assert statistics_key(tiny, protocol, "act_sq", gpu) == {**cpu_stats, "device": "cuda"}
+
+
+def test_cli_sweep_cuda_without_a_gpu_is_the_sentence(tmp_path, capsys):
+    status = main(["sweep", "--model", "tiny-llama", "--device", "cuda", "--out", str(tmp_path / "s")])
+    assert status == 2 and capsys.readouterr().err.strip() == f"error: {NO_GPU_SENTENCE}"
+
+
+def test_ray_sweep_on_a_gpu_needs_a_gpu_per_worker(tiny):
+    """Checked before any work (a Ray executor object that never starts stands in: nothing runs)."""
+    from types import SimpleNamespace
+
+    from pruning_core.analysis.sweep import SweepSpec, run_sweep
+    from pruning_core.execution.executors import ExecutorConfig
+
+    if not HAS_CUDA:
+        pytest.skip("resolving cuda needs a GPU; the CPU-only message is checked above")
+    spec = SweepSpec(model="tiny-llama", methods=("magnitude",), eval_corpora=("news",))
+    fake = SimpleNamespace(config=ExecutorConfig(kind="ray"))
+    with pytest.raises(ConfigError, match="reserves a GPU"):
+        run_sweep(spec, loaded=tiny, executor=fake, device="cuda")
 
 
 def test_bf16_agreement_reports_the_relative_gap(tiny):
