@@ -106,7 +106,7 @@ def _windows_line(windows: dict[str, int], asked: int, what: str) -> str:
 def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None = None,
                    eval_windows_used: dict[str, int] | None = None, *, stored_statistics: str = "none",
                    stored_maps: Collection[str] = (), probe_windows_available: int | None = None,
-                   workers: int = 1) -> dict:
+                   workers: int = 1, device: str = "cpu") -> dict:
     """Estimated seconds and peak memory (bytes) of `spec` (a `sweep.SweepSpec`) for the described model.
 
     Every point of `spec.grid()` is counted (each setting once per allocation), plus what the plans need, as
@@ -126,6 +126,9 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     The points' pruning and evaluation spread over min(workers, points) workers while the driver's part (dense
     evaluation, statistics, plans, maps) stays serial; each worker holds its own copy of the model, so the peak
     memory grows with them (the assumptions say how many were counted; the breakdown is of wall seconds).
+    device: where the run computes ("cpu", "cuda", "cuda:1"); on a GPU `throughput_tokens_per_s` should be that
+    GPU's offloaded rate (`measure_throughput(..., offload=)`), and "gpu_peak_memory_bytes" is added: the most
+    one layer's visit holds on the GPU (`gpu_peak_bytes`), per worker.
     """
     from pruning_core.allocation.allocators import get_allocator
     from pruning_core.methods import covers, strongest_need
@@ -199,11 +202,30 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
                  f"{', '.join(f'{s:.0%}' for s in spec.map_sparsities())})" if map_methods else ")")
     if parallel > 1:
         what += f" on {parallel} parallel workers"
-    return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
-            "breakdown": {k: float(v) for k, v in breakdown.items()},
-            "assumptions": _assumptions(rates, f"{what}, {spec.propagation} propagation; "
-                                               + _windows_line(windows, protocol.eval_windows,
-                                                               "evaluation windows"))}
+    out = {"seconds": float(seconds), "peak_memory_bytes": int(peak),
+           "breakdown": {k: float(v) for k, v in breakdown.items()}}
+    if str(device) != "cpu":
+        what += f" on {device}, one decoder layer at a time (the model in host memory)"
+        carried = max(calib_tokens, max(windows.values(), default=0) * protocol.seqlen)
+        out["gpu_peak_memory_bytes"] = gpu_peak_bytes(facts, carried, protocol.seqlen, protocol.batch_size,
+                                                      "hessian" in stat_needs)
+    out["assumptions"] = _assumptions(rates, f"{what}, {spec.propagation} propagation; "
+                                             + _windows_line(windows, protocol.eval_windows, "evaluation windows"))
+    return out
+
+
+def gpu_peak_bytes(facts: dict, carried_tokens: int, seqlen: int, batch: int, hessian: bool) -> int:
+    """Bytes on the GPU while one decoder layer visits it (`execution.devices.LayerOffload`): the layer's fp32
+    weights, the carried hidden states of every window (two fp32 buffers of tokens x hidden; a run carries what
+    fits in half the free memory and walks the rest after, so this is the most it asks for), a batch's
+    activations inside the layer, the layer's Hessians when the method needs them, and a batch's logits at the
+    head. Weights of the rest of the model stay in host memory."""
+    layer = facts["per_layer"] * 4
+    carried = 2 * carried_tokens * facts["hidden"] * 4
+    inside = 12 * batch * seqlen * max(facts["input_widths"]) * 4
+    hessians = sum(w * w * 4 for w in facts["input_widths"]) if hessian else 0
+    logits = 2 * batch * seqlen * facts["vocab"] * 4
+    return int(layer + carried + inside + hessians + logits)
 
 
 def sweep_map_probe_windows() -> int:
@@ -218,8 +240,12 @@ def sweep_map_probe_windows() -> int:
 
 def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Sequence[float],
                          metrics: Sequence[str], probe_windows: int,
-                         throughput: float | None = None, probe_windows_available: int | None = None) -> dict:
+                         throughput: float | None = None, probe_windows_available: int | None = None,
+                         workers: int = 1) -> dict:
     """Estimated seconds and peak memory (bytes) of `sensitivity.compute_sensitivity` with these settings.
+
+    workers: parallel workers of the executor: the exact rows spread over min(workers, rows) of them (each
+    with its own model and probe cache), the rest stays on the driver.
 
     metrics may be the default ("auto",) (`sensitivity.REFINE`): counted as its two refinements, the
     second-order estimate and the exact map.
@@ -267,6 +293,8 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
         layer_forwards = sum((L - l) for l in rows) * (M + 1)  # each cell + the whole-layer aggregate
         breakdown["exact_probes"] = n_s * probe_tokens * (layer_forwards * rates["layer_s_per_token"]
                                                            + len(rows) * (M + 1) * rates["head_s_per_token"])
+        parallel = max(1, min(int(workers), n_s * len(rows)))
+        breakdown["exact_probes"] /= parallel  # rows are independent tasks
     if "reconstruction" in metrics:
         breakdown["reconstruction"] = n_s * 4.0 * facts["prunable"] * max(facts["input_widths"]) / rates["flops"]
     seconds = sum(breakdown.values())
@@ -277,11 +305,15 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     masks = facts["prunable"] * (1 + (4 if method == "sparsegpt" else 0))
     peak = _memory_common(facts, protocol.seqlen, protocol.batch_size) + probe_cache + stats_bytes \
         + taylor_bytes + masks
+    what = f"{n_s} sparsities x {len(metrics)} metrics, {L * M} cells + {L} whole-layer probes per exact map, " \
+           f"{probe_windows} probe windows"
+    rows_parallel = max(1, min(int(workers), n_s * L)) if "exact" in metrics else 1
+    if rows_parallel > 1:  # each worker holds a model, its probe cache and the masks of its rows
+        peak += rows_parallel * (facts["memory"] + probe_cache + masks)
+        what += f"; exact rows on {rows_parallel} parallel workers"
     return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
             "breakdown": {k: float(v) for k, v in breakdown.items()},
-            "assumptions": _assumptions(rates, f"{n_s} sparsities x {len(metrics)} metrics, "
-                                               f"{L * M} cells + {L} whole-layer probes per exact map, "
-                                               f"{probe_windows} probe windows")}
+            "assumptions": _assumptions(rates, what)}
 
 
 def _assumptions(rates: dict, what: str) -> str:
@@ -291,39 +323,55 @@ def _assumptions(rates: dict, what: str) -> str:
             "memory = weights + activations + statistics + masks (Python overhead not counted)")
 
 
-def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None) -> float:
+#: Windows timed for a GPU's throughput: with layer offload each layer's transfer is shared by every window
+#: carried through it, so a rate from 2 windows would undercount what a run of dozens of windows reaches.
+OFFLOAD_THROUGHPUT_WINDOWS = 16
+
+
+def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, offload=None) -> float:
     """Full-forward throughput (tokens/s) of `loaded` from a few timed forwards of 2 windows of <= 512 tokens.
 
-    Cached in `store` (if given) per model fingerprint, dtype, window length and thread count.
+    offload: an `execution.devices.LayerOffload` to a GPU: the rate of the layer-by-layer evaluation a run on
+    that device does (`metrics.perplexity` with the offload, `OFFLOAD_THROUGHPUT_WINDOWS` windows), measured once
+    per GPU model and cached like the CPU rate.
+    Cached in `store` (if given) per model fingerprint, dtype, window length and thread count (and GPU name).
     """
     import torch
 
-    from pruning_core.metrics import autocast_for, window_nll
+    from pruning_core.metrics import autocast_for, perplexity, window_nll
 
+    on_gpu = offload is not None and offload.compute.type != "cpu"
     # 2 x 512 tokens, not one short window: smaller matmuls run less efficiently, and timing one 256-token window
     # made the estimate of a map of 8 x 512-token probes 1.6x too long on the embedded model.
     tokens = int(min(max(seqlen, 2), 512))
-    windows = 2
+    windows = OFFLOAD_THROUGHPUT_WINDOWS if on_gpu else 2
     key = None
     if store is not None:
         from pruning_core.execution.store import content_hash
 
-        key = content_hash({"kind": "throughput", "model": loaded.fingerprint, "dtype": dtype, "tokens": tokens,
-                            "windows": windows, "threads": torch.get_num_threads()})
+        identity = {"kind": "throughput", "model": loaded.fingerprint, "dtype": dtype, "tokens": tokens,
+                    "windows": windows, "threads": torch.get_num_threads()}
+        if on_gpu:
+            identity["device"] = torch.cuda.get_device_name(offload.compute)
+        key = content_hash(identity)
         cached = store.get_result(key)
         if cached is not None:
             return float(cached["tokens_per_s"])
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (windows, tokens), generator=torch.Generator().manual_seed(0))
     timings = []
-    with torch.inference_mode(), autocast_for(dtype):
-        # The first call at a shape pays allocation and kernel selection (bf16 especially): warm up at the same
-        # shape, then keep the faster of two timed calls (other processes only ever make a call slower).
-        window_nll(loaded, ids)
-        for _ in range(2):
-            start = time.perf_counter()
+    if on_gpu:
+        for _ in range(3):  # the first walk pays CUDA start-up and kernel selection; keep the fastest
+            timings.append(perplexity(loaded, ids, batch_size=8, dtype=dtype, offload=offload).seconds)
+    else:
+        with torch.inference_mode(), autocast_for(dtype):
+            # The first call at a shape pays allocation and kernel selection (bf16 especially): warm up at the
+            # same shape, then keep the faster of two timed calls (other processes only ever make a call slower).
             window_nll(loaded, ids)
-            timings.append(time.perf_counter() - start)
+            for _ in range(2):
+                start = time.perf_counter()
+                window_nll(loaded, ids)
+                timings.append(time.perf_counter() - start)
     seconds = min(timings)
     rate = windows * tokens / max(seconds, 1e-9)
     if store is not None:
@@ -361,7 +409,8 @@ def evaluation_windows_used(loaded, corpora: Sequence[str], protocol, store=None
             for corpus in corpora}
 
 
-def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
+def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, workers: int | None = None
+                 ) -> dict | None:
     """The estimate of a job as the dashboard and the CLI show it: {"seconds", "peak_memory_bytes",
     "breakdown", "assumptions"}, or None for a kind without an estimate.
 
@@ -369,6 +418,9 @@ def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
     {"protocol", "method", "sparsities", "metrics", "probe_windows"}; "whatif": {"protocol", "method",
     "structure", "sparsity", "eval_corpora"}). Uses this machine's measured throughput (`measure_throughput`,
     cached in `store`) and the windows each split really holds, so one job gets one duration everywhere.
+    device: where a sweep computes (None = the CPU): on a GPU the throughput is that GPU's, measured once with
+    the layer offload and cached. workers: the executor's parallel workers for a sweep's points or a map's exact
+    rows (None = what the job's environment names, `ExecutorConfig.from_env`: 1 for the local executor).
     """
     from pruning_core.analysis.sweep import SweepSpec
     from pruning_core.protocol import Protocol
@@ -377,12 +429,25 @@ def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
         return None
     protocol = Protocol(**spec["protocol"])
     info = loaded.describe()
-    rate = measure_throughput(loaded, protocol.seqlen, protocol.dtype, store)
+    offload = None
+    if device is not None and kind == "sweep":
+        from pruning_core.execution.devices import offload_for, resolve_device
+
+        device = resolve_device(str(device))
+        offload = offload_for(device)
+    rate = measure_throughput(loaded, protocol.seqlen, protocol.dtype, store, offload)
+    if workers is None and kind in ("sweep", "sensitivity"):  # jobs run on the executor their environment names
+        from pruning_core.execution.executors import ExecutorConfig
+
+        executor = ExecutorConfig.from_env()
+        workers = int(executor.workers) if executor.kind == "ray" else 1
+    workers = int(workers or 1)
     if kind == "sensitivity":
         available = evaluation_windows_used(loaded, [protocol.calib], replace(protocol, eval_windows=10**9),
                                             store, protocol.calib_column)[protocol.calib]
         return estimate_sensitivity(info, protocol, spec["method"], spec["sparsities"], spec["metrics"],
-                                    int(spec.get("probe_windows", 8)), rate, probe_windows_available=available)
+                                    int(spec.get("probe_windows", 8)), rate, probe_windows_available=available,
+                                    workers=workers)
     if kind == "sweep":
         sweep = SweepSpec.from_dict(spec)
     else:
@@ -391,22 +456,18 @@ def estimate_job(kind: str, spec: dict, loaded, store=None) -> dict | None:
                           eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol,
                           propagation=spec.get("propagation") or "pruned")
     windows = evaluation_windows_used(loaded, sweep.eval_corpora, protocol, store)
-    stored_statistics, stored_maps = _stored_plan_inputs(loaded, sweep, store)
+    stored_statistics, stored_maps = _stored_plan_inputs(loaded, sweep, store, offload)
     available = None
     if stored_maps is not None:  # the sweep computes a map: its probe reads the calibration corpus's evaluation split
         available = evaluation_windows_used(loaded, [protocol.calib], replace(protocol, eval_windows=10**9),
                                             store, protocol.calib_column)[protocol.calib]
-    workers = 1
-    if kind == "sweep":  # a sweep job runs on the executor its environment names (`run_sweep_job`)
-        from pruning_core.execution.executors import ExecutorConfig
-
-        executor = ExecutorConfig.from_env()
-        workers = int(executor.workers) if executor.kind == "ray" else 1
     return estimate_sweep(info, sweep, rate, eval_windows_used=windows, stored_statistics=stored_statistics,
-                          stored_maps=stored_maps or (), probe_windows_available=available, workers=workers)
+                          stored_maps=stored_maps or (), probe_windows_available=available,
+                          workers=workers if kind == "sweep" else 1,
+                          device=str(device) if offload is not None else "cpu")
 
 
-def _stored_plan_inputs(loaded, sweep, store) -> tuple[str, set[str] | None]:
+def _stored_plan_inputs(loaded, sweep, store, offload=None) -> tuple[str, set[str] | None]:
     """What the plans of `sweep` find in `store`: the strongest dense statistics stored for its calibration
     ("none" without), and the methods whose exact sensitivity map `run_sweep` would reuse (None when no point
     has a "sensitivity" plan). The keys are the ones `cached_statistics` and `compute_sensitivity` look up."""
@@ -422,7 +483,7 @@ def _stored_plan_inputs(loaded, sweep, store) -> tuple[str, set[str] | None]:
     protocol = sweep.protocol
     stored = "none"
     for need in NEEDS[1:]:  # weakest first: the last one found is the strongest
-        found = store.get_result(content_hash(statistics_key(loaded, protocol, need)))
+        found = store.get_result(content_hash(statistics_key(loaded, protocol, need, offload)))
         if found is not None and store.artifact_info(found["artifact"]) is not None:
             stored = need
     if not map_methods:

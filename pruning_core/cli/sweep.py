@@ -66,12 +66,30 @@ def cmd_sweep(args) -> int:
     loaded = load_model_from_args(args, progress)
     store = store_from_args(args)
     out = prepare_out_dir(args.out)
+    device = device_from_args(args)
+    _print_estimate(spec, loaded, store, device, executor)
     results = run_sweep(spec, loaded=loaded, store=store, progress=progress, sensitivity=sensitivity,
-                        executor=executor, device=device_from_args(args))
+                        executor=executor, device=device)
     write_json(out / "results.json", results)
     _print_sweep_table(results)
     print(f"wrote {out / 'results.json'}")
     return 0
+
+
+def _print_estimate(spec, loaded, store, device, executor) -> None:
+    """One line before the work: the run's estimated time and memory on this executor and device (the same
+    `estimate_job` the dashboard shows), so a user can stop a run that will not fit."""
+    from pruning_core.analysis.estimates import estimate_job
+    from pruning_core.claims import format_bytes
+
+    workers = executor.config.workers if executor.config.kind == "ray" else 1
+    found = estimate_job("sweep", spec.to_dict(), loaded, store, device=device, workers=workers)
+    gpu = found.get("gpu_peak_memory_bytes")
+    seconds = found["seconds"]
+    took = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+    print(f"estimate: about {took}, peak memory {format_bytes(found['peak_memory_bytes'])}"
+          + (f" (GPU {format_bytes(gpu)})" if gpu else "") + f" [{found['assumptions'].split(';')[0]}]",
+          flush=True)
 
 
 def _read_sensitivity(path: str) -> dict:

@@ -224,3 +224,48 @@ def test_parallel_workers_divide_the_points_share_and_multiply_the_memory(tiny, 
     monkeypatch.setenv("PRUNESCOPE_WORKERS", "2")
     job = estimate_job("sweep", spec.to_dict(), tiny, Store(tmp_path / "store.sqlite"))
     assert "on 2 parallel workers" in job["assumptions"]
+
+
+def test_parallel_workers_divide_the_exact_rows_of_a_map(tiny, tmp_path):
+    from pruning_core.analysis.estimates import estimate_job
+
+    info = tiny.describe()
+    one = estimate_sensitivity(info, PROTOCOL, "wanda", [0.5], ["exact"], 2, 5000.0)
+    two = estimate_sensitivity(info, PROTOCOL, "wanda", [0.5], ["exact"], 2, 5000.0, workers=2)
+    _check(two)
+    assert two["breakdown"]["exact_probes"] == pytest.approx(one["breakdown"]["exact_probes"] / 2)
+    assert two["breakdown"]["statistics"] == one["breakdown"]["statistics"]  # the driver's walk stays serial
+    assert two["peak_memory_bytes"] > one["peak_memory_bytes"] and "2 parallel workers" in two["assumptions"]
+    spec = {"protocol": PROTOCOL.__dict__, "method": "wanda", "sparsities": [0.5], "metrics": ["exact"],
+            "probe_windows": 2}
+    job = estimate_job("sensitivity", spec, tiny, Store(tmp_path / "s.sqlite"), workers=2)
+    assert "exact rows on 2 parallel workers" in job["assumptions"]
+
+
+def test_a_gpu_sweep_estimate_names_the_device_and_its_gpu_memory(tiny):
+    """The estimate's arithmetic for a run on a GPU (the rate would be the GPU's, measured with the offload)."""
+    info = tiny.describe()
+    spec = SweepSpec(model="tiny-llama", methods=("wanda", "sparsegpt"), sparsities=(0.5,), eval_corpora=("news",),
+                     protocol=PROTOCOL)
+    cpu = estimate_sweep(info, spec, 5000.0)
+    gpu = estimate_sweep(info, spec, 50000.0, device="cuda:0")
+    assert gpu["seconds"] < cpu["seconds"] and "gpu_peak_memory_bytes" not in cpu
+    assert "on cuda:0, one decoder layer at a time" in gpu["assumptions"]
+    # One layer's weights, not the model's: below the whole model plus the carried windows.
+    carried = 2 * PROTOCOL.nsamples * PROTOCOL.seqlen * info["hidden_size"] * 4
+    assert gpu["gpu_peak_memory_bytes"] < info["memory_bytes"] + carried + gpu["peak_memory_bytes"]
+    assert gpu["gpu_peak_memory_bytes"] > carried
+
+
+def test_throughput_on_an_offload_is_measured_through_it_and_cached_apart(tiny, tmp_path):
+    """With both offload devices the CPU the offload path runs everywhere; only a GPU adds the device to the key."""
+    import torch
+
+    from pruning_core.execution.devices import LayerOffload
+
+    store = Store(tmp_path / "t.sqlite")
+    cpu = torch.device("cpu")
+    offload = LayerOffload(cpu, cpu)
+    plain = measure_throughput(tiny, 32, store=store)
+    assert measure_throughput(tiny, 32, store=store, offload=offload) == plain  # a CPU offload is the CPU
+    assert offload.moves == []  # read from the store: nothing was walked
