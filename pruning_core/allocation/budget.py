@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
 from pruning_core.errors import ConfigError
@@ -280,19 +280,17 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
                                           f"{executor.config.describe()}")
 
         if tasks:
+            pool = session()
             begin = time.perf_counter()
-            with closing(executor.run(measurer.recipe(), tasks, task_progress, waiting)) as finished:
+            with closing(pool.run(tasks, task_progress, waiting)) as finished:
                 for index, outcome in finished:
                     position = owners[index]
                     if rows[position] is not None:  # one result per task; never store a point twice
                         continue
                     point = measurer.complete(tasks[index], outcome)
                     rows[position] = record(todo[position], first + position, phase, point, number)
-            startup = float(getattr(executor, "startup_seconds", 0.0))
             execution["points_computed"] += len(tasks)
-            execution["seconds"]["startup"] += startup
-            execution["seconds"]["points"] += time.perf_counter() - begin - startup
-            execution["worker_start_seconds"] += list(getattr(executor, "worker_start_seconds", []))
+            execution["seconds"]["points"] += time.perf_counter() - begin
         for units, row in zip(todo, rows):
             trajectory.append(row)
             seen[units] = row
@@ -307,7 +305,19 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
 
     passing: Optional[int] = None
     failing: Optional[int] = None
-    with _held(executor, execution):
+    # One executor session for every round, opened when the first point needs measuring: the workers (and
+    # the model each loads) are made once per search, not once per round.
+    stack = ExitStack()
+    opened: list = []
+
+    def session():
+        if not opened:
+            begin = time.perf_counter()
+            opened.append(stack.enter_context(executor.session(measurer.recipe())))
+            execution["seconds"]["startup"] += time.perf_counter() - begin
+        return opened[0]
+
+    with stack:
         measure_round([low], "start")
         if seen[low]["passed"]:
             passing = low
@@ -327,6 +337,7 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
                 failing = cut_failing if cut_failing is not None else failing
         else:
             failing = low
+    execution["worker_start_seconds"] = list(getattr(executor, "worker_start_seconds", [])) if opened else []
 
     frontier = None
     if passing is not None:
@@ -366,21 +377,6 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     progress(1.0, "budget search done: " + (f"{frontier['sparsity']:.0%} within {spec.describe()}"
                                              if frontier else f"no sparsity >= {spec.low:.0%} within the budget"))
     return result
-
-
-@contextmanager
-def _held(executor, execution: dict) -> Iterator[None]:
-    """Keep a Ray executor connected for the whole search: each round is one executor run, and a run that finds
-    no Ray would start (and stop) its own local Ray every round. Its seconds count as startup."""
-    connect = getattr(executor, "_connect", None)  # RayExecutor's; the local executor has nothing to hold
-    begin = time.perf_counter()
-    started = bool(connect()) if connect is not None else False
-    execution["seconds"]["startup"] += time.perf_counter() - begin
-    try:
-        yield
-    finally:
-        if started:
-            executor._ray.shutdown()
 
 
 def _machine() -> dict:
@@ -608,7 +604,8 @@ class _RealMeasure:
 
     def recipe(self) -> WorkerRecipe:
         """Workers that prune and evaluate points: in this process one worker kept for the whole search (its
-        captured layer inputs serve every round), on Ray one per actor and round, each loading `spec.model`."""
+        captured layer inputs serve every round), on Ray one per actor for the whole search (the executor's
+        session), each loading `spec.model` once."""
         calib_ids, statistics = self._pruning_inputs()
 
         def local() -> BudgetWorker:

@@ -15,11 +15,14 @@ writes each result as it arrives, and reports progress. Executors never touch th
 finish order as (task index, result); the caller puts them back in its own order.
 
 Use an executor's `run` inside `contextlib.closing(...)`: closing the generator (also when the caller's
-progress callback raises to cancel) stops the work still running.
+progress callback raises to cancel) stops the work still running. A caller with several rounds of tasks (a
+budget search) opens `executor.session(recipe)` once and calls its `run` per round: the workers, and the model
+each holds, are made once for all rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
@@ -120,16 +123,34 @@ class LocalExecutor:
 
     config: ExecutorConfig = field(default_factory=ExecutorConfig)
 
+    @contextlib.contextmanager
+    def session(self, recipe: WorkerRecipe) -> Iterator["_LocalSession"]:
+        """One worker, made at the first task, for several `run`s (the same interface as the Ray executor's)."""
+        yield _LocalSession(recipe)
+
     def run(self, recipe: WorkerRecipe, tasks: Sequence[Any],
             progress_for: Optional[Callable[[int], ProgressFn]] = None,
-            idle: Optional[Callable[[], None]] = None) -> Iterator[tuple[int, Any]]:  # noqa: ARG002
+            idle: Optional[Callable[[], None]] = None) -> Iterator[tuple[int, Any]]:
         """Yield (index, result) for every task, in order. progress_for(i): the progress callback task i
         reports to (its [0, 1] range); idle is not needed here (progress flows from inside the task)."""
-        if not tasks:
-            return
-        worker = recipe.local() if recipe.local is not None else recipe.build(*recipe.args)
+        with self.session(recipe) as session:
+            yield from session.run(tasks, progress_for, idle)
+
+
+class _LocalSession:
+    """The worker of a `LocalExecutor.session`, built when the first task arrives (no task, no model copy)."""
+
+    def __init__(self, recipe: WorkerRecipe):
+        self.recipe = recipe
+        self.worker: Optional[Worker] = None
+
+    def run(self, tasks: Sequence[Any], progress_for: Optional[Callable[[int], ProgressFn]] = None,
+            idle: Optional[Callable[[], None]] = None) -> Iterator[tuple[int, Any]]:  # noqa: ARG002
         for index, task in enumerate(tasks):
-            yield index, worker.run(task, progress_for(index) if progress_for else no_progress)
+            if self.worker is None:
+                recipe = self.recipe
+                self.worker = recipe.local() if recipe.local is not None else recipe.build(*recipe.args)
+            yield index, self.worker.run(task, progress_for(index) if progress_for else no_progress)
 
 
 def make_executor(config: Optional[ExecutorConfig] = None):

@@ -17,6 +17,7 @@ arrive as objects with the fields of `ExecutorConfig` and `WorkerRecipe`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -118,65 +119,38 @@ class RayExecutor:
                 raise ConfigError(f"The Ray cluster has {total.get(resource, 0.0):g} {resource}(s) but each worker "
                                   f"asks for {amount:g}; lower the per-task {resource} request or add nodes.")
 
-    def run(self, recipe: Any, tasks: Sequence[Any],
-            progress_for: Optional[Callable[[int], ProgressFn]] = None,  # noqa: ARG002 - tasks report on finish
-            idle: Optional[Callable[[], None]] = None) -> Iterator[tuple[int, Any]]:
-        """Yield (index, result) for every task as it finishes (any order). idle() is called about every
-        `POLL_S` seconds while waiting; it may raise (a cancel) to stop everything."""
-        if not tasks:
-            return
+    @contextlib.contextmanager
+    def session(self, recipe: Any) -> Iterator["_RaySession"]:
+        """Ray connected and the workers of `recipe` kept alive for several `run`s (e.g. the rounds of a budget
+        search): each actor builds its worker once per session, not once per run. On exit the actors end and a
+        Ray started here stops."""
         ray = self._ray
         self.startup_seconds, self.worker_start_seconds = 0.0, []
         start = time.perf_counter()
         started_here = self._connect()
-        actors: list = []
-        in_flight: dict = {}  # ObjectRef -> (actor, task index)
+        session = None
         try:
             self._check_resources()
             self.startup_seconds = time.perf_counter() - start
-            host = ray.remote(_ActorHost)
-            # Each argument goes into the object store once and every actor (and every restart) reads it
-            # from there: large ones (calibration windows, statistics) are not copied per actor.
-            shared = [ray.put(value) for value in recipe.args]
-            run_id = uuid.uuid4().hex[:8]
-            created_at = time.time()
-            for number in range(min(self.config.workers, len(tasks))):
-                actors.append(host.options(
-                    name=f"{ACTOR_PREFIX}-{run_id}-{number}", num_cpus=self.config.cpus_per_task,
-                    num_gpus=self.config.gpus_per_task, max_restarts=MAX_RESTARTS,
-                    max_task_retries=MAX_RESTARTS).remote(recipe.build, *shared))
-            waiting = deque(range(len(tasks)))
-
-            def submit(actor) -> None:
-                if waiting:
-                    index = waiting.popleft()
-                    in_flight[actor.run.remote(tasks[index])] = (actor, index)
-
-            for actor in actors:
-                submit(actor)
-            while in_flight:
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
-                if not ready:
-                    if idle is not None:
-                        idle()
-                    continue
-                actor, index = in_flight.pop(ready[0])
-                result = self._result(ready[0])
-                submit(actor)  # before yielding: the actor works while the driver stores this result
-                yield index, result
-            self.worker_start_seconds = self._start_times(actors, created_at)
+            session = _RaySession(self, recipe)
+            yield session
+            # Measured only after work that finished: after a cancel the actors may already be gone.
+            self.worker_start_seconds = session.start_times()
         finally:
-            self._stop(actors, in_flight)
+            if session is not None:
+                session.stop()
             if started_here:
                 ray.shutdown()
 
-    def _start_times(self, actors: list, created_at: float) -> list[float]:
-        """Seconds from creating each actor to its worker being built (empty if an actor does not answer)."""
-        ray = self._ray
-        try:
-            return [ready - created_at for ready in ray.get([a.ready_time.remote() for a in actors], timeout=30)]
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-            return []
+    def run(self, recipe: Any, tasks: Sequence[Any],
+            progress_for: Optional[Callable[[int], ProgressFn]] = None,
+            idle: Optional[Callable[[], None]] = None) -> Iterator[tuple[int, Any]]:
+        """Yield (index, result) for every task as it finishes (any order). idle() is called about every
+        `POLL_S` seconds while waiting; it may raise (a cancel) to stop everything. One session per call."""
+        if not tasks:
+            return
+        with self.session(recipe) as session:
+            yield from session.run(tasks, progress_for, idle)
 
     def _result(self, ref) -> Any:
         """The task's value; a worker's own error comes back as itself, a dead worker as one sentence."""
@@ -206,3 +180,78 @@ class RayExecutor:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already dead
                 pass
+
+
+class _RaySession:
+    """The actors of one `RayExecutor.session`: made as the first runs need them (at most `workers`), reused by
+    later runs, ended by `stop`."""
+
+    def __init__(self, executor: RayExecutor, recipe: Any):
+        ray = executor._ray
+        self.executor, self.ray = executor, ray
+        self.host = ray.remote(_ActorHost)
+        # Each argument goes into the object store once and every actor (and every restart) reads it from
+        # there: large ones (calibration windows, statistics) are not copied per actor.
+        self.build, self.shared = recipe.build, [ray.put(value) for value in recipe.args]
+        self.run_id = uuid.uuid4().hex[:8]
+        self.actors: list = []
+        self.created_at: list[float] = []
+
+    def _grow(self, wanted: int) -> None:
+        config = self.executor.config
+        while len(self.actors) < min(config.workers, wanted):
+            self.created_at.append(time.time())
+            self.actors.append(self.host.options(
+                name=f"{ACTOR_PREFIX}-{self.run_id}-{len(self.actors)}", num_cpus=config.cpus_per_task,
+                num_gpus=config.gpus_per_task, max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_RESTARTS).remote(self.build, *self.shared))
+
+    def run(self, tasks: Sequence[Any], progress_for: Optional[Callable[[int], ProgressFn]] = None,  # noqa: ARG002
+            idle: Optional[Callable[[], None]] = None) -> Iterator[tuple[int, Any]]:
+        """Yield (index, result) for every task as it finishes. The driver keeps one task in flight per actor and
+        hands the next to whichever finishes first. Closing this generator early (a cancel, an error) cancels
+        what is in flight and ends the actors that held it (the session makes new ones if it runs again)."""
+        if not tasks:
+            return
+        ray = self.ray
+        self._grow(len(tasks))
+        in_flight: dict = {}  # ObjectRef -> (actor, task index)
+        waiting = deque(range(len(tasks)))
+
+        def submit(actor) -> None:
+            if waiting:
+                index = waiting.popleft()
+                in_flight[actor.run.remote(tasks[index])] = (actor, index)
+
+        try:
+            for actor in self.actors:
+                submit(actor)
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+                if not ready:
+                    if idle is not None:
+                        idle()
+                    continue
+                actor, index = in_flight.pop(ready[0])
+                result = self.executor._result(ready[0])
+                submit(actor)  # before yielding: the actor works while the driver stores this result
+                yield index, result
+        finally:
+            if in_flight:  # stopped early: nothing may keep computing for a run nobody reads
+                busy = {id(actor) for actor, _ in in_flight.values()}
+                self.executor._stop([a for a in self.actors if id(a) in busy], in_flight)
+                kept = [(a, t) for a, t in zip(self.actors, self.created_at) if id(a) not in busy]
+                self.actors, self.created_at = [a for a, _ in kept], [t for _, t in kept]
+
+    def start_times(self) -> list[float]:
+        """Seconds from creating each live actor to its worker being built (empty if one does not answer)."""
+        ray = self.ray
+        try:
+            ready = ray.get([a.ready_time.remote() for a in self.actors], timeout=30)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return []
+        return [r - c for r, c in zip(ready, self.created_at)]
+
+    def stop(self) -> None:
+        self.executor._stop(self.actors, {})
+        self.actors, self.created_at = [], []

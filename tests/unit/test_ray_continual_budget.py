@@ -10,6 +10,7 @@ on Ray has the local perplexity. The Ray tests are skipped where Ray is not inst
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -56,6 +58,7 @@ class ReversedExecutor:
 
     config: ExecutorConfig = field(default_factory=lambda: ExecutorConfig(kind="ray", workers=2))
     calls: list = field(default_factory=list)  # tasks per run call
+    sessions: int = 0
 
     def run(self, recipe, tasks, progress_for=None, idle=None):
         self.calls.append(len(tasks))
@@ -66,6 +69,13 @@ class ReversedExecutor:
         if idle is not None:
             idle()
         yield from reversed(results)
+
+    @contextlib.contextmanager
+    def session(self, recipe):
+        """Several runs on the recipe (the executors' session interface); `sessions` counts them."""
+        self.sessions += 1
+        yield SimpleNamespace(run=lambda tasks, progress_for=None, idle=None: self.run(recipe, tasks, progress_for,
+                                                                                       idle))
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +290,7 @@ def test_w_workers_find_the_same_edge_in_fewer_rounds(spec, workers):
     rounds = wide["execution"]["rounds"]
     assert (wide["execution"]["workers"], wide["execution"]["points_computed"]) == (workers, len(calls) - 1)
     assert executor.calls == [n for n in executor.calls if 1 <= n <= workers] and len(executor.calls) == rounds
+    assert executor.sessions == 1  # every round ran in one session
     # Never more rounds (W steps up at a time; each cut leaves at most ceil(gap / (W + 1)) of the bracket), and
     # fewer on the default grid (a measured `low` and a 4-unit bracket can leave a W-section nothing to gain).
     assert rounds <= one["execution"]["rounds"]
@@ -329,6 +340,8 @@ def test_budget_on_ray_measures_each_point_as_locally(ray, tiny, tmp_path):
     on_ray = search_budget(tiny, spec, store=store, executor=RAY_2)
     assert on_ray["execution"]["executor"] == "ray" and on_ray["execution"]["workers"] == 2
     assert on_ray["execution"]["rounds"] < sequential["execution"]["rounds"]
+    # One session for the whole search: each of the 2 workers was started once, however many rounds ran.
+    assert on_ray["execution"]["rounds"] > 1 and len(on_ray["execution"]["worker_start_seconds"]) == 2
     assert [r["sparsity"] for r in on_ray["trajectory"]] == [r["sparsity"] for r in in_process["trajectory"]]
     for row, expected in zip(on_ray["trajectory"], in_process["trajectory"]):
         assert row["ppl"] == pytest.approx(expected["ppl"], rel=1e-6) and row["round"] == expected["round"]
