@@ -43,8 +43,8 @@ from pruning_core import evaluate
 from pruning_core.continual.domains import DomainSequence
 from pruning_core.continual.metrics import average_perplexity, backward_transfer, r_matrix
 from pruning_core.continual.run import BWT_NOTE
-from pruning_core.continual.selector import (SELECTOR_KINDS, fit_selector, pooled_states, prefix_routes,
-                                             route_accuracy)
+from pruning_core.continual.selector import (SELECTOR_FIT, SELECTOR_KINDS, fit_selector, pooled_states,
+                                             prefix_routes, route_accuracy)
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -363,7 +363,16 @@ def run_continual_adapters(spec: Union[ContinualAdaptersSpec, dict], loaded: Opt
                 stored, tensors = found
                 set_peft_model_state_dict(peft_model, tensors, adapter_name=name)
                 work["steps_from_store"] += 1
-                step = {**stored["record"], "from_store": True}
+                done = stored["record"]
+                if mode == "per_domain" and stored.get("selector_fit") != SELECTOR_FIT:
+                    # The adapter does not depend on how the selector is fit, its routed row does: route again.
+                    evaluated = _evaluate_step(pruned, peft_model, protocol, spec, mode, t, names, eval_ids,
+                                               held_features, selector, report)
+                    work["evaluations"] += evaluated.pop("evaluations")
+                    work["evaluation_seconds"] += evaluated["evaluation_seconds"]
+                    done = {**done, **evaluated}
+                    store.put_result(key, STEP_KIND, {**stored, "record": done, "selector_fit": SELECTOR_FIT})
+                step = {**done, "from_store": True}
             else:
                 windows = replay_rows(own, replay_pool) if mode == "per_domain" else own
                 peft_model.set_adapter(name)  # trainable: this adapter only; the others are frozen
@@ -379,7 +388,8 @@ def run_continual_adapters(spec: Union[ContinualAdaptersSpec, dict], loaded: Opt
                 work["evaluation_seconds"] += step["evaluation_seconds"]
                 if store is not None:
                     artifact = store.save_tensors(adapter_state(peft_model, name), "continual_adapter")
-                    store.put_result(key, STEP_KIND, {"mode": mode, "step": t, "adapter": artifact, "record": step})
+                    store.put_result(key, STEP_KIND, {"mode": mode, "step": t, "adapter": artifact, "record": step,
+                                                      "selector_fit": SELECTOR_FIT})
                 step = {**step, "from_store": False}
             steps[mode].append({"step": t + 1, "domain": domain.name, **step})
             rows[mode].append(step["ppl"])

@@ -30,6 +30,12 @@ from pruning_core.errors import ConfigError
 
 SELECTOR_KINDS = ("centroid", "logistic")
 SELECTOR_FILES = ("selector.safetensors", "selector.json")
+#: How the regression is fit (Adam, full batch). 1,000 steps, not 300: the three embedded domains are separable
+#: after a few hundred steps, and the further steps let the weight decay pull the fit from an over-confident
+#: solution to a regularised one. Chosen by 4-fold cross-validation on the calibration windows alone (64 x 512
+#: per domain, Wanda-50 % embedded model): 97.4 % at 300 steps, 98.4 % at 600, 99.0 % at 1,000 and at 2,000.
+#: Stored routing records carry it, so a change re-routes their evaluation.
+SELECTOR_FIT = {"steps": 1000, "lr": 0.05, "weight_decay": 1e-3}
 
 
 @torch.inference_mode()
@@ -108,11 +114,12 @@ class DomainSelector:
         return cls(list(meta["domains"]), meta["kind"], **load_file(str(folder / SELECTOR_FILES[0])))
 
 
-def fit_selector(features_by_domain: Mapping[str, torch.Tensor], kind: str = "logistic", steps: int = 300,
-                 lr: float = 0.05, weight_decay: float = 1e-3, seed: int = 0) -> DomainSelector:
+def fit_selector(features_by_domain: Mapping[str, torch.Tensor], kind: str = "logistic",
+                 steps: int = SELECTOR_FIT["steps"], lr: float = SELECTOR_FIT["lr"],
+                 weight_decay: float = SELECTOR_FIT["weight_decay"], seed: int = 0) -> DomainSelector:
     """Fit a `DomainSelector` on {domain: (n_d, H) pooled states}, domains in the mapping's order.
 
-    steps / lr / weight_decay: Adam on the softmax regression ("logistic" only), full batch.
+    steps / lr / weight_decay: Adam on the softmax regression ("logistic" only), full batch (`SELECTOR_FIT`).
     """
     if kind not in SELECTOR_KINDS:
         raise ConfigError(f"Unknown selector '{kind}'; use one of {', '.join(SELECTOR_KINDS)}.")

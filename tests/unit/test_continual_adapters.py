@@ -206,3 +206,20 @@ def test_cli_continual_adapters_writes_json_and_prints_r_bwt_and_accuracies(doma
     assert f"{result['modes']['shared']['bwt']:+.3f}" in printed and "lowest-prefix-loss router" in printed
     assert main(["continual", "--adapters", "--model", "tiny-llama", "--domains", "news,news",
                  "--out", str(out)]) == 2
+
+
+def test_a_new_selector_fit_reroutes_stored_steps_without_training_again(run, tiny, domain_files, monkeypatch):
+    """Stored adapters do not depend on how the selector is fit; their routed rows do, so those are re-evaluated."""
+    from pruning_core.continual import adapters as module
+
+    result, store, _ = run
+    monkeypatch.setattr(module, "SELECTOR_FIT", {**module.SELECTOR_FIT, "steps": 7})
+    other = run_continual_adapters(_spec(domain_files), loaded=tiny, store=store)
+    assert other["work"]["train_seconds"] == 0.0 and other["work"]["steps_from_store"] == 2 * len(domain_files)
+    assert other["work"]["evaluations"] > 0  # the per-domain rows, routed again
+    assert other["modes"]["shared"]["R"] == result["modes"]["shared"]["R"]
+    again = run_continual_adapters(_spec(domain_files), loaded=tiny, store=store)
+    assert again["work"]["evaluations"] == 0  # stored with the fit they were routed by
+    monkeypatch.undo()
+    back = run_continual_adapters(_spec(domain_files), loaded=tiny, store=store)
+    assert back["modes"]["per_domain"]["R"] == result["modes"]["per_domain"]["R"]  # the real fit routes as before
