@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -31,6 +29,7 @@ from pruning_core.execution.store import Store
 from pruning_core.models import load_model
 from pruning_core.progress import no_progress
 from pruning_core.protocol import Protocol
+from tests.unit.conftest import ray_workers_gone
 
 PROTOCOL = Protocol(nsamples=4, seqlen=32, eval_windows=4, batch_size=4)
 CONTINUAL = ContinualSpec(model="tiny-llama", protocol=PROTOCOL, domains=("news", "pydocs", "wiki"))
@@ -76,15 +75,6 @@ class ReversedExecutor:
         self.sessions += 1
         yield SimpleNamespace(run=lambda tasks, progress_for=None, idle=None: self.run(recipe, tasks, progress_for,
                                                                                        idle))
-
-
-@pytest.fixture(scope="module")
-def ray():
-    """One local Ray of 2 CPUs for the module (the executors join it instead of starting their own)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -159,18 +149,6 @@ def test_continual_on_ray_equals_local_and_evaluates_each_step_model_once(ray, l
     assert (tmp_path / "out" / "copal" / "step-3" / "masks.safetensors").is_file()
 
 
-def _workers_gone(ray, timeout_s: float = 20.0) -> bool:
-    """Whether every executor actor has ended within `timeout_s` (ray.kill is asynchronous)."""
-    from pruning_core.execution.ray_executor import ACTOR_PREFIX
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not [name for name in ray.util.list_named_actors() if name.startswith(ACTOR_PREFIX)]:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_continual_cancel_on_ray_stops_the_workers_and_keeps_evaluated_steps(ray, local_continual, tmp_path):
     reference, _ = local_continual
     store = CountingStore(tmp_path / "s.sqlite")
@@ -181,7 +159,7 @@ def test_continual_cancel_on_ray_stops_the_workers_and_keeps_evaluated_steps(ray
 
     with pytest.raises(JobCancelled):
         run_continual(CONTINUAL, store=store, executor=RAY_2, progress=progress)
-    assert _workers_gone(ray)
+    assert ray_workers_gone(ray)
     kept = stored_steps(store)
     assert 1 <= len(kept) < sum(len(f["steps"]) for f in reference["strategies"].values())
     assert len({step["digest"] for step in kept.values()}) == 1  # only the one finished evaluation's steps
@@ -387,7 +365,7 @@ def test_budget_cancel_on_ray_stops_the_workers_and_keeps_finished_points(ray, t
 
     with pytest.raises(JobCancelled):
         search_budget(tiny, spec, store=store, progress=progress, executor=RAY_2)
-    assert _workers_gone(ray)
+    assert ray_workers_gone(ray)
     stored = [key for (kind, key) in store.writes if kind == "budget_point"]
     assert len(stored) == 1  # the point whose result came back; its round's other point is not stored
     resumed = search_budget(tiny, spec, store=store)

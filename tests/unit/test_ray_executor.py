@@ -8,9 +8,7 @@ The Ray tests are skipped where Ray is not installed (`pip install '.[ray]'`; `m
 from __future__ import annotations
 
 import json
-import logging
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -21,6 +19,7 @@ from pruning_core.errors import ConfigError, JobCancelled
 from pruning_core.execution.executors import ExecutorConfig, make_executor
 from pruning_core.execution.store import Store
 from pruning_core.protocol import Protocol
+from tests.unit.conftest import ray_workers, ray_workers_gone
 
 PROTOCOL = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=4, batch_size=4)
 # 12 points: two methods (one with data, one without) x six sparsities.
@@ -43,31 +42,8 @@ class CountingStore(Store):
 
 
 @pytest.fixture(scope="module")
-def ray():
-    """One local Ray of 2 CPUs for the module (the executor joins it instead of starting its own)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def local_points():
     return run_sweep(SPEC)["points"]
-
-
-def _workers(ray) -> list[str]:
-    from pruning_core.execution.ray_executor import ACTOR_PREFIX
-
-    return [name for name in ray.util.list_named_actors() if name.startswith(ACTOR_PREFIX)]
-
-
-def _workers_gone(ray, timeout_s: float = 20.0) -> bool:
-    """Whether every sweep actor has ended within `timeout_s` (ray.kill is asynchronous)."""
-    deadline = time.monotonic() + timeout_s
-    while _workers(ray) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return not _workers(ray)
 
 
 def assert_same_points(points, expected):
@@ -91,7 +67,7 @@ def test_ray_sweep_gives_the_local_points_and_keys(ray, local_points):
     assert not any(p["cached"] for p in results["points"])
     assert_same_points(results["points"], local_points)
     assert len(store.writes) == 12 and set(store.writes.values()) == {1}
-    assert _workers_gone(ray)  # the actors end with the run
+    assert ray_workers_gone(ray)  # the actors end with the run
     # Same store keys: the local executor finds every point the Ray workers computed.
     again = run_sweep(SPEC, store=store)
     assert all(p["cached"] for p in again["points"]) and again["execution"]["points_computed"] == 0
@@ -106,7 +82,7 @@ def test_killed_workers_lose_no_point_and_store_each_once(ray, local_points):
     def kill_workers_after_the_first_point(point: dict) -> None:
         seen.append(point)
         if not killed:  # both workers are busy with a point now: kill them (Ray may restart them)
-            killed.extend(_workers(ray))
+            killed.extend(ray_workers(ray))
             for name in killed:
                 ray.kill(ray.get_actor(name), no_restart=False)
 
@@ -128,7 +104,7 @@ def test_cancel_stops_the_workers_and_keeps_finished_points(ray, local_points):
     with pytest.raises(JobCancelled):
         run_sweep(SPEC, store=store, executor=RAY_2, progress=progress, on_point=finished.append)
     assert len(finished) == 1 and sum(store.writes.values()) == 1
-    assert _workers_gone(ray)
+    assert ray_workers_gone(ray)
     # A resumed run (on either executor) reuses the finished point and completes the same grid.
     resumed = run_sweep(SPEC, store=store)
     assert sum(p["cached"] for p in resumed["points"]) == 1

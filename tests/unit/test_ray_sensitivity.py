@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import logging
-import time
 from collections import Counter
 
 import pytest
@@ -25,6 +23,7 @@ from pruning_core.execution.executors import ExecutorConfig
 from pruning_core.execution.store import Store
 from pruning_core.models import load_model
 from pruning_core.protocol import Protocol
+from tests.unit.conftest import ray_workers, ray_workers_gone
 
 PROTOCOL = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=4, batch_size=4)
 PROBE = 2
@@ -55,15 +54,6 @@ class CountingStore(Store):
 
 
 @pytest.fixture(scope="module")
-def ray():
-    """One local Ray of 2 CPUs for the module (the executor joins it instead of starting its own)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny():
     return load_model("tiny-llama")  # what each worker loads from the source "tiny-llama" (2 layers)
 
@@ -71,19 +61,6 @@ def tiny():
 @pytest.fixture(scope="module")
 def local_result(tiny):
     return compute_sensitivity(tiny, PROTOCOL, "wanda", SPARSITIES, ["exact", "fisher"], PROBE)
-
-
-def _workers(ray) -> list[str]:
-    from pruning_core.execution.ray_executor import ACTOR_PREFIX
-
-    return [name for name in ray.util.list_named_actors() if name.startswith(ACTOR_PREFIX)]
-
-
-def _workers_gone(ray, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _workers(ray) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return not _workers(ray)
 
 
 def assert_same_map(document: dict, reference: dict) -> None:
@@ -116,7 +93,7 @@ def test_ray_exact_maps_equal_the_local_ones_and_store_each_row_once(ray, tiny, 
     # Every row of both exact maps written once, and seen once by on_exact_row.
     assert len(store.rows_written) == 2 * n_layers and set(store.rows_written.values()) == {1}
     assert sorted(rows_seen) == sorted((s, layer) for s in SPARSITIES for layer in range(n_layers))
-    assert _workers_gone(ray)
+    assert ray_workers_gone(ray)
 
     # Same keys: a second call (on either executor) finds every map and starts no worker.
     for executor in (RAY_2, None):
@@ -124,7 +101,7 @@ def test_ray_exact_maps_equal_the_local_ones_and_store_each_row_once(ray, tiny, 
                                     executor=executor)
         assert all(m["cached"] for m in again["maps"])
         assert again["execution"]["rows_computed"] == 0 and again["execution"]["worker_start_seconds"] == []
-        assert not _workers(ray)
+        assert not ray_workers(ray)
         for document, reference in zip(again["maps"], local_result["maps"]):
             assert_same_map(document, reference)
     assert set(store.rows_written.values()) == {1}
@@ -155,7 +132,7 @@ def test_cancel_stops_the_workers_and_keeps_finished_rows(ray, tiny, local_resul
         compute_sensitivity(tiny, PROTOCOL, "wanda", [0.4], ["exact"], PROBE, store=store, executor=RAY_2,
                             progress=progress, on_exact_row=lambda s, layer, v, lv: rows.append(layer))
     assert len(rows) == 1 and len(store.rows_written) == 1
-    assert _workers_gone(ray)
+    assert ray_workers_gone(ray)
     resumed = compute_sensitivity(tiny, PROTOCOL, "wanda", [0.4], ["exact"], PROBE, store=store)
     assert resumed["execution"]["rows_computed"] == 1
     assert_same_map(resumed["maps"][0], local_result["maps"][0])
