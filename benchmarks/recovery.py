@@ -16,7 +16,8 @@ entry is written to the JSON at once and skipped next time. Usage:
 `python benchmarks/recovery.py [--minutes 15] [--only uniform,gradient,stepwise] [--out docs/runs/recovery.json]`
 (`--compare-steps N --compare-eval-windows K --only compare_uniform,compare_gradient,compare_sensitivity,
 compare_stepwise` runs the comparisons shorter, at N steps each, uniform, gradient and sensitivity ranks (from
-Wanda's stored Fisher maps) on one mask folder);
+Wanda's stored Fisher maps) on one mask folder; `--paired` adds the window-by-window difference of gradient
+and uniform ranks with its standard error);
 `--quick` runs a tiny random model in seconds (its numbers mean nothing).
 """
 
@@ -116,6 +117,28 @@ def _mask_folder(loaded, spec: RecoverySpec, protocol: Protocol, store) -> str:
     return str(folder)
 
 
+def _paired(loaded, store, specs: dict, prefix: str) -> dict:
+    """Gradient against uniform ranks window by window (`evaluate.paired_comparison`): both stored adapters on
+    the same pruned model and windows, so the figure says whether a small difference is more than the noise of
+    the evaluation set. {corpus: {"windows", "nll_difference", "standard_error", "z", "ppl_ratio",
+    "ppl_ratio_95"}}; negative differences and ratios below 1 favour gradient ranks."""
+    from types import SimpleNamespace
+
+    from pruning_core.evaluate import evaluation_windows, paired_comparison
+    from pruning_core.recovery.masked_lora import load_adapter
+    from pruning_core.recovery.run import pruned_copy
+
+    uniform, gradient = specs[prefix + "uniform"].validate(), specs[prefix + "gradient"].validate()
+    models = []
+    for spec in (uniform, gradient):
+        folder = run_recovery(spec, loaded=loaded, store=store)["adapter"]["folder"]  # stored: nothing trains
+        pruned, _ = pruned_copy(loaded, spec, spec.protocol, None, store)
+        peft = load_adapter(pruned.model, folder).eval()
+        models.append(SimpleNamespace(model=peft.base_model.model))  # the decoder with its adapter layers
+    windows = evaluation_windows(loaded, uniform.protocol, list(uniform.eval_corpora))
+    return {corpus: paired_comparison(models[0], models[1], ids) for corpus, ids in windows.items()}
+
+
 def _histogram(ranks: dict) -> dict:
     counts: dict = {}
     for r in ranks.values():
@@ -132,6 +155,9 @@ def main() -> None:
     parser.add_argument("--compare-steps", type=int, default=None,
                         help="run the rank and schedule comparisons as compare_uniform / compare_gradient / "
                              "compare_stepwise at this many steps each (no clock), instead of uniform's steps")
+    parser.add_argument("--paired", action="store_true",
+                        help="also compare the stored gradient and uniform adapters window by window, with the "
+                             "standard error of the difference (`evaluate.paired_comparison`)")
     parser.add_argument("--compare-eval-windows", type=int, default=None,
                         help="evaluation windows per corpus of the compare_* entries (default: the table's)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, seconds: checks the script only")
@@ -230,6 +256,8 @@ def main() -> None:
         checks["stepwise_vs_one_shot_ppl"] = {c: [entries[prefix + "stepwise"]["recovered_ppl"][c],
                                                   entries[prefix + "uniform"]["recovered_ppl"][c]]
                                               for c in entries[prefix + "uniform"]["recovered_ppl"]}
+    if args.paired and prefix + "uniform" in entries and prefix + "gradient" in entries:
+        checks["gradient_vs_uniform_paired"] = _paired(loaded, store, specs, prefix)
     checks["comparisons_from"] = (f"compare_* entries ({report['compare']['steps']} steps each)" if prefix
                                   else "the full entries")
     report["checks"] = checks

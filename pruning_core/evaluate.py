@@ -139,6 +139,41 @@ def bf16_agreement(loaded: LoadedModel, ids: torch.Tensor, offload: Optional[Lay
             "windows": int(ids.shape[0])}
 
 
+def timed_perplexity(loaded: LoadedModel, ids: torch.Tensor, dtype: str = "float32", batch_size: int = 8,
+                     offload: Optional[LayerOffload] = None) -> metrics.PerplexityResult:
+    """One perplexity measurement of the model as it is on `ids` (n, seqlen), for its timing: the throughput
+    an estimate is built on (`analysis.estimates.measure_throughput`) on a device reached through `offload`."""
+    return metrics.perplexity(loaded, ids, batch_size=batch_size, dtype=dtype, offload=offload)
+
+
+def paired_comparison(first: LoadedModel, second: LoadedModel, ids: torch.Tensor, batch_size: int = 4,
+                      dtype: str = "float32") -> dict:
+    """Whether `second` predicts the windows `ids` (n, seqlen) better than `first`, beyond the noise of a finite
+    evaluation set: both models score the same windows, so the per-window difference cancels what makes one
+    window hard for both, and its spread over windows gives the uncertainty.
+
+    first, second: `LoadedModel`s (or objects with a `.model` that `metrics.window_nll` accepts, e.g. a model
+    with an adapter attached). Returns {"windows", "nll_difference" (mean over windows of second's minus first's
+    mean token NLL, nats; negative = second is better), "standard_error" (nats), "z" (difference / error),
+    "ppl_ratio" (second / first, exp of the difference), "ppl_ratio_95" ([low, high], +-1.96 errors)}.
+    """
+    import math
+
+    per_window = []
+    for loaded in (first, second):
+        with torch.inference_mode(), metrics.autocast_for(dtype):
+            sums = torch.cat([metrics.window_nll(loaded, batch).double()
+                              for batch in metrics.batches_of(ids, batch_size)])
+        per_window.append(sums / (ids.shape[1] - 1))
+    difference = per_window[1] - per_window[0]
+    n = int(difference.numel())
+    mean = float(difference.mean())
+    error = float(difference.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
+    return {"windows": n, "nll_difference": mean, "standard_error": error,
+            "z": mean / error if error and error > 0 else float("nan"), "ppl_ratio": math.exp(mean),
+            "ppl_ratio_95": [math.exp(mean - 1.96 * error), math.exp(mean + 1.96 * error)]}
+
+
 def evaluate_setting(loaded: LoadedModel, protocol: Protocol, eval_corpora: Sequence[str],
                      pruned: Pruned = None, *, dense: bool = True,
                      eval_ids: Optional[Mapping[str, torch.Tensor]] = None, store=None,

@@ -338,7 +338,8 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
     """
     import torch
 
-    from pruning_core.metrics import autocast_for, perplexity, window_nll
+    from pruning_core.evaluate import timed_perplexity
+    from pruning_core.metrics import autocast_for, window_nll
 
     on_gpu = offload is not None and offload.compute.type != "cpu"
     # 2 x 512 tokens, not one short window: smaller matmuls run less efficiently, and timing one 256-token window
@@ -362,7 +363,7 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
     timings = []
     if on_gpu:
         for _ in range(3):  # the first walk pays CUDA start-up and kernel selection; keep the fastest
-            timings.append(perplexity(loaded, ids, batch_size=8, dtype=dtype, offload=offload).seconds)
+            timings.append(timed_perplexity(loaded, ids, dtype, 8, offload).seconds)
     else:
         with torch.inference_mode(), autocast_for(dtype):
             # The first call at a shape pays allocation and kernel selection (bf16 especially): warm up at the

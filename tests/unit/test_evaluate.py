@@ -225,3 +225,21 @@ def test_export_in_the_sweeps_propagation_reproduces_its_point(tiny, tmp_path):
     assert dense["ppl"]["pruned"]["news"] == pytest.approx(curve, rel=1e-9)
     assert pruned["ppl"]["pruned"]["news"] != pytest.approx(curve, rel=1e-9)
     assert "dense propagation" in dense["setting"]["propagation_note"]
+
+
+def test_paired_comparison_is_the_perplexity_ratio_with_its_uncertainty(tiny):
+    ids = torch.randint(0, 300, (6, 32), generator=torch.Generator().manual_seed(5))
+    same = evaluate.paired_comparison(tiny, tiny, ids)
+    assert same["windows"] == 6 and same["nll_difference"] == 0.0 and same["ppl_ratio"] == 1.0
+    pruned = prune_model(tiny, ids, PruneConfig("magnitude", sparsity=0.9), batch_size=4)
+    with pruned.applied(tiny):
+        after = metrics.perplexity(tiny, ids).ppl
+        found = evaluate.paired_comparison(tiny, tiny, ids)  # the same model twice, now pruned: still no difference
+        assert found["nll_difference"] == 0.0
+    before = metrics.perplexity(tiny, ids).ppl
+    dense_copy = load_model("tiny-llama")
+    with pruned.applied(dense_copy):
+        found = evaluate.paired_comparison(tiny, dense_copy, ids)
+    assert found["ppl_ratio"] == pytest.approx(after / before, rel=1e-6)  # equal windows: exp(mean diff) = ratio
+    assert found["standard_error"] > 0 and found["ppl_ratio_95"][0] < found["ppl_ratio"] < found["ppl_ratio_95"][1]
+    assert found["z"] == pytest.approx(found["nll_difference"] / found["standard_error"])
