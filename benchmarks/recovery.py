@@ -257,7 +257,10 @@ def main() -> None:
                                                   entries[prefix + "uniform"]["recovered_ppl"][c]]
                                               for c in entries[prefix + "uniform"]["recovered_ppl"]}
     if args.paired and prefix + "uniform" in entries and prefix + "gradient" in entries:
-        checks["gradient_vs_uniform_paired"] = _paired(loaded, store, specs, prefix)
+        paired = checks["gradient_vs_uniform_paired"] = _paired(loaded, store, specs, prefix)
+        # "At least as much" within what the windows resolve: on no corpus is gradient worse beyond the 95 %
+        # interval (the interval of its perplexity ratio to uniform's does not lie wholly above 1).
+        checks["gradient_not_worse_beyond_noise"] = all(v["ppl_ratio_95"][0] <= 1.0 for v in paired.values())
     checks["comparisons_from"] = (f"compare_* entries ({report['compare']['steps']} steps each)" if prefix
                                   else "the full entries")
     report["checks"] = checks
