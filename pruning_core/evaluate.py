@@ -20,7 +20,7 @@ import torch
 
 from pruning_core import metrics
 from pruning_core.errors import ConfigError
-from pruning_core.execution.devices import LayerOffload
+from pruning_core.execution.devices import LayerOffload, device_key
 from pruning_core.masks import applied_masks
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -87,9 +87,7 @@ def dense_key(loaded: LoadedModel, protocol: Protocol, corpus: str,
     """Everything that determines the dense perplexity on `corpus` (hash it with `store.content_hash`).
 
     Calibration settings do not enter: the dense model needs no calibration data. The device does when it is
-    not the CPU: GPU kernels sum in another order (and bf16 on tensor cores differs more), so a GPU figure must
-    not stand in for a CPU one or the reverse. CPU keys carry no device field, so figures stored before devices
-    existed stay valid.
+    not the CPU (`execution.devices.device_key`).
     """
     from pruning_core.provenance import library_versions
 
@@ -97,8 +95,8 @@ def dense_key(loaded: LoadedModel, protocol: Protocol, corpus: str,
     key = {"kind": "dense_ppl", "model": loaded.fingerprint, "corpus": corpus_key(corpus, "evaluation")["sha256"],
            "seqlen": protocol.seqlen, "eval_windows": protocol.eval_windows, "dtype": protocol.dtype,
            "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}}
-    if offload is not None and offload.compute.type != "cpu":
-        key["device"] = offload.compute.type  # the kind, not the index: two GPUs of one machine agree
+    if device_key(offload) is not None:
+        key["device"] = device_key(offload)
     return key
 
 

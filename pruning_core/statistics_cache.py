@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from pruning_core.execution.devices import LayerOffload
+from pruning_core.execution.devices import LayerOffload, device_key
 from pruning_core.methods import NEEDS, covers
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn
@@ -24,8 +24,7 @@ def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str,
                    offload: Optional[LayerOffload] = None) -> dict:
     """Everything that determines dense statistics (hash it with `store.content_hash`).
 
-    A walk on a GPU (`offload` to a non-CPU device) is keyed apart: its kernels sum in another order. CPU keys
-    have no device field, as before devices existed.
+    A walk on a GPU (`offload` to a non-CPU device) is keyed apart (`execution.devices.device_key`).
     """
     key = {
         "kind": "dense_statistics",
@@ -36,8 +35,8 @@ def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str,
         "seqlen": protocol.seqlen,
         "seed": protocol.seed,
     }
-    if offload is not None and offload.compute.type != "cpu":
-        key["device"] = offload.compute.type
+    if device_key(offload) is not None:
+        key["device"] = device_key(offload)
     return key
 
 

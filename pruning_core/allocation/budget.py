@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
 from pruning_core.errors import ConfigError
-from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
+from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
 from pruning_core.masks import parse_structure
 from pruning_core.methods import get_method
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -481,13 +481,7 @@ def build_budget_worker(spec: BudgetSpec, fingerprint: str, calib_ids, eval_ids:
                         statistics=None) -> BudgetWorker:
     """A worker in another process (a Ray actor): loads `spec.model` itself and checks that its weights are the
     driver's (`fingerprint`), so every point is measured on the model the search is keyed by."""
-    from pruning_core.models import load_model
-
-    loaded = load_model(spec.model)
-    if loaded.fingerprint != fingerprint:
-        raise ConfigError(f"A worker loaded '{spec.model}' but its weights differ from the model this search "
-                          "prunes; give a model source every worker can load the same way (a folder or hub id "
-                          "present on every node), or use --executor local.")
+    loaded = load_worker_model(spec.model, fingerprint, "this search prunes")
     return BudgetWorker(loaded, spec, calib_ids, eval_ids, statistics)
 
 
@@ -511,7 +505,6 @@ class _RealMeasure:
         self.calib_identity = corpus_key(spec.protocol.calib, "calibration", spec.protocol.calib_column)
         self.eval_identity = corpus_key(spec.eval_corpus, "evaluation")["sha256"]
         self._calib_ids = None
-        self._worker: Optional[BudgetWorker] = None  # this process's worker, kept across rounds
         self._statistics: dict[str, Any] = {}
         self.sensitivity = sensitivity
         if self.allocator.needs == "sensitivity" and self.sensitivity is None:
@@ -607,15 +600,9 @@ class _RealMeasure:
         captured layer inputs serve every round), on Ray one per actor for the whole search (the executor's
         session), each loading `spec.model` once."""
         calib_ids, statistics = self._pruning_inputs()
-
-        def local() -> BudgetWorker:
-            if self._worker is None:
-                self._worker = BudgetWorker(self.loaded, self.spec, calib_ids, self.eval_ids, statistics)
-            return self._worker
-
         return WorkerRecipe(build=build_budget_worker,
                             args=(self.spec, self.loaded.fingerprint, calib_ids, self.eval_ids, statistics),
-                            local=local)
+                            local=lambda: BudgetWorker(self.loaded, self.spec, calib_ids, self.eval_ids, statistics))
 
     def complete(self, task: BudgetPointTask, outcome: dict) -> dict:
         """The point of a finished task, stored under its key."""

@@ -287,14 +287,15 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
         breakdown["fisher"] = 3.0 * probe_tokens * rates["full_s_per_token"]
     n_s = len(sparsities)
     breakdown["masks"] = n_s * _mask_seconds(facts, rates, method)
+    rows_parallel = 1  # workers sharing the exact rows (of the maps, or of the agreement sample)
     if "exact" in metrics or sample_rows:
         rows = range(L) if "exact" in metrics else [round(i * (L - 1) / max(sample_rows - 1, 1))
                                                      for i in range(sample_rows)]
         layer_forwards = sum((L - l) for l in rows) * (M + 1)  # each cell + the whole-layer aggregate
         breakdown["exact_probes"] = n_s * probe_tokens * (layer_forwards * rates["layer_s_per_token"]
                                                            + len(rows) * (M + 1) * rates["head_s_per_token"])
-        parallel = max(1, min(int(workers), n_s * len(rows)))
-        breakdown["exact_probes"] /= parallel  # rows are independent tasks
+        rows_parallel = max(1, min(int(workers), n_s * len(rows)))
+        breakdown["exact_probes"] /= rows_parallel  # rows are independent tasks
     if "reconstruction" in metrics:
         breakdown["reconstruction"] = n_s * 4.0 * facts["prunable"] * max(facts["input_widths"]) / rates["flops"]
     seconds = sum(breakdown.values())
@@ -307,7 +308,6 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
         + taylor_bytes + masks
     what = f"{n_s} sparsities x {len(metrics)} metrics, {L * M} cells + {L} whole-layer probes per exact map, " \
            f"{probe_windows} probe windows"
-    rows_parallel = max(1, min(int(workers), n_s * L)) if "exact" in metrics else 1
     if rows_parallel > 1:  # each worker holds a model, its probe cache and the masks of its rows
         peak += rows_parallel * (facts["memory"] + probe_cache + masks)
         what += f"; exact rows on {rows_parallel} parallel workers"
@@ -339,9 +339,10 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
     import torch
 
     from pruning_core.evaluate import timed_perplexity
+    from pruning_core.execution.devices import device_key
     from pruning_core.metrics import autocast_for, window_nll
 
-    on_gpu = offload is not None and offload.compute.type != "cpu"
+    on_gpu = device_key(offload) is not None
     # 2 x 512 tokens, not one short window: smaller matmuls run less efficiently, and timing one 256-token window
     # made the estimate of a map of 8 x 512-token probes 1.6x too long on the embedded model.
     tokens = int(min(max(seqlen, 2), 512))

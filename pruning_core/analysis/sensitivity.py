@@ -714,13 +714,9 @@ def build_exact_row_worker(source: str, fingerprint: str, method: str, statistic
                            batch_size: int, dtype: str) -> ExactRowWorker:
     """A worker in another process (a Ray actor): loads the model from `source` itself and checks that its
     weights are the driver's (`fingerprint`), so every row is computed on the model its map is keyed by."""
-    from pruning_core.models import load_model
+    from pruning_core.execution.executors import load_worker_model
 
-    loaded = load_model(source)
-    if loaded.fingerprint != fingerprint:
-        raise ConfigError(f"A worker loaded '{source}' but its weights differ from the model this sensitivity map "
-                          "is computed on; give a model source every worker can load the same way (a folder or "
-                          "hub id present on every node), or use --executor local.")
+    loaded = load_worker_model(source, fingerprint, "this sensitivity map is computed on")
     return ExactRowWorker(loaded, method, statistics, probe_ids, batch_size, dtype)
 
 

@@ -35,8 +35,8 @@ import torch
 from pruning_core import evaluate
 from pruning_core.allocation.allocators import ALLOCATORS, AllocationInputs, get_allocator, make_plan
 from pruning_core.errors import ConfigError
-from pruning_core.execution.devices import offload_for, resolve_device
-from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
+from pruning_core.execution.devices import device_key, offload_for, resolve_device
+from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
 from pruning_core.execution.store import content_hash
 from pruning_core.masks import parse_structure
 from pruning_core.methods import METHODS, strongest_need
@@ -132,9 +132,8 @@ def point_key(fingerprint: str, calib: dict, protocol: Protocol, config: PruneCo
     """Everything that determines a sweep point (hash it with `store.content_hash`).
 
     A plan enters as its digest (equal tables key one result, whichever allocator made them); a config
-    without a plan (a uniform sparsity) keys exactly as before plans existed. device: the kind of compute
-    device ("cuda") when it is not the CPU: GPU kernels round differently, so their points are keyed apart;
-    CPU points key as before devices existed.
+    without a plan (a uniform sparsity) keys exactly as before plans existed. device: `execution.devices.
+    device_key` of the run's offload (None or "cpu" on the CPU, whose points key as before devices existed).
     """
     versions = library_versions()
     config_dict = config.to_dict()
@@ -249,11 +248,7 @@ def build_sweep_worker(spec: SweepSpec, fingerprint: str, calib_ids: torch.Tenso
     the driver's (`fingerprint`), so every point is computed on the model the driver keyed it by.
     device: the kind of compute device ("cuda"), resolved in the actor: Ray shows an actor that reserved a
     GPU only that GPU, as cuda:0."""
-    loaded = load_model(spec.model)
-    if loaded.fingerprint != fingerprint:
-        raise ConfigError(f"A worker loaded '{spec.model}' but its weights differ from the model this sweep runs "
-                          "on; give the sweep a model source every worker can load the same way (a folder or "
-                          "hub id present on every node), or use --executor local.")
+    loaded = load_worker_model(spec.model, fingerprint, "this sweep runs on")
     offload = offload_for(resolve_device(device)) if device not in (None, "cpu") else None
     return SweepWorker(loaded, spec, calib_ids, eval_ids, statistics, offload)
 
@@ -288,7 +283,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     progress = progress or no_progress
     device = resolve_device(str(device)) if device is not None else torch.device("cpu")
     offload = offload_for(device)
-    device_kind = None if offload is None else device.type
+    device_kind = device_key(offload)
     if offload is not None and executor.config.kind == "ray" and not executor.config.gpus_per_task > 0:
         raise ConfigError(f"Ray workers compute on {device} only if each reserves a GPU; give the executor "
                           "gpus_per_task=1 (the CLI does so for --device cuda), or use --device cpu.")

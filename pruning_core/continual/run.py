@@ -46,7 +46,7 @@ from pruning_core.continual.metrics import average_perplexity, backward_transfer
 from pruning_core.continual.metrics import r_matrix
 from pruning_core.continual.strategies import STRATEGIES, Strategy, get_strategy
 from pruning_core.errors import ConfigError
-from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
+from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
 from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -247,11 +247,7 @@ def build_continual_worker(model: str, fingerprint: str, protocol: Protocol, nam
                            eval_ids: dict) -> ContinualEvalWorker:
     """A worker in another process (a Ray actor): loads `model` itself and checks that its weights are the
     driver's (`fingerprint`), so every step is evaluated on the model the run is keyed by."""
-    loaded = load_model(model)
-    if loaded.fingerprint != fingerprint:
-        raise ConfigError(f"A worker loaded '{model}' but its weights differ from the model this continual run "
-                          "prunes; give a model source every worker can load the same way (a folder or hub id "
-                          "present on every node), or use --executor local.")
+    loaded = load_worker_model(model, fingerprint, "this continual run prunes")
     return ContinualEvalWorker(loaded, protocol, names, eval_ids)
 
 

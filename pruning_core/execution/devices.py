@@ -134,6 +134,16 @@ class LayerOffload:
         return [(source, target) for name, source, target in self.moves if name == what]
 
 
+def device_key(offload: Optional[LayerOffload]) -> Optional[str]:
+    """What a store key records of where a result was computed: the compute device's kind ("cuda") when an
+    offload sends the work off the CPU, else None. GPU kernels sum in another order, so a GPU figure must not
+    stand in for a CPU one; CPU keys carry no device field, as before devices existed, so stored results stay
+    valid. The kind, not the index: two GPUs of one machine agree."""
+    if offload is None or offload.compute.type == "cpu":
+        return None
+    return offload.compute.type
+
+
 def windows_that_fit(device: torch.device, window_bytes: int, windows: int, batch_size: int,
                      share: float = 0.5) -> int:
     """How many of `windows` windows may be carried at once on `device`: all of them on the CPU; on CUDA as many

@@ -60,6 +60,20 @@ class WorkerRecipe:
     local: Optional[Callable[[], Worker]] = None
 
 
+def load_worker_model(source: str, fingerprint: str, work: str):
+    """The model a worker in another process (a Ray actor) computes on: loaded from `source` and checked against
+    the driver's weight `fingerprint`, so every result is computed on the model the driver keyed it by.
+    work: what the driver runs, for the message ("this sweep runs on"). ConfigError when the weights differ."""
+    from pruning_core.models import load_model  # a worker's own import: drivers of the local executor skip it
+
+    loaded = load_model(source)
+    if loaded.fingerprint != fingerprint:
+        raise ConfigError(f"A worker loaded '{source}' but its weights differ from the model {work}; give a model "
+                          "source every worker can load the same way (a folder or hub id present on every node), "
+                          "or use --executor local.")
+    return loaded
+
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     """Where units of work run.

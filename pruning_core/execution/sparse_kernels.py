@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import ConfigError
+from pruning_core.masks import applied_masks
 
 #: Oldest compute capability with sparse tensor cores (Ampere).
 MIN_CAPABILITY = (8, 0)
@@ -115,12 +116,8 @@ def measure_two_four_speed(loaded, masks: Mapping[str, torch.Tensor], device: to
     from torch.sparse import to_sparse_semi_structured
 
     dtype = KERNEL_DTYPES[config.dtype]
-    model = copy.deepcopy(loaded.model).to(device=device, dtype=dtype).eval()
-    with torch.no_grad():
-        for name, keep in masks.items():
-            module = model.get_submodule(name)
-            source = weights[name] if weights is not None and name in weights else module.weight
-            module.weight.copy_(source.to(device, dtype) * keep.to(device, dtype))  # masks are in native layout
+    with applied_masks(loaded.model, masks, weights):  # the copy is the pruned model; the cached one is restored
+        model = copy.deepcopy(loaded.model).to(device=device, dtype=dtype).eval()
     vocab = int(model.config.vocab_size)
     ids = torch.randint(0, vocab, (config.batch, config.tokens), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
