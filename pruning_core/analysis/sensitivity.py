@@ -26,6 +26,7 @@ rows of an unfinished exact map as they finish), so a second call is instant and
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -189,7 +190,10 @@ class _ProbeCache:
         self.batches = batches_of(probe_ids, batch_size)
         self.dtype = dtype
         self.norm = final_norm(loaded)
-        self.head = loaded.model.get_output_embeddings()
+        head = loaded.model.get_output_embeddings()
+        # Under bf16 every probe's head would cast the (vocab x hidden) weight again (28M values on the embedded
+        # model); one bf16 copy, made here, serves every probe (the head is never pruned).
+        self.head = copy.deepcopy(head).to(torch.bfloat16) if dtype == "bfloat16" else head
         self.layers = loaded.adapter.decoder_layers(loaded.model)
         self.tokens = probe_ids.shape[0] * (probe_ids.shape[1] - 1)  # predicted tokens
         with autocast_for(dtype):
