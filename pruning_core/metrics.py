@@ -81,6 +81,11 @@ def nll_from_hidden(hidden: torch.Tensor, input_ids: torch.Tensor, head: torch.n
     # anew, which made the head ~1.7x slower than its matmul and softmax (1.35 s against 0.80 s per 8 x 512
     # tokens on the embedded model, 2 cores). Same kernels, same numbers.
     count = states.shape[0]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (states, weight, bias)):
+        # A loss to differentiate (adapter training): out= buffers cannot carry autograd, so fresh logits per chunk.
+        parts = [F.cross_entropy(F.linear(states[i:i + rows], weight, bias).float(), targets[i:i + rows],
+                                 reduction="none") for i in range(0, count, rows)]
+        return torch.cat(parts).reshape(b, t - 1).sum(dim=1)
     logits = torch.empty((min(rows, count), weight.shape[0]), dtype=states.dtype, device=states.device)
     as_float = logits if logits.dtype == torch.float32 else torch.empty(logits.shape, dtype=torch.float32,
                                                                          device=states.device)

@@ -243,3 +243,22 @@ def test_paired_comparison_is_the_perplexity_ratio_with_its_uncertainty(tiny):
     assert found["ppl_ratio"] == pytest.approx(after / before, rel=1e-6)  # equal windows: exp(mean diff) = ratio
     assert found["standard_error"] > 0 and found["ppl_ratio_95"][0] < found["ppl_ratio"] < found["ppl_ratio_95"][1]
     assert found["z"] == pytest.approx(found["nll_difference"] / found["standard_error"])
+
+
+def test_head_loss_is_the_same_with_and_without_gradients():
+    """The head's buffered no-grad path and the differentiable path (adapter training) give the same NLL."""
+    from pruning_core.metrics import nll_from_hidden
+
+    g = torch.Generator().manual_seed(4)
+    head = torch.nn.Linear(16, 300, bias=True)
+    hidden = torch.randn(3, 40, 16, generator=g)
+    ids = torch.randint(0, 300, (3, 40), generator=g)
+    with torch.no_grad():
+        buffered = nll_from_hidden(hidden, ids, head)
+    trained = nll_from_hidden(hidden.requires_grad_(), ids, head)
+    trained.sum().backward()
+    assert head.weight.grad is not None and hidden.grad is not None
+    expected = torch.nn.functional.cross_entropy(head(hidden[:, :-1]).reshape(-1, 300), ids[:, 1:].reshape(-1),
+                                                 reduction="none").reshape(3, 39).sum(dim=1)
+    torch.testing.assert_close(buffered, expected)
+    torch.testing.assert_close(trained.detach(), expected)
