@@ -95,8 +95,9 @@ def dense_key(loaded: LoadedModel, protocol: Protocol, corpus: str,
     key = {"kind": "dense_ppl", "model": loaded.fingerprint, "corpus": corpus_key(corpus, "evaluation")["sha256"],
            "seqlen": protocol.seqlen, "eval_windows": protocol.eval_windows, "dtype": protocol.dtype,
            "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}}
-    if device_key(offload) is not None:
-        key["device"] = device_key(offload)
+    device = device_key(offload)
+    if device is not None:
+        key["device"] = device
     return key
 
 

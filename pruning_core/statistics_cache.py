@@ -35,8 +35,9 @@ def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str,
         "seqlen": protocol.seqlen,
         "seed": protocol.seed,
     }
-    if device_key(offload) is not None:
-        key["device"] = device_key(offload)
+    device = device_key(offload)
+    if device is not None:
+        key["device"] = device
     return key
 
 

@@ -83,7 +83,7 @@ def prune_sparsegpt_group(weights: Sequence[torch.Tensor], stats: InputStatistic
         W1T.mul_(~mask1T)
         WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1T, alpha=-1.0)
     keep = ~prunedT.t()
-    W = WT.t() * keep
+    W = WT.t()  # pruned entries are already zero: each block zeroed its own, and later blocks never touch them
     return [(keep[start:stop].contiguous(), W[start:stop].contiguous()) for start, stop in spans]
 
 
