@@ -49,6 +49,9 @@ def test_from_the_summary_to_a_recovered_model_and_its_report(browser, recovery_
         wait_for_app(page, "6 steps ×", timeout_ms=30_000)  # the estimate follows the edited form
         page.get_by_role("button", name="Recover", exact=True).click()
         wait_for_app(page, "gap won back", timeout_ms=240_000)  # a real background job, then the result
+        # The sparsity sentence comes after the table and the two charts: wait for the report button, rendered
+        # after it, before reading the page (reading right after the table was a race, seen once in a CI run).
+        wait_for_app(page, "Download the report (HTML)", timeout_ms=60_000)
         body = page.inner_text("body")
         assert "Traceback" not in body and "6 steps" in body
         assert "exactly 50.0 % before and after merging" in body
