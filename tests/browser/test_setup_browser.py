@@ -14,8 +14,20 @@ WIKI = "wiki · Wikipedia articles"
 
 
 def _pick(page, label: str, option: str) -> None:
-    page.get_by_label(label, exact=True).first.click()
-    page.get_by_role("option", name=option).first.click()
+    # A click that lands while Streamlit re-renders the widget can open a dropdown that the rerun closes at once
+    # (seen once in a CI run, right after the page loaded): open it again, up to three times, before choosing.
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    choice = page.get_by_role("option", name=option).first
+    for attempt in range(3):
+        page.get_by_label(label, exact=True).first.click()
+        try:
+            choice.wait_for(state="visible", timeout=5_000)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
+    choice.click()
     page.wait_for_timeout(400)
 
 
