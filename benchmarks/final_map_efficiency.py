@@ -10,7 +10,11 @@ projection's shape), so the result is a ratio, comparable across machines:
   "2 N T" count), and the same plus the causal attention products (2 x seq^2 x head_dim per head and window,
   per layer run);
 - a profiler breakdown of one full-depth probe: the share of time in matmuls (and their rate), in attention
-  (and its rate), and in everything else, which is what bounds the ratio.
+  (and its rate), and in everything else, which is what bounds the ratio;
+- fidelity: the timed rows against the same rows of the stored exact map (docs/runs/embedded-sensitivity.json,
+  computed with torch's SDPA attention kernel before the blocked CPU kernel of execution/cpu_attention.py),
+  when its protocol is this one: the largest and median absolute difference (nats/token) and the rank
+  agreement over those cells.
 
     python benchmarks/final_map_efficiency.py --save docs/runs    # about 3-4 minutes on 2 cores
 """
@@ -30,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.first_map import cpu_facts, matmul_rate  # noqa: E402
-from pruning_core.analysis.sensitivity import _ProbeCache, compute_sensitivity, probe_ids  # noqa: E402
+from pruning_core.analysis.sensitivity import _ProbeCache, compute_sensitivity, probe_ids, spearman  # noqa: E402
+from pruning_core.execution.cpu_attention import PROFILER_LABEL  # noqa: E402
 from pruning_core.models import load_model  # noqa: E402
 from pruning_core.protocol import Protocol  # noqa: E402
 
@@ -48,6 +53,29 @@ def probe_flops(loaded, tokens: int, windows: int, seqlen: int, start: int) -> t
     model = 2.0 * per_layer * tokens * depth + 2.0 * head * (tokens - windows)
     attention = depth * windows * heads * 2.0 * seqlen * seqlen * head_dim  # QK^T + AV, causal half of each
     return model, model + attention
+
+
+REFERENCE = ROOT / "docs" / "runs" / "embedded-sensitivity.json"
+
+
+def fidelity(loaded, rows_values: dict[int, list[float]], probe_windows: int, dtype: str) -> dict:
+    """The timed rows (7 module cells + the whole-layer value each) against the stored exact map's same rows."""
+    if not REFERENCE.exists():
+        return {"compared": False, "why": f"{REFERENCE.name} is missing"}
+    stored = json.loads(REFERENCE.read_text())["exact"]
+    if (stored["model"]["fingerprint"] != loaded.fingerprint or stored["protocol"]["probe_windows"] != probe_windows
+            or stored["protocol"]["probe_dtype"] != dtype):
+        return {"compared": False, "why": "the stored map's model or probe differs from this run's"}
+    ours, theirs = [], []
+    for layer, values in rows_values.items():
+        ours += values
+        theirs += [*stored["values"][layer], stored["layer_values"][layer]]
+    differences = sorted(abs(a - b) for a, b in zip(ours, theirs))
+    return {"compared": True, "reference": str(REFERENCE.relative_to(ROOT)), "cells": len(ours),
+            "max_abs_difference": round(differences[-1], 6),
+            "median_abs_difference": round(differences[len(differences) // 2], 6),
+            "value_range": [round(min(theirs), 6), round(max(theirs), 6)],
+            "spearman": round(spearman(ours, theirs), 4)}
 
 
 def main(argv=None) -> int:
@@ -74,8 +102,11 @@ def main(argv=None) -> int:
         if clock["rows_start"] is None and message.startswith("exact"):
             clock["rows_start"] = time.perf_counter()
 
-    def on_row(_sparsity, layer, _values, _layer_value) -> None:
+    rows_values: dict[int, list[float]] = {}
+
+    def on_row(_sparsity, layer, values, layer_value) -> None:
         finished.append((layer, time.perf_counter()))
+        rows_values[layer] = [*values, layer_value]
 
     compute_sensitivity(loaded, protocol, "wanda", [0.5], metrics=("exact",), probe_windows=args.probe_windows,
                         store=None, progress=progress, dtype=args.dtype, layers=rows, on_exact_row=on_row)
@@ -100,6 +131,8 @@ def main(argv=None) -> int:
     out["efficiency_vs_bf16_matmul"] = {"model_2NT": round(model_flops / seconds / 1e9 / rate, 3),
                                         "with_attention": round(attention_flops / seconds / 1e9 / rate, 3)}
 
+    out["fidelity_vs_stored_map"] = fidelity(loaded, rows_values, args.probe_windows, args.dtype)
+
     # Why: where one full-depth probe spends its time.
     ids = probe_ids(loaded, protocol, args.probe_windows)
     cache = _ProbeCache(loaded, ids, args.probe_windows, args.dtype, lambda _m: None)
@@ -112,10 +145,14 @@ def main(argv=None) -> int:
         probe_seconds = time.perf_counter() - t0
     totals: dict[str, float] = {}
     for event in prof.key_averages():
-        totals[event.key] = totals.get(event.key, 0.0) + event.self_cpu_time_total / 1e6
+        if event.key != PROFILER_LABEL:  # a label, whose children are counted as themselves
+            totals[event.key] = totals.get(event.key, 0.0) + event.self_cpu_time_total / 1e6
     profiled = sum(totals.values())
-    matmul = sum(v for k, v in totals.items() if k in ("aten::mm", "aten::addmm", "aten::bmm"))
+    # Attention: torch's SDPA kernel, or the blocked kernel's labelled calls (their batched products included,
+    # which is why bmm is not counted with the model's matmuls).
+    matmul = sum(v for k, v in totals.items() if k in ("aten::mm", "aten::addmm"))
     attention = sum(v for k, v in totals.items() if "scaled_dot_product" in k or "flash_attention" in k)
+    attention += sum(e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key == PROFILER_LABEL)
     flops, with_attention = probe_flops(loaded, tokens, args.probe_windows, protocol.seqlen, 0)
     layers = len(loaded.adapter.decoder_layers(loaded.model))
     attention_only = with_attention - flops

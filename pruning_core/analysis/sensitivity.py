@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from pruning_core.analysis.second_order import gradient_moments, prunable_weight_gradients, pruning_delta
 from pruning_core.errors import ConfigError
+from pruning_core.execution.cpu_attention import blocked_attention
 from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
 from pruning_core.masks import UNSTRUCTURED, applied_masks, check_sparsity
 from pruning_core.methods import MethodOptions, get_method
@@ -196,20 +197,23 @@ class _ProbeCache:
         self.head = copy.deepcopy(head).to(torch.bfloat16) if dtype == "bfloat16" else head
         self.layers = loaded.adapter.decoder_layers(loaded.model)
         self.tokens = probe_ids.shape[0] * (probe_ids.shape[1] - 1)  # predicted tokens
+        # The dense pass and every probe run the same attention kernel (the blocked one on CPU in bf16, see
+        # execution/cpu_attention.py), so a map value (probe loss - dense loss) holds no kernel difference.
         with autocast_for(dtype):
             current = capture_layer_inputs(loaded, probe_ids, batch_size)
             self.hidden: list[list[torch.Tensor]] = [current.hidden]
             self.kwargs = current.kwargs
-            for index, layer in enumerate(self.layers):
-                tick(f"dense probe: layer {index + 1}/{len(self.layers)}")
-                current = LayerInputs(run_layer(layer, current), self.kwargs)
-                self.hidden.append(current.hidden)
+            with blocked_attention(loaded.model):
+                for index, layer in enumerate(self.layers):
+                    tick(f"dense probe: layer {index + 1}/{len(self.layers)}")
+                    current = LayerInputs(run_layer(layer, current), self.kwargs)
+                    self.hidden.append(current.hidden)
         self.baseline = self.loss_from(len(self.layers), tick)
 
     def loss_from(self, start: int, tick: Callable[[str], None]) -> float:
         """Mean token NLL (nats) of the model as it is now, running layers start..end from cached inputs."""
         current = LayerInputs(self.hidden[start], self.kwargs)
-        with torch.inference_mode(), autocast_for(self.dtype):
+        with torch.inference_mode(), autocast_for(self.dtype), blocked_attention(self.loaded.model):
             for index in range(start, len(self.layers)):
                 current = LayerInputs(run_layer(self.layers[index], current), self.kwargs)
                 tick("")
