@@ -80,8 +80,9 @@ UNITS = {
 AGREEMENT_SAMPLE_LAYERS = 3
 #: Below this Spearman rank agreement with the exact metric, a proxy's ranking is not to be read as advice.
 TRUSTED_AGREEMENT = 0.7
-# Bump when a metric's computation changes, so stored maps are not reused.
-_ALGORITHM_VERSION = "1"
+# Bump when a metric's computation changes, so stored maps are not reused (and a resumed map never mixes rows
+# of two computations). 2: bf16 probes on CPU run the blocked attention kernel (execution/cpu_attention.py).
+_ALGORITHM_VERSION = "2"
 
 
 # --------------------------------------------------------------------------------------------- helpers
