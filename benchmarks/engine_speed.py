@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from pruning_core.execution.allocator import allocator_settings, reexec_with_allocator_settings
 from pruning_core.analysis.estimates import (
     estimate_sensitivity,
     estimate_sweep,
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--save", default=None, help="folder for embedded-sensitivity.json (maps + correlations)")
     args = parser.parse_args(argv)
 
-    out: dict = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+    out: dict = {"allocator": allocator_settings(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                  "load_average_at_start": os.getloadavg()[0]}
     home = Path(tempfile.mkdtemp(prefix="prunescope-bench-"))
     store = Store(home / "bench.sqlite")
@@ -278,4 +279,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_allocator_settings()  # as the CLI and job workers run (execution/allocator.py)
     sys.exit(main())

@@ -14,7 +14,9 @@ projection's shape), so the result is a ratio, comparable across machines:
 - fidelity: the timed rows against the same rows of the stored exact map (docs/runs/embedded-sensitivity.json,
   computed with torch's SDPA attention kernel before the blocked CPU kernel of execution/cpu_attention.py),
   when its protocol is this one: the largest and median absolute difference (nats/token) and the rank
-  agreement over those cells.
+  agreement over those cells;
+- the minor page faults of one warm full-depth probe. The script re-executes itself under the engine's glibc
+  malloc settings (execution/allocator.py), as the command line and the dashboard's job workers run.
 
     python benchmarks/final_map_efficiency.py --save docs/runs    # about 3-4 minutes on 2 cores
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.first_map import cpu_facts, matmul_rate  # noqa: E402
+from pruning_core.execution.allocator import allocator_settings, reexec_with_allocator_settings  # noqa: E402
 from pruning_core.analysis.sensitivity import _ProbeCache, compute_sensitivity, probe_ids, spearman  # noqa: E402
 from pruning_core.execution.cpu_attention import PROFILER_LABEL  # noqa: E402
 from pruning_core.models import load_model  # noqa: E402
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(min(2, os.cpu_count() or 2))
     rows = [int(r) for r in args.rows.split(",")]
 
-    out: dict = {"machine": cpu_facts(), "rows": rows, "probe_windows": args.probe_windows, "dtype": args.dtype}
+    out: dict = {"machine": cpu_facts(), "allocator": allocator_settings(), "rows": rows, "probe_windows": args.probe_windows, "dtype": args.dtype}
     rate_before = matmul_rate(torch.bfloat16)
     loaded = load_model("embedded")
     protocol = Protocol(calib="wiki", nsamples=32, seqlen=512, seed=0, eval_windows=8, dtype=args.dtype)
@@ -137,6 +141,11 @@ def main(argv=None) -> int:
     ids = probe_ids(loaded, protocol, args.probe_windows)
     cache = _ProbeCache(loaded, ids, args.probe_windows, args.dtype, lambda _m: None)
     cache.loss_from(0, lambda _m: None)  # warm
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t0 = time.perf_counter()
+    cache.loss_from(0, lambda _m: None)
+    plain_seconds = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -157,7 +166,9 @@ def main(argv=None) -> int:
     layers = len(loaded.adapter.decoder_layers(loaded.model))
     attention_only = with_attention - flops
     out["full_depth_probe"] = {
-        "seconds": round(probe_seconds, 3),
+        "seconds": round(plain_seconds, 3),
+        "seconds_profiled": round(probe_seconds, 3),
+        "page_faults (minor, one warm probe)": faults,
         "share": {"matmul": round(matmul / profiled, 3), "attention": round(attention / profiled, 3),
                   "other": round(1 - (matmul + attention) / profiled, 3)},
         "matmul_gflops": round(flops / matmul / 1e9, 1) if matmul else None,
@@ -174,4 +185,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_allocator_settings()  # as the CLI and job workers run (execution/allocator.py)
     sys.exit(main())

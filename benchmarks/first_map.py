@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from pruning_core.execution.allocator import allocator_settings, reexec_with_allocator_settings  # noqa: E402
 from pruning_core.analysis.refinement import refine_sensitivity  # noqa: E402
 from pruning_core.analysis.sensitivity import spearman  # noqa: E402
 from pruning_core.execution.store import Store  # noqa: E402
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--save", default=None, help="folder for first-map.json")
     args = parser.parse_args(argv)
 
-    out: dict = {"machine": cpu_facts(), "matmul_gflops": {"bfloat16": matmul_rate(torch.bfloat16),
+    out: dict = {"machine": cpu_facts(), "allocator": allocator_settings(), "matmul_gflops": {"bfloat16": matmul_rate(torch.bfloat16),
                                                            "float32": matmul_rate(torch.float32)}}
     start = time.perf_counter()
     loaded = load_model("embedded")
@@ -135,4 +136,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_allocator_settings()  # as the CLI and job workers run (execution/allocator.py)
     sys.exit(main())

@@ -14,6 +14,7 @@ import sys
 from typing import Optional
 
 from pruning_core.errors import PruneScopeError
+from pruning_core.execution.allocator import reexec_with_allocator_settings
 
 EXIT_BAD_INPUT = 2
 
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the `prunescope` console script; returns the exit status."""
+    if argv is None:  # the console script, not a call from Python: restart under the engine's malloc settings
+        reexec_with_allocator_settings()
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()

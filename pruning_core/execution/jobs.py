@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pruning_core.errors import ConfigError, JobCancelled, PruneScopeError
+from pruning_core.execution.allocator import with_allocator_settings
 from pruning_core.progress import ProgressFn
 from pruning_core.execution.store import Store, content_hash
 
@@ -360,6 +361,16 @@ def job_log_path(store: Store, job_id: str) -> Path:
 # ------------------------------------------------------------------------------------------------- runner
 
 
+def worker_environment(store_path: Path | str) -> dict[str, str]:
+    """The environment of a job's worker process: this one's, the store, this package, the allocator settings."""
+    env = with_allocator_settings(os.environ)  # glibc reads them at the worker's start (execution/allocator.py)
+    env["PRUNESCOPE_STORE"] = str(store_path)
+    # The worker must import this very package even when it is not installed (a source checkout).
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 class JobRunner:
     """Submit, watch, cancel and list jobs; each submitted job runs in its own worker process.
 
@@ -418,11 +429,7 @@ class JobRunner:
     def _spawn(self, job_id: str) -> None:
         log_path = job_log_path(self.store, job_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env["PRUNESCOPE_STORE"] = str(self.store.path)
-        # The worker must import this very package even when it is not installed (a source checkout).
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env = worker_environment(self.store.path)
         try:
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(

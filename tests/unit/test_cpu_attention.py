@@ -34,12 +34,14 @@ def _eager(q, k, v, scaling):
 
 
 @pytest.mark.parametrize("block", [16, 32, 64, 128])
-def test_blocked_kernel_equals_transformers_eager_attention_in_bf16(block):
-    # 100 positions: a ragged last block, and at 128 a single block; 6 query heads over 2 key/value heads.
-    q, k, v = _inputs()
-    ours = blocked_causal_attention(q, k, v, 0.25, block=block)
+@pytest.mark.parametrize("scaling", [0.25, 0.3])  # a power of two (applied to the queries) and not
+def test_blocked_kernel_equals_transformers_eager_attention_in_bf16(block, scaling):
+    # 100 positions: a ragged last block, and at 128 a single block; 6 query heads over 2 key/value heads,
+    # laid out as the model makes them (heads transposed out of (batch, seq, heads, dim)).
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in _inputs())
+    ours = blocked_causal_attention(q, k, v, scaling, block=block)
     assert ours.shape == (2, 100, 6, 16) and ours.is_contiguous()
-    torch.testing.assert_close(ours, _eager(q, k, v, 0.25), rtol=0, atol=0)
+    torch.testing.assert_close(ours, _eager(q, k, v, scaling), rtol=0, atol=0)
 
 
 def test_blocked_kernel_is_as_close_to_fp32_attention_as_eager_bf16_is():
