@@ -6,7 +6,8 @@ operating system when freed (munmap, heap trimming) and were faulted in again by
 490,000 page faults per probe, which made it about 15 % slower (4.5 s against 3.9 s on the 2-core EPYC, with
 the same kernels and bit-identical results; `benchmarks/final_map_efficiency.py` records the faults per probe).
 With the mmap threshold fixed at 32 MB (glibc's ceiling for its own dynamic threshold) and the heap trimmed only
-above 8 GB, a warm probe has no page faults; the peak memory stays what it was, the freed memory is kept.
+above 8 GB, a warm probe has (almost) no page faults. The cost: freed memory stays with the process for reuse,
+so its resident size stays near its peak instead of falling back between probes.
 
 glibc reads these settings when a process starts, so they go into the environment of the processes the engine
 starts (job workers, `worker_environment`) and the command line re-executes itself once with them

@@ -29,8 +29,8 @@ from torch import nn
 
 #: Name of the attention implementation in transformers' `AttentionInterface`.
 NAME = "prunescope_cpu_blocked"
-#: Query positions per block: 64 measured fastest on the 2-core EPYC for 512-token windows (15.5 ms for
-#: 8 windows x 9 heads, against 22 ms at 128 and 36 ms for SDPA).
+#: Query positions per block. For 8 windows x 512 tokens x 9 heads (3 key/value heads) on the 2-core EPYC,
+#: 32-64 were fastest (15-20 ms, the machine's noise), 128 took 22-27 ms and torch's SDPA 36-40 ms.
 BLOCK = 64
 #: Name of the blocked kernel's calls in a torch profile (benchmarks/final_map_efficiency.py reads it).
 PROFILER_LABEL = "prunescope::blocked_attention"
@@ -76,9 +76,9 @@ def blocked_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     return out.view(batch, seqlen, heads, dim)
 
 
-def _handles(module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: Optional[torch.Tensor],
-             dropout: float, kwargs: dict) -> bool:
-    return (query.device.type == "cpu" and query.dtype == key.dtype == torch.bfloat16
+def _handles(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             attention_mask: Optional[torch.Tensor], dropout: float, kwargs: dict) -> bool:
+    return (query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.bfloat16
             and attention_mask is None and not dropout and getattr(module, "is_causal", True)
             and kwargs.get("is_causal", True) is not False
             and query.shape[2] == key.shape[2] > 1 and query.shape[1] % key.shape[1] == 0
@@ -95,7 +95,7 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
         # Under bf16 autocast, rotary embeddings in fp32 promote query and key to fp32 and SDPA casts all three
         # back to bf16 (an autocast op): do the same cast here.
         query, key, value = (t.to(torch.bfloat16) for t in (query, key, value))
-    if not _handles(module, query, key, attention_mask, dropout, kwargs):
+    if not _handles(module, query, key, value, attention_mask, dropout, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
