@@ -81,8 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--save", default=None, help="folder for embedded-sensitivity.json (maps + correlations)")
     args = parser.parse_args(argv)
 
-    out: dict = {"allocator": allocator_settings(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                 "load_average_at_start": os.getloadavg()[0]}
+    out: dict = {"allocator": allocator_settings(), "torch_threads": torch.get_num_threads(),
+                 "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
     home = Path(tempfile.mkdtemp(prefix="prunescope-bench-"))
     store = Store(home / "bench.sqlite")
     t0 = time.perf_counter()

@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(min(2, os.cpu_count() or 2))
     rows = [int(r) for r in args.rows.split(",")]
 
-    out: dict = {"machine": cpu_facts(), "allocator": allocator_settings(), "rows": rows, "probe_windows": args.probe_windows, "dtype": args.dtype}
+    out: dict = {"machine": cpu_facts(), "allocator": allocator_settings(), "rows": rows,
+                 "probe_windows": args.probe_windows, "dtype": args.dtype}
     rate_before = matmul_rate(torch.bfloat16)
     loaded = load_model("embedded")
     protocol = Protocol(calib="wiki", nsamples=32, seqlen=512, seed=0, eval_windows=8, dtype=args.dtype)

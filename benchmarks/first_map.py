@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--save", default=None, help="folder for first-map.json")
     args = parser.parse_args(argv)
 
-    out: dict = {"machine": cpu_facts(), "allocator": allocator_settings(), "matmul_gflops": {"bfloat16": matmul_rate(torch.bfloat16),
-                                                           "float32": matmul_rate(torch.float32)}}
+    out: dict = {"machine": cpu_facts(), "allocator": allocator_settings(),
+                 "matmul_gflops": {"bfloat16": matmul_rate(torch.bfloat16), "float32": matmul_rate(torch.float32)}}
     start = time.perf_counter()
     loaded = load_model("embedded")
     out["load_seconds"] = time.perf_counter() - start

@@ -1,5 +1,6 @@
 """The engine's glibc malloc settings reach the processes it starts; a user's own values are kept."""
 
+import os
 import subprocess
 import sys
 
@@ -33,8 +34,8 @@ _PRINT_AFTER_REEXEC = (
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's settings: the re-execution happens on Linux only")
-def test_a_command_restarts_once_with_the_settings_and_its_arguments(monkeypatch):
-    env = {k: v for k, v in __import__("os").environ.items() if k not in SETTINGS}
+def test_a_command_restarts_once_with_the_settings_and_its_arguments():
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     out = subprocess.run([sys.executable, "-c", _PRINT_AFTER_REEXEC, "a", "--b"], env=env, capture_output=True,
                          text=True, timeout=60, check=True).stdout.splitlines()
     # Started twice (the second time under the settings), finished once, with the same arguments.
