@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.first_map import cpu_facts, matmul_rate  # noqa: E402
+from benchmarks.first_map import REFERENCE, cpu_facts, matmul_rate, stored_exact_map  # noqa: E402
 from pruning_core.execution.allocator import allocator_settings, reexec_with_allocator_settings  # noqa: E402
 from pruning_core.analysis.sensitivity import _ProbeCache, compute_sensitivity, probe_ids, spearman  # noqa: E402
 from pruning_core.execution.cpu_attention import PROFILER_LABEL  # noqa: E402
@@ -59,17 +59,13 @@ def probe_flops(loaded, tokens: int, windows: int, seqlen: int, start: int) -> t
     return model, model + attention
 
 
-REFERENCE = ROOT / "docs" / "runs" / "embedded-sensitivity.json"
-
-
-def fidelity(loaded, rows_values: dict[int, list[float]], probe_windows: int, dtype: str) -> dict:
+def fidelity(loaded, rows_values: dict[int, list[float]], probe_windows: int, nsamples: int, dtype: str) -> dict:
     """The timed rows (7 module cells + the whole-layer value each) against the stored exact map's same rows."""
     if not REFERENCE.exists():
         return {"compared": False, "why": f"{REFERENCE.name} is missing"}
-    stored = json.loads(REFERENCE.read_text())["exact"]
-    if (stored["model"]["fingerprint"] != loaded.fingerprint or stored["protocol"]["probe_windows"] != probe_windows
-            or stored["protocol"]["probe_dtype"] != dtype):
-        return {"compared": False, "why": "the stored map's model or probe differs from this run's"}
+    stored = stored_exact_map(loaded, probe_windows, nsamples, dtype)
+    if stored is None:
+        return {"compared": False, "why": "the stored map's model or protocol differs from this run's"}
     ours, theirs = [], []
     for layer, values in rows_values.items():
         ours += values
@@ -136,7 +132,7 @@ def main(argv=None) -> int:
     out["efficiency_vs_bf16_matmul"] = {"model_2NT": round(model_flops / seconds / 1e9 / rate, 3),
                                         "with_attention": round(attention_flops / seconds / 1e9 / rate, 3)}
 
-    out["fidelity_vs_stored_map"] = fidelity(loaded, rows_values, args.probe_windows, args.dtype)
+    out["fidelity_vs_stored_map"] = fidelity(loaded, rows_values, args.probe_windows, protocol.nsamples, args.dtype)
 
     # Why: where one full-depth probe spends its time.
     ids = probe_ids(loaded, protocol, args.probe_windows)

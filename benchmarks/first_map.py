@@ -64,6 +64,18 @@ def flat(document: dict) -> list[float]:
     return [v for row in document["values"] for v in row]
 
 
+def stored_exact_map(loaded, probe_windows: int, nsamples: int, dtype: str) -> dict | None:
+    """The exact map stored in REFERENCE when it was computed on this model with this protocol, else None."""
+    if not REFERENCE.exists():
+        return None
+    stored = json.loads(REFERENCE.read_text())["exact"]
+    same = (stored["model"]["fingerprint"] == loaded.fingerprint
+            and stored["protocol"]["probe_windows"] == probe_windows
+            and stored["protocol"]["nsamples"] == nsamples
+            and stored["protocol"]["probe_dtype"] == dtype)
+    return stored if same else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probe-windows", type=int, default=8)
@@ -118,13 +130,8 @@ def main(argv=None) -> int:
         exact = next(v for _, v in views if v["metric"] == "exact")
         out["exact_map_seconds"] = next(t for t, v in views if v["metric"] == "exact") - seconds
     elif REFERENCE.exists():
-        reference = json.loads(REFERENCE.read_text())["exact"]
-        same = (reference["model"]["fingerprint"] == loaded.fingerprint
-                and reference["protocol"]["probe_windows"] == args.probe_windows
-                and reference["protocol"]["nsamples"] == args.nsamples
-                and reference["protocol"]["probe_dtype"] == args.dtype)
-        exact = reference if same else None
-        out["exact_source"] = str(REFERENCE.relative_to(ROOT)) if same else "reference protocol differs"
+        exact = stored_exact_map(loaded, args.probe_windows, args.nsamples, args.dtype)
+        out["exact_source"] = str(REFERENCE.relative_to(ROOT)) if exact else "reference protocol differs"
     if exact is not None:
         out["agreement_with_exact"] = {"cells": spearman(flat(first), flat(exact)),
                                        "whole_layers": spearman(first["layer_values"], exact["layer_values"])}

@@ -106,8 +106,7 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
 def _register() -> None:
     from transformers import AttentionInterface
 
-    if NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(NAME, attention_forward)
+    AttentionInterface.register(NAME, attention_forward)  # idempotent: the same function under the same name
 
 
 def _configs(model: nn.Module) -> list:
