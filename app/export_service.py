@@ -1,6 +1,6 @@
 """Export service: the Export page's job spec and how a finished export job is shown.
 
-The export runs as a job (`pruning_core.outputs.pipeline.run_export_job`, in a worker process like sweeps and maps),
+The export runs as a job (`pruning_core.export.pipeline.run_export_job`, in a worker process like sweeps and maps),
 so it survives a reload and can be cancelled. Exports go to ``$PRUNESCOPE_HOME/exports/<hash of the setting>/``,
 so a page reload finds the files again.
 
@@ -19,10 +19,10 @@ from pathlib import Path
 from app import services
 from pruning_core.analysis.whatif import WhatIfSpec
 from pruning_core.errors import ConfigError, PruneScopeError
-from pruning_core.execution.store import content_hash, home_dir
+from pruning_core.store import content_hash, home_dir
 from pruning_core.methods import METHODS as METHOD_REGISTRY
 from pruning_core.outputs.lm_eval_bridge import LOCAL_TASKS
-from pruning_core.outputs.pipeline import DEFAULT_PROMPTS, ExportOptions
+from pruning_core.export.pipeline import DEFAULT_PROMPTS, ExportOptions
 from pruning_core.outputs.report import summary_sentences
 from pruning_core.prune import PROPAGATION_NOTES
 

@@ -5,7 +5,7 @@ through one place:
   * models are loaded once per (source, identity) with `st.cache_resource` and never mutated (pruning for
     display goes through jobs; generation applies masks in a restoring context manager);
   * corpus previews and token counts are `st.cache_data`;
-  * long work (sweeps, sensitivity maps, what-ifs) is a job of `pruning_core.execution.jobs.JobRunner`, run in a worker
+  * long work (sweeps, sensitivity maps, what-ifs) is a job of `pruning_core.jobs.runner.JobRunner`, run in a worker
     process that survives page reloads. With ``PRUNESCOPE_INLINE_JOBS=1`` (AppTest only) jobs run inline in
     the script run, so tests are deterministic; the real app always uses workers.
 Each job spec records the model's identity (for a folder or a .gguf file: path, size and modification time),
@@ -34,13 +34,13 @@ from pruning_core.analysis.sensitivity import REFINE as SENSITIVITY_AUTO
 from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT
 from pruning_core.continual.strategies import STRATEGIES as _CONTINUAL_STRATEGIES
 from pruning_core.errors import ConfigError, CorpusError, PruneScopeError
-from pruning_core.execution.jobs import ACTIVE_STATES, JobRunner, job_key
+from pruning_core.jobs.runner import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.methods import METHODS as _METHOD_REGISTRY
 from pruning_core.methods import STRUCTURES as _STRUCTURES
 from pruning_core.models import classify_source, load_model
 from pruning_core.precision import EVAL_DTYPES as _EVAL_DTYPES
 from pruning_core.protocol import PAPER_PROTOCOL, QUICK_PROTOCOL, Protocol
-from pruning_core.execution.store import Store, content_hash, home_dir
+from pruning_core.store import Store, content_hash, home_dir
 from pruning_core.outputs.files import write_json
 
 try:  # written by another part of the project; pages degrade with a message while it is missing
@@ -987,7 +987,7 @@ def sensitivity_for_allocation(model: str) -> Optional[dict]:
 @st.cache_data(show_spinner=False, max_entries=64)
 def _allocation_plan(model: str, identity_key: str, protocol_json: str, allocator: str, target: float,
                      sensitivity_id: Optional[str], home: str) -> dict:  # noqa: ARG001 - identity/home: cache key
-    from pruning_core.allocation.plan import module_sizes
+    from pruning_core.plan import module_sizes
     from pruning_core.statistics_cache import cached_statistics
 
     loaded = get_model(model)
@@ -1028,7 +1028,7 @@ def plan_facts(settings: dict, plan: dict) -> dict:
     """{"global_sparsity", "layer_sparsity"}: a plan's (an edited one's) global sparsity and each layer's,
     counted over parameters on the Setup model (`SparsityPlan.global_sparsity(module_sizes(loaded))`).
     Raises ConfigError when the plan does not fit the model or holds a value outside [0, 0.99]."""
-    from pruning_core.allocation.plan import SparsityPlan, module_sizes, plan_for
+    from pruning_core.plan import SparsityPlan, module_sizes, plan_for
 
     loaded = get_model(settings["model"])
     checked = plan_for(loaded, SparsityPlan.from_dict(plan))
@@ -1194,7 +1194,7 @@ def unstructured_for(result: dict) -> Optional[dict]:
 def structured_tradeoff_figure(result: dict, corpus: str, axis: str, dtype: str = "float32") -> dict:
     """The Structured page's trade-off chart spec (`outputs.structured_figures.tradeoff_figure`), with the
     matching sweep's unstructured points; {"figure", "unstructured_points": how many were drawn}."""
-    from pruning_core.outputs.structured_figures import tradeoff_figure
+    from pruning_core.structured.figures import tradeoff_figure
 
     sweep = unstructured_for(result)
     figure = tradeoff_figure(result, sweep, corpus, axis, dtype)
@@ -1204,7 +1204,7 @@ def structured_tradeoff_figure(result: dict, corpus: str, axis: str, dtype: str 
 
 def structured_widths_figure(result: dict, index: int) -> dict:
     """The per-layer widths chart spec of the result's `index`-th point."""
-    from pruning_core.outputs.structured_figures import widths_figure
+    from pruning_core.structured.figures import widths_figure
 
     return widths_figure(result["points"][index], result["dense_widths"])
 
@@ -1229,7 +1229,7 @@ def structured_report_html(result: dict, index: int) -> str:
     """The report (HTML, self-contained) of the result's `index`-th point, from the job's measurements
     (`outputs.structured_export.structured_report_data`), as the CLI's --report and the export write it."""
     from pruning_core.outputs.report import render_html
-    from pruning_core.outputs.structured_export import structured_report_data
+    from pruning_core.structured.export import structured_report_data
 
     data = structured_report_data(result, result["points"][index])
     data.setdefault("generated", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -1424,7 +1424,7 @@ def latest_recovery_result(model: str, source: Optional[dict] = None) -> Optiona
 
 def recovery_figures(result: dict) -> dict:
     """{"loss", "perplexity"}: the Recovery page's chart specs (`outputs.recovery_figures`)."""
-    from pruning_core.outputs import recovery_figures as figures
+    from pruning_core.recovery import figures
 
     return {"loss": figures.loss_figure(result), "perplexity": figures.perplexity_figure(result)}
 
@@ -1432,7 +1432,7 @@ def recovery_figures(result: dict) -> dict:
 def recovery_rows(result: dict) -> list[dict]:
     """The before/after table per corpus: dense, pruned, recovered (merged model) perplexity, the recovered
     model's change against dense and the share of the pruning gap won back."""
-    from pruning_core.outputs.recovery_figures import before_after
+    from pruning_core.recovery.figures import before_after
 
     def fmt(value: Optional[float]) -> str:
         return MISSING if value is None else f"{value:,.2f}"
@@ -1451,7 +1451,7 @@ def recovery_words(result: dict) -> dict:
     """{"sparsity", "adapter", "ranks", "steps" (optimizer steps run, every step-wise stage counted), "exact"
     (bool: the merged sparsity equals the pruned one and every pruned weight is still zero)}: the facts of a
     recovery in the report's words."""
-    from pruning_core.outputs import recovery_figures as figures
+    from pruning_core.recovery import figures
 
     sparsity = result.get("sparsity") or {}
     return {"sparsity": figures.sparsity_sentence(result), "adapter": figures.adapter_sentence(result),
@@ -1482,7 +1482,7 @@ def recovery_estimate(spec: dict) -> dict:
 def recovery_report_html(result: dict) -> str:
     """The report (HTML, self-contained) of a recovery result, with its Recovery section
     (`outputs.recovery_export.recovery_report_data`), as the export writes it."""
-    from pruning_core.outputs.recovery_export import recovery_report_data
+    from pruning_core.recovery.export import recovery_report_data
     from pruning_core.outputs.report import render_html
 
     data = recovery_report_data(result)
@@ -1561,7 +1561,7 @@ def latest_continual_result(model: str) -> Optional[dict]:
 def continual_figures(result: dict) -> dict:
     """{"R": {strategy: heatmap spec}, "transfer": BWT/average bars, "overlap": mask overlap lines}
     (`outputs.continual_figures`), domains named as the Setup page names them."""
-    from pruning_core.outputs import continual_figures as figures
+    from pruning_core.continual import figures
 
     labels = corpus_labels(list(result["domains"]))
     return {"R": {name: figures.r_matrix_figure(result, name, labels) for name in result["strategies"]},
@@ -1571,7 +1571,7 @@ def continual_figures(result: dict) -> dict:
 def continual_rows(result: dict) -> list[dict]:
     """The strategies table, least forgetting first: BWT, average perplexity after the last step, FWT and the
     rule of each strategy in words (`outputs.continual_figures.strategy_rows`)."""
-    from pruning_core.outputs.continual_figures import strategy_rows
+    from pruning_core.continual.figures import strategy_rows
 
     def fmt(value: Optional[float], signed: bool = False) -> str:
         return MISSING if value is None else (f"{value:+,.2f}" if signed else f"{value:,.2f}")
@@ -1583,7 +1583,7 @@ def continual_rows(result: dict) -> list[dict]:
 
 def continual_answer(result: dict) -> str:
     """The page's one-sentence answer, "X forgets least: BWT ... (positive = forgetting) ...", from the result."""
-    from pruning_core.outputs.continual_figures import answer_sentence
+    from pruning_core.continual.figures import answer_sentence
 
     return answer_sentence(result)
 
@@ -1591,7 +1591,7 @@ def continual_answer(result: dict) -> str:
 def continual_report_html(result: dict) -> str:
     """The report (HTML, self-contained) of a continual result, with its "Continual pruning" section
     (`outputs.continual_export.continual_report_data`), as the export and `prunescope continual --report` write it."""
-    from pruning_core.outputs.continual_export import continual_report_data
+    from pruning_core.continual.export import continual_report_data
     from pruning_core.outputs.report import render_html
 
     data = continual_report_data(result)

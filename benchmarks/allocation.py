@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.first_map import cpu_facts  # noqa: E402
 from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan  # noqa: E402
 from pruning_core.allocation.budget import BudgetSpec, search_budget  # noqa: E402
-from pruning_core.allocation.plan import module_sizes  # noqa: E402
+from pruning_core.plan import module_sizes  # noqa: E402
 from pruning_core.analysis.sensitivity import compute_sensitivity  # noqa: E402
 from pruning_core.evaluate import evaluate_setting  # noqa: E402
-from pruning_core.execution.store import Store  # noqa: E402
+from pruning_core.store import Store  # noqa: E402
 from pruning_core.models.loading import load_model  # noqa: E402
 from pruning_core.protocol import Protocol, calibration_ids  # noqa: E402
 from pruning_core.prune import PruneConfig, prune_model  # noqa: E402
@@ -161,7 +161,7 @@ def main() -> None:
         # Why one plan beats another: the sensitivity allocator minimises the cost the maps predict (a sum of
         # per-module costs, each module pruned alone); comparing that prediction with the measured perplexity of
         # every plan shows where the additive model is wrong.
-        from pruning_core.allocation.plan import SparsityPlan
+        from pruning_core.plan import SparsityPlan
         from pruning_core.allocation.sensitivity_guided import predicted_cost
 
         explain = report.setdefault("explain", {})

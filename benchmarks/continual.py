@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pruning_core.continual.run import ContinualSpec, run_continual  # noqa: E402
-from pruning_core.execution.store import Store  # noqa: E402
+from pruning_core.store import Store  # noqa: E402
 from pruning_core.models.loading import load_model  # noqa: E402
 from pruning_core.protocol import Protocol  # noqa: E402
 from pruning_core.structured.speed import machine_facts  # noqa: E402

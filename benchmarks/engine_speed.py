@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from pruning_core.execution.allocator import allocator_settings, reexec_with_allocator_settings
+from pruning_core.devices.allocator import allocator_settings, reexec_with_allocator_settings
 from pruning_core.analysis.estimates import (
     estimate_sensitivity,
     estimate_sweep,
@@ -47,7 +47,7 @@ from pruning_core.models import load_model
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.statistics_cache import cached_statistics
 from pruning_core.analysis.sensitivity import _MaskCache, _ProbeCache, compute_sensitivity, probe_ids, spearman
-from pruning_core.execution.store import Store
+from pruning_core.store import Store
 from pruning_core.analysis.sweep import SweepSpec, run_sweep
 
 
@@ -279,5 +279,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_allocator_settings()  # as the CLI and job workers run (execution/allocator.py)
+    reexec_with_allocator_settings()  # as the CLI and job workers run (devices/allocator.py)
     sys.exit(main())

@@ -12,11 +12,11 @@ projection's shape), so the result is a ratio, comparable across machines:
 - a profiler breakdown of one full-depth probe: the share of time in matmuls (and their rate), in attention
   (and its rate), and in everything else, which is what bounds the ratio;
 - fidelity: the timed rows against the same rows of the stored exact map (docs/runs/embedded-sensitivity.json,
-  computed with torch's SDPA attention kernel before the blocked CPU kernel of execution/cpu_attention.py),
+  computed with torch's SDPA attention kernel before the blocked CPU kernel of devices/cpu_attention.py),
   when its protocol is this one: the largest and median absolute difference (nats/token) and the rank
   agreement over those cells;
 - the minor page faults of one warm full-depth probe. The script re-executes itself under the engine's glibc
-  malloc settings (execution/allocator.py), as the command line and the dashboard's job workers run.
+  malloc settings (devices/allocator.py), as the command line and the dashboard's job workers run.
 
     python benchmarks/final_map_efficiency.py --save docs/runs    # about 3-4 minutes on 2 cores
 """
@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.first_map import REFERENCE, cpu_facts, matmul_rate, stored_exact_map  # noqa: E402
-from pruning_core.execution.allocator import allocator_settings, reexec_with_allocator_settings  # noqa: E402
+from pruning_core.devices.allocator import allocator_settings, reexec_with_allocator_settings  # noqa: E402
 from pruning_core.analysis.sensitivity import _ProbeCache, compute_sensitivity, probe_ids, spearman  # noqa: E402
-from pruning_core.execution.cpu_attention import PROFILER_LABEL  # noqa: E402
+from pruning_core.devices.cpu_attention import PROFILER_LABEL  # noqa: E402
 from pruning_core.models import load_model  # noqa: E402
 from pruning_core.protocol import Protocol  # noqa: E402
 
@@ -182,5 +182,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_allocator_settings()  # as the CLI and job workers run (execution/allocator.py)
+    reexec_with_allocator_settings()  # as the CLI and job workers run (devices/allocator.py)
     sys.exit(main())

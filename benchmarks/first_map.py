@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pruning_core.execution.allocator import allocator_settings, reexec_with_allocator_settings  # noqa: E402
+from pruning_core.devices.allocator import allocator_settings, reexec_with_allocator_settings  # noqa: E402
 from pruning_core.analysis.refinement import refine_sensitivity  # noqa: E402
 from pruning_core.analysis.sensitivity import spearman  # noqa: E402
-from pruning_core.execution.store import Store  # noqa: E402
+from pruning_core.store import Store  # noqa: E402
 from pruning_core.models import load_model  # noqa: E402
 from pruning_core.protocol import Protocol  # noqa: E402
 
@@ -143,5 +143,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_allocator_settings()  # as the CLI and job workers run (execution/allocator.py)
+    reexec_with_allocator_settings()  # as the CLI and job workers run (devices/allocator.py)
     sys.exit(main())

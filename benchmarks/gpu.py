@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from pruning_core.errors import PruneScopeError
-from pruning_core.execution.devices import LayerOffload, default_dtype, resolve_device
-from pruning_core.execution.sparse_kernels import KernelSpeedConfig, measure_two_four_speed
+from pruning_core.devices.placement import LayerOffload, default_dtype, resolve_device
+from pruning_core.devices.sparse_kernels import KernelSpeedConfig, measure_two_four_speed
 from pruning_core.evaluate import bf16_agreement
 from pruning_core.metrics import perplexity
 from pruning_core.models import load_model

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from pruning_core.allocation.allocators import AllocationInputs, make_plan  # noqa: E402
-from pruning_core.allocation.plan import module_sizes  # noqa: E402
+from pruning_core.plan import module_sizes  # noqa: E402
 from pruning_core.models import load_model  # noqa: E402
 from pruning_core.protocol import Protocol, calibration_ids  # noqa: E402
 from pruning_core.prune import collect_statistics  # noqa: E402

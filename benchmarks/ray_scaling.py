@@ -52,7 +52,7 @@ def sparsities(points: int) -> list[float]:
 def run_one(settings: dict, points: int, kind: str, workers: int) -> dict:
     """One sweep in this process (called in a child process); returns its timings and points."""
     from pruning_core.analysis.sweep import SweepSpec, run_sweep
-    from pruning_core.execution.executors import ExecutorConfig
+    from pruning_core.executors.base import ExecutorConfig
     from pruning_core.protocol import Protocol
 
     spec = SweepSpec(model=settings["model"], methods=("wanda",), sparsities=tuple(sparsities(points)),

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pruning_core.execution.store import Store  # noqa: E402
+from pruning_core.store import Store  # noqa: E402
 from pruning_core.models.loading import load_model  # noqa: E402
 from pruning_core.protocol import Protocol  # noqa: E402
 from pruning_core.recovery.run import RecoverySpec, run_recovery  # noqa: E402
@@ -106,7 +106,7 @@ def _entry(result: dict) -> dict:
 def _mask_folder(loaded, spec: RecoverySpec, protocol: Protocol, store) -> str:
     """The spec's pruned setting saved once as a mask folder (under the store's folder), for entries that
     recover the same mask."""
-    from pruning_core.outputs.export import manifest_info_for, save_masks
+    from pruning_core.mask_files import manifest_info_for, save_masks
     from pruning_core.protocol import calibration_ids
     from pruning_core.recovery.run import pruned_copy
 

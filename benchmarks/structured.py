@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pruning_core.execution.store import Store  # noqa: E402
+from pruning_core.store import Store  # noqa: E402
 from pruning_core.models.loading import load_model  # noqa: E402
 from pruning_core.protocol import Protocol  # noqa: E402
 from pruning_core.structured.run import StructuredSpec, run_structured  # noqa: E402

@@ -20,7 +20,7 @@ import torch
 
 from pruning_core import metrics
 from pruning_core.errors import ConfigError
-from pruning_core.execution.devices import LayerOffload, device_key
+from pruning_core.devices.placement import LayerOffload, device_key
 from pruning_core.masks import applied_masks
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -203,7 +203,7 @@ def evaluate_setting(loaded: LoadedModel, protocol: Protocol, eval_corpora: Sequ
     if dense:
         for corpus in eval_ids:
             if store is not None:
-                from pruning_core.execution.store import content_hash
+                from pruning_core.store import content_hash
 
                 keys[corpus] = content_hash(dense_key(loaded, protocol, corpus, offload))
                 stored = store.get_result(keys[corpus])

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pruning_core.errors import ConfigError
-from pruning_core.execution.devices import LayerOffload, windows_that_fit
+from pruning_core.devices.placement import LayerOffload, windows_that_fit
 from pruning_core.precision import EVAL_DTYPES, autocast_for  # noqa: F401 - re-exported for callers
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress

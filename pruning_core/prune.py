@@ -20,9 +20,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from pruning_core.allocation.plan import SparsityPlan, module_sizes, plan_for
+from pruning_core.plan import SparsityPlan, module_sizes, plan_for
 from pruning_core.errors import ConfigError
-from pruning_core.execution.devices import LayerOffload
+from pruning_core.devices.placement import LayerOffload
 from pruning_core.masks import (
     applied_masks,
     check_sparsity,

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from pruning_core.execution.devices import LayerOffload, device_key
+from pruning_core.devices.placement import LayerOffload, device_key
 from pruning_core.methods import NEEDS, covers
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn
@@ -50,7 +50,7 @@ def cached_statistics(loaded: LoadedModel, protocol: Protocol, need: str, store=
     also serve an "act_sq" request."""
     key = None
     if store is not None:
-        from pruning_core.execution.store import content_hash
+        from pruning_core.store import content_hash
 
         for candidate in [n for n in NEEDS if n != "none" and covers(n, need)]:  # smallest first
             found = store.get_result(content_hash(statistics_key(loaded, protocol, candidate, offload)))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import ConfigError
-from pruning_core.execution.devices import LayerOffload
+from pruning_core.devices.placement import LayerOffload
 from pruning_core.models import LoadedModel
 from pruning_core.precision import autocast_for
 from pruning_core.progress import ProgressFn, no_progress

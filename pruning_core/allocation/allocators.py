@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from pruning_core.allocation.owl import allocate_owl
-from pruning_core.allocation.plan import SparsityPlan, module_sizes
+from pruning_core.plan import SparsityPlan, module_sizes
 from pruning_core.allocation.sensitivity_guided import allocate_by_sensitivity
 from pruning_core.errors import ConfigError
 

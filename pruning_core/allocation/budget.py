@@ -23,7 +23,7 @@ the gap between the last passing and first failing step, and whether the measure
 fact monotone in sparsity.
 
 Where points are measured: each point is a unit of work (`BudgetPointTask`, computed by a `BudgetWorker`) for an
-executor (`pruning_core.execution.executors`); the driver makes the plans and alone reads and writes the store.
+executor (`pruning_core.executors.base`); the driver makes the plans and alone reads and writes the store.
 With W workers the search goes in rounds of W points (the next W coarse steps; W cuts of the bracket into W + 1
 equal parts): it may measure more points than the sequential search but needs fewer rounds; with W = 1 (the
 local executor) it is the sequential search, point for point.
@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
 from pruning_core.errors import ConfigError
-from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
+from pruning_core.executors.base import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
 from pruning_core.masks import parse_structure
 from pruning_core.methods import get_method
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -511,7 +511,7 @@ class _RealMeasure:
             self.sensitivity = load_sensitivity(spec.sensitivity, store, loaded, self.method.name)
         self.run_key = None
         if store is not None:
-            from pruning_core.execution.store import content_hash
+            from pruning_core.store import content_hash
 
             self.run_key = content_hash({"budget": spec.to_dict(), "model": loaded.fingerprint})
             store.put_run(self.run_key, "budget", spec.to_dict())
@@ -576,7 +576,7 @@ class _RealMeasure:
         config = PruneConfig(spec.method, spec.structure, sparsity, spec.propagation).with_plan(self.loaded, plan)
         key = None
         if self.store is not None:
-            from pruning_core.execution.store import content_hash
+            from pruning_core.store import content_hash
 
             key = content_hash(self.point_key(config))
             stored = self.store.get_result(key)
@@ -634,7 +634,7 @@ class _RealMeasure:
                                      "maps": [{k: m.get(k) for k in ("metric", "method", "sparsity")}
                                               for m in self.sensitivity.get("maps", [])]}
         if self.store is not None:
-            from pruning_core.execution.store import content_hash
+            from pruning_core.store import content_hash
 
             self.store.put_result(content_hash({"budget_result": self.run_key}), RESULT_KIND,
                                   {k: v for k, v in result.items() if k != "machine"}, run_key=self.run_key)

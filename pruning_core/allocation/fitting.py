@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pruning_core.allocation.plan import MAX_SPARSITY
+from pruning_core.plan import MAX_SPARSITY
 from pruning_core.errors import ConfigError
 
 #: Largest difference (fraction) between a fitted plan's global sparsity and its target; far below the 0.1

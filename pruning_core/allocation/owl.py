@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pruning_core.allocation.fitting import bounds_table, fit_offset, size_table
-from pruning_core.allocation.plan import MAX_SPARSITY, SparsityPlan, module_sizes
+from pruning_core.plan import MAX_SPARSITY, SparsityPlan, module_sizes
 from pruning_core.errors import ConfigError
 from pruning_core.models import weight_matrix
 

@@ -37,7 +37,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from pruning_core.allocation.fitting import bounds_table, check_feasible, check_on_target, size_table
-from pruning_core.allocation.plan import SparsityPlan, module_sizes
+from pruning_core.plan import SparsityPlan, module_sizes
 from pruning_core.errors import ConfigError
 
 #: Metrics in the order the allocator prefers them when none is named: the measured loss increase first, then

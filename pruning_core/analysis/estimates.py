@@ -339,7 +339,7 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
     import torch
 
     from pruning_core.evaluate import timed_perplexity
-    from pruning_core.execution.devices import device_key
+    from pruning_core.devices.placement import device_key
     from pruning_core.metrics import autocast_for, window_nll
 
     on_gpu = device_key(offload) is not None
@@ -349,7 +349,7 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
     windows = OFFLOAD_THROUGHPUT_WINDOWS if on_gpu else 2
     key = None
     if store is not None:
-        from pruning_core.execution.store import content_hash
+        from pruning_core.store import content_hash
 
         identity = {"kind": "throughput", "model": loaded.fingerprint, "dtype": dtype, "tokens": tokens,
                     "windows": windows, "threads": torch.get_num_threads()}
@@ -388,7 +388,7 @@ def split_tokens(loaded, corpus: str, split: str = "evaluation", column: str | N
     text = data.load_corpus_text(corpus, split, column)
     key = None
     if store is not None:
-        from pruning_core.execution.store import content_hash
+        from pruning_core.store import content_hash
 
         key = content_hash({"kind": "split_tokens", "model": loaded.fingerprint, "corpus": str(corpus),
                             "split": split, "chars": len(text), "sha256": data.corpus_identity(corpus, split,
@@ -416,7 +416,7 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     """The estimate of a job as the dashboard and the CLI show it: {"seconds", "peak_memory_bytes",
     "breakdown", "assumptions"}, or None for a kind without an estimate.
 
-    kind/spec: a job of `pruning_core.execution.jobs` ("sweep": `SweepSpec.to_dict()`; "sensitivity":
+    kind/spec: a job of `pruning_core.jobs.runner` ("sweep": `SweepSpec.to_dict()`; "sensitivity":
     {"protocol", "method", "sparsities", "metrics", "probe_windows"}; "whatif": {"protocol", "method",
     "structure", "sparsity", "eval_corpora"}). Uses this machine's measured throughput (`measure_throughput`,
     cached in `store`) and the windows each split really holds, so one job gets one duration everywhere.
@@ -433,13 +433,13 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     info = loaded.describe()
     offload = None
     if device is not None and kind == "sweep":
-        from pruning_core.execution.devices import offload_for, resolve_device
+        from pruning_core.devices.placement import offload_for, resolve_device
 
         device = resolve_device(str(device))
         offload = offload_for(device)
     rate = measure_throughput(loaded, protocol.seqlen, protocol.dtype, store, offload)
     if workers is None and kind in ("sweep", "sensitivity"):  # jobs run on the executor their environment names
-        from pruning_core.execution.executors import ExecutorConfig
+        from pruning_core.executors.base import ExecutorConfig
 
         executor = ExecutorConfig.from_env()
         workers = int(executor.workers) if executor.kind == "ray" else 1
@@ -479,7 +479,7 @@ def _stored_plan_inputs(loaded, sweep, store, offload=None) -> tuple[str, set[st
     map_methods = {c.method for c, allocation in sweep.grid() if get_allocator(allocation).needs == "sensitivity"}
     if store is None:
         return "none", (set() if map_methods else None)
-    from pruning_core.execution.store import content_hash
+    from pruning_core.store import content_hash
     from pruning_core.statistics_cache import statistics_key
 
     protocol = sweep.protocol

@@ -28,8 +28,8 @@ from pruning_core.analysis.sensitivity import (
     agreement,
     compute_sensitivity,
 )
-from pruning_core.execution.executors import ExecutorConfig, make_executor
-from pruning_core.execution.store import content_hash
+from pruning_core.executors.base import ExecutorConfig, make_executor
+from pruning_core.store import content_hash
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol

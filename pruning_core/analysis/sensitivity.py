@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from pruning_core.analysis.second_order import gradient_moments, prunable_weight_gradients, pruning_delta
 from pruning_core.errors import ConfigError
-from pruning_core.execution.cpu_attention import blocked_attention
-from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, make_executor
+from pruning_core.devices.cpu_attention import blocked_attention
+from pruning_core.executors.base import ExecutorConfig, WorkerRecipe, make_executor
 from pruning_core.masks import UNSTRUCTURED, applied_masks, check_sparsity
 from pruning_core.methods import MethodOptions, get_method
 from pruning_core.metrics import EVAL_DTYPES, autocast_for, nll_from_hidden
@@ -81,7 +81,7 @@ AGREEMENT_SAMPLE_LAYERS = 3
 #: Below this Spearman rank agreement with the exact metric, a proxy's ranking is not to be read as advice.
 TRUSTED_AGREEMENT = 0.7
 # Bump when a metric's computation changes, so stored maps are not reused (and a resumed map never mixes rows
-# of two computations). 2: bf16 probes on CPU run the blocked attention kernel (execution/cpu_attention.py).
+# of two computations). 2: bf16 probes on CPU run the blocked attention kernel (devices/cpu_attention.py).
 _ALGORITHM_VERSION = "2"
 
 
@@ -199,7 +199,7 @@ class _ProbeCache:
         self.layers = loaded.adapter.decoder_layers(loaded.model)
         self.tokens = probe_ids.shape[0] * (probe_ids.shape[1] - 1)  # predicted tokens
         # The dense pass and every probe run the same attention kernel (the blocked one on CPU in bf16, see
-        # execution/cpu_attention.py), so a map value (probe loss - dense loss) holds no kernel difference.
+        # devices/cpu_attention.py), so a map value (probe loss - dense loss) holds no kernel difference.
         with autocast_for(dtype):
             current = capture_layer_inputs(loaded, probe_ids, batch_size)
             self.hidden: list[list[torch.Tensor]] = [current.hidden]
@@ -364,7 +364,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
     keys: dict[tuple[str, float], str | None] = {}
     maps: dict[tuple[str, float], dict] = {}
     if store is not None:
-        from pruning_core.execution.store import content_hash
+        from pruning_core.store import content_hash
 
         for metric, s in wanted:
             keys[(metric, s)] = content_hash(map_key(loaded, calib_identity, probe_identity, protocol, method,
@@ -465,7 +465,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
         """Store key of the exact map at `s` (its rows are kept under it, also those of agreement samples)."""
         if store is None:
             return None
-        from pruning_core.execution.store import content_hash
+        from pruning_core.store import content_hash
 
         return content_hash(map_key(loaded, calib_identity, probe_identity, protocol, method, "exact", s,
                                     int(probe_windows), dtype, layer_list, taylor_windows))
@@ -613,7 +613,7 @@ def _read_partial(store, key: str | None) -> tuple[str | None, dict]:
     {"values", "layer_value"}}}; (None, empty record) without a store or key (nothing is kept)."""
     if store is None or key is None:
         return None, {"rows": {}}
-    from pruning_core.execution.store import content_hash
+    from pruning_core.store import content_hash
 
     partial_key = content_hash({"partial_of": key})
     return partial_key, store.get_result(partial_key) or {"rows": {}}
@@ -723,7 +723,7 @@ def build_exact_row_worker(source: str, fingerprint: str, method: str, statistic
                            batch_size: int, dtype: str) -> ExactRowWorker:
     """A worker in another process (a Ray actor): loads the model from `source` itself and checks that its
     weights are the driver's (`fingerprint`), so every row is computed on the model its map is keyed by."""
-    from pruning_core.execution.executors import load_worker_model
+    from pruning_core.executors.base import load_worker_model
 
     loaded = load_worker_model(source, fingerprint, "this sensitivity map is computed on")
     return ExactRowWorker(loaded, method, statistics, probe_ids, batch_size, dtype)

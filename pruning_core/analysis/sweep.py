@@ -10,7 +10,7 @@ With a `store`, each finished point is stored at once under a content hash of ev
 it, and a later run (after a stop or a crash) reuses finished points instead of recomputing them.
 
 Points are independent units of work (`PointTask`, computed by a `SweepWorker`), so an executor
-(`pruning_core.execution.executors`) can run them here, in grid order, or on Ray workers in parallel. The
+(`pruning_core.executors.base`) can run them here, in grid order, or on Ray workers in parallel. The
 driver (`run_sweep`) keeps what must happen once: dense perplexities, statistics for plans, the plans
 themselves, and every store read and write.
 
@@ -35,9 +35,9 @@ import torch
 from pruning_core import evaluate
 from pruning_core.allocation.allocators import ALLOCATORS, AllocationInputs, get_allocator, make_plan
 from pruning_core.errors import ConfigError
-from pruning_core.execution.devices import device_key, offload_for, resolve_device
-from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
-from pruning_core.execution.store import content_hash
+from pruning_core.devices.placement import device_key, offload_for, resolve_device
+from pruning_core.executors.base import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
+from pruning_core.store import content_hash
 from pruning_core.masks import parse_structure
 from pruning_core.methods import METHODS, strongest_need
 from pruning_core.models import LoadedModel, load_model
@@ -267,7 +267,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     prune_seconds, eval_seconds, cached; "execution" records where the points ran and the driver's serial
     seconds (load, prepare: windows, dense evaluation, statistics, plans, store checks; startup of Ray) beside
     the seconds of the points phase.
-    `store` (a `pruning_core.execution.store.Store`) makes points durable and resumable; `on_point` sees each point.
+    `store` (a `pruning_core.store.Store`) makes points durable and resumable; `on_point` sees each point.
     sensitivity: for the "sensitivity" allocation, a `compute_sensitivity` result (or {method: result});
     without one the exact map at `spec.map_sparsities()` is computed once per method (reused from `store`).
     executor: where the missing points are computed: None or an `ExecutorConfig` of kind "local" (this

@@ -18,7 +18,7 @@ from typing import Optional, Union
 import torch
 
 from pruning_core import claims, evaluate
-from pruning_core.allocation.plan import SparsityPlan
+from pruning_core.plan import SparsityPlan
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress

@@ -101,8 +101,8 @@ def add_sensitivity(sub) -> None:
 
 
 def cmd_sensitivity(args) -> int:
-    from pruning_core.execution.executors import make_executor
-    from pruning_core.execution.jobs import JobRunner
+    from pruning_core.executors.base import make_executor
+    from pruning_core.jobs.runner import JobRunner
 
     from pruning_core.analysis.sensitivity import REFINE, SensitivitySpec
 
@@ -187,7 +187,7 @@ def _resolve_job_id(runner, prefix: str) -> str:
 
 
 def cmd_jobs(args) -> int:
-    from pruning_core.execution.jobs import JobRunner
+    from pruning_core.jobs.runner import JobRunner
 
     runner = JobRunner()
     if args.cancel:

@@ -48,7 +48,7 @@ def add_budget(sub) -> None:
 
 def cmd_budget(args) -> int:
     from pruning_core.allocation.budget import BudgetSpec, parse_fraction
-    from pruning_core.execution.jobs import JobRunner
+    from pruning_core.jobs.runner import JobRunner
 
     sensitivity = args.sensitivity
     if sensitivity:
@@ -69,7 +69,7 @@ def cmd_budget(args) -> int:
     ).validate() for method in methods for allocation in allocations]  # every spec checked before any runs
     if not specs:
         raise ConfigError("Give at least one --method and one --allocation.")
-    from pruning_core.execution.executors import make_executor
+    from pruning_core.executors.base import make_executor
 
     executor = executor_config_from_args(args)
     make_executor(executor)  # a missing Ray fails here, before any search

@@ -84,7 +84,7 @@ def device_from_args(args):
     or a GPU asked of a command that computes on the CPU only (--device auto then means the CPU)."""
     import torch
 
-    from pruning_core.execution.devices import resolve_device
+    from pruning_core.devices.placement import resolve_device
 
     name = getattr(args, "device", "cpu")
     device = resolve_device(name)
@@ -99,13 +99,13 @@ def device_from_args(args):
 
 def offload_from_args(args):
     """The `LayerOffload` for --device (the model stays on the CPU, layers visit the GPU), or None on the CPU."""
-    from pruning_core.execution.devices import offload_for
+    from pruning_core.devices.placement import offload_for
 
     return offload_for(device_from_args(args))
 
 
 def protocol_from_args(args):
-    from pruning_core.execution.devices import default_dtype
+    from pruning_core.devices.placement import default_dtype
     from pruning_core.protocol import Protocol
 
     dtype = args.dtype or default_dtype(device_from_args(args))  # also checks --device before any work
@@ -118,7 +118,7 @@ def store_from_args(args):
     """The user's store (results reused across runs), or None with --no-store."""
     if getattr(args, "no_store", False):
         return None
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
 
     return Store()
 
@@ -144,7 +144,7 @@ def add_executor_args(parser: argparse.ArgumentParser, work: str = "points") -> 
 def executor_config_from_args(args):
     """The validated `ExecutorConfig` of --executor/--ray-address/--workers. Ray workers load the model
     themselves, without remote code, so --trust-remote-code with Ray is refused in one sentence."""
-    from pruning_core.execution.executors import ExecutorConfig
+    from pruning_core.executors.base import ExecutorConfig
 
     if args.executor == "ray" and getattr(args, "trust_remote_code", False):
         raise ConfigError("Ray workers load the model without remote code; drop --trust-remote-code or use "
@@ -160,7 +160,7 @@ def executor_environment(config):
     """Within the block, the executor settings a job reads (`ExecutorConfig.from_env`) are `config`'s, so a
     job run in this process (`JobRunner.run_inline`) computes where the command's flags say; restored after.
     They stay out of the job's spec: where work runs changes no number and no key."""
-    from pruning_core.execution.executors import ENV_EXECUTOR, ENV_RAY_ADDRESS, ENV_WORKERS
+    from pruning_core.executors.base import ENV_EXECUTOR, ENV_RAY_ADDRESS, ENV_WORKERS
 
     values = {ENV_EXECUTOR: config.kind, ENV_RAY_ADDRESS: config.address or "", ENV_WORKERS: str(config.workers)}
     saved = {name: os.environ.get(name) for name in values}

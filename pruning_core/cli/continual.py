@@ -73,7 +73,7 @@ def cmd_continual(args) -> int:
     spec = ContinualSpec(model=args.model, protocol=protocol, domains=_csv(args.domains), method=args.method,
                          sparsity=args.sparsity, structure=args.structure, allocation=args.allocation,
                          sensitivity=args.sensitivity, strategies=_csv(args.strategies)).validate()
-    from pruning_core.execution.executors import make_executor
+    from pruning_core.executors.base import make_executor
 
     # Checked (and Ray imported) before the model loads, so a missing Ray costs nothing.
     executor = make_executor(executor_config_from_args(args))
@@ -86,7 +86,7 @@ def cmd_continual(args) -> int:
     _print_result(result)
     print(f"wrote {out / 'continual.json'}")
     if args.report:
-        from pruning_core.outputs.continual_export import continual_report_data
+        from pruning_core.continual.export import continual_report_data
         from pruning_core.outputs.report import build_report
 
         files = [{"name": "continual.json", "bytes": (out / "continual.json").stat().st_size}]

@@ -26,7 +26,7 @@ def cmd_continual_adapters(args) -> int:
     out = prepare_out_dir(args.out)
     store = None
     if not args.no_store:
-        from pruning_core.execution.store import Store
+        from pruning_core.store import Store
 
         store = Store()
     result = run_continual_adapters(spec, loaded=loaded, store=store, progress=progress, out_dir=out)

@@ -1,4 +1,4 @@
-"""`prunescope export` and `prunescope apply-mask`: the export pipeline (`pruning_core.outputs.pipeline`), headless.
+"""`prunescope export` and `prunescope apply-mask`: the export pipeline (`pruning_core.export.pipeline`), headless.
 
 Where the zeros go: a plain `--sparsity` prunes every module alike; `--allocation NAME` makes the plan of that
 allocator for the global target `--sparsity`, as `prunescope sweep --allocation` does (owl from the cached
@@ -25,7 +25,7 @@ from pruning_core.cli.common import (
     protocol_from_args,
 )
 from pruning_core.errors import ConfigError
-from pruning_core.outputs.pipeline import DEFAULT_PROMPTS, ExportOptions, run_apply_mask, run_export
+from pruning_core.export.pipeline import DEFAULT_PROMPTS, ExportOptions, run_apply_mask, run_export
 
 
 def add_export(sub) -> None:
@@ -75,8 +75,8 @@ def cmd_export(args) -> int:
         lm_eval_limit=args.lm_eval_limit, pdf=args.pdf)
     if options.lm_eval_limit is not None and options.lm_eval_limit < 1:
         raise ConfigError("--lm-eval-limit must be a positive number of documents.")
-    from pruning_core.execution.store import Store
-    from pruning_core.outputs.pipeline import export_config
+    from pruning_core.store import Store
+    from pruning_core.export.pipeline import export_config
 
     export_config(options)  # a bad setting fails before the model is loaded
     protocol = protocol_from_args(args)
@@ -136,7 +136,7 @@ def _read_plan(path: str) -> dict:
     """The plan dict (`SparsityPlan.to_dict()`) in the JSON file `path`: the plan itself, or a document holding
     one ("plan" of a manifest.json or sweep point, "setting.plan" of a report.json, "frontier.plan" of a
     budget.json)."""
-    from pruning_core.allocation.plan import SparsityPlan
+    from pruning_core.plan import SparsityPlan
 
     file = Path(path).expanduser()
     try:

@@ -14,7 +14,7 @@ import sys
 from typing import Optional
 
 from pruning_core.errors import PruneScopeError
-from pruning_core.execution.allocator import reexec_with_allocator_settings
+from pruning_core.devices.allocator import reexec_with_allocator_settings
 
 EXIT_BAD_INPUT = 2
 

@@ -119,7 +119,7 @@ def cmd_recover(args) -> int:
     # PEFT asks transformers a deprecated question on every attach; the user can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if args.list:  # the store's adapters: no model, setting or output folder needed
-        from pruning_core.execution.store import Store
+        from pruning_core.store import Store
         from pruning_core.recovery.catalog import adapter_table, list_adapters
 
         print("\n".join(adapter_table(list_adapters(Store()))))
@@ -135,7 +135,7 @@ def cmd_recover(args) -> int:
     result = run_recovery(spec, loaded=loaded, store=store, progress=progress, out_dir=out,
                           merged_dir=out / MERGED_FOLDER if args.merged else None)
     write_json(out / "recovery.json", result)
-    from pruning_core.outputs.recovery_export import recovery_report_data, report_files
+    from pruning_core.recovery.export import recovery_report_data, report_files
     from pruning_core.outputs.report import build_report
 
     # The same report the dashboard's download and `export_recovery` write (one wording everywhere).

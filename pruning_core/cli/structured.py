@@ -83,7 +83,7 @@ def cmd_structured(args) -> int:
     write_json(out / "structured.json", result)
     if args.report:
         from pruning_core.outputs.report import build_report
-        from pruning_core.outputs.structured_export import structured_report_data
+        from pruning_core.structured.export import structured_report_data
 
         for point in result["points"]:
             build_report(structured_report_data(result, point), out / f"report-{point['ratio']:g}")

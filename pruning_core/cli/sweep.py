@@ -53,7 +53,7 @@ def add_sweep(sub) -> None:
 
 def cmd_sweep(args) -> int:
     from pruning_core.analysis.sweep import SweepSpec, run_sweep
-    from pruning_core.execution.executors import make_executor
+    from pruning_core.executors.base import make_executor
 
     spec = SweepSpec(model=args.model, methods=_csv(args.methods), structures=_csv(args.structures),
                      sparsities=_floats(args.sparsities), eval_corpora=_csv(args.eval),

@@ -259,7 +259,7 @@ def _evaluate_groups(pruned: LoadedModel, peft_model, protocol: Protocol, groups
 
 def _step_key(loaded: LoadedModel, spec: ContinualAdaptersSpec, pruned_key: str, identity: list, mode: str,
               step: int) -> str:
-    from pruning_core.execution.store import content_hash
+    from pruning_core.store import content_hash
     from pruning_core.provenance import library_versions
 
     versions = library_versions()
@@ -275,7 +275,7 @@ def _step_key(loaded: LoadedModel, spec: ContinualAdaptersSpec, pruned_key: str,
 
 def _stored_state(store, key: Optional[str]):
     """(stored record, adapter tensors) of a finished step, or None (not stored, or its artifact is gone)."""
-    from pruning_core.execution.store import ArtifactMissing
+    from pruning_core.store import ArtifactMissing
 
     stored = store.get_result(key) if store is not None and key is not None else None
     if stored is None:

@@ -17,7 +17,7 @@ The result's "work" records the seconds of each kind and how many evaluations we
 
 Where evaluations run: the driver (this process) keeps the cheap, sequential part (statistics, each strategy's
 prune chain, the de-duplication by mask digest, the store); the evaluation of each distinct step model is a unit
-of work (`EvalTask`, computed by a `ContinualEvalWorker`) for an executor (`pruning_core.execution.executors`).
+of work (`EvalTask`, computed by a `ContinualEvalWorker`) for an executor (`pruning_core.executors.base`).
 The local executor evaluates each step right after its prune, as the library always did (one step model waits in
 memory at a time); a Ray executor gets every distinct step model of the run at once, after all pruning, and its
 workers (each loading the model once) evaluate them in parallel; the driver then assembles the R matrices. The
@@ -46,7 +46,7 @@ from pruning_core.continual.metrics import average_perplexity, backward_transfer
 from pruning_core.continual.metrics import r_matrix
 from pruning_core.continual.strategies import STRATEGIES, Strategy, get_strategy
 from pruning_core.errors import ConfigError
-from pruning_core.execution.executors import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
+from pruning_core.executors.base import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
 from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -139,7 +139,7 @@ class ContinualSpec:
 
 def _step_key(loaded: LoadedModel, protocol: Protocol, sequence_identity: list, strategy: str, step: int,
               config: PruneConfig) -> str:
-    from pruning_core.execution.store import content_hash
+    from pruning_core.store import content_hash
     from pruning_core.provenance import library_versions
 
     versions = library_versions()
@@ -151,7 +151,7 @@ def _step_key(loaded: LoadedModel, protocol: Protocol, sequence_identity: list, 
 
 def _digest(result: PruneResult) -> str:
     """Content hash of what a step's model is: its masks and (SparseGPT) updated weights."""
-    from pruning_core.execution.store import tensors_hash
+    from pruning_core.store import tensors_hash
 
     weights = tensors_hash(result.weights) if result.weights is not None else None
     return f"{tensors_hash(result.masks)}:{weights}"
@@ -159,9 +159,9 @@ def _digest(result: PruneResult) -> str:
 
 def _from_store(store, stored: dict, config: PruneConfig) -> Optional[PruneResult]:
     """The stored step's result (masks, weights), or None when an artifact is gone (the step is redone)."""
-    from pruning_core.execution.store import ArtifactMissing
+    from pruning_core.store import ArtifactMissing
 
-    from pruning_core.outputs.export import unpack_mask
+    from pruning_core.mask_files import unpack_mask
 
     try:
         masks = {name: unpack_mask(packed, tuple(stored["shapes"][name]))
@@ -176,7 +176,7 @@ def _store_step(store, key: str, strategy: Strategy, step: int, result: PruneRes
                 config: PruneConfig) -> None:
     """Keep a finished step: perplexities, bit-packed masks (1/8 byte per weight) and, for a strategy whose next
     step prunes this result (sequential), SparseGPT's updated weights."""
-    from pruning_core.outputs.export import pack_mask
+    from pruning_core.mask_files import pack_mask
 
     masks = store.save_tensors({name: pack_mask(mask) for name, mask in result.masks.items()}, "continual_masks")
     weights = (store.save_tensors(result.weights, "continual_weights")
@@ -253,7 +253,7 @@ def build_continual_worker(model: str, fingerprint: str, protocol: Protocol, nam
 
 def _save_step_masks(out_dir: Path, loaded: LoadedModel, result: PruneResult, strategy: Strategy, step: int,
                      domain: Domain, protocol: Protocol, seen: list[str]) -> str:
-    from pruning_core.outputs.export import manifest_info_for, save_masks
+    from pruning_core.mask_files import manifest_info_for, save_masks
 
     folder = Path(out_dir) / strategy.name / f"step-{step}"
     info = manifest_info_for(loaded, result, domain.protocol(protocol))

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import ModelLoadError
+from pruning_core.home import home_dir
 from pruning_core.models.adapters import LoadedModel, adapter_for
 from pruning_core.models.discovery import DECODER_ONLY_HINT, check_decoder_only
 from pruning_core.progress import ProgressFn, no_progress
@@ -43,8 +44,8 @@ _EMBEDDED_CACHE_VERSION = "1"
 # ----------------------------------------------------------------------------------------------- loading
 
 def default_home() -> Path:
-    """`$PRUNESCOPE_HOME` or the user cache folder; models are cached under ``models/``."""
-    return Path(os.environ.get("PRUNESCOPE_HOME") or Path.home() / ".cache" / "prunescope")
+    """PruneScope's data folder (`home.home_dir`, not created here); models are cached under ``models/``."""
+    return home_dir(create=False)
 
 
 def model_cache_dir(home: Optional[Path] = None) -> Path:

@@ -150,7 +150,7 @@ def metric_unit(metric: str) -> str:
     return METRIC_UNITS.get(metric, metric)
 
 
-def _base_layout(title: str, **extra: Any) -> dict:
+def base_layout(title: str, **extra: Any) -> dict:
     """Layout shared by every chart: fonts, white background, margins, hover style."""
     layout = {
         "title": {"text": title, "font": {"size": TITLE_FONT_SIZE}, "xref": "paper", "x": 0.0, "xanchor": "left"},
@@ -166,7 +166,7 @@ def _base_layout(title: str, **extra: Any) -> dict:
     return layout
 
 
-def _axis(title: str, **extra: Any) -> dict:
+def axis(title: str, **extra: Any) -> dict:
     """An axis with a titled unit, light grid, and zero line."""
     axis = {
         "title": {"text": title},
@@ -187,7 +187,7 @@ def _axis(title: str, **extra: Any) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
     """A plain float, or None for missing / non-numeric / NaN / inf values (gaps in the chart)."""
     if value is None or isinstance(value, bool):
         return None
@@ -198,7 +198,7 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
+def fmt(value: float | None, digits: int = 4) -> str:
     """Exact-enough display of a number: `digits` significant digits, thousands separators, no 1e-05 noise."""
     if value is None:
         return "not computed"
@@ -211,7 +211,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits - 1}e}"
 
 
-def _fmt_ppl(value: float) -> str:
+def fmt_ppl(value: float) -> str:
     """Perplexity with two decimals (the papers' precision) and thousands separators."""
     return f"{value:,.2f}"
 
@@ -240,7 +240,7 @@ def _percent(fraction: float) -> float:
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
-    kept = [v for v in (_finite(x) for x in values) if v is not None]
+    kept = [v for v in (finite(x) for x in values) if v is not None]
     return sum(kept) / len(kept) if kept else None
 
 
@@ -301,28 +301,28 @@ def curve_table_rows(results: dict) -> list[dict]:
             "structure": "-",
             "target sparsity (%)": 0.0,
             "sparsity (%)": 0.0,
-            **{f"ppl {c}": _finite(dense_ppl.get(c)) for c in corpora},
+            **{f"ppl {c}": finite(dense_ppl.get(c)) for c in corpora},
             "prune (s)": None,
             # The dense reference is evaluated once per corpus: its eval time is the sum over corpora.
-            "eval (s)": _finite(sum((results.get("dense", {}).get("eval_seconds") or {}).values()) or None),
+            "eval (s)": finite(sum((results.get("dense", {}).get("eval_seconds") or {}).values()) or None),
         }
     ]
     points = list(results.get("points", []))
     order = {m: i for i, m in enumerate(_ordered_methods(points))}
     points.sort(key=lambda p: (order[p["method"]], p.get("structure") != "unstructured",
-                               p.get("structure", ""), _finite(p.get("sparsity")) or 0.0))
+                               p.get("structure", ""), finite(p.get("sparsity")) or 0.0))
     for p in points:
-        target = _finite(p.get("target_sparsity"))
-        measured = _finite(p.get("sparsity"))
+        target = finite(p.get("target_sparsity"))
+        measured = finite(p.get("sparsity"))
         rows.append(
             {
                 "method": p["method"],
                 "structure": p.get("structure", "unstructured"),
                 "target sparsity (%)": None if target is None else _percent(target),
                 "sparsity (%)": None if measured is None else _percent(measured),
-                **{f"ppl {c}": _finite((p.get("ppl") or {}).get(c)) for c in corpora},
-                "prune (s)": _finite(p.get("prune_seconds")),
-                "eval (s)": _finite(p.get("eval_seconds")),
+                **{f"ppl {c}": finite((p.get("ppl") or {}).get(c)) for c in corpora},
+                "prune (s)": finite(p.get("prune_seconds")),
+                "eval (s)": finite(p.get("eval_seconds")),
             }
         )
     return rows
@@ -330,21 +330,21 @@ def curve_table_rows(results: dict) -> list[dict]:
 
 def _point_hover(point: dict, corpus: str, ppl: float, dense: float | None, settings: str) -> str:
     structure = point.get("structure", "unstructured")
-    measured = _finite(point.get("sparsity"))
-    target = _finite(point.get("target_sparsity"))
+    measured = finite(point.get("sparsity"))
+    target = finite(point.get("target_sparsity"))
     lines = [f"<b>{point['method']}</b> · {structure}"]
     sparsity_line = f"sparsity {_percent(measured):.2f} %" if measured is not None else "sparsity ?"
     if target is not None:
         sparsity_line += f" (target {_percent(target):g} %)"
     lines.append(sparsity_line)
-    ppl_line = f"perplexity {_fmt_ppl(ppl)} on {corpus}"
+    ppl_line = f"perplexity {fmt_ppl(ppl)} on {corpus}"
     if dense:
-        ppl_line += f" ({perplexity_change(ppl, dense)} vs dense {_fmt_ppl(dense)})"
+        ppl_line += f" ({perplexity_change(ppl, dense)} vs dense {fmt_ppl(dense)})"
     lines.append(ppl_line)
     timing = []
-    if _finite(point.get("prune_seconds")) is not None:
+    if finite(point.get("prune_seconds")) is not None:
         timing.append(f"prune {float(point['prune_seconds']):.1f} s")
-    if _finite(point.get("eval_seconds")) is not None:
+    if finite(point.get("eval_seconds")) is not None:
         timing.append(f"eval {float(point['eval_seconds']):.1f} s")
     if timing:
         lines.append(" · ".join(timing))
@@ -357,10 +357,10 @@ def log_ticks(values: Sequence[float]) -> dict:
     """Tick positions and labels of a log axis over `values`: 1-2-5 steps of every decade the values span,
     labelled as whole numbers ("20", "1,000"). Plotly's own log ticks label the in-between ticks with one digit
     ("2" for 20), which reads as a perplexity of 2; {} when there is nothing positive to place."""
-    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
-    if not finite:
+    positive = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not positive:
         return {}
-    low, high = min(finite) / 1.15, max(finite) * 1.15
+    low, high = min(positive) / 1.15, max(positive) * 1.15
     ticks = [m * 10 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
              for m in (1, 2, 5) if low <= m * 10 ** e <= high]
     if len(ticks) < 2:  # a narrow range: its ends are the ticks
@@ -386,8 +386,8 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
     linear axis one magnitude point at 58,000 flattens every other line; ``log_y=False`` gives a linear axis.
     """
     settings = _protocol_line(results.get("protocol") or {})
-    dense_ppl = _finite((results.get("dense", {}).get("ppl") or {}).get(corpus))
-    points = [p for p in results.get("points", []) if _finite((p.get("ppl") or {}).get(corpus)) is not None]
+    dense_ppl = finite((results.get("dense", {}).get("ppl") or {}).get(corpus))
+    points = [p for p in results.get("points", []) if finite((p.get("ppl") or {}).get(corpus)) is not None]
 
     data: list[dict] = []
     max_x = 0.0
@@ -399,12 +399,12 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
         structures.sort(key=lambda s: s != "unstructured")
         for structure in structures:
             group = [p for p in own if p.get("structure", "unstructured") == structure]
-            group.sort(key=lambda p: _finite(p.get("sparsity")) or _finite(p.get("target_sparsity")) or 0.0)
+            group.sort(key=lambda p: finite(p.get("sparsity")) or finite(p.get("target_sparsity")) or 0.0)
             xs = []
             for p in group:
-                fraction = _finite(p.get("sparsity"))
+                fraction = finite(p.get("sparsity"))
                 if fraction is None:
-                    fraction = _finite(p.get("target_sparsity")) or 0.0
+                    fraction = finite(p.get("target_sparsity")) or 0.0
                 xs.append(_percent(fraction))
             ys = [float(p["ppl"][corpus]) for p in group]
             max_x = max([max_x, *xs])
@@ -433,7 +433,7 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
 
     if dense_ppl is not None:
         right = max(max_x, 50.0)
-        dense_hover = f"<b>dense model</b> (0 % sparsity)<br>perplexity {_fmt_ppl(dense_ppl)} on {corpus}"
+        dense_hover = f"<b>dense model</b> (0 % sparsity)<br>perplexity {fmt_ppl(dense_ppl)} on {corpus}"
         if settings:
             dense_hover += f"<br>{settings}"
         data.insert(
@@ -441,7 +441,7 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
             {
                 "type": "scatter",
                 "mode": "lines",
-                "name": f"dense ({_fmt_ppl(dense_ppl)})",
+                "name": f"dense ({fmt_ppl(dense_ppl)})",
                 "x": [0.0, right],
                 "y": [dense_ppl, dense_ppl],
                 "text": [dense_hover, dense_hover],
@@ -451,10 +451,10 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
             },
         )
 
-    layout = _base_layout(
+    layout = base_layout(
         f"Perplexity vs sparsity · {corpus}",
-        xaxis=_axis(SPARSITY_AXIS_TITLE, rangemode="tozero", ticksuffix=""),
-        yaxis=_axis(PERPLEXITY_AXIS_TITLE, type="log" if log_y else "linear",
+        xaxis=axis(SPARSITY_AXIS_TITLE, rangemode="tozero", ticksuffix=""),
+        yaxis=axis(PERPLEXITY_AXIS_TITLE, type="log" if log_y else "linear",
                     **(log_ticks([y for trace in data for y in trace["y"]]) if log_y else {})),
         legend={"title": {"text": "method · structure"}, "bgcolor": "rgba(255,255,255,0.85)"},
     )
@@ -472,7 +472,7 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
 
 
 def _clean_matrix(values: Sequence[Sequence[Any]]) -> list[list[float | None]]:
-    return [[_finite(v) for v in row] for row in values]
+    return [[finite(v) for v in row] for row in values]
 
 
 def _size_text(size: Any) -> str | None:
@@ -483,7 +483,7 @@ def _size_text(size: Any) -> str | None:
         dims = [int(d) for d in size]
         count = math.prod(dims)
         return f"{'×'.join(str(d) for d in dims)} ({count:,} weights)"
-    number = _finite(size)
+    number = finite(size)
     return None if number is None else f"{int(number):,} weights"
 
 
@@ -494,7 +494,7 @@ _TWO_LINE_TITLE_MARGIN = 100
 def _sens_title(sens: dict, what: str) -> str:
     """A short headline and, on a second smaller line, the settings: one line did not fit a half-width
     column and was cut off ("Sensitivity · wanda at 50 % sparsity · reconstr...")."""
-    sparsity = _finite(sens.get("sparsity"))
+    sparsity = finite(sens.get("sparsity"))
     at = f" at {_percent(sparsity):g} % sparsity" if sparsity is not None else ""
     return f"{what}<br><sup>{sens.get('method', '?')}{at} · {sens.get('metric', '?')}</sup>"
 
@@ -532,7 +532,7 @@ def heatmap_figure(sens: dict) -> dict:
     for i, layer in enumerate(layers):
         row = []
         for j, module in enumerate(modules):
-            lines = [f"<b>layer {layer} · {module}</b>", f"{unit}: {_fmt(z[i][j])}"]
+            lines = [f"<b>layer {layer} · {module}</b>", f"{unit}: {fmt(z[i][j])}"]
             if names is not None and names[i][j]:
                 lines.append(str(names[i][j]))
             size_text = _size_text(sizes[i][j]) if sizes is not None else None
@@ -556,10 +556,10 @@ def heatmap_figure(sens: dict) -> dict:
         "meta": {"metric": sens.get("metric"), "method": sens.get("method"), "sparsity": sens.get("sparsity")},
     }
     height = max(420, min(1100, 120 + 24 * len(layers)))
-    layout = _base_layout(
+    layout = base_layout(
         _sens_title(sens, "Sensitivity"),
-        xaxis=_axis(MODULE_AXIS_TITLE, type="category", showgrid=False, side="bottom"),
-        yaxis=_axis(LAYER_AXIS_TITLE, autorange="reversed", showgrid=False,
+        xaxis=axis(MODULE_AXIS_TITLE, type="category", showgrid=False, side="bottom"),
+        yaxis=axis(LAYER_AXIS_TITLE, autorange="reversed", showgrid=False,
                     dtick=1 if len(layers) <= 32 else None),
         height=height,
         margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
@@ -582,7 +582,7 @@ def layer_bar_figure(sens: dict) -> dict:
     layers = [int(layer) for layer in sens["layers"]]
     unit = metric_unit(str(sens.get("metric", "")))
     if sens.get("layer_values") is not None:
-        values = [_finite(v) for v in sens["layer_values"]]
+        values = [finite(v) for v in sens["layer_values"]]
         if len(values) != len(layers):
             raise ValueError(f"layer_values has {len(values)} entries, expected one per layer ({len(layers)})")
         # Each metric has its own per-layer aggregate: exact prunes the whole layer, the estimates add up cells.
@@ -593,7 +593,7 @@ def layer_bar_figure(sens: dict) -> dict:
     ranked = sorted((v, i) for i, v in enumerate(values) if v is not None)
     top = {i for _, i in ranked[-3:]}
     colors = [PALETTE["vermillion"] if i in top else PALETTE["blue"] for i in range(len(layers))]
-    hover = [f"<b>layer {layer}</b><br>{unit}: {_fmt(v)}<br>({sens.get('layer_aggregate') or how})"
+    hover = [f"<b>layer {layer}</b><br>{unit}: {fmt(v)}<br>({sens.get('layer_aggregate') or how})"
              for layer, v in zip(layers, values)]
     trace = {
         "type": "bar",
@@ -606,10 +606,10 @@ def layer_bar_figure(sens: dict) -> dict:
         "name": how,
         "meta": {"aggregate": how},
     }
-    layout = _base_layout(
+    layout = base_layout(
         _sens_title(sens, "Per-layer sensitivity"),
-        xaxis=_axis(LAYER_AXIS_TITLE, dtick=1 if len(layers) <= 32 else None, showgrid=False),
-        yaxis=_axis(f"{unit} · {how}"),
+        xaxis=axis(LAYER_AXIS_TITLE, dtick=1 if len(layers) <= 32 else None, showgrid=False),
+        yaxis=axis(f"{unit} · {how}"),
         showlegend=False,
         bargap=0.15,
         margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
@@ -651,7 +651,7 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
             raise ValueError(f"module '{module}' is not in a map's modules {m.get('modules')}")
     metric = str(maps[0].get("metric", ""))
     unit = metric_unit(metric)
-    ordered = sorted(maps, key=lambda m: _finite(m.get("sparsity")) or 0.0)
+    ordered = sorted(maps, key=lambda m: finite(m.get("sparsity")) or 0.0)
     layers = sorted({int(layer) for m in ordered for layer in m["layers"]})
 
     data = []
@@ -662,11 +662,11 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
                 continue
             i = [int(x) for x in m["layers"]].index(layer)
             j = m["modules"].index(module)
-            value = _finite(m["values"][i][j])
-            sparsity = _percent(_finite(m.get("sparsity")) or 0.0)
+            value = finite(m["values"][i][j])
+            sparsity = _percent(finite(m.get("sparsity")) or 0.0)
             xs.append(sparsity)
             ys.append(value)
-            hover.append(f"<b>layer {layer} · {module}</b><br>sparsity {sparsity:g} %<br>{unit}: {_fmt(value)}")
+            hover.append(f"<b>layer {layer} · {module}</b><br>sparsity {sparsity:g} %<br>{unit}: {fmt(value)}")
         data.append(
             {
                 "type": "scatter",
@@ -708,10 +708,10 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
             }
         )
     methods = sorted({str(m.get("method", "?")) for m in maps})
-    layout = _base_layout(
+    layout = base_layout(
         f"Sensitivity vs sparsity · {module} · {', '.join(methods)} · {metric}",
-        xaxis=_axis(SPARSITY_AXIS_TITLE, rangemode="tozero"),
-        yaxis=_axis(unit),
+        xaxis=axis(SPARSITY_AXIS_TITLE, rangemode="tozero"),
+        yaxis=axis(unit),
         legend={"title": {"text": "layer"}},
         showlegend=not use_colorbar,
     )
@@ -738,15 +738,15 @@ def proxy_scatter_figure(exact: dict, proxy: dict, spearman: float) -> dict:
     by_module: dict[str, dict[str, list]] = {}
     for i, layer in enumerate(proxy["layers"]):
         for j, module in enumerate(proxy["modules"]):
-            x = _finite(exact_cells.get((int(layer), str(module))))
-            y = _finite(proxy["values"][i][j])
+            x = finite(exact_cells.get((int(layer), str(module))))
+            y = finite(proxy["values"][i][j])
             if x is None or y is None:
                 continue
             series = by_module.setdefault(str(module), {"x": [], "y": [], "text": []})
             series["x"].append(x)
             series["y"].append(y)
             series["text"].append(
-                f"<b>layer {int(layer)} · {module}</b><br>{exact_metric}: {_fmt(x)}<br>{proxy_metric}: {_fmt(y)}"
+                f"<b>layer {int(layer)} · {module}</b><br>{exact_metric}: {fmt(x)}<br>{proxy_metric}: {fmt(y)}"
             )
 
     data = []
@@ -763,12 +763,12 @@ def proxy_scatter_figure(exact: dict, proxy: dict, spearman: float) -> dict:
                 "meta": {"module": module},
             }
         )
-    rho = _finite(spearman)
+    rho = finite(spearman)
     rho_text = f"Spearman ρ = {rho:.2f}" if rho is not None else "Spearman ρ not available"
-    layout = _base_layout(
+    layout = base_layout(
         f"{proxy_metric} vs {exact_metric}<br><sup>{rho_text}</sup>",  # two lines: it sits in a narrow column
-        xaxis=_axis(f"{exact_metric}: {x_unit}"),
-        yaxis=_axis(f"{proxy_metric}: {y_unit}"),
+        xaxis=axis(f"{exact_metric}: {x_unit}"),
+        yaxis=axis(f"{proxy_metric}: {y_unit}"),
         legend={"title": {"text": "module"}},
         margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
     )

@@ -68,7 +68,7 @@ def allocation_summary(data: Mapping[str, Any]) -> dict | None:
     setting's target (`PruneConfig.with_plan` sets it to the plan's global sparsity by parameters) and a layer's
     mean is known only where all its modules share one value.
     """
-    from pruning_core.allocation.plan import SparsityPlan
+    from pruning_core.plan import SparsityPlan
     from pruning_core.masks import parse_structure
 
     s = data.get("setting") or {}
@@ -201,11 +201,11 @@ def summary_sentences(data: Mapping[str, Any]) -> list[str]:
     if data.get("unstructured_note"):  # a structured report: the measured speed beside unstructured's honest none
         sentences.append(unstructured_contrast(data["unstructured_note"]))
     if data.get("recovery"):  # a recovery report: what the adapter won back, in the Recovery page's words
-        from pruning_core.outputs.recovery_figures import recovery_sentences
+        from pruning_core.recovery.figures import recovery_sentences
 
         sentences += recovery_sentences(data["recovery"])
     if data.get("continual"):  # a continual report: the sequence and which strategy forgets least
-        from pruning_core.outputs.continual_figures import continual_sentences
+        from pruning_core.continual.figures import continual_sentences
 
         sentences += continual_sentences(data["continual"])
     return sentences
@@ -314,13 +314,13 @@ def report_figures(data: Mapping[str, Any]) -> list[dict]:
         out.append({"id": f"heatmap-{len(out)}", "title": "Sensitivity heatmap", "figure": figures.heatmap_figure(sens)})
     structured = data.get("structured")
     if structured and structured.get("widths") and structured.get("dense_widths"):
-        from pruning_core.outputs.structured_figures import widths_figure
+        from pruning_core.structured.figures import widths_figure
 
         out.append({"id": f"widths-{len(out)}", "title": "Widths per layer",
                     "figure": widths_figure(dict(structured), structured["dense_widths"])})
     recovery = data.get("recovery")
     if recovery:
-        from pruning_core.outputs.recovery_figures import loss_figure, perplexity_figure
+        from pruning_core.recovery.figures import loss_figure, perplexity_figure
 
         out += [{"id": f"recovery-loss-{len(out)}", "title": "Training loss", "figure": loss_figure(recovery),
                  "section": "recovery"},
@@ -328,7 +328,7 @@ def report_figures(data: Mapping[str, Any]) -> list[dict]:
                  "figure": perplexity_figure(recovery), "section": "recovery"}]
     continual = data.get("continual")
     if continual:
-        from pruning_core.outputs import continual_figures as cf
+        from pruning_core.continual import figures as cf
 
         out += [{"id": f"continual-r-{len(out) + k}", "title": f"R matrix: {name}", "section": "continual",
                  "figure": cf.r_matrix_figure(continual, name)} for k, name in enumerate(continual["strategies"])]
@@ -416,14 +416,14 @@ RECOVERY_HEADERS = ["corpus", "dense", "pruned", "after recovery", "gap won back
 
 
 def _recovery_rows(recovery: Mapping[str, Any]) -> list[list[str]]:
-    from pruning_core.outputs.recovery_figures import before_after
+    from pruning_core.recovery.figures import before_after
 
     return [[r["corpus"], _num(r["dense"], 2), _num(r["pruned"], 2), _num(r["recovered"], 2),
              "–" if r["share"] is None else f"{100 * r['share']:.0f} %"] for r in before_after(dict(recovery))]
 
 
 def _recovery_facts(recovery: Mapping[str, Any]) -> list[list[str]]:
-    from pruning_core.outputs.recovery_figures import recovery_facts
+    from pruning_core.recovery.figures import recovery_facts
 
     return recovery_facts(dict(recovery))
 
@@ -435,7 +435,7 @@ def _recovery_samples(recovery: Mapping[str, Any]) -> list[list[str]]:
 def _continual_parts(continual: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """The Continual pruning section as (kind, content) parts, shared by the HTML and the Markdown report:
     ("p", text), ("table", (headers, rows)), ("h3", title)."""
-    from pruning_core.outputs import continual_figures as cf
+    from pruning_core.continual import figures as cf
 
     parts: list[tuple[str, Any]] = [
         ("p", "Domains arrive in order; after step t a strategy may use only the domains seen so far (joint sees "

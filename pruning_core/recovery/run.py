@@ -106,7 +106,7 @@ class RecoverySpec:
 
     def export_options(self, sparsity: Optional[float] = None):
         """The pruning setting as `ExportOptions` (what an export of it would prune)."""
-        from pruning_core.outputs.pipeline import ExportOptions
+        from pruning_core.export.pipeline import ExportOptions
 
         return ExportOptions(method=self.method, structure=self.structure,
                              sparsity=float(self.sparsity if sparsity is None else sparsity),
@@ -115,7 +115,7 @@ class RecoverySpec:
 
     def validate(self) -> "RecoverySpec":
         """Check every setting before any work starts; raises ConfigError naming the problem."""
-        from pruning_core.outputs.pipeline import export_config
+        from pruning_core.export.pipeline import export_config
 
         self.protocol.validate()
         self.train_config()
@@ -169,7 +169,7 @@ def gap_won_back(dense: float, pruned: float, recovered: float) -> Optional[floa
 
 def run_key(loaded: LoadedModel, spec: RecoverySpec) -> str:
     """Content hash of everything that determines a recovery result."""
-    from pruning_core.execution.store import content_hash
+    from pruning_core.store import content_hash
     from pruning_core.provenance import library_versions
 
     versions = library_versions()
@@ -212,14 +212,14 @@ def pruned_copy(loaded: LoadedModel, spec: RecoverySpec, protocol: Protocol, cal
                             loaded.adapter)
         description = f"structured model from {spec.structured_dir}"
     elif spec.source == "mask":
-        from pruning_core.outputs.export import apply_mask_dir
+        from pruning_core.mask_files import apply_mask_dir
 
         copy_ = _copy_of(base, suffix="masked")
         manifest = apply_mask_dir(copy_, spec.mask_dir, permanent=True)["manifest"]
         description = (f"mask {Path(spec.mask_dir).name}: {manifest.get('method', '?')} "
                        f"{manifest.get('structure', '')}".strip())
     else:
-        from pruning_core.outputs.pipeline import export_config, export_plan
+        from pruning_core.export.pipeline import export_config, export_plan
         from pruning_core.prune import prune_model
 
         options = spec.export_options(sparsity)
@@ -246,7 +246,7 @@ def save_mask_beside(loaded: LoadedModel, spec: RecoverySpec, record: dict, prot
     freshly pruned copy of the dense model: the setting's masks, or the given mask folder copied. None when no
     mask reproduces the pruned model (structured folders; step-wise runs, whose later masks were taken on
     recovered weights)."""
-    from pruning_core.outputs.export import manifest_info_for, save_masks
+    from pruning_core.mask_files import manifest_info_for, save_masks
 
     folder = out / "mask"
     if spec.source == "mask":
@@ -426,7 +426,7 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
         samples = claims.compare_models(loaded, merged_loaded, [str(spec.prompt or claims.DEFAULT_PROMPT)],
                                         int(spec.max_new_tokens))
     if merged_dir is not None:
-        from pruning_core.outputs.export import _drop_quantization_config
+        from pruning_core.mask_files import _drop_quantization_config
 
         _drop_quantization_config(merged)
         merged.save_pretrained(str(merged_dir), safe_serialization=True)

@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from pruning_core.allocation.plan import SparsityPlan, module_sizes, plan_for
+from pruning_core.plan import SparsityPlan, module_sizes, plan_for
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, weight_matrix
 from pruning_core.progress import ProgressFn, no_progress, sub_progress

@@ -27,7 +27,7 @@ from typing import Optional, Union
 
 from pruning_core import claims, evaluate
 from pruning_core.allocation.allocators import get_allocator
-from pruning_core.allocation.plan import SparsityPlan
+from pruning_core.plan import SparsityPlan
 from pruning_core.errors import ConfigError
 from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
@@ -129,7 +129,7 @@ class StructuredSpec:
 
 
 def _point_key(loaded: LoadedModel, spec: StructuredSpec, ratio: float, plan: Optional[SparsityPlan] = None) -> str:
-    from pruning_core.execution.store import content_hash
+    from pruning_core.store import content_hash
     from pruning_core.provenance import library_versions
 
     versions = library_versions()

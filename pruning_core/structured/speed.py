@@ -223,7 +223,7 @@ def measure_speed(dense: LoadedModel, pruned: LoadedModel, config: Optional[Spee
     machine = machine_facts(device)
     key = None
     if store is not None:
-        from pruning_core.execution.store import content_hash
+        from pruning_core.store import content_hash
 
         key = content_hash(speed_key(dense, pruned, config, machine))
         stored = store.get_result(key)

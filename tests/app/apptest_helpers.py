@@ -94,8 +94,8 @@ def insert_job(kind: str, spec: dict, state: str, result: dict | None = None, *,
     `fraction`: progress in [0, 1] (default: 1.0 when done, else 0.3); `age_s`: seconds since it was
     created and finished (the newest job of a kind is the one with the smallest age). Returns the job id.
     """
-    from pruning_core.execution.jobs import job_key
-    from pruning_core.execution.store import Store
+    from pruning_core.jobs.runner import job_key
+    from pruning_core.store import Store
 
     job_id, now = uuid.uuid4().hex, time.time() - age_s
     if fraction is None:

@@ -357,12 +357,12 @@ def test_figures_module_imports_neither_plotly_nor_streamlit():
 
 
 def test_number_formatting_is_exact_enough():
-    assert F._fmt(0.000123456) == "1.235e-04"
-    assert F._fmt(0.0123456) == "0.01235"
-    assert F._fmt(12345.678) == "12,346"
-    assert F._fmt(None) == "not computed"
-    assert F._finite(float("nan")) is None and F._finite("x") is None and F._finite(True) is None
-    assert math.isclose(F._finite("1.5"), 1.5)
+    assert F.fmt(0.000123456) == "1.235e-04"
+    assert F.fmt(0.0123456) == "0.01235"
+    assert F.fmt(12345.678) == "12,346"
+    assert F.fmt(None) == "not computed"
+    assert F.finite(float("nan")) is None and F.finite("x") is None and F.finite(True) is None
+    assert math.isclose(F.finite("1.5"), 1.5)
 
 
 def _page_with_two_charts(repo_root: str):

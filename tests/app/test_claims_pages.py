@@ -26,7 +26,7 @@ def _store_sweep(whatif: dict) -> None:
 def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
     from app import services
     from pruning_core.models import load_model
-    from pruning_core.outputs.pipeline import ExportOptions, run_export
+    from pruning_core.export.pipeline import ExportOptions, run_export
     from pruning_core.outputs.report import summary_sentences
     from pruning_core.protocol import Protocol
 

@@ -23,7 +23,7 @@ def _continual() -> dict:
     """A finished continual job of the tiny model in the store: a real `run_continual` (Wanda 50 %, news -> pydocs,
     every strategy, 4 x 32-token calibration windows), stored as the dashboard's job stores it."""
     from pruning_core.continual.run import ContinualSpec, run_continual
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
     from pruning_core.protocol import Protocol
 
     spec = ContinualSpec(model="tiny-llama", protocol=Protocol(nsamples=4, seqlen=32, eval_windows=4),
@@ -97,7 +97,7 @@ def test_a_finished_run_shows_the_answer_table_heatmaps_bars_and_the_bwt_convent
 
 def test_per_domain_adapters_show_their_forgetting_and_measured_router_accuracy():
     from pruning_core.continual.adapters import ContinualAdaptersSpec, run_continual_adapters
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
     from pruning_core.protocol import Protocol
 
     _continual()

@@ -23,7 +23,7 @@ TINY_FORM = {"recovery_steps": 4, "recovery_batch": 2, "recovery_seqlen": 32, "r
 def _recovery(corpus: str = "news", sparsity: float = 0.5) -> dict:
     """A finished recovery job of the tiny model in the store: a real `run_recovery` (Wanda, 4 steps of 2 x 32
     tokens), with its adapter saved in the store, stored as the dashboard's job stores it. Returns its result."""
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
     from pruning_core.protocol import Protocol
     from pruning_core.recovery.run import RecoverySpec, run_recovery
 
@@ -153,7 +153,7 @@ def _adapters_expander(at):
 
 
 def test_step_wise_sparsities_and_sensitivity_ranks_reach_the_job_spec():
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
     from tests.app.apptest_helpers import fake_map
 
     at = ok(page("recovery", **TINY_FORM))

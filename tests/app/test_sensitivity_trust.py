@@ -60,7 +60,7 @@ def test_a_running_map_shows_the_newest_refinement_and_its_sampled_agreement():
     from app import services
     from pruning_core.analysis.refinement import view_of
     from pruning_core.analysis.refinement import live_views_key
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
 
     spec = services.sensitivity_spec(SMALL, "wanda", [0.5], ["auto"], 8)
     running = insert_job("sensitivity", spec, "running", fraction=0.4)

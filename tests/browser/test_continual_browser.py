@@ -29,7 +29,7 @@ def continual_app(artifacts, tmp_path_factory):
 
     def finished_run() -> dict:
         from pruning_core.continual.run import ContinualSpec, run_continual
-        from pruning_core.execution.store import Store
+        from pruning_core.store import Store
         from pruning_core.protocol import Protocol
         from tests.app.apptest_helpers import insert_job
 
@@ -69,7 +69,7 @@ def test_the_continual_page_opens_its_r_matrix(browser, continual_app, artifacts
 
 
 def test_the_continual_report_draws_its_charts_offline(browser, continual_app, tmp_path):
-    from pruning_core.outputs.continual_export import continual_report_data
+    from pruning_core.continual.export import continual_report_data
     from pruning_core.outputs.report import build_report
 
     _, result = continual_app

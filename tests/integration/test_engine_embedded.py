@@ -18,7 +18,7 @@ LAYERS = [0, 15, 29]
 
 
 def test_embedded_map_is_finite_and_proxies_correlate(embedded, tmp_path):
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
 
     before = embedded.model.model.layers[15].mlp.down_proj.weight.detach().clone()
     store = Store(tmp_path / "s.sqlite")

@@ -19,7 +19,7 @@ def ray():
 
 def ray_workers(ray) -> list[str]:
     """Names of the live PruneScope worker actors."""
-    from pruning_core.execution.ray_executor import ACTOR_PREFIX
+    from pruning_core.executors.ray_workers import ACTOR_PREFIX
 
     return [name for name in ray.util.list_named_actors() if name.startswith(ACTOR_PREFIX)]
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pruning_core.execution.allocator import SETTINGS, with_allocator_settings
-from pruning_core.execution.jobs import worker_environment
+from pruning_core.devices.allocator import SETTINGS, with_allocator_settings
+from pruning_core.jobs.runner import worker_environment
 
 
 def test_settings_are_added_and_a_users_value_is_kept():
@@ -26,7 +26,7 @@ def test_job_workers_start_with_the_settings(tmp_path, monkeypatch):
 
 _PRINT_AFTER_REEXEC = (
     "import os, sys\n"
-    "from pruning_core.execution.allocator import SETTINGS, reexec_with_allocator_settings\n"
+    "from pruning_core.devices.allocator import SETTINGS, reexec_with_allocator_settings\n"
     "print('started', flush=True)\n"
     "reexec_with_allocator_settings()\n"
     "print(sys.argv[1:], [os.environ.get(n) for n in SETTINGS])\n"

@@ -10,7 +10,7 @@ import torch
 
 from pruning_core.allocation.allocators import ALLOCATORS, AllocationInputs, make_plan
 from pruning_core.allocation.fitting import bounds_table, fit_offset
-from pruning_core.allocation.plan import module_sizes
+from pruning_core.plan import module_sizes
 from pruning_core.allocation.sensitivity_guided import cost_curve, greedy_fill, predicted_cost
 from pruning_core.errors import ConfigError
 from pruning_core.models import weight_matrix

@@ -11,8 +11,8 @@ from pruning_core import cli, evaluate
 from pruning_core.allocation.allocators import AllocationInputs, make_plan
 from pruning_core.allocation.budget import BudgetSpec, load_sensitivity, parse_fraction, search_budget
 from pruning_core.errors import ConfigError, JobCancelled
-from pruning_core.execution.jobs import JOB_KINDS, resolve_job_function
-from pruning_core.execution.store import Store, content_hash
+from pruning_core.jobs.runner import JOB_KINDS, resolve_job_function
+from pruning_core.store import Store, content_hash
 from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.prune import PruneConfig, prune_model

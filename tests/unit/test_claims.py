@@ -132,7 +132,7 @@ def test_generation_is_greedy_and_restores_the_weights(tiny):
 def test_whatif_and_report_word_and_generate_the_same(tiny, tmp_path):
     """The same setting through the what-if run and the export report: same sizes, same sentences, same text."""
     from pruning_core.analysis.whatif import run_whatif
-    from pruning_core.outputs.pipeline import ExportOptions, run_export
+    from pruning_core.export.pipeline import ExportOptions, run_export
     from pruning_core.outputs.report import summary_sentences
 
     whatif = run_whatif({"model": "tiny-llama", "protocol": PROTOCOL.to_dict(), **SETTING, "eval_corpora": ["news"],

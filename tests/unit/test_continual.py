@@ -17,8 +17,8 @@ from pruning_core.continual.run import ContinualSpec, run_continual
 from pruning_core.continual.strategies import STRATEGIES
 from pruning_core.data import load_corpus_text
 from pruning_core.errors import ConfigError
-from pruning_core.execution.jobs import JOB_KINDS, resolve_job_function
-from pruning_core.execution.store import Store
+from pruning_core.jobs.runner import JOB_KINDS, resolve_job_function
+from pruning_core.store import Store
 from pruning_core.methods.wanda import wanda_scores
 from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol, calibration_ids

@@ -17,8 +17,8 @@ from pruning_core.continual.domains import Domain
 from pruning_core.continual.metrics import backward_transfer
 from pruning_core.continual.selector import DomainSelector, fit_selector, pooled_states, route_accuracy
 from pruning_core.errors import ConfigError
-from pruning_core.execution.jobs import JOB_KINDS, resolve_job_function
-from pruning_core.execution.store import Store
+from pruning_core.jobs.runner import JOB_KINDS, resolve_job_function
+from pruning_core.store import Store
 from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol
 from pruning_core.recovery import masked_lora

@@ -11,9 +11,9 @@ import pytest
 from pruning_core.continual.run import ContinualSpec
 from pruning_core.errors import ConfigError
 from pruning_core.models.tiny import tiny_model
-from pruning_core.outputs.continual_export import export_continual
-from pruning_core.outputs.continual_figures import r_table
-from pruning_core.outputs.figures import _fmt
+from pruning_core.continual.export import export_continual
+from pruning_core.continual.figures import r_table
+from pruning_core.outputs.figures import fmt
 from pruning_core.protocol import Protocol
 
 PROTOCOL = Protocol(nsamples=4, seqlen=32, eval_windows=2, batch_size=4)
@@ -41,7 +41,7 @@ def test_export_writes_masks_of_every_step_and_the_continual_section(tmp_path):
     for name, figures in result["strategies"].items():
         assert f"R matrix: {name}" in md and figures["rule"].replace("|", "\\|") in md
         headers, rows = r_table(result, name)
-        assert len(rows) == 3 and rows[1][1] == _fmt(figures["R"][0][0])  # dense row, then one row per step
+        assert len(rows) == 3 and rows[1][1] == fmt(figures["R"][0][0])  # dense row, then one row per step
         for row in rows:
             assert "| " + " | ".join(row) + " |" in md
     assert "positive = forgetting" in md and "forgets least: BWT" in md

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pruning_core.outputs import continual_figures as cf
+from pruning_core.continual import figures as cf
 
 
 def hand_made() -> dict:

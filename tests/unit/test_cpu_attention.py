@@ -5,7 +5,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from pruning_core.execution.cpu_attention import NAME, attention_forward, blocked_attention, blocked_causal_attention
+from pruning_core.devices.cpu_attention import NAME, attention_forward, blocked_attention, blocked_causal_attention
 from pruning_core.models.tiny import tiny_model
 from pruning_core.precision import autocast_for
 
@@ -78,7 +78,7 @@ def test_anything_outside_its_case_goes_to_sdpa(case):
 
 
 def test_the_switch_restores_the_model_and_leaves_other_implementations_alone(monkeypatch):
-    from pruning_core.execution import cpu_attention
+    from pruning_core.devices import cpu_attention
 
     calls = []
     kernel = cpu_attention.blocked_causal_attention
@@ -108,7 +108,7 @@ def test_bf16_exact_map_runs_the_blocked_kernel_and_equals_full_forwards_with_it
     from dataclasses import replace
 
     from pruning_core.analysis.sensitivity import compute_sensitivity
-    from pruning_core.execution import cpu_attention
+    from pruning_core.devices import cpu_attention
     from pruning_core.masks import UNSTRUCTURED, applied_masks
     from pruning_core.methods import MethodOptions, get_method
     from pruning_core.metrics import perplexity

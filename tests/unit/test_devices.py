@@ -14,7 +14,7 @@ from pruning_core.cli.common import device_from_args, offload_from_args
 from pruning_core.cli.main import main
 from pruning_core.errors import ConfigError
 from pruning_core.evaluate import bf16_agreement, dense_key, evaluate_setting
-from pruning_core.execution.devices import (LayerOffload, default_dtype, move_tensors, offload_for, resolve_device,
+from pruning_core.devices.placement import (LayerOffload, default_dtype, move_tensors, offload_for, resolve_device,
                                              windows_that_fit)
 from pruning_core.metrics import perplexity
 from pruning_core.models.tiny import tiny_model
@@ -212,7 +212,7 @@ def test_dense_perplexity_key_names_a_gpu_but_not_the_cpu(tiny):
 
 
 def test_export_pipeline_with_offload_gives_the_same_report_figures(tiny, tmp_path):
-    from pruning_core.outputs.pipeline import ExportOptions, run_export
+    from pruning_core.export.pipeline import ExportOptions, run_export
 
     protocol = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=3, batch_size=4)
     options = ExportOptions(method="sparsegpt", sparsity=0.5, eval_corpora=("news",), prompts=(), heatmap=False,
@@ -275,7 +275,7 @@ def test_ray_sweep_on_a_gpu_needs_a_gpu_per_worker(tiny):
     from types import SimpleNamespace
 
     from pruning_core.analysis.sweep import SweepSpec, run_sweep
-    from pruning_core.execution.executors import ExecutorConfig
+    from pruning_core.executors.base import ExecutorConfig
 
     if not HAS_CUDA:
         pytest.skip("resolving cuda needs a GPU; the CPU-only message is checked above")

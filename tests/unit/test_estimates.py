@@ -11,7 +11,7 @@ from pruning_core.analysis.estimates import (
 )
 from pruning_core.models import load_model
 from pruning_core.protocol import Protocol
-from pruning_core.execution.store import Store
+from pruning_core.store import Store
 from pruning_core.analysis.sweep import SweepSpec
 
 PROTOCOL = Protocol(calib="news", nsamples=8, seqlen=64, eval_windows=4, batch_size=4)
@@ -261,7 +261,7 @@ def test_throughput_on_an_offload_is_measured_through_it_and_cached_apart(tiny, 
     """With both offload devices the CPU the offload path runs everywhere; only a GPU adds the device to the key."""
     import torch
 
-    from pruning_core.execution.devices import LayerOffload
+    from pruning_core.devices.placement import LayerOffload
 
     store = Store(tmp_path / "t.sqlite")
     cpu = torch.device("cpu")

@@ -18,10 +18,10 @@ from pruning_core.analysis.sensitivity import SensitivitySpec
 from pruning_core.analysis.sweep import SweepSpec, run_sweep
 from pruning_core.analysis.whatif import WhatIfSpec, run_whatif
 from pruning_core.errors import ConfigError
-from pruning_core.execution.store import Store
+from pruning_core.store import Store
 from pruning_core.methods import METHODS, covers, strongest_need
 from pruning_core.models import load_model
-from pruning_core.outputs.pipeline import ExportOptions, run_apply_mask, run_export
+from pruning_core.export.pipeline import ExportOptions, run_apply_mask, run_export
 from pruning_core.protocol import Protocol
 from pruning_core.prune import PruneConfig, prune_model
 
@@ -169,7 +169,7 @@ def test_export_takes_a_stored_whatif_mask(tiny, tmp_path):
     assert report["setting"]["mask_source"].startswith("stored What-if mask")
     assert report["setting"]["layer_sparsity"] == {0: 0.3}
     stored = store.load_tensors(whatif["mask_artifact"])
-    from pruning_core.outputs.export import load_masks
+    from pruning_core.mask_files import load_masks
 
     masks, _ = load_masks(tmp_path / "export")
     assert all(torch.equal(masks[name], stored[name]) for name in stored)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pruning_core.errors import ConfigError, PruneScopeError
-from pruning_core.outputs.export import (
+from pruning_core.mask_files import (
     MASK_FILE,
     apply_mask_dir,
     load_masks,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from pruning_core.allocation.allocators import AllocationInputs, make_plan
-from pruning_core.allocation.plan import SparsityPlan, module_sizes
+from pruning_core.plan import SparsityPlan, module_sizes
 from pruning_core.cli import EXIT_BAD_INPUT, main
 from pruning_core.models import load_model
-from pruning_core.outputs.export import load_masks
+from pruning_core.mask_files import load_masks
 from pruning_core.protocol import Protocol
 
 PROTOCOL_ARGS = ["--model", "tiny-llama", "--calib", "news", "--eval", "news", "--nsamples", "4", "--seqlen", "32",

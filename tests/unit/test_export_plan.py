@@ -10,11 +10,11 @@ import torch
 import yaml
 
 from pruning_core.allocation.allocators import ALLOCATORS, Allocator
-from pruning_core.allocation.plan import SparsityPlan, module_sizes
+from pruning_core.plan import SparsityPlan, module_sizes
 from pruning_core.errors import ConfigError
 from pruning_core.models import load_model
-from pruning_core.outputs.export import load_masks
-from pruning_core.outputs.pipeline import ExportOptions, export_config, run_apply_mask, run_export
+from pruning_core.mask_files import load_masks
+from pruning_core.export.pipeline import ExportOptions, export_config, run_apply_mask, run_export
 from pruning_core.outputs.recipe import build_recipe, validate_recipe
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.prune import PruneConfig, prune_model

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from pruning_core.execution import jobs as jobs_mod
+from pruning_core.jobs import runner as jobs_mod
 from pruning_core.errors import ConfigError, JobCancelled
-from pruning_core.execution.jobs import JobRunner
-from pruning_core.execution.store import Store, content_hash
+from pruning_core.jobs.runner import JobRunner
+from pruning_core.store import Store, content_hash
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_stale_heartbeat_means_interrupted(runner):
 
 
 def test_unknown_kind_names_the_known_ones(runner):
-    from pruning_core.execution.jobs import JOB_KINDS
+    from pruning_core.jobs.runner import JOB_KINDS
 
     with pytest.raises(ConfigError, match="known kinds: " + ", ".join(sorted(JOB_KINDS))):
         runner.submit("nope", {})

@@ -13,8 +13,8 @@ from pruning_core.errors import ModelLoadError
 from pruning_core.masks import applied_masks
 from pruning_core.models import ADAPTERS, discover_adapter, load_model, weight_matrix
 from pruning_core.models.tiny import tiny_model
-from pruning_core.outputs.export import load_masks
-from pruning_core.outputs.pipeline import ExportOptions, run_export
+from pruning_core.mask_files import load_masks
+from pruning_core.export.pipeline import ExportOptions, run_export
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.prune import PruneConfig, prune_model
 from pruning_core.walk import capture_layer_inputs, walk_layers

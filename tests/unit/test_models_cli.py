@@ -13,7 +13,7 @@ from pruning_core.errors import ModelLoadError
 from pruning_core.metrics import backward_transfer, perplexity
 from pruning_core.models import ADAPTERS, adapter_for, classify_source, load_model, weight_matrix
 from pruning_core.protocol import Protocol
-from pruning_core.execution.store import Store
+from pruning_core.store import Store
 from pruning_core.analysis.sweep import SweepSpec, run_sweep
 from pruning_core.models.tiny import tiny_model
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning_core.allocation.plan import SparsityPlan, module_sizes
+from pruning_core.plan import SparsityPlan, module_sizes
 from pruning_core.errors import ConfigError
 from pruning_core.models.tiny import tiny_model
 from pruning_core.prune import PruneConfig, prune_model

@@ -211,7 +211,7 @@ def test_per_layer_sparsity_overrides_and_targets():
 def test_dense_statistics_are_cached_on_disk_by_content_hash():
     from pruning_core.protocol import Protocol
     from pruning_core.statistics_cache import cached_statistics
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
 
     lm = tiny_model("llama")
     store = Store()

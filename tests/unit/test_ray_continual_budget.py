@@ -24,8 +24,8 @@ from pruning_core import cli
 from pruning_core.allocation.budget import BudgetSpec, run_budget_job, search_budget
 from pruning_core.continual.run import ContinualSpec, run_continual, run_continual_job
 from pruning_core.errors import JobCancelled
-from pruning_core.execution.executors import ExecutorConfig
-from pruning_core.execution.store import Store
+from pruning_core.executors.base import ExecutorConfig
+from pruning_core.store import Store
 from pruning_core.models import load_model
 from pruning_core.progress import no_progress
 from pruning_core.protocol import Protocol

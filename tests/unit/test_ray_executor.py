@@ -16,8 +16,8 @@ import pytest
 from pruning_core import cli
 from pruning_core.analysis.sweep import SweepSpec, run_sweep, run_sweep_job
 from pruning_core.errors import ConfigError, JobCancelled
-from pruning_core.execution.executors import ExecutorConfig, make_executor
-from pruning_core.execution.store import Store
+from pruning_core.executors.base import ExecutorConfig, make_executor
+from pruning_core.store import Store
 from pruning_core.protocol import Protocol
 from tests.unit.conftest import ray_workers, ray_workers_gone
 

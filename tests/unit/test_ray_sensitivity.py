@@ -19,8 +19,8 @@ from pruning_core import cli
 from pruning_core.analysis.refinement import run_sensitivity_job
 from pruning_core.analysis.sensitivity import SensitivitySpec, compute_sensitivity
 from pruning_core.errors import ConfigError, JobCancelled
-from pruning_core.execution.executors import ExecutorConfig
-from pruning_core.execution.store import Store
+from pruning_core.executors.base import ExecutorConfig
+from pruning_core.store import Store
 from pruning_core.models import load_model
 from pruning_core.protocol import Protocol
 from tests.unit.conftest import ray_workers, ray_workers_gone

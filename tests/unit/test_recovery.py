@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pruning_core.errors import ConfigError, JobCancelled
-from pruning_core.execution.store import Store
+from pruning_core.store import Store
 from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.recovery import masked_lora, ranks
@@ -144,7 +144,7 @@ def test_adapter_round_trips_onto_a_freshly_pruned_model(tmp_path):
     torch.testing.assert_close(loaded, _logits(merged, ids), rtol=1e-5, atol=1e-5)
 
     # The mask written next to the adapter re-creates the pruned model from the dense one (the delta's home).
-    from pruning_core.outputs.export import apply_mask_dir
+    from pruning_core.mask_files import apply_mask_dir
 
     assert result["mask_dir"] == str(tmp_path / "out" / "mask")
     again = tiny_model("llama", layers=2)
@@ -156,7 +156,7 @@ def test_adapter_round_trips_onto_a_freshly_pruned_model(tmp_path):
 def test_adapter_of_an_exported_mask_loads_onto_the_freshly_masked_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from pruning_core.outputs.export import apply_mask_dir, save_masks
+    from pruning_core.mask_files import apply_mask_dir, save_masks
 
     dense = tiny_model("llama", layers=2)
     generator = torch.Generator().manual_seed(5)

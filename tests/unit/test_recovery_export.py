@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pruning_core.errors import ConfigError
-from pruning_core.outputs import recovery_figures as rf
+from pruning_core.recovery import figures as rf
 from pruning_core.protocol import Protocol
 from pruning_core.recovery.run import RecoverySpec, run_recovery
 
@@ -108,7 +108,7 @@ def test_estimate_scales_a_measurement_and_respects_the_time_budget(result):
 def test_export_writes_adapter_merged_model_and_a_report_with_a_recovery_section(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from pruning_core.outputs.recovery_export import export_recovery
+    from pruning_core.recovery.export import export_recovery
 
     out = tmp_path / "export"
     written = export_recovery(None, _spec(), out)

@@ -6,7 +6,7 @@ import pytest
 
 from pruning_core.analysis.refinement import is_trusted, refine_sensitivity
 from pruning_core.analysis.sensitivity import TRUSTED_AGREEMENT, compute_sensitivity
-from pruning_core.execution.store import Store
+from pruning_core.store import Store
 from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol
 

@@ -23,7 +23,7 @@ from pruning_core.analysis.sensitivity import (
     TAYLOR_WINDOWS,
     compute_sensitivity,
 )
-from pruning_core.execution.store import Store
+from pruning_core.store import Store
 
 PROTOCOL = Protocol(calib="news", nsamples=8, seqlen=64, eval_windows=4, batch_size=4)
 PROBE = 3
@@ -198,7 +198,7 @@ def test_bad_input_is_a_config_error(tiny):
 
 def test_sensitivity_job_runs_inline_and_is_recorded(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path / "home"))
-    from pruning_core.execution.jobs import JobRunner
+    from pruning_core.jobs.runner import JobRunner
 
     spec = {"model": "tiny-llama", "protocol": PROTOCOL.to_dict(), "method": "wanda", "sparsities": [0.5],
             "metrics": ["exact", "taylor"], "probe_windows": 2}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning_core.execution.sparse_kernels import (KernelSpeedConfig, is_two_four, measure_two_four_speed,
+from pruning_core.devices.sparse_kernels import (KernelSpeedConfig, is_two_four, measure_two_four_speed,
                                                    two_four_support)
 from pruning_core.errors import ConfigError
 from pruning_core.masks import keep_mask_from_scores, parse_structure
@@ -41,8 +41,8 @@ def test_kernel_dtypes_are_checked():
 
 def test_export_on_the_cpu_keeps_the_unmeasured_2_4_sentence(tmp_path):
     """Without a GPU the export says the 2:4 claim is not measured here, and why, in the report."""
-    from pruning_core.execution.devices import LayerOffload
-    from pruning_core.outputs.pipeline import ExportOptions, run_export
+    from pruning_core.devices.placement import LayerOffload
+    from pruning_core.export.pipeline import ExportOptions, run_export
     from pruning_core.protocol import Protocol
 
     tiny = tiny_model("llama", layers=2)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pruning_core.execution.store import ArtifactMissing, Store, content_hash, home_dir
+from pruning_core.store import ArtifactMissing, Store, content_hash, home_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def test_acknowledged_writes_survive_a_killed_process(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from pruning_core.execution.store import Store
+        from pruning_core.store import Store
         s = Store({str(db)!r})
         for i in range(50):
             s.put_result(f"k{{i}}", "point", {{"i": i}})
@@ -167,7 +167,7 @@ def test_tensor_artifacts_round_trip_bit_exactly(store):
 
 
 def test_a_deleted_result_is_gone_and_deleting_a_missing_one_is_harmless(tmp_path):
-    from pruning_core.execution.store import Store
+    from pruning_core.store import Store
 
     store = Store(tmp_path / "s.sqlite")
     store.put_result("k", "kind", {"x": 1})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruning_core.allocation.plan import SparsityPlan
+from pruning_core.plan import SparsityPlan
 from pruning_core.errors import ConfigError
 from pruning_core.models import weight_matrix
 from pruning_core.models.tiny import tiny_model

@@ -15,7 +15,7 @@ from pruning_core.cli import main
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.outputs.report import summary_sentences
-from pruning_core.outputs.structured_export import export_structured
+from pruning_core.structured.export import export_structured
 from pruning_core.protocol import Protocol
 from pruning_core.structured.run import StructuredSpec
 

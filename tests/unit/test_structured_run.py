@@ -12,8 +12,8 @@ import torch
 from pruning_core import claims, evaluate
 from pruning_core.cli import EXIT_BAD_INPUT, main
 from pruning_core.errors import ConfigError
-from pruning_core.execution.jobs import JOB_KINDS, JobRunner
-from pruning_core.execution.store import Store
+from pruning_core.jobs.runner import JOB_KINDS, JobRunner
+from pruning_core.store import Store
 from pruning_core.models import load_model
 from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol

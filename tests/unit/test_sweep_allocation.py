@@ -13,11 +13,11 @@ import pytest
 
 from pruning_core import statistics_cache
 from pruning_core.allocation.allocators import ALLOCATORS, Allocator
-from pruning_core.allocation.plan import SparsityPlan, module_sizes
+from pruning_core.plan import SparsityPlan, module_sizes
 from pruning_core.analysis.sweep import SweepSpec, point_key, run_sweep
 from pruning_core import cli
 from pruning_core.errors import ConfigError
-from pruning_core.execution.store import Store, content_hash
+from pruning_core.store import Store, content_hash
 from pruning_core.models import load_model
 from pruning_core.protocol import Protocol
 from pruning_core.prune import PruneConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pruning_core.allocation.plan import SparsityPlan, module_sizes
+from pruning_core.plan import SparsityPlan, module_sizes
 from pruning_core.analysis.whatif import WhatIfSpec, run_whatif
 from pruning_core.errors import ConfigError
 from pruning_core.models import load_model
@@ -64,8 +64,8 @@ def test_exporting_a_whatif_plan_records_the_plan_in_the_manifest(tiny, tmp_path
     import json
 
     from app.export_service import whatif_export_spec
-    from pruning_core.execution.store import Store
-    from pruning_core.outputs.pipeline import ExportOptions, run_export
+    from pruning_core.store import Store
+    from pruning_core.export.pipeline import ExportOptions, run_export
 
     store = Store(tmp_path / "store.sqlite")
     plan = _plan(tiny)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pruning_core.outputs.figures import _axis, _base_layout, _finite, method_color
+from pruning_core.outputs.figures import axis, base_layout, finite, method_color
 
 STRUCTURED_COLOR = "#7E3AF2"
 AXES = {"removed": "Decoder parameters removed (%)", "speedup": "Measured speed-up (pruned / dense tokens/s)"}
@@ -37,7 +37,7 @@ def _structured_x(point: dict, axis: str, dtype: str, phase: Optional[str]) -> O
     if axis == "removed":
         return 100.0 * float(point["measured_ratio"])
     ratios = ((point.get("speed") or {}).get("ratios") or {}).get(dtype) or {}
-    return _finite(ratios.get(phase)) if phase else None
+    return finite(ratios.get(phase)) if phase else None
 
 
 def tradeoff_figure(structured: dict, sweep: Optional[dict], corpus: str, axis: str = "removed",
@@ -46,11 +46,11 @@ def tradeoff_figure(structured: dict, sweep: Optional[dict], corpus: str, axis: 
     if axis not in AXES:
         raise ValueError(f"axis must be one of {list(AXES)}")
     phase = speed_phase(structured, dtype, phase) if axis == "speedup" else None
-    dense = _finite((structured.get("dense_ppl") or {}).get(corpus))
+    dense = finite((structured.get("dense_ppl") or {}).get(corpus))
     data = []
     xs, ys, texts = [], [], []
     for point in structured.get("points") or []:
-        x, y = _structured_x(point, axis, dtype, phase), _finite((point.get("ppl") or {}).get(corpus))
+        x, y = _structured_x(point, axis, dtype, phase), finite((point.get("ppl") or {}).get(corpus))
         if x is None or y is None:
             continue
         xs.append(x), ys.append(y)
@@ -67,8 +67,8 @@ def tradeoff_figure(structured: dict, sweep: Optional[dict], corpus: str, axis: 
     for method, points in _unstructured(sweep, corpus).items():
         ux, uy, utexts = [], [], []
         for point in points:
-            y = _finite(point["ppl"].get(corpus))
-            measured = _finite(((point.get("speed") or {}).get("ratios") or {}).get(phase)) if phase else None
+            y = finite(point["ppl"].get(corpus))
+            measured = finite(((point.get("speed") or {}).get("ratios") or {}).get(phase)) if phase else None
             x = 100.0 * float(point["sparsity"]) if axis == "removed" else (measured if measured else 1.0)
             speed_words = (f"measured speed-up {measured:.2f}x" if measured else
                            "speed-up not measured: dense kernels multiply the zeros, so expect 1.0x")
@@ -91,7 +91,7 @@ def tradeoff_figure(structured: dict, sweep: Optional[dict], corpus: str, axis: 
                      "marker": {"color": "#262730", "size": 11, "symbol": "star"}, "meta": {"role": "dense"}})
     title = (f"Perplexity on {corpus} against parameters removed" if axis == "removed" else
              f"Perplexity on {corpus} against measured speed-up ({phase or 'not measured'}, {dtype})")
-    layout = _base_layout(title, xaxis=_axis(AXES[axis]), yaxis=_axis(f"Perplexity on {corpus} (lower is better)"),
+    layout = base_layout(title, xaxis=axis(AXES[axis]), yaxis=axis(f"Perplexity on {corpus} (lower is better)"),
                           legend={"orientation": "h", "y": -0.2})
     return {"data": data, "layout": layout}
 
@@ -101,7 +101,7 @@ def _unstructured(sweep: Optional[dict], corpus: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for point in (sweep or {}).get("points") or []:
         if point.get("structure", "unstructured") != "unstructured" or str(point.get("allocation") or "uniform") \
-                != "uniform" or _finite((point.get("ppl") or {}).get(corpus)) is None:
+                != "uniform" or finite((point.get("ppl") or {}).get(corpus)) is None:
             continue
         out.setdefault(point["method"], []).append(point)
     return {m: sorted(points, key=lambda p: float(p["sparsity"])) for m, points in out.items()}
@@ -121,7 +121,7 @@ def widths_figure(point: dict, dense_widths: dict) -> dict:
                      "text": [f"{w[key]:,} of {dense_widths[key]:,}" for w in point["widths"]],
                      "hovertemplate": "%{x}: %{text}<extra>" + name + "</extra>"})
     title = f"Widths per layer at {100 * point['measured_ratio']:.1f} % of decoder parameters removed"
-    layout = _base_layout(title, barmode="group", xaxis=_axis("Decoder layer"),
-                          yaxis=_axis("Kept (% of the dense layer)", range=[0, 105]),
+    layout = base_layout(title, barmode="group", xaxis=axis("Decoder layer"),
+                          yaxis=axis("Kept (% of the dense layer)", range=[0, 105]),
                           legend={"orientation": "h", "y": -0.2})
     return {"data": data, "layout": layout}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from pruning_core.outputs.figures import SEQUENTIAL_COLORSCALE, _axis, _base_layout, _finite, _fmt
+from pruning_core.outputs.figures import SEQUENTIAL_COLORSCALE, axis, base_layout, finite, fmt
 
 #: The sign convention said beside every BWT figure (DESIGN "Continual pruning").
 BWT_AXIS_TITLE = "BWT (positive = forgetting)"
@@ -52,7 +52,7 @@ def strategy_label(result: dict, name: str, short: bool = False) -> str:
 
 
 def _range(result: dict) -> tuple[Optional[float], Optional[float]]:
-    values = [v for figures in result["strategies"].values() for row in figures["R"] for v in map(_finite, row)
+    values = [v for figures in result["strategies"].values() for row in figures["R"] for v in map(finite, row)
               if v is not None]
     return (min(values), max(values)) if values else (None, None)
 
@@ -63,18 +63,18 @@ def r_matrix_figure(result: dict, strategy: str, labels: Optional[dict] = None) 
     names = domain_labels(result, labels)
     T = len(names)
     rows = [f"after step {t + 1} ({names[t]})" for t in range(T)]
-    z = [[_finite(v) for v in row] for row in figures["R"]]
+    z = [[finite(v) for v in row] for row in figures["R"]]
     dense = result.get("dense_ppl") or {}
     text, hover = [], []
     for t in range(T):
-        text.append([_fmt(v) if v is not None else "" for v in z[t]])
+        text.append([fmt(v) if v is not None else "" for v in z[t]])
         line = []
         for i in range(T):
             when = ("right after its own step" if i == t else "before it arrived" if i > t else
                     f"{t - i} step{'s' if t - i > 1 else ''} after its own")
-            d = _finite(dense.get(result["domains"][i]))
-            line.append(f"<b>{names[i]}</b> after step {t + 1}: perplexity {_fmt(z[t][i])}<br>{when}"
-                        + (f"<br>dense model: {_fmt(d)}" if d is not None else ""))
+            d = finite(dense.get(result["domains"][i]))
+            line.append(f"<b>{names[i]}</b> after step {t + 1}: perplexity {fmt(z[t][i])}<br>{when}"
+                        + (f"<br>dense model: {fmt(d)}" if d is not None else ""))
         hover.append(line)
     zmin, zmax = _range(result)
     trace = {"type": "heatmap", "x": names, "y": rows, "z": z, "text": text, "customdata": hover,
@@ -86,13 +86,13 @@ def r_matrix_figure(result: dict, strategy: str, labels: Optional[dict] = None) 
     # colour Viridis never takes.
     shapes = [{"type": "rect", "xref": "x", "yref": "y", "x0": i - 0.5, "x1": i + 0.5, "y0": i - 0.5,
                "y1": i + 0.5, "line": {"color": "#E8175D", "width": 4}} for i in range(T)]
-    bwt = _finite(figures.get("bwt"))
+    bwt = finite(figures.get("bwt"))
     title = (f"R matrix of {strategy_label(result, strategy)}: BWT {bwt:+.2f}" if bwt is not None else
              f"R matrix of {strategy_label(result, strategy)}")
-    layout = _base_layout(title, shapes=shapes, height=max(360, 140 + 70 * T),
-                          xaxis=_axis("Evaluated on domain (perplexity; outlined: right after its own step)",
+    layout = base_layout(title, shapes=shapes, height=max(360, 140 + 70 * T),
+                          xaxis=axis("Evaluated on domain (perplexity; outlined: right after its own step)",
                                       type="category", showgrid=False, side="bottom"),
-                          yaxis=_axis("Model after step", type="category", autorange="reversed", showgrid=False),
+                          yaxis=axis("Model after step", type="category", autorange="reversed", showgrid=False),
                           margin={"l": 200, "r": 30, "t": 70, "b": 80})
     return {"data": [trace], "layout": layout}
 
@@ -103,30 +103,30 @@ def transfer_figure(result: dict) -> dict:
     names = list(result["strategies"])
     labels = [strategy_label(result, n, short=True) for n in names]
     colors = [strategy_color(n, k) for k, n in enumerate(names)]
-    bwt = [_finite(result["strategies"][n].get("bwt")) for n in names]
-    average = [_finite(result["strategies"][n].get("average")) for n in names]
+    bwt = [finite(result["strategies"][n].get("bwt")) for n in names]
+    average = [finite(result["strategies"][n].get("average")) for n in names]
     data = [{"type": "bar", "name": "BWT", "x": labels, "y": bwt, "xaxis": "x", "yaxis": "y",
              "marker": {"color": colors}, "text": [f"{v:+.2f}" if v is not None else "" for v in bwt],
              "textposition": "outside", "hovertemplate": "%{x}: BWT %{y:+.3f}<extra></extra>",
              "showlegend": False, "meta": {"role": "bwt"}},
             {"type": "bar", "name": "average perplexity", "x": labels, "y": average, "xaxis": "x2", "yaxis": "y2",
-             "marker": {"color": colors}, "text": [_fmt(v) if v is not None else "" for v in average],
+             "marker": {"color": colors}, "text": [fmt(v) if v is not None else "" for v in average],
              "textposition": "outside", "hovertemplate": "%{x}: average perplexity %{y:.3f}<extra></extra>",
              "showlegend": False, "meta": {"role": "average"}}]
     shapes = []
-    dense = [_finite(v) for v in (result.get("dense_ppl") or {}).values()]
+    dense = [finite(v) for v in (result.get("dense_ppl") or {}).values()]
     if dense and all(v is not None for v in dense):
         level = sum(dense) / len(dense)
         shapes.append({"type": "line", "xref": "x2 domain", "yref": "y2", "x0": 0, "x1": 1, "y0": level,
                        "y1": level, "line": {"color": "#262730", "dash": "dash", "width": 2}})
-        data.append({"type": "scatter", "mode": "lines", "name": f"dense model: {_fmt(level)}", "x": [None],
+        data.append({"type": "scatter", "mode": "lines", "name": f"dense model: {fmt(level)}", "x": [None],
                      "y": [None], "xaxis": "x2", "yaxis": "y2", "line": {"color": "#262730", "dash": "dash"},
                      "meta": {"role": "dense", "value": level}})
-    layout = _base_layout("Forgetting (BWT, perplexity points) and average perplexity after the last step",
-                          xaxis=_axis("", domain=[0.0, 0.45], type="category"),
-                          yaxis=_axis(BWT_AXIS_TITLE, zeroline=True, zerolinecolor="#262730"),
-                          xaxis2=_axis("", domain=[0.55, 1.0], type="category"),
-                          yaxis2=_axis(AVERAGE_AXIS_TITLE, anchor="x2", rangemode="tozero"),
+    layout = base_layout("Forgetting (BWT, perplexity points) and average perplexity after the last step",
+                          xaxis=axis("", domain=[0.0, 0.45], type="category"),
+                          yaxis=axis(BWT_AXIS_TITLE, zeroline=True, zerolinecolor="#262730"),
+                          xaxis2=axis("", domain=[0.55, 1.0], type="category"),
+                          yaxis2=axis(AVERAGE_AXIS_TITLE, anchor="x2", rangemode="tozero"),
                           shapes=shapes, legend={"orientation": "h", "y": -0.2, "x": 0.55}, height=460,
                           margin={"l": 80, "r": 30, "t": 70, "b": 90})
     return {"data": data, "layout": layout}
@@ -138,22 +138,22 @@ def overlap_figure(result: dict) -> dict:
     steps = [f"step {t + 1} ({names[t]})" for t in range(1, len(names))]
     data = []
     for k, (name, figures) in enumerate(result["strategies"].items()):
-        values = [_finite(v) for v in figures.get("overlap") or []]
+        values = [finite(v) for v in figures.get("overlap") or []]
         data.append({"type": "scatter", "mode": "lines+markers", "name": strategy_label(result, name),
                      "x": steps[:len(values)], "y": values,
                      "line": {"color": strategy_color(name, k), "dash": "solid" if figures.get("continual", True)
                               else "dot"}, "marker": {"size": 10},
                      "hovertemplate": f"{name}, %{{x}}: overlap %{{y:.3f}}<extra></extra>", "meta": {"strategy": name}})
-    layout = _base_layout("Mask overlap between consecutive steps",
-                          xaxis=_axis("Step (the mask after it against the one before)", type="category"),
-                          yaxis=_axis(OVERLAP_AXIS_TITLE, range=[0, 1.05]), height=420,
+    layout = base_layout("Mask overlap between consecutive steps",
+                          xaxis=axis("Step (the mask after it against the one before)", type="category"),
+                          yaxis=axis(OVERLAP_AXIS_TITLE, range=[0, 1.05]), height=420,
                           legend={"orientation": "v", "x": 1.02, "y": 1.0})
     return {"data": data, "layout": layout}
 
 
 def signed(value: Optional[float], digits: int = 2) -> str:
     """A BWT/FWT as text with its sign ("+1.25"), "–" when undefined."""
-    value = _finite(value)
+    value = finite(value)
     return "–" if value is None else f"{value:+.{digits}f}"
 
 
@@ -163,8 +163,8 @@ _signed = signed
 def strategy_rows(result: dict) -> list[dict]:
     """One row per strategy, least forgetting first (continual strategies before the joint reference):
     {"strategy", "continual", "bwt", "average", "fwt", "rule"} (numbers as floats, None when undefined)."""
-    rows = [{"strategy": name, "continual": bool(f.get("continual", True)), "bwt": _finite(f.get("bwt")),
-             "average": _finite(f.get("average")), "fwt": _finite(f.get("fwt")), "rule": f.get("rule") or ""}
+    rows = [{"strategy": name, "continual": bool(f.get("continual", True)), "bwt": finite(f.get("bwt")),
+             "average": finite(f.get("average")), "fwt": finite(f.get("fwt")), "rule": f.get("rule") or ""}
             for name, f in result["strategies"].items()]
     big = float("inf")
     return sorted(rows, key=lambda r: (not r["continual"], big if r["bwt"] is None else r["bwt"]))
@@ -185,14 +185,14 @@ def answer_sentence(result: dict) -> str:
     tied = [r["strategy"] for r in continual if r["bwt"] == best["bwt"]]
     who = " and ".join(tied) + (" forget" if len(tied) > 1 else " forgets")
     sentence = (f"{who} least: BWT {_signed(best['bwt'])} perplexity points (positive = forgetting), average "
-                f"perplexity {_fmt(best['average'])} after the last step")
+                f"perplexity {fmt(best['average'])} after the last step")
     others = [r for r in continual if r["strategy"] not in tied]
     if others:
         worst = others[-1]
-        sentence += f"; {worst['strategy']} forgets most (BWT {_signed(worst['bwt'])}, average {_fmt(worst['average'])})"
+        sentence += f"; {worst['strategy']} forgets most (BWT {_signed(worst['bwt'])}, average {fmt(worst['average'])})"
     if reference is not None:
         sentence += (f"; {reference['strategy']}, which sees every domain at once (not continual), averages "
-                     f"{_fmt(reference['average'])}")
+                     f"{fmt(reference['average'])}")
     return sentence + "."
 
 
@@ -203,7 +203,7 @@ SUMMARY_HEADERS = ["strategy", "BWT (positive = forgetting)", "FWT", "average pe
 def summary_table(result: dict) -> list[list[str]]:
     """The report's rows of `SUMMARY_HEADERS`, least forgetting first (`strategy_rows`)."""
     return [[r["strategy"] + ("" if r["continual"] else " (reference, not continual)"), _signed(r["bwt"]),
-             _signed(r["fwt"]), "–" if r["average"] is None else _fmt(r["average"]), r["rule"]]
+             _signed(r["fwt"]), "–" if r["average"] is None else fmt(r["average"]), r["rule"]]
             for r in strategy_rows(result)]
 
 
@@ -212,9 +212,9 @@ def r_table(result: dict, strategy: str, labels: Optional[dict] = None) -> tuple
     per domain, the dense model's perplexity as the first row."""
     names = domain_labels(result, labels)
     dense = result.get("dense_ppl") or {}
-    rows = [["dense model", *[_fmt(_finite(dense.get(d))) if _finite(dense.get(d)) is not None else "–"
+    rows = [["dense model", *[fmt(finite(dense.get(d))) if finite(dense.get(d)) is not None else "–"
                               for d in result["domains"]]]]
-    rows += [[f"after step {t + 1} ({names[t]})", *[_fmt(_finite(v)) for v in row]]
+    rows += [[f"after step {t + 1} ({names[t]})", *[fmt(finite(v)) for v in row]]
              for t, row in enumerate(result["strategies"][strategy]["R"])]
     return ["perplexity on", *names], rows
 

@@ -14,7 +14,7 @@ was acknowledged.
 Layout under `$PRUNESCOPE_HOME` (default `~/.cache/prunescope`):
     prunescope.sqlite (+ -wal, -shm)   the database
     artifacts/<sha256>.safetensors       tensor artifacts
-    logs/job-<id>.log                    job worker output and tracebacks (written by `pruning_core.execution.jobs`)
+    logs/job-<id>.log                    job worker output and tracebacks (written by `pruning_core.jobs.runner`)
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from pruning_core.errors import PruneScopeError
+from pruning_core.home import home_dir
 
 if TYPE_CHECKING:  # torch is imported lazily: the job worker must start (and heartbeat) before heavy imports
     import torch
@@ -113,14 +114,6 @@ class ArtifactMissing(PruneScopeError):
 
 
 # ----------------------------------------------------------------------------------------------- hashing
-
-
-def home_dir() -> Path:
-    """PruneScope's data folder: `$PRUNESCOPE_HOME`, else `~/.cache/prunescope`; created if missing."""
-    env = os.environ.get("PRUNESCOPE_HOME")
-    home = Path(env).expanduser() if env else Path.home() / ".cache" / "prunescope"
-    home.mkdir(parents=True, exist_ok=True)
-    return home
 
 
 def _canonical(obj: Any) -> Any:
@@ -443,7 +436,7 @@ class Store:
         return info
 
     # --------------------------------------------------------------------------------------------- jobs
-    # Row access only; the job lifecycle (spawning, heartbeats, cancellation) lives in pruning_core.execution.jobs.
+    # Row access only; the job lifecycle (spawning, heartbeats, cancellation) lives in pruning_core.jobs.runner.
 
     def insert_job(self, row: dict, conn: Optional[sqlite3.Connection] = None) -> None:
         """Insert a job row (keys from `JOB_COLUMNS`; `spec`/`result` as dicts). Pass `conn` inside a transaction."""

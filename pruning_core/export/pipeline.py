@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pruning_core.allocation.plan import module_sizes
+from pruning_core.plan import module_sizes
 from pruning_core.outputs.files import write_json
 from pruning_core.errors import ConfigError, PruneScopeError
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -75,7 +75,7 @@ def export_config(options: ExportOptions, loaded=None, plan=None):
     CLI fails before loading a model).
     """
     from pruning_core.allocation.allocators import get_allocator
-    from pruning_core.allocation.plan import SparsityPlan
+    from pruning_core.plan import SparsityPlan
     from pruning_core.prune import PruneConfig
 
     layers = {int(k): float(v) for k, v in (options.layer_sparsity or {}).items()} or None
@@ -100,7 +100,7 @@ def export_plan(loaded, protocol, options: ExportOptions, store=None, calib_ids=
     the global target `options.sparsity` from the dense calibration statistics (cached in `store`); None
     for a uniform export."""
     from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
-    from pruning_core.allocation.plan import SparsityPlan
+    from pruning_core.plan import SparsityPlan
 
     if options.plan is not None:
         plan = SparsityPlan.from_dict(options.plan)
@@ -192,7 +192,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     Returns {"files": {name: path}, "report": report data dict, "manifest": manifest}. The model is left as it was.
     """
     from pruning_core import evaluate  # imported here: `prunescope --help` stays free of torch
-    from pruning_core.outputs.export import manifest_info_for, save_masks, save_pruned_model
+    from pruning_core.mask_files import manifest_info_for, save_masks, save_pruned_model
     from pruning_core.outputs.lm_eval_bridge import compare_rows, evaluate_lm_eval
     from pruning_core.protocol import calibration_ids
     from pruning_core.provenance import environment
@@ -288,7 +288,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     if offload is not None and config.structure == "2:4":
         # On a GPU the 2:4 speed claim becomes a measurement: the same pruned model dense and on the sparse
         # tensor cores, or the sentence saying why this GPU cannot.
-        from pruning_core.execution.sparse_kernels import measure_two_four_speed
+        from pruning_core.devices.sparse_kernels import measure_two_four_speed
 
         progress(0.92, "timing the 2:4 mask on the GPU's sparse kernels")
         kernel_speed = measure_two_four_speed(loaded, result.masks, offload.compute, result.weights)
@@ -361,7 +361,7 @@ def run_apply_mask(loaded, mask_dir, eval_corpora: Sequence[str] = (), seqlen: i
                    eval_windows: int | None = None, save_model: str | None = None) -> dict:
     """Apply the mask folder permanently to `loaded` (freshly loaded), measure, and optionally evaluate/save."""
     from pruning_core import evaluate
-    from pruning_core.outputs.export import _drop_quantization_config, apply_mask_dir
+    from pruning_core.mask_files import _drop_quantization_config, apply_mask_dir
     from pruning_core.protocol import Protocol
 
     applied = apply_mask_dir(loaded, mask_dir, permanent=True)

@@ -6,7 +6,7 @@ is made once and runs many tasks. `WorkerRecipe` says how to make one.
 
 - `LocalExecutor` runs every task in this process, in order, on one worker: exactly what the library did
   before executors existed (the default; nothing to install).
-- `RayExecutor` (`pruning_core.execution.ray_executor`, needs the optional `ray` extra) makes `workers`
+- `RayExecutor` (`pruning_core.executors.ray_workers`, needs the optional `ray` extra) makes `workers`
   Ray actors, each building its own worker once, and runs the tasks on them in parallel, on this machine or
   on a Ray cluster.
 
@@ -173,6 +173,6 @@ def make_executor(config: Optional[ExecutorConfig] = None):
     config = (config or ExecutorConfig()).validate()
     if config.kind == "local":
         return LocalExecutor(config)
-    from pruning_core.execution.ray_executor import RayExecutor
+    from pruning_core.executors.ray_workers import RayExecutor
 
     return RayExecutor(config)

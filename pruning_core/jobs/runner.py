@@ -1,6 +1,6 @@
 """Long work (sweeps, sensitivity maps) as jobs: run in a worker process, report progress, cancel, resume.
 
-A job is a row in the store's `jobs` table plus a separate OS process (`python -m pruning_core.execution.jobs run ID`,
+A job is a row in the store's `jobs` table plus a separate OS process (`python -m pruning_core.jobs.runner run ID`,
 in its own session) that runs the job function. Because the process and the row outlive the web request, a
 browser reload or a Streamlit rerun simply reads the row again. The design borrows from task queues like
 RQ/Celery but needs no broker: SQLite is the queue, the progress channel and the result backend.
@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pruning_core.errors import ConfigError, JobCancelled, PruneScopeError
-from pruning_core.execution.allocator import with_allocator_settings
+from pruning_core.devices.allocator import with_allocator_settings
 from pruning_core.progress import ProgressFn
-from pruning_core.execution.store import Store, content_hash
+from pruning_core.store import Store, content_hash
 
 #: The job kinds, as "module:function" import strings resolved only when a job of that kind runs, so that
 #: listing jobs never imports torch/transformers. Add a kind here; there is no other discovery.
@@ -47,13 +47,13 @@ JOB_KINDS: dict[str, str] = {
     "sweep": "pruning_core.analysis.sweep:run_sweep_job",
     "sensitivity": "pruning_core.analysis.refinement:run_sensitivity_job",
     "whatif": "pruning_core.analysis.whatif:run_whatif_job",
-    "export": "pruning_core.outputs.pipeline:run_export_job",
+    "export": "pruning_core.export.pipeline:run_export_job",
     "budget": "pruning_core.allocation.budget:run_budget_job",
     "structured": "pruning_core.structured.run:run_structured_job",
     "recovery": "pruning_core.recovery.run:run_recovery_job",
     "continual": "pruning_core.continual.run:run_continual_job",
     "continual_adapters": "pruning_core.continual.adapters:run_continual_adapters_job",
-    "selftest": "pruning_core.execution.jobs:_selftest_job",
+    "selftest": "pruning_core.jobs.runner:_selftest_job",
 }
 
 ACTIVE_STATES = ("queued", "running")
@@ -363,7 +363,7 @@ def job_log_path(store: Store, job_id: str) -> Path:
 
 def worker_environment(store_path: Path | str) -> dict[str, str]:
     """The environment of a job's worker process: this one's, the store, this package, the allocator settings."""
-    env = with_allocator_settings(os.environ)  # glibc reads them at the worker's start (execution/allocator.py)
+    env = with_allocator_settings(os.environ)  # glibc reads them at the worker's start (devices/allocator.py)
     env["PRUNESCOPE_STORE"] = str(store_path)
     # The worker must import this very package even when it is not installed (a source checkout).
     package_root = str(Path(__file__).resolve().parent.parent)
@@ -433,7 +433,7 @@ class JobRunner:
         try:
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "pruning_core.execution.jobs", "run", job_id],
+                    [sys.executable, "-m", "pruning_core.jobs.runner", "run", job_id],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                     # Own session: the worker survives the Streamlit script being stopped or the server's
                     # process group being signalled, and can be stopped as a group.
@@ -591,8 +591,8 @@ def _selftest_job(spec: dict, store: Store, progress: ProgressFn) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Worker entry point: `python -m pruning_core.execution.jobs run JOB_ID` (store from `$PRUNESCOPE_STORE`)."""
-    parser = argparse.ArgumentParser(prog="python -m pruning_core.execution.jobs", description=__doc__.splitlines()[0])
+    """Worker entry point: `python -m pruning_core.jobs.runner run JOB_ID` (store from `$PRUNESCOPE_STORE`)."""
+    parser = argparse.ArgumentParser(prog="python -m pruning_core.jobs.runner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one queued job (the job runner starts this; not for direct use)")
     run.add_argument("job_id")
@@ -616,8 +616,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run through the importable module, not __main__, so JOB_KINDS' "pruning_core.execution.jobs:..." entries and this
+    # Run through the importable module, not __main__, so JOB_KINDS' "pruning_core.jobs.runner:..." entries and this
     # entry point share one copy of the module (one _Terminated class, one registry).
-    from pruning_core.execution.jobs import main as _main
+    from pruning_core.jobs.runner import main as _main
 
     sys.exit(_main())

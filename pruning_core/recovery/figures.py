@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from pruning_core import claims
-from pruning_core.outputs.figures import COLORWAY, _axis, _base_layout, _finite
+from pruning_core.outputs.figures import COLORWAY, axis, base_layout, finite
 
 LOSS_COLOR = "#1F77B4"
 # The legend hangs below the x-axis title (anchored by its top edge), with room for a few rows of entries.
@@ -38,10 +38,10 @@ def before_after(result: dict) -> list[dict]:
     (None when pruning cost nothing on that corpus)."""
     rows = []
     for corpus, dense in (result.get("dense_ppl") or {}).items():
-        rows.append({"corpus": corpus, "dense": _finite(dense),
-                     "pruned": _finite((result.get("pruned_ppl") or {}).get(corpus)),
-                     "recovered": _finite((result.get("recovered_ppl") or {}).get(corpus)),
-                     "share": _finite((result.get("recovered_share") or {}).get(corpus))})
+        rows.append({"corpus": corpus, "dense": finite(dense),
+                     "pruned": finite((result.get("pruned_ppl") or {}).get(corpus)),
+                     "recovered": finite((result.get("recovered_ppl") or {}).get(corpus)),
+                     "share": finite((result.get("recovered_share") or {}).get(corpus))})
     return rows
 
 
@@ -66,15 +66,15 @@ def loss_figure(result: dict) -> dict:
     """Training loss (mean token NLL of the step's batch, nats) against the optimizer step."""
     data = []
     for i, (offset, label, history) in enumerate(_stage_histories(result)):
-        points = [(offset + int(step), _finite(loss)) for step, loss in history.get("loss") or []]
+        points = [(offset + int(step), finite(loss)) for step, loss in history.get("loss") or []]
         points = [(x, y) for x, y in points if y is not None]
         color = LOSS_COLOR if i == 0 else COLORWAY[i % len(COLORWAY)]
         data.append({"type": "scatter", "mode": "lines", "name": label, "x": [x for x, _ in points],
                      "y": [y for _, y in points], "line": {"color": color, "width": 2},
                      "hovertemplate": "step %{x}: loss %{y:.4f}<extra>" + label + "</extra>",
                      "meta": {"role": "loss"}})
-    layout = _base_layout("Training loss against step", xaxis=_axis("Optimizer step"),
-                          yaxis=_axis("Training loss (mean token NLL, nats)"),
+    layout = base_layout("Training loss against step", xaxis=axis("Optimizer step"),
+                          yaxis=axis("Training loss (mean token NLL, nats)"),
                           legend=_LEGEND_BELOW, margin=_MARGIN_FOR_LEGEND, showlegend=len(data) > 1)
     return {"data": data, "layout": layout}
 
@@ -94,7 +94,7 @@ def perplexity_figure(result: dict) -> dict:
         xs, ys = [], []
         for offset, _, history in histories:
             for step, values in history.get("evals") or []:
-                y = _finite((values or {}).get(corpus))
+                y = finite((values or {}).get(corpus))
                 if y is not None:
                     xs.append(offset + int(step)), ys.append(y)
         data.append({"type": "scatter", "mode": "lines+markers", "name": f"{corpus} during training", "x": xs,
@@ -103,22 +103,22 @@ def perplexity_figure(result: dict) -> dict:
                      "meta": {"role": "curve", "corpus": corpus}})
         for role, key, dash, words in (("dense", "dense_ppl", "dash", "dense model"),
                                        ("pruned", "pruned_ppl", "dot", "pruned, before recovery")):
-            value = _finite((result.get(key) or {}).get(corpus))
+            value = finite((result.get(key) or {}).get(corpus))
             if value is None:
                 continue
             data.append({"type": "scatter", "mode": "lines", "name": f"{corpus}: {words}", "x": [0, last],
                          "y": [value, value], "line": {"color": color, "dash": dash, "width": 1.5},
                          "hovertemplate": f"{corpus}, {words}: %{{y:,.2f}}<extra>full evaluation</extra>",
                          "meta": {"role": role, "corpus": corpus}})
-        after = _finite((result.get("recovered_ppl") or {}).get(corpus))
+        after = finite((result.get("recovered_ppl") or {}).get(corpus))
         if after is not None:
             data.append({"type": "scatter", "mode": "markers", "name": f"{corpus}: recovered (merged)",
                          "x": [last], "y": [after],
                          "marker": {"color": color, "size": 12, "symbol": "star"},
                          "hovertemplate": f"{corpus}, merged model: %{{y:,.2f}}<extra>full evaluation</extra>",
                          "meta": {"role": "recovered", "corpus": corpus}})
-    layout = _base_layout("Perplexity against step", xaxis=_axis("Optimizer step"),
-                          yaxis=_axis("Perplexity (lower is better)"), legend=_LEGEND_BELOW,
+    layout = base_layout("Perplexity against step", xaxis=axis("Optimizer step"),
+                          yaxis=axis("Perplexity (lower is better)"), legend=_LEGEND_BELOW,
                           margin=_MARGIN_FOR_LEGEND)
     return {"data": data, "layout": layout}
 
@@ -138,7 +138,7 @@ def duration_words(seconds: Optional[float]) -> str:
 def sparsity_sentence(result: dict) -> str:
     """The measured sparsity before and after merging the adapter, in words."""
     sparsity = result.get("sparsity") or {}
-    before, merged = _finite(sparsity.get("before")), _finite(sparsity.get("merged"))
+    before, merged = finite(sparsity.get("before")), finite(sparsity.get("merged"))
     if before is None or merged is None:
         return "The sparsity after merging was not measured."
     if before == merged and sparsity.get("pruned_weights_zero"):

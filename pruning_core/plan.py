@@ -150,7 +150,7 @@ class SparsityPlan:
 
     def digest(self) -> str:
         """Content hash of the values and kinds (not of who made them): equal tables key the same results."""
-        from pruning_core.execution.store import content_hash
+        from pruning_core.store import content_hash
 
         return content_hash({"kinds": list(self.kinds), "values": [list(row) for row in self.values]})
 

@@ -1,0 +1,1 @@
+"""How independent units of work (sweep points, map rows, budget rounds) run: locally or on Ray workers."""

@@ -1,0 +1,1 @@
+"""The mask export capability: a chosen setting out of PruneScope as masks, model, recipe and report."""

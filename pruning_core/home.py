@@ -1,0 +1,23 @@
+"""PruneScope's data folder, the one owner of `$PRUNESCOPE_HOME`.
+
+Everything PruneScope keeps between runs lives below it: the store (`prunescope.sqlite`), artifacts, converted
+models (`models/`), uploads and exports. Every module asks here, so that the rule (the variable, `~` expanded,
+else `~/.cache/prunescope`) cannot drift between two copies.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_HOME = "PRUNESCOPE_HOME"
+
+
+def home_dir(create: bool = True) -> Path:
+    """The data folder: `$PRUNESCOPE_HOME` (with `~` expanded), else `~/.cache/prunescope`; created if missing
+    unless `create` is False."""
+    env = os.environ.get(ENV_HOME)
+    home = Path(env).expanduser() if env else Path.home() / ".cache" / "prunescope"
+    if create:
+        home.mkdir(parents=True, exist_ok=True)
+    return home
