@@ -165,7 +165,8 @@ def batch_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, config: TrainConfig, *,
                   checkpoint_dir=None, key: str = "", progress: Optional[ProgressFn] = None,
-                  evaluate: Optional[Callable[[], dict]] = None) -> TrainHistory:
+                  evaluate: Optional[Callable[[], dict]] = None,
+                  clock: Callable[[], float] = time.perf_counter) -> TrainHistory:
     """Train the masked adapter of `peft_model` on `windows` (steps x batch_size rows of seqlen tokens).
 
     hf_model: the Hugging Face model inside `peft_model` (its LoRA layers injected), used for the loss.
@@ -173,6 +174,7 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
     evaluate: () -> {corpus: perplexity}, called every `eval_every` steps and at the end (for the curve).
     progress: (fraction, message) with the loss and the time left; may raise `JobCancelled`, which saves a
     checkpoint first (so the work done is kept) and re-raises.
+    clock: seconds (monotonic) for the time budget and the history; tests inject one that counts steps.
     """
     config = config.validate()
     progress = progress or no_progress
@@ -207,14 +209,14 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
             if step >= history.planned_steps:
                 break
             rows = windows[step * config.batch_size:(step + 1) * config.batch_size]
-            tick = time.perf_counter()
+            tick = clock()
             with autocast_for(config.dtype):
                 loss = batch_loss(hf_model, rows)
             loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            history.seconds += time.perf_counter() - tick
+            history.seconds += clock() - tick
             history.loss.append((step + 1, float(loss.detach())))
             history.steps_done = step + 1
             done = step + 1 - start_step

@@ -91,3 +91,65 @@ def test_the_walker_sees_lazy_imports(tmp_path):
     source = tmp_path / "probe.py"
     source.write_text("def f():\n    from pruning_core.models import loading\n")
     assert "pruning_core.models.loading" in imports_of(source, package="")
+
+
+def _package(module: str) -> str:
+    """The package a module belongs to: the folder (or single module) right below `pruning_core` or `app`."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def package_loops(graph: dict[str, set[str]]) -> list[str]:
+    """Loops between packages, each as 'a -> b -> ... -> a' with the module edge that closes every step."""
+    edges: dict[str, dict[str, tuple[str, str]]] = {}
+    for module, targets in graph.items():
+        for target in targets:
+            a, b = _package(module), _package(target)
+            if a != b:
+                edges.setdefault(a, {}).setdefault(b, (module, target))
+    loops, state, path = [], {}, []
+
+    def visit(package: str) -> None:
+        state[package] = 1
+        path.append(package)
+        for target in sorted(edges.get(package, {})):
+            if state.get(target) == 1:
+                circle = path[path.index(target):] + [target]
+                loops.append(" -> ".join(f"{a} ({edges[a][b][0]} imports {edges[a][b][1]})"
+                                         for a, b in zip(circle, circle[1:])))
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[package] = 2
+
+    for package in sorted(edges):
+        if package not in state:
+            visit(package)
+    return loops
+
+
+def test_no_loop_between_packages():
+    # Lazy imports count: a capability that imports the report renderer while the renderer imports that
+    # capability's figures is a loop even when neither import runs at module load.
+    assert package_loops(_graph([CORE, REPO / "app"])) == []
+
+
+def test_the_package_loop_finder_sees_a_loop_through_a_lazy_import():
+    graph = {"pruning_core.a.x": {"pruning_core.b.y"}, "pruning_core.b.y": {"pruning_core.a.z"}, "pruning_core.a.z": set()}
+    assert package_loops(graph) and "pruning_core.a" in package_loops(graph)[0]
+
+
+def test_no_core_module_imports_the_dashboard():
+    graph = _graph([CORE])
+    offenders = {m: sorted(t for t in imports_of_any(m) if t.split(".")[0] in ("app", "pages", "streamlit", "plotly"))
+                 for m in graph}
+    allowed = {"pruning_core.cli.ui": ["app.launch"]}  # `prunescope ui` starts the dashboard: the one way up
+    assert {m: v for m, v in offenders.items() if v and allowed.get(m) != v} == {}
+
+
+def imports_of_any(module: str) -> set[str]:
+    """Every module name a core module imports (also those outside the repo), lazy imports included."""
+    path = CORE.parent / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = CORE.parent / module.replace(".", "/") / "__init__.py"
+    return imports_of(path)

@@ -36,7 +36,12 @@ def _points(store: Store, name: str) -> list[dict]:
     return store.results_for_run(content_hash({"selftest": name}))
 
 
-def _wait_for(predicate, timeout: float = 20.0, poll: float = 0.05):
+#: How long a test waits for something that should happen: a bound on waiting on a busy machine, never a claim
+#: about speed (no test asserts on wall time).
+PATIENCE_S = 120.0
+
+
+def _wait_for(predicate, timeout: float = PATIENCE_S, poll: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -47,7 +52,7 @@ def _wait_for(predicate, timeout: float = 20.0, poll: float = 0.05):
 
 
 def test_killed_worker_is_interrupted_and_resubmit_resumes(runner):
-    spec = {"name": "resume", "steps": 30, "sleep": 0.2}
+    spec = {"name": "resume", "steps": 60, "sleep": 0.2}
     first = runner.submit("selftest", spec)
     _wait_for(lambda: len(_points(runner.store, "resume")) >= 8)
     status = runner.status(first)
@@ -55,32 +60,30 @@ def test_killed_worker_is_interrupted_and_resubmit_resumes(runner):
     assert status["eta_seconds"] is not None and status["eta_seconds"] > 0
 
     os.killpg(status["pid"], signal.SIGKILL)  # the worker leads its own session: kill it like a crash would
-    status = runner.wait(first, timeout=10)
+    status = runner.wait(first, timeout=PATIENCE_S)
     assert status["state"] == "interrupted" and not status["alive"]
     before = {p["i"]: p for p in _points(runner.store, "resume")}
-    assert 8 <= len(before) < 30 and sorted(before) == list(range(len(before)))
+    assert 8 <= len(before) < 60 and sorted(before) == list(range(len(before)))
 
     second = runner.submit("selftest", spec)
     assert second != first  # an interrupted job is not attached to: a new one starts
-    done = runner.wait(second, timeout=30)
+    done = runner.wait(second, timeout=PATIENCE_S)
     assert done["state"] == "done" and done["fraction"] == 1.0
-    assert done["result"]["skipped"] == len(before) and done["result"]["computed"] == 30 - len(before)
+    assert done["result"]["skipped"] == len(before) and done["result"]["computed"] == 60 - len(before)
     after = _points(runner.store, "resume")
-    assert [p["i"] for p in after] == list(range(30)) and all(p["value"] == p["i"] ** 2 for p in after)
+    assert [p["i"] for p in after] == list(range(60)) and all(p["value"] == p["i"] ** 2 for p in after)
     for p in after[: len(before)]:  # early points kept: same timestamps, written by the killed worker
         assert p == before[p["i"]] and p["pid"] == status["pid"]
     assert {p["pid"] for p in after[len(before):]} == {done["pid"]} != {status["pid"]}
 
 
-def test_cancel_stops_the_worker_within_5_s(runner):
+def test_cancel_stops_the_worker_and_nothing_runs_after_it(runner):
     job = runner.submit("selftest", {"name": "cancel", "steps": 200, "sleep": 0.2})
     _wait_for(lambda: runner.status(job)["fraction"] > 0)
-    t0 = time.monotonic()
     runner.cancel(job)
-    status = runner.wait(job, timeout=5)
-    assert time.monotonic() - t0 < 5
+    status = runner.wait(job, timeout=PATIENCE_S)
     assert status["state"] == "cancelled" and not status["alive"] and status["error"] is None
-    proc_gone = _wait_for(lambda: not jobs_mod._pid_alive(status["pid"]), timeout=5)
+    proc_gone = _wait_for(lambda: not jobs_mod._pid_alive(status["pid"]))
     assert proc_gone
     kept = len(_points(runner.store, "cancel"))
     assert 1 <= kept < 200
@@ -97,7 +100,7 @@ def test_same_spec_attaches_and_done_results_come_back_identical(runner):
     running = [j for j in runner.list_jobs() if j["state"] in ("queued", "running")]
     assert {j["id"] for j in running} == {job, other}
 
-    done = runner.wait(job, timeout=20)
+    done = runner.wait(job, timeout=PATIENCE_S)
     assert done["state"] == "done"
     points = _points(runner.store, "dup")
     # A done job is a cached result: submitting again returns it, and nothing is recomputed.
@@ -106,12 +109,12 @@ def test_same_spec_attaches_and_done_results_come_back_identical(runner):
     assert runner.status(job)["result"] == done["result"]
     assert _points(runner.store, "dup") == points
     assert len(runner.store.jobs_with_key(jobs_mod.job_key("selftest", spec))) == 1
-    runner.wait(other, timeout=20)
+    runner.wait(other, timeout=PATIENCE_S)
 
 
 def test_failing_job_records_a_one_line_error(runner):
     job = runner.submit("selftest", {"name": "fail", "steps": 10, "sleep": 0.01, "fail_at": 3})
-    status = runner.wait(job, timeout=20)
+    status = runner.wait(job, timeout=PATIENCE_S)
     assert status["state"] == "failed" and not status["alive"]
     assert "step 3 failed on purpose" in status["error"]
     assert "\n" not in status["error"] and "Traceback" not in status["error"]
@@ -139,11 +142,10 @@ def test_inline_run_bookkeeping_cancel_and_failure(runner):
 
     thread = threading.Thread(target=cancel_soon)
     thread.start()
-    t0 = time.monotonic()
-    with pytest.raises(JobCancelled):
+    with pytest.raises(JobCancelled):  # 100 steps of 0.05 s: the cancel lands long before the last one
         runner.run_inline("selftest", {"name": "inline-cancel", "steps": 100, "sleep": 0.05})
     thread.join()
-    assert time.monotonic() - t0 < 3
+    assert len(_points(runner.store, "inline-cancel")) < 100
     assert runner.list_jobs()[0]["state"] == "cancelled"
 
 
@@ -180,7 +182,7 @@ def test_a_finished_worker_is_reaped_not_left_defunct(runner):
     row = _wait_for(lambda: (j := runner.store.get_job(job)) and j["state"] == "done" and j)
     pid = int(row["pid"])
     assert pid != os.getpid()
-    _wait_for(lambda: _proc_state(pid) is None, timeout=10)  # gone: not a zombie ("Z") left behind
+    _wait_for(lambda: _proc_state(pid) is None)  # gone: not a zombie ("Z") left behind
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # already waited for
     assert job not in jobs_mod._CHILDREN
@@ -193,10 +195,8 @@ def test_status_and_list_reap_finished_children_without_blocking(runner, monkeyp
     monkeypatch.setattr(jobs_mod, "_reap_when_done", lambda job_id, proc: None)
     job = runner.submit("selftest", {"name": "reap-on-status", "steps": 1, "sleep": 0.01})
     pid = int(_wait_for(lambda: (j := runner.store.get_job(job)) and j["state"] == "done" and j)["pid"])
-    _wait_for(lambda: _proc_state(pid) == "Z", timeout=10)  # ended, nobody has waited for it yet
-    t0 = time.monotonic()
-    runner.list_jobs()
-    assert time.monotonic() - t0 < 2
+    _wait_for(lambda: _proc_state(pid) == "Z")  # ended, nobody has waited for it yet
+    runner.list_jobs()  # collects the ended worker (a blocking wait would hang here if it did not)
     assert _proc_state(pid) is None and job not in jobs_mod._CHILDREN
 
 
@@ -212,5 +212,5 @@ def test_a_report_held_back_by_the_throttle_is_written_soon(runner):
         writer(0.5, "evaluating 4/4")
         writer(0.55, "wanda 50 %: pruning")  # within the write interval: held back
         assert runner.store.get_job("flush")["message"] == "evaluating 4/4"
-        _wait_for(lambda: runner.store.get_job("flush")["message"] == "wanda 50 %: pruning", timeout=2)
+        _wait_for(lambda: runner.store.get_job("flush")["message"] == "wanda 50 %: pruning")  # step still running
     assert runner.store.get_job("flush")["fraction"] == pytest.approx(0.55)

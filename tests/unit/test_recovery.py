@@ -226,18 +226,25 @@ def test_a_time_budget_plans_the_steps_that_fit_and_is_not_overrun():
     from pruning_core.recovery.train import TrainConfig, train_adapter, training_windows
     from pruning_core.recovery import masked_lora
 
+    class StepClock:
+        """Each training step takes exactly `step_s` seconds, however busy the machine is."""
+
+        def __init__(self, step_s: float):
+            self.now, self.step_s = 0.0, step_s
+
+        def __call__(self) -> float:  # called once before and once after each step: each reading is a step later
+            self.now += self.step_s
+            return self.now
+
     loaded = tiny_model("llama", layers=2)
     names = list(loaded.adapter.prunable_modules(loaded.model))
     peft_model = masked_lora.attach(loaded.model, masked_lora.lora_config(names, 2))
     windows = training_windows(torch.randint(0, 100, (4000,)), 32, 2 * 10_000, 0)
-    config = TrainConfig(steps=10_000, batch_size=2, seqlen=32, dtype="float32")
-    warm = train_adapter(peft_model, loaded.model, windows, TrainConfig(**{**config.to_dict(), "steps": 3}))
-    budget = 10 * warm.seconds / 3  # about ten steps of this machine, now warm: far fewer than 10,000 fit
-    history = train_adapter(peft_model, loaded.model, windows, TrainConfig(**{**config.to_dict(), "max_seconds": budget}))
-    assert history.stopped == "time budget" and 3 <= history.steps_done < 10_000
-    assert history.planned_steps < 10_000  # the schedule was re-planned to what fits
-    per_step = history.seconds / history.steps_done
-    assert history.seconds <= budget + 3 * per_step  # stops before a step that would end past the budget
+    config = TrainConfig(steps=10_000, batch_size=2, seqlen=32, dtype="float32", max_seconds=5.0)
+    history = train_adapter(peft_model, loaded.model, windows, config, clock=StepClock(0.5))
+    assert history.stopped == "time budget"
+    assert history.steps_done == 10 and history.planned_steps == 10  # 10 steps of 0.5 s fit in 5 s, re-planned
+    assert history.seconds == pytest.approx(5.0)  # stopped before a step that would end past the budget
 
 
 def test_cancelled_recovery_resumes_from_its_checkpoint(tmp_path):
