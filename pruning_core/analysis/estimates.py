@@ -328,13 +328,16 @@ def _assumptions(rates: dict, what: str) -> str:
 OFFLOAD_THROUGHPUT_WINDOWS = 16
 
 
-def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, offload=None) -> float:
+def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, offload=None,
+                       measure: bool = True) -> float | None:
     """Full-forward throughput (tokens/s) of `loaded` from a few timed forwards of 2 windows of <= 512 tokens.
 
     offload: an `execution.devices.LayerOffload` to a GPU: the rate of the layer-by-layer evaluation a run on
     that device does (`metrics.perplexity` with the offload, `OFFLOAD_THROUGHPUT_WINDOWS` windows), measured once
     per GPU model and cached like the CPU rate.
     Cached in `store` (if given) per model fingerprint, dtype, window length and thread count (and GPU name).
+    measure=False: only look the rate up in `store`; None when it was never measured (the dashboard then measures
+    it in a short job, `run_throughput_job`, instead of running model forwards in its own process).
     """
     import torch
 
@@ -359,6 +362,8 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
         cached = store.get_result(key)
         if cached is not None:
             return float(cached["tokens_per_s"])
+    if not measure:
+        return None
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (windows, tokens), generator=torch.Generator().manual_seed(0))
     timings = []
@@ -411,8 +416,8 @@ def evaluation_windows_used(loaded, corpora: Sequence[str], protocol, store=None
             for corpus in corpora}
 
 
-def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, workers: int | None = None
-                 ) -> dict | None:
+def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, workers: int | None = None,
+                 measure: bool = True) -> dict | None:
     """The estimate of a job as the dashboard and the CLI show it: {"seconds", "peak_memory_bytes",
     "breakdown", "assumptions"}, or None for a kind without an estimate.
 
@@ -423,6 +428,7 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     device: where a sweep computes (None = the CPU): on a GPU the throughput is that GPU's, measured once with
     the layer offload and cached. workers: the executor's parallel workers for a sweep's points or a map's exact
     rows (None = what the job's environment names, `ExecutorConfig.from_env`: 1 for the local executor).
+    measure=False: None instead of timing model forwards when this machine's throughput is not stored yet.
     """
     from pruning_core.analysis.sweep import SweepSpec
     from pruning_core.protocol import Protocol
@@ -437,7 +443,9 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
 
         device = resolve_device(str(device))
         offload = offload_for(device)
-    rate = measure_throughput(loaded, protocol.seqlen, protocol.dtype, store, offload)
+    rate = measure_throughput(loaded, protocol.seqlen, protocol.dtype, store, offload, measure=measure)
+    if rate is None:
+        return None
     if workers is None and kind in ("sweep", "sensitivity"):  # jobs run on the executor their environment names
         from pruning_core.executors.base import ExecutorConfig
 
@@ -528,3 +536,16 @@ def time_left(estimate_seconds: float | None, elapsed: float, fraction: float,
         return float(rate_eta)
     weight = min(fraction / RATE_TRUSTED_FRACTION, 1.0)
     return weight * float(rate_eta) + (1.0 - weight) * planned
+
+
+def run_throughput_job(spec: dict, store, progress) -> dict:
+    """Job entry (`jobs.JOB_KINDS["throughput"]`): measure and store this machine's throughput for
+    {"model", "seqlen", "dtype"}, so that every later estimate of that model reads it without running the model.
+    Returns {"tokens_per_s"}."""
+    from pruning_core.models import load_model
+
+    loaded = load_model(spec["model"], progress=lambda f, m: progress(0.5 * f, m))
+    progress(0.5, "timing a few forward passes of this model on this machine")
+    rate = measure_throughput(loaded, int(spec["seqlen"]), str(spec.get("dtype") or "float32"), store)
+    progress(1.0, "done")
+    return {"tokens_per_s": rate}

@@ -181,3 +181,21 @@ def run_whatif(spec: Union[WhatIfSpec, dict], loaded: Optional[LoadedModel] = No
 def run_whatif_job(spec: dict, store, progress: ProgressFn) -> dict:
     """Job entry (`jobs.JOB_KINDS["whatif"]`): `run_whatif` with the masks stored in `store`."""
     return run_whatif(spec, store=store, progress=progress)
+
+
+def run_generation_job(spec: dict, store, progress: ProgressFn) -> dict:
+    """Job entry (`jobs.JOB_KINDS["generation"]`): greedy text of the dense model and of the model with a stored
+    mask (and SparseGPT's stored weights), for a prompt the user typed after the What-if ran, in a worker with
+    progress and cancel instead of in the dashboard's process.
+
+    spec {"model", "prompt", "mask_artifact", "weights_artifact" (or None), "max_new_tokens"}.
+    Returns {"prompt", "dense", "pruned"} (`claims.compare_generations`).
+    """
+    loaded = load_model(spec["model"], progress=sub_progress(progress, 0.0, 0.3))
+    masks = store.load_tensors(spec["mask_artifact"])
+    weights = store.load_tensors(spec["weights_artifact"]) if spec.get("weights_artifact") else None
+    progress(0.3, "generating text (dense and pruned)")
+    generations = claims.compare_generations(loaded, [str(spec["prompt"])], masks, weights,
+                                             int(spec.get("max_new_tokens") or 40))[0]
+    progress(1.0, "done")
+    return generations

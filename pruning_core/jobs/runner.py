@@ -53,6 +53,10 @@ JOB_KINDS: dict[str, str] = {
     "recovery": "pruning_core.recovery.run:run_recovery_job",
     "continual": "pruning_core.continual.run:run_continual_job",
     "continual_adapters": "pruning_core.continual.adapters:run_continual_adapters_job",
+    # Short jobs: work the dashboard would otherwise run in its own process (cached by spec like any job).
+    "plan": "pruning_core.allocation.plan_job:run_plan_job",
+    "throughput": "pruning_core.analysis.estimates:run_throughput_job",
+    "generation": "pruning_core.analysis.whatif:run_generation_job",
     "selftest": "pruning_core.jobs.runner:_selftest_job",
 }
 
