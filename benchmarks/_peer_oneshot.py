@@ -58,7 +58,7 @@ def main() -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    ids = torch.load(args.ids)
+    ids = torch.load(args.ids, weights_only=True)
     dataset = _dataset(ids)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,17 @@ def _save_checkpoint(folder: Path, peft_model, optimizer, scheduler, step: int, 
 def _load_checkpoint(folder: Optional[Path], key: str):
     if folder is None or not (folder / CHECKPOINT).exists():
         return None
-    state = torch.load(folder / CHECKPOINT, weights_only=False)
+    path = folder / CHECKPOINT
+    try:
+        # weights_only: a checkpoint holds tensors and plain values; a file replaced under $PRUNESCOPE_HOME
+        # must never run code when a user resumes (a full unpickler would).
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same one sentence
+        raise ConfigError(f"The recovery checkpoint {path} cannot be read as plain tensors and values "
+                          f"({type(exc).__name__}); delete it to train this adapter from the start.") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"The recovery checkpoint {path} is not a PruneScope checkpoint; delete it to train "
+                          "this adapter from the start.")
     return state if state.get("key") == key else None  # another setting's checkpoint: start fresh
 
 

@@ -479,3 +479,18 @@ def test_the_share_of_the_gap_won_back_and_no_share_of_a_gap_within_noise():
     # pruning cost 0.05 % of dense: a 2 % recovery would read 4,000 %; no share is given
     assert gap_won_back(291.87, 291.94, 288.65) is None
     assert gap_won_back(20.0, 19.0, 18.0) is None
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_not_executed(tmp_path):
+    from pruning_core.recovery.train import CHECKPOINT, _load_checkpoint
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):  # what a replaced checkpoint would carry: code run by a full unpickler
+            return (marker.touch, ())
+
+    torch.save({"key": "k", "payload": Payload()}, tmp_path / CHECKPOINT)
+    with pytest.raises(ConfigError, match="cannot be read as plain tensors and values.*delete it"):
+        _load_checkpoint(tmp_path, "k")
+    assert not marker.exists()
