@@ -172,22 +172,51 @@ def load_masks(mask_dir) -> tuple[dict[str, torch.Tensor], dict]:
                           "by `prunescope export`.")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{manifest_path} is not valid JSON ({exc.msg}); re-export the mask.") from None
-    if manifest.get("format") != FORMAT:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{manifest_path} is not valid JSON ({getattr(exc, 'msg', exc)}); re-export the mask.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ConfigError(f"{manifest_path} is not a PruneScope mask manifest; re-export the mask.")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{manifest_path} has mask format version {manifest.get('format_version')!r}, but this "
+                          f"PruneScope reads version {FORMAT_VERSION}; re-export the mask with this version.")
     actual = file_sha256(mask_path)
     if actual != manifest.get("mask_sha256"):
         raise ConfigError(f"{mask_path} has sha256 {actual[:16]}... but the manifest expects "
                           f"{str(manifest.get('mask_sha256'))[:16]}...; the file was changed or damaged, re-export it.")
-    shapes = manifest.get("model", {}).get("module_shapes", {})
+    model_info = manifest.get("model")
+    shapes = model_info.get("module_shapes") if isinstance(model_info, dict) else None
+    if not isinstance(shapes, dict):
+        raise ConfigError(f"{manifest_path} lists no module shapes under 'model'; re-export the mask.")
     masks = {}
-    with safe_open(str(mask_path), framework="pt") as handle:
-        for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-            if name not in shapes:
-                raise ConfigError(f"Module '{name}' in {mask_path} has no shape in the manifest; re-export the mask.")
-            masks[name] = unpack_mask(handle.get_tensor(name), tuple(shapes[name]))
+    try:
+        with safe_open(str(mask_path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if name not in shapes:
+                    raise ConfigError(f"Module '{name}' in {mask_path} has no shape in the manifest; re-export the mask.")
+                packed = handle.get_tensor(name)
+                if packed.dtype != torch.uint8:
+                    raise ConfigError(f"The mask of '{name}' in {mask_path} is {packed.dtype}, not the packed uint8 "
+                                      "bits PruneScope writes; re-export the mask.")
+                masks[name] = unpack_mask(packed, tuple(shapes[name]))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' own errors: a damaged header or body
+        raise ConfigError(f"{mask_path} is not a readable safetensors file ({type(exc).__name__}); "
+                          "re-export the mask.") from None
     return masks, manifest
+
+
+def sparsity_warning(masks: Mapping[str, torch.Tensor], manifest: dict) -> str | None:
+    """A sentence when the sparsity measured on the masks differs from the one the manifest states (by more than
+    0.01 percentage points), else None: the manifest was edited, or written by other code."""
+    stated = (manifest.get("measured_sparsity") or {}).get("overall") if isinstance(
+        manifest.get("measured_sparsity"), dict) else None
+    measured = sparsity_of(masks)
+    if not isinstance(stated, (int, float)) or abs(float(stated) - measured) > 1e-4:
+        return (f"The masks are {measured:.2%} sparse but the manifest states "
+                f"{stated if not isinstance(stated, (int, float)) else format(float(stated), '.2%')}; "
+                "the manifest was edited or written elsewhere: trust the measured figure.")
+    return None
 
 
 def check_mask_fits(loaded: LoadedModel, masks: Mapping[str, torch.Tensor], manifest: dict,
@@ -195,7 +224,10 @@ def check_mask_fits(loaded: LoadedModel, masks: Mapping[str, torch.Tensor], mani
     """Refuse a mask made for another model: fingerprint and every module's shape must match."""
     expected = manifest.get("model", {}).get("fingerprint")
     origin = manifest.get("model", {}).get("name", "?")
-    if check_fingerprint and expected and expected != loaded.fingerprint:
+    if check_fingerprint and not (isinstance(expected, str) and expected):
+        raise ConfigError("The mask's manifest.json names no model fingerprint, so it cannot be checked against "
+                          f"'{loaded.name}'; re-export the mask from the model it was made for.")
+    if check_fingerprint and expected != loaded.fingerprint:
         raise ConfigError(
             f"This mask was made for model '{origin}' with weight fingerprint {expected}, but '{loaded.name}' has "
             f"fingerprint {loaded.fingerprint}: the weights differ, so the mask would prune the wrong weights. "
@@ -215,13 +247,14 @@ def check_mask_fits(loaded: LoadedModel, masks: Mapping[str, torch.Tensor], mani
 def applied_mask_dir(loaded: LoadedModel, mask_dir, check_fingerprint: bool = True) -> Iterator[dict]:
     """Context manager: the mask folder applied to `loaded` (verified first), weights restored on exit.
 
-    Yields {"manifest", "masks", "sparsity": measured {"overall", "per_module"}}.
+    Yields {"manifest", "masks", "sparsity": measured {"overall", "per_module"}, "warning": `sparsity_warning`}.
     """
     masks, manifest = load_masks(mask_dir)
     check_mask_fits(loaded, masks, manifest, check_fingerprint)
     modules = {name: loaded.model.get_submodule(name) for name in masks}
     with applied_masks(loaded.model, masks):
-        yield {"manifest": manifest, "masks": masks, "sparsity": measured_sparsity(loaded.model, modules)}
+        yield {"manifest": manifest, "masks": masks, "sparsity": measured_sparsity(loaded.model, modules),
+               "warning": sparsity_warning(masks, manifest)}
 
 
 def apply_mask_dir(loaded: LoadedModel, mask_dir, permanent: bool = False, check_fingerprint: bool = True):
@@ -229,7 +262,7 @@ def apply_mask_dir(loaded: LoadedModel, mask_dir, permanent: bool = False, check
 
     permanent=False: returns the `applied_mask_dir` context manager (weights restored on exit).
     permanent=True: zeroes the weights in place (for a freshly loaded model, as in the CLI) and returns
-    {"manifest", "masks", "sparsity"}. The model's cached fingerprint is kept as that of the dense weights.
+    {"manifest", "masks", "sparsity", "warning"}. The model's cached fingerprint is kept as that of the dense weights.
     """
     if not permanent:
         return applied_mask_dir(loaded, mask_dir, check_fingerprint)
@@ -240,7 +273,8 @@ def apply_mask_dir(loaded: LoadedModel, mask_dir, permanent: bool = False, check
             weight = loaded.model.get_submodule(name).weight.data
             weight.mul_(mask.to(weight.dtype))
     modules = {name: loaded.model.get_submodule(name) for name in masks}
-    return {"manifest": manifest, "masks": masks, "sparsity": measured_sparsity(loaded.model, modules)}
+    return {"manifest": manifest, "masks": masks, "sparsity": measured_sparsity(loaded.model, modules),
+            "warning": sparsity_warning(masks, manifest)}
 
 
 # ------------------------------------------------------------------------------------------ pruned model

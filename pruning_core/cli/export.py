@@ -206,7 +206,11 @@ def cmd_apply_mask(args) -> int:
     loaded = load_model_from_args(args, progress)
     summary = run_apply_mask(loaded, args.mask, _csv(args.eval), args.seqlen, args.eval_windows, args.save_model)
     print(f"applied {args.mask} to {summary['model']} (fingerprint {summary['fingerprint']} verified, shapes match)")
-    print(f"measured sparsity {summary['measured_sparsity']:.4f} (manifest: {summary['manifest_sparsity']:.4f})")
+    manifest_sparsity = summary["manifest_sparsity"]
+    print(f"measured sparsity {summary['measured_sparsity']:.4f}" + (
+        f" (manifest: {manifest_sparsity:.4f})" if isinstance(manifest_sparsity, (int, float)) else ""))
+    if summary.get("warning"):
+        print(f"warning: {summary['warning']}")
     if summary["weights_updated"]:
         print("note: this mask comes from a method that also updated weights; the mask alone does not reproduce "
               "its perplexity (use the exported pruned model).")

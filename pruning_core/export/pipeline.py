@@ -362,15 +362,18 @@ def run_apply_mask(loaded, mask_dir, eval_corpora: Sequence[str] = (), seqlen: i
     """Apply the mask folder permanently to `loaded` (freshly loaded), measure, and optionally evaluate/save."""
     from pruning_core import evaluate
     from pruning_core.mask_files import _drop_quantization_config, apply_mask_dir
+    from pruning_core.outputs.files import check_output_folder, folder_written_whole
     from pruning_core.protocol import Protocol
 
+    if save_model:
+        check_output_folder(save_model, "--save-model")  # before any work: never a false "wrote"
     applied = apply_mask_dir(loaded, mask_dir, permanent=True)
     manifest = applied["manifest"]
     summary = {"model": loaded.name, "fingerprint": loaded.fingerprint, "method": manifest.get("method"),
                "structure": manifest.get("structure"), "allocator": manifest.get("allocator"),
                "plan_digest": manifest.get("plan_digest"), "measured_sparsity": applied["sparsity"]["overall"],
                "manifest_sparsity": manifest.get("measured_sparsity", {}).get("overall"),
-               "weights_updated": manifest.get("weights_updated"), "ppl": {}}
+               "weights_updated": manifest.get("weights_updated"), "ppl": {}, "warning": applied["warning"]}
     if eval_corpora:
         known = {k: v for k, v in (manifest.get("protocol") or {}).items() if k in Protocol.__dataclass_fields__}
         protocol = Protocol(**known)
@@ -382,7 +385,8 @@ def run_apply_mask(loaded, mask_dir, eval_corpora: Sequence[str] = (), seqlen: i
         summary["eval_windows_used"] = evaluation.windows
     if save_model:
         _drop_quantization_config(loaded.model)
-        loaded.model.save_pretrained(str(save_model), safe_serialization=True)
-        loaded.tokenizer.save_pretrained(str(save_model))
+        with folder_written_whole(save_model) as folder:
+            loaded.model.save_pretrained(str(folder), safe_serialization=True)
+            loaded.tokenizer.save_pretrained(str(folder))
         summary["saved_model"] = str(save_model)
     return summary

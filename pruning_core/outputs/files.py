@@ -1,10 +1,20 @@
-"""Writing output files safely."""
+"""Writing output files safely: a file or a folder is either the old one or the whole new one, never a mix."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from pruning_core.errors import ConfigError
+
+#: Written into every folder PruneScope writes whole, so that a later run may replace that folder (and only such
+#: a folder: one that holds anything else is never deleted).
+MARKER = ".prunescope-output"
 
 
 def write_json(path: Path, document: dict) -> None:
@@ -13,3 +23,54 @@ def write_json(path: Path, document: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(document, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def _os_problem(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def check_output_folder(path, what: str = "the output folder") -> Path:
+    """Refuse, in one sentence, an output folder that cannot be written whole: an existing file, a folder that
+    holds files PruneScope did not write, or a parent that cannot be created or written. Returns the path."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{what} '{path}' is an existing file; give a folder path.")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ConfigError(f"{what} '{path}' already holds files PruneScope did not write; give a new or empty "
+                          "folder (PruneScope replaces only folders it wrote).")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} '{path}' cannot be created ({_os_problem(exc)}); give a folder in a writable "
+                          "place.") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"{what} '{path}' cannot be written: its parent folder is read-only; give a folder in a "
+                          "writable place.")
+    return out
+
+
+@contextlib.contextmanager
+def folder_written_whole(path, what: str = "the output folder") -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `path`; when the block ends without error it replaces `path`
+    whole (one rename), else it is deleted and `path` is left as it was. A crash in between leaves only a
+    hidden `.name.partial-*` folder, never a folder that looks complete."""
+    out = check_output_folder(path, what)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise ConfigError(f"{what} '{path}' cannot be written ({_os_problem(exc)}); give a folder in a writable "
+                          "place.") from None
+    try:
+        yield tmp
+        (tmp / MARKER).write_text("written whole by PruneScope; a later run may replace this folder\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an output folder is meant to be shared
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
