@@ -54,14 +54,36 @@ PAPER_PROTOCOL = Protocol(nsamples=128, seqlen=2048, eval_windows=10_000)
 QUICK_PROTOCOL = Protocol(nsamples=16, seqlen=256, eval_windows=16)
 
 
+def model_context(loaded: LoadedModel) -> int | None:
+    """The most positions the model was configured for (`max_position_embeddings`, GPT-2's `n_positions`...),
+    or None when its config names none."""
+    config = loaded.model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(loaded: LoadedModel, seqlen: int) -> None:
+    """Refuse windows longer than the model's context in one sentence (past it a model fails with an index error
+    or silently computes on positions it never learned)."""
+    context = model_context(loaded)
+    if context is not None and int(seqlen) > context:
+        raise ConfigError(f"seqlen {seqlen} is longer than {loaded.name}'s context of {context} positions; use "
+                          f"--seqlen {context} or less.")
+
+
 def calibration_ids(loaded: LoadedModel, protocol: Protocol) -> torch.Tensor:
     """(nsamples, seqlen) token ids sampled from the calibration split."""
+    check_context(loaded, protocol.seqlen)
     text = data.load_corpus_text(protocol.calib, "calibration", protocol.calib_column)
     return data.calibration_windows(loaded.tokenizer, text, protocol.nsamples, protocol.seqlen, protocol.seed)
 
 
 def evaluation_ids(loaded: LoadedModel, corpus: str, protocol: Protocol, column: str | None = None) -> torch.Tensor:
     """(n <= eval_windows, seqlen) token ids of the evaluation split of `corpus`."""
+    check_context(loaded, protocol.seqlen)
     text = data.load_corpus_text(corpus, "evaluation", column)
     return data.evaluation_windows(loaded.tokenizer, text, protocol.seqlen, protocol.eval_windows)
 

@@ -346,3 +346,16 @@ def test_extensionless_text_file_calibrates_a_tiny_model(tmp_path):
     assert ids.shape == (4, 32)
     result = prune_model(tiny, ids, PruneConfig("wanda", "unstructured", 0.5))
     assert result.sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_windows_longer_than_the_models_context_are_refused_in_one_sentence():
+    from pruning_core.errors import ConfigError
+    from pruning_core.models import load_model
+    from pruning_core.protocol import Protocol, calibration_ids, evaluation_ids
+
+    loaded = load_model("tiny-gpt2")  # 512 positions: past them GPT-2 fails with an IndexError
+    protocol = Protocol(calib="news", nsamples=2, seqlen=1024, eval_windows=2)
+    for build in (lambda: calibration_ids(loaded, protocol), lambda: evaluation_ids(loaded, "news", protocol)):
+        with pytest.raises(ConfigError, match="seqlen 1024 is longer than .* context of 512 positions; use --seqlen 512"):
+            build()
+    assert calibration_ids(loaded, Protocol(calib="news", nsamples=2, seqlen=512)).shape == (2, 512)
