@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pruning_core.errors import PruneScopeError
+
 ENV_HOME = "PRUNESCOPE_HOME"
 
 
@@ -18,6 +20,12 @@ def home_dir(create: bool = True) -> Path:
     unless `create` is False."""
     env = os.environ.get(ENV_HOME)
     home = Path(env).expanduser() if env else Path.home() / ".cache" / "prunescope"
+    if home.exists() and not home.is_dir():
+        raise PruneScopeError(f"PruneScope's data folder {home} is a file; set {ENV_HOME} to a folder.")
     if create:
-        home.mkdir(parents=True, exist_ok=True)
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PruneScopeError(f"PruneScope's data folder {home} cannot be created ({exc.strerror}); set "
+                                  f"{ENV_HOME} to a writable folder.") from None
     return home

@@ -17,6 +17,7 @@ from pruning_core.errors import PruneScopeError
 from pruning_core.devices.allocator import reexec_with_allocator_settings
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
 
 # ------------------------------------------------------------------------------------------------ main
 
@@ -59,6 +60,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished points are kept in the store", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the user reads one sentence, never a traceback
+        return _report_failure(exc)
+
+
+def _report_failure(exc: BaseException) -> int:
+    """One sentence for a failure from below (store, disk, file system); an unexpected one is a bug: say so and
+    keep its traceback in a log file."""
+    import traceback
+
+    from pruning_core.failures import explain, failure_log
+
+    sentence = explain(exc)
+    if sentence is not None:
+        print(f"error: {sentence}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    log = failure_log(exc, traceback.format_exc())
+    print(f"error: PruneScope failed unexpectedly ({type(exc).__name__}: {str(exc)[:200]}); this is a bug, "
+          f"please report it" + (f" with {log}" if log else "") + ".", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def _quiet_libraries() -> None:
