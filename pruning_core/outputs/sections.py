@@ -8,7 +8,7 @@ cells are already formatted (the section's builder chooses units and digits and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -84,12 +84,3 @@ class Section:
 
 Block = Union[Paragraph, Callout, Table, KeyFacts, SampleTexts, Figure, Code, Section]
 
-
-def figures_in(sections: Sequence[Section]) -> Iterator[Figure]:
-    """Every Figure of `sections`, sub-sections included, in page order."""
-    for section in sections:
-        for block in section.blocks:
-            if isinstance(block, Section):
-                yield from figures_in([block])
-            elif isinstance(block, Figure):
-                yield block
