@@ -2,8 +2,9 @@
 
 `run_export(options)` is the pipeline shared by `prunescope export` and the dashboard's Export page: load,
 prune, evaluate dense and pruned, then write the mask folder (masks.safetensors + manifest.json), the
-report (html, md, json, optionally pdf; its sections in `export.report`) and, on request, the pruned model, the llm-compressor recipe and
-lm-eval results. `run_apply_mask` re-applies an exported mask to a freshly loaded model and verifies it.
+report (html, md, json, optionally pdf; its sections in `export.report`) and, on request, the pruned model,
+the llm-compressor recipe and lm-eval results. `run_apply_mask` re-applies an exported mask to a freshly
+loaded model and verifies it.
 """
 
 from __future__ import annotations
