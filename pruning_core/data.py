@@ -63,7 +63,7 @@ import urllib.parse
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -189,14 +189,63 @@ _token_cache: "OrderedDict[tuple[int, str], tuple[Any, torch.Tensor]]" = Ordered
 _token_cache_lock = threading.Lock()
 
 
+#: Characters tokenized in one call. Longer texts are cut into pieces of about this size where a document ends
+#: (a non-space character before a blank line and a non-space character after it): a byte-level BPE tokenizer
+#: gives there exactly the ids of the whole text (checked on the embedded corpora, and on a probe text for each
+#: tokenizer), while the tokenizer's transient memory (~280 bytes per token) stays that of one piece instead of
+#: growing with the file (a 20 MB text at once took GBs).
+TOKENIZE_CHARS = 100_000
+_PIECE_BOUNDARY = re.compile(r"(?<=\S)(?=\n\n\S)")
+
+
+def text_pieces(text: str, size: int = TOKENIZE_CHARS) -> Iterator[str]:
+    """`text` in consecutive pieces of about `size` characters (more when no document boundary comes sooner),
+    each cut where a document ends; joined, the pieces are `text`."""
+    start = 0
+    while len(text) - start > size:
+        boundary = _PIECE_BOUNDARY.search(text, start + size)
+        if boundary is None:
+            break
+        yield text[start:boundary.start()]
+        start = boundary.start()
+    yield text[start:]
+
+
+_PROBE_TEXT = "Alpha beta, gamma.\n\nDelta epsilon: zeta.\n\nEta (theta) iota."
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False, verbose=False, return_attention_mask=False)["input_ids"])
+
+
+def pieces_are_exact(tokenizer: Any) -> bool:
+    """Whether `tokenizer` gives a text cut at document boundaries the ids of the whole text (byte-level BPE
+    does; a tokenizer that prefixes every call's first word, as SentencePiece's dummy prefix does, does not)."""
+    return _ids(tokenizer, _PROBE_TEXT) == [i for piece in text_pieces(_PROBE_TEXT, 1) for i in _ids(tokenizer, piece)]
+
+
+def _encode(tokenizer: Any, text: str, max_tokens: int | None = None) -> torch.Tensor:
+    """Token ids of `text` piece by piece (`text_pieces`), stopping once `max_tokens` are reached; in one call
+    when the text is short or the tokenizer's ids would change at the cuts (`pieces_are_exact`)."""
+    parts, count = [], 0
+    pieces = text_pieces(text) if len(text) > TOKENIZE_CHARS and pieces_are_exact(tokenizer) else [text]
+    for piece in pieces:
+        parts.append(torch.tensor(_ids(tokenizer, piece), dtype=torch.long))  # (piece tokens,)
+        count += int(parts[-1].numel())
+        if max_tokens is not None and count >= max_tokens:
+            break
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
     """Tokenize ``text`` as one sequence, without special tokens: a 1-D ``torch.long`` tensor of token ids.
 
-    The whole text is encoded at once, as the reference code does, with ``verbose=False`` so that transformers'
-    "sequence length is longer than the specified maximum" warning (meaningless here: the ids are cut into
-    windows afterwards) is not emitted. Results are cached per (tokenizer object, sha256 of text) in a small
-    LRU; the tokenizer's identity is checked through a weak reference, so two tokenizers that share a
-    ``name_or_path`` never share an entry. Returns a fresh tensor (callers may modify it).
+    The text is encoded as one sequence, as the reference code does (long texts piece by piece at document
+    boundaries, `text_pieces`, which gives the same ids with bounded memory), with ``verbose=False`` so that
+    transformers' "sequence length is longer than the specified maximum" warning (meaningless here: the ids
+    are cut into windows afterwards) is not emitted. Results are cached per (tokenizer object, sha256 of text)
+    in a small LRU; the tokenizer's identity is checked through a weak reference, so two tokenizers that share
+    a ``name_or_path`` never share an entry. Returns a fresh tensor (callers may modify it).
     """
     key = (id(tokenizer), _sha256(text))
     with _token_cache_lock:
@@ -204,8 +253,7 @@ def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
         if hit is not None and hit[0]() is tokenizer:
             _token_cache.move_to_end(key)
             return hit[1].clone()
-    encoding = tokenizer(text, add_special_tokens=False, verbose=False, return_attention_mask=False)
-    ids = torch.tensor(list(encoding["input_ids"]), dtype=torch.long)  # (ntokens,)
+    ids = _encode(tokenizer, text)  # (ntokens,)
     assert ids.dim() == 1, f"expected a 1-D sequence of token ids, got shape {tuple(ids.shape)}"
     try:
         reference = weakref.ref(tokenizer)
@@ -236,7 +284,13 @@ def evaluation_windows(tokenizer: Any, text: str, seqlen: int, eval_windows: int
     asked, all that fit are returned (n < eval_windows: the shape tells the caller). Raises ``CorpusError`` when
     not even one window fits.
     """
-    return consecutive_token_windows(tokenize_text(tokenizer, text), seqlen, eval_windows, source="evaluation split")
+    if eval_windows is not None and len(text) > TOKENIZE_CHARS:
+        # Only the first windows are read: tokenize the pieces that hold them, not the whole text.
+        _require_positive(seqlen=seqlen, eval_windows=eval_windows)
+        ids = _encode(tokenizer, text, max_tokens=int(eval_windows) * int(seqlen))
+    else:
+        ids = tokenize_text(tokenizer, text)
+    return consecutive_token_windows(ids, seqlen, eval_windows, source="evaluation split")
 
 
 def calibration_tokens_needed(nsamples: int, seqlen: int) -> int:

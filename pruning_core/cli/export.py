@@ -94,7 +94,7 @@ def cmd_export(args) -> int:
         pruned = data["ppl"]["pruned"][corpus]
         print(f"{corpus}: perplexity dense {dense:.3f} -> pruned {pruned:.3f} ({100 * (pruned / dense - 1):+.1f} %)")
     if data["setting"].get("plan") is not None:
-        from pruning_core.outputs.report import allocation_summary
+        from pruning_core.outputs.plan_section import allocation_summary
 
         planned = allocation_summary(data)["global_sparsity"]  # as the report's "Where the zeros are" says it
         print(f"plan by {data['setting']['allocator']} (digest {data['setting']['plan_digest'][:12]})"

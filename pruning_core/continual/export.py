@@ -1,13 +1,13 @@
 """Export of a continual-pruning run: the mask of every step of every strategy, continual.json and the report.
 
 `export_continual(loaded, spec, out_dir)` runs `continual.run.run_continual` with out_dir, so every step's mask is
-written in the export format under out_dir/<strategy>/step-<t> (t from 1; `outputs.export.save_masks`, with the
+written in the export format under out_dir/<strategy>/step-<t> (t from 1; `mask_files.save_masks`, with the
 strategy, step, domain and domains seen in its manifest), then writes out_dir/continual.json and the report
-(`report.build_report`) with its "Continual pruning" section: the R matrix of each strategy as a table, BWT (with
-its sign convention: positive = forgetting), forward transfer, average perplexity and the rule of each strategy,
-and the charts of `outputs.continual_figures`. `continual_report_data(result)` turns any continual result (a
-job's, a CLI run's) into the report's data, so the dashboard's download, the CLI's --report and this export word
-it the same.
+(`outputs.report.build_report`) with its "Continual pruning" section (`continual.report`): the R matrix of each
+strategy as a table, BWT (with its sign convention: positive = forgetting), forward transfer, average perplexity
+and the rule of each strategy, and the charts of `continual.figures`. `continual_report_data(result)` turns any
+continual result (a job's, a CLI run's) into the report's document, so the dashboard's download, the CLI's
+--report and this export word it the same.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from pruning_core.continual.report import continual_report
 from pruning_core.continual.run import ContinualSpec, run_continual
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel
@@ -27,10 +28,10 @@ RESULT_FILE = "continual.json"
 
 
 def continual_report_data(result: dict, files: Optional[list] = None) -> dict:
-    """`build_report`'s data for a `run_continual` result: the setting every step prunes to and the whole result
-    under "continual" (the report's Continual pruning section)."""
+    """`build_report`'s document of a `run_continual` result: the setting every step prunes to and the whole
+    result under "continual", with the sections of `continual.report` (its Continual pruning section)."""
     model, spec = result.get("model") or {}, result.get("spec") or {}
-    return {
+    return continual_report({
         "setting": {"model": model.get("name"), "source": model.get("source"), "fingerprint": model.get("fingerprint"),
                     "method": spec.get("method"), "structure": spec.get("structure", "unstructured"),
                     "sparsity": spec.get("sparsity"), "allocator": spec.get("allocation"),
@@ -40,7 +41,7 @@ def continual_report_data(result: dict, files: Optional[list] = None) -> dict:
         "files": files or [],
         "protocol": result.get("protocol") or {},
         "env": environment(),
-    }
+    })
 
 
 def _mean_sparsity(result: dict) -> Optional[float]:

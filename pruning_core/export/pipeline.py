@@ -2,8 +2,9 @@
 
 `run_export(options)` is the pipeline shared by `prunescope export` and the dashboard's Export page: load,
 prune, evaluate dense and pruned, then write the mask folder (masks.safetensors + manifest.json), the
-report (html, md, json, optionally pdf) and, on request, the pruned model, the llm-compressor recipe and
-lm-eval results. `run_apply_mask` re-applies an exported mask to a freshly loaded model and verifies it.
+report (html, md, json, optionally pdf; its sections in `export.report`) and, on request, the pruned model,
+the llm-compressor recipe and lm-eval results. `run_apply_mask` re-applies an exported mask to a freshly
+loaded model and verifies it.
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     from pruning_core.provenance import environment
     from pruning_core.prune import PruneConfig, propagation_note, prune_model
     from pruning_core import claims
-    from pruning_core.outputs.report import build_report, per_layer_table
+    from pruning_core.export.report import export_report, per_layer_table
+    from pruning_core.outputs.report import build_report
 
     progress = progress or no_progress
     config = export_config(options)
@@ -324,7 +326,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
         "env": environment(),
         "model": describe,
     }
-    paths = build_report(data, out, formats=options.formats, pdf=options.pdf)
+    paths = build_report(export_report(data), out, formats=options.formats, pdf=options.pdf)
     progress(1.0, "export done")
     files = {name: out / name for name in written}
     files.update({p.name: p for p in paths.values()})

@@ -2,9 +2,9 @@
 
 `export_recovery(loaded, spec, out_dir)` runs `recovery.run.run_recovery` with out_dir (the adapter is copied to
 out_dir/adapter) and merged_dir = out_dir/merged-model (a Hugging Face folder whose pruned weights are exactly
-zero), then writes the report (`report.build_report`) with a "Recovery" section: before/after per corpus,
+zero), then writes the report (`outputs.report.build_report`) with a "Recovery" section: before/after per corpus,
 training time and steps, adapter size and its fraction of the model, the merged sparsity and the ranks.
-`recovery_report_data(result)` turns any recovery result (a job's, a CLI run's) into the report's data, so the
+`recovery_report_data(result)` turns any recovery result (a job's, a CLI run's) into the report's document, so the
 dashboard's download, the CLI and this export word it the same.
 """
 
@@ -18,6 +18,7 @@ from pruning_core.models import LoadedModel
 from pruning_core.outputs.report import build_report
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.provenance import environment
+from pruning_core.recovery.report import recovery_report
 from pruning_core.recovery.run import RecoverySpec, run_recovery
 
 MERGED_FOLDER = "merged-model"
@@ -25,12 +26,12 @@ ADAPTER_FOLDER = "adapter"
 
 
 def recovery_report_data(result: dict, files: Optional[list] = None) -> dict:
-    """`build_report`'s data for a `run_recovery` result: the setting recovered, dense vs pruned perplexity
-    (the Quality table) and the whole result under "recovery" (the Recovery section)."""
+    """`build_report`'s document of a `run_recovery` result: the setting recovered, dense vs pruned perplexity
+    (the Quality table) and the whole result under "recovery", with the sections of `recovery.report`."""
     model, spec = result.get("model") or {}, result.get("spec") or {}
     pruned = result.get("pruned") or {}
     from_setting = pruned.get("source", "setting") == "setting"
-    return {
+    return recovery_report({
         "setting": {"model": model.get("name"), "source": model.get("source"),
                     "fingerprint": model.get("fingerprint"),
                     "method": spec.get("method") if from_setting else pruned.get("description"),
@@ -43,7 +44,7 @@ def recovery_report_data(result: dict, files: Optional[list] = None) -> dict:
         "files": files or [],
         "protocol": result.get("protocol") or {},
         "env": environment(),
-    }
+    })
 
 
 def report_files(out: Path) -> list[dict]:

@@ -2,9 +2,10 @@
 
 `export_structured(loaded, spec, out_dir)` runs one ratio through `structured.run.run_structured` (pruned,
 evaluated, timed when `spec.speed`, saved to out_dir/model and re-evaluated after reloading) and writes the
-report (`report.build_report`) whose sizes come from the real parameter count and the saved files, and whose
-speed sentence and table come from the measurement (or say "not measured"). `structured_report_data` turns any
-point of a structured run into the report's data, so the CLI's --report and this export word it the same.
+report (`outputs.report.build_report`; its sections in `structured.report`) whose sizes come from the real
+parameter count and the saved files, and whose speed sentence and table come from the measurement (or say "not
+measured"). `structured_report_data` turns any point of a structured run into the report's document, so the CLI's
+--report, the dashboard and this export word it the same.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pruning_core.models import LoadedModel
 from pruning_core.outputs.report import build_report
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.provenance import environment
+from pruning_core.structured.report import structured_report
 from pruning_core.structured.run import StructuredSpec, run_structured
 
 MODEL_FOLDER = "model"
@@ -30,12 +32,12 @@ def _method_words(config: dict) -> str:
 
 
 def structured_report_data(result: dict, point: dict, files: Optional[list] = None) -> dict:
-    """`build_report`'s data for one point of `run_structured`'s result (see the module docstring)."""
+    """`build_report`'s document (record and sections) of one point of `run_structured`'s result."""
     model = result["model"]
     config = point.get("config") or {}
     saved = point.get("saved") or {}
     gains = claims.structured_claims(point.get("sizes"), point.get("speed"))
-    return {
+    return structured_report({
         "setting": {"model": model.get("name"), "source": model.get("source"), "fingerprint": model.get("fingerprint"),
                     "method": _method_words(config), "structure": claims.STRUCTURED,
                     "sparsity": point["ratio"], "measured_sparsity": point["measured_ratio"]},
@@ -55,7 +57,7 @@ def structured_report_data(result: dict, point: dict, files: Optional[list] = No
         "files": files or [],
         "protocol": result.get("protocol") or {},
         "env": environment(),
-    }
+    })
 
 
 def export_structured(loaded: Optional[LoadedModel], spec: Union[StructuredSpec, dict], out_dir, *, store=None,

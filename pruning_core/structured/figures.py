@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pruning_core.outputs.figures import axis, base_layout, finite, method_color
+# The figure base's `axis` under another name: `tradeoff_figure`'s own `axis` argument would hide it.
+from pruning_core.outputs.figures import axis as titled_axis
+from pruning_core.outputs.figures import base_layout, finite, method_color
 
 STRUCTURED_COLOR = "#7E3AF2"
 AXES = {"removed": "Decoder parameters removed (%)", "speedup": "Measured speed-up (pruned / dense tokens/s)"}
@@ -91,8 +93,9 @@ def tradeoff_figure(structured: dict, sweep: Optional[dict], corpus: str, axis: 
                      "marker": {"color": "#262730", "size": 11, "symbol": "star"}, "meta": {"role": "dense"}})
     title = (f"Perplexity on {corpus} against parameters removed" if axis == "removed" else
              f"Perplexity on {corpus} against measured speed-up ({phase or 'not measured'}, {dtype})")
-    layout = base_layout(title, xaxis=axis(AXES[axis]), yaxis=axis(f"Perplexity on {corpus} (lower is better)"),
-                          legend={"orientation": "h", "y": -0.2})
+    layout = base_layout(title, xaxis=titled_axis(AXES[axis]),
+                         yaxis=titled_axis(f"Perplexity on {corpus} (lower is better)"),
+                         legend={"orientation": "h", "y": -0.2})
     return {"data": data, "layout": layout}
 
 
@@ -121,7 +124,7 @@ def widths_figure(point: dict, dense_widths: dict) -> dict:
                      "text": [f"{w[key]:,} of {dense_widths[key]:,}" for w in point["widths"]],
                      "hovertemplate": "%{x}: %{text}<extra>" + name + "</extra>"})
     title = f"Widths per layer at {100 * point['measured_ratio']:.1f} % of decoder parameters removed"
-    layout = base_layout(title, barmode="group", xaxis=axis("Decoder layer"),
-                          yaxis=axis("Kept (% of the dense layer)", range=[0, 105]),
-                          legend={"orientation": "h", "y": -0.2})
+    layout = base_layout(title, barmode="group", xaxis=titled_axis("Decoder layer"),
+                         yaxis=titled_axis("Kept (% of the dense layer)", range=[0, 105]),
+                         legend={"orientation": "h", "y": -0.2})
     return {"data": data, "layout": layout}

@@ -11,13 +11,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_report import EVIL, sample_data
 
-from pruning_core.outputs.report import build_report, find_chromium
+from pruning_core.export.report import export_report
+from pruning_core.outputs.pdf import find_chromium
+from pruning_core.outputs.report import build_report
 
 pytestmark = pytest.mark.browser
 
 
 def test_report_renders_offline_with_charts(browser, tmp_path):
-    paths = build_report(sample_data(model_name=EVIL, prompt=EVIL), tmp_path)
+    paths = build_report(export_report(sample_data(model_name=EVIL, prompt=EVIL)), tmp_path)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     blocked: list[str] = []
 
@@ -51,6 +53,6 @@ def test_report_renders_offline_with_charts(browser, tmp_path):
 def test_pdf_is_printed(tmp_path):
     if find_chromium() is None:
         pytest.skip("Chromium not installed")
-    paths = build_report(sample_data(), tmp_path, formats=("html",), pdf=True)
+    paths = build_report(export_report(sample_data()), tmp_path, formats=("html",), pdf=True)
     data = paths["pdf"].read_bytes()
     assert data.startswith(b"%PDF") and len(data) > 10_000

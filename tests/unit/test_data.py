@@ -359,3 +359,30 @@ def test_windows_longer_than_the_models_context_are_refused_in_one_sentence():
         with pytest.raises(ConfigError, match="seqlen 1024 is longer than .* context of 512 positions; use --seqlen 512"):
             build()
     assert calibration_ids(loaded, Protocol(calib="news", nsamples=2, seqlen=512)).shape == (2, 512)
+
+
+def test_long_texts_are_tokenized_piece_by_piece_with_the_same_ids(monkeypatch):
+    from pruning_core.models import load_model
+
+    tokenizer = load_model("tiny-llama").tokenizer
+    text = data.load_corpus_text("news", "calibration")
+    whole = data.tokenize_text(tokenizer, text)
+    monkeypatch.setattr(data, "TOKENIZE_CHARS", 5_000)
+    data._token_cache.clear()
+    pieces = list(data.text_pieces(text, 5_000))
+    assert len(pieces) > 10 and "".join(pieces) == text
+    assert torch.equal(data.tokenize_text(tokenizer, text), whole)
+    evaluation = data.evaluation_windows(tokenizer, text, 64, 3)  # reads only the first pieces
+    assert torch.equal(evaluation, whole[: 3 * 64].reshape(3, 64))
+
+
+def test_a_tokenizer_whose_ids_change_at_the_cuts_reads_the_text_whole(monkeypatch):
+    class PrefixingTokenizer:  # like SentencePiece's dummy prefix: every call's first word gets a marker
+        def __call__(self, text, **kwargs):
+            return {"input_ids": [0] + [len(word) for word in text.split()]}
+
+    tokenizer = PrefixingTokenizer()
+    assert not data.pieces_are_exact(tokenizer)
+    monkeypatch.setattr(data, "TOKENIZE_CHARS", 10)
+    text = "one two.\n\nthree four.\n\nfive six seven.\n\neight."
+    assert data._encode(tokenizer, text).tolist() == tokenizer(text)["input_ids"]

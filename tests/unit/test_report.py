@@ -9,7 +9,10 @@ import pytest
 
 from pruning_core import claims
 from pruning_core.errors import ConfigError
-from pruning_core.outputs.report import build_report, script_json, summary_sentences
+from pruning_core.export.report import export_report
+from pruning_core.outputs.plan_section import allocation_summary, plan_figure
+from pruning_core.outputs.render_html import script_json
+from pruning_core.outputs.report import build_report, summary_sentences
 
 EVIL = "<script>alert(1)</script>"
 
@@ -46,7 +49,7 @@ def sample_data(model_name: str = "tiny-llama", prompt: str = "Once upon a time"
 
 
 def test_report_writes_three_formats_with_charts(tmp_path):
-    paths = build_report(sample_data(), tmp_path)
+    paths = build_report(export_report(sample_data()), tmp_path)
     assert set(paths) == {"html", "md", "json"}
     page = paths["html"].read_text()
     assert "Plotly.newPlot" in page and 'id="curves-0"' in page and 'id="heatmap-1"' in page
@@ -60,7 +63,7 @@ def test_report_writes_three_formats_with_charts(tmp_path):
 
 
 def test_user_strings_are_escaped(tmp_path):
-    paths = build_report(sample_data(model_name=EVIL, prompt=f'{EVIL} "quoted" & more'), tmp_path)
+    paths = build_report(export_report(sample_data(model_name=EVIL, prompt=f'{EVIL} "quoted" & more')), tmp_path)
     page = paths["html"].read_text()
     assert EVIL not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -90,8 +93,8 @@ def test_summary_and_sizes_come_from_the_claims_module(tmp_path):
 
 
 def test_report_without_optional_parts(tmp_path):
-    paths = build_report({"setting": {"model": "m", "method": "magnitude", "structure": "unstructured",
-                                      "sparsity": 0.5}}, tmp_path, formats=("html", "json"))
+    paths = build_report(export_report({"setting": {"model": "m", "method": "magnitude", "structure": "unstructured",
+                                                    "sparsity": 0.5}}), tmp_path, formats=("html", "json"))
     assert "No charts" in paths["html"].read_text()
     with pytest.raises(ConfigError, match="setting"):
         build_report({}, tmp_path)
@@ -112,13 +115,11 @@ PLAN = {"kinds": ["q", "k"], "values": [[0.2, 0.6], [0.7, 0.7]], "allocator": "s
 
 
 def test_where_the_zeros_are_counts_the_plan_over_parameters(tmp_path):
-    from pruning_core.outputs.report import allocation_summary, report_figures
-
     summary = allocation_summary(plan_data(PLAN))
     # Layer 0: (0.2 x 100 + 0.6 x 300) / 400 = 0.5 (its unweighted mean would be 0.4); global (200 + 280) / 800.
     assert [r["mean"] for r in summary["rows"]] == pytest.approx([0.5, 0.7])
     assert summary["global_sparsity"] == pytest.approx(0.6) and summary["by_parameters"]
-    paths = build_report(plan_data(PLAN), tmp_path)
+    paths = build_report(export_report(plan_data(PLAN)), tmp_path)
     md = paths["md"].read_text()
     assert "## Where the zeros are" in md and "Allocator: sensitivity, with bounds = [0.0, 0.95]." in md
     assert "Global sparsity 60.00 %, counted over parameters" in md
@@ -127,12 +128,12 @@ def test_where_the_zeros_are_counts_the_plan_over_parameters(tmp_path):
     assert "no module sizes" not in md
     page = paths["html"].read_text()
     section = page.split('id="allocation"')[1].split("<h2>Charts</h2>")[0]
-    (plan_fig,) = [f for f in report_figures(plan_data(PLAN)) if f["id"].startswith("plan-")]
-    assert f'id="{plan_fig["id"]}"' in section  # the plan chart sits in its section, not among the charts
-    assert f'Plotly.newPlot("{plan_fig["id"]}"' in page
-    trace = plan_fig["figure"]["data"][0]
+    assert 'class="chart" id="plan-0"' in section  # the plan chart sits in its section, not among the charts
+    assert 'Plotly.newPlot("plan-0"' in page
+    plan_fig = plan_figure(summary)
+    trace = plan_fig["data"][0]
     assert trace["z"] == [[20.0, 60.0], [70.0, 70.0]] and trace["meta"]["global_sparsity"] == pytest.approx(0.6)
-    assert "60.0 % of the pruned weights" in plan_fig["figure"]["layout"]["title"]["text"]
+    assert "60.0 % of the pruned weights" in plan_fig["layout"]["title"]["text"]
     assert json.loads(paths["json"].read_text())["setting"]["plan"] == PLAN
 
 
@@ -184,8 +185,6 @@ def test_plan_names_are_escaped(tmp_path):
 
 
 def test_layer_means_use_the_shapes_of_the_sensitivity_map_when_no_sizes_are_given(tmp_path):
-    from pruning_core.outputs.report import allocation_summary
-
     data = plan_data(PLAN, sizes=False)
     data["sensitivity"] = {"layers": [0, 1], "modules": ["q", "k"], "values": [[0.1, 0.2], [0.3, 0.4]],
                            "metric": "fisher", "method": "wanda", "sparsity": 0.6,
