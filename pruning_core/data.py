@@ -230,7 +230,7 @@ def _encode(tokenizer: Any, text: str, max_tokens: int | None = None) -> torch.T
     parts, count = [], 0
     pieces = text_pieces(text) if len(text) > TOKENIZE_CHARS and pieces_are_exact(tokenizer) else [text]
     for piece in pieces:
-        parts.append(torch.tensor(_ids(tokenizer, piece), dtype=torch.long))  # (piece tokens,)
+        parts.append(torch.tensor(_ids(tokenizer, piece), dtype=torch.int32))  # (piece tokens,); vocab < 2**31
         count += int(parts[-1].numel())
         if max_tokens is not None and count >= max_tokens:
             break
@@ -238,21 +238,27 @@ def _encode(tokenizer: Any, text: str, max_tokens: int | None = None) -> torch.T
 
 
 def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
-    """Tokenize ``text`` as one sequence, without special tokens: a 1-D ``torch.long`` tensor of token ids.
+    """The token ids of ``text`` as a fresh 1-D ``torch.long`` tensor (callers may modify it); see `token_ids`."""
+    return token_ids(tokenizer, text).long()
+
+
+def token_ids(tokenizer: Any, text: str) -> torch.Tensor:
+    """Tokenize ``text`` as one sequence, without special tokens: the cached 1-D ``torch.int32`` tensor of token
+    ids (half the memory of int64 for a long file); read it, never modify it.
 
     The text is encoded as one sequence, as the reference code does (long texts piece by piece at document
     boundaries, `text_pieces`, which gives the same ids with bounded memory), with ``verbose=False`` so that
     transformers' "sequence length is longer than the specified maximum" warning (meaningless here: the ids
     are cut into windows afterwards) is not emitted. Results are cached per (tokenizer object, sha256 of text)
     in a small LRU; the tokenizer's identity is checked through a weak reference, so two tokenizers that share
-    a ``name_or_path`` never share an entry. Returns a fresh tensor (callers may modify it).
+    a ``name_or_path`` never share an entry.
     """
     key = (id(tokenizer), _sha256(text))
     with _token_cache_lock:
         hit = _token_cache.get(key)
         if hit is not None and hit[0]() is tokenizer:
             _token_cache.move_to_end(key)
-            return hit[1].clone()
+            return hit[1]
     ids = _encode(tokenizer, text)  # (ntokens,)
     assert ids.dim() == 1, f"expected a 1-D sequence of token ids, got shape {tuple(ids.shape)}"
     try:
@@ -264,7 +270,7 @@ def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
         _token_cache.move_to_end(key)
         while len(_token_cache) > _TOKEN_CACHE_SIZE:
             _token_cache.popitem(last=False)
-    return ids.clone()
+    return ids
 
 
 def calibration_windows(tokenizer: Any, text: str, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
@@ -274,7 +280,7 @@ def calibration_windows(tokenizer: Any, text: str, nsamples: int, seqlen: int, s
     [0, ntokens - seqlen - 1], here by a ``torch.Generator`` seeded with ``seed`` (same seed, same windows).
     Raises ``CorpusError`` when the text has fewer than seqlen + 1 tokens, or fewer than nsamples x seqlen.
     """
-    return random_token_windows(tokenize_text(tokenizer, text), nsamples, seqlen, seed, source="calibration split")
+    return random_token_windows(token_ids(tokenizer, text), nsamples, seqlen, seed, source="calibration split")
 
 
 def evaluation_windows(tokenizer: Any, text: str, seqlen: int, eval_windows: int | None) -> torch.Tensor:
@@ -289,7 +295,7 @@ def evaluation_windows(tokenizer: Any, text: str, seqlen: int, eval_windows: int
         _require_positive(seqlen=seqlen, eval_windows=eval_windows)
         ids = _encode(tokenizer, text, max_tokens=int(eval_windows) * int(seqlen))
     else:
-        ids = tokenize_text(tokenizer, text)
+        ids = token_ids(tokenizer, text)
     return consecutive_token_windows(ids, seqlen, eval_windows, source="evaluation split")
 
 
@@ -319,7 +325,7 @@ def random_token_windows(
     # randint's upper bound is exclusive: starts lie in [0, ntokens - seqlen - 1], as random.randint in Wanda.
     starts = torch.randint(0, ntokens - seqlen, (nsamples,), generator=generator)  # (nsamples,)
     offsets = starts[:, None] + torch.arange(seqlen)  # (nsamples, seqlen)
-    return token_ids.reshape(-1).long()[offsets]  # (nsamples, seqlen)
+    return token_ids.reshape(-1)[offsets].long()  # (nsamples, seqlen); index first: no long copy of the text
 
 
 def consecutive_token_windows(
@@ -337,7 +343,7 @@ def consecutive_token_windows(
             f"choose a shorter seqlen (at most {ntokens}) or a larger corpus."
         )
     count = available if eval_windows is None else min(int(eval_windows), available)
-    return token_ids.reshape(-1)[: count * seqlen].long().reshape(count, seqlen).clone()  # (count, seqlen)
+    return token_ids.reshape(-1)[: count * seqlen].to(torch.long, copy=True).reshape(count, seqlen)  # (count, seqlen)
 
 
 # --------------------------------------------------------------------------------------------------------------

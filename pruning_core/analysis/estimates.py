@@ -401,7 +401,7 @@ def split_tokens(loaded, corpus: str, split: str = "evaluation", column: str | N
         cached = store.get_result(key)
         if cached is not None:
             return int(cached["tokens"])
-    tokens = int(data.tokenize_text(loaded.tokenizer, text).numel())
+    tokens = int(data.token_ids(loaded.tokenizer, text).numel())
     if store is not None:
         store.put_result(key, "split_tokens", {"tokens": tokens})
     return tokens
