@@ -103,7 +103,7 @@ def test_paper_protocol_counts_the_windows_the_split_really_holds(tiny, tmp_path
     assert naive["breakdown"]["dense_eval"] == pytest.approx(per_token * 10_000 * PAPER_PROTOCOL.seqlen)
     assert naive["breakdown"]["dense_eval"] / counted["breakdown"]["dense_eval"] == pytest.approx(10_000 / real)
     assert counted["seconds"] < naive["seconds"]
-    assert f"wiki {real}" in counted["assumptions"] and "holds no more" in counted["assumptions"]
+    assert f"wiki {real:,}" in counted["assumptions"] and "holds no more" in counted["assumptions"]
 
     # The one function the pages call: the same count, with this machine's measured throughput.
     job = estimate_job("sweep", spec.to_dict(), tiny, store)
