@@ -108,7 +108,7 @@ def test_paper_protocol_counts_the_windows_the_split_really_holds(tiny, tmp_path
     # The one function the pages call: the same count, with this machine's measured throughput.
     job = estimate_job("sweep", spec.to_dict(), tiny, store)
     _check(job)
-    assert "measured throughput" in job["assumptions"] and f"wiki {real}" in job["assumptions"]
+    assert "measured throughput" in job["assumptions"] and f"wiki {real:,}" in job["assumptions"]
     assert estimate_job("sweep", spec.to_dict(), tiny, store) == job  # same job, same figure
     sens = estimate_job("sensitivity", {"protocol": PAPER_PROTOCOL.to_dict(), "method": "wanda",
                                         "sparsities": [0.5], "metrics": ["exact"], "probe_windows": 10_000},
