@@ -193,14 +193,11 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     Returns {"files": {name: path}, "report": report data dict, "manifest": manifest}. The model is left as it was.
     """
     from pruning_core import evaluate  # imported here: `prunescope --help` stays free of torch
-    from pruning_core.mask_files import manifest_info_for, save_masks, save_pruned_model
+    from pruning_core import claims
+    from pruning_core.outputs.files import check_output_folder, folder_written_whole
     from pruning_core.outputs.lm_eval_bridge import compare_rows, evaluate_lm_eval
     from pruning_core.protocol import calibration_ids
-    from pruning_core.provenance import environment
-    from pruning_core.prune import PruneConfig, propagation_note, prune_model
-    from pruning_core import claims
-    from pruning_core.export.report import export_report, per_layer_table
-    from pruning_core.outputs.report import build_report
+    from pruning_core.prune import PruneConfig, prune_model
 
     progress = progress or no_progress
     config = export_config(options)
@@ -208,8 +205,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
         PruneConfig(options.method, "unstructured", s, options.propagation).validate()
     if options.mask_artifact and store is None:
         raise ConfigError("Exporting a stored What-if mask needs the store it was saved in.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    final = check_output_folder(out_dir, "The export folder")  # a bad --out fails before any work
     # Read every corpus first: a bad corpus fails before any expensive work.
     progress(0.02, "reading corpora")
     calib = calibration_ids(loaded, protocol)
@@ -269,6 +265,32 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
                    "rows": compare_rows(dense_lm, pruned_lm), "dense": dense_lm["raw"], "pruned": pruned_lm["raw"]}
 
     progress(0.9, "writing files")
+    # Everything goes into a fresh folder that replaces `out_dir` whole at the end: a killed or failed export
+    # never leaves an old report beside a new mask, or a model folder with only its config.
+    with folder_written_whole(out_dir, "The export folder") as out:
+        data, paths, manifest, written = _write_export_files(
+            out, loaded, protocol, options, config, plan, result, evaluation, allocation, results, sens, sens_note,
+            generations, lm_eval, offload, progress)
+    progress(1.0, "export done")
+    files = {name: final / name for name in written}
+    files.update({p.name: final / p.name for p in paths.values()})
+    return {"files": files, "report": data, "manifest": manifest}
+
+
+def _write_export_files(out: Path, loaded, protocol, options: ExportOptions, config, plan, result, evaluation,
+                        allocation: str, results: dict, sens, sens_note, generations, lm_eval, offload,
+                        progress: ProgressFn):
+    """Write the export's files into `out` (a fresh folder); returns (report data, report paths, manifest,
+    names written besides the report)."""
+    from pruning_core import claims
+    from pruning_core.export.report import export_report, per_layer_table
+    from pruning_core.mask_files import manifest_info_for, save_masks, save_pruned_model
+    from pruning_core.outputs.report import build_report
+    from pruning_core.provenance import environment
+    from pruning_core.prune import propagation_note
+
+    dense_ppl, pruned_ppl = evaluation.dense_ppl, evaluation.pruned_ppl
+    protocol_dict = results["protocol"]
     manifest_info = manifest_info_for(loaded, result, protocol)
     manifest = save_masks(result.masks, out, manifest_info)
     written = ["masks.safetensors", "manifest.json"]
@@ -327,10 +349,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
         "model": describe,
     }
     paths = build_report(export_report(data), out, formats=options.formats, pdf=options.pdf)
-    progress(1.0, "export done")
-    files = {name: out / name for name in written}
-    files.update({p.name: p for p in paths.values()})
-    return {"files": files, "report": data, "manifest": manifest}
+    return data, paths, manifest, written
 
 
 def run_export_job(spec: dict, store, progress: ProgressFn) -> dict:

@@ -38,13 +38,24 @@ def _os_problem(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def written_by_prunescope(folder: Path) -> bool:
+    """Whether `folder` is one PruneScope wrote: it holds the marker, or (written before the marker existed)
+    a PruneScope mask manifest."""
+    if (folder / MARKER).exists():
+        return True
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("format") == "prunescope-masks"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_output_folder(path, what: str = "the output folder") -> Path:
     """Refuse, in one sentence, an output folder that cannot be written whole: an existing file, a folder that
     holds files PruneScope did not write, or a parent that cannot be created or written. Returns the path."""
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{what} '{path}' is an existing file; give a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+    if out.is_dir() and any(out.iterdir()) and not written_by_prunescope(out):
         raise ConfigError(f"{what} '{path}' already holds files PruneScope did not write; give a new or empty "
                           "folder (PruneScope replaces only folders it wrote).")
     try:
