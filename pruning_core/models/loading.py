@@ -154,6 +154,14 @@ def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
     except ValueError as exc:
         raise ModelLoadError(f"Could not load the model in '{folder}' ({_first_line(exc)}); "
                              f"{DECODER_ONLY_HINT}.") from exc
+    except OSError as exc:  # transformers' "no file named model.safetensors..." for a folder without weights
+        raise ModelLoadError(f"The model folder '{folder}' is incomplete ({_first_line(exc)}); copy or save the "
+                             "whole folder again (config, weights and tokenizer files).") from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error for a truncated or damaged weights file
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ModelLoadError(f"The weights in '{folder}' are damaged or truncated ({_first_line(exc)}); copy or "
+                             "save the folder again.") from exc
     return model, tokenizer
 
 

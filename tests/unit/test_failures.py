@@ -71,3 +71,22 @@ def test_too_deep_input_is_named_and_a_bug_is_reported_with_its_log(tmp_path, mo
     assert code == 1 and "this is a bug" in err and "ValueError: boom" in err
     (log,) = (tmp_path / "logs").glob("failure-*.log")
     assert "Traceback" in log.read_text()
+
+
+@pytest.mark.parametrize("damage, words", [("remove", "is incomplete"), ("truncate", "damaged or truncated")])
+def test_a_model_folder_with_missing_or_truncated_weights_is_one_sentence(tmp_path, damage, words):
+    from pruning_core.errors import ModelLoadError
+    from pruning_core.models import load_model
+
+    loaded = load_model("tiny-llama")
+    folder = tmp_path / "model"
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    (weights,) = folder.glob("*.safetensors")
+    if damage == "remove":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match=words) as exc:
+        load_model(str(folder))
+    assert "\n" not in str(exc.value)
