@@ -144,9 +144,12 @@ class SparsityPlan:
         try:
             return cls(tuple(d["kinds"]), tuple(tuple(r) for r in d["values"]), d.get("allocator", "edited"),
                        d.get("target"), tuple((d.get("settings") or {}).items()))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"A sparsity plan needs 'kinds' and 'values' (layers x kinds); this one has "
-                              f"{sorted(d) if isinstance(d, Mapping) else type(d).__name__} ({exc}).") from None
+                              f"{sorted(map(str, d)) if isinstance(d, Mapping) else type(d).__name__} "
+                              f"({type(exc).__name__}: {exc}).") from None
+        except ValueError as exc:  # float("half"): a value that is not a number
+            raise ConfigError(f"A sparsity plan's values must be numbers such as 0.5 ({exc}).") from None
 
     def digest(self) -> str:
         """Content hash of the values and kinds (not of who made them): equal tables key the same results."""

@@ -79,3 +79,17 @@ def test_plan_round_trips_and_rejects_bad_input():
         PruneConfig("wanda").with_plan(other, plan)
     with pytest.raises(ConfigError, match="not both"):
         PruneConfig("wanda", plan=plan, layer_sparsity={0: 0.2}).validate()
+
+
+@pytest.mark.parametrize("document, words", [
+    ({"kinds": ["q"], "values": [["half"]]}, "must be numbers"),
+    ([["q"], [[0.5]]], "needs 'kinds' and 'values'"),
+    ({"kinds": ["q"], "values": 0.5}, "needs 'kinds' and 'values'"),
+    ({"kinds": ["q"], "values": [[0.5]], "settings": ["M", 5]}, "needs 'kinds' and 'values'"),
+])
+def test_a_malformed_plan_document_is_one_sentence(document, words):
+    from pruning_core.errors import ConfigError
+    from pruning_core.plan import SparsityPlan
+
+    with pytest.raises(ConfigError, match=words):
+        SparsityPlan.from_dict(document)
