@@ -111,7 +111,8 @@ def continual_rows(result: dict) -> list[dict]:
     rule of each strategy in words (`outputs.continual_figures.strategy_rows`)."""
     return [{"strategy": r["strategy"] + ("" if r["continual"] else " (reference, not continual)"),
              "BWT (positive = forgetting)": table_number(r["bwt"], True),
-             "average perplexity": table_number(r["average"]), "FWT": table_number(r["fwt"], True), "rule": r["rule"]} for r in figures.strategy_rows(result)]
+             "average perplexity": table_number(r["average"]), "FWT": table_number(r["fwt"], True),
+             "rule": r["rule"]} for r in figures.strategy_rows(result)]
 
 
 def continual_answer(result: dict) -> str:
