@@ -8,8 +8,8 @@ shows. After a browser reload the session is new; pages then re-attach to the ne
 (`app.services.jobs.latest_job`), so a running job's progress and a finished job's results come back.
 
 A reload or a second tab is a new session, so the settings are also saved on disk
-(`app.services.settings.save_settings`: a small JSON file under $PRUNESCOPE_HOME, keyed by the model the dashboard
-was launched on) and a new session starts from them. A file rather than the URL (`st.query_params`): the
+(`app.services.settings.save_settings`: a small JSON file under $PRUNESCOPE_HOME, keyed by the model the
+dashboard was launched on) and a new session starts from them. A file rather than the URL (`st.query_params`): the
 sidebar menu drops query parameters when it changes page, a second tab opened from the menu has none, and
 upload paths do not belong in a URL; a file also survives a restart of the dashboard. A file rather than
 the SQLite store: settings are one small document read once per session, not results with a history.

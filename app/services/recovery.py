@@ -171,12 +171,12 @@ class RecoveryForm(PageForm):
     sparsity: float = 0.5
     propagation: str = "pruned"
     allocator: str = "uniform"
-    steps: int = 200
+    steps: int = TrainConfig.steps
     rank: int = 8
     rank_allocation: str = "uniform"
     minutes: int = 15
-    batch: int = 4
-    seqlen: int = 256
+    batch: int = TrainConfig.batch_size
+    seqlen: int = TrainConfig.seqlen
     prompt: str = DEFAULT_PROMPT
     schedule: str = ""
     eval: Optional[list] = None
