@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from pruning_core.outputs import figures
+from app import formats
 from app.theme import PLOTLY_TEMPLATE
+from pruning_core.analysis.sweep_results import point_allocation
+from pruning_core.outputs import figures
 
 # Table helpers and units of the same chart specifications, re-exported so pages never import the core.
 corpora_in = figures.corpora_in
@@ -20,8 +22,7 @@ metric_unit = figures.metric_unit
 perplexity_change = figures.perplexity_change
 is_broken = figures.is_broken
 
-#: What a missing number shows in a table (a dash, never "None" or "nan").
-MISSING = "–"
+MISSING = formats.MISSING  # what a missing number shows in a table
 
 __all__ = [
     "PLOTLY_CONFIG",
@@ -77,11 +78,6 @@ def show(fig: go.Figure, *, key: str, container=None, alt: str | None = None):
 #: Never plain "dash": that is the dense model's line.
 ALLOCATION_DASHES = {"uniform": "solid", "owl": "dashdot", "sensitivity": "dot"}
 _OTHER_DASHES = ("longdash", "longdashdot")
-
-
-def point_allocation(point: dict) -> str:
-    """The allocator a sweep point's plan came from ("uniform" for points stored before allocations existed)."""
-    return str(point.get("allocation") or "uniform")
 
 
 def allocations_in(results: dict) -> list[str]:
@@ -225,6 +221,6 @@ def curve_table(results: dict):
 
 
 def top_cells_table(cells: list[dict]):
-    """The most sensitive cells (`services.top_cells`): values with 4 significant digits, weight counts with
+    """The most sensitive cells (`services.sensitivity.top_cells`): values with 4 significant digits, weight counts with
     thousands separators, missing as "–"."""
     return _styled(cells, {"value": "{:.4g}", "weights": "{:,.0f}"})

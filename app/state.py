@@ -5,11 +5,11 @@ Streamlit drops when the page that owns the widget is not shown):
   model (source string), calib, calib_column, eval_corpora, nsamples, seqlen, eval_windows, seed, dtype.
 `st.session_state["jobs"]` maps a job kind ("sweep", "sensitivity", "whatif") to the id of the job the page
 shows. After a browser reload the session is new; pages then re-attach to the newest job of their kind
-(`app.services.latest_job`), so a running job's progress and a finished job's results come back.
+(`app.services.jobs.latest_job`), so a running job's progress and a finished job's results come back.
 
 A reload or a second tab is a new session, so the settings are also saved on disk
-(`app.services.save_settings`: a small JSON file under $PRUNESCOPE_HOME, keyed by the model the dashboard
-was launched on) and a new session starts from them. A file rather than the URL (`st.query_params`): the
+(`app.services.settings.save_settings`: a small JSON file under $PRUNESCOPE_HOME, keyed by the model the
+dashboard was launched on) and a new session starts from them. A file rather than the URL (`st.query_params`): the
 sidebar menu drops query parameters when it changes page, a second tab opened from the menu has none, and
 upload paths do not belong in a URL; a file also survives a restart of the dashboard. A file rather than
 the SQLite store: settings are one small document read once per session, not results with a history.
@@ -32,7 +32,7 @@ _SAVED = "settings_saved"  # the settings as last written to disk by this sessio
 def default_settings() -> dict:
     """The quick-look defaults: the launcher's model, wiki calibration, wiki + news evaluation."""
     from app.launch import default_model
-    from app.services import QUICK
+    from app.services.settings import QUICK
 
     return {"model": default_model(), "calib": "wiki", "calib_column": None,
             "eval_corpora": ["wiki"], **QUICK}
@@ -49,7 +49,7 @@ def init() -> None:
 
     A new session (first visit, reload, second tab) starts from the settings saved on disk, if any."""
     if SETTINGS not in st.session_state:
-        from app.services import saved_settings
+        from app.services.settings import saved_settings
 
         st.session_state[SETTINGS] = {**default_settings(), **saved_settings(_launch_model())}
         st.session_state[_SAVED] = dict(st.session_state[SETTINGS])
@@ -71,7 +71,7 @@ def update(**values) -> None:
     current = settings()
     current.update(values)
     if st.session_state.get(_SAVED) != current:
-        from app.services import save_settings
+        from app.services.settings import save_settings
 
         save_settings(_launch_model(), current)
         st.session_state[_SAVED] = dict(current)

@@ -15,7 +15,9 @@ from typing import Any, Callable, Optional
 
 import streamlit as st
 
-from app import services, state
+from app import state
+from app.formats import format_bytes, format_seconds
+from app.services import corpora, jobs
 from pruning_core.errors import PruneScopeError
 
 #: Seconds between refreshes of a running job's panel.
@@ -67,8 +69,8 @@ def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def settings_line(settings: dict) -> None:
     """One caption with the shared model, data and protocol (changed on the Setup page)."""
-    evals = ", ".join(services.corpus_label(c) for c in settings["eval_corpora"])
-    calib = services.corpus_label(settings["calib"])
+    evals = ", ".join(corpora.corpus_label(c) for c in settings["eval_corpora"])
+    calib = corpora.corpus_label(settings["calib"])
     calib = calib if len(calib) < 30 else "…" + calib[-28:]
     st.caption(f"Model **{settings['model']}** · calibration **{calib}** ({settings['nsamples']} windows × "
                f"{settings['seqlen']} tokens, seed {settings['seed']}) · evaluation **{evals}** "
@@ -76,20 +78,17 @@ def settings_line(settings: dict) -> None:
 
 
 def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
-    """The engine's time and memory estimate for a job, or a note that the estimator is missing."""
+    """The engine's time and memory estimate for a job (a short note when it cannot be made)."""
     if spec is None:
         return
-    if not services.estimates_available():
-        st.caption("Time estimate: not available in this version of the engine.")
-        return
     try:
-        est = services.estimate(kind, settings, spec)
+        est = jobs.estimate(kind, settings, spec)
     except Exception as error:  # noqa: BLE001 - an estimate must never block a run
         st.caption(f"Time estimate unavailable: {' '.join(str(error).split())[:160]}")
         return
     if est:
-        st.caption(f":material/schedule: Estimated time **{services.format_seconds(est.get('seconds'))}**, "
-                   f"peak memory **{services.format_bytes(est.get('peak_memory_bytes'))}** on this machine.",
+        st.caption(f":material/schedule: Estimated time **{format_seconds(est.get('seconds'))}**, "
+                   f"peak memory **{format_bytes(est.get('peak_memory_bytes'))}** on this machine.",
                    help=est.get("assumptions"))  # what was counted: windows really used, measured speed
 
 
@@ -98,7 +97,7 @@ def attach_job(kind: str, spec: Optional[dict], model: Optional[str] = None) -> 
     in the store: the one of `spec` if there is one, else the newest running or done (of `model`, if given)."""
     job_id = state.job_id(kind)
     if job_id is None:
-        job_id = guarded(services.latest_job, kind, spec, model)
+        job_id = guarded(jobs.latest_job, kind, spec, model)
         if job_id:
             state.set_job(kind, job_id)
     return job_id
@@ -111,32 +110,33 @@ def followed_spec(kind: str, model: Optional[str] = None) -> Optional[dict]:
     if not job_id:
         return None
     try:
-        return services.job_status(job_id).get("spec")
+        return jobs.job_status(job_id).get("spec")
     except Exception:  # noqa: BLE001 - a job gone from the store: the form keeps its defaults
         return None
 
 
 def start_job(kind: str, spec: dict) -> Optional[str]:
     """Submit a job and make it the page's job; errors are shown, not raised."""
-    job_id = guarded(services.submit_job, kind, spec)
+    job_id = guarded(jobs.submit_job, kind, spec)
     if job_id:
         state.set_job(kind, job_id)
     return job_id
 
 
 def _eta_text(status: dict) -> str:
-    eta = services.time_left(status)  # starts from the page's estimate, then follows the job's own rate
+    eta = jobs.time_left(status)  # starts from the page's estimate, then follows the job's own rate
     started = status.get("started")
-    elapsed = f"running for {services.format_seconds(time.time() - started).removeprefix('about ')}" if started else "waiting for a worker"
-    return f"{elapsed} · time left {services.format_seconds(eta)}" if eta is not None else elapsed
+    elapsed = (f"running for {format_seconds(time.time() - started).removeprefix('about ')}" if started
+               else "waiting for a worker")
+    return f"{elapsed} · time left {format_seconds(eta)}" if eta is not None else elapsed
 
 
 @st.fragment(run_every=REFRESH_S)
 def _live_panel(kind: str, job_id: str, on_progress: Optional[Callable[[dict], None]]) -> None:
-    status = guarded(services.job_status, job_id)
+    status = guarded(jobs.job_status, job_id)
     if status is None:
         return
-    if not services.is_active(status):
+    if not jobs.is_active(status):
         st.rerun()  # the whole page: it draws the final results
     with st.container(border=True):
         fraction = float(status.get("fraction") or 0.0)
@@ -145,7 +145,7 @@ def _live_panel(kind: str, job_id: str, on_progress: Optional[Callable[[dict], N
         left, right = st.columns([4, 1])
         left.caption(_eta_text(status))
         if right.button("Cancel", key=f"{kind}_cancel", icon=":material/stop_circle:", width="stretch"):
-            guarded(services.cancel_job, job_id)
+            guarded(jobs.cancel_job, job_id)
             st.toast("Cancelling: the job stops at its next step; finished points are kept.")
     if on_progress is not None:
         on_progress(status)
@@ -161,12 +161,12 @@ def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[
     returned). While a run started with other choices is going, a line says so above its progress."""
     if not job_id:
         return None
-    status = guarded(services.job_status, job_id)
+    status = guarded(jobs.job_status, job_id)
     if status is None:
         return None
     state_ = status["state"]
-    current = spec is ... or services.same_job(status, spec)
-    if services.is_active(status):
+    current = spec is ... or jobs.same_job(status, spec)
+    if jobs.is_active(status):
         if not current:
             st.caption(":material/info: The run below was started with other settings than those shown here.")
         _live_panel(kind, job_id, on_progress)
@@ -174,7 +174,7 @@ def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[
         pass  # an earlier run with other choices: how it ended says nothing about the current ones
     elif state_ == "done":
         took = (status.get("finished") or 0) - (status.get("started") or status.get("finished") or 0)
-        st.caption(":material/check_circle: Finished" + (f" in {services.format_seconds(took)}." if took > 0 else "."))
+        st.caption(":material/check_circle: Finished" + (f" in {format_seconds(took)}." if took > 0 else "."))
     elif state_ == "failed":
         st.error(f"The run failed: {status.get('error') or 'unknown error'}. Change the settings and run again; "
                  "finished points are kept.", icon=":material/error:")
@@ -194,7 +194,7 @@ def finished_result(kind: str, spec: Optional[dict], run: bool, model: Optional[
     status = job_panel(kind, attach_job(kind, spec, model), spec=spec)
     result = status.get("result") if status and status.get("state") == "done" else None
     if not result:
-        if status is None or not services.is_active(status):
+        if status is None or not jobs.is_active(status):
             st.info(hint, icon=":material/info:")
         st.stop()
     return result

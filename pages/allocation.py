@@ -17,13 +17,13 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/allo
     sys.path.insert(0, str(_ROOT))
 
 import streamlit as st  # noqa: E402
-from streamlit.errors import StreamlitAPIException  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
+from app import charts, state, widgets  # noqa: E402
+from app.services import allocation, choices, navigation, sensitivity  # noqa: E402
+from app.services.allocation import AllocationForm  # noqa: E402
 
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
-FORM = {"alloc_allocator": "uniform", "alloc_target": 0.5}
-WHATIF_PAGE = str(_ROOT / "pages" / "what_if.py")
+FORM = AllocationForm.widget_defaults()
 
 settings = widgets.page_start(
     "Allocation",
@@ -31,23 +31,22 @@ settings = widgets.page_start(
     "<b>brighter cells are pruned harder</b>. Compare the plan with the sensitivity map beside it.",
 )
 state.seed_form("allocation", FORM)
-if st.session_state.get("alloc_allocator") not in services.ALLOCATIONS:
+if st.session_state.get("alloc_allocator") not in choices.ALLOCATIONS:
     st.session_state["alloc_allocator"] = "uniform"
 
 with st.container(border=True):
     c1, c2 = st.columns([2, 3])
-    allocator = c1.selectbox("Allocator", services.ALLOCATIONS, key="alloc_allocator",
-                             help="; ".join(f"{name}: {text}" for name, text in
-                                            services.ALLOCATION_DESCRIPTIONS.items()))
+    allocator = c1.selectbox("Allocator", choices.ALLOCATIONS, key="alloc_allocator",
+                             help=choices.allocation_help())
     target = c2.slider("Global target sparsity", 0.05, 0.95, step=0.05, key="alloc_target", format="%.2f",
                        help="Share of the pruned linears' weights removed, counted over parameters.")
-    needs = services.allocation_needs(allocator)
+    needs = allocation.allocation_needs(allocator)
     cost = ("" if needs in ("none", "sensitivity") else  # the registry's description names a map it reads
             "; it reads calibration statistics (one calibration pass the first time, then cached)")
-    st.caption(f"**{allocator}**: {services.ALLOCATION_DESCRIPTIONS.get(allocator, '')}{cost}.")
+    st.caption(f"**{allocator}**: {choices.ALLOCATION_DESCRIPTIONS.get(allocator, '')}{cost}.")
 state.remember_form("allocation", FORM)
 
-source = widgets.guarded(services.sensitivity_for_allocation, settings["model"]) if needs == "sensitivity" else None
+source = widgets.guarded(allocation.sensitivity_for_allocation, settings["model"]) if needs == "sensitivity" else None
 if needs == "sensitivity" and source is None:
     st.info("This allocator reads a sensitivity map at two or more sparsities: compute one on the "
             "**Sensitivity** page (choose two sparsities, e.g. 40 % and 60 %), then come back.",
@@ -55,7 +54,7 @@ if needs == "sensitivity" and source is None:
     st.stop()
 
 with st.spinner("Making the plan…"):
-    made = widgets.guarded(services.allocation_plan, settings, allocator, target)
+    made = widgets.guarded(allocation.allocation_plan, settings, allocator, target)
 if made is None:
     st.stop()
 plan, global_sparsity = made["plan"], made["global_sparsity"]
@@ -66,8 +65,8 @@ st.markdown(f"**{allocator}** plan for a **{target:.0%}** target: **{global_spar
 if source is not None:
     st.caption(f"Made from the {source['label']}.")
 
-# The sensitivity map to read the plan against: the Summary's choice, nearest the target (one rule, in services).
-found = widgets.guarded(services.map_to_show, settings["model"], float(target))
+# The sensitivity map to read the plan against: the Summary's choice, nearest the target (the library's rule).
+found = widgets.guarded(sensitivity.map_to_show, settings["model"], float(target))
 
 left, right = st.columns(2, gap="medium")
 charts.show(charts.plan_heatmap_chart(plan, global_sparsity), key="alloc_plan", container=left,
@@ -83,11 +82,5 @@ else:
 
 if st.button("Try this plan on the What-if page", key="alloc_to_whatif", icon=":material/science:",
              help="Opens the What-if page with this plan in its table, ready to edit and run."):
-    # The What-if form's own keys (see pages/what_if.py FORM): its table starts from this plan.
-    st.session_state.update(whatif_per_layer=True, whatif_start=allocator, whatif_sparsity=float(target),
-                            whatif_structure="unstructured", whatif_plan_seed=plan)
-    try:
-        st.switch_page(WHATIF_PAGE)
-    except StreamlitAPIException:  # a page run on its own: no menu to switch in
-        st.info("The plan is waiting on the What-if page; open it from the menu.", icon=":material/science:")
+    navigation.send_plan_to_whatif(allocator, target, plan)
 st.caption("Compare allocations across sparsities on the **Curves** page (choose them under Allocations).")

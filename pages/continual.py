@@ -17,29 +17,11 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/cont
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
+from app import charts, state, widgets  # noqa: E402
+from app.services import continual, corpora  # noqa: E402
+from app.services.continual import ContinualForm  # noqa: E402
 
-#: Methods whose masks depend on the calibration data (magnitude's would be the same at every step).
-METHODS = ("wanda", "sparsegpt")
-FORM = {"continual_domains": list(services.EMBEDDED_CORPORA), "continual_method": "wanda",
-        "continual_sparsity": 0.5, "continual_strategies": list(services.CONTINUAL_STRATEGIES)}
-
-
-def form_from_spec(spec) -> dict:
-    """The form values that make a continual job's spec (a page re-attaching to it shows how it was made)."""
-    if not spec:
-        return {}
-    values = {}
-    if spec.get("domains"):
-        values["continual_domains"] = list(spec["domains"])
-    if spec.get("method") in METHODS:
-        values["continual_method"] = spec["method"]
-    if spec.get("sparsity") is not None:
-        values["continual_sparsity"] = float(spec["sparsity"])
-    known = [s for s in spec.get("strategies") or [] if s in services.CONTINUAL_STRATEGIES]
-    if known:
-        values["continual_strategies"] = known
-    return values
+FORM = ContinualForm.widget_defaults()
 
 
 settings = widgets.page_start(
@@ -48,11 +30,12 @@ settings = widgets.page_start(
     "every arrival and see what each strategy forgets: the R matrix holds the perplexity on every domain after "
     "every step, and backward transfer (BWT) sums up how much the earlier domains got worse.",
 )
-state.seed_form("continual", FORM, lambda: form_from_spec(widgets.followed_spec("continual", settings["model"])))
-descriptions = services.continual_strategy_descriptions()
-corpora = services.continual_corpora(settings)
-labels = services.corpus_labels(list(dict.fromkeys([*corpora, *st.session_state.get("continual_domains", [])])))
-corpora = list(labels)  # a remembered domain that is no longer listed stays choosable
+state.seed_form("continual", FORM,
+                lambda: ContinualForm.from_spec(widgets.followed_spec("continual", settings["model"])))
+descriptions = continual.continual_strategy_descriptions()
+usable = continual.continual_corpora(settings)
+labels = corpora.corpus_labels(list(dict.fromkeys([*usable, *st.session_state.get("continual_domains", [])])))
+usable = list(labels)  # a remembered domain that is no longer listed stays choosable
 
 
 def strategy_label(name: str) -> str:
@@ -60,7 +43,7 @@ def strategy_label(name: str) -> str:
 
 
 with st.container(border=True):
-    domains = st.multiselect("Domains, in arrival order", corpora, key="continual_domains",
+    domains = st.multiselect("Domains, in arrival order", usable, key="continual_domains",
                              format_func=lambda c: labels.get(c, c),
                              help="Pick them in the order they arrive: the first one picked is D1. Upload your own "
                                   "files on the Setup page; each domain calibrates on its calibration split and "
@@ -68,16 +51,16 @@ with st.container(border=True):
     if domains:
         st.caption("Sequence: " + " → ".join(f"**D{i + 1}** {labels.get(d, d)}" for i, d in enumerate(domains)))
     c1, c2 = st.columns(2)
-    method = c1.selectbox("Method", METHODS, key="continual_method",
+    method = c1.selectbox("Method", continual.CONTINUAL_METHODS, key="continual_method",
                           help="Methods that read calibration data (magnitude would give the same mask at every "
                                "step).")
     sparsity = c2.slider("Sparsity of every step", 0.1, 0.9, step=0.05, key="continual_sparsity", format="%.2f")
-    strategies = st.multiselect("Strategies", services.CONTINUAL_STRATEGIES, key="continual_strategies",
+    strategies = st.multiselect("Strategies", continual.CONTINUAL_STRATEGIES, key="continual_strategies",
                                 format_func=strategy_label,
                                 help="; ".join(f"{n}: {d['description']}" for n, d in descriptions.items()))
     spec = None
     try:
-        spec = services.continual_spec(settings, domains, method, sparsity, strategies)
+        spec = ContinualForm(domains, method, sparsity, strategies).to_spec(settings)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     run = st.button("Run the sequence", key="continual_run", type="primary", icon=":material/timeline:",
@@ -90,19 +73,19 @@ state.remember_form("continual", FORM)
 result = widgets.finished_result("continual", spec, run, settings["model"],
                                  "Choose the domains in arrival order and press **Run the sequence**.")
 
-names = [services.corpus_label(d) for d in result["domains"]]
+names = [corpora.corpus_label(d) for d in result["domains"]]
 st.caption(f"Sequence **{' → '.join(names)}** · {result['spec']['method']} at "
            f"{float(result['spec']['sparsity']):.0%} per step · {len(result['strategies'])} strategies")
-st.success(services.continual_answer(result), icon=":material/emoji_events:")
-st.info(f"Sign convention: {result.get('bwt_note') or services.continual_bwt_note()}.", icon=":material/info:")
+st.success(continual.continual_answer(result), icon=":material/emoji_events:")
+st.info(f"Sign convention: {result.get('bwt_note') or continual.continual_bwt_note()}.", icon=":material/info:")
 
 st.subheader("Strategies, least forgetting first")
-st.dataframe(services.continual_rows(result), hide_index=True, key="continual_table",
+st.dataframe(continual.continual_rows(result), hide_index=True, key="continual_table",
              column_config={"rule": st.column_config.TextColumn(width="large")})
 st.caption("BWT and FWT are in perplexity points; FWT = how much higher a domain's perplexity is just before its "
            "own step than right after it. The average is over every domain after the last step (lower is better).")
 
-figures = services.continual_figures(result)
+figures = continual.continual_figures(result)
 st.subheader("R matrix: perplexity on every domain after every step")
 tabs = st.tabs([strategy_label(n) for n in figures["R"]])
 for tab, (name, figure) in zip(tabs, figures["R"].items()):
@@ -121,9 +104,9 @@ st.caption("Overlap: the share of pruned weights two consecutive masks have in c
            "in either); 1 = the step changed nothing.")
 
 st.subheader("Per-domain adapters with a selector (ConPET)")
-adapters = widgets.guarded(services.latest_continual_adapters_result, settings["model"])
+adapters = widgets.guarded(continual.latest_continual_adapters_result, settings["model"])
 if adapters:
-    st.dataframe(services.continual_adapter_rows(adapters), hide_index=True, key="continual_adapters_table")
+    st.dataframe(continual.continual_adapter_rows(adapters), hide_index=True, key="continual_adapters_table")
     ratio = adapters.get("forgetting_ratio")
     st.caption("One masked adapter per domain on the pruned model, each input routed to its domain's adapter by a "
                "classifier on the model's hidden states (accuracy measured on held-out windows), against one "
@@ -131,13 +114,12 @@ if adapters:
                + (f"Per-domain forgetting is {ratio:.2f}x the shared adapter's." if ratio is not None else ""))
 else:
     st.caption("No per-domain adapters for this model yet. Train them on this sequence with:")
-    st.code(services.continual_command(result).replace("--report --out continual-export",
-                                                      "--adapters --out continual-adapters"), language="bash")
+    st.code(continual.continual_command(result, adapters=True), language="bash")
 
 left, right = st.columns([1, 2])
-report = widgets.guarded(services.continual_report_html, result)
+report = widgets.guarded(continual.continual_report_html, result)
 if report:
     left.download_button("Download the report (HTML)", report, file_name="continual-report.html",
                          mime="text/html", key="continual_report", icon=":material/download:")
 right.caption("To write every step's mask of every strategy with this report, run:")
-right.code(services.continual_command(result), language="bash")
+right.code(continual.continual_command(result), language="bash")

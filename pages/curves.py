@@ -19,28 +19,13 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/curv
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
+from app import charts, state, widgets  # noqa: E402
 from app.charts import corpora_in, curve_table_rows  # noqa: E402
+from app.services import choices, jobs, sweep  # noqa: E402
+from app.services.sweep import SweepForm  # noqa: E402
 
-SPARSITY_CHOICES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
-FORM = {"curves_methods": ["magnitude", "wanda"], "curves_structures": ["unstructured"],
-        "curves_sparsities": [0.5], "curves_propagation": "pruned", "curves_allocations": ["uniform"]}
-
-
-def form_from_spec(spec) -> dict:
-    """The form values that make a sweep job's spec (the page re-attaching to it shows how it was made)."""
-    if not spec:
-        return {}
-    values = {"curves_methods": [m for m in spec.get("methods", ()) if m in services.METHODS],
-              "curves_structures": [s for s in spec.get("structures", ()) if s in services.STRUCTURES],
-              "curves_sparsities": [c for c in SPARSITY_CHOICES
-                                    if any(abs(c - float(s)) < 1e-9 for s in spec.get("sparsities", ()))]}
-    values["curves_allocations"] = [a for a in spec.get("allocations") or ("uniform",) if a in services.ALLOCATIONS]
-    values = {key: value for key, value in values.items() if value}
-    if spec.get("propagation") in ("pruned", "dense"):
-        values["curves_propagation"] = spec["propagation"]
-    return values
+FORM = SweepForm.widget_defaults()
 
 
 settings = widgets.page_start(
@@ -48,32 +33,32 @@ settings = widgets.page_start(
     "How much worse does the model get as more weights are removed? Each line is a pruning method; the "
     "dashed line is the unpruned model. <b>Lower perplexity is better.</b>",
 )
-state.seed_form("sweep", FORM, lambda: form_from_spec(widgets.followed_spec("sweep", settings["model"])))
+state.seed_form("sweep", FORM, lambda: SweepForm.from_spec(widgets.followed_spec("sweep", settings["model"])))
 
 with st.container(border=True):
     c1, c2, c3 = st.columns([2, 2, 3])
-    methods = c1.multiselect("Methods", services.METHODS, key="curves_methods",
+    methods = c1.multiselect("Methods", choices.METHODS, key="curves_methods",
                              help="magnitude: smallest |W|; Wanda: |W|·‖X‖ per output row; SparseGPT: "
                                   "second-order with weight updates (slowest).")
-    structures = c2.multiselect("Structures", services.STRUCTURES, key="curves_structures",
+    structures = c2.multiselect("Structures", choices.STRUCTURES, key="curves_structures",
                                 help="unstructured: any weights; 2:4 and 4:8 keep N of every M (always 50 %), "
                                      "the pattern GPUs can accelerate.")
-    sparsities = c3.multiselect("Sparsities (unstructured)", SPARSITY_CHOICES, key="curves_sparsities",
+    sparsities = c3.multiselect("Sparsities (unstructured)", sweep.SPARSITY_CHOICES, key="curves_sparsities",
                                 format_func=lambda s: f"{s:.0%}")
     c4, c6, c5 = st.columns([2, 2, 3])
-    propagation = c4.radio("Statistics from", ["pruned", "dense"], key="curves_propagation", horizontal=True,
+    propagation = c4.radio("Statistics from", sweep.PROPAGATIONS, key="curves_propagation", horizontal=True,
                            format_func=lambda p: {"pruned": "pruned layers (papers)",
                                                   "dense": "dense model (faster)"}[p],
                            help="Propagation: where each layer's input statistics come from. pruned: each layer "
                                 "sees the already-pruned earlier layers, as in the papers; dense: statistics are "
                                 "collected once on the unpruned model and reused for every point.")
-    allocations = c6.multiselect("Allocations", services.ALLOCATIONS, key="curves_allocations",
+    allocations = c6.multiselect("Allocations", choices.ALLOCATIONS, key="curves_allocations",
                                  help="How each sparsity is spread over layers and modules (unstructured points; "
                                       "each allocation adds a line per method, dashed by allocation): "
-                                      + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+                                      + choices.allocation_help())
     spec = None
     try:
-        spec = services.sweep_spec(settings, methods, structures, sparsities, propagation, allocations)
+        spec = SweepForm(methods, structures, sparsities, propagation, allocations).to_spec(settings)
     except Exception as error:  # noqa: BLE001 - bad choices: say what to fix, keep the page
         widgets.show_error(error)
     with c5:
@@ -115,21 +100,19 @@ def draw(results: dict, prefix: str, partial: bool = False) -> None:
 
 
 def on_progress(status: dict) -> None:
-    partial = widgets.guarded(services.partial_sweep_results, status["spec"])
+    partial = widgets.guarded(sweep.partial_sweep_results, status["spec"])
     if partial and partial.get("points"):
         st.caption(f"{len(partial['points'])} point(s) finished so far:")
         draw(partial, "curves_partial", partial=True)
 
 
 status = widgets.job_panel("sweep", job_id, on_progress, spec=spec)
-finished = [r["result"] for r in (widgets.guarded(services.recent_results, "sweep", settings["model"]) or [])]
-if status is not None and status.get("state") == "done" and status.get("result"):
-    # This run first, then earlier finished sweeps of the same model and protocol.
-    finished = [status["result"]] + [r for r in finished if r is not status["result"]]
-merged = services.merge_sweeps(finished)
+# This run first (when it just finished), then earlier finished sweeps of the same model and protocol.
+just_done = status.get("result") if status is not None and status.get("state") == "done" else None
+merged = widgets.guarded(sweep.merged_sweeps, settings["model"], just_done or None)
 if merged and merged.get("points"):
     st.subheader("Perplexity vs sparsity")
     draw(merged, "curves")
-elif status is None or not services.is_active(status):
+elif status is None or not jobs.is_active(status):
     st.info("No curve yet: choose methods and sparsities above and press **Run sweep**. The estimate above "
             "says how long it takes on this machine.", icon=":material/info:")

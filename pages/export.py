@@ -18,9 +18,11 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st
 
-from app import export_service as svc
-from app import services, widgets
+from app import widgets
 from app.charts import curves_chart, heatmap_chart, show
+from app.services import choices, corpora, navigation
+from app.services import export as svc
+from app.services.export import ExportForm
 
 settings = widgets.page_start(
     "Export",
@@ -28,7 +30,7 @@ settings = widgets.page_start(
     "pruned model, a recipe for llm-compressor and an evaluation report to forward.",
 )
 
-prefill = svc.apply_prefill(st.session_state)  # the Summary's recommendation, handed over once
+prefill = navigation.take_export_prefill(st.session_state)  # the Summary's recommendation, handed over once
 sources = widgets.guarded(svc.whatif_sources, settings["model"]) or []
 by_label = {item["label"]: item for item in sources}
 source_label = st.selectbox(
@@ -51,8 +53,8 @@ if source is not None:
 with st.form("export-form"):
     left, right = st.columns(2)
     if source is None:
-        method = left.selectbox("Method", svc.METHODS, key="export_method")
-        structure = left.selectbox("Structure", svc.STRUCTURES, key="export_structure",
+        method = left.selectbox("Method", choices.METHODS, key="export_method")
+        structure = left.selectbox("Structure", choices.STRUCTURES, key="export_structure",
                                    help="2:4 can be accelerated by NVIDIA sparse tensor cores; unstructured cannot.")
         sparsity = left.slider("Sparsity (unstructured)", 0.1, 0.9, step=0.05, key="export_sparsity")
         propagation = left.selectbox(
@@ -78,8 +80,7 @@ if submitted:
                "lm_eval_tasks": tuple(svc.LOCAL_TASKS) if lm_eval else (), "lm_eval_limit": int(limit)}
     try:
         if source is None:
-            options.update(method=method, structure=structure, sparsity=float(sparsity), propagation=propagation)
-            spec = svc.export_spec(settings, options)
+            spec = ExportForm(method, structure, sparsity, propagation).to_spec(settings, options)
         else:
             spec = svc.whatif_export_spec(source, options)
         widgets.start_job("export", spec)
@@ -93,10 +94,10 @@ if result:
     st.subheader("Summary")
     # Corpora as the other pages name them: an upload by its original file name, not its stored path
     # ("<content hash>-<name>" under $PRUNESCOPE_HOME).
-    corpora = {c for side in ((result["report"].get("ppl") or {}).values()) for c in (side or {})}
+    measured = {c for side in ((result["report"].get("ppl") or {}).values()) for c in (side or {})}
     for sentence in result["summary"]:
-        for corpus in sorted(corpora, key=len, reverse=True):
-            sentence = sentence.replace(corpus, services.corpus_label(corpus))
+        for corpus in sorted(measured, key=len, reverse=True):
+            sentence = sentence.replace(corpus, corpora.corpus_label(corpus))
         st.markdown(f"- {sentence}")
     st.subheader("Downloads")
     columns = st.columns(3)

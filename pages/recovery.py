@@ -18,67 +18,27 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/reco
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
-
-RANK_CHOICES = [1, 2, 4, 8, 16, 32]
-SEQLEN_CHOICES = [32, 64, 128, 256, 512]
-SOURCE_KEYS = {"method": "recovery_method", "structure": "recovery_structure", "sparsity": "recovery_sparsity",
-               "propagation": "recovery_propagation", "allocator": "recovery_allocator"}
-FORM = {"recovery_method": "wanda", "recovery_structure": "unstructured", "recovery_sparsity": 0.5,
-        "recovery_propagation": "pruned", "recovery_allocator": "uniform", "recovery_steps": 200,
-        "recovery_rank": 8, "recovery_rank_allocation": "uniform", "recovery_minutes": 15,
-        "recovery_batch": 4, "recovery_seqlen": 256, "recovery_prompt": services.DEFAULT_PROMPT,
-        "recovery_schedule": ""}
-
-
-def form_from_spec(spec) -> dict:
-    """The form values that make a recovery job's spec (a page re-attaching to it shows how it was made)."""
-    if not spec:
-        return {}
-    values = {key: spec[name] for name, key in SOURCE_KEYS.items() if spec.get(name) is not None}
-    values["recovery_allocator"] = spec.get("allocator") or "uniform"
-    train = spec.get("train") or {}
-    for name, key in (("steps", "recovery_steps"), ("batch_size", "recovery_batch"), ("seqlen", "recovery_seqlen")):
-        if train.get(name):
-            values[key] = int(train[name])
-    if train.get("max_seconds"):
-        values["recovery_minutes"] = max(1, round(float(train["max_seconds"]) / 60))
-    if int(spec.get("rank") or 0) in RANK_CHOICES:
-        values["recovery_rank"] = int(spec["rank"])
-    if spec.get("rank_allocation") in services.RECOVERY_RANK_ALLOCATIONS:
-        values["recovery_rank_allocation"] = spec["rank_allocation"]
-    values["recovery_schedule"] = ",".join(f"{float(s):g}" for s in spec.get("schedule") or ())
-    if spec.get("eval_corpora"):
-        values["recovery_eval"] = list(spec["eval_corpora"])
-    if spec.get("train_corpus"):
-        values["recovery_train_corpus"] = spec["train_corpus"]
-    if isinstance(spec.get("prompt"), str) and spec["prompt"]:
-        values["recovery_prompt"] = spec["prompt"]
-    return values
-
+from app import charts, state, widgets  # noqa: E402
+from app.formats import format_seconds  # noqa: E402
+from app.services import choices, corpora, navigation, recovery  # noqa: E402
+from app.services.recovery import RecoveryForm  # noqa: E402
 
 settings = widgets.page_start(
     "Recovery",
     "Win back the quality pruning cost: a short training of a small LoRA adapter on the pruned model. Its update "
     "is masked, so merging it keeps every pruned weight at exactly zero, and it ships as a small file beside the mask.",
 )
-corpora = list(dict.fromkeys([*settings["eval_corpora"], *services.EMBEDDED_CORPORA]))
-train_corpora = list(dict.fromkeys([settings["calib"], *services.EMBEDDED_CORPORA]))
-handed = st.session_state.pop(services.RECOVERY_PREFILL_KEY, None)  # the Summary's "Recover quality" button
-if handed:
-    for name, key in SOURCE_KEYS.items():
-        if name in handed:
-            st.session_state[key] = handed[name]
-state.seed_form("recovery", {**FORM, "recovery_eval": list(settings["eval_corpora"]),
-                             "recovery_train_corpus": settings["calib"]},
-                lambda: form_from_spec(widgets.followed_spec("recovery", settings["model"])))
+measured_on = list(dict.fromkeys([*settings["eval_corpora"], *corpora.EMBEDDED_CORPORA]))
+train_corpora = list(dict.fromkeys([settings["calib"], *corpora.EMBEDDED_CORPORA]))
+handed = navigation.take_recovery_prefill(st.session_state)  # the Summary's "Recover quality" button
+FORM = RecoveryForm.first_values(settings)
+state.seed_form("recovery", FORM, lambda: RecoveryForm.from_spec(widgets.followed_spec("recovery", settings["model"])))
 if "recovery_source_seeded" not in st.session_state:  # once per session: start from the Summary's recommendation
     st.session_state["recovery_source_seeded"] = True
     recommended = None if handed or st.session_state.get(state.FORMS, {}).get("recovery") else \
-        widgets.guarded(services.recommended_source, settings)
+        widgets.guarded(recovery.recommended_source, settings)
     if recommended and not state.job_id("recovery"):
-        for name, key in SOURCE_KEYS.items():
-            st.session_state[key] = recommended[name]
+        st.session_state.update(RecoveryForm.widgets(**recommended))
         st.caption(":material/recommend: Preselected: the Summary's recommended setting.")
 if handed:
     st.caption(":material/recommend: Preselected from the Summary: its recommended setting.")
@@ -86,13 +46,13 @@ if handed:
 with st.container(border=True):
     st.markdown("**The pruned setting to recover**")
     c1, c2, c3, c4 = st.columns(4)
-    method = c1.selectbox("Method", services.METHODS, key="recovery_method")
-    structure = c2.selectbox("Structure", services.STRUCTURES, key="recovery_structure")
+    method = c1.selectbox("Method", choices.METHODS, key="recovery_method")
+    structure = c2.selectbox("Structure", choices.STRUCTURES, key="recovery_structure")
     sparsity = c3.slider("Sparsity", 0.1, 0.9, step=0.05, key="recovery_sparsity", format="%.2f",
                          help="Fraction of the decoder linears' weights set to zero (N:M structures fix it at "
                               "their own ratio).")
-    allocator = c4.selectbox("Allocation", services.ALLOCATIONS, key="recovery_allocator",
-                             help="; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+    allocator = c4.selectbox("Allocation", choices.ALLOCATIONS, key="recovery_allocator",
+                             help=choices.allocation_help())
     schedule = st.text_input("Step-wise sparsities before the final one", key="recovery_schedule",
                              placeholder="e.g. 0.3,0.4 (empty: prune once, then recover)",
                              help="Step-wise prune and recover: prune to each of these sparsities in turn, recovering "
@@ -105,50 +65,49 @@ with st.container(border=True):
     minutes = t2.number_input("Time budget (minutes)", min_value=1, max_value=600, step=1, key="recovery_minutes",
                               help="Training stops after this much time even if steps remain; the result says "
                                    "how many steps ran.")
-    rank = t3.selectbox("LoRA rank", RANK_CHOICES, key="recovery_rank",
+    rank = t3.selectbox("LoRA rank", recovery.RANK_CHOICES, key="recovery_rank",
                         help="The budget of trainable parameters: what this rank on every adapted linear trains.")
-    rank_choices = widgets.guarded(services.recovery_rank_allocations, settings["model"]) or ["uniform", "gradient"]
+    rank_choices = widgets.guarded(recovery.recovery_rank_allocations, settings["model"]) or ["uniform", "gradient"]
     if st.session_state.get("recovery_rank_allocation") not in rank_choices:  # e.g. the map it used is gone
         st.session_state["recovery_rank_allocation"] = "uniform"
     rank_allocation = t4.radio("Ranks", rank_choices, key="recovery_rank_allocation",
                                horizontal=True, help="; ".join(f"{n}: {t}" for n, t in
-                                                               services.recovery_rank_descriptions().items()))
+                                                               recovery.recovery_rank_descriptions().items()))
     e1, e2 = st.columns(2)
-    eval_corpora = e1.multiselect("Measure on", corpora, key="recovery_eval", format_func=services.corpus_label,
+    eval_corpora = e1.multiselect("Measure on", measured_on, key="recovery_eval", format_func=corpora.corpus_label,
                                   help="Perplexity before and after recovery on each corpus's evaluation split; "
                                        "the charts follow these during training.")
     train_corpus = e2.selectbox("Train on", train_corpora, key="recovery_train_corpus",
-                                format_func=services.corpus_label,
+                                format_func=corpora.corpus_label,
                                 help="The adapter trains on this corpus's calibration split (never its "
                                      "evaluation split).")
     with st.expander("More training settings"):
         m1, m2 = st.columns(2)
         batch = m1.number_input("Windows per step", min_value=1, max_value=64, key="recovery_batch")
-        seqlen = m2.selectbox("Tokens per window", SEQLEN_CHOICES, key="recovery_seqlen")
+        seqlen = m2.selectbox("Tokens per window", recovery.SEQLEN_CHOICES, key="recovery_seqlen")
         prompt = st.text_input("Prompt for the text comparison", key="recovery_prompt")
     spec = None
     try:
-        source = {"method": method, "structure": structure, "sparsity": float(sparsity), "allocator": allocator,
-                  "propagation": st.session_state.get("recovery_propagation") or "pruned"}
-        spec = services.recovery_spec(settings, source, int(steps), int(rank), rank_allocation, eval_corpora,
-                                      float(minutes), train_corpus, int(batch), int(seqlen), prompt.strip(),
-                                      schedule=schedule)
+        form = RecoveryForm(method, structure, sparsity, st.session_state.get("recovery_propagation") or "pruned",
+                            allocator, steps, rank, rank_allocation, minutes, batch, seqlen, prompt, schedule,
+                            eval_corpora, train_corpus)
+        spec = form.to_spec(settings)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     if spec is not None:
-        estimate = widgets.guarded(services.recovery_estimate, spec)
+        estimate = widgets.guarded(recovery.recovery_estimate, spec)
         if estimate:
             budget = " (the time budget stops it first)" if estimate["capped"] else ""
-            st.caption(f":material/schedule: Training time, an estimate: **{services.format_seconds(estimate['seconds'])}**"
+            st.caption(f":material/schedule: Training time, an estimate: **{format_seconds(estimate['seconds'])}**"
                        f"{budget}: {int(steps):,} steps × {estimate['seconds_per_step']:.2f} s per step.",
                        help=estimate["assumptions"])
     run = st.button("Recover", key="recovery_run", type="primary", icon=":material/healing:", disabled=spec is None,
                     help="Runs as a job: it survives a reload, can be cancelled, and a second run resumes from the "
                          "last checkpoint.")
 
-state.remember_form("recovery", [*FORM, "recovery_eval", "recovery_train_corpus"])
+state.remember_form("recovery", FORM)
 
-adapters = widgets.guarded(services.recovery_adapters, settings["model"])
+adapters = widgets.guarded(recovery.recovery_adapters, settings["model"])
 with st.expander(f"Adapters in the store ({len(adapters or [])})"):
     if adapters:
         st.dataframe(adapters, hide_index=True, key="recovery_adapters_table")
@@ -161,18 +120,18 @@ with st.expander(f"Adapters in the store ({len(adapters or [])})"):
 result = widgets.finished_result("recovery", spec, run, settings["model"],
                                  "Choose the setting and the training above and press **Recover**.")
 
-words = services.recovery_words(result)
+words = recovery.recovery_words(result)
 st.caption(f"Recovered: **{(result.get('pruned') or {}).get('description', '?')}** · {words['steps']:,} steps"
            + (" (stopped by the time budget)" if result["history"].get("stopped") == "time budget" else "")
-           + f" · {services.format_seconds(result.get('train_seconds')).removeprefix('about ')} of training")
+           + f" · {format_seconds(result.get('train_seconds')).removeprefix('about ')} of training")
 
 st.subheader("Before and after, per corpus")
-st.dataframe(services.recovery_rows(result), hide_index=True, key="recovery_table")
+st.dataframe(recovery.recovery_rows(result), hide_index=True, key="recovery_table")
 st.caption("Token-level perplexity on each corpus's evaluation split, lower is better. *After recovery* is the "
            "merged model (the one that ships); *gap won back* = (pruned − after) / (pruned − dense), or – where pruning barely changed the "
            "perplexity (a share of no gap means nothing).")
 
-figures = services.recovery_figures(result)
+figures = recovery.recovery_figures(result)
 left, right = st.columns(2)
 charts.show(charts.to_plotly(figures["loss"]), key="recovery_loss_chart", container=left,
             alt="Training loss against step")
@@ -190,11 +149,11 @@ else:
 st.markdown(f"{words['adapter']}  \n{words['ranks']}")
 
 left, right = st.columns(2)
-report = widgets.guarded(services.recovery_report_html, result)
+report = widgets.guarded(recovery.recovery_report_html, result)
 if report:
     left.download_button("Download the report (HTML)", report, file_name="recovery-report.html", mime="text/html",
                          key="recovery_report", icon=":material/download:")
-adapter_zip = widgets.guarded(services.recovery_adapter_zip, result)
+adapter_zip = widgets.guarded(recovery.recovery_adapter_zip, result)
 if adapter_zip:
     right.download_button("Download the adapter (PEFT, zip)", adapter_zip, file_name="recovery-adapter.zip",
                           mime="application/zip", key="recovery_adapter", icon=":material/download:")

@@ -4,8 +4,8 @@ A cell is how much the loss grows when that one module alone is pruned (exact me
 (second-order estimate, reconstruction error, Taylor score). The default, "Automatic", shows the second-order
 estimate first and refines it to the exact map while the job runs; the page always says which refinement it
 shows and its measured rank agreement with the exact metric, and gives its plain-language reading only for a
-map that is exact or agrees well enough (`services.sensitivity_trust`). With several sparsities a per-module
-view shows how sensitivity grows; with the exact metric and a proxy, a scatter shows how well the proxy ranks
+map that is exact or agrees well enough (`app.services.sensitivity.sensitivity_trust`). With several sparsities a
+per-module view shows how sensitivity grows; with the exact metric and a proxy, a scatter shows how well the proxy ranks
 modules (Spearman ρ).
 """
 
@@ -20,10 +20,11 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/sens
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
+from app import charts, state, widgets  # noqa: E402
 from app.charts import metric_unit  # noqa: E402
+from app.services import choices, jobs, sensitivity  # noqa: E402
+from app.services.sensitivity import SensitivityForm  # noqa: E402
 
-SPARSITY_CHOICES = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 #: Short names for the metric dropdowns (the unit goes to the help text and the chart axes: a long label
 #: such as "reconstruction · relative output error" was cut off in the narrow column).
 METRIC_LABELS = {"auto": "Automatic", "exact": "exact (Δ loss)",
@@ -39,22 +40,7 @@ METRIC_HELP = ("Automatic (recommended): a fast second-order estimate first, the
                "agreement with the exact metric.")
 
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
-FORM = {"sens_method": "wanda", "sens_sparsities": [0.5], "sens_metrics": [services.SENSITIVITY_AUTO], "sens_probe": 8}
-
-
-def form_from_spec(spec) -> dict:
-    """The form values that make a sensitivity job's spec (a page re-attaching to it shows how it was made)."""
-    if not spec:
-        return {}
-    values = {"sens_sparsities": [c for c in SPARSITY_CHOICES
-                                  if any(abs(c - float(s)) < 1e-9 for s in spec.get("sparsities", ()))],
-              "sens_metrics": [m for m in spec.get("metrics", ()) if m in services.SENSITIVITY_METRICS]}
-    values = {key: value for key, value in values.items() if value}
-    if spec.get("method") in services.METHODS:
-        values["sens_method"] = spec["method"]
-    if isinstance(spec.get("probe_windows"), int) and 1 <= spec["probe_windows"] <= 256:
-        values["sens_probe"] = spec["probe_windows"]
-    return values
+FORM = SensitivityForm.widget_defaults()
 
 
 settings = widgets.page_start(
@@ -63,20 +49,15 @@ settings = widgets.page_start(
     "brighter means the model suffers more, darker means it is safer to prune.",
 )
 state.seed_form("sensitivity", FORM,
-                lambda: form_from_spec(widgets.followed_spec("sensitivity", settings["model"])))
-
-available = services.sensitivity_available()
-if not available:
-    st.warning("The sensitivity engine (pruning_core.analysis.sensitivity) is not installed in this version, so maps "
-               "cannot be computed yet. Curves and What-if work without it.", icon=":material/warning:")
+                lambda: SensitivityForm.from_spec(widgets.followed_spec("sensitivity", settings["model"])))
 
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([2, 3, 3, 2])
-    method = c1.selectbox("Method", services.METHODS, key="sens_method")
-    sparsities = c2.multiselect("Sparsities", SPARSITY_CHOICES, key="sens_sparsities",
+    method = c1.selectbox("Method", choices.METHODS, key="sens_method")
+    sparsities = c2.multiselect("Sparsities", sensitivity.SPARSITY_CHOICES, key="sens_sparsities",
                                 format_func=lambda s: f"{s:.0%}",
                                 help="Several sparsities add a sensitivity-vs-sparsity view per module.")
-    metrics = c3.multiselect("Metrics", services.SENSITIVITY_METRICS, key="sens_metrics", help=METRIC_HELP,
+    metrics = c3.multiselect("Metrics", sensitivity.SENSITIVITY_METRICS, key="sens_metrics", help=METRIC_HELP,
                              format_func=lambda m: METRIC_LABELS.get(m, m))
     probe = c4.number_input("Probe windows", 1, 256, key="sens_probe",
                             help="Probe windows: held-out text windows (seqlen tokens each) on which the exact "
@@ -84,12 +65,12 @@ with st.container(border=True):
                                  "steadier values, proportionally slower.")
     spec = None
     try:
-        spec = services.sensitivity_spec(settings, method, sparsities, metrics, int(probe))
+        spec = SensitivityForm(method, sparsities, metrics, int(probe)).to_spec(settings)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     widgets.estimate_line("sensitivity", settings, spec)
     run = st.button("Compute map", key="sens_run", type="primary", icon=":material/play_arrow:",
-                    disabled=spec is None or not available)
+                    disabled=spec is None)
 
 state.remember_form("sensitivity", FORM)
 
@@ -100,14 +81,14 @@ def draw_map(chosen: dict, correlations, prefix: str) -> None:
     """One map as the page shows it: which map (and refinement) it is, with its measured agreement with the
     exact metric; the plain-language reading only when the map can be trusted, else the sentence saying why
     not; the heatmap, the most sensitive modules and the per-layer bars. Widget keys start with `prefix`."""
-    trust = services.sensitivity_trust(chosen, correlations)
+    trust = sensitivity.sensitivity_trust(chosen, correlations)
     icon = ":material/verified:" if trust["trusted"] else ":material/help:"
     st.markdown(f"{icon} **{trust['label']}**",
                 help="Agreement: Spearman rank correlation with the exact metric (1 = same order of modules). "
                      "A map that is not exact is read as advice only at "
-                     f"{services.TRUSTED_AGREEMENT:.1f} or more.")
+                     f"{sensitivity.TRUSTED_AGREEMENT:.1f} or more.")
     if trust["trusted"]:
-        st.markdown(f"**Reading:** {services.sensitivity_reading(chosen)}")
+        st.markdown(f"**Reading:** {sensitivity.sensitivity_reading(chosen)}")
     else:
         st.warning(trust["withheld"], icon=":material/do_not_disturb_on:")
     left, right = st.columns([3, 2], gap="large")
@@ -115,7 +96,7 @@ def draw_map(chosen: dict, correlations, prefix: str) -> None:
                 alt="Sensitivity heatmap: decoder layers by module kinds")
     with right:
         st.markdown(f"**Most sensitive modules** · {metric_unit(chosen['metric'])}")
-        st.dataframe(charts.top_cells_table(services.top_cells(chosen, 8)), hide_index=True, width="stretch",
+        st.dataframe(charts.top_cells_table(sensitivity.top_cells(chosen, 8)), hide_index=True, width="stretch",
                      key=f"{prefix}_top")
         if chosen.get("baseline_loss") is not None:
             # No duration here: the job panel above gives the run's one duration (a map-only time beside it was
@@ -137,7 +118,7 @@ def draw_map(chosen: dict, correlations, prefix: str) -> None:
 
 def on_progress(status: dict) -> None:
     """While an automatic map runs: its newest refinement, redrawn as each one arrives."""
-    views = widgets.guarded(services.sensitivity_live_views, status.get("spec") or {}) or []
+    views = widgets.guarded(sensitivity.sensitivity_live_views, status.get("spec") or {}) or []
     if views:
         view = views[-1]  # the sparsity being refined now
         st.caption(f"Newest refinement so far, at {float(view['sparsity']):.0%} sparsity:")
@@ -150,8 +131,8 @@ result = status.get("result") if status and status.get("state") == "done" else N
 if result is None and status is not None and status.get("state") in ("failed", "cancelled", "interrupted"):
     # The followed run stopped without a map: its last refinement, if it reached one, else the newest finished
     # map stays on the page (as after a reload).
-    views = widgets.guarded(services.sensitivity_live_views, status.get("spec") or {}) or []
-    newest = [] if views else widgets.guarded(services.recent_results, "sensitivity", settings["model"], 1) or []
+    views = widgets.guarded(sensitivity.sensitivity_live_views, status.get("spec") or {}) or []
+    newest = [] if views else widgets.guarded(jobs.recent_results, "sensitivity", settings["model"], 1) or []
     if views:
         result = {"maps": views, "correlations": [], "views": views}
         st.caption(":material/history: The last run did not finish: showing the last refinement it reached.")
@@ -165,7 +146,7 @@ if result is None and status is not None and status.get("state") in ("failed", "
 maps = (result or {}).get("maps") or []
 
 if not maps:
-    if status is None or not services.is_active(status):
+    if status is None or not jobs.is_active(status):
         st.info("No map yet: choose a method, sparsity and metric above and press **Compute map**. 'Automatic' "
                 "shows a first estimate quickly and refines it to the exact map; the estimate above is for this "
                 "machine.", icon=":material/info:")

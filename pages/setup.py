@@ -15,8 +15,13 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/setu
 
 import streamlit as st  # noqa: E402
 
-from app import services, state, widgets  # noqa: E402
+from app import state, widgets  # noqa: E402
+from app.formats import format_bytes  # noqa: E402
 from app.launch import default_model  # noqa: E402
+from app.services import choices, corpora, models  # noqa: E402
+from app.services import settings as saved  # noqa: E402
+from app.services.sensitivity import SensitivityForm  # noqa: E402
+from app.services.sweep import SweepForm  # noqa: E402
 
 MODEL_CHOICES = {
     "embedded": "Embedded SmolLM2-135M",
@@ -52,13 +57,13 @@ widgets.intro("Setup", "Choose the model and the text used to <b>calibrate</b> t
 # ------------------------------------------------------------------------------------------------- model
 st.subheader("Model")
 launcher = default_model()
-choices = ["embedded"] + (["launcher"] if launcher != "embedded" else []) + ["folder", "gguf", "hub"]
+sources = ["embedded"] + (["launcher"] if launcher != "embedded" else []) + ["folder", "gguf", "hub"]
 if "setup_model_kind" not in st.session_state:
     current = settings["model"]
     st.session_state["setup_model_kind"] = ("embedded" if current == "embedded" else
                                             "launcher" if current == launcher else "folder")
     st.session_state.setdefault("setup_model_path", "" if current in ("embedded", launcher) else current)
-kind = st.radio("Model source", choices, key="setup_model_kind", horizontal=True,
+kind = st.radio("Model source", sources, key="setup_model_kind", horizontal=True,
                 format_func=lambda c: MODEL_CHOICES[c] + (f" ({launcher})" if c == "launcher" else ""))
 source = None
 facts = None  # the model's facts once it loads: the token checks below need its tokenizer
@@ -77,22 +82,22 @@ else:
 if source is None:
     st.info("Enter a model path or id above, or choose the embedded model.", icon=":material/info:")
 else:
-    facts = widgets.guarded(services.model_facts, source)
+    facts = widgets.guarded(models.model_facts, source)
     if facts is not None:
         state.update(model=source)
         with st.container(border=True):
             cols = st.columns(5)
-            cols[0].metric("Architecture", services.family_label(facts["family"]),
+            cols[0].metric("Architecture", models.family_label(facts["family"]),
                            help=f"hidden size {facts['hidden_size']}; prunable linears per layer: "
                                 f"{', '.join(facts['module_kinds'])}")
             cols[1].metric("Decoder layers", f"{facts['layers']}",
                            help=f"{len(facts['module_kinds'])} prunable linear layers each")
             cols[2].metric("Parameters", f"{facts['parameters'] / 1e6:,.1f} M",
                            help=f"{facts['prunable_parameters'] / 1e6:,.1f} M of them in prunable linears")
-            cols[3].metric("Memory", services.format_bytes(facts["memory_bytes"]),
+            cols[3].metric("Memory", format_bytes(facts["memory_bytes"]),
                            help=f"weights in {facts['dtype']}, as loaded for pruning")
-            sizes = services.model_size_labels(facts)
-            cols[4].metric("On disk", services.format_bytes(facts.get("disk_bytes")),
+            sizes = models.model_size_labels(facts)
+            cols[4].metric("On disk", format_bytes(facts.get("disk_bytes")),
                            help=f"The model file as stored: {facts.get('disk_form') or 'format unknown'}.")
             st.caption(f"**{facts['name']}** · prunable linears per layer: {', '.join(facts['module_kinds'])} · "
                        f"weights fingerprint `{facts['fingerprint']}`")
@@ -105,11 +110,11 @@ else:
 st.subheader("Calibration and evaluation text")
 calib_col, eval_col = st.columns(2, gap="large")
 with calib_col:
-    uploads = services.uploaded_corpora()  # every earlier accepted upload stays selectable
-    calib_options = list(services.EMBEDDED_CORPORA) + uploads + [UPLOAD] + list(services.HUB_CORPORA)
-    if settings["calib"] not in calib_options and services.is_file(settings["calib"]):  # a path given elsewhere
-        calib_options.insert(len(services.EMBEDDED_CORPORA), settings["calib"])
-    labels = services.corpus_labels([c for c in calib_options if c not in CORPUS_LABELS])
+    uploads = corpora.uploaded_corpora()  # every earlier accepted upload stays selectable
+    calib_options = list(corpora.EMBEDDED_CORPORA) + uploads + [UPLOAD] + list(corpora.HUB_CORPORA)
+    if settings["calib"] not in calib_options and corpora.is_file(settings["calib"]):  # a path given elsewhere
+        calib_options.insert(len(corpora.EMBEDDED_CORPORA), settings["calib"])
+    labels = corpora.corpus_labels([c for c in calib_options if c not in CORPUS_LABELS])
     if st.session_state.get("setup_pending_calib"):
         st.session_state["setup_calib"] = st.session_state.pop("setup_pending_calib")
     current_calib = settings["calib"] if settings["calib"] in calib_options else "wiki"
@@ -135,12 +140,12 @@ with calib_col:
             # Checked here, where it is dropped (content, and enough calibration text for the windows chosen
             # under Protocol); a refused file is not stored and the previous choice stays selected.
             try:
-                path = services.save_upload(upload.name, upload.getvalue(), settings if facts else None,
+                path = corpora.save_upload(upload.name, upload.getvalue(), settings if facts else None,
                                             upload_column.strip() or None)
             except Exception as error:  # noqa: BLE001 - every refusal is a short message
                 st.session_state["setup_upload_refused"] = (
                     f"{widgets.error_text(error)} The calibration text stays "
-                    f"**{CORPUS_LABELS.get(current_calib) or services.corpus_label(current_calib)}**.")
+                    f"**{CORPUS_LABELS.get(current_calib) or corpora.corpus_label(current_calib)}**.")
                 st.session_state["setup_pending_calib"] = current_calib
             else:
                 state.update(calib=path, calib_column=upload_column.strip() or None)
@@ -156,10 +161,10 @@ with calib_col:
         state.update(calib_column=column.strip() or None)
     if calib:
         state.update(calib=calib)
-        preview = widgets.guarded(services.corpus_preview, calib, "calibration", settings.get("calib_column"))
+        preview = widgets.guarded(corpora.corpus_preview, calib, "calibration", settings.get("calib_column"))
         calib_problem = preview is None
         if preview is not None:
-            tokens = widgets.guarded(services.token_count, settings["model"], calib, "calibration",
+            tokens = widgets.guarded(corpora.token_count, settings["model"], calib, "calibration",
                                      settings.get("calib_column")) if facts else None
             token_text = f" · **{tokens:,}** tokens" if tokens else ""
             st.caption(f"Calibration split: **{preview['documents']:,}** documents · "
@@ -169,11 +174,11 @@ with calib_col:
                 if preview.get("markup_removed"):
                     st.caption("Wiki markup removed for display; the model reads the same text.")
 with eval_col:
-    eval_options = list(services.EMBEDDED_CORPORA) + uploads + list(services.HUB_CORPORA)
+    eval_options = list(corpora.EMBEDDED_CORPORA) + uploads + list(corpora.HUB_CORPORA)
     for chosen in settings["eval_corpora"]:  # a path given elsewhere
-        if chosen not in eval_options and services.is_file(chosen):
-            eval_options.insert(len(services.EMBEDDED_CORPORA), chosen)
-    labels = services.corpus_labels([c for c in eval_options if c not in CORPUS_LABELS])
+        if chosen not in eval_options and corpora.is_file(chosen):
+            eval_options.insert(len(corpora.EMBEDDED_CORPORA), chosen)
+    labels = corpora.corpus_labels([c for c in eval_options if c not in CORPUS_LABELS])
     _seed("setup_eval", [c for c in settings["eval_corpora"] if c in eval_options] or ["wiki"])
     evals = st.multiselect("Evaluation corpora", eval_options, key="setup_eval",
                            format_func=lambda c: CORPUS_LABELS.get(c) or f"file · {labels.get(c, c)}",
@@ -182,7 +187,7 @@ with eval_col:
     if evals:
         state.update(eval_corpora=list(evals))
         for corpus in evals:
-            info = widgets.guarded(services.corpus_preview, corpus, "evaluation")
+            info = widgets.guarded(corpora.corpus_preview, corpus, "evaluation")
             eval_problem = eval_problem or info is None
             if info is not None:
                 st.caption(f"**{labels.get(corpus, corpus)}** evaluation split: "
@@ -206,14 +211,14 @@ eval_windows = p3.number_input("Evaluation windows", 1, 100_000, step=1, key="se
                                help="Perplexity uses the first N non-overlapping windows of each evaluation "
                                     "split (papers: all of them).")
 seed = p4.number_input("Seed", 0, 2**31 - 1, step=1, key="setup_seed", help="Calibration sampling seed.")
-dtype = p5.selectbox("Eval dtype", services.EVAL_DTYPES, key="setup_dtype",
+dtype = p5.selectbox("Eval dtype", choices.EVAL_DTYPES, key="setup_dtype",
                      help="Compute dtype of the perplexity evaluation.")
 state.update(nsamples=int(nsamples), seqlen=int(seqlen), eval_windows=int(eval_windows), seed=int(seed),
              dtype=dtype)
 b1, b2, _ = st.columns([1, 1, 3])
-b1.button("Quick look", key="setup_quick", on_click=_apply_preset, args=(services.QUICK,),
+b1.button("Quick look", key="setup_quick", on_click=_apply_preset, args=(saved.QUICK,),
           icon=":material/bolt:", width="stretch", help="16 windows × 256 tokens, 16 evaluation windows")
-b2.button("Paper protocol", key="setup_paper", on_click=_apply_preset, args=(services.PAPER,),
+b2.button("Paper protocol", key="setup_paper", on_click=_apply_preset, args=(saved.PAPER,),
           icon=":material/menu_book:", width="stretch",
           help="128 windows × 2048 tokens, the whole evaluation split (as in Wanda/SparseGPT)")
 
@@ -222,8 +227,8 @@ st.subheader("Before you run")
 if source and evals:
     specs_ok = False
     try:
-        sweep = services.sweep_spec(settings, ["wanda"], ["unstructured"], [0.5])
-        sens = services.sensitivity_spec(settings, "wanda", [0.5], [services.SENSITIVITY_AUTO])
+        sweep = SweepForm(methods=["wanda"], structures=["unstructured"], sparsities=[0.5]).to_spec(settings)
+        sens = SensitivityForm(sparsities=[0.5]).to_spec(settings)  # the page's default: "Automatic"
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     else:
@@ -239,8 +244,8 @@ if source and evals:
     # "Saved" only when a run can start: the texts read, and the calibration text holds the chosen windows.
     ready = specs_ok and not calib_problem and not eval_problem
     if ready and facts:
-        ready = widgets.guarded(services.check_calibration_fits, settings) is not None
-        ready = widgets.guarded(services.check_evaluation_fits, settings) is not None and ready
+        ready = widgets.guarded(corpora.check_calibration_fits, settings) is not None
+        ready = widgets.guarded(corpora.check_evaluation_fits, settings) is not None and ready
     if ready:
         st.success("Settings saved: open **Sensitivity** or **Curves** in the menu to run. A reload or a new "
                    "tab opens with them.", icon=":material/check_circle:")

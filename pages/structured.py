@@ -16,36 +16,12 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/stru
 
 import streamlit as st  # noqa: E402
 
-from app import charts, services, state, widgets  # noqa: E402
+from app import charts, state, widgets  # noqa: E402
+from app.formats import format_bytes  # noqa: E402
+from app.services import choices, structured  # noqa: E402
+from app.services.structured import StructuredForm  # noqa: E402
 
-RATIO_CHOICES = [0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
-FORM = {"structured_units": ["heads", "channels"], "structured_ratios": [0.1, 0.2, 0.3], "structured_score": "obs",
-        "structured_compensate": True, "structured_speed": True, "structured_prompt": services.DEFAULT_PROMPT,
-        "structured_allocation": "uniform", "structured_layer_share": 0.5}
-
-
-def form_from_spec(spec) -> dict:
-    """The form values that make a structured job's spec (a page re-attaching to it shows how it was made)."""
-    if not spec:
-        return {}
-    values = {}
-    if spec.get("units") and set(spec["units"]) <= set(services.STRUCTURED_UNITS):
-        values["structured_units"] = list(spec["units"])
-    ratios = [float(r) for r in spec.get("ratios") or [] if float(r) in RATIO_CHOICES]
-    if ratios:
-        values["structured_ratios"] = ratios
-    if spec.get("score") in services.STRUCTURED_SCORES:
-        values["structured_score"] = spec["score"]
-    if spec.get("allocation") in services.ALLOCATIONS:
-        values["structured_allocation"] = spec["allocation"]
-    if isinstance(spec.get("layer_share"), (int, float)) and 0.1 <= spec["layer_share"] <= 0.9:
-        values["structured_layer_share"] = round(float(spec["layer_share"]), 1)
-    for key in ("compensate", "speed"):
-        if isinstance(spec.get(key), bool):
-            values[f"structured_{key}"] = spec[key]
-    if isinstance(spec.get("prompt"), str) and spec["prompt"]:
-        values["structured_prompt"] = spec["prompt"]
-    return values
+FORM = StructuredForm.widget_defaults()
 
 
 settings = widgets.page_start(
@@ -54,21 +30,21 @@ settings = widgets.page_start(
     "runtime does less work. Speed-ups here are measured on this machine, dense and pruned in the same run.",
 )
 state.seed_form("structured", FORM,
-                lambda: form_from_spec(widgets.followed_spec("structured", settings["model"])))
+                lambda: StructuredForm.from_spec(widgets.followed_spec("structured", settings["model"])))
 
 with st.container(border=True):
     c1, c2 = st.columns(2)
-    units = c1.multiselect("Units to remove", services.STRUCTURED_UNITS, key="structured_units",
+    units = c1.multiselect("Units to remove", structured.STRUCTURED_UNITS, key="structured_units",
                            help="heads: attention heads (with grouped-query attention, the same number of query "
                                 "heads from every key/value group); channels: MLP intermediate channels; layers: "
                                 "whole decoder layers (mixed with heads/channels: the layer share below).")
-    ratios = c2.multiselect("Decoder parameters to remove", RATIO_CHOICES, key="structured_ratios",
+    ratios = c2.multiselect("Decoder parameters to remove", structured.RATIO_CHOICES, key="structured_ratios",
                             format_func=lambda r: f"{r:.0%}",
                             help="A fraction of the decoder layers' parameters (embeddings and LM head are kept); "
                                  "the result reports the share actually removed (units are indivisible).")
     c3, c4, c5 = st.columns(3)
-    score = c3.selectbox("Unit score", services.STRUCTURED_SCORES, key="structured_score",
-                         help="; ".join(f"{k}: {v}" for k, v in services.STRUCTURED_SCORE_DESCRIPTIONS.items()))
+    score = c3.selectbox("Unit score", structured.STRUCTURED_SCORES, key="structured_score",
+                         help="; ".join(f"{k}: {v}" for k, v in structured.STRUCTURED_SCORE_DESCRIPTIONS.items()))
     compensate = c4.toggle("Compensate from calibration data", key="structured_compensate",
                            help="Refit the weights that read the removed units' outputs by least squares on the "
                                 "calibration windows (shrinkage chosen by cross-validation, so few windows do not "
@@ -82,14 +58,14 @@ with st.container(border=True):
                             help="With layers and heads/channels both chosen: the part of each ratio removed as "
                                  "whole decoder layers (lowest block influence). Whole layers speed up batch-1 "
                                  "decoding most; widths cost less quality. Compare both with Measure speed.")
-    allocation = c6.selectbox("Allocation", services.ALLOCATIONS, key="structured_allocation",
+    allocation = c6.selectbox("Allocation", choices.ALLOCATIONS, key="structured_allocation",
                               help="How each ratio is spread over the layers (heads and channels): "
-                                   + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+                                   + choices.allocation_help())
     prompt = c7.text_input("Prompt for the text comparison", key="structured_prompt")
     spec = None
     try:
-        spec = services.structured_spec(settings, units, ratios, score, compensate, speed, prompt.strip(),
-                                        allocation=allocation, layer_share=layer_share)
+        spec = StructuredForm(units, ratios, score, compensate, speed, prompt, allocation,
+                              layer_share).to_spec(settings)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     run = st.button("Prune structurally", key="structured_run", type="primary", icon=":material/content_cut:",
@@ -111,7 +87,7 @@ for point in points:
     ratios_fp32 = ((point.get("speed") or {}).get("ratios") or {}).get("float32") or {}
     row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
            "parameters left": f"{point['parameters']['model_after']:,}",
-           "16-bit size": services.format_bytes(point["sizes"]["structured_bytes"]),
+           "16-bit size": format_bytes(point["sizes"]["structured_bytes"]),
            f"perplexity ({corpus})": f"{point['ppl'][corpus]:,.2f}",
            "change": charts.perplexity_change(point["ppl"][corpus], dense_ppl)}
     for phase, value in ratios_fp32.items():
@@ -121,15 +97,15 @@ for point in points:
     rows.append(row)
 st.dataframe([{"decoder parameters removed": "0 % (dense)",
                "parameters left": f"{result['model']['parameters']:,}",
-               "16-bit size": services.format_bytes(points[0]["sizes"]["dense_bytes"]) if points else charts.MISSING,
+               "16-bit size": format_bytes(points[0]["sizes"]["dense_bytes"]) if points else charts.MISSING,
                f"perplexity ({corpus})": f"{dense_ppl:,.2f}", "change": "–"}, *rows],
              hide_index=True, key="structured_table")
 
 left, right = st.columns(2)
-removed = services.structured_tradeoff_figure(result, corpus, "removed")
+removed = structured.structured_tradeoff_figure(result, corpus, "removed")
 charts.show(charts.to_plotly(removed["figure"]), key="structured_removed_chart", container=left,
             alt="Perplexity against decoder parameters removed, structured and unstructured")
-faster = services.structured_tradeoff_figure(result, corpus, "speedup")
+faster = structured.structured_tradeoff_figure(result, corpus, "speedup")
 charts.show(charts.to_plotly(faster["figure"]), key="structured_speed_chart", container=right,
             alt="Perplexity against the measured speed-up")
 if removed["unstructured_points"]:
@@ -148,10 +124,10 @@ labels = [f"{p['measured_ratio']:.1%} removed" for p in points]
 index = st.radio("Setting", range(len(points)), format_func=lambda i: labels[i], horizontal=True,
                  key="structured_point")
 point = points[index]
-gains = services.structured_claims(point)
+gains = structured.structured_claims(point)
 st.markdown(gains["size"] or "")
 st.info(gains["speed"], icon=":material/speed:")
-speed_rows = services.structured_speed_rows(point)
+speed_rows = structured.structured_speed_rows(point)
 if speed_rows:
     st.dataframe(speed_rows, hide_index=True, key="structured_speed_table",
                  column_config={"dense tokens/s": st.column_config.NumberColumn(format="%.1f"),
@@ -159,7 +135,7 @@ if speed_rows:
                                 "speed-up": st.column_config.NumberColumn(format="%.2fx")})
 if point.get("load_note"):
     st.caption(point["load_note"])
-charts.show(charts.to_plotly(services.structured_widths_figure(result, index)), key="structured_widths_chart",
+charts.show(charts.to_plotly(structured.structured_widths_figure(result, index)), key="structured_widths_chart",
             alt="Heads and channels kept per layer")
 if point.get("layer_removed"):
     shares = point["layer_removed"]
@@ -167,12 +143,12 @@ if point.get("layer_removed"):
                f"and {max(shares):.1%} of its parameters (measured).")
 
 left, right = st.columns([1, 2])
-report = widgets.guarded(services.structured_report_html, result, index)
+report = widgets.guarded(structured.structured_report_html, result, index)
 if report:
     left.download_button("Download the report (HTML)", report, file_name="structured-report.html",
                          mime="text/html", key="structured_report", icon=":material/download:")
 right.caption("To write the smaller model as a Hugging Face folder (reloaded and checked) with its report, run:")
-right.code(services.structured_save_command(result, index), language="bash")
+right.code(structured.structured_save_command(result, index), language="bash")
 
 if point.get("samples"):
     st.subheader("Same prompt, dense vs structurally pruned (greedy decoding)")

@@ -21,8 +21,11 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/summ
 
 import streamlit as st  # noqa: E402
 
-from app import charts, export_service, services, widgets  # noqa: E402
+from app import charts, widgets  # noqa: E402
 from app.charts import corpora_in  # noqa: E402
+from app.formats import format_bytes  # noqa: E402
+from app.services import budget as budget_search  # noqa: E402
+from app.services import choices, jobs, navigation, sensitivity, structured, summary  # noqa: E402
 
 METHOD_NAMES = {"magnitude": "magnitude pruning", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
 
@@ -61,23 +64,23 @@ def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None
     c1, c2 = st.columns([3, 2])
     if "summary_budget_methods" not in st.session_state:
         st.session_state["summary_budget_methods"] = default_methods
-    methods = c1.multiselect("Methods", services.METHODS, key="summary_budget_methods",
+    methods = c1.multiselect("Methods", choices.METHODS, key="summary_budget_methods",
                              format_func=lambda m: METHOD_NAMES.get(m, m))
-    allocation = c2.selectbox("Allocation", services.ALLOCATIONS, key="summary_budget_allocation",
+    allocation = c2.selectbox("Allocation", choices.ALLOCATIONS, key="summary_budget_allocation",
                               help="How each step's global sparsity is spread over layers and modules: "
-                                   + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+                                   + choices.allocation_help())
     specs = {}
     for method in methods:
-        spec = widgets.guarded(services.budget_spec, settings, method, allocation, budget / 100.0, corpus)
+        spec = widgets.guarded(budget_search.budget_spec, settings, method, allocation, budget / 100.0, corpus)
         if spec is not None:
             specs[method] = spec
-    statuses = {m: widgets.guarded(services.budget_status, spec) for m, spec in specs.items()}
+    statuses = {m: widgets.guarded(budget_search.budget_status, spec) for m, spec in specs.items()}
     lines, captions, missing = [], [], []
     for method, status in statuses.items():
         name = METHOD_NAMES.get(method, method)
         plan = "" if allocation == "uniform" else f" ({allocation} plan)"
         if status and status.get("state") == "done" and status.get("result"):
-            said = services.budget_answer_words(status["result"])
+            said = budget_search.budget_answer_words(status["result"])
             dense = status["result"].get("dense_ppl")
             if said["found"]:
                 lines.append(f"- **{name}**{plan}: at most **{said['sparsity']:.0%}** sparsity within +{budget} % "
@@ -86,7 +89,7 @@ def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None
             else:
                 lines.append(f"- **{name}**{plan}: no sparsity searched stays within +{budget} % on {corpus}.")
             captions.append(f"{name}: {said['how']}" + (f" {said['caveat']}" if said["caveat"] else ""))
-        elif status and services.is_active(status):
+        elif status and jobs.is_active(status):
             lines.append(f"- **{name}**{plan}: searching…")
         else:
             if status and status.get("state") == "failed":
@@ -105,7 +108,7 @@ def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None
         for method in missing:
             widgets.start_job("budget", specs[method])
         st.rerun()
-    active = next((s for s in statuses.values() if s and services.is_active(s)), None)
+    active = next((s for s in statuses.values() if s and jobs.is_active(s)), None)
     if active is not None:
         widgets.job_panel("budget", active["id"])
 
@@ -116,9 +119,9 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
     speed (the claims module's honest sentence). Without a structured run, one line pointing to its page.
 
     recommended: the recommended sweep point (None when nothing is recommended); recommended_speed: its speed
-    sentence (`services.point_claims`)."""
+    sentence (`summary.point_claims`)."""
     st.subheader("Really smaller and faster: structured pruning")
-    result = widgets.guarded(services.latest_structured_result, settings["model"])
+    result = widgets.guarded(structured.latest_structured_result, settings["model"])
     if not result or not result.get("points"):
         st.info("Remove whole heads and MLP channels on the **Structured** page to see a model that is really "
                 "smaller and faster, with its speed measured on this machine.", icon=":material/info:")
@@ -132,8 +135,8 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
         row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
                "parameters (whole model)": f"{point['parameters']['model_after']:,} "
                                            f"(−{point['model_removed_fraction']:.1%})",
-               "16-bit size": services.format_bytes(point["sizes"]["structured_bytes"])}
-        speedups = services.structured_speedups(point)
+               "16-bit size": format_bytes(point["sizes"]["structured_bytes"])}
+        speedups = structured.structured_speedups(point)
         for phase, value in (speedups or {}).items():
             row[f"{phase} speed-up (fp32)"] = f"{value:.2f}x"
         if not speedups:
@@ -143,7 +146,7 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
         rows.append(row)
     dense = {"decoder parameters removed": "0 % (dense)",
              "parameters (whole model)": f"{result['model']['parameters']:,}",
-             "16-bit size": services.format_bytes(points[0]["sizes"]["dense_bytes"]),
+             "16-bit size": format_bytes(points[0]["sizes"]["dense_bytes"]),
              f"perplexity ({on})": f"{dense_ppl:,.2f}"}
     columns = list(dict.fromkeys(c for row in rows for c in row))  # the points' order: speed before perplexity
     st.dataframe([{c: dense.get(c, "–") for c in columns}, *rows], hide_index=True, key="summary_structured_table")
@@ -151,7 +154,7 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
     with left.container(border=True):
         st.markdown("**Structured: the matrices are smaller**")
         st.markdown("\n".join(f"- **{p['measured_ratio']:.1%} removed**: "
-                              + " ".join(s for s in services.structured_claims(p).values() if s) for p in points))
+                              + " ".join(s for s in structured.structured_claims(p).values() if s) for p in points))
     with right.container(border=True):
         if recommended is not None and recommended_speed:
             st.markdown(f"**The recommended setting ({METHOD_NAMES.get(recommended['method'], recommended['method'])}"
@@ -159,13 +162,12 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
             st.markdown(recommended_speed)
         else:
             st.markdown("**Unstructured pruning: zeros, not removed**")
-            st.markdown(services.setting_claims(None, "unstructured")["speed"])
+            st.markdown(summary.unstructured_speed())
     st.caption("Speed-ups are measured on this machine, dense and pruned in the same run; open the **Structured** "
                "page for the charts, the widths per layer and the report.")
 
 
-sweeps = [r["result"] for r in (widgets.guarded(services.recent_results, "sweep", settings["model"]) or [])]
-results = services.merge_sweeps(sweeps)
+results = widgets.guarded(summary.merged_sweeps, settings["model"])
 has_sweep = bool(results and results.get("points"))
 
 c1, c2 = st.columns([3, 2])
@@ -174,7 +176,7 @@ budget = c1.slider("Quality budget: at most this much worse perplexity than the 
 corpora = corpora_in(results) if has_sweep else list(settings["eval_corpora"])
 corpus = c2.selectbox("Judged on", corpora, key="summary_corpus")
 swept_methods = list(dict.fromkeys(p["method"] for p in results["points"])) if has_sweep else []
-default_methods = [m for m in services.METHODS if m in swept_methods] or ["wanda"]
+default_methods = [m for m in choices.METHODS if m in swept_methods] or ["wanda"]
 
 if not has_sweep:
     st.info("Nothing measured yet for the recommendation: run a sweep on the **Curves** page (and a map on "
@@ -184,7 +186,7 @@ if not has_sweep:
     structured_section(corpus, None, None)
     st.stop()
 
-rec = services.recommend(results, corpus, budget / 100.0)
+rec = summary.recommend(results, corpus, budget / 100.0)
 dense = rec["dense_ppl"]
 with st.container(border=True):
     if rec["best"] is None:
@@ -201,17 +203,17 @@ with st.container(border=True):
                     f"(<b>{change}</b>), within your +{budget} % budget."
                     + "</p>", unsafe_allow_html=True)
         # Size and speed in the claims module's words: the What-if page and the report say exactly the same.
-        gains = services.point_claims(results, p)
+        gains = summary.point_claims(results, p)
         st.markdown(" ".join(sentence for sentence in (gains["size"], gains["speed"]) if sentence))
         b1, b2 = st.columns(2)
         if b1.button("Export this setting", key="summary_export", icon=":material/download:",
                      help="Opens the Export page with this method, structure, sparsity and propagation filled in."):
-            export_service.send_to_export(p)
+            navigation.send_to_export(p)
         if b2.button("Recover quality with an adapter", key="summary_recover", icon=":material/healing:",
                      help="Opens the Recovery page with this setting preselected: a short training of a small "
                           "masked adapter that wins back perplexity and keeps every pruned weight at zero."):
-            services.send_to_recovery(p)
-        recovered = widgets.guarded(services.latest_recovery_result, settings["model"], services.recovery_source(p))
+            navigation.send_to_recovery(p)
+        recovered = widgets.guarded(summary.recovered, settings["model"], p)
         if recovered:
             recovery_line(recovered, corpus)
     # Per method: first what is usable (its highest sparsity within the budget), then where it ends (its
@@ -235,20 +237,20 @@ budget_section(budget, corpus, default_methods)
 # Beside the structured savings, what the recommended (unstructured or N:M) setting gains in speed: the same
 # claims sentence as its headline above, so the two never disagree.
 structured_section(corpus, rec["best"],
-                   services.point_claims(results, rec["best"])["speed"] if rec["best"] else None)
+                   summary.point_claims(results, rec["best"])["speed"] if rec["best"] else None)
 
 left, right = st.columns(2, gap="medium")
 charts.show(charts.curves_chart(results, corpus), key="summary_curves", container=left,
             alt="Perplexity against sparsity")
-# The map to read beside the curves: trusted first, exact before a proxy, near 50 %, newest (one rule, in services).
-found = widgets.guarded(services.map_to_show, settings["model"], 0.5)
+# The map to read beside the curves: trusted first, exact before a proxy, near 50 %, newest (the library's rule).
+found = widgets.guarded(sensitivity.map_to_show, settings["model"], 0.5)
 if found:
     chosen, verdict = found
     charts.show(charts.heatmap_chart(chosen), key="summary_heatmap", container=right,
                 alt="Sensitivity heatmap")
     right.caption(verdict["label"])
     if verdict["trusted"]:
-        right.caption(services.sensitivity_reading(chosen))
+        right.caption(sensitivity.sensitivity_reading(chosen))
     else:
         right.warning(verdict["withheld"], icon=":material/do_not_disturb_on:")
 else:

@@ -17,74 +17,44 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/what
 
 import streamlit as st  # noqa: E402
 
-from app import services, state, widgets  # noqa: E402
+from app import state, widgets  # noqa: E402
+from app.formats import format_bytes  # noqa: E402
+from app.services import allocation, choices, what_if  # noqa: E402
+from app.services.what_if import WhatIfForm  # noqa: E402
 
-DEFAULT_PROMPT = services.DEFAULT_PROMPT
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them and a
-#: reload or a second tab shows the form that made the what-if shown). "whatif_plan_seed" and
-#: "whatif_layer_seed" are not widgets: the plan the table starts from (the followed job's, dict form) and the
-#: per-layer sparsities of a job made before plans ({layer: sparsity}).
-FORM = {"whatif_method": "wanda", "whatif_structure": "unstructured", "whatif_sparsity": 0.5,
-        "whatif_per_layer": False, "whatif_start": "uniform", "whatif_prompt": DEFAULT_PROMPT,
-        "whatif_plan_seed": None, "whatif_layer_seed": {}}
-
-
-def form_from_spec(spec) -> dict:
-    """The form values that make a what-if job's spec (a page re-attaching to it shows how it was made)."""
-    if not spec:
-        return {}
-    values = {}
-    if spec.get("method") in services.METHODS:
-        values["whatif_method"] = spec["method"]
-    if spec.get("structure") in services.STRUCTURES:
-        values["whatif_structure"] = spec["structure"]
-    if isinstance(spec.get("sparsity"), (int, float)) and 0.05 <= float(spec["sparsity"]) <= 0.95:
-        values["whatif_sparsity"] = round(round(float(spec["sparsity"]) / 0.05) * 0.05, 2)  # the slider's steps
-    if isinstance(spec.get("prompt"), str) and spec["prompt"]:
-        values["whatif_prompt"] = spec["prompt"]
-    plan = spec.get("plan")
-    if isinstance(plan, dict) and plan.get("values"):
-        values["whatif_per_layer"] = True
-        values["whatif_plan_seed"] = plan
-        if services.plan_origin(plan) in services.ALLOCATIONS:
-            values["whatif_start"] = services.plan_origin(plan)
-        if isinstance(plan.get("target"), (int, float)) and 0.05 <= float(plan["target"]) <= 0.95:
-            values["whatif_sparsity"] = round(round(float(plan["target"]) / 0.05) * 0.05, 2)
-    layers = spec.get("layer_sparsity") or {}
-    if layers:
-        values["whatif_per_layer"] = True
-        values["whatif_layer_seed"] = {int(k): float(v) for k, v in layers.items()}
-    return values
+#: reload or a second tab shows the form that made the what-if shown); see `WhatIfForm`.
+FORM = WhatIfForm.widget_defaults()
 
 settings = widgets.page_start(
     "What-if",
     "Try one setting: how much worse does the pruned model get, how much smaller can it be stored, and "
     "how does its text compare with the original's?",
 )
-state.seed_form("whatif", FORM, lambda: form_from_spec(widgets.followed_spec("whatif", settings["model"])))
-if st.session_state.get("whatif_start") not in services.ALLOCATIONS:  # an allocator gone from the registry
+state.seed_form("whatif", FORM, lambda: WhatIfForm.from_spec(widgets.followed_spec("whatif", settings["model"])))
+if st.session_state.get("whatif_start") not in choices.ALLOCATIONS:  # an allocator gone from the registry
     st.session_state["whatif_start"] = "uniform"
 
 
 def plan_editor(sparsity: float):
     """The plan table: an allocator's plan for `sparsity` (or the followed job's plan), one row per layer and
     one column per module kind, editable; returns the edited plan (dict form) or None when none could be made."""
-    start = st.selectbox("Start from", services.ALLOCATIONS, key="whatif_start",
+    start = st.selectbox("Start from", choices.ALLOCATIONS, key="whatif_start",
                          help="The allocator whose plan for the sparsity above fills the table: "
-                              + "; ".join(f"{n}: {t}" for n, t in services.ALLOCATION_DESCRIPTIONS.items()))
+                              + choices.allocation_help())
     seed = st.session_state.get("whatif_plan_seed")
-    if seed and services.plan_origin(seed) == start and seed.get("target") is not None \
+    if seed and allocation.plan_origin(seed) == start and seed.get("target") is not None \
             and abs(float(seed["target"]) - sparsity) < 1e-9:
         base = seed  # the plan of the run shown (after a reload), edits included
     else:
         with st.spinner(f"Making the {start} plan…"):
-            made = widgets.guarded(services.allocation_plan, settings, start, sparsity)
+            made = widgets.guarded(allocation.allocation_plan, settings, start, sparsity)
         if made is None:
             return None
         base = made["plan"]
         old_layers = st.session_state.get("whatif_layer_seed") or {}
         if start == "uniform" and old_layers:  # a run made before plans: its per-layer values
-            base = services.edited_plan(base, [{"layer": int(layer), **{k: float(v) for k in base["kinds"]}}
+            base = allocation.edited_plan(base, [{"layer": int(layer), **{k: float(v) for k in base["kinds"]}}
                                                for layer, v in old_layers.items()])
     kinds = list(base["kinds"])
     rows = [{"layer": i, **dict(zip(kinds, row))} for i, row in enumerate(base["values"])]
@@ -93,8 +63,8 @@ def plan_editor(sparsity: float):
     edited = st.data_editor(rows, key=f"whatif_plan_{digest}", hide_index=True, disabled=["layer"],
                             column_config={kind: column for kind in kinds},
                             height=min(400, 38 + 35 * len(rows)))
-    plan = services.edited_plan(base, list(edited))
-    facts = widgets.guarded(services.plan_facts, settings, plan)
+    plan = allocation.edited_plan(base, list(edited))
+    facts = widgets.guarded(allocation.plan_facts, settings, plan)
     if facts is None:
         return None
     changed = " (edited)" if plan.get("allocator") == "edited" else ""
@@ -106,8 +76,8 @@ def plan_editor(sparsity: float):
 
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", services.METHODS, key="whatif_method")
-    structure = c2.selectbox("Structure", services.STRUCTURES, key="whatif_structure")
+    method = c1.selectbox("Method", choices.METHODS, key="whatif_method")
+    structure = c2.selectbox("Structure", choices.STRUCTURES, key="whatif_structure")
     is_nm = structure != "unstructured"
     sparsity = c3.slider("Sparsity", 0.05, 0.95, step=0.05, key="whatif_sparsity", disabled=is_nm,
                          format="%.2f", help="Share of weights removed (N:M structures are always 50 %).")
@@ -122,8 +92,7 @@ with st.container(border=True):
     prompt = st.text_area("Prompt for the text comparison", key="whatif_prompt", height=80)
     spec = None
     try:
-        plan = plan if plan and plan.get("allocator") != "uniform" else None  # unedited uniform: a plain run
-        spec = services.whatif_spec(settings, method, structure, sparsity, None, prompt.strip(), plan=plan)
+        spec = WhatIfForm(method, structure, sparsity, prompt=prompt).to_spec(settings, plan)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     widgets.estimate_line("whatif", settings, spec)
@@ -136,7 +105,7 @@ result = widgets.finished_result("whatif", spec, run, settings["model"],
 
 config = result["config"]
 planned = config.get("plan")
-how = f" · {services.plan_origin(planned)} plan" + (" (edited)" if planned.get("allocator") == "edited" else "") \
+how = f" · {allocation.plan_origin(planned)} plan" + (" (edited)" if planned.get("allocator") == "edited" else "") \
     if planned else ""
 st.subheader(f"{config['method']} · {config['structure']}{how} · {result['sparsity']:.1%} of weights removed")
 corpora = list(result["ppl"])
@@ -151,7 +120,7 @@ cols[-1].metric("Measured sparsity", f"{result['sparsity']:.1%}",
                 help="Zeros / elements over all pruned linear layers.")
 
 # Sizes and speed are worded by the claims module, exactly as the Summary page and the report word them.
-gains = services.setting_claims(size, config["structure"])
+gains = what_if.setting_claims(size, config["structure"])
 st.subheader("Size as 16-bit weights (whole model)")
 st.caption("16-bit values, as models are shipped: the dense size here is the parameter count x 2 bytes. The "
            "model file on Setup can be smaller because it is quantised (e.g. GGUF Q4_1).")
@@ -163,7 +132,7 @@ for column, form in zip(size_cols, gains["forms"]):
             st.metric(form["label"], "not applicable")
         else:
             saving = (1 - form["bytes"] / dense_b) * 100 if dense_b else 0.0
-            st.metric(form["label"], services.format_bytes(form["bytes"]),
+            st.metric(form["label"], format_bytes(form["bytes"]),
                       f"{-saving:.1f} % vs dense" if abs(saving) >= 0.05 else None, delta_color="inverse")
         st.caption(form["note"])
 if gains["size"]:
@@ -191,7 +160,7 @@ elif artifact:
         go = st.form_submit_button("Generate", icon=":material/refresh:")
     if go and again.strip():
         with st.spinner("Generating with the dense and the pruned model…"):
-            texts = widgets.guarded(services.compare_generations, settings["model"], again.strip(), artifact,
+            texts = widgets.guarded(what_if.compare_generations, settings["model"], again.strip(), artifact,
                                     weights_artifact=weights_artifact)
         if texts:
             st.session_state["whatif_again"] = {**texts, "artifact": artifact}

@@ -35,6 +35,7 @@ import torch
 
 from pruning_core.errors import ConfigError
 from pruning_core.masks import applied_masks, parse_structure
+from pruning_core.units import format_bytes  # noqa: F401 - the one byte format; claims.format_bytes stays its name here
 
 VALUE_BITS = 16  # bits per stored weight value (fp16 / bf16: how models are shipped)
 BITMAP_BITS = 1  # bits per prunable weight in the sparse bitmap form
@@ -135,18 +136,6 @@ def sizes_from_record(record: Optional[Mapping[str, Any]], structure: str) -> Op
         return None
     return sizes_from_counts(parameters, prunable, int(kept), str(record.get("structure") or structure),
                              record.get("structured_parameters"))
-
-
-def format_bytes(n: Optional[float]) -> str:
-    """'269.0 MB' (powers of 1000), '512 B', or 'unknown'."""
-    if n is None:
-        return "unknown"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:,.1f} TB"
 
 
 def _ratio_words(dense: int, other: int) -> str:

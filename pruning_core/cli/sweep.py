@@ -80,14 +80,12 @@ def _print_estimate(spec, loaded, store, device, executor) -> None:
     """One line before the work: the run's estimated time and memory on this executor and device (the same
     `estimate_job` the dashboard shows), so a user can stop a run that will not fit."""
     from pruning_core.analysis.estimates import estimate_job
-    from pruning_core.claims import format_bytes
+    from pruning_core.units import format_bytes, format_seconds
 
     workers = executor.config.workers if executor.config.kind == "ray" else 1
     found = estimate_job("sweep", spec.to_dict(), loaded, store, device=device, workers=workers)
     gpu = found.get("gpu_peak_memory_bytes")
-    seconds = found["seconds"]
-    took = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-    print(f"estimate: about {took}, peak memory {format_bytes(found['peak_memory_bytes'])}"
+    print(f"estimate: {format_seconds(found['seconds'])}, peak memory {format_bytes(found['peak_memory_bytes'])}"
           + (f" (GPU {format_bytes(gpu)})" if gpu else "") + f" [{found['assumptions'].split(';')[0]}]",
           flush=True)
 

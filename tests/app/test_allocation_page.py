@@ -9,7 +9,9 @@ import json
 import pytest
 
 pytest.importorskip("streamlit")
-from app import charts, services  # noqa: E402
+from app import charts  # noqa: E402
+from app.services import allocation, choices, jobs, sweep  # noqa: E402
+from app.services import budget as budget_search  # noqa: E402
 from tests.app.apptest_helpers import SMALL, fake_map, insert_job, multipage_app, ok, page  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
@@ -45,7 +47,7 @@ def test_allocation_view_shows_the_plan_beside_the_sensitivity_map():
     assert _plan_figure(at)["data"][0]["meta"]["global_sparsity"] == pytest.approx(0.7)
 
 
-@pytest.mark.skipif("owl" not in services.ALLOCATIONS, reason="the owl allocator is not registered")
+@pytest.mark.skipif("owl" not in choices.ALLOCATIONS, reason="the owl allocator is not registered")
 def test_allocation_view_makes_an_owl_plan_from_calibration_statistics():
     at = ok(page("allocation", alloc_allocator="owl", alloc_target=0.6))
     meta = _plan_figure(at)["data"][0]["meta"]
@@ -54,7 +56,7 @@ def test_allocation_view_makes_an_owl_plan_from_calibration_statistics():
     assert "No sensitivity map yet" in _texts(at)
 
 
-@pytest.mark.skipif("sensitivity" not in services.ALLOCATIONS, reason="the sensitivity allocator is not registered")
+@pytest.mark.skipif("sensitivity" not in choices.ALLOCATIONS, reason="the sensitivity allocator is not registered")
 def test_sensitivity_allocation_asks_for_a_map_at_two_sparsities_then_uses_it():
     at = ok(page("allocation", alloc_allocator="sensitivity"))
     assert "compute one on the **Sensitivity** page" in _texts(at)
@@ -71,24 +73,24 @@ def test_sensitivity_allocation_asks_for_a_map_at_two_sparsities_then_uses_it():
 
 
 def test_edited_plan_records_where_it_started():
-    base = services.allocation_plan(SMALL, "uniform", 0.5)["plan"]
-    assert services.edited_plan(base, [{"layer": 0, "q": 0.5}]) is base  # nothing changed: the allocator's plan
-    edited = services.edited_plan(base, [{"layer": 1, "down": 0.2}])
-    assert edited["allocator"] == "edited" and services.plan_origin(edited) == "uniform"
+    base = allocation.allocation_plan(SMALL, "uniform", 0.5)["plan"]
+    assert allocation.edited_plan(base, [{"layer": 0, "q": 0.5}]) is base  # nothing changed: the allocator's plan
+    edited = allocation.edited_plan(base, [{"layer": 1, "down": 0.2}])
+    assert edited["allocator"] == "edited" and allocation.plan_origin(edited) == "uniform"
     assert edited["values"][1][-1] == 0.2 and edited["values"][0] == base["values"][0]
-    facts = services.plan_facts(SMALL, edited)
+    facts = allocation.plan_facts(SMALL, edited)
     assert facts["global_sparsity"] < 0.5 and facts["layer_sparsity"][0] == pytest.approx(0.5)
 
 
 def test_whatif_runs_the_edited_plan():
-    base = services.allocation_plan(SMALL, "uniform", 0.5)["plan"]
-    edited = services.edited_plan(base, [{"layer": 0, **{k: 0.0 for k in base["kinds"]}}])  # layer 0 dense
+    base = allocation.allocation_plan(SMALL, "uniform", 0.5)["plan"]
+    edited = allocation.edited_plan(base, [{"layer": 0, **{k: 0.0 for k in base["kinds"]}}])  # layer 0 dense
     at = ok(page("what_if", whatif_per_layer=True, whatif_plan_seed=edited, whatif_method="magnitude"))
     assert "This plan (edited) removes **25.0%**" in _texts(at)
     at.button(key="whatif_run").click().run()
     ok(at)
     assert any("uniform plan (edited)" in str(h.value) for h in at.subheader)
-    status = services.job_status(at.session_state["jobs"]["whatif"])
+    status = jobs.job_status(at.session_state["jobs"]["whatif"])
     assert status["spec"]["plan"]["values"] == edited["values"]
     assert status["result"]["per_layer_sparsity"][0] == 0.0
     assert status["result"]["plan_sparsity"] == pytest.approx(0.25)
@@ -121,7 +123,7 @@ def test_curves_overlay_allocations_per_method():
     assert lines["wanda · owl"]["y"] == [11.5, 20.0] and lines["wanda · uniform"]["y"] == [12.0, 30.0]
     assert lines["wanda · owl"]["line"]["dash"] != lines["wanda · uniform"]["line"]["dash"]
     assert lines["wanda · owl"]["legendgroup"] == lines["wanda · uniform"]["legendgroup"] == "wanda"
-    rows = charts.curve_table_rows(services.merge_sweeps([result]))
+    rows = charts.curve_table_rows(sweep.merge_sweeps([result]))
     assert [(r["allocation"], r["target sparsity (%)"]) for r in rows[1:]] == [
         ("uniform", 50.0), ("uniform", 70.0), ("owl", 50.0), ("owl", 70.0)]
 
@@ -138,7 +140,7 @@ def test_summary_recommendation_names_the_allocation_of_a_plan_point():
 
 def _stored_answer(budget: float, frontier: float, ppl: float) -> None:
     """A finished budget search for wanda/uniform on news at +`budget` (as the Summary would submit it)."""
-    spec = services.budget_spec(SMALL, "wanda", "uniform", budget, "news")
+    spec = budget_search.budget_spec(SMALL, "wanda", "uniform", budget, "news")
     trajectory = [{"step": i + 1, "phase": "coarse", "sparsity": s, "ppl": 10.0 * (1 + s), "passed": s <= frontier}
                   for i, s in enumerate((0.1, 0.2, 0.3, 0.4, 0.5, 0.6))]
     insert_job("budget", spec, "done", {
@@ -167,7 +169,7 @@ def test_summary_budget_search_runs_as_a_job_and_says_how_it_was_found():
     at = ok(page("summary", summary_budget_methods=["magnitude"], summary_budget=5))
     at.button(key="summary_budget_run").click().run()
     ok(at)
-    status = services.budget_status(services.budget_spec(SMALL, "magnitude", "uniform", 0.05, "news"))
+    status = budget_search.budget_status(budget_search.budget_spec(SMALL, "magnitude", "uniform", 0.05, "news"))
     assert status["state"] == "done"
     frontier = status["result"]["frontier"]
     assert f"at most **{frontier['sparsity']:.0%}** sparsity within +5 %" in _texts(at)

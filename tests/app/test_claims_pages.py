@@ -24,7 +24,7 @@ def _store_sweep(whatif: dict) -> None:
 
 
 def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
-    from app import services
+    from app.services import jobs
     from pruning_core.models import load_model
     from pruning_core.export.pipeline import ExportOptions, run_export
     from pruning_core.outputs.report import summary_sentences
@@ -35,7 +35,7 @@ def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
     whatif_page.selectbox(key="whatif_structure").set_value(SETTING["structure"])
     whatif_page.button(key="whatif_run").click().run()
     ok(whatif_page)
-    whatif = services.job_status(services.latest_job("whatif"))["result"]
+    whatif = jobs.job_status(jobs.latest_job("whatif"))["result"]
 
     _store_sweep(whatif)
     summary_page = ok(page("summary"))
@@ -56,24 +56,22 @@ def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
 
 
 def test_another_prompt_generates_what_the_whatif_job_generated():
-    from app import services
-
+    from app.services import jobs, what_if
     at = page("what_if")
     at.selectbox(key="whatif_method").set_value("wanda")
     at.text_area(key="whatif_prompt").input("Once upon a time")
     at.button(key="whatif_run").click().run()
     ok(at)
-    result = services.job_status(services.latest_job("whatif"))["result"]
-    again = services.compare_generations("tiny-llama", "Once upon a time", result["mask_artifact"])
+    result = jobs.job_status(jobs.latest_job("whatif"))["result"]
+    again = what_if.compare_generations("tiny-llama", "Once upon a time", result["mask_artifact"])
     assert again == result["generations"]
 
 
 def test_setup_names_what_each_model_size_is():
-    from app import services
-
+    from app.services import models
     at = ok(page("setup"))
     sizes = next(c.value for c in at.caption if c.value.startswith("Sizes: "))
     assert "in memory (float32, as loaded for pruning)" in sizes
     assert "as 16-bit weights (the dense size What-if and reports compare with)" in sizes
     # The embedded model's file is 4-bit quantised GGUF: its disk size says so (no model load needed).
-    assert services.disk_form("embedded") == "GGUF Q4_1"
+    assert models.disk_form("embedded") == "GGUF Q4_1"

@@ -13,11 +13,10 @@ pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def test_export_page_offers_and_exports_the_stored_whatif_mask():
-    from app import services
-
-    job = services.submit_job("whatif", services.whatif_spec(SMALL, "wanda", "unstructured", 0.5, {0: 0.3},
+    from app.services import jobs, what_if
+    job = jobs.submit_job("whatif", what_if.whatif_spec(SMALL, "wanda", "unstructured", 0.5, {0: 0.3},
                                                               max_new_tokens=2))
-    whatif = services.job_status(job)["result"]
+    whatif = jobs.job_status(job)["result"]
     at = ok(page("export"))
     options = at.selectbox(key="export_source").options
     labels = [o for o in options if o.startswith("What-if mask")]
@@ -29,7 +28,7 @@ def test_export_page_offers_and_exports_the_stored_whatif_mask():
     at.checkbox(key="export_heatmap").set_value(False)
     at.button[0].click().run()  # the form's Export button
     ok(at)
-    status = services.job_status(services.latest_job("export"))
+    status = jobs.job_status(jobs.latest_job("export"))
     assert status["state"] == "done", status
     report = status["result"]["report"]
     assert report["setting"]["mask_source"] == f"stored What-if mask {whatif['mask_artifact'][:12]}"
@@ -41,9 +40,8 @@ def test_export_page_offers_and_exports_the_stored_whatif_mask():
 
 def test_summary_recommendation_arrives_prefilled_on_export():
     """In the multipage app the Summary's button opens Export with its recommended point filled in."""
-    from app import services
-
-    services.submit_job("sweep", services.sweep_spec(SMALL, ["magnitude", "sparsegpt"], ["unstructured"],
+    from app.services import jobs, sweep
+    jobs.submit_job("sweep", sweep.sweep_spec(SMALL, ["magnitude", "sparsegpt"], ["unstructured"],
                                                      [0.1, 0.3], propagation="dense"))
     at = ok(multipage_app())
     ok(at.switch_page("../pages/summary.py").run())

@@ -82,7 +82,7 @@ def test_setup_says_when_the_chosen_calibration_text_is_too_short_instead_of_set
 def test_calibration_tokens_needed_is_the_rule_of_the_core_windows():
     import torch
 
-    from app.services import calibration_tokens_needed
+    from app.services.corpora import calibration_tokens_needed
     from pruning_core.data import random_token_windows
     from pruning_core.errors import CorpusError
 
@@ -109,12 +109,11 @@ def test_a_failed_runs_message_goes_once_its_cause_is_fixed(app_env):
 
 
 def test_after_cancel_the_newest_finished_map_stays_on_the_page(app_env):
-    from app import services
-
-    done_spec = services.sensitivity_spec(SMALL, "wanda", [0.5], ["reconstruction"], 8)
+    from app.services import sensitivity
+    done_spec = sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["reconstruction"], 8)
     done = {"maps": [fake_map("reconstruction")], "correlations": []}
     insert_job("sensitivity", done_spec, "done", done, age_s=60)
-    long_spec = services.sensitivity_spec(SMALL, "wanda", [0.5], ["exact"], 64)
+    long_spec = sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["exact"], 64)
     cancelled = insert_job("sensitivity", long_spec, "cancelled")
     # The session followed the run it cancelled, with that run's form.
     at = no_exception(page("sensitivity", jobs={"sensitivity": cancelled}, sens_metrics=["exact"], sens_probe=64))
@@ -142,10 +141,9 @@ def test_leaving_curves_and_coming_back_keeps_the_form_that_made_the_job_shown(a
 
 
 def test_a_second_tab_shows_the_form_of_the_running_job(app_env):
-    from app import services
-
-    sweep = services.sweep_spec(SMALL, ["magnitude"], ["unstructured", "2:4"], [0.3, 0.7], "dense")
-    insert_job("sweep", sweep, "running")
+    from app.services import sensitivity, sweep
+    sweep_job = sweep.sweep_spec(SMALL, ["magnitude"], ["unstructured", "2:4"], [0.3, 0.7], "dense")
+    insert_job("sweep", sweep_job, "running")
     at = no_exception(page("curves"))  # a new session: it re-attaches to the running job
     assert at.multiselect(key="curves_methods").value == ["magnitude"]
     assert at.multiselect(key="curves_structures").value == ["unstructured", "2:4"]
@@ -153,7 +151,7 @@ def test_a_second_tab_shows_the_form_of_the_running_job(app_env):
     assert at.radio(key="curves_propagation").value == "dense"
     assert "other settings" not in status_text_of(at)
 
-    sens = services.sensitivity_spec(SMALL, "magnitude", [0.3, 0.6], ["reconstruction", "taylor"], 4)
+    sens = sensitivity.sensitivity_spec(SMALL, "magnitude", [0.3, 0.6], ["reconstruction", "taylor"], 4)
     insert_job("sensitivity", sens, "running")
     at = no_exception(page("sensitivity"))
     assert at.selectbox(key="sens_method").value == "magnitude"
@@ -177,14 +175,13 @@ def test_a_reload_keeps_the_corpora_chosen_on_setup(app_env):
 
 
 def test_a_saved_choice_that_no_longer_exists_falls_back_to_the_defaults(app_env):
-    from app import services
-
+    from app.services import settings
     gone = app_env / "uploads" / "0123456789ab-gone.txt"
-    services.save_settings("tiny-llama", {**SMALL, "calib": str(gone), "eval_corpora": [str(gone), "news"],
+    settings.save_settings("tiny-llama", {**SMALL, "calib": str(gone), "eval_corpora": [str(gone), "news"],
                                           "nsamples": -3})
-    saved = services.saved_settings("tiny-llama")
+    saved = settings.saved_settings("tiny-llama")
     assert "calib" not in saved and saved["eval_corpora"] == ["news"] and "nsamples" not in saved
-    assert services.saved_settings("another-model") == {}
+    assert settings.saved_settings("another-model") == {}
     at = no_exception(page("setup", settings=None))
     assert at.session_state["settings"]["calib"] == "wiki"
     assert at.session_state["settings"]["eval_corpora"] == ["news"]

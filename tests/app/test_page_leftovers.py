@@ -33,9 +33,8 @@ def session(name: str, settings: dict = SMALL, **state) -> AppTest:
 
 
 def test_a_second_what_if_tab_shows_the_form_of_the_running_job():
-    from app import services
-
-    spec = services.whatif_spec(SMALL, "magnitude", "unstructured", 0.3, None, "Once upon a time")
+    from app.services import what_if
+    spec = what_if.whatif_spec(SMALL, "magnitude", "unstructured", 0.3, None, "Once upon a time")
     insert_job("whatif", spec, "running")
     at = session("what_if")
     assert at.selectbox(key="whatif_method").value == "magnitude"
@@ -46,9 +45,8 @@ def test_a_second_what_if_tab_shows_the_form_of_the_running_job():
 
 
 def test_a_failed_what_if_error_goes_once_the_form_no_longer_matches_it():
-    from app import services
-
-    spec = services.whatif_spec(SMALL, "wanda", "unstructured", 0.5, None, services.DEFAULT_PROMPT)
+    from app.services import choices, what_if
+    spec = what_if.whatif_spec(SMALL, "wanda", "unstructured", 0.5, None, choices.DEFAULT_PROMPT)
     failed = insert_job("whatif", spec, "failed", error="the calibration text was too short")
     same = session("what_if", jobs={"whatif": failed})
     assert any("calibration text was too short" in e for e in errors(same)), errors(same)
@@ -103,10 +101,9 @@ def test_a_binary_file_without_an_extension_is_still_refused(app_env):
 
 
 def test_setup_names_the_family_readably_and_says_when_wiki_markup_was_removed():
-    from app import services
-
-    assert services.family_label("gpt_neox") == "GPT-NeoX" and services.family_label("phi3") == "Phi-3"
-    assert services.family_label("some_new_model") == "Some-new-model"
+    from app.services import models
+    assert models.family_label("gpt_neox") == "GPT-NeoX" and models.family_label("phi3") == "Phi-3"
+    assert models.family_label("some_new_model") == "Some-new-model"
     at = session("setup", {**SMALL, "model": "tiny-gpt_neox", "calib": "wiki"})
     facts = {m.label: m.value for m in at.metric}
     assert facts["Architecture"] == "GPT-NeoX"

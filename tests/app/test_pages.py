@@ -50,14 +50,14 @@ def test_setup_page_reports_a_missing_model_folder_without_traceback(tmp_path):
 
 
 def test_uploaded_corpus_is_saved_under_home_and_usable_for_calibration(app_env):
-    from app import services
+    from app.services import corpora
     from pruning_core.errors import PruneScopeError
 
     text = "\n\n".join(f"Paragraph {i} about pruning language models and their weights." for i in range(20))
-    path = services.save_upload("my notes.txt", text.encode())
+    path = corpora.save_upload("my notes.txt", text.encode())
     assert Path(path).parent == app_env / "uploads" and Path(path).read_text() == text
     with pytest.raises(PruneScopeError):
-        services.save_upload("model.bin", b"\0")
+        corpora.save_upload("model.bin", b"\0")
     at = ok(page("setup", {**SMALL, "calib": path}, setup_uploaded_path=path))
     assert at.selectbox(key="setup_calib").value == path
     assert "**16** documents" in text_of(at)  # 80 % of the 20 paragraphs calibrate
@@ -122,9 +122,8 @@ def test_what_if_page_tries_another_prompt_without_re_pruning():
     at.selectbox(key="whatif_method").set_value("wanda")
     at.button(key="whatif_run").click().run()
     ok(at)
-    from app import services
-
-    job_before = services.latest_job("whatif")
+    from app.services import jobs
+    job_before = jobs.latest_job("whatif")
     assert job_before is not None
     at.text_input(key="whatif_prompt_again").input("Once upon a time")
     at.button[-1].click().run()  # the form's Generate button
@@ -132,7 +131,7 @@ def test_what_if_page_tries_another_prompt_without_re_pruning():
     assert "Once upon a time" in text_of(at)
     again = at.session_state["whatif_again"]
     assert again["prompt"] == "Once upon a time" and isinstance(again["pruned"], str)
-    assert services.latest_job("whatif") == job_before  # no new what-if job was started
+    assert jobs.latest_job("whatif") == job_before  # no new what-if job was started
 
 
 def test_export_page_runs_an_export_job_and_offers_the_files():
@@ -141,10 +140,9 @@ def test_export_page_runs_an_export_job_and_offers_the_files():
     at.checkbox(key="export_recipe").set_value(True)
     at.button[0].click().run()  # the form's Export button
     ok(at)
-    from app import services
-
-    job_id = services.latest_job("export")
-    status = services.job_status(job_id)
+    from app.services import jobs
+    job_id = jobs.latest_job("export")
+    status = jobs.job_status(job_id)
     assert status["state"] == "done", status
     assert Path(status["result"]["folder"], "masks.safetensors").is_file()
     downloads = [e.proto.label for e in at.get("download_button")]
@@ -181,7 +179,7 @@ def test_summary_page_recommends_within_budget():
 
 
 def test_recommend_picks_the_highest_sparsity_within_budget():
-    from app.services import recommend
+    from pruning_core.analysis.recommend import recommend
 
     results = {"dense": {"ppl": {"wiki": 10.0}}, "points": [
         {"method": "wanda", "structure": "unstructured", "sparsity": 0.5, "ppl": {"wiki": 10.8}},

@@ -43,26 +43,25 @@ def test_the_default_map_is_the_refinement_with_its_measured_agreement_and_readi
     found = re.search(r"Refinement 2 of 2: exact loss increase — agreement between the refinements: "
                       r"(-?\d\.\d\d) over all cells", text)
     assert found, text
-    from app import services
-
-    assert float(found.group(1)) >= services.TRUSTED_AGREEMENT  # on this model the estimate ranks as exact does
+    from app.services import sensitivity
+    assert float(found.group(1)) >= sensitivity.TRUSTED_AGREEMENT  # on this model the estimate ranks as exact does
     assert readings(at), "an exact map is read in plain words"
     # The refinement's first map, picked by hand, shows its measured agreement and (trusted) its reading.
     assert at.selectbox(key="sens_show_metric").value == "exact"
     at.selectbox(key="sens_show_metric").set_value("fisher").run()
     text = text_of(ok(at))
     found = re.search(r"Second-order estimate — agreement with the exact metric (-?\d\.\d\d) over all cells", text)
-    assert found and float(found.group(1)) >= services.TRUSTED_AGREEMENT, text
+    assert found and float(found.group(1)) >= sensitivity.TRUSTED_AGREEMENT, text
     assert readings(at)
 
 
 def test_a_running_map_shows_the_newest_refinement_and_its_sampled_agreement():
-    from app import services
+    from app.services import sensitivity
     from pruning_core.analysis.refinement import view_of
     from pruning_core.analysis.refinement import live_views_key
     from pruning_core.store import Store
 
-    spec = services.sensitivity_spec(SMALL, "wanda", [0.5], ["auto"], 8)
+    spec = sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["auto"], 8)
     running = insert_job("sensitivity", spec, "running", fraction=0.4)
     measured = {"spearman": 0.91, "cells": 21, "scope": "sample of 21 cells (layers 0, 15, 29)", "against": "exact"}
     Store().put_result(live_views_key(spec), "sensitivity_views",
@@ -81,9 +80,8 @@ def test_a_running_map_shows_the_newest_refinement_and_its_sampled_agreement():
 
 
 def test_a_proxy_below_the_threshold_gets_no_reading_and_says_why():
-    from app import services
-
-    spec = services.sensitivity_spec(SMALL, "wanda", [0.5], ["reconstruction"], 8)
+    from app.services import sensitivity
+    spec = sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["reconstruction"], 8)
     result = {"maps": [fake_map("reconstruction")],
               "correlations": [{"sparsity": 0.5, "proxy": "reconstruction", "spearman": 0.31, "cells": 14,
                                 "scope": "sample of 14 cells (layers 0, 1)"}]}
@@ -103,9 +101,8 @@ def test_a_proxy_below_the_threshold_gets_no_reading_and_says_why():
 
 
 def test_the_summary_prefers_a_trusted_proxy_to_an_untrusted_one():
-    from app import services
-
-    spec = services.sensitivity_spec(SMALL, "wanda", [0.5], ["fisher", "reconstruction"], 8)
+    from app.services import sensitivity
+    spec = sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["fisher", "reconstruction"], 8)
     result = {"maps": [fake_map("reconstruction"), fake_map("fisher")],
               "correlations": [{"sparsity": 0.5, "proxy": "reconstruction", "spearman": 0.31, "cells": 14,
                                 "scope": "all cells"},
@@ -119,10 +116,10 @@ def test_the_summary_prefers_a_trusted_proxy_to_an_untrusted_one():
 
 
 def test_automatic_is_chosen_alone():
-    from app import services
+    from app.services import sensitivity
     from pruning_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="Automatic"):
-        services.sensitivity_spec(SMALL, "wanda", [0.5], ["auto", "exact"], 8)
-    assert services.sensitivity_spec(SMALL, "wanda", [0.5], ["auto"], 8)["metrics"] == ["auto"]
-    assert "fisher" in services.SENSITIVITY_METRICS and "auto" in services.SENSITIVITY_METRICS
+        sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["auto", "exact"], 8)
+    assert sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["auto"], 8)["metrics"] == ["auto"]
+    assert "fisher" in sensitivity.SENSITIVITY_METRICS and "auto" in sensitivity.SENSITIVITY_METRICS

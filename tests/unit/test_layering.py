@@ -27,7 +27,7 @@ def _imported_modules(path: Path) -> set[str]:
 def test_pages_import_only_app_never_the_core():
     for page in (REPO / "pages").glob("*.py"):
         offenders = {m for m in _imported_modules(page) if m.split(".")[0] == "pruning_core"}
-        assert not offenders, f"{page.name} imports {offenders}; go through app.services"
+        assert not offenders, f"{page.name} imports {offenders}; go through the app.services modules"
 
 
 def test_core_source_never_mentions_streamlit_or_plotly_imports():

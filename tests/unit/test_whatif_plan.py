@@ -63,7 +63,7 @@ def test_a_plan_for_another_model_is_refused_before_pruning(tiny):
 def test_exporting_a_whatif_plan_records_the_plan_in_the_manifest(tiny, tmp_path):
     import json
 
-    from app.export_service import whatif_export_spec
+    from app.services.export import whatif_export_spec
     from pruning_core.store import Store
     from pruning_core.export.pipeline import ExportOptions, run_export
 

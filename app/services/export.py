@@ -1,66 +1,57 @@
-"""Export service: the Export page's job spec and how a finished export job is shown.
+"""Export: the Export page's job spec and form, how a finished export is shown, and the reports and files a
+page hands over for download.
 
 The export runs as a job (`pruning_core.export.pipeline.run_export_job`, in a worker process like sweeps and maps),
 so it survives a reload and can be cancelled. Exports go to ``$PRUNESCOPE_HOME/exports/<hash of the setting>/``,
 so a page reload finds the files again.
 
 What is exported: a new setting (method, structure, sparsity, propagation; pre-filled from the Summary's
-recommendation when the Summary hands one over), or a stored What-if mask exactly as the What-if made it
-(per-layer sparsities included). The dense perplexity is reused from the store when measured before.
+recommendation when the Summary hands one over, see `app.services.navigation`), or a stored What-if mask exactly
+as the What-if made it (per-layer sparsities included). The dense perplexity is reused from the store when
+measured before.
 """
 
 from __future__ import annotations
 
 import io
+import time
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar, Optional
 
-from app import services
+from app.services.forms import PageForm
+from app.services.jobs import recent_results
+from app.services.settings import protocol_of
 from pruning_core.analysis.whatif import WhatIfSpec
-from pruning_core.errors import ConfigError, PruneScopeError
-from pruning_core.store import content_hash, home_dir
+from pruning_core.errors import ConfigError, PruneScopeError  # noqa: F401 - the page catches PruneScopeError
+from pruning_core.export.pipeline import DEFAULT_PROMPTS, ExportOptions  # noqa: F401 - the page's defaults
 from pruning_core.methods import METHODS as METHOD_REGISTRY
-from pruning_core.outputs.lm_eval_bridge import LOCAL_TASKS
-from pruning_core.export.pipeline import DEFAULT_PROMPTS, ExportOptions
-from pruning_core.outputs.report import summary_sentences
+from pruning_core.outputs.lm_eval_bridge import LOCAL_TASKS  # noqa: F401 - the page's lm-eval choice
+from pruning_core.outputs.report import render_html, summary_sentences
 from pruning_core.prune import PROPAGATION_NOTES
+from pruning_core.store import content_hash, home_dir
 
-METHODS = services.METHODS
-STRUCTURES = services.STRUCTURES
 PROPAGATIONS = tuple(PROPAGATION_NOTES)
-#: Session key the Summary page sets to hand its recommended point to this page.
-PREFILL_KEY = "export_prefill"
-#: Widget keys of the Export form that a Summary recommendation fills in.
-PREFILL_WIDGETS = {"method": "export_method", "structure": "export_structure", "sparsity": "export_sparsity",
-                   "propagation": "export_propagation"}
-FORM_DEFAULTS = {"export_method": "wanda", "export_structure": "unstructured", "export_sparsity": 0.5,
-                 "export_propagation": "pruned"}
 NEW_SETTING = "A new setting (chosen below)"
 MIME = {".json": "application/json", ".md": "text/markdown", ".html": "text/html", ".pdf": "application/pdf",
         ".safetensors": "application/octet-stream", ".yaml": "application/x-yaml", ".zip": "application/zip"}
 
-__all__ = [
-    "DEFAULT_PROMPTS",
-    "LOCAL_TASKS",
-    "METHODS",
-    "NEW_SETTING",
-    "PREFILL_KEY",
-    "PROPAGATIONS",
-    "STRUCTURES",
-    "PruneScopeError",
-    "apply_prefill",
-    "download_items",
-    "evaluation_note",
-    "export_result",
-    "export_spec",
-    "recommendation_prefill",
-    "send_to_export",
-    "summary_sentences",
-    "whatif_export_spec",
-    "whatif_sources",
-    "zip_folder",
-]
+
+@dataclass
+class ExportForm(PageForm):
+    """The Export form's setting: widgets "export_<field>" (the Summary's recommendation fills them in)."""
+
+    PREFIX: ClassVar[str] = "export_"
+    method: str = "wanda"
+    structure: str = "unstructured"
+    sparsity: float = 0.5
+    propagation: str = "pruned"
+
+    def to_spec(self, settings: dict, options: dict) -> dict:
+        """The export job spec of this setting with the page's output options (`export_spec`)."""
+        return export_spec(settings, {**options, "method": self.method, "structure": self.structure,
+                                      "sparsity": float(self.sparsity), "propagation": self.propagation})
 
 
 def _folder_for(spec_core: dict) -> str:
@@ -75,12 +66,12 @@ def _options_json(opts: ExportOptions) -> dict:
 
 
 def export_spec(settings: dict, options: dict) -> dict:
-    """The export job spec for the shared settings (protocol from `services.protocol_of`, the one conversion
+    """The export job spec for the shared settings (protocol from `protocol_of`, the one conversion
     of dashboard settings) and the page's options (ExportOptions fields).
 
     Raises PruneScopeError (ConfigError) for a bad protocol or option, with a message for the page.
     """
-    protocol = services.protocol_of(settings)
+    protocol = protocol_of(settings)
     opts = ExportOptions(**{**options, "eval_corpora": tuple(settings["eval_corpora"])})
     if opts.method not in METHOD_REGISTRY:
         raise ConfigError(f"Unknown method '{opts.method}'; choose one of {', '.join(METHOD_REGISTRY)}.")
@@ -89,9 +80,6 @@ def export_spec(settings: dict, options: dict) -> dict:
     as_json = _options_json(opts)
     folder = _folder_for({"settings": settings, "options": as_json})
     return {"model": settings["model"], "protocol": protocol.to_dict(), "options": as_json, "out_dir": folder}
-
-
-# ------------------------------------------------------------------------------------ What-if masks
 
 
 def _whatif_label(item: dict) -> str:
@@ -107,7 +95,7 @@ def whatif_sources(model: str) -> list[dict]:
     [{"label", "spec", "result"}]. A SparseGPT mask needs its stored updated weights (What-ifs run before
     they were stored are left out)."""
     out, seen = [], set()
-    for item in services.recent_results("whatif", model):
+    for item in recent_results("whatif", model):
         result = item["result"]
         artifact = result.get("mask_artifact")
         config = result.get("config") or {}
@@ -139,61 +127,6 @@ def whatif_export_spec(source: dict, options: dict) -> dict:
     return {"model": whatif.model, "protocol": protocol.to_dict(), "options": as_json, "out_dir": folder}
 
 
-# ----------------------------------------------------------------------------- Summary recommendation
-
-
-def recommendation_prefill(point: dict) -> dict:
-    """What the Summary hands to this page for a recommended sweep point: method, structure, sparsity (the
-    target, a slider value) and the propagation the point was measured with."""
-    structure = point.get("structure", "unstructured")
-    sparsity = float(point.get("target_sparsity") or point.get("sparsity") or 0.5)
-    return {"method": point["method"], "structure": structure,
-            "sparsity": min(0.9, max(0.1, round(sparsity * 20) / 20)),
-            "propagation": point.get("propagation") or "pruned"}
-
-
-#: The Export page's path, relative to the main script (app/main.py) and to a page run alone (pages/x.py).
-EXPORT_PAGE = "../pages/export.py"
-
-
-def send_to_export(point: dict) -> None:
-    """Hand a recommended sweep point to the Export page (pre-filled there) and open it.
-
-    Outside the multipage app (a page run on its own) there is no page to switch to; the hand-off stays in
-    the session and a note says where to go.
-    """
-    import streamlit as st
-    from streamlit.errors import StreamlitAPIException
-
-    st.session_state[PREFILL_KEY] = recommendation_prefill(point)
-    try:
-        st.switch_page(EXPORT_PAGE)
-    except StreamlitAPIException:
-        st.info("The recommendation is pre-filled on the Export page; open it from the menu.",
-                icon=":material/download:")
-
-
-def apply_prefill(session) -> dict | None:
-    """Seed the Export form's widget keys with their defaults, and move a Summary hand-off
-    (``session[PREFILL_KEY]``) into them, once.
-
-    Call before the form's widgets are drawn (the widgets then take no default of their own, so Streamlit
-    never sees two defaults). Returns the hand-off (for a note on the page) or None.
-    """
-    for key, value in FORM_DEFAULTS.items():
-        if key not in session:
-            session[key] = value
-    prefill = session.get(PREFILL_KEY)
-    if not prefill:
-        return None
-    del session[PREFILL_KEY]
-    for name, key in PREFILL_WIDGETS.items():
-        if name in prefill:
-            session[key] = prefill[name]
-    session["export_source"] = NEW_SETTING
-    return prefill
-
-
 def evaluation_note(report: dict) -> str:
     """Which mask and which propagation produced the export's perplexities, and whether the dense one was
     reused; explains why a Curves point (maybe in dense propagation) can read slightly differently."""
@@ -216,13 +149,15 @@ def export_result(job_result: dict) -> dict:
             "summary": summary_sentences(report), "report": report}
 
 
-def zip_folder(folder: Path) -> bytes:
-    """A folder (the pruned model) as zip bytes, for one download button."""
+def zip_folder(folder: Path, root: Optional[str] = None, recursive: bool = True) -> bytes:
+    """A folder's files as zip bytes, for one download button, under `root/` in the archive (default: the
+    folder's own name); with `recursive` False, only the files directly in it."""
+    folder = Path(folder)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
+        for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
             if path.is_file():
-                archive.write(path, path.relative_to(folder.parent))
+                archive.write(path, str(Path(root or folder.name) / path.relative_to(folder)))
     return buffer.getvalue()
 
 
@@ -249,3 +184,10 @@ def file_bytes(item: dict) -> bytes:
     if item.get("zip"):
         return zip_folder(Path(item["path"]))
     return Path(item["path"]).read_bytes()
+
+
+def report_html(data: dict) -> str:
+    """A capability's report data (`*_report_data`) as the self-contained HTML report the CLI and the export
+    write, dated now if the data carries no date."""
+    data.setdefault("generated", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    return render_html(data)

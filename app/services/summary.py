@@ -1,0 +1,33 @@
+"""Summary: the recommended setting for a quality budget, what it gains in words, and what became of it.
+
+The recommendation is the library's (`pruning_core.analysis.recommend`) over every finished sweep of the model
+(merged, `sweep.merged_sweeps`); its size and speed are worded by `pruning_core.claims` exactly as the What-if
+page and the report word them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from app.services.recovery import latest_recovery_result, recovery_source
+from app.services.sweep import merged_sweeps  # noqa: F401 - the page's results
+from app.services.what_if import setting_claims
+from pruning_core import claims
+from pruning_core.analysis.recommend import recommend  # noqa: F401 - the page's recommendation
+
+
+def point_claims(results: dict, point: dict) -> dict:
+    """`setting_claims` for a measured sweep point (sizes from the sweep's model counts and the point's measured
+    sparsity): the Summary page's wording of the recommended setting."""
+    structure = str(point.get("structure", "unstructured"))
+    return setting_claims(claims.sizes_for_point(results.get("model") or {}, point), structure)
+
+
+def unstructured_speed() -> str:
+    """The claims module's sentence on what unstructured zeros gain in speed (nothing, on dense kernels)."""
+    return setting_claims(None, "unstructured")["speed"]
+
+
+def recovered(model: str, point: dict) -> Optional[dict]:
+    """The newest finished recovery of a recommended sweep point's setting (Recovery page), or None."""
+    return latest_recovery_result(model, recovery_source(point))

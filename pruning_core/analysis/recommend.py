@@ -1,0 +1,38 @@
+"""The recommended setting for a quality budget: the highest measured sparsity whose perplexity stays within it.
+
+Only measured points count (a sweep's, see `analysis.sweep_results.merge_sweeps`): nothing is interpolated, so
+the recommendation is always a setting that was pruned and evaluated.
+"""
+
+from __future__ import annotations
+
+from pruning_core.errors import ConfigError
+
+
+def recommend(results: dict, corpus: str, budget: float) -> dict:
+    """The highest measured sparsity whose perplexity on `corpus` is at most (1 + budget) x dense.
+
+    budget: a fraction (0.10 = +10 %). Returns {"dense_ppl", "best" (point or None), "best_change" (fraction or
+    None), "per_method": [(method, change, point)] for each method's highest-sparsity point,
+    "per_method_within": {method: (change, point)} for each method's highest-sparsity point within the budget
+    (methods with none are absent)}. Ties at equal sparsity go to the lower perplexity. Raises ConfigError when
+    the dense perplexity on `corpus` was not measured.
+    """
+    dense = ((results.get("dense") or {}).get("ppl") or {}).get(corpus)
+    if dense is None:
+        raise ConfigError(f"The dense perplexity on '{corpus}' was not measured; run the sweep again.")
+    scored = []
+    for p in results.get("points", []):
+        ppl = (p.get("ppl") or {}).get(corpus)
+        if ppl is None:
+            continue
+        scored.append((float(p["sparsity"]), -ppl, p, ppl / dense - 1.0))
+    within = [s for s in scored if s[3] <= budget]
+    best = max(within, key=lambda s: (s[0], s[1])) if within else None
+    per_method, per_method_within = {}, {}
+    for _sparsity, _neg, p, change in sorted(scored, key=lambda s: (s[0], s[1])):
+        per_method[p["method"]] = (p["method"], change, p)
+        if change <= budget:
+            per_method_within[p["method"]] = (change, p)
+    return {"dense_ppl": dense, "best": best[2] if best else None, "best_change": best[3] if best else None,
+            "per_method": list(per_method.values()), "per_method_within": per_method_within}

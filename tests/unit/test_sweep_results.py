@@ -1,0 +1,52 @@
+"""Sweeps read together (`analysis.sweep_results`) and the recommendation for a budget (`analysis.recommend`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pruning_core.analysis.recommend import recommend
+from pruning_core.analysis.sweep_results import merge_sweeps, point_allocation
+from pruning_core.errors import ConfigError
+
+PROTOCOL = {"calib": "wiki", "nsamples": 16, "seqlen": 64, "seed": 0, "eval_windows": 4, "dtype": "float32",
+            "propagation": "pruned"}
+
+
+def sweep(points, fingerprint="f1", protocol=PROTOCOL, dense=None):
+    return {"model": {"fingerprint": fingerprint}, "protocol": dict(protocol), "dense": {"ppl": dense or {}},
+            "points": points}
+
+
+def point(method, sparsity, ppl, allocation=None):
+    return {"method": method, "structure": "unstructured", "target_sparsity": sparsity, "sparsity": sparsity,
+            "ppl": {"wiki": ppl}, **({"allocation": allocation} if allocation else {})}
+
+
+def test_point_allocation_is_uniform_for_old_points():
+    assert point_allocation(point("wanda", 0.5, 10.0)) == "uniform"
+    assert point_allocation(point("wanda", 0.5, 10.0, "owl")) == "owl"
+
+
+def test_merge_keeps_the_newest_point_and_leaves_other_models_and_protocols_out():
+    newest = sweep([point("wanda", 0.5, 11.0)], dense={"wiki": 10.0})
+    older = sweep([point("wanda", 0.5, 99.0), point("wanda", 0.5, 12.0, "owl")], dense={"wiki": 9.0, "news": 20.0})
+    other_model = sweep([point("magnitude", 0.5, 13.0)], fingerprint="f2")
+    other_protocol = sweep([point("magnitude", 0.6, 14.0)], protocol={**PROTOCOL, "seed": 1})
+    merged = merge_sweeps([newest, older, other_model, other_protocol])
+    assert [(p["method"], point_allocation(p), p["ppl"]["wiki"]) for p in merged["points"]] == \
+        [("wanda", "uniform", 11.0), ("wanda", "owl", 12.0)]
+    assert merged["dense"]["ppl"] == {"wiki": 10.0, "news": 20.0}  # the newest dense wins
+    assert merge_sweeps([]) is None
+
+
+def test_recommend_picks_the_highest_sparsity_within_budget():
+    results = {"dense": {"ppl": {"wiki": 10.0}}, "points": [
+        point("wanda", 0.5, 10.8), point("wanda", 0.6, 12.0), point("magnitude", 0.5, 10.95)]}
+    rec = recommend(results, "wiki", 0.10)
+    assert rec["best"]["method"] == "wanda" and rec["best"]["sparsity"] == 0.5
+    assert rec["best_change"] == pytest.approx(0.08)
+    assert rec["per_method_within"]["magnitude"][0] == pytest.approx(0.095)
+    assert [m for m, _c, p in rec["per_method"]] == ["magnitude", "wanda"]
+    assert recommend(results, "wiki", 0.01)["best"] is None
+    with pytest.raises(ConfigError, match="news"):
+        recommend(results, "news", 0.1)
