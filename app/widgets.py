@@ -17,7 +17,7 @@ import streamlit as st
 
 from app import state
 from app.formats import format_bytes, format_seconds
-from app.services import corpora, jobs
+from app.services import allocation, corpora, jobs
 from pruning_core.errors import PruneScopeError
 
 #: Seconds between refreshes of a running job's panel.
@@ -85,6 +85,11 @@ def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
         est = jobs.estimate(kind, settings, spec)
     except Exception as error:  # noqa: BLE001 - an estimate must never block a run
         st.caption(f"Time estimate unavailable: {' '.join(str(error).split())[:160]}")
+        return
+    if est and "measure" in est:  # this machine's speed for the model is not known yet: measured in a short job
+        st.caption(":material/speed: Measuring this machine's speed for the estimate (a few forward passes)…")
+        if short_job_result("throughput", est["measure"], key=f"{kind}_throughput") is not None:
+            st.rerun()
         return
     if est:
         st.caption(f":material/schedule: Estimated time **{format_seconds(est.get('seconds'))}**, "
@@ -184,6 +189,41 @@ def job_panel(kind: str, job_id: Optional[str], on_progress: Optional[Callable[[
     elif state_ == "interrupted":
         st.warning(status.get("error") or "The run stopped; run again to resume.", icon=":material/warning:")
     return status
+
+
+def short_job_result(kind: str, spec: dict, key: str) -> Optional[dict]:
+    """The result of a short job (a plan, this machine's speed, a generation) run outside the page's process.
+
+    A job with the same spec that finished before returns at once (the job system keeps its result); otherwise
+    the job starts and a progress panel with Cancel shows until it is done. Returns None until then. A run that
+    failed with these very settings is shown once and not restarted on every rerun: a Retry button starts it.
+    `key` names the panel's widgets (two panels on one page need two keys)."""
+    job_id = guarded(jobs.latest_job, kind, spec)
+    status = guarded(jobs.job_status, job_id) if job_id else None
+    failed = status is not None and jobs.same_job(status, spec) and status.get("state") in ("failed", "interrupted")
+    if failed and not st.button("Retry", key=f"{key}_retry", icon=":material/refresh:"):
+        st.error(f"{status.get('error') or 'The run failed.'}", icon=":material/error:")
+        return None
+    if status is None or not jobs.same_job(status, spec) or failed or status.get("state") == "cancelled":
+        job_id = guarded(jobs.submit_job, kind, spec)
+    if not job_id:
+        return None
+    status = job_panel(key, job_id, spec=spec)
+    return status.get("result") if status and status.get("state") == "done" else None
+
+
+def allocation_plan(settings: dict, allocator: str, target: float, key: str) -> Optional[dict]:
+    """An allocator's plan for the Setup model: at once when it needs no model forward, else from its short job
+    (`allocation.plan_spec`) with a progress panel; None until it is made (a problem is shown, not raised)."""
+    try:
+        made = allocation.plan_now(settings, allocator, target)
+    except Exception as error:  # noqa: BLE001 - shown as one sentence
+        show_error(error)
+        return None
+    if made is not None:
+        return made
+    spec = guarded(allocation.plan_spec, settings, allocator, target)
+    return short_job_result("plan", spec, key) if spec else None
 
 
 def finished_result(kind: str, spec: Optional[dict], run: bool, model: Optional[str], hint: str) -> dict:

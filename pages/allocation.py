@@ -53,8 +53,7 @@ if needs == "sensitivity" and source is None:
             icon=":material/info:")
     st.stop()
 
-with st.spinner("Making the plan…"):
-    made = widgets.guarded(allocation.allocation_plan, settings, allocator, target)
+made = widgets.allocation_plan(settings, allocator, target, key="alloc_plan_job")
 if made is None:
     st.stop()
 plan, global_sparsity = made["plan"], made["global_sparsity"]

@@ -47,8 +47,7 @@ def plan_editor(sparsity: float):
             and abs(float(seed["target"]) - sparsity) < 1e-9:
         base = seed  # the plan of the run shown (after a reload), edits included
     else:
-        with st.spinner(f"Making the {start} plan…"):
-            made = widgets.guarded(allocation.allocation_plan, settings, start, sparsity)
+        made = widgets.allocation_plan(settings, start, sparsity, key="whatif_plan_job")
         if made is None:
             return None
         base = made["plan"]
@@ -158,10 +157,12 @@ elif artifact:
     with st.form("whatif_again_form", border=False):
         again = st.text_input("Another prompt, same pruned model (no re-pruning)", key="whatif_prompt_again")
         go = st.form_submit_button("Generate", icon=":material/refresh:")
-    if go and again.strip():
-        with st.spinner("Generating with the dense and the pruned model…"):
-            texts = widgets.guarded(what_if.compare_generations, settings["model"], again.strip(), artifact,
-                                    weights_artifact=weights_artifact)
+    if go and again.strip():  # generated in a short job (progress, cancel), not in the page's process
+        st.session_state["whatif_generation"] = what_if.generation_spec(settings["model"], again.strip(), artifact,
+                                                                        weights_artifact)
+    asked = st.session_state.get("whatif_generation")
+    if asked and asked.get("mask_artifact") == artifact:
+        texts = widgets.short_job_result("generation", asked, key="whatif_generation_job")
         if texts:
             st.session_state["whatif_again"] = {**texts, "artifact": artifact}
     shown = st.session_state.get("whatif_again")

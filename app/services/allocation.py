@@ -1,4 +1,5 @@
-"""Allocation: the plan an allocator makes for a global target (cached), an edited plan and its numbers.
+"""Allocation: the plan an allocator makes for a global target (at once, or as a short job when it reads
+calibration statistics), an edited plan and its numbers.
 
 An allocator turns a global target sparsity into a sparsity plan (one sparsity per layer x module kind); its
 global sparsity is counted over parameters, the one figure pages and files report. Which stored sensitivity
@@ -18,9 +19,9 @@ from app.services.models import get_model, identity_key
 from app.services.settings import protocol_dict
 from pruning_core.allocation import allocators as _allocators
 from pruning_core.analysis import stored_maps
-from pruning_core.plan import SparsityPlan, module_sizes, plan_for
+from pruning_core.plan import SparsityPlan, plan_for
 from pruning_core.protocol import Protocol
-from pruning_core.statistics_cache import cached_statistics
+from pruning_core.allocation.plan_job import allocation_plan as allocation_plan_of, plan_summary
 from pruning_core.store import Store, home_dir
 
 
@@ -45,45 +46,39 @@ def sensitivity_for_allocation(model: str) -> Optional[dict]:
     return stored_maps.sensitivity_for_allocation(Store(), model)
 
 
-def _plan_numbers(loaded, plan: SparsityPlan) -> dict:
-    """{"global_sparsity", "layer_sparsity"}: a plan's global sparsity and each layer's, over parameters."""
-    sizes = module_sizes(loaded)
-    return {"global_sparsity": plan.global_sparsity(sizes),
-            "layer_sparsity": [plan.layer_mean(i, s) for i, s in enumerate(sizes)]}
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
-def _allocation_plan(model: str, identity_key: str, protocol_json: str, allocator: str, target: float,
+def _plan_in_process(model: str, identity_key: str, protocol_json: str, allocator: str, target: float,
                      sensitivity_id: Optional[str], home: str) -> dict:  # noqa: ARG001 - identity/home: cache key
-    loaded = get_model(model)
-    protocol = Protocol(**json.loads(protocol_json))
-    needs = allocation_needs(allocator)
-    statistics = sensitivity = None
-    if needs == "sensitivity":
-        found = sensitivity_for_allocation(model)
-        sensitivity = found["result"] if found and found["id"] == sensitivity_id else None
-    elif needs != "none":  # dense input statistics: from the store when a sweep or an earlier plan made them
-        statistics = cached_statistics(loaded, protocol, needs, Store())
-    plan = _allocators.make_plan(allocator, _allocators.AllocationInputs(loaded, statistics=statistics,
-                                                                         sensitivity=sensitivity), target)
-    return {"plan": plan.to_dict(), **_plan_numbers(loaded, plan), "sensitivity_id": sensitivity_id}
+    found = sensitivity_for_allocation(model) if sensitivity_id else None
+    sensitivity = found["result"] if found and found["id"] == sensitivity_id else None
+    made = allocation_plan_of(get_model(model), Protocol(**json.loads(protocol_json)), allocator, target,
+                              sensitivity=sensitivity)
+    return {**made, "sensitivity_job": sensitivity_id}
 
 
-def allocation_plan(settings: dict, allocator: str, target: float) -> dict:
-    """The plan allocator `allocator` makes for global target sparsity `target` (by parameters) on the Setup
-    model, with the Setup calibration (`pruning_core.allocation.allocators.make_plan`).
-
-    Returns {"plan" (`SparsityPlan.to_dict()`), "global_sparsity" (the plan's, by parameters, from the core),
-    "layer_sparsity" (each layer's, by parameters), "sensitivity_id" (the sensitivity job read, or None)}.
-    Cached per (model file, protocol, allocator, target, sensitivity job). An allocator that reads statistics
-    costs one calibration pass the first time (cached on disk for every later plan and sweep); one that reads
-    a sensitivity map uses `sensitivity_for_allocation`'s. Raises ConfigError saying what is missing.
-    """
+def plan_spec(settings: dict, allocator: str, target: float) -> dict:
+    """The spec of the short job that makes allocator `allocator`'s plan for global target `target` on the Setup
+    model and calibration (`pruning_core.allocation.plan_job.run_plan_job`); it names the sensitivity job a
+    "sensitivity" allocator reads."""
     model = settings["model"]
     found = sensitivity_for_allocation(model) if allocation_needs(allocator) == "sensitivity" else None
-    return _allocation_plan(model, identity_key(model),
-                            json.dumps(protocol_dict(settings), sort_keys=True), allocator, round(float(target), 6),
-                            found["id"] if found else None, str(home_dir()))
+    return {"model": model, "protocol": protocol_dict(settings), "allocation": allocator,
+            "target": round(float(target), 6), "sensitivity_job": found["id"] if found else None}
+
+
+def plan_now(settings: dict, allocator: str, target: float) -> Optional[dict]:
+    """The plan at once when making it runs no model forward (an allocator that reads nothing or a stored
+    sensitivity map), else None: the page then runs `plan_spec`'s short job (one calibration pass the first
+    time, with progress and cancel; cached on disk for every later plan and sweep).
+
+    Returns {"plan" (`SparsityPlan.to_dict()`), "global_sparsity" (the plan's, by parameters, from the core),
+    "layer_sparsity" (each layer's, by parameters), "sensitivity_job" (the sensitivity job read, or None)}, as
+    the job does. Raises ConfigError saying what is missing."""
+    if allocation_needs(allocator) not in ("none", "sensitivity"):
+        return None
+    spec = plan_spec(settings, allocator, target)
+    return _plan_in_process(spec["model"], identity_key(spec["model"]), json.dumps(spec["protocol"], sort_keys=True),
+                            allocator, spec["target"], spec["sensitivity_job"], str(home_dir()))
 
 
 def plan_facts(settings: dict, plan: dict) -> dict:
@@ -91,7 +86,8 @@ def plan_facts(settings: dict, plan: dict) -> dict:
     counted over parameters on the Setup model (`SparsityPlan.global_sparsity(module_sizes(loaded))`).
     Raises ConfigError when the plan does not fit the model or holds a value outside [0, 0.99]."""
     loaded = get_model(settings["model"])
-    return _plan_numbers(loaded, plan_for(loaded, SparsityPlan.from_dict(plan)))
+    made = plan_summary(loaded, plan_for(loaded, SparsityPlan.from_dict(plan)))
+    return {"global_sparsity": made["global_sparsity"], "layer_sparsity": made["layer_sparsity"]}
 
 
 def edited_plan(base: dict, rows: list[dict]) -> dict:

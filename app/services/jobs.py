@@ -149,16 +149,36 @@ def latest_result(kind: str, model: str) -> Optional[dict]:
 def _estimate(kind: str, spec_json: str, identity_json: str, home: str) -> Optional[dict]:  # noqa: ARG001
     # identity_json (the model file's identity) and home (the store) are part of the cache key only.
     spec = json.loads(spec_json)
-    return _estimates.estimate_job(kind, spec, get_model(spec["model"]), Store())
+    return _estimates.estimate_job(kind, spec, get_model(spec["model"]), Store(), measure=False)
+
+
+def throughput_spec(model: str, protocol: dict) -> dict:
+    """The spec of the short job that measures this machine's speed for `model` (`estimates.run_throughput_job`)."""
+    return {"model": model, "seqlen": int(protocol["seqlen"]), "dtype": str(protocol.get("dtype") or "float32")}
+
+
+def measured_throughput(model: str, seqlen: int, dtype: str) -> Optional[float]:
+    """This machine's stored forward speed (tokens/s) for `model`, or None when it was never measured (never
+    measured here: the page runs `throughput_spec`'s job instead)."""
+    return _estimates.measure_throughput(get_model(model), int(seqlen), dtype, Store(), measure=False)
+
+
+#: The job kinds `estimates.estimate_job` estimates (from this machine's measured speed).
+_ESTIMATED = ("sweep", "sensitivity", "whatif")
 
 
 def estimate(kind: str, settings: dict, spec: dict) -> Optional[dict]:
-    """The engine's {"seconds", "peak_memory_bytes", "breakdown", "assumptions"} for a job.
+    """The engine's {"seconds", "peak_memory_bytes", "breakdown", "assumptions"} for a job, or {"measure":
+    spec} when this machine's speed for the model is not stored yet (the page measures it in that short job).
 
     One function (`pruning_core.analysis.estimates.estimate_job`) for every page that shows an estimate, with
     this machine's measured throughput and the windows the corpora really hold, so the Setup page and the
     task pages give the same job the same duration."""
     spec = {**spec, "model": spec.get("model") or settings["model"]}
+    protocol = spec.get("protocol") or {"seqlen": settings["seqlen"], "dtype": settings["dtype"]}
+    if kind in _ESTIMATED and measured_throughput(spec["model"], protocol["seqlen"], protocol.get("dtype") or
+                                                  "float32") is None:
+        return {"measure": throughput_spec(spec["model"], protocol)}  # not cached: measured once, then estimated
     return _estimate(kind, json.dumps(spec, sort_keys=True, default=str),
                      json.dumps(model_identity(spec["model"]), sort_keys=True, default=str), str(home_dir()))
 

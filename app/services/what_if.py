@@ -11,11 +11,10 @@ from typing import ClassVar, Optional
 from app.services.allocation import plan_origin
 from app.services.choices import ALLOCATIONS, DEFAULT_PROMPT, METHODS, STRUCTURES
 from app.services.forms import PageForm
-from app.services.models import get_model, model_identity
+from app.services.models import model_identity
 from app.services.settings import protocol_of
 from pruning_core import claims
 from pruning_core.analysis.whatif import WhatIfSpec
-from pruning_core.store import Store
 
 
 def whatif_spec(settings: dict, method: str, structure: str, sparsity: float,
@@ -92,14 +91,13 @@ class WhatIfForm(PageForm):
         return cls.widgets(**values)
 
 
-def compare_generations(source: str, prompt: str, mask_artifact: str, max_new_tokens: int = 40,
-                        weights_artifact: Optional[str] = None) -> dict:
-    """{"prompt", "dense", "pruned"}: greedy text of the dense model and of the model with a stored mask
-    (`claims.compare_generations`, as the what-if job and the report generate)."""
-    store = Store()
-    masks = store.load_tensors(mask_artifact)
-    weights = store.load_tensors(weights_artifact) if weights_artifact else None
-    return claims.compare_generations(get_model(source), [prompt], masks, weights, max_new_tokens)[0]
+def generation_spec(source: str, prompt: str, mask_artifact: str, weights_artifact: Optional[str] = None,
+                    max_new_tokens: int = 40) -> dict:
+    """The spec of the short job that generates greedy text from the dense model and from the model with a
+    stored mask (and SparseGPT's stored weights) for `prompt` (`analysis.whatif.run_generation_job`, as the
+    what-if job and the report generate): its result is {"prompt", "dense", "pruned"}."""
+    return {"model": source, "prompt": prompt, "mask_artifact": mask_artifact, "weights_artifact": weights_artifact,
+            "max_new_tokens": int(max_new_tokens)}
 
 
 def setting_claims(sizes: Optional[dict], structure: str) -> dict:

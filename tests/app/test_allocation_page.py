@@ -73,7 +73,7 @@ def test_sensitivity_allocation_asks_for_a_map_at_two_sparsities_then_uses_it():
 
 
 def test_edited_plan_records_where_it_started():
-    base = allocation.allocation_plan(SMALL, "uniform", 0.5)["plan"]
+    base = allocation.plan_now(SMALL, "uniform", 0.5)["plan"]
     assert allocation.edited_plan(base, [{"layer": 0, "q": 0.5}]) is base  # nothing changed: the allocator's plan
     edited = allocation.edited_plan(base, [{"layer": 1, "down": 0.2}])
     assert edited["allocator"] == "edited" and allocation.plan_origin(edited) == "uniform"
@@ -83,7 +83,7 @@ def test_edited_plan_records_where_it_started():
 
 
 def test_whatif_runs_the_edited_plan():
-    base = allocation.allocation_plan(SMALL, "uniform", 0.5)["plan"]
+    base = allocation.plan_now(SMALL, "uniform", 0.5)["plan"]
     edited = allocation.edited_plan(base, [{"layer": 0, **{k: 0.0 for k in base["kinds"]}}])  # layer 0 dense
     at = ok(page("what_if", whatif_per_layer=True, whatif_plan_seed=edited, whatif_method="magnitude"))
     assert "This plan (edited) removes **25.0%**" in _texts(at)

@@ -63,8 +63,14 @@ def test_another_prompt_generates_what_the_whatif_job_generated():
     at.button(key="whatif_run").click().run()
     ok(at)
     result = jobs.job_status(jobs.latest_job("whatif"))["result"]
-    again = what_if.compare_generations("tiny-llama", "Once upon a time", result["mask_artifact"])
-    assert again == result["generations"]
+    at.text_input(key="whatif_prompt_again").input("Once upon a time")
+    at.button[[b.label for b in at.button].index("Generate")].click().run()  # a short "generation" job
+    ok(at)
+    again = jobs.job_status(jobs.latest_job("generation"))
+    assert again["spec"] == what_if.generation_spec("tiny-llama", "Once upon a time", result["mask_artifact"],
+                                                    result.get("weights_artifact"))
+    assert again["result"] == result["generations"] == {k: at.session_state["whatif_again"][k]
+                                                        for k in ("prompt", "dense", "pruned")}
 
 
 def test_setup_names_what_each_model_size_is():
