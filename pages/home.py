@@ -7,6 +7,7 @@ Runs inside `app/main.py`'s navigation or on its own (`streamlit run pages/home.
 from __future__ import annotations
 
 import sys
+from html import escape
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ st.markdown(
 
 model = default_model()
 with st.container(border=True):
-    st.markdown(f'<span class="ps-pill">Model</span>&nbsp; **{model}**', unsafe_allow_html=True)
+    st.markdown(f'<span class="ps-pill">Model</span>&nbsp; <b>{escape(model)}</b>', unsafe_allow_html=True)
     if model == DEFAULT_MODEL:
         st.caption(EMBEDDED_DESCRIPTION)
     else:

@@ -13,6 +13,7 @@ has finished, its merged model's perplexity and the share of the pruning gap won
 from __future__ import annotations
 
 import sys
+from html import escape
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ from app.charts import corpora_in  # noqa: E402
 from app.formats import format_bytes  # noqa: E402
 from app.services import budget as budget_search  # noqa: E402
 from app.services import choices, jobs, navigation, sensitivity, structured, summary  # noqa: E402
+from app.services import corpora as corpora_service  # noqa: E402
 
 METHOD_NAMES = {"magnitude": "magnitude pruning", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
 
@@ -84,10 +86,11 @@ def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None
             dense = status["result"].get("dense_ppl")
             if said["found"]:
                 lines.append(f"- **{name}**{plan}: at most **{said['sparsity']:.0%}** sparsity within +{budget} % "
-                             f"on {corpus}: perplexity {said['ppl']:,.2f} "
+                             f"on {corpora_service.corpus_label(corpus)}: perplexity {said['ppl']:,.2f} "
                              f"({charts.perplexity_change(said['ppl'], dense)} vs dense {dense:,.2f}).")
             else:
-                lines.append(f"- **{name}**{plan}: no sparsity searched stays within +{budget} % on {corpus}.")
+                lines.append(f"- **{name}**{plan}: no sparsity searched stays within +{budget} % on "
+                             f"{corpora_service.corpus_label(corpus)}.")
             captions.append(f"{name}: {said['how']}" + (f" {said['caveat']}" if said["caveat"] else ""))
         elif status and jobs.is_active(status):
             lines.append(f"- **{name}**{plan}: searching…")
@@ -174,7 +177,9 @@ c1, c2 = st.columns([3, 2])
 budget = c1.slider("Quality budget: at most this much worse perplexity than the dense model", 1, 100, 10,
                    key="summary_budget", format="+%d %%")
 corpora = corpora_in(results) if has_sweep else list(settings["eval_corpora"])
-corpus = c2.selectbox("Judged on", corpora, key="summary_corpus")
+labels = corpora_service.corpus_labels(corpora)  # an upload by its file name, never its stored path
+corpus = c2.selectbox("Judged on", corpora, key="summary_corpus", format_func=lambda name: labels.get(name, name))
+corpus_name = labels.get(corpus, corpus)
 swept_methods = list(dict.fromkeys(p["method"] for p in results["points"])) if has_sweep else []
 default_methods = [m for m in choices.METHODS if m in swept_methods] or ["wanda"]
 
@@ -191,17 +196,18 @@ dense = rec["dense_ppl"]
 with st.container(border=True):
     if rec["best"] is None:
         st.markdown(f"### No measured setting stays within +{budget} %")
-        st.markdown(f"The mildest measured point loses more than that on **{corpus}**. Try lower sparsities on "
+        st.markdown(f"The mildest measured point loses more than that on **{corpus_name}**. Try lower sparsities on "
                     "the Curves page, or a larger budget.")
     else:
         p = rec["best"]
         change = charts.perplexity_change(p["ppl"][corpus], dense)
         st.markdown(f"### Recommended: **{METHOD_NAMES.get(p['method'], p['method'])}**, **{form_of(p)}**, "
                     f"**{p['sparsity']:.0%}** sparsity")
-        st.markdown(f'<p class="ps-lead">At {p["sparsity"]:.0%} sparsity with {METHOD_NAMES.get(p["method"], p["method"])} '
-                    f"the model's perplexity on {corpus} goes from {dense:,.2f} to {p['ppl'][corpus]:,.2f} "
-                    f"(<b>{change}</b>), within your +{budget} % budget."
-                    + "</p>", unsafe_allow_html=True)
+        method_name = METHOD_NAMES.get(p["method"], p["method"])
+        st.markdown(f'<p class="ps-lead">At {p["sparsity"]:.0%} sparsity with {escape(method_name)} '
+                    f"the model's perplexity on {escape(corpus_name)} goes from {dense:,.2f} to "
+                    f"{p['ppl'][corpus]:,.2f} (<b>{escape(change)}</b>), within your +{budget:d} % budget.</p>",
+                    unsafe_allow_html=True)
         # Size and speed in the claims module's words: the What-if page and the report say exactly the same.
         gains = summary.point_claims(results, p)
         st.markdown(" ".join(sentence for sentence in (gains["size"], gains["speed"]) if sentence))

@@ -30,7 +30,7 @@ def test_home_page_runs_alone_and_explains_itself(monkeypatch):
     assert at.title[0].value == "PruneScope"
     text = all_text(at)
     assert "perplexity" in text.lower()
-    assert "**embedded**" in text
+    assert "<b>embedded</b>" in text
     assert "SmolLM2-135M-Instruct" in text
     assert len(at.expander) == 2
 
@@ -54,7 +54,7 @@ def test_main_entry_point_runs_the_home_page_through_navigation(monkeypatch):
     at = AppTest.from_file(MAIN, default_timeout=30).run()
     assert not at.exception
     assert at.title[0].value == "PruneScope"
-    assert "Model: **embedded**" in [c.value for c in at.sidebar.caption]
+    assert "Model: <b>embedded</b>" in [c.value for c in at.sidebar.caption]
 
 
 def test_page_registry_lists_existing_pages_home_first():
