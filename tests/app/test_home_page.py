@@ -54,7 +54,7 @@ def test_main_entry_point_runs_the_home_page_through_navigation(monkeypatch):
     at = AppTest.from_file(MAIN, default_timeout=30).run()
     assert not at.exception
     assert at.title[0].value == "PruneScope"
-    assert "Model: <b>embedded</b>" in [c.value for c in at.sidebar.caption]
+    assert "Model: **embedded**" in [c.value for c in at.sidebar.caption]
 
 
 def test_page_registry_lists_existing_pages_home_first():
