@@ -16,9 +16,10 @@ them one after the other on a common step axis, one trace per step.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pruning_core import claims
+from pruning_core.units import format_seconds
 from pruning_core.outputs.figures import COLORWAY, axis, base_layout, finite
 
 LOSS_COLOR = "#1F77B4"
@@ -123,18 +124,6 @@ def perplexity_figure(result: dict) -> dict:
     return {"data": data, "layout": layout}
 
 
-def duration_words(seconds: Optional[float]) -> str:
-    """'42 s', '12.5 min', '1.2 h' (a measured duration)."""
-    if seconds is None:
-        return "unknown"
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def sparsity_sentence(result: dict) -> str:
     """The measured sparsity before and after merging the adapter, in words."""
     sparsity = result.get("sparsity") or {}
@@ -180,7 +169,7 @@ def ranks_sentence(ranks: dict) -> str:
 def recovery_sentences(result: dict) -> list[str]:
     """The recovery in plain words: training, the gap won back per corpus, sparsity, adapter, ranks."""
     steps = total_steps(result)
-    out = [f"A masked LoRA adapter was trained for {steps:,} steps ({duration_words(result.get('train_seconds'))} "
+    out = [f"A masked LoRA adapter was trained for {steps:,} steps ({format_seconds(result.get('train_seconds'), estimate=False)} "
            f"of training) on the pruned model ({(result.get('pruned') or {}).get('description', '?')})."]
     for row in before_after(result):
         if None in (row["dense"], row["pruned"], row["recovered"]):
@@ -201,7 +190,7 @@ def recovery_facts(result: dict) -> list[list[Any]]:
     train = (result.get("spec") or {}).get("train") or {}
     fraction = adapter.get("fraction_of_model")
     return [["optimizer steps", f"{total_steps(result):,}"],
-            ["training time", duration_words(result.get("train_seconds"))],
+            ["training time", format_seconds(result.get("train_seconds"), estimate=False)],
             ["windows per step x tokens", f"{train.get('batch_size', '?')} x {train.get('seqlen', '?')}"],
             ["trained on", (result.get("spec") or {}).get("train_corpus", "?")],
             ["adapter parameters", f"{int(adapter.get('parameters') or 0):,}"],

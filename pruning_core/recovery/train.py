@@ -26,6 +26,7 @@ import torch
 from pruning_core.errors import ConfigError, JobCancelled
 from pruning_core.precision import EVAL_DTYPES, autocast_for
 from pruning_core.progress import ProgressFn, no_progress
+from pruning_core.units import format_seconds
 
 CHECKPOINT = "checkpoint.pt"
 PLAN_AFTER = 3  # steps timed before a time budget decides how many steps fit
@@ -248,7 +249,7 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
             over_time = config.max_seconds is not None and history.seconds + per_step > float(config.max_seconds)
             progress((step + 1) / history.planned_steps,
                      f"recovery step {step + 1}/{history.planned_steps}, loss {float(loss.detach()):.3f}, "
-                     f"about {_duration(left)} left")
+                     f"{format_seconds(left)} left")
             if over_time:
                 history.stopped = "time budget"
                 break
@@ -264,10 +265,3 @@ def train_adapter(peft_model, hf_model: torch.nn.Module, windows: torch.Tensor, 
     if folder is not None:
         _save_checkpoint(folder, peft_model, optimizer, scheduler, history.steps_done, history, key)
     return history
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min"
