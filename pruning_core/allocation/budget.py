@@ -576,8 +576,6 @@ class _RealMeasure:
     def prepare(self, sparsity: float, progress: ProgressFn) -> tuple[Optional[dict], Optional[BudgetPointTask]]:
         """(the stored point, None) when the store has it, else (None, the task that measures it). The plan is
         made here, on the driver, and so are the dense statistics a ``dense`` propagation prunes from."""
-        from pruning_core.prune import PruneConfig
-
         spec = self.spec
         plan = self.plan(sparsity, sub_progress(progress, 0.0, 0.3))
         config = replace(spec.setting, sparsity=sparsity).prune_config().with_plan(self.loaded, plan)

@@ -279,7 +279,8 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
     out_dir: save every step's mask with `outputs.export.save_masks` under out_dir/<strategy>/step-<t> (t from 1).
     executor: where the step evaluations run: None (the spec's `executor`), an `ExecutorConfig` of kind "local"
     (this process, each right after its prune), an `ExecutorConfig` of kind "ray" (Ray workers, each loading
-    `spec.model` itself), or an executor object. Results and store keys do not depend on it; this driver alone reads and writes `store`.
+    `spec.model` itself), or an executor object. Results and store keys do not depend on it; this driver alone
+    reads and writes `store`.
     Returns {"spec", "model" (`describe()`), "protocol", "domains" [names], "dense_ppl" {domain: ppl},
     "strategies": {name: {"rule", "continual" (False for joint), "R" (T x T, rows = steps, columns = domains),
     "bwt", "fwt" (None for T = 1), "average", "overlap" [Jaccard of pruned sets, step t-1 -> t, T-1 values],

@@ -80,6 +80,13 @@ class ExportOptions:
                        layer_sparsity=self.layer_sparsity)
 
     @classmethod
+    def for_setting(cls, setting, **options) -> "ExportOptions":
+        """Options exporting `setting` (a `setting.Setting`); options: the other fields."""
+        return cls(method=setting.method, structure=setting.structure, sparsity=setting.sparsity,
+                   propagation=setting.propagation, allocator=setting.allocation, plan=setting.plan,
+                   layer_sparsity=setting.layer_sparsity, **options)
+
+    @classmethod
     def from_dict(cls, d) -> "ExportOptions":
         """Options from a JSON dict (lists for tuples); a setting's names ("allocation") or a nested "setting"
         are read too; unknown keys raise ConfigError naming the known ones."""
@@ -94,7 +101,7 @@ class ExportOptions:
                                          **({"allocation": flat["allocation"]} if "allocation" in flat else {})})
             d.update(method=setting.method, structure=setting.structure, sparsity=setting.sparsity,
                      propagation=setting.propagation, allocator=setting.allocation, plan=setting.plan,
-                     layer_sparsity=setting.layer_sparsity)
+                     layer_sparsity=setting.layer_sparsity)  # the setting's fields, as `for_setting` writes them
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
