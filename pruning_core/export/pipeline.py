@@ -97,7 +97,9 @@ class ExportOptions:
         d = dict(d)
         flat = {k: d.pop(k) for k in ("allocation", "setting") if k in d}
         if flat:
-            setting = Setting.from_dict({**(flat.get("setting") or {}),
+            names = ("method", "structure", "sparsity", "propagation", "allocator", "plan", "layer_sparsity")
+            given = {k: d.pop(k) for k in names if k in d}
+            setting = Setting.from_dict({**given, **(flat.get("setting") or {}),
                                          **({"allocation": flat["allocation"]} if "allocation" in flat else {})})
             d.update(method=setting.method, structure=setting.structure, sparsity=setting.sparsity,
                      propagation=setting.propagation, allocator=setting.allocation, plan=setting.plan,
