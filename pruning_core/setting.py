@@ -92,9 +92,11 @@ class Setting:
         if self.layer_sparsity and structure.is_nm:
             raise ConfigError("Per-layer sparsities apply to unstructured pruning only; N:M fixes the sparsity. "
                               "Clear the per-layer table or choose 'unstructured'.")
-        if self.layer_sparsity and (self.plan is not None or self.allocator_name != "uniform"):
-            raise ConfigError("Give either a sparsity plan (or allocator) or per-layer sparsities, not both; edit "
-                              "the plan instead.")
+        if self.layer_sparsity and self.plan is not None:
+            raise ConfigError("Give either a sparsity plan or per-layer sparsities, not both; edit the plan instead.")
+        if self.layer_sparsity and self.allocator_name != "uniform":
+            raise ConfigError(f"Give either an allocation ('{self.allocation}') or per-layer sparsities, not both; "
+                              "the allocation decides every layer's sparsity.")
         plan = self.sparsity_plan()
         if plan is not None and self.allocation is not None and self.allocator_name != plan.allocator:
             raise ConfigError(f"The plan was made by '{plan.allocator}' but the setting names allocation "

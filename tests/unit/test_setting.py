@@ -47,8 +47,8 @@ RAY = ExecutorConfig(kind="ray", workers=3)
     (Setting(propagation="forward"), r"Propagation 'forward' is unknown; use 'pruned' or 'dense'\."),
     (Setting(layer_sparsity={0: 1.5}), r"Sparsity 1.5 is outside \[0, 1\)"),
     (Setting(structure="2:4", layer_sparsity={0: 0.3}), r"Per-layer sparsities apply to unstructured pruning only"),
-    (Setting(plan=PLAN, layer_sparsity={0: 0.3}), r"Give either a sparsity plan \(or allocator\) or per-layer"),
-    (Setting(allocation="owl", layer_sparsity={0: 0.3}), r"Give either a sparsity plan \(or allocator\)"),
+    (Setting(plan=PLAN, layer_sparsity={0: 0.3}), r"Give either a sparsity plan or per-layer sparsities, not both"),
+    (Setting(allocation="owl", layer_sparsity={0: 0.3}), r"Give either an allocation \('owl'\) or per-layer"),
     (Setting(plan={"values": [[0.5]]}), r"A sparsity plan needs 'kinds' and 'values'"),
     (Setting(plan=PLAN, allocation="uniform"), r"The plan was made by 'owl' but the setting names allocation "
                                                r"'uniform'"),
