@@ -364,7 +364,7 @@ def log_ticks(values: Sequence[float]) -> dict:
     ticks = [m * 10 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
              for m in (1, 2, 5) if low <= m * 10 ** e <= high]
     if len(ticks) < 2:  # a narrow range: its ends are the ticks
-        ticks = [min(finite), max(finite)]
+        ticks = [min(positive), max(positive)]
     return {"tickvals": ticks, "ticktext": [f"{v:,.0f}" if v >= 10 else f"{v:.3g}" for v in ticks]}
 
 
