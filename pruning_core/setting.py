@@ -111,13 +111,6 @@ class Setting:
         return PruneConfig(method=self.method, structure=self.structure, sparsity=float(self.sparsity),
                            propagation=self.propagation, layer_sparsity=self.layer_sparsity, **extra).validate()
 
-    def describe(self) -> str:
-        """One phrase, e.g. "wanda unstructured 50 % (owl)"."""
-        structure = parse_structure(str(self.structure))
-        target = self.structure if structure.is_nm else f"{self.structure} {float(self.sparsity):.0%}"
-        how = "plan" if self.plan is not None else None if self.allocator_name == "uniform" else self.allocator_name
-        return f"{self.method} {target}" + (f" ({how})" if how else "")
-
     # ---------------------------------------------------------------------------------------- dict forms
 
     def to_dict(self) -> dict:
@@ -143,11 +136,6 @@ class Setting:
         if unknown:
             raise ConfigError(f"Unknown setting fields {unknown}; known: {', '.join(names)}.")
         return replace(default or cls(), **d)
-
-    @classmethod
-    def keys_of(cls, d: Mapping) -> set:
-        """The keys of `d` that belong to a setting (its field names and their legacy names)."""
-        return {k for k in d if k in SETTING_FIELDS or k in LEGACY_KEYS}
 
     def to_flat(self, names: Mapping[str, str]) -> dict:
         """The fields a spec stores, under that spec's flat key names: names = {field: key in the spec's dict}."""

@@ -13,7 +13,7 @@ A job spec is a dataclass naming everything one job computes (`SweepSpec`, `What
 A spec with one pruning setting embeds it as `setting: Setting` and lists in `SETTING_KEYS` which of its fields
 its flat dict stores under which key (a frozen layout: those dicts key stored jobs and results). The `job_spec`
 decorator lets the spec be built from the flat names as well (`RecoverySpec(method="wanda", sparsity=0.6)`),
-which is how the dashboard and older callers build them.
+which is how the dashboard and older callers build them; such fields given beside `setting` change it.
 """
 
 from __future__ import annotations
@@ -130,15 +130,13 @@ def job_spec(cls):
     def __init__(self, *args, **kwargs):
         flat = {k: kwargs.pop(k) for k in list(kwargs) if k in SETTING_FIELDS or k in LEGACY_KEYS}
         if flat:
-            if "setting" in kwargs:
-                raise ConfigError(f"Give the {cls.WHAT} setting as `setting` or as its fields "
-                                  f"({', '.join(sorted(flat))}), not both.")
             names = {LEGACY_KEYS.get(k, k) for k in flat}
             refused = sorted(n for n in names if n not in cls.SETTING_KEYS)
             if refused:
                 raise ConfigError(f"The {cls.WHAT} setting takes no {refused}; it uses "
                                   f"{', '.join(cls.SETTING_KEYS)}.")
-            kwargs["setting"] = Setting.from_dict(flat, default_setting(cls))
+            # Fields given beside a setting change it: `dataclasses.replace(spec, sparsity=0.6)` works.
+            kwargs["setting"] = Setting.from_dict(flat, kwargs.get("setting") or default_setting(cls))
         init(self, *args, **kwargs)
 
     cls.__init__ = __init__

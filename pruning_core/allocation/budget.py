@@ -105,7 +105,6 @@ class BudgetSpec(JobSpec):
         """Check every setting before any work starts; raises ConfigError naming the bad value and the fix."""
         self.protocol.validate()
         check_setting(self.setting)
-        get_allocator(self.setting.allocator_name)
         if parse_structure(self.setting.structure).is_nm:
             raise ConfigError(f"Structure '{self.setting.structure}' fixes the sparsity at N:M, so there is no "
                               "sparsity to search; use 'unstructured' for a budget search.")

@@ -3,7 +3,7 @@
 `sensitivity` runs as a recorded job in this process (`JobRunner.run_inline`), so a map computed from the
 CLI shows up in the dashboard's job list and its maps are reused from the store. `--executor ray
 [--ray-address ADDR] [--workers N]` computes the exact rows on Ray workers (same numbers, same store keys);
-the job reads these settings as a job worker would (`ExecutorConfig.from_env`), and this process still owns
+the job carries them in its spec (its "executor"), as a job worker reads them, and this process still owns
 the store.
 """
 

@@ -7,6 +7,7 @@ that code stored. A stored job, run or result from before must still be found, s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -173,8 +174,14 @@ def test_a_spec_refuses_setting_fields_it_does_not_take():
         recovery.RecoverySpec.from_dict({**RECOVERY_DICT, "steps": 3})
     with pytest.raises(ConfigError, match=r"Continual pruning prunes every strategy from statistics of the dense"):
         ContinualSpec(setting=Setting(propagation="pruned", allocation="uniform")).validate()
-    with pytest.raises(ConfigError, match=r"Give the recovery setting as `setting` or as its fields"):
-        recovery.RecoverySpec(setting=Setting(), method="wanda")
+
+
+
+def test_setting_fields_beside_a_setting_change_it():
+    spec = recovery.RecoverySpec(setting=Setting(method="sparsegpt", allocation="owl"), sparsity=0.7)
+    assert spec.setting == Setting(method="sparsegpt", allocation="owl", sparsity=0.7)
+    assert replace(spec, sparsity=0.6).setting == Setting(method="sparsegpt", allocation="owl", sparsity=0.6)
+    assert replace(WhatIfSpec(), method="magnitude").setting.method == "magnitude"
 
 
 # ---------------------------------------------------------------------------------------------- keys
