@@ -119,6 +119,16 @@ def _split_setting(cls, d: dict) -> tuple[Setting, dict]:
     return (Setting.from_dict(flat, setting) if flat else setting), d
 
 
+def _check_unstored(cls, setting: Setting) -> None:
+    """Refuse a setting whose fields this spec does not store differ from the spec's default (they would be
+    lost in its dict and change nothing), e.g. a plan given to a budget search."""
+    default = default_setting(cls)
+    for name in SETTING_FIELDS:
+        if name not in cls.SETTING_KEYS and getattr(setting, name) != getattr(default, name):
+            raise ConfigError(f"The {cls.WHAT} setting has no '{name}' of its own (it is always "
+                              f"{getattr(default, name)!r}); leave it out.")
+
+
 def job_spec(cls):
     """Class decorator (above `@dataclass`): the spec can also be built from its setting's flat names
     (`WhatIfSpec(method="sparsegpt", sparsity=0.6)`), folded into `setting` over the class default."""
@@ -138,6 +148,7 @@ def job_spec(cls):
             # Fields given beside a setting change it: `dataclasses.replace(spec, sparsity=0.6)` works.
             kwargs["setting"] = Setting.from_dict(flat, kwargs.get("setting") or default_setting(cls))
         init(self, *args, **kwargs)
+        _check_unstored(cls, self.setting)
 
     cls.__init__ = __init__
     return cls

@@ -120,9 +120,6 @@ class ContinualSpec(JobSpec):
     def validate(self) -> "ContinualSpec":
         """Check every setting (and read every domain) before any work starts; raises ConfigError."""
         self.effective_protocol().validate()
-        if self.setting.propagation != "dense":
-            raise ConfigError("Continual pruning prunes every strategy from statistics of the dense model; use "
-                              "propagation 'dense'.")
         check_setting(self.setting)
         method = get_method(self.setting.method)
         if method.needs == "none":

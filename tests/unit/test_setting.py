@@ -172,8 +172,11 @@ def test_a_spec_refuses_setting_fields_it_does_not_take():
         BudgetSpec(plan=PLAN)
     with pytest.raises(ConfigError, match=r"Unknown recovery settings \['steps'\]; known: model, protocol"):
         recovery.RecoverySpec.from_dict({**RECOVERY_DICT, "steps": 3})
-    with pytest.raises(ConfigError, match=r"Continual pruning prunes every strategy from statistics of the dense"):
-        ContinualSpec(setting=Setting(propagation="pruned", allocation="uniform")).validate()
+    with pytest.raises(ConfigError, match=r"The continual setting has no 'propagation' of its own \(it is always "
+                                          r"'dense'\); leave it out\."):
+        ContinualSpec(setting=Setting(propagation="pruned", allocation="uniform"))
+    with pytest.raises(ConfigError, match=r"The budget setting has no 'plan' of its own"):
+        BudgetSpec.from_dict({**BUDGET_DICT, "setting": {"plan": PLAN}})
 
 
 
