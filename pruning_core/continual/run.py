@@ -216,8 +216,8 @@ class _Plans:
         if strategy.name in self._fixed:
             return base.with_plan(self.loaded, self._fixed[strategy.name])
         statistics = strategy.statistics() if self.allocator.needs == "act_sq" else None
-        plan = make_plan(self.allocator.name, AllocationInputs(self.loaded, statistics=statistics,
-                                                               sensitivity=self.sensitivity), self.spec.setting.sparsity)
+        inputs = AllocationInputs(self.loaded, statistics=statistics, sensitivity=self.sensitivity)
+        plan = make_plan(self.allocator.name, inputs, self.spec.setting.sparsity)
         if strategy.plan_from_first_step:
             self._fixed[strategy.name] = plan
         return base.with_plan(self.loaded, plan)

@@ -59,7 +59,8 @@ class RecoverySpec(JobSpec):
     export resolves it: `allocation.setting_plan`), or mask_dir (an exported mask folder), or structured_dir (a
     structured folder saved by `prunescope structured` or its export). The flat dict names the allocation
     "allocator", as recovery specs always stored it (their keys hash that dict).
-    schedule: step-wise sparsities before the final one (e.g. (0.3, 0.5) with sparsity 0.6: prune 30 %, recover, 50 %, recover, 60 %, recover), unstructured only.
+    schedule: step-wise sparsities before the final one (e.g. (0.3, 0.5) with sparsity 0.6: prune 30 %, recover,
+    50 %, recover, 60 %, recover), unstructured only.
     train_corpus: corpus whose calibration split the adapter trains on; train: `TrainConfig` fields.
     rank / alpha / kinds: LoRA rank r, alpha (default 2r), module kinds adapted (default every prunable kind);
     rank_allocation: `ranks.RANK_ALLOCATIONS`; sensitivity_costs: {module name: cost} for "sensitivity".
