@@ -110,7 +110,8 @@ def _mask_folder(loaded, spec: RecoverySpec, protocol: Protocol, store) -> str:
     from pruning_core.protocol import calibration_ids
     from pruning_core.recovery.run import pruned_copy
 
-    folder = store.path.parent / "benchmark-masks" / f"{spec.method}-{spec.sparsity:g}-{loaded.fingerprint}"
+    setting = spec.setting
+    folder = store.path.parent / "benchmark-masks" / f"{setting.method}-{setting.sparsity:g}-{loaded.fingerprint}"
     if not (folder / "manifest.json").exists():
         _, record = pruned_copy(loaded, spec, protocol, calibration_ids(loaded, protocol), store)
         save_masks(record["result"].masks, folder, manifest_info_for(loaded, record["result"], protocol))

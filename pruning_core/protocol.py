@@ -91,21 +91,3 @@ def evaluation_ids(loaded: LoadedModel, corpus: str, protocol: Protocol, column:
 def corpus_key(corpus: str, split: str, column: str | None = None) -> dict:
     """Identity of a corpus split for content hashes (name, split, text sha256)."""
     return data.corpus_identity(corpus, split, column)
-
-
-def spec_fields(cls, d, what: str) -> dict:
-    """The fields of a job spec dataclass `cls` from its dict form: unknown keys refused with the known ones
-    named (`what` says whose settings, e.g. "recovery"), the protocol rebuilt as a `Protocol`.
-
-    One home for what every spec's `from_dict` must check, so a stored job spec fails the same way everywhere.
-    """
-    from dataclasses import fields
-
-    d = dict(d)
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ConfigError(f"Unknown {what} settings {unknown}; known: {', '.join(names)}.")
-    if "protocol" in names:
-        d["protocol"] = Protocol(**(d.get("protocol") or {}))
-    return d

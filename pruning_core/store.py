@@ -331,6 +331,12 @@ class Store:
         ).fetchall()
         return [json.loads(row["payload"]) for row in rows]
 
+    def results_of_kind(self, kind: str) -> list[dict]:
+        """Every stored result payload of `kind` (e.g. "sensitivity_map"), oldest first."""
+        rows = self._conn().execute("SELECT payload FROM results WHERE kind = ? ORDER BY created, rowid",
+                                    (kind,)).fetchall()
+        return [json.loads(row["payload"]) for row in rows]
+
     def put_run(self, key: str, kind: str, spec: dict) -> None:
         """Record a run (a group of points, e.g. one sweep grid) with the spec that defines it; idempotent."""
         with self.transaction() as conn:

@@ -34,17 +34,19 @@ from __future__ import annotations
 import math
 import time
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional
 
 from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
+from pruning_core.allocation.setting_plan import check_setting
 from pruning_core.errors import ConfigError
 from pruning_core.executors.base import ExecutorConfig, WorkerRecipe, load_worker_model, make_executor
 from pruning_core.masks import parse_structure
 from pruning_core.methods import get_method
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, spec_fields
-from pruning_core.walk import PROPAGATIONS
+from pruning_core.protocol import Protocol
+from pruning_core.setting import Setting
+from pruning_core.spec import JobSpec, job_spec
 
 #: A sparsity -> perplexity function (the search's only view of quality; tests inject a synthetic one).
 MeasureFn = Callable[[float], float]
@@ -54,14 +56,15 @@ POINT_KIND = "budget_point"
 RESULT_KIND = "budget_result"
 
 
+@job_spec
 @dataclass(frozen=True)
-class BudgetSpec:
+class BudgetSpec(JobSpec):
     """What to search.
 
     model: model source (as `load_model` takes it). protocol: calibration and evaluation settings.
-    method, allocation: a registered pruning method and allocator (`allocators.ALLOCATORS`).
-    structure: "unstructured" (an N:M structure fixes its own sparsity, so there is nothing to search).
-    propagation: "pruned" (the papers' protocol) or "dense".
+    setting: the method, `allocation` (an allocator of `allocators.ALLOCATORS`), structure ("unstructured": an
+    N:M structure fixes its own sparsity, so there is nothing to search) and propagation ("pruned", the papers'
+    protocol, or "dense") of every step; its sparsity is what the search finds, so it is not read.
     corpus: evaluation corpus of the budget; None = the calibration corpus (its evaluation split).
     max_increase: budget as a relative perplexity increase over dense (0.10 = +10 %), or
     max_ppl: budget as an absolute perplexity; give exactly one.
@@ -72,14 +75,16 @@ class BudgetSpec:
     sensitivity: path of a sensitivity result JSON (`prunescope sensitivity`'s output) for the "sensitivity"
     allocator; None = maps of this model and method found in the store.
     options: allocator options as (name, value) pairs (e.g. (("M", 5.0), ("lambda", 0.08)) for OWL).
+    executor: where the steps are measured (`ExecutorConfig`; not part of any key: it changes no number).
     """
+
+    WHAT = "budget"
+    SETTING_KEYS = {"method": "method", "allocation": "allocation", "structure": "structure",
+                    "propagation": "propagation"}
 
     model: str = "embedded"
     protocol: Protocol = field(default_factory=Protocol)
-    method: str = "wanda"
-    allocation: str = "uniform"
-    structure: str = "unstructured"
-    propagation: str = "pruned"
+    setting: Setting = field(default_factory=lambda: Setting(allocation="uniform"))
     corpus: Optional[str] = None
     max_increase: Optional[float] = None
     max_ppl: Optional[float] = None
@@ -89,6 +94,7 @@ class BudgetSpec:
     high: float = 0.95
     sensitivity: Optional[str] = None
     options: tuple[tuple[str, Any], ...] = ()
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     @property
     def eval_corpus(self) -> str:
@@ -98,13 +104,10 @@ class BudgetSpec:
     def validate(self) -> "BudgetSpec":
         """Check every setting before any work starts; raises ConfigError naming the bad value and the fix."""
         self.protocol.validate()
-        get_method(self.method)
-        get_allocator(self.allocation)
-        if parse_structure(self.structure).is_nm:
-            raise ConfigError(f"Structure '{self.structure}' fixes the sparsity at N:M, so there is no sparsity to "
-                              "search; use 'unstructured' for a budget search.")
-        if self.propagation not in PROPAGATIONS:
-            raise ConfigError(f"Propagation '{self.propagation}' is unknown; use 'pruned' or 'dense'.")
+        check_setting(self.setting)
+        if parse_structure(self.setting.structure).is_nm:
+            raise ConfigError(f"Structure '{self.setting.structure}' fixes the sparsity at N:M, so there is no "
+                              "sparsity to search; use 'unstructured' for a budget search.")
         if (self.max_increase is None) == (self.max_ppl is None):
             raise ConfigError("Give exactly one budget: a relative perplexity increase (e.g. 10%) or an absolute "
                               "perplexity (e.g. 30).")
@@ -120,20 +123,19 @@ class BudgetSpec:
                               f"{self.resolution:g}; make it at least as large.")
         if not 0.0 <= self.low < self.high < 1.0:
             raise ConfigError(f"Bounds {self.low:g}..{self.high:g} must satisfy 0 <= low < high < 1.")
+        self.executor.validate()
         return self
 
-    def to_dict(self) -> dict:
-        return {"model": self.model, "protocol": self.protocol.to_dict(), "method": self.method,
-                "allocation": self.allocation, "structure": self.structure, "propagation": self.propagation,
+    def _flat(self) -> dict:
+        return {"model": self.model, "protocol": self.protocol.to_dict(), **self.setting_dict(),
                 "corpus": self.corpus, "max_increase": self.max_increase, "max_ppl": self.max_ppl,
                 "coarse_step": self.coarse_step, "resolution": self.resolution, "low": self.low,
                 "high": self.high, "sensitivity": self.sensitivity, "options": dict(self.options)}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "BudgetSpec":
-        d = spec_fields(cls, d, "budget")
+    def _from_flat(cls, d: dict) -> dict:
         d["options"] = tuple((d.get("options") or {}).items())
-        return cls(**d)
+        return d
 
     def passes(self, ppl: float, dense_ppl: float) -> bool:
         """Whether perplexity `ppl` is within the budget (a NaN or infinite perplexity never is)."""
@@ -183,7 +185,8 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     perplexity is `measure(0.0)` and nothing is stored.
     sensitivity: a sensitivity result for the "sensitivity" allocator (default: `spec.sensitivity`'s file, else
     maps in `store`).
-    executor: where the points are measured: None or an `ExecutorConfig` of kind "local" (this process), an
+    executor: where the points are measured: None (the spec's `executor`) or an `ExecutorConfig` of kind "local"
+    (this process), an
     `ExecutorConfig` of kind "ray" (Ray workers, each loading `spec.model` itself), or an executor object. With
     W workers each round measures W points together: the coarse phase the next W coarse steps (the first failing
     one ends it), the bisection W cuts of the bracket into W + 1 equal parts on the resolution grid. W = 1 (local)
@@ -209,7 +212,9 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     spec = spec.validate()
     progress = progress or no_progress
     start = time.perf_counter()
-    if executor is None or isinstance(executor, ExecutorConfig):
+    if executor is None:
+        executor = spec.executor
+    if isinstance(executor, ExecutorConfig):
         executor = make_executor(executor)  # a missing Ray fails here, before any work
     width = executor.config.workers if executor.config.kind != "local" else 1
     if measure is None:
@@ -259,7 +264,8 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
         for position, units in enumerate(todo):
             sparsity = round(units * res, 6)
             lo_f, hi_f = fractions(first + position)
-            progress(lo_f, f"step {first + position + 1}: {spec.method} {spec.allocation} at {sparsity:.0%} "
+            progress(lo_f, f"step {first + position + 1}: {spec.setting.method} {spec.setting.allocator_name} at "
+                           f"{sparsity:.0%} "
                            f"({phase})")
             if units == 0:
                 point = {"ppl": dense_ppl, "reused": measurer.dense_reused, "dense": True}
@@ -447,7 +453,7 @@ class BudgetWorker:
     def __init__(self, loaded, spec: BudgetSpec, calib_ids, eval_ids: Mapping, statistics=None):
         self.loaded, self.spec, self.calib_ids, self.eval_ids, self.statistics = (loaded, spec, calib_ids, eval_ids,
                                                                                   statistics)
-        self.method = get_method(spec.method)
+        self.method = get_method(spec.setting.method)
         self._inputs = None
 
     def run(self, task: BudgetPointTask, progress: ProgressFn) -> dict:
@@ -461,7 +467,7 @@ class BudgetWorker:
         prune_progress(0.0, f"{task.label}: pruning")
         if self.method.needs == "none":
             pruned = prune_with_statistics(self.loaded, None, config)
-        elif spec.propagation == "dense":
+        elif spec.setting.propagation == "dense":
             pruned = prune_with_statistics(self.loaded, self.statistics, config)
         else:
             if self._inputs is None:
@@ -498,8 +504,8 @@ class _RealMeasure:
         from pruning_core.protocol import corpus_key
 
         self.loaded, self.spec, self.store, self.progress = loaded, spec, store, progress
-        self.allocator = get_allocator(spec.allocation)
-        self.method = get_method(spec.method)
+        self.allocator = get_allocator(spec.setting.allocator_name)
+        self.method = get_method(spec.setting.method)
         self.eval_ids = evaluate.evaluation_windows(loaded, spec.protocol, [spec.eval_corpus])
         self.windows = int(self.eval_ids[spec.eval_corpus].shape[0])
         self.calib_identity = corpus_key(spec.protocol.calib, "calibration", spec.protocol.calib_column)
@@ -541,7 +547,7 @@ class _RealMeasure:
         statistics = self.statistics("act_sq", progress) if self.allocator.needs == "act_sq" else None
         inputs = AllocationInputs(self.loaded, statistics=statistics, sensitivity=self.sensitivity,
                                   options=dict(self.spec.options))
-        return make_plan(self.spec.allocation, inputs, sparsity)
+        return make_plan(self.spec.setting.allocator_name, inputs, sparsity)
 
     # -------------------------------------------------------------------------------------- measuring
 
@@ -569,11 +575,9 @@ class _RealMeasure:
     def prepare(self, sparsity: float, progress: ProgressFn) -> tuple[Optional[dict], Optional[BudgetPointTask]]:
         """(the stored point, None) when the store has it, else (None, the task that measures it). The plan is
         made here, on the driver, and so are the dense statistics a ``dense`` propagation prunes from."""
-        from pruning_core.prune import PruneConfig
-
         spec = self.spec
         plan = self.plan(sparsity, sub_progress(progress, 0.0, 0.3))
-        config = PruneConfig(spec.method, spec.structure, sparsity, spec.propagation).with_plan(self.loaded, plan)
+        config = replace(spec.setting, sparsity=sparsity).prune_config().with_plan(self.loaded, plan)
         key = None
         if self.store is not None:
             from pruning_core.store import content_hash
@@ -583,16 +587,17 @@ class _RealMeasure:
             if stored is not None:
                 self.store.put_result(key, POINT_KIND, stored, run_key=self.run_key)  # link it to this run too
                 return {**stored, "reused": True}, None
-        if self.method.needs != "none" and spec.propagation == "dense":
+        if self.method.needs != "none" and spec.setting.propagation == "dense":
             self.statistics(self.method.needs, sub_progress(progress, 0.3, 0.7))
-        return None, BudgetPointTask(sparsity, config, f"{spec.method} {spec.allocation} {sparsity:.0%}", key)
+        label = f"{spec.setting.method} {spec.setting.allocator_name} {sparsity:.0%}"
+        return None, BudgetPointTask(sparsity, config, label, key)
 
     def _pruning_inputs(self) -> tuple[Any, Any]:
         """(calibration windows, dense statistics) the workers prune from: each only where a point needs it."""
         needs_data = self.method.needs != "none"
-        calib_ids = self.calib_ids() if needs_data and self.spec.propagation == "pruned" else None
+        calib_ids = self.calib_ids() if needs_data and self.spec.setting.propagation == "pruned" else None
         statistics = (self.statistics(self.method.needs, no_progress)
-                      if needs_data and self.spec.propagation == "dense" else None)
+                      if needs_data and self.spec.setting.propagation == "dense" else None)
         return calib_ids, statistics
 
     def recipe(self) -> WorkerRecipe:
@@ -618,13 +623,14 @@ class _RealMeasure:
     def protocol(self) -> dict:
         from pruning_core import evaluate
 
-        return evaluate.protocol_record(self.spec.protocol, self.eval_ids, propagation=self.spec.propagation,
+        return evaluate.protocol_record(self.spec.protocol, self.eval_ids,
+                                        propagation=self.spec.setting.propagation,
                                         calib_dtype=self._calib_dtype())
 
     def _calib_dtype(self) -> str:
         from pruning_core.prune import default_calib_dtype
 
-        return default_calib_dtype(self.spec.propagation, self.method.name)
+        return default_calib_dtype(self.spec.setting.propagation, self.method.name)
 
     def finish(self, result: dict) -> None:
         result["model"] = self.loaded.describe()
@@ -664,13 +670,9 @@ def load_sensitivity(path: Optional[str], store, loaded, method: str) -> Optiona
         return {**document, "source": str(file)}
     if store is None:
         return None
-    import json
-
-    rows = store.execute("SELECT payload FROM results WHERE kind = 'sensitivity_map' ORDER BY created")
     layers = len(loaded.adapter.decoder_layers(loaded.model))
     newest: dict[tuple[str, float], dict] = {}
-    for row in rows:
-        document = json.loads(row["payload"])
+    for document in store.results_of_kind("sensitivity_map"):
         if ((document.get("model") or {}).get("fingerprint") != loaded.fingerprint
                 or document.get("method") != method or len(document.get("layers") or ()) != layers):
             continue  # another model or method, or a map of some layers only (the allocator needs every layer)
@@ -685,13 +687,13 @@ def run_budget_job(spec: dict, store, progress: ProgressFn) -> dict:
     """Job entry (`jobs.JOB_KINDS["budget"]`): `spec` is `BudgetSpec.to_dict()`. Every measured step goes to
     `store` as it finishes, so a cancelled or killed job resumes without re-measuring. Returns the search result.
 
-    Where the points are measured comes from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS
-    (`ExecutorConfig.from_env`; unset = this process): they change no number, so they are not in `spec`."""
+    Where the points are measured is the spec's `executor` (absent = this process): it changes no number, so
+    it is in no key."""
     from pruning_core.models import load_model
 
     budget = BudgetSpec.from_dict(spec).validate()
     progress(0.0, f"loading the model ({budget.model})")
-    executor = make_executor(ExecutorConfig.from_env())  # a missing Ray fails here, before the model loads
+    executor = make_executor(budget.executor)  # a missing Ray fails here, before the model loads
     loaded = load_model(budget.model)
     return search_budget(loaded, budget, store=store, progress=progress, executor=executor)
 

@@ -427,7 +427,7 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     cached in `store`) and the windows each split really holds, so one job gets one duration everywhere.
     device: where a sweep computes (None = the CPU): on a GPU the throughput is that GPU's, measured once with
     the layer offload and cached. workers: the executor's parallel workers for a sweep's points or a map's exact
-    rows (None = what the job's environment names, `ExecutorConfig.from_env`: 1 for the local executor).
+    rows (None = what the spec's "executor" names: 1 for the local executor, the default).
     measure=False: None instead of timing model forwards when this machine's throughput is not stored yet.
     """
     from pruning_core.analysis.sweep import SweepSpec
@@ -446,10 +446,10 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     rate = measure_throughput(loaded, protocol.seqlen, protocol.dtype, store, offload, measure=measure)
     if rate is None:
         return None
-    if workers is None and kind in ("sweep", "sensitivity"):  # jobs run on the executor their environment names
+    if workers is None and kind in ("sweep", "sensitivity"):  # jobs run on the executor their spec names
         from pruning_core.executors.base import ExecutorConfig
 
-        executor = ExecutorConfig.from_env()
+        executor = ExecutorConfig.from_dict(spec.get("executor") or {})
         workers = int(executor.workers) if executor.kind == "ray" else 1
     workers = int(workers or 1)
     if kind == "sensitivity":
@@ -461,10 +461,13 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     if kind == "sweep":
         sweep = SweepSpec.from_dict(spec)
     else:
-        sweep = SweepSpec(model=spec.get("model", "embedded"), methods=(spec["method"],),
-                          structures=(spec["structure"],), sparsities=(float(spec["sparsity"]),),
+        from pruning_core.analysis.whatif import WhatIfSpec
+
+        setting = WhatIfSpec.from_dict(spec).setting  # a what-if is a sweep of its one setting
+        sweep = SweepSpec(model=spec.get("model", "embedded"), methods=(setting.method,),
+                          structures=(setting.structure,), sparsities=(float(setting.sparsity),),
                           eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol,
-                          propagation=spec.get("propagation") or "pruned")
+                          propagation=setting.propagation or "pruned")
     windows = evaluation_windows_used(loaded, sweep.eval_corpora, protocol, store)
     stored_statistics, stored_maps = _stored_plan_inputs(loaded, sweep, store, offload)
     available = None

@@ -28,7 +28,7 @@ from pruning_core.analysis.sensitivity import (
     agreement,
     compute_sensitivity,
 )
-from pruning_core.executors.base import ExecutorConfig, make_executor
+from pruning_core.executors.base import make_executor
 from pruning_core.store import content_hash
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -106,12 +106,11 @@ def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:
     Maps go to `store` as they finish, so a cancelled or killed job resumes at map granularity (exact maps at
     row granularity).
 
-    Where the exact rows run comes from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS
-    (`ExecutorConfig.from_env`; unset = this process): they change no number, so they are not in `spec`
-    and never in a job or map key.
+    Where the exact rows run is the spec's "executor" (absent = this process): it changes no number, so it is
+    never in a map key.
     """
     job = SensitivitySpec.from_dict(spec).validate()
-    executor = make_executor(ExecutorConfig.from_env())  # a bad setting or a missing Ray fails before the load
+    executor = make_executor(job.executor)  # a bad setting or a missing Ray fails before the load
     progress(0.0, f"loading the model ({job.model})")  # seconds to minutes: say so, not "starting"
     loaded = load_model(job.model)
     if job.metrics == (REFINE,):
@@ -125,7 +124,7 @@ def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:
 
 def live_views_key(spec: dict) -> str:
     """Store key of the views a running refinement job has shown so far (see `live_views`)."""
-    return content_hash({"sensitivity_views_of": SensitivitySpec.from_dict(spec).to_dict()})
+    return content_hash({"sensitivity_views_of": SensitivitySpec.from_dict(spec).identity()})
 
 
 def live_views(spec: dict, store) -> list[dict]:

@@ -46,6 +46,7 @@ from pruning_core.metrics import EVAL_DTYPES, autocast_for, nll_from_hidden
 from pruning_core.models import LoadedModel, is_transposed, to_native, weight_matrix
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
+from pruning_core.spec import JobSpec
 from pruning_core.walk import LayerInputs, batches_of, capture_layer_inputs, run_layer
 
 METRICS = ("exact", "fisher", "reconstruction", "taylor")
@@ -797,12 +798,16 @@ def _exact_rows_on_executor(executor, recipe: WorkerRecipe, requests: Sequence[_
 
 
 @dataclass(frozen=True)
-class SensitivitySpec:
+class SensitivitySpec(JobSpec):
     """One sensitivity-map request (the job spec of `run_sensitivity_job`). Sparsities are fractions, in the
     order the maps are made (the first is the CLI's sensitivity.json).
 
-    dtype: compute dtype of the exact probes (None = the protocol's); layers: decoder layers to map (None = all).
+    method: the method each module is pruned with (unstructured; a map spans sparsities, so it has no single
+    `Setting`). dtype: compute dtype of the exact probes (None = the protocol's); layers: decoder layers to map
+    (None = all). executor: where the exact rows run (`ExecutorConfig`; in no key: it changes no number).
     """
+
+    WHAT = "sensitivity"
 
     model: str = "embedded"
     protocol: Protocol = field(default_factory=Protocol)
@@ -812,6 +817,7 @@ class SensitivitySpec:
     probe_windows: int = 8
     dtype: str | None = None
     layers: tuple[int, ...] | None = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def validate(self) -> "SensitivitySpec":
         """Check every setting before any work starts; raises ConfigError naming the problem and the fix."""
@@ -829,9 +835,10 @@ class SensitivitySpec:
             raise ConfigError(f"probe_windows must be a positive integer, got {self.probe_windows}.")
         if self.dtype is not None and self.dtype not in EVAL_DTYPES:
             raise ConfigError(f"Probe dtype '{self.dtype}' is unknown; use one of {', '.join(EVAL_DTYPES)}.")
+        self.executor.validate()
         return self
 
-    def to_dict(self) -> dict:
+    def _flat(self) -> dict:
         """JSON-able dict; optional fields left unset are omitted (so the job key of a plain map stays short)."""
         d = {"model": self.model, "protocol": self.protocol.to_dict(), "method": get_method(self.method).name,
              "sparsities": [float(s) for s in self.sparsities], "metrics": list(self.metrics),
@@ -853,6 +860,7 @@ class SensitivitySpec:
         if unknown:
             raise ConfigError(f"Unknown sensitivity settings {unknown}; known: {', '.join(sorted(names))}.")
         d["protocol"] = Protocol(**d["protocol"])
+        d["executor"] = ExecutorConfig.from_dict(d.get("executor") or {})
         d["sparsities"] = tuple(float(s) for s in d["sparsities"])
         d["metrics"] = tuple(m.strip().lower() for m in (d.get("metrics") or METRICS))
         if d.get("layers") is not None:

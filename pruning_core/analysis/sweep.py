@@ -43,6 +43,7 @@ from pruning_core.methods import METHODS, strongest_need
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol, calibration_ids, corpus_key
+from pruning_core.spec import JobSpec
 from pruning_core.provenance import environment, library_versions
 from pruning_core.prune import PruneConfig, prune_model, prune_settings, prune_with_statistics
 from pruning_core.statistics_cache import cached_statistics
@@ -50,14 +51,19 @@ from pruning_core.walk import PROPAGATIONS, capture_layer_inputs
 
 
 @dataclass(frozen=True)
-class SweepSpec:
-    """What to sweep. N:M structures appear once per method (their sparsity is fixed by N:M).
+class SweepSpec(JobSpec):
+    """What to sweep: a grid of settings (methods x structures x sparsities x allocations, one propagation), so
+    its axes are plural where a `Setting` names one value. N:M structures appear once per method (their
+    sparsity is fixed by N:M).
 
     allocations: allocator names (`ALLOCATORS`) applied to every unstructured (method, sparsity); N:M
     structures use "uniform" only. sensitivity_sparsities: sparsities of the sensitivity map the
     "sensitivity" allocator reads when none is given to `run_sweep` (empty = the sweep's own sparsities, at
     least two: 0.5 and 0.7 are added while fewer); the map is the exact one, reused from the store.
+    executor: where the points are computed (`ExecutorConfig`; in no key: it changes no number).
     """
+
+    WHAT = "sweep"
 
     model: str = "embedded"
     methods: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
@@ -68,6 +74,7 @@ class SweepSpec:
     protocol: Protocol = field(default_factory=Protocol)
     allocations: tuple[str, ...] = ("uniform",)
     sensitivity_sparsities: tuple[float, ...] = ()
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def validate(self) -> "SweepSpec":
         """Check every setting before any work starts (so bad input costs nothing)."""
@@ -86,6 +93,7 @@ class SweepSpec:
         if len(set(names)) != len(names):
             raise ConfigError(f"Allocation listed twice in {', '.join(self.allocations)}; give each once.")
         self.protocol.validate()
+        self.executor.validate()
         self.settings()
         return self
 
@@ -107,10 +115,11 @@ class SweepSpec:
                 chosen = sorted(chosen + [extra])
         return tuple(chosen)
 
-    def to_dict(self) -> dict:
+    def _flat(self) -> dict:
         """JSON-able dict. Allocation fields at their defaults are left out, so a sweep made before
         allocations existed keeps its run key (and its stored run)."""
         out = asdict(self)
+        out.pop("executor")
         if tuple(self.allocations) == ("uniform",):
             out.pop("allocations")
         if not self.sensitivity_sparsities:
@@ -118,13 +127,11 @@ class SweepSpec:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SweepSpec":
-        d = dict(d)
-        d["protocol"] = Protocol(**d.get("protocol", {}))
+    def _from_flat(cls, d: dict) -> dict:
         for key in ("methods", "structures", "sparsities", "eval_corpora", "allocations", "sensitivity_sparsities"):
             if key in d:
                 d[key] = tuple(d[key])
-        return cls(**d)
+        return d
 
 
 def point_key(fingerprint: str, calib: dict, protocol: Protocol, config: PruneConfig, evals: dict,
@@ -270,8 +277,8 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     `store` (a `pruning_core.store.Store`) makes points durable and resumable; `on_point` sees each point.
     sensitivity: for the "sensitivity" allocation, a `compute_sensitivity` result (or {method: result});
     without one the exact map at `spec.map_sparsities()` is computed once per method (reused from `store`).
-    executor: where the missing points are computed: None or an `ExecutorConfig` of kind "local" (this
-    process, in grid order), an `ExecutorConfig` of kind "ray" (Ray workers, each loading `spec.model`
+    executor: where the missing points are computed: None (the spec's `executor`), an `ExecutorConfig` of kind
+    "local" (this process, in grid order), an `ExecutorConfig` of kind "ray" (Ray workers, each loading `spec.model`
     itself), or an executor object. Results and store keys do not depend on it; this driver alone reads and
     writes `store`, so runs on different executors resume each other's points.
     device: where pruning and evaluation compute ("cpu", "cuda", "cuda:N", "auto" or a torch.device; None = the
@@ -284,10 +291,13 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     device = resolve_device(str(device)) if device is not None else torch.device("cpu")
     offload = offload_for(device)
     device_kind = device_key(offload)
-    if offload is not None and executor.config.kind == "ray" and not executor.config.gpus_per_task > 0:
+    if executor is None:
+        executor = spec.executor
+    config = executor if isinstance(executor, ExecutorConfig) else executor.config
+    if offload is not None and config.kind == "ray" and not config.gpus_per_task > 0:
         raise ConfigError(f"Ray workers compute on {device} only if each reserves a GPU; give the executor "
                           "gpus_per_task=1 (the CLI does so for --device cuda), or use --device cpu.")
-    if executor is None or isinstance(executor, ExecutorConfig):
+    if isinstance(executor, ExecutorConfig):
         executor = make_executor(executor)  # a missing Ray fails here, before any work
     protocol = spec.protocol
     load_seconds = 0.0
@@ -315,7 +325,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     }
     run_key = None
     if store is not None:
-        run_key = content_hash({"sweep": spec.to_dict(), "model": loaded.fingerprint})
+        run_key = content_hash({"sweep": spec.identity(), "model": loaded.fingerprint})
         store.put_run(run_key, "sweep", spec.to_dict())
 
     # Dense reference perplexities: measured once per model and corpus, then reused from the store.
@@ -449,8 +459,7 @@ def run_sweep_job(spec: dict, store, progress: ProgressFn) -> dict:
     """Job entry (`jobs.JOB_KINDS["sweep"]`): `spec` is `SweepSpec.to_dict()`; points go to `store` as they
     finish, so a cancelled or killed job resumes where it stopped. Returns the results.json document.
 
-    Where the points run comes from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS
-    (`ExecutorConfig.from_env`; unset = this process): they change no number, so they are not in `spec`
-    and never in a job or point key.
+    Where the points run is the spec's "executor" (absent = this process): it changes no number, so it is in
+    no run or point key.
     """
-    return run_sweep(SweepSpec.from_dict(spec), store=store, progress=progress, executor=ExecutorConfig.from_env())
+    return run_sweep(SweepSpec.from_dict(spec), store=store, progress=progress)

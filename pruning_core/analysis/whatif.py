@@ -12,97 +12,94 @@ gains, so the What-if page, the Summary and the report word a setting the same w
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
 
 from pruning_core import claims, evaluate
+from pruning_core.allocation.setting_plan import setting_config
 from pruning_core.plan import SparsityPlan
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, calibration_ids, spec_fields
+from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.prune import PruneConfig, prune_model
+from pruning_core.setting import Setting
+from pruning_core.spec import JobSpec, job_spec
 
 
+@job_spec
 @dataclass(frozen=True)
-class WhatIfSpec:
+class WhatIfSpec(JobSpec):
     """One what-if setting (the job spec of `run_whatif_job`). Sparsities are fractions.
 
-    layer_sparsity: optional {decoder layer: sparsity} overrides (unstructured only).
-    plan: optional sparsity plan in dict form (`SparsityPlan.to_dict()`: per layer x module kind, e.g. an
-    allocator's plan as edited on the What-if page); it decides every module's sparsity, and the result's
-    `sparsity` is what the masks measure. Exclusive with `layer_sparsity`.
+    setting: what to prune with (`Setting`: method, structure, sparsity, propagation, and either per-layer
+    overrides `layer_sparsity` {decoder layer: sparsity} (unstructured only) or a sparsity `plan` in dict form
+    (`SparsityPlan.to_dict()`: per layer x module kind, e.g. an allocator's plan as edited on the What-if page),
+    which decides every module's sparsity; the result's `sparsity` is then what the masks measure).
     eval_corpora: corpora to evaluate (default: the calibration corpus's evaluation split).
     model_identity: the dashboard's record of the model file (path, size, mtime), so a changed file gets a new
     job key; not used by the computation.
     """
 
+    WHAT = "what-if"
+    SETTING_KEYS = {"method": "method", "structure": "structure", "sparsity": "sparsity",
+                    "layer_sparsity": "layer_sparsity", "propagation": "propagation", "plan": "plan"}
+
     model: str = "embedded"
     protocol: Protocol = field(default_factory=Protocol)
-    method: str = "wanda"
-    structure: str = "unstructured"
-    sparsity: float = 0.5
-    layer_sparsity: Optional[dict[int, float]] = None
+    setting: Setting = field(default_factory=Setting)
     eval_corpora: tuple[str, ...] = ()
-    propagation: str = "pruned"
     prompt: str = ""
     max_new_tokens: int = 40
     model_identity: Optional[dict] = None
-    plan: Optional[dict] = None
 
     @property
     def corpora(self) -> tuple[str, ...]:
         return tuple(self.eval_corpora) or (self.protocol.calib,)
 
     def config(self) -> PruneConfig:
-        """The validated pruning setting."""
-        config = PruneConfig(method=self.method, structure=self.structure, sparsity=float(self.sparsity),
-                             propagation=self.propagation, layer_sparsity=self.layer_sparsity or None).validate()
-        if config.structure_spec.is_nm and config.layer_sparsity:
-            raise ConfigError("Per-layer sparsities apply to unstructured pruning only; N:M fixes the sparsity. "
-                              "Clear the per-layer table or choose 'unstructured'.")
-        if self.plan is not None and config.layer_sparsity:
-            raise ConfigError("Give either a sparsity plan or per-layer sparsities, not both; edit the plan instead.")
-        return config
+        """The validated pruning setting (without the plan, which needs the model: `config_for`)."""
+        return setting_config(self.setting)
 
     def sparsity_plan(self) -> Optional[SparsityPlan]:
         """The plan of this setting (`plan` read back), or None for a uniform or per-layer setting."""
-        return SparsityPlan.from_dict(self.plan) if self.plan is not None else None
+        return self.setting.sparsity_plan()
 
     def config_for(self, loaded: LoadedModel) -> PruneConfig:
         """The pruning setting for `loaded`: `config()`, with the plan applied (checked against the model's
         layers and module kinds, `sparsity` set to the plan's global sparsity by parameters) when there is one."""
-        config = self.config()
-        plan = self.sparsity_plan()
-        return config.with_plan(loaded, plan) if plan is not None else config
+        return setting_config(self.setting, loaded)
 
     def validate(self) -> "WhatIfSpec":
         """Check every setting before any work starts; raises ConfigError naming the problem."""
         self.protocol.validate()
-        self.config()
-        self.sparsity_plan()  # a malformed table fails here, before any work
+        if self.setting.allocation is not None:
+            raise ConfigError("A what-if prunes with one setting or plan; give the allocator's plan, not its name.")
+        self.config()  # a malformed plan table fails here too, before any work
         if int(self.max_new_tokens) < 0:
             raise ConfigError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens}.")
         return self
 
-    def to_dict(self) -> dict:
-        """JSON-able dict (layer keys as strings); `from_dict` reads it back."""
-        d = asdict(self)
-        d["layer_sparsity"] = {str(k): float(v) for k, v in (self.layer_sparsity or {}).items()}
-        d["eval_corpora"] = list(self.eval_corpora)
-        if self.plan is None:  # specs without a plan keep the job keys they had before plans existed
+    def _flat(self) -> dict:
+        """The flat dict (layer keys as strings); a spec without a plan has no "plan" key, as before plans
+        existed, so its job key is unchanged."""
+        d = {"model": self.model, "protocol": self.protocol.to_dict(), **self.setting_dict(),
+             "eval_corpora": list(self.eval_corpora), "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
+             "model_identity": copy.deepcopy(self.model_identity)}
+        d["layer_sparsity"] = {str(k): float(v) for k, v in (self.setting.layer_sparsity or {}).items()}
+        if self.setting.plan is None:
             d.pop("plan")
+        else:
+            d["plan"] = copy.deepcopy(self.setting.plan)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WhatIfSpec":
-        d = spec_fields(cls, d, "what-if")
-        raw = d.get("layer_sparsity") or {}
-        d["layer_sparsity"] = {int(k): float(v) for k, v in raw.items() if v is not None} or None
+    def _from_flat(cls, d: dict) -> dict:
         d["eval_corpora"] = tuple(d.get("eval_corpora") or ())
-        return cls(**d)
+        return d
 
 
 def per_layer_sparsity(loaded: LoadedModel, masks: dict[str, torch.Tensor]) -> list[float]:

@@ -3,7 +3,7 @@
 `sensitivity` runs as a recorded job in this process (`JobRunner.run_inline`), so a map computed from the
 CLI shows up in the dashboard's job list and its maps are reused from the store. `--executor ray
 [--ray-address ADDR] [--workers N]` computes the exact rows on Ray workers (same numbers, same store keys);
-the job reads these settings as a job worker would (`ExecutorConfig.from_env`), and this process still owns
+the job carries them in its spec (its "executor"), as a job worker reads them, and this process still owns
 the store.
 """
 
@@ -18,7 +18,6 @@ from pruning_core.cli.common import (
     add_executor_args,
     add_protocol_args,
     executor_config_from_args,
-    executor_environment,
     prepare_out_dir,
     protocol_from_args,
     write_json,
@@ -120,7 +119,8 @@ def cmd_sensitivity(args) -> int:
             raise ConfigError(f"--layers '{args.layers}' must be comma-separated integers such as 0,1,2.") from None
     job = SensitivitySpec(model=args.model, protocol=protocol, method=args.method.strip().lower(),
                           sparsities=tuple(sparsities or [0.5]), metrics=_metrics(args.metric),
-                          probe_windows=args.probe_windows, dtype=args.probe_dtype or None, layers=layers)
+                          probe_windows=args.probe_windows, dtype=args.probe_dtype or None, layers=layers,
+                          executor=executor)
     if args.probe_windows < 1:
         raise ConfigError(f"--probe-windows must be a positive integer, got {args.probe_windows}.")
     spec = job.validate().to_dict()
@@ -130,8 +130,7 @@ def cmd_sensitivity(args) -> int:
     progress = ConsoleProgress()
     if job.metrics == (REFINE,):
         progress = _ViewWriter(spec, runner.store, out / "sensitivity.json", progress)
-    with executor_environment(executor):
-        result = runner.run_inline("sensitivity", spec, progress)
+    result = runner.run_inline("sensitivity", spec, progress)  # the spec says where the exact rows run
     # The refinement's final view (the exact map with its agreement), else the first map asked for.
     first = result["views"][0] if result.get("views") else result["maps"][0]
     write_json(out / "sensitivity.json", first)

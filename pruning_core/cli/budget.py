@@ -14,7 +14,6 @@ from pruning_core.cli.common import (
     add_executor_args,
     add_protocol_args,
     executor_config_from_args,
-    executor_environment,
     prepare_out_dir,
     protocol_from_args,
     write_json,
@@ -57,30 +56,30 @@ def cmd_budget(args) -> int:
             raise ConfigError(f"--sensitivity '{sensitivity}' is not a file; give the sensitivity_all.json that "
                               "`prunescope sensitivity` wrote.")
         sensitivity = str(path.resolve())  # the job may run in another folder
+    from pruning_core.executors.base import make_executor
+    from pruning_core.setting import Setting
+
     methods = [m.strip().lower() for m in args.method.split(",") if m.strip()]
     allocations = [a.strip().lower() for a in args.allocation.split(",") if a.strip()]
+    executor = executor_config_from_args(args)
     specs = [BudgetSpec(
-        model=args.model, protocol=protocol_from_args(args), method=method, allocation=allocation,
-        propagation=args.propagation, corpus=args.corpus,
+        model=args.model, protocol=protocol_from_args(args),
+        setting=Setting(method=method, allocation=allocation, propagation=args.propagation), corpus=args.corpus,
         max_increase=None if args.max_increase is None else parse_fraction(args.max_increase, "--max-increase"),
         max_ppl=args.max_ppl, coarse_step=parse_fraction(args.coarse_step, "--coarse-step"),
         resolution=parse_fraction(args.resolution, "--resolution"), low=parse_fraction(args.low, "--low"),
-        high=parse_fraction(args.high, "--high"), sensitivity=sensitivity,
+        high=parse_fraction(args.high, "--high"), sensitivity=sensitivity, executor=executor,
     ).validate() for method in methods for allocation in allocations]  # every spec checked before any runs
     if not specs:
         raise ConfigError("Give at least one --method and one --allocation.")
-    from pruning_core.executors.base import make_executor
-
-    executor = executor_config_from_args(args)
     make_executor(executor)  # a missing Ray fails here, before any search
     out = prepare_out_dir(args.out)
     start = time.perf_counter()
     runner = JobRunner()
     results = []
     for spec in specs:
-        print(f"== {spec.method} / {spec.allocation}")
-        with executor_environment(executor):  # the job reads where to measure from the environment
-            result = runner.run_inline("budget", spec.to_dict(), ConsoleProgress())
+        print(f"== {spec.setting.method} / {spec.setting.allocation}")
+        result = runner.run_inline("budget", spec.to_dict(), ConsoleProgress())  # the spec says where to measure
         _print_budget(result)
         results.append(result)
     # One search: budget.json is its result (as before); several: {"searches": [...]} in the order asked.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -131,45 +129,31 @@ def load_model_from_args(args, progress=None):
 
 def add_executor_args(parser: argparse.ArgumentParser, work: str = "points") -> None:
     """--executor, --ray-address, --workers: where the command's units of `work` are computed (the numbers
-    and store keys do not depend on it)."""
-    parser.add_argument("--executor", default="local", choices=["local", "ray"],
-                        help=f"where {work} are computed: local (this process, default) or ray (parallel Ray "
-                             "workers, needs pip install '.[ray]')")
+    and store keys do not depend on it). Unset flags default to PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS /
+    PRUNESCOPE_WORKERS (`ExecutorConfig.from_env`), then to local: the environment is read here only."""
+    parser.add_argument("--executor", default=None, choices=["local", "ray"],
+                        help=f"where {work} are computed: local (this process) or ray (parallel Ray workers, needs "
+                             "pip install '.[ray]'); default $PRUNESCOPE_EXECUTOR, else local")
     parser.add_argument("--ray-address", default=None, metavar="ADDR",
-                        help="Ray cluster to join (e.g. auto, ray://head:10001); default: start Ray on this machine")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="Ray workers, each holding one copy of the model (default 2)")
+                        help="Ray cluster to join (e.g. auto, ray://head:10001); default $PRUNESCOPE_RAY_ADDRESS, "
+                             "else start Ray on this machine")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Ray workers, each holding one copy of the model (default $PRUNESCOPE_WORKERS, else 2)")
 
 
 def executor_config_from_args(args):
-    """The validated `ExecutorConfig` of --executor/--ray-address/--workers. Ray workers load the model
-    themselves, without remote code, so --trust-remote-code with Ray is refused in one sentence."""
+    """The validated `ExecutorConfig` of --executor/--ray-address/--workers, unset flags taken from the
+    environment (`ExecutorConfig.from_env`). Ray workers load the model themselves, without remote code, so
+    --trust-remote-code with Ray is refused in one sentence."""
     from pruning_core.executors.base import ExecutorConfig
 
-    if args.executor == "ray" and getattr(args, "trust_remote_code", False):
+    env = ExecutorConfig.from_env()
+    kind = args.executor or env.kind
+    address = args.ray_address if args.ray_address is not None else env.address if kind == "ray" else None
+    workers = args.workers if args.workers is not None else env.workers
+    if kind == "ray" and getattr(args, "trust_remote_code", False):
         raise ConfigError("Ray workers load the model without remote code; drop --trust-remote-code or use "
                           "--executor local.")
     # A command computing on a GPU (--device cuda) gives each Ray worker one GPU of its own.
-    gpus = 1.0 if args.executor == "ray" and device_from_args(args).type == "cuda" else 0.0
-    return ExecutorConfig(kind=args.executor, address=args.ray_address, workers=args.workers,
-                          gpus_per_task=gpus).validate()
-
-
-@contextlib.contextmanager
-def executor_environment(config):
-    """Within the block, the executor settings a job reads (`ExecutorConfig.from_env`) are `config`'s, so a
-    job run in this process (`JobRunner.run_inline`) computes where the command's flags say; restored after.
-    They stay out of the job's spec: where work runs changes no number and no key."""
-    from pruning_core.executors.base import ENV_EXECUTOR, ENV_RAY_ADDRESS, ENV_WORKERS
-
-    values = {ENV_EXECUTOR: config.kind, ENV_RAY_ADDRESS: config.address or "", ENV_WORKERS: str(config.workers)}
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    gpus = 1.0 if kind == "ray" and device_from_args(args).type == "cuda" else 0.0
+    return ExecutorConfig(kind=kind, address=address, workers=workers, gpus_per_task=gpus).validate()

@@ -58,7 +58,7 @@ def cmd_continual(args) -> int:
     if args.adapters:
         from pruning_core.cli.continual_adapters import cmd_continual_adapters
 
-        if args.executor != "local":
+        if executor_config_from_args(args).kind != "local":
             from pruning_core.errors import ConfigError
 
             raise ConfigError("--adapters trains in this process; drop --executor ray (it runs the pruning "
@@ -70,13 +70,16 @@ def cmd_continual(args) -> int:
 
     protocol = Protocol(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, eval_windows=args.eval_windows,
                         dtype=args.dtype, batch_size=args.batch_size)
-    spec = ContinualSpec(model=args.model, protocol=protocol, domains=_csv(args.domains), method=args.method,
-                         sparsity=args.sparsity, structure=args.structure, allocation=args.allocation,
-                         sensitivity=args.sensitivity, strategies=_csv(args.strategies)).validate()
     from pruning_core.executors.base import make_executor
+    from pruning_core.setting import Setting
 
+    setting = Setting(method=args.method, sparsity=args.sparsity, structure=args.structure, propagation="dense",
+                      allocation=args.allocation)
+    spec = ContinualSpec(model=args.model, protocol=protocol, domains=_csv(args.domains), setting=setting,
+                         sensitivity=args.sensitivity, strategies=_csv(args.strategies),
+                         executor=executor_config_from_args(args)).validate()
     # Checked (and Ray imported) before the model loads, so a missing Ray costs nothing.
-    executor = make_executor(executor_config_from_args(args))
+    executor = make_executor(spec.executor)
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     out = prepare_out_dir(args.out)

@@ -14,13 +14,14 @@ from pruning_core.cli.common import ConsoleProgress, _csv, load_model_from_args,
 def cmd_continual_adapters(args) -> int:
     from pruning_core.continual.adapters import ContinualAdaptersSpec, run_continual_adapters
     from pruning_core.protocol import Protocol
+    from pruning_core.setting import Setting
 
     protocol = Protocol(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, eval_windows=args.eval_windows,
                         dtype=args.dtype, batch_size=args.batch_size)
     train = {"steps": args.train_steps, "seqlen": args.seqlen, "seed": args.seed, "dtype": args.dtype}
-    spec = ContinualAdaptersSpec(model=args.model, protocol=protocol, domains=_csv(args.domains), method=args.method,
-                                 sparsity=args.sparsity, structure=args.structure, train=train, rank=args.rank,
-                                 replay=args.replay, router=args.router).validate()
+    setting = Setting(method=args.method, sparsity=args.sparsity, structure=args.structure)
+    spec = ContinualAdaptersSpec(model=args.model, protocol=protocol, domains=_csv(args.domains), setting=setting,
+                                 train=train, rank=args.rank, replay=args.replay, router=args.router).validate()
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     out = prepare_out_dir(args.out)

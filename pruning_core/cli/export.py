@@ -65,20 +65,25 @@ def cmd_export(args) -> int:
     from pruning_core.outputs.lm_eval_bridge import parse_tasks
 
     allocator, plan = _plan_choice(args)  # bad plan input fails before the model is loaded
-    options = ExportOptions(
-        method=args.method, structure=args.structure, sparsity=0.5 if args.sparsity is None else args.sparsity,
-        propagation=args.propagation, plan=plan, allocator=None if allocator == "sensitivity" else allocator,
-        eval_corpora=_csv(args.eval), prompts=tuple(args.prompt) if args.prompt else DEFAULT_PROMPTS,
+    from pruning_core.allocation.setting_plan import check_setting
+    from pruning_core.setting import Setting
+
+    setting = Setting(method=args.method, structure=args.structure,
+                      sparsity=0.5 if args.sparsity is None else args.sparsity, propagation=args.propagation,
+                      plan=plan, allocation=None if allocator == "sensitivity" else allocator)
+    check_setting(setting)  # a bad setting fails before the model is loaded
+    options = ExportOptions.for_setting(
+        setting, eval_corpora=_csv(args.eval), prompts=tuple(args.prompt) if args.prompt else DEFAULT_PROMPTS,
         max_new_tokens=args.max_new_tokens, curve_sparsities=_floats(args.curve_sparsities),
         heatmap=not args.no_heatmap, save_model=args.save_model, recipe=args.recipe,
         lm_eval_tasks=tuple(parse_tasks(args.lm_eval)) if args.lm_eval.strip() else (),
         lm_eval_limit=args.lm_eval_limit, pdf=args.pdf)
     if options.lm_eval_limit is not None and options.lm_eval_limit < 1:
         raise ConfigError("--lm-eval-limit must be a positive number of documents.")
+    if not options.eval_corpora:
+        raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
     from pruning_core.store import Store
-    from pruning_core.export.pipeline import export_config
 
-    export_config(options)  # a bad setting fails before the model is loaded
     protocol = protocol_from_args(args)
     out = prepare_out_dir(args.out)
     progress = ConsoleProgress()

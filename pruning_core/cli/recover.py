@@ -102,10 +102,12 @@ def spec_from_args(args):
     protocol = Protocol(calib=args.calib, nsamples=args.calib_windows, seqlen=args.eval_seqlen, seed=args.seed,
                         eval_windows=args.eval_windows, dtype=args.eval_dtype,
                         calib_column=args.calib_column).validate()
+    from pruning_core.setting import Setting
+
+    setting = Setting(method=args.method or "wanda", structure=args.structure or "unstructured",
+                      sparsity=0.5 if args.sparsity is None else args.sparsity, allocation=args.allocation)
     return RecoverySpec(
-        model=args.model, protocol=protocol, method=args.method or "wanda",
-        structure=args.structure or "unstructured", sparsity=0.5 if args.sparsity is None else args.sparsity,
-        allocator=args.allocation, mask_dir=args.mask, structured_dir=args.structured,
+        model=args.model, protocol=protocol, setting=setting, mask_dir=args.mask, structured_dir=args.structured,
         schedule=_floats(args.schedule), train_corpus=args.corpus, train=train, rank=args.rank, alpha=args.alpha,
         kinds=_csv(args.kinds), rank_allocation=args.rank_allocation, eval_corpora=_csv(args.eval_corpora),
         max_new_tokens=args.max_new_tokens).validate()

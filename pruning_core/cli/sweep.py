@@ -58,9 +58,9 @@ def cmd_sweep(args) -> int:
     spec = SweepSpec(model=args.model, methods=_csv(args.methods), structures=_csv(args.structures),
                      sparsities=_floats(args.sparsities), eval_corpora=_csv(args.eval),
                      propagation=args.propagation, protocol=protocol_from_args(args),
-                     allocations=_csv(args.allocation)).validate()
+                     allocations=_csv(args.allocation), executor=executor_config_from_args(args)).validate()
     # Checked (and Ray imported) before the model loads, so a missing Ray costs nothing.
-    executor = make_executor(executor_config_from_args(args))
+    executor = make_executor(spec.executor)
     sensitivity = _read_sensitivity(args.sensitivity) if args.sensitivity else None
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)

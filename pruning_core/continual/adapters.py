@@ -33,7 +33,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+import copy
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -48,7 +49,9 @@ from pruning_core.continual.selector import (SELECTOR_FIT, SELECTOR_KINDS, fit_s
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, spec_fields
+from pruning_core.protocol import Protocol
+from pruning_core.setting import Setting
+from pruning_core.spec import JobSpec, job_spec
 from pruning_core.recovery import masked_lora
 from pruning_core.recovery.train import TrainConfig, train_adapter, training_windows
 
@@ -59,15 +62,16 @@ ROUTERS = ("selector", "prefix")
 SHARED = "shared"
 
 
+@job_spec
 @dataclass
-class ContinualAdaptersSpec:
+class ContinualAdaptersSpec(JobSpec):
     """One continual-adapters run (the job spec of `run_continual_adapters_job`).
 
     domains: corpora in arrival order (embedded names or user file paths).
     protocol: nsamples (calibration windows per domain: the selector's training windows, and the first domain's
         pruning calibration), seqlen, seed, eval_windows, dtype; its `calib` is replaced by the first domain.
-    method / sparsity / structure / propagation: the pruning setting (as `recovery.run.RecoverySpec` takes it),
-        or mask_dir: an exported mask folder to prune with instead.
+    setting: the pruning setting (method / sparsity / structure / propagation, as `recovery.run.RecoverySpec`
+        takes it), or mask_dir: an exported mask folder to prune with instead.
     modes: "per_domain" and/or "shared". train: `TrainConfig` fields of every domain's training.
     rank / alpha / kinds: LoRA rank, alpha (default 2 * rank), module kinds adapted (default all prunable kinds).
     replay: training windows kept per domain and mixed into later domains' per-domain training (0 = no replay).
@@ -77,13 +81,14 @@ class ContinualAdaptersSpec:
     eval_windows: evaluation windows per domain (None = the protocol's).
     """
 
+    WHAT = "continual adapter"
+    SETTING_KEYS = {"method": "method", "sparsity": "sparsity", "structure": "structure",
+                    "propagation": "propagation"}
+
     model: str = "embedded"
     protocol: Protocol = field(default_factory=Protocol)
     domains: tuple[str, ...] = ("wiki", "news", "pydocs")
-    method: str = "wanda"
-    sparsity: float = 0.5
-    structure: str = "unstructured"
-    propagation: str = "pruned"
+    setting: Setting = field(default_factory=Setting)
     mask_dir: Optional[str] = None
     modes: tuple[str, ...] = MODES
     train: dict = field(default_factory=dict)
@@ -118,8 +123,7 @@ class ContinualAdaptersSpec:
         """The pruned model and adapter shape as `recovery.run.RecoverySpec` (what `pruned_copy` prunes)."""
         from pruning_core.recovery.run import RecoverySpec
 
-        return RecoverySpec(model=self.model, protocol=self.effective_protocol(), method=self.method,
-                            structure=self.structure, sparsity=self.sparsity, propagation=self.propagation,
+        return RecoverySpec(model=self.model, protocol=self.effective_protocol(), setting=self.setting,
                             mask_dir=self.mask_dir, train_corpus=self.domains[0], train=dict(self.train),
                             rank=self.rank, alpha=self.alpha, kinds=self.kinds, eval_corpora=self.domains,
                             max_new_tokens=0, model_identity=self.model_identity)
@@ -148,14 +152,11 @@ class ContinualAdaptersSpec:
             raise ConfigError(f"prefix_tokens must be at least 2, got {self.prefix_tokens}.")
         return self
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
+    def _flat(self) -> dict:
+        d = {name: copy.deepcopy(getattr(self, name)) for name in (f.name for f in fields(self)) if name != "setting"}
+        d.update(protocol=self.protocol.to_dict(), **self.setting_dict())
         d["domains"], d["modes"], d["kinds"] = list(self.domains), list(self.modes), list(self.kinds)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ContinualAdaptersSpec":
-        return cls(**spec_fields(cls, d, "continual adapter"))
 
 
 # ------------------------------------------------------------------------------------------------ adapters

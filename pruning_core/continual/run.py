@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import time
 from contextlib import closing
-from dataclasses import asdict, dataclass, field, replace
+import copy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
 from pruning_core import evaluate
 from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
+from pruning_core.allocation.setting_plan import check_setting
 from pruning_core.continual.domains import Domain, DomainSequence
 from pruning_core.continual.metrics import average_perplexity, backward_transfer, forward_transfer, mask_overlap
 from pruning_core.continual.metrics import r_matrix
@@ -50,8 +52,10 @@ from pruning_core.executors.base import ExecutorConfig, WorkerRecipe, load_worke
 from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, spec_fields
+from pruning_core.protocol import Protocol
 from pruning_core.prune import PruneConfig, PruneResult, Statistics
+from pruning_core.setting import Setting
+from pruning_core.spec import JobSpec, job_spec
 
 RUN_KIND = "continual"
 STEP_KIND = "continual_step"
@@ -61,40 +65,43 @@ BWT_NOTE = ("BWT = mean over earlier domains of (perplexity after the last step 
             "domain's own step); positive = forgetting, negative = the earlier domains got better")
 
 
+@job_spec
 @dataclass
-class ContinualSpec:
+class ContinualSpec(JobSpec):
     """One continual run (the job spec of `run_continual_job`).
 
     domains: corpora in arrival order (embedded names or user file paths; see `domains.DomainSequence`).
     protocol: nsamples, seqlen, seed, evaluation windows, dtype, batch size; its `calib` is ignored (every
         domain calibrates on its own calibration split) and recorded as the first domain.
-    method / sparsity / structure: the setting every step prunes to (wanda or sparsegpt; "unstructured" or N:M).
-    allocation: how the sparsity is spread over the modules (`allocation.allocators.ALLOCATORS`): "owl" makes
-        each step's plan from the statistics that strategy prunes with (sequential keeps step 1's plan);
-        "sensitivity" reads a sensitivity JSON (`sensitivity`) or this model's stored maps, one plan for all steps.
+    setting: what every step prunes to: method (wanda or sparsegpt), sparsity, structure ("unstructured" or N:M)
+        and allocation, how the sparsity is spread over the modules (`allocation.allocators.ALLOCATORS`): "owl"
+        makes each step's plan from the statistics that strategy prunes with (sequential keeps step 1's plan);
+        "sensitivity" reads a sensitivity JSON (`sensitivity`) or this model's stored maps, one plan for all
+        steps. Its propagation is "dense": every strategy prunes from statistics of the dense model.
     strategies: names in `strategies.STRATEGIES`, in the order results list them.
     eval_windows: evaluation windows per domain; None = the protocol's.
     model_identity: the dashboard's record of the model file, so a changed file gets a new job key.
+    executor: where the step evaluations run (`ExecutorConfig`; in no key: it changes no number).
     """
+
+    WHAT = "continual"
+    SETTING_KEYS = {"method": "method", "sparsity": "sparsity", "structure": "structure", "allocation": "allocation"}
 
     model: str = "embedded"
     protocol: Protocol = field(default_factory=Protocol)
     domains: tuple[str, ...] = ("wiki", "news", "pydocs")
-    method: str = "wanda"
-    sparsity: float = 0.5
-    structure: str = "unstructured"
-    allocation: str = "uniform"
+    setting: Setting = field(default_factory=lambda: Setting(propagation="dense", allocation="uniform"))
     sensitivity: Optional[str] = None
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     eval_windows: Optional[int] = None
     model_identity: Optional[dict] = None
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
         self.domains = tuple(d.strip() for d in self.domains.split(",")) if isinstance(self.domains, str) \
             else tuple(self.domains)
         self.strategies = tuple(s.strip() for s in self.strategies.split(",")) if isinstance(self.strategies, str) \
             else tuple(self.strategies)
-        self.sparsity = float(self.sparsity)
 
     def effective_protocol(self) -> Protocol:
         """The protocol the run uses: `eval_windows` applied, `calib` set to the first domain (for the record)."""
@@ -105,7 +112,7 @@ class ContinualSpec:
 
     def config(self) -> PruneConfig:
         """The step setting before allocation (dense propagation: statistics are shared across strategies)."""
-        return PruneConfig(self.method, self.structure, self.sparsity, propagation="dense").validate()
+        return self.setting.prune_config()
 
     def sequence(self, check: bool = True) -> DomainSequence:
         return DomainSequence(self.domains, check=check)
@@ -113,8 +120,8 @@ class ContinualSpec:
     def validate(self) -> "ContinualSpec":
         """Check every setting (and read every domain) before any work starts; raises ConfigError."""
         self.effective_protocol().validate()
-        self.config()
-        method = get_method(self.method)
+        check_setting(self.setting)
+        method = get_method(self.setting.method)
         if method.needs == "none":
             raise ConfigError(f"Method '{method.name}' uses no calibration data, so every continual strategy gives "
                               "the same mask; choose wanda or sparsegpt.")
@@ -123,18 +130,15 @@ class ContinualSpec:
         self.strategies = tuple(get_strategy(s, method).name for s in self.strategies)
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"Strategies {', '.join(self.strategies)} repeat a name; give each once.")
-        self.allocation = get_allocator(str(self.allocation)).name
+        self.setting = replace(self.setting, allocation=get_allocator(self.setting.allocator_name).name)
+        self.executor.validate()
         self.sequence(check=True)
         return self
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["domains"], d["strategies"] = list(self.domains), list(self.strategies)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ContinualSpec":
-        return cls(**spec_fields(cls, d, "continual"))
+    def _flat(self) -> dict:
+        return {"model": self.model, "protocol": self.protocol.to_dict(), "domains": list(self.domains),
+                **self.setting_dict(), "sensitivity": self.sensitivity, "strategies": list(self.strategies),
+                "eval_windows": self.eval_windows, "model_identity": copy.deepcopy(self.model_identity)}
 
 
 def _step_key(loaded: LoadedModel, protocol: Protocol, sequence_identity: list, strategy: str, step: int,
@@ -192,15 +196,16 @@ class _Plans:
 
     def __init__(self, spec: ContinualSpec, loaded: LoadedModel, store):
         self.spec, self.loaded = spec, loaded
-        self.allocator = get_allocator(spec.allocation)
+        self.allocator = get_allocator(spec.setting.allocator_name)
         self.sensitivity = None
         if self.allocator.needs == "sensitivity":
             from pruning_core.allocation.budget import load_sensitivity
 
-            self.sensitivity = load_sensitivity(spec.sensitivity, store, loaded, spec.method)
+            method = spec.setting.method
+            self.sensitivity = load_sensitivity(spec.sensitivity, store, loaded, method)
             if self.sensitivity is None:
                 raise ConfigError(f"Allocation 'sensitivity' needs a sensitivity map of this model pruned with "
-                                  f"{spec.method}; compute one (`prunescope sensitivity --method {spec.method}`), "
+                                  f"{method}; compute one (`prunescope sensitivity --method {method}`), "
                                   "give its JSON (--sensitivity FILE), or choose allocation 'owl' or 'uniform'.")
         self._fixed = {}  # strategy name -> plan kept from step 1
 
@@ -211,8 +216,8 @@ class _Plans:
         if strategy.name in self._fixed:
             return base.with_plan(self.loaded, self._fixed[strategy.name])
         statistics = strategy.statistics() if self.allocator.needs == "act_sq" else None
-        plan = make_plan(self.allocator.name, AllocationInputs(self.loaded, statistics=statistics,
-                                                               sensitivity=self.sensitivity), self.spec.sparsity)
+        inputs = AllocationInputs(self.loaded, statistics=statistics, sensitivity=self.sensitivity)
+        plan = make_plan(self.allocator.name, inputs, self.spec.setting.sparsity)
         if strategy.plan_from_first_step:
             self._fixed[strategy.name] = plan
         return base.with_plan(self.loaded, plan)
@@ -269,9 +274,10 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
     """Every strategy of `spec` over the domain sequence; see the module docstring.
 
     out_dir: save every step's mask with `outputs.export.save_masks` under out_dir/<strategy>/step-<t> (t from 1).
-    executor: where the step evaluations run: None or an `ExecutorConfig` of kind "local" (this process, each
-    right after its prune), an `ExecutorConfig` of kind "ray" (Ray workers, each loading `spec.model` itself),
-    or an executor object. Results and store keys do not depend on it; this driver alone reads and writes `store`.
+    executor: where the step evaluations run: None (the spec's `executor`), an `ExecutorConfig` of kind "local"
+    (this process, each right after its prune), an `ExecutorConfig` of kind "ray" (Ray workers, each loading
+    `spec.model` itself), or an executor object. Results and store keys do not depend on it; this driver alone
+    reads and writes `store`.
     Returns {"spec", "model" (`describe()`), "protocol", "domains" [names], "dense_ppl" {domain: ppl},
     "strategies": {name: {"rule", "continual" (False for joint), "R" (T x T, rows = steps, columns = domains),
     "bwt", "fwt" (None for T = 1), "average", "overlap" [Jaccard of pruned sets, step t-1 -> t, T-1 values],
@@ -287,7 +293,9 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
     progress = progress or no_progress
     clock = time.perf_counter()
     spec = (spec if isinstance(spec, ContinualSpec) else ContinualSpec.from_dict(spec)).validate()
-    if executor is None or isinstance(executor, ExecutorConfig):
+    if executor is None:
+        executor = spec.executor
+    if isinstance(executor, ExecutorConfig):
         executor = make_executor(executor)  # a missing Ray fails here, before any work
     # Local: each step is evaluated right after its prune (one step model in memory, as always). Ray: every
     # distinct step model is evaluated in one executor run after all pruning, so each worker loads the model once.
@@ -298,7 +306,7 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
     names = sequence.names
     if loaded is None:
         loaded = load_model(spec.model, progress=sub_progress(progress, 0.0, 0.03))
-    method = get_method(spec.method)
+    method = get_method(spec.setting.method)
     eval_ids = sequence.evaluation_ids(loaded, protocol)
     dense = evaluate.evaluate_setting(loaded, protocol, names, None, eval_ids=eval_ids, store=store,
                                       progress=sub_progress(progress, 0.03, 0.08))
@@ -481,6 +489,6 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
 def run_continual_job(spec: dict, store, progress: ProgressFn) -> dict:
     """Job entry (`jobs.JOB_KINDS["continual"]`): `run_continual` with its steps kept in `store`.
 
-    Where the evaluations run comes from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS
-    (`ExecutorConfig.from_env`; unset = this process): they change no number, so they are not in `spec`."""
-    return run_continual(spec, store=store, progress=progress, executor=ExecutorConfig.from_env())
+    Where the evaluations run is the spec's "executor" (absent = this process): it changes no number, so it is
+    in no key."""
+    return run_continual(spec, store=store, progress=progress)

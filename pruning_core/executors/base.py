@@ -32,8 +32,9 @@ from pruning_core.progress import ProgressFn, no_progress
 
 EXECUTOR_KINDS = ("local", "ray")
 
-#: Environment variables a job worker reads its executor settings from (`ExecutorConfig.from_env`). They
-#: decide where the work runs, never what it computes, so they stay out of job and point keys.
+#: Environment variables the command line takes its executor flags' defaults from (`ExecutorConfig.from_env`).
+#: They decide where the work runs, never what it computes; a job carries its executor in its spec, outside
+#: every key.
 ENV_EXECUTOR = "PRUNESCOPE_EXECUTOR"
 ENV_RAY_ADDRESS = "PRUNESCOPE_RAY_ADDRESS"
 ENV_WORKERS = "PRUNESCOPE_WORKERS"
@@ -108,7 +109,7 @@ class ExecutorConfig:
                               "to start Ray on this machine.")
         if self.kind == "local" and self.address is not None:
             raise ConfigError("A Ray address was given with the local executor; choose the Ray executor to use it "
-                              f"(--executor ray, or {ENV_EXECUTOR}=ray for jobs).")
+                              f"(--executor ray, or {ENV_EXECUTOR}=ray for the command line).")
         return self
 
     def describe(self) -> str:
@@ -117,9 +118,28 @@ class ExecutorConfig:
             return "local (this process)"
         return f"Ray, {self.workers} worker{'s' if self.workers != 1 else ''} ({self.address or 'local cluster'})"
 
+    def to_dict(self) -> dict:
+        """Plain JSON, as a job spec stores it (`spec.JobSpec.to_dict`)."""
+        return {"kind": self.kind, "address": self.address, "workers": self.workers,
+                "cpus_per_task": self.cpus_per_task, "gpus_per_task": self.gpus_per_task}
+
+    @classmethod
+    def from_dict(cls, d) -> "ExecutorConfig":
+        """Inverse of `to_dict` (missing keys keep their defaults), validated; unknown keys raise ConfigError."""
+        if isinstance(d, ExecutorConfig):
+            return d.validate()
+        known = ("kind", "address", "workers", "cpus_per_task", "gpus_per_task")
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown executor settings {unknown}; known: {', '.join(known)}.")
+        return cls(**dict(d)).validate()
+
     @classmethod
     def from_env(cls, environ: Optional[dict] = None) -> "ExecutorConfig":
-        """Settings from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS (unset: local)."""
+        """Settings from PRUNESCOPE_EXECUTOR / PRUNESCOPE_RAY_ADDRESS / PRUNESCOPE_WORKERS (unset: local).
+
+        Only the command line reads them, as the defaults of its --executor/--ray-address/--workers flags
+        (`cli.common`); a job reads its executor from its spec."""
         env = os.environ if environ is None else environ
         workers_text = env.get(ENV_WORKERS, "").strip()
         try:

@@ -44,6 +44,10 @@ class ExportOptions:
     allocator: the allocator (`allocation.allocators.ALLOCATORS`) that made `plan`, or, without a plan, the one
     that makes it here for the global target `sparsity` (allocators reading dense statistics only; a
     "sensitivity" plan is exported from its table). None = uniform. Manifest and report record both.
+
+    method ... allocator are the export's `Setting` (`setting`; `allocator` is its `allocation`), kept as flat
+    fields because the dashboard writes these options with `dataclasses.asdict` into the export job, whose key
+    and folder hash them; `from_dict` also takes the setting's own names.
     """
 
     method: str = "wanda"
@@ -67,60 +71,55 @@ class ExportOptions:
     pdf: bool = False
     formats: tuple[str, ...] = ("html", "md", "json")
 
+    @property
+    def setting(self):
+        """The pruning setting of these options (`setting.Setting`)."""
+        from pruning_core.setting import Setting
 
-def export_config(options: ExportOptions, loaded=None, plan=None):
-    """The validated `PruneConfig` of an export (layer keys may arrive as strings from JSON).
+        return Setting(method=self.method, structure=self.structure, sparsity=self.sparsity,
+                       propagation=self.propagation, allocation=self.allocator, plan=self.plan,
+                       layer_sparsity=self.layer_sparsity)
 
-    With a plan (`options.plan`, or `plan` made by `export_plan`) and `loaded`, the config carries the plan
-    checked against the model; without `loaded` the plan and allocator are only checked for form (so the
-    CLI fails before loading a model).
-    """
-    from pruning_core.allocation.allocators import get_allocator
-    from pruning_core.plan import SparsityPlan
-    from pruning_core.prune import PruneConfig
+    @classmethod
+    def for_setting(cls, setting, **options) -> "ExportOptions":
+        """Options exporting `setting` (a `setting.Setting`); options: the other fields."""
+        return cls(method=setting.method, structure=setting.structure, sparsity=setting.sparsity,
+                   propagation=setting.propagation, allocator=setting.allocation, plan=setting.plan,
+                   layer_sparsity=setting.layer_sparsity, **options)
 
-    layers = {int(k): float(v) for k, v in (options.layer_sparsity or {}).items()} or None
+    @classmethod
+    def from_dict(cls, d) -> "ExportOptions":
+        """Options from a JSON dict (lists for tuples); a setting's names ("allocation") or a nested "setting"
+        are read too; unknown keys raise ConfigError naming the known ones."""
+        from dataclasses import fields
+
+        from pruning_core.setting import Setting
+
+        d = dict(d)
+        flat = {k: d.pop(k) for k in ("allocation", "setting") if k in d}
+        if flat:
+            names = ("method", "structure", "sparsity", "propagation", "allocator", "plan", "layer_sparsity")
+            given = {k: d.pop(k) for k in names if k in d}
+            setting = Setting.from_dict({**given, **(flat.get("setting") or {}),
+                                         **({"allocation": flat["allocation"]} if "allocation" in flat else {})})
+            d.update(method=setting.method, structure=setting.structure, sparsity=setting.sparsity,
+                     propagation=setting.propagation, allocator=setting.allocation, plan=setting.plan,
+                     layer_sparsity=setting.layer_sparsity)  # the setting's fields, as `for_setting` writes them
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"Unknown export options {unknown}; known: {', '.join(sorted(known))}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _options_setting(options: ExportOptions):
+    """The export's `Setting`, checked (no evaluation corpus, a bad method or a plan clashing with per-layer
+    sparsities fail here, before any model is loaded)."""
+    from pruning_core.allocation.setting_plan import check_setting
+
     if not options.eval_corpora:
         raise ConfigError("No evaluation corpus given; choose at least one, e.g. wiki.")
-    if options.allocator is not None:
-        get_allocator(options.allocator)
-    if plan is None and options.plan is not None:
-        plan = SparsityPlan.from_dict(options.plan)
-    if (plan is not None or options.allocator is not None) and layers:
-        raise ConfigError("Give either a sparsity plan (or allocator) or per-layer sparsities, not both; edit "
-                          "the plan instead.")
-    config = PruneConfig(options.method, options.structure, options.sparsity, options.propagation,
-                         layer_sparsity=layers).validate()
-    if plan is not None and loaded is not None:
-        config = config.with_plan(loaded, plan).validate()
-    return config
-
-
-def export_plan(loaded, protocol, options: ExportOptions, store=None, calib_ids=None, progress=None):
-    """The `SparsityPlan` an export prunes with: `options.plan`, or the plan `options.allocator` makes for
-    the global target `options.sparsity` from the dense calibration statistics (cached in `store`); None
-    for a uniform export."""
-    from pruning_core.allocation.allocators import AllocationInputs, get_allocator, make_plan
-    from pruning_core.plan import SparsityPlan
-
-    if options.plan is not None:
-        plan = SparsityPlan.from_dict(options.plan)
-        if options.allocator is not None and get_allocator(options.allocator).name != plan.allocator:
-            raise ConfigError(f"The plan was made by '{plan.allocator}' but the export names allocator "
-                              f"'{options.allocator}'; leave the allocator out or give that allocator's plan.")
-        return plan
-    if options.allocator is None or get_allocator(options.allocator).name == "uniform":
-        return None
-    allocator = get_allocator(options.allocator)
-    if allocator.needs == "sensitivity":
-        raise ConfigError(f"A '{allocator.name}' plan reads a sensitivity map; export the plan itself (the "
-                          "Allocation view or the sweep's results.json holds it) instead of naming the allocator.")
-    statistics = None
-    if allocator.needs != "none":
-        from pruning_core.statistics_cache import cached_statistics
-
-        statistics = cached_statistics(loaded, protocol, allocator.needs, store, calib_ids, progress)
-    return make_plan(allocator.name, AllocationInputs(loaded, statistics=statistics), options.sparsity)
+    return check_setting(options.setting)
 
 
 def stored_result(loaded, config, store, mask_artifact: str, weights_artifact: str | None = None):
@@ -200,7 +199,10 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     from pruning_core.prune import PruneConfig, prune_model
 
     progress = progress or no_progress
-    config = export_config(options)
+    from pruning_core.allocation.setting_plan import setting_config, setting_plan
+
+    setting = _options_setting(options)
+    config = setting_config(setting)
     for s in options.curve_sparsities:
         PruneConfig(options.method, "unstructured", s, options.propagation).validate()
     if options.mask_artifact and store is None:
@@ -210,8 +212,8 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     progress(0.02, "reading corpora")
     calib = calibration_ids(loaded, protocol)
     evals = evaluate.evaluation_windows(loaded, protocol, options.eval_corpora)
-    plan = export_plan(loaded, protocol, options, store, calib, _step_progress(progress, 0.02, 0.05, "plan"))
-    config = export_config(options, loaded, plan)
+    plan = setting_plan(loaded, protocol, setting, store, calib, _step_progress(progress, 0.02, 0.05, "plan"))
+    config = setting_config(setting, loaded, plan)
 
     if options.mask_artifact:
         progress(0.05, f"loading the What-if mask {options.mask_artifact[:12]}")
@@ -359,19 +361,13 @@ def run_export_job(spec: dict, store, progress: ProgressFn) -> dict:
     spec = {"model", "protocol" (Protocol dict), "options" (ExportOptions fields; lists for tuples), "out_dir"}.
     Returns {"folder", "report"}. A cancelled export leaves a partial folder, rewritten by the next run.
     """
-    from dataclasses import fields
-
     from pruning_core.models import load_model
     from pruning_core.protocol import Protocol
 
     for name in ("model", "protocol", "options", "out_dir"):
         if name not in spec:
             raise ConfigError(f"The export job spec lacks '{name}'.")
-    known = {f.name for f in fields(ExportOptions)}
-    unknown = sorted(set(spec["options"]) - known)
-    if unknown:
-        raise ConfigError(f"Unknown export options {unknown}; known: {', '.join(sorted(known))}.")
-    options = ExportOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()})
+    options = ExportOptions.from_dict(spec["options"])
     loaded = load_model(spec["model"])
     outcome = run_export(loaded, Protocol(**spec["protocol"]).validate(), options, spec["out_dir"], progress,
                          store=store)

@@ -97,7 +97,10 @@ class _Terminated(BaseException):
 
 
 def job_key(kind: str, spec: dict) -> str:
-    """The content key of a job: equal kind and spec mean the same job (and the same cached result)."""
+    """The content key of a job: equal kind and spec mean the same job (and the same cached result). The spec's
+    "executor" (where it runs, `spec.JobSpec.to_dict`) is left out: it changes no number, so a job run on Ray
+    and the same job run locally are one job, and a spec without one keys as before executors were stored."""
+    spec = {k: v for k, v in spec.items() if k != "executor"} if isinstance(spec, dict) else spec
     try:
         return content_hash({"kind": kind, "spec": spec})
     except TypeError as exc:

@@ -4,7 +4,7 @@
 benchmark call. Steps:
 
 1. the pruned model: a copy of the dense model pruned with the spec's setting (method, structure, sparsity or
-   plan / allocator, as an export prunes), or with an exported mask folder applied, or a structured folder
+   plan / allocation, as an export prunes), or with an exported mask folder applied, or a structured folder
    loaded; the dense model in memory is never changed;
 2. dense and pruned perplexity per corpus through THE evaluation (`evaluate.evaluate_setting`);
 3. ranks per module (`ranks`: uniform, gradient or sensitivity at the parameter count of uniform rank r);
@@ -25,19 +25,22 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
 from pruning_core import claims, evaluate
+from pruning_core.allocation.setting_plan import setting_config, setting_plan
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, calibration_ids, spec_fields
+from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.recovery import masked_lora, ranks as rank_plans
 from pruning_core.recovery.train import TrainConfig, batch_loss, train_adapter, training_windows
+from pruning_core.setting import Setting
+from pruning_core.spec import JobSpec, job_spec
 
 #: Smallest pruning gap (a fraction of the dense perplexity) that a "share of the gap won back" is computed for:
 #: below it the share divides by noise (a 0.1 % gap closed by 5 % would read 5,000 %), so it is None ("–").
@@ -47,14 +50,17 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 RANKS_FILE = "ranks.json"
 
 
+@job_spec
 @dataclass
-class RecoverySpec:
+class RecoverySpec(JobSpec):
     """One recovery run (the job spec of `run_recovery_job`).
 
-    The pruned model: method / structure / sparsity / propagation / allocator / plan as an export takes them
-    (`outputs.pipeline.ExportOptions`), or mask_dir (an exported mask folder), or structured_dir (a structured
-    folder saved by `prunescope structured` or its export). schedule: step-wise sparsities before the final one
-    (e.g. (0.3, 0.5) with sparsity 0.6: prune 30 %, recover, 50 %, recover, 60 %, recover), unstructured only.
+    The pruned model: `setting` (method / structure / sparsity / propagation / allocation / plan, resolved as an
+    export resolves it: `allocation.setting_plan`), or mask_dir (an exported mask folder), or structured_dir (a
+    structured folder saved by `prunescope structured` or its export). The flat dict names the allocation
+    "allocator", as recovery specs always stored it (their keys hash that dict).
+    schedule: step-wise sparsities before the final one (e.g. (0.3, 0.5) with sparsity 0.6: prune 30 %, recover,
+    50 %, recover, 60 %, recover), unstructured only.
     train_corpus: corpus whose calibration split the adapter trains on; train: `TrainConfig` fields.
     rank / alpha / kinds: LoRA rank r, alpha (default 2r), module kinds adapted (default every prunable kind);
     rank_allocation: `ranks.RANK_ALLOCATIONS`; sensitivity_costs: {module name: cost} for "sensitivity".
@@ -63,14 +69,13 @@ class RecoverySpec:
     model_identity: the dashboard's record of the model file, so a changed file gets a new key.
     """
 
+    WHAT = "recovery"
+    SETTING_KEYS = {"method": "method", "structure": "structure", "sparsity": "sparsity",
+                    "propagation": "propagation", "allocation": "allocator", "plan": "plan"}
+
     model: str = "embedded"
     protocol: Protocol = field(default_factory=Protocol)
-    method: str = "wanda"
-    structure: str = "unstructured"
-    sparsity: float = 0.5
-    propagation: str = "pruned"
-    allocator: Optional[str] = None
-    plan: Optional[dict] = None
+    setting: Setting = field(default_factory=Setting)
     mask_dir: Optional[str] = None
     structured_dir: Optional[str] = None
     schedule: tuple[float, ...] = ()
@@ -104,39 +109,32 @@ class RecoverySpec:
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.train)
 
-    def export_options(self, sparsity: Optional[float] = None):
-        """The pruning setting as `ExportOptions` (what an export of it would prune)."""
-        from pruning_core.export.pipeline import ExportOptions
-
-        return ExportOptions(method=self.method, structure=self.structure,
-                             sparsity=float(self.sparsity if sparsity is None else sparsity),
-                             propagation=self.propagation, plan=self.plan if sparsity is None else None,
-                             allocator=self.allocator, eval_corpora=self.corpora)
+    def setting_at(self, sparsity: Optional[float] = None) -> Setting:
+        """The pruning setting, or (a step-wise step) the same method at `sparsity` without the final plan."""
+        return self.setting if sparsity is None else replace(self.setting, sparsity=float(sparsity), plan=None)
 
     def validate(self) -> "RecoverySpec":
         """Check every setting before any work starts; raises ConfigError naming the problem."""
-        from pruning_core.export.pipeline import export_config
-
         self.protocol.validate()
         self.train_config()
         if self.mask_dir and self.structured_dir:
             raise ConfigError("Give a mask folder or a structured folder to recover, not both.")
         if self.source == "setting":
-            export_config(self.export_options())
+            setting_config(self.setting)
         for path in (self.mask_dir, self.structured_dir):
             if path and not Path(path).is_dir():
                 raise ConfigError(f"{path} is not a folder; give the folder an export or a structured run wrote.")
         if self.schedule:
-            if self.source != "setting" or self.structure != "unstructured" or self.plan is not None:
+            if self.source != "setting" or self.setting.structure != "unstructured" or self.setting.plan is not None:
                 raise ConfigError("Step-wise recovery prunes unstructured sparsities afresh at each step; give a "
                                   "method and a final sparsity (not a mask, plan or N:M structure).")
             if not all(0 < s < 1 for s in self.schedule):
                 raise ConfigError(f"Every step-wise sparsity must be between 0 and 1, got {list(self.schedule)}.")
             # Strictly: a repeated step would prune to the same sparsity twice and split the steps for nothing.
             rising = all(a < b for a, b in zip(self.schedule, self.schedule[1:]))
-            if not rising or self.schedule[-1] >= float(self.sparsity):
+            if not rising or self.schedule[-1] >= float(self.setting.sparsity):
                 raise ConfigError(f"The step-wise schedule {list(self.schedule)} must rise and end below the final "
-                                  f"sparsity {self.sparsity}.")
+                                  f"sparsity {self.setting.sparsity}.")
         if int(self.rank) < 1:
             raise ConfigError(f"The LoRA rank must be at least 1, got {self.rank}.")
         if self.rank_allocation not in rank_plans.RANK_ALLOCATIONS:
@@ -149,14 +147,11 @@ class RecoverySpec:
             raise ConfigError("curve_windows must be 1 or more and max_new_tokens 0 or more.")
         return self
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
+    def _flat(self) -> dict:
+        d = {name: copy.deepcopy(getattr(self, name)) for name in (f.name for f in fields(self)) if name != "setting"}
+        d.update(protocol=self.protocol.to_dict(), **copy.deepcopy(self.setting_dict()))
         d["schedule"], d["kinds"], d["eval_corpora"] = list(self.schedule), list(self.kinds), list(self.eval_corpora)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RecoverySpec":
-        return cls(**spec_fields(cls, d, "recovery"))
 
 
 def gap_won_back(dense: float, pruned: float, recovered: float) -> Optional[float]:
@@ -178,7 +173,7 @@ def run_key(loaded: LoadedModel, spec: RecoverySpec) -> str:
         if path:  # the folder's files, not its name, decide the pruned model
             sources[path] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(path).iterdir()
                                    if p.is_file())
-    return content_hash({"kind": RUN_KIND, "model": loaded.fingerprint, "spec": spec.to_dict(), "sources": sources,
+    return content_hash({"kind": RUN_KIND, "model": loaded.fingerprint, "spec": spec.identity(), "sources": sources,
                          "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers", "peft")}})
 
 
@@ -219,12 +214,11 @@ def pruned_copy(loaded: LoadedModel, spec: RecoverySpec, protocol: Protocol, cal
         description = (f"mask {Path(spec.mask_dir).name}: {manifest.get('method', '?')} "
                        f"{manifest.get('structure', '')}".strip())
     else:
-        from pruning_core.export.pipeline import export_config, export_plan
         from pruning_core.prune import prune_model
 
-        options = spec.export_options(sparsity)
-        plan = export_plan(base, protocol, options, store, calib, sub_progress(progress, 0.0, 0.1))
-        config = export_config(options, base, plan)
+        setting = spec.setting_at(sparsity)
+        plan = setting_plan(base, protocol, setting, store, calib, sub_progress(progress, 0.0, 0.1))
+        config = setting_config(setting, base, plan)
         result = prune_model(base, calib, config, protocol.batch_size, progress=sub_progress(progress, 0.1, 1.0))
         copy_ = _copy_of(base, suffix="pruned")
         with torch.no_grad():
@@ -371,7 +365,7 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
     dense = evaluate.evaluate_setting(loaded, protocol, corpora, None, eval_ids=eval_ids, store=store,
                                       progress=sub_progress(progress, 0.03, 0.08))
     work = (store.path.parent / "recovery" / key) if store is not None else None
-    sparsities = list(spec.schedule) + [float(spec.sparsity)] if spec.schedule else [None]
+    sparsities = list(spec.schedule) + [float(spec.setting.sparsity)] if spec.schedule else [None]
     per_stage = [config.steps // len(sparsities)] * len(sparsities)
     per_stage[-1] += config.steps - sum(per_stage)
     stages, base, peft_model, pruned_record, history = [], loaded, None, None, None

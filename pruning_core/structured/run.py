@@ -32,7 +32,8 @@ from pruning_core.errors import ConfigError
 from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
-from pruning_core.protocol import Protocol, calibration_ids, spec_fields
+from pruning_core.protocol import Protocol, calibration_ids
+from pruning_core.spec import JobSpec
 from pruning_core.structured.prune_structured import StructuredConfig, StructuredResult, prune_structured
 from pruning_core.structured.speed import SpeedConfig, machine_facts, measure_speed
 from pruning_core.structured.statistics import collect_unit_statistics
@@ -43,7 +44,7 @@ POINT_KIND = "structured_point"
 
 
 @dataclass
-class StructuredSpec:
+class StructuredSpec(JobSpec):
     """One structured run (the job spec of `run_structured_job`).
 
     units / score / compensate / damping / head_mode / layer_share: as `StructuredConfig`; ratios: fractions of decoder
@@ -56,7 +57,11 @@ class StructuredSpec:
         for the "sensitivity" allocator, a sensitivity JSON (`prunescope sensitivity`'s output), else the maps of
         this model pruned with `sensitivity_method` in the store (unstructured maps: the nearest measurement of
         which layers tolerate losing weights).
+    A structured run removes heads, channels or layers by ratio, so it has no unstructured `Setting`; its
+    `allocation` is the same word (an allocator's name) as a setting's.
     """
+
+    WHAT = "structured"
 
     model: str = "embedded"
     protocol: Protocol = field(default_factory=Protocol)
@@ -118,14 +123,10 @@ class StructuredSpec:
             raise ConfigError(f"max_new_tokens must be 0 or more, got {self.max_new_tokens}.")
         return self
 
-    def to_dict(self) -> dict:
+    def _flat(self) -> dict:
         d = asdict(self)
         d["units"], d["ratios"], d["eval_corpora"] = list(self.units), list(self.ratios), list(self.eval_corpora)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StructuredSpec":
-        return cls(**spec_fields(cls, d, "structured"))
 
 
 def _point_key(loaded: LoadedModel, spec: StructuredSpec, ratio: float, plan: Optional[SparsityPlan] = None) -> str:

@@ -225,10 +225,9 @@ def test_parallel_workers_divide_the_points_share_and_multiply_the_memory(tiny, 
     assert two["breakdown"]["dense_eval"] == one["breakdown"]["dense_eval"]  # the driver's part stays serial
     assert two["peak_memory_bytes"] == pytest.approx(3 * one["peak_memory_bytes"], abs=3)  # driver + 2 workers
     assert "on 2 parallel workers" in two["assumptions"] and "parallel" not in one["assumptions"]
-    # A sweep job estimates on the executor its environment names.
-    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "ray")
-    monkeypatch.setenv("PRUNESCOPE_WORKERS", "2")
-    job = estimate_job("sweep", spec.to_dict(), tiny, Store(tmp_path / "store.sqlite"))
+    # A sweep job estimates on the executor its spec names.
+    on_ray = {**spec.to_dict(), "executor": {"kind": "ray", "workers": 2}}
+    job = estimate_job("sweep", on_ray, tiny, Store(tmp_path / "store.sqlite"))
     assert "on 2 parallel workers" in job["assumptions"]
 
 

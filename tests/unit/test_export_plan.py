@@ -14,7 +14,8 @@ from pruning_core.plan import SparsityPlan, module_sizes
 from pruning_core.errors import ConfigError
 from pruning_core.models import load_model
 from pruning_core.mask_files import load_masks
-from pruning_core.export.pipeline import ExportOptions, export_config, run_apply_mask, run_export
+from pruning_core.allocation.setting_plan import setting_config
+from pruning_core.export.pipeline import ExportOptions, run_apply_mask, run_export
 from pruning_core.outputs.recipe import build_recipe, validate_recipe
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.prune import PruneConfig, prune_model
@@ -117,10 +118,10 @@ def test_allocator_export_makes_the_plan_from_dense_statistics(tiny, tmp_path, m
 def test_plan_export_settings_are_checked(tiny):
     plan = _mixed_plan(tiny).to_dict()
     with pytest.raises(ConfigError, match="not both"):
-        export_config(ExportOptions(plan=plan, layer_sparsity={0: 0.4}))
+        setting_config(ExportOptions(plan=plan, layer_sparsity={0: 0.4}).setting)
     with pytest.raises(ConfigError, match="Unknown allocation"):
-        export_config(ExportOptions(allocator="evenly"))
+        setting_config(ExportOptions(allocator="evenly").setting)
     with pytest.raises(ConfigError, match="kinds"):
-        export_config(ExportOptions(plan={"values": [[0.5]]}))
-    plain = export_config(ExportOptions(sparsity=0.5), tiny)
+        setting_config(ExportOptions(plan={"values": [[0.5]]}).setting)
+    plain = setting_config(ExportOptions(sparsity=0.5).setting, tiny)
     assert plain.plan is None  # a uniform export keeps its plain sparsity

@@ -170,14 +170,12 @@ def test_continual_cancel_on_ray_stops_the_workers_and_keeps_evaluated_steps(ray
             assert row == pytest.approx(expected, rel=1e-6), name
 
 
-def test_continual_job_reads_the_executor_from_the_environment(ray, monkeypatch, tmp_path):
+def test_continual_job_reads_the_executor_from_its_spec(ray, tmp_path):
     spec = ContinualSpec(model="tiny-llama", protocol=PROTOCOL, domains=("news", "pydocs"),
-                         strategies=("latest", "joint"))
-    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "ray")
-    monkeypatch.setenv("PRUNESCOPE_WORKERS", "1")
+                         strategies=("latest", "joint"), executor=ExecutorConfig(kind="ray", workers=1))
     result = run_continual_job(spec.to_dict(), Store(tmp_path / "s.sqlite"), lambda fraction, message: None)
     assert result["execution"]["executor"] == "ray" and result["execution"]["workers"] == 1
-    local = run_continual(spec)
+    local = run_continual(spec, executor=ExecutorConfig())
     assert_same_continual(result, local)
 
 
@@ -338,14 +336,11 @@ def test_budget_on_ray_measures_each_point_as_locally(ray, tiny, tmp_path):
 
 
 def test_budget_job_and_cli_read_the_executor(ray, monkeypatch, tmp_path):
-    spec = BudgetSpec(max_increase=1e6, **{**BUDGET, "coarse_step": 0.5, "high": 0.9})
-    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "ray")
-    monkeypatch.setenv("PRUNESCOPE_WORKERS", "2")
+    spec = BudgetSpec(max_increase=1e6, executor=ExecutorConfig(kind="ray", workers=2),
+                      **{**BUDGET, "coarse_step": 0.5, "high": 0.9})
     result = run_budget_job(spec.to_dict(), Store(tmp_path / "s.sqlite"), lambda fraction, message: None)
     assert result["execution"]["executor"] == "ray" and result["execution"]["rounds"] == 1
     assert [r["sparsity"] for r in result["trajectory"]] == [0.0, 0.5, 0.9]
-    monkeypatch.delenv("PRUNESCOPE_EXECUTOR")
-    monkeypatch.delenv("PRUNESCOPE_WORKERS")
     argv = ["budget", "--model", "tiny-llama", "--method", "wanda", "--max-increase", "10%", "--calib", "news",
             "--nsamples", "4", "--seqlen", "32", "--eval-windows", "2", "--coarse-step", "30%", "--resolution",
             "0.1", "--high", "0.9", "--executor", "ray", "--workers", "2", "--out", str(tmp_path / "out")]

@@ -111,16 +111,14 @@ def test_cancel_stops_the_workers_and_keeps_finished_points(ray, local_points):
     assert_same_points(resumed["points"], local_points)
 
 
-def test_job_reads_the_executor_from_the_environment(ray, monkeypatch):
+def test_job_reads_the_executor_from_its_spec(ray, monkeypatch):
     spec = SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=(0.5,), eval_corpora=("news",),
-                     protocol=PROTOCOL)
-    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "ray")
-    monkeypatch.setenv("PRUNESCOPE_WORKERS", "1")
+                     protocol=PROTOCOL, executor=ExecutorConfig(kind="ray", workers=1))
+    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "local")  # the environment is the command line's, not the job's
     results = run_sweep_job(spec.to_dict(), Store(), lambda fraction, message: None)
     assert results["execution"]["executor"] == "ray" and results["execution"]["workers"] == 1
-    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "dask")
     with pytest.raises(ConfigError, match="Executor 'dask' is unknown"):
-        run_sweep_job(spec.to_dict(), Store(), lambda fraction, message: None)
+        run_sweep_job({**spec.to_dict(), "executor": {"kind": "dask"}}, Store(), lambda fraction, message: None)
 
 
 def test_cli_sweep_on_ray(ray, tmp_path):

@@ -152,17 +152,16 @@ def test_cli_sensitivity_on_ray_and_the_job_environment(ray, tiny, local_result,
     assert_same_map(result["maps"][0], local_result["maps"][0])
     assert "PRUNESCOPE_EXECUTOR" not in os.environ  # the flags applied to that run only
 
-    # The job worker's way: the executor from the environment; the default metric refines on it too.
-    spec = SensitivitySpec(model="tiny-llama", protocol=PROTOCOL, sparsities=(0.6,), probe_windows=PROBE).to_dict()
-    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "ray")
-    monkeypatch.setenv("PRUNESCOPE_WORKERS", "1")
+    # The job worker's way: the executor from the spec; the default metric refines on it too.
+    spec = SensitivitySpec(model="tiny-llama", protocol=PROTOCOL, sparsities=(0.6,), probe_windows=PROBE,
+                           executor=ExecutorConfig(kind="ray", workers=1)).to_dict()
     refined = run_sensitivity_job(spec, Store(tmp_path / "job.sqlite"), lambda fraction, message: None)
     assert refined["execution"]["executor"] == "ray" and refined["execution"]["workers"] == 1
     assert refined["execution"]["rows_computed"] == n_layers
     assert_same_map(refined["views"][0], local_result["maps"][2])  # the exact map at 0.6
-    monkeypatch.setenv("PRUNESCOPE_EXECUTOR", "dask")
     with pytest.raises(ConfigError, match="Executor 'dask' is unknown"):
-        run_sensitivity_job(spec, Store(tmp_path / "job.sqlite"), lambda fraction, message: None)
+        run_sensitivity_job({**spec, "executor": {"kind": "dask"}}, Store(tmp_path / "job.sqlite"),
+                            lambda fraction, message: None)
 
 
 def test_cli_refuses_remote_code_on_ray(tmp_path):
