@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
 
 from pruning_core.errors import ConfigError
 from pruning_core.outputs.files import write_json  # noqa: F401 - re-exported for the commands

@@ -17,7 +17,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from pruning_core.errors import ModelLoadError
 from pruning_core.models import discovery
 
 

@@ -21,12 +21,10 @@ import importlib.util
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import nn
 
 from pruning_core.errors import ModelLoadError
 from pruning_core.home import home_dir

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from pruning_core import claims
 from pruning_core.errors import ConfigError

@@ -338,7 +338,6 @@ def test_gradient_and_sensitivity_plans_stay_within_the_uniform_budget(rank):
 
 
 def test_gradient_ranks_spend_the_budget_where_the_gradient_is():
-    shapes = {"big": (8, 8), "small": (8, 8)}
     generator = torch.Generator().manual_seed(0)
     grads = {"big": torch.randn(8, 8, generator=generator) * 10, "small": torch.randn(8, 8, generator=generator)}
     plan = ranks.gradient_plan(grads, 2)
