@@ -8,6 +8,7 @@ user's working directory. The model choice reaches the app through the environme
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 #: Environment variable that carries `--model` to the app (read by pages through `default_model()`).
 MODEL_ENV = "PRUNESCOPE_DEFAULT_MODEL"
+#: The executor the dashboard's jobs run on, as `prunescope ui` was told (JSON of `ExecutorConfig.to_dict()`).
+EXECUTOR_ENV = "PRUNESCOPE_UI_EXECUTOR"
 DEFAULT_MODEL = "embedded"
 
 #: Seconds the Streamlit server gets to shut down after a stop signal before it is killed.
@@ -60,14 +63,18 @@ def _absolute_if_path(model: str) -> str:
     return model
 
 
-def ui_environment(model: str = DEFAULT_MODEL, base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for the Streamlit child: `base` (default os.environ) plus the model choice.
+def ui_environment(model: str = DEFAULT_MODEL, base: dict[str, str] | None = None,
+                   executor: dict | None = None) -> dict[str, str]:
+    """Environment for the Streamlit child: `base` (default os.environ) plus the model choice and the executor
+    its jobs run on (`ExecutorConfig.to_dict()` of `prunescope ui --executor ...`, as JSON; none = local).
 
     Relative paths in `model` and in ``PRUNESCOPE_HOME`` are made absolute, because the child runs from
     the repository root, not from the user's directory.
     """
     env = dict(os.environ if base is None else base)
     env[MODEL_ENV] = _absolute_if_path(model)
+    if executor is not None:
+        env[EXECUTOR_ENV] = json.dumps(executor, sort_keys=True)
     if env.get("PRUNESCOPE_HOME"):
         env["PRUNESCOPE_HOME"] = str(Path(env["PRUNESCOPE_HOME"]).expanduser().resolve())
     # The app imports `app` and `pruning_core` from the checkout even when the project is not pip-installed.
@@ -75,7 +82,7 @@ def ui_environment(model: str = DEFAULT_MODEL, base: dict[str, str] | None = Non
     return env
 
 
-def run_ui(port: int = 8501, host: str = "127.0.0.1", model: str = DEFAULT_MODEL) -> int:
+def run_ui(port: int = 8501, host: str = "127.0.0.1", model: str = DEFAULT_MODEL, executor: dict | None = None) -> int:
     """Run the dashboard in the foreground until it is stopped; returns Streamlit's exit code, or 0 when it
     was stopped on purpose (Ctrl+C, SIGTERM, SIGHUP).
 
@@ -85,7 +92,7 @@ def run_ui(port: int = 8501, host: str = "127.0.0.1", model: str = DEFAULT_MODEL
     """
     command = streamlit_command(port=port, host=host, model=model)
     print(f"PruneScope dashboard: http://{host}:{port}  (model: {model}; Ctrl+C to stop)", flush=True)
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=ui_environment(model))
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=ui_environment(model, executor=executor))
     stopping: list[float] = []  # monotonic time of the first stop signal
 
     def pass_on(signum: int, frame) -> None:  # noqa: ARG001 - signal handler signature

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from app.services.jobs import newest_status
-from app.services.settings import protocol_of
+from app.services.settings import protocol_of, with_executor
 from pruning_core.allocation.budget import BudgetSpec
 
 
@@ -17,7 +17,7 @@ def budget_spec(settings: dict, method: str, allocation: str, max_increase: floa
     corpus = corpus or (settings.get("eval_corpora") or [None])[0]
     spec = BudgetSpec(model=settings["model"], protocol=protocol_of(settings), method=method, allocation=allocation,
                       propagation=propagation, corpus=corpus, max_increase=round(float(max_increase), 6))
-    return spec.validate().to_dict()
+    return with_executor(spec.validate().to_dict())
 
 
 def budget_status(spec: dict) -> Optional[dict]:

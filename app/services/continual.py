@@ -12,7 +12,7 @@ from app.services.export import report_html
 from app.services.forms import PageForm
 from app.services.jobs import latest_result
 from app.services.models import model_identity
-from app.services.settings import protocol_of
+from app.services.settings import protocol_of, with_executor
 from pruning_core import command_lines
 from pruning_core.continual import figures
 from pruning_core.continual.export import continual_report_data
@@ -57,7 +57,7 @@ def continual_spec(settings: dict, domains, method: str, sparsity: float, strate
     spec = ContinualSpec(model=settings["model"], protocol=protocol_of(settings), domains=domains, method=method,
                          sparsity=float(sparsity), structure=structure, allocation=allocation,
                          strategies=strategies, model_identity=model_identity(settings["model"]))
-    return spec.validate().to_dict()
+    return with_executor(spec.validate().to_dict())
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import ClassVar, Optional
 
 from app.services.choices import METHODS
 from app.services.forms import PageForm, choices_in
-from app.services.settings import protocol_of
+from app.services.settings import protocol_of, with_executor
 from pruning_core.analysis import stored_maps
 from pruning_core.analysis.refinement import is_trusted, live_views
 from pruning_core.analysis.sensitivity import METRICS as _METRICS
@@ -44,7 +44,7 @@ def sensitivity_spec(settings: dict, method: str, sparsities, metrics, probe_win
     spec = SensitivitySpec(model=settings["model"], protocol=protocol_of(settings), method=method,
                            sparsities=tuple(sorted(float(s) for s in sparsities)), metrics=tuple(metrics),
                            probe_windows=int(probe_windows))
-    return spec.validate().to_dict()
+    return with_executor(spec.validate().to_dict())
 
 
 @dataclass

@@ -93,3 +93,24 @@ def protocol_of(settings: dict) -> Protocol:
 def protocol_dict(settings: dict) -> dict:
     """`protocol_of(settings)` as a dict."""
     return protocol_of(settings).to_dict()
+
+
+def executor() -> dict | None:
+    """The executor the dashboard's sweeps, maps, budget searches and continual runs compute on, stored in each
+    job's spec (`ExecutorConfig.to_dict()`), or None for the local one: what `prunescope ui --executor ...` was
+    told (its flags default to the PRUNESCOPE_EXECUTOR / _RAY_ADDRESS / _WORKERS variables)."""
+    import os
+
+    from app.launch import EXECUTOR_ENV
+    from pruning_core.executors.base import ExecutorConfig
+
+    text = os.environ.get(EXECUTOR_ENV)
+    config = ExecutorConfig.from_dict(json.loads(text)).validate() if text else ExecutorConfig.from_env()
+    return None if config.kind == "local" else config.to_dict()
+
+
+def with_executor(spec: dict) -> dict:
+    """`spec` with the dashboard's executor (`executor()`), when it is not the local one (no job key changes:
+    keys leave the executor out)."""
+    found = executor()
+    return {**spec, "executor": found} if found else spec

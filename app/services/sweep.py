@@ -13,7 +13,7 @@ from app.services.choices import ALLOCATIONS, METHODS, STRUCTURES
 from app.services.forms import PageForm, choices_in
 from app.services.jobs import recent_results
 from app.services.models import get_model
-from app.services.settings import protocol_of
+from app.services.settings import protocol_of, with_executor
 from pruning_core.analysis.sweep import SweepSpec
 from pruning_core.analysis.sweep_results import merge_sweeps
 from pruning_core.store import Store, content_hash
@@ -33,7 +33,7 @@ def sweep_spec(settings: dict, methods, structures, sparsities, propagation: str
                      sparsities=tuple(float(s) for s in sparsities),
                      eval_corpora=tuple(settings["eval_corpora"]), propagation=propagation,
                      protocol=protocol_of(settings), allocations=tuple(allocations or ("uniform",)))
-    return spec.validate().to_dict()
+    return with_executor(spec.validate().to_dict())
 
 
 @dataclass
