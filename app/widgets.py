@@ -87,11 +87,11 @@ def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
         st.caption(f"Time estimate unavailable: {' '.join(str(error).split())[:160]}")
         return
     if est and "measure" in est:  # this machine's speed for the model is not known yet: measured in a short job
-        st.caption(":material/speed: Measuring this machine's speed for the estimate (a few forward passes)…")
-        if short_job_result("throughput", est["measure"], key=f"{kind}_throughput") is not None:
-            st.rerun()
-        return
-    if est:
+        if short_job_result("throughput", est["measure"], key=f"{kind}_throughput") is None:
+            st.caption(":material/speed: Measuring this machine's speed for the estimate (a few forward passes)…")
+            return
+        est = guarded(jobs.estimate, kind, settings, spec)  # measured now (no rerun: one-shot page state stays)
+    if est and "measure" not in est:
         st.caption(f":material/schedule: Estimated time **{format_seconds(est.get('seconds'))}**, "
                    f"peak memory **{format_bytes(est.get('peak_memory_bytes'))}** on this machine.",
                    help=est.get("assumptions"))  # what was counted: windows really used, measured speed

@@ -97,10 +97,12 @@ with st.container(border=True):
     if spec is not None:
         estimate = widgets.guarded(recovery.recovery_estimate, spec)
         if estimate and "measure" in estimate:  # the model's speed on this machine: measured in a short job
-            st.caption(":material/speed: Measuring this machine's speed for the estimate (a few forward passes)…")
-            if widgets.short_job_result("throughput", estimate["measure"], key="recovery_throughput") is not None:
-                st.rerun()
-        elif estimate:
+            if widgets.short_job_result("throughput", estimate["measure"], key="recovery_throughput") is None:
+                st.caption(":material/speed: Measuring this machine's speed for the estimate (a few forward "
+                           "passes)…")
+            else:
+                estimate = widgets.guarded(recovery.recovery_estimate, spec)
+        if estimate and "measure" not in estimate:
             budget = " (the time budget stops it first)" if estimate["capped"] else ""
             st.caption(f":material/schedule: Training time, an estimate: **{format_seconds(estimate['seconds'])}**"
                        f"{budget}: {int(steps):,} steps × {estimate['seconds_per_step']:.2f} s per step.",

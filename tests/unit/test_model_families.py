@@ -107,11 +107,11 @@ def test_family_exports_and_the_mask_reapplies_with_identical_logits(family_mode
     family, lm = family_model
     options = ExportOptions(method="wanda", sparsity=0.5, eval_corpora=("news",), prompts=("The city",),
                             max_new_tokens=4, formats=("json",))
-    out = run_export(lm, PROTOCOL, options, tmp_path)
+    out = run_export(lm, PROTOCOL, options, tmp_path / "export")
     assert out["manifest"]["measured_sparsity"]["overall"] == pytest.approx(0.5, abs=0.01)
     assert out["report"]["per_layer"]
     assert out["report"]["sensitivity"]["modules"] == EXPECTED_KINDS[family]  # fused kinds are heatmap columns
-    masks, manifest = load_masks(tmp_path)
+    masks, manifest = load_masks(tmp_path / "export")
     assert set(masks) == set(lm.adapter.prunable_modules(lm.model))
     expected = prune_model(lm, calibration_ids(lm, PROTOCOL), PruneConfig("wanda", "unstructured", 0.5),
                            PROTOCOL.batch_size)
