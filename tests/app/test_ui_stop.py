@@ -18,7 +18,7 @@ pytest.importorskip("streamlit")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90.0  # a cold Streamlit import on a busy 2-core machine
-STOP_TIMEOUT_S = 8.0
+STOP_TIMEOUT_S = 60.0  # a bound on waiting on a busy machine, not a speed claim (the launcher kills at 10 s)
 
 
 def _free_port() -> int:
