@@ -50,7 +50,7 @@ def test_export_on_the_cpu_keeps_the_unmeasured_2_4_sentence(tmp_path):
     options = ExportOptions(method="wanda", structure="2:4", sparsity=0.5, eval_corpora=("news",), prompts=(),
                             heatmap=False, curve_sparsities=())
     cpu = torch.device("cpu")
-    report = run_export(tiny, protocol, options, tmp_path, offload=LayerOffload(cpu, cpu))["report"]
+    report = run_export(tiny, protocol, options, tmp_path / "export", offload=LayerOffload(cpu, cpu))["report"]
     assert report["kernel_speed"]["supported"] is False
     assert "not measured here" in report["speed_note"]
     assert report["kernel_speed"]["reason"] in report["speed_note"]
