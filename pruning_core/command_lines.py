@@ -2,7 +2,7 @@
 
 Pages show the command that re-runs (or saves) what they show. Writing those by hand let them drift from the
 parsers in `pruning_core.cli`; here a line is built from the options' names as the parser spells them
-(`layer_share` -> `--layer-share`), and `tests/unit/test_command_lines.py` parses every line with the real
+(`layer_share` -> `--layer-share`), and `tests/unit/cli/test_command_lines.py` parses every line with the real
 parser and checks that each option reads back as given. Nothing here imports the CLI (nothing outside it may).
 """
 

@@ -9,7 +9,7 @@ How: the queries are cut into blocks of `BLOCK` positions; a block attends only 
 key/value head (grouped-query attention) are stacked into the rows of one matrix, so each block is two bf16
 batched matmuls over the key/value heads and one bf16 softmax (fp32 inside). The numerics are those of
 transformers' eager attention in bf16 (bf16 scores scaled after the product, softmax in fp32 rounded to
-bf16, bf16 probabilities times values): `tests/unit/test_cpu_attention.py` checks the outputs are equal.
+bf16, bf16 probabilities times values): `tests/unit/devices/test_cpu_attention.py` checks the outputs are equal.
 
 It is registered with transformers' `AttentionInterface` under `NAME` and used only inside
 `blocked_attention(model)`, which switches the model's attention implementation for a `with` block and puts

@@ -25,7 +25,7 @@ from pruning_core.export.pipeline import ExportOptions, run_apply_mask, run_expo
 from pruning_core.protocol import Protocol
 from pruning_core.prune import PruneConfig, prune_model
 
-PACKAGE = Path(__file__).resolve().parents[2] / "pruning_core"
+PACKAGE = Path(__file__).resolve().parents[3] / "pruning_core"
 PROTOCOL = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=3, batch_size=4)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pruning_core
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CORE = Path(pruning_core.__file__).parent
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from pruning_core.store import ArtifactMissing, Store, content_hash, home_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from test_import_graph import CORE, _graph
+from tests.unit.architecture.test_import_graph import CORE, _graph
 
 from pruning_core.outputs.render_html import html_page
 from pruning_core.outputs.render_markdown import markdown_page

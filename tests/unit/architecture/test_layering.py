@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pruning_core
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _imported_modules(path: Path) -> set[str]:
