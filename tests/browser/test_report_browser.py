@@ -3,13 +3,9 @@ the PDF is printed by headless Chromium."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_report import EVIL, sample_data
+from tests.unit.outputs.test_report import EVIL, sample_data
 
 from pruning_core.export.report import export_report
 from pruning_core.outputs.pdf import find_chromium
