@@ -74,7 +74,8 @@ def settings_line(settings: dict) -> None:
     calib = calib if len(calib) < 30 else "…" + calib[-28:]
     st.caption(f"Model **{settings['model']}** · calibration **{calib}** ({settings['nsamples']} windows × "
                f"{settings['seqlen']} tokens, seed {settings['seed']}) · evaluation **{evals}** "
-               f"({settings['eval_windows']} windows) · change these on the **Setup** page.")
+               f"(up to {settings['eval_windows']} windows each: a shorter text gives fewer) · change these on the "
+               "**Setup** page.")
 
 
 def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
@@ -246,11 +247,13 @@ def side_by_side(texts: dict, pruned_label: str) -> None:
     texts: {"prompt", "dense", "pruned"} (one sample of `claims.compare_generations` / `compare_models`);
     pruned_label: the pruned column's heading, e.g. "Pruned model (50 % sparse)".
     """
-    st.caption(f"Prompt: “{texts['prompt']}”")
+    # Generated text is shown as text: "# Test the function" is a line a model wrote, not a heading, and code
+    # keeps its line breaks and indentation.
+    st.text(f"Prompt: “{texts['prompt']}”")
     dense_col, pruned_col = st.columns(2)
     with dense_col.container(border=True):
         st.markdown("**Dense model**")
-        st.write(texts["dense"] or "(no text)")
+        st.text(texts["dense"] or "(no text)")
     with pruned_col.container(border=True):
         st.markdown(pruned_label)
-        st.write(texts["pruned"] or "(no text)")
+        st.text(texts["pruned"] or "(no text)")

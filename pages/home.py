@@ -17,6 +17,13 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/home
 import streamlit as st  # noqa: E402
 
 from app.launch import DEFAULT_MODEL, default_model  # noqa: E402
+from app.services import jobs  # noqa: E402
+
+#: How the Home page counts each kind of stored result.
+KIND_NAMES = {"sweep": ("sweep", "sweeps"), "sensitivity": ("sensitivity map", "sensitivity maps"),
+              "whatif": ("what-if", "what-ifs"), "budget": ("budget search", "budget searches"),
+              "structured": ("structured run", "structured runs"), "recovery": ("recovery", "recoveries"),
+              "continual": ("continual run", "continual runs")}
 
 EMBEDDED_DESCRIPTION = (
     "SmolLM2-135M-Instruct, a Llama-architecture model with 135 million parameters "
@@ -65,11 +72,17 @@ for column, (title, body) in zip(columns, STEPS):
         st.markdown(f'<p class="ps-step">{body}</p>', unsafe_allow_html=True)
 
 st.write("")
-st.info(
-    "Open the pages from the menu on the left. Nothing has been measured in this session yet, so no chart "
-    "is shown here: every number in PruneScope comes from a real run on your model.",
-    icon=":material/info:",
-)
+# What the store already holds for this model (any session): never "nothing measured" after hours of results.
+stored = {kind: len(jobs.recent_results(kind, model, limit=100))
+          for kind in ("sweep", "sensitivity", "whatif", "budget", "structured", "recovery", "continual")}
+if any(stored.values()):
+    found = ", ".join(f"{n} {KIND_NAMES[kind][n != 1]}" for kind, n in stored.items() if n)
+    st.info(f"Stored for this model: {found}. The **Summary** page gathers them into one answer; every number "
+            "comes from a real run on your model.", icon=":material/info:")
+else:
+    st.info("Open the pages from the menu on the left. Nothing has been measured for this model yet, so no chart "
+            "is shown here: every number in PruneScope comes from a real run on your model.",
+            icon=":material/info:")
 
 with st.expander("Terms used throughout"):
     st.markdown(

@@ -130,6 +130,8 @@ words = recovery.recovery_words(result)
 st.caption(f"Recovered: **{(result.get('pruned') or {}).get('description', '?')}** · {words['steps']:,} steps"
            + (" (stopped by the time budget)" if result["history"].get("stopped") == "time budget" else "")
            + f" · {format_seconds(result.get('train_seconds')).removeprefix('about ')} of training")
+if words["loss_rose"]:
+    st.warning(words["loss_rose"], icon=":material/trending_up:")
 
 st.subheader("Before and after, per corpus")
 st.dataframe(recovery.recovery_rows(result), hide_index=True, key="recovery_table")

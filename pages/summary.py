@@ -155,9 +155,18 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
     st.dataframe([{c: dense.get(c, "–") for c in columns}, *rows], hide_index=True, key="summary_structured_table")
     left, right = st.columns(2, gap="medium")
     with left.container(border=True):
-        st.markdown("**Structured: the matrices are smaller**")
+        st.markdown("**Structured: the matrices are smaller, at a quality cost**")
+        # Gains never without their cost: the perplexity change sits in the same line as size and speed.
         st.markdown("\n".join(f"- **{p['measured_ratio']:.1%} removed**: "
-                              + " ".join(s for s in structured.structured_claims(p).values() if s) for p in points))
+                              + " ".join(s for s in structured.structured_claims(p).values() if s)
+                              + f" Perplexity on {corpora_service.corpus_label(on)}: "
+                                f"**{charts.perplexity_change(p['ppl'][on], dense_ppl)}** "
+                                f"({dense_ppl:,.2f} → {p['ppl'][on]:,.2f})." for p in points))
+        sampled = next(((p, p["samples"][0]) for p in reversed(points) if p.get("samples")), None)
+        if sampled:  # what the most pruned point writes, beside the dense model (text, never Markdown)
+            point, sample = sampled
+            st.caption(f"Sample text at {point['measured_ratio']:.0%} removed:")
+            st.text(f"Dense:  {sample['dense']}\nPruned: {sample['pruned']}")
     with right.container(border=True):
         if recommended is not None and recommended_speed:
             st.markdown(f"**The recommended setting ({METHOD_NAMES.get(recommended['method'], recommended['method'])}"
@@ -195,9 +204,12 @@ rec = summary.recommend(results, corpus, budget / 100.0)
 dense = rec["dense_ppl"]
 with st.container(border=True):
     if rec["best"] is None:
+        mild = rec["mildest"]
         st.markdown(f"### No measured setting stays within +{budget} %")
-        st.markdown(f"The mildest measured point loses more than that on **{corpus_name}**. Try lower sparsities on "
-                    "the Curves page, or a larger budget.")
+        st.markdown(f"The closest is {METHOD_NAMES.get(mild['method'], mild['method'])} at {mild['sparsity']:.0%} "
+                    f"({form_of(mild)}): perplexity on **{corpus_name}** "
+                    f"{charts.perplexity_change(mild['ppl'][corpus], dense)}. Try lower sparsities on the Curves "
+                    "page, let the search below find the edge, or allow a larger budget.")
     else:
         p = rec["best"]
         change = charts.perplexity_change(p["ppl"][corpus], dense)

@@ -193,11 +193,15 @@ def size_sentence(sizes: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------- speed
 
 
+#: Above this share of the cores kept busy by other processes, a measured speed is said to be approximate.
+BUSY_SHARE = 0.10
+
+
 def _measured_sentence(measured: Mapping[str, Any]) -> str:
     """'Measured on cpu: decode at batch 1 20.1 -> 25.3 tokens/s (1.26x), dense -> pruned, one run.'"""
     phases = []
     for phase, numbers in measured.items():
-        if phase == "device":
+        if phase in ("device", "others_busy_share"):
             continue
         if not isinstance(numbers, Mapping):
             raise ConfigError(f"Measured speed '{phase}' must be {{'dense_tokens_per_s', 'pruned_tokens_per_s'}}.")
@@ -212,7 +216,12 @@ def _measured_sentence(measured: Mapping[str, Any]) -> str:
     if not phases:
         raise ConfigError("The measured speed has no phase (e.g. 'prefill', 'decode'); pass the benchmark's numbers.")
     where = measured.get("device") or "this machine"
-    return f"Measured on {where}, dense -> pruned in one run: {'; '.join(phases)}."
+    sentence = f"Measured on {where}, dense -> pruned in one run: {'; '.join(phases)}."
+    busy = measured.get("others_busy_share")
+    if busy is not None and busy > BUSY_SHARE:
+        sentence += (f" Other processes kept {busy:.0%} of the cores busy during the timing, so read these "
+                     "ratios as approximate and measure again on a quiet machine.")
+    return sentence
 
 
 def speed_sentence(structure: str, measured: Optional[Mapping[str, Any]] = None) -> str:
@@ -249,6 +258,8 @@ def measured_from_speed(speed: Optional[Mapping[str, Any]], dtype: str = "float3
         return None
     where = speed.get("machine_text") or (speed.get("machine") or {}).get("cpu") or "this machine"
     measured: dict = {"device": f"{where}, {dtype} weights"}
+    if speed.get("others_busy_share") is not None:
+        measured["others_busy_share"] = float(speed["others_busy_share"])
     for phase, numbers in speed["phases"][dtype].items():
         measured[phase] = {"dense_tokens_per_s": numbers["dense_tokens_per_s"],
                            "pruned_tokens_per_s": numbers["pruned_tokens_per_s"]}

@@ -46,7 +46,7 @@ def corpus_preview(name: str, split: str = "calibration", column: Optional[str] 
 def _token_count(source: str, identity_key: str, name: str, split: str, column: Optional[str], stamp: tuple) -> int:
     loaded = get_model(source)
     text = core_data.load_corpus_text(name, split, column)
-    return int(core_data.tokenize_text(loaded.tokenizer, text).numel())
+    return int(core_data.token_ids(loaded.tokenizer, text).numel())
 
 
 def token_count(source: str, name: str, split: str = "calibration", column: Optional[str] = None) -> int:
@@ -186,7 +186,7 @@ def save_upload(filename: str, content: bytes, settings: Optional[dict] = None, 
             core_data.preview(str(incoming), split, column or None)
         if settings is not None and settings.get("model"):
             text = core_data.load_corpus_text(str(incoming), "calibration", column or None)
-            tokens = int(core_data.tokenize_text(get_model(settings["model"]).tokenizer, text).numel())
+            tokens = int(core_data.token_ids(get_model(settings["model"]).tokenizer, text).numel())
             _require_calibration_tokens(tokens, settings, original, user_file=True)
         os.replace(incoming, path)  # the same content again: same name, refreshed time (listed first)
     finally:

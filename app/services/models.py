@@ -13,21 +13,34 @@ from typing import Any, Optional
 import streamlit as st
 
 from pruning_core import claims
-from pruning_core.errors import PruneScopeError
+from pruning_core.errors import ModelLoadError, PruneScopeError
 from pruning_core.models import classify_source, load_model
 from pruning_core.store import content_hash
+
+
+_NOT_A_MODEL = ("'{source}' is not a model PruneScope can read here: give a Hugging Face model folder (with "
+                "config.json), a .gguf file, a hub id, or 'embedded'.")
 
 
 def model_identity(source: str) -> dict:
     """What identifies a model source's weights without loading it: for files and folders, path + size + mtime.
 
-    Raises ModelLoadError (a PruneScopeError) for a path that does not exist.
+    Raises ModelLoadError (a PruneScopeError) in one sentence for a path that is not a readable model, missing
+    or not (the same sentence: the field does not tell what exists on the server).
     """
-    kind = classify_source(source)
+    try:
+        kind = classify_source(source)
+    except PruneScopeError:
+        raise ModelLoadError(_NOT_A_MODEL.format(source=source)) from None
     identity: dict[str, Any] = {"source": source, "kind": kind}
+    if kind == "folder" and not (Path(source).expanduser() / "config.json").is_file():
+        # One sentence whether the path is missing or another kind of folder: the field is no way to probe the
+        # server's disk, and nothing below an arbitrary folder (/usr) is walked on every rerun.
+        raise ModelLoadError(_NOT_A_MODEL.format(source=source))
     if kind in ("folder", "gguf"):
         path = Path(source).expanduser().resolve()
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        # A Hugging Face folder keeps its config, weights (shards too) and tokenizer at its top level.
+        files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
         identity.update(path=str(path), mtime_ns=max((p.stat().st_mtime_ns for p in files), default=0),
                         size=sum(p.stat().st_size for p in files))
     return identity

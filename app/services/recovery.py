@@ -263,12 +263,13 @@ def recovery_rows(result: dict) -> list[dict]:
 
 def recovery_words(result: dict) -> dict:
     """{"sparsity", "adapter", "ranks", "steps" (optimizer steps run, every step-wise stage counted), "exact"
-    (bool: the merged sparsity equals the pruned one and every pruned weight is still zero)}: the facts of a
-    recovery in the report's words."""
+    (bool: the merged sparsity equals the pruned one and every pruned weight is still zero), "loss_rose" (a
+    warning sentence when the training loss rose, else None)}: the facts of a recovery in the report's words."""
     sparsity = result.get("sparsity") or {}
     return {"sparsity": figures.sparsity_sentence(result), "adapter": figures.adapter_sentence(result),
             "ranks": figures.ranks_sentence(result.get("ranks") or {}), "steps": figures.total_steps(result),
-            "exact": bool(sparsity.get("pruned_weights_zero")) and sparsity.get("before") == sparsity.get("merged")}
+            "exact": bool(sparsity.get("pruned_weights_zero")) and sparsity.get("before") == sparsity.get("merged"),
+            "loss_rose": figures.loss_trend_sentence(result)}
 
 
 def recovery_estimate(spec: dict) -> dict:

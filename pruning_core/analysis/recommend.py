@@ -15,7 +15,8 @@ def recommend(results: dict, corpus: str, budget: float) -> dict:
     budget: a fraction (0.10 = +10 %). Returns {"dense_ppl", "best" (point or None), "best_change" (fraction or
     None), "per_method": [(method, change, point)] for each method's highest-sparsity point,
     "per_method_within": {method: (change, point)} for each method's highest-sparsity point within the budget
-    (methods with none are absent)}. Ties at equal sparsity go to the lower perplexity. Raises ConfigError when
+    (methods with none are absent), "mildest"/"mildest_change": the point with the smallest perplexity change
+    (how close the measured points came when none is within the budget)}. Ties at equal sparsity go to the lower perplexity. Raises ConfigError when
     the dense perplexity on `corpus` was not measured.
     """
     dense = ((results.get("dense") or {}).get("ppl") or {}).get(corpus)
@@ -29,10 +30,12 @@ def recommend(results: dict, corpus: str, budget: float) -> dict:
         scored.append((float(p["sparsity"]), -ppl, p, ppl / dense - 1.0))
     within = [s for s in scored if s[3] <= budget]
     best = max(within, key=lambda s: (s[0], s[1])) if within else None
+    mildest = min(scored, key=lambda s: (s[3], -s[0])) if scored else None  # how close the best point came
     per_method, per_method_within = {}, {}
     for _sparsity, _neg, p, change in sorted(scored, key=lambda s: (s[0], s[1])):
         per_method[p["method"]] = (p["method"], change, p)
         if change <= budget:
             per_method_within[p["method"]] = (change, p)
     return {"dense_ppl": dense, "best": best[2] if best else None, "best_change": best[3] if best else None,
+            "mildest": mildest[2] if mildest else None, "mildest_change": mildest[3] if mildest else None,
             "per_method": list(per_method.values()), "per_method_within": per_method_within}

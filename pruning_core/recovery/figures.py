@@ -16,7 +16,7 @@ them one after the other on a common step axis, one trace per step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from pruning_core import claims
 from pruning_core.units import format_seconds
@@ -166,6 +166,23 @@ def ranks_sentence(ranks: dict) -> str:
             f"{int(s['parameters'] or 0):,} trainable parameters for a budget of {int(s['budget'] or 0):,}.")
 
 
+def loss_trend_sentence(result: dict) -> Optional[str]:
+    """A warning when the training loss rose: the mean of the last tenth of the steps' losses above the first
+    tenth's (nats), else None. A rising loss means the adapter learned nothing useful (learning rate too high,
+    too few steps, or a corpus unlike the evaluation's)."""
+    losses = [finite(loss) for _, _, history in _stage_histories(result) for _, loss in history.get("loss") or []]
+    losses = [loss for loss in losses if loss is not None]
+    if len(losses) < 4:
+        return None
+    tenth = max(2, len(losses) // 10)
+    first, last = sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
+    if last <= first:
+        return None
+    return (f"The training loss rose ({first:.3f} -> {last:.3f} nats, first and last {tenth} steps): the adapter "
+            "learned nothing useful; lower the learning rate, train more steps, or train on text like the "
+            "evaluation's.")
+
+
 def recovery_sentences(result: dict) -> list[str]:
     """The recovery in plain words: training, the gap won back per corpus, sparsity, adapter, ranks."""
     steps = total_steps(result)
@@ -178,6 +195,9 @@ def recovery_sentences(result: dict) -> list[str]:
         out.append(f"Perplexity on {row['corpus']}: dense {row['dense']:,.2f}, pruned {row['pruned']:,.2f}, "
                    f"after recovery {row['recovered']:,.2f}{won}.")
     out += [sparsity_sentence(result), adapter_sentence(result)]
+    rising = loss_trend_sentence(result)
+    if rising:
+        out.append(rising)
     if result.get("ranks"):
         out.append(ranks_sentence(result["ranks"]))
     return out

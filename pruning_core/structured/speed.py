@@ -26,8 +26,10 @@ import copy
 import inspect
 import os
 import platform
+import resource
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -147,6 +149,29 @@ def _load_average() -> Optional[list]:
         return None
 
 
+def _cpu_seconds() -> Optional[tuple[float, float]]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far, or None without /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return (sum(fields[:8]) - idle) / ticks, own.ru_utime + own.ru_stime
+
+
+def others_busy_share(before: Optional[tuple[float, float]], after: Optional[tuple[float, float]],
+                      wall_seconds: float) -> Optional[float]:
+    """The share of the machine's cores that other processes kept busy between two `_cpu_seconds` readings
+    (0 = a quiet machine; 0.5 = half the cores): the load average cannot tell, it counts this run's own
+    threads and the minute before."""
+    if before is None or after is None or wall_seconds <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return round(min(1.0, max(0.0, others / (wall_seconds * (os.cpu_count() or 1)))), 3)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -242,7 +267,7 @@ def measure_speed(dense: LoadedModel, pruned: LoadedModel, config: Optional[Spee
     prompts = {b: torch.randint(0, vocab, (b, config.prompt_tokens), generator=generator).to(device)
                for b in config.decode_batches}
     phases = config.phases()
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), _cpu_seconds()
     result: dict = {"machine": machine, "machine_text": describe_machine(machine), "settings": config.to_dict(),
                     "dense": dense.fingerprint, "pruned": pruned.fingerprint, "phases": {}, "ratios": {},
                     "statistic": STATISTIC, "load_average": {"start": _load_average()}}
@@ -278,6 +303,7 @@ def measure_speed(dense: LoadedModel, pruned: LoadedModel, config: Optional[Spee
         result["ratios"][dtype] = {label: row["speedup"] for label, row in table.items()}
     result["seconds"] = time.perf_counter() - start
     result["load_average"]["end"] = _load_average()
+    result["others_busy_share"] = others_busy_share(cpu_before, _cpu_seconds(), result["seconds"])
     if store is not None:
         store.put_result(key, RESULT_KIND, result)
     progress(1.0, "speed measured")

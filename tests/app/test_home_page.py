@@ -99,3 +99,14 @@ def test_default_model_reads_the_environment(monkeypatch):
     assert launch.default_model() == "embedded"
     monkeypatch.setenv(launch.MODEL_ENV, "gpt2")
     assert launch.default_model() == "gpt2"
+
+
+def test_home_counts_what_the_store_holds_for_the_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
+    monkeypatch.setenv(launch.MODEL_ENV, "tiny-llama")
+    from tests.app.apptest_helpers import stored_sweep
+
+    assert "Nothing has been measured for this model yet" in all_text(AppTest.from_file(HOME, default_timeout=30).run())
+    stored_sweep()
+    text = all_text(AppTest.from_file(HOME, default_timeout=30).run())
+    assert "Stored for this model: 1 sweep." in text and "Nothing has been measured" not in text

@@ -117,6 +117,18 @@ def test_what_if_page_compares_dense_and_pruned():
     assert "sparse tensor cores" in " ".join(i.value for i in at.info)  # the 2:4 speed claim
 
 
+def test_what_if_shows_prompt_and_generated_text_as_text_not_markdown():
+    at = ok(page("what_if"))
+    at.selectbox(key="whatif_method").set_value("magnitude")
+    at.text_area(key="whatif_prompt").input("# Test the function\n    return x")
+    at.button(key="whatif_run").click().run()
+    ok(at)
+    texts = [str(e.value) for e in at.text]
+    assert any(t.startswith("Prompt: “# Test the function\n    return x") for t in texts)  # layout kept
+    assert len(texts) >= 3  # prompt, dense and pruned text
+    assert not any("Test the function" in str(m.value) for m in at.markdown)  # never a heading
+
+
 def test_what_if_page_tries_another_prompt_without_re_pruning():
     at = ok(page("what_if"))
     at.selectbox(key="whatif_method").set_value("wanda")

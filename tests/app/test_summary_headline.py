@@ -33,3 +33,14 @@ def test_summary_leads_with_the_recommendation_and_names_a_broken_point_plainly(
     curves = json.loads(charts[0].proto.spec)
     assert curves["layout"]["yaxis"]["type"] == "log"
     assert curves["layout"]["yaxis"]["title"]["text"] == "perplexity"
+
+
+def test_without_a_setting_in_budget_the_headline_says_how_close_the_mildest_point_came():
+    stored_sweep()
+    at = ok(page("summary", SETTINGS))
+    at.slider(key="summary_budget").set_value(1).run()
+    ok(at)
+    texts = [str(m.value) for m in at.markdown]
+    assert next(t for t in texts if t.startswith("### ")) == "### No measured setting stays within +1 %"
+    closest = next(t for t in texts if t.startswith("The closest is"))
+    assert "Wanda at 50%" in closest and "+9.7 %" in closest  # the mildest point and its measured change

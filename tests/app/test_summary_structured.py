@@ -48,10 +48,13 @@ def test_summary_shows_measured_structured_savings_beside_the_unstructured_no_sp
         measured = [f"{p['speed']['ratios']['float32'][phase]:.2f}x" for p in result["points"]]
         assert list(table[f"{phase} speed-up (fp32)"])[1:] == measured
     prose = text_of(at)
+    dense = result["dense_ppl"]["news"]
     for point in result["points"]:  # each point's size and measured speed, in the claims module's words
         said = claims.structured_claims(point["sizes"], point["speed"])
-        assert said["size"] in prose and said["speed"] in prose
-        assert "Measured on" in said["speed"] and "dense -> pruned in one run" in said["speed"]
+        line = next(line for line in prose.splitlines() if said["size"] in line)
+        assert said["speed"] in line and "Measured on" in said["speed"] and "dense -> pruned in one run" in said["speed"]
+        # ... never without the quality it costs, in the same line
+        assert f"({dense:,.2f} → {point['ppl']['news']:,.2f})" in line
     # Beside it, the recommended setting's own speed sentence: unstructured zeros gain nothing.
     assert "The recommended setting (Wanda, unstructured, 50%): zeros, not removed" in prose
     assert claims.speed_sentence("unstructured") in prose

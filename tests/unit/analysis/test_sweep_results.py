@@ -47,6 +47,8 @@ def test_recommend_picks_the_highest_sparsity_within_budget():
     assert rec["best_change"] == pytest.approx(0.08)
     assert rec["per_method_within"]["magnitude"][0] == pytest.approx(0.095)
     assert [m for m, _c, p in rec["per_method"]] == ["magnitude", "wanda"]
-    assert recommend(results, "wiki", 0.01)["best"] is None
+    none = recommend(results, "wiki", 0.01)
+    assert none["best"] is None  # nothing within +1 %: the mildest point says how close it came
+    assert none["mildest"]["sparsity"] == 0.5 and none["mildest_change"] == pytest.approx(0.08)
     with pytest.raises(ConfigError, match="news"):
         recommend(results, "news", 0.1)

@@ -162,3 +162,19 @@ def test_results_stored_before_the_claims_module_read_in_todays_words(tmp_path):
     data = {"setting": {"model": "m", "method": "wanda", "structure": "2:4"}, "sizes": old_report}
     assert claims.size_sentence(today) in summary_sentences(data)
     assert "2:4 compressed" in build_report(data, tmp_path, formats=("md",))["md"].read_text()
+
+
+def test_a_speed_measured_while_other_work_shared_the_cores_says_so():
+    from pruning_core.claims import measured_from_speed, speed_sentence
+    from pruning_core.structured.speed import others_busy_share
+
+    # 10 s of wall time on this machine's cores, of which other processes took 40 % (this one: 5 CPU seconds).
+    cores = __import__("os").cpu_count() or 1
+    busy = others_busy_share((100.0, 10.0), (100.0 + 5.0 + 0.4 * 10 * cores, 15.0), 10.0)
+    assert busy == pytest.approx(0.4)
+    speed = {"machine_text": "a CPU", "others_busy_share": busy,
+             "phases": {"float32": {"decode at batch 1": {"dense_tokens_per_s": 10.0, "pruned_tokens_per_s": 12.0}}}}
+    said = speed_sentence("structured", measured_from_speed(speed))
+    assert "1.20x" in said and "Other processes kept 40% of the cores busy" in said and "approximate" in said
+    quiet = speed_sentence("structured", measured_from_speed({**speed, "others_busy_share": 0.02}))
+    assert "Other processes" not in quiet

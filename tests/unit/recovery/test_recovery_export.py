@@ -137,3 +137,14 @@ def test_export_writes_adapter_merged_model_and_a_report_with_a_recovery_section
 
     with pytest.raises(ConfigError, match="already exists"):
         export_recovery(None, _spec(), out)  # nothing is overwritten
+
+
+def test_a_rising_training_loss_is_said_in_the_report_and_a_falling_one_is_not():
+    from pruning_core.recovery.figures import loss_trend_sentence, recovery_sentences
+
+    rising = {"history": {"loss": [(i + 1, 2.0 + 0.01 * i) for i in range(40)], "steps_done": 40}}
+    said = loss_trend_sentence(rising)
+    assert said and "rose (2.015 -> 2.375 nats" in said and "learned nothing useful" in said
+    assert said in recovery_sentences({**rising, "spec": {}, "sparsity": {}, "adapter": {}})
+    falling = {"history": {"loss": [(i + 1, 3.0 - 0.01 * i) for i in range(40)], "steps_done": 40}}
+    assert loss_trend_sentence(falling) is None
