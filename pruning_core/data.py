@@ -370,6 +370,43 @@ def _is_user_file(name: str | os.PathLike) -> bool:
     return key not in EMBEDDED_CORPORA and key not in HUB_CORPORA
 
 
+#: A stored upload's name: a 12-hex content-hash prefix before the user's own file name (app/services/corpora).
+HASH_PREFIXED_NAME = re.compile(r"^[0-9a-f]{12}-(?P<original>.+)$")
+
+
+def corpus_display_name(name: str | os.PathLike) -> str:
+    """How a corpus is named to people and in exported files: embedded and hub corpora by name, a file by its
+    own file name (a stored upload's content-hash prefix dropped), never the path it lies at on this machine."""
+    key = os.fspath(name)
+    if not _is_user_file(key):
+        return key
+    file_name = Path(key).name
+    match = HASH_PREFIXED_NAME.match(file_name)
+    return match.group("original") if match else file_name
+
+
+def without_local_paths(document: Any, corpora: Sequence[str | os.PathLike]) -> Any:
+    """`document` (JSON-like) with every path of a user-file corpus among `corpora` replaced by its
+    `corpus_display_name`, wherever it appears in a string: what an export writes names files, not folders of
+    this machine (the content is identified by its sha256, recorded beside)."""
+    paths = sorted({os.fspath(c) for c in corpora if c and _is_user_file(c)}, key=len, reverse=True)
+    if not paths:
+        return document
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            for path in paths:
+                value = value.replace(path, corpus_display_name(path))
+            return value
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(clean(v) for v in value)
+        return value
+
+    return clean(document)
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 

@@ -7,7 +7,6 @@ Embedded and hub corpora are named; a file corpus is a path (an upload is stored
 from __future__ import annotations
 
 import os
-import re
 import time
 import uuid
 from pathlib import Path
@@ -62,23 +61,18 @@ def uploads_dir() -> Path:
 
 
 #: A stored upload is named "<12 hex digits of its content's sha256>-<original file name>".
-_UPLOAD_NAME = re.compile(r"^[0-9a-f]{12}-(?P<original>.+)$")
 
 
 def uploaded_corpora() -> list[str]:
     """The paths of the files saved by `save_upload`, newest first (every one passed its checks on entry)."""
-    files = [p for p in uploads_dir().iterdir() if p.is_file() and _UPLOAD_NAME.match(p.name)]
+    files = [p for p in uploads_dir().iterdir() if p.is_file() and core_data.HASH_PREFIXED_NAME.match(p.name)]
     return [str(p) for p in sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)]
 
 
 def corpus_label(name: str) -> str:
     """How a corpus is named on a page: embedded and hub corpora by name, an upload by its original file
     name (the content-hash prefix stays in the stored path only), any other file by its file name."""
-    if is_named(name):
-        return name
-    file_name = Path(name).name
-    match = _UPLOAD_NAME.match(file_name)
-    return match.group("original") if match else file_name
+    return core_data.corpus_display_name(name)
 
 
 def corpus_labels(names: list[str]) -> dict[str, str]:

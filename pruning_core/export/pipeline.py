@@ -285,6 +285,7 @@ def _write_export_files(out: Path, loaded, protocol, options: ExportOptions, con
     """Write the export's files into `out` (a fresh folder); returns (report data, report paths, manifest,
     names written besides the report)."""
     from pruning_core import claims
+    from pruning_core.data import without_local_paths
     from pruning_core.export.report import export_report, per_layer_table
     from pruning_core.mask_files import manifest_info_for, save_masks, save_pruned_model
     from pruning_core.outputs.report import build_report
@@ -293,7 +294,9 @@ def _write_export_files(out: Path, loaded, protocol, options: ExportOptions, con
 
     dense_ppl, pruned_ppl = evaluation.dense_ppl, evaluation.pruned_ppl
     protocol_dict = results["protocol"]
-    manifest_info = manifest_info_for(loaded, result, protocol)
+    # Files name a user's corpus by its file name and sha256, never the folder it lies in on this machine.
+    corpora = [protocol.calib, *options.eval_corpora]
+    manifest_info = without_local_paths(manifest_info_for(loaded, result, protocol), corpora)
     manifest = save_masks(result.masks, out, manifest_info)
     written = ["masks.safetensors", "manifest.json"]
     if options.save_model:
@@ -350,6 +353,7 @@ def _write_export_files(out: Path, loaded, protocol, options: ExportOptions, con
         "env": environment(),
         "model": describe,
     }
+    data = without_local_paths(data, corpora)
     paths = build_report(export_report(data), out, formats=options.formats, pdf=options.pdf)
     return data, paths, manifest, written
 

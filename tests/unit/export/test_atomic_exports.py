@@ -16,8 +16,8 @@ PROTOCOL = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=2)
 
 
 def _options(sparsity: float, **extra) -> ExportOptions:
-    return ExportOptions(method="magnitude", sparsity=sparsity, eval_corpora=("news",), prompts=(), heatmap=False,
-                         formats=("json",), **extra)
+    return ExportOptions(**{"method": "magnitude", "sparsity": sparsity, "eval_corpora": ("news",), "prompts": (),
+                            "heatmap": False, "formats": ("json",), **extra})
 
 
 def test_re_export_replaces_the_folder_whole(tmp_path):
@@ -56,3 +56,20 @@ def test_a_folder_with_other_files_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="PruneScope did not write"):
         run_export(load_model("tiny-llama"), PROTOCOL, _options(0.5), out)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_an_export_names_a_user_corpus_by_its_file_name_never_its_path(tmp_path):
+    from pruning_core import data
+
+    uploads = tmp_path / "home" / "uploads"
+    uploads.mkdir(parents=True)
+    corpus = uploads / "3972dc9744f6-GPL-3.txt"
+    corpus.write_text("\n\n".join(data.load_corpus_text("news", "calibration").split("\n\n")[:120]))
+    protocol = Protocol(calib=str(corpus), nsamples=4, seqlen=32, eval_windows=2)
+    out = tmp_path / "export"
+    run_export(load_model("tiny-llama"), protocol, _options(0.5, formats=("json", "md", "html")), out)
+    for name in ("manifest.json", "report.json", "report.md", "report.html"):
+        text = (out / name).read_text()
+        assert str(uploads) not in text and "3972dc9744f6" not in text, name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"]["corpus"] == "GPL-3.txt" and len(manifest["calibration"]["sha256"]) == 64
