@@ -22,6 +22,7 @@ import streamlit as st  # noqa: E402
 from app import charts, state, widgets  # noqa: E402
 from app.charts import corpora_in, curve_table_rows  # noqa: E402
 from app.services import choices, jobs, sweep  # noqa: E402
+from app.services import corpora as corpora_service  # noqa: E402
 from app.services.sweep import SweepForm  # noqa: E402
 
 #: The form's widgets and their first values (seeded by `state.seed_form`, so leaving the page keeps them).
@@ -80,13 +81,13 @@ def draw(results: dict, prefix: str, partial: bool = False) -> None:
     if not corpora:
         return
     top1, top2 = st.columns([3, 1])
-    corpus = top1.radio("Evaluation corpus", corpora, key=f"{prefix}_corpus", horizontal=True) \
-        if len(corpora) > 1 else corpora[0]
+    corpus = top1.radio("Evaluation corpus", corpora, key=f"{prefix}_corpus", horizontal=True,
+                        format_func=corpora_service.corpus_label) if len(corpora) > 1 else corpora[0]
     log_y = top2.toggle("Log scale", value=True, key=f"{prefix}_log",
                         help="Perplexity on a log axis (the default): a broken point at high sparsity does not "
                              "flatten the other lines. Off: a linear axis.")
     charts.show(charts.curves_chart(results, corpus, log_y=log_y), key=f"{prefix}_chart",
-                alt=f"Perplexity against sparsity on {corpus}")
+                alt=f"Perplexity against sparsity on {corpora_service.corpus_label(corpus)}")
     if partial:
         return
     rows = curve_table_rows(results)

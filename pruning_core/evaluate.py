@@ -19,8 +19,9 @@ from typing import Any, Optional, Union
 import torch
 
 from pruning_core import metrics
-from pruning_core.errors import ConfigError
+from pruning_core.data import corpus_display_name
 from pruning_core.devices.placement import LayerOffload, device_key
+from pruning_core.errors import ConfigError
 from pruning_core.masks import applied_masks
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
@@ -117,9 +118,9 @@ def _measure(loaded: LoadedModel, ids: torch.Tensor, dtype: str, what: str, corp
     n = int(ids.shape[0])
 
     def report(fraction: float, message: str) -> None:  # noqa: ARG001 - say what is evaluated, not "i/n"
-        progress(fraction, f"{what} perplexity on {corpus}, window {max(1, min(n, round(fraction * n)))}/{n}")
+        progress(fraction, f"{what} perplexity on {corpus_display_name(corpus)}, window {max(1, min(n, round(fraction * n)))}/{n}")
 
-    progress(0.0, f"{what} perplexity on {corpus}: {n} windows of {ids.shape[1]} tokens")  # before the 1st batch
+    progress(0.0, f"{what} perplexity on {corpus_display_name(corpus)}: {n} windows of {ids.shape[1]} tokens")  # before the 1st batch
     return metrics.perplexity(loaded, ids, dtype=dtype, progress=report, offload=offload)
 
 

@@ -11,7 +11,6 @@ checked before any model work so that a typo in the third domain fails in a seco
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
 
@@ -37,8 +36,8 @@ class Domain:
 
     @property
     def label(self) -> str:
-        """Short display name: the corpus name, or a user file's name without folders."""
-        return self.name if self.name in data.EMBEDDED_CORPORA else os.path.basename(self.name) or self.name
+        """Short display name (`data.corpus_display_name`): the corpus name, or a user file's own name."""
+        return data.corpus_display_name(self.name)
 
     def protocol(self, base: Protocol) -> Protocol:
         """`base` with this domain as the calibration corpus (nsamples, seqlen, seed... unchanged)."""

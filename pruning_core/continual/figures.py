@@ -15,10 +15,16 @@ Every number comes from the result passed in; perplexity has no unit.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
-from pruning_core.outputs.figures import SEQUENTIAL_COLORSCALE, axis, base_layout, finite, fmt
+from pruning_core.data import corpus_display_name
+from pruning_core.outputs.figures import (
+    SEQUENTIAL_COLORSCALE,
+    axis,
+    base_layout,
+    finite,
+    fmt,
+)
 
 #: The sign convention said beside every BWT figure (DESIGN "Continual pruning").
 BWT_AXIS_TITLE = "BWT (positive = forgetting)"
@@ -28,7 +34,6 @@ OVERLAP_AXIS_TITLE = "Overlap (Jaccard; 1 = same mask)"
 STRATEGY_COLORS = {"latest": "#D62728", "sequential": "#FF7F0E", "accumulated": "#1F77B4", "copal": "#2CA02C",
                    "joint": "#7F7F7F"}
 _OTHER_COLORS = ("#9467BD", "#8C564B", "#E377C2", "#17BECF")
-EMBEDDED = ("wiki", "news", "pydocs")
 
 
 def strategy_color(name: str, position: int = 0) -> str:
@@ -37,10 +42,10 @@ def strategy_color(name: str, position: int = 0) -> str:
 
 
 def domain_labels(result: dict, labels: Optional[dict] = None) -> list[str]:
-    """Display names of the result's domains in order: `labels[name]` if given, else an embedded corpus's name
-    or a file's base name."""
+    """Display names of the result's domains in order: `labels[name]` if given, else `data.corpus_display_name`
+    (an embedded corpus's name, a file's own name)."""
     labels = labels or {}
-    return [labels.get(d) or (d if d in EMBEDDED else os.path.basename(d) or d) for d in result["domains"]]
+    return [labels.get(d) or corpus_display_name(d) for d in result["domains"]]
 
 
 def strategy_label(result: dict, name: str, short: bool = False) -> str:

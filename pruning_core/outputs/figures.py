@@ -27,6 +27,8 @@ import math
 import zlib
 from typing import Any, Iterable, Sequence
 
+from pruning_core.data import corpus_display_name
+
 __all__ = [
     "PALETTE",
     "METHOD_COLORS",
@@ -301,7 +303,7 @@ def curve_table_rows(results: dict) -> list[dict]:
             "structure": "-",
             "target sparsity (%)": 0.0,
             "sparsity (%)": 0.0,
-            **{f"ppl {c}": finite(dense_ppl.get(c)) for c in corpora},
+            **{f"ppl {corpus_display_name(c)}": finite(dense_ppl.get(c)) for c in corpora},
             "prune (s)": None,
             # The dense reference is evaluated once per corpus: its eval time is the sum over corpora.
             "eval (s)": finite(sum((results.get("dense", {}).get("eval_seconds") or {}).values()) or None),
@@ -320,7 +322,7 @@ def curve_table_rows(results: dict) -> list[dict]:
                 "structure": p.get("structure", "unstructured"),
                 "target sparsity (%)": None if target is None else _percent(target),
                 "sparsity (%)": None if measured is None else _percent(measured),
-                **{f"ppl {c}": finite((p.get("ppl") or {}).get(c)) for c in corpora},
+                **{f"ppl {corpus_display_name(c)}": finite((p.get("ppl") or {}).get(c)) for c in corpora},
                 "prune (s)": finite(p.get("prune_seconds")),
                 "eval (s)": finite(p.get("eval_seconds")),
             }
@@ -337,7 +339,7 @@ def _point_hover(point: dict, corpus: str, ppl: float, dense: float | None, sett
     if target is not None:
         sparsity_line += f" (target {_percent(target):g} %)"
     lines.append(sparsity_line)
-    ppl_line = f"perplexity {fmt_ppl(ppl)} on {corpus}"
+    ppl_line = f"perplexity {fmt_ppl(ppl)} on {corpus_display_name(corpus)}"
     if dense:
         ppl_line += f" ({perplexity_change(ppl, dense)} vs dense {fmt_ppl(dense)})"
     lines.append(ppl_line)
@@ -433,7 +435,7 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
 
     if dense_ppl is not None:
         right = max(max_x, 50.0)
-        dense_hover = f"<b>dense model</b> (0 % sparsity)<br>perplexity {fmt_ppl(dense_ppl)} on {corpus}"
+        dense_hover = f"<b>dense model</b> (0 % sparsity)<br>perplexity {fmt_ppl(dense_ppl)} on {corpus_display_name(corpus)}"
         if settings:
             dense_hover += f"<br>{settings}"
         data.insert(
@@ -452,7 +454,7 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
         )
 
     layout = base_layout(
-        f"Perplexity vs sparsity · {corpus}",
+        f"Perplexity vs sparsity · {corpus_display_name(corpus)}",
         xaxis=axis(SPARSITY_AXIS_TITLE, rangemode="tozero", ticksuffix=""),
         yaxis=axis(PERPLEXITY_AXIS_TITLE, type="log" if log_y else "linear",
                     **(log_ticks([y for trace in data for y in trace["y"]]) if log_y else {})),
@@ -460,7 +462,7 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
     )
     if not data:
         layout["annotations"] = [
-            {"text": f"No perplexity measured on '{corpus}' yet.", "showarrow": False,
+            {"text": f"No perplexity measured on '{corpus_display_name(corpus)}' yet.", "showarrow": False,
              "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 18}}
         ]
     return {"data": data, "layout": layout}

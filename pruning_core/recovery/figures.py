@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from pruning_core import claims
-from pruning_core.units import format_seconds
+from pruning_core.data import corpus_display_name
 from pruning_core.outputs.figures import COLORWAY, axis, base_layout, finite
+from pruning_core.units import format_seconds
 
 LOSS_COLOR = "#1F77B4"
 # The legend hangs below the x-axis title (anchored by its top edge), with room for a few rows of entries.
@@ -91,32 +92,32 @@ def perplexity_figure(result: dict) -> dict:
     quick = f"quick evaluation, first {windows} windows" if windows else "quick evaluation"
     data = []
     for corpus in corpora:
-        color = corpus_color(corpora, corpus)
+        color, label = corpus_color(corpora, corpus), corpus_display_name(corpus)  # a file's name, not its path
         xs, ys = [], []
         for offset, _, history in histories:
             for step, values in history.get("evals") or []:
                 y = finite((values or {}).get(corpus))
                 if y is not None:
                     xs.append(offset + int(step)), ys.append(y)
-        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{corpus} during training", "x": xs,
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{label} during training", "x": xs,
                      "y": ys, "line": {"color": color, "width": 2}, "marker": {"color": color, "size": 7},
-                     "hovertemplate": f"{corpus}, step %{{x}}: perplexity %{{y:,.2f}}<extra>{quick}</extra>",
+                     "hovertemplate": f"{label}, step %{{x}}: perplexity %{{y:,.2f}}<extra>{quick}</extra>",
                      "meta": {"role": "curve", "corpus": corpus}})
         for role, key, dash, words in (("dense", "dense_ppl", "dash", "dense model"),
                                        ("pruned", "pruned_ppl", "dot", "pruned, before recovery")):
             value = finite((result.get(key) or {}).get(corpus))
             if value is None:
                 continue
-            data.append({"type": "scatter", "mode": "lines", "name": f"{corpus}: {words}", "x": [0, last],
+            data.append({"type": "scatter", "mode": "lines", "name": f"{label}: {words}", "x": [0, last],
                          "y": [value, value], "line": {"color": color, "dash": dash, "width": 1.5},
-                         "hovertemplate": f"{corpus}, {words}: %{{y:,.2f}}<extra>full evaluation</extra>",
+                         "hovertemplate": f"{label}, {words}: %{{y:,.2f}}<extra>full evaluation</extra>",
                          "meta": {"role": role, "corpus": corpus}})
         after = finite((result.get("recovered_ppl") or {}).get(corpus))
         if after is not None:
-            data.append({"type": "scatter", "mode": "markers", "name": f"{corpus}: recovered (merged)",
+            data.append({"type": "scatter", "mode": "markers", "name": f"{label}: recovered (merged)",
                          "x": [last], "y": [after],
                          "marker": {"color": color, "size": 12, "symbol": "star"},
-                         "hovertemplate": f"{corpus}, merged model: %{{y:,.2f}}<extra>full evaluation</extra>",
+                         "hovertemplate": f"{label}, merged model: %{{y:,.2f}}<extra>full evaluation</extra>",
                          "meta": {"role": "recovered", "corpus": corpus}})
     layout = base_layout("Perplexity against step", xaxis=axis("Optimizer step"),
                           yaxis=axis("Perplexity (lower is better)"), legend=_LEGEND_BELOW,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pruning_core.data import corpus_display_name
+
 # The figure base's `axis` under another name: `tradeoff_figure`'s own `axis` argument would hide it.
 from pruning_core.outputs.figures import axis as titled_axis
 from pruning_core.outputs.figures import base_layout, finite, method_color
@@ -91,10 +93,10 @@ def tradeoff_figure(structured: dict, sweep: Optional[dict], corpus: str, axis: 
                      "x": [0.0 if axis == "removed" else 1.0], "y": [dense],
                      "text": [f"dense model, perplexity {dense:,.2f}"], "hovertemplate": "%{text}<extra></extra>",
                      "marker": {"color": "#262730", "size": 11, "symbol": "star"}, "meta": {"role": "dense"}})
-    title = (f"Perplexity on {corpus} against parameters removed" if axis == "removed" else
-             f"Perplexity on {corpus} against measured speed-up ({phase or 'not measured'}, {dtype})")
+    title = (f"Perplexity on {corpus_display_name(corpus)} against parameters removed" if axis == "removed" else
+             f"Perplexity on {corpus_display_name(corpus)} against measured speed-up ({phase or 'not measured'}, {dtype})")
     layout = base_layout(title, xaxis=titled_axis(AXES[axis]),
-                         yaxis=titled_axis(f"Perplexity on {corpus} (lower is better)"),
+                         yaxis=titled_axis(f"Perplexity on {corpus_display_name(corpus)} (lower is better)"),
                          legend={"orientation": "h", "y": -0.2})
     return {"data": data, "layout": layout}
 

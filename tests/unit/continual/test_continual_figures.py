@@ -53,7 +53,7 @@ def test_transfer_bars_state_the_sign_convention_and_carry_the_measured_values()
 def test_overlap_lines_per_strategy_per_step():
     fig = cf.overlap_figure(hand_made())
     assert [t["meta"]["strategy"] for t in fig["data"]] == ["latest", "copal", "joint"]
-    assert fig["data"][1]["x"] == ["step 2 (news)", "step 3 (abcdef123456-manuals.txt)"]
+    assert fig["data"][1]["x"] == ["step 2 (news)", "step 3 (manuals.txt)"]
     assert fig["data"][1]["y"] == [0.8, 0.9] and fig["data"][2]["line"]["dash"] == "dot"
 
 
@@ -80,8 +80,8 @@ def test_rows_sort_by_forgetting_and_the_answer_follows_the_numbers():
 def test_report_tables():
     result = hand_made()
     headers, rows = cf.r_table(result, "latest", labels={})
-    assert headers == ["perplexity on", "wiki", "news", "abcdef123456-manuals.txt"]
-    assert rows[0] == ["dense model", "10.00", "12.00", "20.00"] and rows[3][0] == "after step 3 (abcdef123456-manuals.txt)"
+    assert headers == ["perplexity on", "wiki", "news", "manuals.txt"]  # the upload by its own name
+    assert rows[0] == ["dense model", "10.00", "12.00", "20.00"] and rows[3][0] == "after step 3 (manuals.txt)"
     summary = cf.summary_table(result)
     assert "positive = forgetting" in cf.SUMMARY_HEADERS[1]
     assert [r[0] for r in summary] == ["copal", "latest", "joint (reference, not continual)"]
