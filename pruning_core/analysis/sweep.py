@@ -49,6 +49,9 @@ from pruning_core.prune import PruneConfig, prune_model, prune_settings, prune_w
 from pruning_core.statistics_cache import cached_statistics
 from pruning_core.walk import PROPAGATIONS, capture_layer_inputs
 
+#: While a grid's points are prepared (plans, keys, stored results), progress is reported every this many points.
+PREPARE_REPORT_EVERY = 200
+
 
 @dataclass(frozen=True)
 class SweepSpec(JobSpec):
@@ -385,6 +388,10 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     task_points: list[int] = []  # grid index of each task
     done = 0
     for index, (base, allocation) in enumerate(grid):
+        if index % PREPARE_REPORT_EVERY == 0 and len(grid) > PREPARE_REPORT_EVERY:
+            # A large grid spends seconds here (a plan, a key, a store look-up per point): say so, and let a
+            # cancel through (the progress callback raises it).
+            progress(done_fraction(done), f"preparing point {index + 1:,}/{len(grid):,}: plans and stored results")
         label = f"{base.method} {base.structure} {base.effective_sparsity:.0%}"
         if allocation != "uniform":
             label += f" {allocation}"
