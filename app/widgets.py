@@ -18,7 +18,7 @@ import streamlit as st
 from app import state
 from app.formats import format_bytes, format_seconds
 from app.services import allocation, corpora, jobs
-from pruning_core.errors import PruneScopeError
+from pruning_core.failures import explain
 
 #: Seconds between refreshes of a running job's panel.
 REFRESH_S = 1.0
@@ -45,8 +45,9 @@ def page_start(title: str, lead: str, show_settings: bool = True) -> dict:
 
 def error_text(error: BaseException) -> str:
     """The one-paragraph message `show_error` shows for `error` (unexpected errors: traceback to the log)."""
-    if isinstance(error, PruneScopeError):
-        return str(error)
+    said = explain(error)  # ours, and the store's, the disk's and the file system's, in one sentence
+    if said is not None:
+        return said
     print("".join(traceback.format_exception(error)), file=sys.stderr)
     line = " ".join(str(error).split())[:300] or type(error).__name__
     return f"Something went wrong: {line}. Check the settings on the Setup page and try again."

@@ -110,7 +110,7 @@ else:
 st.subheader("Calibration and evaluation text")
 calib_col, eval_col = st.columns(2, gap="large")
 with calib_col:
-    uploads = corpora.uploaded_corpora()  # every earlier accepted upload stays selectable
+    uploads = widgets.guarded(corpora.uploaded_corpora) or []  # every earlier accepted upload stays selectable
     calib_options = list(corpora.EMBEDDED_CORPORA) + uploads + [UPLOAD] + list(corpora.HUB_CORPORA)
     if settings["calib"] not in calib_options and corpora.is_file(settings["calib"]):  # a path given elsewhere
         calib_options.insert(len(corpora.EMBEDDED_CORPORA), settings["calib"])

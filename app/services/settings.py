@@ -13,6 +13,7 @@ from typing import Any
 
 from app.services.choices import EVAL_DTYPES
 from app.services.corpora import is_named
+from pruning_core.errors import PruneScopeError
 from pruning_core.outputs.files import write_json
 from pruning_core.protocol import PAPER_PROTOCOL, QUICK_PROTOCOL, Protocol
 from pruning_core.store import home_dir
@@ -42,7 +43,7 @@ def saved_settings(launch_model: str) -> dict:
     try:
         document = json.loads((home_dir() / SETTINGS_FILE).read_text())
         saved = dict(document[launch_model])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, PruneScopeError):
         return {}
     kept = {k: saved[k] for k in _SETTING_FIELDS if k in saved}
     if not _usable_corpus(kept.get("calib")):
@@ -67,7 +68,11 @@ def saved_settings(launch_model: str) -> dict:
 def save_settings(launch_model: str, settings: dict) -> None:
     """Save the Setup settings for dashboards launched on `launch_model` (atomic write; a failure to write is
     not an error a user can act on, so it only costs the restore after a reload)."""
-    path = home_dir() / SETTINGS_FILE
+    try:
+        path = home_dir() / SETTINGS_FILE
+    except PruneScopeError as error:  # the store's problem: the pages say it where they read the store
+        print(f"prunescope: could not save the dashboard settings: {error}", file=sys.stderr)
+        return
     try:
         document = json.loads(path.read_text()) if path.is_file() else {}
         if not isinstance(document, dict):
