@@ -93,10 +93,26 @@ def _join(words: list[str]) -> str:
 
 
 def sensitivity_reading(sens: dict) -> str:
-    """One plain-language sentence from a sensitivity map's numbers: the most and least sensitive layers
-    (by `layer_values`, else the mean over a layer's modules) and module kinds (mean over layers)."""
+    """One plain-language sentence from a sensitivity map's numbers, naming only values whose agreement was
+    measured: an exact map names the most and least sensitive layers (its whole-layer values are exact too) and
+    module kinds (mean over layers); an estimate names the most and least sensitive cells (layer x module: the
+    values its measured agreement is about), never its per-layer aggregate (not measured against the exact one)."""
     layers = [int(x) for x in sens["layers"]]
     values = sens["values"]
+    sparsity = sens.get("sparsity")
+    at = f" at {float(sparsity):.0%} sparsity" if sparsity is not None else ""
+    word = lambda m: MODULE_WORDS.get(m, f"'{m}' modules")  # noqa: E731
+    if sens.get("metric") != "exact":
+        cells = sorted((float(v), layer, m) for layer, row in zip(layers, values)
+                       for v, m in zip(row, sens["modules"]) if v is not None and v == v)
+        if len(cells) < 2:
+            return "No values were computed for this map."
+        name = lambda c: f"layer {c[1]} {c[2]}"  # noqa: E731
+        count = min(3, len(cells) // 2)
+        return (f"Pruned with {sens.get('method', '?')}{at}, the most sensitive modules are "
+                f"{_join([name(c) for c in reversed(cells[-count:])])}; the safest are "
+                f"{_join([name(c) for c in cells[:count]])} (cells of this estimate, whose ranking was measured "
+                "against the exact metric).")
     layer_scores = sens.get("layer_values") or [_finite_mean(row) for row in values]
     ranked_layers = sorted((s, l) for s, l in zip(layer_scores, layers) if s is not None)
     module_scores = [(_finite_mean(row[j] for row in values), m) for j, m in enumerate(sens["modules"])]
@@ -105,12 +121,9 @@ def sensitivity_reading(sens: dict) -> str:
         return "No values were computed for this map."
     top = sorted(l for _, l in ranked_layers[-2:]) if len(ranked_layers) > 2 else [ranked_layers[-1][1]]
     safest = sorted(l for _, l in ranked_layers[:3]) if len(ranked_layers) > 4 else [ranked_layers[0][1]]
-    word = lambda m: MODULE_WORDS.get(m, f"'{m}' modules")  # noqa: E731
     most_module, least_module = ranked_modules[-1][1], ranked_modules[0][1]
     layer_text = ("layer " if len(top) == 1 else "layers ") + _join([str(l) for l in top])
     safe_text = ("layer " if len(safest) == 1 else "layers ") + _join([str(l) for l in safest])
-    sparsity = sens.get("sparsity")
-    at = f" at {float(sparsity):.0%} sparsity" if sparsity is not None else ""
     return (f"Pruned with {sens.get('method', '?')}{at}, {layer_text} and the {word(most_module)} are the most "
             f"sensitive; {safe_text} and the {word(least_module)} are the safest places to remove weights.")
 

@@ -535,6 +535,8 @@ def heatmap_figure(sens: dict) -> dict:
         row = []
         for j, module in enumerate(modules):
             lines = [f"<b>layer {layer} · {module}</b>", f"{unit}: {fmt(z[i][j])}"]
+            if z[i][j] is not None and z[i][j] < 0:
+                lines.append(NEGATIVE_NOTE)
             if names is not None and names[i][j]:
                 lines.append(str(names[i][j]))
             size_text = _size_text(sizes[i][j]) if sizes is not None else None
@@ -552,7 +554,8 @@ def heatmap_figure(sens: dict) -> dict:
         "hovertemplate": "%{text}<extra></extra>",
         "hoverongaps": True,
         "colorscale": SEQUENTIAL_COLORSCALE,
-        "colorbar": {"title": {"text": unit, "side": "right"}, "thickness": 18},
+        "colorbar": {"title": {"text": unit + (" (below 0: see hover)" if _has_negative(z) else ""),
+                               "side": "right"}, "thickness": 18},
         "xgap": 2,
         "ygap": 1,
         "meta": {"metric": sens.get("metric"), "method": sens.get("method"), "sparsity": sens.get("sparsity")},
@@ -568,6 +571,15 @@ def heatmap_figure(sens: dict) -> dict:
         plot_bgcolor="#D9D9D9",  # gaps (None) show as light grey, distinct from every Viridis colour
     )
     return {"data": [trace], "layout": layout}
+
+
+#: What a negative sensitivity means, in the hover of each such cell (and the colour bar points to it).
+NEGATIVE_NOTE = ("below 0: pruning this module alone lowered the probe loss, a difference within the probe's "
+                 "noise; read it as 'not sensitive'")
+
+
+def _has_negative(z: Sequence[Sequence[float | None]]) -> bool:
+    return any(v is not None and v < 0 for row in z for v in row)
 
 
 #: Short axis words for each metric's per-layer aggregate (the map's own "layer_aggregate" says it in full).

@@ -123,3 +123,16 @@ def test_automatic_is_chosen_alone():
         sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["auto", "exact"], 8)
     assert sensitivity.sensitivity_spec(SMALL, "wanda", [0.5], ["auto"], 8)["metrics"] == ["auto"]
     assert "fisher" in sensitivity.SENSITIVITY_METRICS and "auto" in sensitivity.SENSITIVITY_METRICS
+
+
+def test_an_estimate_is_read_from_its_measured_cells_and_an_exact_map_from_its_layers():
+    from app.services.sensitivity import sensitivity_reading
+
+    estimate = {"metric": "fisher", "method": "wanda", "sparsity": 0.5, "layers": [0, 1, 2], "modules": ["q", "down"],
+                "values": [[0.1, 0.5], [0.2, 0.9], [0.0, 0.3]],
+                "layer_values": [9.0, 0.0, 5.0]}  # an aggregate whose agreement was never measured: not read
+    said = sensitivity_reading(estimate)
+    assert "layer 1 down" in said and "layer 2 q" in said and "layers" not in said.split("modules are")[0]
+    assert "9.0" not in said and "layer 0 and" not in said
+    exact = {**estimate, "metric": "exact"}
+    assert "layers 0 and 2" in sensitivity_reading(exact).split("sensitive;")[0]  # exact whole layers are read
