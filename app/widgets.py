@@ -122,6 +122,12 @@ def followed_spec(kind: str, model: Optional[str] = None) -> Optional[dict]:
         return None
 
 
+def seed_form_from_job(kind: str, form: dict, form_cls: Any, model: str) -> None:
+    """Seed a page's form (`state.seed_form`): from what it was left at, else from the spec of the job the page
+    follows (`form_cls.from_spec`, the binding's reverse direction), else the defaults."""
+    state.seed_form(kind, form, lambda: form_cls.from_spec(followed_spec(kind, model)))
+
+
 def start_job(kind: str, spec: dict) -> Optional[str]:
     """Submit a job and make it the page's job; errors are shown, not raised."""
     job_id = guarded(jobs.submit_job, kind, spec)

@@ -24,7 +24,6 @@ projection's shape), so the result is a ratio, comparable across machines:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.first_map import REFERENCE, cpu_facts, matmul_rate, stored_exact_map  # noqa: E402
+from benchmarks.first_map import REFERENCE, cpu_facts, matmul_rate, print_and_save, stored_exact_map  # noqa: E402
 from pruning_core.devices.allocator import allocator_settings, reexec_with_allocator_settings  # noqa: E402
 from pruning_core.analysis.sensitivity import _ProbeCache, compute_sensitivity, probe_ids, spearman  # noqa: E402
 from pruning_core.devices.cpu_attention import PROFILER_LABEL  # noqa: E402
@@ -174,11 +173,7 @@ def main(argv=None) -> int:
             flops / (flops / (rate * 1e9) + attention * probe_seconds / profiled) / (rate * 1e9), 3),
         "layers": layers,
     }
-    print(json.dumps(out, indent=2))
-    if args.save:
-        Path(args.save).mkdir(parents=True, exist_ok=True)
-        (Path(args.save) / "final-map-efficiency.json").write_text(json.dumps(out, indent=2))
-    return 0
+    return print_and_save(out, args.save, "final-map-efficiency.json")
 
 
 if __name__ == "__main__":

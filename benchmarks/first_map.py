@@ -135,10 +135,15 @@ def main(argv=None) -> int:
     if exact is not None:
         out["agreement_with_exact"] = {"cells": spearman(flat(first), flat(exact)),
                                        "whole_layers": spearman(first["layer_values"], exact["layer_values"])}
-    print(json.dumps(out, indent=2))
-    if args.save:
-        Path(args.save).mkdir(parents=True, exist_ok=True)
-        (Path(args.save) / "first-map.json").write_text(json.dumps(out, indent=2))
+    return print_and_save(out, args.save, "first-map.json")
+
+
+def print_and_save(document: dict, folder: str | None, name: str) -> int:
+    """Print a benchmark's JSON and, with `folder` (--save), write it there as `name`; the exit status (0)."""
+    print(json.dumps(document, indent=2))
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name).write_text(json.dumps(document, indent=2))
     return 0
 
 

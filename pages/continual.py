@@ -30,8 +30,7 @@ settings = widgets.page_start(
     "every arrival and see what each strategy forgets: the R matrix holds the perplexity on every domain after "
     "every step, and backward transfer (BWT) sums up how much the earlier domains got worse.",
 )
-state.seed_form("continual", FORM,
-                lambda: ContinualForm.from_spec(widgets.followed_spec("continual", settings["model"])))
+widgets.seed_form_from_job("continual", FORM, ContinualForm, settings["model"])
 descriptions = continual.continual_strategy_descriptions()
 usable = continual.continual_corpora(settings)
 labels = corpora.corpus_labels(list(dict.fromkeys([*usable, *st.session_state.get("continual_domains", [])])))
@@ -58,11 +57,8 @@ with st.container(border=True):
     strategies = st.multiselect("Strategies", continual.CONTINUAL_STRATEGIES, key="continual_strategies",
                                 format_func=strategy_label,
                                 help="; ".join(f"{n}: {d['description']}" for n, d in descriptions.items()))
-    spec = None
-    try:
-        spec = ContinualForm(domains, method, sparsity, strategies).to_spec(settings)
-    except Exception as error:  # noqa: BLE001
-        widgets.show_error(error)
+    # Bad choices: the error says what to fix, and the page stays.
+    spec = widgets.guarded(lambda: ContinualForm(domains, method, sparsity, strategies).to_spec(settings))
     run = st.button("Run the sequence", key="continual_run", type="primary", icon=":material/timeline:",
                     disabled=spec is None,
                     help="Runs as a job: it survives a reload, can be cancelled, and a second run resumes "

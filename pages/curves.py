@@ -34,7 +34,7 @@ settings = widgets.page_start(
     "How much worse does the model get as more weights are removed? Each line is a pruning method; the "
     "dashed line is the unpruned model. <b>Lower perplexity is better.</b>",
 )
-state.seed_form("sweep", FORM, lambda: SweepForm.from_spec(widgets.followed_spec("sweep", settings["model"])))
+widgets.seed_form_from_job("sweep", FORM, SweepForm, settings["model"])
 
 with st.container(border=True):
     c1, c2, c3 = st.columns([2, 2, 3])
@@ -57,11 +57,9 @@ with st.container(border=True):
                                  help="How each sparsity is spread over layers and modules (unstructured points; "
                                       "each allocation adds a line per method, dashed by allocation): "
                                       + choices.allocation_help())
-    spec = None
-    try:
-        spec = SweepForm(methods, structures, sparsities, propagation, allocations).to_spec(settings)
-    except Exception as error:  # noqa: BLE001 - bad choices: say what to fix, keep the page
-        widgets.show_error(error)
+    # Bad choices: the error says what to fix, and the page stays.
+    spec = widgets.guarded(lambda: SweepForm(methods, structures, sparsities, propagation,
+                                   allocations).to_spec(settings))
     with c5:
         widgets.estimate_line("sweep", settings, spec)
     run = st.button("Run sweep", key="curves_run", type="primary", icon=":material/play_arrow:",

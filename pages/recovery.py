@@ -32,7 +32,7 @@ measured_on = list(dict.fromkeys([*settings["eval_corpora"], *corpora.EMBEDDED_C
 train_corpora = list(dict.fromkeys([settings["calib"], *corpora.EMBEDDED_CORPORA]))
 handed = navigation.take_recovery_prefill(st.session_state)  # the Summary's "Recover quality" button
 FORM = RecoveryForm.first_values(settings)
-state.seed_form("recovery", FORM, lambda: RecoveryForm.from_spec(widgets.followed_spec("recovery", settings["model"])))
+widgets.seed_form_from_job("recovery", FORM, RecoveryForm, settings["model"])
 if "recovery_source_seeded" not in st.session_state:  # once per session: start from the Summary's recommendation
     st.session_state["recovery_source_seeded"] = True
     recommended = None if handed or st.session_state.get(state.FORMS, {}).get("recovery") else \

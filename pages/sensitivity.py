@@ -48,8 +48,7 @@ settings = widgets.page_start(
     "Where does removing weights hurt? Each cell is one module of one layer, pruned <b>alone</b>: "
     "brighter means the model suffers more, darker means it is safer to prune.",
 )
-state.seed_form("sensitivity", FORM,
-                lambda: SensitivityForm.from_spec(widgets.followed_spec("sensitivity", settings["model"])))
+widgets.seed_form_from_job("sensitivity", FORM, SensitivityForm, settings["model"])
 
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([2, 3, 3, 2])
@@ -63,11 +62,8 @@ with st.container(border=True):
                             help="Probe windows: held-out text windows (seqlen tokens each) on which the exact "
                                  "metric measures the loss before and after pruning one module. More windows: "
                                  "steadier values, proportionally slower.")
-    spec = None
-    try:
-        spec = SensitivityForm(method, sparsities, metrics, int(probe)).to_spec(settings)
-    except Exception as error:  # noqa: BLE001
-        widgets.show_error(error)
+    # Bad choices: the error says what to fix, and the page stays.
+    spec = widgets.guarded(lambda: SensitivityForm(method, sparsities, metrics, int(probe)).to_spec(settings))
     widgets.estimate_line("sensitivity", settings, spec)
     run = st.button("Compute map", key="sens_run", type="primary", icon=":material/play_arrow:",
                     disabled=spec is None)

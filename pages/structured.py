@@ -30,8 +30,7 @@ settings = widgets.page_start(
     "Remove whole attention heads and MLP channels: the matrices shrink, so the saved model is smaller and every "
     "runtime does less work. Speed-ups here are measured on this machine, dense and pruned in the same run.",
 )
-state.seed_form("structured", FORM,
-                lambda: StructuredForm.from_spec(widgets.followed_spec("structured", settings["model"])))
+widgets.seed_form_from_job("structured", FORM, StructuredForm, settings["model"])
 
 with st.container(border=True):
     c1, c2 = st.columns(2)
@@ -63,12 +62,9 @@ with st.container(border=True):
                               help="How each ratio is spread over the layers (heads and channels): "
                                    + choices.allocation_help())
     prompt = c7.text_input("Prompt for the text comparison", key="structured_prompt")
-    spec = None
-    try:
-        spec = StructuredForm(units, ratios, score, compensate, speed, prompt, allocation,
-                              layer_share).to_spec(settings)
-    except Exception as error:  # noqa: BLE001
-        widgets.show_error(error)
+    # Bad choices: the error says what to fix, and the page stays.
+    spec = widgets.guarded(lambda: StructuredForm(units, ratios, score, compensate, speed, prompt, allocation,
+                                   layer_share).to_spec(settings))
     run = st.button("Prune structurally", key="structured_run", type="primary", icon=":material/content_cut:",
                     disabled=spec is None)
 

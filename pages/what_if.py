@@ -31,7 +31,7 @@ settings = widgets.page_start(
     "Try one setting: how much worse does the pruned model get, how much smaller can it be stored, and "
     "how does its text compare with the original's?",
 )
-state.seed_form("whatif", FORM, lambda: WhatIfForm.from_spec(widgets.followed_spec("whatif", settings["model"])))
+widgets.seed_form_from_job("whatif", FORM, WhatIfForm, settings["model"])
 if st.session_state.get("whatif_start") not in choices.ALLOCATIONS:  # an allocator gone from the registry
     st.session_state["whatif_start"] = "uniform"
 
@@ -89,11 +89,8 @@ with st.container(border=True):
         if per_layer:
             plan = plan_editor(sparsity)
     prompt = st.text_area("Prompt for the text comparison", key="whatif_prompt", height=80)
-    spec = None
-    try:
-        spec = WhatIfForm(method, structure, sparsity, prompt=prompt).to_spec(settings, plan)
-    except Exception as error:  # noqa: BLE001
-        widgets.show_error(error)
+    # Bad choices: the error says what to fix, and the page stays.
+    spec = widgets.guarded(lambda: WhatIfForm(method, structure, sparsity, prompt=prompt).to_spec(settings, plan))
     widgets.estimate_line("whatif", settings, spec)
     run = st.button("Try it", key="whatif_run", type="primary", icon=":material/play_arrow:", disabled=spec is None)
 
