@@ -455,9 +455,10 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     if kind == "sensitivity":
         available = evaluation_windows_used(loaded, [protocol.calib], replace(protocol, eval_windows=10**9),
                                             store, protocol.calib_column)[protocol.calib]
-        return estimate_sensitivity(info, protocol, spec["method"], spec["sparsities"], spec["metrics"],
+        made = estimate_sensitivity(info, protocol, spec["method"], spec["sparsities"], spec["metrics"],
                                     int(spec.get("probe_windows", 8)), rate, probe_windows_available=available,
                                     workers=workers)
+        return with_corpus_memory(made, loaded, protocol, [(protocol.calib, "evaluation")], store)
     if kind == "sweep":
         sweep = SweepSpec.from_dict(spec)
     else:
@@ -474,10 +475,39 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     if stored_maps is not None:  # the sweep computes a map: its probe reads the calibration corpus's evaluation split
         available = evaluation_windows_used(loaded, [protocol.calib], replace(protocol, eval_windows=10**9),
                                             store, protocol.calib_column)[protocol.calib]
-    return estimate_sweep(info, sweep, rate, eval_windows_used=windows, stored_statistics=stored_statistics,
+    made = estimate_sweep(info, sweep, rate, eval_windows_used=windows, stored_statistics=stored_statistics,
                           stored_maps=stored_maps or (), probe_windows_available=available,
                           workers=workers if kind == "sweep" else 1,
                           device=str(device) if offload is not None else "cpu")
+    return with_corpus_memory(made, loaded, protocol, [(c, "evaluation") for c in sweep.eval_corpora], store)
+
+
+#: Bytes the tokenizer holds per character of the piece it is encoding (about 280 bytes per token of offsets,
+#: strings and ids, at 3-4 characters per token), measured on the embedded tokenizer.
+TOKENIZER_BYTES_PER_CHAR = 80
+
+
+def corpus_memory_bytes(loaded, protocol, splits, store=None) -> int:
+    """The memory the corpora of a run take (bytes): each split's text (held by the reader and once joined),
+    its token ids (int32, cached) and the tokenizer's work on one piece (`data.TOKENIZE_CHARS`) at a time.
+    `splits`: [(corpus, split)]; the calibration split is always counted."""
+    from pruning_core import data
+
+    total, pieces = 0, 0
+    for corpus, split in [(protocol.calib, "calibration"), *splits]:
+        column = protocol.calib_column if corpus == protocol.calib else None
+        chars = len(data.load_corpus_text(corpus, split, column))
+        total += 2 * chars + 4 * split_tokens(loaded, corpus, split, column, store)
+        pieces = max(pieces, min(chars, data.TOKENIZE_CHARS))
+    return total + TOKENIZER_BYTES_PER_CHAR * pieces
+
+
+def with_corpus_memory(made: dict, loaded, protocol, splits, store=None) -> dict:
+    """An estimate with `corpus_memory_bytes` added to its peak memory and said in its assumptions."""
+    extra = corpus_memory_bytes(loaded, protocol, splits, store)
+    return {**made, "peak_memory_bytes": int(made["peak_memory_bytes"]) + extra,
+            "assumptions": made["assumptions"] + f"; corpora in memory: {extra / 1e6:,.1f} MB (texts, token ids, "
+                                                 "one tokenized piece)"}
 
 
 def _stored_plan_inputs(loaded, sweep, store, offload=None) -> tuple[str, set[str] | None]:

@@ -274,3 +274,20 @@ def test_throughput_on_an_offload_is_measured_through_it_and_cached_apart(tiny, 
     plain = measure_throughput(tiny, 32, store=store)
     assert measure_throughput(tiny, 32, store=store, offload=offload) == plain  # a CPU offload is the CPU
     assert offload.moves == []  # read from the store: nothing was walked
+
+
+def test_the_estimate_counts_the_corpus_text_it_holds(tmp_path):
+    from pruning_core import data
+    from pruning_core.analysis.estimates import corpus_memory_bytes
+    from pruning_core.models import load_model
+    from pruning_core.protocol import Protocol
+
+    tiny = load_model("tiny-llama")
+    paragraphs = data.load_corpus_text("news", "calibration").split("\n\n")
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_text("\n\n".join(paragraphs[:100]))
+    big.write_text("\n\n".join(f"{p} ({i})" for i in range(20) for p in paragraphs))
+    sizes = {f: corpus_memory_bytes(tiny, Protocol(calib=str(f), nsamples=2, seqlen=32), []) for f in (small, big)}
+    grown = sizes[big] - sizes[small]
+    extra_chars = len(big.read_text()) - len(small.read_text())
+    assert 2 * extra_chars < grown < 6 * extra_chars  # texts held twice plus 4 bytes a token, not the file x GBs
