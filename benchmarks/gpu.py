@@ -2,7 +2,7 @@
 
 For each model (the embedded SmolLM2-135M and a model of at least 1B parameters, by default TinyLlama-1.1B from
 the hub) the model stays in host memory and one decoder layer at a time visits the GPU
-(`execution.devices.LayerOffload`). Measured per model:
+(`devices.placement.LayerOffload`). Measured per model:
 - the bf16-against-fp32 perplexity gap on a few windows (`evaluate.bf16_agreement`: what "bf16 by default with
   verified agreement" rests on; the figure is recorded, the evaluation dtype is the device's default unless
   --dtype says otherwise);
@@ -11,7 +11,7 @@ the hub) the model stays in host memory and one decoder layer at a time visits t
   then the pruned perplexity and its tokens/s;
 - the model's fp32 bytes beside the peaks, so the offload's bound (one layer, not the model) is visible;
 - Wanda 2:4 and its prefill tokens/s with the weights dense and then on the GPU's sparse tensor cores
-  (`execution.sparse_kernels.measure_two_four_speed`; on a CPU or a pre-Ampere GPU the reason it cannot).
+  (`devices.sparse_kernels.measure_two_four_speed`; on a CPU or a pre-Ampere GPU the reason it cannot).
 A hub model that cannot be loaded (offline machine) is recorded with the loader's message and the run goes on.
 
 Without a CUDA GPU (or with --quick) it runs the same code on the tiny random model `tiny-llama`, with
@@ -111,7 +111,7 @@ def bench_model(source: str, protocol: Protocol, methods: list[str], sparsity: f
         _log(f"{source}: {method} pruned in {result.seconds:.1f} s, ppl {pruned['eval']['ppl']:.3f}")
     if two_four:
         # The 2:4 speed claim as a measurement: Wanda 2:4, then the same pruned model dense and on the sparse
-        # tensor cores (`execution.sparse_kernels`); on a CPU or an older GPU the sentence saying why not.
+        # tensor cores (`devices.sparse_kernels`); on a CPU or an older GPU the sentence saying why not.
         _log(f"{source}: wanda 2:4 on the sparse kernels")
         result = prune_model(loaded, calib, PruneConfig("wanda", "2:4", 0.5), protocol.batch_size, offload=offload)
         out["two_four"] = measure_two_four_speed(loaded, result.masks, device, result.weights,

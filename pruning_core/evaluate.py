@@ -88,7 +88,7 @@ def dense_key(loaded: LoadedModel, protocol: Protocol, corpus: str,
     """Everything that determines the dense perplexity on `corpus` (hash it with `store.content_hash`).
 
     Calibration settings do not enter: the dense model needs no calibration data. The device does when it is
-    not the CPU (`execution.devices.device_key`).
+    not the CPU (`devices.placement.device_key`).
     """
     from pruning_core.provenance import library_versions
 
@@ -129,7 +129,7 @@ def bf16_agreement(loaded: LoadedModel, ids: torch.Tensor, offload: Optional[Lay
     """How far bf16 autocast moves perplexity from fp32 on the windows `ids` (n, seqlen; a few suffice).
 
     Returns {"fp32": ppl, "bf16": ppl, "relative_gap": bf16 / fp32 - 1, "windows": n}. This is what "bf16 by
-    default on GPUs with verified agreement" (`execution.devices.default_dtype`) checks; the decision (e.g.
+    default on GPUs with verified agreement" (`devices.placement.default_dtype`) checks; the decision (e.g.
     accept bf16 when |gap| <= 0.5 %, the fidelity tolerance used for the calibration dtype) is the caller's,
     who should record the figure beside the results it justifies.
     """
@@ -187,7 +187,7 @@ def evaluate_setting(loaded: LoadedModel, protocol: Protocol, eval_corpora: Sequ
     With `pruned=IN_PLACE` the dense model is no longer in memory, so a dense value comes only from the store.
     eval_ids: already-read windows per corpus (default: read them from `protocol`).
     label: how progress messages name the pruned model ("pruned", "wanda 50 %", ...).
-    offload: an `execution.devices.LayerOffload`: evaluate layer by layer on its compute device (a GPU).
+    offload: an `devices.placement.LayerOffload`: evaluate layer by layer on its compute device (a GPU).
     """
     progress = progress or no_progress
     protocol = protocol.validate()

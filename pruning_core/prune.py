@@ -7,7 +7,7 @@ method declares, prunes every targeted linear with the method's pure function, a
 `collect_statistics` runs the same walk without pruning (``dense`` propagation): its result can be reused
 for any method and sparsity via `prune_with_statistics`, which needs no forward pass at all.
 
-Both take an optional `execution.devices.LayerOffload`: each layer is then walked, and pruned, on the compute
+Both take an optional `devices.placement.LayerOffload`: each layer is then walked, and pruned, on the compute
 device (a GPU) while the model stays home (the CPU); masks, weights and statistics are sent home layer by
 layer, so the GPU holds one layer's worth of them and the results are where they would be without offload.
 """

@@ -24,7 +24,7 @@ def statistics_key(loaded: LoadedModel, protocol: Protocol, need: str,
                    offload: Optional[LayerOffload] = None) -> dict:
     """Everything that determines dense statistics (hash it with `store.content_hash`).
 
-    A walk on a GPU (`offload` to a non-CPU device) is keyed apart (`execution.devices.device_key`).
+    A walk on a GPU (`offload` to a non-CPU device) is keyed apart (`devices.placement.device_key`).
     """
     key = {
         "kind": "dense_statistics",

@@ -14,7 +14,7 @@ Compute dtype (`CALIB_DTYPES`): the calibration forwards of the walk run in fp32
 and the hidden states carried between layers stay fp32; matmuls run in bf16, ~3-4x the fp32 rate on CPUs with
 AVX512-BF16 or AMX). Statistics are always accumulated in fp32/fp64 from whatever reaches the linears.
 
-Offload (`execution.devices.LayerOffload`, optional): the model stays on its home device (the CPU) and each
+Offload (`devices.placement.LayerOffload`, optional): the model stays on its home device (the CPU) and each
 decoder layer visits the compute device (a GPU) only while it is walked: its statistics forward, the handler
 (so pruning math runs on the GPU) and its recomputation; then it goes home. The carried hidden states (and the
 layer kwargs) live on the compute device for the whole walk, as in the reference implementations: each layer

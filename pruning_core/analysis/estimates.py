@@ -122,7 +122,7 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     walk they cover costs nothing. stored_maps: methods whose sensitivity map the sweep would reuse from the
     store. probe_windows_available: whole windows of the calibration corpus's evaluation split (the map's
     probe text; see `estimate_sensitivity`).
-    workers: parallel workers of the executor (`execution.executors.ExecutorConfig`; 1 = the local executor).
+    workers: parallel workers of the executor (`executors.base.ExecutorConfig`; 1 = the local executor).
     The points' pruning and evaluation spread over min(workers, points) workers while the driver's part (dense
     evaluation, statistics, plans, maps) stays serial; each worker holds its own copy of the model, so the peak
     memory grows with them (the assumptions say how many were counted; the breakdown is of wall seconds).
@@ -215,7 +215,7 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
 
 
 def gpu_peak_bytes(facts: dict, carried_tokens: int, seqlen: int, batch: int, hessian: bool) -> int:
-    """Bytes on the GPU while one decoder layer visits it (`execution.devices.LayerOffload`): the layer's fp32
+    """Bytes on the GPU while one decoder layer visits it (`devices.placement.LayerOffload`): the layer's fp32
     weights, the carried hidden states of every window (two fp32 buffers of tokens x hidden; a run carries what
     fits in half the free memory and walks the rest after, so this is the most it asks for), a batch's
     activations inside the layer, the layer's Hessians when the method needs them, and a batch's logits at the
@@ -332,7 +332,7 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
                        measure: bool = True) -> float | None:
     """Full-forward throughput (tokens/s) of `loaded` from a few timed forwards of 2 windows of <= 512 tokens.
 
-    offload: an `execution.devices.LayerOffload` to a GPU: the rate of the layer-by-layer evaluation a run on
+    offload: an `devices.placement.LayerOffload` to a GPU: the rate of the layer-by-layer evaluation a run on
     that device does (`metrics.perplexity` with the offload, `OFFLOAD_THROUGHPUT_WINDOWS` windows), measured once
     per GPU model and cached like the CPU rate.
     Cached in `store` (if given) per model fingerprint, dtype, window length and thread count (and GPU name).

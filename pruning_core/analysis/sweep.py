@@ -142,7 +142,7 @@ def point_key(fingerprint: str, calib: dict, protocol: Protocol, config: PruneCo
     """Everything that determines a sweep point (hash it with `store.content_hash`).
 
     A plan enters as its digest (equal tables key one result, whichever allocator made them); a config
-    without a plan (a uniform sparsity) keys exactly as before plans existed. device: `execution.devices.
+    without a plan (a uniform sparsity) keys exactly as before plans existed. device: `devices.placement.
     device_key` of the run's offload (None or "cpu" on the CPU, whose points key as before devices existed).
     """
     versions = library_versions()
@@ -201,7 +201,7 @@ class SweepWorker:
     Keeps what the points it computes share: the layer-0 inputs of the calibration windows (pruned
     propagation, captured at the first point that needs them) and the score ranks of each matrix.
     calib_ids: (nsamples, seqlen) token ids; eval_ids: {corpus: (windows, seqlen)}; statistics: the dense
-    statistics a ``dense`` propagation prunes from (None otherwise); offload: an `execution.devices.LayerOffload`
+    statistics a ``dense`` propagation prunes from (None otherwise); offload: an `devices.placement.LayerOffload`
     (the model stays home, each layer's walk and evaluation run on its compute device, a GPU), None = the CPU.
     """
 

@@ -2,7 +2,7 @@
 
 Writes DIR/continual.json (`continual.run.run_continual`'s result: per strategy the R matrix, BWT, forward
 transfer, average perplexity after the last step, mask overlap between steps, and every step's perplexities)
-and DIR/<strategy>/step-<t>/ (each step's mask in the export format, `outputs.export.save_masks`), and with
+and DIR/<strategy>/step-<t>/ (each step's mask in the export format, `mask_files.save_masks`), and with
 --report the report (`outputs.continual_export.continual_report_data`, the dashboard's wording). Prints the
 R matrix and BWT of every strategy. Finished steps are kept in the results store, so an interrupted run resumes.
 `--executor ray [--ray-address ADDR] [--workers N]` evaluates the step models on Ray workers (same numbers, same

@@ -273,7 +273,7 @@ def run_continual(spec: Union[ContinualSpec, dict], loaded: Optional[LoadedModel
                   executor=None) -> dict:
     """Every strategy of `spec` over the domain sequence; see the module docstring.
 
-    out_dir: save every step's mask with `outputs.export.save_masks` under out_dir/<strategy>/step-<t> (t from 1).
+    out_dir: save every step's mask with `mask_files.save_masks` under out_dir/<strategy>/step-<t> (t from 1).
     executor: where the step evaluations run: None (the spec's `executor`), an `ExecutorConfig` of kind "local"
     (this process, each right after its prune), an `ExecutorConfig` of kind "ray" (Ray workers, each loading
     `spec.model` itself), or an executor object. Results and store keys do not depend on it; this driver alone

@@ -187,7 +187,7 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     `evaluate.evaluate_setting`, and write every export file into `out_dir`.
 
     store: the `Store` holding a What-if mask artifact, and where the dense perplexity is reused from.
-    offload: an `execution.devices.LayerOffload`: the pruning walks and the perplexities run layer by layer on
+    offload: an `devices.placement.LayerOffload`: the pruning walks and the perplexities run layer by layer on
     its compute device (a GPU), the model staying on the CPU; the heatmap, generations and lm-eval stay there.
     Returns {"files": {name: path}, "report": report data dict, "manifest": manifest}. The model is left as it was.
     """

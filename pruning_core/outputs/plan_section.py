@@ -33,7 +33,7 @@ def allocation_summary(data: Mapping[str, Any]) -> dict | None:
     over "sparsity"; kinds and layer count from "per_layer"), else the uniform "sparsity". An N:M plan is shown
     as it is applied (0 = dense, anything else the structure's sparsity). Figures by parameters come from
     `SparsityPlan.global_sparsity` / `layer_mean` with ``data["module_sizes"]`` (sizes[layer][kind] = weight
-    count, `allocation.plan.module_sizes`), else with the shapes the sensitivity map records for every layer.
+    count, `plan.module_sizes`), else with the shapes the sensitivity map records for every layer.
     Without sizes, the global figure of an unstructured plan is the
     setting's target (`PruneConfig.with_plan` sets it to the plan's global sparsity by parameters) and a layer's
     mean is known only where all its modules share one value.

@@ -115,7 +115,7 @@ ADAPTERS_DICT = {
 
 
 def _dashboard_specs():
-    """(kind, spec built with flat keyword arguments as app/services.py builds it, the dict the code before
+    """(kind, spec built with flat keyword arguments as the dashboard (app/services/) builds it, the dict the code before
     `Setting` stored for it, the job key that code computed)."""
     return [
         ("recovery", recovery.RecoverySpec(
