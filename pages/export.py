@@ -56,7 +56,7 @@ with st.form("export-form"):
         method = left.selectbox("Method", choices.METHODS, key="export_method")
         structure = left.selectbox("Structure", choices.STRUCTURES, key="export_structure",
                                    help="2:4 can be accelerated by NVIDIA sparse tensor cores; unstructured cannot.")
-        sparsity = left.slider("Sparsity (unstructured)", 0.1, 0.9, step=0.05, key="export_sparsity")
+        sparsity = left.slider("Sparsity (unstructured)", 0.1, 0.9, step=0.01, key="export_sparsity")
         propagation = left.selectbox(
             "Propagation", svc.PROPAGATIONS, key="export_propagation",
             help="pruned: each layer's calibration statistics come from the already-pruned earlier layers (the "

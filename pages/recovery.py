@@ -48,7 +48,7 @@ with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
     method = c1.selectbox("Method", choices.METHODS, key="recovery_method")
     structure = c2.selectbox("Structure", choices.STRUCTURES, key="recovery_structure")
-    sparsity = c3.slider("Sparsity", 0.1, 0.9, step=0.05, key="recovery_sparsity", format="%.2f",
+    sparsity = c3.slider("Sparsity", 0.1, 0.9, step=0.01, key="recovery_sparsity", format="%.2f",
                          help="Fraction of the decoder linears' weights set to zero (N:M structures fix it at "
                               "their own ratio).")
     allocator = c4.selectbox("Allocation", choices.ALLOCATIONS, key="recovery_allocator",

@@ -200,7 +200,11 @@ if not has_sweep:
     structured_section(corpus, None, None)
     st.stop()
 
-rec = summary.recommend(results, corpus, budget / 100.0)
+# One answer: the budget searches' edges (this budget, corpus and allocation) are measured points too.
+searched = widgets.guarded(summary.searched_points, settings, budget / 100.0, corpus,
+                           st.session_state.get("summary_budget_methods") or default_methods,
+                           st.session_state.get("summary_budget_allocation") or "uniform") or []
+rec = summary.recommend(results, corpus, budget / 100.0, searched)
 dense = rec["dense_ppl"]
 with st.container(border=True):
     if rec["best"] is None:
@@ -215,6 +219,9 @@ with st.container(border=True):
         change = charts.perplexity_change(p["ppl"][corpus], dense)
         st.markdown(f"### Recommended: **{METHOD_NAMES.get(p['method'], p['method'])}**, **{form_of(p)}**, "
                     f"**{p['sparsity']:.0%}** sparsity")
+        if p.get("source") == "search":
+            st.caption(":material/search: Found by the budget search below: the highest sparsity that stays within "
+                       "the budget, measured there (no sweep point came this close to the edge).")
         method_name = METHOD_NAMES.get(p["method"], p["method"])
         st.markdown(f'<p class="ps-lead">At {p["sparsity"]:.0%} sparsity with {escape(method_name)} '
                     f"the model's perplexity on {escape(corpus_name)} goes from {dense:,.2f} to "

@@ -99,10 +99,11 @@ def recovery_adapters(model: str) -> list[dict]:
 
 def recovery_source(point: dict) -> dict:
     """The setting a sweep point was measured with, as the Recovery page's source: method, structure, sparsity
-    (the target, rounded to the page's 5 % steps), propagation and allocation ("uniform" when none)."""
+    (the target, to the page's 1 % steps: a searched edge such as 27 % is handed over as measured), propagation
+    and allocation ("uniform" when none)."""
     sparsity = float(point.get("target_sparsity") or point.get("sparsity") or 0.5)
     return {"method": point["method"], "structure": point.get("structure", "unstructured"),
-            "sparsity": min(0.9, max(0.1, round(sparsity * 20) / 20)),
+            "sparsity": min(0.9, max(0.1, round(sparsity, 2))),
             "propagation": point.get("propagation") or "pruned", "allocator": point_allocation(point)}
 
 

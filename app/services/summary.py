@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+from app.services.budget import budget_spec, budget_status
 from app.services.recovery import latest_recovery_result, recovery_source
 from app.services.sweep import merged_sweeps  # noqa: F401 - the page's results
 from app.services.what_if import setting_claims
 from pruning_core import claims
-from pruning_core.analysis.recommend import recommend  # noqa: F401 - the page's recommendation
+from pruning_core.analysis.recommend import recommend, searched_point  # noqa: F401 - recommend: the page's
+from pruning_core.errors import PruneScopeError
 
 
 def point_claims(results: dict, point: dict) -> dict:
@@ -31,3 +33,20 @@ def unstructured_speed() -> str:
 def recovered(model: str, point: dict) -> Optional[dict]:
     """The newest finished recovery of a recommended sweep point's setting (Recovery page), or None."""
     return latest_recovery_result(model, recovery_source(point))
+
+
+def searched_points(settings: dict, budget: float, corpus: str, methods, allocation: str) -> list[dict]:
+    """The answers of the finished budget searches the Summary shows (one per method, this budget, corpus and
+    allocation) as measured points (`recommend.searched_point`), for the recommendation to weigh with the
+    sweep's points."""
+    points = []
+    for method in methods:
+        try:
+            status = budget_status(budget_spec(settings, method, allocation, budget, corpus))
+        except PruneScopeError:
+            continue
+        if status and status.get("state") == "done":
+            found = searched_point(status.get("result") or {})
+            if found:
+                points.append(found)
+    return points

@@ -44,3 +44,23 @@ def test_without_a_setting_in_budget_the_headline_says_how_close_the_mildest_poi
     assert next(t for t in texts if t.startswith("### ")) == "### No measured setting stays within +1 %"
     closest = next(t for t in texts if t.startswith("The closest is"))
     assert "Wanda at 30%" in closest and "+2.7 %" in closest  # the mildest point (18.5 vs 18.02) and its change
+
+
+def test_a_budget_searchs_edge_is_the_one_recommendation_and_exports_as_measured():
+    from app.services import budget as budget_service
+    from tests.app.apptest_helpers import insert_job
+
+    stored_sweep()  # Wanda 30 % is +2.7 % on wiki: nothing within +1 %
+    spec = budget_service.budget_spec(SETTINGS, "wanda", "uniform", 0.01, "wiki")
+    edge = {"frontier": {"sparsity": 0.17, "ppl": 18.17, "increase": 0.0083}, "spec": spec,
+            "budget": {"corpus": "wiki"}, "dense_ppl": 18.02, "trajectory": [], "certainty": {}}
+    insert_job("budget", spec, "done", edge)
+    at = ok(page("summary", SETTINGS))
+    at.slider(key="summary_budget").set_value(1).run()
+    ok(at)
+    texts = [str(m.value) for m in at.markdown]
+    headline = next(t for t in texts if t.startswith("### "))
+    assert "Recommended" in headline and "17%" in headline  # no "No measured setting" above the search's answer
+    assert any("Found by the budget search below" in str(c.value) for c in at.caption)
+    at.button(key="summary_export").click().run()
+    assert at.session_state["export_prefill"]["sparsity"] == 0.17  # exactly the searched setting

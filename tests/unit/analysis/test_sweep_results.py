@@ -52,3 +52,16 @@ def test_recommend_picks_the_highest_sparsity_within_budget():
     assert none["mildest"]["sparsity"] == 0.5 and none["mildest_change"] == pytest.approx(0.08)
     with pytest.raises(ConfigError, match="news"):
         recommend(results, "news", 0.1)
+
+
+def test_a_searched_edge_is_weighed_with_the_sweep_points():
+    from pruning_core.analysis.recommend import searched_point
+
+    results = {"dense": {"ppl": {"wiki": 10.0}}, "points": [point("wanda", 0.5, 10.8), point("wanda", 0.6, 12.0)]}
+    search = {"frontier": {"sparsity": 0.55, "ppl": 10.95, "increase": 0.095},
+              "spec": {"method": "wanda", "allocation": "owl"}, "budget": {"corpus": "wiki"}}
+    found = searched_point(search)
+    assert found["source"] == "search" and found["allocation"] == "owl" and found["ppl"] == {"wiki": 10.95}
+    rec = recommend(results, "wiki", 0.10, [found])
+    assert rec["best"] is found  # the edge between two sweep points is the answer
+    assert searched_point({"frontier": None}) is None
