@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import uuid
 from collections import deque
@@ -36,6 +37,18 @@ MAX_RESTARTS = 3
 POLL_S = 1.0
 #: Name prefix of the actors (with a per-run id), so a person can find them in `ray list actors`.
 ACTOR_PREFIX = "prunescope-worker"
+
+#: Ray's setting for its workers' niceness (it reads RAY_<name> from the environment of the node it starts).
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
+def start_local_ray(ray, cpus: int, **options) -> None:
+    """Start Ray on this machine with `cpus` CPUs (`ray.init` options passed on), its workers at this process's
+    priority: Ray starts them at niceness 15, as background work, but here they are the run's compute, and at 15
+    they starve whenever anything else uses the cores (a sweep on a busy machine crawled). A user's own
+    RAY_worker_niceness is kept."""
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+    ray.init(num_cpus=cpus, **options)
 
 
 def import_ray():
@@ -101,7 +114,7 @@ class RayExecutor:
         try:
             if self.config.address is None:
                 cpus = max(1, math.ceil(self.config.workers * self.config.cpus_per_task))
-                ray.init(num_cpus=cpus, **options)
+                start_local_ray(ray, cpus, **options)
             else:
                 ray.init(address=self.config.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -12,7 +12,9 @@ import pytest
 def ray():
     """One local Ray of 2 CPUs for the module (the executors join it instead of starting their own)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    from pruning_core.executors.ray_workers import start_local_ray
+
+    start_local_ray(ray, 2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     ray.shutdown()
 

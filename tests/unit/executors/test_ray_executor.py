@@ -159,3 +159,14 @@ def test_without_ray_the_ray_executor_names_the_install_command(monkeypatch):
         make_executor(ExecutorConfig(kind="ray"))
     with pytest.raises(ConfigError, match="Ray is not installed"):
         run_sweep(SPEC, executor=ExecutorConfig(kind="ray"))
+
+
+def test_workers_started_here_run_at_this_processs_priority(ray):
+    # Ray's default niceness 15 starved the workers on a busy machine; they are the run's compute.
+    import os
+
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
