@@ -79,21 +79,29 @@ def settings_line(settings: dict) -> None:
                "**Setup** page.")
 
 
+def measured_estimate(estimate: Callable[[], Optional[dict]], key: str) -> Optional[dict]:
+    """An estimate that reads this machine's measured speed: `estimate()`'s dict, or None. When it answers
+    {"measure": spec} (the speed is not stored yet), the speed is measured in a short job and the estimate made
+    again in the same run (no rerun: a page's one-shot state stays); None, with a note, while it runs."""
+    made = estimate()
+    if made and "measure" in made:
+        if short_job_result("throughput", made["measure"], key=key) is None:
+            st.caption(":material/speed: Measuring this machine's speed for the estimate (a few forward passes)…")
+            return None
+        made = estimate()
+    return made if made and "measure" not in made else None
+
+
 def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
     """The engine's time and memory estimate for a job (a short note when it cannot be made)."""
     if spec is None:
         return
     try:
-        est = jobs.estimate(kind, settings, spec)
+        est = measured_estimate(lambda: jobs.estimate(kind, settings, spec), key=f"{kind}_throughput")
     except Exception as error:  # noqa: BLE001 - an estimate must never block a run
         st.caption(f"Time estimate unavailable: {' '.join(str(error).split())[:160]}")
         return
-    if est and "measure" in est:  # this machine's speed for the model is not known yet: measured in a short job
-        if short_job_result("throughput", est["measure"], key=f"{kind}_throughput") is None:
-            st.caption(":material/speed: Measuring this machine's speed for the estimate (a few forward passes)…")
-            return
-        est = guarded(jobs.estimate, kind, settings, spec)  # measured now (no rerun: one-shot page state stays)
-    if est and "measure" not in est:
+    if est:
         st.caption(f":material/schedule: Estimated time **{format_seconds(est.get('seconds'))}**, "
                    f"peak memory **{format_bytes(est.get('peak_memory_bytes'))}** on this machine.",
                    help=est.get("assumptions"))  # what was counted: windows really used, measured speed

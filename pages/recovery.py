@@ -95,14 +95,9 @@ with st.container(border=True):
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
     if spec is not None:
-        estimate = widgets.guarded(recovery.recovery_estimate, spec)
-        if estimate and "measure" in estimate:  # the model's speed on this machine: measured in a short job
-            if widgets.short_job_result("throughput", estimate["measure"], key="recovery_throughput") is None:
-                st.caption(":material/speed: Measuring this machine's speed for the estimate (a few forward "
-                           "passes)…")
-            else:
-                estimate = widgets.guarded(recovery.recovery_estimate, spec)
-        if estimate and "measure" not in estimate:
+        estimate = widgets.measured_estimate(lambda: widgets.guarded(recovery.recovery_estimate, spec),
+                                             key="recovery_throughput")
+        if estimate:
             budget = " (the time budget stops it first)" if estimate["capped"] else ""
             st.caption(f":material/schedule: Training time, an estimate: **{format_seconds(estimate['seconds'])}**"
                        f"{budget}: {int(steps):,} steps × {estimate['seconds_per_step']:.2f} s per step.",

@@ -209,14 +209,14 @@ def load_masks(mask_dir) -> tuple[dict[str, torch.Tensor], dict]:
 def sparsity_warning(masks: Mapping[str, torch.Tensor], manifest: dict) -> str | None:
     """A sentence when the sparsity measured on the masks differs from the one the manifest states (by more than
     0.01 percentage points), else None: the manifest was edited, or written by other code."""
-    stated = (manifest.get("measured_sparsity") or {}).get("overall") if isinstance(
-        manifest.get("measured_sparsity"), dict) else None
+    recorded = manifest.get("measured_sparsity")
+    stated = recorded.get("overall") if isinstance(recorded, dict) else None
     measured = sparsity_of(masks)
-    if not isinstance(stated, (int, float)) or abs(float(stated) - measured) > 1e-4:
-        return (f"The masks are {measured:.2%} sparse but the manifest states "
-                f"{stated if not isinstance(stated, (int, float)) else format(float(stated), '.2%')}; "
-                "the manifest was edited or written elsewhere: trust the measured figure.")
-    return None
+    if isinstance(stated, (int, float)) and abs(float(stated) - measured) <= 1e-4:
+        return None
+    said = format(float(stated), ".2%") if isinstance(stated, (int, float)) else stated
+    return (f"The masks are {measured:.2%} sparse but the manifest states {said}; the manifest was edited or "
+            "written elsewhere: trust the measured figure.")
 
 
 def check_mask_fits(loaded: LoadedModel, masks: Mapping[str, torch.Tensor], manifest: dict,

@@ -41,10 +41,12 @@ def _os_problem(exc: OSError) -> str:
 def written_by_prunescope(folder: Path) -> bool:
     """Whether `folder` is one PruneScope wrote: it holds the marker, or (written before the marker existed)
     a PruneScope mask manifest."""
+    from pruning_core.mask_files import FORMAT, MANIFEST_FILE  # the mask format's own names, not a copy
+
     if (folder / MARKER).exists():
         return True
     try:
-        return json.loads((folder / "manifest.json").read_text()).get("format") == "prunescope-masks"
+        return json.loads((folder / MANIFEST_FILE).read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
