@@ -73,8 +73,8 @@ for column, (title, body) in zip(columns, STEPS):
 
 st.write("")
 # What the store already holds for this model (any session): never "nothing measured" after hours of results.
-stored = {kind: len(jobs.recent_results(kind, model, limit=100))
-          for kind in ("sweep", "sensitivity", "whatif", "budget", "structured", "recovery", "continual")}
+counts = jobs.finished_counts(model)  # one read of the store for every kind
+stored = {kind: counts.get(kind, 0) for kind in KIND_NAMES}
 if any(stored.values()):
     found = ", ".join(f"{n} {KIND_NAMES[kind][n != 1]}" for kind, n in stored.items() if n)
     st.info(f"Stored for this model: {found}. The **Summary** page gathers them into one answer; every number "

@@ -14,15 +14,23 @@ from pruning_core.store import Store
 RECENT_JOBS = 100
 
 
+def _finished(store: Store, model: Optional[str]) -> list[dict]:
+    """The finished jobs with a result among the `RECENT_JOBS` newest (of the model source `model` if given)."""
+    return [job for job in store.recent_jobs(limit=RECENT_JOBS)
+            if (model is None or (job.get("spec") or {}).get("model") == model)
+            and job["state"] == "done" and job.get("result")]
+
+
 def finished_results(store: Store, kind: str, model: Optional[str] = None, limit: int = 20) -> list[dict]:
     """Finished job results of `kind` (for the model source `model` if given), newest first:
     [{"id", "spec", "result", "finished"}], at most `limit` of them among the `RECENT_JOBS` newest jobs."""
-    out = []
-    for job in store.recent_jobs(limit=RECENT_JOBS):
-        if model is not None and (job.get("spec") or {}).get("model") != model:
-            continue
-        if job["kind"] == kind and job["state"] == "done" and job.get("result"):
-            out.append({"id": job["id"], "spec": job["spec"], "result": job["result"], "finished": job.get("finished")})
-        if len(out) >= limit:
-            break
-    return out
+    return [{"id": job["id"], "spec": job["spec"], "result": job["result"], "finished": job.get("finished")}
+            for job in _finished(store, model) if job["kind"] == kind][:limit]
+
+
+def finished_counts(store: Store, model: Optional[str] = None) -> dict[str, int]:
+    """How many finished results of each kind `finished_results` would find (one read of the store)."""
+    counts: dict[str, int] = {}
+    for job in _finished(store, model):
+        counts[job["kind"]] = counts.get(job["kind"], 0) + 1
+    return counts

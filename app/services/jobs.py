@@ -19,7 +19,7 @@ from pruning_core.analysis import estimates as _estimates
 from pruning_core.errors import PruneScopeError
 from pruning_core.jobs.runner import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.store import Store, home_dir
-from pruning_core.stored_results import finished_results
+from pruning_core.stored_results import finished_counts as stored_finished_counts, finished_results
 
 INLINE_ENV = "PRUNESCOPE_INLINE_JOBS"
 
@@ -137,6 +137,11 @@ def recent_results(kind: str, model: Optional[str] = None, limit: int = 20) -> l
     """Finished job results of `kind` (for the model source `model` if given), newest first:
     [{"id", "spec", "result", "finished"}] (`pruning_core.stored_results.finished_results`)."""
     return finished_results(Store(), kind, model, limit)
+
+
+def finished_counts(model: Optional[str] = None) -> dict[str, int]:
+    """{kind: finished results} of the model source `model` (`pruning_core.stored_results.finished_counts`)."""
+    return stored_finished_counts(Store(), model)
 
 
 def latest_result(kind: str, model: str) -> Optional[dict]:
