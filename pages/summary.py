@@ -104,8 +104,9 @@ def budget_section(budget: int, corpora: list[str], labels: dict, default_method
             dense, on = said["dense_ppl"], labels.get(said["corpus"], said["corpus"])
             if said["found"]:
                 worst = f" (worst on {on})" if len(corpora) > 1 else ""
+                where = f" on {on}" if len(corpora) > 1 else ""
                 lines.append(f"- **{name}**{plan}: at most **{said['sparsity']:.0%}** sparsity within +{budget} % "
-                             f"on {judged_words(corpora, labels)}: perplexity on {on} {said['ppl']:,.2f} "
+                             f"on {judged_words(corpora, labels)}: perplexity{where} {said['ppl']:,.2f} "
                              f"({charts.perplexity_change(said['ppl'], dense)} vs dense {dense:,.2f}){worst}.")
             else:
                 lines.append(f"- **{name}**{plan}: no sparsity searched stays within +{budget} % on "
@@ -322,11 +323,11 @@ with st.container(border=True):
                        "the budget, measured there (no sweep point came this close to the edge).")
         method_name = METHOD_NAMES.get(p["method"], p["method"])
         others = [c for c in corpora if c != worst]
-        also = "".join(f" On {escape(labels.get(c, c))}: {escape(charts.perplexity_change(p['ppl'][c], dense[c]))}."
-                       for c in others)  # the other chosen corpora, where it costs less
+        also = "".join(f" On {labels.get(c, c)}: {charts.perplexity_change(p['ppl'][c], dense[c])}."
+                       for c in others)  # the other chosen corpora, where it costs less (escaped below)
         st.markdown(f'<p class="ps-lead">At {p["sparsity"]:.0%} sparsity with {escape(method_name)} '
                     f"the model's perplexity on {escape(worst_name)} goes from {dense[worst]:,.2f} to "
-                    f"{p['ppl'][worst]:,.2f} (<b>{escape(change)}</b>), within your +{budget:d} % budget.{also}</p>",
+                    f"{p['ppl'][worst]:,.2f} (<b>{escape(change)}</b>), within your +{budget:d} % budget.{escape(also)}</p>",
                     unsafe_allow_html=True)
         # Size and speed in the claims module's words: the What-if page and the report say exactly the same.
         gains = summary.point_claims(results, p)
