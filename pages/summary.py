@@ -136,52 +136,60 @@ def budget_section(budget: int, corpora: list[str], labels: dict, default_method
         widgets.job_panel("budget", active["id"])
 
 
+#: Relative widths of the table of kinds: kind, setting, quality cost, size, speed, export.
+KIND_COLUMNS = [1.5, 1.5, 2.0, 1.7, 2.0, 1.4]
+
+
 def kinds_section(rows: list[dict], budget: int, corpora: list[str], labels: dict, structured_result) -> None:
     """Quality, size and speed of each kind of pruning side by side, each with its quality cost on the worst of
-    the chosen corpora (`summary.kinds_table`), and under it an export of exactly each row's setting."""
+    the chosen corpora (`summary.kinds_table`), and in its row an export of exactly that setting. A grid of
+    columns, not a dataframe: its cells wrap, so no figure is cut, and each row holds its own export button."""
     st.subheader("Each kind of pruning: quality, size and speed")
     if not rows:
         st.info("Run a sweep on the **Curves** page (unstructured and 2:4) and a run on the **Structured** page to "
                 "compare the kinds of pruning here.", icon=":material/info:")
         return
-    table, names = [], []
-    for row in rows:
+    st.caption(f"Each row: the highest setting of that kind within +{budget} % on {judged_words(corpora, labels)}, "
+               "or the closest one measured when none is. Sizes and speed in the words of the What-if page and the "
+               "report; speed measured where a run timed it (Structured page), otherwise what to expect.")
+    for cell, title in zip(st.columns(KIND_COLUMNS), ("kind", "setting", "perplexity (worst corpus)",
+                                                       "size (16-bit values)", "speed", "export")):
+        cell.markdown(f"**{title}**")
+    command = None
+    for i, row in enumerate(rows):
         method = METHOD_NAMES.get(row["method"], row["method"]) if row["method"] else None
         if row["kind"] == "structured":
-            name = "Structured (heads, channels, layers removed)"
+            name = "Structured"
             setting = f"{row['amount']:.1%} of decoder parameters removed"
         else:
-            name = f"Unstructured, {method}" if row["kind"] == "unstructured" else f"{row['structure']} ({method})"
+            name = f"Unstructured · {method}" if row["kind"] == "unstructured" else f"{row['structure']} · {method}"
             setting = f"{row['amount']:.0%} sparsity" + ("" if row["allocation"] == "uniform"
                                                          else f", {row['allocation']} plan")
-            setting += ", found by the budget search" if row["source"] == "search" else ""
-        change = charts.perplexity_change(row["ppl"], row["dense_ppl"])
+            setting += " (budget search)" if row["source"] == "search" else ""
+        verdict = (f":green[within +{budget} %]" if row["within"]
+                   else f":orange[over +{budget} %: the closest measured]")
         on = labels.get(row["corpus"], row["corpus"])
         if row["corpora"] != corpora:  # a structured run evaluated on other corpora: say which it was judged on
             on += " (the corpus it measured)" if len(row["corpora"]) == 1 else " (of the corpora it measured)"
-        names.append(name)
-        table.append({"kind": name, "setting": setting,
-                      "perplexity change (worst corpus)": f"{change} on {on} ({row['dense_ppl']:,.2f} → "
-                                                          f"{row['ppl']:,.2f})",
-                      f"within +{budget} %": "yes" if row["within"] else "no: the closest measured",
-                      "size (16-bit values)": row["size"] or "–", "speed": row["speed"]})
-    st.dataframe(table, hide_index=True, key="summary_kinds_table")
-    st.caption(f"Each row: the highest setting of that kind within +{budget} % on {judged_words(corpora, labels)}, "
-               "or the closest one when none is. Sizes and speed in the words of the What-if page and the report; "
-               "speed measured where a run timed it (Structured page), otherwise what to expect.")
-    buttons = st.columns(len(rows))
-    for i, (row, name, column) in enumerate(zip(rows, names, buttons)):
+        cost = (f"**{charts.perplexity_change(row['ppl'], row['dense_ppl'])}** on {on} "
+                f"({row['dense_ppl']:,.2f} → {row['ppl']:,.2f})")
+        cells = st.columns(KIND_COLUMNS, vertical_alignment="center")
+        for cell, text in zip(cells, (f"**{name}**", f"{setting}  \n{verdict}", cost, row["size"] or "–", row["speed"])):
+            cell.markdown(text)
         if row["kind"] == "structured":
             report = widgets.guarded(structured.structured_report_html, structured_result, row["index"])
             if report:
-                column.download_button(f"Report: {name.split(' (')[0]}", report, file_name="structured-report.html",
-                                       mime="text/html", key=f"summary_kind_export_{i}", icon=":material/download:",
-                                       help="The structured run's report of exactly this setting; the command "
-                                            "below writes its smaller model.")
-            column.code(structured.structured_save_command(structured_result, row["index"]), language="bash")
-        elif column.button(f"Export: {name}", key=f"summary_kind_export_{i}", icon=":material/download:",
-                           help="Opens the Export page with exactly this setting filled in."):
+                cells[-1].download_button("Report", report, file_name="structured-report.html", mime="text/html",
+                                          key=f"summary_kind_export_{i}", icon=":material/download:",
+                                          help="The structured run's report of exactly this setting; the command "
+                                               "below the table writes its smaller model.")
+            command = structured.structured_save_command(structured_result, row["index"])
+        elif cells[-1].button("Export", key=f"summary_kind_export_{i}", icon=":material/download:",
+                              help=f"Opens the Export page with exactly this setting ({name}, {setting}) filled in."):
             navigation.send_to_export(row["point"])
+    if command:
+        st.caption("To write the structured row's smaller model as a Hugging Face folder with its report, run:")
+        st.code(command, language="bash")
 
 
 def structured_section(result: dict | None, corpora: list[str], labels: dict, recommended: dict | None,

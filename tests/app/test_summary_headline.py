@@ -10,7 +10,8 @@ import json
 import pytest
 
 pytest.importorskip("streamlit")
-from tests.app.apptest_helpers import SMALL, insert_job, ok, page, stored_sweep, text_of  # noqa: E402
+from tests.app.apptest_helpers import (  # noqa: E402
+    SMALL, insert_job, ok, page, stored_sweep, summary_kinds, text_of)
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
 
@@ -119,16 +120,16 @@ def test_a_setting_over_budget_on_a_second_corpus_is_not_recommended_and_every_a
     assert "no measured point within +10 %" in magnitude and "+12.0 % on news" in magnitude
 
     # The table of kinds: each kind with its setting and its quality cost on the worst corpus.
-    table = next(d.value for d in at.dataframe if "perplexity change (worst corpus)" in d.value.columns)
-    kinds = dict(zip(table["kind"], zip(table["setting"], table["perplexity change (worst corpus)"],
-                                        table["within +10 %"], table["speed"])))
-    assert kinds["Unstructured, Wanda"][:3] == ("30% sparsity", "+4.0 % on news (30.00 → 31.20)", "yes")
-    assert kinds["2:4 (Wanda)"][1].startswith("+40.0 % on news") and kinds["2:4 (Wanda)"][2].startswith("no")
-    assert kinds["Unstructured, magnitude pruning"][2].startswith("no")
-    assert kinds["Unstructured, Wanda"][3] == "no speed-up (zeros are still multiplied)"
+    kinds = summary_kinds(at)
+    assert list(kinds) == ["Unstructured · Wanda", "Unstructured · magnitude pruning", "2:4 · Wanda"]
+    setting, cost, size, speed = kinds["Unstructured · Wanda"]
+    assert setting == "30% sparsity  \n:green[within +10 %]" and cost == "**+4.0 %** on news (30.00 → 31.20)"
+    assert speed == "no speed-up (zeros are still multiplied)" and "smaller" in size
+    assert kinds["2:4 · Wanda"][0].endswith(":orange[over +10 %: the closest measured]")
+    assert kinds["2:4 · Wanda"][1].startswith("**+40.0 %** on news")
+    assert "over +10 %" in kinds["Unstructured · magnitude pruning"][0]
     # Its export button hands over exactly that setting.
-    row = list(table["kind"]).index("Unstructured, Wanda")
-    at.button(key=f"summary_kind_export_{row}").click().run()
+    at.button(key="summary_kind_export_0").click().run()
     assert at.session_state["export_prefill"]["sparsity"] == 0.3
 
 
@@ -162,6 +163,4 @@ def test_a_budget_search_on_the_chosen_corpora_is_found_and_is_the_one_answer():
             "32.70 (+9.0 % vs dense 30.00) (worst on news).") in prose
     per_method = next(str(m.value) for m in at.markdown if str(m.value).startswith("Per method"))
     assert "usable up to **38%**" in per_method
-    table = next(d.value for d in at.dataframe if "perplexity change (worst corpus)" in d.value.columns)
-    wanda = list(table["kind"]).index("Unstructured, Wanda")
-    assert table["setting"][wanda] == "38% sparsity, found by the budget search"
+    assert summary_kinds(at)["Unstructured · Wanda"][0].startswith("38% sparsity (budget search)")
