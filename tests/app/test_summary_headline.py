@@ -144,6 +144,15 @@ def test_judged_on_wiki_alone_the_answer_is_wikis():
     assert "usable up to **50%**" in per_method and " on news" not in per_method
 
 
+def test_without_a_setting_in_budget_on_both_corpora_the_closest_names_its_worst_corpus():
+    _two_corpus_sweep()
+    at = ok(page("summary", TWO_CORPORA, summary_budget=3))
+    assert _headline(at) == "### No measured setting stays within +3 %"
+    closest = next(str(m.value) for m in at.markdown if str(m.value).startswith("The closest is"))
+    assert "Wanda at 30%" in closest and "perplexity on **news** +4.0 % (the worst of wiki, news)" in closest
+    assert all("within +3 %" not in row[0] for row in summary_kinds(at).values())  # no kind is said to be within
+
+
 def test_a_budget_search_on_the_chosen_corpora_is_found_and_is_the_one_answer():
     from app.services import budget as budget_service
 
