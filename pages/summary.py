@@ -1,7 +1,10 @@
 """Summary: one screen for a demo: the recommended setting for a quality budget, the headline, two charts.
 
-The recommendation is the highest sparsity, among the points actually measured on the Curves page, whose
-perplexity stays within the budget (e.g. at most +10 % over the dense model) on the chosen corpus. Below it,
+The recommendation is the highest sparsity, among the points actually measured on the Curves page and the budget
+searches' answers, whose perplexity stays within the budget (e.g. at most +10 % over the dense model) on every
+corpus chosen (default: all the sweep measured): each setting is judged on the worst of them, and the page says
+so ("judged on the worst of: wiki, news, GPL-3"). Beside it, one table of each kind of pruning (unstructured per
+method, N:M, structured) with its quality cost, size and speed, and an export of exactly that setting. Below it,
 "the most sparsity within +X %" per method is answered by a budget search (a job: step-wise, re-measuring each
 step, reusing every measurement already stored) for the budget on the slider, with how it was found. Then the
 newest structured run of the model (Structured page): parameters really removed and speed-ups measured on this
@@ -46,6 +49,20 @@ def form_of(point: dict) -> str:
     return point["structure"] + ("" if allocation == "uniform" else f", {allocation} plan")
 
 
+def judged_words(corpora: list[str], labels: dict) -> str:
+    """"wiki" for one corpus, "the worst of: wiki, news, GPL-3" for several (uploads by their file name)."""
+    names = [labels.get(c, c) for c in corpora]
+    return names[0] if len(names) == 1 else "the worst of: " + ", ".join(names)
+
+
+def change_on(point: dict, corpora: list[str], dense: dict, labels: dict) -> str:
+    """A point's perplexity change on the worst of `corpora`, with that corpus named when there are several:
+    "+9.7 %" or "+24.1 % on GPL-3"."""
+    change, corpus = summary.worst_change(point, dense, corpora)
+    words = charts.perplexity_change(point["ppl"][corpus], dense[corpus])
+    return words if len(corpora) == 1 else f"{words} on {labels.get(corpus, corpus)}"
+
+
 def recovery_line(recovered: dict, corpus: str) -> None:
     """One line: the recommended setting after a finished recovery (Recovery page): its merged model's
     perplexity and the share of the pruning gap won back, on the Summary's corpus when it was measured."""
@@ -59,9 +76,10 @@ def recovery_line(recovered: dict, corpus: str) -> None:
                 f"{recovered['sparsity']['merged']:.1%}.")
 
 
-def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None:
-    """"The most sparsity within +budget %" per method, from budget-search jobs (one per method): the stored
-    answer when this budget was searched before, else a button that runs the searches."""
+def budget_section(budget: int, corpora: list[str], labels: dict, default_methods: list[str]) -> None:
+    """"The most sparsity within +budget %" per method, from budget-search jobs (one per method, each step
+    judged on the worst of `corpora`): the stored answer when this budget was searched before, else a button
+    that runs the searches."""
     st.subheader(f"The most sparsity within +{budget} %")
     c1, c2 = st.columns([3, 2])
     if "summary_budget_methods" not in st.session_state:
@@ -73,7 +91,7 @@ def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None
                                    + choices.allocation_help())
     specs = {}
     for method in methods:
-        spec = widgets.guarded(budget_search.budget_spec, settings, method, allocation, budget / 100.0, corpus)
+        spec = widgets.guarded(budget_search.budget_spec, settings, method, allocation, budget / 100.0, corpora)
         if spec is not None:
             specs[method] = spec
     statuses = {m: widgets.guarded(budget_search.budget_status, spec) for m, spec in specs.items()}
@@ -83,14 +101,16 @@ def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None
         plan = "" if allocation == "uniform" else f" ({allocation} plan)"
         if status and status.get("state") == "done" and status.get("result"):
             said = budget_search.budget_answer_words(status["result"])
-            dense = status["result"].get("dense_ppl")
+            dense, on = said["dense_ppl"], labels.get(said["corpus"], said["corpus"])
             if said["found"]:
+                worst = f" (worst on {on})" if len(corpora) > 1 else ""
+                where = f" on {on}" if len(corpora) > 1 else ""
                 lines.append(f"- **{name}**{plan}: at most **{said['sparsity']:.0%}** sparsity within +{budget} % "
-                             f"on {corpora_service.corpus_label(corpus)}: perplexity {said['ppl']:,.2f} "
-                             f"({charts.perplexity_change(said['ppl'], dense)} vs dense {dense:,.2f}).")
+                             f"on {judged_words(corpora, labels)}: perplexity{where} {said['ppl']:,.2f} "
+                             f"({charts.perplexity_change(said['ppl'], dense)} vs dense {dense:,.2f}){worst}.")
             else:
                 lines.append(f"- **{name}**{plan}: no sparsity searched stays within +{budget} % on "
-                             f"{corpora_service.corpus_label(corpus)}.")
+                             f"{judged_words(corpora, labels)}.")
             captions.append(f"{name}: {said['how']}" + (f" {said['caveat']}" if said["caveat"] else ""))
         elif status and jobs.is_active(status):
             lines.append(f"- **{name}**{plan}: searching…")
@@ -116,23 +136,80 @@ def budget_section(budget: int, corpus: str, default_methods: list[str]) -> None
         widgets.job_panel("budget", active["id"])
 
 
-def structured_section(corpus: str, recommended: dict | None, recommended_speed: str | None) -> None:
+#: Relative widths of the table of kinds: kind, setting, quality cost, size, speed, export.
+KIND_COLUMNS = [1.5, 1.5, 2.0, 1.7, 2.0, 1.4]
+
+
+def kinds_section(rows: list[dict], budget: int, corpora: list[str], labels: dict, structured_result) -> None:
+    """Quality, size and speed of each kind of pruning side by side, each with its quality cost on the worst of
+    the chosen corpora (`summary.kinds_table`), and in its row an export of exactly that setting. A grid of
+    columns, not a dataframe: its cells wrap, so no figure is cut, and each row holds its own export button."""
+    st.subheader("Each kind of pruning: quality, size and speed")
+    if not rows:
+        st.info("Run a sweep on the **Curves** page (unstructured and 2:4) and a run on the **Structured** page to "
+                "compare the kinds of pruning here.", icon=":material/info:")
+        return
+    st.caption(f"Each row: the highest setting of that kind within +{budget} % on {judged_words(corpora, labels)}, "
+               "or the closest one measured when none is. Sizes and speed in the words of the What-if page and the "
+               "report; speed measured where a run timed it (Structured page), otherwise what to expect.")
+    for cell, title in zip(st.columns(KIND_COLUMNS), ("kind", "setting", "perplexity (worst corpus)",
+                                                       "size (16-bit values)", "speed", "export")):
+        cell.markdown(f"**{title}**")
+    command = None
+    for i, row in enumerate(rows):
+        method = METHOD_NAMES.get(row["method"], row["method"]) if row["method"] else None
+        if row["kind"] == "structured":
+            name = "Structured"
+            setting = f"{row['amount']:.1%} of decoder parameters removed"
+        else:
+            name = f"Unstructured · {method}" if row["kind"] == "unstructured" else f"{row['structure']} · {method}"
+            setting = f"{row['amount']:.0%} sparsity" + ("" if row["allocation"] == "uniform"
+                                                         else f", {row['allocation']} plan")
+            setting += " (budget search)" if row["source"] == "search" else ""
+        verdict = (f":green[within +{budget} %]" if row["within"]
+                   else f":orange[over +{budget} %: the closest measured]")
+        on = labels.get(row["corpus"], row["corpus"])
+        if row["corpora"] != corpora:  # a structured run evaluated on other corpora: say which it was judged on
+            on += " (the corpus it measured)" if len(row["corpora"]) == 1 else " (of the corpora it measured)"
+        cost = (f"**{charts.perplexity_change(row['ppl'], row['dense_ppl'])}** on {on} "
+                f"({row['dense_ppl']:,.2f} → {row['ppl']:,.2f})")
+        cells = st.columns(KIND_COLUMNS, vertical_alignment="center")
+        for cell, text in zip(cells, (f"**{name}**", f"{setting}  \n{verdict}", cost, row["size"] or "–", row["speed"])):
+            cell.markdown(text)
+        if row["kind"] == "structured":
+            report = widgets.guarded(structured.structured_report_html, structured_result, row["index"])
+            if report:
+                cells[-1].download_button("Report", report, file_name="structured-report.html", mime="text/html",
+                                          key=f"summary_kind_export_{i}", icon=":material/download:",
+                                          help="The structured run's report of exactly this setting; the command "
+                                               "below the table writes its smaller model.")
+            command = structured.structured_save_command(structured_result, row["index"])
+        elif cells[-1].button("Export", key=f"summary_kind_export_{i}", icon=":material/download:",
+                              help=f"Opens the Export page with exactly this setting ({name}, {setting}) filled in."):
+            navigation.send_to_export(row["point"])
+    if command:
+        st.caption("To write the structured row's smaller model as a Hugging Face folder with its report, run:")
+        st.code(command, language="bash")
+
+
+def structured_section(result: dict | None, corpora: list[str], labels: dict, recommended: dict | None,
+                       recommended_speed: str | None) -> None:
     """"Really smaller and faster": the newest structured run of this model, per point (parameters removed, size,
-    measured speed-ups or "not measured", perplexity), beside what the recommended unstructured setting gains in
-    speed (the claims module's honest sentence). Without a structured run, one line pointing to its page.
+    measured speed-ups or "not measured", perplexity and its change on the worst of the chosen corpora it
+    measured), beside what the recommended unstructured setting gains in speed (the claims module's honest
+    sentence). Without a structured run, one line pointing to its page.
 
     recommended: the recommended sweep point (None when nothing is recommended); recommended_speed: its speed
     sentence (`summary.point_claims`)."""
     st.subheader("Really smaller and faster: structured pruning")
-    result = widgets.guarded(structured.latest_structured_result, settings["model"])
     if not result or not result.get("points"):
         st.info("Remove whole heads and MLP channels on the **Structured** page to see a model that is really "
                 "smaller and faster, with its speed measured on this machine.", icon=":material/info:")
         return
     points = result["points"]
-    # Its own evaluation may be on other corpora than the sweep's: the Summary's corpus when it has it.
-    on = corpus if corpus in result["dense_ppl"] else next(iter(result["dense_ppl"]))
-    dense_ppl = result["dense_ppl"][on]
+    # Its own evaluation may be on other corpora than the sweep's: the chosen ones it has, else all of its own.
+    on = [c for c in corpora if c in result["dense_ppl"]] or list(result["dense_ppl"])
+    dense = {c: result["dense_ppl"][c] for c in on}
     rows = []
     for point in points:
         row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
@@ -144,24 +221,30 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
             row[f"{phase} speed-up (fp32)"] = f"{value:.2f}x"
         if not speedups:
             row["speed-up"] = "not measured"
-        row[f"perplexity ({on})"] = f"{point['ppl'][on]:,.2f}"
-        row["change"] = charts.perplexity_change(point["ppl"][on], dense_ppl)
+        for corpus in on:
+            row[f"perplexity ({labels.get(corpus, corpus)})"] = f"{point['ppl'][corpus]:,.2f}"
+        row["change"] = change_on(point, on, dense, labels)
         rows.append(row)
-    dense = {"decoder parameters removed": "0 % (dense)",
-             "parameters (whole model)": f"{result['model']['parameters']:,}",
-             "16-bit size": format_bytes(points[0]["sizes"]["dense_bytes"]),
-             f"perplexity ({on})": f"{dense_ppl:,.2f}"}
+    dense_row = {"decoder parameters removed": "0 % (dense)",
+                 "parameters (whole model)": f"{result['model']['parameters']:,}",
+                 "16-bit size": format_bytes(points[0]["sizes"]["dense_bytes"]),
+                 **{f"perplexity ({labels.get(c, c)})": f"{dense[c]:,.2f}" for c in on}}
     columns = list(dict.fromkeys(c for row in rows for c in row))  # the points' order: speed before perplexity
-    st.dataframe([{c: dense.get(c, "–") for c in columns}, *rows], hide_index=True, key="summary_structured_table")
+    st.dataframe([{c: dense_row.get(c, "–") for c in columns}, *rows], hide_index=True,
+                 key="summary_structured_table")
     left, right = st.columns(2, gap="medium")
     with left.container(border=True):
         st.markdown("**Structured: the matrices are smaller, at a quality cost**")
         # Gains never without their cost: the perplexity change sits in the same line as size and speed.
-        st.markdown("\n".join(f"- **{p['measured_ratio']:.1%} removed**: "
-                              + " ".join(s for s in structured.structured_claims(p).values() if s)
-                              + f" Perplexity on {corpora_service.corpus_label(on)}: "
-                                f"**{charts.perplexity_change(p['ppl'][on], dense_ppl)}** "
-                                f"({dense_ppl:,.2f} → {p['ppl'][on]:,.2f})." for p in points))
+        lines = []
+        for p in points:
+            _change, worst = summary.worst_change(p, dense, on)
+            lines.append(f"- **{p['measured_ratio']:.1%} removed**: "
+                         + " ".join(s for s in structured.structured_claims(p).values() if s)
+                         + f" Perplexity on {labels.get(worst, worst)}: "
+                           f"**{charts.perplexity_change(p['ppl'][worst], dense[worst])}** "
+                           f"({dense[worst]:,.2f} → {p['ppl'][worst]:,.2f}).")
+        st.markdown("\n".join(lines))
         sampled = next(((p, p["samples"][0]) for p in reversed(points) if p.get("samples")), None)
         if sampled:  # what the most pruned point writes, beside the dense model (text, never Markdown)
             point, sample = sampled
@@ -181,51 +264,78 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
 
 results = widgets.guarded(summary.merged_sweeps, settings["model"])
 has_sweep = bool(results and results.get("points"))
+structured_result = widgets.guarded(structured.latest_structured_result, settings["model"])
 
 c1, c2 = st.columns([3, 2])
 budget = c1.slider("Quality budget: at most this much worse perplexity than the dense model", 1, 100, 10,
                    key="summary_budget", format="+%d %%")
-corpora = corpora_in(results) if has_sweep else list(settings["eval_corpora"])
-labels = corpora_service.corpus_labels(corpora)  # an upload by its file name, never its stored path
-corpus = c2.selectbox("Judged on", corpora, key="summary_corpus", format_func=lambda name: labels.get(name, name))
-corpus_name = labels.get(corpus, corpus)
+available = corpora_in(results) if has_sweep else list(settings["eval_corpora"])
+labels = corpora_service.corpus_labels(available)  # an upload by its file name, never its stored path
+# Default: every corpus measured; a choice that names corpora no longer measured keeps those still there.
+if "summary_corpora" not in st.session_state:
+    st.session_state["summary_corpora"] = list(available)
+else:
+    st.session_state["summary_corpora"] = [c for c in st.session_state["summary_corpora"] if c in available]
+chosen = c2.multiselect("Judged on the worst of", available, key="summary_corpora",
+                        format_func=lambda name: labels.get(name, name),
+                        help="Every setting must stay within the budget on each corpus chosen: the one where its "
+                             "perplexity grows most decides.")
+corpora = summary.judged_choice(available, chosen)
+st.caption(f":material/balance: Judged on {judged_words(corpora, labels)}"
+           + ("" if chosen else " (no corpus chosen: all of them)") + ".")
 swept_methods = list(dict.fromkeys(p["method"] for p in results["points"])) if has_sweep else []
 default_methods = [m for m in choices.METHODS if m in swept_methods] or ["wanda"]
+# The budget searches' edges (this budget, these corpora and allocation) are measured points too.
+searched = widgets.guarded(summary.searched_points, settings, budget / 100.0, corpora,
+                           st.session_state.get("summary_budget_methods") or default_methods,
+                           st.session_state.get("summary_budget_allocation") or "uniform") or []
 
 if not has_sweep:
     st.info("Nothing measured yet for the recommendation: run a sweep on the **Curves** page (and a map on "
             "**Sensitivity**) for it, the curves and the heatmap; the budget search below answers on its own.",
             icon=":material/info:")
-    budget_section(budget, corpus, default_methods)
-    structured_section(corpus, None, None)
+    budget_section(budget, corpora, labels, default_methods)
+    kinds = widgets.guarded(summary.kinds_table, None, corpora, budget / 100.0, (), structured_result)
+    if kinds:
+        kinds_section(kinds, budget, corpora, labels, structured_result)
+    structured_section(structured_result, corpora, labels, None, None)
     st.stop()
 
-# One answer: the budget searches' edges (this budget, corpus and allocation) are measured points too.
-searched = widgets.guarded(summary.searched_points, settings, budget / 100.0, corpus,
-                           st.session_state.get("summary_budget_methods") or default_methods,
-                           st.session_state.get("summary_budget_allocation") or "uniform") or []
-rec = summary.recommend(results, corpus, budget / 100.0, searched)
-dense = rec["dense_ppl"]
+# One answer: every figure below is judged on the worst of the chosen corpora, the search's edges included.
+rec = summary.recommend(results, corpora, budget / 100.0, searched)
+dense = rec["dense"]
 with st.container(border=True):
     if rec["best"] is None:
         mild = rec["mildest"]
         st.markdown(f"### No measured setting stays within +{budget} %")
-        st.markdown(f"The closest is {METHOD_NAMES.get(mild['method'], mild['method'])} at {mild['sparsity']:.0%} "
-                    f"({form_of(mild)}): perplexity on **{corpus_name}** "
-                    f"{charts.perplexity_change(mild['ppl'][corpus], dense)}. Try lower sparsities on the Curves "
-                    "page, let the search below find the edge, or allow a larger budget.")
+        if mild is None:
+            st.markdown(f"No measured point was evaluated on {judged_words(corpora, labels)}; run a sweep with "
+                        "these corpora on the Curves page, or choose the corpora it measured.")
+        else:
+            worst = labels.get(rec["mildest_corpus"], rec["mildest_corpus"])
+            st.markdown(f"The closest is {METHOD_NAMES.get(mild['method'], mild['method'])} at "
+                        f"{mild['sparsity']:.0%} ({form_of(mild)}): perplexity on **{worst}** "
+                        f"{charts.perplexity_change(mild['ppl'][rec['mildest_corpus']], dense[rec['mildest_corpus']])}"
+                        + (f" (the worst of {', '.join(labels.get(c, c) for c in corpora)})" if len(corpora) > 1
+                           else "")
+                        + ". Try lower sparsities on the Curves page, let the search below find the edge, or allow "
+                          "a larger budget.")
     else:
-        p = rec["best"]
-        change = charts.perplexity_change(p["ppl"][corpus], dense)
+        p, worst = rec["best"], rec["best_corpus"]
+        worst_name = labels.get(worst, worst)
+        change = charts.perplexity_change(p["ppl"][worst], dense[worst])
         st.markdown(f"### Recommended: **{METHOD_NAMES.get(p['method'], p['method'])}**, **{form_of(p)}**, "
                     f"**{p['sparsity']:.0%}** sparsity")
         if p.get("source") == "search":
             st.caption(":material/search: Found by the budget search below: the highest sparsity that stays within "
                        "the budget, measured there (no sweep point came this close to the edge).")
         method_name = METHOD_NAMES.get(p["method"], p["method"])
+        others = [c for c in corpora if c != worst]
+        also = "".join(f" On {labels.get(c, c)}: {charts.perplexity_change(p['ppl'][c], dense[c])}."
+                       for c in others)  # the other chosen corpora, where it costs less (escaped below)
         st.markdown(f'<p class="ps-lead">At {p["sparsity"]:.0%} sparsity with {escape(method_name)} '
-                    f"the model's perplexity on {escape(corpus_name)} goes from {dense:,.2f} to "
-                    f"{p['ppl'][corpus]:,.2f} (<b>{escape(change)}</b>), within your +{budget:d} % budget.</p>",
+                    f"the model's perplexity on {escape(worst_name)} goes from {dense[worst]:,.2f} to "
+                    f"{p['ppl'][worst]:,.2f} (<b>{escape(change)}</b>), within your +{budget:d} % budget.{escape(also)}</p>",
                     unsafe_allow_html=True)
         # Size and speed in the claims module's words: the What-if page and the report say exactly the same.
         gains = summary.point_claims(results, p)
@@ -240,42 +350,51 @@ with st.container(border=True):
             navigation.send_to_recovery(p)
         recovered = widgets.guarded(summary.recovered, settings["model"], p)
         if recovered:
-            recovery_line(recovered, corpus)
+            recovery_line(recovered, worst)
     # Per method: first what is usable (its highest sparsity within the budget), then where it ends (its
-    # highest measured point), said as a factor with a verdict when the model is broken there.
+    # highest measured point), said as a factor with a verdict when the model is broken there; each change is
+    # the worst over the chosen corpora, as in the headline.
     lines = []
     for method, _change, point in rec["per_method"]:
         name = METHOD_NAMES.get(method, method)
         within = rec["per_method_within"].get(method)
-        usable = (f"usable up to **{within[1]['sparsity']:.0%}** ({form_of(within[1])}, "
-                  f"{charts.perplexity_change(within[1]['ppl'][corpus], dense)} perplexity)"
+        usable = (f"usable up to **{within[1]['sparsity']:.0%}** ({form_of(within[1])}, perplexity "
+                  f"{change_on(within[1], corpora, dense, labels)})"
                   if within is not None else f"no measured point within +{budget} %")
         line = f"- **{name}**: {usable}"
         if within is None or within[1] is not point:
             line += (f"; at {point['sparsity']:.0%} ({form_of(point)}) perplexity "
-                     f"{charts.perplexity_change(point['ppl'][corpus], dense)}")
+                     f"{change_on(point, corpora, dense, labels)}")
         lines.append(line)
     if lines:
-        st.markdown(f"Per method, on {corpus}:\n" + "\n".join(lines))
+        st.markdown(f"Per method, judged on {judged_words(corpora, labels)}:\n" + "\n".join(lines))
+    if rec["unjudged"]:
+        st.caption(f"Left out: {rec['unjudged']} measured point(s) not evaluated on every chosen corpus.")
 
-budget_section(budget, corpus, default_methods)
+kinds = widgets.guarded(summary.kinds_table, results, corpora, budget / 100.0, searched, structured_result)
+if kinds is not None:
+    kinds_section(kinds, budget, corpora, labels, structured_result)
+budget_section(budget, corpora, labels, default_methods)
 # Beside the structured savings, what the recommended (unstructured or N:M) setting gains in speed: the same
 # claims sentence as its headline above, so the two never disagree.
-structured_section(corpus, rec["best"],
+structured_section(structured_result, corpora, labels, rec["best"],
                    summary.point_claims(results, rec["best"])["speed"] if rec["best"] else None)
 
 left, right = st.columns(2, gap="medium")
-charts.show(charts.curves_chart(results, corpus), key="summary_curves", container=left,
+shown = rec["best_corpus"] or rec["mildest_corpus"] or corpora[0]
+charts.show(charts.curves_chart(results, shown), key="summary_curves", container=left,
             alt="Perplexity against sparsity")
+left.caption(f"Perplexity on {labels.get(shown, shown)}"
+             + (", where the recommended setting is worst." if len(corpora) > 1 else "."))
 # The map to read beside the curves: trusted first, exact before a proxy, near 50 %, newest (the library's rule).
 found = widgets.guarded(sensitivity.map_to_show, settings["model"], 0.5)
 if found:
-    chosen, verdict = found
-    charts.show(charts.heatmap_chart(chosen), key="summary_heatmap", container=right,
+    chosen_map, verdict = found
+    charts.show(charts.heatmap_chart(chosen_map), key="summary_heatmap", container=right,
                 alt="Sensitivity heatmap")
     right.caption(verdict["label"])
     if verdict["trusted"]:
-        right.caption(sensitivity.sensitivity_reading(chosen))
+        right.caption(sensitivity.sensitivity_reading(chosen_map))
     else:
         right.warning(verdict["withheld"], icon=":material/do_not_disturb_on:")
 else:

@@ -248,6 +248,25 @@ def speed_sentence(structure: str, measured: Optional[Mapping[str, Any]] = None)
             "(not measured here).")
 
 
+def speed_short(structure: str, measured: Optional[Mapping[str, Any]] = None) -> str:
+    """`speed_sentence` in a few words, for a table cell beside size and quality: the measured ratios
+    ("prefill 1.15x, decode 0.98x (measured)") or what to expect without a measurement."""
+    if measured:
+        phases = [f"{phase} {float(n['pruned_tokens_per_s']) / float(n['dense_tokens_per_s']):.2f}x"
+                  for phase, n in measured.items() if isinstance(n, Mapping)]
+        busy = measured.get("others_busy_share")
+        busy_words = "; machine busy, approximate" if busy is not None and busy > BUSY_SHARE else ""
+        return ", ".join(phases) + f" (measured{busy_words})"
+    if structure == STRUCTURED:
+        return "smaller matrices; not measured"
+    shape = parse_structure(structure)
+    if not shape.is_nm:
+        return "no speed-up (zeros are still multiplied)"
+    if str(shape) == "2:4":
+        return "none on a CPU; sparse tensor cores only (not measured)"
+    return "no speed-up without special kernels"
+
+
 def measured_from_speed(speed: Optional[Mapping[str, Any]], dtype: str = "float32") -> Optional[dict]:
     """The `measured` argument of `speed_sentence` from a structured speed measurement
     (`pruning_core.structured.speed.measure_speed`'s dict) in one dtype; None when it holds no such dtype.

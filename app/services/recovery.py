@@ -109,13 +109,14 @@ def recovery_source(point: dict) -> dict:
 
 def recommended_source(settings: dict, budget: float = 0.10, corpus: Optional[str] = None) -> Optional[dict]:
     """The Summary's recommended setting (highest measured sparsity within +`budget` perplexity on `corpus`,
-    default the first evaluation corpus) as a Recovery source, or None when no sweep recommends one."""
+    default the worst of every corpus the sweeps measured, as the Summary judges by default) as a Recovery
+    source, or None when no sweep recommends one."""
     results = merged_sweeps(settings["model"])
     if not results or not results.get("points"):
         return None
     corpora = list((results.get("dense") or {}).get("ppl") or {})
-    wanted = corpus or next((c for c in settings["eval_corpora"] if c in corpora), corpora[0] if corpora else None)
-    if wanted is None:
+    wanted = [corpus] if corpus else corpora
+    if not wanted:
         return None
     best = recommend(results, wanted, budget)["best"]
     return recovery_source(best) if best else None

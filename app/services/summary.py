@@ -1,21 +1,31 @@
-"""Summary: the recommended setting for a quality budget, what it gains in words, and what became of it.
+"""Summary: the recommended setting for a quality budget, judged on the worst of the chosen corpora, what each
+kind of pruning gains and costs side by side, and what became of the recommendation.
 
 The recommendation is the library's (`pruning_core.analysis.recommend`) over every finished sweep of the model
-(merged, `sweep.merged_sweeps`); its size and speed are worded by `pruning_core.claims` exactly as the What-if
-page and the report word them.
+(merged, `sweep.merged_sweeps`) and the finished budget searches of this budget; its size and speed are worded by
+`pruning_core.claims` exactly as the What-if page and the report word them. The table of kinds is
+`pruning_core.analysis.tradeoffs.tradeoff_rows`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from app.services.budget import budget_spec, budget_status
 from app.services.recovery import latest_recovery_result, recovery_source
 from app.services.sweep import merged_sweeps  # noqa: F401 - the page's results
 from app.services.what_if import setting_claims
 from pruning_core import claims
-from pruning_core.analysis.recommend import recommend, searched_point  # noqa: F401 - recommend: the page's
+from pruning_core.analysis.recommend import recommend, searched_point, worst_change  # noqa: F401 - the page's
+from pruning_core.analysis.tradeoffs import tradeoff_rows
 from pruning_core.errors import PruneScopeError
+
+
+def judged_choice(available: Sequence[str], chosen: Optional[Sequence[str]]) -> list[str]:
+    """The corpora to judge on: those of `chosen` that are `available`, in the order of `available` (so the same
+    choice always names the same budget-search job), or every available corpus when none is chosen."""
+    picked = [c for c in available if c in set(chosen or ())]
+    return picked or list(available)
 
 
 def point_claims(results: dict, point: dict) -> dict:
@@ -35,14 +45,14 @@ def recovered(model: str, point: dict) -> Optional[dict]:
     return latest_recovery_result(model, recovery_source(point))
 
 
-def searched_points(settings: dict, budget: float, corpus: str, methods, allocation: str) -> list[dict]:
-    """The answers of the finished budget searches the Summary shows (one per method, this budget, corpus and
-    allocation) as measured points (`recommend.searched_point`), for the recommendation to weigh with the
+def searched_points(settings: dict, budget: float, corpora, methods, allocation: str) -> list[dict]:
+    """The answers of the finished budget searches the Summary shows (one per method, this budget, these corpora
+    and allocation) as measured points (`recommend.searched_point`), for the recommendation to weigh with the
     sweep's points."""
     points = []
     for method in methods:
         try:
-            status = budget_status(budget_spec(settings, method, allocation, budget, corpus))
+            status = budget_status(budget_spec(settings, method, allocation, budget, corpora))
         except PruneScopeError:
             continue
         if status and status.get("state") == "done":
@@ -50,3 +60,11 @@ def searched_points(settings: dict, budget: float, corpus: str, methods, allocat
             if found:
                 points.append(found)
     return points
+
+
+def kinds_table(results: Optional[dict], corpora: Sequence[str], budget: float, searched=(),
+                structured: Optional[dict] = None) -> list[dict]:
+    """Quality, size and speed of each kind of pruning for this budget (`tradeoffs.tradeoff_rows`): the sweep's
+    points and the searches' edges, and `structured` (the model's newest structured run,
+    `structured.latest_structured_result`) as the structured row."""
+    return tradeoff_rows(results, corpora, budget, searched, structured)

@@ -1,15 +1,17 @@
 """The most sparsity a quality budget allows: a step-wise search of the global sparsity, re-measuring each step.
 
 Given a budget (a relative perplexity increase over the dense model, e.g. +10 %, or an absolute perplexity) on
-one evaluation corpus, `search_budget` prunes with one method x allocator at growing global sparsities (coarse
+one evaluation corpus, or on several judged by the worst of them (every step must hold on each: a setting within
++10 % on wiki but +24 % on the user's own text is over the budget), `search_budget` prunes with one method x allocator at growing global sparsities (coarse
 steps, `coarse_step` apart) until a step breaks the budget, then bisects between the last passing and the first
 failing step down to `resolution`. This is the adaptive, step-wise pruning of the adaptive sparse fine-tuning line
 of work, without the fine-tuning: each step is a fresh prune of the dense model at that global target.
 
 Every measurement goes through `evaluate.evaluate_setting` (the one evaluation path; the dense perplexity is
 measured once and kept in the store) and is stored under a key of everything that determines it (model,
-calibration, protocol, method, structure, propagation, the plan's content digest, evaluation corpus), so a second
-search, or a search for a neighbouring budget, re-measures nothing it already has. Every sparsity the search
+calibration, protocol, method, structure, propagation, the plan's content digest, evaluation corpus; one stored
+point per corpus), so a second search, a search for a neighbouring budget, or a search on more corpora, re-measures
+nothing it already has (a step already measured on wiki is measured on news only). Every sparsity the search
 visits lies on a grid of `resolution` (1 percentage point by default), which is what makes neighbours share
 points.
 
@@ -48,8 +50,9 @@ from pruning_core.protocol import Protocol
 from pruning_core.setting import Setting
 from pruning_core.spec import JobSpec, job_spec
 
-#: A sparsity -> perplexity function (the search's only view of quality; tests inject a synthetic one).
-MeasureFn = Callable[[float], float]
+#: A sparsity -> perplexity function (the search's only view of quality; tests inject a synthetic one): a number
+#: (the perplexity on the budget's one corpus) or {corpus: perplexity} for a search on several corpora.
+MeasureFn = Callable[[float], "float | Mapping[str, float]"]
 
 #: Kinds of store rows this module writes.
 POINT_KIND = "budget_point"
@@ -66,6 +69,9 @@ class BudgetSpec(JobSpec):
     N:M structure fixes its own sparsity, so there is nothing to search) and propagation ("pruned", the papers'
     protocol, or "dense") of every step; its sparsity is what the search finds, so it is not read.
     corpus: evaluation corpus of the budget; None = the calibration corpus (its evaluation split).
+    more_corpora: further evaluation corpora the budget must hold on too: each step is judged on the worst of
+    `corpus` and these (the largest relative increase; the largest perplexity for an absolute budget). Empty (the
+    default) keeps a one-corpus search's dict, and so its job and run keys, as they were.
     max_increase: budget as a relative perplexity increase over dense (0.10 = +10 %), or
     max_ppl: budget as an absolute perplexity; give exactly one.
     coarse_step: distance of the first, upward steps (fraction; 0.10 = 10 points of sparsity).
@@ -86,6 +92,7 @@ class BudgetSpec(JobSpec):
     protocol: Protocol = field(default_factory=Protocol)
     setting: Setting = field(default_factory=lambda: Setting(allocation="uniform"))
     corpus: Optional[str] = None
+    more_corpora: tuple[str, ...] = ()
     max_increase: Optional[float] = None
     max_ppl: Optional[float] = None
     coarse_step: float = 0.10
@@ -98,8 +105,13 @@ class BudgetSpec(JobSpec):
 
     @property
     def eval_corpus(self) -> str:
-        """The corpus the budget is measured on."""
+        """The first corpus the budget is measured on (the only one unless `more_corpora` are given)."""
         return self.corpus or self.protocol.calib
+
+    @property
+    def eval_corpora(self) -> tuple[str, ...]:
+        """Every corpus the budget is judged on, `eval_corpus` first, each once."""
+        return tuple(dict.fromkeys((self.eval_corpus, *self.more_corpora)))
 
     def validate(self) -> "BudgetSpec":
         """Check every setting before any work starts; raises ConfigError naming the bad value and the fix."""
@@ -123,18 +135,23 @@ class BudgetSpec(JobSpec):
                               f"{self.resolution:g}; make it at least as large.")
         if not 0.0 <= self.low < self.high < 1.0:
             raise ConfigError(f"Bounds {self.low:g}..{self.high:g} must satisfy 0 <= low < high < 1.")
+        if any(not isinstance(c, str) or not c.strip() for c in self.more_corpora):
+            raise ConfigError(f"The further corpora {list(self.more_corpora)} must be corpus names, e.g. news.")
         self.executor.validate()
         return self
 
     def _flat(self) -> dict:
+        # "more_corpora" only when given: a one-corpus search's dict (its job and run keys) is the one stored before.
+        more = {"more_corpora": list(self.more_corpora)} if self.more_corpora else {}
         return {"model": self.model, "protocol": self.protocol.to_dict(), **self.setting_dict(),
-                "corpus": self.corpus, "max_increase": self.max_increase, "max_ppl": self.max_ppl,
+                "corpus": self.corpus, **more, "max_increase": self.max_increase, "max_ppl": self.max_ppl,
                 "coarse_step": self.coarse_step, "resolution": self.resolution, "low": self.low,
                 "high": self.high, "sensitivity": self.sensitivity, "options": dict(self.options)}
 
     @classmethod
     def _from_flat(cls, d: dict) -> dict:
         d["options"] = tuple((d.get("options") or {}).items())
+        d["more_corpora"] = tuple(d.get("more_corpora") or ())
         return d
 
     def passes(self, ppl: float, dense_ppl: float) -> bool:
@@ -145,11 +162,28 @@ class BudgetSpec(JobSpec):
             return ppl <= self.max_ppl
         return ppl <= dense_ppl * (1.0 + self.max_increase)
 
+    def limit(self, dense_ppl: float) -> float:
+        """The highest perplexity within the budget on a corpus whose dense perplexity is `dense_ppl`."""
+        return self.max_ppl if self.max_ppl is not None else dense_ppl * (1.0 + self.max_increase)
+
+    def worst(self, ppls: Mapping[str, float], dense_ppls: Mapping[str, float]) -> str:
+        """The corpus that decides a step measured as `ppls` ({corpus: perplexity}): the one with the largest
+        relative increase over its dense perplexity (the largest perplexity for an absolute budget); a
+        non-finite perplexity is the worst of all. Ties go to the first corpus of `eval_corpora`."""
+        def badness(corpus: str) -> float:
+            ppl = float(ppls[corpus])
+            if not math.isfinite(ppl):
+                return math.inf
+            return ppl if self.max_ppl is not None else ppl / float(dense_ppls[corpus])
+
+        return max((c for c in self.eval_corpora if c in ppls), key=badness)
+
     def describe(self) -> str:
-        """The budget in words, e.g. '+10 % perplexity on wiki'."""
+        """The budget in words, e.g. '+10 % perplexity on wiki', '+10 % perplexity on the worst of wiki, news'."""
+        on = self.eval_corpus if len(self.eval_corpora) == 1 else "the worst of " + ", ".join(self.eval_corpora)
         if self.max_ppl is not None:
-            return f"perplexity <= {self.max_ppl:g} on {self.eval_corpus}"
-        return f"+{self.max_increase * 100:g} % perplexity on {self.eval_corpus}"
+            return f"perplexity <= {self.max_ppl:g} on {on}"
+        return f"+{self.max_increase * 100:g} % perplexity on {on}"
 
 
 def parse_fraction(text: str, what: str = "increase") -> float:
@@ -180,9 +214,12 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     """The most global sparsity (by parameters) whose perplexity stays within `spec`'s budget.
 
     loaded: the model (`LoadedModel`, left unchanged); may be None only when `measure` is given.
-    measure: sparsity -> perplexity on the budget's corpus; default the real one (prune with the allocator's
-    plan, evaluate with `evaluate_setting`, reuse and fill `store`). With an injected `measure` the dense
-    perplexity is `measure(0.0)` and nothing is stored.
+    measure: sparsity -> perplexity on the budget's corpus (or {corpus: perplexity} on each of
+    `spec.eval_corpora`); default the real one (prune with the allocator's plan, evaluate with `evaluate_setting`
+    on every corpus of the budget, reuse and fill `store`). With an injected `measure` the dense perplexity is
+    `measure(0.0)` and nothing is stored.
+    Several corpora (`spec.more_corpora`): each step passes only when it holds on every one; its row says which
+    corpus decided ("corpus", the worst) and its "ppl"/"increase" are that corpus's.
     sensitivity: a sensitivity result for the "sensitivity" allocator (default: `spec.sensitivity`'s file, else
     maps in `store`).
     executor: where the points are measured: None (the spec's `executor`) or an `ExecutorConfig` of kind "local"
@@ -194,16 +231,18 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     points than the sequential one (points above the first failing step of a round are measured, reported in the
     trajectory and in "ppl_monotone", but never move the frontier) and needs fewer rounds. Plans are made, and
     points read from and written to `store` under the same keys, by this driver alone.
-    Returns {"frontier": {"sparsity", "ppl", "increase"} of the last passing step (None when even `low` fails),
+    Returns {"frontier": {"sparsity", "ppl", "increase", "corpus" (the worst corpus there), "dense_ppl" (its
+    dense perplexity), "ppls" ({corpus: perplexity})} of the last passing step (None when even `low` fails),
     "trajectory": [{"step", "phase", "sparsity", "ppl", "increase", "passed", "reused", "round", ...}] in visit
     order, ascending sparsity within a round ("round": the round it was measured in, points of one round are
     measured together; 0 = the dense start, which needs no measurement; a `low` of 0 is the dense model itself,
     marked "dense"; measured steps add plan_sparsity, measured_sparsity, plan_digest, allocator, windows,
-    prune_seconds, eval_seconds),
+    prune_seconds, eval_seconds; every row has "ppls" {corpus: perplexity} and "corpus", the worst of them),
     "certainty": {"eval_windows", "gap_pp" (first failing - last passing, percentage points; None when `high`
     passed), "evaluations" (points the search used), "measured" (of them, measured now), "reused",
     "grid_evaluations" (what a 2-point grid over the range would need), "ppl_monotone", "bounded_by"},
-    "dense_ppl", "budget" (in words and as the perplexity limit), "spec", "protocol", "machine", "seconds",
+    "dense_ppl" (on `spec.eval_corpus`), "dense_ppls" ({corpus: perplexity}), "budget" ({"text", "max_ppl" (the
+    limit on `eval_corpus`), "corpus", "corpora", "limits" {corpus: limit}}), "spec", "protocol", "machine", "seconds",
     "execution": {"executor", "workers" (W), "rounds", "points_computed", "seconds" {"startup" (starting or
     joining Ray, driver-side), "points" (waiting for the executor's points, less startup)},
     "worker_start_seconds" [per Ray worker and round]}}.
@@ -222,10 +261,11 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
             raise ConfigError("A budget search needs a model; load one first.")
         measurer = _RealMeasure(loaded, spec, store, progress, sensitivity)
     else:
-        measurer = _InjectedMeasure(measure)
-    progress(0.0, f"dense perplexity on {spec.eval_corpus}")
-    dense_ppl = measurer.dense()
-    limit = spec.max_ppl if spec.max_ppl is not None else dense_ppl * (1.0 + spec.max_increase)
+        measurer = _InjectedMeasure(measure, spec.eval_corpora)
+    progress(0.0, f"dense perplexity on {', '.join(spec.eval_corpora)}")
+    dense_ppls = measurer.dense()
+    dense_ppl = dense_ppls[spec.eval_corpus]
+    limits = {c: spec.limit(dense_ppls[c]) for c in spec.eval_corpora}
 
     res = spec.resolution
     low, high, coarse = _grid(spec.low, res), _grid(spec.high, res), max(1, _grid(spec.coarse_step, res))
@@ -241,13 +281,16 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
 
     def record(units: int, index: int, phase: str, point: dict, number: int) -> dict:
         sparsity = round(units * res, 6)
-        ppl = float(point["ppl"])
+        ppls = {c: float(point["ppls"][c]) for c in spec.eval_corpora}
+        worst = spec.worst(ppls, dense_ppls)  # the step holds on every corpus only if it holds on this one
+        ppl, dense = ppls[worst], dense_ppls[worst]
         row = {"step": index + 1, "phase": phase, "sparsity": sparsity, "ppl": ppl,
-               "increase": ppl / dense_ppl - 1.0 if dense_ppl > 0 else None,
-               "passed": spec.passes(ppl, dense_ppl), "reused": bool(point.get("reused", False)), "round": number,
-               **{k: v for k, v in point.items() if k not in ("ppl", "reused")}}
+               "increase": ppl / dense - 1.0 if dense > 0 else None,
+               "passed": spec.passes(ppl, dense), "reused": bool(point.get("reused", False)), "round": number,
+               "corpus": worst, "ppls": ppls, **{k: v for k, v in point.items() if k not in ("ppls", "reused")}}
         verdict = "within" if row["passed"] else "over"
-        progress(fractions(index)[1], f"{sparsity:.0%}: ppl {ppl:.3f} ({verdict} the budget {limit:.3f})")
+        on = f" on {worst}" if len(ppls) > 1 else ""
+        progress(fractions(index)[1], f"{sparsity:.0%}: ppl{on} {ppl:.3f} ({verdict} the budget {limits[worst]:.3f})")
         return row
 
     def measure_round(points: list[int], phase: str) -> None:
@@ -268,7 +311,7 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
                            f"{sparsity:.0%} "
                            f"({phase})")
             if units == 0:
-                point = {"ppl": dense_ppl, "reused": measurer.dense_reused, "dense": True}
+                point = {"ppls": dense_ppls, "reused": measurer.dense_reused, "dense": True}
             else:
                 point, task = measurer.prepare(sparsity, sub_progress(progress, lo_f, hi_f))
                 if point is None:
@@ -349,10 +392,12 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
     if passing is not None:
         best = seen[passing]
         frontier = {"sparsity": best["sparsity"], "ppl": best["ppl"], "increase": best["increase"],
+                    "corpus": best["corpus"], "dense_ppl": dense_ppls[best["corpus"]], "ppls": dict(best["ppls"]),
                     **{k: best[k] for k in ("plan_sparsity", "measured_sparsity") if k in best}}
     measured_points = [r for r in trajectory if not r.get("dense")]
     ordered = sorted(measured_points, key=lambda r: r["sparsity"])
-    monotone = all(a["ppl"] <= b["ppl"] for a, b in zip(ordered, ordered[1:]))
+    # Monotone on every corpus (the worst corpus may change from step to step, so its "ppl" is not comparable).
+    monotone = all(a["ppls"][c] <= b["ppls"][c] for a, b in zip(ordered, ordered[1:]) for c in spec.eval_corpora)
     grid_points = int(math.floor((spec.high - spec.low) / 0.02 + 1e-9)) + 1
     certainty = {
         "eval_windows": measurer.windows,
@@ -370,7 +415,9 @@ def search_budget(loaded, spec: BudgetSpec, *, measure: Optional[MeasureFn] = No
         "trajectory": trajectory,
         "certainty": certainty,
         "dense_ppl": dense_ppl,
-        "budget": {"text": spec.describe(), "max_ppl": limit, "corpus": spec.eval_corpus},
+        "dense_ppls": dict(dense_ppls),
+        "budget": {"text": spec.describe(), "max_ppl": limits[spec.eval_corpus], "corpus": spec.eval_corpus,
+                   "corpora": list(spec.eval_corpora), "limits": limits},
         "spec": spec.to_dict(),
         "protocol": measurer.protocol(),
         "machine": _machine(),
@@ -397,11 +444,11 @@ class _InjectedMeasure:
     windows = None
     dense_reused = False
 
-    def __init__(self, measure: MeasureFn):
-        self.measure = measure
+    def __init__(self, measure: MeasureFn, corpora: tuple[str, ...]):
+        self.measure, self.corpora = measure, corpora
 
-    def dense(self) -> float:
-        return float(self.measure(0.0))
+    def dense(self) -> dict[str, float]:
+        return _per_corpus(self.measure(0.0), self.corpora)
 
     def prepare(self, sparsity: float, progress: ProgressFn) -> tuple[Optional[dict], Any]:  # noqa: ARG002
         """(None, task): nothing is stored, so every point is a task; the task is the sparsity."""
@@ -410,8 +457,8 @@ class _InjectedMeasure:
     def recipe(self) -> WorkerRecipe:
         return WorkerRecipe(build=_InjectedWorker, args=(self.measure,), local=lambda: _InjectedWorker(self.measure))
 
-    def complete(self, task: float, outcome: float) -> dict:  # noqa: ARG002
-        return {"ppl": float(outcome), "reused": False}
+    def complete(self, task: float, outcome) -> dict:  # noqa: ARG002
+        return {"ppls": _per_corpus(outcome, self.corpora), "reused": False}
 
     def protocol(self) -> dict:
         return {"measure": "injected"}
@@ -426,19 +473,36 @@ class _InjectedWorker:
     def __init__(self, measure: MeasureFn):
         self.measure = measure
 
-    def run(self, task: float, progress: ProgressFn) -> float:  # noqa: ARG002
-        return float(self.measure(task))
+    def run(self, task: float, progress: ProgressFn):  # noqa: ARG002
+        return self.measure(task)
+
+
+def _per_corpus(measured, corpora: tuple[str, ...]) -> dict[str, float]:
+    """An injected measurement as {corpus: perplexity}: a number is the one corpus's; a mapping must name each."""
+    if not isinstance(measured, Mapping):
+        if len(corpora) != 1:
+            raise ConfigError(f"A search on {len(corpora)} corpora needs {{corpus: perplexity}} from its measure, "
+                              f"for each of {', '.join(corpora)}.")
+        return {corpora[0]: float(measured)}
+    missing = [c for c in corpora if c not in measured]
+    if missing:
+        raise ConfigError(f"The measure gave no perplexity on {', '.join(missing)}; give one for every corpus.")
+    return {c: float(measured[c]) for c in corpora}
 
 
 @dataclass(frozen=True)
 class BudgetPointTask:
     """One point of a budget search to measure: the global target, the setting with the plan the driver made
-    for it (`PruneConfig`), how progress names it, and its store key (None without a store; the driver's)."""
+    for it (`PruneConfig`), how progress names it, the corpora to evaluate it on (those the store lacks), their
+    store keys ({corpus: key}; empty without a store; the driver's) and the perplexities the store already had
+    on the budget's other corpora."""
 
     sparsity: float
     config: Any
     label: str
-    key: Optional[str] = None
+    corpora: tuple[str, ...] = ()
+    keys: Mapping[str, str] = field(default_factory=dict)
+    known: Mapping[str, float] = field(default_factory=dict)
 
 
 class BudgetWorker:
@@ -457,8 +521,9 @@ class BudgetWorker:
         self._inputs = None
 
     def run(self, task: BudgetPointTask, progress: ProgressFn) -> dict:
-        """{"ppl" (on the budget's corpus), "measured_sparsity", "prune_seconds", "eval_seconds"}; progress over
-        [0.3, 1]: pruning to 0.7, then evaluation (the plan took [0, 0.3] on the driver)."""
+        """{"ppls" ({corpus: perplexity} on the task's corpora), "measured_sparsity", "prune_seconds",
+        "eval_seconds"}; progress over [0.3, 1]: pruning to 0.7, then evaluation (the plan took [0, 0.3] on the
+        driver)."""
         from pruning_core import evaluate
         from pruning_core.prune import prune_model, prune_with_statistics
 
@@ -476,10 +541,11 @@ class BudgetWorker:
                 self._inputs = capture_layer_inputs(self.loaded, self.calib_ids, spec.protocol.batch_size)
             pruned = prune_model(self.loaded, self.calib_ids, config, spec.protocol.batch_size, prune_progress,
                                  inputs=self._inputs)
-        evaluation = evaluate.evaluate_setting(self.loaded, spec.protocol, [spec.eval_corpus], pruned, dense=False,
+        corpora = list(task.corpora or spec.eval_corpora)
+        evaluation = evaluate.evaluate_setting(self.loaded, spec.protocol, corpora, pruned, dense=False,
                                                eval_ids=self.eval_ids, label=task.label,
                                                progress=sub_progress(progress, 0.7, 1.0))
-        return {"ppl": float(evaluation.pruned_ppl[spec.eval_corpus]), "measured_sparsity": pruned.sparsity,
+        return {"ppls": {c: float(evaluation.pruned_ppl[c]) for c in corpora}, "measured_sparsity": pruned.sparsity,
                 "prune_seconds": pruned.seconds, "eval_seconds": evaluation.seconds}
 
 
@@ -506,10 +572,11 @@ class _RealMeasure:
         self.loaded, self.spec, self.store, self.progress = loaded, spec, store, progress
         self.allocator = get_allocator(spec.setting.allocator_name)
         self.method = get_method(spec.setting.method)
-        self.eval_ids = evaluate.evaluation_windows(loaded, spec.protocol, [spec.eval_corpus])
-        self.windows = int(self.eval_ids[spec.eval_corpus].shape[0])
+        self.eval_ids = evaluate.evaluation_windows(loaded, spec.protocol, list(spec.eval_corpora))
+        self.windows_by_corpus = {c: int(ids.shape[0]) for c, ids in self.eval_ids.items()}
+        self.windows = min(self.windows_by_corpus.values())  # what every figure of the search rests on, at least
         self.calib_identity = corpus_key(spec.protocol.calib, "calibration", spec.protocol.calib_column)
-        self.eval_identity = corpus_key(spec.eval_corpus, "evaluation")["sha256"]
+        self.eval_identity = {c: corpus_key(c, "evaluation")["sha256"] for c in spec.eval_corpora}
         self._calib_ids = None
         self._statistics: dict[str, Any] = {}
         self.sensitivity = sensitivity
@@ -551,17 +618,20 @@ class _RealMeasure:
 
     # -------------------------------------------------------------------------------------- measuring
 
-    def dense(self) -> float:
+    def dense(self) -> dict[str, float]:
         from pruning_core import evaluate
 
-        evaluation = evaluate.evaluate_setting(self.loaded, self.spec.protocol, [self.spec.eval_corpus], None,
+        corpora = list(self.spec.eval_corpora)
+        evaluation = evaluate.evaluate_setting(self.loaded, self.spec.protocol, corpora, None,
                                                eval_ids=self.eval_ids, store=self.store,
                                                progress=sub_progress(self.progress, 0.0, 0.02))
-        self.dense_reused = self.spec.eval_corpus in evaluation.dense_cached
-        return float(evaluation.dense_ppl[self.spec.eval_corpus])
+        self.dense_reused = all(c in evaluation.dense_cached for c in corpora)
+        return {c: float(evaluation.dense_ppl[c]) for c in corpora}
 
-    def point_key(self, config) -> dict:
-        """Everything that determines one measured step (hash it with `store.content_hash`)."""
+    def point_key(self, config, corpus: Optional[str] = None) -> dict:
+        """Everything that determines one measured step on `corpus` (default the budget's first; hash it with
+        `store.content_hash`). One key per corpus, so a step measured by a one-corpus search serves a search on
+        several, and the other way round."""
         from pruning_core.provenance import library_versions
 
         versions = library_versions()
@@ -569,7 +639,7 @@ class _RealMeasure:
                 "protocol": self.spec.protocol.to_dict(), "method": config.method, "structure": config.structure,
                 "propagation": config.propagation, "calib_dtype": config.calib_dtype,
                 "blocksize": config.blocksize, "percdamp": config.percdamp, "plan": config.plan.digest(),
-                "corpus": self.eval_identity,
+                "corpus": self.eval_identity[corpus or self.spec.eval_corpus],
                 "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}}
 
     def prepare(self, sparsity: float, progress: ProgressFn) -> tuple[Optional[dict], Optional[BudgetPointTask]]:
@@ -578,19 +648,35 @@ class _RealMeasure:
         spec = self.spec
         plan = self.plan(sparsity, sub_progress(progress, 0.0, 0.3))
         config = replace(spec.setting, sparsity=sparsity).prune_config().with_plan(self.loaded, plan)
-        key = None
+        keys: dict[str, str] = {}
+        known: dict[str, dict] = {}  # corpus -> the stored point measured on it
         if self.store is not None:
             from pruning_core.store import content_hash
 
-            key = content_hash(self.point_key(config))
-            stored = self.store.get_result(key)
-            if stored is not None:
-                self.store.put_result(key, POINT_KIND, stored, run_key=self.run_key)  # link it to this run too
-                return {**stored, "reused": True}, None
+            for corpus in spec.eval_corpora:
+                keys[corpus] = content_hash(self.point_key(config, corpus))
+                stored = self.store.get_result(keys[corpus])
+                if stored is not None:
+                    known[corpus] = stored
+            if len(known) == len(spec.eval_corpora):
+                for corpus, stored in known.items():  # link them to this run too
+                    self.store.put_result(keys[corpus], POINT_KIND, stored, run_key=self.run_key)
+                return {**self._merged(known), "reused": True}, None
         if self.method.needs != "none" and spec.setting.propagation == "dense":
             self.statistics(self.method.needs, sub_progress(progress, 0.3, 0.7))
         label = f"{spec.setting.method} {spec.setting.allocator_name} {sparsity:.0%}"
-        return None, BudgetPointTask(sparsity, config, label, key)
+        todo = tuple(c for c in spec.eval_corpora if c not in known)
+        return None, BudgetPointTask(sparsity, config, label, todo, keys,
+                                     {c: float(p["ppl"]) for c, p in known.items()})
+
+    def _merged(self, per_corpus: Mapping[str, dict]) -> dict:
+        """One step from its stored points on each corpus: their perplexities ("ppls"), the rest from the first
+        (the plan and measured sparsity are the same on every corpus), "windows" the fewest of them."""
+        first = per_corpus[next(c for c in self.spec.eval_corpora if c in per_corpus)]
+        merged = {k: v for k, v in first.items() if k != "ppl"}
+        merged["ppls"] = {c: float(p["ppl"]) for c, p in per_corpus.items()}
+        merged["windows"] = min(int(p.get("windows") or 0) for p in per_corpus.values()) or first.get("windows")
+        return merged
 
     def _pruning_inputs(self) -> tuple[Any, Any]:
         """(calibration windows, dense statistics) the workers prune from: each only where a point needs it."""
@@ -610,15 +696,19 @@ class _RealMeasure:
                             local=lambda: BudgetWorker(self.loaded, self.spec, calib_ids, self.eval_ids, statistics))
 
     def complete(self, task: BudgetPointTask, outcome: dict) -> dict:
-        """The point of a finished task, stored under its key."""
+        """The point of a finished task: one stored point per corpus it was evaluated on (under that corpus's
+        key, as a one-corpus search stores it), merged with those the store already had."""
         plan = task.config.plan
-        point = {"ppl": outcome["ppl"], "plan_sparsity": task.config.sparsity,
-                 "measured_sparsity": outcome["measured_sparsity"], "plan_digest": plan.digest(),
-                 "allocator": plan.allocator, "windows": self.windows, "prune_seconds": outcome["prune_seconds"],
-                 "eval_seconds": outcome["eval_seconds"]}
-        if task.key is not None:
-            self.store.put_result(task.key, POINT_KIND, point, run_key=self.run_key)
-        return {**point, "reused": False}
+        common = {"plan_sparsity": task.config.sparsity, "measured_sparsity": outcome["measured_sparsity"],
+                  "plan_digest": plan.digest(), "allocator": plan.allocator,
+                  "prune_seconds": outcome["prune_seconds"], "eval_seconds": outcome["eval_seconds"]}
+        for corpus, ppl in outcome["ppls"].items():
+            point = {"ppl": float(ppl), **common, "windows": self.windows_by_corpus[corpus]}
+            if corpus in task.keys:
+                self.store.put_result(task.keys[corpus], POINT_KIND, point, run_key=self.run_key)
+        ppls = {**task.known, **outcome["ppls"]}
+        return {**common, "windows": min(self.windows_by_corpus[c] for c in ppls),
+                "ppls": {c: float(ppls[c]) for c in self.spec.eval_corpora}, "reused": False}
 
     def protocol(self) -> dict:
         from pruning_core import evaluate

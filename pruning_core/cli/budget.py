@@ -31,7 +31,9 @@ def add_budget(sub) -> None:
     budget.add_argument("--max-increase", default=None,
                         help="allowed perplexity increase over dense: 10%% or 0.10 (= +10 %%)")
     budget.add_argument("--max-ppl", type=float, default=None, help="allowed perplexity (absolute)")
-    p.add_argument("--corpus", default=None, help="evaluation corpus of the budget (default: the --calib corpus)")
+    p.add_argument("--corpus", default=None,
+                   help="evaluation corpus of the budget (default: the --calib corpus); several, comma-separated "
+                        "(wiki,news): each step must hold on the worst of them")
     p.add_argument("--propagation", default="pruned", choices=["pruned", "dense"],
                    help="pruned: papers' protocol (default); dense: reuse dense statistics (faster)")
     p.add_argument("--coarse-step", default="0.10", help="first, upward steps: 10%% or 0.10")
@@ -62,9 +64,11 @@ def cmd_budget(args) -> int:
     methods = [m.strip().lower() for m in args.method.split(",") if m.strip()]
     allocations = [a.strip().lower() for a in args.allocation.split(",") if a.strip()]
     executor = executor_config_from_args(args)
+    corpora = [c.strip() for c in (args.corpus or "").split(",") if c.strip()]
     specs = [BudgetSpec(
         model=args.model, protocol=protocol_from_args(args),
-        setting=Setting(method=method, allocation=allocation, propagation=args.propagation), corpus=args.corpus,
+        setting=Setting(method=method, allocation=allocation, propagation=args.propagation),
+        corpus=corpora[0] if corpora else None, more_corpora=tuple(corpora[1:]),
         max_increase=None if args.max_increase is None else parse_fraction(args.max_increase, "--max-increase"),
         max_ppl=args.max_ppl, coarse_step=parse_fraction(args.coarse_step, "--coarse-step"),
         resolution=parse_fraction(args.resolution, "--resolution"), low=parse_fraction(args.low, "--low"),
@@ -93,16 +97,20 @@ def _print_budget(result: dict) -> None:
     for row in result["trajectory"]:
         increase = "" if row["increase"] is None else f"{row['increase'] * 100:+8.2f}%"
         verdict = ("within" if row["passed"] else "over") + (" (stored)" if row["reused"] else "")
+        if len(row.get("ppls") or ()) > 1:  # several corpora: the row's figures are its worst corpus's
+            verdict += f" (worst: {row['corpus']})"
         print(f"{row['step']:>4} {row['phase']:<7} {row['sparsity']:>8.2f} {row['ppl']:>10.3f} "
               f"{increase:>9}  {verdict}")
     frontier, certainty = result["frontier"], result["certainty"]
-    print(f"dense ppl {result['dense_ppl']:.3f}; budget {result['budget']['text']} (ppl <= "
-          f"{result['budget']['max_ppl']:.3f})")
+    limits = result["budget"].get("limits") or {result["budget"]["corpus"]: result["budget"]["max_ppl"]}
+    dense = result.get("dense_ppls") or {result["budget"]["corpus"]: result["dense_ppl"]}
+    print("; ".join(f"dense ppl on {c} {dense[c]:.3f} (budget: ppl <= {limits[c]:.3f})" for c in limits)
+          + f"; budget {result['budget']['text']}")
     if frontier is None:
         print(f"no sparsity in the searched range is within the budget ({certainty['bounded_by']})")
         return
     gap = "none failed up to the upper bound" if certainty["gap_pp"] is None else \
         f"first failing step {certainty['gap_pp']:g} points higher"
-    print(f"frontier: {frontier['sparsity']:.0%} sparsity, ppl {frontier['ppl']:.3f} "
+    print(f"frontier: {frontier['sparsity']:.0%} sparsity, ppl on {frontier.get('corpus', '?')} {frontier['ppl']:.3f} "
           f"({frontier['increase'] * 100:+.2f} %); {gap}; {certainty['evaluations']} evaluations "
           f"({certainty['reused']} from the store) on {certainty['eval_windows']} windows")

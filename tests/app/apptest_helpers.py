@@ -8,6 +8,7 @@ Import this module after `pytest.importorskip("streamlit")`: it imports Streamli
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -134,3 +135,17 @@ def stored_sweep() -> str:
               "points": [_point("wanda", 0.3, 18.5), _point("wanda", 0.5, 19.76), _point("wanda", 0.7, 40.1),
                          _point("magnitude", 0.3, 19.0), _point("magnitude", 0.9, 61_530.0)]}
     return insert_job("sweep", {"model": "tiny-llama"}, "done", result)
+
+
+_KIND_CELL = re.compile(r"^\*\*(Unstructured · .+|\d+:\d+ · .+|Structured)\*\*$")
+
+
+def summary_kinds(at: AppTest) -> dict[str, list[str]]:
+    """The Summary's table of each kind of pruning as {kind: [setting, perplexity, size, speed]}, read from its
+    cells (markdown, a row after the header "**kind**", its kind cell bold), in the page's order."""
+    texts = [str(m.value) for m in at.markdown]
+    i, rows = texts.index("**kind**") + 6, {}  # six header cells, the export column's included
+    while i + 4 < len(texts) and _KIND_CELL.match(texts[i]):
+        rows[texts[i].strip("*")] = texts[i + 1:i + 5]
+        i += 5
+    return rows

@@ -165,14 +165,22 @@ def test_summary_budget_slider_reads_the_stored_answer_of_each_budget():
     assert at.button(key="summary_budget_run").label == "Find the most sparsity within +30 %"
 
 
-def test_summary_budget_search_runs_as_a_job_and_says_how_it_was_found():
-    at = ok(page("summary", summary_budget_methods=["magnitude"], summary_budget=5))
+@pytest.mark.parametrize("corpora", [["news"], ["news", "pydocs"]], ids=["one corpus", "worst of two"])
+def test_summary_budget_search_runs_as_a_job_and_says_how_it_was_found(corpora):
+    settings = {**SMALL, "eval_corpora": corpora}
+    at = ok(page("summary", settings, summary_budget_methods=["magnitude"], summary_budget=5))
     at.button(key="summary_budget_run").click().run()
     ok(at)
-    status = budget_search.budget_status(budget_search.budget_spec(SMALL, "magnitude", "uniform", 0.05, "news"))
+    status = budget_search.budget_status(budget_search.budget_spec(settings, "magnitude", "uniform", 0.05, corpora))
     assert status["state"] == "done"
     frontier = status["result"]["frontier"]
     assert f"at most **{frontier['sparsity']:.0%}** sparsity within +5 %" in _texts(at)
+    # Every step judged on the worst of the chosen corpora (all of them by default), and the page says so.
+    assert status["result"]["budget"]["corpora"] == corpora
+    for row in status["result"]["trajectory"]:
+        assert set(row["ppls"]) == set(corpora)
+    if len(corpora) > 1:
+        assert "within +5 % on the worst of: news, pydocs: perplexity on " in _texts(at)
     steps = len(status["result"]["trajectory"])
     assert f"Found by a step-wise search of {steps} steps" in _texts(at)
     assert not any(b.key == "summary_budget_run" for b in at.button)  # answered: nothing left to run

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("streamlit")
-from tests.app.apptest_helpers import SMALL, insert_job, ok, page, stored_sweep, text_of  # noqa: E402
+from tests.app.apptest_helpers import (  # noqa: E402
+    SMALL, insert_job, ok, page, stored_sweep, summary_kinds, text_of)
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
 
@@ -34,6 +35,8 @@ def _structured_run(speed: bool) -> dict:
 
 def test_summary_shows_measured_structured_savings_beside_the_unstructured_no_speed_up():
     from pruning_core import claims
+    from pruning_core.outputs.figures import perplexity_change
+    from pruning_core.units import format_bytes
 
     stored_sweep()  # recommends Wanda at 50 %, unstructured
     result = _structured_run(speed=True)
@@ -55,6 +58,21 @@ def test_summary_shows_measured_structured_savings_beside_the_unstructured_no_sp
         assert said["speed"] in line and "Measured on" in said["speed"] and "dense -> pruned in one run" in said["speed"]
         # ... never without the quality it costs, in the same line
         assert f"({dense:,.2f} → {point['ppl']['news']:,.2f})" in line
+    # In the table of each kind of pruning, the structured row carries its quality cost beside size and measured
+    # speed: the highest ratio within +10 % on the corpus it measured (news), else the closest one.
+    kinds = summary_kinds(at)
+    setting, cost, size, speed = kinds["Structured"]
+    changes = [(p["measured_ratio"], p["ppl"]["news"] / dense - 1, p) for p in result["points"]]
+    within = [c for c in changes if c[1] <= 0.10]
+    ratio, _change, chosen = max(within, key=lambda c: c[0]) if within else min(changes, key=lambda c: c[1])
+    assert setting.startswith(f"{ratio:.1%} of decoder parameters removed")
+    assert ("within +10 %" if within else "over +10 %") in setting
+    assert cost == (f"**{perplexity_change(chosen['ppl']['news'], dense)}** on news (the corpus it measured) "
+                    f"({dense:,.2f} → {chosen['ppl']['news']:,.2f})")
+    assert speed.endswith("(measured)") or "(measured; machine busy" in speed
+    assert f"{chosen['speed']['ratios']['float32']['decode at batch 1']:.2f}x" in speed
+    assert size.startswith(format_bytes(chosen["sizes"]["structured_bytes"]))
+    assert list(kinds)[0] == "Unstructured · Wanda"  # beside the sweep's kinds, in one table
     # Beside it, the recommended setting's own speed sentence: unstructured zeros gain nothing.
     assert "The recommended setting (Wanda, unstructured, 50%): zeros, not removed" in prose
     assert claims.speed_sentence("unstructured") in prose
@@ -75,3 +93,4 @@ def test_unmeasured_structured_run_says_so_and_no_run_points_to_the_structured_p
     prose = text_of(at)
     assert pointer not in prose and "not measured here" in prose
     assert not any(c.endswith("speed-up (fp32)") for c in table.columns)  # nothing estimated in their place
+    assert summary_kinds(at)["Structured"][3] == "smaller matrices; not measured"

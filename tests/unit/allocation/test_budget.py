@@ -268,3 +268,78 @@ def test_sensitivity_allocation_reads_a_file_or_refuses_without_maps(tmp_path):
     assert step["allocator"] == "sensitivity" and abs(step["plan_sparsity"] - step["sparsity"]) <= 0.001
     with pytest.raises(ConfigError, match="does not exist"):
         search_budget(loaded, BudgetSpec.from_dict({**spec.to_dict(), "sensitivity": str(tmp_path / "no.json")}))
+
+
+# ------------------------------------------------------------------------------------------ several corpora
+
+def test_each_step_is_judged_on_the_worst_of_the_chosen_corpora():
+    """wiki alone allows more than news: the search on both stops where news breaks the budget, and says so."""
+    def both(sparsity: float) -> dict:
+        return {"wiki": smooth(sparsity), "news": 30.0 * math.exp(6.0 * sparsity ** 2)}  # news degrades faster
+
+    spec = BudgetSpec(model="tiny-llama", protocol=TINY, corpus="wiki", more_corpora=("news",), max_increase=0.10)
+    result = search_budget(None, spec, measure=both)
+    news_edge = math.sqrt(math.log1p(0.10) / 6.0)
+    frontier = result["frontier"]
+    assert frontier["sparsity"] <= news_edge < frontier["sparsity"] + spec.resolution + 1e-9
+    assert frontier["sparsity"] < edge(0.10) - 0.05  # well below what wiki alone allows
+    assert frontier["corpus"] == "news" and frontier["dense_ppl"] == 30.0
+    assert frontier["increase"] == pytest.approx(frontier["ppls"]["news"] / 30.0 - 1)
+    assert set(frontier["ppls"]) == {"wiki", "news"}
+    # A step within budget on wiki but over it on news fails, and names news.
+    only_news = [r for r in result["trajectory"] if not r["passed"] and r["ppls"]["wiki"] <= DENSE * 1.1]
+    assert only_news and all(r["corpus"] == "news" for r in only_news)
+    assert result["budget"]["corpora"] == ["wiki", "news"] and result["dense_ppls"] == {"wiki": DENSE, "news": 30.0}
+    assert result["budget"]["text"] == "+10 % perplexity on the worst of wiki, news"
+    # The same search on wiki alone finds wiki's edge: the worst corpus is what moved the answer.
+    alone = search_budget(None, BudgetSpec(protocol=TINY, corpus="wiki", max_increase=0.10), measure=smooth)
+    assert alone["frontier"]["sparsity"] > frontier["sparsity"] and alone["frontier"]["corpus"] == "wiki"
+
+
+def test_a_search_on_several_corpora_needs_a_perplexity_on_each():
+    spec = BudgetSpec(protocol=TINY, corpus="wiki", more_corpora=("news",), max_increase=0.10)
+    with pytest.raises(ConfigError, match=r"needs \{corpus: perplexity\}"):
+        search_budget(None, spec, measure=smooth)
+    with pytest.raises(ConfigError, match="no perplexity on news"):
+        search_budget(None, spec, measure=lambda s: {"wiki": smooth(s)})
+
+
+def test_one_corpus_keeps_its_dict_and_more_corpora_round_trip():
+    one = BudgetSpec(protocol=TINY, corpus="wiki", max_increase=0.1)
+    assert "more_corpora" not in one.to_dict() and one.eval_corpora == ("wiki",)
+    more = BudgetSpec(protocol=TINY, corpus="wiki", more_corpora=("news", "wiki"), max_increase=0.1)
+    assert more.eval_corpora == ("wiki", "news")  # each once, the first corpus first
+    assert more.to_dict()["more_corpora"] == ["news", "wiki"]
+    assert BudgetSpec.from_dict(json.loads(json.dumps(more.to_dict()))) == more
+    with pytest.raises(ConfigError, match="must be corpus names"):
+        BudgetSpec(protocol=TINY, more_corpora=("",), max_increase=0.1).validate()
+
+
+def test_real_search_on_two_corpora_reuses_one_corpus_steps_and_measures_only_the_other():
+    loaded = tiny_model("llama", layers=2)
+    store = Store()
+    alone = search_budget(loaded, BudgetSpec(max_increase=1e6, **REAL), store=store)  # news (the calibration corpus)
+    both_spec = BudgetSpec(max_increase=1e6, more_corpora=("pydocs",), **REAL)
+    evaluated = []
+    original = evaluate.evaluate_setting
+
+    def spy(loaded_, protocol, corpora, pruned=None, **kwargs):
+        if pruned is not None:
+            evaluated.append(tuple(corpora))
+        return original(loaded_, protocol, corpora, pruned, **kwargs)
+
+    evaluate.evaluate_setting = spy
+    try:
+        both = search_budget(loaded, both_spec, store=store)
+    finally:
+        evaluate.evaluate_setting = original
+    assert evaluated and set(evaluated) == {("pydocs",)}  # news was stored by the first search
+    news = {r["sparsity"]: r["ppl"] for r in alone["trajectory"]}
+    for row in both["trajectory"]:
+        assert row["ppls"]["news"] == pytest.approx(news[row["sparsity"]])
+        assert row["corpus"] == max(("news", "pydocs"),
+                                    key=lambda c: row["ppls"][c] / both["dense_ppls"][c])
+    # Asked again, nothing is measured; and the one-corpus search still finds all of its steps.
+    again = search_budget(loaded, both_spec, store=store)
+    assert again["certainty"]["measured"] == 0
+    assert search_budget(loaded, BudgetSpec(max_increase=1e6, **REAL), store=store)["certainty"]["measured"] == 0

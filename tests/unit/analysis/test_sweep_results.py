@@ -65,3 +65,52 @@ def test_a_searched_edge_is_weighed_with_the_sweep_points():
     rec = recommend(results, "wiki", 0.10, [found])
     assert rec["best"] is found  # the edge between two sweep points is the answer
     assert searched_point({"frontier": None}) is None
+
+
+def two(method, sparsity, wiki, news, structure="unstructured"):
+    return {"method": method, "structure": structure, "target_sparsity": sparsity, "sparsity": sparsity,
+            "ppl": {"wiki": wiki, "news": news}}
+
+
+def test_recommend_judges_on_the_worst_of_the_chosen_corpora():
+    """Wanda 60 % is within +10 % on wiki but +24 % on news: judged on both, 50 % is the answer, and every
+    answer (headline, per method, mildest) says which corpus decided."""
+    from pruning_core.analysis.recommend import worst_change
+
+    results = {"dense": {"ppl": {"wiki": 10.0, "news": 20.0}}, "points": [
+        two("wanda", 0.5, 10.5, 21.0), two("wanda", 0.6, 10.9, 24.8), two("magnitude", 0.5, 11.5, 20.2)]}
+    on_wiki = recommend(results, "wiki", 0.10)
+    assert on_wiki["best"]["sparsity"] == 0.6 and on_wiki["best_corpus"] == "wiki"
+    both = recommend(results, ["wiki", "news"], 0.10)
+    assert both["corpora"] == ["wiki", "news"] and both["dense"] == {"wiki": 10.0, "news": 20.0}
+    assert both["best"]["sparsity"] == 0.5 and both["best"]["method"] == "wanda"
+    assert both["best_change"] == pytest.approx(0.05) and both["best_corpus"] == "wiki"  # 10.5/10 ties 21/20
+    assert "wanda" in both["per_method_within"] and both["per_method_within"]["wanda"][1]["sparsity"] == 0.5
+    assert "magnitude" not in both["per_method_within"]  # +15 % on wiki, although +1 % on news
+    wanda_top = next(c for m, c, _p in both["per_method"] if m == "wanda")
+    assert wanda_top == pytest.approx(0.24)  # its highest point, said with its worst change (news)
+    assert worst_change(results["points"][1], both["dense"], both["corpora"]) == (pytest.approx(0.24), "news")
+    tight = recommend(results, ["news", "wiki"], 0.01)
+    assert tight["best"] is None and tight["mildest"]["sparsity"] == 0.5
+    assert tight["mildest_change"] == pytest.approx(0.05) and tight["mildest_corpus"] == "news"  # first on a tie
+
+
+def test_a_point_without_a_chosen_corpus_is_not_judged_and_a_missing_dense_is_named():
+    results = {"dense": {"ppl": {"wiki": 10.0, "news": 20.0}}, "points": [
+        two("wanda", 0.5, 10.5, 21.0), point("wanda", 0.7, 10.6)]}  # 70 % was measured on wiki only
+    rec = recommend(results, ["wiki", "news"], 0.10)
+    assert rec["best"]["sparsity"] == 0.5 and rec["unjudged"] == 1
+    with pytest.raises(ConfigError, match="'pydocs' was not measured"):
+        recommend(results, ["wiki", "pydocs"], 0.10)
+
+
+def test_a_search_on_several_corpora_is_a_point_on_each():
+    from pruning_core.analysis.recommend import searched_point
+
+    search = {"frontier": {"sparsity": 0.55, "ppl": 21.9, "increase": 0.095, "corpus": "news",
+                           "ppls": {"wiki": 10.3, "news": 21.9}},
+              "spec": {"method": "wanda"}, "budget": {"corpus": "wiki", "corpora": ["wiki", "news"]}}
+    found = searched_point(search)
+    assert found["ppl"] == {"wiki": 10.3, "news": 21.9}
+    results = {"dense": {"ppl": {"wiki": 10.0, "news": 20.0}}, "points": [two("wanda", 0.5, 10.5, 21.0)]}
+    assert recommend(results, ["wiki", "news"], 0.10, [found])["best"] is found
