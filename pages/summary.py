@@ -138,7 +138,7 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
         row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
                "parameters (whole model)": f"{point['parameters']['model_after']:,} "
                                            f"(−{point['model_removed_fraction']:.1%})",
-               "16-bit size": format_bytes(point["sizes"]["structured_bytes"])}
+               "16-bit safetensors": format_bytes(structured.structured_file_sizes(point)["structured"])}
         speedups = structured.structured_speedups(point)
         for phase, value in (speedups or {}).items():
             row[f"{phase} speed-up (fp32)"] = f"{value:.2f}x"
@@ -149,7 +149,7 @@ def structured_section(corpus: str, recommended: dict | None, recommended_speed:
         rows.append(row)
     dense = {"decoder parameters removed": "0 % (dense)",
              "parameters (whole model)": f"{result['model']['parameters']:,}",
-             "16-bit size": format_bytes(points[0]["sizes"]["dense_bytes"]),
+             "16-bit safetensors": format_bytes(structured.structured_file_sizes(points[0])["dense"]),
              f"perplexity ({on})": f"{dense_ppl:,.2f}"}
     columns = list(dict.fromkeys(c for row in rows for c in row))  # the points' order: speed before perplexity
     st.dataframe([{c: dense.get(c, "–") for c in columns}, *rows], hide_index=True, key="summary_structured_table")

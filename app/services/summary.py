@@ -12,17 +12,21 @@ from typing import Optional
 from app.services.budget import budget_spec, budget_status
 from app.services.recovery import latest_recovery_result, recovery_source
 from app.services.sweep import merged_sweeps  # noqa: F401 - the page's results
+from app.services.models import dense_file_size
 from app.services.what_if import setting_claims
-from pruning_core import claims
+from pruning_core.sizes.records import sizes_for_point
 from pruning_core.analysis.recommend import recommend, searched_point  # noqa: F401 - recommend: the page's
 from pruning_core.errors import PruneScopeError
 
 
 def point_claims(results: dict, point: dict) -> dict:
-    """`setting_claims` for a measured sweep point (sizes from the sweep's model counts and the point's measured
-    sparsity): the Summary page's wording of the recommended setting."""
+    """`setting_claims` for a measured sweep point (counts from the sweep's model and the point's measured
+    sparsity; bytes from the dense model's files as the store measured them, since a pruned model saved the
+    ordinary way stores its zeros): the Summary page's wording of the recommended setting."""
     structure = str(point.get("structure", "unstructured"))
-    return setting_claims(claims.sizes_for_point(results.get("model") or {}, point), structure)
+    model = results.get("model") or {}
+    dense = dense_file_size(model.get("fingerprint"))
+    return setting_claims(sizes_for_point(model, point, dense), structure, model.get("fingerprint"))
 
 
 def unstructured_speed() -> str:
