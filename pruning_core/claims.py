@@ -50,6 +50,10 @@ NO_SPARSE_FORMATS = ("No serving runtime loads sparse weights any more (compress
                      "removed structure and quantization make the files smaller.")
 
 
+#: Why a stored result has no measured files.
+OLD_RECORD = "this result was stored before PruneScope measured sizes on the files written"
+
+
 def file_format(record: Mapping[str, Any]) -> str:
     """'16-bit safetensors (loaded by transformers, vLLM)': a measurement's format with the runtimes that load
     it (the record's own `runtimes` where they differ, e.g. a structured folder only PruneScope's loader reads)."""
@@ -117,17 +121,17 @@ def size_sentence(sizes: Mapping[str, Any]) -> str:
                              "are stored.")
         else:
             sentences.append(f"As {file_format(dense)} the dense model weighs {format_bytes(dense['weight_bytes'])};"
-                             f" {name} was not measured (stored before sizes were measured on files: run it again).")
+                             f" {name} was not measured ({OLD_RECORD}).")
     if not results and not dense:
         if zeros:
             sentences.append("Saved as 16-bit safetensors (loaded by transformers, vLLM) the pruned model weighs as "
-                             "much as the dense model, since sparse zeros are stored; its files were not measured "
-                             "(stored before sizes were measured on files: try the setting again to measure them).")
+                             f"much as the dense model, since sparse zeros are stored; its files were not measured "
+                             f"({OLD_RECORD}).")
         else:
             count = sizes.get("structured_parameters")
             sentences.append("The structurally pruned model" + (f" has {count:,} parameters; its files"
                                                                  if count is not None else "'s files")
-                             + " were not measured (stored before sizes were measured on files: run it again).")
+                             + f" were not measured ({OLD_RECORD}).")
     if zeros:
         sentences.append(NO_SPARSE_FORMATS)
     return " ".join(sentences)

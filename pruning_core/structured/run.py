@@ -34,7 +34,7 @@ from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.sizes.files import saved_size
-from pruning_core.sizes.records import structured_sizes
+from pruning_core.sizes.records import SIZES_VERSION, structured_sizes
 from pruning_core.spec import JobSpec
 from pruning_core.structured.prune_structured import StructuredConfig, StructuredResult, prune_structured
 from pruning_core.structured.speed import SpeedConfig, machine_facts, measure_speed
@@ -238,7 +238,9 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
         plan = plans.get(ratio)
         key = _point_key(loaded, spec, ratio, plan) if store is not None else None
         stored = store.get_result(key) if key is not None else None
-        if stored is not None and save_dir is None:
+        # A point stored before sizes were measured on files is pruned again, so its sizes are measured.
+        if stored is not None and save_dir is None and \
+                (stored.get("sizes") or {}).get("sizes_version") == SIZES_VERSION:
             points.append({**stored, "saved": None, "from_store": True})
             continue
         if statistics is None and needs_data:
