@@ -71,13 +71,16 @@ def _ratio_words(dense: int, other: int) -> str:
 
 
 def _against_dense(record: Mapping[str, Any], dense: Optional[Mapping[str, Any]]) -> str:
-    """', the same as the dense model' (equal bytes on disk) or ', against 269.1 MB for the dense model (1.25x
-    smaller)'; '' when the dense model was not measured in the same format."""
-    if not dense or dense.get("format") != record.get("format"):
+    """', the same as the dense model' (equal bytes in the same format) or ', against 269.1 MB for the dense model
+    (1.25x smaller)' (the dense model's format named when it differs, e.g. a quantized folder against 16-bit);
+    '' when the dense model was not measured."""
+    if not dense:
         return ""
-    if record["weight_bytes"] == dense["weight_bytes"]:
+    same_format = dense.get("format") == record.get("format")
+    if same_format and record["weight_bytes"] == dense["weight_bytes"]:
         return ", the same as the dense model"
-    return (f", against {format_bytes(dense['weight_bytes'])} for the dense model "
+    label = "" if same_format else f" as {FORMATS[dense['format']][0]}"
+    return (f", against {format_bytes(dense['weight_bytes'])} for the dense model{label} "
             f"({_ratio_words(dense['weight_bytes'], record['weight_bytes'])})")
 
 
@@ -107,31 +110,32 @@ def size_sentence(sizes: Mapping[str, Any]) -> str:
     structure = str(sizes.get("structure") or "unstructured")
     dense = measured_file(sizes, "dense")
     results = [r for r in measured_rows(sizes) if r.get("what") != "dense"]
-    zeros = structure != STRUCTURED
+    # Zeros to speak of: a mask pruned something (a quantized dense model has none, a structured one removed them).
+    zeros = structure != STRUCTURED and sizes.get("kept_weights", 0) < sizes.get("prunable_weights", 0)
+    stored = ": sparse zeros are stored." if zeros else "."
     sentences = []
     for record in results:
         sentences.append(f"As {file_format(record)} {_result_name(record, sizes)} weighs "
-                         f"{format_bytes(record['weight_bytes'])}{_against_dense(record, dense)}"
-                         + (": sparse zeros are stored." if zeros else "."))
-    if not results and dense:  # a stored point without masks: its zeros are stored, so it weighs what dense weighs
-        name = ("the structurally pruned model" if not zeros else "a model pruned with this setting")
-        if zeros:
-            sentences.append(f"As {file_format(dense)} {name} weighs {format_bytes(dense['weight_bytes'])}, the "
-                             "same as the dense model (measured on the dense model's saved files): sparse zeros "
-                             "are stored.")
-        else:
+                         f"{format_bytes(record['weight_bytes'])}{_against_dense(record, dense)}{stored}")
+    structured = structure == STRUCTURED
+    if not results and dense:  # a stored point without masks: a pruned model saved as usual weighs what dense does
+        if structured:
             sentences.append(f"As {file_format(dense)} the dense model weighs {format_bytes(dense['weight_bytes'])};"
-                             f" {name} was not measured ({OLD_RECORD}).")
-    if not results and not dense:
-        if zeros:
-            sentences.append("Saved as 16-bit safetensors (loaded by transformers, vLLM) the pruned model weighs as "
-                             f"much as the dense model, since sparse zeros are stored; its files were not measured "
-                             f"({OLD_RECORD}).")
+                             f" the structurally pruned model was not measured ({OLD_RECORD}).")
         else:
+            sentences.append(f"As {file_format(dense)} a model pruned with this setting weighs "
+                             f"{format_bytes(dense['weight_bytes'])}, the same as the dense model (measured on the "
+                             f"dense model's saved files){stored}")
+    if not results and not dense:
+        if structured:
             count = sizes.get("structured_parameters")
             sentences.append("The structurally pruned model" + (f" has {count:,} parameters; its files"
                                                                  if count is not None else "'s files")
                              + f" were not measured ({OLD_RECORD}).")
+        else:
+            sentences.append("Saved as 16-bit safetensors (loaded by transformers, vLLM) the pruned model weighs as "
+                             "much as the dense model" + (", since sparse zeros are stored" if zeros else "")
+                             + f"; its files were not measured ({OLD_RECORD}).")
     if zeros:
         sentences.append(NO_SPARSE_FORMATS)
     return " ".join(sentences)

@@ -113,3 +113,21 @@ def test_a_folder_only_prunescope_loads_says_so():
               ["PruneScope's load_structured"], "runtime_note": "its layers have different widths"}
     label = claims.file_format(record)
     assert "PruneScope's load_structured" in label and "vLLM" not in label
+
+
+def test_a_quantized_folder_is_measured_where_it_is_kept_and_worded_against_the_dense_files(tiny, tmp_path):
+    # How the quantization capability uses this package: its own writer, its own format, the same wording.
+    from pruning_core.sizes.records import weight_counts
+
+    folder = tmp_path / "quantized"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"q" * 50_000)  # stands in for packed integers
+    (folder / "config.json").write_text("{}")
+    quantized = measure.measure_written(folder, "compressed-tensors", "quantized", dtype="int4")
+    assert quantized["weight_bytes"] == 50_000 and quantized["total_bytes"] == 50_002
+    sizes = weight_counts(1000, 800, 800, "unstructured")  # nothing pruned: no zeros to speak of
+    sizes["measured"] = [measure.sixteen_bit_size(tiny, "dense"), quantized]
+    sentence = claims.size_sentence(sizes)
+    assert "As compressed-tensors packed integers (loaded by transformers, vLLM) the quantized model weighs " \
+           "50.0 KB, against" in sentence and "for the dense model as 16-bit safetensors" in sentence
+    assert "zeros" not in sentence
