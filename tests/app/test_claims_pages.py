@@ -88,3 +88,29 @@ def test_setup_names_what_each_model_size_is():
             "What-if and reports compare with)") in sizes
     # The embedded model's file is 4-bit quantised GGUF: its disk size says so (no model load needed).
     assert models.disk_form("embedded") == "GGUF Q4_1"
+
+
+def test_a_what_if_stored_before_sizes_were_measured_still_renders():
+    """An old what-if result (formula sizes: bitmap, 2:4 compressed) shows its counts and the dense model's measured
+    files the store holds, never the old formula figures, and no traceback."""
+    from app.services import jobs
+    from pruning_core.store import Store
+
+    at = page("what_if")
+    at.selectbox(key="whatif_method").set_value(SETTING["method"])
+    at.selectbox(key="whatif_structure").set_value(SETTING["structure"])
+    at.button(key="whatif_run").click().run()
+    ok(at)
+    job = jobs.latest_job("whatif")
+    result = jobs.job_status(job)["result"]
+    counts = {k: result["size"][k] for k in ("prunable_weights", "kept_weights", "other_parameters")}
+    old = {"value_bits": 16, "structure": "2:4", "parameters": counts["prunable_weights"] + counts["other_parameters"],
+           **counts, "dense_bytes": 2000, "bitmap_bytes": 1300, "nm_bytes": 1111, "nm_index_bits": 2,
+           "structured_parameters": None, "structured_bytes": None}
+    Store().update_job(job, result={**result, "size": old})
+    ok(at.run())
+    dense_bytes = next(r["weight_bytes"] for r in result["size"]["measured"] if r["what"] == "dense")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Dense model"] == format_bytes(dense_bytes) and "Pruned model (zeros stored)" not in metrics
+    prose = " ".join(m.value for m in at.markdown)
+    assert "measured on the dense model's saved files" in prose and "1.1 KB" not in prose
