@@ -125,7 +125,7 @@ def model_facts(source: str) -> dict:
     facts["load_seconds"] = loaded.load_seconds
     try:  # the dense size a runtime loads, measured on its files (written once per model, then read back)
         facts["sixteen_bit"] = measured_file_size(source)
-    except OSError:  # a full or read-only disk: the other facts still show
+    except (OSError, PruneScopeError):  # a full or read-only disk, a store in trouble: the other facts still show
         facts["sixteen_bit"] = None
     return facts
 
