@@ -172,6 +172,8 @@ def test_cli_writes_structured_json_and_refuses_bad_units(tmp_path, capsys):
                  "--score", "magnitude", "--out", str(out)]) == 0
     document = json.loads((out / "structured.json").read_text())
     (point,) = document["points"]
+    assert point["claims"]["size"] in capsys.readouterr().out  # the measured files, worded as the report says
+    assert "16-bit safetensors (loaded by" in point["claims"]["size"]
     assert point["config"]["units"] == ["channels"] and point["config"]["compensate"] is False
     assert point["speed"] is None and "not measured" in point["claims"]["speed"]
     assert all(w["channels"] < tiny_model("llama").model.config.intermediate_size for w in point["widths"])
