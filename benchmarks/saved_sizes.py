@@ -3,8 +3,9 @@
 For the dense model, a 50 % unstructured and a 2:4 magnitude mask (masks applied, zeros stored) and a structurally
 pruned copy (MLP channels and heads removed by magnitude, no compensation: the file size does not depend on the
 scores), each saved with `save_pretrained` as 16-bit safetensors into a temporary folder and stat'ed: the weight
-files' bytes, every file's bytes, and the seconds a result's sizes took (its counts, the masks' digest, the write;
-the dense model is written once, and a second ask reads the store).  Records the machine and its load. Prints JSON; `--out FILE` also writes it (docs/runs/saved-sizes.json).
+files' bytes, every file's bytes, and the seconds a result's sizes took (its counts, the masks' digest, the
+write; the dense model is written once, and a second ask reads the store). Records the machine and its load.
+Prints JSON; `--out FILE` also writes it (docs/runs/saved-sizes.json).
 
     python benchmarks/saved_sizes.py [--model embedded] [--ratio 0.25] [--out docs/runs/saved-sizes.json]
 """

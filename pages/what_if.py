@@ -1,7 +1,8 @@
 """What-if: try one pruning setting and see what it costs and what it really saves.
 
 Perplexity dense vs pruned, the bytes of the files the dense and the pruned model are saved as (measured, with
-the runtimes that load them), an honest note on speed, and text from the dense and the pruned model side by side for the same prompt (greedy decoding).
+the runtimes that load them), an honest note on speed, and text from the dense and the pruned model side by side
+for the same prompt (greedy decoding).
 """
 
 from __future__ import annotations
