@@ -168,6 +168,32 @@ def base_layout(title: str, **extra: Any) -> dict:
     return layout
 
 
+#: Pixels under the plot area that its tick labels and x-axis title take (16 px font), and one legend row.
+_AXIS_BAND_PX = 78
+_LEGEND_ROW_PX = 24
+
+
+def legend_below(entries: int, top: int = 70, plot_height: int = 300) -> dict:
+    """Layout keys (legend, margin, height) that hang the legend under the x-axis title, one entry a row.
+
+    The legend is placed in pixels from the chart's bottom edge (container coordinates) and the bottom margin is
+    sized for the axis band plus `entries` rows, so the legend can never be printed over the axis title or the
+    tick labels, whatever the chart's width (a legend at a fraction of the plot's height below it was, on a short
+    chart). `top`: the top margin (px; 100 for a two-line title); `plot_height`: the plot area's height (px).
+    """
+    bottom = _AXIS_BAND_PX + max(1, entries) * _LEGEND_ROW_PX + 12
+    return {"legend": {"orientation": "h", "entrywidthmode": "fraction", "entrywidth": 1.0,
+                       "xref": "container", "x": 0.0, "xanchor": "left",
+                       "yref": "container", "y": 0.0, "yanchor": "bottom"},
+            "margin": {"l": 80, "r": 30, "t": top, "b": bottom}, "height": top + plot_height + bottom}
+
+
+def two_line_title(headline: str, details: str) -> str:
+    """A chart title as a short headline and, on a smaller second line, its details (corpus, settings): one
+    long line does not fit a half-width column and is cut at the chart's edge."""
+    return f"{headline}<br><sup>{details}</sup>"
+
+
 def axis(title: str, **extra: Any) -> dict:
     """An axis with a titled unit, light grid, and zero line."""
     axis = {
@@ -490,7 +516,7 @@ def _size_text(size: Any) -> str | None:
 
 
 #: Top margin (px) of charts whose title has a second, smaller line (the settings under the headline).
-_TWO_LINE_TITLE_MARGIN = 100
+TWO_LINE_TITLE_MARGIN = 100
 
 
 def _sens_title(sens: dict, what: str) -> str:
@@ -554,7 +580,8 @@ def heatmap_figure(sens: dict) -> dict:
         "hovertemplate": "%{text}<extra></extra>",
         "hoverongaps": True,
         "colorscale": SEQUENTIAL_COLORSCALE,
-        "colorbar": {"title": {"text": unit + (" (below 0: see hover)" if _has_negative(z) else ""),
+        # The note on its own line: on one line with the unit it was longer than a short map's colour bar and cut.
+        "colorbar": {"title": {"text": unit + ("<br>(below 0: see hover)" if _has_negative(z) else ""),
                                "side": "right"}, "thickness": 18},
         "xgap": 2,
         "ygap": 1,
@@ -567,7 +594,7 @@ def heatmap_figure(sens: dict) -> dict:
         yaxis=axis(LAYER_AXIS_TITLE, autorange="reversed", showgrid=False,
                     dtick=1 if len(layers) <= 32 else None),
         height=height,
-        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
+        margin={"l": 80, "r": 30, "t": TWO_LINE_TITLE_MARGIN, "b": 70},
         plot_bgcolor="#D9D9D9",  # gaps (None) show as light grey, distinct from every Viridis colour
     )
     return {"data": [trace], "layout": layout}
@@ -623,10 +650,10 @@ def layer_bar_figure(sens: dict) -> dict:
     layout = base_layout(
         _sens_title(sens, "Per-layer sensitivity"),
         xaxis=axis(LAYER_AXIS_TITLE, dtick=1 if len(layers) <= 32 else None, showgrid=False),
-        yaxis=axis(f"{unit} · {how}"),
+        yaxis=axis(f"{unit}<br>{how}"),  # two lines: one was longer than the chart's height and was cut
         showlegend=False,
         bargap=0.15,
-        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
+        margin={"l": 100, "r": 30, "t": TWO_LINE_TITLE_MARGIN, "b": 70},
     )
     return {"data": [trace], "layout": layout}
 
@@ -723,11 +750,12 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
         )
     methods = sorted({str(m.get("method", "?")) for m in maps})
     layout = base_layout(
-        f"Sensitivity vs sparsity · {module} · {', '.join(methods)} · {metric}",
+        two_line_title("Sensitivity against sparsity", f"{module} · {', '.join(methods)} · {metric}"),
         xaxis=axis(SPARSITY_AXIS_TITLE, rangemode="tozero"),
         yaxis=axis(unit),
         legend={"title": {"text": "layer"}},
         showlegend=not use_colorbar,
+        margin={"l": 80, "r": 30, "t": TWO_LINE_TITLE_MARGIN, "b": 70},
     )
     return {"data": data, "layout": layout}
 
@@ -784,6 +812,6 @@ def proxy_scatter_figure(exact: dict, proxy: dict, spearman: float) -> dict:
         xaxis=axis(f"{exact_metric}: {x_unit}"),
         yaxis=axis(f"{proxy_metric}: {y_unit}"),
         legend={"title": {"text": "module"}},
-        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
+        margin={"l": 80, "r": 30, "t": TWO_LINE_TITLE_MARGIN, "b": 70},
     )
     return {"data": data, "layout": layout}

@@ -153,7 +153,8 @@ def test_perplexity_change_says_a_factor_for_a_broken_point():
 def test_sensitivity_titles_put_the_settings_on_a_second_line():
     # One long line was cut off in a half-width column; the headline stays short.
     for fig in (F.heatmap_figure(make_sens()), F.layer_bar_figure(make_sens()),
-                F.proxy_scatter_figure(make_sens(), make_sens(metric="taylor"), 0.5)):
+                F.proxy_scatter_figure(make_sens(), make_sens(metric="taylor"), 0.5),
+                F.sensitivity_curves_figure([make_sens(0.3), make_sens(0.5)], "q")):
         headline, _, detail = fig["layout"]["title"]["text"].partition("<br>")
         assert len(headline) <= 30 and detail.startswith("<sup>")
         assert fig["layout"]["margin"]["t"] >= 90
