@@ -304,7 +304,8 @@ def _protocol_line(protocol: dict) -> str:
     for key, label in labels:
         value = protocol.get(key, protocol.get(key.replace("_", "-")))
         if value is not None and value != "":
-            parts.append(f"{label} {value}")
+            # A corpus by its display name: an upload's stored path leaked into the hover otherwise.
+            parts.append(f"{label} {corpus_display_name(value) if key == 'calib' else value}")
     return " · ".join(parts)
 
 
