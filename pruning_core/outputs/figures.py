@@ -173,16 +173,18 @@ _AXIS_BAND_PX = 78
 _LEGEND_ROW_PX = 24
 
 
-def legend_below(entries: int, top: int = 70, plot_height: int = 300) -> dict:
-    """Layout keys (legend, margin, height) that hang the legend under the x-axis title, one entry a row.
+def legend_below(entries: int, top: int = 70, plot_height: int = 300, per_row: int = 1) -> dict:
+    """Layout keys (legend, margin, height) that hang the legend under the x-axis title, `per_row` entries a row.
 
-    The legend is placed in pixels from the chart's bottom edge (container coordinates) and the bottom margin is
-    sized for the axis band plus `entries` rows, so the legend can never be printed over the axis title or the
-    tick labels, whatever the chart's width (a legend at a fraction of the plot's height below it was, on a short
-    chart). `top`: the top margin (px; 100 for a two-line title); `plot_height`: the plot area's height (px).
+    The legend is placed in pixels from the chart's bottom edge (container coordinates), each entry a fixed share
+    of the width, and the bottom margin is sized for the axis band plus the rows, so the legend can never be
+    printed over the axis title or the tick labels, whatever the chart's width (a legend at a fraction of the
+    plot's height below it was, on a short chart). `top`: the top margin (px; 100 for a two-line title);
+    `plot_height`: the plot area's height (px); `per_row`: 2 for short entry names in a half-width column.
     """
-    bottom = _AXIS_BAND_PX + max(1, entries) * _LEGEND_ROW_PX + 12
-    return {"legend": {"orientation": "h", "entrywidthmode": "fraction", "entrywidth": 1.0,
+    rows = -(-max(1, entries) // max(1, per_row))
+    bottom = _AXIS_BAND_PX + rows * _LEGEND_ROW_PX + 12
+    return {"legend": {"orientation": "h", "entrywidthmode": "fraction", "entrywidth": 1.0 / max(1, per_row),
                        "xref": "container", "x": 0.0, "xanchor": "left",
                        "yref": "container", "y": 0.0, "yanchor": "bottom"},
             "margin": {"l": 80, "r": 30, "t": top, "b": bottom}, "height": top + plot_height + bottom}

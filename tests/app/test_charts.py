@@ -417,3 +417,15 @@ def test_curve_table_draws_a_missing_time_as_a_dash():
     assert list(styled.data["prune (s)"]) == ["–", "24.2"]
     assert styled.data["ppl wiki"].dtype == float  # a complete column keeps its numbers (sorting)
     assert "None" not in styled.to_html() and "nan" not in styled.to_html()
+
+
+def test_negative_sensitivities_are_explained_on_the_colour_scale_and_in_their_hover():
+    """Journey point 7: a map with cells below 0 says what they mean (the colour bar points to the hover, the hover
+    of each such cell explains it); a map without any says nothing of it."""
+    sens = make_sens()
+    sens["values"][0][0] = -0.002
+    fig = F.heatmap_figure(sens)
+    assert "below 0: see hover" in fig["data"][0]["colorbar"]["title"]["text"]
+    assert F.NEGATIVE_NOTE in fig["data"][0]["text"][0][0] and F.NEGATIVE_NOTE not in fig["data"][0]["text"][0][1]
+    positive = F.heatmap_figure(make_sens())
+    assert "below 0" not in positive["data"][0]["colorbar"]["title"]["text"]

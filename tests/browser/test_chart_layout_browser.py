@@ -3,7 +3,8 @@ text cut at the chart's edge and text printed over other text (`chart_layout.LAY
 
 A user met these in the browser (issue 26, journey point 8): the Structured page's titles cut ("Perplexity on
 news against parameters remov"), its axis titles printed over the legends, its layer labels cut to "layer" and
-unreadable counts in the bars; a clipped axis title on the Sensitivity page. The specs here are the ones the pages
+unreadable counts in the bars; a clipped axis title on the Sensitivity page. The Recovery page's perplexity chart
+had the same legend over its axis title. The specs here are the ones the pages
 draw (`pruning_core.structured.figures`, `pruning_core.outputs.figures`) for a 30-layer model, drawn by the
 plotly.js that the plotly package ships (Streamlit bundles the same major version), offline, without a server.
 """
@@ -37,6 +38,7 @@ def _sensitivity_map(metric: str, layers: int, sparsity: float = 0.5) -> dict:
 
 def _figures(width: int) -> dict[str, dict]:
     from pruning_core.outputs import figures
+    from pruning_core.recovery import figures as recovery_figures
     from pruning_core.structured.figures import tradeoff_figure, widths_figure
 
     result = structured_result("wiki")
@@ -49,6 +51,13 @@ def _figures(width: int) -> dict[str, dict]:
             sens = _sensitivity_map(metric, layers)
             charts[f"heatmap {metric} {layers}"] = figures.heatmap_figure(sens)
             charts[f"layer bars {metric} {layers}"] = figures.layer_bar_figure(sens)
+    if width >= HALF_COLUMN:  # the Recovery page draws its two charts side by side
+        recovery = {"dense_ppl": {"wiki": 20.0, "news": 30.0}, "pruned_ppl": {"wiki": 25.0, "news": 36.0},
+                    "recovered_ppl": {"wiki": 22.0, "news": 33.0}, "spec": {"curve_windows": 2},
+                    "history": {"loss": [[i, 3 - i / 100] for i in range(1, 60)],
+                                "evals": [[i, {"wiki": 24 - i / 100, "news": 35 - i / 100}] for i in range(0, 60, 10)]}}
+        charts["recovery loss"] = recovery_figures.loss_figure(recovery)
+        charts["recovery perplexity"] = recovery_figures.perplexity_figure(recovery)
     charts["proxy scatter"] = figures.proxy_scatter_figure(_sensitivity_map("exact", 30),
                                                            _sensitivity_map("fisher", 30), 0.93)
     charts["sensitivity curves"] = figures.sensitivity_curves_figure(
