@@ -290,8 +290,10 @@ def corpora_in(results: dict) -> list[str]:
     return list(seen)
 
 
-def _protocol_line(protocol: dict) -> str:
-    """One hover line with the run settings that produced a number (only those the protocol records)."""
+def _protocol_line(protocol: dict, corpus: str | None = None) -> str:
+    """One hover line with the run settings that produced a number (only those the protocol records). With
+    `corpus`, the evaluation windows are those measured on it (`eval_windows_used`) when its text held fewer than
+    asked: "eval windows 5 of 16 asked", never a flat "16" for a text that holds 5."""
     # Plain words, not the CLI's flag names (a hover label cannot carry its own explanation).
     labels = [
         ("nsamples", "calibration windows"),
@@ -305,6 +307,9 @@ def _protocol_line(protocol: dict) -> str:
     parts = []
     for key, label in labels:
         value = protocol.get(key, protocol.get(key.replace("_", "-")))
+        used = (protocol.get("eval_windows_used") or {}).get(corpus) if key == "eval_windows" else None
+        if used is not None and value is not None and int(used) < int(value):
+            value = f"{int(used)} of {value} asked (the text holds no more)"
         if value is not None and value != "":
             # A corpus by its display name: an upload's stored path leaked into the hover otherwise.
             parts.append(f"{label} {corpus_display_name(value) if key == 'calib' else value}")
@@ -416,7 +421,7 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
     The perplexity axis is logarithmic by default (`log_y`): perplexity explodes at high sparsity, and on a
     linear axis one magnitude point at 58,000 flattens every other line; ``log_y=False`` gives a linear axis.
     """
-    settings = _protocol_line(results.get("protocol") or {})
+    settings = _protocol_line(results.get("protocol") or {}, corpus)
     dense_ppl = finite((results.get("dense", {}).get("ppl") or {}).get(corpus))
     points = [p for p in results.get("points", []) if finite((p.get("ppl") or {}).get(corpus)) is not None]
 

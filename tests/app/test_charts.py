@@ -429,3 +429,15 @@ def test_negative_sensitivities_are_explained_on_the_colour_scale_and_in_their_h
     assert F.NEGATIVE_NOTE in fig["data"][0]["text"][0][0] and F.NEGATIVE_NOTE not in fig["data"][0]["text"][0][1]
     positive = F.heatmap_figure(make_sens())
     assert "below 0" not in positive["data"][0]["colorbar"]["title"]["text"]
+
+
+def test_the_hover_says_how_many_evaluation_windows_a_short_text_gave():
+    """Journey point 8: "(16 windows)" was said of an evaluation text that held 5. The hover names the windows
+    measured on the corpus shown when fewer than asked."""
+    results = make_results()
+    results["protocol"] = {**results.get("protocol", {}), "eval_windows": 16,
+                           "eval_windows_used": {"wiki": 5, "news": 16}}
+    short = F.curves_figure(results, "wiki")["data"][-1]["text"][0]
+    assert "eval windows 5 of 16 asked (the text holds no more)" in short
+    full = F.curves_figure(results, "news")["data"][-1]["text"][0]
+    assert "eval windows 16" in full and "asked" not in full

@@ -86,6 +86,10 @@ def test_the_curves_page_names_an_upload_by_its_file_name(upload_results):
     assert at.get("plotly_chart") and at.dataframe  # the chart and the table are drawn
     assert SHOWN_NAME in everything_shown(at)
     assert_named_by_file_name(at)
+    # The header never claims a flat window count for a text that may hold fewer (journey point 8: "(16 windows)"
+    # in every header when the evaluation text held 5).
+    header = next(str(c.value) for c in at.caption if str(c.value).startswith("Model **"))
+    assert f"up to {SMALL['eval_windows']} windows each: a shorter text gives fewer" in header
 
 
 @pytest.mark.parametrize("name", [
