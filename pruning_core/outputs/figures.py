@@ -173,17 +173,19 @@ _AXIS_BAND_PX = 78
 _LEGEND_ROW_PX = 24
 
 
-def legend_below(entries: int, top: int = 70, plot_height: int = 300, per_row: int = 1) -> dict:
+def legend_below(entries: int, top: int = 70, plot_height: int = 300, per_row: int = 1,
+                 axis_band: int = _AXIS_BAND_PX) -> dict:
     """Layout keys (legend, margin, height) that hang the legend under the x-axis title, `per_row` entries a row.
 
     The legend is placed in pixels from the chart's bottom edge (container coordinates), each entry a fixed share
     of the width, and the bottom margin is sized for the axis band plus the rows, so the legend can never be
     printed over the axis title or the tick labels, whatever the chart's width (a legend at a fraction of the
     plot's height below it was, on a short chart). `top`: the top margin (px; 100 for a two-line title);
-    `plot_height`: the plot area's height (px); `per_row`: 2 for short entry names in a half-width column.
+    `plot_height`: the plot area's height (px); `per_row`: 2 for short entry names in a half-width column;
+    `axis_band`: the pixels the tick labels and the axis title take (more for slanted labels).
     """
     rows = -(-max(1, entries) // max(1, per_row))
-    bottom = _AXIS_BAND_PX + rows * _LEGEND_ROW_PX + 12
+    bottom = axis_band + rows * _LEGEND_ROW_PX + 12
     return {"legend": {"orientation": "h", "entrywidthmode": "fraction", "entrywidth": 1.0 / max(1, per_row),
                        "xref": "container", "x": 0.0, "xanchor": "left",
                        "yref": "container", "y": 0.0, "yanchor": "bottom"},
@@ -206,6 +208,9 @@ def axis(title: str, **extra: Any) -> dict:
         "showline": True,
         "linecolor": "#888888",
         "ticks": "outside",
+        # Room for long tick labels ("after step 3 (manuals.txt)") before the axis title: the dashboard's template
+        # sets it too, the report's plotly.js does not, and the title was printed over the labels there.
+        "automargin": True,
     }
     # None means "let plotly decide": leave the key out, so the JSON stays clean for plotly.js.
     axis.update({key: value for key, value in extra.items() if value is not None})

@@ -4,7 +4,7 @@ text cut at the chart's edge and text printed over other text (`chart_layout.LAY
 A user met these in the browser (issue 26, journey point 8): the Structured page's titles cut ("Perplexity on
 news against parameters remov"), its axis titles printed over the legends, its layer labels cut to "layer" and
 unreadable counts in the bars; a clipped axis title on the Sensitivity page. The Recovery page's perplexity chart
-had the same legend over its axis title. The specs here are the ones the pages
+had the same legend over its axis title, and the Continual page's bars cut their last label. The specs here are the ones the pages
 draw (`pruning_core.structured.figures`, `pruning_core.outputs.figures`) for a 30-layer model, drawn by the
 plotly.js that the plotly package ships (Streamlit bundles the same major version), offline, without a server.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.chart_layout import LAYOUT_PROBLEMS_JS
+from tests.unit.continual.test_continual_figures import hand_made
 from tests.unit.structured.test_structured_figures import DENSE_WIDTHS, structured_result, sweep
 
 pytestmark = pytest.mark.browser
@@ -37,6 +38,7 @@ def _sensitivity_map(metric: str, layers: int, sparsity: float = 0.5) -> dict:
 
 
 def _figures(width: int) -> dict[str, dict]:
+    from pruning_core.continual import figures as continual_figures
     from pruning_core.outputs import figures
     from pruning_core.recovery import figures as recovery_figures
     from pruning_core.structured.figures import tradeoff_figure, widths_figure
@@ -58,6 +60,15 @@ def _figures(width: int) -> dict[str, dict]:
                                 "evals": [[i, {"wiki": 24 - i / 100, "news": 35 - i / 100}] for i in range(0, 60, 10)]}}
         charts["recovery loss"] = recovery_figures.loss_figure(recovery)
         charts["recovery perplexity"] = recovery_figures.perplexity_figure(recovery)
+    if width >= 1000:  # the Continual page draws its charts across the page
+        continual = hand_made()
+        strategies = continual["strategies"]
+        continual["strategies"] = {"latest": strategies["latest"], "sequential": strategies["copal"],
+                                   "accumulated": strategies["copal"], "copal": strategies["copal"],
+                                   "joint": strategies["joint"]}
+        charts["continual R"] = continual_figures.r_matrix_figure(continual, "copal")
+        charts["continual transfer"] = continual_figures.transfer_figure(continual)
+        charts["continual overlap"] = continual_figures.overlap_figure(continual)
     charts["proxy scatter"] = figures.proxy_scatter_figure(_sensitivity_map("exact", 30),
                                                            _sensitivity_map("fisher", 30), 0.93)
     charts["sensitivity curves"] = figures.sensitivity_curves_figure(
