@@ -92,17 +92,21 @@ def test_charts_cut_no_text_and_print_no_legend_over_an_axis(tall_page, layout_a
 def test_a_multiselect_shows_every_chosen_value(tall_page, layout_app, wait_for_app):
     tall_page.goto(f"{layout_app}/curves", wait_until="domcontentloaded")
     wait_for_app(tall_page, "Methods", timeout_ms=60_000)
-    for name, options in (("Methods", ["sparsegpt"]), ("Sparsities (unstructured)", ["30%", "40%", "60%", "70%"])):
-        for option in options:  # more values than fit on one line of the field
+    for name in ("Methods", "Sparsities (unstructured)"):
+        for _ in range(12):  # choose every value it offers: more than fit on one line of the field
             tall_page.get_by_role("combobox", name=name).click()
-            tall_page.get_by_role("option", name=option, exact=True).click()
+            tall_page.wait_for_timeout(300)
+            options = tall_page.get_by_role("option")
+            if options.count() == 0:
+                break
+            options.first.click()
             tall_page.wait_for_timeout(500)
         tall_page.keyboard.press("Escape")
     tall_page.mouse.click(5, 5)  # close the last list
     wait_for_app(tall_page, "Methods")
     shown = tall_page.evaluate("""() => Array.from(document.querySelectorAll(
         '[data-testid="stMultiSelect"] .react-aria-ComboBox [data-tag]')).map(t => t.innerText)""")
-    assert {"magnitude", "wanda", "sparsegpt", "30%", "40%", "50%", "60%", "70%"} <= set(shown)  # the choices took
+    assert {"magnitude", "wanda", "sparsegpt"} <= set(shown) and len([t for t in shown if t.endswith("%")]) >= 6
     assert tall_page.evaluate(_TAGS_OUTSIDE_THEIR_FIELD) == []
 
 
