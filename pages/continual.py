@@ -72,9 +72,9 @@ result = widgets.finished_result("continual", spec, run, settings["model"],
 names = [corpora.corpus_label(d) for d in result["domains"]]
 st.caption(f"Sequence **{' → '.join(names)}** · {result['spec']['method']} at "
            f"{float(result['spec']['sparsity']):.0%} per step · {len(result['strategies'])} strategies · "
-           f"{result['spec'].get('propagation') or 'dense'} propagation (each step's statistics from the dense "
-           "model; the Curves page's default, pruned propagation, recomputes them after each layer, so the same "
-           "method and sparsity can differ there by a few percent)")
+           "dense propagation")
+# Why the same method and sparsity measure differently on the Curves page, with both numbers when both exist.
+st.caption(continual.propagation_note(result, settings["model"]))
 st.success(continual.continual_answer(result), icon=":material/emoji_events:")
 st.info(f"Sign convention: {result.get('bwt_note') or continual.continual_bwt_note()}.", icon=":material/info:")
 

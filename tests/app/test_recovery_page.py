@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 from tests.app.apptest_helpers import (  # noqa: E402
-    SMALL, insert_job, multipage_app, ok, page, stored_sweep, text_of)
+    SMALL, insert_job, multipage_app, ok, page, stored_sweep, tables_show_no_none, text_of)
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
 
@@ -86,6 +86,13 @@ def test_a_finished_recovery_shows_table_charts_merged_sparsity_adapter_and_text
     assert "uniform rank allocation" in prose and "rank 2" in prose
     assert "**Recovered model** (pruned + merged adapter)" in prose
     assert {d.key for d in at.download_button} == {"recovery_report", "recovery_adapter"}
+    tables_show_no_none(at)
+
+    # A training whose loss rose says so (journey, issue 26 point 8: "a recovery run whose loss rises says nothing").
+    rising = {**result, "history": {**result["history"], "loss": [[1, 2.0], [2, 2.1], [3, 2.3], [4, 2.4]]}}
+    insert_job("recovery", rising["spec"], "done", rising)
+    warned = [str(w.value) for w in ok(page("recovery", **TINY_FORM)).warning]
+    assert any("training loss rose" in w and "learned nothing useful" in w for w in warned), warned
 
 
 def test_recover_runs_the_job_and_a_reload_reattaches():
