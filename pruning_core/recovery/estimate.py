@@ -66,7 +66,7 @@ def estimate_training(steps: int, batch_size: int, seqlen: int, *, measured: Opt
 
 def estimate_recovery(model_info: dict, spec, speed: run_costs.Speed, windows: Mapping[str, int], *,
                       measured: Optional[dict] = None, dense_stored: bool = False, stored: bool = False) -> dict:
-    """{"seconds", "peak_memory_bytes", "breakdown", "assumptions", "seconds_per_step", "capped", "basis"} of
+    """{"seconds", "peak_memory_bytes", "breakdown", "assumptions", "steps", "seconds_per_step", "capped", "basis"} of
     `spec` (a `run.RecoverySpec`). windows: {corpus: whole windows of its evaluation split}; measured: the last
     finished recovery of the model (its training speed per token, `estimate_training`); stored: the store holds
     this very recovery (the run reads it back: only the load)."""
@@ -104,5 +104,5 @@ def estimate_recovery(model_info: dict, spec, speed: run_costs.Speed, windows: M
                 f"evaluations on {', '.join(f'{c} {w} windows' for c, w in used.items())} before and after, "
                 f"{quick} quick evaluations for the curve; {training['assumptions']}")
     out = run_costs.phase_estimate(breakdown, 3 * facts["memory"], what, rates)
-    return {**out, "seconds_per_step": training["seconds_per_step"], "capped": training["capped"],
-            "basis": training["basis"]}
+    return {**out, "steps": int(config.steps), "seconds_per_step": training["seconds_per_step"],
+            "capped": training["capped"], "basis": training["basis"]}
