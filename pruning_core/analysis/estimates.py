@@ -323,8 +323,8 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
 #: machine as short as its luckiest moment (a forward of a small model varies 8x under load: 0.6 to 5 ms).
 SPEED_REPEATS = 3
 #: Seconds of timed forwards to fill at least (up to `SPEED_MAX_REPEATS` repeats).
-SPEED_MIN_SECONDS = 1.0
-SPEED_MAX_REPEATS = 31
+SPEED_MIN_SECONDS = 3.0
+SPEED_MAX_REPEATS = 101
 
 
 def measured_speed(loaded, seqlen: int, dtype: str = "float32", store=None, offload=None,
@@ -407,17 +407,17 @@ def _time_forwards(loaded, ids, short, dtype: str, offload, on_gpu: bool, timing
         # The first call at a shape pays allocation and kernel selection (bf16 especially): warm up at both shapes.
         window_nll(loaded, ids)
         window_nll(loaded, short)
+        # Each shape at least `SPEED_REPEATS` times and, while they are short, until SPEED_MIN_SECONDS are filled:
+        # on a shared machine one forward of a small model takes 0.6 ms or, when the scheduler hands its core to
+        # another process, 100 ms; the median of many is the typical call, that of three is a lottery.
+        # The two shapes alternate, so both medians see the same moments of the machine.
         began = time.perf_counter()
-        # At least `SPEED_REPEATS`, and on a small model enough to fill SPEED_MIN_SECONDS: one busy moment must not
-        # decide the median of a forward that takes a millisecond.
         while len(timings) < SPEED_REPEATS or (time.perf_counter() - began < SPEED_MIN_SECONDS
                                                and len(timings) < SPEED_MAX_REPEATS):
-            start = time.perf_counter()
-            window_nll(loaded, ids)
-            timings.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            window_nll(loaded, short)
-            calls.append(time.perf_counter() - start)
+            for batch, into in ((ids, timings), (short, calls)):
+                start = time.perf_counter()
+                window_nll(loaded, batch)
+                into.append(time.perf_counter() - start)
 
 
 def split_tokens(loaded, corpus: str, split: str = "evaluation", column: str | None = None, store=None) -> int:
