@@ -93,7 +93,10 @@ def estimate_recovery(model_info: dict, spec, speed: run_costs.Speed, windows: M
                      "dense_evaluation": 0.0 if dense_stored else evaluation,
                      "pruning": pruning,
                      "evaluation_before": stages * evaluation,
-                     "training": training["seconds"],
+                     # + each step's fixed calls (forward, backward, optimizer) beside its tokens, unless the
+                     # per-token speed already comes from a measured recovery, which holds them
+                     "training": training["seconds"] + (0.0 if training["basis"] == "measured" or training["capped"]
+                                                        else config.steps * 3 * rates["call_s"]),
                      "curve_evaluations": quick * run_costs.evaluation_seconds(rates, curve, protocol.seqlen),
                      "merge": stages * facts["prunable"] * run_costs.MASK_SECONDS_PER_WEIGHT,
                      "evaluation_after": evaluation,
