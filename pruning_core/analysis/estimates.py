@@ -498,7 +498,8 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     else:
         from pruning_core.analysis.whatif import WhatIfSpec
 
-        setting = WhatIfSpec.from_dict(spec).setting  # a what-if is a sweep of its one setting
+        setting_spec = WhatIfSpec.from_dict(spec)
+        setting = setting_spec.setting  # a what-if is a sweep of its one setting
         sweep = SweepSpec(model=spec.get("model", "embedded"), methods=(setting.method,),
                           structures=(setting.structure,), sparsities=(float(setting.sparsity),),
                           eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol,
@@ -516,6 +517,14 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
                           workers=workers if kind == "sweep" else 1,
                           device=str(device) if offload is not None else "cpu", stored_points=stored_points,
                           dense_stored=dense_stored)
+    if kind == "whatif":  # beside its one point: the dense and pruned sample texts, and the mask it saves
+        facts = _shape_facts(info)
+        rates = _rates(facts, rate)
+        extra = {"samples": run_costs.generation_seconds(facts, rates, 1, int(setting_spec.max_new_tokens)),
+                 "saving": run_costs.save_seconds(facts["prunable"] / 8)}
+        made = {**made, "seconds": made["seconds"] + sum(extra.values()),
+                "breakdown": {**made["breakdown"], **extra},
+                "assumptions": made["assumptions"] + f"; {setting_spec.max_new_tokens} sample tokens per model"}
     return with_corpus_memory(made, loaded, protocol, [(c, "evaluation") for c in sweep.eval_corpora], store)
 
 

@@ -178,3 +178,21 @@ def test_after_a_sweep_ran_its_estimate_reads_every_point_from_the_store(tmp_pat
     assert after["breakdown"]["pruning"] == after["breakdown"]["evaluation"] == after["breakdown"]["dense_eval"] == 0
     assert after["seconds"] == pytest.approx(after["breakdown"]["load"])
     assert "4 already in the store" in after["assumptions"]
+
+
+def test_a_what_if_counts_its_sample_texts_and_mask_beside_its_point(tmp_path):
+    from pruning_core.analysis import estimates
+    from pruning_core.jobs.estimates import estimate_job
+    from pruning_core.models import load_model
+    from pruning_core.store import Store
+
+    store = Store(tmp_path / "store.sqlite")
+    loaded = load_model("tiny-llama")
+    small = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=2, batch_size=4)
+    estimates.measured_speed(loaded, small.seqlen, small.dtype, store)
+    spec = {"model": "tiny-llama", "protocol": small.to_dict(), "eval_corpora": ["news"],
+            "setting": {"method": "wanda", "sparsity": 0.5}}
+    made = estimate_job("whatif", {**spec, "max_new_tokens": 16}, loaded, store, measure=False)
+    none = estimate_job("whatif", {**spec, "max_new_tokens": 0}, loaded, store, measure=False)
+    assert made["breakdown"]["samples"] > 0 and none["breakdown"]["samples"] == 0
+    assert made["seconds"] == pytest.approx(sum(made["breakdown"].values()))
