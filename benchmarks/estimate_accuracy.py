@@ -119,12 +119,31 @@ def _run_case(kind: str, spec: dict, store) -> dict:
             "estimated_breakdown_s": {k: round(v, 3) for k, v in estimate["breakdown"].items()}}
 
 
-def run(models: list[tuple[str, dict]]) -> dict:
+def summarize(rows: list[dict]) -> dict:
+    """The spread of actual / estimated over the cases (a sub-second estimate, a stored sweep's load, excluded:
+    its ratio is noise)."""
+    ratios = [r["ratio_actual_to_estimated"] for r in rows if "ratio_actual_to_estimated" in r
+              and r["estimated_s"] > 0.5]
+    factor = max(max(ratios), 1 / min(ratios)) if ratios else None
+    return {"cases": len(ratios), "ratio_min": min(ratios, default=None),
+            "ratio_median": statistics.median(ratios) if ratios else None, "ratio_max": max(ratios, default=None),
+            "every_case_within_factor": round(factor, 2) if factor else None,
+            "note": "ratio = actual / estimated wall seconds; read beside others_busy_share (the share of the cores "
+                    "other processes used during the run) and process_cpu_s"}
+
+
+def _report(rows: list[dict], finished: bool) -> dict:
+    from pruning_core.structured.speed import machine_facts
+
+    return {"benchmark": "estimate_accuracy", "finished": finished, "machine": machine_facts(),
+            "load_average_end": [round(x, 2) for x in os.getloadavg()], "cases": rows, "summary": summarize(rows)}
+
+
+def run(models: list[tuple[str, dict]], out: Path | None = None) -> dict:
     from pruning_core.analysis.estimates import measured_speed
     from pruning_core.models import load_model
     from pruning_core.protocol import Protocol
     from pruning_core.store import Store
-    from pruning_core.structured.speed import machine_facts
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="estimate-accuracy-") as tmp:
@@ -134,23 +153,14 @@ def run(models: list[tuple[str, dict]]) -> dict:
             store = Store(home / "prunescope.sqlite")
             p = Protocol(**protocol)
             speed = measured_speed(load_model(model), p.seqlen, p.dtype, store)  # the dashboard's short job
+            rows.append({"model": model, "measured_speed": speed})
             for label, kind, spec in _cases(model, protocol, Path(tmp)):
                 row = {"model": model, "case": label, "kind": kind, **_run_case(kind, spec, store)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
-            rows.append({"model": model, "measured_speed": speed})
-    ratios = [r["ratio_actual_to_estimated"] for r in rows if "ratio_actual_to_estimated" in r
-              and r["estimated_s"] > 0.5]  # a stored sweep's sub-second estimate is its load: its ratio is noise
-    factor = max(max(ratios), 1 / min(ratios)) if ratios else None
-    return {"benchmark": "estimate_accuracy", "machine": machine_facts(),
-            "load_average_end": [round(x, 2) for x in os.getloadavg()],
-            "cases": rows,
-            "summary": {"cases": len(ratios), "ratio_min": min(ratios, default=None),
-                        "ratio_median": statistics.median(ratios) if ratios else None,
-                        "ratio_max": max(ratios, default=None),
-                        "every_case_within_factor": round(factor, 2) if factor else None,
-                        "note": "ratio = actual / estimated wall seconds; read beside others_busy_share (the share "
-                                "of the cores other processes used during the run) and process_cpu_s"}}
+                if out is not None:  # after every case: a run stopped early keeps what it measured
+                    out.write_text(json.dumps(_report(rows, False), indent=1) + "\n")
+    return _report(rows, True)
 
 
 def main(argv=None) -> int:
@@ -162,12 +172,14 @@ def main(argv=None) -> int:
     if not args.quick:
         models.append(("embedded", {"calib": "wiki", "nsamples": 4, "seqlen": 128, "eval_windows": 2,
                                     "batch_size": 4}))
-    report = run(models)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    report = run(models, out)
     text = json.dumps(report, indent=1)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    if out is not None:
+        out.write_text(text + "\n")
     return 0
 
 

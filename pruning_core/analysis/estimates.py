@@ -323,7 +323,7 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
 #: machine as short as its luckiest moment (a forward of a small model varies 8x under load: 0.6 to 5 ms).
 SPEED_REPEATS = 3
 #: Seconds of timed forwards to fill at least (up to `SPEED_MAX_REPEATS` repeats).
-SPEED_MIN_SECONDS = 3.0
+SPEED_MIN_SECONDS = 1.5
 SPEED_MAX_REPEATS = 101
 
 
