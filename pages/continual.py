@@ -59,6 +59,7 @@ with st.container(border=True):
                                 help="; ".join(f"{n}: {d['description']}" for n, d in descriptions.items()))
     # Bad choices: the error says what to fix, and the page stays.
     spec = widgets.guarded(lambda: ContinualForm(domains, method, sparsity, strategies).to_spec(settings))
+    widgets.estimate_line("continual", settings, spec)
     run = st.button("Run the sequence", key="continual_run", type="primary", icon=":material/timeline:",
                     disabled=spec is None,
                     help="Runs as a job: it survives a reload, can be cancelled, and a second run resumes "

@@ -64,6 +64,7 @@ with st.container(border=True):
     # Bad choices: the error says what to fix, and the page stays.
     spec = widgets.guarded(lambda: StructuredForm(units, ratios, score, compensate, speed, prompt, allocation,
                                    layer_share).to_spec(settings))
+    widgets.estimate_line("structured", settings, spec)
     run = st.button("Prune structurally", key="structured_run", type="primary", icon=":material/content_cut:",
                     disabled=spec is None)
 
