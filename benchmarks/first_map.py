@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     home = Path(tempfile.mkdtemp(prefix="prunescope-first-map-"))
     job = command_spec(list(args.command), str(home / "out"))
     protocol, sparsity = job.protocol, job.sparsities[0]
-    dtype = job.dtype or protocol.dtype  # what compute_sensitivity does with an unset probe dtype
+    dtype = job.dtype or protocol.dtype  # the exact map's probe dtype (compute_sensitivity's, when unset)
     out: dict = {"machine": cpu_facts(), "allocator": allocator_settings(),
                  "matmul_gflops": {"bfloat16": matmul_rate(torch.bfloat16), "float32": matmul_rate(torch.float32)},
                  "parallelism_probe": parallelism(),
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                         "cpu_seconds_with_load": timing["cpu_seconds"] + out["load"]["cpu_seconds"],
                         "phases": phases, "metric": first["metric"], "probe_windows": int(job.probe_windows),
                         "nsamples": first["protocol"]["nsamples"], "protocol_nsamples": protocol.nsamples,
-                        "dtype": dtype}
+                        "dtype": first["protocol"]["probe_dtype"], "exact_map_dtype": dtype}
     quiet = out["parallelism_probe"]["cpu_per_wall"]
     out["first_map"]["quiet_machine_estimate_seconds"] = {
         "cpu_over_2": out["first_map"]["cpu_seconds_with_load"] / 2,

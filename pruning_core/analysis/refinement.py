@@ -2,7 +2,8 @@
 
 Refinement 1 is the second-order (Fisher) estimate (`analysis.second_order`) on the exact metric's own probe
 windows: a complete map after one backward pass per window, its method's masks from the first
-`FIRST_VIEW_NSAMPLES` calibration windows (the statistics walk is the larger part of its time). Refinement 2 is the exact map on the same probe,
+`FIRST_VIEW_NSAMPLES` calibration windows and its passes in bf16 where the CPU computes bf16 natively (the
+statistics walk and fp32 backward passes made the first map of the command's defaults take 105 s on 2 cores). Refinement 2 is the exact map on the same probe,
 computed row by row in `spread_order` (shallow, deep, middle, ...), so while it runs the rows already finished
 are an even sample of the depth: after each one the rank agreement of refinement 1 with the exact rows is
 measured again and shown. When the exact map is complete it replaces the estimate, with the agreement between
@@ -30,6 +31,7 @@ from pruning_core.analysis.sensitivity import (
     agreement,
     compute_sensitivity,
 )
+from pruning_core.devices.placement import cpu_has_native_bf16
 from pruning_core.executors.base import make_executor
 from pruning_core.store import content_hash
 from pruning_core.models import LoadedModel, load_model
@@ -44,10 +46,20 @@ REFINEMENTS = (
 #: Exact rows needed before a sampled agreement is reported (7 cells a row on a Llama layer).
 MIN_SAMPLE_ROWS = 2
 #: Calibration windows of the first view's masks, when the protocol asks for more (the exact map keeps all of
-#: them). The calibration statistics walk costs in proportion to the windows and was over half of the first
-#: map's time at 64 (benchmarks/first_map.py: docs/runs/first-map.json); with 32 the first map of the
-#: command's defaults fits in a minute on 2 cores and its agreement with the exact map is measured as before.
+#: them). The calibration statistics walk costs in proportion to the windows: about half of the first map's 105 s
+#: at the command's 64 on 2 cores; with 32 windows and bf16 passes (FIRST_VIEW_DTYPE) the first view is the
+#: setting benchmarks/first_map.py measured at about 50 s with agreement 0.92 with the exact map.
 FIRST_VIEW_NSAMPLES = 32
+
+
+#: Autocast dtype of the first view's gradient passes on a CPU with native bf16 (`cpu_has_native_bf16`): about
+#: twice as fast as fp32 there; the sums stay fp32 and the exact map keeps the protocol's dtype.
+FIRST_VIEW_DTYPE = "bfloat16"
+
+
+def first_view_dtype(dtype: str) -> str:
+    """The first view's gradient-pass dtype: FIRST_VIEW_DTYPE where the CPU computes bf16 natively, else `dtype`."""
+    return FIRST_VIEW_DTYPE if cpu_has_native_bf16() else dtype
 
 
 def first_view_protocol(protocol: Protocol) -> Protocol:
@@ -81,8 +93,9 @@ def refine_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, spa
     Returns {"maps": [estimate, exact], "correlations": [...], "views": [...], "view": the final view,
     "execution": where the exact rows ran}. Everything is stored as `compute_sensitivity` stores it, so a
     stopped refinement resumes where it was. executor: where the exact rows run (`compute_sensitivity`).
-    The estimate's masks come from `first_view_protocol` (at most FIRST_VIEW_NSAMPLES calibration windows, so
-    the first view comes soon); the exact map's from `protocol` itself. Each map records its own protocol.
+    The estimate's masks come from `first_view_protocol` (at most FIRST_VIEW_NSAMPLES calibration windows) and
+    its gradient passes run in `first_view_dtype`, so the first view comes soon; the exact map's masks come from
+    `protocol` itself and its probes run in `dtype`. Each map records its own protocol and probe dtype.
     """
     progress = progress or no_progress
     views: list[dict] = []
@@ -109,8 +122,8 @@ def refine_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, spa
             measured = {**agreement(estimate["doc"], exact_rows), "against": "exact"}
             show(view_of(estimate["doc"], 1, measured))
 
-    first = first_view_protocol(protocol)
-    if first == protocol:  # one call: the estimate and the exact map share the statistics walk
+    first, first_dtype = first_view_protocol(protocol), first_view_dtype(dtype or protocol.dtype)
+    if first == protocol and first_dtype == (dtype or protocol.dtype):  # one call: one statistics walk
         result = compute_sensitivity(loaded, protocol, method, [sparsity], [m for m, _ in REFINEMENTS],
                                      probe_windows, store, progress, dtype=dtype, layers=layers, on_map=map_done,
                                      on_exact_row=row_done, executor=executor)
@@ -119,7 +132,7 @@ def refine_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, spa
     n_layers = len(layers) if layers is not None else len(loaded.adapter.decoder_layers(loaded.model))
     share = _first_view_share(protocol, first, int(probe_windows), n_layers)
     estimated = compute_sensitivity(loaded, first, method, [sparsity], ["fisher"], probe_windows, store,
-                                    sub_progress(progress, 0.0, share), dtype=dtype, layers=layers,
+                                    sub_progress(progress, 0.0, share), dtype=first_dtype, layers=layers,
                                     agreement_layers=0, on_map=map_done)
     exact = compute_sensitivity(loaded, protocol, method, [sparsity], ["exact"], probe_windows, store,
                                 sub_progress(progress, share, 1.0), dtype=dtype, layers=layers, on_map=map_done,

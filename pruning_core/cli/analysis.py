@@ -88,8 +88,9 @@ def add_sensitivity(sub) -> None:
     p.add_argument("--sparsities", default=None, help="comma-separated fractions, e.g. 0.3,0.5,0.7")
     p.add_argument("--metric", default="auto",
                    help="auto (default: a second-order estimate first, its masks from the first 32 calibration "
-                        "windows, refined to the exact map on all of them; sensitivity.json is rewritten after each "
-                        "refinement), all, or a comma list of "
+                        "windows and its passes in bf16 where the CPU computes bf16 natively, refined to the exact "
+                        "map on all windows in --probe-dtype; sensitivity.json is rewritten after each refinement), "
+                        "all, or a comma list of "
                         + ", ".join(METRIC_CHOICES))
     p.add_argument("--probe-windows", type=int, default=8, help="evaluation windows of the exact probe")
     p.add_argument("--probe-dtype", default=None, choices=["float32", "bfloat16"],

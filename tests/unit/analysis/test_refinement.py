@@ -18,7 +18,10 @@ def deep():
     return tiny_model("llama", layers=5)
 
 
-def test_views_go_from_the_estimate_through_sampled_agreement_to_the_exact_map(deep, tmp_path):
+def test_views_go_from_the_estimate_through_sampled_agreement_to_the_exact_map(deep, tmp_path, monkeypatch):
+    import pruning_core.analysis.refinement as refinement
+
+    monkeypatch.setattr(refinement, "cpu_has_native_bf16", lambda: False)  # one call, on any machine
     seen = []
     result = refine_sensitivity(deep, PROTOCOL, "wanda", 0.5, probe_windows=3, store=Store(tmp_path / "s.sqlite"),
                                 on_view=seen.append)
@@ -65,6 +68,7 @@ def test_the_first_view_uses_the_first_calibration_windows_and_the_exact_map_all
     from pruning_core.protocol import calibration_ids
 
     monkeypatch.setattr(refinement, "FIRST_VIEW_NSAMPLES", 4)  # PROTOCOL has 8
+    monkeypatch.setattr(refinement, "cpu_has_native_bf16", lambda: True)  # bf16 passes for the first view
     walked = []
     collect = statistics_cache.collect_statistics
 
@@ -80,7 +84,9 @@ def test_the_first_view_uses_the_first_calibration_windows_and_the_exact_map_all
     assert calibration_ids(deep, replace(PROTOCOL, nsamples=4)).equal(calibration_ids(deep, PROTOCOL)[:4])
     first, final = seen[0], result["view"]
     assert first["metric"] == "fisher" and first["protocol"]["nsamples"] == 4
+    assert first["protocol"]["probe_dtype"] == "bfloat16"
     assert final["metric"] == "exact" and final["protocol"]["nsamples"] == 8
+    assert final["protocol"]["probe_dtype"] == PROTOCOL.dtype == "float32"
     kinds = len(deep.adapter.module_kinds)
     assert [(v["metric"], (v["refinement"]["agreement"] or {}).get("cells")) for v in seen] == \
         [("fisher", None), ("fisher", 2 * kinds), ("fisher", 3 * kinds), ("fisher", 4 * kinds), ("exact", 5 * kinds)]
@@ -90,7 +96,7 @@ def test_the_first_view_uses_the_first_calibration_windows_and_the_exact_map_all
     # The same numbers as each map computed on its own protocol.
     flat = lambda m: [v for row in m["values"] for v in row]  # noqa: E731
     alone = compute_sensitivity(deep, replace(PROTOCOL, nsamples=4), "wanda", [0.5], ["fisher"], 3,
-                                agreement_layers=0)
+                                agreement_layers=0, dtype="bfloat16")
     assert flat(first) == pytest.approx(flat(alone["maps"][0]), rel=1e-5, abs=1e-9) and alone["correlations"] == []
     exact = compute_sensitivity(deep, PROTOCOL, "wanda", [0.5], ["exact"], 3)["maps"][0]
     assert flat(final) == pytest.approx(flat(exact), abs=1e-6)
