@@ -1,7 +1,9 @@
 """The default sensitivity map: a trustworthy first map in about a minute, refined in the background to exact.
 
 Refinement 1 is the second-order (Fisher) estimate (`analysis.second_order`) on the exact metric's own probe
-windows: a complete map after one backward pass per window. Refinement 2 is the exact map on the same probe,
+windows: a complete map after one backward pass per window, its method's masks from the first
+`FIRST_VIEW_NSAMPLES` calibration windows and its passes in bf16 where the CPU computes bf16 natively (the
+statistics walk and fp32 backward passes made the first map of the command's defaults take 105 s on 2 cores). Refinement 2 is the exact map on the same probe,
 computed row by row in `spread_order` (shallow, deep, middle, ...), so while it runs the rows already finished
 are an even sample of the depth: after each one the rank agreement of refinement 1 with the exact rows is
 measured again and shown. When the exact map is complete it replaces the estimate, with the agreement between
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from pruning_core.analysis.sensitivity import (
     REFINE,
@@ -28,6 +31,7 @@ from pruning_core.analysis.sensitivity import (
     agreement,
     compute_sensitivity,
 )
+from pruning_core.devices.placement import cpu_has_native_bf16
 from pruning_core.executors.base import make_executor
 from pruning_core.store import content_hash
 from pruning_core.models import LoadedModel, load_model
@@ -41,6 +45,27 @@ REFINEMENTS = (
 )
 #: Exact rows needed before a sampled agreement is reported (7 cells a row on a Llama layer).
 MIN_SAMPLE_ROWS = 2
+#: Calibration windows of the first view's masks, when the protocol asks for more (the exact map keeps all of
+#: them). The calibration statistics walk costs in proportion to the windows: about half of the first map's 105 s
+#: at the command's 64 on 2 cores; with 32 windows and bf16 passes (FIRST_VIEW_DTYPE) the first view is the
+#: setting benchmarks/first_map.py measured at about 50 s with agreement 0.92 with the exact map.
+FIRST_VIEW_NSAMPLES = 32
+
+
+#: Autocast dtype of the first view's gradient passes on a CPU with native bf16 (`cpu_has_native_bf16`): about
+#: twice as fast as fp32 there; the sums stay fp32 and the exact map keeps the protocol's dtype.
+FIRST_VIEW_DTYPE = "bfloat16"
+
+
+def first_view_dtype(dtype: str) -> str:
+    """The first view's gradient-pass dtype: FIRST_VIEW_DTYPE where the CPU computes bf16 natively, else `dtype`."""
+    return FIRST_VIEW_DTYPE if cpu_has_native_bf16() else dtype
+
+
+def first_view_protocol(protocol: Protocol) -> Protocol:
+    """The protocol of the first view's masks: `protocol` with at most `FIRST_VIEW_NSAMPLES` calibration windows
+    (the first ones of the same seeded draw, so the statistics are of a subset of the exact map's windows)."""
+    return replace(protocol, nsamples=min(int(protocol.nsamples), FIRST_VIEW_NSAMPLES))
 
 
 def is_trusted(document: dict, measured: dict | None) -> bool:
@@ -68,6 +93,9 @@ def refine_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, spa
     Returns {"maps": [estimate, exact], "correlations": [...], "views": [...], "view": the final view,
     "execution": where the exact rows ran}. Everything is stored as `compute_sensitivity` stores it, so a
     stopped refinement resumes where it was. executor: where the exact rows run (`compute_sensitivity`).
+    The estimate's masks come from `first_view_protocol` (at most FIRST_VIEW_NSAMPLES calibration windows) and
+    its gradient passes run in `first_view_dtype`, so the first view comes soon; the exact map's masks come from
+    `protocol` itself and its probes run in `dtype`. Each map records its own protocol and probe dtype.
     """
     progress = progress or no_progress
     views: list[dict] = []
@@ -94,10 +122,36 @@ def refine_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, spa
             measured = {**agreement(estimate["doc"], exact_rows), "against": "exact"}
             show(view_of(estimate["doc"], 1, measured))
 
-    result = compute_sensitivity(loaded, protocol, method, [sparsity], [m for m, _ in REFINEMENTS],
-                                 probe_windows, store, progress, dtype=dtype, layers=layers, on_map=map_done,
-                                 on_exact_row=row_done, executor=executor)
-    return {**result, "views": views, "view": views[-1]}
+    first, first_dtype = first_view_protocol(protocol), first_view_dtype(dtype or protocol.dtype)
+    if first == protocol and first_dtype == (dtype or protocol.dtype):  # one call: one statistics walk
+        result = compute_sensitivity(loaded, protocol, method, [sparsity], [m for m, _ in REFINEMENTS],
+                                     probe_windows, store, progress, dtype=dtype, layers=layers, on_map=map_done,
+                                     on_exact_row=row_done, executor=executor)
+        return {**result, "views": views, "view": views[-1]}
+    # The estimate on the first windows, its agreement measured by the exact map (on every window) that follows.
+    n_layers = len(layers) if layers is not None else len(loaded.adapter.decoder_layers(loaded.model))
+    share = _first_view_share(protocol, first, int(probe_windows), n_layers)
+    estimated = compute_sensitivity(loaded, first, method, [sparsity], ["fisher"], probe_windows, store,
+                                    sub_progress(progress, 0.0, share), dtype=first_dtype, layers=layers,
+                                    agreement_layers=0, on_map=map_done)
+    exact = compute_sensitivity(loaded, protocol, method, [sparsity], ["exact"], probe_windows, store,
+                                sub_progress(progress, share, 1.0), dtype=dtype, layers=layers, on_map=map_done,
+                                on_exact_row=row_done, executor=executor)
+    (estimate_doc,), (exact_doc,) = estimated["maps"], exact["maps"]
+    measured = agreement(estimate_doc, dict(zip(exact_doc["layers"], exact_doc["values"])))
+    return {"maps": [estimate_doc, exact_doc],
+            "correlations": [{"sparsity": exact_doc["sparsity"], "proxy": "fisher", **measured}],
+            "execution": exact["execution"], "views": views, "view": views[-1]}
+
+
+def _first_view_share(protocol: Protocol, first: Protocol, probe_windows: int, n_layers: int) -> float:
+    """The progress share of the first view, in forward passes of one window through the model: its statistics
+    walk and backward passes (about 3 forwards each) against the exact map's own walk and its rows (a row of
+    layer l runs layers l..end once per module kind and once more for the whole layer: about n_layers / 2
+    layers x 8 passes on average over a Llama layer's 7 kinds)."""
+    first_work = first.nsamples + 3 * probe_windows
+    exact_work = protocol.nsamples + probe_windows * 8 * n_layers / 2
+    return first_work / (first_work + exact_work)
 
 
 def run_sensitivity_job(spec: dict, store, progress: ProgressFn) -> dict:

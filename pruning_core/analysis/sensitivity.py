@@ -315,7 +315,8 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
     store), "startup_seconds", "rows_seconds" (wall seconds of the rows on an executor; None locally, where
     rows run between the maps), "worker_start_seconds"}}. A proxy is never returned without its measured agreement: where the exact map of its sparsity is
     not asked for, the exact metric is computed on `agreement_layers` rows spread over the depth (stored as
-    rows of the exact map, so a later exact map reuses them) and the Spearman is over those cells.
+    rows of the exact map, so a later exact map reuses them) and the Spearman is over those cells;
+    agreement_layers=0 only for a caller that measures the agreement itself (`refinement`, from its exact map).
     Exact rows are computed in `spread_order` (shallow, deep, middle, ...) so an early stop leaves a sample.
     on_map(document) sees each map as it is finished; on_exact_row(sparsity, layer, values, layer_value) each
     exact row.
@@ -376,7 +377,8 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
                 maps[(metric, s)] = {**cached, "cached": True}
     todo = [w for w in wanted if w not in maps]
     # A proxy without the exact map of its sparsity gets exact rows spread over the depth, for its agreement.
-    sample_agreement = "exact" not in metrics and any(m in PROXIES for m in metrics)
+    # agreement_layers=0: the caller measures the agreement itself (the refinement, from the exact map after).
+    sample_agreement = "exact" not in metrics and any(m in PROXIES for m in metrics) and int(agreement_layers) > 0
 
     # Work units for the progress fraction: one per layer forward of a probe, ~1/2 per cell for proxies.
     def exact_units() -> float:
@@ -529,7 +531,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
                 continue
             if ("exact", s) in wanted:
                 requests[s] = _RowRequest(s, tuple(spread_order(layer_list)), keys.get(("exact", s)), True)
-            elif any((proxy, s) in maps for proxy in PROXIES):  # the agreement sample of the proxies
+            elif sample_agreement and any((proxy, s) in maps for proxy in PROXIES):  # the proxies' agreement
                 requests[s] = _RowRequest(s, tuple(sample), exact_key(s), False)
         rows_start = time.perf_counter()
         recipe = WorkerRecipe(build=build_exact_row_worker,
@@ -555,7 +557,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
         if exact is not None:
             rows = dict(zip(exact["layers"], exact["values"]))
         else:
-            if not any((proxy, s) in maps for proxy in PROXIES):
+            if not sample_agreement or not any((proxy, s) in maps for proxy in PROXIES):
                 continue
             # No exact map asked for: measure exact rows spread over the depth, stored as rows of the exact map.
             if remote:

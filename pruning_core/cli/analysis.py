@@ -87,8 +87,10 @@ def add_sensitivity(sub) -> None:
     p.add_argument("--sparsity", type=float, default=None, help="one sparsity fraction (default 0.5)")
     p.add_argument("--sparsities", default=None, help="comma-separated fractions, e.g. 0.3,0.5,0.7")
     p.add_argument("--metric", default="auto",
-                   help="auto (default: a second-order estimate first, refined to the exact map; sensitivity.json "
-                        "is rewritten after each refinement), all, or a comma list of "
+                   help="auto (default: a second-order estimate first, its masks from the first 32 calibration "
+                        "windows and its passes in bf16 where the CPU computes bf16 natively, refined to the exact "
+                        "map on all windows in --probe-dtype; sensitivity.json is rewritten after each refinement), "
+                        "all, or a comma list of "
                         + ", ".join(METRIC_CHOICES))
     p.add_argument("--probe-windows", type=int, default=8, help="evaluation windows of the exact probe")
     p.add_argument("--probe-dtype", default=None, choices=["float32", "bfloat16"],
@@ -99,11 +101,11 @@ def add_sensitivity(sub) -> None:
     p.set_defaults(handler=cmd_sensitivity)
 
 
-def cmd_sensitivity(args) -> int:
+def sensitivity_spec_from_args(args):
+    """The `SensitivitySpec` of `prunescope sensitivity`'s arguments, validated (also what
+    benchmarks/first_map.py measures, so the benchmark runs exactly the command's defaults)."""
+    from pruning_core.analysis.sensitivity import SensitivitySpec
     from pruning_core.executors.base import make_executor
-    from pruning_core.jobs.runner import JobRunner
-
-    from pruning_core.analysis.sensitivity import REFINE, SensitivitySpec
 
     protocol = protocol_from_args(args)
     executor = executor_config_from_args(args)
@@ -123,7 +125,16 @@ def cmd_sensitivity(args) -> int:
                           executor=executor)
     if args.probe_windows < 1:
         raise ConfigError(f"--probe-windows must be a positive integer, got {args.probe_windows}.")
-    spec = job.validate().to_dict()
+    return job.validate()
+
+
+def cmd_sensitivity(args) -> int:
+    from pruning_core.jobs.runner import JobRunner
+
+    from pruning_core.analysis.sensitivity import REFINE
+
+    job = sensitivity_spec_from_args(args)
+    spec = job.to_dict()
     out = prepare_out_dir(args.out)
     start = time.perf_counter()
     runner = JobRunner()

@@ -12,9 +12,10 @@ store keys); this process still prunes and owns the store.
 from __future__ import annotations
 
 from pruning_core.cli.common import (
-    ConsoleProgress, _csv, add_executor_args, executor_config_from_args, load_model_from_args, prepare_out_dir,
-    store_from_args, write_json,
+    ConsoleProgress, _csv, add_executor_args, executor_config_from_args, load_model_from_args, store_from_args,
+    write_json,
 )
+from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
 
 
 def add_continual(sub) -> None:
@@ -80,21 +81,25 @@ def cmd_continual(args) -> int:
                          executor=executor_config_from_args(args)).validate()
     # Checked (and Ray imported) before the model loads, so a missing Ray costs nothing.
     executor = make_executor(spec.executor)
+    final = check_output_folder(args.out, "--out")  # a user's folder is refused before any work
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
-    out = prepare_out_dir(args.out)
     store = store_from_args(args)
-    result = run_continual(spec, loaded=loaded, store=store, progress=progress, out_dir=out, executor=executor)
-    write_json(out / "continual.json", result)
-    _print_result(result)
-    print(f"wrote {out / 'continual.json'}")
-    if args.report:
-        from pruning_core.continual.export import continual_report_data
-        from pruning_core.outputs.report import build_report
+    # Written in a fresh folder that replaces --out whole: a killed run never leaves old masks beside new ones.
+    with folder_written_whole(final, "--out") as out:
+        result = relocated(run_continual(spec, loaded=loaded, store=store, progress=progress, out_dir=out,
+                                         executor=executor), out, final)
+        write_json(out / "continual.json", result)
+        if args.report:
+            from pruning_core.continual.export import continual_report_data
+            from pruning_core.outputs.report import build_report
 
-        files = [{"name": "continual.json", "bytes": (out / "continual.json").stat().st_size}]
-        paths = build_report(continual_report_data(result, files), out)
-        print(f"wrote {paths['html']}")
+            files = [{"name": "continual.json", "bytes": (out / "continual.json").stat().st_size}]
+            build_report(continual_report_data(result, files), out)
+    _print_result(result)
+    print(f"wrote {final / 'continual.json'}")
+    if args.report:
+        print(f"wrote {final / 'report.html'}")
     return 0
 
 

@@ -8,7 +8,8 @@ store, so an interrupted run resumes.
 
 from __future__ import annotations
 
-from pruning_core.cli.common import ConsoleProgress, _csv, load_model_from_args, prepare_out_dir, write_json
+from pruning_core.cli.common import ConsoleProgress, _csv, load_model_from_args, write_json
+from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
 
 
 def cmd_continual_adapters(args) -> int:
@@ -22,18 +23,21 @@ def cmd_continual_adapters(args) -> int:
     setting = Setting(method=args.method, sparsity=args.sparsity, structure=args.structure)
     spec = ContinualAdaptersSpec(model=args.model, protocol=protocol, domains=_csv(args.domains), setting=setting,
                                  train=train, rank=args.rank, replay=args.replay, router=args.router).validate()
+    final = check_output_folder(args.out, "--out")  # a user's folder is refused before any work
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
-    out = prepare_out_dir(args.out)
     store = None
     if not args.no_store:
         from pruning_core.store import Store
 
         store = Store()
-    result = run_continual_adapters(spec, loaded=loaded, store=store, progress=progress, out_dir=out)
-    write_json(out / "continual_adapters.json", result)
+    # Written in a fresh folder that replaces --out whole: a killed run never leaves old adapters beside new ones.
+    with folder_written_whole(final, "--out") as out:
+        result = relocated(run_continual_adapters(spec, loaded=loaded, store=store, progress=progress, out_dir=out),
+                           out, final)
+        write_json(out / "continual_adapters.json", result)
     print_adapters_result(result)
-    print(f"wrote {out / 'continual_adapters.json'}")
+    print(f"wrote {final / 'continual_adapters.json'}")
     return 0
 
 

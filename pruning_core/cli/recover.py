@@ -15,9 +15,10 @@ Two protocols meet here: the papers' one for pruning and perplexity (--calib, --
 from __future__ import annotations
 
 from pruning_core.cli.common import (
-    ConsoleProgress, _csv, _floats, load_model_from_args, prepare_out_dir, store_from_args, write_json,
+    ConsoleProgress, _csv, _floats, load_model_from_args, store_from_args, write_json,
 )
 from pruning_core.errors import ConfigError
+from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
 
 MERGED_FOLDER = "merged-model"
 
@@ -130,20 +131,23 @@ def cmd_recover(args) -> int:
         raise ConfigError("Give --out DIR for the adapter, the report and recovery.json (or --list to see the "
                           "adapters in the store).")
     spec = spec_from_args(args)
+    final = check_output_folder(args.out, "--out")  # a user's folder is refused before any work
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
-    out = prepare_out_dir(args.out)
     store = store_from_args(args)
-    result = run_recovery(spec, loaded=loaded, store=store, progress=progress, out_dir=out,
-                          merged_dir=out / MERGED_FOLDER if args.merged else None)
-    write_json(out / "recovery.json", result)
     from pruning_core.recovery.export import recovery_report_data, report_files
     from pruning_core.outputs.report import build_report
 
-    # The same report the dashboard's download and `export_recovery` write (one wording everywhere).
-    report = build_report(recovery_report_data(result, report_files(out)), out)
+    # Written in a fresh folder that replaces --out whole: a killed run never leaves an old adapter beside a new
+    # report (training checkpoints live in the store, so a stopped run still resumes).
+    with folder_written_whole(final, "--out") as out:
+        result = relocated(run_recovery(spec, loaded=loaded, store=store, progress=progress, out_dir=out,
+                                        merged_dir=out / MERGED_FOLDER if args.merged else None), out, final)
+        write_json(out / "recovery.json", result)
+        # The same report the dashboard's download and `export_recovery` write (one wording everywhere).
+        report = relocated(build_report(recovery_report_data(result, report_files(out)), out), out, final)
     _print_summary(result)
-    print(f"wrote {out / 'recovery.json'}, " + ", ".join(str(p) for p in report.values()))
+    print(f"wrote {final / 'recovery.json'}, " + ", ".join(str(p) for p in report.values()))
     return 0
 
 

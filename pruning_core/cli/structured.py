@@ -18,11 +18,11 @@ from pruning_core.cli.common import (
     _floats,
     add_protocol_args,
     load_model_from_args,
-    prepare_out_dir,
     protocol_from_args,
     write_json,
 )
 from pruning_core.errors import ConfigError
+from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
 
 
 def add_structured(sub) -> None:
@@ -74,21 +74,24 @@ def cmd_structured(args) -> int:
                                           "prefill_tokens": args.prefill_tokens}).validate()
     if len(set(ratios)) != len(ratios):
         raise ConfigError(f"--ratios {args.ratios} repeats a value; give each ratio once.")
+    final = check_output_folder(args.out, "--out")  # a user's folder is refused before any work
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
-    out = prepare_out_dir(args.out)
     store = store_from_args(args)
-    result = run_structured(spec, loaded=loaded, store=store, progress=progress,
-                            save_dir=out if args.save_model else None)
-    write_json(out / "structured.json", result)
-    if args.report:
-        from pruning_core.outputs.report import build_report
-        from pruning_core.structured.export import structured_report_data
+    # Written in a fresh folder that replaces --out whole: a killed run never leaves an old model beside a new
+    # structured.json, or a model folder with only its config.
+    with folder_written_whole(final, "--out") as out:
+        result = relocated(run_structured(spec, loaded=loaded, store=store, progress=progress,
+                                          save_dir=out if args.save_model else None), out, final)
+        write_json(out / "structured.json", result)
+        if args.report:
+            from pruning_core.outputs.report import build_report
+            from pruning_core.structured.export import structured_report_data
 
-        for point in result["points"]:
-            build_report(structured_report_data(result, point), out / f"report-{point['ratio']:g}")
+            for point in result["points"]:
+                build_report(structured_report_data(result, point), out / f"report-{point['ratio']:g}")
     _print_table(result)
-    print(f"wrote {out / 'structured.json'}")
+    print(f"wrote {final / 'structured.json'}")
     return 0
 
 

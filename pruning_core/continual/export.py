@@ -17,9 +17,8 @@ from typing import Optional, Union
 
 from pruning_core.continual.report import continual_report
 from pruning_core.continual.run import ContinualSpec, run_continual
-from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel
-from pruning_core.outputs.files import write_json
+from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated, write_json
 from pruning_core.outputs.report import build_report
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.provenance import environment
@@ -61,20 +60,22 @@ def export_continual(loaded: Optional[LoadedModel], spec: Union[ContinualSpec, d
                      progress: Optional[ProgressFn] = None, pdf: bool = False) -> dict:
     """Run `spec` with every step's mask written under out_dir/<strategy>/step-<t>, then continual.json and the
     report beside them. Returns {"folder", "report" {format: path}, "masks" {strategy: [folder per step]},
-    "files" [{name, bytes}], "result" (`run_continual`'s dict)}. Nothing already in out_dir is overwritten: an
-    existing strategy folder is an error naming it."""
+    "files" [{name, bytes}], "result" (`run_continual`'s dict)}, every path at its final place. The export is
+    written in a fresh temporary folder that replaces out_dir whole at the end
+    (`outputs.files.folder_written_whole`): a killed or failed export leaves the earlier one as it was, a
+    re-export leaves nothing of the earlier one, and a folder holding files PruneScope did not write is refused
+    before any work."""
     progress = progress or no_progress
     spec = (spec if isinstance(spec, ContinualSpec) else ContinualSpec.from_dict(spec)).validate()
-    out = Path(out_dir)
-    for name in spec.strategies:
-        if (out / name).exists():
-            raise ConfigError(f"{out / name} already exists; choose another output folder (nothing is overwritten).")
-    out.mkdir(parents=True, exist_ok=True)
-    result = run_continual(spec, loaded=loaded, store=store, progress=sub_progress(progress, 0.0, 0.95), out_dir=out)
-    write_json(out / RESULT_FILE, result)
-    files = _files(out)
-    paths = build_report(continual_report_data(result, files), out, pdf=pdf)
+    final = check_output_folder(out_dir, "The export folder")
+    with folder_written_whole(final, "The export folder") as out:
+        result = run_continual(spec, loaded=loaded, store=store, progress=sub_progress(progress, 0.0, 0.95),
+                               out_dir=out)
+        result = relocated(result, out, final)
+        write_json(out / RESULT_FILE, result)
+        files = _files(out)
+        paths = relocated({k: str(v) for k, v in build_report(continual_report_data(result, files), out,
+                                                               pdf=pdf).items()}, out, final)
     progress(1.0, "continual export written")
     masks = {name: [step["mask_dir"] for step in figures["steps"]] for name, figures in result["strategies"].items()}
-    return {"folder": str(out), "report": {k: str(v) for k, v in paths.items()}, "masks": masks, "files": files,
-            "result": result}
+    return {"folder": str(final), "report": paths, "masks": masks, "files": files, "result": result}

@@ -364,7 +364,7 @@ def run_export_job(spec: dict, store, progress: ProgressFn) -> dict:
     export files outside the page; the dense perplexity is reused from `store` when measured before.
 
     spec = {"model", "protocol" (Protocol dict), "options" (ExportOptions fields; lists for tuples), "out_dir"}.
-    Returns {"folder", "report"}. A cancelled export leaves a partial folder, rewritten by the next run.
+    Returns {"folder", "report"}. A cancelled export leaves the earlier folder as it was (`folder_written_whole`).
     """
     from pruning_core.models import load_model
     from pruning_core.protocol import Protocol

@@ -99,6 +99,24 @@ def folder_written_whole(path, what: str = "the output folder") -> Iterator[Path
     return path
 
 
+def relocated(value: Any, temporary, final) -> Any:
+    """`value` (a result: dicts, lists, strings, paths) with every path inside the folder `temporary` named at
+    `final` instead, where `folder_written_whole` moves it: results report where the files are, not where they
+    were written."""
+    old, new = str(temporary), str(final)
+    if isinstance(value, (str, Path)):
+        text = str(value)
+        if text == old or text.startswith(old + os.sep):
+            moved = new + text[len(old):]
+            return Path(moved) if isinstance(value, Path) else moved
+        return value
+    if isinstance(value, dict):
+        return {k: relocated(v, temporary, final) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(relocated(v, temporary, final) for v in value)
+    return value
+
+
 def json_safe(obj: Any) -> Any:
     """`obj` with every non-finite float (NaN, inf: not JSON) replaced by None and every key made a string."""
     if isinstance(obj, float):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel
+from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
 from pruning_core.outputs.report import build_report
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.provenance import environment
@@ -62,20 +62,20 @@ def export_recovery(loaded: Optional[LoadedModel], spec: Union[RecoverySpec, dic
     """Recover `spec`'s pruned setting, write out_dir/adapter, out_dir/merged-model and the report beside them.
 
     Returns {"folder", "adapter" (folder), "merged" (folder), "report" {format: path}, "files" [{name, bytes}],
-    "result" (`run_recovery`'s dict)}. Nothing already in out_dir is overwritten: an existing merged-model
-    folder is an error naming it."""
+    "result" (`run_recovery`'s dict)}, every path at its final place. The export is written in a fresh
+    temporary folder that replaces out_dir whole at the end (`outputs.files.folder_written_whole`): a killed or
+    failed export leaves the earlier one as it was, a re-export leaves nothing of the earlier one, and a folder
+    holding files PruneScope did not write is refused before any work."""
     progress = progress or no_progress
     spec = (spec if isinstance(spec, RecoverySpec) else RecoverySpec.from_dict(spec)).validate()
-    out = Path(out_dir)
-    for folder in (MERGED_FOLDER, ADAPTER_FOLDER):
-        if (out / folder).exists():
-            raise ConfigError(f"{out / folder} already exists; choose another output folder (nothing is "
-                              "overwritten).")
-    out.mkdir(parents=True, exist_ok=True)
-    result = run_recovery(spec, loaded=loaded, store=store, progress=sub_progress(progress, 0.0, 0.95),
-                          out_dir=out, merged_dir=out / MERGED_FOLDER)
-    files = report_files(out)
-    paths = build_report(recovery_report_data(result, files), out, pdf=pdf)
+    final = check_output_folder(out_dir, "The export folder")
+    with folder_written_whole(final, "The export folder") as out:
+        result = run_recovery(spec, loaded=loaded, store=store, progress=sub_progress(progress, 0.0, 0.95),
+                              out_dir=out, merged_dir=out / MERGED_FOLDER)
+        result = relocated(result, out, final)
+        files = report_files(out)
+        paths = relocated({k: str(v) for k, v in build_report(recovery_report_data(result, files), out,
+                                                               pdf=pdf).items()}, out, final)
     progress(1.0, "recovery export written")
-    return {"folder": str(out), "adapter": result["adapter"]["folder"], "merged": str(out / MERGED_FOLDER),
-            "report": {k: str(v) for k, v in paths.items()}, "files": files, "result": result}
+    return {"folder": str(final), "adapter": result["adapter"]["folder"], "merged": str(final / MERGED_FOLDER),
+            "report": paths, "files": files, "result": result}

@@ -398,6 +398,7 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
     saved = save_adapter(peft_model, plan, adapter_folder(store, key) if store is not None
                          else Path(out_dir) / "adapter" if out_dir else Path(work or ".") / "adapter", record) \
         if (store is not None or out_dir is not None) else {"folder": None, "bytes": None, "files": []}
+    kept_folder = saved["folder"]  # the store's own copy when there is a store
     if out_dir is not None and store is not None:
         target = Path(out_dir) / "adapter"
         shutil.copytree(saved["folder"], target, dirs_exist_ok=True)
@@ -443,7 +444,10 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
               "created": time.time()}
     if store is not None:
         store.put_run(key, RUN_KIND, spec.to_dict())
-        store.put_result(key, RUN_KIND, result, run_key=key)
+        # The store names its own adapter copy and no output folder: an export folder is written in a temporary
+        # folder first and may later be replaced or moved, so a stored path into it would go stale.
+        store.put_result(key, RUN_KIND, {**result, "adapter": {**result["adapter"], "folder": kept_folder},
+                                         "merged_dir": None, "mask_dir": None}, run_key=key)
     progress(1.0, "recovery done")
     return {**result, "from_store": False}
 

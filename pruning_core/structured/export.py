@@ -4,20 +4,20 @@
 evaluated, timed when `spec.speed`, saved to out_dir/model and re-evaluated after reloading) and writes the
 report (`outputs.report.build_report`; its sections in `structured.report`) whose sizes are measured on the files
 written (`pruning_core.sizes`: dense and smaller model as 16-bit safetensors, and the saved folder), and whose
-speed sentence and table come from the measurement (or say "not
-measured"). `structured_report_data` turns any point of a structured run into the report's document, so the CLI's
---report, the dashboard and this export word it the same.
+speed sentence and table come from the measurement (or say "not measured"); the folder is written elsewhere
+first and moved into place whole. `structured_report_data` turns any point of a structured run into the report's
+document, so the CLI's --report, the dashboard and this export word it the same.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import os
 from typing import Optional, Union
 
 from pruning_core import claims
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel
+from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
 from pruning_core.outputs.report import build_report
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.provenance import environment
@@ -64,25 +64,30 @@ def structured_report_data(result: dict, point: dict, files: Optional[list] = No
 def export_structured(loaded: Optional[LoadedModel], spec: Union[StructuredSpec, dict], out_dir, *, store=None,
                       progress: Optional[ProgressFn] = None, pdf: bool = False) -> dict:
     """Prune `spec`'s single ratio, save the smaller model to out_dir/model (verified after reloading) and write
-    the report beside it. Returns {"folder", "report" {format: path}, "point", "files" [{name, bytes}]}."""
+    the report beside it. Returns {"folder", "report" {format: path}, "point", "files" [{name, bytes}]}, every
+    path at its final place.
+
+    The export is written in a fresh temporary folder that replaces out_dir whole at the end
+    (`outputs.files.folder_written_whole`): a killed or failed export leaves the earlier one as it was, a
+    re-export leaves nothing of the earlier one, and a folder holding files PruneScope did not write is refused
+    before any work."""
     progress = progress or no_progress
     spec = spec if isinstance(spec, StructuredSpec) else StructuredSpec.from_dict(spec)
     if len(spec.ratios) != 1:
         raise ConfigError(f"An export takes one structured ratio; got {list(spec.ratios)}. Choose one.")
-    out = Path(out_dir)
-    if (out / MODEL_FOLDER).exists():
-        raise ConfigError(f"{out / MODEL_FOLDER} already exists; choose another output folder (nothing is "
-                          "overwritten).")
-    out.mkdir(parents=True, exist_ok=True)
-    result = run_structured(spec, loaded=loaded, store=store, progress=sub_progress(progress, 0.0, 0.95),
-                            save_dir=out)
-    point = result["points"][0]
-    folder = Path(point["saved"]["folder"])
-    shutil.move(str(folder), str(out / MODEL_FOLDER))  # run_structured names it by ratio; an export has one
-    point["saved"]["folder"] = str(out / MODEL_FOLDER)
-    files = [{"name": f"{MODEL_FOLDER}/{p.name}", "bytes": p.stat().st_size}
-             for p in sorted((out / MODEL_FOLDER).iterdir()) if p.is_file()]
-    paths = build_report(structured_report_data(result, point, files), out, pdf=pdf)
+    final = check_output_folder(out_dir, "The export folder")
+    with folder_written_whole(final, "The export folder") as out:
+        result = run_structured(spec, loaded=loaded, store=store, progress=sub_progress(progress, 0.0, 0.95),
+                                save_dir=out)
+        point = result["points"][0]
+        # run_structured names the folder by ratio; an export has one
+        os.replace(point["saved"]["folder"], out / MODEL_FOLDER)
+        point["saved"]["folder"] = str(out / MODEL_FOLDER)
+        result = relocated(result, out, final)
+        point = result["points"][0]
+        files = [{"name": f"{MODEL_FOLDER}/{p.name}", "bytes": p.stat().st_size}
+                 for p in sorted((out / MODEL_FOLDER).iterdir()) if p.is_file()]
+        paths = relocated({k: str(v) for k, v in build_report(structured_report_data(result, point, files), out,
+                                                               pdf=pdf).items()}, out, final)
     progress(1.0, "structured export written")
-    return {"folder": str(out / MODEL_FOLDER), "report": {k: str(v) for k, v in paths.items()}, "point": point,
-            "files": files}
+    return {"folder": str(final / MODEL_FOLDER), "report": paths, "point": point, "files": files}

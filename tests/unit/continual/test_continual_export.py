@@ -1,6 +1,6 @@
 """Export of a continual run on the tiny model: every step's mask of every strategy on disk, continual.json, and
 a report whose Continual pruning section holds each strategy's R matrix, BWT with its convention and rule; the
-CLI's --report writes the same section; an existing strategy folder is never overwritten."""
+CLI's --report writes the same section; a folder holding a user's files is never written into."""
 
 from __future__ import annotations
 
@@ -50,8 +50,10 @@ def test_export_writes_masks_of_every_step_and_the_continual_section(tmp_path):
     assert any("forgets least" in s for s in report["summary"])
     assert html.count('class="chart" id="continual-') == 3 + 2  # an R heatmap per strategy, bars, overlap
 
-    with pytest.raises(ConfigError, match="already exists"):
-        export_continual(tiny_model("llama", layers=2), spec, out)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's notes")
+    with pytest.raises(ConfigError, match="PruneScope did not write"):  # a user's folder is never written into
+        export_continual(tiny_model("llama", layers=2), spec, tmp_path / "mine")
 
 
 def test_cli_report_flag_writes_the_continual_section(tmp_path):

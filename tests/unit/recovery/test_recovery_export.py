@@ -135,8 +135,10 @@ def test_export_writes_adapter_merged_model_and_a_report_with_a_recovery_section
     assert any("masked LoRA adapter was trained" in s for s in report["summary"])
     assert html.count('class="chart"') >= 2  # the loss and perplexity charts in the Recovery section
 
-    with pytest.raises(ConfigError, match="already exists"):
-        export_recovery(None, _spec(), out)  # nothing is overwritten
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's notes")
+    with pytest.raises(ConfigError, match="PruneScope did not write"):
+        export_recovery(None, _spec(), tmp_path / "mine")  # a user's folder is never written into
 
 
 def test_a_rising_training_loss_is_said_in_the_report_and_a_falling_one_is_not():

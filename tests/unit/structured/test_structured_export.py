@@ -61,8 +61,10 @@ def test_export_writes_a_smaller_folder_and_a_report_with_measured_savings(tiny,
     assert "Widths per layer" in html  # the chart's headline, its ratio on the second line:
     assert f"{100 * point['measured_ratio']:.1f} % of decoder parameters removed" in html
 
-    with pytest.raises(ConfigError, match="already exists"):
-        export_structured(tiny, spec, tmp_path / "export")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's notes")
+    with pytest.raises(ConfigError, match="PruneScope did not write"):  # a user's folder is never written into
+        export_structured(tiny, spec, tmp_path / "mine")
     with pytest.raises(ConfigError, match="one structured ratio"):
         export_structured(tiny, StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.1, 0.2)),
                           tmp_path / "two")
