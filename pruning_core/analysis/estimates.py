@@ -257,8 +257,18 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     breakdown = {"load": run_costs.load_seconds(facts) if include_load else 0.0,
                  "dense_probe": run_costs.forward_seconds(rates, probe_windows, protocol.seqlen), "statistics": 0.0,
                  "taylor": 0.0, "fisher": 0.0, "masks": 0.0, "exact_probes": 0.0, "reconstruction": 0.0}
-    breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
-                                                     protocol.batch_size, needs)
+    if refined:  # the first view's masks use its own windows; the exact map walks again with all of them
+        from pruning_core.analysis.refinement import FIRST_VIEW_NSAMPLES
+
+        first = min(int(protocol.nsamples), FIRST_VIEW_NSAMPLES)
+        breakdown["statistics"] = run_costs.walk_seconds(facts, rates, first, protocol.seqlen,
+                                                         protocol.batch_size, needs)
+        if protocol.nsamples > first:
+            breakdown["exact_statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
+                                                                   protocol.batch_size, needs)
+    else:
+        breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
+                                                         protocol.batch_size, needs)
     if "taylor" in metrics:
         breakdown["taylor"] = 3.0 * min(TAYLOR_WINDOWS, protocol.nsamples) * protocol.seqlen * rates["full_s_per_token"]
     if "fisher" in metrics:  # one forward + backward (~3 forwards) per probe window

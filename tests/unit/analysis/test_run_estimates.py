@@ -71,6 +71,20 @@ def test_the_map_estimate_names_its_first_view():
     assert "first_view_seconds" not in estimate_sensitivity(INFO, PROTOCOL, "wanda", [0.5], ["exact"], 4, SPEED)
 
 
+def test_the_first_view_walks_its_own_windows_and_the_exact_map_walks_all_of_them():
+    from dataclasses import replace
+
+    from pruning_core.analysis.refinement import FIRST_VIEW_NSAMPLES
+
+    many = replace(PROTOCOL, nsamples=2 * FIRST_VIEW_NSAMPLES)
+    made = _phases(estimate_sensitivity(INFO, many, "wanda", [0.5], ["auto"], 4, SPEED))
+    few = _phases(estimate_sensitivity(INFO, replace(PROTOCOL, nsamples=FIRST_VIEW_NSAMPLES), "wanda", [0.5],
+                                       ["auto"], 4, SPEED))
+    assert made["statistics"] == pytest.approx(few["statistics"])  # the first view: its 32 windows only
+    assert made["exact_statistics"] > made["statistics"]  # the exact map: a second walk over all 64
+    assert "exact_statistics" not in few
+
+
 def test_structured_counts_statistics_pruning_evaluation_speed_and_samples():
     from pruning_core.structured.estimate import estimate_structured
     from pruning_core.structured.run import StructuredSpec
