@@ -152,6 +152,13 @@ def main() -> None:
     out = {"machine": machine(), "load_average_start": load_average(), "protocol": protocol.to_dict(),
            "corpora": list(CORPORA), "targets": {"gptq_wiki_within": 0.02, "rtn_wiki_within": 0.01,
                                                  "gptq_speedup_at_least": 1.5, "reload_within": 0.005}}
+    target_file = ROOT / "docs" / "runs" / "quantization.json"
+
+    def checkpoint(complete: bool = False) -> None:
+        """Write what is measured so far (a busy machine may stop a long run): "complete" says whether all is."""
+        if args.save:
+            target_file.write_text(json.dumps({**out, "complete": complete}, indent=2) + "\n")
+
     python, versions = find_peer(args.peer_python)
     out["peer"] = {"python": python, "versions": versions}
     loaded = load_model("embedded")
@@ -169,12 +176,14 @@ def main() -> None:
         # GPTQ, ours then the peer's, one after the other.
         out["gptq"] = {"scheme": gptq_scheme.to_dict()}
         out["gptq"]["ours"], gptq_result = ours(loaded, calib, protocol, eval_ids, gptq_scheme)
+        checkpoint()
         if python:
             out["gptq"]["peer"] = peer(python, folder, ids_path, work, "gptq", gptq_scheme, loaded, protocol, eval_ids)
             o, p = out["gptq"]["ours"], out["gptq"]["peer"]
             out["gptq"]["wiki_relative_to_peer"] = round(o["ppl"]["wiki"] / p["ppl"]["wiki"] - 1.0, 4)
             out["gptq"]["speedup"] = round(p["oneshot_seconds"] / o["seconds"], 2)
             out["gptq"]["cpu_seconds_ratio"] = round(p["oneshot_cpu_seconds"] / o["process_cpu_seconds"], 2)
+            checkpoint()
             if args.peer_actorder_none:
                 out["gptq"]["peer_actorder_none"] = peer(python, folder, ids_path, work, "gptq", gptq_scheme, loaded,
                                                          protocol, eval_ids, actorder="none")
@@ -188,6 +197,7 @@ def main() -> None:
                          "reload": export.reload_check(target, loaded, protocol, CORPORA, eval_ids,
                                                        out["gptq"]["ours"]["ppl"])}
         log(f"export: {out['export']}")
+        checkpoint()
         del gptq_result
         # RTN, ours then the peer's.
         out["rtn"] = {"scheme": rtn_scheme.to_dict()}
@@ -196,6 +206,7 @@ def main() -> None:
             out["rtn"]["peer"] = peer(python, folder, ids_path, work, "rtn", rtn_scheme, loaded, protocol, eval_ids)
             out["rtn"]["wiki_relative_to_peer"] = round(out["rtn"]["ours"]["ppl"]["wiki"]
                                                         / out["rtn"]["peer"]["ppl"]["wiki"] - 1.0, 4)
+        checkpoint()
         # The Q4_1 origin: 4-bit groups of 32 asymmetric.
         q41 = QuantScheme(4, 32, False, "rtn")
         out["q4_1"] = {"scheme": q41.to_dict()}
@@ -204,10 +215,8 @@ def main() -> None:
         out["q4_1"]["note"] = ("The embedded model's weights come from a Q4_1 GGUF (4 bits, groups of 32, a scale and "
                                "a minimum): 4-bit figures on it look better than on a model trained in 16 bits.")
     out["load_average_end"] = load_average()
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.save:
-        (ROOT / "docs" / "runs" / "quantization.json").write_text(text + "\n")
+    print(json.dumps(out, indent=2))
+    checkpoint(complete=True)
 
 
 if __name__ == "__main__":

@@ -101,41 +101,58 @@ def round_to_nearest(W: torch.Tensor, scheme: QuantScheme, keep: Optional[torch.
 
 class ColumnRounder:
     """GPTQ's column target for `obs_sweep_group` (see `methods.sparsegpt.ColumnTarget`): rounds each column
-    with its group's scale, taking a group's scale when the sweep reaches its first column; records the integers.
+    with its group's scale, taking a group's scale when the sweep reaches its first column.
 
     rows, cols: the (stacked) matrix's shape. channel_params: (scale, zero) per row (rows,) for per-channel
-    schemes, taken by the caller from the whole matrix before the sweep.
+    schemes, taken by the caller from the whole matrix before the sweep. masked: some weights may be pruned (a
+    keep mask or pruning in the sweep); without, the per-column mask product is skipped. The loop runs once per
+    input column, so it does as few tensor operations as it can: the integers are not kept per column but
+    recovered from the final values, (q - z) * s, in `matrices`.
     """
 
     def __init__(self, scheme: QuantScheme, rows: int, cols: int,
-                 channel_params: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+                 channel_params: Optional[tuple[torch.Tensor, torch.Tensor]] = None, masked: bool = True):
         self.scheme = scheme
         self.align = scheme.group_size or 1
+        self.masked = masked
         groups = cols // scheme.group_size if scheme.group_size else 1
-        self.ints_t = torch.zeros(cols, rows, dtype=torch.int8)      # (in, out): one contiguous row per column
         self.scale = torch.zeros(rows, groups, dtype=torch.float32)
         self.zero = torch.zeros(rows, groups, dtype=torch.int8)
         if channel_params is not None:
             self.scale[:, 0], self.zero[:, 0] = channel_params
-        self._scale, self._zero = self.scale[:, 0].clone(), self.zero[:, 0].to(torch.float32)
+            self._use(self.scale[:, 0], self.zero[:, 0])
+
+    def _use(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        self._scale, self._inverse = scale.clone(), 1.0 / scale
+        self._zero = None if self.scheme.symmetric else zero.to(torch.float32)
 
     def __call__(self, column: int, block_t: torch.Tensor, pruned_t: torch.Tensor, local: int) -> torch.Tensor:
         g = self.scheme.group_size
         if g and column % g == 0:
-            group = block_t[local:local + g] * ~pruned_t[local:local + g]          # (g, rows)
+            group = block_t[local:local + g]                                       # (g, rows)
+            if self.masked:
+                group = group * ~pruned_t[local:local + g]
             scale, zero = _row_params(group.t(), self.scheme)                      # (rows,)
             self.scale[:, column // g], self.zero[:, column // g] = scale, zero
-            self._scale, self._zero = scale, zero.to(torch.float32)
-        w = block_t[local] * ~pruned_t[local]                                      # (rows,)
-        q = torch.round(w / self._scale + self._zero).clamp_(self.scheme.qmin, self.scheme.qmax)
-        self.ints_t[column] = q.to(torch.int8)
-        return (q - self._zero) * self._scale
+            self._use(scale, zero)
+        w = block_t[local] * ~pruned_t[local] if self.masked else block_t[local]  # (rows,)
+        q = w * self._inverse
+        if self._zero is not None:
+            q.add_(self._zero)
+        q.round_().clamp_(self.scheme.qmin, self.scheme.qmax)
+        if self._zero is not None:
+            q.sub_(self._zero)
+        return q.mul_(self._scale)
 
-    def matrices(self, spans: Sequence[tuple[int, int]]) -> list[QuantizedMatrix]:
-        """The QuantizedMatrix of each stacked matrix (rows [start, stop))."""
-        ints = self.ints_t.t()
-        return [QuantizedMatrix(ints[a:b].contiguous(), self.scale[a:b].clone(), self.zero[a:b].clone(), self.scheme)
-                for a, b in spans]
+    def matrices(self, values: Sequence[torch.Tensor]) -> list[QuantizedMatrix]:
+        """The QuantizedMatrix of each stacked matrix, from its final values (out_i, in) = (q - z) * s."""
+        out, start = [], 0
+        for v in values:
+            stop = start + v.shape[0]
+            scale, zero = self.scale[start:stop].clone(), self.zero[start:stop].clone()
+            out.append(QuantizedMatrix(quantize(v, scale, zero, self.scheme), scale, zero, self.scheme))
+            start = stop
+        return out
 
 
 def gptq_group(weights: Sequence[torch.Tensor], stats: InputStatistics, scheme: QuantScheme,
@@ -154,13 +171,10 @@ def gptq_group(weights: Sequence[torch.Tensor], stats: InputStatistics, scheme: 
     stacked = torch.cat(sources, dim=0)
     rows, cols = stacked.shape
     channel = None if scheme.group_size else tuple(p[:, 0] for p in group_params(stacked, scheme))
-    rounder = ColumnRounder(scheme, rows, cols, channel)
+    rounder = ColumnRounder(scheme, rows, cols, channel, masked=keep is not None or sparsities is not None)
     outcomes = obs_sweep_group(sources, stats, options, sparsities=sparsities, structure=structure, keep=keep,
                                target=rounder)
-    bounds = [0]
-    for w in sources:
-        bounds.append(bounds[-1] + w.shape[0])
-    quantized = rounder.matrices(list(zip(bounds[:-1], bounds[1:])))
+    quantized = rounder.matrices([values for _, values in outcomes])
     return [(mask, matrix) for (mask, _), matrix in zip(outcomes, quantized)]
 
 
