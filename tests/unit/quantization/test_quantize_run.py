@@ -144,20 +144,27 @@ def test_cli_writes_quantize_json_and_the_folder_whole(tmp_path, capsys):
     assert "perplexity on news" in capsys.readouterr().out
 
 
-def test_cli_quantizes_a_structured_folder(tmp_path):
+@pytest.mark.parametrize("units", ["channels", "layers"])
+def test_cli_quantizes_a_structured_or_layer_dropped_folder(tmp_path, units):
     from pruning_core.structured import StructuredConfig, prune_structured
     from pruning_core.structured.units import layout_for
     from pruning_core.structured.slicing import save_structured
 
-    dense = tiny_model("llama")
-    result = prune_structured(dense, None, StructuredConfig(units=("channels",), score="magnitude", compensate=False,
-                                                            ratio=0.25))
+    dense = tiny_model("llama", layers=4)  # 4 layers: a quarter of them can be dropped
+    result = prune_structured(dense, calibration_ids(dense, PROTOCOL),
+                              StructuredConfig(units=(units,), score="magnitude", compensate=False, ratio=0.25))
     save_structured(result.loaded, layout_for(dense), tmp_path / "small")
     out = tmp_path / "out"
-    assert main(["quantize", *CLI_ARGS, "--method", "rtn", "--bits", "8", "--group-size", "channel",
+    assert main(["quantize", *CLI_ARGS, "--method", "gptq", "--bits", "8", "--group-size", "channel",
                  "--structured", str(tmp_path / "small"), "--out", str(out)]) == 0
     document = json.loads((out / "quantize.json").read_text())
     assert document["setting"]["start"] == "structured" and document["checks"]["reload"]["max_relative_gap"] < 0.005
+    assert document["checks"]["packed_weights"]["identical"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    if units == "layers":
+        assert config["num_hidden_layers"] < 4
+    else:
+        assert config["intermediate_size"] < 128
 
 
 @pytest.mark.parametrize("args, words", [
