@@ -143,6 +143,10 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="write docs/runs/quantization.json")
     parser.add_argument("--peer-python", default=None)
     parser.add_argument("--quick", action="store_true", help="8 x 128 calibration, 4 windows (a smoke run)")
+    parser.add_argument("--sections", default="gptq,export,rtn,q4_1",
+                        help="comma-separated parts to run: gptq (ours and the peer's), export (needs gptq), rtn, q4_1")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "runs" / "quantization.json"),
+                        help="where --save writes the JSON")
     parser.add_argument("--peer-actorder-none", action="store_true",
                         help="also run the peer's GPTQ without activation ordering (the paper's column order)")
     args = parser.parse_args()
@@ -152,7 +156,8 @@ def main() -> None:
     out = {"machine": machine(), "load_average_start": load_average(), "protocol": protocol.to_dict(),
            "corpora": list(CORPORA), "targets": {"gptq_wiki_within": 0.02, "rtn_wiki_within": 0.01,
                                                  "gptq_speedup_at_least": 1.5, "reload_within": 0.005}}
-    target_file = ROOT / "docs" / "runs" / "quantization.json"
+    target_file = Path(args.output)
+    sections = set(args.sections.split(","))
 
     def checkpoint(complete: bool = False) -> None:
         """Write what is measured so far (a busy machine may stop a long run): "complete" says whether all is."""
@@ -174,49 +179,67 @@ def main() -> None:
         ids_path = work / "calib_ids.pt"
         torch.save(calib, ids_path)
         # GPTQ, ours then the peer's, one after the other.
-        out["gptq"] = {"scheme": gptq_scheme.to_dict()}
-        out["gptq"]["ours"], gptq_result = ours(loaded, calib, protocol, eval_ids, gptq_scheme)
-        checkpoint()
-        if python:
-            out["gptq"]["peer"] = peer(python, folder, ids_path, work, "gptq", gptq_scheme, loaded, protocol, eval_ids)
-            o, p = out["gptq"]["ours"], out["gptq"]["peer"]
-            out["gptq"]["wiki_relative_to_peer"] = round(o["ppl"]["wiki"] / p["ppl"]["wiki"] - 1.0, 4)
-            out["gptq"]["speedup"] = round(p["oneshot_seconds"] / o["seconds"], 2)
-            out["gptq"]["cpu_seconds_ratio"] = round(p["oneshot_cpu_seconds"] / o["process_cpu_seconds"], 2)
+        if "gptq" in sections:
+            gptq_section(out, loaded, calib, protocol, eval_ids, gptq_scheme, python, folder, ids_path, work, args,
+                         checkpoint, "export" in sections)
+        if "rtn" in sections:
+            rtn_section(out, loaded, protocol, eval_ids, rtn_scheme, python, folder, ids_path, work)
             checkpoint()
-            if args.peer_actorder_none:
-                out["gptq"]["peer_actorder_none"] = peer(python, folder, ids_path, work, "gptq", gptq_scheme, loaded,
-                                                         protocol, eval_ids, actorder="none")
-        # Export of our GPTQ point: bytes on disk, packed integers, plain transformers reload.
+        if "q4_1" in sections:
+            q4_1_section(out, loaded, protocol, eval_ids)
+    out["load_average_end"] = load_average()
+    print(json.dumps(out, indent=2))
+    checkpoint(complete=True)
+
+
+def gptq_section(out, loaded, calib, protocol, eval_ids, scheme, python, folder, ids_path, work, args,
+                 checkpoint, with_export: bool) -> None:
+    """GPTQ, ours then the peer's, one after the other; then (with_export) our point's files and reload."""
+    out["gptq"] = {"scheme": scheme.to_dict()}
+    out["gptq"]["ours"], result = ours(loaded, calib, protocol, eval_ids, scheme)
+    checkpoint()
+    if python:
+        out["gptq"]["peer"] = peer(python, folder, ids_path, work, "gptq", scheme, loaded, protocol, eval_ids)
+        o, p = out["gptq"]["ours"], out["gptq"]["peer"]
+        out["gptq"]["wiki_relative_to_peer"] = round(o["ppl"]["wiki"] / p["ppl"]["wiki"] - 1.0, 4)
+        out["gptq"]["speedup"] = round(p["oneshot_seconds"] / o["seconds"], 2)
+        out["gptq"]["cpu_seconds_ratio"] = round(p["oneshot_cpu_seconds"] / o["process_cpu_seconds"], 2)
+        checkpoint()
+        if args.peer_actorder_none:
+            out["gptq"]["peer_actorder_none"] = peer(python, folder, ids_path, work, "gptq", scheme, loaded,
+                                                     protocol, eval_ids, actorder="none")
+            checkpoint()
+    if with_export:  # our GPTQ point's files: bytes on disk, packed integers, plain transformers reload
         log("export: compressed-tensors and 16-bit folders")
         target = work / "gptq-ct"
-        export.write_compressed_tensors(loaded, gptq_result, target)
-        sizes = export.measured_sizes(loaded, gptq_result, target)
+        export.write_compressed_tensors(loaded, result, target)
+        sizes = export.measured_sizes(loaded, result, target)
         out["export"] = {"bytes": {f: {k: v for k, v in s.items() if k != "files"} for f, s in sizes.items()},
-                         "packed_weights": export.packed_weights_check(target, gptq_result),
+                         "packed_weights": export.packed_weights_check(target, result),
                          "reload": export.reload_check(target, loaded, protocol, CORPORA, eval_ids,
                                                        out["gptq"]["ours"]["ppl"])}
         log(f"export: {out['export']}")
         checkpoint()
-        del gptq_result
-        # RTN, ours then the peer's.
-        out["rtn"] = {"scheme": rtn_scheme.to_dict()}
-        out["rtn"]["ours"], _ = ours(loaded, None, protocol, eval_ids, rtn_scheme)
-        if python:
-            out["rtn"]["peer"] = peer(python, folder, ids_path, work, "rtn", rtn_scheme, loaded, protocol, eval_ids)
-            out["rtn"]["wiki_relative_to_peer"] = round(out["rtn"]["ours"]["ppl"]["wiki"]
-                                                        / out["rtn"]["peer"]["ppl"]["wiki"] - 1.0, 4)
-        checkpoint()
-        # The Q4_1 origin: 4-bit groups of 32 asymmetric.
-        q41 = QuantScheme(4, 32, False, "rtn")
-        out["q4_1"] = {"scheme": q41.to_dict()}
-        out["q4_1"]["ours"], q41_result = ours(loaded, None, protocol, eval_ids, q41)
-        out["q4_1"]["reproduction"] = q4_1_reproduction(loaded, q41_result)
-        out["q4_1"]["note"] = ("The embedded model's weights come from a Q4_1 GGUF (4 bits, groups of 32, a scale and "
-                               "a minimum): 4-bit figures on it look better than on a model trained in 16 bits.")
-    out["load_average_end"] = load_average()
-    print(json.dumps(out, indent=2))
-    checkpoint(complete=True)
+
+
+def rtn_section(out, loaded, protocol, eval_ids, scheme, python, folder, ids_path, work) -> None:
+    """Round to nearest, ours then the peer's QuantizationModifier."""
+    out["rtn"] = {"scheme": scheme.to_dict()}
+    out["rtn"]["ours"], _ = ours(loaded, None, protocol, eval_ids, scheme)
+    if python:
+        out["rtn"]["peer"] = peer(python, folder, ids_path, work, "rtn", scheme, loaded, protocol, eval_ids)
+        out["rtn"]["wiki_relative_to_peer"] = round(out["rtn"]["ours"]["ppl"]["wiki"]
+                                                    / out["rtn"]["peer"]["ppl"]["wiki"] - 1.0, 4)
+
+
+def q4_1_section(out, loaded, protocol, eval_ids) -> None:
+    """The Q4_1 origin: 4-bit groups of 32 asymmetric, and how many weights it gives back exactly."""
+    scheme = QuantScheme(4, 32, False, "rtn")
+    out["q4_1"] = {"scheme": scheme.to_dict()}
+    out["q4_1"]["ours"], result = ours(loaded, None, protocol, eval_ids, scheme)
+    out["q4_1"]["reproduction"] = q4_1_reproduction(loaded, result)
+    out["q4_1"]["note"] = ("The embedded model's weights come from a Q4_1 GGUF (4 bits, groups of 32, a scale and "
+                           "a minimum): 4-bit figures on it look better than on a model trained in 16 bits.")
 
 
 if __name__ == "__main__":
