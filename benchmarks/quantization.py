@@ -161,7 +161,12 @@ def main() -> None:
                         help="add this run's sections to the --output file instead of starting it afresh")
     parser.add_argument("--peer-actorder-none", action="store_true",
                         help="also run the peer's GPTQ without activation ordering (the paper's column order)")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="only merge the sections of these part files (runs made apart) into --output")
     args = parser.parse_args()
+    if args.combine:
+        combine(Path(args.output), [Path(p) for p in args.combine])
+        return
 
     protocol = (Protocol(calib="wiki", nsamples=8, seqlen=128, eval_windows=4) if args.quick
                 else Protocol(calib="wiki", nsamples=64, seqlen=512, eval_windows=16))
@@ -214,6 +219,24 @@ def main() -> None:
     out["parts"][-1]["load_average_end"] = load_average()
     print(json.dumps(out, indent=2))
     checkpoint(complete=all(k in out for k in ("gptq", "export", "rtn", "q4_1")))
+
+
+def combine(output: Path, parts: list[Path]) -> None:
+    """Merge part files written by runs made apart (--sections ... --output PART) into `output`: their measured
+    sections are copied as they are, and each part's machine and load averages are kept under "parts"."""
+    out = json.loads(output.read_text()) if output.is_file() else {}
+    out.setdefault("parts", [])
+    for path in parts:
+        part = json.loads(path.read_text())
+        for key in ("gptq", "export", "rtn", "q4_1", "dense_ppl", "protocol", "corpora", "peer", "targets"):
+            if key in part and key not in out:
+                out[key] = part[key]
+        out["parts"].append({"file": path.name, "sections": [k for k in ("gptq", "export", "rtn", "q4_1") if k in part],
+                             "machine": part.get("machine"), "load_average_start": part.get("load_average_start"),
+                             "load_average_end": part.get("load_average_end"), "complete": part.get("complete")})
+    out["complete"] = all(k in out for k in ("gptq", "export", "rtn", "q4_1"))
+    output.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
 
 
 def gptq_section(out, loaded, calib, protocol, eval_ids, scheme, python, folder, ids_path, work, args,
