@@ -180,9 +180,10 @@ def origin_note(loaded: LoadedModel, scheme: QuantScheme) -> Optional[str]:
 
     if loaded.name != EMBEDDED_NAME or scheme.bits > 4:
         return None
-    return ("The embedded model's weights were themselves 4-bit (Q4_1, groups of 32 with a scale and a minimum), so "
-            "4-bit groups of 32 asymmetric nearly reproduce them and 4-bit figures on it look better than on a "
-            "model trained in 16 bits; per-channel 4-bit and 3-bit show the real trade-off.")
+    return ("The embedded model's weights were themselves 4-bit (Q4_1: groups of 32 with a 16-bit scale and a 16-bit "
+            "minimum), so 4-bit figures on it are measured on weights that were already on a 4-bit grid; the "
+            "compressed-tensors grid (an integer zero point) is not Q4_1's (a float minimum), so even 4-bit groups "
+            "of 32 asymmetric do not give those weights back exactly (benchmarks/quantization.py measures how many).")
 
 
 def run_quantize(spec: Union[QuantizeSpec, dict], loaded: Optional[LoadedModel] = None, store=None,
