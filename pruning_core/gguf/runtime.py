@@ -13,6 +13,7 @@ model.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -66,9 +67,35 @@ def open_gguf(path, n_ctx: int, threads: Optional[int] = None):
             from None
 
 
+@contextlib.contextmanager
+def opened_gguf(path, n_ctx: int, threads: Optional[int] = None):
+    """`open_gguf` for a `with` block: the model is freed when the block ends (here, not at interpreter exit,
+    where llama-cpp-python's finaliser fails)."""
+    llm = open_gguf(path, n_ctx, threads)
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+@contextlib.contextmanager
+def _given_or_opened(llm, path, n_ctx: int):
+    """`llm` when given (the caller closes it), else the file opened for the block."""
+    if llm is not None:
+        yield llm
+        return
+    with opened_gguf(path, n_ctx) as opened:
+        yield opened
+
+
 def greedy_tokens(path, prompt: Sequence[int], new_tokens: int, llm=None) -> list[int]:
-    """The `new_tokens` ids llama.cpp picks greedily (arg-max of the logits) after the prompt ids."""
-    llm = llm or open_gguf(path, n_ctx=len(prompt) + new_tokens + 1)
+    """The `new_tokens` ids llama.cpp picks greedily (arg-max of the logits) after the prompt ids; `llm`: an
+    already opened `Llama` with room for them (else the file is opened and closed here)."""
+    with _given_or_opened(llm, path, len(prompt) + new_tokens + 1) as model:
+        return _greedy(model, prompt, new_tokens)
+
+
+def _greedy(llm, prompt: Sequence[int], new_tokens: int) -> list[int]:
     llm.reset()
     llm.eval(list(int(t) for t in prompt))
     out = []
@@ -92,15 +119,15 @@ def llama_cpp_perplexity(path, windows, llm=None) -> dict:
     ids = np.asarray(windows.cpu().numpy() if hasattr(windows, "cpu") else windows, dtype=np.int64)
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
         raise ConfigError("Perplexity needs at least one evaluation window of 2 or more tokens.")
-    llm = llm or open_gguf(path, n_ctx=int(ids.shape[1]))
     start = time.perf_counter()
     total, count = 0.0, 0
-    for window in ids:
-        llm.reset()
-        llm.eval([int(t) for t in window])
-        logprobs = _log_softmax_rows(np.asarray(llm.scores[: len(window) - 1]))
-        total -= float(logprobs[np.arange(len(window) - 1), window[1:]].sum())
-        count += len(window) - 1
+    with _given_or_opened(llm, path, int(ids.shape[1])) as model:
+        for window in ids:
+            model.reset()
+            model.eval([int(t) for t in window])
+            logprobs = _log_softmax_rows(np.asarray(model.scores[: len(window) - 1]))
+            total -= float(logprobs[np.arange(len(window) - 1), window[1:]].sum())
+            count += len(window) - 1
     nll = total / count
     return {"ppl": math.exp(nll), "nll": nll, "tokens": count, "windows": int(ids.shape[0]),
             "seconds": time.perf_counter() - start}

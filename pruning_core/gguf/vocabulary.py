@@ -7,7 +7,7 @@ Two sources, tried in this order:
 2. The Hugging Face tokenizer, built as llama.cpp's converter builds it, with the `gguf` package's vocabulary
    readers: a byte-level BPE (GPT-2 style: `tokenizer.ggml.model` gpt2) with its merges; special tokens (bos, eos,
    unk, pad) from the tokenizer, and whether it adds bos/eos measured by encoding a word. The pre-tokenizer name
-   is known only for the plain byte-level pre-tokenizer (llama.cpp's "gpt2"); any other is refused in one
+   is known only for the plain byte-level pre-tokenizer (llama.cpp's "gpt-2"); any other is refused in one
    sentence, because a wrong name silently splits text differently.
 Token rows the embedding has beyond the tokenizer's vocabulary are written as unused `[PAD<i>]` tokens, as the
 converter does, so that llama.cpp's vocabulary size matches the embedding.
@@ -87,7 +87,7 @@ def copy_tokenizer_keys(writer: gguf.GGUFWriter, path: Path) -> list[str]:
 def _pre_tokenizer_name(document: dict) -> str:
     pre = document.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name for the GPT-2 split (llama-vocab.cpp), not the model name "gpt2"
     described = pre.get("type") or "none"
     raise ConfigError(f"The tokenizer splits text with a '{described}' pre-tokenizer whose llama.cpp name PruneScope "
                       "cannot tell (it knows plain byte-level BPE and the embedded model's); convert this model with "

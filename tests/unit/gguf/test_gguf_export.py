@@ -59,7 +59,7 @@ def test_tiny_file_parses_with_expected_metadata_types_and_shapes(llama, kind, t
     assert meta["general.file_type"] == {"F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3}[kind]
     # The tokenizer: every token of the HF tokenizer in id order, byte-level BPE merges, its special ids.
     vocab = llama.tokenizer.get_vocab()
-    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt2"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert meta["tokenizer.ggml.tokens"] == sorted(vocab, key=vocab.get)
     assert len(meta["tokenizer.ggml.merges"]) > 0
     assert meta["tokenizer.ggml.bos_token_id"] == llama.tokenizer.bos_token_id
