@@ -66,9 +66,9 @@ def _rope_kind(hf_name: str) -> bool:
     return hf_name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias"))
 
 
-def model_tensors(loaded: LoadedModel, arch: GgufArchitecture) -> Iterator[NamedTensor]:
-    """Every tensor of the model once (a tied output layer is skipped: llama.cpp reuses the embedding), as fp32
-    numpy arrays in llama.cpp's naming and row order."""
+def tensor_layout(loaded: LoadedModel, arch: GgufArchitecture) -> Iterator[tuple[str, str, torch.nn.Parameter, str]]:
+    """(llama.cpp name, Hugging Face name, parameter, role) of every tensor once: a tied output layer is skipped
+    (llama.cpp reuses the embedding); role is "embedding", "output" or "other"."""
     names = name_map(arch)
     embedding = loaded.model.get_input_embeddings().weight
     seen: set[int] = set()
@@ -77,9 +77,15 @@ def model_tensors(loaded: LoadedModel, arch: GgufArchitecture) -> Iterator[Named
             continue  # a tied weight appears twice
         seen.add(parameter.data_ptr())
         name = gguf_name(names, hf_name)
+        role = ("embedding" if parameter.data_ptr() == embedding.data_ptr()
+                else "output" if name.startswith("output.") and parameter.ndim == 2 else "other")
+        yield name, hf_name, parameter, role
+
+
+def model_tensors(loaded: LoadedModel, arch: GgufArchitecture) -> Iterator[NamedTensor]:
+    """`tensor_layout`'s tensors as fp32 numpy arrays in llama.cpp's naming and row order."""
+    for name, hf_name, parameter, role in tensor_layout(loaded, arch):
         values = parameter.detach().to(torch.float32).cpu().numpy()
         if _rope_kind(hf_name):
             values = to_llama_cpp_rope(values, arch.head_dim)
-        role = ("embedding" if parameter.data_ptr() == embedding.data_ptr()
-                else "output" if name.startswith("output.") and values.ndim == 2 else "other")
         yield NamedTensor(name, hf_name, np.ascontiguousarray(values), role)

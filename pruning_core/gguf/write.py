@@ -18,8 +18,8 @@ from typing import Optional
 import gguf
 
 from pruning_core.errors import ConfigError
-from pruning_core.gguf.architecture import architecture_for, write_hyperparameters
-from pruning_core.gguf.tensors import model_tensors
+from pruning_core.gguf.architecture import GgufArchitecture, architecture_for, write_hyperparameters
+from pruning_core.gguf.tensors import model_tensors, tensor_layout
 from pruning_core.gguf.types import check_writable, choose_type, file_type, gguf_version, qtype
 from pruning_core.gguf.vocabulary import write_tokenizer
 from pruning_core.models import LoadedModel
@@ -33,6 +33,17 @@ def gguf_file_name(name: str, tensor_type: str) -> str:
     """'SmolLM2-135M-Instruct-Q8_0.gguf': the model's name (path separators replaced) and the type."""
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(name)).strip("-.") or "model"
     return f"{safe}-{qtype(tensor_type).name}{SUFFIX}"
+
+
+def check_exportable(loaded: LoadedModel, tensor_type: str, fallback: Optional[str] = None) -> GgufArchitecture:
+    """Every refusal `export_gguf` would raise for this model and type (family, type, row lengths), without
+    converting a weight: call it before long work. Returns the architecture the file would have."""
+    kind = check_writable(tensor_type)
+    fallback = check_writable(fallback) if fallback is not None else None
+    arch = architecture_for(loaded)
+    for name, _, parameter, role in tensor_layout(loaded, arch):
+        choose_type(name, tuple(parameter.shape), kind, role in ("embedding", "output"), fallback)
+    return arch
 
 
 def export_gguf(loaded: LoadedModel, path, tensor_type: str = "F16", fallback: Optional[str] = None,
