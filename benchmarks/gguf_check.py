@@ -9,6 +9,9 @@ of `seqlen` tokens, no token added in front), for each exported type:
   (target: within 1 %);
 - greedy continuations of a short prompt, torch (arg-max by whole forward passes on the file's weights) against
   llama.cpp (arg-max of its logits), and whether llama.cpp tokenizes the prompt as the Hugging Face tokenizer does;
+  one near-tie flips the rest of a continuation, so also the top-1 token at every position of the evaluation
+  windows (teacher-forced): the share where both runtimes agree, over all positions and over those whose top two
+  torch logits are at least 0.5 apart (not near-ties);
 - for Q4_1, how many tensors are byte-identical to the embedded model's own Q4_1 file (the embedded weights are
   that file dequantized, so a faithful export reproduces it);
 - structured 25 % (heads and MLP channels, OWL allocation: per-layer widths, written as llama.cpp's `deci` block)
@@ -75,15 +78,34 @@ def identical_tensors(ours: Path, theirs: Path) -> dict:
     return {"identical": same, "ours": len(a), "theirs": len(b)}
 
 
+#: Top-two logit gap (nats) above which a position is not a near-tie.
+CLEAR_MARGIN = 0.5
+
+
+def torch_top1(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 token, gap between the top two logits) at every predicted position, (n, seqlen - 1) each."""
+    tops, gaps = [], []
+    with torch.inference_mode():
+        for window in ids:
+            logits = model(input_ids=window[None]).logits[0, :-1].float()  # (seqlen - 1, vocab)
+            top2 = logits.topk(2, dim=-1).values
+            tops.append(logits.argmax(-1))
+            gaps.append(top2[:, 0] - top2[:, 1])
+    return torch.stack(tops), torch.stack(gaps)
+
+
 def check_file(loaded, path: Path, ids: torch.Tensor, prompt: list[int], new_tokens: int, record: dict) -> dict:
-    """Perplexities and greedy tokens of one exported file (module docstring)."""
+    """Perplexities, greedy tokens and top-1 agreement of one exported file (module docstring)."""
     with gguf_weights_applied(loaded, path):
         torch_ppl = perplexity(loaded, ids).to_dict()
         expected = torch_greedy(loaded.model, prompt, new_tokens)
+        top1, gap = torch_top1(loaded.model, ids)
     with opened_gguf(path, n_ctx=ids.shape[1]) as llm:
         got = greedy_tokens(path, prompt, new_tokens, llm=llm)
         same_tokenization = llm.tokenize(PROMPT.encode(), add_bos=False, special=False) == prompt
-        ours = llama_cpp_perplexity(path, ids, llm=llm)
+        ours = llama_cpp_perplexity(path, ids, llm=llm, keep_top1=True)
+    agree = torch.from_numpy(ours["top1"]) == top1
+    clear = gap >= CLEAR_MARGIN
     return {"bytes": saved_size(path)["weight_bytes"], "type": record["type"], "architecture":
             record["architecture"]["name"], "tensor_types": record["tensor_types"],
             "fallbacks": len(record["fallbacks"]), "tokenizer": record["tokenizer"].get("source"),
@@ -92,7 +114,9 @@ def check_file(loaded, path: Path, ids: torch.Tensor, prompt: list[int], new_tok
             "within_1_percent": abs(ours["ppl"] / torch_ppl["ppl"] - 1) < 0.01,
             "greedy_torch": expected, "greedy_llama_cpp": got, "greedy_equal": expected == got,
             "greedy_equal_prefix": next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), len(got)),
-            "prompt_tokenized_alike": same_tokenization, "torch_seconds": torch_ppl["seconds"],
+            "prompt_tokenized_alike": same_tokenization,
+            "top1_agreement": float(agree.float().mean()), "top1_agreement_clear": float(agree[clear].float().mean()),
+            "clear_positions": int(clear.sum()), "positions": int(agree.numel()), "torch_seconds": torch_ppl["seconds"],
             "llama_cpp_seconds": ours["seconds"], "export_seconds": record["seconds"]}
 
 

@@ -112,22 +112,29 @@ def _log_softmax_rows(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def llama_cpp_perplexity(path, windows, llm=None) -> dict:
+def llama_cpp_perplexity(path, windows, llm=None, keep_top1: bool = False) -> dict:
     """Perplexity of the GGUF file `path` inside llama.cpp on `windows` (n, seqlen) of token ids (a tensor or an
     array), computed as the module docstring says. Returns {"ppl", "nll" (mean, nats), "tokens", "windows",
-    "seconds"}."""
+    "seconds"}, and with `keep_top1` "top1": (n, seqlen - 1) int array, llama.cpp's arg-max token at every
+    predicted position (to compare with another runtime's position by position)."""
     ids = np.asarray(windows.cpu().numpy() if hasattr(windows, "cpu") else windows, dtype=np.int64)
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
         raise ConfigError("Perplexity needs at least one evaluation window of 2 or more tokens.")
     start = time.perf_counter()
-    total, count = 0.0, 0
+    total, count, top1 = 0.0, 0, []
     with _given_or_opened(llm, path, int(ids.shape[1])) as model:
         for window in ids:
             model.reset()
             model.eval([int(t) for t in window])
-            logprobs = _log_softmax_rows(np.asarray(model.scores[: len(window) - 1]))
+            logits = np.asarray(model.scores[: len(window) - 1])
+            logprobs = _log_softmax_rows(logits)
             total -= float(logprobs[np.arange(len(window) - 1), window[1:]].sum())
             count += len(window) - 1
+            if keep_top1:
+                top1.append(logits.argmax(axis=1))
     nll = total / count
-    return {"ppl": math.exp(nll), "nll": nll, "tokens": count, "windows": int(ids.shape[0]),
-            "seconds": time.perf_counter() - start}
+    result = {"ppl": math.exp(nll), "nll": nll, "tokens": count, "windows": int(ids.shape[0]),
+              "seconds": time.perf_counter() - start}
+    if keep_top1:
+        result["top1"] = np.stack(top1)
+    return result
