@@ -39,13 +39,21 @@ def test_llama_cpp_matches_torch_on_the_exported_weights(embedded, kind, tmp_pat
     export_gguf(embedded, path, kind)
     ids = evaluation_ids(embedded, "wiki", Protocol(seqlen=256, eval_windows=2))
     prompt = embedded.tokenizer("The history of the city begins", add_special_tokens=False)["input_ids"]
-    with gguf_weights_applied(embedded, path):
+    with gguf_weights_applied(embedded, path), torch.inference_mode():
         torch_ppl = perplexity(embedded, ids).ppl
         expected = list(prompt)
-        with torch.inference_mode():
-            for _ in range(16):
-                expected.append(int(embedded.model(input_ids=torch.tensor([expected])).logits[0, -1].argmax()))
+        for _ in range(16):
+            expected.append(int(embedded.model(input_ids=torch.tensor([expected])).logits[0, -1].argmax()))
+        logits = torch.stack([embedded.model(input_ids=w[None]).logits[0, :-1] for w in ids])
     with opened_gguf(path, n_ctx=256) as llm:
-        assert greedy_tokens(path, prompt, 16, llm=llm) == expected[len(prompt):]
-        ours = llama_cpp_perplexity(path, ids, llm=llm)["ppl"]
-    assert abs(ours / torch_ppl - 1) < 0.01
+        greedy = greedy_tokens(path, prompt, 16, llm=llm)
+        ours = llama_cpp_perplexity(path, ids, llm=llm, keep_top1=True)
+    assert abs(ours["ppl"] / torch_ppl - 1) < 0.01
+    top2 = logits.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) >= 0.5  # not a near-tie
+    agree = torch.from_numpy(ours["top1"]) == logits.argmax(-1)
+    assert clear.sum() > 100 and float(agree[clear].float().mean()) > 0.99
+    if kind == "F16":
+        assert greedy == expected[len(prompt):]
+    else:  # llama.cpp rounds the activations to 8 bits as well: this prompt meets a near-tie at its third token
+        assert greedy[:2] == expected[len(prompt):len(prompt) + 2]
