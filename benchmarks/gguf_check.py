@@ -140,21 +140,29 @@ def main() -> None:
         report["dense_fp32_ppl"] = perplexity(loaded, ids).ppl
         report["windows"] = list(ids.shape)
         _save(out, report)
-    entries = report.setdefault("files", {})
     with tempfile.TemporaryDirectory(prefix="gguf-check-") as folder:
-        for kind in settings["types"]:
-            if kind in entries:
-                continue
-            path = Path(folder) / gguf_file_name(loaded.name, kind)
-            record = export_gguf(loaded, path, kind)
-            entries[kind] = check_file(loaded, path, ids, prompt, settings["new_tokens"], record)
-            if kind == "Q4_1" and settings["model"] == "embedded":
-                entries[kind]["same_as_embedded_q4_1_file"] = identical_tensors(path, embedded_gguf_path())
-            entries[kind]["machine_load"] = os.getloadavg()
-            _save(out, report)
-            print(kind, json.dumps({k: v for k, v in entries[kind].items() if not k.startswith("greedy_")}))
+        # 16- and 8-bit first, then the structured files (llama.cpp's deci block), then the 4-bit types.
+        for kind in settings["types"][:2]:
+            _type_entry(report, out, loaded, kind, settings, ids, prompt, Path(folder))
         _structured_entries(report, out, loaded, settings, ids, prompt, Path(folder))
+        for kind in settings["types"][2:]:
+            _type_entry(report, out, loaded, kind, settings, ids, prompt, Path(folder))
     print(json.dumps({k: v for k, v in report.items() if k != "files"}, indent=1))
+
+
+def _type_entry(report, out, loaded, kind, settings, ids, prompt, folder: Path) -> None:
+    """One dense file of type `kind` checked (skipped when the report has it)."""
+    entries = report.setdefault("files", {})
+    if kind in entries:
+        return
+    path = folder / gguf_file_name(loaded.name, kind)
+    record = export_gguf(loaded, path, kind)
+    entries[kind] = check_file(loaded, path, ids, prompt, settings["new_tokens"], record)
+    if kind == "Q4_1" and settings["model"] == "embedded":
+        entries[kind]["same_as_embedded_q4_1_file"] = identical_tensors(path, embedded_gguf_path())
+    entries[kind]["machine_load"] = os.getloadavg()
+    _save(out, report)
+    print(kind, json.dumps({k: v for k, v in entries[kind].items() if not k.startswith("greedy_")}))
 
 
 def _structured_entries(report, out, loaded, settings, ids, prompt, folder: Path) -> None:
