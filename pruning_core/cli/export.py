@@ -24,6 +24,7 @@ from pruning_core.cli.common import (
     prepare_out_dir,
     protocol_from_args,
 )
+from pruning_core.cli.gguf_export import add_gguf_args, gguf_choice, gguf_line
 from pruning_core.errors import ConfigError
 from pruning_core.export.pipeline import DEFAULT_PROMPTS, ExportOptions, run_apply_mask, run_export
 
@@ -57,6 +58,7 @@ def add_export(sub) -> None:
     p.add_argument("--lm-eval", default="", help="lm-eval tasks, comma-separated; 'local' = the two offline tasks")
     p.add_argument("--lm-eval-limit", type=int, default=20, help="documents per lm-eval task")
     p.add_argument("--pdf", action="store_true", help="also print report.pdf with headless Chromium")
+    add_gguf_args(p)  # with --export gguf: OUT/gguf/<name>-<type>.gguf, the pruned model for llama.cpp
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(handler=cmd_export)
 
@@ -72,12 +74,13 @@ def cmd_export(args) -> int:
                       sparsity=0.5 if args.sparsity is None else args.sparsity, propagation=args.propagation,
                       plan=plan, allocation=None if allocator == "sensitivity" else allocator)
     check_setting(setting)  # a bad setting fails before the model is loaded
+    gguf_type, gguf_fallback = gguf_choice(args)  # so does a GGUF type the gguf package cannot write
     options = ExportOptions.for_setting(
         setting, eval_corpora=_csv(args.eval), prompts=tuple(args.prompt) if args.prompt else DEFAULT_PROMPTS,
         max_new_tokens=args.max_new_tokens, curve_sparsities=_floats(args.curve_sparsities),
         heatmap=not args.no_heatmap, save_model=args.save_model, recipe=args.recipe,
         lm_eval_tasks=tuple(parse_tasks(args.lm_eval)) if args.lm_eval.strip() else (),
-        lm_eval_limit=args.lm_eval_limit, pdf=args.pdf)
+        lm_eval_limit=args.lm_eval_limit, pdf=args.pdf, gguf_type=gguf_type, gguf_fallback=gguf_fallback)
     if options.lm_eval_limit is not None and options.lm_eval_limit < 1:
         raise ConfigError("--lm-eval-limit must be a positive number of documents.")
     if not options.eval_corpora:
@@ -112,6 +115,9 @@ def cmd_export(args) -> int:
         if sentence:
             print(sentence)
     for name, path in sorted(outcome["files"].items()):
+        if path.suffix == ".gguf":
+            print(gguf_line(path) + " (zeros stored as zeros: llama.cpp keeps no sparse form)")
+            continue
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
         print(f"wrote {path} ({size:,} bytes)")
     return 0

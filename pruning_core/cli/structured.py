@@ -21,6 +21,7 @@ from pruning_core.cli.common import (
     protocol_from_args,
     write_json,
 )
+from pruning_core.cli.gguf_export import add_gguf_args, export_saved_folder, gguf_choice, gguf_line
 from pruning_core.errors import ConfigError
 from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
 
@@ -57,6 +58,7 @@ def add_structured(sub) -> None:
                    help="write a report per ratio (DIR/report-<ratio>/report.html, .md, .json) with the measured "
                         "sizes and speed")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
+    add_gguf_args(p)  # with --export gguf, each ratio's folder is also written as DIR/gguf-<ratio>/<name>-<type>.gguf
     p.add_argument("--out", required=True, help="output folder (structured.json)")
     p.set_defaults(handler=cmd_structured)
 
@@ -74,15 +76,28 @@ def cmd_structured(args) -> int:
                                           "prefill_tokens": args.prefill_tokens}).validate()
     if len(set(ratios)) != len(ratios):
         raise ConfigError(f"--ratios {args.ratios} repeats a value; give each ratio once.")
+    gguf_type, gguf_fallback = gguf_choice(args)  # a type the gguf package cannot write fails before loading
     final = check_output_folder(args.out, "--out")  # a user's folder is refused before any work
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
+    if gguf_type:  # a family llama.cpp cannot run fails before pruning
+        from pruning_core.gguf.architecture import check_family
+
+        check_family(loaded)
     store = store_from_args(args)
     # Written in a fresh folder that replaces --out whole: a killed run never leaves an old model beside a new
-    # structured.json, or a model folder with only its config.
+    # structured.json, or a model folder with only its config. A GGUF file is made from the saved (and verified)
+    # smaller folder, so --export gguf saves it too.
     with folder_written_whole(final, "--out") as out:
-        result = relocated(run_structured(spec, loaded=loaded, store=store, progress=progress,
-                                          save_dir=out if args.save_model else None), out, final)
+        result = run_structured(spec, loaded=loaded, store=store, progress=progress,
+                                save_dir=out if args.save_model or gguf_type else None)
+        if gguf_type:
+            for point in result["points"]:
+                record = export_saved_folder(point["saved"]["folder"], out / f"gguf-{point['ratio']:g}",
+                                             f"{loaded.name}-structured-{point['ratio']:g}", gguf_type, gguf_fallback)
+                point["gguf"] = {key: record[key] for key in ("path", "bytes", "type", "tensor_types", "fallbacks")}
+                point["gguf"]["architecture"] = record["architecture"]["name"]
+        result = relocated(result, out, final)
         write_json(out / "structured.json", result)
         if args.report:
             from pruning_core.outputs.report import build_report
@@ -91,6 +106,9 @@ def cmd_structured(args) -> int:
             for point in result["points"]:
                 build_report(structured_report_data(result, point), out / f"report-{point['ratio']:g}")
     _print_table(result)
+    for point in result["points"]:
+        if point.get("gguf"):
+            print(gguf_line(point["gguf"]["path"]) + "".join(f"; {f['reason']}" for f in point["gguf"]["fallbacks"]))
     print(f"wrote {final / 'structured.json'}")
     return 0
 

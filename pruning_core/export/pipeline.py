@@ -70,6 +70,8 @@ class ExportOptions:
     lm_eval_limit: int | None = 20
     pdf: bool = False
     formats: tuple[str, ...] = ("html", "md", "json")
+    gguf_type: str | None = None  # also write the pruned model as <out>/gguf/<name>-<type>.gguf (llama.cpp)
+    gguf_fallback: str | None = None  # the GGUF type of a matrix whose rows gguf_type's blocks do not divide
 
     @property
     def setting(self):
@@ -169,6 +171,19 @@ def _sensitivity_map(loaded, protocol, options: ExportOptions, sparsity: float, 
     return {**sens, "agreement": measured}, note
 
 
+def _write_gguf(out: Path, loaded, result, options: ExportOptions, progress: ProgressFn) -> str:
+    """The pruned model (masks and updated weights applied) as one GGUF file under out/gguf; returns its name
+    relative to `out`. Zeros are stored as zeros: llama.cpp keeps no sparse form, so they buy no bytes there."""
+    from pruning_core.gguf.write import export_gguf, gguf_file_name
+    from pruning_core.masks import applied_masks
+
+    name = f"gguf/{gguf_file_name(loaded.name, options.gguf_type)}"
+    progress(0.91, f"writing {name}")
+    with applied_masks(loaded.model, result.masks, result.weights):
+        export_gguf(loaded, out / name, options.gguf_type, fallback=options.gguf_fallback)
+    return name
+
+
 def _file_rows(out: Path, names: Sequence[str]) -> list[dict]:
     rows = []
     for name in names:
@@ -208,6 +223,10 @@ def run_export(loaded, protocol, options: ExportOptions, out_dir, progress: Prog
     if options.mask_artifact and store is None:
         raise ConfigError("Exporting a stored What-if mask needs the store it was saved in.")
     final = check_output_folder(out_dir, "The export folder")  # a bad --out fails before any work
+    if options.gguf_type:  # a family or type llama.cpp cannot take fails before any work too
+        from pruning_core.gguf.write import check_exportable
+
+        check_exportable(loaded, options.gguf_type, options.gguf_fallback)
     # Read every corpus first: a bad corpus fails before any expensive work.
     progress(0.02, "reading corpora")
     calib = calibration_ids(loaded, protocol)
@@ -304,6 +323,8 @@ def _write_export_files(out: Path, loaded, protocol, options: ExportOptions, con
         save_pruned_model(loaded, result, out / "pruned-model",
                           metadata={"manifest": "../manifest.json", "ppl": pruned_ppl, "protocol": protocol_dict})
         written.append("pruned-model")
+    if options.gguf_type:
+        written.append(_write_gguf(out, loaded, result, options, progress))
     recipe_how = None
     if options.recipe:
         from pruning_core.outputs.recipe import write_recipe
