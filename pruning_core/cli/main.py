@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "export": "pruning_core.cli.export:add_export",
     "apply-mask": "pruning_core.cli.export:add_apply_mask",
     "structured": "pruning_core.cli.structured:add_structured",
+    "quantize": "pruning_core.cli.quantize:add_quantize",
     "recover": "pruning_core.cli.recover:add_recover",
     "continual": "pruning_core.cli.continual:add_continual",
     "ui": "pruning_core.cli.ui:add_ui",
