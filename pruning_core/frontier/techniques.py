@@ -122,3 +122,33 @@ def parse_techniques(texts) -> list[Technique]:
     parsed = [parse_technique(t) for t in items]
     unique = list({t.text: t for t in [Technique("dense"), *parsed]}.values())
     return unique
+
+
+def technique_words(point) -> Optional[str]:
+    """The technique words (`parse_technique`'s) that would measure a frontier point (a `FrontierPoint` or its
+    dict), or None where none does (a smaller dense model, a quantized mask or folder from elsewhere)."""
+    as_dict = point if isinstance(point, dict) else point.to_dict()
+    own = (as_dict.get("source") or {}).get("technique")
+    if own:
+        return own
+    family, setting = as_dict["family"], as_dict.get("setting") or {}
+    if family == "dense":
+        return "dense"
+    if family in ("unstructured", "N:M"):
+        if setting.get("allocation", "uniform") != "uniform":
+            return None
+        structure = setting.get("structure", "unstructured")
+        return (f"{setting['method']}:{structure}" if structure != "unstructured"
+                else f"{setting['method']}:{float(setting.get('target_sparsity', setting.get('sparsity'))):g}")
+    if family == "structured":
+        return f"structured:{float(setting['ratio']):g}"
+    if family in ("quantized", "pruned + quantized") and setting.get("start") in ("dense", "joint"):
+        scheme = (f"{setting['method']}:{setting['bits']}:{setting.get('group_size') or 'channel'}"
+                  + ("" if setting.get("symmetric", True) else ":asym"))
+        prune = setting.get("prune")
+        if not prune:
+            return scheme
+        structure = prune.get("structure") or "unstructured"
+        amount = structure if structure != "unstructured" else f"{float(prune['sparsity']):g}"
+        return f"{prune.get('method', 'sparsegpt')}:{amount}+{scheme}"
+    return None
