@@ -97,7 +97,8 @@ spec = widgets.guarded(frontier_service.frontier_spec, settings, techniques, cor
                        **budget) if techniques else None
 if st.button("Measure the frontier", key="frontier_run", type="primary", icon=":material/straighten:",
              disabled=spec is None):
-    widgets.start_job("frontier", spec)
+    if widgets.start_job("frontier", spec):
+        st.rerun()  # the answer above is drawn from the store: read it again with this job's points
 # The panel reruns the page when the job ends: its points are in the store then, and drawn above.
 widgets.job_panel("frontier", widgets.attach_job("frontier", spec, settings["model"]), spec=spec)
 
@@ -116,7 +117,8 @@ with st.container(border=True):
                          format_func=lambda s: frontier_service.STARTS[s])
     q_spec = widgets.guarded(frontier_service.quantize_spec, settings, method, bits, group, symmetric, start)
     if st.button("Quantize", key="frontier_q_run", icon=":material/compress:", disabled=q_spec is None):
-        widgets.start_job("quantize", q_spec)
+        if widgets.start_job("quantize", q_spec):
+            st.rerun()  # its point joins the frontier above
     q_status = widgets.job_panel("quantize", widgets.attach_job("quantize", q_spec, settings["model"]), spec=q_spec)
     if q_status is not None and q_status.get("state") == "done" and q_status.get("result"):
         record = q_status["result"]

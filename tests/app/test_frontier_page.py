@@ -1,0 +1,135 @@
+"""The Frontier page and the Summary's lead, driven by AppTest on a frontier stored in the store: one sentence
+with the bytes measured on the files (the same on both pages), the chart with a marker per family and the front,
+the Q4_1 note beside the embedded-layout 4-bit answer, a size budget, the pruning recommendation named "pruning
+alone" under the frontier's answer (one answer, not two); and a real frontier job run from the page."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("streamlit")
+from tests.app.apptest_helpers import SMALL, insert_job, ok, page, stored_sweep, text_of  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
+
+SETTINGS = {**SMALL, "eval_corpora": ["wiki", "news"]}
+PROTOCOL = {"calib": "news", "nsamples": 4, "seqlen": 32, "seed": 0, "eval_windows": 4, "dtype": "float32"}
+DENSE = {"weight_bytes": 269_060_552, "total_bytes": 269_061_587}
+Q4_1_NOTE = "The embedded model's weights were themselves 4-bit (Q4_1)."
+
+
+def _quantized(method, bits, group, symmetric, size, wiki, news, note=None):
+    return {"setting": {"method": method, "bits": bits, "group_size": group, "symmetric": symmetric,
+                        "scale_dtype": "float16", "start": "dense"},
+            "bytes": {"compressed-tensors": {"weight_bytes": size, "total_bytes": size + 5000},
+                      "safetensors-16bit": DENSE},
+            "ppl": {"wiki": wiki, "news": news}, "sparsity": 0.0, "note": note}
+
+
+def stored_frontier() -> dict:
+    """A finished frontier job of the tiny model under SMALL's protocol, built by the library from points."""
+    from pruning_core.frontier.build import build_frontier
+    from pruning_core.frontier.points import dense_point, quantized_point, structured_point, sweep_point
+
+    points = [dense_point({"wiki": 18.02, "news": 20.0}, DENSE, name="tiny"),
+              quantized_point(_quantized("gptq", 8, None, True, 140_000_000, 18.4, 20.3)),
+              quantized_point(_quantized("gptq", 4, 64, True, 79_000_000, 19.1, 21.3)),
+              quantized_point(_quantized("rtn", 4, 32, False, 83_000_000, 18.3, 20.3, Q4_1_NOTE)),
+              quantized_point(_quantized("gptq", 3, 64, True, 62_000_000, 25.0, 28.0)),
+              sweep_point({"method": "wanda", "structure": "unstructured", "sparsity": 0.5, "target_sparsity": 0.5,
+                           "ppl": {"wiki": 19.76, "news": 22.0}}, DENSE),
+              structured_point({"ratio": 0.2, "measured_ratio": 0.2, "config": {"units": ["heads", "channels"]},
+                                "ppl": {"wiki": 21.0, "news": 24.0}}, {"weight_bytes": 216_000_000})]
+    frontier = build_frontier(points, ["wiki", "news"], max_increase=0.10)
+    spec = {"model": "tiny-llama", "techniques": ["dense"], "protocol": PROTOCOL}
+    insert_job("frontier", spec, "done", {"spec": spec, "model": {"name": "tiny"}, "protocol": PROTOCOL,
+                                          "frontier": frontier, "measured": []})
+    return frontier
+
+
+ANSWER_10 = ("Stored as compressed-tensors 4-bit (loaded by transformers, vLLM), this model weighs 79.0 MB instead "
+             "of 269.1 MB, at +6.5 % perplexity on news (the worst of wiki, news), with GPTQ 4-bit, groups of 64, "
+             "symmetric: the smallest file within +10 %.")
+
+
+def _chart(at, key):
+    return json.loads(next(c for c in at.get("plotly_chart") if c.proto.id.endswith(key) or key in c.proto.id
+                           ).proto.spec)
+
+
+def test_frontier_page_answers_in_one_sentence_with_the_chart_and_the_table():
+    stored_frontier()
+    at = ok(page("frontier", SETTINGS))
+    texts = [str(m.value) for m in at.markdown]
+    assert any(ANSWER_10 in t for t in texts)
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    roles = [t["meta"]["role"] for t in figure["data"]]
+    assert "front" in roles and "answer" in roles
+    families = {t["meta"]["family"] for t in figure["data"] if t["meta"]["role"] == "family"}
+    assert families == {"dense", "quantized", "unstructured", "structured"}
+    assert figure["layout"]["xaxis"]["type"] == "log" and figure["layout"]["yaxis"]["type"] == "log"
+    front = next(t for t in figure["data"] if t["meta"]["role"] == "front")
+    assert "sweep:wanda:unstructured:uniform:0.5" not in front["meta"]["keys"]  # as large as dense, and worse
+    table = next(d.value for d in at.dataframe if "on the front" in d.value.columns)
+    assert len(table) == 7 and "compressed-tensors 4-bit" in " ".join(table["format (runtimes)"])
+    # A tighter budget: the Q4_1 layout answers, with the note that it reproduces the GGUF's own weights.
+    at.slider(key="frontier_increase").set_value(2).run()
+    ok(at)
+    texts = [str(m.value) for m in at.markdown]
+    assert any("with RTN 4-bit, groups of 32, asymmetric: the smallest file within +2 %" in t for t in texts)
+    assert "Q4_1" in text_of(at) and "almost exactly" in text_of(at)
+    # A size budget: the best perplexity within 100 MB.
+    at.radio(key="frontier_budget_kind").set_value("size").run()
+    at.number_input(key="frontier_mb").set_value(100.0).run()
+    ok(at)
+    assert any("83.0 MB instead of 269.1 MB" in str(m.value) and "the best perplexity within 100.0 MB" in str(m.value)
+               for m in at.markdown)
+    # Judged on wiki only, the answer is said on wiki.
+    at.radio(key="frontier_budget_kind").set_value("quality").run()
+    at.slider(key="frontier_increase").set_value(10).run()
+    at.multiselect(key="frontier_corpora").set_value(["wiki"]).run()
+    ok(at)
+    assert any("at +6.0 % perplexity on wiki, with GPTQ 4-bit, groups of 64" in str(m.value) for m in at.markdown)
+
+
+def test_summary_leads_with_the_frontier_answer_and_names_pruning_alone_under_it():
+    stored_sweep()  # Wanda 50 % is the pruning recommendation within +10 % on wiki
+    stored_frontier()
+    at = ok(page("summary", {**SMALL, "eval_corpora": ["wiki"]}))
+    texts = [str(m.value) for m in at.markdown]
+    headlines = [t for t in texts if t.startswith("### ")]
+    assert headlines == ["### Recommended: **GPTQ 4-bit, groups of 64, symmetric**, stored as compressed-tensors "
+                         "4-bit (loaded by transformers, vLLM)"]
+    assert any("this model weighs 79.0 MB instead of 269.1 MB, at +6.0 % perplexity on wiki" in t for t in texts)
+    assert any(t.startswith("#### Pruning alone: **Wanda**") for t in texts)
+    frontier_chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert any(t["meta"]["role"] == "front" for t in frontier_chart["data"])
+    # The same budget moves both: at +1 % nothing smaller holds, and pruning alone has nothing either.
+    at.slider(key="summary_budget").set_value(1).run()
+    ok(at)
+    texts = [str(m.value) for m in at.markdown]
+    assert [t for t in texts if t.startswith("### ")] == ["### Keep the dense model"]
+    assert any(t.startswith("No smaller file stays within +1 % perplexity") or
+               "No smaller file stays within +1 % perplexity" in t for t in texts)
+    assert any(t.startswith("#### Pruning alone: no measured setting") for t in texts)
+
+
+def test_without_a_frontier_the_summary_keeps_its_headline():
+    stored_sweep()
+    at = ok(page("summary", {**SMALL, "eval_corpora": ["wiki"]}))
+    assert [str(m.value) for m in at.markdown if str(m.value).startswith("### ")][0].startswith("### Recommended")
+
+
+def test_measure_the_frontier_runs_a_job_from_the_page_and_shows_its_answer():
+    at = ok(page("frontier", SMALL))
+    assert "Nothing measured yet for the frontier" in text_of(at)
+    at.multiselect(key="frontier_techniques").set_value(["rtn:4:32:asym", "wanda:0.5"]).run()
+    at.button(key="frontier_run").click().run()
+    ok(at)
+    texts = [str(m.value) for m in at.markdown]
+    assert any("instead of" in t and "perplexity on news" in t for t in texts)
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t["meta"].get("family") for t in figure["data"] if t["meta"]["role"] == "family"} == \
+           {"dense", "quantized", "unstructured"}
