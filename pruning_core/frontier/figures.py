@@ -104,5 +104,6 @@ def frontier_figure(frontier: Mapping[str, Any], corpus: Optional[str] = None, t
     layout = base_layout(title or f"Size on disk against perplexity on {name}{subtitle}",
                          xaxis=axis("Size on disk (MB, log scale)", type="log"),
                          yaxis=axis(f"Perplexity on {name} (log scale, lower is better)", type="log"),
-                         shapes=shapes, legend={"orientation": "h", "y": -0.25})
+                         shapes=shapes, legend={"orientation": "h", "y": -0.3, "yanchor": "top"},
+                         margin={"l": 80, "r": 30, "t": 70, "b": 150})  # room for the axis title above the legend
     return {"data": data, "layout": layout}

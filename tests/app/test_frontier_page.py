@@ -10,45 +10,11 @@ import json
 import pytest
 
 pytest.importorskip("streamlit")
-from tests.app.apptest_helpers import SMALL, insert_job, ok, page, stored_sweep, text_of  # noqa: E402
+from tests.app.apptest_helpers import SMALL, ok, page, stored_frontier, stored_sweep, text_of  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
 
 SETTINGS = {**SMALL, "eval_corpora": ["wiki", "news"]}
-PROTOCOL = {"calib": "news", "nsamples": 4, "seqlen": 32, "seed": 0, "eval_windows": 4, "dtype": "float32"}
-DENSE = {"weight_bytes": 269_060_552, "total_bytes": 269_061_587}
-Q4_1_NOTE = "The embedded model's weights were themselves 4-bit (Q4_1)."
-
-
-def _quantized(method, bits, group, symmetric, size, wiki, news, note=None):
-    return {"setting": {"method": method, "bits": bits, "group_size": group, "symmetric": symmetric,
-                        "scale_dtype": "float16", "start": "dense"},
-            "bytes": {"compressed-tensors": {"weight_bytes": size, "total_bytes": size + 5000},
-                      "safetensors-16bit": DENSE},
-            "ppl": {"wiki": wiki, "news": news}, "sparsity": 0.0, "note": note}
-
-
-def stored_frontier() -> dict:
-    """A finished frontier job of the tiny model under SMALL's protocol, built by the library from points."""
-    from pruning_core.frontier.build import build_frontier
-    from pruning_core.frontier.points import dense_point, quantized_point, structured_point, sweep_point
-
-    points = [dense_point({"wiki": 18.02, "news": 20.0}, DENSE, name="tiny"),
-              quantized_point(_quantized("gptq", 8, None, True, 140_000_000, 18.4, 20.3)),
-              quantized_point(_quantized("gptq", 4, 64, True, 79_000_000, 19.1, 21.3)),
-              quantized_point(_quantized("rtn", 4, 32, False, 83_000_000, 18.3, 20.3, Q4_1_NOTE)),
-              quantized_point(_quantized("gptq", 3, 64, True, 62_000_000, 25.0, 28.0)),
-              sweep_point({"method": "wanda", "structure": "unstructured", "sparsity": 0.5, "target_sparsity": 0.5,
-                           "ppl": {"wiki": 19.76, "news": 22.0}}, DENSE),
-              structured_point({"ratio": 0.2, "measured_ratio": 0.2, "config": {"units": ["heads", "channels"]},
-                                "ppl": {"wiki": 21.0, "news": 24.0}}, {"weight_bytes": 216_000_000})]
-    frontier = build_frontier(points, ["wiki", "news"], max_increase=0.10)
-    spec = {"model": "tiny-llama", "techniques": ["dense"], "protocol": PROTOCOL}
-    insert_job("frontier", spec, "done", {"spec": spec, "model": {"name": "tiny"}, "protocol": PROTOCOL,
-                                          "frontier": frontier, "measured": []})
-    return frontier
-
-
 ANSWER_10 = ("Stored as compressed-tensors 4-bit (loaded by transformers, vLLM), this model weighs 79.0 MB instead "
              "of 269.1 MB, at +6.5 % perplexity on news (the worst of wiki, news), with GPTQ 4-bit, groups of 64, "
              "symmetric: the smallest file within +10 %.")
