@@ -100,8 +100,7 @@ def ours(loaded, calib, protocol, eval_ids, scheme: QuantScheme) -> tuple[dict, 
 
 def peer(python: str, folder: Path, ids_path: Path, work: Path, method: str, scheme: QuantScheme, loaded, protocol,
          eval_ids, actorder: str = "static") -> dict:
-    from safetensors.torch import load_file
-
+    """Run the peer (`_peer_quantize.py`) in a subprocess, then evaluate its weights with ours."""
     log(f"peer: {method} {scheme.label()} (actorder {actorder})")
     cmd = [python, str(PEER_SCRIPT), "--model", str(folder), "--ids", str(ids_path), "--method", method,
            "--bits", str(scheme.bits), "--group-size", str(scheme.group_size or 0), "--out", str(work / method),
@@ -111,18 +110,24 @@ def peer(python: str, folder: Path, ids_path: Path, work: Path, method: str, sch
     if run.returncode != 0:
         raise SystemExit(f"peer failed:\n{run.stderr[-3000:]}")
     line = json.loads(run.stdout.strip().splitlines()[-1])
-    weights = load_file(line["weights"])
-    names = [n[:-len(".weight")] for n in weights]
-    masks = {n: torch.ones_like(weights[n + ".weight"], dtype=torch.bool) for n in names}
-    values = {n: weights[n + ".weight"] for n in names}
-    modules = loaded.adapter.prunable_modules(loaded.model)
-    assert set(names) == set(modules), "the peer quantized other modules than ours"
-    record = {"oneshot_seconds": line["oneshot_seconds"], "oneshot_cpu_seconds": line["oneshot_cpu_seconds"],
-              "load_seconds": line["load_seconds"], "actorder": actorder,
-              "subprocess": phase.record(phase.child_cpu_seconds),
-              "ppl": ppl(loaded, protocol, eval_ids, type("Peer", (), {"masks": masks, "weights": values})())}
+    record = evaluate_peer(line, loaded, protocol, eval_ids)
+    record["subprocess"] = phase.record(phase.child_cpu_seconds)
     log(f"peer: {method}: {record}")
     return record
+
+
+def evaluate_peer(line: dict, loaded, protocol, eval_ids) -> dict:
+    """Our evaluation of the peer's dequantized weights (`line`: the JSON line `_peer_quantize.py` printed)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(line["weights"])
+    names = [n[:-len(".weight")] for n in weights]
+    assert set(names) == set(loaded.adapter.prunable_modules(loaded.model)), "the peer quantized other modules"
+    masks = {n: torch.ones_like(weights[n + ".weight"], dtype=torch.bool) for n in names}
+    values = {n: weights[n + ".weight"] for n in names}
+    return {"oneshot_seconds": line["oneshot_seconds"], "oneshot_cpu_seconds": line["oneshot_cpu_seconds"],
+            "load_seconds": line["load_seconds"], "actorder": line.get("actorder"),
+            "ppl": ppl(loaded, protocol, eval_ids, type("Peer", (), {"masks": masks, "weights": values})())}
 
 
 def q4_1_reproduction(loaded, result) -> dict:
@@ -143,16 +148,32 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="write docs/runs/quantization.json")
     parser.add_argument("--peer-python", default=None)
     parser.add_argument("--quick", action="store_true", help="8 x 128 calibration, 4 windows (a smoke run)")
+    parser.add_argument("--sections", default="gptq,export,rtn,q4_1",
+                        help="comma-separated parts to run: gptq (ours, then the peer's), peer_gptq (only the peer's, "
+                             "into a file that holds ours: with --peer-gptq-result), export (our GPTQ point's files; "
+                             "without gptq, an RTN point of the same scheme: same shapes, same bytes), rtn, q4_1")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "runs" / "quantization.json"),
+                        help="where --save writes the JSON")
+    parser.add_argument("--peer-gptq-result", default=None, metavar="JSON",
+                        help="the JSON line of a GPTQ run of _peer_quantize.py made apart (on a machine too busy to "
+                             "run both sides one after the other in time): evaluate its weights instead of running it")
+    parser.add_argument("--merge", action="store_true",
+                        help="add this run's sections to the --output file instead of starting it afresh")
     parser.add_argument("--peer-actorder-none", action="store_true",
                         help="also run the peer's GPTQ without activation ordering (the paper's column order)")
     args = parser.parse_args()
 
     protocol = (Protocol(calib="wiki", nsamples=8, seqlen=128, eval_windows=4) if args.quick
                 else Protocol(calib="wiki", nsamples=64, seqlen=512, eval_windows=16))
+    target_file = Path(args.output)
+    sections = set(args.sections.split(","))
     out = {"machine": machine(), "load_average_start": load_average(), "protocol": protocol.to_dict(),
            "corpora": list(CORPORA), "targets": {"gptq_wiki_within": 0.02, "rtn_wiki_within": 0.01,
                                                  "gptq_speedup_at_least": 1.5, "reload_within": 0.005}}
-    target_file = ROOT / "docs" / "runs" / "quantization.json"
+    if args.merge and target_file.is_file():  # parts run apart add to one file; each part records its machine
+        out = {**json.loads(target_file.read_text()), **{k: v for k, v in out.items() if k in ("targets",)}}
+    out.setdefault("parts", []).append({"sections": sorted(sections), "machine": machine(),
+                                        "load_average_start": load_average(), "started": time.time()})
 
     def checkpoint(complete: bool = False) -> None:
         """Write what is measured so far (a busy machine may stop a long run): "complete" says whether all is."""
@@ -165,8 +186,9 @@ def main() -> None:
     folder = _embedded_folder(model_cache_dir(), no_progress)
     calib = calibration_ids(loaded, protocol)
     eval_ids = evaluate.evaluation_windows(loaded, protocol, CORPORA)
-    dense = evaluate.evaluate_setting(loaded, protocol, CORPORA, None, eval_ids=eval_ids)
-    out["dense_ppl"] = {c: round(v, 4) for c, v in dense.dense_ppl.items()}
+    if "dense_ppl" not in out and sections & {"gptq", "rtn", "q4_1"}:
+        dense = evaluate.evaluate_setting(loaded, protocol, CORPORA, None, eval_ids=eval_ids)
+        out["dense_ppl"] = {c: round(v, 4) for c, v in dense.dense_ppl.items()}
     gptq_scheme = QuantScheme(4, 64, True, "gptq")
     rtn_scheme = QuantScheme(4, 64, True, "rtn")
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
@@ -174,49 +196,98 @@ def main() -> None:
         ids_path = work / "calib_ids.pt"
         torch.save(calib, ids_path)
         # GPTQ, ours then the peer's, one after the other.
-        out["gptq"] = {"scheme": gptq_scheme.to_dict()}
-        out["gptq"]["ours"], gptq_result = ours(loaded, calib, protocol, eval_ids, gptq_scheme)
-        checkpoint()
-        if python:
-            out["gptq"]["peer"] = peer(python, folder, ids_path, work, "gptq", gptq_scheme, loaded, protocol, eval_ids)
-            o, p = out["gptq"]["ours"], out["gptq"]["peer"]
-            out["gptq"]["wiki_relative_to_peer"] = round(o["ppl"]["wiki"] / p["ppl"]["wiki"] - 1.0, 4)
-            out["gptq"]["speedup"] = round(p["oneshot_seconds"] / o["seconds"], 2)
-            out["gptq"]["cpu_seconds_ratio"] = round(p["oneshot_cpu_seconds"] / o["process_cpu_seconds"], 2)
+        if "gptq" in sections:
+            gptq_section(out, loaded, calib, protocol, eval_ids, gptq_scheme, python, folder, ids_path, work, args,
+                         checkpoint, "export" in sections)
+        elif "export" in sections:  # the same scheme rounded to nearest: the files have the same shapes and bytes
+            rtn_point, result = ours(loaded, None, protocol, eval_ids, rtn_scheme)
+            export_section(out, loaded, protocol, eval_ids, result, rtn_point["ppl"], work, "rtn")
             checkpoint()
-            if args.peer_actorder_none:
-                out["gptq"]["peer_actorder_none"] = peer(python, folder, ids_path, work, "gptq", gptq_scheme, loaded,
-                                                         protocol, eval_ids, actorder="none")
-        # Export of our GPTQ point: bytes on disk, packed integers, plain transformers reload.
-        log("export: compressed-tensors and 16-bit folders")
-        target = work / "gptq-ct"
-        export.write_compressed_tensors(loaded, gptq_result, target)
-        sizes = export.measured_sizes(loaded, gptq_result, target)
-        out["export"] = {"bytes": {f: {k: v for k, v in s.items() if k != "files"} for f, s in sizes.items()},
-                         "packed_weights": export.packed_weights_check(target, gptq_result),
-                         "reload": export.reload_check(target, loaded, protocol, CORPORA, eval_ids,
-                                                       out["gptq"]["ours"]["ppl"])}
-        log(f"export: {out['export']}")
-        checkpoint()
-        del gptq_result
-        # RTN, ours then the peer's.
-        out["rtn"] = {"scheme": rtn_scheme.to_dict()}
-        out["rtn"]["ours"], _ = ours(loaded, None, protocol, eval_ids, rtn_scheme)
-        if python:
-            out["rtn"]["peer"] = peer(python, folder, ids_path, work, "rtn", rtn_scheme, loaded, protocol, eval_ids)
-            out["rtn"]["wiki_relative_to_peer"] = round(out["rtn"]["ours"]["ppl"]["wiki"]
-                                                        / out["rtn"]["peer"]["ppl"]["wiki"] - 1.0, 4)
-        checkpoint()
-        # The Q4_1 origin: 4-bit groups of 32 asymmetric.
-        q41 = QuantScheme(4, 32, False, "rtn")
-        out["q4_1"] = {"scheme": q41.to_dict()}
-        out["q4_1"]["ours"], q41_result = ours(loaded, None, protocol, eval_ids, q41)
-        out["q4_1"]["reproduction"] = q4_1_reproduction(loaded, q41_result)
-        out["q4_1"]["note"] = ("The embedded model's weights come from a Q4_1 GGUF (4 bits, groups of 32, a scale and "
-                               "a minimum): 4-bit figures on it look better than on a model trained in 16 bits.")
-    out["load_average_end"] = load_average()
+        if "peer_gptq" in sections:
+            peer_gptq_section(out, loaded, protocol, eval_ids, args)
+            checkpoint()
+        if "rtn" in sections:
+            rtn_section(out, loaded, protocol, eval_ids, rtn_scheme, python, folder, ids_path, work)
+            checkpoint()
+        if "q4_1" in sections:
+            q4_1_section(out, loaded, protocol, eval_ids)
+    out["parts"][-1]["load_average_end"] = load_average()
     print(json.dumps(out, indent=2))
-    checkpoint(complete=True)
+    checkpoint(complete=all(k in out for k in ("gptq", "export", "rtn", "q4_1")))
+
+
+def gptq_section(out, loaded, calib, protocol, eval_ids, scheme, python, folder, ids_path, work, args,
+                 checkpoint, with_export: bool) -> None:
+    """GPTQ, ours then the peer's, one after the other; then (with_export) our point's files and reload."""
+    out["gptq"] = {"scheme": scheme.to_dict()}
+    out["gptq"]["ours"], result = ours(loaded, calib, protocol, eval_ids, scheme)
+    checkpoint()
+    if args.peer_gptq_result:
+        peer_gptq_section(out, loaded, protocol, eval_ids, args)
+    elif python:
+        out["gptq"]["peer"] = peer(python, folder, ids_path, work, "gptq", scheme, loaded, protocol, eval_ids)
+        compare_gptq(out)
+    checkpoint()
+    if args.peer_actorder_none and python:
+        out["gptq"]["peer_actorder_none"] = peer(python, folder, ids_path, work, "gptq", scheme, loaded,
+                                                 protocol, eval_ids, actorder="none")
+        checkpoint()
+    if with_export:
+        export_section(out, loaded, protocol, eval_ids, result, out["gptq"]["ours"]["ppl"], work, "gptq")
+        checkpoint()
+
+
+def compare_gptq(out) -> None:
+    """Ours against the peer's: wiki perplexity ratio, wall-time speed-up and CPU-seconds ratio."""
+    o, p = out["gptq"]["ours"], out["gptq"]["peer"]
+    out["gptq"]["wiki_relative_to_peer"] = round(o["ppl"]["wiki"] / p["ppl"]["wiki"] - 1.0, 4)
+    out["gptq"]["speedup"] = round(p["oneshot_seconds"] / o["seconds"], 2)
+    out["gptq"]["cpu_seconds_ratio"] = round(p["oneshot_cpu_seconds"] / o["process_cpu_seconds"], 2)
+
+
+def peer_gptq_section(out, loaded, protocol, eval_ids, args) -> None:
+    """The peer's GPTQ run apart (`--peer-gptq-result`): evaluated here and compared with ours in `out`."""
+    if not args.peer_gptq_result or "ours" not in out.get("gptq", {}):
+        raise SystemExit("peer_gptq needs --peer-gptq-result and an --output file that holds our GPTQ point")
+    line = json.loads(Path(args.peer_gptq_result).read_text().strip().splitlines()[-1])
+    out["gptq"]["peer"] = {**evaluate_peer(line, loaded, protocol, eval_ids),
+                           "run_apart": ("run in its own process from the same calibration ids, overlapping our "
+                                         "GPTQ in time (the machine was too busy to run them one after the other "
+                                         "in time): compare CPU seconds before wall seconds")}
+    compare_gptq(out)
+
+
+def export_section(out, loaded, protocol, eval_ids, result, in_memory_ppl, work, method: str) -> None:
+    """A quantized point's files: bytes on disk per format, packed integers, plain transformers reload."""
+    log(f"export: compressed-tensors and 16-bit folders of the {method} point")
+    target = work / f"{method}-ct"
+    export.write_compressed_tensors(loaded, result, target)
+    sizes = export.measured_sizes(loaded, result, target)
+    out["export"] = {"quantized_with": method, "scheme": result.scheme.to_dict(), "in_memory_ppl": in_memory_ppl,
+                     "bytes": {f: {k: v for k, v in s.items() if k != "files"} for f, s in sizes.items()},
+                     "packed_weights": export.packed_weights_check(target, result),
+                     "reload": export.reload_check(target, loaded, protocol, CORPORA, eval_ids, in_memory_ppl)}
+    log(f"export: {out['export']}")
+
+
+def rtn_section(out, loaded, protocol, eval_ids, scheme, python, folder, ids_path, work) -> None:
+    """Round to nearest, ours then the peer's QuantizationModifier."""
+    out["rtn"] = {"scheme": scheme.to_dict()}
+    out["rtn"]["ours"], _ = ours(loaded, None, protocol, eval_ids, scheme)
+    if python:
+        out["rtn"]["peer"] = peer(python, folder, ids_path, work, "rtn", scheme, loaded, protocol, eval_ids)
+        out["rtn"]["wiki_relative_to_peer"] = round(out["rtn"]["ours"]["ppl"]["wiki"]
+                                                    / out["rtn"]["peer"]["ppl"]["wiki"] - 1.0, 4)
+
+
+def q4_1_section(out, loaded, protocol, eval_ids) -> None:
+    """The Q4_1 origin: 4-bit groups of 32 asymmetric, and how many weights it gives back exactly."""
+    scheme = QuantScheme(4, 32, False, "rtn")
+    out["q4_1"] = {"scheme": scheme.to_dict()}
+    out["q4_1"]["ours"], result = ours(loaded, None, protocol, eval_ids, scheme)
+    out["q4_1"]["reproduction"] = q4_1_reproduction(loaded, result)
+    out["q4_1"]["note"] = ("The embedded model's weights come from a Q4_1 GGUF (4 bits, groups of 32, a scale and "
+                           "a minimum): 4-bit figures on it look better than on a model trained in 16 bits.")
 
 
 if __name__ == "__main__":

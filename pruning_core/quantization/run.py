@@ -247,6 +247,18 @@ def run_quantize(spec: Union[QuantizeSpec, dict], loaded: Optional[LoadedModel] 
     return {**record, "from_store": False, "folder": str(folder) if temporary is None else None}
 
 
+def point_summary(record: dict) -> dict:
+    """The figures a frontier plots from a quantized point's record: {"label", "start", "method", "bits",
+    "group_size", "symmetric", "sparsity", "model" (name), "bytes" {format: bytes of the weight files, measured},
+    "ppl" {corpus}, "change" {corpus: ppl / dense - 1}}."""
+    setting = record["setting"]
+    return {"label": setting["label"], "start": setting["start"], "method": setting["method"], "bits": setting["bits"],
+            "group_size": setting["group_size"], "symmetric": setting["symmetric"], "sparsity": record["sparsity"],
+            "model": (record.get("model") or {}).get("name"),
+            "bytes": {fmt: size["weight_bytes"] for fmt, size in record["bytes"].items()},
+            "ppl": dict(record["ppl"]), "change": dict(record.get("change") or {})}
+
+
 def stored_quantized_points(store) -> list[dict]:
     """Every quantized point in `store` (the records `run_quantize` stored), for the frontier."""
     return store.results_of_kind(POINT_KIND)

@@ -18,7 +18,7 @@ from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.quantization import export
 from pruning_core.quantization.model import parse_joint_pruning, quantize_model
-from pruning_core.quantization.run import QuantizeSpec, run_quantize, stored_quantized_points
+from pruning_core.quantization.run import QuantizeSpec, point_summary, run_quantize, stored_quantized_points
 from pruning_core.quantization.scheme import QuantScheme
 from pruning_core.store import Store
 
@@ -83,6 +83,9 @@ def test_point_writes_a_folder_whose_bytes_and_integers_are_measured_and_reloads
     again = run_quantize(spec, loaded=tiny, store=store)
     assert again["from_store"] and again["ppl"] == record["ppl"]
     assert [p["ppl"] for p in stored_quantized_points(store)] == [record["ppl"]]
+    summary = point_summary(record)
+    assert summary["bytes"]["compressed-tensors"] == ct["weight_bytes"] and summary["bits"] == 4
+    assert summary["ppl"] == record["ppl"] and summary["start"] == "dense"
     json.dumps(record)
 
 
