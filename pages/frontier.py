@@ -109,7 +109,7 @@ with st.container(border=True):
                           format_func=lambda m: {"gptq": "GPTQ", "rtn": "round to nearest"}[m])
     bits = q2.selectbox("Bits", [8, 4, 3], index=1, key="frontier_q_bits")
     group = q3.selectbox("Group size", frontier_service.GROUP_CHOICES, index=2, key="frontier_q_group",
-                         format_func=lambda g: "per channel" if g is None else f"groups of {g}")
+                         format_func=lambda g: "per channel" if g == "channel" else f"groups of {g}")
     symmetric = q4.toggle("Symmetric", value=True, key="frontier_q_symmetric",
                           help="Off: an integer zero point per group (4-bit groups of 32 asymmetric is the "
                                "layout of GGUF's Q4_1).")

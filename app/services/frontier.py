@@ -26,8 +26,8 @@ from pruning_core.frontier.techniques import STANDARD, parse_technique, techniqu
 from pruning_core.quantization.run import QuantizeSpec
 from pruning_core.quantization.scheme import MAX_BITS, MIN_BITS  # noqa: F401 - the form's limits
 
-#: Group sizes the quantize form offers (None = one scale per output channel).
-GROUP_CHOICES = (None, 128, 64, 32)
+#: Group sizes the quantize form offers ("channel" = one scale per output channel).
+GROUP_CHOICES = ("channel", "128", "64", "32")
 #: Starting points the quantize form offers: the dense model, or SparseGPT pruning in the same sweep.
 STARTS = {"dense": "the dense model", "sparsegpt:0.5": "SparseGPT 50 % in the same sweep",
           "sparsegpt:2:4": "SparseGPT 2:4 in the same sweep"}
@@ -62,10 +62,11 @@ def frontier_spec(settings: dict, techniques: Sequence[str], corpora: Sequence[s
                         smaller_model=smaller_model or None).validate().to_dict()
 
 
-def quantize_spec(settings: dict, method: str, bits: int, group_size: Optional[int], symmetric: bool,
+def quantize_spec(settings: dict, method: str, bits: int, group_size: str, symmetric: bool,
                   start: str = "dense") -> dict:
     """A quantize job spec (`QuantizeSpec.to_dict()`) on the dense model or with SparseGPT in the same sweep,
-    evaluated on the dashboard's corpora, its folder measured (and checked) then removed."""
+    evaluated on the dashboard's corpora, its folder measured (and checked) then removed. group_size: one of
+    `GROUP_CHOICES` (a group size that does not divide the model's widths is refused when the job starts)."""
     prune = None if start == "dense" else start
     return QuantizeSpec(model=settings["model"], protocol=protocol_of(settings), method=method, bits=int(bits),
                         group_size=group_size, symmetric=bool(symmetric), prune=prune,

@@ -99,3 +99,18 @@ def test_measure_the_frontier_runs_a_job_from_the_page_and_shows_its_answer():
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {t["meta"].get("family") for t in figure["data"] if t["meta"]["role"] == "family"} == \
            {"dense", "quantized", "unstructured"}
+
+
+def test_quantize_one_setting_from_the_page_puts_its_measured_file_on_the_frontier():
+    at = ok(page("frontier", SMALL))
+    at.selectbox(key="frontier_q_method").set_value("rtn").run()
+    at.selectbox(key="frontier_q_bits").set_value(8).run()
+    at.selectbox(key="frontier_q_group").set_value("channel").run()
+    at.button(key="frontier_q_run").click().run()
+    ok(at)
+    # The quantize job's record gives the dense model's 16-bit files and perplexity, and its own folder's bytes.
+    table = next(d.value for d in at.dataframe if "on the front" in d.value.columns)
+    assert list(table["technique"]) == ["RTN 8-bit, per channel, symmetric", "dense (16-bit)"]
+    assert "compressed-tensors 8-bit (loaded by transformers, vLLM)" in list(table["format (runtimes)"])
+    assert any("this model weighs" in str(m.value) for m in at.markdown)
+    assert "RTN 8-bit, per channel, symmetric:" in text_of(at)  # the job's own line under the form
