@@ -320,9 +320,10 @@ if leads:
     frontier_lead(frontier, labels)
 
 if not has_sweep:
-    st.info("Nothing measured yet for the recommendation: run a sweep on the **Curves** page (and a map on "
-            "**Sensitivity**) for it, the curves and the heatmap; the budget search below answers on its own.",
-            icon=":material/info:")
+    st.info(("No pruning sweep yet for the pruning-alone recommendation" if leads else
+             "Nothing measured yet for the recommendation")
+            + ": run a sweep on the **Curves** page (and a map on **Sensitivity**) for it, the curves and the "
+              "heatmap; the budget search below answers on its own.", icon=":material/info:")
     budget_section(budget, corpora, labels, default_methods)
     kinds = widgets.guarded(summary.kinds_table, None, corpora, budget / 100.0, (), structured_result)
     if kinds:
