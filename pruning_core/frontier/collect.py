@@ -28,7 +28,7 @@ def same_protocol(a: Optional[Mapping[str, Any]], b: Optional[Mapping[str, Any]]
     return bool(a) and bool(b) and all(a.get(k) == b.get(k) for k in PROTOCOL_FIELDS)
 
 
-def _measured_structured(point: Mapping[str, Any]) -> Optional[dict]:
+def measured_structured(point: Mapping[str, Any]) -> Optional[dict]:
     """The 16-bit safetensors measurement of a structured point's smaller model (sizes measured on files), or
     None for a point stored before sizes were measured."""
     for record in (point.get("sizes") or {}).get("measured") or ():
@@ -93,7 +93,7 @@ def collect_points(protocol: Mapping[str, Any], frontiers: Sequence[Mapping] = (
         for corpus, value in (result.get("dense_ppl") or {}).items():
             dense_ppl.setdefault(corpus, float(value))
         for point in result.get("points") or []:
-            measured = _measured_structured(point)
+            measured = measured_structured(point)
             if measured is not None:
                 points.append(structured_point(point, measured, {"kind": "structured", "job": job["id"]}))
     if dense_files is not None and dense_ppl and not any(p.family == "dense" for p in points):

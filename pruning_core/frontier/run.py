@@ -138,6 +138,66 @@ def _quantize_spec(spec: FrontierSpec, technique: Technique, structured: Optiona
                         verify=bool(spec.verify)).validate()
 
 
+def _structured_spec(spec: FrontierSpec, ratios):
+    from pruning_core.structured.run import StructuredSpec
+
+    return StructuredSpec(model=spec.model, protocol=spec.protocol, ratios=tuple(ratios), eval_corpora=spec.corpora,
+                          speed=False, max_new_tokens=0, **STRUCTURED_SETTINGS)
+
+
+def _structured_points(spec: FrontierSpec, techniques: list[Technique], ratios: list[float], loaded: LoadedModel,
+                       store, progress: ProgressFn, points: list, measured: list) -> None:
+    """Structured points (and structured + quantized ones) appended to `points`.
+
+    A ratio nothing is quantized on is read back from the store when its stored point carries its smaller model's
+    16-bit files measured (`collect.measured_structured`); the others are pruned again with their folders written
+    to a work folder (`run_structured(save_dir=...)`), each folder measured as 16-bit safetensors and, for a
+    structured + quantized technique, quantized (`run_quantize` on the folder's model, stored and resumable)."""
+    from pruning_core.frontier.collect import measured_structured
+    from pruning_core.quantization.run import run_quantize
+    from pruning_core.structured.run import run_structured
+
+    combos = [t for t in techniques if t.structured is not None and t.quantize is not None]
+    folders = sorted({t.structured for t in combos})
+    clock = time.perf_counter()
+    plain = [r for r in ratios if r not in folders]
+    if plain:
+        result = run_structured(_structured_spec(spec, plain), loaded=loaded, store=store,
+                                progress=sub_progress(progress, 0.0, 0.3))
+        for ratio, point in zip(plain, result["points"]):
+            files = measured_structured(point)
+            if files is None:
+                folders.append(ratio)  # stored before sizes were measured on files: write and measure its folder
+            else:
+                points.append(structured_point(point, files, {"kind": "structured", "ratio": ratio}))
+    folders = sorted(folders)
+    if not folders:
+        measured.append({"technique": f"structured {', '.join(f'{r:g}' for r in ratios)}", "from_store": True,
+                         "seconds": time.perf_counter() - clock})
+        return
+    with tempfile.TemporaryDirectory(prefix="prunescope-frontier-structured-") as work:
+        structured = run_structured(_structured_spec(spec, folders), loaded=loaded, store=store,
+                                    progress=sub_progress(progress, 0.3, 0.6), save_dir=work)
+        measured.append({"technique": f"structured {', '.join(f'{r:g}' for r in ratios)}",
+                         "seconds": time.perf_counter() - clock})
+        for index, (ratio, point) in enumerate(zip(folders, structured["points"])):
+            folder = point["saved"]["folder"]
+            small = load_model(folder)
+            label = f"structured {float(point['measured_ratio']):.0%}"
+            sub = sub_progress(progress, 0.6 + 0.4 * index / len(folders), 0.6 + 0.4 * (index + 1) / len(folders))
+            points.append(structured_point(point, sixteen_bit_files(small, store),
+                                           {"kind": "structured", "ratio": ratio}))
+            for technique in [t for t in combos if t.structured == ratio]:
+                clock = time.perf_counter()
+                record = run_quantize(_quantize_spec(spec, technique, folder), loaded=small, store=store,
+                                      progress=sub)
+                points.append(quantized_point(record, {"kind": "quantized", "technique": technique.text},
+                                              start_words=label))
+                measured.append({"technique": technique.text, "from_store": record["from_store"],
+                                 "seconds": time.perf_counter() - clock})
+            del small
+
+
 def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] = None, store=None,
                  progress: Optional[ProgressFn] = None, labels: Optional[dict] = None) -> dict:
     """Measure every technique of `spec` (reading stored results back) and build the frontier.
@@ -197,37 +257,8 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
                          "seconds": time.perf_counter() - clock})
 
     if ratios:
-        from pruning_core.quantization.run import run_quantize
-        from pruning_core.structured.run import StructuredSpec, run_structured
-
-        with tempfile.TemporaryDirectory(prefix="prunescope-frontier-structured-") as work:
-            clock = time.perf_counter()
-            wanted = [t for t in techniques if t.structured is not None]
-            part = step()
-            structured = run_structured(StructuredSpec(model=spec.model, protocol=protocol, ratios=tuple(ratios),
-                                                       eval_corpora=corpora, speed=False, max_new_tokens=0,
-                                                       **STRUCTURED_SETTINGS),
-                                        loaded=loaded, store=store, progress=sub_progress(part, 0.0, 0.5),
-                                        save_dir=work)
-            measured.append({"technique": f"structured {', '.join(f'{r:g}' for r in ratios)}",
-                             "seconds": time.perf_counter() - clock})
-            combos = [t for t in wanted if t.quantize is not None]
-            for index, (ratio, point) in enumerate(zip(ratios, structured["points"])):
-                folder = point["saved"]["folder"]
-                small = load_model(folder)
-                label = f"structured {float(point['measured_ratio']):.0%}"
-                sub = sub_progress(part, 0.5 + 0.5 * index / len(ratios), 0.5 + 0.5 * (index + 1) / len(ratios))
-                points.append(structured_point(point, sixteen_bit_files(small, store),
-                                               {"kind": "structured", "ratio": ratio}))
-                for technique in [t for t in combos if t.structured == ratio]:
-                    clock = time.perf_counter()
-                    record = run_quantize(_quantize_spec(spec, technique, folder), loaded=small, store=store,
-                                          progress=sub)
-                    points.append(quantized_point(record, {"kind": "quantized", "technique": technique.text},
-                                                  start_words=label))
-                    measured.append({"technique": technique.text, "from_store": record["from_store"],
-                                     "seconds": time.perf_counter() - clock})
-                del small
+        part = step()
+        _structured_points(spec, techniques, ratios, loaded, store, part, points, measured)
 
     from pruning_core.quantization.run import run_quantize
 
