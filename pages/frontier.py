@@ -76,6 +76,10 @@ else:
                *[f"perplexity ({labels.get(c, c)})" for c in frontier["corpora"]], "worst change", "on the front"]
     st.dataframe([dict(zip(headers, row)) for row in frontier_service.frontier_rows(frontier)], hide_index=True,
                  width="stretch", key="frontier_table")
+    q4_1 = next((r["note"] for r in frontier["points"] if r.get("note") and "Q4_1" in r["note"]
+                 and r["key"] != said.get("key")), None)
+    if q4_1:  # beside every 4-bit figure of the embedded model, not only the answer's
+        st.caption(f":material/info: {q4_1}")
     st.download_button("Report (HTML)", widgets.guarded(frontier_service.frontier_report_html, frontier,
                                                         settings["model"]) or "",
                        file_name="frontier-report.html", mime="text/html", key="frontier_report",
