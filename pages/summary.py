@@ -51,7 +51,8 @@ def frontier_lead(frontier: dict, labels: dict) -> None:
     row = next((r for r in frontier["points"] if r["key"] == said["key"]), None)
     with st.container(border=True, key="summary_frontier"):
         if said["found"] and row is not None:
-            st.markdown(f"### Recommended: **{row['technique']}**, stored as {row['format_words']}")
+            st.markdown(f"### Recommended: **{row['technique']}**: **{format_bytes(row['bytes'])}** instead of "
+                        f"{format_bytes(frontier['dense_bytes'])}")
         else:
             st.markdown(f"### {'No file fits the budget' if row is None else 'Keep the dense model'}")
         st.markdown(f'<p class="ps-lead">{escape(said["sentence"])}</p>', unsafe_allow_html=True)

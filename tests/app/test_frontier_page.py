@@ -66,8 +66,7 @@ def test_summary_leads_with_the_frontier_answer_and_names_pruning_alone_under_it
     at = ok(page("summary", {**SMALL, "eval_corpora": ["wiki"]}))
     texts = [str(m.value) for m in at.markdown]
     headlines = [t for t in texts if t.startswith("### ")]
-    assert headlines == ["### Recommended: **GPTQ 4-bit, groups of 64, symmetric**, stored as compressed-tensors "
-                         "4-bit (loaded by transformers, vLLM)"]
+    assert headlines == ["### Recommended: **GPTQ 4-bit, groups of 64, symmetric**: **79.0 MB** instead of 269.1 MB"]
     assert any("this model weighs 79.0 MB instead of 269.1 MB, at +6.0 % perplexity on wiki" in t for t in texts)
     assert any(t.startswith("#### Pruning alone: **Wanda**") for t in texts)
     frontier_chart = json.loads(at.get("plotly_chart")[0].proto.spec)
