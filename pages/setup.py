@@ -102,9 +102,9 @@ else:
             st.caption(f"**{facts['name']}** · prunable linears per layer: {', '.join(facts['module_kinds'])} · "
                        f"weights fingerprint `{facts['fingerprint']}`")
             # Three sizes of one model: each says what it is, so 98.4 MB and 269.0 MB are not read as a contradiction.
-            st.caption("Sizes: " + " · ".join(v for v in (sizes["disk"], sizes["memory"], sizes["value_16bit"]
-                                                          + " (the dense size What-if and reports compare with)")
-                                              if v))
+            compared = sizes["value_16bit"] and \
+                f"{sizes['value_16bit']} (the dense size What-if and reports compare with)"
+            st.caption("Sizes: " + " · ".join(v for v in (sizes["disk"], sizes["memory"], compared) if v))
 
 # ------------------------------------------------------------------------------------------------- data
 st.subheader("Calibration and evaluation text")

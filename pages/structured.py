@@ -86,7 +86,7 @@ for point in points:
     ratios_fp32 = ((point.get("speed") or {}).get("ratios") or {}).get("float32") or {}
     row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
            "parameters left": f"{point['parameters']['model_after']:,}",
-           "16-bit size": format_bytes(point["sizes"]["structured_bytes"]),
+           "16-bit safetensors": format_bytes(structured.structured_file_sizes(point)["structured"]),
            f"perplexity ({corpus_name})": f"{point['ppl'][corpus]:,.2f}",
            "change": charts.perplexity_change(point["ppl"][corpus], dense_ppl)}
     for phase, value in ratios_fp32.items():
@@ -96,7 +96,8 @@ for point in points:
     rows.append(row)
 st.dataframe([{"decoder parameters removed": "0 % (dense)",
                "parameters left": f"{result['model']['parameters']:,}",
-               "16-bit size": format_bytes(points[0]["sizes"]["dense_bytes"]) if points else charts.MISSING,
+               "16-bit safetensors": format_bytes(structured.structured_file_sizes(points[0])["dense"]) if points
+               else charts.MISSING,
                f"perplexity ({corpus_name})": f"{dense_ppl:,.2f}", "change": "–"}, *rows],
              hide_index=True, key="structured_table")
 

@@ -238,7 +238,7 @@ def structured_section(result: dict | None, corpora: list[str], labels: dict, re
         row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
                "parameters (whole model)": f"{point['parameters']['model_after']:,} "
                                            f"(−{point['model_removed_fraction']:.1%})",
-               "16-bit size": format_bytes(point["sizes"]["structured_bytes"])}
+               "16-bit safetensors": format_bytes(structured.structured_file_sizes(point)["structured"])}
         speedups = structured.structured_speedups(point)
         for phase, value in (speedups or {}).items():
             row[f"{phase} speed-up (fp32)"] = f"{value:.2f}x"
@@ -250,7 +250,7 @@ def structured_section(result: dict | None, corpora: list[str], labels: dict, re
         rows.append(row)
     dense_row = {"decoder parameters removed": "0 % (dense)",
                  "parameters (whole model)": f"{result['model']['parameters']:,}",
-                 "16-bit size": format_bytes(points[0]["sizes"]["dense_bytes"]),
+                 "16-bit safetensors": format_bytes(structured.structured_file_sizes(points[0])["dense"]),
                  **{f"perplexity ({labels.get(c, c)})": f"{dense[c]:,.2f}" for c in on}}
     columns = list(dict.fromkeys(c for row in rows for c in row))  # the points' order: speed before perplexity
     st.dataframe([{c: dense_row.get(c, "–") for c in columns}, *rows], hide_index=True,

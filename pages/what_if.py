@@ -1,7 +1,8 @@
 """What-if: try one pruning setting and see what it costs and what it really saves.
 
-Perplexity dense vs pruned, the model's size in the storage forms that realise a saving, an honest note on
-speed, and text from the dense and the pruned model side by side for the same prompt (greedy decoding).
+Perplexity dense vs pruned, the bytes of the files the dense and the pruned model are saved as (measured, with
+the runtimes that load them), an honest note on speed, and text from the dense and the pruned model side by side
+for the same prompt (greedy decoding).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ FORM = WhatIfForm.widget_defaults()
 
 settings = widgets.page_start(
     "What-if",
-    "Try one setting: how much worse does the pruned model get, how much smaller can it be stored, and "
-    "how does its text compare with the original's?",
+    "Try one setting: how much worse does the pruned model get, what do its saved files weigh in the formats "
+    "runtimes load, and how does its text compare with the original's?",
 )
 widgets.seed_form_from_job("whatif", FORM, WhatIfForm, settings["model"])
 if st.session_state.get("whatif_start") not in choices.ALLOCATIONS:  # an allocator gone from the registry
@@ -116,25 +117,26 @@ cols[-1].metric("Measured sparsity", f"{result['sparsity']:.1%}",
                 help="Zeros / elements over all pruned linear layers.")
 
 # Sizes and speed are worded by the claims module, exactly as the Summary page and the report word them.
-gains = what_if.setting_claims(size, config["structure"])
-st.subheader("Size as 16-bit weights (whole model)")
-st.caption("16-bit values, as models are shipped: the dense size here is the parameter count x 2 bytes. The "
-           "model file on Setup can be smaller because it is quantised (e.g. GGUF Q4_1).")
-size_cols = st.columns(len(gains["forms"]))
-dense_b = gains["forms"][0]["bytes"]  # the dense form comes first
-for column, form in zip(size_cols, gains["forms"]):
-    with column.container(border=True):
-        if form["bytes"] is None:
-            st.metric(form["label"], "not applicable")
-        else:
-            saving = (1 - form["bytes"] / dense_b) * 100 if dense_b else 0.0
-            st.metric(form["label"], format_bytes(form["bytes"]),
+gains = what_if.setting_claims(size, config["structure"], (result.get("model") or {}).get("fingerprint"))
+st.subheader("Size of the saved files (whole model)")
+st.caption("Measured on the files written: the dense and the pruned model saved with transformers' "
+           "save_pretrained, weight files only. The model file on Setup can be smaller because it is quantised "
+           "(e.g. GGUF Q4_1).")
+if gains["rows"]:
+    dense_b = gains["rows"][0]["bytes"] if gains["rows"][0]["what"] == "dense" else None
+    size_cols = st.columns(len(gains["rows"]))
+    for column, row in zip(size_cols, gains["rows"]):
+        with column.container(border=True):
+            saving = (1 - row["bytes"] / dense_b) * 100 if dense_b else 0.0
+            st.metric(row["label"], format_bytes(row["bytes"]),
                       f"{-saving:.1f} % vs dense" if abs(saving) >= 0.05 else None, delta_color="inverse")
-        st.caption(form["note"])
+            st.caption(row["format"])
 if gains["size"]:
     st.markdown(gains["size"])
-st.caption(f"{size['prunable_weights']:,} prunable weights of which {size['kept_weights']:,} kept; "
-           f"{size['other_parameters']:,} other parameters (embeddings, norms) stay dense.")
+counts = gains["counts"]
+if counts:
+    st.caption(f"{counts['prunable_weights']:,} prunable weights of which {counts['kept_weights']:,} kept; "
+               f"{counts['other_parameters']:,} other parameters (embeddings, norms) stay dense.")
 st.info(gains["speed"], icon=":material/speed:")
 
 

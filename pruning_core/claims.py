@@ -3,19 +3,18 @@
 One home, so that the What-if page, the Summary page and the report cannot word the same setting differently
 (they all call the functions below, and a test compares their outputs).
 
-Size (bytes, from the real counts of kept weights, 16-bit stored values as models are shipped):
-  * dense: every parameter takes 16 bits; zeros too, so an ordinarily saved pruned checkpoint is no smaller;
-  * sparse bitmap: 1 bit per prunable weight saying kept/pruned, plus the kept values (any mask);
-  * N:M compressed (2:4 is NVIDIA's format): the n kept values of every group of m, each with a
-    ceil(log2 m)-bit position (2 bits for 2:4), i.e. 2*16 + 2*2 = 36 bits per 4 weights instead of 64;
-  * structured: a structurally pruned model's real parameter count, 16 bits each (any ordinary format).
-  Embeddings, norms and the LM head are not pruned and stay dense in every form. A partial byte counts as a
-  byte. Sizes on disk (e.g. a GGUF file with 4-bit quantised weights) and in memory (fp32 as loaded) are
-  other figures: `size_labels` names each one, so that "98.4 MB" and "269.0 MB" are never read as the same.
+Size: the bytes of the files a model is saved as, measured on what was written (`pruning_core.sizes`: the dense
+model and the result saved with `save_pretrained` as 16-bit safetensors), always with the format and the runtimes
+that load it. Since 2026 no serving runtime stores or accelerates sparse weights (compressed-tensors >= 0.15,
+vLLM, transformers, torchao dropped them), so a pruned model saved the ordinary way weighs what the dense one
+weighs: its zeros are stored. The sparse bitmap and N:M compressed forms are no longer sized (they were formats
+nothing loads); one sentence (`NO_SPARSE_FORMATS`) says why zeros buy no bytes. Only removed structure (a
+smaller folder) and quantization make the files smaller. Sizes on disk of the model as given (e.g. a GGUF file
+with 4-bit weights) and in memory (fp32 as loaded) are other figures: `size_labels` names each one.
 
 Speed: nothing here times anything. Without a measurement the sentence says what to expect and why
-(unstructured zeros are still multiplied; 2:4 needs sparse tensor cores and a runtime that uses them); with
-a benchmark's tokens/s (`measured`) it states the measured ratio and where it was measured.
+(unstructured zeros are still multiplied; serving runtimes no longer run 2:4 kernels); with a benchmark's
+tokens/s (`measured`) it states the measured ratio and where it was measured.
 
 Generation: greedy decoding of the same prompt by the dense and the pruned model, masks applied in
 `pruning_core.masks.applied_masks` (weights restored on exit, so a cached model is never left pruned).
@@ -35,163 +34,119 @@ import torch
 
 from pruning_core.errors import ConfigError
 from pruning_core.masks import applied_masks, parse_structure
+from pruning_core.sizes.files import FORMATS, format_label
+from pruning_core.sizes.records import STRUCTURED, measured_rows, sizes_from_record
+from pruning_core.sizes.records import measured as measured_file
 from pruning_core.units import format_bytes  # noqa: F401 - the one byte format; claims.format_bytes stays its name here
-
-VALUE_BITS = 16  # bits per stored weight value (fp16 / bf16: how models are shipped)
-BITMAP_BITS = 1  # bits per prunable weight in the sparse bitmap form
-STRUCTURED = "structured"  # the structure name of a structurally pruned (sliced) model
 
 DEFAULT_PROMPT = "The most important thing to know about the history of science is"
 
 # ----------------------------------------------------------------------------------------------------- sizes
 
-
-def _bytes(bits: int) -> int:
-    return (int(bits) + 7) // 8  # a partial byte still takes a byte
-
-
-def sizes_from_counts(parameters: int, prunable: int, kept: int, structure: str,
-                      structured_parameters: Optional[int] = None) -> dict:
-    """Model size in bytes in each storage form, from real counts (16-bit values); THE size computation.
-
-    parameters: all parameters of the dense model (tied weights once); prunable: weights of the prunable
-    linears; kept: non-zero (kept) weights among them; structure: "unstructured", "N:M" or "structured";
-    structured_parameters: the parameter count of a structurally pruned model (its real, smaller size).
-    Returns {"value_bits", "structure", "parameters", "prunable_weights", "kept_weights", "other_parameters",
-    "dense_bytes", "bitmap_bytes", "nm_bytes" (None unless N:M), "nm_index_bits" (None unless N:M),
-    "structured_parameters", "structured_bytes" (None unless given)}.
-    """
-    parameters, prunable, kept = int(parameters), int(prunable), int(kept)
-    if not 0 <= kept <= prunable <= parameters:
-        raise ConfigError(f"Size counts do not fit together (kept {kept}, prunable {prunable}, parameters "
-                          f"{parameters}); they must satisfy 0 <= kept <= prunable <= parameters.")
-    other = parameters - prunable  # embeddings, norms, LM head: stored dense in every form
-    nm_bytes = nm_index_bits = None
-    if structure != STRUCTURED and parse_structure(structure).is_nm:
-        shape = parse_structure(structure)
-        nm_index_bits = max(1, math.ceil(math.log2(shape.m)))
-        # The format always stores n slots per group of m (a zero value if a group kept fewer).
-        slots = prunable * shape.n // shape.m
-        nm_bytes = _bytes(other * VALUE_BITS + slots * (VALUE_BITS + nm_index_bits))
-    structured_bytes = None
-    if structured_parameters is not None:
-        structured_bytes = _bytes(int(structured_parameters) * VALUE_BITS)
-    return {
-        "value_bits": VALUE_BITS,
-        "structure": structure,
-        "parameters": parameters,
-        "prunable_weights": prunable,
-        "kept_weights": kept,
-        "other_parameters": other,
-        "dense_bytes": _bytes(parameters * VALUE_BITS),
-        "bitmap_bytes": _bytes(other * VALUE_BITS + prunable * BITMAP_BITS + kept * VALUE_BITS),
-        "nm_bytes": nm_bytes,
-        "nm_index_bits": nm_index_bits,
-        "structured_parameters": None if structured_parameters is None else int(structured_parameters),
-        "structured_bytes": structured_bytes,
-    }
+#: Why zeros buy no bytes: the one sentence that labels the sparse storage forms (a bitmap of kept weights, N:M
+#: compressed) that PruneScope no longer sizes, because no serving runtime loads them.
+NO_SPARSE_FORMATS = ("No serving runtime loads sparse weights any more (compressed-tensors dropped its bitmap "
+                     "and 2:4 formats in 0.15, vLLM rejects sparse checkpoints), so zeros buy no bytes: only "
+                     "removed structure and quantization make the files smaller.")
 
 
-def sizes_from_masks(loaded, masks: Mapping[str, torch.Tensor], structure: str) -> dict:
-    """`sizes_from_counts` for a loaded model and its keep-masks (True = kept); unmasked prunable weights
-    count as kept."""
-    facts = loaded.describe()
-    prunable = int(facts["prunable_parameters"])
-    masked = sum(int(m.numel()) for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values()) + max(0, prunable - masked)
-    return sizes_from_counts(facts["parameters"], prunable, kept, structure)
+#: Why a stored result has no measured files.
+OLD_RECORD = "this result was stored before PruneScope measured sizes on the files written"
 
 
-def sizes_for_point(model_facts: Mapping[str, Any], point: Mapping[str, Any]) -> Optional[dict]:
-    """`sizes_from_counts` for a stored sweep point (no masks kept): kept = prunable x (1 - measured sparsity).
-
-    The measured sparsity is zeros / elements of the real masks, so rounding gives back their exact count.
-    model_facts: `LoadedModel.describe()` of the sweep's model. None when the facts lack the counts.
-    """
-    if not model_facts or "parameters" not in model_facts or "prunable_parameters" not in model_facts:
-        return None
-    prunable = int(model_facts["prunable_parameters"])
-    kept = int(round(prunable * (1.0 - float(point["sparsity"]))))
-    return sizes_from_counts(model_facts["parameters"], prunable, kept, str(point.get("structure", "unstructured")))
-
-
-def sizes_from_record(record: Optional[Mapping[str, Any]], structure: str) -> Optional[dict]:
-    """`sizes_from_counts` again from the counts in a stored sizes dict, or None when it holds none.
-
-    Results and reports stored earlier keep their counts under older names (the what-if's "size":
-    prunable_weights/kept_weights/other_parameters; the report's "sizes": parameters/pruned_linear_weights/
-    kept_weights); recomputing from the counts makes every stored result read in today's words.
-    """
-    if not record:
-        return None
-    kept = record.get("kept_weights")
-    if kept is None:
-        return None
-    if "prunable_weights" in record and "other_parameters" in record:
-        prunable = int(record["prunable_weights"])
-        parameters = prunable + int(record["other_parameters"])
-    elif "parameters" in record and "pruned_linear_weights" in record:
-        parameters, prunable = int(record["parameters"]), int(record["pruned_linear_weights"])
-    else:
-        return None
-    return sizes_from_counts(parameters, prunable, int(kept), str(record.get("structure") or structure),
-                             record.get("structured_parameters"))
+def file_format(record: Mapping[str, Any]) -> str:
+    """'16-bit safetensors (loaded by transformers, vLLM)': a measurement's format with the runtimes that load
+    it (the record's own `runtimes` where they differ, e.g. a structured folder only PruneScope's loader reads)."""
+    if not record.get("runtimes"):
+        return format_label(record["format"])
+    label, _ = FORMATS[record["format"]]
+    return f"{label} (loaded by {', '.join(record['runtimes'])}: {record.get('runtime_note', 'see its notes')})"
 
 
 def _ratio_words(dense: int, other: int) -> str:
-    if other <= 0:
-        return "size unknown"
-    ratio = dense / other
+    ratio = dense / other if other > 0 else 0.0
     if ratio >= 1.0:
         return f"{ratio:.2f}x smaller"
-    return f"{1 / ratio:.2f}x larger: too few weights are removed for this form to pay off"
+    return f"{1 / ratio:.2f}x larger" if ratio > 0 else "size unknown"
 
 
-def size_forms(sizes: Mapping[str, Any]) -> list[dict]:
-    """The storage forms to show side by side: [{"label", "bytes" (None = not applicable), "note"}]."""
-    structure = sizes["structure"]
-    nm = sizes.get("nm_bytes")
-    forms = [{"label": "Dense (zeros stored)", "bytes": sizes["dense_bytes"],
-              "note": "Zeros take as much space as any weight: no saving."}]
-    if nm is not None:
-        shape = parse_structure(structure)
-        forms.append({"label": f"{structure} compressed", "bytes": nm,
-                      "note": f"{shape.n} values of every {shape.m} plus a {sizes['nm_index_bits']}-bit position "
-                              "each" + (" (NVIDIA's sparse format)." if structure == "2:4" else ".")})
-    elif sizes.get("structured_bytes") is None:
-        forms.append({"label": "2:4 compressed", "bytes": None,
-                      "note": "Needs a 2:4 mask: choose the 2:4 structure to use this form."})
-    if sizes.get("structured_bytes") is not None:
-        forms.append({"label": "Structured (smaller matrices)", "bytes": sizes["structured_bytes"],
-                      "note": f"{sizes['structured_parameters']:,} parameters left; any ordinary format."})
-    else:
-        forms.append({"label": "Bitmap + kept values", "bytes": sizes["bitmap_bytes"],
-                      "note": "1 bit per weight says kept or pruned; only kept values are stored."})
-    return forms
+def _against_dense(record: Mapping[str, Any], dense: Optional[Mapping[str, Any]]) -> str:
+    """', the same as the dense model' (equal bytes in the same format) or ', against 269.1 MB for the dense model
+    (1.25x smaller)' (the dense model's format named when it differs, e.g. a quantized folder against 16-bit);
+    '' when the dense model was not measured."""
+    if not dense:
+        return ""
+    same_format = dense.get("format") == record.get("format")
+    if same_format and record["weight_bytes"] == dense["weight_bytes"]:
+        return ", the same as the dense model"
+    label = "" if same_format else f" as {FORMATS[dense['format']][0]}"
+    return (f", against {format_bytes(dense['weight_bytes'])} for the dense model{label} "
+            f"({_ratio_words(dense['weight_bytes'], record['weight_bytes'])})")
+
+
+def _result_name(record: Mapping[str, Any], sizes: Mapping[str, Any]) -> str:
+    if record.get("what") == STRUCTURED:
+        count = sizes.get("structured_parameters")
+        return "the structurally pruned model" + (f" ({count:,} parameters)" if count is not None else "")
+    return f"the {record.get('what', 'saved')} model"
+
+
+def size_rows(sizes: Optional[Mapping[str, Any]]) -> list[dict]:
+    """The measured files to show side by side, dense first: [{"what", "label" (which model), "format" (`file_format`),
+    "bytes" (the weight files' bytes on disk), "total_bytes" (config included), "files"}]."""
+    rows = []
+    for record in measured_rows(sizes):
+        what = record.get("what", "")
+        label = {"dense": "Dense model", "pruned": "Pruned model (zeros stored)",
+                 STRUCTURED: "Structurally pruned model"}.get(what, f"{what.capitalize()} model")
+        rows.append({"what": what, "label": label, "format": file_format(record), "bytes": record["weight_bytes"],
+                     "total_bytes": record.get("total_bytes"), "files": record.get("files") or []})
+    return rows
 
 
 def size_sentence(sizes: Mapping[str, Any]) -> str:
-    """THE size claim in words, for pages and reports alike (16-bit values; see the module docstring)."""
-    dense = sizes["dense_bytes"]
-    lead = f"As {sizes['value_bits']}-bit weights the dense model takes {format_bytes(dense)}"
-    if sizes.get("structured_bytes") is not None:
-        return (f"{lead}; the structurally pruned model has {sizes['structured_parameters']:,} parameters and "
-                f"takes {format_bytes(sizes['structured_bytes'])} "
-                f"({_ratio_words(dense, sizes['structured_bytes'])}) in any ordinary format.")
-    if sizes.get("nm_bytes") is not None:
-        shape = parse_structure(sizes["structure"])
-        form = (f"in the {sizes['structure']} compressed form (the {shape.n} kept values of every {shape.m} plus a "
-                f"{sizes['nm_index_bits']}-bit position each) the pruned model takes {format_bytes(sizes['nm_bytes'])} "
-                f"({_ratio_words(dense, sizes['nm_bytes'])})")
-    else:
-        form = (f"stored as a sparse bitmap (1 bit per weight plus the kept values) the pruned model takes "
-                f"{format_bytes(sizes['bitmap_bytes'])} ({_ratio_words(dense, sizes['bitmap_bytes'])})")
-    return (f"{lead}; {form}. Embeddings, norms and the LM head stay dense, and a checkpoint saved the ordinary "
-            "way stores the zeros, so it is as large as the dense model.")
+    """THE size claim in words, for pages and reports alike: the bytes of the files each model is saved as, with
+    the format and the runtimes that load it (see `pruning_core.sizes`); never a formula."""
+    structure = str(sizes.get("structure") or "unstructured")
+    dense = measured_file(sizes, "dense")
+    results = [r for r in measured_rows(sizes) if r.get("what") != "dense"]
+    # Zeros to speak of: a mask pruned something (a quantized dense model has none, a structured one removed them).
+    zeros = structure != STRUCTURED and sizes.get("kept_weights", 0) < sizes.get("prunable_weights", 0)
+    stored = ": sparse zeros are stored." if zeros else "."
+    sentences = []
+    for record in results:
+        sentences.append(f"As {file_format(record)} {_result_name(record, sizes)} weighs "
+                         f"{format_bytes(record['weight_bytes'])}{_against_dense(record, dense)}{stored}")
+    structured = structure == STRUCTURED
+    if not results and dense:  # a stored point without masks: a pruned model saved as usual weighs what dense does
+        if structured:
+            sentences.append(f"As {file_format(dense)} the dense model weighs {format_bytes(dense['weight_bytes'])};"
+                             f" the structurally pruned model was not measured ({OLD_RECORD}).")
+        else:
+            sentences.append(f"As {file_format(dense)} a model pruned with this setting weighs "
+                             f"{format_bytes(dense['weight_bytes'])}, the same as the dense model (measured on the "
+                             f"dense model's saved files){stored}")
+    if not results and not dense:
+        if structured:
+            count = sizes.get("structured_parameters")
+            sentences.append("The structurally pruned model" + (f" has {count:,} parameters; its files"
+                                                                 if count is not None else "'s files")
+                             + f" were not measured ({OLD_RECORD}).")
+        else:
+            sentences.append("Saved as 16-bit safetensors (loaded by transformers, vLLM) the pruned model weighs as "
+                             "much as the dense model" + (", since sparse zeros are stored" if zeros else "")
+                             + f"; its files were not measured ({OLD_RECORD}).")
+    if zeros:
+        sentences.append(NO_SPARSE_FORMATS)
+    return " ".join(sentences)
 
 
 # ----------------------------------------------------------------------------------------------------- speed
 
+
+#: What serving runtimes do with 2:4 today, said beside every 2:4 speed figure.
+TWO_FOUR_SERVING = ("vLLM removed its 2:4 sparse kernels (and rejects a sparse checkpoint), so a 2:4 model served "
+                    "there runs at dense speed.")
 
 #: Above this share of the cores kept busy by other processes, a measured speed is said to be approximate.
 BUSY_SHARE = 0.10
@@ -231,19 +186,21 @@ def speed_sentence(structure: str, measured: Optional[Mapping[str, Any]] = None)
     phases such as "prefill at 2048 tokens" or "decode at batch 1" (DESIGN: a speed-up is a measured ratio).
     """
     if measured:
-        return _measured_sentence(measured)
+        sentence = _measured_sentence(measured)
+        if structure == "2:4":  # measured in PyTorch's kernels; a serving runtime would not run them
+            sentence += " " + TWO_FOUR_SERVING
+        return sentence
     if structure == STRUCTURED:
         return ("Structured pruning makes the matrices smaller, so ordinary dense kernels do less work; how much "
                 "faster it runs is only known once measured (not measured here).")
     shape = parse_structure(structure)
     if not shape.is_nm:
         return ("No speed-up to expect: unstructured zeros are still multiplied by the dense kernels of CPUs and "
-                "GPUs; only a compressed storage form is smaller.")
+                "GPUs, and no serving runtime skips them.")
     if str(shape) == "2:4":
-        return ("2:4 sparsity can speed up the matrix multiplications only on NVIDIA GPUs with sparse tensor "
-                "cores (Ampere or newer) and a runtime that uses them (e.g. PyTorch semi-structured sparse "
-                "tensors, TensorRT, vLLM with cuSPARSELt), typically well under 2x end to end; not measured "
-                "here, and on a CPU it is not faster.")
+        return (f"No speed-up to expect where models are served: {TWO_FOUR_SERVING} Only PyTorch's semi-structured "
+                "sparse tensors still multiply 2:4 matrices faster, on NVIDIA GPUs with sparse tensor cores "
+                "(Ampere or newer); not measured here, and on a CPU 2:4 is not faster.")
     return (f"{shape} sparsity has no common fast kernels: expect no speed-up without specialised kernels "
             "(not measured here).")
 
@@ -287,15 +244,20 @@ def measured_from_speed(speed: Optional[Mapping[str, Any]], dtype: str = "float3
 
 def structured_claims(sizes: Optional[Mapping[str, Any]], speed: Optional[Mapping[str, Any]],
                       dtype: str = "float32") -> dict:
-    """`setting_claims` for a structurally pruned model: sizes from its real parameter count, speed from the
+    """`setting_claims` for a structurally pruned model: sizes measured on its saved files, speed from the
     measurement (`measured_from_speed`), or the "not measured here" sentence when there is none."""
     return setting_claims(sizes, STRUCTURED, measured_from_speed(speed, dtype))
 
 
 def setting_claims(sizes: Optional[Mapping[str, Any]], structure: str,
-                   measured: Optional[Mapping[str, Any]] = None) -> dict:
-    """{"size": sentence or None, "speed": sentence}: what every page and report says about one setting."""
-    return {"size": size_sentence(sizes) if sizes else None, "speed": speed_sentence(structure, measured)}
+                   measured: Optional[Mapping[str, Any]] = None,
+                   dense_measured: Optional[Mapping[str, Any]] = None) -> dict:
+    """{"size": sentence or None, "speed": sentence}: what every page and report says about one setting.
+
+    sizes: any stored sizes record, old ones included (`sizes.records.sizes_from_record`; `dense_measured`, the
+    dense model's measurement the store holds, stands in for the files an old record never measured)."""
+    fresh = sizes_from_record(sizes, structure, dense_measured)
+    return {"size": size_sentence(fresh) if fresh else None, "speed": speed_sentence(structure, measured)}
 
 
 # ------------------------------------------------------------------------------------- disk and memory labels
@@ -380,19 +342,24 @@ def disk_form(path) -> str:
 
 
 def size_labels(parameters: int, memory_bytes: Optional[int] = None, memory_dtype: Optional[str] = None,
-                disk_bytes: Optional[int] = None, disk_format: Optional[str] = None) -> dict:
+                disk_bytes: Optional[int] = None, disk_format: Optional[str] = None,
+                sixteen_bit: Optional[Mapping[str, Any]] = None) -> dict:
     """Each size figure of a model with what it is: {"disk", "memory", "value_16bit"} (None where unknown).
 
-    E.g. "98.4 MB on disk (GGUF Q4_1)", "538.1 MB in memory (float32, as loaded for pruning)",
-    "269.0 MB as 16-bit weights" (the dense size the What-if page and the report compare against).
+    E.g. "98.4 MB on disk (GGUF Q4_1)", "538.1 MB in memory (float32, as loaded for pruning)", "269.1 MB as
+    16-bit safetensors (loaded by transformers, vLLM), measured on the saved files" (`sixteen_bit`: the dense
+    model's measurement, `sizes.measure.sixteen_bit_size`; the size the What-if page and the report compare with).
+    parameters: the model's parameter count (kept for callers; no size is derived from it).
     """
+    del parameters  # a size is measured on files, never parameters x bytes
     return {
         "disk": None if disk_bytes is None else
         f"{format_bytes(disk_bytes)} on disk" + (f" ({disk_format})" if disk_format else ""),
         "memory": None if memory_bytes is None else
         f"{format_bytes(memory_bytes)} in memory" + (f" ({memory_dtype}, as loaded for pruning)" if memory_dtype
                                                       else ""),
-        "value_16bit": f"{format_bytes(_bytes(int(parameters) * VALUE_BITS))} as {VALUE_BITS}-bit weights",
+        "value_16bit": None if not sixteen_bit else
+        f"{format_bytes(sixteen_bit['weight_bytes'])} as {file_format(sixteen_bit)}, measured on the saved files",
     }
 
 

@@ -15,7 +15,8 @@ import streamlit as st
 from pruning_core import claims
 from pruning_core.errors import ModelLoadError, PruneScopeError
 from pruning_core.models import classify_source, load_model
-from pruning_core.store import content_hash
+from pruning_core.sizes.measure import dense_sixteen_bit_cached, sixteen_bit_size
+from pruning_core.store import Store, content_hash
 
 
 _NOT_A_MODEL = ("'{source}' is not a model PruneScope can read here: give a Hugging Face model folder (with "
@@ -115,17 +116,35 @@ def family_label(family: str) -> str:
 
 
 def model_facts(source: str) -> dict:
-    """`LoadedModel.describe()` plus `disk_bytes`, `disk_form` (what the file is stored as) and the load time (s)."""
+    """`LoadedModel.describe()` plus `disk_bytes`, `disk_form` (what the file is stored as), the load time (s)
+    and `sixteen_bit` (the dense model's 16-bit safetensors measurement, `measured_file_size`; None if unwritable)."""
     loaded = get_model(source)
     facts = dict(loaded.describe())
     facts["disk_bytes"] = disk_bytes(source)
     facts["disk_form"] = disk_form(source)
     facts["load_seconds"] = loaded.load_seconds
+    try:  # the dense size a runtime loads, measured on its files (written once per model, then read back)
+        facts["sixteen_bit"] = measured_file_size(source)
+    except (OSError, PruneScopeError):  # a full or read-only disk, a store in trouble: the other facts still show
+        facts["sixteen_bit"] = None
     return facts
 
 
 def model_size_labels(facts: dict) -> dict:
     """{"disk", "memory", "value_16bit"}: each size of a model with what it is, e.g. "98.4 MB on disk (GGUF
-    Q4_1)" and "269.0 MB as 16-bit weights" (`claims.size_labels`)."""
+    Q4_1)" and "269.1 MB as 16-bit safetensors (loaded by transformers, vLLM), measured on the saved files"
+    (`claims.size_labels`; the last from `facts["sixteen_bit"]`, None when not measured)."""
     return claims.size_labels(facts["parameters"], facts.get("memory_bytes"), facts.get("dtype"),
-                              facts.get("disk_bytes"), facts.get("disk_form"))
+                              facts.get("disk_bytes"), facts.get("disk_form"), facts.get("sixteen_bit"))
+
+
+def dense_file_size(fingerprint: Optional[str]) -> Optional[dict]:
+    """The dense model's 16-bit safetensors measurement the store holds for weights `fingerprint`, or None (a
+    lookup: nothing is written)."""
+    return dense_sixteen_bit_cached(Store(), fingerprint)
+
+
+def measured_file_size(source: str) -> dict:
+    """The dense model `source` saved as 16-bit safetensors and measured (`sizes.measure.sixteen_bit_size`): written
+    once per model into a temporary folder, then read from the store on every rerun."""
+    return sixteen_bit_size(get_model(source), "dense", store=Store())

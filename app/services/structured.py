@@ -21,6 +21,7 @@ from pruning_core import claims
 from pruning_core.analysis.sweep_results import merge_sweeps
 from pruning_core.command_lines import structured_command
 from pruning_core.errors import ConfigError
+from pruning_core.sizes.records import STRUCTURED, measured
 from pruning_core.structured.export import structured_report_data
 from pruning_core.structured.figures import tradeoff_figure, widths_figure
 from pruning_core.structured.run import StructuredSpec
@@ -155,6 +156,14 @@ def structured_claims(point: dict, dtype: str = "float32") -> dict:
     """{"size", "speed"}: a structured point's sentences, from its real parameter count and its measured speed
     (`claims.structured_claims`), as the report words them."""
     return claims.structured_claims(point.get("sizes"), point.get("speed"), dtype)
+
+
+def structured_file_sizes(point: dict) -> dict:
+    """{"dense", "structured"}: the weight files' bytes of the dense model and of this point's smaller model, each
+    saved as 16-bit safetensors and measured (None where a point stored before sizes were measured has none)."""
+    sizes = point.get("sizes")
+    return {what: (record or {}).get("weight_bytes")
+            for what, record in (("dense", measured(sizes, "dense")), ("structured", measured(sizes, STRUCTURED)))}
 
 
 def structured_speed_rows(point: dict) -> list[dict]:

@@ -17,10 +17,11 @@ from app.services.frontier import frontier_chart as _frontier_chart
 from app.services.frontier import stored_frontier
 from app.services.recovery import latest_recovery_result, recovery_source
 from app.services.sweep import merged_sweeps  # noqa: F401 - the page's results
+from app.services.models import dense_file_size
 from app.services.what_if import setting_claims
-from pruning_core import claims
 from pruning_core.analysis.recommend import recommend, searched_point, worst_change  # noqa: F401 - the page's
 from pruning_core.analysis.tradeoffs import tradeoff_rows
+from pruning_core.sizes.records import sizes_for_point
 from pruning_core.errors import PruneScopeError
 
 
@@ -32,10 +33,13 @@ def judged_choice(available: Sequence[str], chosen: Optional[Sequence[str]]) -> 
 
 
 def point_claims(results: dict, point: dict) -> dict:
-    """`setting_claims` for a measured sweep point (sizes from the sweep's model counts and the point's measured
-    sparsity): the Summary page's wording of the recommended setting."""
+    """`setting_claims` for a measured sweep point (counts from the sweep's model and the point's measured
+    sparsity; bytes from the dense model's files as the store measured them, since a pruned model saved the
+    ordinary way stores its zeros): the Summary page's wording of the recommended setting."""
     structure = str(point.get("structure", "unstructured"))
-    return setting_claims(claims.sizes_for_point(results.get("model") or {}, point), structure)
+    model = results.get("model") or {}
+    dense = dense_file_size(model.get("fingerprint"))
+    return setting_claims(sizes_for_point(model, point, dense), structure, model.get("fingerprint"))
 
 
 def unstructured_speed() -> str:
@@ -70,7 +74,8 @@ def kinds_table(results: Optional[dict], corpora: Sequence[str], budget: float, 
     """Quality, size and speed of each kind of pruning for this budget (`tradeoffs.tradeoff_rows`): the sweep's
     points and the searches' edges, and `structured` (the model's newest structured run,
     `structured.latest_structured_result`) as the structured row."""
-    return tradeoff_rows(results, corpora, budget, searched, structured)
+    dense = dense_file_size(((results or {}).get("model") or {}).get("fingerprint"))
+    return tradeoff_rows(results, corpora, budget, searched, structured, dense)
 
 
 def frontier_answer(settings: dict, corpora: Sequence[str], budget: float) -> Optional[dict]:

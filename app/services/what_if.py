@@ -11,10 +11,11 @@ from typing import ClassVar, Optional
 from app.services.allocation import plan_origin
 from app.services.choices import ALLOCATIONS, DEFAULT_PROMPT, METHODS, STRUCTURES
 from app.services.forms import PageForm
-from app.services.models import model_identity
+from app.services.models import dense_file_size, model_identity
 from app.services.settings import protocol_of
 from pruning_core import claims
 from pruning_core.analysis.whatif import WhatIfSpec
+from pruning_core.sizes.records import SIZES_VERSION, sizes_from_record
 
 
 def whatif_spec(settings: dict, method: str, structure: str, sparsity: float,
@@ -100,14 +101,18 @@ def generation_spec(source: str, prompt: str, mask_artifact: str, weights_artifa
             "max_new_tokens": int(max_new_tokens)}
 
 
-def setting_claims(sizes: Optional[dict], structure: str) -> dict:
-    """{"size": sentence or None, "speed": sentence, "forms": [{"label", "bytes", "note"}]}: what the pages say
-    about a setting's gains, worded by `pruning_core.claims` exactly as the report words it.
+def setting_claims(sizes: Optional[dict], structure: str, fingerprint: Optional[str] = None) -> dict:
+    """{"size": sentence or None, "speed": sentence, "rows": [{"label", "format", "bytes", "total_bytes", "files"}],
+    "counts": the sizes record read today (weights kept and prunable) or None}: what the pages say about a
+    setting's gains, worded by `pruning_core.claims` exactly as the report words it.
 
-    sizes: any stored sizes dict with its counts (`claims.sizes_from_record`: results stored before the claims
-    module are recomputed from their counts, so they read the same).
-    """
-    fresh = claims.sizes_from_record(sizes, structure)
+    sizes: any stored sizes record: one measured on its files, or an older one with counts and formula sizes,
+    which reads with the dense model's measurement stored for `fingerprint` (its weights) when there is one."""
+    dense = None
+    if sizes and sizes.get("sizes_version") != SIZES_VERSION:
+        dense = dense_file_size(fingerprint)
+    fresh = sizes_from_record(sizes, structure, dense)
     out = claims.setting_claims(fresh, structure)
-    out["forms"] = claims.size_forms(fresh) if fresh else []
+    out["rows"] = claims.size_rows(fresh)
+    out["counts"] = fresh
     return out

@@ -339,6 +339,12 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     if store is not None:  # this run's own copy, so a running sweep's partial results show the dense line
         store.put_result(content_hash({"sweep_dense": run_key}), "sweep_dense", dense, run_key=run_key)
     results["dense"] = dense
+    if store is not None:
+        # The dense model's 16-bit safetensors files, measured once per model (store-cached): what the Summary
+        # says a pruned point weighs, since a pruned model saved the ordinary way stores its zeros.
+        from pruning_core.sizes.measure import sixteen_bit_size
+
+        sixteen_bit_size(loaded, "dense", store=store)
 
     statistics = None
     allocators = {allocation: get_allocator(allocation) for _, allocation in grid}

@@ -5,7 +5,7 @@ structured pruning (whole heads, channels, layers removed). Each row is one meas
 within the budget judged on the worst of the chosen corpora (`recommend.worst_change`), or, when none of that
 kind is, the one that came closest (marked over the budget), so that no kind is shown without what it costs.
 
-Sizes and speed are the claims module's (`pruning_core.claims`): sizes from its size forms, speed measured where
+Sizes are the files' bytes as measured (`pruning_core.sizes`); speed is the claims module's: speed measured where
 a measurement exists (a structured run's timing) and otherwise the short form of its speed sentence. Nothing here
 measures or estimates anything.
 """
@@ -19,21 +19,25 @@ from pruning_core import claims
 from pruning_core.analysis.recommend import judged_corpora, worst_change
 from pruning_core.analysis.sweep_results import point_allocation
 from pruning_core.masks import parse_structure
+from pruning_core.sizes.records import STRUCTURED, measured, sizes_for_point
 from pruning_core.units import format_bytes
 
 
 def size_short(sizes: Optional[Mapping[str, Any]]) -> tuple[Optional[str], Optional[int]]:
-    """(the smallest storage form of `claims.size_forms` in a few words, its bytes), e.g. ("98.4 MB as 2:4
-    compressed (1.36x smaller)", 98_400_000); (None, None) without sizes."""
-    if not sizes:
+    """(the measured 16-bit safetensors file of a result in a few words, its weight bytes), e.g. ("216.0 MB as
+    16-bit safetensors (1.25x smaller)", 215_976_352); a result measured only as the dense model's files (a pruned
+    model saved the ordinary way stores its zeros) reads "269.1 MB, as dense: zeros are stored". (None, None)
+    when nothing was measured."""
+    dense = measured(sizes, "dense")
+    own = measured(sizes, STRUCTURED) or measured(sizes, "pruned")
+    if own is None and dense is None:
         return None, None
-    dense = int(sizes["dense_bytes"])
-    forms = [f for f in claims.size_forms(sizes) if f["bytes"] is not None]
-    smallest = min(forms, key=lambda f: f["bytes"])
-    if smallest["bytes"] >= dense:
-        return f"{format_bytes(dense)} (no smaller than dense)", dense
-    return (f"{format_bytes(smallest['bytes'])} as {smallest['label'][0].lower()}{smallest['label'][1:]} "
-            f"({dense / smallest['bytes']:.2f}x smaller)", int(smallest["bytes"]))
+    if own is None or (dense is not None and own["weight_bytes"] >= dense["weight_bytes"]):
+        size = int((own or dense)["weight_bytes"])
+        return f"{format_bytes(size)} as 16-bit safetensors, as dense: zeros are stored", size
+    size = int(own["weight_bytes"])
+    ratio = f" ({dense['weight_bytes'] / size:.2f}x smaller)" if dense else ""
+    return f"{format_bytes(size)} as 16-bit safetensors{ratio}", size
 
 
 def _pick(candidates: list[tuple[float, float, str, Any]], budget: float) -> Optional[tuple]:
@@ -58,12 +62,15 @@ def _row(kind: str, structure: str, method: Optional[str], picked: tuple, dense:
 
 
 def tradeoff_rows(results: Optional[dict], corpora: str | Sequence[str], budget: float, searched=(),
-                  structured: Optional[dict] = None) -> list[dict]:
+                  structured: Optional[dict] = None,
+                  dense_measured: Optional[Mapping[str, Any]] = None) -> list[dict]:
     """The rows of the "each kind of pruning" table.
 
     results: merged sweep results (`sweep_results.merge_sweeps`; None when there is no sweep); searched:
     budget-search answers (`recommend.searched_point`), weighed with the sweep's unstructured points;
     structured: the newest structured run's result (`structured.run.run_structured`), or None.
+    dense_measured: the dense model's 16-bit safetensors measurement (`sizes.measure`), the file size of every
+    sweep point (zeros are stored), or None when the store holds none.
     corpora: the chosen corpora; every change is the worst over them. A structured run judged on other corpora
     than the sweep's is judged on those of the chosen corpora it measured (all of its own when it measured none
     of them); its row's "corpora" says which.
@@ -96,7 +103,7 @@ def tradeoff_rows(results: Optional[dict], corpora: str | Sequence[str], budget:
         for structure, method in order:
             picked = _pick(kinds[(structure, method)], budget)
             point = picked[3]
-            sizes = claims.sizes_for_point(model, point)
+            sizes = sizes_for_point(model, point, dense_measured)
             rows.append(_row("unstructured" if method else "N:M", structure, method or point["method"], picked, dense,
                              chosen, budget, size_short(sizes), claims.speed_short(structure), False,
                              point.get("source") or "sweep", "sparsity"))
@@ -112,9 +119,9 @@ def tradeoff_rows(results: Optional[dict], corpora: str | Sequence[str], budget:
         picked = _pick(candidates, budget)
         if picked is not None:
             index, point = picked[3]
-            measured = claims.measured_from_speed(point.get("speed"))
+            timed = claims.measured_from_speed(point.get("speed"))
             sizes = point.get("sizes")
             rows.append(_row("structured", claims.STRUCTURED, None, (*picked[:3], point), dense, on, budget,
-                             size_short(sizes), claims.speed_short(claims.STRUCTURED, measured), measured is not None,
+                             size_short(sizes), claims.speed_short(claims.STRUCTURED, timed), timed is not None,
                              "structured", "decoder parameters removed", index))
     return rows

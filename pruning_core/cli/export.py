@@ -105,6 +105,12 @@ def cmd_export(args) -> int:
         print(f"plan by {data['setting']['allocator']} (digest {data['setting']['plan_digest'][:12]})"
               + (f": global sparsity {planned:.4f} by parameters" if planned is not None else ""))
     print(f"measured sparsity {data['setting']['measured_sparsity']:.4f}; finished in {time.perf_counter() - start:.1f} s")
+    from pruning_core.claims import setting_claims
+
+    gains = setting_claims(data.get("sizes"), data["setting"]["structure"])  # measured files, as the report says
+    for sentence in (gains["size"], data.get("speed_note")):
+        if sentence:
+            print(sentence)
     for name, path in sorted(outcome["files"].items()):
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
         print(f"wrote {path} ({size:,} bytes)")

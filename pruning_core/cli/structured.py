@@ -93,6 +93,8 @@ def cmd_structured(args) -> int:
 
 
 def _print_table(result: dict) -> None:
+    from pruning_core.claims import structured_claims
+
     corpora = list(result["dense_ppl"])
     print("ratio  removed  parameters   " + "  ".join(f"{c:>10}" for c in corpora) + "  speed (fp32)")
     print("dense  0.0 %    " + f"{result['model']['parameters']:>11,}  "
@@ -104,6 +106,9 @@ def _print_table(result: dict) -> None:
         print(f"{point['ratio']:<5g}  {point['measured_ratio'] * 100:5.1f} %  "
               f"{point['parameters']['model_after']:>11,}  "
               + "  ".join(f"{point['ppl'][c]:10.3f}" for c in corpora) + f"  {speed_text}")
+        size = structured_claims(point.get("sizes"), point.get("speed"))["size"]  # measured files, as reports say
+        if size:
+            print(f"       {size}")
         if point.get("saved"):
             saved = point["saved"]
             print(f"       saved {saved['folder']} ({saved['file_bytes']:,} bytes), reloaded perplexity within "

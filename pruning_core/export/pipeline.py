@@ -291,6 +291,7 @@ def _write_export_files(out: Path, loaded, protocol, options: ExportOptions, con
     from pruning_core.outputs.report import build_report
     from pruning_core.provenance import environment
     from pruning_core.prune import propagation_note
+    from pruning_core.sizes.records import sizes_from_masks
 
     dense_ppl, pruned_ppl = evaluation.dense_ppl, evaluation.pruned_ppl
     protocol_dict = results["protocol"]
@@ -336,7 +337,7 @@ def _write_export_files(out: Path, loaded, protocol, options: ExportOptions, con
         "module_sizes": module_sizes(loaded),
         "ppl": {"dense": dense_ppl, "pruned": pruned_ppl},
         "evaluation": evaluation.to_dict(),
-        "sizes": claims.sizes_from_masks(loaded, result.masks, config.structure),
+        "sizes": sizes_from_masks(loaded, result.masks, config.structure, result.weights),
         "speed_note": " ".join(filter(None, (claims.speed_sentence(config.structure,
                                                                    (kernel_speed or {}).get("measured")),
                                               (kernel_speed or {}).get("reason")))),

@@ -85,7 +85,7 @@ def build_report(data: Mapping[str, Any], out_dir, formats: Sequence[str] = ("ht
       module_sizes: [{kind: weights}] per decoder layer (`plan.module_sizes`): a plan's per-layer
                sparsities counted over parameters
       ppl: {"dense": {corpus: ppl}, "pruned": {corpus: ppl}} (token-level perplexity)
-      sizes: `claims.sizes_from_masks(...)`; speed_note: str (`claims.speed_sentence`)
+      sizes: `sizes.records.sizes_from_masks(...)` (measured files); speed_note: str (`claims.speed_sentence`)
       generations: [{prompt, dense, pruned}]; files: [{name, bytes}]; protocol: dict; env: dict
       and whatever the capability reports from (`export.report`: results, sensitivity, per_layer, lm_eval;
       `structured.report`: structured, unstructured_note; `recovery.report`: recovery; `continual.report`:

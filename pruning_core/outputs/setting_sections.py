@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from pruning_core import claims
 from pruning_core.outputs.sections import Block, Callout, KeyFacts, Paragraph, SampleTexts, Section, Table
+from pruning_core.sizes.records import sizes_from_record
 
 
 def percent(fraction: Optional[float], digits: int = 1) -> str:
@@ -57,9 +58,9 @@ def summary_sentences(data: Mapping[str, Any], lead: Optional[Sequence[str]] = N
     if s.get("propagation_note"):  # which statistics made the mask: a Curves point may use the other mode
         sentences.append(f"The mask ({s.get('mask_source', 'pruned for this export')}) was made with "
                          f"{s.get('propagation')} propagation: {s['propagation_note']}.")
-    sizes = claims.sizes_from_record(data.get("sizes"), structure)
-    if sizes:
-        sentences.append(claims.size_sentence(sizes))
+    size = claims.setting_claims(data.get("sizes"), structure)["size"]  # old records read in today's words
+    if size:
+        sentences.append(size)
     if data.get("speed_note"):
         sentences.append(data["speed_note"])
     return sentences + list(more)
@@ -102,15 +103,21 @@ def opening_sections(data: Mapping[str, Any], summary: Sequence[str]) -> list[Op
 
 
 def size_section(data: Mapping[str, Any], *more: Block) -> Optional[Section]:
-    """Size and speed: the whole model's size in each storage form a runtime loads (`claims.size_forms`), the
-    speed sentence, then `more` (a capability's measured speed); None when there is nothing to say."""
-    sizes = claims.sizes_from_record(data.get("sizes"), data.get("setting", {}).get("structure", "unstructured"))
+    """Size and speed: the bytes of the files the dense and the pruned model are saved as, in formats named with
+    the runtimes that load them (`claims.size_rows`, measured on the files written), the speed sentence, then
+    `more` (a capability's measured speed); None when there is nothing to say."""
+    structure = data.get("setting", {}).get("structure", "unstructured")
+    rows = claims.size_rows(sizes_from_record(data.get("sizes"), structure))
     blocks: list[Block] = []
-    if sizes:
-        rows = [[f["label"], "not applicable" if f["bytes"] is None else claims.format_bytes(f["bytes"]), f["note"]]
-                for f in claims.size_forms(sizes)]
-        blocks += [Paragraph(f"As {sizes['value_bits']}-bit weights, whole model.", note=True),
-                   Table(["storage form", "size", "how"], rows, text_columns=3)]
+    if rows:
+        blocks += [Paragraph("Whole model, measured on the files written (weight files; all files with the "
+                             "config).", note=True),
+                   Table(["model", "saved as", "weight files", "all files"],
+                         [[r["label"], r["format"], claims.format_bytes(r["bytes"]),
+                           claims.format_bytes(r["total_bytes"])] for r in rows], text_columns=2)]
+    elif data.get("sizes"):  # stored before sizes were measured on files: say so rather than show old formulas
+        size = claims.setting_claims(data["sizes"], structure)["size"]
+        blocks += [Paragraph(size)] if size else []
     if data.get("speed_note"):
         blocks.append(Paragraph(data["speed_note"]))
     blocks += more

@@ -2,8 +2,9 @@
 
 `export_structured(loaded, spec, out_dir)` runs one ratio through `structured.run.run_structured` (pruned,
 evaluated, timed when `spec.speed`, saved to out_dir/model and re-evaluated after reloading) and writes the
-report (`outputs.report.build_report`; its sections in `structured.report`) whose sizes come from the real
-parameter count and the saved files, and whose speed sentence and table come from the measurement (or say "not
+report (`outputs.report.build_report`; its sections in `structured.report`) whose sizes are measured on the files
+written (`pruning_core.sizes`: dense and smaller model as 16-bit safetensors, and the saved folder), and whose
+speed sentence and table come from the measurement (or say "not
 measured"). `structured_report_data` turns any point of a structured run into the report's document, so the CLI's
 --report, the dashboard and this export word it the same.
 """

@@ -33,6 +33,8 @@ from pruning_core.methods import get_method
 from pruning_core.models import LoadedModel, load_model
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol, calibration_ids
+from pruning_core.sizes.files import saved_size
+from pruning_core.sizes.records import SIZES_VERSION, structured_sizes
 from pruning_core.spec import JobSpec
 from pruning_core.structured.prune_structured import StructuredConfig, StructuredResult, prune_structured
 from pruning_core.structured.speed import SpeedConfig, machine_facts, measure_speed
@@ -182,15 +184,6 @@ def layer_removed_fractions(dense: LoadedModel, result: StructuredResult) -> lis
     return [1.0 - after.get(index, 0) / max(count, 1) for index, count in enumerate(before)]
 
 
-def structured_sizes(dense: LoadedModel, result: StructuredResult) -> dict:
-    """`claims.sizes_from_counts` of a structurally pruned copy: every parameter of the dense model, the dense
-    prunable weights, the copy's prunable weights as kept, and the copy's real parameter count."""
-    facts = dense.describe()
-    kept = sum(int(m.weight.numel()) for m in result.loaded.adapter.prunable_modules(result.loaded.model).values())
-    return claims.sizes_from_counts(facts["parameters"], facts["prunable_parameters"], kept, claims.STRUCTURED,
-                                    result.params.model_after)
-
-
 def save_and_verify(dense: LoadedModel, result: StructuredResult, folder: Path, protocol: Protocol,
                     corpora, eval_ids, in_memory_ppl: dict, progress: ProgressFn) -> dict:
     """Write the smaller folder, reload it (plain `from_pretrained` when widths are uniform) and evaluate the
@@ -205,7 +198,7 @@ def save_and_verify(dense: LoadedModel, result: StructuredResult, folder: Path, 
     evaluation = evaluate.evaluate_setting(reloaded, protocol, corpora, evaluate.IN_PLACE, dense=False,
                                            eval_ids=eval_ids, progress=progress, label="reloaded")
     gaps = [abs(evaluation.pruned_ppl[c] / in_memory_ppl[c] - 1.0) for c in corpora]
-    return {"folder": str(folder), "file_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors")),
+    return {"folder": str(folder), "file_bytes": saved_size(folder)["weight_bytes"],
             "reloaded_ppl": evaluation.pruned_ppl, "max_relative_gap": max(gaps),
             "loadable_with_transformers": record["loadable_with_transformers"], "load_note": record["note"]}
 
@@ -245,7 +238,9 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
         plan = plans.get(ratio)
         key = _point_key(loaded, spec, ratio, plan) if store is not None else None
         stored = store.get_result(key) if key is not None else None
-        if stored is not None and save_dir is None:
+        # A point stored before sizes were measured on files is pruned again, so its sizes are measured.
+        if stored is not None and save_dir is None and \
+                (stored.get("sizes") or {}).get("sizes_version") == SIZES_VERSION:
             points.append({**stored, "saved": None, "from_store": True})
             continue
         if statistics is None and needs_data:
@@ -265,7 +260,8 @@ def run_structured(spec: Union[StructuredSpec, dict], loaded: Optional[LoadedMod
             folder = Path(save_dir) / f"structured-{ratio:g}"
             saved = save_and_verify(loaded, result, folder, protocol, corpora, eval_ids, evaluation.pruned_ppl,
                                     step(0.85, 1.0))
-        sizes = structured_sizes(loaded, result)
+        # Measured on files: the dense model and this smaller one written as 16-bit safetensors (store-cached).
+        sizes = structured_sizes(loaded, result.loaded, store, result.loadable_with_transformers, result.load_note)
         point = {"ratio": ratio, "measured_ratio": result.ratio, "parameters": asdict(result.params),
                  "model_removed_fraction": result.params.model_removed_fraction, "widths": result.widths,
                  "kept_layers": result.kept_layers, "ppl": evaluation.pruned_ppl,

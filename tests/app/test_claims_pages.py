@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("streamlit")
+from pruning_core.units import format_bytes  # noqa: E402
 from tests.app.apptest_helpers import SMALL, insert_job, ok, page  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -46,13 +47,18 @@ def test_what_if_summary_and_report_say_the_same_about_one_setting(tmp_path):
                         tmp_path / "export")["report"]
     report_says = summary_sentences(report)
     size, speed = report_says[-2], report_says[-1]
-    assert "2:4 compressed form" in size and "sparse tensor cores" in speed
+    assert "16-bit safetensors (loaded by transformers, vLLM)" in size and "sparse tensor cores" in speed
+    assert "compressed form" not in size
 
     whatif_markdown = [m.value for m in whatif_page.markdown]
     assert size in whatif_markdown
     assert [i.value for i in whatif_page.info] == [speed]
-    summary_markdown = [m.value for m in summary_page.markdown]
-    assert f"{size} {speed}" in summary_markdown
+    # The Summary has no mask of its point to save: it names the same format and the same measured bytes (the
+    # dense model's files, which the pruned model's equal) and the same speed sentence.
+    pruned_bytes = next(r["weight_bytes"] for r in whatif["size"]["measured"] if r["what"] == "pruned")
+    summary_line = next(m.value for m in summary_page.markdown if m.value.endswith(speed))
+    assert "16-bit safetensors (loaded by transformers, vLLM)" in summary_line
+    assert format_bytes(pruned_bytes) in summary_line and "the same as the dense model" in summary_line
 
 
 def test_another_prompt_generates_what_the_whatif_job_generated():
@@ -78,6 +84,33 @@ def test_setup_names_what_each_model_size_is():
     at = ok(page("setup"))
     sizes = next(c.value for c in at.caption if c.value.startswith("Sizes: "))
     assert "in memory (float32, as loaded for pruning)" in sizes
-    assert "as 16-bit weights (the dense size What-if and reports compare with)" in sizes
+    assert ("as 16-bit safetensors (loaded by transformers, vLLM), measured on the saved files (the dense size "
+            "What-if and reports compare with)") in sizes
     # The embedded model's file is 4-bit quantised GGUF: its disk size says so (no model load needed).
     assert models.disk_form("embedded") == "GGUF Q4_1"
+
+
+def test_a_what_if_stored_before_sizes_were_measured_still_renders():
+    """An old what-if result (formula sizes: bitmap, 2:4 compressed) shows its counts and the dense model's measured
+    files the store holds, never the old formula figures, and no traceback."""
+    from app.services import jobs
+    from pruning_core.store import Store
+
+    at = page("what_if")
+    at.selectbox(key="whatif_method").set_value(SETTING["method"])
+    at.selectbox(key="whatif_structure").set_value(SETTING["structure"])
+    at.button(key="whatif_run").click().run()
+    ok(at)
+    job = jobs.latest_job("whatif")
+    result = jobs.job_status(job)["result"]
+    counts = {k: result["size"][k] for k in ("prunable_weights", "kept_weights", "other_parameters")}
+    old = {"value_bits": 16, "structure": "2:4", "parameters": counts["prunable_weights"] + counts["other_parameters"],
+           **counts, "dense_bytes": 2000, "bitmap_bytes": 1300, "nm_bytes": 1111, "nm_index_bits": 2,
+           "structured_parameters": None, "structured_bytes": None}
+    Store().update_job(job, result={**result, "size": old})
+    ok(at.run())
+    dense_bytes = next(r["weight_bytes"] for r in result["size"]["measured"] if r["what"] == "dense")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Dense model"] == format_bytes(dense_bytes) and "Pruned model (zeros stored)" not in metrics
+    prose = " ".join(m.value for m in at.markdown)
+    assert "measured on the dense model's saved files" in prose and "1.1 KB" not in prose

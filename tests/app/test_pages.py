@@ -110,9 +110,9 @@ def test_what_if_page_compares_dense_and_pruned():
     at.button(key="whatif_run").click().run()
     ok(at)
     labels = [m.label for m in at.metric]
-    assert "Perplexity on news" in labels and "2:4 compressed" in labels
+    assert "Perplexity on news" in labels and "2:4 compressed" not in labels  # no size of a format nothing loads
     sizes = {m.label: m.value for m in at.metric}
-    assert sizes["2:4 compressed"] != "not applicable"
+    assert sizes["Pruned model (zeros stored)"] == sizes["Dense model"]  # measured files: zeros are stored
     assert "Dense model" in text_of(at) and "Pruned model" in text_of(at)
     assert "sparse tensor cores" in " ".join(i.value for i in at.info)  # the 2:4 speed claim
 
@@ -172,7 +172,7 @@ def test_what_if_page_per_layer_table():
     ok(at)
     at.button(key="whatif_run").click().run()
     sizes = {m.label: m.value for m in ok(at).metric}
-    assert sizes["2:4 compressed"] == "not applicable"
+    assert sizes["Pruned model (zeros stored)"] == sizes["Dense model"] and "2:4 compressed" not in sizes
 
 
 def test_summary_page_recommends_within_budget():

@@ -64,7 +64,8 @@ def test_a_structured_run_shows_measured_tradeoffs_widths_and_text_and_survives_
     infos = "\n".join(str(e.value) for e in at.info)
     assert "Measured on" in infos and "dense -> pruned in one run" in infos and "decode at batch 8" in infos
     prose = text_of(at)
-    assert "structurally pruned model has" in prose and "**Structurally pruned**" in prose
+    assert "**Structurally pruned**" in prose
+    assert "16-bit safetensors (loaded by" in prose and "the structurally pruned model (" in prose  # measured files
     assert "Open circles: unstructured points" in prose and "No speed-up to expect" in prose
     assert len(at.dataframe) == 2  # the table of ratios and the measured tokens/s of the setting in detail
     phases = set(at.dataframe[1].value["phase"])

@@ -71,7 +71,10 @@ def test_summary_shows_measured_structured_savings_beside_the_unstructured_no_sp
                     f"({dense:,.2f} → {chosen['ppl']['news']:,.2f})")
     assert speed.endswith("(measured)") or "(measured; machine busy" in speed
     assert f"{chosen['speed']['ratios']['float32']['decode at batch 1']:.2f}x" in speed
-    assert size.startswith(format_bytes(chosen["sizes"]["structured_bytes"]))
+    from pruning_core.sizes.records import STRUCTURED, measured
+
+    assert size.startswith(format_bytes(measured(chosen["sizes"], STRUCTURED)["weight_bytes"]))  # the file written
+    assert "16-bit safetensors" in size
     assert list(kinds)[0] == "Unstructured · Wanda"  # beside the sweep's kinds, in one table
     # Beside it, the recommended setting's own speed sentence: unstructured zeros gain nothing.
     assert "The recommended setting (Wanda, unstructured, 50%): zeros, not removed" in prose

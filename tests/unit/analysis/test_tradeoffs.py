@@ -1,6 +1,6 @@
 """Quality, size and speed of each kind of pruning side by side (`analysis.tradeoffs.tradeoff_rows`): one row per
 kind, the highest setting within the budget judged on the worst of the chosen corpora (or the closest one, marked
-over), sizes and speed in the claims module's words, speed measured where a structured run timed it."""
+over), sizes from the measured files, speed in the claims module's words, speed measured where a structured run timed it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import pytest
 
 from pruning_core import claims
 from pruning_core.analysis.tradeoffs import size_short, tradeoff_rows
+from pruning_core.sizes.records import STRUCTURED, weight_counts
+
+#: Measurement records as `sizes.measure` writes them (bytes of the weight files written).
+DENSE_FILE = {"format": "safetensors-16bit", "what": "dense", "weight_bytes": 2_000_000, "total_bytes": 2_000_100}
 
 MODEL = {"parameters": 1_000_000, "prunable_parameters": 800_000}
 
@@ -24,7 +28,9 @@ RESULTS = {"model": MODEL, "dense": {"ppl": {"wiki": 10.0, "news": 20.0}}, "poin
 
 
 def structured_run(speed=True):
-    sizes = claims.sizes_from_counts(1_000_000, 800_000, 800_000, claims.STRUCTURED, 850_000)
+    sizes = {**weight_counts(1_000_000, 800_000, 800_000, STRUCTURED, 850_000),
+             "measured": [DENSE_FILE, {"format": "safetensors-16bit", "what": STRUCTURED, "weight_bytes": 1_700_000,
+                                       "total_bytes": 1_700_100}]}
     timing = {"phases": {"float32": {"decode at batch 1": {"dense_tokens_per_s": 10.0, "pruned_tokens_per_s": 12.0,
                                                           "speedup": 1.2}}},
               "machine_text": "test cpu"} if speed else None
@@ -34,7 +40,7 @@ def structured_run(speed=True):
 
 
 def test_one_row_per_kind_judged_on_the_worst_corpus():
-    rows = tradeoff_rows(RESULTS, ["wiki", "news"], 0.10)
+    rows = tradeoff_rows(RESULTS, ["wiki", "news"], 0.10, dense_measured=DENSE_FILE)
     assert [(r["kind"], r["structure"], r["method"]) for r in rows] == [
         ("unstructured", "unstructured", "wanda"), ("unstructured", "unstructured", "magnitude"),
         ("N:M", "2:4", "sparsegpt")]
@@ -45,9 +51,11 @@ def test_one_row_per_kind_judged_on_the_worst_corpus():
     assert nm["method"] == "sparsegpt" and nm["change"] == pytest.approx(0.15) and not nm["within"]  # the closest
     assert wanda["speed"] == claims.speed_short("unstructured") and not wanda["speed_measured"]
     assert nm["speed"] == claims.speed_short("2:4")
-    # Sizes are the claims module's forms: the smallest of them, in bytes and words.
-    sizes = claims.sizes_for_point(MODEL, nm["point"])
-    assert nm["size_bytes"] == sizes["nm_bytes"] and nm["size"].startswith(claims.format_bytes(sizes["nm_bytes"]))
+    # Sizes are the measured files: a pruned model saved the ordinary way stores its zeros, so it weighs the dense
+    # model's file; without a measurement no size is claimed.
+    assert nm["size_bytes"] == 2_000_000 and nm["size"].startswith(claims.format_bytes(2_000_000))
+    assert "zeros are stored" in nm["size"]
+    assert tradeoff_rows(RESULTS, ["wiki"], 0.10)[0]["size"] is None
     # Judged on wiki alone, Wanda's 50 % is within the budget.
     assert tradeoff_rows(RESULTS, "wiki", 0.10)[0]["amount"] == 0.5
 
@@ -65,14 +73,14 @@ def test_a_searched_edge_counts_and_the_structured_row_carries_its_measured_spee
     assert structured["corpora"] == ["news"] and structured["corpus"] == "news"  # the corpus it measured
     assert structured["change"] == pytest.approx(0.05) and structured["index"] == 0
     assert structured["speed_measured"] and structured["speed"] == "decode at batch 1 1.20x (measured)"
-    assert structured["size_bytes"] == 1_700_000 and "structured" in structured["size"]
+    assert structured["size_bytes"] == 1_700_000 and "(1.18x smaller)" in structured["size"]
     unmeasured = tradeoff_rows(None, ["wiki"], 0.01, (), structured_run(speed=False))
     assert len(unmeasured) == 1 and not unmeasured[0]["within"] and unmeasured[0]["amount"] == 0.1  # the closest
     assert unmeasured[0]["speed"] == claims.speed_short(claims.STRUCTURED) and not unmeasured[0]["speed_measured"]
 
 
-def test_size_short_names_the_smallest_form_or_says_no_smaller():
+def test_size_short_names_the_measured_file_or_says_no_smaller():
     assert size_short(None) == (None, None)
-    dense_only = claims.sizes_from_counts(1000, 800, 800, "unstructured")  # nothing pruned: bitmap is larger
+    dense_only = {**weight_counts(1000, 800, 400, "unstructured"), "measured": [DENSE_FILE]}
     words, size = size_short(dense_only)
-    assert size == dense_only["dense_bytes"] and words.endswith("(no smaller than dense)")
+    assert size == DENSE_FILE["weight_bytes"] and words.endswith("as dense: zeros are stored")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pruning_core import claims
+from pruning_core.sizes import records as size_records
 from pruning_core.errors import ConfigError
 from pruning_core.masks import Structure, keep_mask_from_scores
 from pruning_core.models import load_model
@@ -33,52 +34,63 @@ def test_sizes_from_a_tiny_models_masks_match_a_hand_count(tiny):
     # Hand count, straight from the modules: every parameter once, the prunable linears, the kept weights.
     parameters = sum(p.numel() for p in tiny.model.parameters())
     prunable = sum(m.weight.numel() for m in tiny.adapter.prunable_modules(tiny.model).values())
-    other = parameters - prunable
     for structure, sparsity in ((Structure(2, 4), 0.0), (Structure(), 0.3), (Structure(4, 8), 0.0)):
         masks = _masks(tiny, structure, sparsity)
         kept = sum(int((m.weight.detach() * masks[n]).ne(0).sum())
                    for n, m in tiny.adapter.prunable_modules(tiny.model).items())
-        sizes = claims.sizes_from_masks(tiny, masks, str(structure))
+        sizes = size_records.sizes_from_masks(tiny, masks, str(structure))
         assert (sizes["parameters"], sizes["prunable_weights"], sizes["kept_weights"]) == (parameters, prunable, kept)
-        assert sizes["dense_bytes"] == parameters * 2  # 16-bit values
-        assert sizes["bitmap_bytes"] == -(-(other * 16 + prunable * 1 + kept * 16) // 8)
-        if structure.is_nm:
-            index_bits = {4: 2, 8: 3}[structure.m]
-            assert sizes["nm_bytes"] == -(-(other * 16 + prunable * structure.n // structure.m * (16 + index_bits)) // 8)
-        else:
-            assert sizes["nm_bytes"] is None
+        # No formula sizes of formats no runtime loads; the bytes are those of the files written.
+        assert not {"bitmap_bytes", "nm_bytes", "dense_bytes"} & set(sizes)
+        dense, pruned = size_records.measured(sizes, "dense"), size_records.measured(sizes, "pruned")
+        assert pruned["weight_bytes"] == dense["weight_bytes"] > parameters * 2  # 16-bit values plus the header
     # A prunable module without a mask counts as fully kept.
     masks = _masks(tiny, Structure(), 0.5)
     dropped = next(iter(masks))
     numel = masks.pop(dropped).numel()
-    assert claims.sizes_from_masks(tiny, masks, "unstructured")["kept_weights"] == \
+    assert size_records.counts_from_masks(tiny, masks, "unstructured")["kept_weights"] == \
         sum(int(m.sum()) for m in masks.values()) + numel
 
 
+def _record(what: str, weight_bytes: int, **more) -> dict:
+    return {"format": "safetensors-16bit", "what": what, "weight_bytes": weight_bytes,
+            "total_bytes": weight_bytes + 900, "files": [], **more}
+
+
 def test_structured_size_and_impossible_counts():
-    sizes = claims.sizes_from_counts(1000, 800, 800, "structured", structured_parameters=600)
-    assert sizes["structured_bytes"] == 1200 and sizes["nm_bytes"] is None
-    assert "600 parameters" in claims.size_sentence(sizes) and "1.67x smaller" in claims.size_sentence(sizes)
+    sizes = size_records.weight_counts(1000, 800, 600, "structured", structured_parameters=800)
+    sizes["measured"] = [_record("dense", 2100), _record("structured", 1700)]
+    sentence = claims.size_sentence(sizes)
+    assert "800 parameters" in sentence and "1.24x smaller" in sentence and "loaded by transformers" in sentence
     with pytest.raises(ConfigError, match="do not fit"):
-        claims.sizes_from_counts(1000, 800, 900, "unstructured")
+        size_records.weight_counts(1000, 800, 900, "unstructured")
 
 
-def test_size_sentence_is_honest_about_forms_that_do_not_pay_off():
-    barely = claims.sizes_from_counts(1000, 800, 790, "unstructured")  # ~1 % sparsity: the bitmap costs more
-    assert "larger" in claims.size_sentence(barely) and "smaller" not in claims.size_sentence(barely).split(";")[1]
-    half = claims.sizes_from_counts(1000, 800, 400, "2:4")
-    assert "2:4 compressed form" in claims.size_sentence(half) and "as large as the dense model" in \
-        claims.size_sentence(half)
+def test_size_sentence_says_zeros_buy_no_bytes_in_any_structure():
+    for structure in ("unstructured", "2:4", "4:8"):
+        sizes = size_records.weight_counts(1000, 800, 400, structure)
+        sizes["measured"] = [_record("dense", 2100), _record("pruned", 2100)]
+        sentence = claims.size_sentence(sizes)
+        assert "the same as the dense model" in sentence and "zeros are stored" in sentence
+        assert claims.NO_SPARSE_FORMATS in sentence and "compressed form" not in sentence
+    # A stored point without its masks: the dense model's measured files, said as such.
+    point = size_records.sizes_for_point({"parameters": 1000, "prunable_parameters": 800}, {"sparsity": 0.5},
+                                         _record("dense", 2100))
+    assert "(measured on the dense model's saved files)" in claims.size_sentence(point)
+    assert "2.1 KB" in claims.size_sentence(point)
 
 
 def test_speed_sentences_by_structure_and_measured():
     assert claims.speed_sentence("unstructured").startswith("No speed-up")
     two_four = claims.speed_sentence("2:4")
     assert "sparse tensor cores" in two_four and "not measured here" in two_four and "CPU" in two_four
+    assert "vLLM removed its 2:4 sparse kernels" in two_four
     assert "no common fast kernels" in claims.speed_sentence("4:8")
     measured = {"device": "cpu", "decode at batch 1": {"dense_tokens_per_s": 20.0, "pruned_tokens_per_s": 25.0}}
     sentence = claims.speed_sentence("2:4", measured)
     assert "Measured on cpu" in sentence and "20.0 -> 25.0 tokens/s (1.25x)" in sentence
+    assert claims.TWO_FOUR_SERVING in sentence  # measured in PyTorch, said beside what serving runtimes do
+    assert claims.TWO_FOUR_SERVING not in claims.speed_sentence("structured", measured)
     with pytest.raises(ConfigError, match="tokens_per_s"):
         claims.speed_sentence("2:4", {"decode": {"dense": 1.0}})
     with pytest.raises(ConfigError, match="non-positive"):
@@ -106,13 +118,14 @@ def test_disk_and_memory_sizes_say_what_they_are(tmp_path):
     (folder / "config.json").write_text('{"torch_dtype": "bfloat16"}')
     (folder / "model.safetensors").write_bytes(b"")
     assert claims.disk_form(folder) == "safetensors, bfloat16"
-    labels = claims.size_labels(134_515_008, 538_060_032, "float32", 98_400_000, "GGUF Q4_1")
+    dense = _record("dense", 269_060_552)
+    labels = claims.size_labels(134_515_008, 538_060_032, "float32", 98_400_000, "GGUF Q4_1", dense)
     assert labels == {"disk": "98.4 MB on disk (GGUF Q4_1)",
                       "memory": "538.1 MB in memory (float32, as loaded for pruning)",
-                      "value_16bit": "269.0 MB as 16-bit weights"}
-    # The What-if page's dense size is the same figure as the 16-bit label.
-    assert claims.format_bytes(claims.sizes_from_counts(134_515_008, 1, 1, "unstructured")["dense_bytes"]) + \
-        " as 16-bit weights" == labels["value_16bit"]
+                      "value_16bit": "269.1 MB as 16-bit safetensors (loaded by transformers, vLLM), measured on "
+                                     "the saved files"}
+    # Not measured: no 16-bit figure at all (never parameters x 2 bytes).
+    assert claims.size_labels(134_515_008)["value_16bit"] is None
 
 
 def test_generation_is_greedy_and_restores_the_weights(tiny):
@@ -147,21 +160,33 @@ def test_whatif_and_report_word_and_generate_the_same(tiny, tmp_path):
     assert export["generations"] == [whatif["generations"]]
 
 
-def test_results_stored_before_the_claims_module_read_in_todays_words(tmp_path):
-    """Old what-if "size" and old report "sizes" dicts are recomputed from their counts (no KeyError, same words)."""
+def test_results_stored_before_sizes_were_measured_still_render(tmp_path):
+    """Old what-if "size" and report "sizes" dicts (formula sizes) read as their counts, with the dense model's
+    measurement when the store holds one; their old bitmap / 2:4 figures are never shown, and nothing crashes."""
     from pruning_core.outputs.report import build_report, summary_sentences
 
-    today = claims.sizes_from_counts(1000, 800, 400, "2:4")
+    counts = size_records.weight_counts(1000, 800, 400, "2:4")
     old_whatif = {"value_bits": 16, "dense_bytes": 2000, "dense_with_zeros_bytes": 2000, "bitmask_bytes": 1300,
                   "nm_2_4_bytes": 1300, "prunable_weights": 800, "kept_weights": 400, "other_parameters": 200}
     old_report = {"dtype": "16-bit values", "parameters": 1000, "pruned_linear_weights": 800, "kept_weights": 400,
                   "dense_bytes": 2000, "sparse_bytes": 1300, "sparse_form": "N:M", "ratio": 1.54, "note": "..."}
-    assert claims.sizes_from_record(old_whatif, "2:4") == today == claims.sizes_from_record(old_report, "2:4")
-    assert claims.sizes_from_record(today, "2:4") == today
-    assert claims.sizes_from_record({"dense_bytes": 2000}, "2:4") is None
+    last_version = {"value_bits": 16, "structure": "2:4", "parameters": 1000, "prunable_weights": 800,
+                    "kept_weights": 400, "other_parameters": 200, "dense_bytes": 2000, "bitmap_bytes": 1300,
+                    "nm_bytes": 1100, "nm_index_bits": 2, "structured_parameters": None, "structured_bytes": None}
+    for old in (old_whatif, old_report, last_version):
+        assert size_records.sizes_from_record(old, "2:4") == counts
+        said = claims.setting_claims(old, "2:4")["size"]
+        assert "not measured" in said and "1.3 KB" not in said and "1.1 KB" not in said
+        with_dense = claims.setting_claims(old, "2:4", dense_measured=_record("dense", 2100))["size"]
+        assert "2.1 KB" in with_dense and "loaded by transformers, vLLM" in with_dense
+    old_structured = {**last_version, "structure": "structured", "structured_parameters": 700,
+                      "structured_bytes": 1400, "nm_bytes": None}
+    assert "700 parameters" in claims.structured_claims(old_structured, None)["size"]
+    assert size_records.sizes_from_record({"dense_bytes": 2000}, "2:4") is None
     data = {"setting": {"model": "m", "method": "wanda", "structure": "2:4"}, "sizes": old_report}
-    assert claims.size_sentence(today) in summary_sentences(data)
-    assert "2:4 compressed" in build_report(data, tmp_path, formats=("md",))["md"].read_text()
+    assert claims.setting_claims(old_report, "2:4")["size"] in summary_sentences(data)
+    markdown = build_report(data, tmp_path, formats=("md",))["md"].read_text()
+    assert "not measured" in markdown and "compressed" not in markdown.split("No serving runtime")[0]
 
 
 def test_a_speed_measured_while_other_work_shared_the_cores_says_so():

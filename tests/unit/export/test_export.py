@@ -161,7 +161,10 @@ def test_cli_export_writes_every_file_and_apply_mask_verifies(tmp_path, capsys):
     assert f"{agreement['spearman']:.2f} (Spearman)" in report["sensitivity_note"]
     assert "Plotly.newPlot" in (out / "report.html").read_text()
     assert "<b>hi</b>" not in (out / "report.html").read_text()
-    capsys.readouterr()
+    # The command says what the files weigh as the report does: measured 16-bit safetensors, runtimes named.
+    printed = capsys.readouterr().out
+    size = next(s for s in report["summary"] if "16-bit safetensors (loaded by transformers, vLLM)" in s)
+    assert size in printed and "the same as the dense model" in size
     assert main(["apply-mask", "--model", "tiny-llama", "--mask", str(out), "--eval", "news"]) == 0
     printed = capsys.readouterr().out
     assert "verified" in printed and f"news: perplexity {pruned:.3f}" in printed

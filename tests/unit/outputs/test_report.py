@@ -13,6 +13,7 @@ from pruning_core.export.report import export_report
 from pruning_core.outputs.plan_section import allocation_summary, plan_figure
 from pruning_core.outputs.render_html import script_json
 from pruning_core.outputs.report import build_report, summary_sentences
+from pruning_core.sizes.records import sizes_from_masks, weight_counts
 
 EVIL = "<script>alert(1)</script>"
 
@@ -34,7 +35,9 @@ def sample_data(model_name: str = "tiny-llama", prompt: str = "Once upon a time"
         "setting": {"model": model_name, "method": "wanda", "structure": "unstructured", "sparsity": 0.5,
                     "measured_sparsity": 0.5},
         "ppl": {"dense": {"wiki": 20.0}, "pruned": {"wiki": 23.0}},
-        "sizes": claims.sizes_from_counts(1000, 800, 400, "unstructured"),
+        "sizes": {**weight_counts(1000, 800, 400, "unstructured"),
+                  "measured": [{"format": "safetensors-16bit", "what": what, "weight_bytes": 2100, "total_bytes": 3000,
+                                "files": []} for what in ("dense", "pruned")]},
         "speed_note": claims.speed_sentence("unstructured"),
         "results": results,
         "sensitivity": sens,
@@ -81,15 +84,27 @@ def test_script_json_cannot_close_the_script():
 
 
 def test_summary_and_sizes_come_from_the_claims_module(tmp_path):
-    sizes = claims.sizes_from_counts(1000, 800, 400, "2:4")
+    from pruning_core.masks import Structure, keep_mask_from_scores
+    from pruning_core.models import load_model
+    from pruning_core.sizes.measure import save_sixteen_bit
+
+    tiny = load_model("tiny-llama")
+    masks = {name: keep_mask_from_scores(m.weight.detach().abs(), 0.0, Structure(2, 4))
+             for name, m in tiny.adapter.prunable_modules(tiny.model).items()}
+    sizes = sizes_from_masks(tiny, masks, "2:4")
     data = {"setting": {"model": "m", "method": "wanda", "structure": "2:4", "measured_sparsity": 0.5},
             "sizes": sizes, "speed_note": claims.speed_sentence("2:4")}
     sentences = summary_sentences(data)
     assert sentences[-2:] == [claims.size_sentence(sizes), claims.speed_sentence("2:4")]
-    paths = build_report(data, tmp_path, formats=("md",))
+    paths = build_report(data, tmp_path / "report", formats=("md",))
     md = paths["md"].read_text()
-    # The size table lists the claims module's storage forms with their sizes (2:4: 200*16 + 400*18 bits).
-    assert "| 2:4 compressed | 1.3 KB |" in md and "| Dense (zeros stored) | 2.0 KB |" in md
+    # The size table lists the files each model is saved as, with the bytes of those files on disk.
+    save_sixteen_bit(tiny.model, tmp_path / "dense")
+    on_disk = claims.format_bytes((tmp_path / "dense" / "model.safetensors").stat().st_size)
+    label = "16-bit safetensors (loaded by transformers, vLLM)"
+    assert f"| Dense model | {label} | {on_disk} |" in md
+    assert f"| Pruned model (zeros stored) | {label} | {on_disk} |" in md
+    assert "bitmap" not in md.split("No serving runtime")[0] and "2:4 compressed" not in md
 
 
 def test_report_without_optional_parts(tmp_path):

@@ -18,7 +18,8 @@ from pruning_core.models import load_model
 from pruning_core.models.tiny import tiny_model
 from pruning_core.protocol import Protocol
 from pruning_core.structured import StructuredConfig, prune_structured
-from pruning_core.structured.run import StructuredSpec, run_structured
+from pruning_core.sizes import records as size_records
+from pruning_core.structured.run import POINT_KIND, StructuredSpec, run_structured
 from pruning_core.structured.speed import SpeedConfig, machine_facts, measure_speed
 
 QUICK_SPEED = {"prefill_tokens": 16, "decode_tokens": 3, "decode_batches": [1, 2], "repeats": 1,
@@ -120,8 +121,11 @@ def test_run_structured_evaluates_the_copy_stores_points_and_saves_a_folder_that
     for point in result["points"]:
         assert point["saved"]["max_relative_gap"] < 1e-4
         assert point["saved"]["reloaded_ppl"]["news"] == pytest.approx(point["ppl"]["news"], rel=1e-4)
-        assert point["saved"]["file_bytes"] > 0
+        folder = tmp_path / "models" / f"structured-{point['ratio']:g}"
+        assert point["saved"]["file_bytes"] == sum(f.stat().st_size for f in folder.glob("*.safetensors")) > 0
         assert point["sizes"]["structured_parameters"] == point["parameters"]["model_after"]
+        small, full = (size_records.measured(point["sizes"], w)["weight_bytes"] for w in ("structured", "dense"))
+        assert small < full and claims.format_bytes(small) in point["claims"]["size"]
         assert "Measured on" in point["claims"]["speed"] and point["speed"]["phases"]["float32"]
         assert point["samples"][0]["pruned"] is not None
     json.dumps(result)
@@ -136,6 +140,15 @@ def test_run_structured_evaluates_the_copy_stores_points_and_saves_a_folder_that
         assert retimed["points"][0]["speed"]["machine"]["threads"] == threads + 1
     finally:
         torch.set_num_threads(threads)
+    # A point stored before sizes were measured on files (formula sizes) is pruned again, and its files measured.
+    for row in store.execute("SELECT key, payload FROM results WHERE kind = ?", (POINT_KIND,)):
+        payload = json.loads(row["payload"])
+        payload["sizes"] = {**{k: v for k, v in payload["sizes"].items() if k not in ("sizes_version", "measured")},
+                            "value_bits": 16, "dense_bytes": 2, "structured_bytes": 1}
+        store.put_result(row["key"], POINT_KIND, payload)
+    upgraded = run_structured(spec, loaded=tiny, store=store)
+    assert [p["from_store"] for p in upgraded["points"]] == [False, False]
+    assert all(p["sizes"]["sizes_version"] == size_records.SIZES_VERSION for p in upgraded["points"])
 
 
 def test_spec_refuses_bad_input_before_work():
@@ -159,6 +172,8 @@ def test_cli_writes_structured_json_and_refuses_bad_units(tmp_path, capsys):
                  "--score", "magnitude", "--out", str(out)]) == 0
     document = json.loads((out / "structured.json").read_text())
     (point,) = document["points"]
+    assert point["claims"]["size"] in capsys.readouterr().out  # the measured files, worded as the report says
+    assert "16-bit safetensors (loaded by" in point["claims"]["size"]
     assert point["config"]["units"] == ["channels"] and point["config"]["compensate"] is False
     assert point["speed"] is None and "not measured" in point["claims"]["speed"]
     assert all(w["channels"] < tiny_model("llama").model.config.intermediate_size for w in point["widths"])
