@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 from app import charts
 from app.services.corpora import corpus_labels
 from app.services.jobs import recent_results
+from app.services.models import dense_file_size
 from app.services.settings import protocol_of
 from pruning_core.errors import ConfigError
 from pruning_core.frontier.answer import parse_bytes, parse_increase  # noqa: F401 - the page's budget words
@@ -41,7 +42,8 @@ def stored_frontier(settings: dict, corpora: Sequence[str], max_increase: Option
     model = settings["model"]
     protocol = protocol_of(settings).to_dict()
     found = {kind: recent_results(kind, model) for kind in ("frontier", "quantize", "sweep", "structured")}
-    points = collect_points(protocol, found["frontier"], found["quantize"], found["sweep"], found["structured"])
+    points = collect_points(protocol, found["frontier"], found["quantize"], found["sweep"], found["structured"],
+                            dense_file_size(model_fingerprint(found)))
     if not any(p.family == "dense" for p in points):
         return None
     chosen = [c for c in corpora if all(c in p.ppl for p in points if p.family == "dense")]
@@ -51,6 +53,20 @@ def stored_frontier(settings: dict, corpora: Sequence[str], max_increase: Option
         return build_frontier(points, chosen, max_increase, max_bytes, corpus_labels(list(chosen)))
     except ConfigError:
         return None
+
+
+def model_fingerprint(found: dict) -> Optional[str]:
+    """The dense model's weight fingerprint as its finished results recorded it (a sweep's or a frontier's model,
+    a quantized point started from the dense model), or None: what the sizes cache keys its 16-bit files by."""
+    for kind in ("frontier", "sweep"):
+        for job in found.get(kind) or []:
+            fingerprint = (job["result"].get("model") or {}).get("fingerprint")
+            if fingerprint:
+                return fingerprint
+    for job in found.get("quantize") or []:
+        if (job["result"].get("setting") or {}).get("start") in ("dense", "joint"):
+            return (job["result"].get("model") or {}).get("fingerprint")
+    return None
 
 
 def frontier_spec(settings: dict, techniques: Sequence[str], corpora: Sequence[str],

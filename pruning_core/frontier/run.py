@@ -4,7 +4,7 @@
 capability that owns it, each of which stores its results and resumes from them (so a point measured before,
 by this job or by the page or command of that capability, is read back, not recomputed):
 - the dense model: THE evaluation (`evaluate.evaluate_setting`) and its 16-bit safetensors files, written and
-  measured (`sixteen_bit_files`, cached in the store by the weights' fingerprint);
+  measured (`sizes.measure.sixteen_bit_size`, cached in the store by the weights' fingerprint);
 - pruning: one sweep per method (`analysis.sweep.run_sweep`): its points' files are the dense model's size;
 - structured: one structured run of every ratio (`structured.run.run_structured`), each smaller model written to
   a work folder, reloaded, and its 16-bit files measured; a structured + quantized technique quantizes that folder;
@@ -31,7 +31,6 @@ from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol
 from pruning_core.spec import JobSpec
 
-SIZE_KIND = "frontier_16bit_size"
 #: Structured pruning as the frontier runs it: heads and MLP channels, the OBS score, compensated (the
 #: Structured page's defaults), evenly over the layers.
 STRUCTURED_SETTINGS = {"units": ("heads", "channels"), "score": "obs", "compensate": True, "allocation": "uniform"}
@@ -88,24 +87,15 @@ class FrontierSpec(JobSpec):
         return d
 
 
-def sixteen_bit_files(loaded: LoadedModel, store=None) -> dict:
-    """`loaded` written as 16-bit safetensors into a temporary folder and measured on disk
-    (`sizes.files.saved_size`): {"weight_bytes", "total_bytes", "files", "label", "dtype"}; kept in `store` by the
-    weights' fingerprint, so it is written once per model."""
-    from pruning_core.quantization.export import write_16bit
-    from pruning_core.sizes.files import format_label, saved_size
-    from pruning_core.store import content_hash
+def sixteen_bit_files(loaded: LoadedModel, store=None, dense: Optional[LoadedModel] = None) -> dict:
+    """`loaded` saved as 16-bit safetensors and measured on disk (`sizes.measure.sixteen_bit_size`, cached in the
+    store): the dense model, or with `dense` a structurally pruned copy of it (keyed by both fingerprints)."""
+    from pruning_core.sizes.measure import sixteen_bit_size
 
-    key = content_hash({"kind": SIZE_KIND, "model": loaded.fingerprint, "dtype": "float16"})
-    found = store.get_result(key) if store is not None else None
-    if found is not None:
-        return found
-    with tempfile.TemporaryDirectory(prefix="prunescope-frontier-") as tmp:
-        write_16bit(loaded, tmp)
-        record = {**saved_size(tmp), "label": format_label("safetensors-16bit"), "dtype": "float16"}
-    if store is not None:
-        store.put_result(key, SIZE_KIND, record)
-    return record
+    if dense is None:
+        return sixteen_bit_size(loaded, "dense", store=store)
+    return sixteen_bit_size(loaded, "structured", store=store, fingerprint=dense.fingerprint,
+                            content=loaded.fingerprint)
 
 
 def _check_same_family(dense: LoadedModel, smaller: LoadedModel) -> None:
@@ -185,7 +175,8 @@ def _structured_points(spec: FrontierSpec, techniques: list[Technique], ratios: 
             small = load_model(folder)
             label = f"structured {float(point['measured_ratio']):.0%}"
             sub = sub_progress(progress, 0.6 + 0.4 * index / len(folders), 0.6 + 0.4 * (index + 1) / len(folders))
-            points.append(structured_point(point, sixteen_bit_files(small, store),
+            files = measured_structured(point) or sixteen_bit_files(small, store, dense=loaded)
+            points.append(structured_point(point, files,
                                            {"kind": "structured", "ratio": ratio}))
             for technique in [t for t in combos if t.structured == ratio]:
                 clock = time.perf_counter()
