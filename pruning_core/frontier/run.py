@@ -11,7 +11,8 @@ by this job or by the page or command of that capability, is read back, not reco
 - quantization, alone, on the structured folder, or with SparseGPT in the same sweep:
   `quantization.run.run_quantize` (the compressed-tensors folder written and measured on disk).
 A smaller dense model of the same family (`smaller_model`) is evaluated and measured the same way as a baseline.
-Then `build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
+Points that finished jobs of the same model and protocol measured (`collect.stored_points`: a quantized mask, other
+structured ratios...) join them. Then `build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
 """
 
 from __future__ import annotations
@@ -260,6 +261,13 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
         measured.append({"technique": technique.text, "from_store": record["from_store"],
                          "seconds": time.perf_counter() - clock})
 
+    if store is not None:
+        # What other jobs of this model measured under the same protocol (a quantized mask from the dashboard,
+        # another structured run...) joins the frontier; what was measured here comes first and wins a tie.
+        from pruning_core.frontier.collect import stored_points
+
+        points += [p for p in stored_points(store, spec.model, dense_eval.protocol, dense_files)
+                   if p.family != "dense"]
     frontier = build_frontier(points, corpora, spec.max_increase, spec.max_bytes, labels)
     progress(1.0, "frontier measured")
     return {"spec": spec.to_dict(), "model": loaded.describe(), "protocol": dense_eval.protocol,
