@@ -49,6 +49,12 @@ CSS = f"""
   .block-container {{ padding-top: 2.2rem; padding-bottom: 3rem; max-width: 1400px; }}
   h1 {{ letter-spacing: -0.01em; }}
   /* Cards used for short explanations on the home and summary pages. */
+  /* A multiselect's chosen values wrap onto more lines: Streamlit keeps them on one scrolled line, which cut the
+     first tag off at the left edge ("agnitude" for "magnitude") as soon as they did not fit. */
+  [data-testid="stMultiSelect"] [data-testid="stMultiSelectTagsContainer"] {{
+    flex-wrap: wrap; overflow-x: visible; height: auto; row-gap: 4px; align-content: center;
+  }}
+  [data-testid="stMultiSelect"] .react-aria-ComboBox [role="group"] {{ height: auto; max-height: none; }}
   .ps-card {{
     border: 1px solid #E3E6EA; border-radius: 0.6rem; padding: 1rem 1.2rem; height: 100%;
     background: #FFFFFF; box-shadow: 0 1px 2px rgba(0, 0, 0, 0.04);

@@ -92,19 +92,42 @@ def measured_estimate(estimate: Callable[[], Optional[dict]], key: str) -> Optio
     return made if made and "measure" not in made else None
 
 
-def estimate_line(kind: str, settings: dict, spec: Optional[dict]) -> None:
-    """The engine's time and memory estimate for a job (a short note when it cannot be made)."""
+def estimate_line(kind: str, settings: dict, spec: Optional[dict], key: Optional[str] = None,
+                  what: str = "") -> Optional[dict]:
+    """THE estimate line of a run a page can start: the engine's time and memory for job `kind` with `spec`
+    (`jobs.estimate`: every phase, results already stored cost nothing), or a short note when it cannot be made.
+    A spinner shows while the model is read and this machine's speed looked up; a map names its first view's time
+    beside the final one; a recovery names its training steps. Returns the estimate (None without one).
+    key: names the speed measurement's panel (two estimate lines on one page need two keys); what: names the run
+    when a page shows several lines (e.g. "Wanda")."""
     if spec is None:
-        return
+        return None
     try:
-        est = measured_estimate(lambda: jobs.estimate(kind, settings, spec), key=f"{kind}_throughput")
+        with st.spinner("Estimating the time: reading the model and this machine's measured speed…"):
+            est = measured_estimate(lambda: jobs.estimate(kind, settings, spec), key=key or f"{kind}_throughput")
     except Exception as error:  # noqa: BLE001 - an estimate must never block a run
         st.caption(f"Time estimate unavailable: {' '.join(str(error).split())[:160]}")
-        return
+        return None
     if est:
-        st.caption(f":material/schedule: Estimated time **{format_seconds(est.get('seconds'))}**, "
-                   f"peak memory **{format_bytes(est.get('peak_memory_bytes'))}** on this machine.",
-                   help=est.get("assumptions"))  # what was counted: windows really used, measured speed
+        text = estimate_text(kind, est)
+        st.caption(text.replace(":material/schedule: ", f":material/schedule: {what}: ") if what else text,
+                   help=est.get("assumptions"))  # what was counted, measured speed
+    return est
+
+
+def estimate_text(kind: str, est: dict) -> str:
+    """The estimate line's sentence for `est` (`jobs.estimate`'s dict)."""
+    bound = "at most " if kind == "budget" else ""  # the search usually stops before its last step
+    text = f":material/schedule: Estimated time {bound}**{format_seconds(est.get('seconds'))}**"
+    if est.get("first_view_seconds") is not None:
+        text = (f":material/schedule: First view (second-order estimate) in **{format_seconds(est['first_view_seconds'])}**"
+                f", final map in **{format_seconds(est.get('seconds'))}**")
+    text += f", peak memory **{format_bytes(est.get('peak_memory_bytes'))}** on this machine"
+    if est.get("seconds_per_step") is not None:
+        budget = ", the time budget stops it first" if est.get("capped") else ""
+        text += (f"; of it training {format_seconds(est['breakdown'].get('training'))} "
+                 f"({int(est.get('steps') or 0):,} steps × {est['seconds_per_step']:.2f} s per step{budget})")
+    return text + "."
 
 
 def attach_job(kind: str, spec: Optional[dict], model: Optional[str] = None) -> Optional[str]:

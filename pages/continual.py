@@ -59,6 +59,7 @@ with st.container(border=True):
                                 help="; ".join(f"{n}: {d['description']}" for n, d in descriptions.items()))
     # Bad choices: the error says what to fix, and the page stays.
     spec = widgets.guarded(lambda: ContinualForm(domains, method, sparsity, strategies).to_spec(settings))
+    widgets.estimate_line("continual", settings, spec)
     run = st.button("Run the sequence", key="continual_run", type="primary", icon=":material/timeline:",
                     disabled=spec is None,
                     help="Runs as a job: it survives a reload, can be cancelled, and a second run resumes "
@@ -72,9 +73,9 @@ result = widgets.finished_result("continual", spec, run, settings["model"],
 names = [corpora.corpus_label(d) for d in result["domains"]]
 st.caption(f"Sequence **{' → '.join(names)}** · {result['spec']['method']} at "
            f"{float(result['spec']['sparsity']):.0%} per step · {len(result['strategies'])} strategies · "
-           f"{result['spec'].get('propagation') or 'dense'} propagation (each step's statistics from the dense "
-           "model; the Curves page's default, pruned propagation, recomputes them after each layer, so the same "
-           "method and sparsity can differ there by a few percent)")
+           "dense propagation")
+# Why the same method and sparsity measure differently on the Curves page, with both numbers when both exist.
+st.caption(continual.propagation_note(result, settings["model"]))
 st.success(continual.continual_answer(result), icon=":material/emoji_events:")
 st.info(f"Sign convention: {result.get('bwt_note') or continual.continual_bwt_note()}.", icon=":material/info:")
 

@@ -74,18 +74,28 @@ with st.form("export-form"):
     limit = right.number_input("lm-eval documents per task", 1, 500, 20, key="export_lm_eval_limit")
     submitted = st.form_submit_button("Export", type="primary")
 
+options = {"prompts": tuple(p.strip() for p in prompts.splitlines() if p.strip()), "heatmap": heatmap,
+           "recipe": recipe, "save_model": save_model, "pdf": pdf,
+           "lm_eval_tasks": tuple(svc.LOCAL_TASKS) if lm_eval else (), "lm_eval_limit": int(limit)}
+
+
+def export_job_spec() -> dict:
+    """The export job of the form's values (as last applied: a form sends its values when Export is pressed)."""
+    if source is None:
+        return ExportForm(method, structure, sparsity, propagation).to_spec(settings, options)
+    return svc.whatif_export_spec(source, options)
+
+
 if submitted:
-    options = {"prompts": tuple(p.strip() for p in prompts.splitlines() if p.strip()), "heatmap": heatmap,
-               "recipe": recipe, "save_model": save_model, "pdf": pdf,
-               "lm_eval_tasks": tuple(svc.LOCAL_TASKS) if lm_eval else (), "lm_eval_limit": int(limit)}
     try:
-        if source is None:
-            spec = ExportForm(method, structure, sparsity, propagation).to_spec(settings, options)
-        else:
-            spec = svc.whatif_export_spec(source, options)
-        widgets.start_job("export", spec)
+        widgets.start_job("export", export_job_spec())
     except svc.PruneScopeError as exc:
         st.error(str(exc))
+else:
+    try:
+        widgets.estimate_line("export", settings, export_job_spec())
+    except svc.PruneScopeError:
+        pass  # the form's values are refused with their message when Export is pressed
 
 status = widgets.job_panel("export", widgets.attach_job("export", None))
 result = svc.export_result(status["result"]) if status and status.get("state") == "done" \

@@ -15,8 +15,10 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/home
     sys.path.insert(0, str(_ROOT))
 
 import streamlit as st  # noqa: E402
+from streamlit.errors import StreamlitAPIException  # noqa: E402
 
 from app.launch import DEFAULT_MODEL, default_model  # noqa: E402
+from app.main import available_pages  # noqa: E402
 from app.services import jobs  # noqa: E402
 
 #: How the Home page counts each kind of stored result.
@@ -30,20 +32,43 @@ EMBEDDED_DESCRIPTION = (
     "(30 decoder layers, 7 prunable linear layers each). It ships inside PruneScope and runs on a laptop CPU."
 )
 
-# What each page answers, in the order a newcomer uses them.
-STEPS = [
-    ("1 · Setup", "Pick the model and the text it is calibrated and tested on (Wikipedia, news, Python "
-                  "docs or your own file). See the model's size and how long a run will take before it starts."),
-    ("2 · Sensitivity", "A heatmap of every layer and module: where does removing weights hurt most? "
-                        "Darker is safer, brighter is more sensitive."),
-    ("3 · Curves", "Perplexity against sparsity for magnitude, Wanda and SparseGPT, with the dense model "
-                   "as the reference line and the 2:4 / 4:8 hardware-friendly patterns marked."),
-    ("4 · What-if", "Try one setting, compare the pruned model's text with the original's from the same "
-                    "prompt, and see the real size saving."),
-    ("5 · Summary & export", "The recommended setting for your quality budget, in one screen for a demo, "
-                             "and the mask and report to take away."),
-]
+#: What each page answers, by page script. The cards follow the menu's order (`app.main.PAGES`, the one register
+#: of pages), not an order of their own; a page without a line here still gets a card with its title.
+CARD_TEXT = {
+    "pages/setup.py": "Pick the model and the text it is calibrated and tested on (Wikipedia, news, Python docs or "
+                      "your own file). See the model's size and how long a run will take before it starts.",
+    "pages/sensitivity.py": "A heatmap of every layer and module: where does removing weights hurt most? Darker is "
+                            "safer, brighter is more sensitive.",
+    "pages/allocation.py": "Spread one sparsity over the layers (uniform, OWL, or by measured sensitivity) and see "
+                           "the plan before pruning with it.",
+    "pages/curves.py": "Perplexity against sparsity for magnitude, Wanda and SparseGPT, with the dense model as the "
+                       "reference line and the 2:4 / 4:8 hardware-friendly patterns marked.",
+    "pages/what_if.py": "Try one setting, compare the pruned model's text with the original's from the same prompt, "
+                        "and see the real size saving.",
+    "pages/structured.py": "Remove whole attention heads and MLP channels: a really smaller model, with its speed "
+                           "measured on this machine.",
+    "pages/recovery.py": "Win back quality with a small adapter trained after pruning; every pruned weight stays "
+                         "zero.",
+    "pages/continual.py": "Prune as new domains arrive one after another and see which strategy forgets the earlier "
+                          "ones least.",
+    "pages/summary.py": "The recommended setting for your quality budget, in one screen for a demo.",
+    "pages/export.py": "The mask, the pruned model and a report to take away and re-apply.",
+}
+#: Cards in one row of the Home page.
+CARDS_PER_ROW = 5
 
+
+def page_card(number: int, spec) -> None:
+    """One page's card: a link to the page (numbered as in the menu) and what it answers. Run on its own
+    (`streamlit run pages/home.py`) there is no menu to link into: the card then names the page."""
+    label = f"{number} · {spec.title}"
+    try:
+        # The absolute path, as app/main.py registers it (a relative one resolves against app/).
+        st.page_link(str(_ROOT / spec.path), label=label, icon=spec.icon)
+    except StreamlitAPIException:
+        st.markdown(f"**:blue[{label}]**")
+    body = CARD_TEXT.get(spec.path, "")
+    st.markdown(f'<p class="ps-step">{body}</p>', unsafe_allow_html=True)
 
 st.title("PruneScope")
 st.markdown(
@@ -64,12 +89,12 @@ with st.container(border=True):
                    "SmolLM2-135M-Instruct.")
 
 st.subheader("How it works")
-# Bordered columns stretch to the tallest card, so the row reads as one strip.
-columns = st.columns(len(STEPS), border=True)
-for column, (title, body) in zip(columns, STEPS):
-    with column:
-        st.markdown(f"**:blue[{title}]**")
-        st.markdown(f'<p class="ps-step">{body}</p>', unsafe_allow_html=True)
+# One card per page, in the menu's order; bordered columns stretch to the tallest card, so a row reads as a strip.
+cards = [spec for spec in available_pages() if not spec.default]
+for first in range(0, len(cards), CARDS_PER_ROW):
+    for offset, column in enumerate(st.columns(CARDS_PER_ROW, border=True)[:len(cards[first:first + CARDS_PER_ROW])]):
+        with column:
+            page_card(first + offset + 1, cards[first + offset])
 
 st.write("")
 # What the store already holds for this model (any session): never "nothing measured" after hours of results.

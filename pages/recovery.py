@@ -94,14 +94,7 @@ with st.container(border=True):
         spec = form.to_spec(settings)
     except Exception as error:  # noqa: BLE001
         widgets.show_error(error)
-    if spec is not None:
-        estimate = widgets.measured_estimate(lambda: widgets.guarded(recovery.recovery_estimate, spec),
-                                             key="recovery_throughput")
-        if estimate:
-            budget = " (the time budget stops it first)" if estimate["capped"] else ""
-            st.caption(f":material/schedule: Training time, an estimate: **{format_seconds(estimate['seconds'])}**"
-                       f"{budget}: {int(steps):,} steps × {estimate['seconds_per_step']:.2f} s per step.",
-                       help=estimate["assumptions"])
+    widgets.estimate_line("recovery", settings, spec)  # every phase: pruning, evaluations, training, samples
     run = st.button("Recover", key="recovery_run", type="primary", icon=":material/healing:", disabled=spec is None,
                     help="Runs as a job: it survives a reload, can be cancelled, and a second run resumes from the "
                          "last checkpoint.")

@@ -17,7 +17,6 @@ if str(_ROOT) not in sys.path:  # runnable on its own: `streamlit run pages/stru
 import streamlit as st  # noqa: E402
 
 from app import charts, state, widgets  # noqa: E402
-from app.formats import format_bytes  # noqa: E402
 from app.services import choices, structured  # noqa: E402
 from app.services import corpora as corpora_service  # noqa: E402
 from app.services.structured import StructuredForm  # noqa: E402
@@ -65,6 +64,7 @@ with st.container(border=True):
     # Bad choices: the error says what to fix, and the page stays.
     spec = widgets.guarded(lambda: StructuredForm(units, ratios, score, compensate, speed, prompt, allocation,
                                    layer_share).to_spec(settings))
+    widgets.estimate_line("structured", settings, spec)
     run = st.button("Prune structurally", key="structured_run", type="primary", icon=":material/content_cut:",
                     disabled=spec is None)
 
@@ -77,29 +77,9 @@ points = result["points"]
 corpora = list(result["dense_ppl"])
 corpus = st.selectbox("Corpus", corpora, key="structured_corpus", format_func=corpora_service.corpus_label) \
     if len(corpora) > 1 else corpora[0]
-corpus_name = corpora_service.corpus_label(corpus)
-dense_ppl = result["dense_ppl"][corpus]
 
 st.subheader("Quality, size and measured speed")
-rows = []
-for point in points:
-    ratios_fp32 = ((point.get("speed") or {}).get("ratios") or {}).get("float32") or {}
-    row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
-           "parameters left": f"{point['parameters']['model_after']:,}",
-           "16-bit safetensors": format_bytes(structured.structured_file_sizes(point)["structured"]),
-           f"perplexity ({corpus_name})": f"{point['ppl'][corpus]:,.2f}",
-           "change": charts.perplexity_change(point["ppl"][corpus], dense_ppl)}
-    for phase, value in ratios_fp32.items():
-        row[f"{phase} (fp32)"] = f"{value:.2f}x"
-    if not ratios_fp32:
-        row["speed-up"] = "not measured"
-    rows.append(row)
-st.dataframe([{"decoder parameters removed": "0 % (dense)",
-               "parameters left": f"{result['model']['parameters']:,}",
-               "16-bit safetensors": format_bytes(structured.structured_file_sizes(points[0])["dense"]) if points
-               else charts.MISSING,
-               f"perplexity ({corpus_name})": f"{dense_ppl:,.2f}", "change": "–"}, *rows],
-             hide_index=True, key="structured_table")
+st.dataframe(structured.structured_table_rows(result, corpus), hide_index=True, key="structured_table")
 
 left, right = st.columns(2)
 removed = structured.structured_tradeoff_figure(result, corpus, "removed")

@@ -147,6 +147,9 @@ def budget_section(budget: int, corpora: list[str], labels: dict, default_method
         st.markdown("\n".join(lines))
     for caption in captions:
         st.caption(caption)
+    for method in missing:  # what the searches still to run will take, one line per method
+        widgets.estimate_line("budget", settings, specs[method], key=f"budget_{method}_throughput",
+                              what=METHOD_NAMES.get(method, method))
     if missing and st.button(f"Find the most sparsity within +{budget} %", key="summary_budget_run",
                              type="primary", icon=":material/search:",
                              help="A budget search per method: coarse steps up, then bisection near the edge, "

@@ -40,9 +40,11 @@ if st.session_state.get("whatif_start") not in choices.ALLOCATIONS:  # an alloca
 def plan_editor(sparsity: float):
     """The plan table: an allocator's plan for `sparsity` (or the followed job's plan), one row per layer and
     one column per module kind, editable; returns the edited plan (dict form) or None when none could be made."""
-    start = st.selectbox("Start from", choices.ALLOCATIONS, key="whatif_start",
-                         help="The allocator whose plan for the sparsity above fills the table: "
-                              + choices.allocation_help())
+    # Half the width, and a caption under it: the table's toolbar (shown on hover, above the table's right end)
+    # was drawn over a full-width select box's arrow.
+    start = st.columns(2)[0].selectbox("Start from", choices.ALLOCATIONS, key="whatif_start",
+                                       help="The allocator whose plan for the sparsity above fills the table: "
+                                            + choices.allocation_help())
     seed = st.session_state.get("whatif_plan_seed")
     if seed and allocation.plan_origin(seed) == start and seed.get("target") is not None \
             and abs(float(seed["target"]) - sparsity) < 1e-9:
@@ -59,6 +61,7 @@ def plan_editor(sparsity: float):
     kinds = list(base["kinds"])
     rows = [{"layer": i, **dict(zip(kinds, row))} for i, row in enumerate(base["values"])]
     digest = hashlib.sha1(json.dumps(base["values"]).encode()).hexdigest()[:10]  # a new base: a fresh table
+    st.caption("One row per decoder layer, one column per module kind: edit any cell (0 to 0.99).")
     column = st.column_config.NumberColumn(min_value=0.0, max_value=0.99, step=0.05, format="%.2f")
     edited = st.data_editor(rows, key=f"whatif_plan_{digest}", hide_index=True, disabled=["layer"],
                             column_config={kind: column for kind in kinds},

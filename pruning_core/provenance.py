@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import sys
@@ -12,7 +13,14 @@ _LIBRARIES = ("torch", "transformers", "safetensors", "gensim", "numpy", "lm_eva
 
 
 def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries that determine results ("absent" if not installed)."""
+    """Installed versions of the libraries that determine results ("absent" if not installed); a fresh dict."""
+    return dict(_installed_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_versions() -> dict[str, str]:
+    # Read once per process: each `importlib.metadata.version` parses a package's metadata file (~3 ms), and every
+    # sweep point's store key asks for them, which made planning a 30,000-point grid cost minutes.
     from pruning_core import __version__
 
     versions = {"prunescope": __version__, "python": platform.python_version()}

@@ -10,7 +10,7 @@ from app.formats import MISSING, table_number
 from app.services.corpora import EMBEDDED_CORPORA, corpus_labels, is_file, uploaded_corpora
 from app.services.export import report_html
 from app.services.forms import PageForm
-from app.services.jobs import latest_result
+from app.services.jobs import latest_result, recent_results
 from app.services.models import model_identity
 from app.services.settings import protocol_of, with_executor
 from pruning_core import command_lines
@@ -113,6 +113,66 @@ def continual_rows(result: dict) -> list[dict]:
              "BWT (positive = forgetting)": table_number(r["bwt"], True),
              "average perplexity": table_number(r["average"]), "FWT": table_number(r["fwt"], True),
              "rule": r["rule"]} for r in figures.strategy_rows(result)]
+
+
+#: The protocol fields a sweep point must share with a continual run to be the same measurement of step 1.
+_SAME_PROTOCOL = ("nsamples", "seqlen", "seed", "eval_windows", "dtype", "calib_column")
+
+
+def curves_step_one(result: dict, sweeps: list[dict]) -> dict[str, float]:
+    """{propagation: perplexity on D1} of the sweep points (Curves page) that measure the setting of the continual
+    run's first step: same model weights, D1 as the calibration corpus, same protocol, same method, unstructured,
+    uniform, the same sparsity, perplexity measured on D1. `sweeps`: sweep results, newest first (the newest
+    value of each propagation is kept)."""
+    spec, protocol = result["spec"], result.get("protocol") or {}
+    first = result["domains"][0]
+    found: dict[str, float] = {}
+    for sweep in sweeps:
+        other = sweep.get("protocol") or {}
+        if (sweep.get("model") or {}).get("fingerprint") != (result.get("model") or {}).get("fingerprint") or \
+                other.get("calib") != first or any(other.get(k) != protocol.get(k) for k in _SAME_PROTOCOL):
+            continue
+        for point in sweep.get("points") or []:
+            if point.get("method") == spec["method"] and point.get("structure", "unstructured") == "unstructured" \
+                    and (point.get("allocation") or "uniform") == "uniform" \
+                    and abs(float(point.get("target_sparsity") or -1) - float(spec["sparsity"])) < 1e-9 \
+                    and (point.get("ppl") or {}).get(first) is not None:
+                found.setdefault(point.get("propagation") or other.get("propagation") or "pruned",
+                                 float(point["ppl"][first]))
+    return found
+
+
+def propagation_note(result: dict, model: str) -> str:
+    """Why this page's perplexities can differ from the Curves page's for the same method and sparsity, with both
+    numbers when the store holds a sweep of the same first step (`curves_step_one`).
+
+    Every continual step prunes from statistics of the dense model (dense propagation); the Curves page's
+    default recomputes each layer's statistics after the earlier layers are pruned (pruned propagation, as in the
+    papers). Step 1 of a continual strategy equals exactly the Curves point with dense propagation (measured on
+    the tiny model: tests/app/test_continual_page.py)."""
+    spec = result["spec"]
+    first = result["domains"][0]
+    name, label = next(((n, s) for n, s in result["strategies"].items() if s.get("continual", True)),
+                       next(iter(result["strategies"].items())))
+    here = (label.get("R") or [[None]])[0][0]
+    curves = curves_step_one(result, [job["result"] for job in recent_results("sweep", model, limit=50)])
+    setting = f"{spec['method']} at {float(spec['sparsity']):.0%}"
+    words = ["Every step here prunes from statistics of the dense model (dense propagation). The Curves page's "
+             "default, pruned propagation, recomputes each layer's statistics after the earlier layers are pruned, "
+             "so the same method and sparsity measure a little differently there."]
+    if here is not None and curves:
+        domain = corpus_labels([first])[first]
+        words = [f"Step 1 ({name}, calibrated on {domain}) measures {setting} at **{here:,.2f}** on {domain}, "
+                 "pruned from statistics of the dense model (dense propagation)."]
+        if "pruned" in curves:
+            words.append(f"The Curves page measured **{curves['pruned']:,.2f}** for the same setting with its default, "
+                         "pruned propagation (each layer's statistics recomputed after the earlier layers are "
+                         "pruned): a different mask, so a different perplexity.")
+        if "dense" in curves:
+            same = abs(curves["dense"] - here) <= 1e-6 * max(1.0, abs(here))
+            words.append(f"With dense propagation the Curves page measured **{curves['dense']:,.2f}**"
+                         + (", the same value." if same else "."))
+    return " ".join(words)
 
 
 def continual_answer(result: dict) -> str:

@@ -17,6 +17,8 @@ import streamlit as st
 from app.services.models import get_model, model_identity
 from pruning_core.analysis import estimates as _estimates
 from pruning_core.errors import PruneScopeError
+from pruning_core.jobs.estimates import ESTIMATED_KINDS, estimate_job
+from pruning_core.protocol import Protocol
 from pruning_core.jobs.runner import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.store import Store, home_dir
 from pruning_core.stored_results import finished_counts as stored_finished_counts, finished_results
@@ -151,10 +153,12 @@ def latest_result(kind: str, model: str) -> Optional[dict]:
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def _estimate(kind: str, spec_json: str, identity_json: str, home: str) -> Optional[dict]:  # noqa: ARG001
-    # identity_json (the model file's identity) and home (the store) are part of the cache key only.
+def _estimate(kind: str, spec_json: str, identity_json: str, home: str,  # noqa: ARG001
+              store_written: float) -> Optional[dict]:  # noqa: ARG001
+    # identity_json (the model file's identity), home (the store) and store_written (when the store last changed:
+    # a point stored since makes the estimate shorter) are part of the cache key only.
     spec = json.loads(spec_json)
-    return _estimates.estimate_job(kind, spec, get_model(spec["model"]), Store(), measure=False)
+    return estimate_job(kind, spec, get_model(spec["model"]), Store(), measure=False)
 
 
 def throughput_spec(model: str, protocol: dict) -> dict:
@@ -168,24 +172,34 @@ def measured_throughput(model: str, seqlen: int, dtype: str) -> Optional[float]:
     return _estimates.measure_throughput(get_model(model), int(seqlen), dtype, Store(), measure=False)
 
 
-#: The job kinds `estimates.estimate_job` estimates (from this machine's measured speed).
-_ESTIMATED = ("sweep", "sensitivity", "whatif")
+#: The job kinds `pruning_core.jobs.estimates.estimate_job` estimates (from this machine's measured speed).
+_ESTIMATED = ESTIMATED_KINDS
 
 
 def estimate(kind: str, settings: dict, spec: dict) -> Optional[dict]:
     """The engine's {"seconds", "peak_memory_bytes", "breakdown", "assumptions"} for a job, or {"measure":
     spec} when this machine's speed for the model is not stored yet (the page measures it in that short job).
 
-    One function (`pruning_core.analysis.estimates.estimate_job`) for every page that shows an estimate, with
-    this machine's measured throughput and the windows the corpora really hold, so the Setup page and the
-    task pages give the same job the same duration."""
+    One function (`pruning_core.jobs.estimates.estimate_job`: one estimating function per run kind) for every
+    page that shows an estimate, with this machine's measured throughput, the windows the corpora really hold and
+    the results already stored, so the Setup page and the task pages give the same job the same duration."""
     spec = {**spec, "model": spec.get("model") or settings["model"]}
     protocol = spec.get("protocol") or {"seqlen": settings["seqlen"], "dtype": settings["dtype"]}
+    protocol = {**Protocol().to_dict(), **protocol}
     if kind in _ESTIMATED and measured_throughput(spec["model"], protocol["seqlen"], protocol.get("dtype") or
                                                   "float32") is None:
         return {"measure": throughput_spec(spec["model"], protocol)}  # not cached: measured once, then estimated
     return _estimate(kind, json.dumps(spec, sort_keys=True, default=str),
-                     json.dumps(model_identity(spec["model"]), sort_keys=True, default=str), str(home_dir()))
+                     json.dumps(model_identity(spec["model"]), sort_keys=True, default=str), str(home_dir()),
+                     _store_written())
+
+
+def _store_written() -> float:
+    """When the store's files last changed (seconds): an estimate made before then may miss stored results
+    (Curves said 26 min after every point had been stored)."""
+    path = Store().path
+    times = [p.stat().st_mtime for p in (path, path.with_name(path.name + "-wal")) if p.exists()]
+    return max(times, default=0.0)
 
 
 def time_left(status: dict) -> Optional[float]:

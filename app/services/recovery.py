@@ -18,7 +18,7 @@ from app.services.choices import DEFAULT_PROMPT
 from app.services.corpora import corpus_label
 from app.services.export import report_html, zip_folder
 from app.services.forms import PageForm
-from app.services.jobs import measured_throughput, recent_results, throughput_spec
+from app.services.jobs import recent_results
 from app.services.models import get_model, model_identity
 from app.services.settings import protocol_of
 from app.services.sweep import merged_sweeps
@@ -27,7 +27,6 @@ from pruning_core.analysis.sweep_results import point_allocation
 from pruning_core.errors import ConfigError
 from pruning_core.recovery import figures
 from pruning_core.recovery.catalog import list_adapters, perplexity_words
-from pruning_core.recovery.estimate import estimate_training, measured_seconds_per_token
 from pruning_core.recovery.export import recovery_report_data
 from pruning_core.recovery.ranks import RANK_DESCRIPTIONS
 from pruning_core.recovery.run import RecoverySpec
@@ -272,23 +271,6 @@ def recovery_words(result: dict) -> dict:
             "ranks": figures.ranks_sentence(result.get("ranks") or {}), "steps": figures.total_steps(result),
             "exact": bool(sparsity.get("pruned_weights_zero")) and sparsity.get("before") == sparsity.get("merged"),
             "loss_rose": figures.loss_trend_sentence(result)}
-
-
-def recovery_estimate(spec: dict) -> dict:
-    """The training time of a recovery spec, an estimate (`recovery.estimate.estimate_training`): from the last
-    recovery of the model on this machine, else from the model's measured forward speed; {"measure": spec} when
-    that speed is not stored yet (the page measures it in that short job)."""
-    config = TrainConfig(**(spec.get("train") or {}))
-    measured = next((r["result"] for r in recent_results("recovery", spec["model"], limit=10)
-                     if (r["result"].get("spec") or {}).get("train", {}).get("dtype", "bfloat16") == config.dtype
-                     and measured_seconds_per_token(r["result"])), None)
-    throughput = None
-    if measured is None:  # from the model's forward speed on this machine, measured in a short job, not here
-        throughput = measured_throughput(spec["model"], config.seqlen, config.dtype)
-        if throughput is None:
-            return {"measure": throughput_spec(spec["model"], {"seqlen": config.seqlen, "dtype": config.dtype})}
-    return estimate_training(config.steps, config.batch_size, config.seqlen, measured=measured,
-                             forward_tokens_per_s=throughput, max_seconds=config.max_seconds)
 
 
 def recovery_report_html(result: dict) -> str:

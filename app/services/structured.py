@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
+from app.formats import MISSING, format_bytes, table_rows
 from app.services.allocation import allocation_needs, sensitivity_for_allocation
 from app.services.choices import ALLOCATIONS, DEFAULT_PROMPT
+from app.services.corpora import corpus_label
 from app.services.export import report_html
 from app.services.forms import PageForm
 from app.services.jobs import latest_result, recent_results
@@ -22,6 +24,7 @@ from pruning_core.analysis.sweep_results import merge_sweeps
 from pruning_core.command_lines import structured_command
 from pruning_core.errors import ConfigError
 from pruning_core.sizes.records import STRUCTURED, measured
+from pruning_core.outputs.figures import perplexity_change
 from pruning_core.structured.export import structured_report_data
 from pruning_core.structured.figures import tradeoff_figure, widths_figure
 from pruning_core.structured.run import StructuredSpec
@@ -164,6 +167,32 @@ def structured_file_sizes(point: dict) -> dict:
     sizes = point.get("sizes")
     return {what: (record or {}).get("weight_bytes")
             for what, record in (("dense", measured(sizes, "dense")), ("structured", measured(sizes, STRUCTURED)))}
+
+
+def _bytes_or_missing(size) -> str:
+    return MISSING if size is None else format_bytes(size)
+
+def structured_table_rows(result: dict, corpus: str) -> list[dict]:
+    """The Structured page's table: the dense model, then every point: share of decoder parameters removed,
+    parameters left, 16-bit safetensors files (measured), perplexity on `corpus` and its change, and the measured fp32 speed-up of each
+    phase ("not measured" when its speed was not timed). A cell a row has no value for shows `MISSING`, never
+    "None" (the dense row has no speed-up; a point measured without speed has no phases)."""
+    points, dense_ppl = result["points"], result["dense_ppl"][corpus]
+    name = f"perplexity ({corpus_label(corpus)})"
+    rows = [{"decoder parameters removed": "0 % (dense)", "parameters left": f"{result['model']['parameters']:,}",
+             "16-bit safetensors": _bytes_or_missing(structured_file_sizes(points[0])["dense"]) if points else MISSING,
+             name: f"{dense_ppl:,.2f}", "change": MISSING}]
+    for point in points:
+        speedups = structured_speedups(point) or {}
+        row = {"decoder parameters removed": f"{point['measured_ratio']:.1%}",
+               "parameters left": f"{point['parameters']['model_after']:,}",
+               "16-bit safetensors": _bytes_or_missing(structured_file_sizes(point)["structured"]),
+               name: f"{point['ppl'][corpus]:,.2f}", "change": perplexity_change(point["ppl"][corpus], dense_ppl)}
+        row.update({f"{phase} (fp32)": f"{value:.2f}x" for phase, value in speedups.items()})
+        if not speedups:
+            row["speed-up"] = "not measured"
+        rows.append(row)
+    return table_rows(rows)
 
 
 def structured_speed_rows(point: dict) -> list[dict]:

@@ -28,65 +28,14 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
-#: Fallback when nothing was measured: sustained FLOP/s of a small CPU (2 cores, fp32, PyTorch).
-DEFAULT_FLOPS = 40e9
-#: Seconds of Python overhead per SparseGPT column step (measured order of magnitude on a CPU).
-SPARSEGPT_COLUMN_OVERHEAD_S = 30e-6
-#: Seconds per weight of top-k mask selection (kthvalue + tie handling) for magnitude/Wanda.
-MASK_SECONDS_PER_WEIGHT = 8e-9
+from pruning_core import run_costs
+from pruning_core.run_costs import (DEFAULT_FLOPS, MASK_SECONDS_PER_WEIGHT,  # noqa: F401 - read by callers
+                                    SPARSEGPT_COLUMN_OVERHEAD_S)
 
-
-def _shape_facts(model_info: dict) -> dict:
-    layers = int(model_info["layers"])
-    hidden = int(model_info.get("hidden_size") or 0)
-    params = int(model_info["parameters"])
-    prunable = int(model_info["prunable_parameters"])
-    head = max(params - prunable, 1)  # embeddings (tied head) + norms: the head's matmul share
-    vocab = max(head // max(hidden, 1), 1)
-    kinds = list(model_info.get("module_kinds") or [])
-    per_layer = prunable / max(layers, 1)
-    # Distinct linear inputs per layer (Llama: attention input, o input, MLP input, down input): their widths
-    # set the Hessian cost. Without per-module shapes assume 3 of width hidden and 1 of width 8/3 hidden.
-    inner = max((per_layer - 4 * hidden * hidden) / (3 * max(hidden, 1)), hidden) if hidden else 0
-    input_widths = [hidden, hidden, hidden, inner]
-    return {"layers": layers, "hidden": hidden, "params": params, "prunable": prunable, "head": head,
-            "vocab": vocab, "kinds": kinds, "per_layer": per_layer, "input_widths": input_widths,
-            "memory": int(model_info.get("memory_bytes") or params * 4)}
-
-
-def _rates(facts: dict, throughput: float | None) -> dict:
-    """Seconds per token of one decoder layer and of the head, and the sustained FLOP/s."""
-    flops_per_token = 2.0 * (facts["prunable"] + facts["head"])
-    if throughput is None or throughput <= 0:
-        throughput = DEFAULT_FLOPS / flops_per_token
-        measured = False
-    else:
-        measured = True
-    full = 1.0 / throughput                                        # s per token of a full forward
-    body_share = facts["prunable"] / (facts["prunable"] + facts["head"])
-    return {"layer_s_per_token": full * body_share / max(facts["layers"], 1),
-            "head_s_per_token": full * (1 - body_share),
-            "full_s_per_token": full, "flops": throughput * flops_per_token,
-            "throughput": throughput, "measured": measured}
-
-
-def _hessian_seconds(facts: dict, rates: dict, tokens: int) -> float:
-    return sum(2.0 * w * w for w in facts["input_widths"]) * tokens * facts["layers"] / rates["flops"]
-
-
-def _mask_seconds(facts: dict, rates: dict, method: str) -> float:
-    """Time to build the masks of every prunable matrix once with `method`."""
-    if method != "sparsegpt":
-        return facts["prunable"] * MASK_SECONDS_PER_WEIGHT
-    hidden, inner = facts["hidden"], facts["input_widths"][-1]
-    # Llama-like split: 4 matrices reading width `hidden` (q, k, v, gate/up share) and down reading `inner`.
-    per_layer_flops = 0.0
-    rows_hidden = (facts["per_layer"] - hidden * inner) / max(hidden, 1)  # total out rows reading `hidden`
-    per_layer_flops += 2.0 * rows_hidden * hidden * hidden + 2.0 * hidden * inner * inner
-    matrices = max(len(facts["kinds"]), 1)
-    per_layer_flops += (matrices - 1) * hidden ** 3 + inner ** 3       # Cholesky / inverse per matrix
-    columns = (matrices - 1) * hidden + inner
-    return facts["layers"] * (per_layer_flops / rates["flops"] + columns * SPARSEGPT_COLUMN_OVERHEAD_S)
+_shape_facts = run_costs.shape_facts
+_rates = run_costs.rates
+_hessian_seconds = run_costs.hessian_seconds
+_mask_seconds = run_costs.mask_seconds
 
 
 def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
@@ -106,8 +55,13 @@ def _windows_line(windows: dict[str, int], asked: int, what: str) -> str:
 def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None = None,
                    eval_windows_used: dict[str, int] | None = None, *, stored_statistics: str = "none",
                    stored_maps: Collection[str] = (), probe_windows_available: int | None = None,
-                   workers: int = 1, device: str = "cpu") -> dict:
+                   workers: int = 1, device: str = "cpu", stored_points: Collection[int] = (),
+                   dense_stored: bool = False, include_load: bool = True) -> dict:
     """Estimated seconds and peak memory (bytes) of `spec` (a `sweep.SweepSpec`) for the described model.
+
+    stored_points: grid indices (`spec.grid()`) whose results the store holds: they cost nothing (a fully stored
+    grid costs its model load and store reads). dense_stored: the dense perplexities are stored.
+    include_load: count loading the model (a job loads it; `run_sweep` given a loaded model does not).
 
     Every point of `spec.grid()` is counted (each setting once per allocation), plus what the plans need, as
     `run_sweep` does it: one dense statistics walk shared by dense propagation and every plan that reads
@@ -139,20 +93,24 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     calib_tokens = protocol.nsamples * protocol.seqlen
     windows = {corpus: min(int(protocol.eval_windows), int((eval_windows_used or {}).get(corpus, protocol.eval_windows)))
                for corpus in spec.eval_corpora}
-    eval_tokens = sum(windows.values()) * protocol.seqlen
     grid = spec.grid()
     allocators = {name: get_allocator(name) for _, name in grid}
-    layer_pass = calib_tokens * facts["layers"] * rates["layer_s_per_token"]
-    breakdown = {"dense_eval": eval_tokens * rates["full_s_per_token"], "statistics": 0.0, "plans": 0.0,
-                 "sensitivity_maps": 0.0, "pruning": 0.0, "evaluation": 0.0}
+    stored_points = {int(i) for i in stored_points}
+    todo = [(index, config, allocation) for index, (config, allocation) in enumerate(grid)
+            if index not in stored_points]
+    breakdown = {"load": run_costs.load_seconds(facts) if include_load else 0.0,
+                 "dense_eval": 0.0 if dense_stored else run_costs.evaluation_seconds(rates, windows, protocol.seqlen),
+                 "statistics": 0.0, "plans": 0.0, "sensitivity_maps": 0.0, "pruning": 0.0, "evaluation": 0.0,
+                 "store": 0.0}
     needs = {c.method_spec.needs for c, _ in grid}
     plan_needs = {a.needs for a in allocators.values()} - {"none", "sensitivity"}
-    # One dense walk serves dense-propagation pruning and every plan reading statistics (the sweep's `stats_need`).
-    stats_need = strongest_need(list(plan_needs) + (list(needs) if spec.propagation == "dense" else []))
+    # One dense walk serves dense-propagation pruning of the points still to compute and every plan reading
+    # statistics (plans are made for stored points too: their key holds the plan), as `run_sweep` does.
+    todo_needs = [c.method_spec.needs for _, c, _ in todo] if spec.propagation == "dense" else []
+    stats_need = strongest_need(list(plan_needs) + todo_needs)
     if stats_need != "none" and not covers(stored_statistics, stats_need):
-        breakdown["statistics"] = layer_pass + calib_tokens * rates["full_s_per_token"] / facts["layers"]
-        if stats_need == "hessian":
-            breakdown["statistics"] += _hessian_seconds(facts, rates, calib_tokens)
+        breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
+                                                         protocol.batch_size, stats_need)
     plans = {(allocation, c.method if allocators[allocation].needs == "sensitivity" else None, c.sparsity)
              for c, allocation in grid if allocation != "uniform"}
     # An allocator reading statistics scores every weight once per plan (OWL: |W| x ||X|| per layer); the
@@ -165,18 +123,34 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     for method in map_methods:
         made = estimate_sensitivity(model_info, protocol, method, spec.map_sparsities(), ["exact"],
                                     sweep_map_probe_windows(), throughput_tokens_per_s,
-                                    probe_windows_available=probe_windows_available)
+                                    probe_windows_available=probe_windows_available, include_load=False)
         breakdown["sensitivity_maps"] += made["seconds"]
         map_peak = max(map_peak, made["peak_memory_bytes"])
-    for config, _ in grid:
+    # Per point, as `SweepWorker.run` does it: magnitude (both propagations) and dense-propagation Wanda rank each
+    # matrix's scores at the method's first point (~3 selections) and only re-threshold later ones; pruned
+    # propagation walks the model per point (statistics, then the pruned outputs); SparseGPT re-solves per point.
+    unstructured = {}
+    for c, _ in grid:
+        if not c.structure_spec.is_nm:
+            unstructured[c.method] = unstructured.get(c.method, 0) + 1
+    ranked_seen: set[str] = set()
+    point_eval = run_costs.evaluation_seconds(rates, windows, protocol.seqlen)
+    for _, config, _ in todo:
         method = config.method_spec
-        breakdown["pruning"] += _mask_seconds(facts, rates, config.method)
+        rerank = (unstructured.get(config.method, 0) > 1 and config.method != "sparsegpt"
+                  and not config.structure_spec.is_nm and (method.needs == "none" or spec.propagation == "dense"))
+        if rerank and config.method in ranked_seen:
+            breakdown["pruning"] += _mask_seconds(facts, rates, config.method, ranked=True)
+        else:
+            breakdown["pruning"] += _mask_seconds(facts, rates, config.method) * (3 if rerank else 1)
+            if rerank:
+                ranked_seen.add(config.method)
         if spec.propagation == "pruned" and method.needs != "none":
-            breakdown["pruning"] += 2 * layer_pass  # statistics forward + recomputed pruned outputs
-            if method.needs == "hessian":
-                breakdown["pruning"] += _hessian_seconds(facts, rates, calib_tokens)
-        breakdown["evaluation"] += eval_tokens * rates["full_s_per_token"]
-    parallel = max(1, min(int(workers), len(grid)))
+            breakdown["pruning"] += run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
+                                                           protocol.batch_size, method.needs, passes=2)
+        breakdown["evaluation"] += point_eval
+        breakdown["store"] += run_costs.POINT_FIXED_S
+    parallel = max(1, min(int(workers), max(len(todo), 1)))
     # The points run on `parallel` workers: their share of the wall time divides, the driver's does not.
     breakdown["pruning"] /= parallel
     breakdown["evaluation"] /= parallel
@@ -196,6 +170,8 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
         peak *= parallel + 1
     allocation_names = list(dict.fromkeys(allocation for _, allocation in grid))
     what = f"{len(grid)} points"
+    if stored_points:
+        what += f" ({len(grid) - len(todo):,} already in the store: they cost nothing)"
     if allocation_names != ["uniform"]:
         what += f" (allocations {', '.join(allocation_names)}; {len(plans)} plans"
         what += (f"; exact sensitivity map of {', '.join(map_methods)} at "
@@ -240,8 +216,8 @@ def sweep_map_probe_windows() -> int:
 
 def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Sequence[float],
                          metrics: Sequence[str], probe_windows: int,
-                         throughput: float | None = None, probe_windows_available: int | None = None,
-                         workers: int = 1) -> dict:
+                         throughput: float | dict | None = None, probe_windows_available: int | None = None,
+                         workers: int = 1, include_load: bool = True) -> dict:
     """Estimated seconds and peak memory (bytes) of `sensitivity.compute_sensitivity` with these settings.
 
     workers: parallel workers of the executor: the exact rows spread over min(workers, rows) of them (each
@@ -252,6 +228,9 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
 
     probe_windows_available: whole seqlen windows in the calibration corpus's evaluation split (the probe's
     text, `evaluation_windows_used`); the probe uses min(probe_windows, that number).
+    With the default refinement the result also has "first_view_seconds": when the second-order estimate, the
+    page's first view, is ready (load, dense probe, statistics, masks, one backward per probe window).
+    include_load: count loading the model (a job loads it; a map inside a sweep does not).
     """
     from pruning_core.methods import get_method
     from pruning_core.analysis import sensitivity as _sensitivity
@@ -263,10 +242,10 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     L, M = facts["layers"], max(len(facts["kinds"]), 1)
     probe_windows = min(int(probe_windows), int(probe_windows_available or probe_windows))
     probe_tokens = probe_windows * protocol.seqlen
-    calib_tokens = protocol.nsamples * protocol.seqlen
     metrics = list(metrics)
     refine = getattr(_sensitivity, "REFINE", "auto")
-    if refine in metrics:  # the default refinement computes the second-order estimate, then the exact map
+    refined = refine in metrics
+    if refined:  # the default refinement computes the second-order estimate, then the exact map
         metrics = list(dict.fromkeys(m for metric in metrics
                                      for m in (("fisher", "exact") if metric == refine else (metric,))))
     # Proxies alone: the exact metric is still measured on a few sampled rows, to report their agreement.
@@ -275,16 +254,15 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     needs = get_method(method).needs if set(metrics) & {"exact", "reconstruction"} or sample_rows else "none"
     if "reconstruction" in metrics:
         needs = "hessian"
-    breakdown = {"dense_probe": probe_tokens * rates["full_s_per_token"], "statistics": 0.0, "taylor": 0.0,
-                 "fisher": 0.0, "masks": 0.0, "exact_probes": 0.0, "reconstruction": 0.0}
-    if needs != "none":
-        breakdown["statistics"] = calib_tokens * L * rates["layer_s_per_token"]
-        if needs == "hessian":
-            breakdown["statistics"] += _hessian_seconds(facts, rates, calib_tokens)
+    breakdown = {"load": run_costs.load_seconds(facts) if include_load else 0.0,
+                 "dense_probe": run_costs.forward_seconds(rates, probe_windows, protocol.seqlen), "statistics": 0.0,
+                 "taylor": 0.0, "fisher": 0.0, "masks": 0.0, "exact_probes": 0.0, "reconstruction": 0.0}
+    breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
+                                                     protocol.batch_size, needs)
     if "taylor" in metrics:
         breakdown["taylor"] = 3.0 * min(TAYLOR_WINDOWS, protocol.nsamples) * protocol.seqlen * rates["full_s_per_token"]
     if "fisher" in metrics:  # one forward + backward (~3 forwards) per probe window
-        breakdown["fisher"] = 3.0 * probe_tokens * rates["full_s_per_token"]
+        breakdown["fisher"] = 3.0 * run_costs.forward_seconds(rates, probe_windows, protocol.seqlen)
     n_s = len(sparsities)
     breakdown["masks"] = n_s * _mask_seconds(facts, rates, method)
     rows_parallel = 1  # workers sharing the exact rows (of the maps, or of the agreement sample)
@@ -292,8 +270,10 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
         rows = range(L) if "exact" in metrics else [round(i * (L - 1) / max(sample_rows - 1, 1))
                                                      for i in range(sample_rows)]
         layer_forwards = sum((L - l) for l in rows) * (M + 1)  # each cell + the whole-layer aggregate
-        breakdown["exact_probes"] = n_s * probe_tokens * (layer_forwards * rates["layer_s_per_token"]
+        calls = -(-probe_windows // run_costs.EVAL_BATCH)  # forward calls per probe of a cell
+        breakdown["exact_probes"] = n_s * (probe_tokens * (layer_forwards * rates["layer_s_per_token"]
                                                            + len(rows) * (M + 1) * rates["head_s_per_token"])
+                                           + calls * (layer_forwards + len(rows) * (M + 1)) * rates["layer_call_s"])
         rows_parallel = max(1, min(int(workers), n_s * len(rows)))
         breakdown["exact_probes"] /= rows_parallel  # rows are independent tasks
     if "reconstruction" in metrics:
@@ -311,16 +291,19 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     if rows_parallel > 1:  # each worker holds a model, its probe cache and the masks of its rows
         peak += rows_parallel * (facts["memory"] + probe_cache + masks)
         what += f"; exact rows on {rows_parallel} parallel workers"
-    return {"seconds": float(seconds), "peak_memory_bytes": int(peak),
-            "breakdown": {k: float(v) for k, v in breakdown.items()},
-            "assumptions": _assumptions(rates, what)}
+    out = {"seconds": float(seconds), "peak_memory_bytes": int(peak),
+           "breakdown": {k: float(v) for k, v in breakdown.items()}}
+    if refined:  # the page's first view: the second-order estimate, shown before the exact rows start
+        out["first_view_seconds"] = float(sum(breakdown[k] for k in ("load", "dense_probe", "statistics", "fisher",
+                                                                     "masks")))
+        what += f"; first view (second-order estimate) after about {out['first_view_seconds']:.0f} s"
+    out["assumptions"] = _assumptions(rates, what)
+    return out
 
 
 def _assumptions(rates: dict, what: str) -> str:
-    source = (f"measured throughput {rates['throughput']:.0f} tokens/s" if rates["measured"]
-              else f"no measured throughput; assumed {DEFAULT_FLOPS / 1e9:.0f} GFLOP/s")
-    return (f"{what}; {source}; forward time split between decoder layers and head by parameter count; "
-            "memory = weights + activations + statistics + masks (Python overhead not counted)")
+    return (f"{what}; {run_costs.speed_words(rates)}; forward time split between decoder layers and head by "
+            "parameter count; memory = weights + activations + statistics + masks (Python overhead not counted)")
 
 
 #: Windows timed for a GPU's throughput: with layer offload each layer's transfer is shared by every window
@@ -330,20 +313,40 @@ OFFLOAD_THROUGHPUT_WINDOWS = 16
 
 def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, offload=None,
                        measure: bool = True) -> float | None:
-    """Full-forward throughput (tokens/s) of `loaded` from a few timed forwards of 2 windows of <= 512 tokens.
+    """Full-forward throughput (tokens/s) of `loaded`: `measured_speed`'s "tokens_per_s" (None when not stored
+    and measure=False)."""
+    speed = measured_speed(loaded, seqlen, dtype, store, offload, measure)
+    return None if speed is None else float(speed["tokens_per_s"])
+
+
+#: Timed repeats of each measurement; the median is kept. The fastest of two made every estimate on a busy
+#: machine as short as its luckiest moment (a forward of a small model varies 8x under load: 0.6 to 5 ms).
+SPEED_REPEATS = 3
+#: Seconds of timed forwards to fill at least (up to `SPEED_MAX_REPEATS` repeats).
+SPEED_MIN_SECONDS = 1.5
+SPEED_MAX_REPEATS = 101
+
+
+def measured_speed(loaded, seqlen: int, dtype: str = "float32", store=None, offload=None,
+                   measure: bool = True) -> dict | None:
+    """This machine's speed for `loaded` (`run_costs`): {"tokens_per_s" (full forwards of 2 windows of <= 512
+    tokens), "call_seconds" (one forward of a single 8-token window: the fixed cost of a call), "busy_share"
+    (of the machine's CPU time used by other processes while it was timed, `machine_load.others_busy_share`)}; each the
+    median of `SPEED_REPEATS` timed runs after a warm-up.
 
     offload: an `devices.placement.LayerOffload` to a GPU: the rate of the layer-by-layer evaluation a run on
     that device does (`metrics.perplexity` with the offload, `OFFLOAD_THROUGHPUT_WINDOWS` windows), measured once
     per GPU model and cached like the CPU rate.
     Cached in `store` (if given) per model fingerprint, dtype, window length and thread count (and GPU name).
-    measure=False: only look the rate up in `store`; None when it was never measured (the dashboard then measures
-    it in a short job, `run_throughput_job`, instead of running model forwards in its own process).
+    measure=False: only look it up in `store`; None when it was never measured (the dashboard then measures it in
+    a short job, `run_throughput_job`, instead of running model forwards in its own process).
     """
+    import statistics
+
     import torch
 
-    from pruning_core.evaluate import timed_perplexity
     from pruning_core.devices.placement import device_key
-    from pruning_core.metrics import autocast_for, window_nll
+    from pruning_core.machine_load import busy_share_during
 
     on_gpu = device_key(offload) is not None
     # 2 x 512 tokens, not one short window: smaller matmuls run less efficiently, and timing one 256-token window
@@ -355,35 +358,66 @@ def measure_throughput(loaded, seqlen: int, dtype: str = "float32", store=None, 
         from pruning_core.store import content_hash
 
         identity = {"kind": "throughput", "model": loaded.fingerprint, "dtype": dtype, "tokens": tokens,
-                    "windows": windows, "threads": torch.get_num_threads()}
+                    "windows": windows, "threads": torch.get_num_threads(), "statistic": "median+call"}
         if on_gpu:
             identity["device"] = torch.cuda.get_device_name(offload.compute)
         key = content_hash(identity)
         cached = store.get_result(key)
         if cached is not None:
-            return float(cached["tokens_per_s"])
+            return {"tokens_per_s": float(cached["tokens_per_s"]),
+                    "call_seconds": float(cached.get("call_seconds") or 0.0),
+                    "busy_share": cached.get("busy_share")}
     if not measure:
         return None
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (windows, tokens), generator=torch.Generator().manual_seed(0))
-    timings = []
-    if on_gpu:
-        for _ in range(3):  # the first walk pays CUDA start-up and kernel selection; keep the fastest
-            timings.append(timed_perplexity(loaded, ids, dtype, 8, offload).seconds)
+    short = ids[:1, :8]
+    timings, calls = [], []
+    busy = busy_share_during(lambda: _time_forwards(loaded, ids, short, dtype, offload, on_gpu, timings, calls))
+    seconds, call = statistics.median(timings), statistics.median(calls)
+    # time = call + tokens / rate, from the two shapes: on a tiny model nearly all of a forward is its call, on
+    # the embedded one nearly all is tokens. A noisy reading with the long forward no slower falls back to the
+    # long forward's rate alone.
+    long_tokens, short_tokens = windows * tokens, int(short.numel())
+    if seconds > call and long_tokens > short_tokens:
+        rate = (long_tokens - short_tokens) / (seconds - call)
+        call = max(call - short_tokens / rate, 0.0)
     else:
-        with torch.inference_mode(), autocast_for(dtype):
-            # The first call at a shape pays allocation and kernel selection (bf16 especially): warm up at the
-            # same shape, then keep the faster of two timed calls (other processes only ever make a call slower).
-            window_nll(loaded, ids)
-            for _ in range(2):
-                start = time.perf_counter()
-                window_nll(loaded, ids)
-                timings.append(time.perf_counter() - start)
-    seconds = min(timings)
-    rate = windows * tokens / max(seconds, 1e-9)
+        rate, call = long_tokens / max(seconds, 1e-9), 0.0
+    speed = {"tokens_per_s": rate, "call_seconds": call, "busy_share": busy}
     if store is not None:
-        store.put_result(key, "throughput", {"tokens_per_s": rate, "seconds": seconds, "tokens": tokens})
-    return rate
+        store.put_result(key, "throughput", {**speed, "seconds": seconds, "tokens": tokens})
+    return speed
+
+
+def _time_forwards(loaded, ids, short, dtype: str, offload, on_gpu: bool, timings: list, calls: list) -> None:
+    """Append `SPEED_REPEATS` timings of a forward of `ids` to `timings` and of `short` to `calls` (seconds)."""
+    import torch
+
+    from pruning_core.evaluate import timed_perplexity
+    from pruning_core.metrics import autocast_for, window_nll
+
+    if on_gpu:
+        timed_perplexity(loaded, ids, dtype, 8, offload)  # the first walk pays CUDA start-up and kernel selection
+        for _ in range(SPEED_REPEATS):
+            timings.append(timed_perplexity(loaded, ids, dtype, 8, offload).seconds)
+            calls.append(timed_perplexity(loaded, short, dtype, 8, offload).seconds)
+        return
+    with torch.inference_mode(), autocast_for(dtype):
+        # The first call at a shape pays allocation and kernel selection (bf16 especially): warm up at both shapes.
+        window_nll(loaded, ids)
+        window_nll(loaded, short)
+        # Each shape at least `SPEED_REPEATS` times and, while they are short, until SPEED_MIN_SECONDS are filled:
+        # on a shared machine one forward of a small model takes 0.6 ms or, when the scheduler hands its core to
+        # another process, 100 ms; the median of many is the typical call, that of three is a lottery.
+        # The two shapes alternate, so both medians see the same moments of the machine.
+        began = time.perf_counter()
+        while len(timings) < SPEED_REPEATS or (time.perf_counter() - began < SPEED_MIN_SECONDS
+                                               and len(timings) < SPEED_MAX_REPEATS):
+            for batch, into in ((ids, timings), (short, calls)):
+                start = time.perf_counter()
+                window_nll(loaded, batch)
+                into.append(time.perf_counter() - start)
 
 
 def split_tokens(loaded, corpus: str, split: str = "evaluation", column: str | None = None, store=None) -> int:
@@ -433,7 +467,7 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     from pruning_core.analysis.sweep import SweepSpec
     from pruning_core.protocol import Protocol
 
-    if kind not in ("sweep", "sensitivity", "whatif"):
+    if kind not in ("sweep", "sensitivity", "whatif"):  # the other kinds: `jobs.estimates.estimate_job`
         return None
     protocol = Protocol(**spec["protocol"])
     info = loaded.describe()
@@ -443,7 +477,7 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
 
         device = resolve_device(str(device))
         offload = offload_for(device)
-    rate = measure_throughput(loaded, protocol.seqlen, protocol.dtype, store, offload, measure=measure)
+    rate = measured_speed(loaded, protocol.seqlen, protocol.dtype, store, offload, measure=measure)
     if rate is None:
         return None
     if workers is None and kind in ("sweep", "sensitivity"):  # jobs run on the executor their spec names
@@ -464,7 +498,8 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     else:
         from pruning_core.analysis.whatif import WhatIfSpec
 
-        setting = WhatIfSpec.from_dict(spec).setting  # a what-if is a sweep of its one setting
+        setting_spec = WhatIfSpec.from_dict(spec)
+        setting = setting_spec.setting  # a what-if is a sweep of its one setting
         sweep = SweepSpec(model=spec.get("model", "embedded"), methods=(setting.method,),
                           structures=(setting.structure,), sparsities=(float(setting.sparsity),),
                           eval_corpora=tuple(spec["eval_corpora"]), protocol=protocol,
@@ -475,11 +510,55 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     if stored_maps is not None:  # the sweep computes a map: its probe reads the calibration corpus's evaluation split
         available = evaluation_windows_used(loaded, [protocol.calib], replace(protocol, eval_windows=10**9),
                                             store, protocol.calib_column)[protocol.calib]
+    stored_points, dense_stored = (stored_sweep_points(loaded, sweep, store, offload) if kind == "sweep"
+                                   else (set(), _dense_stored(loaded, sweep, store, offload)))
     made = estimate_sweep(info, sweep, rate, eval_windows_used=windows, stored_statistics=stored_statistics,
                           stored_maps=stored_maps or (), probe_windows_available=available,
                           workers=workers if kind == "sweep" else 1,
-                          device=str(device) if offload is not None else "cpu")
+                          device=str(device) if offload is not None else "cpu", stored_points=stored_points,
+                          dense_stored=dense_stored)
+    if kind == "whatif":  # beside its one point: the dense and pruned sample texts, and the mask it saves
+        facts = _shape_facts(info)
+        rates = _rates(facts, rate)
+        extra = {"samples": run_costs.generation_seconds(facts, rates, 1, int(setting_spec.max_new_tokens)),
+                 "saving": run_costs.save_seconds(facts["prunable"] / 8)}
+        made = {**made, "seconds": made["seconds"] + sum(extra.values()),
+                "breakdown": {**made["breakdown"], **extra},
+                "assumptions": made["assumptions"] + f"; {setting_spec.max_new_tokens} sample tokens per model"}
     return with_corpus_memory(made, loaded, protocol, [(c, "evaluation") for c in sweep.eval_corpora], store)
+
+
+def _dense_stored(loaded, sweep, store, offload=None) -> bool:
+    """Whether the dense perplexity of every evaluation corpus of `sweep` is in `store` (`evaluate.dense_key`)."""
+    if store is None:
+        return False
+    from pruning_core.evaluate import dense_key
+    from pruning_core.store import content_hash
+
+    return all(store.get_result(content_hash(dense_key(loaded, sweep.protocol, corpus, offload))) is not None
+               for corpus in sweep.eval_corpora)
+
+
+def stored_sweep_points(loaded, sweep, store, offload=None) -> tuple[set[int], bool]:
+    """({grid indices of `sweep` whose point `store` holds}, dense perplexities stored): the keys `run_sweep`
+    reads. Points with a plan are keyed by the plan's table, which is only made by running the allocator, so
+    they count as still to compute (an estimate on the long side)."""
+    if store is None:
+        return set(), False
+    from pruning_core.analysis.sweep import point_key
+    from pruning_core.devices.placement import device_key
+    from pruning_core.protocol import corpus_key
+    from pruning_core.store import content_hash
+
+    protocol = sweep.protocol
+    calib = corpus_key(protocol.calib, "calibration", protocol.calib_column)
+    evals = {corpus: corpus_key(corpus, "evaluation")["sha256"] for corpus in sweep.eval_corpora}
+    device = device_key(offload)
+    # One read of the stored point keys, then set look-ups: a look-up per point cost ~0.5 ms on a busy machine.
+    have = {row["key"] for row in store.execute("SELECT key FROM results WHERE kind = ?", ("sweep_point",))}
+    stored = {index for index, (config, allocation) in enumerate(sweep.grid()) if allocation == "uniform"
+              and content_hash(point_key(loaded.fingerprint, calib, protocol, config, evals, device)) in have}
+    return stored, _dense_stored(loaded, sweep, store, offload)
 
 
 #: Bytes the tokenizer holds per character of the piece it is encoding (about 280 bytes per token of offsets,

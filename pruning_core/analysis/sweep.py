@@ -393,6 +393,12 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
     tasks: list[PointTask] = []
     task_points: list[int] = []  # grid index of each task
     done = 0
+    # Ranking costs ~3 direct prunes, so it pays only when the method has several unstructured points (counted
+    # once here: counting per point made planning quadratic in the grid's size).
+    unstructured_points = {}
+    for c, _ in grid:
+        if not c.structure_spec.is_nm:
+            unstructured_points[c.method] = unstructured_points.get(c.method, 0) + 1
     for index, (base, allocation) in enumerate(grid):
         if index % PREPARE_REPORT_EVERY == 0 and len(grid) > PREPARE_REPORT_EVERY:
             # A large grid spends seconds here (a plan, a key, a store look-up per point): say so, and let a
@@ -418,8 +424,7 @@ def run_sweep(spec: SweepSpec, loaded: Optional[LoadedModel] = None, store=None,
                 done += 1
                 progress(done_fraction(done), f"{label}: from the store")
                 continue
-        # Ranking costs ~3 direct prunes, so it pays only when the method has several unstructured points.
-        use_ranks = sum(1 for c, _ in grid if c.method == config.method and not c.structure_spec.is_nm) > 1
+        use_ranks = unstructured_points.get(config.method, 0) > 1
         tasks.append(PointTask(base=base, config=config, allocation=allocation, label=label, use_ranks=use_ranks))
         task_points.append(index)
 

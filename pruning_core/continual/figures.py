@@ -24,6 +24,7 @@ from pruning_core.outputs.figures import (
     base_layout,
     finite,
     fmt,
+    legend_below,
 )
 
 #: The sign convention said beside every BWT figure (DESIGN "Continual pruning").
@@ -128,12 +129,13 @@ def transfer_figure(result: dict) -> dict:
                      "y": [None], "xaxis": "x2", "yaxis": "y2", "line": {"color": "#262730", "dash": "dash"},
                      "meta": {"role": "dense", "value": level}})
     layout = base_layout("Forgetting (BWT, perplexity points) and average perplexity after the last step",
-                          xaxis=axis("", domain=[0.0, 0.45], type="category"),
+                          # Labels slanted up to the left: their ends sit at the bars, so the last one is not cut
+                          # at the chart's right edge; the legend hangs below them (legend_below), never over them.
+                          xaxis=axis("", domain=[0.0, 0.45], type="category", tickangle=-30),
                           yaxis=axis(BWT_AXIS_TITLE, zeroline=True, zerolinecolor="#262730"),
-                          xaxis2=axis("", domain=[0.55, 1.0], type="category"),
+                          xaxis2=axis("", domain=[0.55, 1.0], type="category", tickangle=-30),
                           yaxis2=axis(AVERAGE_AXIS_TITLE, anchor="x2", rangemode="tozero"),
-                          shapes=shapes, legend={"orientation": "h", "y": -0.2, "x": 0.55}, height=460,
-                          margin={"l": 80, "r": 30, "t": 70, "b": 90})
+                          shapes=shapes, **legend_below(1, axis_band=130))
     return {"data": data, "layout": layout}
 
 

@@ -168,6 +168,36 @@ def base_layout(title: str, **extra: Any) -> dict:
     return layout
 
 
+#: Pixels under the plot area that its tick labels and x-axis title take (16 px font), and one legend row.
+_AXIS_BAND_PX = 78
+_LEGEND_ROW_PX = 24
+
+
+def legend_below(entries: int, top: int = 70, plot_height: int = 300, per_row: int = 1,
+                 axis_band: int = _AXIS_BAND_PX) -> dict:
+    """Layout keys (legend, margin, height) that hang the legend under the x-axis title, `per_row` entries a row.
+
+    The legend is placed in pixels from the chart's bottom edge (container coordinates), each entry a fixed share
+    of the width, and the bottom margin is sized for the axis band plus the rows, so the legend can never be
+    printed over the axis title or the tick labels, whatever the chart's width (a legend at a fraction of the
+    plot's height below it was, on a short chart). `top`: the top margin (px; 100 for a two-line title);
+    `plot_height`: the plot area's height (px); `per_row`: 2 for short entry names in a half-width column;
+    `axis_band`: the pixels the tick labels and the axis title take (more for slanted labels).
+    """
+    rows = -(-max(1, entries) // max(1, per_row))
+    bottom = axis_band + rows * _LEGEND_ROW_PX + 12
+    return {"legend": {"orientation": "h", "entrywidthmode": "fraction", "entrywidth": 1.0 / max(1, per_row),
+                       "xref": "container", "x": 0.0, "xanchor": "left",
+                       "yref": "container", "y": 0.0, "yanchor": "bottom"},
+            "margin": {"l": 80, "r": 30, "t": top, "b": bottom}, "height": top + plot_height + bottom}
+
+
+def two_line_title(headline: str, details: str) -> str:
+    """A chart title as a short headline and, on a smaller second line, its details (corpus, settings): one
+    long line does not fit a half-width column and is cut at the chart's edge."""
+    return f"{headline}<br><sup>{details}</sup>"
+
+
 def axis(title: str, **extra: Any) -> dict:
     """An axis with a titled unit, light grid, and zero line."""
     axis = {
@@ -178,6 +208,9 @@ def axis(title: str, **extra: Any) -> dict:
         "showline": True,
         "linecolor": "#888888",
         "ticks": "outside",
+        # Room for long tick labels ("after step 3 (manuals.txt)") before the axis title: the dashboard's template
+        # sets it too, the report's plotly.js does not, and the title was printed over the labels there.
+        "automargin": True,
     }
     # None means "let plotly decide": leave the key out, so the JSON stays clean for plotly.js.
     axis.update({key: value for key, value in extra.items() if value is not None})
@@ -262,8 +295,10 @@ def corpora_in(results: dict) -> list[str]:
     return list(seen)
 
 
-def _protocol_line(protocol: dict) -> str:
-    """One hover line with the run settings that produced a number (only those the protocol records)."""
+def _protocol_line(protocol: dict, corpus: str | None = None) -> str:
+    """One hover line with the run settings that produced a number (only those the protocol records). With
+    `corpus`, the evaluation windows are those measured on it (`eval_windows_used`) when its text held fewer than
+    asked: "eval windows 5 of 16 asked", never a flat "16" for a text that holds 5."""
     # Plain words, not the CLI's flag names (a hover label cannot carry its own explanation).
     labels = [
         ("nsamples", "calibration windows"),
@@ -277,8 +312,12 @@ def _protocol_line(protocol: dict) -> str:
     parts = []
     for key, label in labels:
         value = protocol.get(key, protocol.get(key.replace("_", "-")))
+        used = (protocol.get("eval_windows_used") or {}).get(corpus) if key == "eval_windows" else None
+        if used is not None and value is not None and int(used) < int(value):
+            value = f"{int(used)} of {value} asked (the text holds no more)"
         if value is not None and value != "":
-            parts.append(f"{label} {value}")
+            # A corpus by its display name: an upload's stored path leaked into the hover otherwise.
+            parts.append(f"{label} {corpus_display_name(value) if key == 'calib' else value}")
     return " · ".join(parts)
 
 
@@ -387,7 +426,7 @@ def curves_figure(results: dict, corpus: str, log_y: bool = True) -> dict:
     The perplexity axis is logarithmic by default (`log_y`): perplexity explodes at high sparsity, and on a
     linear axis one magnitude point at 58,000 flattens every other line; ``log_y=False`` gives a linear axis.
     """
-    settings = _protocol_line(results.get("protocol") or {})
+    settings = _protocol_line(results.get("protocol") or {}, corpus)
     dense_ppl = finite((results.get("dense", {}).get("ppl") or {}).get(corpus))
     points = [p for p in results.get("points", []) if finite((p.get("ppl") or {}).get(corpus)) is not None]
 
@@ -490,7 +529,7 @@ def _size_text(size: Any) -> str | None:
 
 
 #: Top margin (px) of charts whose title has a second, smaller line (the settings under the headline).
-_TWO_LINE_TITLE_MARGIN = 100
+TWO_LINE_TITLE_MARGIN = 100
 
 
 def _sens_title(sens: dict, what: str) -> str:
@@ -554,7 +593,8 @@ def heatmap_figure(sens: dict) -> dict:
         "hovertemplate": "%{text}<extra></extra>",
         "hoverongaps": True,
         "colorscale": SEQUENTIAL_COLORSCALE,
-        "colorbar": {"title": {"text": unit + (" (below 0: see hover)" if _has_negative(z) else ""),
+        # The note on its own line: on one line with the unit it was longer than a short map's colour bar and cut.
+        "colorbar": {"title": {"text": unit + ("<br>(below 0: see hover)" if _has_negative(z) else ""),
                                "side": "right"}, "thickness": 18},
         "xgap": 2,
         "ygap": 1,
@@ -567,7 +607,7 @@ def heatmap_figure(sens: dict) -> dict:
         yaxis=axis(LAYER_AXIS_TITLE, autorange="reversed", showgrid=False,
                     dtick=1 if len(layers) <= 32 else None),
         height=height,
-        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
+        margin={"l": 80, "r": 30, "t": TWO_LINE_TITLE_MARGIN, "b": 70},
         plot_bgcolor="#D9D9D9",  # gaps (None) show as light grey, distinct from every Viridis colour
     )
     return {"data": [trace], "layout": layout}
@@ -623,10 +663,10 @@ def layer_bar_figure(sens: dict) -> dict:
     layout = base_layout(
         _sens_title(sens, "Per-layer sensitivity"),
         xaxis=axis(LAYER_AXIS_TITLE, dtick=1 if len(layers) <= 32 else None, showgrid=False),
-        yaxis=axis(f"{unit} · {how}"),
+        yaxis=axis(f"{unit}<br>{how}"),  # two lines: one was longer than the chart's height and was cut
         showlegend=False,
         bargap=0.15,
-        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
+        margin={"l": 100, "r": 30, "t": TWO_LINE_TITLE_MARGIN, "b": 70},
     )
     return {"data": [trace], "layout": layout}
 
@@ -723,11 +763,12 @@ def sensitivity_curves_figure(maps: list[dict], module: str) -> dict:
         )
     methods = sorted({str(m.get("method", "?")) for m in maps})
     layout = base_layout(
-        f"Sensitivity vs sparsity · {module} · {', '.join(methods)} · {metric}",
+        two_line_title("Sensitivity against sparsity", f"{module} · {', '.join(methods)} · {metric}"),
         xaxis=axis(SPARSITY_AXIS_TITLE, rangemode="tozero"),
         yaxis=axis(unit),
         legend={"title": {"text": "layer"}},
         showlegend=not use_colorbar,
+        margin={"l": 80, "r": 30, "t": TWO_LINE_TITLE_MARGIN, "b": 70},
     )
     return {"data": data, "layout": layout}
 
@@ -784,6 +825,6 @@ def proxy_scatter_figure(exact: dict, proxy: dict, spearman: float) -> dict:
         xaxis=axis(f"{exact_metric}: {x_unit}"),
         yaxis=axis(f"{proxy_metric}: {y_unit}"),
         legend={"title": {"text": "module"}},
-        margin={"l": 80, "r": 30, "t": _TWO_LINE_TITLE_MARGIN, "b": 70},
+        margin={"l": 80, "r": 30, "t": TWO_LINE_TITLE_MARGIN, "b": 70},
     )
     return {"data": data, "layout": layout}

@@ -6,13 +6,19 @@ The seconds per step come from a measurement, best first:
 2. else this machine's full-forward throughput of the model (`analysis.estimates.measure_throughput`, cached):
    a masked-LoRA step costs about three forwards per token (the forward, then a backward that computes the
    activation gradients and the masked weight-delta gradient, each about one forward's matmuls).
-The training stops at `max_seconds` when the spec sets one, so the estimate never exceeds it. Evaluations before
-and after training and the merge are not counted (they are a few full evaluations of the model).
+The training stops at `max_seconds` when the spec sets one, so the training's share never exceeds it.
+
+`estimate_recovery` is the whole run as the page shows it: every phase `run.run_recovery` goes through (load,
+dense perplexities, per step-wise stage the pruning and the pruned model's evaluation, the training with its
+quick evaluations for the curve, the merge, the recovered model's evaluation, the sample text, the adapter's
+files), in `run_costs` units. Counting training alone said 3 min for a run that took 7.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
+
+from pruning_core import run_costs
 
 #: Forward passes' worth of matmuls per trained token of a masked-LoRA step (see the module docstring).
 FORWARDS_PER_TRAINED_TOKEN = 3.0
@@ -56,3 +62,50 @@ def estimate_training(steps: int, batch_size: int, seqlen: int, *, measured: Opt
     return {"seconds": float(max_seconds) if capped else seconds, "seconds_per_step": per_step, "basis": basis,
             "capped": capped, "assumptions": f"{assumptions}; {tokens_per_step:,} tokens per step. Evaluations "
                                              "before and after training are not counted."}
+
+
+def estimate_recovery(model_info: dict, spec, speed: run_costs.Speed, windows: Mapping[str, int], *,
+                      measured: Optional[dict] = None, dense_stored: bool = False, stored: bool = False) -> dict:
+    """{"seconds", "peak_memory_bytes", "breakdown", "assumptions", "steps", "seconds_per_step", "capped", "basis"} of
+    `spec` (a `run.RecoverySpec`). windows: {corpus: whole windows of its evaluation split}; measured: the last
+    finished recovery of the model (its training speed per token, `estimate_training`); stored: the store holds
+    this very recovery (the run reads it back: only the load)."""
+    facts = run_costs.shape_facts(model_info)
+    rates = run_costs.rates(facts, speed)
+    config = spec.train_config()
+    protocol = spec.protocol
+    corpora = list(spec.eval_corpora) or [spec.train_corpus]
+    used = run_costs.capped_windows({c: windows.get(c, protocol.eval_windows) for c in corpora},
+                                    protocol.eval_windows)
+    training = estimate_training(config.steps, config.batch_size, config.seqlen, measured=measured,
+                                 forward_tokens_per_s=rates["throughput"], max_seconds=config.max_seconds)
+    if stored:
+        breakdown = {"load": run_costs.load_seconds(facts)}
+        what = "this recovery is in the store: it is read back"
+    else:
+        stages = len(spec.schedule) + 1
+        evaluation = run_costs.evaluation_seconds(rates, used, protocol.seqlen)
+        curve = {c: min(int(spec.curve_windows), w) for c, w in used.items()}
+        quick = (config.steps // config.eval_every + 1) if int(config.eval_every) > 0 else 0
+        pruning = 0.0 if (spec.mask_dir or spec.structured_dir) else stages * run_costs.prune_seconds(
+            facts, rates, spec.setting.method, spec.setting.propagation or "pruned", protocol)
+        breakdown = {"load": run_costs.load_seconds(facts),
+                     "dense_evaluation": 0.0 if dense_stored else evaluation,
+                     "pruning": pruning,
+                     "evaluation_before": stages * evaluation,
+                     # + each step's fixed calls (forward, backward, optimizer) beside its tokens, unless the
+                     # per-token speed already comes from a measured recovery, which holds them
+                     "training": training["seconds"] + (0.0 if training["basis"] == "measured" or training["capped"]
+                                                        else config.steps * 3 * rates["call_s"]),
+                     "curve_evaluations": quick * run_costs.evaluation_seconds(rates, curve, protocol.seqlen),
+                     "merge": stages * facts["prunable"] * run_costs.MASK_SECONDS_PER_WEIGHT,
+                     "evaluation_after": evaluation,
+                     "samples": run_costs.generation_seconds(facts, rates, 1, int(spec.max_new_tokens)),
+                     "saving": run_costs.save_seconds(facts["prunable"] * 4 * 0.05)}  # adapter files, a few % of it
+        what = (f"{config.steps:,} training steps x {training['seconds_per_step']:.2f} s ({training['basis']}"
+                + ("; the time budget stops it" if training["capped"] else "") + f"), {stages} pruning stage(s), "
+                f"evaluations on {', '.join(f'{c} {w} windows' for c, w in used.items())} before and after, "
+                f"{quick} quick evaluations for the curve; {training['assumptions']}")
+    out = run_costs.phase_estimate(breakdown, 3 * facts["memory"], what, rates)
+    return {**out, "steps": int(config.steps), "seconds_per_step": training["seconds_per_step"],
+            "capped": training["capped"], "basis": training["basis"]}

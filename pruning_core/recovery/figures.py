@@ -20,13 +20,10 @@ from typing import Any, Optional
 
 from pruning_core import claims
 from pruning_core.data import corpus_display_name
-from pruning_core.outputs.figures import COLORWAY, axis, base_layout, finite
+from pruning_core.outputs.figures import COLORWAY, axis, base_layout, finite, legend_below
 from pruning_core.units import format_seconds
 
 LOSS_COLOR = "#1F77B4"
-# The legend hangs below the x-axis title (anchored by its top edge), with room for a few rows of entries.
-_LEGEND_BELOW = {"orientation": "h", "y": -0.28, "yanchor": "top", "x": 0.0}
-_MARGIN_FOR_LEGEND = {"l": 80, "r": 30, "t": 70, "b": 150}
 
 
 def corpus_color(corpora: list[str], corpus: str) -> str:
@@ -77,7 +74,7 @@ def loss_figure(result: dict) -> dict:
                      "meta": {"role": "loss"}})
     layout = base_layout("Training loss against step", xaxis=axis("Optimizer step"),
                           yaxis=axis("Training loss (mean token NLL, nats)"),
-                          legend=_LEGEND_BELOW, margin=_MARGIN_FOR_LEGEND, showlegend=len(data) > 1)
+                          showlegend=len(data) > 1, **legend_below(len(data), per_row=2))
     return {"data": data, "layout": layout}
 
 
@@ -120,8 +117,8 @@ def perplexity_figure(result: dict) -> dict:
                          "hovertemplate": f"{label}, merged model: %{{y:,.2f}}<extra>full evaluation</extra>",
                          "meta": {"role": "recovered", "corpus": corpus}})
     layout = base_layout("Perplexity against step", xaxis=axis("Optimizer step"),
-                          yaxis=axis("Perplexity (lower is better)"), legend=_LEGEND_BELOW,
-                          margin=_MARGIN_FOR_LEGEND)
+                          yaxis=axis("Perplexity (lower is better)"),
+                          **legend_below(len(data), per_row=2))  # under the axis title, never over it
     return {"data": data, "layout": layout}
 
 

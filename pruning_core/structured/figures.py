@@ -19,7 +19,14 @@ from pruning_core.data import corpus_display_name
 
 # The figure base's `axis` under another name: `tradeoff_figure`'s own `axis` argument would hide it.
 from pruning_core.outputs.figures import axis as titled_axis
-from pruning_core.outputs.figures import base_layout, finite, method_color
+from pruning_core.outputs.figures import (
+    TWO_LINE_TITLE_MARGIN,
+    base_layout,
+    finite,
+    legend_below,
+    method_color,
+    two_line_title,
+)
 
 STRUCTURED_COLOR = "#7E3AF2"
 AXES = {"removed": "Decoder parameters removed (%)", "speedup": "Measured speed-up (pruned / dense tokens/s)"}
@@ -93,11 +100,14 @@ def tradeoff_figure(structured: dict, sweep: Optional[dict], corpus: str, axis: 
                      "x": [0.0 if axis == "removed" else 1.0], "y": [dense],
                      "text": [f"dense model, perplexity {dense:,.2f}"], "hovertemplate": "%{text}<extra></extra>",
                      "marker": {"color": "#262730", "size": 11, "symbol": "star"}, "meta": {"role": "dense"}})
-    title = (f"Perplexity on {corpus_display_name(corpus)} against parameters removed" if axis == "removed" else
-             f"Perplexity on {corpus_display_name(corpus)} against measured speed-up ({phase or 'not measured'}, {dtype})")
+    # A short headline and the corpus (a file name can be long) and speed phase on a second line.
+    title = two_line_title("Perplexity against parameters removed" if axis == "removed" else
+                           "Perplexity against measured speed-up",
+                           corpus_display_name(corpus) if axis == "removed" else
+                           f"{corpus_display_name(corpus)} · {phase or 'not measured'} · {dtype}")
     layout = base_layout(title, xaxis=titled_axis(AXES[axis]),
-                         yaxis=titled_axis(f"Perplexity on {corpus_display_name(corpus)} (lower is better)"),
-                         legend={"orientation": "h", "y": -0.2})
+                         yaxis=titled_axis("Perplexity (lower is better)"),
+                         **legend_below(len(data), top=TWO_LINE_TITLE_MARGIN))
     return {"data": data, "layout": layout}
 
 
@@ -115,18 +125,23 @@ def _unstructured(sweep: Optional[dict], corpus: str) -> dict[str, list[dict]]:
 def widths_figure(point: dict, dense_widths: dict) -> dict:
     """Per remaining decoder layer, the kept fraction of query heads and of MLP channels (grouped bars).
 
-    dense_widths: {"heads", "channels"} of a dense layer."""
+    The x axis holds the layer indices as numbers (the axis title says "decoder layer"): labels such as "layer 17"
+    did not fit under 30 bars and were cut to "layer". The counts ("12 of 16") are in the hover, not in the bars,
+    where they were unreadable. dense_widths: {"heads", "channels"} of a dense layer."""
     layers = list(range(len(point.get("widths") or [])))
     kept_layers = point.get("kept_layers") or layers
-    labels = [f"layer {kept_layers[i] if i < len(kept_layers) else i}" for i in layers]
+    indices = [kept_layers[i] if i < len(kept_layers) else i for i in layers]
     data = []
     for key, name, color in (("heads", "query heads kept", "#1F77B4"), ("channels", "MLP channels kept", "#FF7F0E")):
         values = [100.0 * w[key] / dense_widths[key] for w in point["widths"]]
-        data.append({"type": "bar", "name": name, "x": labels, "y": values, "marker": {"color": color},
+        data.append({"type": "bar", "name": name, "x": [str(i) for i in indices], "y": values,
+                     "marker": {"color": color}, "textposition": "none",
                      "text": [f"{w[key]:,} of {dense_widths[key]:,}" for w in point["widths"]],
-                     "hovertemplate": "%{x}: %{text}<extra>" + name + "</extra>"})
-    title = f"Widths per layer at {100 * point['measured_ratio']:.1f} % of decoder parameters removed"
-    layout = base_layout(title, barmode="group", xaxis=titled_axis("Decoder layer"),
+                     "hovertemplate": "layer %{x}: %{text}<extra>" + name + "</extra>"})
+    title = two_line_title("Widths per layer",
+                           f"{100 * point['measured_ratio']:.1f} % of decoder parameters removed")
+    layout = base_layout(title, barmode="group",
+                         xaxis=titled_axis("Decoder layer (index, 0 = first)", type="category", tickangle=0),
                          yaxis=titled_axis("Kept (% of the dense layer)", range=[0, 105]),
-                         legend={"orientation": "h", "y": -0.2})
+                         **legend_below(len(data), top=TWO_LINE_TITLE_MARGIN))
     return {"data": data, "layout": layout}

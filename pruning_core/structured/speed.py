@@ -26,16 +26,15 @@ import copy
 import inspect
 import os
 import platform
-import resource
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 
 from pruning_core.errors import ConfigError
 from pruning_core.models import LoadedModel
+from pruning_core.machine_load import cpu_seconds, others_busy_share  # noqa: F401 - re-exported
 from pruning_core.progress import ProgressFn, no_progress
 
 SPEED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -149,27 +148,7 @@ def _load_average() -> Optional[list]:
         return None
 
 
-def _cpu_seconds() -> Optional[tuple[float, float]]:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far, or None without /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return (sum(fields[:8]) - idle) / ticks, own.ru_utime + own.ru_stime
-
-
-def others_busy_share(before: Optional[tuple[float, float]], after: Optional[tuple[float, float]],
-                      wall_seconds: float) -> Optional[float]:
-    """The share of the machine's cores that other processes kept busy between two `_cpu_seconds` readings
-    (0 = a quiet machine; 0.5 = half the cores): the load average cannot tell, it counts this run's own
-    threads and the minute before."""
-    if before is None or after is None or wall_seconds <= 0:
-        return None
-    others = (after[0] - before[0]) - (after[1] - before[1])
-    return round(min(1.0, max(0.0, others / (wall_seconds * (os.cpu_count() or 1)))), 3)
+_cpu_seconds = cpu_seconds  # the floor's readings (`machine_load`), under the names this module used
 
 
 def _sync(device: torch.device) -> None:

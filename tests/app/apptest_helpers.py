@@ -61,6 +61,18 @@ def ok(at: AppTest) -> AppTest:
     return at
 
 
+def tables_show_no_none(at: AppTest) -> AppTest:
+    """`at` after checking that no table on the page shows a missing value as "None" (or "nan"): a cell without a
+    value must say so in words or with the dash (`app.formats.MISSING`)."""
+    for table in at.dataframe:
+        frame = table.value
+        frame = frame.data if hasattr(frame, "data") else frame  # a Styler: its frame
+        assert not frame.isna().any().any(), (table.key, frame)
+        cells = {str(v) for v in frame.to_numpy().ravel()}
+        assert not cells & {"None", "nan", "NaN"}, (table.key, frame)
+    return at
+
+
 def errors(at: AppTest) -> list[str]:
     return [str(e.value) for e in at.error]
 

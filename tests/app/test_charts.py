@@ -153,7 +153,8 @@ def test_perplexity_change_says_a_factor_for_a_broken_point():
 def test_sensitivity_titles_put_the_settings_on_a_second_line():
     # One long line was cut off in a half-width column; the headline stays short.
     for fig in (F.heatmap_figure(make_sens()), F.layer_bar_figure(make_sens()),
-                F.proxy_scatter_figure(make_sens(), make_sens(metric="taylor"), 0.5)):
+                F.proxy_scatter_figure(make_sens(), make_sens(metric="taylor"), 0.5),
+                F.sensitivity_curves_figure([make_sens(0.3), make_sens(0.5)], "q")):
         headline, _, detail = fig["layout"]["title"]["text"].partition("<br>")
         assert len(headline) <= 30 and detail.startswith("<sup>")
         assert fig["layout"]["margin"]["t"] >= 90
@@ -416,3 +417,27 @@ def test_curve_table_draws_a_missing_time_as_a_dash():
     assert list(styled.data["prune (s)"]) == ["–", "24.2"]
     assert styled.data["ppl wiki"].dtype == float  # a complete column keeps its numbers (sorting)
     assert "None" not in styled.to_html() and "nan" not in styled.to_html()
+
+
+def test_negative_sensitivities_are_explained_on_the_colour_scale_and_in_their_hover():
+    """Journey point 7: a map with cells below 0 says what they mean (the colour bar points to the hover, the hover
+    of each such cell explains it); a map without any says nothing of it."""
+    sens = make_sens()
+    sens["values"][0][0] = -0.002
+    fig = F.heatmap_figure(sens)
+    assert "below 0: see hover" in fig["data"][0]["colorbar"]["title"]["text"]
+    assert F.NEGATIVE_NOTE in fig["data"][0]["text"][0][0] and F.NEGATIVE_NOTE not in fig["data"][0]["text"][0][1]
+    positive = F.heatmap_figure(make_sens())
+    assert "below 0" not in positive["data"][0]["colorbar"]["title"]["text"]
+
+
+def test_the_hover_says_how_many_evaluation_windows_a_short_text_gave():
+    """Journey point 8: "(16 windows)" was said of an evaluation text that held 5. The hover names the windows
+    measured on the corpus shown when fewer than asked."""
+    results = make_results()
+    results["protocol"] = {**results.get("protocol", {}), "eval_windows": 16,
+                           "eval_windows_used": {"wiki": 5, "news": 16}}
+    short = F.curves_figure(results, "wiki")["data"][-1]["text"][0]
+    assert "eval windows 5 of 16 asked (the text holds no more)" in short
+    full = F.curves_figure(results, "news")["data"][-1]["text"][0]
+    assert "eval windows 16" in full and "asked" not in full

@@ -11,7 +11,7 @@ import json
 import pytest
 
 pytest.importorskip("streamlit")
-from tests.app.apptest_helpers import insert_job, ok, page, text_of  # noqa: E402
+from tests.app.apptest_helpers import insert_job, ok, page, tables_show_no_none, text_of  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
 
@@ -123,3 +123,37 @@ def test_run_starts_the_job_and_a_reload_reattaches_with_its_form():
     assert again.multiselect(key="continual_strategies").value == ["latest", "copal"]
     assert again.multiselect(key="continual_domains").value == DOMAINS
     assert len([c for c in _figures(again).values() if c["data"][0]["type"] == "heatmap"]) == 2
+
+
+def test_the_page_says_why_its_step_one_differs_from_the_curves_page_with_both_numbers():
+    """The journey's Continual page showed Wanda 50 % on wiki at 42.15 and the Curves page 42.57, without a word why
+    (issue 26 point 8). The reason, measured: every continual step prunes from dense-model statistics, so step 1
+    equals the Curves point with dense propagation exactly; the Curves default, pruned propagation, differs."""
+    from pruning_core.analysis.sweep import SweepSpec, run_sweep
+    from pruning_core.continual.run import ContinualSpec, run_continual
+    from pruning_core.protocol import Protocol
+    from pruning_core.store import Store
+
+    protocol = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=4)
+    result = run_continual(ContinualSpec(model="tiny-llama", protocol=protocol, domains=tuple(DOMAINS),
+                                         strategies=("latest", "copal")), store=Store())
+    insert_job("continual", result["spec"], "done", result)
+    step_one = result["strategies"]["latest"]["R"][0][0]
+    at = ok(page("continual", continual_domains=DOMAINS, continual_strategies=["latest", "copal"]))
+    assert "dense propagation" in text_of(at) and "Curves page measured" not in text_of(at)  # no sweep yet
+
+    curves = {}
+    for propagation in ("pruned", "dense"):
+        sweep = run_sweep(SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=(0.5,), eval_corpora=("news",),
+                                    propagation=propagation, protocol=protocol), store=Store())
+        insert_job("sweep", {"model": "tiny-llama", "propagation": propagation}, "done", sweep)
+        curves[propagation] = sweep["points"][0]["ppl"]["news"]
+    assert curves["dense"] == pytest.approx(step_one, rel=1e-9)  # the reason: the same mask, the same number
+    assert curves["pruned"] != pytest.approx(step_one, rel=1e-6)
+
+    at = ok(page("continual", continual_domains=DOMAINS, continual_strategies=["latest", "copal"]))
+    note = next(c.value for c in at.caption if c.value.startswith("Step 1 (latest"))
+    assert f"**{step_one:,.2f}** on news" in note and "dense propagation" in note
+    assert f"measured **{curves['pruned']:,.2f}** for the same setting with its default, pruned propagation" in note
+    assert f"With dense propagation the Curves page measured **{curves['dense']:,.2f}**, the same value." in note
+    tables_show_no_none(at)

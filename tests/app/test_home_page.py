@@ -110,3 +110,21 @@ def test_home_counts_what_the_store_holds_for_the_model(monkeypatch, tmp_path):
     stored_sweep()
     text = all_text(AppTest.from_file(HOME, default_timeout=30).run())
     assert "Stored for this model: 1 sweep." in text and "Nothing has been measured" not in text
+
+
+def test_home_cards_link_to_every_page_in_the_menus_order(monkeypatch):
+    """Each card opens its page, in the order of the menu (journey, issue 26 point 8: the cards could not be clicked
+    and listed the pages in an order of their own)."""
+    monkeypatch.delenv(launch.MODEL_ENV, raising=False)
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    assert not at.exception
+    links = [link.proto for link in at.get("page_link")]
+    menu = [spec for spec in available_pages() if not spec.default]
+    assert [link.page for link in links] == [spec.url_path for spec in menu]
+    assert [link.label for link in links] == [f"{n} · {spec.title}" for n, spec in enumerate(menu, 1)]
+    assert all(link.page_script_hash for link in links)  # registered pages: a click switches to them
+    # On its own (no menu to link into) the page names the same pages in the same order.
+    alone = AppTest.from_file(HOME, default_timeout=30).run()
+    assert not alone.exception and not alone.get("page_link")
+    named = [m.value for m in alone.markdown if m.value.startswith("**:blue[")]
+    assert named == [f"**:blue[{n} · {spec.title}]**" for n, spec in enumerate(menu, 1)]

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: Names allowed unescaped, with why: each is page text written in the source, never user input.
 TRUSTED = {
     "lead": "widgets.intro's lead: every page passes a sentence written in its own source",
-    "body": "pages/home.py's step cards: the STEPS table in that file",
+    "body": "pages/home.py's page cards: the CARD_TEXT table in that file",
     "CSS": "app/theme.py's style sheet",
 }
 

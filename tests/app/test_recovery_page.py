@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 from tests.app.apptest_helpers import (  # noqa: E402
-    SMALL, insert_job, multipage_app, ok, page, stored_sweep, text_of)
+    SMALL, insert_job, multipage_app, ok, page, stored_sweep, tables_show_no_none, text_of)
 
 pytestmark = pytest.mark.usefixtures("app_env")  # tiny model, a temporary PRUNESCOPE_HOME, inline jobs
 
@@ -46,8 +46,9 @@ def test_without_a_result_the_page_shows_the_setting_training_an_estimate_and_ru
     assert at.selectbox(key="recovery_method").value == "wanda" and at.slider(key="recovery_sparsity").value == 0.5
     assert at.radio(key="recovery_rank_allocation").options == ["uniform", "gradient"]
     assert not at.button(key="recovery_run").disabled
-    estimate = next(c.value for c in at.caption if "Training time, an estimate" in c.value)
-    assert "4 steps ×" in estimate and "s per step" in estimate
+    # The whole run's estimate (pruning, evaluations, samples beside training), with the training named in it.
+    estimate = next(c.value for c in at.caption if "Estimated time" in c.value)
+    assert "of it training" in estimate and "4 steps ×" in estimate and "s per step" in estimate
     assert not at.get("plotly_chart") and not any("gap won back" in d.value.columns for d in at.dataframe)
 
     at.multiselect(key="recovery_eval").set_value([]).run()  # bad input: one message, no run
@@ -86,6 +87,13 @@ def test_a_finished_recovery_shows_table_charts_merged_sparsity_adapter_and_text
     assert "uniform rank allocation" in prose and "rank 2" in prose
     assert "**Recovered model** (pruned + merged adapter)" in prose
     assert {d.key for d in at.download_button} == {"recovery_report", "recovery_adapter"}
+    tables_show_no_none(at)
+
+    # A training whose loss rose says so (journey, issue 26 point 8: "a recovery run whose loss rises says nothing").
+    rising = {**result, "history": {**result["history"], "loss": [[1, 2.0], [2, 2.1], [3, 2.3], [4, 2.4]]}}
+    insert_job("recovery", rising["spec"], "done", rising)
+    warned = [str(w.value) for w in ok(page("recovery", **TINY_FORM)).warning]
+    assert any("training loss rose" in w and "learned nothing useful" in w for w in warned), warned
 
 
 def test_recover_runs_the_job_and_a_reload_reattaches():
@@ -98,7 +106,7 @@ def test_recover_runs_the_job_and_a_reload_reattaches():
     assert again.number_input(key="recovery_steps").value == 4 and again.selectbox(key="recovery_seqlen").value == 32
     assert _figures(again)["Training loss against step"]["data"][0]["x"] == [1, 2, 3, 4]
     # The page's estimate now comes from that run's measured training speed.
-    assert any("Training time, an estimate" in c.value for c in again.caption)
+    assert any("Estimated time" in c.value and "of it training" in c.value for c in again.caption)
 
 
 def test_summary_offers_recovery_of_its_recommendation_and_shows_a_finished_one():

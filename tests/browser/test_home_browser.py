@@ -21,3 +21,24 @@ def test_home_renders_without_error(page, app_url, artifacts, wait_for_app):
 
     page.screenshot(path=str(artifacts / "home.png"), full_page=True)
     assert (artifacts / "home.png").stat().st_size > 10_000
+
+
+def test_home_cards_are_links_in_the_menus_order(page, app_url, wait_for_app):
+    """The cards open their pages, listed as the sidebar's menu lists them (journey, issue 26 point 8)."""
+    from app.main import available_pages
+
+    page.goto(app_url, wait_until="domcontentloaded")
+    wait_for_app(page, "How it works")
+    main = page.locator('[data-testid="stMain"]')
+    cards = main.locator('a[data-testid="stPageLink-NavLink"]')
+    cards.first.wait_for(state="visible")
+    last = lambda href: (href or "").rstrip("/").rsplit("/", 1)[-1]  # noqa: E731  "http://host/setup" -> "setup"
+    shown = [last(cards.nth(i).get_attribute("href")) for i in range(cards.count())]
+    menu = [spec for spec in available_pages() if not spec.default]
+    assert shown == [spec.url_path for spec in menu]
+    sidebar = page.locator('[data-testid="stSidebarNav"] a')
+    in_menu = [last(sidebar.nth(i).get_attribute("href")) for i in range(sidebar.count())]
+    assert [h for h in in_menu if h in shown] == shown  # the same pages, in the menu's order
+    main.get_by_text(f"2 · {menu[1].title}").click()
+    page.wait_for_url(f"**/{menu[1].url_path}")
+    wait_for_app(page, menu[1].title)

@@ -1,0 +1,219 @@
+"""Seconds of the phases runs are made of, in units of this machine's measured speed (ground floor).
+
+Every run estimate (`analysis.estimates` for sweeps, maps and what-ifs, `structured.estimate`,
+`continual.estimate`, `recovery.estimate`, `allocation.budget_estimate`, `export.estimate`, dispatched by job
+kind in `jobs.estimates`) adds up these phases, so one phase costs the same in every run that has it.
+
+The measured speed (`analysis.estimates.measured_speed`) has two parts:
+- tokens_per_s: the full-forward throughput (decoder layers + head) of a few long windows; a token's share of a
+  decoder layer and of the head is split by parameter count (a forward costs ~2 FLOPs per parameter per token);
+- call_seconds: the wall time of one forward of a single 8-token window: the fixed cost of one call through
+  every layer (Python, kernel launches, thread hand-offs). On a small model (the tiny test models) it is most of
+  the time of a step, and counting tokens alone made estimates 30-50x short; on the embedded model it is small.
+Without a measurement a conservative CPU rate is assumed and no call cost (said in the assumptions).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Union
+
+#: Fallback when nothing was measured: sustained FLOP/s of a small CPU (2 cores, fp32, PyTorch).
+DEFAULT_FLOPS = 40e9
+#: Seconds of Python overhead per SparseGPT column step (measured order of magnitude on a CPU).
+SPARSEGPT_COLUMN_OVERHEAD_S = 30e-6
+#: Seconds per weight of top-k mask selection (kthvalue + tie handling) for magnitude/Wanda.
+MASK_SECONDS_PER_WEIGHT = 8e-9
+#: Seconds per weight of re-thresholding stored score ranks (a sweep's later sparsities of one method: one
+#: comparison per weight instead of a selection).
+RETHRESHOLD_SECONDS_PER_WEIGHT = 1.5e-9
+#: Fixed seconds per matrix and mask (tensor allocations, the mask's bookkeeping), beside the per-weight cost.
+MATRIX_CALL_S = 0.4e-3
+#: Fixed seconds per finished point (its store key and write, progress writes).
+POINT_FIXED_S = 0.01
+#: Windows per forward call of the evaluation (`metrics.perplexity`'s batch).
+EVAL_BATCH = 4
+#: Model load: fixed seconds (tokenizer, config, architecture) plus bytes of weights read per second from the
+#: converted safetensors cache.
+LOAD_FIXED_S = 1.5
+LOAD_BYTES_PER_S = 400e6
+#: Bytes per second written when a run saves a model or masks (safetensors on a local disk, with the copy).
+SAVE_BYTES_PER_S = 150e6
+#: Bytes per second a decode step reads its weights at (one step reads every weight once: memory bound).
+DECODE_BYTES_PER_S = 6e9
+#: bf16 forwards on a CPU without native bf16 matmuls (the speed timing runs both dtypes) against fp32.
+BF16_CPU_SLOWDOWN = 1.5
+
+Speed = Union[None, float, Mapping]
+
+
+def shape_facts(model_info: dict) -> dict:
+    """Sizes an estimate needs from `LoadedModel.describe()`: layers, hidden, parameters, prunable, head (the
+    non-prunable rest), vocab, kinds, per_layer (prunable parameters per layer), input_widths (distinct linear
+    input widths per layer), memory (bytes of the weights)."""
+    layers = int(model_info["layers"])
+    hidden = int(model_info.get("hidden_size") or 0)
+    params = int(model_info["parameters"])
+    prunable = int(model_info["prunable_parameters"])
+    head = max(params - prunable, 1)  # embeddings (tied head) + norms: the head's matmul share
+    vocab = max(head // max(hidden, 1), 1)
+    kinds = list(model_info.get("module_kinds") or [])
+    per_layer = prunable / max(layers, 1)
+    # Distinct linear inputs per layer (Llama: attention input, o input, MLP input, down input): their widths
+    # set the Hessian cost. Without per-module shapes assume 3 of width hidden and 1 of width 8/3 hidden.
+    inner = max((per_layer - 4 * hidden * hidden) / (3 * max(hidden, 1)), hidden) if hidden else 0
+    input_widths = [hidden, hidden, hidden, inner]
+    return {"layers": layers, "hidden": hidden, "params": params, "prunable": prunable, "head": head,
+            "vocab": vocab, "kinds": kinds, "per_layer": per_layer, "input_widths": input_widths,
+            "matrices": layers * max(len(kinds), 1), "memory": int(model_info.get("memory_bytes") or params * 4)}
+
+
+def rates(facts: dict, speed: Speed) -> dict:
+    """Seconds per token of one decoder layer, of the head and of a full forward; the sustained FLOP/s; the fixed
+    seconds of one forward call (`call_s`). speed: tokens/s, or {"tokens_per_s", "call_seconds"}, or None."""
+    call = 0.0
+    throughput = speed
+    if isinstance(speed, Mapping):
+        throughput, call = speed.get("tokens_per_s"), float(speed.get("call_seconds") or 0.0)
+    flops_per_token = 2.0 * (facts["prunable"] + facts["head"])
+    measured = throughput is not None and float(throughput) > 0
+    throughput = float(throughput) if measured else DEFAULT_FLOPS / flops_per_token
+    full = 1.0 / throughput                                        # s per token of a full forward
+    body_share = facts["prunable"] / (facts["prunable"] + facts["head"])
+    return {"layer_s_per_token": full * body_share / max(facts["layers"], 1),
+            "head_s_per_token": full * (1 - body_share), "full_s_per_token": full,
+            "flops": throughput * flops_per_token, "throughput": throughput, "measured": measured,
+            "call_s": call, "layer_call_s": call / (facts["layers"] + 1)}
+
+
+def hessian_seconds(facts: dict, rates_: dict, tokens: int) -> float:
+    """The X X^T of every distinct linear input over `tokens` calibration tokens, all layers."""
+    return sum(2.0 * w * w for w in facts["input_widths"]) * tokens * facts["layers"] / rates_["flops"]
+
+
+def mask_seconds(facts: dict, rates_: dict, method: str, ranked: bool = False) -> float:
+    """Time to build the masks of every prunable matrix once with `method`; ranked: magnitude/Wanda re-threshold
+    ranks computed for an earlier sparsity of the same sweep (one comparison per weight)."""
+    fixed = facts["matrices"] * MATRIX_CALL_S
+    if method != "sparsegpt":
+        return fixed + facts["prunable"] * (RETHRESHOLD_SECONDS_PER_WEIGHT if ranked else MASK_SECONDS_PER_WEIGHT)
+    hidden, inner = facts["hidden"], facts["input_widths"][-1]
+    # Llama-like split: 4 matrices reading width `hidden` (q, k, v, gate/up share) and down reading `inner`.
+    rows_hidden = (facts["per_layer"] - hidden * inner) / max(hidden, 1)  # total out rows reading `hidden`
+    per_layer_flops = 2.0 * rows_hidden * hidden * hidden + 2.0 * hidden * inner * inner
+    matrices = max(len(facts["kinds"]), 1)
+    per_layer_flops += (matrices - 1) * hidden ** 3 + inner ** 3       # Cholesky / inverse per matrix
+    columns = (matrices - 1) * hidden + inner
+    return fixed + facts["layers"] * (per_layer_flops / rates_["flops"] + columns * SPARSEGPT_COLUMN_OVERHEAD_S)
+
+
+def forward_seconds(rates_: dict, windows: int, seqlen: int, batch: int = EVAL_BATCH) -> float:
+    """Full forwards of `windows` windows of `seqlen` tokens, `batch` windows per call."""
+    windows = max(int(windows), 0)
+    return windows * int(seqlen) * rates_["full_s_per_token"] + math.ceil(windows / max(int(batch), 1)) * rates_["call_s"]
+
+
+def evaluation_seconds(rates_: dict, windows: Mapping[str, int], seqlen: int) -> float:
+    """Perplexity of one model on each corpus: {corpus: windows really used}."""
+    return sum(forward_seconds(rates_, w, seqlen) for w in windows.values())
+
+
+def walk_seconds(facts: dict, rates_: dict, nsamples: int, seqlen: int, batch: int, need: str,
+                 passes: int = 1) -> float:
+    """A layer walk over the calibration windows: `passes` forwards per layer (statistics; 2 in pruned
+    propagation: statistics, then the pruned outputs), plus the Hessians when `need` is "hessian"; "none"
+    costs nothing."""
+    if need == "none":
+        return 0.0
+    tokens = int(nsamples) * int(seqlen)
+    calls = math.ceil(int(nsamples) / max(int(batch), 1)) * facts["layers"] * passes
+    seconds = passes * tokens * facts["layers"] * rates_["layer_s_per_token"] + calls * rates_["layer_call_s"]
+    return seconds + (hessian_seconds(facts, rates_, tokens) if need == "hessian" else 0.0)
+
+
+def load_seconds(facts: dict) -> float:
+    """Loading the model from its converted cache (a first conversion from GGUF takes longer: not counted)."""
+    return LOAD_FIXED_S + facts["memory"] / LOAD_BYTES_PER_S
+
+
+def decode_step_seconds(facts: dict, rates_: dict, batch: int = 1) -> float:
+    """One generated token for `batch` sequences: the larger of reading every weight once and computing
+    `batch` tokens, plus one call's fixed cost."""
+    return max(facts["memory"] / DECODE_BYTES_PER_S, int(batch) * rates_["full_s_per_token"]) + rates_["call_s"]
+
+
+def generation_seconds(facts: dict, rates_: dict, prompts: int, new_tokens: int, models: int = 2,
+                       prompt_tokens: int = 16) -> float:
+    """Sample texts: each of `prompts` prompts through `models` models (dense and pruned), `new_tokens` each."""
+    if int(prompts) <= 0 or int(new_tokens) <= 0:
+        return 0.0
+    one = forward_seconds(rates_, 1, prompt_tokens, 1) + int(new_tokens) * decode_step_seconds(facts, rates_)
+    return int(prompts) * int(models) * one
+
+
+def speed_timing_seconds(facts: dict, rates_: dict, settings: Mapping, models: int = 2) -> float:
+    """A dense-against-pruned speed timing (`structured.speed.measure_speed`) with `settings` (`SpeedConfig`
+    fields; its defaults where absent): per dtype a warm-up and `repeats` timed runs of each phase per model."""
+    prefill = int(settings.get("prefill_tokens", 512))
+    decode = int(settings.get("decode_tokens", 32))
+    batches = tuple(settings.get("decode_batches", (1, 8)))
+    prompt = int(settings.get("prompt_tokens", 16))
+    dtypes = settings.get("dtypes", ("float32", "bfloat16"))
+    dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
+    repeats = int(settings.get("repeats", 3))
+    total = 0.0
+    for dtype in dtypes:
+        slow = 1.0 if dtype == "float32" else BF16_CPU_SLOWDOWN
+        run = forward_seconds(rates_, 1, prefill, 1) + sum(
+            forward_seconds(rates_, b, prompt, b) + decode * decode_step_seconds(facts, rates_, b) for b in batches)
+        warm = forward_seconds(rates_, 1, 8, 1) + forward_seconds(rates_, 1, prompt, 1)
+        total += slow * models * (repeats * run + warm)
+        if dtype != "float32":
+            total += models * facts["memory"] / SAVE_BYTES_PER_S  # the cast copies of both models
+    return total
+
+
+def save_seconds(nbytes: float) -> float:
+    """Writing `nbytes` (a model's or masks' files)."""
+    return float(nbytes) / SAVE_BYTES_PER_S
+
+
+def speed_words(rates_: dict) -> str:
+    """The measurement an estimate rests on, for its assumptions."""
+    if not rates_["measured"]:
+        return f"no measured speed; assumed {DEFAULT_FLOPS / 1e9:.0f} GFLOP/s"
+    words = f"measured throughput {rates_['throughput']:.0f} tokens/s"
+    if rates_["call_s"]:
+        words += f" and {rates_['call_s'] * 1e3:.1f} ms per forward call"
+    return words
+
+
+def phase_estimate(breakdown: Mapping[str, float], peak_memory_bytes: int, what: str, rates_: dict,
+                   first_view_seconds: Optional[float] = None) -> dict:
+    """The one shape every run estimate has: {"seconds" (the sum of the phases), "peak_memory_bytes",
+    "breakdown" {phase: seconds}, "assumptions" (what was counted, in words)} (+ "first_view_seconds")."""
+    out = {"seconds": float(sum(breakdown.values())), "peak_memory_bytes": int(peak_memory_bytes),
+           "breakdown": {k: float(v) for k, v in breakdown.items()},
+           "assumptions": f"{what}; {speed_words(rates_)}; forward time split between decoder layers and head by "
+                          "parameter count; memory = weights + activations + statistics + masks (Python overhead "
+                          "not counted)"}
+    if first_view_seconds is not None:
+        out["first_view_seconds"] = float(first_view_seconds)
+    return out
+
+
+def prune_seconds(facts: dict, rates_: dict, method: str, propagation: str, protocol) -> float:
+    """Pruning the model once with `method` (`prune.prune_model`): in "pruned" propagation a walk with two
+    forwards per layer (statistics, then the pruned outputs) and the masks; in "dense" propagation the statistics
+    walk once, then the masks. protocol: a `protocol.Protocol` (nsamples, seqlen, batch_size)."""
+    from pruning_core.methods import get_method
+
+    needs = get_method(method).needs
+    passes = 2 if propagation == "pruned" else 1
+    return mask_seconds(facts, rates_, method) + walk_seconds(facts, rates_, protocol.nsamples, protocol.seqlen,
+                                                              protocol.batch_size, needs, passes=passes)
+
+
+def capped_windows(windows: Mapping[str, int], asked: int) -> dict[str, int]:
+    """{corpus: min(asked, windows the split holds)}: the windows perplexity really evaluates."""
+    return {corpus: min(int(asked), int(held)) for corpus, held in windows.items()}

@@ -1,0 +1,50 @@
+"""How long a structured run takes, before the user commits (`run.run_structured`'s phases, `run_costs` units).
+
+Counted: the model load; the dense perplexities (unless stored); the unit statistics walk (when the score or
+compensation reads data); per ratio not yet in the store: pruning (scores per unit; OBS compensation solves like
+SparseGPT), the evaluation, the dense-against-pruned speed timing (when asked) and the sample text.
+"""
+
+from __future__ import annotations
+
+from typing import Collection, Mapping
+
+from pruning_core import run_costs
+
+
+def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows: Mapping[str, int], *,
+                        stored_ratios: Collection[float] = (), dense_stored: bool = False) -> dict:
+    """{"seconds", "peak_memory_bytes", "breakdown", "assumptions"} of `spec` (a `run.StructuredSpec`).
+
+    speed: this machine's measured speed (`analysis.estimates.measured_speed`); windows: {corpus: whole windows
+    its evaluation split holds}; stored_ratios: ratios whose point the store holds (free); dense_stored: the
+    dense perplexities are stored."""
+    facts = run_costs.shape_facts(model_info)
+    rates = run_costs.rates(facts, speed)
+    protocol = spec.protocol
+    used = run_costs.capped_windows({c: windows.get(c, protocol.eval_windows) for c in spec.corpora},
+                                    protocol.eval_windows)
+    todo = [r for r in spec.ratios if float(r) not in {float(s) for s in stored_ratios}]
+    breakdown = {"load": run_costs.load_seconds(facts),
+                 "dense_evaluation": 0.0 if dense_stored else run_costs.evaluation_seconds(rates, used,
+                                                                                           protocol.seqlen),
+                 "statistics": 0.0, "pruning": 0.0, "evaluation": 0.0, "speed_timing": 0.0, "samples": 0.0}
+    needs_data = spec.score != "magnitude" or spec.compensate or "layers" in spec.units
+    if todo and needs_data:
+        need = "hessian" if spec.compensate or spec.score == "obs" else "act_sq"
+        breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
+                                                         protocol.batch_size, need)
+    per_prune = run_costs.mask_seconds(facts, rates, "sparsegpt" if spec.compensate else "wanda")
+    for _ in todo:
+        breakdown["pruning"] += per_prune
+        breakdown["evaluation"] += run_costs.evaluation_seconds(rates, used, protocol.seqlen)
+        if spec.speed:
+            breakdown["speed_timing"] += run_costs.speed_timing_seconds(facts, rates, dict(spec.speed_settings))
+        breakdown["samples"] += run_costs.generation_seconds(facts, rates, 1, int(spec.max_new_tokens))
+    peak = 2 * facts["memory"] + sum(w * w * 4 for w in facts["input_widths"]) * facts["layers"]
+    what = (f"{len(spec.ratios)} ratios ({len(spec.ratios) - len(todo)} already in the store: they cost nothing)"
+            f", evaluated on {', '.join(f'{c} {w} windows' for c, w in used.items())}"
+            + ("; dense-against-pruned speed timing per ratio" if spec.speed else "")
+            + (f"; {spec.max_new_tokens} sample tokens per model" if int(spec.max_new_tokens) else "")
+            + "; memory: the dense model and one pruned copy")
+    return run_costs.phase_estimate(breakdown, peak, what, rates)

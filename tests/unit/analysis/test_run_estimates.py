@@ -1,0 +1,198 @@
+"""One estimating function per run kind: each counts every phase of its run, results already stored cost nothing.
+
+The functions take the machine's speed as an argument, so these tests inject it (no timing, no wall clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pruning_core import run_costs
+from pruning_core.analysis.estimates import estimate_sensitivity, estimate_sweep
+from pruning_core.analysis.sweep import SweepSpec
+from pruning_core.protocol import Protocol
+
+PROTOCOL = Protocol(calib="news", nsamples=8, seqlen=64, eval_windows=4, batch_size=4)
+SPEED = {"tokens_per_s": 2000.0, "call_seconds": 0.01}
+# The tiny test model's `describe()` (tiny-llama), written out: no model is loaded here.
+INFO = {"layers": 2, "hidden_size": 64, "module_kinds": ["q", "k", "v", "o", "gate", "up", "down"],
+        "parameters": 93248, "prunable_parameters": 73728, "memory_bytes": 372992}
+WINDOWS = {"news": 40, "wiki": 30, "pydocs": 20}
+
+
+def _phases(made: dict) -> dict:
+    assert made["seconds"] == pytest.approx(sum(made["breakdown"].values()))
+    assert made["peak_memory_bytes"] > 0 and made["assumptions"]
+    return made["breakdown"]
+
+
+def test_a_fully_stored_sweep_costs_only_its_load():
+    spec = SweepSpec(model="tiny-llama", methods=("wanda", "sparsegpt"), sparsities=(0.3, 0.5, 0.7),
+                     eval_corpora=("news",), protocol=PROTOCOL, propagation="dense")
+    fresh = _phases(estimate_sweep(INFO, spec, SPEED))
+    every = range(len(spec.grid()))
+    stored = estimate_sweep(INFO, spec, SPEED, stored_points=every, dense_stored=True, stored_statistics="none")
+    phases = _phases(stored)
+    assert stored["seconds"] == pytest.approx(phases["load"])  # no walk, no point, no dense evaluation
+    assert fresh["pruning"] > 0 and fresh["evaluation"] > 0 and fresh["statistics"] > 0
+    assert "6 already in the store" in stored["assumptions"]
+    half = estimate_sweep(INFO, spec, SPEED, stored_points=[0, 1, 2], dense_stored=True)
+    assert phases["load"] < half["seconds"] < sum(fresh.values())
+
+
+def test_sweep_points_cost_by_method_and_propagation():
+    def per_point(method: str, propagation: str) -> float:
+        spec = SweepSpec(model="tiny-llama", methods=(method,), sparsities=(0.3, 0.4, 0.5, 0.6),
+                         eval_corpora=("news",), protocol=PROTOCOL, propagation=propagation)
+        return estimate_sweep(INFO, spec, SPEED)["breakdown"]["pruning"]
+
+    # Pruned propagation walks the model per point; dense Wanda ranks once and re-thresholds.
+    assert per_point("wanda", "pruned") > per_point("wanda", "dense")
+    assert per_point("sparsegpt", "pruned") > per_point("wanda", "pruned")
+    # Magnitude needs no data: both propagations prune the same way.
+    assert per_point("magnitude", "pruned") == pytest.approx(per_point("magnitude", "dense"))
+
+
+def test_the_call_cost_counts_per_forward_call():
+    without = estimate_sweep(INFO, SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=(0.5,),
+                                             eval_corpora=("news",), protocol=PROTOCOL), SPEED["tokens_per_s"])
+    with_calls = estimate_sweep(INFO, SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=(0.5,),
+                                                eval_corpora=("news",), protocol=PROTOCOL), SPEED)
+    # 4 windows in batches of 4: one evaluation call per point.
+    assert with_calls["breakdown"]["evaluation"] - without["breakdown"]["evaluation"] == pytest.approx(0.01)
+
+
+def test_the_map_estimate_names_its_first_view():
+    made = estimate_sensitivity(INFO, PROTOCOL, "wanda", [0.5], ["auto"], 4, SPEED)
+    phases = _phases(made)
+    assert 0 < made["first_view_seconds"] < made["seconds"]
+    assert made["first_view_seconds"] == pytest.approx(sum(phases[k] for k in ("load", "dense_probe", "statistics",
+                                                                               "fisher", "masks")))
+    assert "exact_probes" in phases and phases["exact_probes"] > 0
+    assert "first_view_seconds" not in estimate_sensitivity(INFO, PROTOCOL, "wanda", [0.5], ["exact"], 4, SPEED)
+
+
+def test_structured_counts_statistics_pruning_evaluation_speed_and_samples():
+    from pruning_core.structured.estimate import estimate_structured
+    from pruning_core.structured.run import StructuredSpec
+
+    spec = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.1, 0.2), speed=True,
+                          speed_settings={"prefill_tokens": 64, "repeats": 2}, max_new_tokens=8)
+    phases = _phases(estimate_structured(INFO, spec, SPEED, WINDOWS))
+    for phase in ("load", "dense_evaluation", "statistics", "pruning", "evaluation", "speed_timing", "samples"):
+        assert phases[phase] > 0, phase
+    no_speed = _phases(estimate_structured(INFO, StructuredSpec(model="tiny-llama", protocol=PROTOCOL,
+                                                                ratios=(0.1, 0.2), max_new_tokens=8), SPEED, WINDOWS))
+    assert no_speed["speed_timing"] == 0 and no_speed["pruning"] == pytest.approx(phases["pruning"])
+    stored = _phases(estimate_structured(INFO, spec, SPEED, WINDOWS, stored_ratios=(0.1, 0.2), dense_stored=True))
+    assert sum(stored.values()) == pytest.approx(stored["load"])
+
+
+def test_continual_counts_each_domain_statistics_and_every_step_on_every_domain():
+    from pruning_core.continual.estimate import estimate_continual
+    from pruning_core.continual.run import ContinualSpec
+    from pruning_core.setting import Setting
+
+    def made(domains, strategies):
+        spec = ContinualSpec(model="tiny-llama", protocol=PROTOCOL, domains=domains, strategies=strategies,
+                             setting=Setting(method="wanda", sparsity=0.5, propagation="dense", allocation="uniform"))
+        return estimate_continual(INFO, spec, SPEED, WINDOWS)
+
+    two = _phases(made(("news", "wiki"), ("sequential",)))
+    three = _phases(made(("news", "wiki", "pydocs"), ("sequential",)))
+    assert three["statistics"] == pytest.approx(1.5 * two["statistics"])  # one walk per domain
+    assert three["pruning"] == pytest.approx(1.5 * two["pruning"])  # one step per domain
+    assert three["evaluation"] > 1.5 * two["evaluation"]  # every step evaluated on every domain so far given
+    joint = _phases(made(("news", "wiki", "pydocs"), ("joint",)))
+    assert joint["pruning"] == pytest.approx(three["pruning"] / 3)  # a static strategy prunes once
+
+
+def test_recovery_counts_every_phase_not_only_training():
+    from pruning_core.recovery.estimate import estimate_recovery
+    from pruning_core.recovery.run import RecoverySpec
+
+    spec = RecoverySpec(model="tiny-llama", protocol=PROTOCOL, train_corpus="news",
+                        train={"steps": 20, "batch_size": 2, "seqlen": 64, "eval_every": 5}, max_new_tokens=8)
+    made = estimate_recovery(INFO, spec, SPEED, WINDOWS)
+    phases = _phases(made)
+    for phase in ("load", "dense_evaluation", "pruning", "evaluation_before", "training", "curve_evaluations",
+                  "evaluation_after", "samples"):
+        assert phases[phase] > 0, phase
+    assert made["seconds"] > phases["training"] and made["steps"] == 20
+    # Training: 20 steps of tokens, plus each step's fixed calls (forward, backward, optimizer: 3 calls).
+    assert phases["training"] == pytest.approx(20 * made["seconds_per_step"] + 20 * 3 * SPEED["call_seconds"])
+    staged = _phases(estimate_recovery(INFO, RecoverySpec(model="tiny-llama", protocol=PROTOCOL, train_corpus="news",
+                                                          train=spec.train, schedule=(0.3,), max_new_tokens=8),
+                                       SPEED, WINDOWS))
+    assert staged["pruning"] == pytest.approx(2 * phases["pruning"])  # one prune per stage
+
+
+def test_budget_search_counts_its_most_steps():
+    from pruning_core.allocation.budget import BudgetSpec
+    from pruning_core.allocation.budget_estimate import estimate_budget, search_steps
+    from pruning_core.setting import Setting
+
+    spec = BudgetSpec(model="tiny-llama", protocol=PROTOCOL, setting=Setting(method="wanda", allocation="uniform"),
+                      max_increase=0.1)
+    assert search_steps(spec) == 10 + 4  # 10 % coarse steps up to 95 %, then halvings of 10 points to 1
+    made = estimate_budget(INFO, spec, SPEED, 40)
+    phases = _phases(made)
+    assert phases["evaluation"] == pytest.approx(14 * run_costs.evaluation_seconds(run_costs.rates(
+        run_costs.shape_facts(INFO), SPEED), {"news": 4}, PROTOCOL.seqlen))
+    assert phases["pruning"] > 0 and phases["dense_evaluation"] > 0 and "at most 14 steps" in made["assumptions"]
+    assert _phases(estimate_budget(INFO, spec, SPEED, 40, dense_stored=True))["dense_evaluation"] == 0
+
+
+def test_export_counts_pruning_evaluation_heatmap_samples_and_files():
+    from pruning_core.export.estimate import estimate_export
+    from pruning_core.export.pipeline import ExportOptions
+
+    options = ExportOptions(method="wanda", eval_corpora=("news",), curve_sparsities=(0.3, 0.5, 0.7))
+    phases = _phases(estimate_export(INFO, options, PROTOCOL, SPEED, WINDOWS, probe_windows_available=40))
+    for phase in ("load", "pruning", "evaluation", "curve_points", "heatmap", "samples", "writing"):
+        assert phases[phase] > 0, phase
+    lean = ExportOptions(method="wanda", eval_corpora=("news",), heatmap=False, prompts=(), mask_artifact="abc")
+    lean_phases = _phases(estimate_export(INFO, lean, PROTOCOL, SPEED, WINDOWS, dense_stored=True))
+    assert lean_phases["heatmap"] == lean_phases["samples"] == lean_phases["pruning"] == 0
+    assert lean_phases["evaluation"] == pytest.approx(phases["evaluation"] / 2)  # the dense one is stored
+
+
+def test_after_a_sweep_ran_its_estimate_reads_every_point_from_the_store(tmp_path):
+    """The Curves page said 26 min after every point was stored: the store's points are found by their keys."""
+    from pruning_core.analysis.sweep import run_sweep
+    from pruning_core.jobs.estimates import estimate_job
+    from pruning_core.models import load_model
+    from pruning_core.store import Store
+
+    store = Store(tmp_path / "store.sqlite")
+    loaded = load_model("tiny-llama")
+    small = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=2, batch_size=4)
+    spec = SweepSpec(model="tiny-llama", methods=("magnitude", "wanda"), sparsities=(0.3, 0.6),
+                     eval_corpora=("news",), protocol=small)
+    from pruning_core.analysis import estimates
+
+    estimates.measured_speed(loaded, small.seqlen, small.dtype, store)  # measured once, as the dashboard's job does
+    before = estimate_job("sweep", spec.to_dict(), loaded, store, measure=False)
+    run_sweep(spec, loaded, store=store)
+    after = estimate_job("sweep", spec.to_dict(), loaded, store, measure=False)
+    assert before["breakdown"]["pruning"] > 0 and before["breakdown"]["evaluation"] > 0
+    assert after["breakdown"]["pruning"] == after["breakdown"]["evaluation"] == after["breakdown"]["dense_eval"] == 0
+    assert after["seconds"] == pytest.approx(after["breakdown"]["load"])
+    assert "4 already in the store" in after["assumptions"]
+
+
+def test_a_what_if_counts_its_sample_texts_and_mask_beside_its_point(tmp_path):
+    from pruning_core.analysis import estimates
+    from pruning_core.jobs.estimates import estimate_job
+    from pruning_core.models import load_model
+    from pruning_core.store import Store
+
+    store = Store(tmp_path / "store.sqlite")
+    loaded = load_model("tiny-llama")
+    small = Protocol(calib="news", nsamples=4, seqlen=32, eval_windows=2, batch_size=4)
+    estimates.measured_speed(loaded, small.seqlen, small.dtype, store)
+    spec = {"model": "tiny-llama", "protocol": small.to_dict(), "eval_corpora": ["news"],
+            "setting": {"method": "wanda", "sparsity": 0.5}}
+    made = estimate_job("whatif", {**spec, "max_new_tokens": 16}, loaded, store, measure=False)
+    none = estimate_job("whatif", {**spec, "max_new_tokens": 0}, loaded, store, measure=False)
+    assert made["breakdown"]["samples"] > 0 and none["breakdown"]["samples"] == 0
+    assert made["seconds"] == pytest.approx(sum(made["breakdown"].values()))
