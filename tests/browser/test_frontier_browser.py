@@ -1,6 +1,7 @@
 """The frontier in headless Chromium: a dashboard on the tiny model whose store holds a finished frontier (and a
 sweep); the Summary leads with the frontier's one sentence and draws its chart with plotly.js (a marker per
-family, the Pareto front), and the Frontier page shows the same sentence, the chart and the table.
+family, the Pareto front), and the Frontier page shows the same sentence, the chart (no text cut or printed over
+other text) and the table.
 
 It starts its own server on the tiny model with its own store (`conftest.tiny_model_server`).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.browser.chart_layout import LAYOUT_PROBLEMS_JS
 from tests.browser.conftest import tiny_model_server
 
 pytestmark = pytest.mark.browser
@@ -66,6 +68,8 @@ def test_the_frontier_page_shows_the_answer_chart_and_table(browser, frontier_ap
         assert SENTENCE in body and "Traceback" not in body
         assert "7 points" in body and "Measure the frontier" in body
         page.wait_for_function(_FRONTIER_CHART, timeout=60_000)
+        page.wait_for_timeout(1000)  # plotly lays out the text after the first draw
+        assert page.evaluate(LAYOUT_PROBLEMS_JS) == []  # no title, tick or legend cut or printed over another
         page.screenshot(path=str(artifacts / "frontier-page.png"), full_page=True)
     finally:
         context.close()
