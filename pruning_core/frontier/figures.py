@@ -17,7 +17,8 @@ from typing import Any, Optional
 
 from pruning_core.data import corpus_display_name
 from pruning_core.frontier.points import FAMILIES
-from pruning_core.outputs.figures import DENSE_COLOR, PALETTE, axis, base_layout, finite, perplexity_change
+from pruning_core.outputs.figures import (DENSE_COLOR, PALETTE, axis, base_layout, finite, legend_below,
+                                         perplexity_change, two_line_title)
 from pruning_core.units import format_bytes
 
 #: Marker (plotly symbol, colour) per family: a shape for what was done, a colour for whether it was quantized.
@@ -100,10 +101,12 @@ def frontier_figure(frontier: Mapping[str, Any], corpus: Optional[str] = None, t
                        "line": {"color": DENSE_COLOR, "dash": "dash", "width": 1}})
     name = corpus_display_name(corpus) if corpus else "?"
     judged = ", ".join(corpus_display_name(c) for c in corpora)
-    subtitle = "" if len(corpora) <= 1 else f" (front judged on the worst of {judged})"
-    layout = base_layout(title or f"Size on disk against perplexity on {name}{subtitle}",
-                         xaxis=axis("Size on disk (MB, log scale)", type="log"),
-                         yaxis=axis(f"Perplexity on {name} (log scale, lower is better)", type="log"),
-                         shapes=shapes, legend={"orientation": "h", "y": -0.3, "yanchor": "top"},
-                         margin={"l": 80, "r": 30, "t": 70, "b": 150})  # room for the axis title above the legend
+    headline = f"Size on disk against perplexity on {name}"
+    default = headline if len(corpora) <= 1 else two_line_title(headline, f"front judged on the worst of {judged}")
+    layout = base_layout(title or default,
+                         xaxis=axis("Size on disk (MB, log)", type="log"),
+                         yaxis=axis(f"Perplexity on {name} (log)", type="log"),
+                         shapes=shapes,
+                         **legend_below(len(data), top=70 if len(corpora) <= 1 else 100, plot_height=380,
+                                        per_row=2))
     return {"data": data, "layout": layout}

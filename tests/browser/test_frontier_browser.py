@@ -64,6 +64,7 @@ def test_the_frontier_page_shows_the_answer_chart_and_table(browser, frontier_ap
     try:
         page.goto(f"{frontier_app}/frontier", wait_until="domcontentloaded")
         wait_for_app(page, "this model weighs 79.0 MB", timeout_ms=120_000)
+        wait_for_app(page, "Quantize one setting", timeout_ms=60_000)  # the page's last section: all drawn
         body = page.inner_text("body")
         assert SENTENCE in body and "Traceback" not in body
         assert "7 points" in body and "Measure the frontier" in body
