@@ -38,6 +38,27 @@ def table(frontier: dict) -> list[dict]:
              "on_front": r["on_front"]} for r in frontier["points"]]
 
 
+def stored_result(store, spec: FrontierSpec) -> dict:
+    """`run_frontier`'s result assembled from the points a private store already holds, measuring nothing (for a
+    run cut short on a busy machine: every finished point was stored as it finished). The store must hold this
+    protocol only (the benchmark's own PRUNESCOPE_HOME): sweep and structured point records do not carry it."""
+    from pruning_core.frontier.points import dense_point, quantized_point, structured_point, sweep_point
+    from pruning_core.frontier.collect import measured_structured, same_protocol
+
+    protocol = spec.protocol.to_dict()
+    dense_ppl = {r["corpus"]: r["ppl"] for r in store.results_of_kind("dense_ppl")
+                 if r["windows"] == spec.protocol.eval_windows and r["tokens"] == r["windows"] * (spec.protocol.seqlen - 1)}
+    dense_files = next(r for r in store.results_of_kind("saved_size") if r["what"] == "dense")
+    points = [dense_point(dense_ppl, dense_files, {"kind": "dense"}, "SmolLM2-135M-Instruct")]
+    points += [sweep_point(p, dense_files, {"kind": "sweep"}) for p in store.results_of_kind("sweep_point")]
+    points += [structured_point(p, measured_structured(p), {"kind": "structured", "ratio": p["ratio"]})
+               for p in store.results_of_kind("structured_point") if measured_structured(p)]
+    points += [quantized_point(r, {"kind": "quantized"}) for r in store.results_of_kind("quantized_point")
+               if same_protocol(r.get("protocol"), protocol)]
+    return {"protocol": {**protocol, "eval_corpora": list(spec.corpora), "assembled_from_store": True},
+            "frontier": build_frontier(points, list(spec.corpora), max_increase=0.10), "measured": []}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
@@ -46,13 +67,18 @@ def main() -> int:
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--techniques", default=",".join(STANDARD))
     parser.add_argument("--out", default=str(ROOT / "docs" / "runs" / "frontier.json"))
+    parser.add_argument("--from-store", action="store_true",
+                        help="measure nothing: assemble the frontier from the points the store holds")
     args = parser.parse_args()
     protocol = Protocol(calib="wiki", nsamples=args.nsamples, seqlen=args.seqlen, eval_windows=args.eval_windows)
     spec = FrontierSpec(model=args.model, protocol=protocol, techniques=tuple(args.techniques.split(",")),
                         eval_corpora=("wiki", "news"), max_increase=0.10)
     started, load_before = time.perf_counter(), load_average()
     loaded = load_model(spec.model)
-    result = run_frontier(spec, loaded=loaded, store=Store(), progress=lambda f, m: log(f"{100 * f:5.1f}% {m}"))
+    if args.from_store:
+        result = stored_result(Store(), spec)
+    else:
+        result = run_frontier(spec, loaded=loaded, store=Store(), progress=lambda f, m: log(f"{100 * f:5.1f}% {m}"))
     seconds = time.perf_counter() - started
     points = frontier_points(result["frontier"])
     answers = {}
