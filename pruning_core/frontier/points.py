@@ -178,9 +178,9 @@ def quantized_point(record: Mapping[str, Any], source: Optional[dict] = None,
     sizes = {COMPRESSED_TENSORS: _size(record["bytes"][COMPRESSED_TENSORS], COMPRESSED_TENSORS)}
     note = record.get("note")
     if note and _is_q4_1_layout(setting):
-        note = ("These 4-bit groups of 32 with a minimum are the layout of the Q4_1 GGUF the embedded model's "
-                "weights came from: this reproduces those weights almost exactly, so its perplexity is no sign of "
-                "how 4 bits treat a model trained in 16 bits. " + note)
+        note = ("4 bits in groups of 32 with a zero point is the layout of the Q4_1 GGUF the embedded model's "
+                "weights came from (Q4_1 keeps a 16-bit minimum per group where compressed-tensors keeps an integer "
+                "zero point), so this point says little about how 4 bits treat a model trained in 16 bits. " + note)
     key = ("quantized:" + start + ":" + (start_words or "") + ":" + str((setting.get("prune") or {}).get("structure"))
            + ":" + str((setting.get("prune") or {}).get("sparsity")) + ":"
            + ":".join(str(setting.get(k)) for k in ("method", "bits", "group_size", "symmetric", "scale_dtype")))
