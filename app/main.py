@@ -40,6 +40,7 @@ PAGES: list[PageSpec] = [
     PageSpec("pages/curves.py", "Curves", ":material/show_chart:", "curves"),
     PageSpec("pages/what_if.py", "What-if", ":material/science:", "what-if"),
     PageSpec("pages/structured.py", "Structured", ":material/content_cut:", "structured"),
+    PageSpec("pages/frontier.py", "Frontier", ":material/straighten:", "frontier"),
     PageSpec("pages/recovery.py", "Recovery", ":material/healing:", "recovery"),
     PageSpec("pages/continual.py", "Continual", ":material/timeline:", "continual"),
     PageSpec("pages/summary.py", "Summary", ":material/dashboard:", "summary"),

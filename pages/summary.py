@@ -43,6 +43,29 @@ settings = widgets.page_start(
 
 
 
+def frontier_lead(frontier: dict, labels: dict) -> None:
+    """The page's one answer when the frontier was measured: the smallest file within the budget across every
+    technique (quantized, pruned, structured, combined), judged on the worst chosen corpus, in one sentence
+    (`summary.frontier_answer`, the Frontier page's sentence), with the chart."""
+    said = frontier["answer"]
+    row = next((r for r in frontier["points"] if r["key"] == said["key"]), None)
+    with st.container(border=True, key="summary_frontier"):
+        if said["found"] and row is not None:
+            st.markdown(f"### Recommended: **{row['technique']}**: **{format_bytes(row['bytes'])}** instead of "
+                        f"{format_bytes(frontier['dense_bytes'])}")
+        else:
+            st.markdown(f"### {'No file fits the budget' if row is None else 'Keep the dense model'}")
+        st.markdown(f'<p class="ps-lead">{escape(said["sentence"])}</p>', unsafe_allow_html=True)
+        if said.get("note"):
+            st.caption(f":material/info: {said['note']}")
+        shown = row["worst_corpus"] if row is not None else frontier["corpora"][0]
+        charts.show(summary.frontier_chart(frontier, shown), key="summary_frontier_chart",
+                    alt="Size on disk against perplexity, with the Pareto front")
+        st.caption(f"Every technique measured for this model ({len(frontier['points'])} points, sizes measured on "
+                   "the files a runtime loads); the **Frontier** page lists them and measures what is missing. "
+                   "Pruning alone, below, keeps the file size: its zeros are stored.")
+
+
 def form_of(point: dict) -> str:
     """A sweep point's structure, and its allocation when not uniform ("unstructured, owl plan")."""
     allocation = charts.point_allocation(point)
@@ -293,10 +316,18 @@ searched = widgets.guarded(summary.searched_points, settings, budget / 100.0, co
                            st.session_state.get("summary_budget_methods") or default_methods,
                            st.session_state.get("summary_budget_allocation") or "uniform") or []
 
+# One answer: when the frontier (every technique, sizes measured on files) was measured it leads, and the
+# pruning recommendation below becomes "pruning alone", judged on the same corpora and budget.
+frontier = widgets.guarded(summary.frontier_answer, settings, corpora, budget / 100.0)
+leads = frontier is not None
+if leads:
+    frontier_lead(frontier, labels)
+
 if not has_sweep:
-    st.info("Nothing measured yet for the recommendation: run a sweep on the **Curves** page (and a map on "
-            "**Sensitivity**) for it, the curves and the heatmap; the budget search below answers on its own.",
-            icon=":material/info:")
+    st.info(("No pruning sweep yet for the pruning-alone recommendation" if leads else
+             "Nothing measured yet for the recommendation")
+            + ": run a sweep on the **Curves** page (and a map on **Sensitivity**) for it, the curves and the "
+              "heatmap; the budget search below answers on its own.", icon=":material/info:")
     budget_section(budget, corpora, labels, default_methods)
     kinds = widgets.guarded(summary.kinds_table, None, corpora, budget / 100.0, (), structured_result)
     if kinds:
@@ -310,7 +341,7 @@ dense = rec["dense"]
 with st.container(border=True):
     if rec["best"] is None:
         mild = rec["mildest"]
-        st.markdown(f"### No measured setting stays within +{budget} %")
+        st.markdown(f"{'#### Pruning alone: no' if leads else '### No'} measured setting stays within +{budget} %")
         if mild is None:
             st.markdown(f"No measured point was evaluated on {judged_words(corpora, labels)}; run a sweep with "
                         "these corpora on the Curves page, or choose the corpora it measured.")
@@ -327,8 +358,9 @@ with st.container(border=True):
         p, worst = rec["best"], rec["best_corpus"]
         worst_name = labels.get(worst, worst)
         change = charts.perplexity_change(p["ppl"][worst], dense[worst])
-        st.markdown(f"### Recommended: **{METHOD_NAMES.get(p['method'], p['method'])}**, **{form_of(p)}**, "
-                    f"**{p['sparsity']:.0%}** sparsity")
+        st.markdown(f"{'#### Pruning alone' if leads else '### Recommended'}: "
+                    f"**{METHOD_NAMES.get(p['method'], p['method'])}**, **{form_of(p)}**, **{p['sparsity']:.0%}** "
+                    "sparsity")
         if p.get("source") == "search":
             st.caption(":material/search: Found by the budget search below: the highest sparsity that stays within "
                        "the budget, measured there (no sweep point came this close to the edge).")

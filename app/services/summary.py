@@ -1,4 +1,5 @@
-"""Summary: the recommended setting for a quality budget, judged on the worst of the chosen corpora, what each
+"""Summary: the smallest file within a quality budget across techniques (the frontier, when it was measured),
+the recommended pruning setting for that budget, judged on the worst of the chosen corpora, what each
 kind of pruning gains and costs side by side, and what became of the recommendation.
 
 The recommendation is the library's (`pruning_core.analysis.recommend`) over every finished sweep of the model
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from app.services.budget import budget_spec, budget_status
+from app.services.frontier import frontier_chart as _frontier_chart
+from app.services.frontier import stored_frontier
 from app.services.recovery import latest_recovery_result, recovery_source
 from app.services.sweep import merged_sweeps  # noqa: F401 - the page's results
 from app.services.models import dense_file_size
@@ -73,3 +76,15 @@ def kinds_table(results: Optional[dict], corpora: Sequence[str], budget: float, 
     `structured.latest_structured_result`) as the structured row."""
     dense = dense_file_size(((results or {}).get("model") or {}).get("fingerprint"))
     return tradeoff_rows(results, corpora, budget, searched, structured, dense)
+
+
+def frontier_answer(settings: dict, corpora: Sequence[str], budget: float) -> Optional[dict]:
+    """The frontier across techniques (quantized, pruned, structured and their combinations, sizes measured on the
+    files) judged on the worst of `corpora`, answered for "the smallest file within +budget" (`frontier.
+    stored_frontier`, the Frontier page's own call), or None while the dense model's files were not measured."""
+    return stored_frontier(settings, corpora, max_increase=budget)
+
+
+def frontier_chart(frontier: dict, corpus: Optional[str] = None):
+    """The Frontier page's chart of `frontier` (sizes on disk against perplexity on `corpus`)."""
+    return _frontier_chart(frontier, corpus)

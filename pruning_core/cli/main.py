@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "apply-mask": "pruning_core.cli.export:add_apply_mask",
     "structured": "pruning_core.cli.structured:add_structured",
     "quantize": "pruning_core.cli.quantize:add_quantize",
+    "frontier": "pruning_core.cli.frontier:add_frontier",
     "recover": "pruning_core.cli.recover:add_recover",
     "continual": "pruning_core.cli.continual:add_continual",
     "ui": "pruning_core.cli.ui:add_ui",

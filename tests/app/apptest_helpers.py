@@ -161,3 +161,41 @@ def summary_kinds(at: AppTest) -> dict[str, list[str]]:
         rows[texts[i].strip("*")] = texts[i + 1:i + 5]
         i += 5
     return rows
+
+
+FRONTIER_PROTOCOL = {"calib": "news", "nsamples": 4, "seqlen": 32, "seed": 0, "eval_windows": 4, "dtype": "float32"}
+DENSE = {"weight_bytes": 269_060_552, "total_bytes": 269_061_587}
+Q4_1_NOTE = "The embedded model's weights were themselves 4-bit (Q4_1)."
+
+
+def _quantized(method, bits, group, symmetric, size, wiki, news, note=None):
+    return {"setting": {"method": method, "bits": bits, "group_size": group, "symmetric": symmetric,
+                        "scale_dtype": "float16", "start": "dense"},
+            "bytes": {"compressed-tensors": {"weight_bytes": size, "total_bytes": size + 5000},
+                      "safetensors-16bit": DENSE},
+            "ppl": {"wiki": wiki, "news": news}, "sparsity": 0.0, "note": note}
+
+
+def stored_frontier(protocol: dict | None = None) -> dict:
+    """A finished frontier job of the tiny model (under SMALL's protocol, or `protocol`: the settings' fields),
+    built by the library from points: dense 269.1 MB, GPTQ 8-bit, 4-bit in groups of 64 (the smallest within
+    +10 % on wiki and news), RTN 4-bit groups of 32 asymmetric (the Q4_1 layout, with its note), 3-bit, Wanda
+    50 % (the dense size) and structured 20 %. Returns the frontier dict."""
+    from pruning_core.frontier.build import build_frontier
+    from pruning_core.frontier.points import dense_point, quantized_point, structured_point, sweep_point
+
+    points = [dense_point({"wiki": 18.02, "news": 20.0}, DENSE, name="tiny"),
+              quantized_point(_quantized("gptq", 8, None, True, 140_000_000, 18.4, 20.3)),
+              quantized_point(_quantized("gptq", 4, 64, True, 79_000_000, 19.1, 21.3)),
+              quantized_point(_quantized("rtn", 4, 32, False, 83_000_000, 18.3, 20.3, Q4_1_NOTE)),
+              quantized_point(_quantized("gptq", 3, 64, True, 62_000_000, 25.0, 28.0)),
+              sweep_point({"method": "wanda", "structure": "unstructured", "sparsity": 0.5, "target_sparsity": 0.5,
+                           "ppl": {"wiki": 19.76, "news": 22.0}}, DENSE),
+              structured_point({"ratio": 0.2, "measured_ratio": 0.2, "config": {"units": ["heads", "channels"]},
+                                "ppl": {"wiki": 21.0, "news": 24.0}}, {"weight_bytes": 216_000_000})]
+    frontier = build_frontier(points, ["wiki", "news"], max_increase=0.10)
+    protocol = {k: v for k, v in (protocol or FRONTIER_PROTOCOL).items() if k in FRONTIER_PROTOCOL}
+    spec = {"model": "tiny-llama", "techniques": ["dense"], "protocol": protocol}
+    insert_job("frontier", spec, "done", {"spec": spec, "model": {"name": "tiny"}, "protocol": protocol,
+                                          "frontier": frontier, "measured": []})
+    return frontier
