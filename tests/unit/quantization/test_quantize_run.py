@@ -203,3 +203,42 @@ def test_export_names_every_unquantized_linear_in_ignore():
     weights = config.config_groups["group_0"].weights
     assert weights.strategy == "channel" and weights.num_bits == 3 and not weights.symmetric
     assert config.ignore == ["lm_head"] and config.format == "pack-quantized"
+
+
+def test_the_walk_quantizes_each_layer_with_gptq_on_its_own_propagated_inputs_and_the_evaluation_uses_them(tiny):
+    """quantize_model's weights of layers 0 and 1 equal `gptq_group` run by hand on what enters those layers (layer
+    1's inputs from the quantized layer 0, in fp32), and the evaluation's model holds those weights: the layer-walk
+    plumbing (Hessian, stacking of q/k/v and gate/up, propagation, applied weights) adds nothing to GPTQ's math."""
+    from pruning_core.methods import MethodOptions
+    from pruning_core.models import weight_matrix
+    from pruning_core.quantization.quantizer import gptq_group
+    from pruning_core.stats import LayerStatistics
+    from pruning_core.walk import LayerInputs, capture_layer_inputs, run_layer
+
+    scheme = QuantScheme(4, 32, method="gptq")
+    calib = calibration_ids(tiny, PROTOCOL)
+    result = quantize_model(tiny, calib, scheme, batch_size=PROTOCOL.batch_size)
+    layers = tiny.adapter.decoder_layers(tiny.model)
+    inputs = capture_layer_inputs(tiny, calib, PROTOCOL.batch_size)
+    names = list(result.weights)
+    with applied_masks(tiny.model, result.masks, result.weights):
+        applied = {n: tiny.model.get_submodule(n).weight.detach().clone() for n in names}
+    for index in range(2):
+        linears = tiny.adapter.layer_linears(layers[index])
+        stats = LayerStatistics(linears, "hessian")
+        with stats.hooks():
+            run_layer(layers[index], inputs, after_batch=stats.flush)
+        by_input: dict[int, list[str]] = {}
+        for kind in linears:
+            by_input.setdefault(id(stats.by_kind[kind]), []).append(kind)
+        assert any(len(kinds) > 1 for kinds in by_input.values())  # q/k/v (and gate/up) share one sweep
+        for kinds in by_input.values():
+            sources = [weight_matrix(linears[k]).detach().to(torch.float32).clone() for k in kinds]
+            by_hand = gptq_group(sources, stats.by_kind[kinds[0]], scheme, MethodOptions())
+            for kind, (_, matrix) in zip(kinds, by_hand):
+                name = tiny.adapter.qualified_name(index, kind)
+                assert torch.equal(result.matrices[name].ints, matrix.ints), name
+                assert torch.equal(applied[name], result.weights[name]), name
+        own = [tiny.adapter.qualified_name(index, kind) for kind in linears]
+        with applied_masks(tiny.model, {n: result.masks[n] for n in own}, result.weights):  # layer 1 reads these
+            inputs = LayerInputs(run_layer(layers[index], inputs), inputs.kwargs)
