@@ -121,6 +121,11 @@ def _mask_identity(mask_dir: Optional[str]) -> Optional[str]:
     return file_sha256(Path(mask_dir).expanduser() / MASK_FILE)
 
 
+#: Bumped whenever the quantizer's arithmetic changes, so that points stored by an earlier one are measured again
+#: (2: 16-bit group scales rounded toward zero, so that a group's extreme weight keeps its level).
+QUANTIZER_VERSION = 2
+
+
 def point_key(loaded: LoadedModel, spec: QuantizeSpec) -> str:
     """The store key of a point: the model's weights, the protocol, the scheme and starting point, the corpora,
     the library versions."""
@@ -133,7 +138,7 @@ def point_key(loaded: LoadedModel, spec: QuantizeSpec) -> str:
                          "prune": asdict(spec.joint()) if spec.joint() else None,
                          "options": {"blocksize": int(spec.blocksize), "percdamp": float(spec.percdamp)},
                          "corpora": list(spec.corpora), "verify": bool(spec.verify),
-                         "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}})
+                         "quantizer": QUANTIZER_VERSION, "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}})
 
 
 def _read_mask(loaded: LoadedModel, mask_dir: str) -> tuple[dict, dict]:
