@@ -81,8 +81,15 @@ def kinds_table(results: Optional[dict], corpora: Sequence[str], budget: float, 
 def frontier_answer(settings: dict, corpora: Sequence[str], budget: float) -> Optional[dict]:
     """The frontier across techniques (quantized, pruned, structured and their combinations, sizes measured on the
     files) judged on the worst of `corpora`, answered for "the smallest file within +budget" (`frontier.
-    stored_frontier`, the Frontier page's own call), or None while the dense model's files were not measured."""
-    return stored_frontier(settings, corpora, max_increase=budget)
+    stored_frontier`, the Frontier page's own call), or None while the dense model's files were not measured or
+    nothing but pruning was: zeros buy no bytes, so a frontier of pruned points alone would only ever answer "keep
+    the dense model" above the question the page asks (how far to prune); the frontier leads once a technique
+    that changes the files (quantization, alone or combined, or a smaller dense model) was measured."""
+    frontier = stored_frontier(settings, corpora, max_increase=budget)
+    if frontier is None or not any("quantized" in row["family"] or row["family"] == "smaller dense"
+                                   for row in frontier["points"]):
+        return None
+    return frontier
 
 
 def frontier_chart(frontier: dict, corpus: Optional[str] = None):
