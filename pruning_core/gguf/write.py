@@ -13,14 +13,15 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import gguf
+import numpy as np
 
 from pruning_core.errors import ConfigError
 from pruning_core.gguf.architecture import GgufArchitecture, architecture_for, write_hyperparameters
-from pruning_core.gguf.tensors import model_tensors, tensor_layout
-from pruning_core.gguf.types import check_writable, choose_type, file_type, gguf_version, qtype
+from pruning_core.gguf.tensors import _rope_kind, model_tensors, tensor_layout, to_llama_cpp_rope
+from pruning_core.gguf.types import TypeChoice, check_writable, choose_type, file_type, gguf_version, qtype
 from pruning_core.gguf.vocabulary import write_tokenizer
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress
@@ -47,11 +48,15 @@ def check_exportable(loaded: LoadedModel, tensor_type: str, fallback: Optional[s
 
 
 def export_gguf(loaded: LoadedModel, path, tensor_type: str = "F16", fallback: Optional[str] = None,
-                progress: Optional[ProgressFn] = None) -> dict:
+                progress: Optional[ProgressFn] = None,
+                packed: Optional[Mapping[str, tuple[str, np.ndarray]]] = None) -> dict:
     """Write `loaded` to the GGUF file `path` with its matrices in `tensor_type`.
 
     fallback: the type for a matrix whose row length `tensor_type`'s blocks do not divide (None: refuse in one
-    sentence). Returns {"path", "bytes" (the file's size on disk), "type", "architecture" (`GgufArchitecture.
+    sentence). packed: {Hugging Face parameter name: (type, bytes)}: blocks a quantizer already chose
+    (`blocks.pack_blocks`, rows in the model's order; query and key rows are reordered here like any weight),
+    written as they are instead of quantizing the parameter; the file's `general.file_type` is then theirs.
+    Returns {"path", "bytes" (the file's size on disk), "type", "architecture" (`GgufArchitecture.
     to_dict`), "tokenizer" (where its keys came from), "tensor_types" {type: count}, "fallbacks" [{"tensor",
     "type", "reason"}], "tensors" [{"name", "type", "shape"}], "gguf_version", "seconds"}.
     Raises ConfigError (one sentence) for a family, type or shape llama.cpp or the gguf package cannot take.
@@ -69,20 +74,31 @@ def export_gguf(loaded: LoadedModel, path, tensor_type: str = "F16", fallback: O
         raise ConfigError(f"'{path}' is a folder; give a file path ending in {SUFFIX}.")
     tensors = list(model_tensors(loaded, arch))
     # Every type is chosen (and every refusal raised) before anything is written.
-    choices = [choose_type(t.name, t.values.shape, kind, t.role in ("embedding", "output"), fallback)
+    packed = dict(packed or {})
+    choices = [TypeChoice(check_writable(packed[t.source][0])) if t.source in packed else
+               choose_type(t.name, t.values.shape, kind, t.role in ("embedding", "output"), fallback)
                for t in tensors]
+    missing = sorted(set(packed) - {t.source for t in tensors})
+    if missing:
+        raise ConfigError(f"Packed blocks were given for {missing[0]}, which the model has no place for in GGUF.")
+    main_kind = Counter(t for t, _ in packed.values()).most_common(1)[0][0] if packed else kind
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     writer = gguf.GGUFWriter(str(partial), arch.name)
     try:
         writer.add_name(loaded.name)
-        writer.add_file_type(file_type(kind))
+        writer.add_file_type(file_type(main_kind))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_hyperparameters(writer, arch)
         tokenizer = write_tokenizer(writer, loaded, arch.vocab)
         written = []
         for i, (tensor, choice) in enumerate(zip(tensors, choices)):
-            data = gguf.quants.quantize(tensor.values, qtype(choice.type))
+            if tensor.source in packed:
+                data = packed[tensor.source][1]
+                if _rope_kind(tensor.source):
+                    data = np.ascontiguousarray(to_llama_cpp_rope(data, arch.head_dim))
+            else:
+                data = gguf.quants.quantize(tensor.values, qtype(choice.type))
             writer.add_tensor(tensor.name, data, raw_dtype=qtype(choice.type))
             written.append({"name": tensor.name, "type": choice.type, "shape": list(tensor.values.shape)})
             progress(0.9 * (i + 1) / len(tensors), f"quantized {tensor.name} to {choice.type}")
@@ -96,7 +112,7 @@ def export_gguf(loaded: LoadedModel, path, tensor_type: str = "F16", fallback: O
         partial.unlink(missing_ok=True)
         raise
     progress(1.0, f"wrote {out.name}")
-    return {"path": str(out), "bytes": out.stat().st_size, "type": kind, "fallback": fallback,
+    return {"path": str(out), "bytes": out.stat().st_size, "type": main_kind, "fallback": fallback,
             "architecture": arch.to_dict(), "tokenizer": tokenizer,
             "tensor_types": dict(Counter(w["type"] for w in written)),
             "fallbacks": [{"tensor": t.name, "type": c.type, "reason": c.fallback_reason}
