@@ -51,6 +51,7 @@ JOB_KINDS: dict[str, str] = {
     "budget": "pruning_core.allocation.budget:run_budget_job",
     "structured": "pruning_core.structured.run:run_structured_job",
     "quantize": "pruning_core.quantization.run:run_quantize_job",
+    "point_export": "pruning_core.quantization.point_files:run_point_export_job",
     "frontier": "pruning_core.frontier.run:run_frontier_job",
     "recovery": "pruning_core.recovery.run:run_recovery_job",
     "continual": "pruning_core.continual.run:run_continual_job",

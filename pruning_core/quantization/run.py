@@ -35,6 +35,8 @@ from pruning_core.quantization.scheme import QuantScheme, parse_group_size
 from pruning_core.spec import JobSpec
 
 POINT_KIND = "quantized_point"
+#: `--bits 16`: no quantization, the starting model's 16-bit files in every format (`quantization.baseline`).
+BASELINE_BITS = 16
 
 
 @dataclass
@@ -85,6 +87,11 @@ class QuantizeSpec(JobSpec):
         """What is quantized: "dense", "mask", "structured" or "joint" (pruned in the same sweep)."""
         return "mask" if self.mask else "structured" if self.structured else "joint" if self.prune else "dense"
 
+    @property
+    def is_baseline(self) -> bool:
+        """bits 16: the starting model not quantized, written and measured in every 16-bit format."""
+        return int(self.bits) == BASELINE_BITS and not isinstance(self.bits, bool)
+
     def scheme(self) -> QuantScheme:
         return QuantScheme(self.bits, self.group_size, bool(self.symmetric), self.method, self.scale_dtype).validate()
 
@@ -94,6 +101,13 @@ class QuantizeSpec(JobSpec):
     def validate(self) -> "QuantizeSpec":
         """Check every setting before any work starts; raises ConfigError naming the problem."""
         self.protocol.validate()
+        if self.is_baseline:
+            if self.mask or self.prune:
+                raise ConfigError("--bits 16 writes the starting model unquantized; a pruned mask is written in 16 "
+                                  "bits by `prunescope export --save-model`, and --prune needs a quantizer (bits 2-8).")
+            if self.scale_dtype not in ("float16", "bfloat16"):
+                raise ConfigError(f"Scale dtype '{self.scale_dtype}' is unknown; use float16 or bfloat16.")
+            return self
         scheme = self.scheme()
         joint = self.joint()
         given = [name for name, value in (("--mask", self.mask), ("--structured", self.structured),
@@ -192,12 +206,16 @@ def origin_note(loaded: LoadedModel, scheme: QuantScheme) -> Optional[str]:
 
 
 def run_quantize(spec: Union[QuantizeSpec, dict], loaded: Optional[LoadedModel] = None, store=None,
-                 progress: Optional[ProgressFn] = None, out_dir: Optional[Union[str, Path]] = None) -> dict:
+                 progress: Optional[ProgressFn] = None, out_dir: Optional[Union[str, Path]] = None,
+                 gguf_file: Optional[Union[str, Path]] = None, gguf_type: Optional[str] = None) -> dict:
     """Quantize, evaluate, write and measure one point (see the module docstring); returns `quantized_record`'s
     dict plus "from_store" and "folder" (the written compressed-tensors folder, or None when it was removed).
 
     loaded: the starting model already in memory (must be `spec.source`'s). out_dir: where the compressed-tensors
-    folder is written (kept); None writes it to a temporary folder, measures it and removes it.
+    folder is written (kept); None writes it to a temporary folder, measures it and removes it. gguf_file: also
+    write the quantized model as this GGUF file (`gguf_file.write_quantized_gguf`: from the integers where the
+    scheme maps onto a GGUF block, else refused before any work unless `gguf_type` asks for re-rounding); its bytes
+    join "bytes" as "gguf" and its read-back check joins "checks".
     """
     progress = progress or no_progress
     spec = (spec if isinstance(spec, QuantizeSpec) else QuantizeSpec.from_dict(spec)).validate()
@@ -208,9 +226,16 @@ def run_quantize(spec: Union[QuantizeSpec, dict], loaded: Optional[LoadedModel] 
     from pruning_core.quantization.model import check_widths
 
     check_widths(loaded, scheme)  # before the evaluation windows are read or any model is run
+    plan = None
+    if gguf_file is not None:
+        from pruning_core.gguf.architecture import architecture_for
+        from pruning_core.quantization.gguf_file import gguf_plan
+
+        plan = gguf_plan(scheme, gguf_type)  # refused here, before any work, when GGUF cannot hold the scheme
+        architecture_for(loaded)  # and a family llama.cpp does not run
     key = point_key(loaded, spec) if store is not None else None
     stored = store.get_result(key) if key is not None else None
-    if stored is not None and out_dir is None:
+    if stored is not None and out_dir is None and gguf_file is None:
         progress(1.0, "quantized point (stored result)")
         return {**stored, "from_store": True, "folder": None}
     eval_ids = evaluate.evaluation_windows(loaded, protocol, corpora)
@@ -241,7 +266,10 @@ def run_quantize(spec: Union[QuantizeSpec, dict], loaded: Optional[LoadedModel] 
             progress(0.8, "checking the written folder")
             checks["packed_weights"] = export.packed_weights_check(folder, result)
             checks["reload"] = export.reload_check(folder, loaded, protocol, corpora, eval_ids,
-                                                   evaluation.pruned_ppl, sub_progress(progress, 0.8, 0.99))
+                                                   evaluation.pruned_ppl, sub_progress(progress, 0.8, 0.95))
+        if plan is not None:
+            progress(0.95, f"writing the GGUF file ({plan.type})")
+            sizes["gguf"], checks["gguf"] = _write_gguf(loaded, result, Path(gguf_file), plan)
     finally:
         if temporary is not None:
             export.remove_folder(temporary)
@@ -251,6 +279,17 @@ def run_quantize(spec: Union[QuantizeSpec, dict], loaded: Optional[LoadedModel] 
         store.put_result(key, POINT_KIND, record)
     progress(1.0, "quantized point done")
     return {**record, "from_store": False, "folder": str(folder) if temporary is None else None}
+
+
+def _write_gguf(loaded: LoadedModel, result: QuantizeResult, path: Path, plan) -> tuple[dict, dict]:
+    """Write the GGUF file and measure it: (its "bytes" entry, its "checks" entry)."""
+    from pruning_core.quantization.gguf_file import write_quantized_gguf
+    from pruning_core.sizes.files import format_label, saved_size
+
+    written = write_quantized_gguf(loaded, result, path, plan)
+    size = {**saved_size(path), "label": format_label("gguf"), "type": written["type"], "exact": written["exact"],
+            "re_rounded": written["re_rounded"]}
+    return size, {k: written[k] for k in ("type", "words", "tensor_types", "readback", "readback_words")}
 
 
 def point_summary(record: dict) -> dict:
