@@ -11,6 +11,7 @@ with progress, resumable) or one quantized setting.
 
 from __future__ import annotations
 
+import functools
 import sys
 from html import escape
 from pathlib import Path
@@ -24,7 +25,37 @@ import streamlit as st  # noqa: E402
 from app import charts, widgets  # noqa: E402
 from app.formats import format_bytes  # noqa: E402
 from app.services import frontier as frontier_service  # noqa: E402
+from app.services import point_export  # noqa: E402
 from app.services import corpora as corpora_service  # noqa: E402
+
+
+
+def point_files(spec: dict, key: str) -> None:
+    """A button that writes one point's files (a point_export job: its progress, then its download buttons)."""
+    job_spec = point_export.export_job_spec(spec)
+    job_id = widgets.guarded(point_export.export_job, job_spec)
+    status = widgets.job_panel(point_export.KIND, job_id, spec=job_spec) if job_id else None
+    if status is None or status.get("state") in ("failed", "cancelled", "interrupted"):
+        words = widgets.guarded(point_export.formats_words, spec) or "its files"
+        if st.button(f"Write its files: {words}", key=f"{key}_write", icon=":material/download:"):
+            if widgets.start_job(point_export.KIND, job_spec):
+                st.rerun()  # the panel above follows the job, then its files are offered below it
+        return
+    if status.get("state") != "done" or not status.get("result"):
+        return
+    items = widgets.guarded(point_export.download_items, status["result"]) or []
+    columns = st.columns(max(1, min(3, len(items))))
+    for i, item in enumerate(items):
+        size = f", {format_bytes(item['bytes'])}" if item.get("bytes") else ""
+        # Deferred: a folder is zipped only when its button is clicked, not on every rerun.
+        columns[i % len(columns)].download_button(
+            f"{item['label']}{size}", functools.partial(point_export.item_bytes, item), file_name=item["name"],
+            mime=item["mime"], key=f"{key}_{item['name']}", icon=":material/download:")
+    record = status["result"].get("record") or {}
+    gguf_check = (record.get("checks") or {}).get("gguf")
+    st.caption(f"Written to `{status['result']['folder']}`." + (f" {gguf_check['readback_words']}" if gguf_check
+                                                                else ""))
+
 
 settings = widgets.page_start(
     "Frontier",
@@ -76,6 +107,19 @@ else:
                *[f"perplexity ({labels.get(c, c)})" for c in frontier["corpora"]], "worst change", "on the front"]
     st.dataframe([dict(zip(headers, row)) for row in frontier_service.frontier_rows(frontier)], hide_index=True,
                  width="stretch", key="frontier_table")
+    with st.container(border=True, key="frontier_point_files"):
+        st.markdown("**A point's files**: the files exactly this point measured, to download and load in its "
+                    "runtime (a quantized point as its compressed-tensors folder and, where its scheme is a GGUF "
+                    "block type, its GGUF file for llama.cpp; the dense model as 16-bit safetensors and GGUF F16).")
+        by_key = {row["key"]: row for row in frontier["points"]}
+        chosen_key = st.selectbox("Point", list(by_key), key="frontier_point",
+                                  format_func=lambda k: f"{by_key[k]['technique']} ({format_bytes(by_key[k]['bytes'])})")
+        try:
+            point_spec = point_export.point_spec(settings, by_key[chosen_key])
+        except point_export.ConfigError as problem:
+            st.caption(f":material/info: {problem}")
+        else:
+            point_files(point_spec, "frontier_point_files")
     q4_1 = next((r["note"] for r in frontier["points"] if r.get("note") and "Q4_1" in r["note"]
                  and r["key"] != said.get("key")), None)
     if q4_1:  # beside every 4-bit figure of the embedded model, not only the answer's
@@ -130,3 +174,4 @@ with st.container(border=True):
         st.caption(f"{record['setting']['label']}: {format_bytes(size['weight_bytes'])} as {size['label']}; "
                    + ", ".join(f"perplexity on {labels.get(c, c)} {v:,.2f}" for c, v in record["ppl"].items())
                    + (f". {record['note']}" if record.get("note") else "."))
+        point_files(q_spec, "frontier_q_files")
