@@ -6,8 +6,9 @@ the same data), perplexity on the first 16 evaluation windows of wiki and news w
 through a safetensors file (`benchmarks/_peer_quantize.py`, run with the peer virtualenv's python).
 
 Cases:
-- fidelity: GPTQ 4-bit, groups of 64, symmetric (ours `quantization.model.quantize_model`; the peer's
-  `GPTQModifier` with its defaults: blocks of 128, 1 % damping, static activation ordering) -- target: ours
+- fidelity: GPTQ 4-bit, groups of 64, symmetric (ours `quantization.model.quantize_model` with its default static
+  activation ordering; the peer's `GPTQModifier` with its defaults: blocks of 128, 1 % damping, static activation
+  ordering; benchmarks/quantization_actorder.py compares our orders) -- target: ours
   within 2 % of the peer's wiki perplexity; RTN 4-bit groups of 64 symmetric against the peer's
   `QuantizationModifier` -- target: within 1 %.
 - speed: GPTQ seconds per point, ours (capture of layer-0 inputs included) then the peer's `oneshot` wall time

@@ -76,6 +76,8 @@ def point_spec(settings: dict, point: Mapping) -> dict:
         "bits": int(setting["bits"]), "group_size": setting.get("group_size"),
         "symmetric": bool(setting.get("symmetric", True)), "scale_dtype": setting.get("scale_dtype") or "float16",
         "prune": _prune_text(setting.get("prune")), "eval_corpora": list(corpora),
+        # A record without a column order was measured before GPTQ had one: in natural order.
+        "actorder": setting.get("actorder") or "none",
         "verify": bool(spec.get("verify", True))}).validate().to_dict()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pruning_core.cli.common import ConsoleProgress, _csv, add_protocol_args, protocol_from_args, store_from_args
 from pruning_core.errors import ConfigError
+from pruning_core.quantization.scheme import ACTORDERS
 
 
 def add_quantize(sub) -> None:
@@ -29,6 +30,10 @@ def add_quantize(sub) -> None:
                         "format")
     p.add_argument("--group-size", default="64", help="input weights per scale (64, 32...) or 'channel'")
     p.add_argument("--asymmetric", action="store_true", help="an integer zero point per group (default symmetric)")
+    p.add_argument("--actorder", default="static", choices=list(ACTORDERS),
+                   help="GPTQ's column order: static (columns by decreasing input energy, group scales from the "
+                        "original weights; llm-compressor's default) or none (natural order, as the GPTQ paper); "
+                        "rtn and --prune always use none")
     p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16"],
                    help="16-bit type of the scales and of the unquantized tensors in the written folder")
     start = p.add_mutually_exclusive_group()
@@ -90,7 +95,7 @@ def cmd_quantize(args) -> int:
     spec = QuantizeSpec(model=args.model, protocol=protocol_from_args(args), method=args.method, bits=args.bits,
                         group_size=args.group_size, symmetric=not args.asymmetric, scale_dtype=args.scale_dtype,
                         mask=args.mask, structured=args.structured, prune=args.prune, eval_corpora=_csv(args.eval),
-                        verify=not args.no_verify).validate()
+                        actorder=args.actorder, verify=not args.no_verify).validate()
     formats = export_formats(args.export, spec.is_baseline, args.gguf_type)
     if "gguf" in formats and not spec.is_baseline:
         from pruning_core.quantization.gguf_file import gguf_plan

@@ -166,9 +166,14 @@ def quantized_point(record: Mapping[str, Any], source: Optional[dict] = None,
     start_words: how to name its starting model when not dense ("structured 20 %", "Wanda 50 % mask")."""
     setting = dict(record["setting"])
     start = setting.get("start", "dense")
+    # GPTQ records stored before static activation ordering existed (no "actorder") swept in natural order; pruning
+    # in the sweep always does (its N:M groups are natural columns), so there the order is not a choice to name.
+    natural = setting.get("method") == "gptq" and setting.get("actorder", "none") == "none" and start != "joint"
     scheme = (f"{str(setting['method']).upper()} {setting['bits']}-bit, "
               + (f"groups of {setting['group_size']}" if setting.get("group_size") else "per channel")
-              + (", symmetric" if setting.get("symmetric", True) else ", asymmetric"))
+              + (", symmetric" if setting.get("symmetric", True) else ", asymmetric")
+              # GPTQ's default column order (static activation order) goes unsaid; the other one is named.
+              + (", natural column order" if natural else ""))
     family = {"dense": "quantized", "structured": "structured + quantized"}.get(start, "pruned + quantized")
     prefix = (f"{start_words} + " if start_words else
               _joint_words(setting.get("prune")) if start == "joint" else
@@ -183,7 +188,8 @@ def quantized_point(record: Mapping[str, Any], source: Optional[dict] = None,
                 "zero point), so this point says little about how 4 bits treat a model trained in 16 bits. " + note)
     key = ("quantized:" + start + ":" + (start_words or "") + ":" + str((setting.get("prune") or {}).get("structure"))
            + ":" + str((setting.get("prune") or {}).get("sparsity")) + ":"
-           + ":".join(str(setting.get(k)) for k in ("method", "bits", "group_size", "symmetric", "scale_dtype")))
+           + ":".join(str(setting.get(k)) for k in ("method", "bits", "group_size", "symmetric", "scale_dtype"))
+           + (":natural" if natural else ""))
     return FrontierPoint(key=key, technique=prefix + scheme, family=family, setting=setting, sizes=sizes,
                          ppl={c: float(v) for c, v in record["ppl"].items()},
                          source=dict(source or {"kind": "quantized"}), note=note, bits=int(setting["bits"]),

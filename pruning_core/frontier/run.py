@@ -125,7 +125,7 @@ def _quantize_spec(spec: FrontierSpec, technique: Technique, structured: Optiona
     scheme = technique.quantize
     return QuantizeSpec(model=spec.model, protocol=spec.protocol, method=scheme.method, bits=scheme.bits,
                         group_size=scheme.group_size, symmetric=scheme.symmetric, scale_dtype=scheme.scale_dtype,
-                        structured=structured, prune=technique.joint, eval_corpora=spec.corpora,
+                        actorder=scheme.actorder, structured=structured, prune=technique.joint, eval_corpora=spec.corpora,
                         verify=bool(spec.verify)).validate()
 
 

@@ -59,7 +59,8 @@ class ColumnTarget(Protocol):
 def obs_sweep_group(weights: Sequence[torch.Tensor], stats: InputStatistics, options: MethodOptions, *,
                     sparsities: Optional[Sequence[float]] = None, structure: Structure = UNSTRUCTURED,
                     keep: Optional[Sequence[torch.Tensor]] = None,
-                    target: Optional[ColumnTarget] = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                    target: Optional[ColumnTarget] = None,
+                    hessian: Optional[torch.Tensor] = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """THE OBS sweep (SparseGPT's, GPTQ's): several matrices that read the same input, one inverse Hessian.
 
     weights: (out_i, in) fp32 copies (zeroed in place on dead input columns). What is removed per matrix:
@@ -67,7 +68,9 @@ def obs_sweep_group(weights: Sequence[torch.Tensor], stats: InputStatistics, opt
     fixed `keep` mask per matrix (a pruned model's; zeros stay zero), or nothing. target: optional quantizer
     each kept column is rounded by (`ColumnTarget`): the error of pruning and rounding column i together is
     spread over the later columns, as the SparseGPT paper does for joint pruning and quantization and GPTQ for
-    quantization alone. Returns [(keep mask, updated weights)] per matrix.
+    quantization alone. hessian: (in, in) used instead of `stats.hessian` (GPTQ's activation ordering passes it
+    with rows and columns permuted as it permuted the weights' columns: the sweep itself always runs in column
+    order 0..in-1). Returns [(keep mask, updated weights)] per matrix.
 
     The OBS update of a row depends only on that row and the shared inverse Hessian, so stacking the rows gives
     each matrix the numbers it would get alone (up to fp32 summation order), with one Cholesky factor instead of
@@ -77,7 +80,8 @@ def obs_sweep_group(weights: Sequence[torch.Tensor], stats: InputStatistics, opt
     """
     W = torch.cat([w.to(torch.float32) for w in weights], dim=0)
     rows, cols = W.shape
-    Hinv = _inverse_hessian_factor(stats.hessian.to(torch.float32), W, options.percdamp)
+    H = stats.hessian if hessian is None else hessian
+    Hinv = _inverse_hessian_factor(H.to(torch.float32), W, options.percdamp)
     bounds = [0]
     for w in weights:
         bounds.append(bounds[-1] + w.shape[0])

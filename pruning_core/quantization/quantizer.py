@@ -8,11 +8,15 @@ by rows: scales are per row, so stacking changes nothing but the number of Chole
   exported file holds).
 - `round_to_nearest`: RTN, vectorized over the whole matrix.
 - `gptq_group`: GPTQ (Frantar et al., 2023): `methods.sparsegpt.obs_sweep_group` (one damped inverse Hessian
-  factor `_inverse_hessian_factor`, blocks of 128 columns with lazy batch updates) with a `ColumnRounder` as the
-  column target. A group's scale is taken when the sweep reaches the group, from its weights as updated by every
-  earlier column; per channel, from the whole matrix before the sweep (as the reference code does). The same call
-  quantizes only the kept weights of a pruned matrix (`keep`: its zeros stay zero) or prunes and quantizes in one
-  pass (`sparsities`: SparseGPT's mask choice per block, each kept column rounded as the sweep reaches it).
+  factor `_inverse_hessian_factor`, blocks of 128 columns with lazy batch updates) with a column target. With
+  static activation ordering (`QuantScheme.actorder` "static", the default, as llm-compressor's GPTQModifier):
+  every natural group's scale is taken up front from the original weights, and the columns and the Hessian are
+  permuted by decreasing Hessian diagonal before the sweep and put back after (`StaticColumnRounder`). With
+  "none" (`ColumnRounder`): natural order, a group's scale taken when the sweep reaches the group, from its
+  weights as updated by every earlier column; per channel, from the whole matrix before the sweep (as the
+  reference code does). The same call quantizes only the kept weights of a pruned matrix (`keep`: its zeros stay
+  zero; the mask is permuted with the columns) or prunes and quantizes in one pass (`sparsities`: SparseGPT's
+  mask choice per block, each kept column rounded as the sweep reaches it; always in natural order).
 All math in fp32; integers are int8 (the b-bit values, signed), the form compressed-tensors packs.
 """
 
@@ -163,6 +167,43 @@ class ColumnRounder:
         return out
 
 
+class StaticColumnRounder(ColumnRounder):
+    """GPTQ's column target with static activation ordering: every scale and zero point fixed before the sweep.
+
+    scale, zero: (rows, groups) of the natural groups (columns g*G..(g+1)*G of the unpermuted matrix), from the
+    original weights. order: (cols,) the sweep's column order, order[j] = the original column the sweep meets j-th;
+    the sweep's column j is rounded with the parameters of the group of column order[j]. The parameters are spread
+    per swept column once, (cols, rows) each, so the column loop only indexes rows. align is 1: no group needs to be
+    seen whole, its scale is already known.
+    """
+
+    def __init__(self, scheme: QuantScheme, scale: torch.Tensor, zero: torch.Tensor, order: torch.Tensor,
+                 masked: bool = True):
+        self.scheme, self.align, self.masked = scheme, 1, masked
+        self.scale, self.zero = scale, zero
+        cols = order.numel()
+        self._scale_t = _expand(scale, cols).index_select(1, order).t().contiguous()        # (cols, rows)
+        self._inverse_t = 1.0 / self._scale_t
+        self._zero_t = None if scheme.symmetric else \
+            _expand(zero, cols).index_select(1, order).t().to(torch.float32).contiguous()
+
+    def __call__(self, column: int, block_t: torch.Tensor, pruned_t: torch.Tensor, local: int) -> torch.Tensor:
+        w = block_t[local] * ~pruned_t[local] if self.masked else block_t[local]  # (rows,)
+        q = w * self._inverse_t[column]
+        if self._zero_t is not None:
+            q.add_(self._zero_t[column])
+        q.round_().clamp_(self.scheme.qmin, self.scheme.qmax)
+        if self._zero_t is not None:
+            q.sub_(self._zero_t[column])
+        return q.mul_(self._scale_t[column])
+
+
+def activation_order(hessian: torch.Tensor) -> torch.Tensor:
+    """The static activation order: input columns by decreasing Hessian diagonal (sum of x_j^2 over the
+    calibration tokens), ties (dead inputs last, all 0) in natural order; (in,) int64."""
+    return torch.argsort(torch.diagonal(hessian), descending=True, stable=True)
+
+
 def gptq_group(weights: Sequence[torch.Tensor], stats: InputStatistics, scheme: QuantScheme,
                options: MethodOptions = MethodOptions(), *, keep: Optional[Sequence[torch.Tensor]] = None,
                sparsities: Optional[Sequence[float]] = None,
@@ -171,17 +212,33 @@ def gptq_group(weights: Sequence[torch.Tensor], stats: InputStatistics, scheme: 
 
     keep: fixed keep masks (a pruned model's): only kept weights are quantized, pruned ones stay exact zeros.
     sparsities / structure: prune in the same sweep (SparseGPT's joint pruning and quantization).
-    stats: the shared input statistics with the Hessian 2 X X^T / n.
+    stats: the shared input statistics with the Hessian 2 X X^T / n. scheme.actorder: the column order ("static":
+    see `StaticColumnRounder`; "none": natural order, `ColumnRounder`).
     """
     sources = [w.to(torch.float32).clone() for w in weights]
     if keep is not None:
         sources = [w * k for w, k in zip(sources, keep)]
     stacked = torch.cat(sources, dim=0)
     rows, cols = stacked.shape
-    channel = None if scheme.group_size else tuple(p[:, 0] for p in group_params(stacked, scheme))
-    rounder = ColumnRounder(scheme, rows, cols, channel, masked=keep is not None or sparsities is not None)
-    outcomes = obs_sweep_group(sources, stats, options, sparsities=sparsities, structure=structure, keep=keep,
-                               target=rounder)
+    masked = keep is not None or sparsities is not None
+    # Joint pruning keeps the natural order: N:M groups are runs of m consecutive natural columns, and SparseGPT's
+    # unstructured mask takes an exact share of the zeros per block of natural columns (the rule checked against
+    # the reference implementation); permuted blocks would change both. So only quantization alone is reordered.
+    if scheme.actorder == "static" and sparsities is None:
+        scale, zero = group_params(stacked, scheme)  # natural groups, original (kept) weights, before any update
+        order = activation_order(stats.hessian)
+        hessian = stats.hessian.index_select(0, order).index_select(1, order)
+        rounder = StaticColumnRounder(scheme, scale, zero, order, masked=masked)
+        outcomes = obs_sweep_group([w.index_select(1, order) for w in sources], stats, options,
+                                   keep=None if keep is None else [k.index_select(1, order) for k in keep],
+                                   target=rounder, hessian=hessian)
+        back = torch.argsort(order)  # the sweep's column j is original column order[j]: put each where it was
+        outcomes = [(mask.index_select(1, back), values.index_select(1, back)) for mask, values in outcomes]
+    else:
+        channel = None if scheme.group_size else tuple(p[:, 0] for p in group_params(stacked, scheme))
+        rounder = ColumnRounder(scheme, rows, cols, channel, masked=masked)
+        outcomes = obs_sweep_group(sources, stats, options, sparsities=sparsities, structure=structure, keep=keep,
+                                   target=rounder)
     quantized = rounder.matrices([values for _, values in outcomes])
     return [(mask, matrix) for (mask, _), matrix in zip(outcomes, quantized)]
 

@@ -48,8 +48,10 @@ class QuantizeSpec(JobSpec):
     the dense model may be given: mask (a mask folder written by `prunescope export`), structured (a folder written
     by the structured export; then it is the model), prune ('sparsegpt:0.5' or 'sparsegpt:2:4': pruned in the
     quantizer's sweep). eval_corpora: corpora to evaluate (default: the calibration corpus). blocksize / percdamp:
-    GPTQ's columns per lazy-update block and damping (the paper's 128 and 1 %). verify: decompress the written
-    folder and reload it with plain transformers.
+    GPTQ's columns per lazy-update block and damping (the paper's 128 and 1 %). actorder: GPTQ's column order,
+    "static" (llm-compressor's default) or "none" (`scheme.ACTORDERS`; RTN and SparseGPT in the sweep, which
+    keeps natural columns, record "none"). verify: decompress the written folder and reload it with plain
+    transformers.
     """
 
     WHAT = "quantization"
@@ -67,6 +69,7 @@ class QuantizeSpec(JobSpec):
     eval_corpora: tuple[str, ...] = ()
     blocksize: int = 128
     percdamp: float = 0.01
+    actorder: str = "static"
     verify: bool = True
 
     def __post_init__(self) -> None:
@@ -93,7 +96,10 @@ class QuantizeSpec(JobSpec):
         return int(self.bits) == BASELINE_BITS and not isinstance(self.bits, bool)
 
     def scheme(self) -> QuantScheme:
-        return QuantScheme(self.bits, self.group_size, bool(self.symmetric), self.method, self.scale_dtype).validate()
+        # Pruning in the sweep always runs in natural column order (`quantizer.gptq_group`): say so in the setting.
+        actorder = "none" if self.prune else self.actorder
+        return QuantScheme(self.bits, self.group_size, bool(self.symmetric), self.method, self.scale_dtype,
+                           actorder).validate()
 
     def joint(self) -> Optional[JointPruning]:
         return parse_joint_pruning(self.prune)
@@ -136,8 +142,9 @@ def _mask_identity(mask_dir: Optional[str]) -> Optional[str]:
 
 
 #: Bumped whenever the quantizer's arithmetic changes, so that points stored by an earlier one are measured again
-#: (2: 16-bit group scales rounded toward zero, so that a group's extreme weight keeps its level).
-QUANTIZER_VERSION = 2
+#: (2: 16-bit group scales rounded toward zero, so that a group's extreme weight keeps its level; 3: GPTQ sweeps
+#: in static activation order by default, scales from the original weights; the scheme holds `actorder`).
+QUANTIZER_VERSION = 3
 
 
 def point_key(loaded: LoadedModel, spec: QuantizeSpec) -> str:
@@ -168,8 +175,8 @@ def _read_mask(loaded: LoadedModel, mask_dir: str) -> tuple[dict, dict]:
 def quantized_record(spec: QuantizeSpec, loaded: LoadedModel, result: QuantizeResult, evaluation,
                      dense_ppl: dict, sizes: dict, checks: dict, seconds: dict, mask_info: Optional[dict]) -> dict:
     """The record of one quantized point (what the store keeps and the frontier reads):
-    {"setting" {"method", "bits", "group_size" (None = per channel), "symmetric", "scale_dtype", "start", "mask",
-    "prune", "label"}, "model" (`describe()` of the starting model), "protocol", "sparsity" (zeros / elements of
+    {"setting" {"method", "bits", "group_size" (None = per channel), "symmetric", "scale_dtype", "actorder", "start",
+    "mask", "prune", "label"}, "model" (`describe()` of the starting model), "protocol", "sparsity" (zeros / elements of
     the quantized linears), "bytes" {format: {"weight_bytes", "total_bytes", "files", "label"}}, "ppl" {corpus},
     "dense_ppl" {corpus}, "change" {corpus: ppl / dense - 1}, "checks" (packed weights, reload), "seconds",
     "note" (the embedded model's Q4_1 origin, beside 4-bit figures)}."""

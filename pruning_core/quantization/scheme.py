@@ -27,6 +27,13 @@ MIN_BITS, MAX_BITS = 2, 8
 #: and the type of the scales of the GGUF Q4_1 file the embedded model comes from, so 4-bit groups of 32
 #: asymmetric keep its scales exactly.
 SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+#: GPTQ's column orders. "static" (the default, llm-compressor's `actorder="static"`): every group's scale and zero
+#: point are taken up front from the original weights of its natural group (columns g*G..(g+1)*G), then the sweep
+#: visits columns in order of decreasing Hessian diagonal (the inputs with the most energy first, while the most
+#: later columns are left to absorb their error), each column rounded with its natural group's scale; the file
+#: keeps natural groups, so it needs no group index. "none": natural column order, each group's scale taken when
+#: the sweep reaches it, from its weights as updated by the earlier columns (the GPTQ paper's code).
+ACTORDERS = ("static", "none")
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,8 @@ class QuantScheme:
     bits: integer width (2-8). group_size: input weights sharing one scale, or None for one scale per output row
     ("channel"). symmetric: z = 0, else an integer zero point per group. method: "rtn" or "gptq".
     scale_dtype: the 16-bit type scales are rounded to (the in-memory model uses the rounded scales, so it is
-    exactly what the exported file holds).
+    exactly what the exported file holds). actorder: GPTQ's column order, "static" or "none" (`ACTORDERS`); round
+    to nearest has no column order, so an "rtn" scheme always holds "none" (one setting, one stored result).
     """
 
     bits: int = 4
@@ -44,6 +52,11 @@ class QuantScheme:
     symmetric: bool = True
     method: str = "gptq"
     scale_dtype: str = "float16"
+    actorder: str = "static"
+
+    def __post_init__(self) -> None:
+        if self.method == "rtn":
+            object.__setattr__(self, "actorder", "none")
 
     def validate(self) -> "QuantScheme":
         """Check the setting; raises ConfigError with one sentence naming the problem and the fix."""
@@ -58,6 +71,8 @@ class QuantScheme:
             raise ConfigError(f"Quantization method '{self.method}' is unknown; use one of {', '.join(METHODS)}.")
         if self.scale_dtype not in SCALE_DTYPES:
             raise ConfigError(f"Scale dtype '{self.scale_dtype}' is unknown; use one of {', '.join(SCALE_DTYPES)}.")
+        if self.actorder not in ACTORDERS:
+            raise ConfigError(f"Activation order '{self.actorder}' is unknown; use one of {', '.join(ACTORDERS)}.")
         return self
 
     def check_width(self, columns: int, name: str) -> None:
@@ -81,10 +96,14 @@ class QuantScheme:
         return SCALE_DTYPES[self.scale_dtype]
 
     def label(self) -> str:
-        """Short words for tables and progress: 'GPTQ 4-bit, groups of 64, symmetric'."""
+        """Short words for tables and progress: 'GPTQ 4-bit, groups of 64, symmetric, static activation order'
+        (GPTQ names its column order; RTN has none)."""
         grouping = f"groups of {self.group_size}" if self.group_size else "per channel"
+        order = ""
+        if self.method == "gptq":
+            order = ", static activation order" if self.actorder == "static" else ", natural column order"
         return (f"{self.method.upper()} {self.bits}-bit, {grouping}, "
-                f"{'symmetric' if self.symmetric else 'asymmetric'}")
+                f"{'symmetric' if self.symmetric else 'asymmetric'}{order}")
 
     def to_dict(self) -> dict:
         return asdict(self)

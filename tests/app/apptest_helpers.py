@@ -170,7 +170,8 @@ Q4_1_NOTE = "The embedded model's weights were themselves 4-bit (Q4_1)."
 
 def _quantized(method, bits, group, symmetric, size, wiki, news, note=None):
     return {"setting": {"method": method, "bits": bits, "group_size": group, "symmetric": symmetric,
-                        "scale_dtype": "float16", "start": "dense"},
+                        "scale_dtype": "float16", "actorder": "static" if method == "gptq" else "none",
+                        "start": "dense"},
             "bytes": {"compressed-tensors": {"weight_bytes": size, "total_bytes": size + 5000},
                       "safetensors-16bit": DENSE},
             "ppl": {"wiki": wiki, "news": news}, "sparsity": 0.0, "note": note}

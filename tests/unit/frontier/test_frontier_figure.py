@@ -16,7 +16,7 @@ DENSE = {"weight_bytes": 269_060_552}
 def _frontier():
     def q(bits, group, size, wiki):
         return quantized_point({"setting": {"method": "gptq", "bits": bits, "group_size": group, "symmetric": True,
-                                            "scale_dtype": "float16", "start": "dense"},
+                                            "scale_dtype": "float16", "actorder": "static", "start": "dense"},
                                 "bytes": {"compressed-tensors": {"weight_bytes": size}}, "ppl": {"wiki": wiki}})
 
     points = [dense_point({"wiki": 17.0}, DENSE, name="m"), q(8, None, 140_000_000, 17.05), q(4, 64, 79_000_000, 18.2),

@@ -141,10 +141,29 @@ def test_cli_writes_quantize_json_and_the_folder_whole(tmp_path, capsys):
                  "--export", "compressed-tensors"]) == 0
     document = json.loads((out / "quantize.json").read_text())
     assert document["setting"]["bits"] == 4 and document["setting"]["group_size"] == 32
+    assert document["setting"]["actorder"] == "static" and "static activation order" in document["setting"]["label"]
     assert set(document["bytes"]) == {"compressed-tensors", "safetensors-16bit"}
     assert document["protocol"]["nsamples"] == 4 and "news" in document["ppl"]
     assert (out / "model" / "config.json").is_file() and not list(tmp_path.glob(".out.partial-*"))
     assert "perplexity on news" in capsys.readouterr().out
+
+
+def test_the_activation_order_is_part_of_the_stored_points_key_and_its_setting(tiny):
+    from pruning_core.quantization.run import QUANTIZER_VERSION, point_key
+
+    def spec(**kw):
+        return QuantizeSpec(model="tiny-llama", protocol=PROTOCOL, bits=4, group_size=32, **kw).validate()
+
+    assert QUANTIZER_VERSION >= 3  # points stored before static ordering became the default are measured again
+    assert spec().scheme().actorder == "static" and spec(actorder="none").scheme().actorder == "none"
+    assert point_key(tiny, spec()) != point_key(tiny, spec(actorder="none"))
+    # Round to nearest has no column order, and pruning in the sweep keeps the natural one: one setting each.
+    assert point_key(tiny, spec(method="rtn")) == point_key(tiny, spec(method="rtn", actorder="none"))
+    assert spec(prune="sparsegpt:2:4").scheme().actorder == "none"
+    assert point_key(tiny, spec(prune="sparsegpt:0.5")) == point_key(tiny, spec(prune="sparsegpt:0.5",
+                                                                                actorder="none"))
+    with pytest.raises(ConfigError, match="Activation order 'weight' is unknown"):
+        spec(actorder="weight")
 
 
 @pytest.mark.parametrize("units", ["channels", "layers"])
