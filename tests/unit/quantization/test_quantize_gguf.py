@@ -66,6 +66,17 @@ def test_symmetric_files_read_back_to_exactly_the_quantized_weights(llama, bits,
     assert written["readback"]["identical"] and written["readback"]["changed_weights"] == 0
 
 
+def test_gptq_in_static_activation_order_keeps_natural_groups_so_q4_0_reads_back_exactly(tmp_path):
+    from pruning_core.models import load_model
+    from pruning_core.protocol import Protocol, calibration_ids
+
+    lm = load_model("tiny-llama")
+    calib = calibration_ids(lm, Protocol(calib="news", nsamples=4, seqlen=32, batch_size=4))
+    result = quantize_model(lm, calib, QuantScheme(4, 32, True, "gptq", actorder="static"))
+    written = write_quantized_gguf(lm, result, tmp_path / "g.gguf", gguf_plan(result.scheme))
+    assert written["type"] == "Q4_0" and written["readback"]["identical"]
+
+
 def test_q4_1_reads_back_to_the_quantized_weights_up_to_its_fp16_minimum_and_says_by_how_much(llama, tmp_path):
     result = quantized(llama, 4, False)
     path = tmp_path / "m-Q4_1.gguf"
