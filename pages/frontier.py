@@ -73,9 +73,11 @@ else:
                + (f" Left out: {frontier['left_out']} point(s) not measured on every chosen corpus."
                   if frontier["left_out"] else ""))
     headers = ["technique", "format (runtimes)", "size on disk",
-               *[f"perplexity ({labels.get(c, c)})" for c in frontier["corpora"]], "worst change", "on the front"]
+               *[f"perplexity ({labels.get(c, c)})" for c in frontier["corpora"]], "worst change", "on the front",
+               frontier_service.SPEED_HEADER]
     st.dataframe([dict(zip(headers, row)) for row in frontier_service.frontier_rows(frontier)], hide_index=True,
                  width="stretch", key="frontier_table")
+    st.caption(frontier_service.speed_note(frontier["points"]))  # which runtime and machine measured the speeds
     q4_1 = next((r["note"] for r in frontier["points"] if r.get("note") and "Q4_1" in r["note"]
                  and r["key"] != said.get("key")), None)
     if q4_1:  # beside every 4-bit figure of the embedded model, not only the answer's

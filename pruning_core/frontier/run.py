@@ -12,7 +12,8 @@ by this job or by the page or command of that capability, is read back, not reco
   `quantization.run.run_quantize` (the compressed-tensors folder written and measured on disk).
 A smaller dense model of the same family (`smaller_model`) is evaluated and measured the same way as a baseline.
 Points that finished jobs of the same model and protocol measured (`collect.stored_points`: a quantized mask, other
-structured ratios...) join them. Then `build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
+structured ratios...) join them. With `runtime_speed`, each point GGUF can hold is written and timed in llama.cpp
+(`speeds.measure_point_speeds`); every point gets the speed the store links to it (`speeds.attach_speeds`). Then `build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class FrontierSpec(JobSpec):
     (a fraction, 0.10 = +10 %) or max_bytes (bytes): the budget the answer is for (+10 % when neither).
     smaller_model: a smaller dense model of the same family (same tokenizer), drawn as a baseline. verify: also
     unpack and reload every quantized folder (`run_quantize`'s check; doubles each point's evaluation).
+    runtime_speed: also write each point GGUF can hold as a GGUF file and time it in llama.cpp
+    (`speeds.measure_point_speeds`; needs llama-cpp-python; about 15 s a file on two cores). Off by default.
     """
 
     WHAT = "frontier"
@@ -58,6 +61,7 @@ class FrontierSpec(JobSpec):
     max_bytes: Optional[int] = None
     smaller_model: Optional[str] = None
     verify: bool = False
+    runtime_speed: bool = False
 
     def __post_init__(self) -> None:
         self.techniques = tuple(t.text for t in parse_techniques(self.techniques))
@@ -85,6 +89,8 @@ class FrontierSpec(JobSpec):
     def _flat(self) -> dict:
         d = asdict(self)
         d["techniques"], d["eval_corpora"] = list(self.techniques), list(self.eval_corpora)
+        if not self.runtime_speed:
+            del d["runtime_speed"]  # specs stored before the option keep their keys
         return d
 
 
@@ -268,6 +274,17 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
 
         points += [p for p in stored_points(store, spec.model, dense_eval.protocol, dense_files)
                    if p.family != "dense"]
+    if spec.runtime_speed:
+        from pruning_core.frontier.speeds import measure_point_speeds
+
+        clock = time.perf_counter()
+        timed = measure_point_speeds(loaded, points, store, progress=sub_progress(progress, 0.98, 0.995))
+        measured.append({"technique": f"speed in llama.cpp ({len(timed)} points)",
+                         "from_store": all(t["from_store"] for t in timed), "seconds": time.perf_counter() - clock})
+    if store is not None:
+        from pruning_core.frontier.speeds import attach_speeds, stored_speeds
+
+        points = attach_speeds(points, stored_speeds(store, loaded.fingerprint))
     frontier = build_frontier(points, corpora, spec.max_increase, spec.max_bytes, labels)
     progress(1.0, "frontier measured")
     return {"spec": spec.to_dict(), "model": loaded.describe(), "protocol": dense_eval.protocol,
