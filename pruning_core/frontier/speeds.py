@@ -5,12 +5,13 @@ dense model as F16 for the dense point, and for a quantized point of the dense m
 type (`gguf_type_of`: 8-bit symmetric groups of 32 = Q8_0; 4- or 5-bit groups of 32 = Q4_0/Q5_0 symmetric,
 Q4_1/Q5_1 with a minimum) the dense model written in that type. llama.cpp's speed depends on the tensor types and
 shapes, not on the values, so that file times the point's layout; the point says which file it was
-("measured_on"). Every other point (per-channel or 64-wide groups, which GGUF has no type for; pruned zeros, which
-llama.cpp computes like any weight; structured models, whose file `benchmarks/runtime.py` measures) shows
-`NOT_MEASURED` until a measurement is linked to it.
+("measured_on"). A structured point and a smaller dense model are timed as their own models written as F16
+(`measure_and_link`, where the frontier run has the model in hand). Every other point (per-channel or 64-wide
+groups, which GGUF has no type for; pruned zeros, which llama.cpp computes like any weight) shows `NOT_MEASURED`
+until a measurement is linked to it.
 
-`attach_speeds` puts the stored measurements on the points; `measure_point_speeds` (what `prunescope frontier
---runtime-speed` runs) writes and times the files of the points it can and links them; `speed_cell` and
+`attach_speeds` puts the stored measurements on the points; `measure_point_speeds` and `measure_and_link` (what
+`prunescope frontier --runtime-speed` runs) write and time the files of the points they can and link them; `speed_cell` and
 `speed_sentence` are the words the table, the report and the Summary use.
 """
 
@@ -60,15 +61,33 @@ def stored_speeds(store, model_fingerprint: Optional[str]) -> dict[str, dict]:
     return point_speeds(store, model_fingerprint)
 
 
-def measure_point_speeds(loaded, points: Sequence[FrontierPoint], store, config=None,
-                         progress: Optional[ProgressFn] = None) -> list[dict]:
-    """Write the dense model `loaded` once per GGUF type the points need (`gguf_type_of`), time each file in
-    llama.cpp (`measure_runtime_speed`, read back from `store` when it measured the same file on this machine) and
-    link every such point to its measurement. Returns [{"point", "type", "decode_tokens_per_s",
-    "from_store"}]. ConfigError (one sentence) where llama-cpp-python is not installed."""
-    from pruning_core.gguf.runtime import require_llama_cpp
+def measure_and_link(model, kind: str, keys: Sequence[str], store, dense_fingerprint: str, words: str,
+                     config=None, progress: Optional[ProgressFn] = None) -> dict:
+    """Write `model` (a `LoadedModel`: the dense model, a structured or a smaller one) as a GGUF file of type
+    `kind` in a temporary folder, time it in llama.cpp (`measure_runtime_speed`, read back from `store` when it
+    measured the same file on this machine) and link the frontier points `keys` of the dense model
+    `dense_fingerprint` to the measurement, saying `words` (which file it was). Returns the measurement."""
     from pruning_core.gguf.runtime_speed import link_point, measure_runtime_speed
     from pruning_core.gguf.write import export_gguf, gguf_file_name
+
+    progress = progress or no_progress
+    with tempfile.TemporaryDirectory(prefix="prunescope-runtime-speed-") as work:
+        path = Path(work) / gguf_file_name(model.name, kind)
+        export_gguf(model, path, kind, progress=sub_progress(progress, 0.0, 0.3))
+        record = measure_runtime_speed(path, config, store=store, progress=sub_progress(progress, 0.3, 1.0))
+    if store is not None:
+        for key in keys:
+            link_point(store, dense_fingerprint, key, record, words)
+    return record
+
+
+def measure_point_speeds(loaded, points: Sequence[FrontierPoint], store, config=None,
+                         progress: Optional[ProgressFn] = None) -> list[dict]:
+    """Write the dense model `loaded` once per GGUF type the points need (`gguf_type_of`), time each file and link
+    every such point to its measurement (`measure_and_link`). Returns [{"point", "type", "speed" (`speed_fields`),
+    "from_store"}]. ConfigError (one sentence) where llama-cpp-python is not installed."""
+    from pruning_core.gguf.runtime import require_llama_cpp
+    from pruning_core.gguf.runtime_speed import speed_fields
 
     require_llama_cpp()
     progress = progress or no_progress
@@ -78,20 +97,14 @@ def measure_point_speeds(loaded, points: Sequence[FrontierPoint], store, config=
         if kind is not None:
             wanted.setdefault(kind, []).append(point)
     done = []
-    with tempfile.TemporaryDirectory(prefix="prunescope-runtime-speed-") as work:
-        for index, (kind, linked) in enumerate(wanted.items()):
-            part = sub_progress(progress, index / len(wanted), (index + 1) / len(wanted))
-            path = Path(work) / gguf_file_name(loaded.name, kind)
-            export_gguf(loaded, path, kind, progress=sub_progress(part, 0.0, 0.3))
-            record = measure_runtime_speed(path, config, store=store, progress=sub_progress(part, 0.3, 1.0))
-            path.unlink()
-            words = (f"the dense model written as {kind}" if kind == "F16" else
-                     f"the dense model written as GGUF {kind}: the tensor types and shapes of this layout (llama.cpp's "
-                     "speed does not depend on the values)")
-            for point in linked:
-                link_point(store, loaded.fingerprint, point.key, record, words)
-                done.append({"point": point.key, "type": kind, "decode_tokens_per_s": record["decode_tokens_per_s"],
-                             "from_store": record["from_store"]})
+    for index, (kind, linked) in enumerate(wanted.items()):
+        words = (f"the dense model written as {kind}" if kind == "F16" else
+                 f"the dense model written as GGUF {kind}: the tensor types and shapes of this layout (llama.cpp's "
+                 "speed does not depend on the values)")
+        record = measure_and_link(loaded, kind, [p.key for p in linked], store, loaded.fingerprint, words, config,
+                                  sub_progress(progress, index / len(wanted), (index + 1) / len(wanted)))
+        done += [{"point": p.key, "type": kind, "speed": speed_fields(record, words),
+                  "from_store": record["from_store"]} for p in linked]
     return done
 
 

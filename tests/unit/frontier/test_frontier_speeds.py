@@ -100,12 +100,13 @@ def test_frontier_runtime_speed_measures_the_gguf_layouts_and_links_them(tmp_pat
     monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
     assert main(["frontier", "--model", "tiny-llama", "--calib", "wiki", "--nsamples", "2", "--seqlen", "32",
-                 "--eval-windows", "2", "--batch-size", "2", "--techniques", "rtn:4:32:asym,rtn:4:64",
+                 "--eval-windows", "2", "--batch-size", "2", "--techniques", "rtn:4:32:asym,rtn:4:64,structured:0.3",
                  "--runtime-speed", "--report", "--out", str(out)]) == 0
     frontier = json.loads((out / "frontier.json").read_text())["frontier"]
     measured = {r["family"] + " " + r["technique"]: r["speed"] for r in frontier["points"] if r["speed"]}
-    # The dense F16 file and the Q4_1 layout; groups of 64 have no GGUF type and stay not measured.
-    assert sorted(t.split(" ")[0] for t in measured) == ["dense", "quantized"]
+    # The dense F16 file, the Q4_1 layout and the structured model as F16; groups of 64 have no GGUF type and
+    # stay not measured.
+    assert sorted(t.split(" ")[0] for t in measured) == ["dense", "quantized", "structured"]
     assert any("groups of 32, asymmetric" in t for t in measured) and not any("64" in t for t in measured)
     assert all(s["runtime"] == "llama.cpp" and s["decode_tokens_per_s"] > 0 and s["machine"] for s in measured.values())
     assert "Q4_1" in next(s["measured_on"] for t, s in measured.items() if "groups of 32" in t)
@@ -114,7 +115,7 @@ def test_frontier_runtime_speed_measures_the_gguf_layouts_and_links_them(tmp_pat
     assert "not measured in a runtime" in (out / "report.md").read_text()
     # The links are in the store: a frontier built later from stored results shows the same speeds.
     store = Store(tmp_path / "home" / "prunescope.sqlite")
-    assert len([k for k in store.results_of_kind("runtime_speed_point")]) == 2
+    assert len(store.results_of_kind("runtime_speed_point")) == 3
 
 
 def test_frontier_spec_keys_do_not_change_without_the_option():
