@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help=f"write {OUT}")
     parser.add_argument("--quick", action="store_true", help="tiny random model, seconds; numbers mean nothing")
     args = parser.parse_args()
+    if args.quick and args.save:
+        parser.error(f"--quick numbers mean nothing; {OUT} keeps only full runs, so drop --save or --quick.")
     settings = QUICK if args.quick else FULL
     require_llama_cpp()
     began = time.perf_counter()
