@@ -13,7 +13,8 @@ by this job or by the page or command of that capability, is read back, not reco
 A smaller dense model of the same family (`smaller_model`) is evaluated and measured the same way as a baseline.
 Points that finished jobs of the same model and protocol measured (`collect.stored_points`: a quantized mask, other
 structured ratios...) join them. With `runtime_speed`, each point GGUF can hold is written and timed in llama.cpp
-(`speeds.measure_point_speeds`); every point gets the speed the store links to it (`speeds.attach_speeds`). Then `build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
+(`speeds.measure_point_speeds`); every point gets the speed the store links to it (`speeds.attach_speeds`). Then
+`build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
 """
 
 from __future__ import annotations
