@@ -104,9 +104,11 @@ else:
                + (f" Left out: {frontier['left_out']} point(s) not measured on every chosen corpus."
                   if frontier["left_out"] else ""))
     headers = ["technique", "format (runtimes)", "size on disk",
-               *[f"perplexity ({labels.get(c, c)})" for c in frontier["corpora"]], "worst change", "on the front"]
+               *[f"perplexity ({labels.get(c, c)})" for c in frontier["corpora"]], "worst change", "on the front",
+               frontier_service.SPEED_HEADER]
     st.dataframe([dict(zip(headers, row)) for row in frontier_service.frontier_rows(frontier)], hide_index=True,
                  width="stretch", key="frontier_table")
+    st.caption(frontier_service.speed_note(frontier["points"]))  # which runtime and machine measured the speeds
     with st.container(border=True, key="frontier_point_files"):
         st.markdown("**A point's files**: the files exactly this point measured, to download and load in its "
                     "runtime (a quantized point as its compressed-tensors folder and, where its scheme is a GGUF "

@@ -56,6 +56,8 @@ def frontier_lead(frontier: dict, labels: dict) -> None:
         else:
             st.markdown(f"### {'No file fits the budget' if row is None else 'Keep the dense model'}")
         st.markdown(f'<p class="ps-lead">{escape(said["sentence"])}</p>', unsafe_allow_html=True)
+        # Measured speed beside the bytes, with the runtime and the machine that measured it.
+        st.markdown(summary.frontier_speed(frontier))
         if said.get("note"):
             st.caption(f":material/info: {said['note']}")
         shown = row["worst_corpus"] if row is not None else frontier["corpora"][0]

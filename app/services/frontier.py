@@ -2,7 +2,8 @@
 chart and the report.
 
 `stored_frontier` reads what the model's finished jobs measured (frontier, quantize, sweep and structured jobs
-of the dashboard's protocol, `pruning_core.frontier.collect`) and judges it on the worst of the chosen corpora
+of the dashboard's protocol, `pruning_core.frontier.collect`), with each point's speed measured in a runtime where
+the store links one to it (`pruning_core.frontier.speeds`), and judges it on the worst of the chosen corpora
 for one budget (`pruning_core.frontier.build.build_frontier`): the Summary's lead sentence and the Frontier
 page come from this one call, so they give the same answer.
 """
@@ -21,11 +22,13 @@ from pruning_core.frontier.answer import parse_bytes, parse_increase  # noqa: F4
 from pruning_core.frontier.build import build_frontier
 from pruning_core.frontier.collect import collect_points
 from pruning_core.frontier.figures import frontier_figure
-from pruning_core.frontier.report import frontier_rows, frontier_section  # noqa: F401 - the page's table
+from pruning_core.frontier.report import SPEED_HEADER, frontier_rows, frontier_section  # noqa: F401 - the page's table
 from pruning_core.frontier.run import FrontierSpec
+from pruning_core.frontier.speeds import attach_speeds, speed_note, speed_sentence, stored_speeds  # noqa: F401
 from pruning_core.frontier.techniques import STANDARD, parse_technique, technique_words
 from pruning_core.quantization.run import QuantizeSpec
 from pruning_core.quantization.scheme import MAX_BITS, MIN_BITS  # noqa: F401 - the form's limits
+from pruning_core.store import Store
 
 #: Group sizes the quantize form offers ("channel" = one scale per output channel).
 GROUP_CHOICES = ("channel", "128", "64", "32")
@@ -42,8 +45,11 @@ def stored_frontier(settings: dict, corpora: Sequence[str], max_increase: Option
     model = settings["model"]
     protocol = protocol_of(settings).to_dict()
     found = {kind: recent_results(kind, model) for kind in ("frontier", "quantize", "sweep", "structured")}
+    fingerprint = model_fingerprint(found)
     points = collect_points(protocol, found["frontier"], found["quantize"], found["sweep"], found["structured"],
-                            dense_file_size(model_fingerprint(found)))
+                            dense_file_size(fingerprint))
+    # Speeds measured in a runtime (llama.cpp) and linked to these points in the store; the rest say "not measured".
+    points = attach_speeds(points, stored_speeds(Store(), fingerprint))
     if not any(p.family == "dense" for p in points):
         return None
     chosen = [c for c in corpora if all(c in p.ppl for p in points if p.family == "dense")]

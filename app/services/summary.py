@@ -21,6 +21,7 @@ from app.services.models import dense_file_size
 from app.services.what_if import setting_claims
 from pruning_core.analysis.recommend import recommend, searched_point, worst_change  # noqa: F401 - the page's
 from pruning_core.analysis.tradeoffs import tradeoff_rows
+from pruning_core.frontier.report import answer_speed
 from pruning_core.sizes.records import sizes_for_point
 from pruning_core.errors import PruneScopeError
 
@@ -90,6 +91,13 @@ def frontier_answer(settings: dict, corpora: Sequence[str], budget: float) -> Op
                                    for row in frontier["points"]):
         return None
     return frontier
+
+
+def frontier_speed(frontier: dict) -> str:
+    """The recommended point's speed measured in a runtime, naming the runtime and the machine, against the dense
+    model's where both were measured there (`frontier.speeds.speed_sentence`); "not measured in a runtime"
+    otherwise (never an estimate)."""
+    return answer_speed(frontier)
 
 
 def frontier_chart(frontier: dict, corpus: Optional[str] = None):

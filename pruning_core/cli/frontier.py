@@ -34,6 +34,10 @@ def add_frontier(sub) -> None:
                    help="a smaller dense model of the same family (same tokenizer), drawn as a baseline")
     p.add_argument("--verify", action="store_true",
                    help="also unpack and reload every quantized folder with transformers (doubles its evaluation)")
+    p.add_argument("--runtime-speed", action="store_true",
+                   help="also write each point GGUF can hold (dense and structured models as F16, 8-bit and 4/5-bit "
+                        "groups of 32) as a GGUF file and measure its prefill and decode tokens/s in llama.cpp "
+                        "(needs llama-cpp-python; each structured ratio is pruned again to write its model)")
     p.add_argument("--report", action="store_true", help="also write the report (report.html, report.md)")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
     p.add_argument("--out", required=True, help="output folder (frontier.json)")
@@ -50,7 +54,12 @@ def cmd_frontier(args) -> int:
                         eval_corpora=_csv(args.eval),
                         max_increase=parse_increase(args.max_increase) if args.max_increase else None,
                         max_bytes=parse_bytes(args.max_bytes) if args.max_bytes else None,
-                        smaller_model=args.smaller_model, verify=bool(args.verify)).validate()
+                        smaller_model=args.smaller_model, verify=bool(args.verify),
+                        runtime_speed=bool(args.runtime_speed)).validate()
+    if spec.runtime_speed:  # refused in one sentence before any work where llama.cpp is not installed
+        from pruning_core.gguf.runtime import require_llama_cpp
+
+        require_llama_cpp()
     check_output_folder(args.out, "--out")  # refused before the model is loaded
     progress = ConsoleProgress()
     loaded = load_model(spec.model, trust_remote_code=args.trust_remote_code, progress=progress)
@@ -68,13 +77,17 @@ def cmd_frontier(args) -> int:
 
 
 def _print_summary(frontier: dict) -> None:
+    from pruning_core.frontier.speeds import speed_cell, speed_note
     from pruning_core.units import format_bytes
 
     corpora = frontier["corpora"]
-    print(f"{'technique':58s} {'bytes':>12s}  " + "  ".join(f"{c:>9s}" for c in corpora) + "  front")
+    print(f"{'technique':58s} {'bytes':>12s}  " + "  ".join(f"{c:>9s}" for c in corpora)
+          + "  front  speed (prefill / decode)")
     for row in frontier["points"]:
         print(f"{row['technique'][:58]:58s} {format_bytes(row['bytes']):>12s}  "
-              + "  ".join(f"{row['ppl'][c]:9.3f}" for c in corpora) + ("  *" if row["on_front"] else ""))
+              + "  ".join(f"{row['ppl'][c]:9.3f}" for c in corpora) + ("  *    " if row["on_front"] else "       ")
+              + f"  {speed_cell(row)}")
+    print(speed_note(frontier["points"]))
     print(frontier["answer"]["sentence"])
     if frontier["answer"].get("note"):
         print(f"note: {frontier['answer']['note']}")

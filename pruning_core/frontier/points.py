@@ -44,6 +44,8 @@ class FrontierPoint:
     "dense", "job": job id or None, ...}). note: a sentence to show beside its figures (the embedded model's Q4_1
     origin beside a 4-bit figure; why a pruned file is the dense size). bits: the integer width of its weights
     (16 when not quantized). sparsity: zeros / elements of its pruned linears (0 when not pruned).
+    speed: its speed measured in a runtime and read from the store (`gguf.runtime_speed.speed_fields`: runtime,
+    machine, prefill and decode tokens/s, the file measured), or None: not measured in a runtime.
     """
 
     key: str
@@ -56,6 +58,7 @@ class FrontierPoint:
     note: Optional[str] = None
     bits: int = 16
     sparsity: float = 0.0
+    speed: Optional[dict] = None
 
     @property
     def format(self) -> str:
@@ -88,7 +91,8 @@ class FrontierPoint:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FrontierPoint":
-        names = {"key", "technique", "family", "setting", "sizes", "ppl", "source", "note", "bits", "sparsity"}
+        names = {"key", "technique", "family", "setting", "sizes", "ppl", "source", "note", "bits", "sparsity",
+                 "speed"}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

@@ -12,7 +12,9 @@ by this job or by the page or command of that capability, is read back, not reco
   `quantization.run.run_quantize` (the compressed-tensors folder written and measured on disk).
 A smaller dense model of the same family (`smaller_model`) is evaluated and measured the same way as a baseline.
 Points that finished jobs of the same model and protocol measured (`collect.stored_points`: a quantized mask, other
-structured ratios...) join them. Then `build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
+structured ratios...) join them. With `runtime_speed`, each point GGUF can hold is written and timed in llama.cpp
+(`speeds.measure_point_speeds`); every point gets the speed the store links to it (`speeds.attach_speeds`). Then
+`build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class FrontierSpec(JobSpec):
     (a fraction, 0.10 = +10 %) or max_bytes (bytes): the budget the answer is for (+10 % when neither).
     smaller_model: a smaller dense model of the same family (same tokenizer), drawn as a baseline. verify: also
     unpack and reload every quantized folder (`run_quantize`'s check; doubles each point's evaluation).
+    runtime_speed: also write each point GGUF can hold as a GGUF file and time it in llama.cpp
+    (`speeds.measure_point_speeds`; needs llama-cpp-python; about 15 s a file on two cores). Off by default.
     """
 
     WHAT = "frontier"
@@ -58,6 +62,7 @@ class FrontierSpec(JobSpec):
     max_bytes: Optional[int] = None
     smaller_model: Optional[str] = None
     verify: bool = False
+    runtime_speed: bool = False
 
     def __post_init__(self) -> None:
         self.techniques = tuple(t.text for t in parse_techniques(self.techniques))
@@ -85,6 +90,8 @@ class FrontierSpec(JobSpec):
     def _flat(self) -> dict:
         d = asdict(self)
         d["techniques"], d["eval_corpora"] = list(self.techniques), list(self.eval_corpora)
+        if not self.runtime_speed:
+            del d["runtime_speed"]  # specs stored before the option keep their keys
         return d
 
 
@@ -137,13 +144,15 @@ def _structured_spec(spec: FrontierSpec, ratios):
 
 
 def _structured_points(spec: FrontierSpec, techniques: list[Technique], ratios: list[float], loaded: LoadedModel,
-                       store, progress: ProgressFn, points: list, measured: list) -> None:
+                       store, progress: ProgressFn, points: list, measured: list, speeds: dict) -> None:
     """Structured points (and structured + quantized ones) appended to `points`.
 
     A ratio nothing is quantized on is read back from the store when its stored point carries its smaller model's
     16-bit files measured (`collect.measured_structured`); the others are pruned again with their folders written
     to a work folder (`run_structured(save_dir=...)`), each folder measured as 16-bit safetensors and, for a
-    structured + quantized technique, quantized (`run_quantize` on the folder's model, stored and resumable)."""
+    structured + quantized technique, quantized (`run_quantize` on the folder's model, stored and resumable).
+    With `spec.runtime_speed` every ratio writes its folder, and its model is timed in llama.cpp as F16 (`speeds`
+    gets the measurement)."""
     from pruning_core.frontier.collect import measured_structured
     from pruning_core.quantization.run import run_quantize
     from pruning_core.structured.run import run_structured
@@ -151,6 +160,8 @@ def _structured_points(spec: FrontierSpec, techniques: list[Technique], ratios: 
     combos = [t for t in techniques if t.structured is not None and t.quantize is not None]
     folders = sorted({t.structured for t in combos})
     clock = time.perf_counter()
+    if spec.runtime_speed:  # timing a structured model in llama.cpp needs its folder: every ratio writes one
+        folders = sorted(set(folders) | set(ratios))
     plain = [r for r in ratios if r not in folders]
     if plain:
         result = run_structured(_structured_spec(spec, plain), loaded=loaded, store=store,
@@ -179,6 +190,8 @@ def _structured_points(spec: FrontierSpec, techniques: list[Technique], ratios: 
             files = measured_structured(point) or sixteen_bit_files(small, store, dense=loaded)
             points.append(structured_point(point, files,
                                            {"kind": "structured", "ratio": ratio}))
+            if spec.runtime_speed:
+                _time_own_model(small, points[-1], loaded, store, sub, measured, speeds)
             for technique in [t for t in combos if t.structured == ratio]:
                 clock = time.perf_counter()
                 record = run_quantize(_quantize_spec(spec, technique, folder), loaded=small, store=store,
@@ -188,6 +201,27 @@ def _structured_points(spec: FrontierSpec, techniques: list[Technique], ratios: 
                 measured.append({"technique": technique.text, "from_store": record["from_store"],
                                  "seconds": time.perf_counter() - clock})
             del small
+
+
+def _time_own_model(model: LoadedModel, point: FrontierPoint, dense: LoadedModel, store, progress: ProgressFn,
+                    measured: list, speeds: dict) -> None:
+    """A structured or smaller dense model written as F16 GGUF and timed in llama.cpp, linked to its point; a model
+    the GGUF export refuses (a family llama.cpp does not run) is noted in `measured` and stays not measured.
+    speeds: {point key: `speed_fields`} of this run, filled here (what the frontier shows even without a store)."""
+    from pruning_core.frontier.speeds import measure_and_link
+    from pruning_core.gguf.runtime_speed import speed_fields
+
+    clock = time.perf_counter()
+    words = f"this model ({model.name}) written as F16"
+    try:
+        record = measure_and_link(model, "F16", [point.key], store, dense.fingerprint, words, progress=progress)
+    except ConfigError as exc:
+        measured.append({"technique": f"speed in llama.cpp of {point.technique}", "skipped": str(exc),
+                         "seconds": time.perf_counter() - clock})
+        return
+    speeds[point.key] = speed_fields(record, words)
+    measured.append({"technique": f"speed in llama.cpp of {point.technique}", "from_store": record["from_store"],
+                     "seconds": time.perf_counter() - clock})
 
 
 def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] = None, store=None,
@@ -208,6 +242,7 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
     dense_files = sixteen_bit_files(loaded, store)
     points: list[FrontierPoint] = [dense_point(dense_eval.dense_ppl, dense_files, {"kind": "dense"}, loaded.name)]
     measured: list[dict] = []
+    speeds: dict[str, dict] = {}  # {point key: speed measured in llama.cpp by this run} (with runtime_speed)
     sweeps = _sweeps(techniques)
     ratios = sorted({t.structured for t in techniques if t.structured is not None})
     alone = [t for t in techniques if t.quantize is not None and t.structured is None]
@@ -231,6 +266,8 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
         points.append(dense_point(small_eval.dense_ppl, sixteen_bit_files(smaller, store),
                                   {"kind": "dense", "model": spec.smaller_model}, smaller.name, "smaller dense"))
         measured.append({"technique": f"smaller dense model {smaller.name}", "seconds": time.perf_counter() - clock})
+        if spec.runtime_speed:
+            _time_own_model(smaller, points[-1], loaded, store, sub_progress(part, 0.9, 1.0), measured, speeds)
 
     for method, (structures, sparsities) in sweeps.items():
         from pruning_core.analysis.sweep import SweepSpec, run_sweep
@@ -250,7 +287,7 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
 
     if ratios:
         part = step()
-        _structured_points(spec, techniques, ratios, loaded, store, part, points, measured)
+        _structured_points(spec, techniques, ratios, loaded, store, part, points, measured, speeds)
 
     from pruning_core.quantization.run import run_quantize
 
@@ -268,6 +305,18 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
 
         points += [p for p in stored_points(store, spec.model, dense_eval.protocol, dense_files)
                    if p.family != "dense"]
+    if spec.runtime_speed:
+        from pruning_core.frontier.speeds import measure_point_speeds
+
+        clock = time.perf_counter()
+        timed = measure_point_speeds(loaded, points, store, progress=sub_progress(progress, 0.98, 0.995))
+        speeds.update({t["point"]: t["speed"] for t in timed})
+        measured.append({"technique": f"speed in llama.cpp ({len(timed)} points)",
+                         "from_store": all(t["from_store"] for t in timed), "seconds": time.perf_counter() - clock})
+    from pruning_core.frontier.speeds import attach_speeds, stored_speeds
+
+    # What the store links to these points (measured by an earlier run too), this run's own measurements first.
+    points = attach_speeds(points, {**stored_speeds(store, loaded.fingerprint), **speeds})
     frontier = build_frontier(points, corpora, spec.max_increase, spec.max_bytes, labels)
     progress(1.0, "frontier measured")
     return {"spec": spec.to_dict(), "model": loaded.describe(), "protocol": dense_eval.protocol,

@@ -51,27 +51,33 @@ def runtime_info() -> dict:
             "system_info": info.decode(errors="replace").strip() if isinstance(info, bytes) else str(info)}
 
 
-def open_gguf(path, n_ctx: int, threads: Optional[int] = None):
-    """A `llama_cpp.Llama` over the GGUF file `path` with room for `n_ctx` tokens and every position's logits;
-    ConfigError (one sentence) when llama.cpp cannot load the file."""
+def default_threads() -> int:
+    """The threads llama.cpp computes with when none are given: every core, at most 8."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def open_gguf(path, n_ctx: int, threads: Optional[int] = None, all_logits: bool = True):
+    """A `llama_cpp.Llama` over the GGUF file `path` with room for `n_ctx` tokens and, with `all_logits`, every
+    position's logits (perplexity needs them; a speed measurement does not, as a server computes only the last
+    position's); ConfigError (one sentence) when llama.cpp cannot load the file."""
     llama_cpp = require_llama_cpp()
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"The GGUF file '{path}' does not exist; export the model first.")
-    threads = threads or max(1, min(os.cpu_count() or 1, 8))
+    threads = threads or default_threads()
     try:
         return llama_cpp.Llama(model_path=str(file), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_ubatch=min(n_ctx, 512),
-                               n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
+                               n_threads=threads, n_threads_batch=threads, logits_all=all_logits, verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"llama.cpp could not load '{file.name}' ({exc}); the file is not one llama.cpp runs.") \
             from None
 
 
 @contextlib.contextmanager
-def opened_gguf(path, n_ctx: int, threads: Optional[int] = None):
+def opened_gguf(path, n_ctx: int, threads: Optional[int] = None, all_logits: bool = True):
     """`open_gguf` for a `with` block: the model is freed when the block ends (here, not at interpreter exit,
     where llama-cpp-python's finaliser fails)."""
-    llm = open_gguf(path, n_ctx, threads)
+    llm = open_gguf(path, n_ctx, threads, all_logits)
     try:
         yield llm
     finally:

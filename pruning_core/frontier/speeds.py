@@ -1,0 +1,153 @@
+"""Frontier points with their speed measured in a runtime (llama.cpp), read from the store, never a formula.
+
+A point's speed is the stored measurement (`gguf.runtime_speed`) of the GGUF file that runs its layout: the
+dense model as F16 for the dense point, and for a quantized point of the dense model whose scheme is a GGUF block
+type (`gguf_type_of`: 8-bit symmetric groups of 32 = Q8_0; 4- or 5-bit groups of 32 = Q4_0/Q5_0 symmetric,
+Q4_1/Q5_1 with a minimum) the dense model written in that type. llama.cpp's speed depends on the tensor types and
+shapes, not on the values, so that file times the point's layout; the point says which file it was
+("measured_on"). A structured point and a smaller dense model are timed as their own models written as F16
+(`measure_and_link`, where the frontier run has the model in hand). Every other point (per-channel or 64-wide
+groups, which GGUF has no type for; pruned zeros, which llama.cpp computes like any weight) shows `NOT_MEASURED`
+until a measurement is linked to it.
+
+`attach_speeds` puts the stored measurements on the points; `measure_point_speeds` and `measure_and_link` (what
+`prunescope frontier --runtime-speed` runs) write and time the files of the points they can and link them; `speed_cell` and
+`speed_sentence` are the words the table, the report and the Summary use.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+from pruning_core.frontier.points import FrontierPoint
+from pruning_core.progress import ProgressFn, no_progress, sub_progress
+
+#: Said wherever a point has no stored measurement (never an estimate in its place).
+NOT_MEASURED = "not measured in a runtime"
+
+
+def gguf_type_of(point: FrontierPoint) -> Optional[str]:
+    """The GGUF tensor type whose file of the dense model has this point's layout, or None (see the module
+    docstring): "F16" for the dense point, a block type for a quantized point of the dense model."""
+    if point.family == "dense":
+        return "F16"
+    if point.family != "quantized" or (point.setting.get("start") or "dense") != "dense":
+        return None
+    setting = point.setting
+    if setting.get("group_size") not in (32, "32"):
+        return None
+    bits, symmetric = int(setting.get("bits", 0)), bool(setting.get("symmetric", True))
+    if bits == 8 and symmetric:
+        return "Q8_0"
+    if bits in (4, 5):
+        return f"Q{bits}_{0 if symmetric else 1}"
+    return None
+
+
+def attach_speeds(points: Sequence[FrontierPoint], speeds: Mapping[str, Mapping[str, Any]]) -> list[FrontierPoint]:
+    """`points` with `speed` set from `speeds` ({point key: `gguf.runtime_speed.speed_fields`}); a point without
+    an entry keeps what it had (None: not measured)."""
+    return [replace(p, speed=dict(speeds[p.key])) if p.key in speeds else p for p in points]
+
+
+def stored_speeds(store, model_fingerprint: Optional[str]) -> dict[str, dict]:
+    """{point key: speed fields} linked in `store` for the dense model `model_fingerprint` (empty without either)."""
+    from pruning_core.gguf.runtime_speed import point_speeds
+
+    return point_speeds(store, model_fingerprint)
+
+
+def measure_and_link(model, kind: str, keys: Sequence[str], store, dense_fingerprint: str, words: str,
+                     config=None, progress: Optional[ProgressFn] = None) -> dict:
+    """Write `model` (a `LoadedModel`: the dense model, a structured or a smaller one) as a GGUF file of type
+    `kind` in a temporary folder, time it in llama.cpp (`measure_runtime_speed`, read back from `store` when it
+    measured the same file on this machine) and link the frontier points `keys` of the dense model
+    `dense_fingerprint` to the measurement, saying `words` (which file it was). Returns the measurement."""
+    from pruning_core.gguf.runtime_speed import link_point, measure_runtime_speed
+    from pruning_core.gguf.write import export_gguf, gguf_file_name
+
+    progress = progress or no_progress
+    with tempfile.TemporaryDirectory(prefix="prunescope-runtime-speed-") as work:
+        path = Path(work) / gguf_file_name(model.name, kind)
+        export_gguf(model, path, kind, progress=sub_progress(progress, 0.0, 0.3))
+        record = measure_runtime_speed(path, config, store=store, progress=sub_progress(progress, 0.3, 1.0))
+    if store is not None:
+        for key in keys:
+            link_point(store, dense_fingerprint, key, record, words)
+    return record
+
+
+def measure_point_speeds(loaded, points: Sequence[FrontierPoint], store, config=None,
+                         progress: Optional[ProgressFn] = None) -> list[dict]:
+    """Write the dense model `loaded` once per GGUF type the points need (`gguf_type_of`), time each file and link
+    every such point to its measurement (`measure_and_link`). Returns [{"point", "type", "speed" (`speed_fields`),
+    "from_store"}]. ConfigError (one sentence) where llama-cpp-python is not installed."""
+    from pruning_core.gguf.runtime import require_llama_cpp
+    from pruning_core.gguf.runtime_speed import speed_fields
+
+    require_llama_cpp()
+    progress = progress or no_progress
+    wanted: dict[str, list[FrontierPoint]] = {}
+    for point in points:
+        kind = gguf_type_of(point)
+        if kind is not None:
+            wanted.setdefault(kind, []).append(point)
+    done = []
+    for index, (kind, linked) in enumerate(wanted.items()):
+        words = (f"the dense model written as {kind}" if kind == "F16" else
+                 f"the dense model written as GGUF {kind}: the tensor types and shapes of this layout (llama.cpp's "
+                 "speed does not depend on the values)")
+        record = measure_and_link(loaded, kind, [p.key for p in linked], store, loaded.fingerprint, words, config,
+                                  sub_progress(progress, index / len(wanted), (index + 1) / len(wanted)))
+        done += [{"point": p.key, "type": kind, "speed": speed_fields(record, words),
+                  "from_store": record["from_store"]} for p in linked]
+    return done
+
+
+def speed_cell(row: Mapping[str, Any]) -> str:
+    """'448 / 153 tokens/s' (prefill / decode) of a point row with a measurement, else `NOT_MEASURED`."""
+    speed = row.get("speed")
+    if not speed:
+        return NOT_MEASURED
+    return f"{speed['prefill_tokens_per_s']:,.0f} / {speed['decode_tokens_per_s']:,.0f} tokens/s"
+
+
+def measured_by(rows: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    """'llama.cpp (llama-cpp-python 0.3.36) on AMD EPYC (2 cores, 2 threads; avx2, ...)': who measured the rows'
+    speeds (each distinct runtime and machine once, '; ' between), or None when no row has a speed."""
+    seen = dict.fromkeys(f"{s['runtime_words']} on {s['machine_words']}" for s in (r.get("speed") for r in rows) if s)
+    return "; ".join(seen) or None
+
+
+def speed_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The sentence beside a table of points: how the speeds were measured and by which runtime on which machine,
+    or that none was."""
+    who = measured_by(rows)
+    if who is None:
+        return (f"Speed: {NOT_MEASURED} yet for any point; `prunescope frontier --runtime-speed` times each point "
+                "GGUF can hold in llama.cpp (where llama-cpp-python is installed).")
+    first = next(r["speed"] for r in rows if r.get("speed"))
+    return (f"Speed measured in {who}: prefill of {first.get('prefill_tokens')} tokens and batch-1 decode of "
+            f"{first.get('decode_tokens')} tokens, tokens/s, median of the repeats after a warm-up, on a GGUF file "
+            f"of each point's layout. Points marked '{NOT_MEASURED}' have no GGUF file measured (GGUF has no type "
+            "for their layout, or nothing timed them yet).")
+
+
+def speed_sentence(row: Optional[Mapping[str, Any]], dense: Optional[Mapping[str, Any]] = None) -> str:
+    """One sentence on a point's measured speed, with the runtime and the machine, and against the dense model's
+    when both were measured on the same machine with the same threads; `NOT_MEASURED` otherwise."""
+    speed = (row or {}).get("speed")
+    if not speed:
+        return f"Speed: {NOT_MEASURED}."
+    text = (f"In {speed['runtime_words']} on {speed['machine_words']}: decode {speed['decode_tokens_per_s']:,.0f} "
+            f"tokens/s at batch 1, prefill {speed['prefill_tokens_per_s']:,.0f} tokens/s")
+    base = (dense or {}).get("speed")
+    same = base and (base.get("machine"), base.get("threads")) == (speed.get("machine"), speed.get("threads"))
+    if same and dense is not row and base.get("key") != speed.get("key"):
+        text += (f" ({speed['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x the dense model's decode, "
+                 f"{speed['prefill_tokens_per_s'] / base['prefill_tokens_per_s']:.2f}x its prefill)")
+    return text + "."
