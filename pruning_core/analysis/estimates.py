@@ -39,9 +39,9 @@ _mask_seconds = run_costs.mask_seconds
 
 
 def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
-    # Model weights + a batch of layer activations (~12 hidden-wide tensors live inside a layer) + one
-    # window's logits in fp32 (and its softmax) at a time.
-    return int(facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * 4
+    # The process's runtime (torch, transformers) + model weights + a batch of layer activations (~12 hidden-wide
+    # tensors live inside a layer) + one window's logits in fp32 (and its softmax) at a time.
+    return int(run_costs.RUNTIME_BYTES + facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * 4
                + 3 * seqlen * facts["vocab"] * 4)
 
 
@@ -163,7 +163,10 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
             per_layer = sum(w * w * 4 for w in facts["input_widths"])
             stats_bytes += per_layer * (facts["layers"] if stats_need == "hessian" else 1)
     activations = 2 * calib_tokens * facts["hidden"] * 4  # the walk's two buffers of layer inputs
-    masks = facts["prunable"] * (1 + (4 if "hessian" in needs else 0))  # bool masks (+ SparseGPT weights)
+    # A point to compute holds its bool masks and the copy that restores the weights after its walk and its
+    # evaluation (`run_costs.restore_copy_bytes`); SparseGPT's updated weights are one more copy.
+    copy = run_costs.restore_copy_bytes(facts)
+    masks = (facts["prunable"] + copy + (copy if "hessian" in needs else 0)) if todo else 0
     peak = max(_memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks,
                map_peak)
     if parallel > 1:  # the driver's model and each worker's own copy, with its walk and masks
@@ -313,7 +316,8 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
 
 def _assumptions(rates: dict, what: str) -> str:
     return (f"{what}; {run_costs.speed_words(rates)}; forward time split between decoder layers and head by "
-            "parameter count; memory = weights + activations + statistics + masks (Python overhead not counted)")
+            "parameter count; memory = the Python runtime + weights + the copy that restores them + activations + "
+            "statistics + masks")
 
 
 #: Windows timed for a GPU's throughput: with layer offload each layer's transfer is shared by every window
