@@ -135,9 +135,10 @@ def cmd_sensitivity(args) -> int:
 
     job = sensitivity_spec_from_args(args)
     spec = job.to_dict()
-    out = prepare_out_dir(args.out)
     start = time.perf_counter()
     runner = JobRunner()
+    _check_fits_then_free(args, "sensitivity", [spec], runner.store)
+    out = prepare_out_dir(args.out)
     progress = ConsoleProgress()
     if job.metrics == (REFINE,):
         progress = _ViewWriter(spec, runner.store, out / "sensitivity.json", progress)
@@ -194,6 +195,22 @@ def _resolve_job_id(runner, prefix: str) -> str:
     if len(matches) > 1:
         raise ConfigError(f"Id prefix '{prefix}' matches {len(matches)} jobs; give more characters.")
     return matches[0]
+
+
+def _check_fits_then_free(args, kind: str, specs: list[dict], store) -> None:
+    """`check_run_fits` for jobs that load their model themselves (`JobRunner.run_inline`): the model is loaded
+    for the estimate, every spec checked, then the model released before the job loads its own."""
+    import gc
+
+    from pruning_core.cli.common import check_run_fits, load_model_from_args
+
+    loaded = load_model_from_args(args)
+    try:
+        for spec in specs:
+            check_run_fits(args, kind, spec, loaded, store)
+    finally:
+        del loaded
+        gc.collect()
 
 
 def cmd_jobs(args) -> int:

@@ -77,9 +77,12 @@ def cmd_budget(args) -> int:
     if not specs:
         raise ConfigError("Give at least one --method and one --allocation.")
     make_executor(executor)  # a missing Ray fails here, before any search
-    out = prepare_out_dir(args.out)
+    from pruning_core.cli.analysis import _check_fits_then_free
+
     start = time.perf_counter()
     runner = JobRunner()
+    _check_fits_then_free(args, "budget", [spec.to_dict() for spec in specs], runner.store)
+    out = prepare_out_dir(args.out)
     results = []
     for spec in specs:
         print(f"== {spec.setting.method} / {spec.setting.allocation}")

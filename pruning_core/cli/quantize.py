@@ -9,7 +9,9 @@ vLLM load). The folder is written whole: a failure leaves DIR as it was.
 
 from __future__ import annotations
 
-from pruning_core.cli.common import ConsoleProgress, _csv, add_protocol_args, protocol_from_args, store_from_args
+from pruning_core.cli.common import (
+    ConsoleProgress, _csv, add_protocol_args, check_run_fits, protocol_from_args, store_from_args,
+)
 from pruning_core.errors import ConfigError
 
 MODEL_FOLDER = "model"
@@ -60,6 +62,7 @@ def cmd_quantize(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model(spec.source, trust_remote_code=args.trust_remote_code, progress=progress)
     store = store_from_args(args)
+    check_run_fits(args, "quantize", spec.to_dict(), loaded, store)  # a run that cannot fit stops here
     with folder_written_whole(args.out, "--out") as out:
         model_dir = out / MODEL_FOLDER if args.export == "compressed-tensors" else None
         # With a folder to write the point is computed (and stored) afresh; without one a stored point is reused.

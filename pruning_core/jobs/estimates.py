@@ -97,6 +97,28 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     return estimates.with_corpus_memory(made, loaded, protocol, [(c, "evaluation") for c in corpora], store)
 
 
+#: Job kinds with no time estimate yet whose peak memory `memory_estimate` still gives (so the memory check sees
+#: them): GPTQ walks the layers with Hessians and keeps the updated weights, as SparseGPT does; a frontier runs
+#: such techniques one after another, never two at once.
+MEMORY_ONLY_KINDS = ("quantize", "frontier")
+
+
+def memory_estimate(kind: str, spec: dict, loaded) -> Optional[dict]:
+    """{"seconds": None, "peak_memory_bytes", "assumptions"} of a job of `MEMORY_ONLY_KINDS` (None for another
+    kind): the peak of pruning the model once with SparseGPT in pruned propagation (`run_costs.pruning_peak_bytes`:
+    the same Hessian walk and one updated copy of the weights as GPTQ); round-to-nearest needs less."""
+    from pruning_core import run_costs
+
+    if kind not in MEMORY_ONLY_KINDS:
+        return None
+    protocol = _protocol_of(kind, spec)
+    facts = run_costs.shape_facts(loaded.describe())
+    peak = run_costs.pruning_peak_bytes(facts, protocol, "sparsegpt", "pruned")
+    return {"seconds": None, "peak_memory_bytes": int(peak), "breakdown": {},
+            "assumptions": f"{kind}: peak memory as a GPTQ/SparseGPT walk (the weights, a restore copy, the updated "
+                           "weights, one layer's Hessians and the calibration hidden states); time not estimated"}
+
+
 def _protocol_of(kind: str, spec: dict):
     from pruning_core.protocol import Protocol
 
