@@ -465,7 +465,7 @@ def evaluation_windows_used(loaded, corpora: Sequence[str], protocol, store=None
 
 
 def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, workers: int | None = None,
-                 measure: bool = True) -> dict | None:
+                 measure: bool = True, unmeasured: bool = False) -> dict | None:
     """The estimate of a job as the dashboard and the CLI show it: {"seconds", "peak_memory_bytes",
     "breakdown", "assumptions"}, or None for a kind without an estimate.
 
@@ -476,7 +476,9 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     device: where a sweep computes (None = the CPU): on a GPU the throughput is that GPU's, measured once with
     the layer offload and cached. workers: the executor's parallel workers for a sweep's points or a map's exact
     rows (None = what the spec's "executor" names: 1 for the local executor, the default).
-    measure=False: None instead of timing model forwards when this machine's throughput is not stored yet.
+    measure=False: None instead of timing model forwards when this machine's throughput is not stored yet;
+    unmeasured=True: then the estimate with the conservative default speed instead of None (its memory is the
+    same: the memory check needs no measurement).
     """
     from pruning_core.analysis.sweep import SweepSpec
     from pruning_core.protocol import Protocol
@@ -492,7 +494,7 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
         device = resolve_device(str(device))
         offload = offload_for(device)
     rate = measured_speed(loaded, protocol.seqlen, protocol.dtype, store, offload, measure=measure)
-    if rate is None:
+    if rate is None and not unmeasured:
         return None
     if workers is None and kind in ("sweep", "sensitivity"):  # jobs run on the executor their spec names
         from pruning_core.executors.base import ExecutorConfig

@@ -92,13 +92,23 @@ def available_memory(in_process: bool, environ: Optional[Mapping[str, str]] = No
     return AvailableMemory(free, "free on this machine (MemAvailable)")
 
 
-def refusal_sentence(kind: str, estimate_bytes: int, available: AvailableMemory, force_hint: str = "") -> str:
-    """The one sentence of a refused run: its estimate, what is available, what to change."""
+#: What to change, in the words of where the run was started: the command line's flags or the dashboard's settings.
+CHANGES = {
+    "cli": "compute in bf16 (--dtype bfloat16), use fewer calibration windows (--nsamples), compute on a GPU "
+           "(--device cuda), or run the points on Ray workers on other machines (--executor ray --ray-address ADDR)",
+    "dashboard": "compute in bf16 (Setup: Eval dtype bfloat16), use fewer calibration windows (Setup: Calibration "
+                 "windows), compute on a GPU (prunescope ... --device cuda), or run the points on Ray workers on "
+                 "other machines (PRUNESCOPE_EXECUTOR=ray with PRUNESCOPE_RAY_ADDRESS)",
+}
+
+
+def refusal_sentence(kind: str, estimate_bytes: int, available: AvailableMemory, force_hint: str = "",
+                     where: str = "cli") -> str:
+    """The one sentence of a refused run: its estimate, what is available, what to change (`CHANGES[where]`)."""
     hint = f"; or {force_hint} to run anyway" if force_hint else ""
     return (f"This {kind} run needs about {format_bytes(estimate_bytes)} of memory at its peak (estimate) but "
-            f"{format_bytes(available.bytes)} is available ({available.source}); to make it fit, compute in bf16 "
-            "(--dtype bfloat16), use fewer calibration windows (--nsamples), compute on a GPU (--device cuda), "
-            f"or run the points on Ray workers on other machines (--executor ray --ray-address ADDR){hint}.")
+            f"{format_bytes(available.bytes)} is available ({available.source}); to make it fit, {CHANGES[where]}"
+            f"{hint}.")
 
 
 def runs_elsewhere(spec: Optional[Mapping]) -> bool:
@@ -109,13 +119,15 @@ def runs_elsewhere(spec: Optional[Mapping]) -> bool:
 
 
 def check_fits(kind: str, estimate: Optional[Mapping], *, in_process: bool, spec: Optional[Mapping] = None,
-               force: bool = False, force_hint: str = "", environ: Optional[Mapping[str, str]] = None) -> None:
+               force: bool = False, force_hint: str = "", where: str = "cli",
+               environ: Optional[Mapping[str, str]] = None) -> None:
     """Raise `MemoryRefused` (one sentence) when `estimate`'s "peak_memory_bytes" exceeds `available_memory`.
 
     kind: the job kind, named in the sentence; estimate: an estimate dict or None (no estimate: nothing to
     check); in_process: the run happens in this process (the CLI) rather than a new worker (the dashboard);
     spec: the job's spec (a run on a remote Ray cluster is not checked here); force: skip the check (the
-    caller's explicit escape, e.g. --ignore-memory-limit, named by `force_hint` in the sentence)."""
+    caller's explicit escape, e.g. --ignore-memory-limit, named by `force_hint` in the sentence); where: "cli" or
+    "dashboard", whose words name what to change."""
     if force or not estimate or estimate.get("peak_memory_bytes") is None or runs_elsewhere(spec):
         return
     available = available_memory(in_process, environ)
@@ -123,4 +135,19 @@ def check_fits(kind: str, estimate: Optional[Mapping], *, in_process: bool, spec
         return
     peak = int(estimate["peak_memory_bytes"])
     if peak > available.bytes:
-        raise MemoryRefused(refusal_sentence(kind, peak, available, force_hint))
+        raise MemoryRefused(refusal_sentence(kind, peak, available, force_hint, where))
+
+
+def check_job_fits(kind: str, spec: dict, loaded, store=None, *, in_process: bool, where: str = "dashboard",
+                   environ: Optional[Mapping[str, str]] = None) -> Optional[dict]:
+    """`check_fits` for a job about to be submitted: its peak memory from `jobs.estimates.peak_memory_estimate`
+    (no model forwards: a speed not measured yet changes the time, never the memory). Returns the estimate it
+    judged (None for a kind without one); raises `MemoryRefused`."""
+    from pruning_core.jobs.estimates import peak_memory_estimate
+
+    try:
+        estimate = peak_memory_estimate(kind, spec, loaded, store)
+    except Exception:  # noqa: BLE001 - an estimate never blocks a run: a bad spec fails in the job, in its words
+        return None
+    check_fits(kind, estimate, in_process=in_process, spec=spec, where=where, environ=environ)
+    return estimate
