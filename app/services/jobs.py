@@ -18,7 +18,7 @@ from app.services.models import get_model, model_identity
 from pruning_core.analysis import estimates as _estimates
 from pruning_core.errors import PruneScopeError
 from pruning_core.jobs.estimates import ESTIMATED_KINDS, MEMORY_ONLY_KINDS, estimate_job
-from pruning_core.jobs.memory_check import check_job_fits
+from pruning_core.jobs.memory_check import MemoryRefused, check_fits, check_job_fits
 from pruning_core.protocol import Protocol
 from pruning_core.jobs.runner import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.store import Store, home_dir
@@ -95,6 +95,16 @@ def _refuse_if_it_cannot_fit(runner: JobRunner, kind: str, spec: dict) -> None:
     if any(job["state"] in (*ACTIVE_STATES, "done") for job in runner.store.jobs_with_key(job_key(kind, spec))):
         return
     check_job_fits(kind, spec, get_model(spec["model"]), runner.store, in_process=inline_jobs(), where="dashboard")
+
+
+def memory_refusal(kind: str, estimate_: Optional[dict], spec: dict) -> Optional[str]:
+    """The sentence a run with this estimate would be refused with at submission (`jobs.memory_check.check_fits`,
+    the same check `submit_job` makes), so the estimate line can say it before the click; None when it fits."""
+    try:
+        check_fits(kind, estimate_, in_process=inline_jobs(), spec=spec, where="dashboard")
+    except MemoryRefused as refused:
+        return str(refused)
+    return None
 
 
 def job_status(job_id: str) -> dict:

@@ -213,6 +213,14 @@ def _check_fits_then_free(args, kind: str, specs: list[dict], store) -> None:
         gc.collect()
 
 
+def _status_text(job: dict) -> str:
+    """What a job's row says about it: why it ended for a failed or interrupted job (e.g. "killed (out of
+    memory?)"), else its last progress message."""
+    if job["state"] in ("failed", "interrupted") and job.get("error"):
+        return job["error"]
+    return job.get("message") or ""
+
+
 def cmd_jobs(args) -> int:
     from pruning_core.jobs.runner import JobRunner
 
@@ -231,5 +239,5 @@ def cmd_jobs(args) -> int:
         eta_text = f"{eta:.0f}s" if isinstance(eta, (int, float)) and job["state"] == "running" else "-"
         fraction = job.get("fraction") or 0.0
         print(f"{job['id'][:8]:<8} {job['kind']:<12} {job['state']:<11} {fraction * 100:>5.1f} {eta_text:>7}  "
-              f"{(job.get('message') or '')[:80]}")
+              f"{_status_text(job)[:80]}")
     return 0

@@ -1,5 +1,5 @@
 """A run whose estimated peak memory exceeds the memory available is refused on the page before it starts: the
-Run button shows one error sentence (estimate, what is available, what to change, in the dashboard's words)
+estimate line warns beside the estimate, the Run button shows one error sentence (estimate, what is available, what to change, in the dashboard's words)
 and no job is started; under the limit the same click runs."""
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def _structured_jobs() -> list:
 def test_a_structured_run_over_the_memory_limit_is_refused_in_one_sentence_and_nothing_starts(monkeypatch):
     monkeypatch.setenv("PRUNESCOPE_MEMORY_LIMIT", "1MB")
     at = ok(page("structured", structured_ratios=[0.2]))
+    before = [str(w.value) for w in at.warning if "run needs about" in str(w.value)]
+    assert len(before) == 1 and "1.0 MB is available" in before[0]  # said beside the estimate, before the click
     at.button(key="structured_run").click().run()
     said = errors(at)
     assert len(said) == 1, said
