@@ -9,6 +9,7 @@ import signal
 import time
 
 from pruning_core.analysis.sweep import SweepSpec
+from pruning_core.cli.main import main
 from pruning_core.jobs.runner import ACTIVE_STATES, KILLED_ERROR, JobRunner, vanished_error
 from pruning_core.protocol import Protocol
 from pruning_core.store import Store
@@ -21,8 +22,8 @@ def _stored_points(store: Store) -> int:
     return store.execute("SELECT COUNT(*) AS n FROM results WHERE kind = 'sweep_point'")[0]["n"]
 
 
-def test_a_killed_worker_is_reported_as_killed_and_its_job_resumes_from_the_points_it_stored(tmp_path):
-    store = Store(tmp_path / "store.sqlite")
+def test_a_killed_worker_is_reported_as_killed_and_its_job_resumes_from_the_points_it_stored(capsys):
+    store = Store()  # the user's store (this test's PRUNESCOPE_HOME): `prunescope jobs` lists it
     runner = JobRunner(store)
     sparsities = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 19 points per method: the kill lands mid-run
     spec = SweepSpec(model="tiny-llama", methods=("wanda", "magnitude"), sparsities=sparsities,
@@ -42,6 +43,9 @@ def test_a_killed_worker_is_reported_as_killed_and_its_job_resumes_from_the_poin
     assert killed["error"].startswith("killed (out of memory?)") and vanished_error(first) == KILLED_ERROR
     kept = _stored_points(store)
     assert 1 <= kept < total  # the finished points are kept, and the kill came before the end
+    assert main(["jobs"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert listed[first[:8]].split()[1:3] == ["sweep", "interrupted"] and "killed (out of memory?)" in listed[first[:8]]
 
     second = runner.submit("sweep", spec)  # the same spec: a new job that resumes
     assert second != first
@@ -50,3 +54,6 @@ def test_a_killed_worker_is_reported_as_killed_and_its_job_resumes_from_the_poin
     assert done["result"]["execution"]["points_computed"] == total - kept  # only the missing points
     assert len(done["result"]["points"]) == total and _stored_points(store) == total
     assert runner.status(first)["error"] == KILLED_ERROR  # the killed attempt keeps saying why it ended
+    assert main(["jobs"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert listed[second[:8]].split()[1:3] == ["sweep", "done"] and "killed (out of memory?)" in listed[first[:8]]
