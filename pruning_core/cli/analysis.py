@@ -16,6 +16,7 @@ from pruning_core.cli.common import (
     _csv,
     _floats,
     add_executor_args,
+    check_runs_fit_then_free,
     add_protocol_args,
     executor_config_from_args,
     prepare_out_dir,
@@ -137,7 +138,7 @@ def cmd_sensitivity(args) -> int:
     spec = job.to_dict()
     start = time.perf_counter()
     runner = JobRunner()
-    _check_fits_then_free(args, "sensitivity", [spec], runner.store)
+    check_runs_fit_then_free(args, "sensitivity", [spec], runner.store)
     out = prepare_out_dir(args.out)
     progress = ConsoleProgress()
     if job.metrics == (REFINE,):
@@ -195,22 +196,6 @@ def _resolve_job_id(runner, prefix: str) -> str:
     if len(matches) > 1:
         raise ConfigError(f"Id prefix '{prefix}' matches {len(matches)} jobs; give more characters.")
     return matches[0]
-
-
-def _check_fits_then_free(args, kind: str, specs: list[dict], store) -> None:
-    """`check_run_fits` for jobs that load their model themselves (`JobRunner.run_inline`): the model is loaded
-    for the estimate, every spec checked, then the model released before the job loads its own."""
-    import gc
-
-    from pruning_core.cli.common import check_run_fits, load_model_from_args
-
-    loaded = load_model_from_args(args)
-    try:
-        for spec in specs:
-            check_run_fits(args, kind, spec, loaded, store)
-    finally:
-        del loaded
-        gc.collect()
 
 
 def _status_text(job: dict) -> str:

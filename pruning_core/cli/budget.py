@@ -12,6 +12,7 @@ from pathlib import Path
 from pruning_core.cli.common import (
     ConsoleProgress,
     add_executor_args,
+    check_runs_fit_then_free,
     add_protocol_args,
     executor_config_from_args,
     prepare_out_dir,
@@ -77,11 +78,9 @@ def cmd_budget(args) -> int:
     if not specs:
         raise ConfigError("Give at least one --method and one --allocation.")
     make_executor(executor)  # a missing Ray fails here, before any search
-    from pruning_core.cli.analysis import _check_fits_then_free
-
     start = time.perf_counter()
     runner = JobRunner()
-    _check_fits_then_free(args, "budget", [spec.to_dict() for spec in specs], runner.store)
+    check_runs_fit_then_free(args, "budget", [spec.to_dict() for spec in specs], runner.store)
     out = prepare_out_dir(args.out)
     results = []
     for spec in specs:

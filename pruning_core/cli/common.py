@@ -110,6 +110,20 @@ def check_run_fits(args, kind: str, spec: dict, loaded, store=None, *, device=No
     return found
 
 
+def check_runs_fit_then_free(args, kind: str, specs: list[dict], store) -> None:
+    """`check_run_fits` for jobs that load their model themselves (`JobRunner.run_inline`): the model is loaded
+    for the estimate, every spec checked, then the model released before the job loads its own."""
+    import gc
+
+    loaded = load_model_from_args(args)
+    try:
+        for spec in specs:
+            check_run_fits(args, kind, spec, loaded, store)
+    finally:
+        del loaded
+        gc.collect()
+
+
 #: Commands whose pruning and evaluation honour --device (layer offload); the others compute on the CPU.
 DEVICE_COMMANDS = ("export", "sweep")
 
