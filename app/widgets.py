@@ -112,6 +112,9 @@ def estimate_line(kind: str, settings: dict, spec: Optional[dict], key: Optional
         text = estimate_text(kind, est)
         st.caption(text.replace(":material/schedule: ", f":material/schedule: {what}: ") if what else text,
                    help=est.get("assumptions"))  # what was counted, measured speed
+        refusal = jobs.memory_refusal(kind, est, spec) if est.get("peak_memory_bytes") else None
+        if refusal:  # said before the click: the run button would be refused with this sentence
+            st.warning(refusal, icon=":material/memory:")
     return est
 
 

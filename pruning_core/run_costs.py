@@ -43,6 +43,12 @@ SAVE_BYTES_PER_S = 150e6
 DECODE_BYTES_PER_S = 6e9
 #: bf16 forwards on a CPU without native bf16 matmuls (the speed timing runs both dtypes) against fp32.
 BF16_CPU_SLOWDOWN = 1.5
+#: Resident bytes of a process that imported torch, transformers and this library, before any model: every run
+#: pays it once per process (0.40 GB measured with torch 2.13+cpu and transformers 5 on Linux, tiny model loaded).
+RUNTIME_BYTES = 400_000_000
+#: Working bytes per weight of the largest matrix while its mask is chosen (fp32 scores, int64 indices of the
+#: selection, a fp32 source copy of a low-precision weight): one matrix at a time.
+MASK_SCRATCH_BYTES_PER_WEIGHT = 16
 
 Speed = Union[None, float, Mapping]
 
@@ -66,6 +72,65 @@ def shape_facts(model_info: dict) -> dict:
     return {"layers": layers, "hidden": hidden, "params": params, "prunable": prunable, "head": head,
             "vocab": vocab, "kinds": kinds, "per_layer": per_layer, "input_widths": input_widths,
             "matrices": layers * max(len(kinds), 1), "memory": int(model_info.get("memory_bytes") or params * 4)}
+
+
+def bytes_per_weight(facts: dict) -> float:
+    """Bytes one weight takes in the loaded model (4 in fp32, 2 in bf16): its memory over its parameters."""
+    return facts["memory"] / max(facts["params"], 1)
+
+
+def restore_copy_bytes(facts: dict) -> int:
+    """A copy of every prunable weight, in the model's dtype: `masks.preserved_weights` clones the weights a
+    pruned-propagation walk writes into (`prune.prune_model`) and `masks.applied_masks` clones those a point's
+    evaluation masks, so the model cached for the next point is restored bit-identically. SparseGPT's updated
+    weights (`PruneResult.weights`) are one more such copy."""
+    return int(facts["prunable"] * bytes_per_weight(facts))
+
+
+def statistics_bytes(facts: dict, need: str, layers: int = 1) -> int:
+    """The walk's statistics of `layers` layers (fp32): per distinct linear input, the running ||X_j||^2 and its
+    count (8 bytes per input column) for "act_sq", the Hessian X X^T (width x width) for "hessian"; "none": 0.
+    In pruned propagation one layer's statistics live at a time (freed after the layer); dense propagation keeps
+    every layer's for the settings pruned from them."""
+    if need == "none":
+        return 0
+    per_layer = sum(8 * w for w in facts["input_widths"])
+    if need == "hessian":
+        per_layer += sum(4 * w * w for w in facts["input_widths"])
+    return int(per_layer * max(int(layers), 1))
+
+
+def walk_working_bytes(facts: dict, nsamples: int, seqlen: int, batch: int, need: str,
+                       all_layers: bool = False) -> int:
+    """The layer walk's working set beside the weights (bytes): the hidden states of every calibration window
+    entering and leaving one layer (two fp32 buffers of tokens x hidden, `walk.LayerInputs`), one batch's
+    activations inside a layer (~12 tensors of seqlen x the widest input), the statistics (`statistics_bytes`, of
+    one layer or, `all_layers`, of every layer) and one matrix's mask selection scratch."""
+    if need == "none":
+        return int(MASK_SCRATCH_BYTES_PER_WEIGHT * facts["per_layer"] / max(len(facts["kinds"]), 1))
+    tokens = int(nsamples) * int(seqlen)
+    buffers = 2 * tokens * facts["hidden"] * 4
+    inside = 12 * int(batch) * int(seqlen) * max(facts["input_widths"]) * 4
+    largest = facts["hidden"] * max(facts["input_widths"])  # the widest matrix of a Llama-like layer (MLP)
+    return int(buffers + inside + statistics_bytes(facts, need, facts["layers"] if all_layers else 1)
+               + MASK_SCRATCH_BYTES_PER_WEIGHT * largest)
+
+
+def pruning_peak_bytes(facts: dict, protocol, method: str, propagation: str) -> int:
+    """Peak resident bytes of pruning the model once with `method` and evaluating it (`prune.prune_model`, then
+    `applied_masks`): the process's runtime (`RUNTIME_BYTES`), the weights in their dtype, the restore copy
+    (`restore_copy_bytes`), the boolean masks (1 byte per prunable weight), SparseGPT's updated weights (one more
+    copy), and the walk's working set (`walk_working_bytes`: every layer's statistics in dense propagation).
+    protocol: a `protocol.Protocol` (nsamples, seqlen, batch_size)."""
+    from pruning_core.methods import get_method
+
+    spec = get_method(method)
+    peak = RUNTIME_BYTES + facts["memory"] + restore_copy_bytes(facts) + facts["prunable"]
+    if spec.updates_weights:
+        peak += restore_copy_bytes(facts)
+    peak += walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, spec.needs,
+                               all_layers=propagation == "dense")
+    return int(peak)
 
 
 def rates(facts: dict, speed: Speed) -> dict:
@@ -195,8 +260,8 @@ def phase_estimate(breakdown: Mapping[str, float], peak_memory_bytes: int, what:
     out = {"seconds": float(sum(breakdown.values())), "peak_memory_bytes": int(peak_memory_bytes),
            "breakdown": {k: float(v) for k, v in breakdown.items()},
            "assumptions": f"{what}; {speed_words(rates_)}; forward time split between decoder layers and head by "
-                          "parameter count; memory = weights + activations + statistics + masks (Python overhead "
-                          "not counted)"}
+                          "parameter count; memory = the Python runtime + weights + the copy that restores them + "
+                          "activations + statistics + masks"}
     if first_view_seconds is not None:
         out["first_view_seconds"] = float(first_view_seconds)
     return out

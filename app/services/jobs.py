@@ -17,7 +17,8 @@ import streamlit as st
 from app.services.models import get_model, model_identity
 from pruning_core.analysis import estimates as _estimates
 from pruning_core.errors import PruneScopeError
-from pruning_core.jobs.estimates import ESTIMATED_KINDS, estimate_job
+from pruning_core.jobs.estimates import ESTIMATED_KINDS, MEMORY_ONLY_KINDS, estimate_job
+from pruning_core.jobs.memory_check import MemoryRefused, check_fits, check_job_fits
 from pruning_core.protocol import Protocol
 from pruning_core.jobs.runner import ACTIVE_STATES, JobRunner, job_key
 from pruning_core.store import Store, home_dir
@@ -69,6 +70,7 @@ def submit_job(kind: str, spec: dict) -> str:
     """
     runner = _runner()
     _retire_if_stale(runner, kind, spec)
+    _refuse_if_it_cannot_fit(runner, kind, spec)
     if not inline_jobs():
         return runner.submit(kind, spec)
     try:
@@ -81,6 +83,28 @@ def submit_job(kind: str, spec: dict) -> str:
     if not jobs:
         raise ServiceError(f"The {kind} job did not start; try again.")
     return _newest_id(jobs)
+
+
+def _refuse_if_it_cannot_fit(runner: JobRunner, kind: str, spec: dict) -> None:
+    """Raise `MemoryRefused` (one sentence, shown by the page's error box) before a job starts whose estimated
+    peak memory exceeds what this machine has free (`jobs.memory_check.check_job_fits`); a job already running or
+    done is attached to, not started, so it is never refused. The worker is a new process: its memory is what
+    the machine has free (inline test runs count this process's too)."""
+    if kind not in (*ESTIMATED_KINDS, *MEMORY_ONLY_KINDS) or not spec.get("model"):
+        return
+    if any(job["state"] in (*ACTIVE_STATES, "done") for job in runner.store.jobs_with_key(job_key(kind, spec))):
+        return
+    check_job_fits(kind, spec, get_model(spec["model"]), runner.store, in_process=inline_jobs(), where="dashboard")
+
+
+def memory_refusal(kind: str, estimate_: Optional[dict], spec: dict) -> Optional[str]:
+    """The sentence a run with this estimate would be refused with at submission (`jobs.memory_check.check_fits`,
+    the same check `submit_job` makes), so the estimate line can say it before the click; None when it fits."""
+    try:
+        check_fits(kind, estimate_, in_process=inline_jobs(), spec=spec, where="dashboard")
+    except MemoryRefused as refused:
+        return str(refused)
+    return None
 
 
 def job_status(job_id: str) -> dict:

@@ -48,7 +48,9 @@ def estimate_budget(model_info: dict, spec, speed: run_costs.Speed, windows: int
                                                             "pruned", protocol),
                  "evaluation": steps * run_costs.evaluation_seconds(rates, used, protocol.seqlen),
                  "store": steps * run_costs.POINT_FIXED_S}
-    peak = 2 * facts["memory"] + facts["prunable"] * (5 if setting.method == "sparsegpt" else 1)
+    peak = run_costs.pruning_peak_bytes(facts, protocol, setting.method, setting.propagation or "pruned")
+    if reads_statistics:  # the allocator's dense statistics of every layer, kept for every step's plan
+        peak += run_costs.statistics_bytes(facts, allocator.needs, facts["layers"])
     what = (f"at most {steps} steps ({spec.coarse_step:.0%} coarse steps from {spec.low:.0%} to {spec.high:.0%}, "
             f"then halvings to {spec.resolution:.0%}); the search usually stops sooner; each evaluated on "
             f"{spec.eval_corpus} ({used[spec.eval_corpus]} windows)")

@@ -39,9 +39,9 @@ _mask_seconds = run_costs.mask_seconds
 
 
 def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
-    # Model weights + a batch of layer activations (~12 hidden-wide tensors live inside a layer) + one
-    # window's logits in fp32 (and its softmax) at a time.
-    return int(facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * 4
+    # The process's runtime (torch, transformers) + model weights + a batch of layer activations (~12 hidden-wide
+    # tensors live inside a layer) + one window's logits in fp32 (and its softmax) at a time.
+    return int(run_costs.RUNTIME_BYTES + facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * 4
                + 3 * seqlen * facts["vocab"] * 4)
 
 
@@ -163,7 +163,10 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
             per_layer = sum(w * w * 4 for w in facts["input_widths"])
             stats_bytes += per_layer * (facts["layers"] if stats_need == "hessian" else 1)
     activations = 2 * calib_tokens * facts["hidden"] * 4  # the walk's two buffers of layer inputs
-    masks = facts["prunable"] * (1 + (4 if "hessian" in needs else 0))  # bool masks (+ SparseGPT weights)
+    # A point to compute holds its bool masks and the copy that restores the weights after its walk and its
+    # evaluation (`run_costs.restore_copy_bytes`); SparseGPT's updated weights are one more copy.
+    copy = run_costs.restore_copy_bytes(facts)
+    masks = (facts["prunable"] + copy + (copy if "hessian" in needs else 0)) if todo else 0
     peak = max(_memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks,
                map_peak)
     if parallel > 1:  # the driver's model and each worker's own copy, with its walk and masks
@@ -313,7 +316,8 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
 
 def _assumptions(rates: dict, what: str) -> str:
     return (f"{what}; {run_costs.speed_words(rates)}; forward time split between decoder layers and head by "
-            "parameter count; memory = weights + activations + statistics + masks (Python overhead not counted)")
+            "parameter count; memory = the Python runtime + weights + the copy that restores them + activations + "
+            "statistics + masks")
 
 
 #: Windows timed for a GPU's throughput: with layer offload each layer's transfer is shared by every window
@@ -461,7 +465,7 @@ def evaluation_windows_used(loaded, corpora: Sequence[str], protocol, store=None
 
 
 def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, workers: int | None = None,
-                 measure: bool = True) -> dict | None:
+                 measure: bool = True, unmeasured: bool = False) -> dict | None:
     """The estimate of a job as the dashboard and the CLI show it: {"seconds", "peak_memory_bytes",
     "breakdown", "assumptions"}, or None for a kind without an estimate.
 
@@ -472,7 +476,9 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
     device: where a sweep computes (None = the CPU): on a GPU the throughput is that GPU's, measured once with
     the layer offload and cached. workers: the executor's parallel workers for a sweep's points or a map's exact
     rows (None = what the spec's "executor" names: 1 for the local executor, the default).
-    measure=False: None instead of timing model forwards when this machine's throughput is not stored yet.
+    measure=False: None instead of timing model forwards when this machine's throughput is not stored yet;
+    unmeasured=True: then the estimate with the conservative default speed instead of None (its memory is the
+    same: the memory check needs no measurement).
     """
     from pruning_core.analysis.sweep import SweepSpec
     from pruning_core.protocol import Protocol
@@ -488,7 +494,7 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
         device = resolve_device(str(device))
         offload = offload_for(device)
     rate = measured_speed(loaded, protocol.seqlen, protocol.dtype, store, offload, measure=measure)
-    if rate is None:
+    if rate is None and not unmeasured:
         return None
     if workers is None and kind in ("sweep", "sensitivity"):  # jobs run on the executor their spec names
         from pruning_core.executors.base import ExecutorConfig

@@ -16,6 +16,7 @@ from pruning_core.cli.common import (
     _csv,
     _floats,
     add_executor_args,
+    check_runs_fit_then_free,
     add_protocol_args,
     executor_config_from_args,
     prepare_out_dir,
@@ -135,9 +136,10 @@ def cmd_sensitivity(args) -> int:
 
     job = sensitivity_spec_from_args(args)
     spec = job.to_dict()
-    out = prepare_out_dir(args.out)
     start = time.perf_counter()
     runner = JobRunner()
+    check_runs_fit_then_free(args, "sensitivity", [spec], runner.store)
+    out = prepare_out_dir(args.out)
     progress = ConsoleProgress()
     if job.metrics == (REFINE,):
         progress = _ViewWriter(spec, runner.store, out / "sensitivity.json", progress)
@@ -196,6 +198,14 @@ def _resolve_job_id(runner, prefix: str) -> str:
     return matches[0]
 
 
+def _status_text(job: dict) -> str:
+    """What a job's row says about it: why it ended for a failed or interrupted job (e.g. "killed (out of
+    memory?)"), else its last progress message."""
+    if job["state"] in ("failed", "interrupted") and job.get("error"):
+        return job["error"]
+    return job.get("message") or ""
+
+
 def cmd_jobs(args) -> int:
     from pruning_core.jobs.runner import JobRunner
 
@@ -214,5 +224,5 @@ def cmd_jobs(args) -> int:
         eta_text = f"{eta:.0f}s" if isinstance(eta, (int, float)) and job["state"] == "running" else "-"
         fraction = job.get("fraction") or 0.0
         print(f"{job['id'][:8]:<8} {job['kind']:<12} {job['state']:<11} {fraction * 100:>5.1f} {eta_text:>7}  "
-              f"{(job.get('message') or '')[:80]}")
+              f"{_status_text(job)[:80]}")
     return 0

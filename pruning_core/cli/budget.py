@@ -12,6 +12,7 @@ from pathlib import Path
 from pruning_core.cli.common import (
     ConsoleProgress,
     add_executor_args,
+    check_runs_fit_then_free,
     add_protocol_args,
     executor_config_from_args,
     prepare_out_dir,
@@ -77,9 +78,10 @@ def cmd_budget(args) -> int:
     if not specs:
         raise ConfigError("Give at least one --method and one --allocation.")
     make_executor(executor)  # a missing Ray fails here, before any search
-    out = prepare_out_dir(args.out)
     start = time.perf_counter()
     runner = JobRunner()
+    check_runs_fit_then_free(args, "budget", [spec.to_dict() for spec in specs], runner.store)
+    out = prepare_out_dir(args.out)
     results = []
     for spec in specs:
         print(f"== {spec.setting.method} / {spec.setting.allocation}")

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from pruning_core.errors import ConfigError
 from pruning_core.outputs.files import write_json  # noqa: F401 - re-exported for the commands
@@ -66,9 +67,61 @@ def add_protocol_args(parser: argparse.ArgumentParser) -> None:
                         help="evaluation compute dtype (default float32 on the CPU, bfloat16 autocast on CUDA)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (memory only)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    add_memory_args(parser)
     parser.add_argument("--device", default="cpu", metavar="auto|cpu|cuda[:N]",
                         help="where pruning and evaluation compute (export, sweep): on cuda the model stays in host memory "
                              "and one decoder layer at a time visits the GPU; auto = cuda if present, else cpu")
+
+
+def add_memory_args(parser: argparse.ArgumentParser) -> None:
+    """--ignore-memory-limit: the explicit escape from the memory check (`check_run_fits`)."""
+    parser.add_argument("--ignore-memory-limit", action="store_true",
+                        help="start the run even when its estimated peak memory exceeds the memory available "
+                             "($PRUNESCOPE_MEMORY_LIMIT, else what this machine has free); the system may kill it")
+
+
+def estimate_words(estimate: dict) -> str:
+    """The estimate line a command prints before its work: time and peak memory (and GPU memory), with the first
+    of its assumptions (what was counted)."""
+    from pruning_core.units import format_bytes, format_seconds
+
+    gpu = estimate.get("gpu_peak_memory_bytes")
+    seconds = estimate.get("seconds")
+    return (f"estimate: {format_seconds(seconds) if seconds is not None else 'time unknown'}, peak memory "
+            f"{format_bytes(estimate['peak_memory_bytes'])}" + (f" (GPU {format_bytes(gpu)})" if gpu else "")
+            + f" [{str(estimate.get('assumptions') or '').split(';')[0]}]")
+
+
+def check_run_fits(args, kind: str, spec: dict, loaded, store=None, *, device=None,
+                   workers: Optional[int] = None) -> Optional[dict]:
+    """THE step every command that runs a job takes once its model is loaded, before any work: print the run's
+    estimate (time and peak memory, `jobs.estimates.estimate_job`, or `memory_estimate` for a kind without a
+    time estimate) and refuse it in one sentence (`jobs.memory_check.MemoryRefused`) when its peak exceeds the
+    memory available to this process, unless --ignore-memory-limit. Returns the estimate (None without one)."""
+    from pruning_core.jobs.estimates import estimate_job, memory_estimate
+    from pruning_core.jobs.memory_check import check_fits
+
+    found = estimate_job(kind, spec, loaded, store, device=device, workers=workers) or memory_estimate(kind, spec,
+                                                                                                       loaded)
+    if found is not None:
+        print(estimate_words(found), flush=True)
+    check_fits(kind, found, in_process=True, spec=spec, force=bool(getattr(args, "ignore_memory_limit", False)),
+               force_hint="pass --ignore-memory-limit")
+    return found
+
+
+def check_runs_fit_then_free(args, kind: str, specs: list[dict], store) -> None:
+    """`check_run_fits` for jobs that load their model themselves (`JobRunner.run_inline`): the model is loaded
+    for the estimate, every spec checked, then the model released before the job loads its own."""
+    import gc
+
+    loaded = load_model_from_args(args)
+    try:
+        for spec in specs:
+            check_run_fits(args, kind, spec, loaded, store)
+    finally:
+        del loaded
+        gc.collect()
 
 
 #: Commands whose pruning and evaluation honour --device (layer offload); the others compute on the CPU.

@@ -12,7 +12,7 @@ store keys); this process still prunes and owns the store.
 from __future__ import annotations
 
 from pruning_core.cli.common import (
-    ConsoleProgress, _csv, add_executor_args, executor_config_from_args, load_model_from_args, store_from_args,
+    ConsoleProgress, _csv, add_executor_args, add_memory_args, check_run_fits, executor_config_from_args, load_model_from_args, store_from_args,
     write_json,
 )
 from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
@@ -42,6 +42,7 @@ def add_continual(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
     add_executor_args(p, "step evaluations")
+    add_memory_args(p)
     p.add_argument("--adapters", action="store_true", help="instead of pruning strategies: prune once, then "
                    "one masked LoRA adapter per domain with a selector against one shared adapter (ConPET)")
     p.add_argument("--replay", type=int, default=0, help="--adapters: stored windows per earlier domain replayed")
@@ -85,6 +86,7 @@ def cmd_continual(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     store = store_from_args(args)
+    check_run_fits(args, "continual", spec.to_dict(), loaded, store)  # a run that cannot fit stops here
     # Written in a fresh folder that replaces --out whole: a killed run never leaves old masks beside new ones.
     with folder_written_whole(final, "--out") as out:
         result = relocated(run_continual(spec, loaded=loaded, store=store, progress=progress, out_dir=out,

@@ -19,6 +19,7 @@ from pruning_core.cli.common import (
     _csv,
     _floats,
     add_protocol_args,
+    check_run_fits,
     load_model_from_args,
     offload_from_args,
     prepare_out_dir,
@@ -63,6 +64,16 @@ def add_export(sub) -> None:
     p.set_defaults(handler=cmd_export)
 
 
+def _export_spec(model: str, protocol, options) -> dict:
+    """The export job's spec (as the dashboard submits it) for its estimate: model, protocol and options as JSON."""
+    from dataclasses import asdict
+
+    as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
+    if as_json.get("layer_sparsity"):
+        as_json["layer_sparsity"] = {str(k): float(v) for k, v in as_json["layer_sparsity"].items()}
+    return {"model": model, "protocol": protocol.to_dict(), "options": as_json}
+
+
 def cmd_export(args) -> int:
     from pruning_core.outputs.lm_eval_bridge import parse_tasks
 
@@ -95,6 +106,7 @@ def cmd_export(args) -> int:
     store = Store()
     if allocator == "sensitivity":  # the pipeline makes statistics-only plans; this one reads a map
         options = replace(options, plan=_sensitivity_plan(args, loaded, protocol, options, store, progress))
+    check_run_fits(args, "export", _export_spec(args.model, protocol, options), loaded, store)
     # The store gives back a dense perplexity measured before (by a sweep, what-if or export).
     outcome = run_export(loaded, protocol, options, out, progress, store=store, offload=offload_from_args(args))
     data = outcome["report"]

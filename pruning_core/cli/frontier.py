@@ -10,7 +10,9 @@ smallest file within it) or --max-bytes 100MB (the best perplexity within it). W
 
 from __future__ import annotations
 
-from pruning_core.cli.common import ConsoleProgress, _csv, add_protocol_args, protocol_from_args, store_from_args
+from pruning_core.cli.common import (
+    ConsoleProgress, _csv, add_protocol_args, check_run_fits, protocol_from_args, store_from_args,
+)
 
 FRONTIER_FILE = "frontier.json"
 
@@ -63,7 +65,9 @@ def cmd_frontier(args) -> int:
     check_output_folder(args.out, "--out")  # refused before the model is loaded
     progress = ConsoleProgress()
     loaded = load_model(spec.model, trust_remote_code=args.trust_remote_code, progress=progress)
-    result = run_frontier(spec, loaded=loaded, store=store_from_args(args), progress=progress)
+    store = store_from_args(args)
+    check_run_fits(args, "frontier", spec.to_dict(), loaded, store)  # a run that cannot fit stops here
+    result = run_frontier(spec, loaded=loaded, store=store, progress=progress)
     with folder_written_whole(args.out, "--out") as out:
         write_json(out / FRONTIER_FILE, result)
         if args.report:

@@ -13,7 +13,9 @@ DIR/model-16bit/, gguf -> DIR/<model>-F16.gguf. The folder is written whole: a f
 
 from __future__ import annotations
 
-from pruning_core.cli.common import ConsoleProgress, _csv, add_protocol_args, protocol_from_args, store_from_args
+from pruning_core.cli.common import (
+    ConsoleProgress, _csv, add_protocol_args, check_run_fits, protocol_from_args, store_from_args,
+)
 from pruning_core.errors import ConfigError
 from pruning_core.quantization.scheme import ACTORDERS
 
@@ -105,6 +107,7 @@ def cmd_quantize(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model(spec.source, trust_remote_code=args.trust_remote_code, progress=progress)
     store = store_from_args(args)
+    check_run_fits(args, "quantize", spec.to_dict(), loaded, store)  # a run that cannot fit stops here
     with folder_written_whole(args.out, "--out") as out:
         document, files = write_point(spec, loaded, store, progress, out, formats, args.gguf_type)
         write_json(out / "quantize.json", document)

@@ -15,7 +15,8 @@ Two protocols meet here: the papers' one for pruning and perplexity (--calib, --
 from __future__ import annotations
 
 from pruning_core.cli.common import (
-    ConsoleProgress, _csv, _floats, load_model_from_args, store_from_args, write_json,
+    ConsoleProgress, _csv, _floats, add_memory_args, check_run_fits, load_model_from_args, store_from_args,
+    write_json,
 )
 from pruning_core.errors import ConfigError
 from pruning_core.outputs.files import check_output_folder, folder_written_whole, relocated
@@ -30,6 +31,7 @@ def add_recover(sub) -> None:
     p = sub.add_parser("recover", help="train a masked LoRA adapter that wins back quality and keeps the zeros")
     p.add_argument("--model", default="embedded", help="'embedded', a model folder, a .gguf file or a hub id")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    add_memory_args(p)
     source = p.add_argument_group("the pruned model (a setting by default, or one of --mask / --structured)")
     source.add_argument("--mask", default=None, metavar="DIR", help="an exported mask folder to apply")
     source.add_argument("--structured", default=None, metavar="DIR",
@@ -135,6 +137,7 @@ def cmd_recover(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     store = store_from_args(args)
+    check_run_fits(args, "recovery", spec.to_dict(), loaded, store)  # a run that cannot fit stops here
     from pruning_core.recovery.export import recovery_report_data, report_files
     from pruning_core.outputs.report import build_report
 

@@ -17,6 +17,7 @@ from pruning_core.cli.common import (
     _csv,
     _floats,
     add_protocol_args,
+    check_run_fits,
     load_model_from_args,
     protocol_from_args,
     write_json,
@@ -85,6 +86,7 @@ def cmd_structured(args) -> int:
 
         check_family(loaded)
     store = store_from_args(args)
+    check_run_fits(args, "structured", spec.to_dict(), loaded, store)  # a run that cannot fit stops here
     # Written in a fresh folder that replaces --out whole: a killed run never leaves an old model beside a new
     # structured.json, or a model folder with only its config. A GGUF file is made from the saved (and verified)
     # smaller folder, so --export gguf saves it too.

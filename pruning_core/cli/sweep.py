@@ -16,6 +16,7 @@ from pathlib import Path
 from pruning_core.cli.common import (
     store_from_args,
     ConsoleProgress,
+    check_run_fits,
     _csv,
     _floats,
     add_executor_args,
@@ -65,29 +66,18 @@ def cmd_sweep(args) -> int:
     progress = ConsoleProgress()
     loaded = load_model_from_args(args, progress)
     store = store_from_args(args)
-    out = prepare_out_dir(args.out)
     device = device_from_args(args)
-    _print_estimate(spec, loaded, store, device, executor)
+    # The estimate line (time and memory on this executor and device, as the dashboard shows it); a run that
+    # cannot fit is refused here, before any work.
+    check_run_fits(args, "sweep", spec.to_dict(), loaded, store, device=device,
+                   workers=executor.config.workers if executor.config.kind == "ray" else 1)
+    out = prepare_out_dir(args.out)
     results = run_sweep(spec, loaded=loaded, store=store, progress=progress, sensitivity=sensitivity,
                         executor=executor, device=device)
     write_json(out / "results.json", results)
     _print_sweep_table(results)
     print(f"wrote {out / 'results.json'}")
     return 0
-
-
-def _print_estimate(spec, loaded, store, device, executor) -> None:
-    """One line before the work: the run's estimated time and memory on this executor and device (the same
-    `estimate_job` the dashboard shows), so a user can stop a run that will not fit."""
-    from pruning_core.analysis.estimates import estimate_job
-    from pruning_core.units import format_bytes, format_seconds
-
-    workers = executor.config.workers if executor.config.kind == "ray" else 1
-    found = estimate_job("sweep", spec.to_dict(), loaded, store, device=device, workers=workers)
-    gpu = found.get("gpu_peak_memory_bytes")
-    print(f"estimate: {format_seconds(found['seconds'])}, peak memory {format_bytes(found['peak_memory_bytes'])}"
-          + (f" (GPU {format_bytes(gpu)})" if gpu else "") + f" [{found['assumptions'].split(';')[0]}]",
-          flush=True)
 
 
 def _read_sensitivity(path: str) -> dict:

@@ -42,7 +42,8 @@ def estimate_continual(model_info: dict, spec, speed: run_costs.Speed, windows: 
                  "pruning": todo * per_step,
                  "evaluation": todo * run_costs.evaluation_seconds(rates, used, protocol.seqlen),
                  "store": todo * run_costs.POINT_FIXED_S}
-    peak = 2 * facts["memory"] + facts["prunable"] * (5 if method == "sparsegpt" else 1)
+    # Dense propagation (the spec's setting): every layer's statistics of a domain live while its steps prune.
+    peak = run_costs.pruning_peak_bytes(facts, protocol, method, "dense")
     what = (f"{len(spec.strategies)} strategies x {len(domains)} domains = {steps} pruned steps"
             + (f" ({steps - todo} already in the store: they cost nothing)" if stored_steps else "")
             + f", each evaluated on {', '.join(f'{d} {w} windows' for d, w in used.items())}")

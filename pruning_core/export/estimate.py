@@ -40,7 +40,7 @@ def estimate_export(model_info: dict, options, protocol, speed: run_costs.Speed,
                  "curve_points": len(curve) * (run_costs.prune_seconds(facts, rates, options.method,
                                                                        options.propagation, protocol) + evaluation),
                  "heatmap": 0.0, "samples": 0.0, "writing": 0.0}
-    peak = 2 * facts["memory"]
+    peak = run_costs.pruning_peak_bytes(facts, protocol, options.method, options.propagation)
     if options.heatmap:
         made = estimate_sensitivity(model_info, protocol, options.method, [float(options.sparsity)], ["fisher"],
                                     PROBE_WINDOWS, speed, probe_windows_available=probe_windows_available,

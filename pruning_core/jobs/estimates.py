@@ -27,21 +27,23 @@ ESTIMATED_KINDS = ("sweep", "sensitivity", "whatif", "structured", "continual", 
 
 
 def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, workers: Optional[int] = None,
-                 measure: bool = True) -> Optional[dict]:
+                 measure: bool = True, unmeasured: bool = False) -> Optional[dict]:
     """The estimate of job `kind` with `spec` (the job's spec dict) on `loaded`, or None for a kind without one
     or (measure=False) when this machine's speed for the model is not stored yet.
 
     device / workers: as `analysis.estimates.estimate_job` (sweeps and maps). measure=False: never time the
-    model here (the dashboard measures its speed in a short job first)."""
+    model here (the dashboard measures its speed in a short job first); unmeasured=True: with measure=False and
+    no stored speed, estimate with the conservative default speed instead of None (the memory is the same)."""
     from pruning_core.analysis import estimates
 
     if kind in ("sweep", "sensitivity", "whatif"):
-        return estimates.estimate_job(kind, spec, loaded, store, device=device, workers=workers, measure=measure)
+        return estimates.estimate_job(kind, spec, loaded, store, device=device, workers=workers, measure=measure,
+                                      unmeasured=unmeasured)
     if kind not in ESTIMATED_KINDS:
         return None
     protocol = _protocol_of(kind, spec)
     speed = estimates.measured_speed(loaded, protocol.seqlen, protocol.dtype, store, measure=measure)
-    if speed is None:
+    if speed is None and not unmeasured:
         return None
     info = loaded.describe()
 
@@ -95,6 +97,35 @@ def estimate_job(kind: str, spec: dict, loaded, store=None, *, device=None, work
                                dense_stored=_dense_stored(loaded, protocol, corpora, store),
                                probe_windows_available=probe)
     return estimates.with_corpus_memory(made, loaded, protocol, [(c, "evaluation") for c in corpora], store)
+
+
+#: Job kinds with no time estimate yet whose peak memory `memory_estimate` still gives (so the memory check sees
+#: them): GPTQ walks the layers with Hessians and keeps the updated weights, as SparseGPT does; a frontier runs
+#: such techniques one after another, never two at once.
+MEMORY_ONLY_KINDS = ("quantize", "frontier")
+
+
+def memory_estimate(kind: str, spec: dict, loaded) -> Optional[dict]:
+    """{"seconds": None, "peak_memory_bytes", "assumptions"} of a job of `MEMORY_ONLY_KINDS` (None for another
+    kind): the peak of pruning the model once with SparseGPT in pruned propagation (`run_costs.pruning_peak_bytes`:
+    the same Hessian walk and one updated copy of the weights as GPTQ); round-to-nearest needs less."""
+    from pruning_core import run_costs
+
+    if kind not in MEMORY_ONLY_KINDS:
+        return None
+    protocol = _protocol_of(kind, spec)
+    facts = run_costs.shape_facts(loaded.describe())
+    peak = run_costs.pruning_peak_bytes(facts, protocol, "sparsegpt", "pruned")
+    return {"seconds": None, "peak_memory_bytes": int(peak), "breakdown": {},
+            "assumptions": f"{kind}: peak memory as a GPTQ/SparseGPT walk (the weights, a restore copy, the updated "
+                           "weights, one layer's Hessians and the calibration hidden states); time not estimated"}
+
+
+def peak_memory_estimate(kind: str, spec: dict, loaded, store=None) -> Optional[dict]:
+    """The estimate a memory check judges a job by, without timing the model (`estimate_job` with measure=False
+    and unmeasured=True, or `memory_estimate` for a kind without a time estimate); None for a kind with neither."""
+    return (estimate_job(kind, spec, loaded, store, measure=False, unmeasured=True)
+            or memory_estimate(kind, spec, loaded))
 
 
 def _protocol_of(kind: str, spec: dict):

@@ -16,7 +16,9 @@ asked to cancel, so cancellation takes effect at the next progress call.
 
 States: queued -> running -> done | failed | cancelled | interrupted. `interrupted` is never written by the
 worker itself (except on SIGTERM): it is how a reader reports a job whose worker vanished (killed, crashed,
-machine restarted), detected by a dead pid or a heartbeat older than `STALE_AFTER_S`.
+machine restarted), detected by a dead pid or a heartbeat older than `STALE_AFTER_S`. Where this process started
+the worker, its exit status tells the cause: a worker ended by SIGKILL (most often the kernel's out-of-memory
+killer) is reported as "killed (out of memory?)" (`KILLED_ERROR`) as soon as it is reaped.
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ CANCEL_GRACE_S = 20.0
 _INTERRUPTED_ERROR = ("The worker process stopped without finishing (killed, crashed or the machine restarted); "
                       "submit the same job again to resume from its stored points.")
 
+#: The error of a job whose worker was ended by SIGKILL: what the kernel's out-of-memory killer sends (or a user's
+#: `kill -9`); the job runner can tell it from the worker's exit status when this process started the worker.
+KILLED_ERROR = ("killed (out of memory?): the system ended the worker with SIGKILL, most often the kernel's "
+                "out-of-memory killer; its finished points are kept in the store: submit the same job again to resume "
+                "from them (in bf16 or with fewer calibration windows if memory ran out).")
+
+# The exit status of each worker this process started, once it ended (negative: minus the signal that ended it),
+# so that a job whose worker vanished is reported with its cause (`vanished_error`). Filled when a worker is
+# reaped (its reaper thread, `_reap_children`); a worker another process started has no entry here.
+_EXIT_STATUS: dict[str, int] = {}
+
 # Worker processes started by this Python process, kept so they can be reaped (waited for) when they end;
 # otherwise each finished worker would linger as a defunct (zombie) process whose pid still answers
 # os.kill(pid, 0). Each has a reaper thread that waits for it (see `_spawn`); `_reap_children` also collects
@@ -145,6 +158,7 @@ def _reap_children() -> None:
     with _CHILDREN_LOCK:
         for job_id, proc in list(_CHILDREN.items()):
             if proc.poll() is not None:
+                _EXIT_STATUS[job_id] = proc.returncode
                 del _CHILDREN[job_id]
 
 
@@ -156,8 +170,67 @@ def _reap_when_done(job_id: str, proc: subprocess.Popen) -> None:
     """
     proc.wait()
     with _CHILDREN_LOCK:
+        _EXIT_STATUS[job_id] = proc.returncode
         if _CHILDREN.get(job_id) is proc:
             del _CHILDREN[job_id]
+
+
+def vanished_error(job_id: str) -> str:
+    """The error recorded for a job whose worker ended without recording how the job ended: `KILLED_ERROR` for
+    SIGKILL, the signal's name for another signal, else (an exit status this process never saw: another process
+    started the worker, or the machine restarted) the general `_INTERRUPTED_ERROR`."""
+    status = _EXIT_STATUS.get(job_id)
+    if status == -signal.SIGKILL:
+        return KILLED_ERROR
+    if status is not None and status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return (f"The worker was ended by {name} before it finished; its finished points are kept in the store: "
+                "submit the same job again to resume from them.")
+    return _INTERRUPTED_ERROR
+
+
+def _record_vanished(store: Store, job_id: str) -> None:
+    """Record a job whose worker has ended while its row still says queued/running as interrupted, with the
+    cause its exit status tells (`vanished_error`); a worker that recorded its own end is left as it is. A reader
+    that saw the pid gone first wrote the general `_INTERRUPTED_ERROR`: the cause replaces it."""
+    now = time.time()
+    error = vanished_error(job_id)
+    if store.update_job(job_id, only_if_state=ACTIVE_STATES, state="interrupted", finished=now, updated=now,
+                        eta_seconds=None, error=error) or error == _INTERRUPTED_ERROR:
+        return
+    job = store.get_job(job_id)
+    if job is not None and job["state"] == "interrupted" and job.get("error") == _INTERRUPTED_ERROR:
+        store.update_job(job_id, only_if_state=("interrupted",), error=error)
+
+
+def _collect_exit_status(job_id: str, timeout_s: float = 2.0) -> None:
+    """Wait up to `timeout_s` for a worker this process started to be reaped, so its exit status is known before
+    a reader records why its job ended (the reaper thread may have just waited for it)."""
+    with _CHILDREN_LOCK:
+        proc = _CHILDREN.get(job_id)
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return
+    with _CHILDREN_LOCK:
+        _EXIT_STATUS[job_id] = proc.returncode
+
+
+def _reap_and_record(store: Store, job_id: str, proc: subprocess.Popen) -> None:
+    """Body of a worker's reaper thread: reap it (`_reap_when_done`), then record a job it left unfinished
+    (killed by the system: the job's row would otherwise say "running" until its heartbeat went stale)."""
+    _reap_when_done(job_id, proc)
+    if proc.returncode is None:
+        return
+    try:
+        _record_vanished(store, job_id)
+    except Exception as exc:  # noqa: BLE001 - a reader records it later (`JobRunner._annotate`), more generally
+        print(f"job reaper: {exc}", file=sys.stderr)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -410,7 +483,7 @@ class JobRunner:
                     if _worker_alive(job, now):
                         return job["id"], job
                     self.store.update_job(job["id"], conn=conn, only_if_state=ACTIVE_STATES, state="interrupted",
-                                          finished=now, updated=now, error=_INTERRUPTED_ERROR)
+                                          finished=now, updated=now, error=vanished_error(job["id"]))
             job_id = uuid.uuid4().hex
             self.store.insert_job({
                 "id": job_id, "key": key, "kind": kind, "spec": spec, "state": "queued", "fraction": 0.0,
@@ -456,8 +529,8 @@ class JobRunner:
             raise PruneScopeError(f"Could not start a worker process for job {job_id}: {exc}") from None
         with _CHILDREN_LOCK:
             _CHILDREN[job_id] = proc
-        threading.Thread(target=_reap_when_done, args=(job_id, proc), name=f"prunescope-reap-{job_id[:8]}",
-                         daemon=True).start()
+        threading.Thread(target=_reap_and_record, args=(self.store, job_id, proc),
+                         name=f"prunescope-reap-{job_id[:8]}", daemon=True).start()
         self.store.update_job(job_id, only_if_state=ACTIVE_STATES, pid=proc.pid, updated=time.time())
 
     # ---------------------------------------------------------------------------------------- watching
@@ -476,9 +549,10 @@ class JobRunner:
     def _annotate(self, job: dict) -> dict:
         alive = job["state"] in ACTIVE_STATES and _worker_alive(job)
         if job["state"] in ACTIVE_STATES and not alive:
+            _collect_exit_status(job["id"])
             now = time.time()
             self.store.update_job(job["id"], only_if_state=(job["state"],), state="interrupted", finished=now,
-                                  updated=now, eta_seconds=None, error=_INTERRUPTED_ERROR)
+                                  updated=now, eta_seconds=None, error=vanished_error(job["id"]))
             job = self.store.get_job(job["id"]) or job
             alive = job["state"] in ACTIVE_STATES and _worker_alive(job)  # it may have just finished instead
         job["alive"] = alive

@@ -106,6 +106,6 @@ def estimate_recovery(model_info: dict, spec, speed: run_costs.Speed, windows: M
                 + ("; the time budget stops it" if training["capped"] else "") + f"), {stages} pruning stage(s), "
                 f"evaluations on {', '.join(f'{c} {w} windows' for c, w in used.items())} before and after, "
                 f"{quick} quick evaluations for the curve; {training['assumptions']}")
-    out = run_costs.phase_estimate(breakdown, 3 * facts["memory"], what, rates)
+    out = run_costs.phase_estimate(breakdown, run_costs.RUNTIME_BYTES + 3 * facts["memory"], what, rates)
     return {**out, "steps": int(config.steps), "seconds_per_step": training["seconds_per_step"],
             "capped": training["capped"], "basis": training["basis"]}

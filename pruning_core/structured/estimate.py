@@ -41,7 +41,8 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
         if spec.speed:
             breakdown["speed_timing"] += run_costs.speed_timing_seconds(facts, rates, dict(spec.speed_settings))
         breakdown["samples"] += run_costs.generation_seconds(facts, rates, 1, int(spec.max_new_tokens))
-    peak = 2 * facts["memory"] + sum(w * w * 4 for w in facts["input_widths"]) * facts["layers"]
+    peak = (run_costs.RUNTIME_BYTES + 2 * facts["memory"] + run_costs.statistics_bytes(facts, "hessian", facts["layers"])
+            + run_costs.walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, "none"))
     what = (f"{len(spec.ratios)} ratios ({len(spec.ratios) - len(todo)} already in the store: they cost nothing)"
             f", evaluated on {', '.join(f'{c} {w} windows' for c, w in used.items())}"
             + ("; dense-against-pruned speed timing per ratio" if spec.speed else "")
