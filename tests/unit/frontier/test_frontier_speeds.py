@@ -48,7 +48,7 @@ def test_gguf_types_only_where_gguf_has_the_layout():
 
 def test_stored_speeds_reach_the_table_the_report_and_frontier_json(tmp_path):
     store = Store(tmp_path / "s.sqlite")
-    dense, q4_1, *_ = points()
+    dense, q4_1, g64, _ = points()
     link_point(store, "fp", dense.key, stored_measurement(store, "k16", "Test CPU", 100.0), "the dense model as F16")
     link_point(store, "fp", q4_1.key, stored_measurement(store, "kq4", "Test CPU", 250.0), "the dense model as Q4_1")
     frontier = build_frontier(attach_speeds(points(), stored_speeds(store, "fp")), ["wiki"], max_increase=0.03)
@@ -59,7 +59,7 @@ def test_stored_speeds_reach_the_table_the_report_and_frontier_json(tmp_path):
     cells = {r[0]: r[-1] for r in frontier_rows(frontier)}
     assert cells[rows[q4_1.key]["technique"]] == "1,000 / 250 tokens/s"
     assert cells[rows[dense.key]["technique"]] == "400 / 100 tokens/s"
-    assert cells["GPTQ 4-bit, groups of 64, symmetric"] == NOT_MEASURED
+    assert cells[rows[g64.key]["technique"]] == NOT_MEASURED
     section = frontier_section(frontier)
     table = next(b for b in section.blocks if hasattr(b, "headers"))
     assert table.headers[-1] == SPEED_HEADER
