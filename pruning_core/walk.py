@@ -36,7 +36,7 @@ from pruning_core.errors import ConfigError
 from pruning_core.devices.placement import LayerOffload
 from pruning_core.masks import preserved_module_weights
 from pruning_core.models import LoadedModel
-from pruning_core.precision import autocast_for
+from pruning_core.precision import autocast_for, compute_dtype
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.stats import AllInputsSeen, LayerStatistics
 
@@ -112,14 +112,20 @@ def run_layer(layer: nn.Module, inputs: LayerInputs, after_batch: Optional[Calla
               dtype: str = "float32") -> list[torch.Tensor]:
     """Forward every batch of `inputs` through one decoder layer; returns the outputs per batch (fp32).
 
-    dtype: "float32", or "bfloat16" for bf16 autocast (see the module docstring). A batch stopped by a
+    dtype: "float32", or "bfloat16" for bf16 autocast (see the module docstring); a layer whose weights are stored in
+    bf16 always computes under bf16 autocast (`precision.compute_dtype`). A batch stopped by a
     statistics hook (`stats.AllInputsSeen`) has no output: the list is then empty.
     """
     outputs = []
-    with torch.inference_mode(), autocast_for(check_calib_dtype(dtype)):
+    dtype = compute_dtype(check_calib_dtype(dtype), layer)
+    # bf16-stored weights: feed the layer bf16 states, as the model's own forward does (its norms do not autocast);
+    # exact, since the states carried in fp32 were bf16 values cast up.
+    weight = next((p for p in layer.parameters() if p.is_floating_point()), None)
+    states_dtype = torch.bfloat16 if weight is not None and weight.dtype == torch.bfloat16 else None
+    with torch.inference_mode(), autocast_for(dtype):
         for states, layer_kwargs in zip(inputs.hidden, inputs.kwargs):
             try:
-                out = layer(states, **layer_kwargs)
+                out = layer(states if states_dtype is None else states.to(states_dtype), **layer_kwargs)
                 outputs.append((out[0] if isinstance(out, (tuple, list)) else out).to(torch.float32))
             except AllInputsSeen:
                 pass

