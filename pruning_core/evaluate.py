@@ -22,7 +22,7 @@ from pruning_core import metrics
 from pruning_core.data import corpus_display_name
 from pruning_core.devices.placement import LayerOffload, device_key
 from pruning_core.errors import ConfigError
-from pruning_core.masks import applied_masks
+from pruning_core.masks import masks_applied_per_forward
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 from pruning_core.protocol import Protocol, corpus_key, evaluation_ids
@@ -103,14 +103,15 @@ def dense_key(loaded: LoadedModel, protocol: Protocol, corpus: str,
 
 
 def _masks_context(loaded: LoadedModel, pruned: Pruned):
-    """The model with `pruned` applied, restored on exit (a no-op for IN_PLACE)."""
+    """The model with `pruned` applied to every forward, restored on exit (a no-op for IN_PLACE); perplexity only
+    runs forwards, so each module is pruned during its own forward and one matrix's copy is alive at a time."""
     if isinstance(pruned, str):
         if pruned != IN_PLACE:
             raise ConfigError(f"Unknown pruned setting '{pruned}'; pass masks, a PruneResult or IN_PLACE.")
         return contextlib.nullcontext()
     if hasattr(pruned, "masks"):
-        return applied_masks(loaded.model, pruned.masks, getattr(pruned, "weights", None))
-    return applied_masks(loaded.model, dict(pruned), None)
+        return masks_applied_per_forward(loaded.model, pruned.masks, getattr(pruned, "weights", None))
+    return masks_applied_per_forward(loaded.model, dict(pruned), None)
 
 
 def _measure(loaded: LoadedModel, ids: torch.Tensor, dtype: str, what: str, corpus: str,

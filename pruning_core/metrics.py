@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from pruning_core.errors import ConfigError
 from pruning_core.devices.placement import LayerOffload, windows_that_fit
-from pruning_core.precision import EVAL_DTYPES, autocast_for  # noqa: F401 - re-exported for callers
+from pruning_core.precision import EVAL_DTYPES, autocast_for, compute_dtype  # noqa: F401 - re-exported for callers
 from pruning_core.models import LoadedModel
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.walk import batches_of, capture_layer_inputs, walk_layers
@@ -111,8 +111,11 @@ def perplexity(loaded: LoadedModel, eval_ids: torch.Tensor, batch_size: int = 4,
     """Perplexity of the model as it is now on evaluation windows (n, seqlen). Runs under inference_mode.
 
     offload: evaluate layer by layer on the offload's compute device, the model staying home (module docstring).
+    A model whose weights are stored in bf16 is evaluated under bf16 autocast whatever `dtype` asks (the result's
+    `dtype` says so; `precision.compute_dtype`); the NLL is summed in fp64 either way.
     """
     progress = progress or no_progress
+    dtype = compute_dtype(dtype, loaded.model)
     if eval_ids.ndim != 2 or eval_ids.shape[0] == 0 or eval_ids.shape[1] < 2:
         raise ConfigError("Perplexity needs at least one evaluation window of 2 or more tokens.")
     start = time.perf_counter()

@@ -12,8 +12,20 @@ import torch
 
 from pruning_core.errors import ConfigError
 
-#: Compute dtypes of forward passes; weights always stay fp32.
+#: Compute dtypes of forward passes. Weights are fp32 unless the model was loaded with bf16 storage
+#: (`models.loading.WEIGHT_DTYPES`, a source ending in "@bfloat16"), which computes in bf16 (`compute_dtype`).
 EVAL_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(asked: str, module: torch.nn.Module) -> str:
+    """The compute dtype a forward of `module` can run in: `asked`, except "bfloat16" when the module's weights
+    are stored in bf16 (fp32 activations cannot meet bf16 weights without autocast, and an fp32 copy of the
+    weights is what bf16 storage is there to avoid). Statistics, Hessians and perplexity sums stay fp32/fp64
+    either way: they are accumulated from whatever reaches them, cast up first."""
+    weight = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if weight is not None and weight.dtype == torch.bfloat16:
+        return "bfloat16"
+    return asked
 
 
 def autocast_for(dtype: str):

@@ -28,7 +28,6 @@ from pruning_core.masks import (
     check_sparsity,
     keep_mask_from_ranks,
     parse_structure,
-    preserved_weights,
     score_ranks,
     sparsity_when_applied,
 )
@@ -310,10 +309,10 @@ def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], co
                         found[name] = offload.to_home(found[name], "results")
         return True
 
-    names = list(loaded.adapter.prunable_modules(loaded.model))
-    with preserved_weights(loaded.model, names):  # the walk writes pruned weights in; undo them after
-        walk_layers(loaded, inputs, on_layer, need=method.needs, propagation="pruned", progress=progress,
-                    dtype=config.calib_dtype, always_changes=True, offload=offload)
+    # The walk writes each layer's pruned weights in (the next layers' inputs must see them) and puts the layer's
+    # dense weights back once its outputs are recomputed: one layer's copy at a time, not the whole model's.
+    walk_layers(loaded, inputs, on_layer, need=method.needs, propagation="pruned", progress=progress,
+                dtype=config.calib_dtype, always_changes=True, offload=offload, restore_each_layer=True)
     return _finish(loaded, config, masks, weights, start)
 
 

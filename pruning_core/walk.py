@@ -34,8 +34,9 @@ from torch import nn
 
 from pruning_core.errors import ConfigError
 from pruning_core.devices.placement import LayerOffload
+from pruning_core.masks import preserved_module_weights
 from pruning_core.models import LoadedModel
-from pruning_core.precision import autocast_for
+from pruning_core.precision import autocast_for, compute_dtype
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.stats import AllInputsSeen, LayerStatistics
 
@@ -111,14 +112,20 @@ def run_layer(layer: nn.Module, inputs: LayerInputs, after_batch: Optional[Calla
               dtype: str = "float32") -> list[torch.Tensor]:
     """Forward every batch of `inputs` through one decoder layer; returns the outputs per batch (fp32).
 
-    dtype: "float32", or "bfloat16" for bf16 autocast (see the module docstring). A batch stopped by a
+    dtype: "float32", or "bfloat16" for bf16 autocast (see the module docstring); a layer whose weights are stored in
+    bf16 always computes under bf16 autocast (`precision.compute_dtype`). A batch stopped by a
     statistics hook (`stats.AllInputsSeen`) has no output: the list is then empty.
     """
     outputs = []
-    with torch.inference_mode(), autocast_for(check_calib_dtype(dtype)):
+    dtype = compute_dtype(check_calib_dtype(dtype), layer)
+    # bf16-stored weights: feed the layer bf16 states, as the model's own forward does (its norms do not autocast);
+    # exact, since the states carried in fp32 were bf16 values cast up.
+    weight = next((p for p in layer.parameters() if p.is_floating_point()), None)
+    states_dtype = torch.bfloat16 if weight is not None and weight.dtype == torch.bfloat16 else None
+    with torch.inference_mode(), autocast_for(dtype):
         for states, layer_kwargs in zip(inputs.hidden, inputs.kwargs):
             try:
-                out = layer(states, **layer_kwargs)
+                out = layer(states if states_dtype is None else states.to(states_dtype), **layer_kwargs)
                 outputs.append((out[0] if isinstance(out, (tuple, list)) else out).to(torch.float32))
             except AllInputsSeen:
                 pass
@@ -134,13 +141,15 @@ LayerHandler = Callable[[int, nn.Module, LayerStatistics], bool]
 def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler, need: str = "none",
                 propagation: str = "pruned", progress: Optional[ProgressFn] = None,
                 layer_range: Optional[range] = None, dtype: str = "float32",
-                always_changes: bool = False, offload: Optional[LayerOffload] = None) -> LayerInputs:
+                always_changes: bool = False, offload: Optional[LayerOffload] = None,
+                restore_each_layer: bool = False) -> LayerInputs:
     """Walk the decoder layers in order, collecting input statistics of each layer's linears.
 
     For each layer: forward all batches with hooks collecting `need` statistics, call `on_layer`, free the
     statistics, and (in ``pruned`` mode, if the handler changed the weights) recompute the layer's outputs.
     Returns the inputs of the layer after the last one walked (the final hidden states before the norm).
-    `on_layer` may change weights in place; restoring them is the caller's job (`masks.preserved_weights`).
+    `on_layer` may change weights in place; restoring them is the caller's job, or the walk's with
+    `restore_each_layer`.
     dtype: compute dtype of the layer forwards, "float32" or "bfloat16" (autocast; statistics stay fp32).
     always_changes: the handler changes every layer (pruning), so in ``pruned`` propagation the statistics pass
     only collects statistics and stops before the layer's last linear computes (`LayerStatistics.stop_early`);
@@ -149,6 +158,10 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
     offload: move each layer to the compute device while it is walked and back home after (see the module
     docstring); the inputs are moved there first (a no-op when `capture_layer_inputs` had the same offload) and
     the returned inputs stay on the compute device.
+    restore_each_layer: copy each layer's prunable weights before its step and put them back once its outputs are
+    recomputed, so the handler's changes (pruned or quantized weights) shape the next layers' inputs in ``pruned``
+    propagation and the model is left as it was, with one layer's copy alive at a time instead of the whole
+    model's (what `masks.preserved_weights` around the walk would hold: 1x the decoder weights).
     """
     check_calib_dtype(dtype)
     if propagation not in PROPAGATIONS:
@@ -162,7 +175,9 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
     for step, index in enumerate(indices):
         layer = layers[index]
         visit = offload.visiting(f"layer {index}", layer) if offload is not None else contextlib.nullcontext()
-        with visit:
+        keep = (preserved_module_weights(loaded.adapter.layer_linears(layer).values()) if restore_each_layer
+                else contextlib.nullcontext())
+        with visit, keep:
             current = _walk_layer(loaded, layer, index, step, current, on_layer, need, propagation, progress,
                                   len(indices), len(layers), dtype, always_changes)
     return current

