@@ -80,10 +80,15 @@ def bytes_per_weight(facts: dict) -> float:
 
 
 def restore_copy_bytes(facts: dict) -> int:
-    """A copy of every prunable weight, in the model's dtype: `masks.preserved_weights` clones the weights a
-    pruned-propagation walk writes into (`prune.prune_model`) and `masks.applied_masks` clones those a point's
-    evaluation masks, so the model cached for the next point is restored bit-identically. SparseGPT's updated
-    weights (`PruneResult.weights`) are one more such copy."""
+    """One decoder layer's prunable weights, in the model's dtype: the walk copies a layer's weights before its
+    handler writes into them and puts them back after the layer's outputs are recomputed
+    (`walk_layers(restore_each_layer=True)`), and an evaluation applies each mask only during its module's own
+    forward (`masks.masks_applied_per_forward`), so no copy of the whole model is held."""
+    return int(facts["per_layer"] * bytes_per_weight(facts))
+
+
+def updated_weights_bytes(facts: dict) -> int:
+    """SparseGPT's updated weights (`PruneResult.weights`): every prunable weight, in the model's dtype."""
     return int(facts["prunable"] * bytes_per_weight(facts))
 
 
@@ -118,16 +123,16 @@ def walk_working_bytes(facts: dict, nsamples: int, seqlen: int, batch: int, need
 
 def pruning_peak_bytes(facts: dict, protocol, method: str, propagation: str) -> int:
     """Peak resident bytes of pruning the model once with `method` and evaluating it (`prune.prune_model`, then
-    `applied_masks`): the process's runtime (`RUNTIME_BYTES`), the weights in their dtype, the restore copy
-    (`restore_copy_bytes`), the boolean masks (1 byte per prunable weight), SparseGPT's updated weights (one more
-    copy), and the walk's working set (`walk_working_bytes`: every layer's statistics in dense propagation).
+    `applied_masks`): the process's runtime (`RUNTIME_BYTES`), the weights in their dtype, one layer's restore
+    copy (`restore_copy_bytes`), the boolean masks (1 byte per prunable weight), SparseGPT's updated weights
+    (`updated_weights_bytes`), and the walk's working set (`walk_working_bytes`: every layer's statistics in dense propagation).
     protocol: a `protocol.Protocol` (nsamples, seqlen, batch_size)."""
     from pruning_core.methods import get_method
 
     spec = get_method(method)
     peak = RUNTIME_BYTES + facts["memory"] + restore_copy_bytes(facts) + facts["prunable"]
     if spec.updates_weights:
-        peak += restore_copy_bytes(facts)
+        peak += updated_weights_bytes(facts)
     peak += walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, spec.needs,
                                all_layers=propagation == "dense")
     return int(peak)

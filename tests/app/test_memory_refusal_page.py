@@ -29,7 +29,7 @@ def test_a_structured_run_over_the_memory_limit_is_refused_in_one_sentence_and_n
     sentence = said[0]
     assert "This structured run needs about" in sentence and "1.0 MB is available (PRUNESCOPE_MEMORY_LIMIT=1MB)" \
         in sentence
-    assert "Eval dtype bfloat16" in sentence and "Calibration windows" in sentence and "--device cuda" in sentence
+    assert "@bfloat16" in sentence and "Calibration windows" in sentence and "--device cuda" in sentence
     assert not at.exception and _structured_jobs() == []
 
     monkeypatch.setenv("PRUNESCOPE_MEMORY_LIMIT", "1TB")

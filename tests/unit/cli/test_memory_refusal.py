@@ -45,7 +45,7 @@ def test_a_run_over_the_limit_is_refused_in_one_sentence_before_any_work(command
     assert len(errors) == 1 and "Traceback" not in captured.err, captured.err
     sentence = errors[0]
     assert "of memory at its peak (estimate) but 1.0 MB is available (PRUNESCOPE_MEMORY_LIMIT=1MB)" in sentence
-    assert "--dtype bfloat16" in sentence and "--nsamples" in sentence and "--device cuda" in sentence
+    assert "@bfloat16" in sentence and "--nsamples" in sentence and "--device cuda" in sentence
     assert "--ignore-memory-limit" in sentence
     assert "estimate: " in captured.out and "peak memory" in captured.out  # the line it was judged by
     assert not any(out.rglob("*.json")) and _stored_rows() == 0  # nothing started
