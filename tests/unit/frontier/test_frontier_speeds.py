@@ -23,7 +23,7 @@ DENSE_FILES = {"weight_bytes": 269_060_552, "total_bytes": 269_061_587}
 
 def quantized(method, bits, group, symmetric, size, ppl, start="dense"):
     return quantized_point({"setting": {"method": method, "bits": bits, "group_size": group, "symmetric": symmetric,
-                                        "scale_dtype": "float16", "start": start},
+                                        "scale_dtype": "float16", "start": start, "actorder": "static"},
                             "bytes": {"compressed-tensors": {"weight_bytes": size, "total_bytes": size}},
                             "ppl": {"wiki": ppl}, "sparsity": 0.0})
 
@@ -99,23 +99,40 @@ def test_frontier_runtime_speed_measures_the_gguf_layouts_and_links_them(tmp_pat
 
     monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
-    assert main(["frontier", "--model", "tiny-llama", "--calib", "wiki", "--nsamples", "2", "--seqlen", "32",
-                 "--eval-windows", "2", "--batch-size", "2", "--techniques", "rtn:4:32:asym,rtn:4:64,structured:0.3",
-                 "--runtime-speed", "--report", "--out", str(out)]) == 0
+    # Structured 27.5 % leaves tiny-llama 2 heads (o_proj 32 wide) and 96 MLP channels: widths groups of 32 divide,
+    # so the structured model quantizes to Q4_0 blocks.
+    args = ["frontier", "--model", "tiny-llama", "--calib", "wiki", "--nsamples", "2", "--seqlen", "32",
+            "--eval-windows", "2", "--batch-size", "2", "--techniques",
+            "rtn:4:32:asym,rtn:4:64,structured:0.275,structured:0.275+rtn:4:32", "--runtime-speed", "--report",
+            "--out", str(out)]
+    assert main(args) == 0
     frontier = json.loads((out / "frontier.json").read_text())["frontier"]
     measured = {r["family"] + " " + r["technique"]: r["speed"] for r in frontier["points"] if r["speed"]}
-    # The dense F16 file, the Q4_1 layout and the structured model as F16; groups of 64 have no GGUF type and
-    # stay not measured.
-    assert sorted(t.split(" ")[0] for t in measured) == ["dense", "quantized", "structured"]
+    # The dense F16 file, the Q4_1 point's and the structured + Q4_0 point's own GGUF files and the structured model
+    # as F16; groups of 64 have no GGUF type and stay not measured.
+    assert sorted(t.split(" ")[0] for t in measured) == ["dense", "quantized", "structured", "structured"]
     assert any("groups of 32, asymmetric" in t for t in measured) and not any("64" in t for t in measured)
     assert all(s["runtime"] == "llama.cpp" and s["decode_tokens_per_s"] > 0 and s["machine"] for s in measured.values())
-    assert "Q4_1" in next(s["measured_on"] for t, s in measured.items() if "groups of 32" in t)
+    assert all(s["own_file"] for s in measured.values())  # every file timed is the point's own model
+    q4_1 = next(r for r in frontier["points"] if "groups of 32, asymmetric" in r["technique"])
+    assert "this point's own GGUF file (Q4_1" in q4_1["speed"]["measured_on"]
+    # Its exact GGUF file is measured and listed as a format beside compressed-tensors.
+    assert set(q4_1["sizes"]) == {"compressed-tensors", "gguf"} and q4_1["sizes"]["gguf"]["type"] == "Q4_1"
+    assert q4_1["speed"]["file_bytes"] >= q4_1["sizes"]["gguf"]["weight_bytes"]
+    combo = next(r for r in frontier["points"] if r["family"] == "structured + quantized")
+    assert "own GGUF file (Q4_0" in combo["speed"]["measured_on"] and combo["sizes"]["gguf"]["type"] == "Q4_0"
     printed = capsys.readouterr().out
     assert NOT_MEASURED in printed and "Speed measured in llama.cpp" in printed
     assert "not measured in a runtime" in (out / "report.md").read_text()
     # The links are in the store: a frontier built later from stored results shows the same speeds.
     store = Store(tmp_path / "home" / "prunescope.sqlite")
-    assert len(store.results_of_kind("runtime_speed_point")) == 3
+    assert len(store.results_of_kind("runtime_speed_point")) == 4
+    # A second run reads the points and their own files' measurements back: nothing is quantized or timed again.
+    assert main(args) == 0
+    again = json.loads((out / "frontier.json").read_text())
+    assert {r["key"]: r["speed"]["key"] for r in again["frontier"]["points"] if r["speed"]} == {
+        r["key"]: r["speed"]["key"] for r in frontier["points"] if r["speed"]}
+    assert all(m.get("from_store", True) for m in again["measured"] if "rtn" in m["technique"])
 
 
 def test_frontier_spec_keys_do_not_change_without_the_option():
