@@ -12,7 +12,8 @@ import pytest
 from pruning_core.frontier.build import build_frontier, frontier_points
 from pruning_core.frontier.points import FrontierPoint, dense_point, quantized_point, structured_point
 from pruning_core.frontier.report import SPEED_HEADER, frontier_report, frontier_rows, frontier_section
-from pruning_core.frontier.speeds import NOT_MEASURED, attach_speeds, gguf_type_of, speed_sentence, stored_speeds
+from pruning_core.frontier.speeds import (NOT_MEASURED, attach_speeds, gguf_type_of, own_gguf_type, speed_sentence,
+                                          stored_speeds)
 from pruning_core.gguf import runtime
 from pruning_core.gguf.runtime_speed import link_point
 from pruning_core.store import Store
@@ -46,6 +47,38 @@ def test_gguf_types_only_where_gguf_has_the_layout():
         assert gguf_type_of(none) is None
 
 
+def test_own_gguf_files_only_for_schemes_gguf_blocks_hold_exactly():
+    def setting(bits, group, symmetric, scale="float16", start="dense"):
+        return {"method": "gptq", "bits": bits, "group_size": group, "symmetric": symmetric, "scale_dtype": scale,
+                "start": start}
+
+    assert own_gguf_type(setting(4, 32, True)) == "Q4_0" and own_gguf_type(setting(4, 32, False)) == "Q4_1"
+    assert own_gguf_type(setting(8, 32, True)) == "Q8_0"
+    assert own_gguf_type(setting(4, 32, True, start="structured")) == "Q4_0"  # the start does not matter
+    for none in (setting(8, 32, False), setting(5, 32, True), setting(4, 64, True), setting(4, None, True),
+                 setting(4, 32, True, scale="bfloat16")):
+        assert own_gguf_type(none) is None
+
+
+def test_a_measured_gguf_file_is_a_format_of_the_point_and_the_smaller_one_sizes_it():
+    record = {"setting": {"method": "gptq", "bits": 4, "group_size": 32, "symmetric": True, "scale_dtype": "float16",
+                          "start": "dense", "actorder": "static"},
+              "bytes": {"compressed-tensors": {"weight_bytes": 90, "total_bytes": 95},
+                        "safetensors-16bit": {"weight_bytes": 300, "total_bytes": 301},
+                        "gguf": {"weight_bytes": 80, "total_bytes": 80, "type": "Q4_0", "exact": True,
+                                 "re_rounded": False, "label": "GGUF"}},
+              "ppl": {"wiki": 17.5}, "sparsity": 0.0}
+    point = quantized_point(record)
+    assert set(point.sizes) == {"compressed-tensors", "gguf"}  # the 16-bit copy is the dense model, not this point
+    assert point.format == "gguf" and point.bytes == 80 and point.runtimes == ("llama.cpp",)
+    assert point.format_words() == "GGUF Q4_0 (loaded by llama.cpp)"
+    record["bytes"]["gguf"]["weight_bytes"] = 100
+    assert quantized_point(record).format == "compressed-tensors"  # both listed, the smaller one sizes the point
+    # A re-rounded file holds other weights than the ones evaluated: not a format of this point.
+    record["bytes"]["gguf"].update(weight_bytes=10, exact=False, re_rounded="the dequantized weights re-rounded")
+    assert set(quantized_point(record).sizes) == {"compressed-tensors"}
+
+
 def test_stored_speeds_reach_the_table_the_report_and_frontier_json(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     dense, q4_1, *_ = points()
@@ -69,6 +102,7 @@ def test_stored_speeds_reach_the_table_the_report_and_frontier_json(tmp_path):
     assert frontier["answer"]["key"] == q4_1.key
     assert ("decode 250 tokens/s at batch 1, prefill 1,000 tokens/s (2.50x the dense model's decode, 2.50x its "
             "prefill)") in words
+    assert "the file timed: the dense model as Q4_1" in words  # which file was timed, beside its figures
     summary = frontier_report({"model": {"name": "tiny"}, "frontier": frontier, "protocol": {}})
     assert "Test CPU" in json.dumps(summary, default=str)
 
