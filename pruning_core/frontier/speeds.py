@@ -33,6 +33,8 @@ from pruning_core.progress import ProgressFn, no_progress, sub_progress
 
 #: Said wherever a point has no stored measurement (never an estimate in its place).
 NOT_MEASURED = "not measured in a runtime"
+#: Said beside the speed of a quantized point timed on the dense model written in its GGUF type, not on its own file.
+STAND_IN = "the dense model in this GGUF type"
 
 
 def gguf_type_of(point: FrontierPoint) -> Optional[str]:
@@ -155,11 +157,16 @@ def measure_point_speeds(loaded, points: Sequence[FrontierPoint], store, config=
 
 
 def speed_cell(row: Mapping[str, Any]) -> str:
-    """'448 / 153 tokens/s' (prefill / decode) of a point row with a measurement, else `NOT_MEASURED`."""
+    """'448 / 153 tokens/s' (prefill / decode) of a point row with a measurement, else `NOT_MEASURED`; a quantized
+    point timed on a stand-in (`STAND_IN`: not its own file; links made before own files existed were all stand-ins)
+    says so in the cell."""
     speed = row.get("speed")
     if not speed:
         return NOT_MEASURED
-    return f"{speed['prefill_tokens_per_s']:,.0f} / {speed['decode_tokens_per_s']:,.0f} tokens/s"
+    cell = f"{speed['prefill_tokens_per_s']:,.0f} / {speed['decode_tokens_per_s']:,.0f} tokens/s"
+    if "quantized" in str(row.get("family", "")) and not speed.get("own_file"):
+        cell += f" ({STAND_IN})"
+    return cell
 
 
 def measured_by(rows: Sequence[Mapping[str, Any]]) -> Optional[str]:

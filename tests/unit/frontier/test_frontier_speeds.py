@@ -90,7 +90,7 @@ def test_stored_speeds_reach_the_table_the_report_and_frontier_json(tmp_path):
     assert json.loads(json.dumps(frontier))["points"][0].get("speed", "absent") != "absent"  # frontier.json has it
     assert frontier_points(frontier)[0].speed == frontier["points"][0]["speed"]  # read back by a later frontier
     cells = {r[0]: r[-1] for r in frontier_rows(frontier)}
-    assert cells[rows[q4_1.key]["technique"]] == "1,000 / 250 tokens/s"
+    assert cells[rows[q4_1.key]["technique"]] == "1,000 / 250 tokens/s (the dense model in this GGUF type)"
     assert cells[rows[dense.key]["technique"]] == "400 / 100 tokens/s"
     assert cells["GPTQ 4-bit, groups of 64, symmetric"] == NOT_MEASURED
     section = frontier_section(frontier)
