@@ -25,6 +25,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Optional, Union
 
 from pruning_core import evaluate
@@ -257,13 +258,16 @@ def _quantized(spec: FrontierSpec, technique: Technique, model: LoadedModel, den
         record = run_quantize(quantize_spec, loaded=model, store=store, progress=progress)
         point = quantized_point(record, source, start_words)
         measured.append({"technique": technique.text, "from_store": record["from_store"],
-                         "seconds": time.perf_counter() - clock, **({"skipped": skipped} if skipped else {})})
+                         "seconds": time.perf_counter() - clock})
+        if skipped:
+            measured.append({"technique": f"speed in llama.cpp of {point.technique}", "skipped": skipped,
+                             "seconds": 0.0})
         return point
     from pruning_core.gguf.runtime_speed import speed_fields
     from pruning_core.gguf.write import gguf_file_name
 
     with tempfile.TemporaryDirectory(prefix="prunescope-frontier-gguf-") as work:
-        path = f"{work}/{gguf_file_name(model.name, kind)}"
+        path = Path(work) / gguf_file_name(model.name, kind)
         record = run_quantize(quantize_spec, loaded=model, store=store, progress=sub_progress(progress, 0.0, 0.85),
                               gguf_file=path)
         point = quantized_point(record, source, start_words)
