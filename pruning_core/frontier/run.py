@@ -376,9 +376,12 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
                              if v.get("own_file") and v.get("machine") == here}
         timed = measure_point_speeds(loaded, [p for p in points if p.key not in own], store,
                                      progress=sub_progress(progress, 0.98, 0.995))
-        speeds.update({t["point"]: t["speed"] for t in timed})
-        measured.append({"technique": f"speed in llama.cpp ({len(timed)} points)",
-                         "from_store": all(t["from_store"] for t in timed), "seconds": time.perf_counter() - clock})
+        speeds.update({t["point"]: t["speed"] for t in timed if "speed" in t})
+        skipped = list(dict.fromkeys(t["skipped"] for t in timed if "skipped" in t))
+        measured.append({"technique": f"speed in llama.cpp ({sum('speed' in t for t in timed)} points)",
+                         "from_store": all(t.get("from_store", True) for t in timed),
+                         "seconds": time.perf_counter() - clock,
+                         **({"skipped": " ".join(skipped)} if skipped else {})})
     # What the store links to these points (measured by an earlier run too), this run's own measurements first.
     points = attach_speeds(points, {**stored_speeds(store, loaded.fingerprint), **speeds})
     frontier = build_frontier(points, corpora, spec.max_increase, spec.max_bytes, labels)

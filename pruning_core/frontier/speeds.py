@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
+from pruning_core.errors import ConfigError
 from pruning_core.frontier.points import FrontierPoint
 from pruning_core.progress import ProgressFn, no_progress, sub_progress
 
@@ -132,7 +133,8 @@ def measure_point_speeds(loaded, points: Sequence[FrontierPoint], store, config=
     """Write the dense model `loaded` once per GGUF type the points need (`gguf_type_of`), time each file and link
     every such point to its measurement (`measure_and_link`): the dense point's own file, and the stand-in for the
     quantized points whose own file was not timed (pass only those). Returns [{"point", "type", "speed"
-    (`speed_fields`), "from_store"}]. ConfigError (one sentence) where llama-cpp-python is not installed."""
+    (`speed_fields`), "from_store"}], or {"point", "type", "skipped" (the one sentence why)} where the model cannot
+    be written as GGUF. ConfigError (one sentence) where llama-cpp-python is not installed."""
     from pruning_core.gguf.runtime import require_llama_cpp
     from pruning_core.gguf.runtime_speed import speed_fields
 
@@ -149,8 +151,13 @@ def measure_point_speeds(loaded, points: Sequence[FrontierPoint], store, config=
         words = (f"the dense model written as {kind}" if own else
                  f"not this point's own file but the dense model written as GGUF {kind} by llama.cpp's rounding: the "
                  "tensor types and shapes of this layout (llama.cpp's speed does not depend on the values)")
-        record = measure_and_link(loaded, kind, [p.key for p in linked], store, loaded.fingerprint, words, config,
-                                  sub_progress(progress, index / len(wanted), (index + 1) / len(wanted)), own_file=own)
+        try:
+            record = measure_and_link(loaded, kind, [p.key for p in linked], store, loaded.fingerprint, words,
+                                      config, sub_progress(progress, index / len(wanted), (index + 1) / len(wanted)),
+                                      own_file=own)
+        except ConfigError as exc:  # a family llama.cpp does not run: these points stay not measured, saying why
+            done += [{"point": p.key, "type": kind, "skipped": str(exc)} for p in linked]
+            continue
         done += [{"point": p.key, "type": kind, "speed": speed_fields(record, words, own),
                   "from_store": record["from_store"]} for p in linked]
     return done

@@ -176,3 +176,19 @@ def test_frontier_spec_keys_do_not_change_without_the_option():
     assert FrontierSpec(runtime_speed=True).to_dict()["runtime_speed"] is True
     assert FrontierSpec.from_dict(FrontierSpec(runtime_speed=True).to_dict()).runtime_speed
     assert FrontierPoint.from_dict({**points()[0].to_dict(), "speed": {"x": 1}}).speed == {"x": 1}
+
+
+@pytest.mark.skipif(not runtime.llama_cpp_available(),
+                    reason="llama-cpp-python is not installed (pip install '.[llama]' compiles llama.cpp).")
+def test_a_family_llama_cpp_does_not_run_is_measured_without_a_speed_saying_why(tmp_path, monkeypatch):
+    from pruning_core.cli import main
+
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    assert main(["frontier", "--model", "tiny-opt", "--calib", "wiki", "--nsamples", "2", "--seqlen", "32",
+                 "--eval-windows", "2", "--batch-size", "2", "--techniques", "rtn:4:32", "--runtime-speed",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "frontier.json").read_text())
+    assert all(r["speed"] is None for r in result["frontier"]["points"])
+    skipped = [m["skipped"] for m in result["measured"] if m.get("skipped")]
+    assert skipped and all("'opt' is not a model family llama.cpp runs" in s for s in skipped)
