@@ -37,9 +37,12 @@ def add_frontier(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="also unpack and reload every quantized folder with transformers (doubles its evaluation)")
     p.add_argument("--runtime-speed", action="store_true",
-                   help="also write each point GGUF can hold (dense and structured models as F16, 8-bit and 4/5-bit "
-                        "groups of 32) as a GGUF file and measure its prefill and decode tokens/s in llama.cpp "
-                        "(needs llama-cpp-python; each structured ratio is pruned again to write its model)")
+                   help="also write each point GGUF can hold as a GGUF file and measure its prefill and decode "
+                        "tokens/s in llama.cpp: dense and structured models as F16, a quantized point in 4-bit or "
+                        "8-bit symmetric groups of 32 as its own exact Q4_0/Q4_1/Q8_0 file (computed again once if "
+                        "stored without it); the dense model in the point's type stands in only where the own file "
+                        "cannot be made (needs llama-cpp-python; each structured ratio is pruned again to write "
+                        "its model)")
     p.add_argument("--report", action="store_true", help="also write the report (report.html, report.md)")
     p.add_argument("--no-store", action="store_true", help="do not use or fill the results store")
     p.add_argument("--out", required=True, help="output folder (frontier.json)")

@@ -6,9 +6,10 @@ A point is built from what a capability stored, never recomputed here:
   exactly as large as the dense model's (no serving runtime loads sparse weights any more); its bytes are the
   dense model's measured files, and the point says so;
 - a structured point: the smaller model's 16-bit safetensors files, measured;
-- a quantized point (`quantization.run.quantized_record`): the compressed-tensors folder and the same model as
-  16-bit safetensors, both measured; started from the dense model, a pruned mask, a structured folder, or with
-  SparseGPT pruning in the same sweep.
+- a quantized point (`quantization.run.quantized_record`): the compressed-tensors folder, measured, and where its
+  exact GGUF file was written and measured too (bytes["gguf"], from its integers: Q4_0, Q4_1, Q8_0) that file as a
+  second format; started from the dense model, a pruned mask, a structured folder, or with SparseGPT pruning in the
+  same sweep.
 A point's size on the frontier is its smallest format (`FrontierPoint.format`), with the runtimes that load it.
 """
 
@@ -22,6 +23,7 @@ from pruning_core.sizes.files import FORMATS, format_label
 
 SIXTEEN_BIT = "safetensors-16bit"
 COMPRESSED_TENSORS = "compressed-tensors"
+GGUF = "gguf"
 
 #: Families of techniques: each its own marker on the chart (and its own legend entry).
 FAMILIES = ("dense", "smaller dense", "quantized", "unstructured", "N:M", "structured", "structured + quantized",
@@ -80,6 +82,8 @@ class FrontierPoint:
         """'compressed-tensors 4-bit (loaded by transformers, vLLM)' or '16-bit safetensors (loaded by ...)'."""
         if self.format == COMPRESSED_TENSORS:
             return f"compressed-tensors {self.bits}-bit (loaded by {', '.join(self.runtimes)})"
+        if self.format == GGUF and self.sizes[GGUF].get("type"):
+            return f"GGUF {self.sizes[GGUF]['type']} (loaded by {', '.join(self.runtimes)})"
         if self.sizes[self.format].get("runtimes"):
             return f"{FORMATS[self.format][0]} (loaded by {', '.join(self.runtimes)})"
         return format_label(self.format)
@@ -98,7 +102,7 @@ class FrontierPoint:
 
 def _size(record: Mapping[str, Any], fmt: str) -> dict:
     """The fields of a measurement a point keeps (the files list is long and stays in the source record)."""
-    keep = {k: record[k] for k in ("weight_bytes", "total_bytes", "dtype", "runtimes", "runtime_note")
+    keep = {k: record[k] for k in ("weight_bytes", "total_bytes", "dtype", "type", "runtimes", "runtime_note")
             if record.get(k) is not None}
     return {**keep, "label": record.get("label") or format_label(fmt)}
 
@@ -182,9 +186,13 @@ def quantized_point(record: Mapping[str, Any], source: Optional[dict] = None,
     prefix = (f"{start_words} + " if start_words else
               _joint_words(setting.get("prune")) if start == "joint" else
               "pruned mask + " if start == "mask" else "structured + " if start == "structured" else "")
-    # Only the quantized folder is this technique's own file: the 16-bit copy of a quantized record is its
-    # starting model (the dense, pruned or structured model), a point of its own.
+    # Only the quantized folder and the exact GGUF file are this technique's own files: the 16-bit copy of a
+    # quantized record is its starting model (the dense, pruned or structured model), a point of its own, and a
+    # re-rounded GGUF file holds other weights than the ones evaluated.
     sizes = {COMPRESSED_TENSORS: _size(record["bytes"][COMPRESSED_TENSORS], COMPRESSED_TENSORS)}
+    gguf = record["bytes"].get(GGUF)
+    if gguf and gguf.get("exact", True) and not gguf.get("re_rounded"):
+        sizes[GGUF] = _size(gguf, GGUF)
     note = record.get("note")
     if note and _is_q4_1_layout(setting):
         note = ("4 bits in groups of 32 with a zero point is the layout of the Q4_1 GGUF the embedded model's "

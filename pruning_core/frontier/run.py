@@ -13,7 +13,10 @@ by this job or by the page or command of that capability, is read back, not reco
 A smaller dense model of the same family (`smaller_model`) is evaluated and measured the same way as a baseline.
 Points that finished jobs of the same model and protocol measured (`collect.stored_points`: a quantized mask, other
 structured ratios...) join them. With `runtime_speed`, each point GGUF can hold is written and timed in llama.cpp
-(`speeds.measure_point_speeds`); every point gets the speed the store links to it (`speeds.attach_speeds`). Then
+(`frontier.speeds`): a quantized point's own exact GGUF file while it is computed (`_quantized`), a structured or
+smaller model as F16, the dense model as F16, and only for the quantized points whose own file this run could not
+make, the dense model in their GGUF type (`speeds.measure_point_speeds`); every point gets the speed the store links
+to it (`speeds.attach_speeds`). Then
 `build.build_frontier` judges every point on the worst chosen corpus, marks the front and answers.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Optional, Union
 
 from pruning_core import evaluate
@@ -48,8 +52,9 @@ class FrontierSpec(JobSpec):
     (a fraction, 0.10 = +10 %) or max_bytes (bytes): the budget the answer is for (+10 % when neither).
     smaller_model: a smaller dense model of the same family (same tokenizer), drawn as a baseline. verify: also
     unpack and reload every quantized folder (`run_quantize`'s check; doubles each point's evaluation).
-    runtime_speed: also write each point GGUF can hold as a GGUF file and time it in llama.cpp
-    (`speeds.measure_point_speeds`; needs llama-cpp-python; about 15 s a file on two cores). Off by default.
+    runtime_speed: also write each point GGUF can hold as a GGUF file and time it in llama.cpp (a quantized point's
+    own exact file where its scheme is a GGUF block, `_quantized`; needs llama-cpp-python; about 15 s a file on two
+    cores). Off by default.
     """
 
     WHAT = "frontier"
@@ -154,7 +159,6 @@ def _structured_points(spec: FrontierSpec, techniques: list[Technique], ratios: 
     With `spec.runtime_speed` every ratio writes its folder, and its model is timed in llama.cpp as F16 (`speeds`
     gets the measurement)."""
     from pruning_core.frontier.collect import measured_structured
-    from pruning_core.quantization.run import run_quantize
     from pruning_core.structured.run import run_structured
 
     combos = [t for t in techniques if t.structured is not None and t.quantize is not None]
@@ -193,13 +197,8 @@ def _structured_points(spec: FrontierSpec, techniques: list[Technique], ratios: 
             if spec.runtime_speed:
                 _time_own_model(small, points[-1], loaded, store, sub, measured, speeds)
             for technique in [t for t in combos if t.structured == ratio]:
-                clock = time.perf_counter()
-                record = run_quantize(_quantize_spec(spec, technique, folder), loaded=small, store=store,
-                                      progress=sub)
-                points.append(quantized_point(record, {"kind": "quantized", "technique": technique.text},
-                                              start_words=label))
-                measured.append({"technique": technique.text, "from_store": record["from_store"],
-                                 "seconds": time.perf_counter() - clock})
+                points.append(_quantized(spec, technique, small, loaded, store, sub, measured, speeds, folder,
+                                         label))
             del small
 
 
@@ -219,9 +218,73 @@ def _time_own_model(model: LoadedModel, point: FrontierPoint, dense: LoadedModel
         measured.append({"technique": f"speed in llama.cpp of {point.technique}", "skipped": str(exc),
                          "seconds": time.perf_counter() - clock})
         return
-    speeds[point.key] = speed_fields(record, words)
+    speeds[point.key] = speed_fields(record, words, own_file=True)
     measured.append({"technique": f"speed in llama.cpp of {point.technique}", "from_store": record["from_store"],
                      "seconds": time.perf_counter() - clock})
+
+
+def _quantized(spec: FrontierSpec, technique: Technique, model: LoadedModel, dense: LoadedModel, store,
+               progress: ProgressFn, measured: list, speeds: dict, folder: Optional[str] = None,
+               start_words: Optional[str] = None) -> FrontierPoint:
+    """One quantized point of `model` (the dense model, or with `folder` a structured one), measured by
+    `run_quantize` (stored and resumable), appended to `measured`.
+
+    With `spec.runtime_speed` and a scheme GGUF holds exactly (`speeds.own_gguf_type`), the point's own GGUF file is
+    written from the `QuantizeResult` in hand while `run_quantize` computes it (its `gguf_file`: the point is
+    computed once, and its record gains bytes["gguf"]), timed in llama.cpp and linked (`speeds` gets it). A point
+    stored before without that file is computed again to write it, as `quantization.point_files` re-creates a
+    point; one whose own file was timed on this machine before is read back from the store."""
+    from pruning_core.frontier.speeds import has_own_file_here, own_file_words, own_gguf_type, time_and_link
+    from pruning_core.quantization.run import point_key, run_quantize
+
+    clock = time.perf_counter()
+    quantize_spec = _quantize_spec(spec, technique, folder)
+    source = {"kind": "quantized", "technique": technique.text}
+    kind = own_gguf_type(quantize_spec.scheme().to_dict()) if spec.runtime_speed else None
+    skipped = None
+    if kind is not None:
+        from pruning_core.gguf.architecture import architecture_for
+
+        try:
+            architecture_for(model)
+        except ConfigError as exc:  # a family or layout llama.cpp does not run: the point is measured as usual
+            kind, skipped = None, str(exc)
+    if kind is not None and store is not None:
+        stored = store.get_result(point_key(model, quantize_spec))
+        if stored is not None and (stored.get("bytes") or {}).get("gguf") and has_own_file_here(
+                store, dense.fingerprint, quantized_point(stored, source, start_words).key):
+            kind = None  # its own file was timed on this machine before: the stored point and link are read back
+    if kind is None:
+        record = run_quantize(quantize_spec, loaded=model, store=store, progress=progress)
+        point = quantized_point(record, source, start_words)
+        measured.append({"technique": technique.text, "from_store": record["from_store"],
+                         "seconds": time.perf_counter() - clock})
+        if skipped:
+            measured.append({"technique": f"speed in llama.cpp of {point.technique}", "skipped": skipped,
+                             "seconds": 0.0})
+        return point
+    from pruning_core.gguf.runtime_speed import speed_fields
+    from pruning_core.gguf.write import gguf_file_name
+
+    with tempfile.TemporaryDirectory(prefix="prunescope-frontier-gguf-") as work:
+        path = Path(work) / gguf_file_name(model.name, kind)
+        record = run_quantize(quantize_spec, loaded=model, store=store, progress=sub_progress(progress, 0.0, 0.85),
+                              gguf_file=path)
+        point = quantized_point(record, source, start_words)
+        words = own_file_words(kind, record["bytes"].get("gguf"))
+        measured.append({"technique": technique.text, "from_store": False, "seconds": time.perf_counter() - clock})
+        clock = time.perf_counter()
+        try:
+            timing = time_and_link(path, [point.key], store, dense.fingerprint, words, True,
+                                   progress=sub_progress(progress, 0.85, 1.0))
+        except ConfigError as exc:
+            measured.append({"technique": f"speed in llama.cpp of {point.technique}", "skipped": str(exc),
+                             "seconds": time.perf_counter() - clock})
+            return point
+    speeds[point.key] = speed_fields(timing, words, own_file=True)
+    measured.append({"technique": f"speed in llama.cpp of {point.technique}", "from_store": timing["from_store"],
+                     "seconds": time.perf_counter() - clock})
+    return point
 
 
 def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] = None, store=None,
@@ -289,14 +352,8 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
         part = step()
         _structured_points(spec, techniques, ratios, loaded, store, part, points, measured, speeds)
 
-    from pruning_core.quantization.run import run_quantize
-
     for technique in alone:
-        clock = time.perf_counter()
-        record = run_quantize(_quantize_spec(spec, technique), loaded=loaded, store=store, progress=step())
-        points.append(quantized_point(record, {"kind": "quantized", "technique": technique.text}))
-        measured.append({"technique": technique.text, "from_store": record["from_store"],
-                         "seconds": time.perf_counter() - clock})
+        points.append(_quantized(spec, technique, loaded, loaded, store, step(), measured, speeds))
 
     if store is not None:
         # What other jobs of this model measured under the same protocol (a quantized mask from the dashboard,
@@ -305,16 +362,26 @@ def run_frontier(spec: Union[FrontierSpec, dict], loaded: Optional[LoadedModel] 
 
         points += [p for p in stored_points(store, spec.model, dense_eval.protocol, dense_files)
                    if p.family != "dense"]
-    if spec.runtime_speed:
-        from pruning_core.frontier.speeds import measure_point_speeds
-
-        clock = time.perf_counter()
-        timed = measure_point_speeds(loaded, points, store, progress=sub_progress(progress, 0.98, 0.995))
-        speeds.update({t["point"]: t["speed"] for t in timed})
-        measured.append({"technique": f"speed in llama.cpp ({len(timed)} points)",
-                         "from_store": all(t["from_store"] for t in timed), "seconds": time.perf_counter() - clock})
     from pruning_core.frontier.speeds import attach_speeds, stored_speeds
 
+    if spec.runtime_speed:
+        from pruning_core.frontier.speeds import measure_point_speeds
+        from pruning_core.gguf.runtime_speed import cpu_facts
+
+        clock = time.perf_counter()
+        # The dense model's F16 file, and the stand-in file of the quantized points whose own file was not timed
+        # (points another job stored, which this run did not compute).
+        here = cpu_facts()["cpu"]
+        own = set(speeds) | {k for k, v in stored_speeds(store, loaded.fingerprint).items()
+                             if v.get("own_file") and v.get("machine") == here}
+        timed = measure_point_speeds(loaded, [p for p in points if p.key not in own], store,
+                                     progress=sub_progress(progress, 0.98, 0.995))
+        speeds.update({t["point"]: t["speed"] for t in timed if "speed" in t})
+        skipped = list(dict.fromkeys(t["skipped"] for t in timed if "skipped" in t))
+        measured.append({"technique": f"speed in llama.cpp ({sum('speed' in t for t in timed)} points)",
+                         "from_store": all(t.get("from_store", True) for t in timed),
+                         "seconds": time.perf_counter() - clock,
+                         **({"skipped": " ".join(skipped)} if skipped else {})})
     # What the store links to these points (measured by an earlier run too), this run's own measurements first.
     points = attach_speeds(points, {**stored_speeds(store, loaded.fingerprint), **speeds})
     frontier = build_frontier(points, corpora, spec.max_increase, spec.max_bytes, labels)

@@ -11,7 +11,10 @@
 
 `STANDARD` is the set `prunescope frontier` measures by default: what issue #27's target asks of the embedded
 model (dense, 8-bit, 4-bit per channel and in groups, 3-bit, Wanda/SparseGPT 50 % and 2:4, structured 20-30 %,
-structured + 4-bit, SparseGPT 50 % + 4-bit), plus the 4-bit groups-of-32 asymmetric layout of GGUF's Q4_1.
+structured + 4-bit, SparseGPT 50 % + 4-bit), plus GPTQ 4-bit symmetric in groups of 32 and RTN 4-bit asymmetric in
+groups of 32: the layouts of GGUF's Q4_0 and Q4_1, written exactly from their integers, so `--runtime-speed` times
+their own files in llama.cpp (GPTQ's Q4_0 point is the default frontier's GPTQ point llama.cpp runs). An 8-bit
+group-of-32 GPTQ point (Q8_0) is left out: it costs another GPTQ pass, minutes on the embedded model.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pruning_core.quantization.scheme import QuantScheme, parse_group_size
 
 STANDARD: tuple[str, ...] = (
     "dense",
-    "gptq:8:channel", "gptq:4:channel", "gptq:4:64", "rtn:4:32:asym", "gptq:3:64", "gptq:3:channel",
+    "gptq:8:channel", "gptq:4:channel", "gptq:4:64", "gptq:4:32", "rtn:4:32:asym", "gptq:3:64", "gptq:3:channel",
     "wanda:0.5", "sparsegpt:0.5", "wanda:2:4", "sparsegpt:2:4",
     "structured:0.2", "structured:0.3",
     "structured:0.2+gptq:4:channel", "sparsegpt:0.5+gptq:4:64",

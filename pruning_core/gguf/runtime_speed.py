@@ -221,23 +221,28 @@ def measure_runtime_speed(path, config: Optional[RuntimeSpeedConfig] = None, sto
 
 # --------------------------------------------------------------------------------------------- links to points
 
-def link_point(store, model: str, point: str, measurement: Mapping, measured_on: str) -> None:
+def link_point(store, model: str, point: str, measurement: Mapping, measured_on: str,
+               own_file: bool = False) -> None:
     """Remember that the frontier point `point` of the model with fingerprint `model` runs as the file
     `measurement` measured (`measure_runtime_speed`'s record); measured_on: one sentence saying which file that
-    is ("the dense model written as Q4_0: the tensor types and shapes of this point's layout")."""
+    is ("the dense model written as Q4_0: the tensor types and shapes of this point's layout"); own_file: True when
+    that file is the point's own model (its exact GGUF export, or its own model as F16), False for a stand-in of
+    the same layout (a later run then times the point's own file when it can make it)."""
     from pruning_core.store import content_hash
 
     machine = measurement["machine"]
     key = content_hash({"kind": LINK_KIND, "model": model, "point": point, "runtime": RUNTIME,
                         "cpu": machine["cpu"], "threads": machine["threads"]})
     store.put_result(key, LINK_KIND, {"model": model, "point": point, "speed_key": measurement["key"],
-                                      "measured_on": measured_on, "created": time.time()})
+                                      "measured_on": measured_on, "own_file": bool(own_file),
+                                      "created": time.time()})
 
 
-def speed_fields(record: Mapping, measured_on: Optional[str] = None) -> dict:
+def speed_fields(record: Mapping, measured_on: Optional[str] = None, own_file: bool = False) -> dict:
     """The fields a frontier point carries of a measurement: {"runtime", "runtime_version", "runtime_words",
     "machine", "machine_words", "prefill_tokens_per_s", "decode_tokens_per_s", "prefill_tokens", "decode_tokens",
-    "threads", "file_bytes", "measured_on", "load", "key"}."""
+    "threads", "file_bytes", "measured_on", "own_file" (the point's own file was timed, not a stand-in of its
+    layout), "load", "key"}."""
     settings = record.get("settings") or {}
     return {"runtime": record.get("runtime", RUNTIME), "runtime_version": record.get("runtime_version"),
             "runtime_words": runtime_words(record), "machine": (record.get("machine") or {}).get("cpu"),
@@ -246,7 +251,8 @@ def speed_fields(record: Mapping, measured_on: Optional[str] = None) -> dict:
             "decode_tokens_per_s": float(record["decode_tokens_per_s"]),
             "prefill_tokens": settings.get("prefill_tokens"), "decode_tokens": settings.get("decode_tokens"),
             "threads": settings.get("threads"), "file_bytes": (record.get("file") or {}).get("bytes"),
-            "measured_on": measured_on, "load": record.get("load"), "key": record.get("key")}
+            "measured_on": measured_on, "own_file": bool(own_file), "load": record.get("load"),
+            "key": record.get("key")}
 
 
 def point_speeds(store, model: Optional[str]) -> dict[str, dict]:
@@ -264,5 +270,5 @@ def point_speeds(store, model: Optional[str]) -> dict[str, dict]:
             continue
         rank = (((record.get("machine") or {}).get("cpu") == here), order)
         if link["point"] not in found or rank > found[link["point"]][0]:
-            found[link["point"]] = (rank, speed_fields(record, link.get("measured_on")))
+            found[link["point"]] = (rank, speed_fields(record, link.get("measured_on"), link.get("own_file", False)))
     return {point: fields for point, (_, fields) in found.items()}

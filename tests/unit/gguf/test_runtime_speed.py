@@ -106,9 +106,13 @@ def test_links_from_points_round_trip_newest_first_and_per_model(tmp_path):
     assert found["dense:tiny"]["runtime_words"] == "llama.cpp (llama-cpp-python 0.3.36)"
     assert found["dense:tiny"]["machine_words"].startswith("Some CPU")
     assert found["quantized:q4"]["measured_on"] == "the dense model written as GGUF Q4_0"
+    assert found["quantized:q4"]["own_file"] is False  # a stand-in of its layout, not the point's own file
+    # The point's own file measured later replaces the stand-in, and says so.
+    link_point(store, "fp-a", "quantized:q4", new, "this point's own GGUF file (Q4_0)", own_file=True)
+    assert point_speeds(store, "fp-a")["quantized:q4"]["own_file"] is True
     # A newer link of the same point on the same machine replaces the older one.
     link_point(store, "fp-a", "dense:tiny", new, "the dense model written as F16")
     assert point_speeds(store, "fp-a")["dense:tiny"]["decode_tokens_per_s"] == 80.0
-    assert len(store.results_of_kind(LINK_KIND)) == 3
+    assert len(store.results_of_kind(LINK_KIND)) == 3  # one link a point, model and machine
     assert point_speeds(store, None) == {} and point_speeds(None, "fp-a") == {}
     assert speed_fields(new)["prefill_tokens"] == 512
