@@ -90,11 +90,12 @@ def ppl(loaded, protocol, eval_ids, pruned) -> dict:
     return {c: round(v, 4) for c, v in result.pruned_ppl.items()}
 
 
-def ours(loaded, calib, protocol, eval_ids, scheme: QuantScheme) -> tuple[dict, object]:
-    log(f"ours: {scheme.label()}")
+def ours(loaded, calib, protocol, eval_ids, scheme: QuantScheme, calib_dtype: str = "float32") -> tuple[dict, object]:
+    log(f"ours: {scheme.label()} (calibration forwards in {calib_dtype})")
     with Phase() as phase:
-        result = quantize_model(loaded, calib, scheme, batch_size=protocol.batch_size)
-    record = {**phase.record(phase.cpu_seconds), "ppl": ppl(loaded, protocol, eval_ids, result)}
+        result = quantize_model(loaded, calib, scheme, batch_size=protocol.batch_size, calib_dtype=calib_dtype)
+    record = {**phase.record(phase.cpu_seconds), "calib_dtype": calib_dtype,
+              "ppl": ppl(loaded, protocol, eval_ids, result)}
     log(f"ours: {scheme.label()}: {record}")
     return record, result
 
@@ -160,6 +161,8 @@ def main() -> None:
                              "run both sides one after the other in time): evaluate its weights instead of running it")
     parser.add_argument("--merge", action="store_true",
                         help="add this run's sections to the --output file instead of starting it afresh")
+    parser.add_argument("--calib-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype of our GPTQ's calibration forwards (the peer's are fp32)")
     parser.add_argument("--peer-actorder-none", action="store_true",
                         help="also run the peer's GPTQ without activation ordering (the paper's column order)")
     parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
@@ -244,7 +247,7 @@ def gptq_section(out, loaded, calib, protocol, eval_ids, scheme, python, folder,
                  checkpoint, with_export: bool) -> None:
     """GPTQ, ours then the peer's, one after the other; then (with_export) our point's files and reload."""
     out["gptq"] = {"scheme": scheme.to_dict()}
-    out["gptq"]["ours"], result = ours(loaded, calib, protocol, eval_ids, scheme)
+    out["gptq"]["ours"], result = ours(loaded, calib, protocol, eval_ids, scheme, args.calib_dtype)
     checkpoint()
     if args.peer_gptq_result:
         peer_gptq_section(out, loaded, protocol, eval_ids, args)

@@ -36,6 +36,9 @@ def add_quantize(sub) -> None:
                    help="GPTQ's column order: static (columns by decreasing input energy, group scales from the "
                         "original weights; llm-compressor's default) or none (natural order, as the GPTQ paper); "
                         "rtn and --prune always use none")
+    p.add_argument("--calib-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="compute dtype of GPTQ's calibration forwards (Hessians stay fp32); bfloat16 measured 1.6x "
+                        "faster than float32 on a CPU with native bf16, at the same perplexity within 1.5 %%")
     p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16"],
                    help="16-bit type of the scales and of the unquantized tensors in the written folder")
     start = p.add_mutually_exclusive_group()
@@ -97,7 +100,7 @@ def cmd_quantize(args) -> int:
     spec = QuantizeSpec(model=args.model, protocol=protocol_from_args(args), method=args.method, bits=args.bits,
                         group_size=args.group_size, symmetric=not args.asymmetric, scale_dtype=args.scale_dtype,
                         mask=args.mask, structured=args.structured, prune=args.prune, eval_corpora=_csv(args.eval),
-                        actorder=args.actorder, verify=not args.no_verify).validate()
+                        actorder=args.actorder, calib_dtype=args.calib_dtype, verify=not args.no_verify).validate()
     formats = export_formats(args.export, spec.is_baseline, args.gguf_type)
     if "gguf" in formats and not spec.is_baseline:
         from pruning_core.quantization.gguf_file import gguf_plan

@@ -144,10 +144,11 @@ def _quantize_layer(loaded: LoadedModel, index: int, layer, stats_by_kind: Mappi
 def quantize_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], scheme: QuantScheme, *,
                    keep: Optional[Mapping[str, torch.Tensor]] = None, joint: Optional[JointPruning] = None,
                    options: MethodOptions = MethodOptions(), batch_size: int = 8,
-                   progress: Optional[ProgressFn] = None) -> QuantizeResult:
+                   progress: Optional[ProgressFn] = None, calib_dtype: str = "float32") -> QuantizeResult:
     """Quantize every prunable linear of `loaded` with `scheme`; the model is left as it was (see the module
     docstring). calibration_ids: (n, seqlen) windows, needed by GPTQ. keep: keep masks by qualified name (a pruned
-    model's). joint: SparseGPT pruning in the same sweep (GPTQ only)."""
+    model's). joint: SparseGPT pruning in the same sweep (GPTQ only). calib_dtype: compute dtype of the walk's
+    calibration forwards ("float32" or "bfloat16" autocast; the Hessians are accumulated in fp32 either way)."""
     progress = progress or no_progress
     scheme = scheme.validate()
     check_widths(loaded, scheme)
@@ -175,7 +176,7 @@ def quantize_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor],
 
         # The walk writes each layer's quantized weights in and restores the layer once its outputs are recomputed.
         walk_layers(loaded, inputs, on_layer, need="hessian", propagation="pruned", progress=progress,
-                    always_changes=True, restore_each_layer=True)
+                    always_changes=True, restore_each_layer=True, dtype=calib_dtype)
     zeros = sum(int((~m).sum()) for m in result.masks.values())
     total = sum(m.numel() for m in result.masks.values())
     result.sparsity = zeros / max(total, 1)

@@ -33,6 +33,7 @@ from pruning_core.protocol import Protocol, calibration_ids
 from pruning_core.quantization.model import JointPruning, QuantizeResult, parse_joint_pruning, quantize_model
 from pruning_core.quantization.scheme import QuantScheme, parse_group_size
 from pruning_core.spec import JobSpec
+from pruning_core.walk import check_calib_dtype
 
 POINT_KIND = "quantized_point"
 #: `--bits 16`: no quantization, the starting model's 16-bit files in every format (`quantization.baseline`).
@@ -50,7 +51,10 @@ class QuantizeSpec(JobSpec):
     quantizer's sweep). eval_corpora: corpora to evaluate (default: the calibration corpus). blocksize / percdamp:
     GPTQ's columns per lazy-update block and damping (the paper's 128 and 1 %). actorder: GPTQ's column order,
     "static" (llm-compressor's default) or "none" (`scheme.ACTORDERS`; RTN and SparseGPT in the sweep, which
-    keeps natural columns, record "none"). verify: decompress the written folder and reload it with plain
+    keeps natural columns, record "none"). calib_dtype: compute dtype of GPTQ's calibration forwards, "bfloat16"
+    (autocast; the Hessians stay fp32) or "float32". bf16 by default: on the embedded model (4-bit g64, 64 x 512
+    wiki) it took 70 s against 112 s for fp32 on a 2-core AVX512-bf16 CPU, at wiki perplexity 23.06 against
+    23.40 (llm-compressor's fp32 GPTQ: 23.19; docs/runs/quantization.json). verify: decompress the written folder and reload it with plain
     transformers.
     """
 
@@ -70,6 +74,7 @@ class QuantizeSpec(JobSpec):
     blocksize: int = 128
     percdamp: float = 0.01
     actorder: str = "static"
+    calib_dtype: str = "bfloat16"
     verify: bool = True
 
     def __post_init__(self) -> None:
@@ -124,6 +129,7 @@ class QuantizeSpec(JobSpec):
             raise ConfigError("Pruning in the quantizer's sweep (--prune) needs --method gptq.")
         if int(self.blocksize) < 1 or not 0.0 <= float(self.percdamp) < 1.0:
             raise ConfigError("blocksize must be a positive integer and percdamp a fraction in [0, 1).")
+        check_calib_dtype(self.calib_dtype)
         return self
 
     def _flat(self) -> dict:
@@ -157,7 +163,8 @@ def point_key(loaded: LoadedModel, spec: QuantizeSpec) -> str:
     return content_hash({"kind": POINT_KIND, "model": loaded.fingerprint, "protocol": spec.protocol.to_dict(),
                          "scheme": spec.scheme().to_dict(), "start": spec.start, "mask": _mask_identity(spec.mask),
                          "prune": asdict(spec.joint()) if spec.joint() else None,
-                         "options": {"blocksize": int(spec.blocksize), "percdamp": float(spec.percdamp)},
+                         "options": {"blocksize": int(spec.blocksize), "percdamp": float(spec.percdamp),
+                                     "calib_dtype": spec.calib_dtype},
                          "corpora": list(spec.corpora), "verify": bool(spec.verify),
                          "quantizer": QUANTIZER_VERSION, "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}})
 
@@ -252,7 +259,8 @@ def run_quantize(spec: Union[QuantizeSpec, dict], loaded: Optional[LoadedModel] 
     clock = time.perf_counter()
     result = quantize_model(loaded, calib, scheme, keep=keep, joint=spec.joint(),
                             options=MethodOptions(int(spec.blocksize), float(spec.percdamp)),
-                            batch_size=protocol.batch_size, progress=sub_progress(progress, 0.15, 0.6))
+                            batch_size=protocol.batch_size, progress=sub_progress(progress, 0.15, 0.6),
+                            calib_dtype=spec.calib_dtype)
     quantize_seconds = time.perf_counter() - clock
     evaluation = evaluate.evaluate_setting(loaded, protocol, corpora, result, dense=False, eval_ids=eval_ids,
                                            progress=sub_progress(progress, 0.6, 0.75), label=scheme.label())
