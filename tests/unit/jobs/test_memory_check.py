@@ -95,7 +95,12 @@ def test_the_peak_of_a_big_model_counts_its_weights_one_layer_copy_and_the_walk(
     wanda = run_costs.pruning_peak_bytes(fp32, protocol, "wanda", "pruned")
     # Measured once on a random model of this shape (issue 29): 10.9 GB resident in fp32 while the walk and the
     # evaluation each kept a copy of every weight; they now restore one layer (one matrix) at a time.
-    assert fp32["memory"] + fp32["prunable"] < wanda < 2 * fp32["memory"]  # weights and bool masks, no whole copy
+    assert fp32["memory"] < wanda < 2 * fp32["memory"]  # the weights, no whole copy
+    # The keep masks are held bit-packed: 1/8 byte per prunable weight (they were one byte, 2.8 GB for a 3B model).
+    assert run_costs.mask_bytes(fp32) == fp32["prunable"] // 8 == run_costs.mask_bytes(bf16)
+    assert wanda == (run_costs.RUNTIME_BYTES + fp32["memory"] + run_costs.restore_copy_bytes(fp32)
+                     + fp32["prunable"] // 8 + run_costs.walk_working_bytes(fp32, 16, 512, protocol.batch_size,
+                                                                             "act_sq"))
     # bf16 weights halve the weights and their copy; the walk's fp32 working set stays.
     assert run_costs.pruning_peak_bytes(bf16, protocol, "wanda", "pruned") == pytest.approx(
         wanda - fp32["memory"] / 2 - run_costs.restore_copy_bytes(fp32) / 2, rel=1e-6)
