@@ -123,4 +123,9 @@ def test_applied_masks_restores_bit_identically_from_packed_masks_and_exports_th
     assert read_file(tmp_path / "packed") == read_file(tmp_path / "plain")
     assert packed_manifest["measured_sparsity"] == plain_manifest["measured_sparsity"]
     loaded, _ = load_masks(tmp_path / "packed")
+    from pruning_core.sizes.measure import masks_digest
+    from pruning_core.store import tensors_hash
+
+    assert tensors_hash(result.masks) == tensors_hash(loaded)  # the digest keying sizes sees the same tensors
+    assert masks_digest(result.masks) == masks_digest(loaded)
     assert all(torch.equal(loaded[name], result.masks[name]) for name in result.masks)
