@@ -26,7 +26,6 @@ from pruning_core.errors import ConfigError
 from pruning_core.masks import parse_structure
 from pruning_core.methods import MethodOptions
 from pruning_core.models import LoadedModel, is_transposed, to_native, weight_matrix
-from pruning_core.packed_masks import PackedMasks
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.quantization.quantizer import QuantizedMatrix, gptq_group, round_to_nearest
 from pruning_core.quantization.scheme import QuantScheme
@@ -85,7 +84,7 @@ class QuantizeResult:
 
     scheme: QuantScheme
     matrices: dict[str, QuantizedMatrix]
-    masks: Mapping[str, torch.Tensor]  # a `packed_masks.PackedMasks` from `quantize_model`
+    masks: dict[str, torch.Tensor]
     weights: dict[str, torch.Tensor]
     sparsity: float = 0.0
     seconds: float = 0.0
@@ -159,7 +158,7 @@ def quantize_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor],
     if joint is not None and keep is not None:
         raise ConfigError("Give either a mask (--mask) or pruning in the sweep (--prune), not both.")
     start = time.perf_counter()
-    result = QuantizeResult(scheme, {}, PackedMasks(), {}, joint=joint)  # masks held 8 weights per byte
+    result = QuantizeResult(scheme, {}, {}, {}, joint=joint)
     layers = loaded.adapter.decoder_layers(loaded.model)
     if scheme.method == "rtn":
         for index, layer in enumerate(layers):
