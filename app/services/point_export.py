@@ -78,6 +78,8 @@ def point_spec(settings: dict, point: Mapping) -> dict:
         "prune": _prune_text(setting.get("prune")), "eval_corpora": list(corpora),
         # A record without a column order was measured before GPTQ had one: in natural order.
         "actorder": setting.get("actorder") or "none",
+        # A record without a calibration dtype was measured before GPTQ's forwards ran in bf16: in fp32.
+        "calib_dtype": setting.get("calib_dtype") or "float32",
         "verify": bool(spec.get("verify", True))}).validate().to_dict()
 
 

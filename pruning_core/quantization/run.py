@@ -54,8 +54,8 @@ class QuantizeSpec(JobSpec):
     keeps natural columns, record "none"). calib_dtype: compute dtype of GPTQ's calibration forwards, "bfloat16"
     (autocast; the Hessians stay fp32) or "float32". bf16 by default: on the embedded model (4-bit g64, 64 x 512
     wiki) it took 70 s against 112 s for fp32 on a 2-core AVX512-bf16 CPU, at wiki perplexity 23.06 against
-    23.40 (llm-compressor's fp32 GPTQ: 23.19; docs/runs/quantization.json). verify: decompress the written folder and reload it with plain
-    transformers.
+    23.40 (llm-compressor's fp32 GPTQ: 23.19; docs/runs/quantization.json); recorded in the setting.
+    verify: decompress the written folder and reload it with plain transformers.
     """
 
     WHAT = "quantization"
@@ -108,6 +108,12 @@ class QuantizeSpec(JobSpec):
 
     def joint(self) -> Optional[JointPruning]:
         return parse_joint_pruning(self.prune)
+
+    @property
+    def calibration_dtype(self) -> Optional[str]:
+        """The compute dtype of the calibration forwards that made the point: GPTQ's `calib_dtype`; None for round
+        to nearest, which reads no data (so each RTN setting keeps one stored result)."""
+        return self.calib_dtype if self.method == "gptq" else None
 
     def validate(self) -> "QuantizeSpec":
         """Check every setting before any work starts; raises ConfigError naming the problem."""
@@ -164,7 +170,7 @@ def point_key(loaded: LoadedModel, spec: QuantizeSpec) -> str:
                          "scheme": spec.scheme().to_dict(), "start": spec.start, "mask": _mask_identity(spec.mask),
                          "prune": asdict(spec.joint()) if spec.joint() else None,
                          "options": {"blocksize": int(spec.blocksize), "percdamp": float(spec.percdamp),
-                                     "calib_dtype": spec.calib_dtype},
+                                     "calib_dtype": spec.calibration_dtype},
                          "corpora": list(spec.corpora), "verify": bool(spec.verify),
                          "quantizer": QUANTIZER_VERSION, "versions": {k: versions[k] for k in ("prunescope", "torch", "transformers")}})
 
@@ -182,7 +188,8 @@ def _read_mask(loaded: LoadedModel, mask_dir: str) -> tuple[dict, dict]:
 def quantized_record(spec: QuantizeSpec, loaded: LoadedModel, result: QuantizeResult, evaluation,
                      dense_ppl: dict, sizes: dict, checks: dict, seconds: dict, mask_info: Optional[dict]) -> dict:
     """The record of one quantized point (what the store keeps and the frontier reads):
-    {"setting" {"method", "bits", "group_size" (None = per channel), "symmetric", "scale_dtype", "actorder", "start",
+    {"setting" {"method", "bits", "group_size" (None = per channel), "symmetric", "scale_dtype", "actorder",
+    "calib_dtype" (GPTQ's calibration forwards; None for RTN), "start",
     "mask", "prune", "label"}, "model" (`describe()` of the starting model), "protocol", "sparsity" (zeros / elements of
     the quantized linears), "bytes" {format: {"weight_bytes", "total_bytes", "files", "label"}}, "ppl" {corpus},
     "dense_ppl" {corpus}, "change" {corpus: ppl / dense - 1}, "checks" (packed weights, reload), "seconds",
@@ -190,7 +197,7 @@ def quantized_record(spec: QuantizeSpec, loaded: LoadedModel, result: QuantizeRe
     scheme = result.scheme
     ppl = evaluation.pruned_ppl
     return {
-        "setting": {**scheme.to_dict(), "start": spec.start, "mask": mask_info,
+        "setting": {**scheme.to_dict(), "start": spec.start, "mask": mask_info, "calib_dtype": spec.calibration_dtype,
                     "prune": result.joint.to_dict() if result.joint else None,
                     "label": scheme.label() + _start_words(spec)},
         "model": loaded.describe(), "protocol": evaluation.protocol, "sparsity": result.sparsity,

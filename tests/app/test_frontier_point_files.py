@@ -73,3 +73,14 @@ def test_the_quantize_form_offers_its_points_files_once_it_has_run():
     gguf = [e for label, e in downloads(at).items() if label.startswith("GGUF file")]
     assert gguf and "tiny-llama-Q8_0.gguf" in str(gguf[0].proto)
     assert "dequantizes to exactly the quantized model's weights" in text_of(at)
+
+
+def test_a_point_is_written_again_with_the_calibration_dtype_it_was_measured_with():
+    from app.services.point_export import point_spec
+
+    setting = {"method": "gptq", "bits": 4, "group_size": 32, "symmetric": True, "scale_dtype": "float16",
+               "actorder": "static", "start": "dense", "prune": None}
+    bf16 = point_spec(SETTINGS, {"family": "quantized", "setting": {**setting, "calib_dtype": "bfloat16"}})
+    assert bf16["calib_dtype"] == "bfloat16"
+    # A record stored before GPTQ's forwards ran in bf16 has none: it was measured in fp32.
+    assert point_spec(SETTINGS, {"family": "quantized", "setting": setting})["calib_dtype"] == "float32"
