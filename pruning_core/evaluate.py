@@ -111,7 +111,8 @@ def _masks_context(loaded: LoadedModel, pruned: Pruned):
         return contextlib.nullcontext()
     if hasattr(pruned, "masks"):
         return masks_applied_per_forward(loaded.model, pruned.masks, getattr(pruned, "weights", None))
-    return masks_applied_per_forward(loaded.model, dict(pruned), None)
+    masks = pruned if isinstance(pruned, Mapping) else dict(pruned)  # a `PackedMasks` stays packed
+    return masks_applied_per_forward(loaded.model, masks, None)
 
 
 def _measure(loaded: LoadedModel, ids: torch.Tensor, dtype: str, what: str, corpus: str,

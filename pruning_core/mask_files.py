@@ -32,6 +32,7 @@ import torch
 from pruning_core.errors import ConfigError, PruneScopeError
 from pruning_core.masks import applied_masks, measured_sparsity, sparsity_of
 from pruning_core.models import LoadedModel
+from pruning_core.packed_masks import PackedMasks, mask_shape, pack_bits, packed_length, unpack_bits
 
 MASK_FILE = "masks.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -49,20 +50,19 @@ MASK_ONLY_NOTE = ("This method only zeroes weights; applying the mask to the den
 # ------------------------------------------------------------------------------------------ bit packing
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Bit-pack a bool keep-mask of any shape into a 1-D uint8 tensor (ceil(numel / 8) bytes)."""
-    flat = mask.detach().to(torch.bool).reshape(-1).cpu().numpy()
-    return torch.from_numpy(np.packbits(flat))  # big-endian bits, last byte zero-padded
+    """Bit-pack a bool keep-mask of any shape into a 1-D uint8 CPU tensor (ceil(numel / 8) bytes): the bits of
+    ``numpy.packbits`` (big-endian, last byte zero-padded), computed with torch (`packed_masks.pack_bits`)."""
+    return pack_bits(mask).cpu()
 
 
 def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Inverse of `pack_mask`: the bool tensor of `shape`."""
     count = int(np.prod(shape)) if len(shape) else 1
-    expected = (count + 7) // 8
+    expected = packed_length(count)
     if packed.numel() != expected:
         raise ConfigError(f"A packed mask has {packed.numel()} bytes but shape {tuple(shape)} needs {expected}; "
                           "the mask file is damaged or was edited.")
-    bits = np.unpackbits(packed.cpu().numpy().astype(np.uint8), count=count)
-    return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
+    return unpack_bits(packed.cpu().to(torch.uint8), tuple(shape))
 
 
 def file_sha256(path: Path) -> str:
@@ -124,8 +124,10 @@ def save_masks(masks: Mapping[str, torch.Tensor], out_dir, manifest_info: dict |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = dict(manifest_info or {})
-    packed = {name: pack_mask(mask) for name, mask in masks.items()}
-    shapes = {name: list(mask.shape) for name, mask in masks.items()}
+    # One mask unpacked at a time; a `PackedMasks` hands its bits over as they are (the same layout).
+    packed = {name: masks.packed(name).cpu() if isinstance(masks, PackedMasks) else pack_mask(masks[name])
+              for name in masks}
+    shapes = {name: list(mask_shape(masks, name)) for name in masks}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "bit_order": "big",
                 "shapes": json.dumps(shapes)}
     mask_path = out / MASK_FILE

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pruning_core.errors import ConfigError
+from pruning_core.packed_masks import mask_shape
 
 
 @dataclass(frozen=True)
@@ -195,10 +196,11 @@ def preserved_module_weights(modules: Iterable[nn.Module]) -> Iterator[None]:
 
 
 def _check_mask_shapes(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    for name, mask in masks.items():
+    for name in masks:  # shapes only: a `PackedMasks` is not unpacked for this
         module = model.get_submodule(name)
-        if tuple(mask.shape) != tuple(module.weight.shape):
-            raise ConfigError(f"Mask for '{name}' has shape {tuple(mask.shape)} but the weight has "
+        shape = tuple(mask_shape(masks, name))
+        if shape != tuple(module.weight.shape):
+            raise ConfigError(f"Mask for '{name}' has shape {shape} but the weight has "
                               f"{tuple(module.weight.shape)}; the mask belongs to another model.")
 
 
@@ -216,30 +218,31 @@ def applied_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
 
     The original weights are restored bit-identically on exit, even on error, so a model held in a cache
     is never left mutated. Yields the model. What is kept for the restore: for a mask alone, only the values it
-    zeroes (a 1-D copy, `sparsity` x the weight's bytes); with a replacement weight, the whole original.
+    zeroes (a 1-D copy, `sparsity` x the weight's bytes; the mask is read again to put them back, so no
+    unpacked mask of a `PackedMasks` outlives its module); with a replacement weight, the whole original.
     For a forward-only use (perplexity), `masks_applied_per_forward` keeps one matrix's copy at a time.
     """
     _check_mask_shapes(model, masks)
-    saved: list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []  # (weight, backup, dropped)
+    saved: list[tuple[str, torch.Tensor, torch.Tensor, bool]] = []  # (name, weight, backup, backup is whole)
     try:
         with torch.no_grad():
             for name, mask in masks.items():
                 weight = model.get_submodule(name).weight.data
                 replacement = weights.get(name) if weights is not None else None
                 if replacement is not None:
-                    saved.append((weight, weight.clone(), None))
+                    saved.append((name, weight, weight.clone(), True))
                 else:
-                    dropped = ~mask.to(device=weight.device, dtype=torch.bool)
-                    saved.append((weight, weight[dropped], dropped))
+                    saved.append((name, weight, weight[~mask.to(device=weight.device, dtype=torch.bool)], False))
                 _apply_one(weight, mask, replacement)
+                del mask
         yield model
     finally:
         with torch.no_grad():
-            for weight, backup, dropped in saved:
-                if dropped is None:
+            for name, weight, backup, whole in saved:
+                if whole:
                     weight.copy_(backup)
                 else:
-                    weight.masked_scatter_(dropped, backup)
+                    weight.masked_scatter_(~masks[name].to(device=weight.device, dtype=torch.bool), backup)
 
 
 @contextlib.contextmanager
@@ -258,14 +261,14 @@ def masks_applied_per_forward(model: nn.Module, masks: Mapping[str, torch.Tensor
     handles = []
 
     def make_hooks(name: str):
-        mask = masks[name]
         replacement = weights.get(name) if weights is not None else None
 
         def before(module, args):  # noqa: ARG001 - torch hook signature
             with torch.no_grad():
                 weight = module.weight.data
                 pending[id(module)] = weight.clone()
-                _apply_one(weight, mask, replacement)
+                # Read per forward: a `PackedMasks` then unpacks one module's mask at a time, never all.
+                _apply_one(weight, masks[name], replacement)
 
         def after(module, args, output):  # noqa: ARG001 - torch hook signature
             with torch.no_grad():

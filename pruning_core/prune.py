@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -32,6 +32,7 @@ from pruning_core.masks import (
     sparsity_when_applied,
 )
 from pruning_core.methods import MethodOptions, covers, get_method
+from pruning_core.packed_masks import PackedMasks
 from pruning_core.models import LoadedModel, to_native, weight_matrix
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.stats import InputStatistics, LayerStatistics
@@ -138,12 +139,14 @@ class PruneConfig:
 class PruneResult:
     """What pruning produced. Masks and weights are in the modules' native layout, keyed by qualified name.
 
-    masks: True = kept. weights: the method's updated weights (zeros already applied), or None when the
-    method only masks. sparsity: measured zeros / elements over the pruned linears after applying.
+    masks: True = kept; a `PackedMasks` (held 8 weights per byte, each unpacked to a bool tensor when read) from
+    this module's functions, any name -> tensor mapping from elsewhere. weights: the method's updated weights
+    (zeros already applied), or None when the method only masks. sparsity: measured zeros / elements over the
+    pruned linears after applying.
     """
 
     config: PruneConfig
-    masks: dict[str, torch.Tensor]
+    masks: Mapping[str, torch.Tensor]
     weights: Optional[dict[str, torch.Tensor]]
     sparsity: float
     per_module_sparsity: dict[str, float]
@@ -256,7 +259,7 @@ def result_from_masks(loaded: LoadedModel, config: PruneConfig, masks: dict[str,
         if tuple(mask.shape) != tuple(module.weight.shape):
             raise ConfigError(f"The stored mask for '{name}' has shape {tuple(mask.shape)} but the weight has "
                               f"{tuple(module.weight.shape)}; it was made for another model.")
-    bool_masks = {name: mask.to(torch.bool) for name, mask in masks.items()}
+    bool_masks = PackedMasks((name, mask.to(torch.bool)) for name, mask in masks.items())  # one unpacked at a time
     result = _finish(loaded, config, bool_masks, weights, time.perf_counter())
     result.seconds = seconds
     return result
@@ -287,7 +290,7 @@ def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], co
         statistics = collect_statistics(loaded, calibration_ids, method.needs, batch_size, progress, inputs,
                                         dtype=config.calib_dtype, offload=offload)
         return prune_with_statistics(loaded, statistics, config, start=start)
-    masks: dict[str, torch.Tensor] = {}
+    masks = PackedMasks()  # filled layer by layer: one layer's masks are unpacked at a time
     weights: Optional[dict[str, torch.Tensor]] = {} if method.updates_weights else None
     if method.needs == "none":  # magnitude: no data, no walk
         for index, layer in enumerate(loaded.adapter.decoder_layers(loaded.model)):
@@ -304,9 +307,10 @@ def prune_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor], co
         if offload is not None:  # results live with the model; the GPU keeps one layer's at a time
             for kind in loaded.adapter.module_kinds:
                 name = loaded.adapter.qualified_name(index, kind)
-                for found in (masks, weights if weights is not None else {}):
-                    if name in found:
-                        found[name] = offload.to_home(found[name], "results")
+                if name in masks:  # the packed bits travel: 1/8 of the mask's bytes
+                    masks.move_packed(name, lambda bits: offload.to_home(bits, "results"))
+                if weights is not None and name in weights:
+                    weights[name] = offload.to_home(weights[name], "results")
         return True
 
     # The walk writes each layer's pruned weights in (the next layers' inputs must see them) and puts the layer's
@@ -372,7 +376,7 @@ def prune_with_statistics(loaded: LoadedModel, statistics: Optional[Statistics],
         have = f"'{statistics.need}'" if statistics is not None else "no"
         raise ConfigError(f"Method '{method.name}' needs '{method.needs}' statistics but {have} statistics "
                           "were collected.")
-    masks: dict[str, torch.Tensor] = {}
+    masks = PackedMasks()  # filled layer by layer: one layer's masks are unpacked at a time
     weights: Optional[dict[str, torch.Tensor]] = {} if method.updates_weights else None
     by_module = statistics.by_module if statistics is not None else {}
     for index, layer in enumerate(loaded.adapter.decoder_layers(loaded.model)):

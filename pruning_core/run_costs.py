@@ -87,6 +87,12 @@ def restore_copy_bytes(facts: dict) -> int:
     return int(facts["per_layer"] * bytes_per_weight(facts))
 
 
+def mask_bytes(facts: dict) -> int:
+    """A pruning result's keep masks (`PruneResult.masks`): every prunable weight's bit, held packed 8 to a byte
+    (`packed_masks.PackedMasks`; unpacked one module at a time when read)."""
+    return int(facts["prunable"]) // 8
+
+
 def updated_weights_bytes(facts: dict) -> int:
     """SparseGPT's updated weights (`PruneResult.weights`): every prunable weight, in the model's dtype."""
     return int(facts["prunable"] * bytes_per_weight(facts))
@@ -124,13 +130,13 @@ def walk_working_bytes(facts: dict, nsamples: int, seqlen: int, batch: int, need
 def pruning_peak_bytes(facts: dict, protocol, method: str, propagation: str) -> int:
     """Peak resident bytes of pruning the model once with `method` and evaluating it (`prune.prune_model`, then
     `applied_masks`): the process's runtime (`RUNTIME_BYTES`), the weights in their dtype, one layer's restore
-    copy (`restore_copy_bytes`), the boolean masks (1 byte per prunable weight), SparseGPT's updated weights
+    copy (`restore_copy_bytes`), the keep masks (`mask_bytes`: bit-packed), SparseGPT's updated weights
     (`updated_weights_bytes`), and the walk's working set (`walk_working_bytes`: every layer's statistics in dense propagation).
     protocol: a `protocol.Protocol` (nsamples, seqlen, batch_size)."""
     from pruning_core.methods import get_method
 
     spec = get_method(method)
-    peak = RUNTIME_BYTES + facts["memory"] + restore_copy_bytes(facts) + facts["prunable"]
+    peak = RUNTIME_BYTES + facts["memory"] + restore_copy_bytes(facts) + mask_bytes(facts)
     if spec.updates_weights:
         peak += updated_weights_bytes(facts)
     peak += walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, spec.needs,

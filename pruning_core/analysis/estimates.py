@@ -163,9 +163,10 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
             per_layer = sum(w * w * 4 for w in facts["input_widths"])
             stats_bytes += per_layer * (facts["layers"] if stats_need == "hessian" else 1)
     activations = 2 * calib_tokens * facts["hidden"] * 4  # the walk's two buffers of layer inputs
-    # A point to compute holds its bool masks and one layer's restore copy (`run_costs.restore_copy_bytes`);
-    # SparseGPT's updated weights are a copy of every prunable weight (`run_costs.updated_weights_bytes`).
-    masks = (facts["prunable"] + run_costs.restore_copy_bytes(facts)
+    # A point to compute holds its bit-packed masks (`run_costs.mask_bytes`) and one layer's restore copy
+    # (`run_costs.restore_copy_bytes`); SparseGPT's updated weights are a copy of every prunable weight
+    # (`run_costs.updated_weights_bytes`).
+    masks = (run_costs.mask_bytes(facts) + run_costs.restore_copy_bytes(facts)
              + (run_costs.updated_weights_bytes(facts) if "hessian" in needs else 0)) if todo else 0
     peak = max(_memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks,
                map_peak)

@@ -26,6 +26,7 @@ from pruning_core.errors import ConfigError
 from pruning_core.masks import parse_structure
 from pruning_core.methods import MethodOptions
 from pruning_core.models import LoadedModel, is_transposed, to_native, weight_matrix
+from pruning_core.packed_masks import PackedMasks
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.quantization.quantizer import QuantizedMatrix, gptq_group, round_to_nearest
 from pruning_core.quantization.scheme import QuantScheme
@@ -84,7 +85,7 @@ class QuantizeResult:
 
     scheme: QuantScheme
     matrices: dict[str, QuantizedMatrix]
-    masks: dict[str, torch.Tensor]
+    masks: Mapping[str, torch.Tensor]  # a `packed_masks.PackedMasks` from `quantize_model`
     weights: dict[str, torch.Tensor]
     sparsity: float = 0.0
     seconds: float = 0.0
@@ -158,7 +159,7 @@ def quantize_model(loaded: LoadedModel, calibration_ids: Optional[torch.Tensor],
     if joint is not None and keep is not None:
         raise ConfigError("Give either a mask (--mask) or pruning in the sweep (--prune), not both.")
     start = time.perf_counter()
-    result = QuantizeResult(scheme, {}, {}, {}, joint=joint)
+    result = QuantizeResult(scheme, {}, PackedMasks(), {}, joint=joint)  # masks held 8 weights per byte
     layers = loaded.adapter.decoder_layers(loaded.model)
     if scheme.method == "rtn":
         for index, layer in enumerate(layers):

@@ -123,9 +123,11 @@ def masks_digest(masks: Optional[Mapping[str, torch.Tensor]],
     """A digest of the masks (and updated weights) applied before saving: what keys a pruned model's measurement."""
     if not masks:
         return None
+    from pruning_core.packed_masks import PackedMasks
     from pruning_core.store import content_hash, tensors_hash
 
-    bool_masks = {name: mask.to(torch.bool) for name, mask in masks.items()}
+    # Held packed and hashed one unpacked mask at a time (the digest of the bool tensors, as before).
+    bool_masks = PackedMasks((name, mask.to(torch.bool)) for name, mask in masks.items())
     return content_hash({"masks": tensors_hash(bool_masks), "weights": tensors_hash(weights) if weights else None})
 
 

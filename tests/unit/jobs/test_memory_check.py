@@ -95,7 +95,12 @@ def test_the_peak_of_a_big_model_counts_its_weights_one_layer_copy_and_the_walk(
     wanda = run_costs.pruning_peak_bytes(fp32, protocol, "wanda", "pruned")
     # Measured once on a random model of this shape (issue 29): 10.9 GB resident in fp32 while the walk and the
     # evaluation each kept a copy of every weight; they now restore one layer (one matrix) at a time.
-    assert fp32["memory"] + fp32["prunable"] < wanda < 2 * fp32["memory"]  # weights and bool masks, no whole copy
+    assert fp32["memory"] < wanda < 2 * fp32["memory"]  # the weights, no whole copy
+    # The keep masks are held bit-packed: 1/8 byte per prunable weight (they were one byte, 2.8 GB for a 3B model).
+    assert run_costs.mask_bytes(fp32) == fp32["prunable"] // 8 == run_costs.mask_bytes(bf16)
+    assert wanda == (run_costs.RUNTIME_BYTES + fp32["memory"] + run_costs.restore_copy_bytes(fp32)
+                     + fp32["prunable"] // 8 + run_costs.walk_working_bytes(fp32, 16, 512, protocol.batch_size,
+                                                                             "act_sq"))
     # bf16 weights halve the weights and their copy; the walk's fp32 working set stays.
     assert run_costs.pruning_peak_bytes(bf16, protocol, "wanda", "pruned") == pytest.approx(
         wanda - fp32["memory"] / 2 - run_costs.restore_copy_bytes(fp32) / 2, rel=1e-6)
@@ -108,3 +113,19 @@ def test_the_peak_of_a_big_model_counts_its_weights_one_layer_copy_and_the_walk(
     more_windows = run_costs.pruning_peak_bytes(fp32, Protocol(calib="wiki", nsamples=64, seqlen=512), "wanda",
                                                 "pruned")
     assert more_windows - wanda == 2 * 48 * 512 * 2048 * 4  # two fp32 buffers of the extra windows' hidden states
+
+
+def test_a_3b_model_s_bit_packed_masks_keep_a_wanda_point_within_its_weights_plus_3_gb():
+    """Issue 29's target at 16 x 512 calibration for Llama-3.2-3B's shape (28 layers, hidden 3072, MLP 8192, 8 KV
+    heads of 128, vocabulary 128256, tied head) in bf16: the masks held a byte per weight (2.8 GB) broke it."""
+    from pruning_core import run_costs
+
+    per_layer = 2 * 3072 * 3072 + 2 * 3072 * 1024 + 3 * 3072 * 8192
+    params = 28 * per_layer + 128256 * 3072 + 28 * 2 * 3072 + 3072
+    facts = run_costs.shape_facts({"layers": 28, "hidden_size": 3072, "parameters": params,
+                                   "prunable_parameters": 28 * per_layer, "memory_bytes": 2 * params,
+                                   "module_kinds": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                    "down_proj"]})
+    peak = run_costs.pruning_peak_bytes(facts, Protocol(calib="wiki", nsamples=16, seqlen=512), "wanda", "pruned")
+    assert peak - facts["memory"] < 3e9
+    assert peak - facts["memory"] - run_costs.mask_bytes(facts) + facts["prunable"] > 3e9  # as bool masks
