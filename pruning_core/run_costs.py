@@ -114,14 +114,16 @@ def statistics_bytes(facts: dict, need: str, layers: int = 1) -> int:
 def walk_working_bytes(facts: dict, nsamples: int, seqlen: int, batch: int, need: str,
                        all_layers: bool = False) -> int:
     """The layer walk's working set beside the weights (bytes): the hidden states of every calibration window
-    entering and leaving one layer (two fp32 buffers of tokens x hidden, `walk.LayerInputs`), one batch's
-    activations inside a layer (~12 tensors of seqlen x the widest input), the statistics (`statistics_bytes`, of
-    one layer or, `all_layers`, of every layer) and one matrix's mask selection scratch."""
+    entering and leaving one layer (two buffers of tokens x hidden, `walk.LayerInputs`, in `walk.carried_dtype`:
+    fp32, bf16 for bf16-stored weights), one batch's activations inside a layer (~12 tensors of seqlen x the
+    widest input, in the weights' dtype), the statistics (`statistics_bytes`, of one layer or, `all_layers`, of
+    every layer) and one matrix's mask selection scratch."""
     if need == "none":
         return int(MASK_SCRATCH_BYTES_PER_WEIGHT * facts["per_layer"] / max(len(facts["kinds"]), 1))
     tokens = int(nsamples) * int(seqlen)
-    buffers = 2 * tokens * facts["hidden"] * 4
-    inside = 12 * int(batch) * int(seqlen) * max(facts["input_widths"]) * 4
+    value = 2 if bytes_per_weight(facts) <= 2 else 4  # bytes per activation value
+    buffers = 2 * tokens * facts["hidden"] * value
+    inside = 12 * int(batch) * int(seqlen) * max(facts["input_widths"]) * value
     largest = facts["hidden"] * max(facts["input_widths"])  # the widest matrix of a Llama-like layer (MLP)
     return int(buffers + inside + statistics_bytes(facts, need, facts["layers"] if all_layers else 1)
                + MASK_SCRATCH_BYTES_PER_WEIGHT * largest)

@@ -101,9 +101,14 @@ def test_the_peak_of_a_big_model_counts_its_weights_one_layer_copy_and_the_walk(
     assert wanda == (run_costs.RUNTIME_BYTES + fp32["memory"] + run_costs.restore_copy_bytes(fp32)
                      + fp32["prunable"] // 8 + run_costs.walk_working_bytes(fp32, 16, 512, protocol.batch_size,
                                                                              "act_sq"))
-    # bf16 weights halve the weights and their copy; the walk's fp32 working set stays.
+    # bf16 weights halve the weights and their copy, and the walk's carried states and in-layer activations (bf16
+    # there, `walk.carried_dtype`); its statistics and mask scratch stay fp32.
+    fp32_walk, bf16_walk = (run_costs.walk_working_bytes(facts, 16, 512, protocol.batch_size, "act_sq")
+                            for facts in (fp32, bf16))
+    activations = 2 * 16 * 512 * 2048 * 4 + 12 * protocol.batch_size * 512 * max(fp32["input_widths"]) * 4  # fp32
+    assert fp32_walk - bf16_walk == pytest.approx(activations / 2, rel=1e-6)
     assert run_costs.pruning_peak_bytes(bf16, protocol, "wanda", "pruned") == pytest.approx(
-        wanda - fp32["memory"] / 2 - run_costs.restore_copy_bytes(fp32) / 2, rel=1e-6)
+        wanda - fp32["memory"] / 2 - run_costs.restore_copy_bytes(fp32) / 2 - activations / 2, rel=1e-6)
     # SparseGPT keeps its updated weights too; dense propagation keeps every layer's Hessians.
     sparsegpt = run_costs.pruning_peak_bytes(fp32, protocol, "sparsegpt", "pruned")
     assert sparsegpt >= wanda + run_costs.updated_weights_bytes(fp32)
