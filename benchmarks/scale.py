@@ -234,7 +234,7 @@ def machine() -> dict:
 
 
 def measure_model(model: str, options: dict, timeout: float) -> dict:
-    record: dict = {"tasks": {}}
+    record: dict = {"tasks": {}, "options": options, "machine": machine()}
     estimates = in_child("estimates", model, options, timeout)
     record["estimates_error"] = estimates.pop("error", None)
     for task in options["tasks"]:
@@ -247,6 +247,7 @@ def measure_model(model: str, options: dict, timeout: float) -> dict:
             result["estimate_seconds_ratio"] = estimate["seconds"] / result["seconds"]
         if "error" not in result and estimate.get("peak_memory_bytes"):
             result["estimate_memory_ratio"] = estimate["peak_memory_bytes"] / result["maxrss_bytes"]
+        result["load_average_end"] = os.getloadavg()
         record["tasks"][task] = result
         print(json.dumps({"model": model, "task": task, **result}), file=sys.stderr, flush=True)
     facts, wanda = record.get("model"), record["tasks"].get("wanda")
@@ -293,7 +294,11 @@ def main(argv=None) -> None:
     if args.save:
         path = ROOT / "docs" / "runs" / "scale.json"
         saved = json.loads(path.read_text()) if path.exists() else {"models": {}}
-        saved["models"].update(doc["models"])
+        for model, record in doc["models"].items():  # a later run of some tasks keeps the model's other tasks
+            kept = saved["models"].get(model, {})
+            if kept.get("options", {}).get("nsamples") == options["nsamples"]:
+                record = {**kept, **record, "tasks": {**kept.get("tasks", {}), **record["tasks"]}}
+            saved["models"][model] = record
         saved.update({k: v for k, v in doc.items() if k != "models"})
         path.write_text(json.dumps(saved, indent=2) + "\n")
 
