@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _child_runs import machine, run_command  # noqa: E402
 
 SIZES_MB = (1, 20)
 TARGET_RATIO = 1.5
@@ -45,38 +45,11 @@ def write_text_file(path: Path, megabytes: int) -> int:
     return path.stat().st_size
 
 
-CHILD = """
-import json, resource, sys, time
-from pruning_core.cli.main import main
-start = time.perf_counter()
-code = main(sys.argv[1:])
-print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-"""
-
-
 def run_one(model: str, file: Path, home: Path, out: Path) -> dict:
     argv = ["sweep", "--model", model, "--calib", str(file), "--eval", str(file), "--methods", "wanda",
             "--structures", "unstructured", "--sparsities", "0.5", "--nsamples", "16", "--seqlen", "128",
             "--eval-windows", "4", "--seed", "0", "--out", str(out)]
-    env = {**os.environ, "PRUNESCOPE_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"the run on {file.name} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
-
-
-def machine() -> dict:
-    flags = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                flags = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": flags or platform.processor(), "cores": os.cpu_count(), "load_average": os.getloadavg()}
+    return run_command(argv, home, f"{file.name}")[0]
 
 
 def main() -> None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,19 +23,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _child_runs import machine, run_command  # noqa: E402
 
 #: (method, propagation) of each case.
 CASES = (("magnitude", "pruned"), ("wanda", "pruned"), ("sparsegpt", "pruned"), ("sparsegpt", "dense"))
 TARGET = 0.30
-
-CHILD = """
-import json, resource, sys, time
-from pruning_core.cli.main import main
-start = time.perf_counter()
-code = main(sys.argv[1:])
-print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-"""
 
 _UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
 
@@ -46,31 +38,14 @@ def run_case(model: str, method: str, propagation: str, nsamples: int, seqlen: i
     argv = ["sweep", "--model", model, "--calib", "wiki", "--eval", "wiki", "--methods", method,
             "--sparsities", "0.5", "--propagation", propagation, "--nsamples", str(nsamples), "--seqlen",
             str(seqlen), "--eval-windows", "8", "--ignore-memory-limit", "--out", str(out)]
-    env = {**os.environ, "PRUNESCOPE_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    said = re.search(r"^estimate: .*?peak memory ([0-9.,]+) (B|KB|MB|GB|TB)", proc.stdout, re.M)
-    if proc.returncode != 0 or not lines or said is None:
-        raise SystemExit(f"the {method} {propagation} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    measured = json.loads(lines[-1])
+    measured, stdout = run_command(argv, home, f"{method} {propagation}")
+    said = re.search(r"^estimate: .*?peak memory ([0-9.,]+) (B|KB|MB|GB|TB)", stdout, re.M)
+    if said is None:
+        raise SystemExit(f"the {method} {propagation} run printed no estimate:\n{stdout[-2000:]}")
     estimate = float(said.group(1).replace(",", "")) * _UNITS[said.group(2)]
     return {"method": method, "propagation": propagation, "estimate_bytes": int(estimate),
             "measured_peak_rss_bytes": measured["peak_rss_bytes"], "seconds": round(measured["seconds"], 1),
             "estimate_over_measured": round(estimate / measured["peak_rss_bytes"], 3)}
-
-
-def machine() -> dict:
-    name, flags = "", ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and not name:
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = " ".join(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
-    except OSError:
-        pass
-    return {"cpu": name or platform.processor(), "simd_flags": flags, "cores": os.cpu_count(),
-            "load_average": os.getloadavg()}
 
 
 def main() -> None:

@@ -39,9 +39,10 @@ _mask_seconds = run_costs.mask_seconds
 
 
 def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
-    # The process's runtime (torch, transformers) + model weights + a batch of layer activations (~12 hidden-wide
-    # tensors live inside a layer) + one window's logits in fp32 (and its softmax) at a time.
-    return int(run_costs.RUNTIME_BYTES + facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * 4
+    # The process's runtime (torch, transformers) + model weights + a batch of layer activations (~12 MLP-wide
+    # tensors live inside a layer; bf16 for bf16-stored weights) + one window's logits in fp32 (and its softmax).
+    value = 2 if run_costs.bytes_per_weight(facts) <= 2 else 4
+    return int(run_costs.RUNTIME_BYTES + facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * value
                + 3 * seqlen * facts["vocab"] * 4)
 
 
@@ -155,21 +156,19 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     breakdown["pruning"] /= parallel
     breakdown["evaluation"] /= parallel
     seconds = sum(breakdown.values())
-    stat_needs = needs | plan_needs
-    stats_bytes = 0
-    if stat_needs & {"act_sq", "hessian"}:
-        stats_bytes = facts["layers"] * sum(w * 8 for w in facts["input_widths"])
-        if "hessian" in stat_needs:
-            per_layer = sum(w * w * 4 for w in facts["input_widths"])
-            stats_bytes += per_layer * (facts["layers"] if stats_need == "hessian" else 1)
-    activations = 2 * calib_tokens * facts["hidden"] * 4  # the walk's two buffers of layer inputs
-    # A point to compute holds its bit-packed masks (`run_costs.mask_bytes`) and one layer's restore copy
-    # (`run_costs.restore_copy_bytes`); SparseGPT's updated weights are a copy of every prunable weight
-    # (`run_costs.updated_weights_bytes`).
-    masks = (run_costs.mask_bytes(facts) + run_costs.restore_copy_bytes(facts)
-             + (run_costs.updated_weights_bytes(facts) if "hessian" in needs else 0)) if todo else 0
-    peak = max(_memory_common(facts, protocol.seqlen, protocol.batch_size) + stats_bytes + activations + masks,
-               map_peak)
+    # Peak memory: the largest of the phases, which do not overlap. A point to compute peaks while it is pruned
+    # (`run_costs.pruning_peak_bytes`: weights, one layer's restore copy, bit-packed masks, SparseGPT's updated
+    # weights, the walk's working set with every layer's statistics in dense propagation) or evaluated (weights,
+    # masks, one batch's activations and logits); the plans' dense walk and the maps have their own.
+    methods = {config.method for _, config, _ in todo}
+    peaks = [run_costs.pruning_peak_bytes(facts, protocol, name, spec.propagation) for name in methods]
+    peaks.append(_memory_common(facts, protocol.seqlen, protocol.batch_size)
+                 + (run_costs.mask_bytes(facts) if todo else 0))
+    if plan_needs:
+        peaks.append(run_costs.RUNTIME_BYTES + facts["memory"] + run_costs.walk_working_bytes(
+            facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, strongest_need(list(plan_needs)),
+            all_layers=True))
+    peak = max(peaks + [map_peak])
     if parallel > 1:  # the driver's model and each worker's own copy, with its walk and masks
         peak *= parallel + 1
     allocation_names = list(dict.fromkeys(allocation for _, allocation in grid))
@@ -188,7 +187,7 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
         what += f" on {device}, one decoder layer at a time (the model in host memory)"
         carried = max(calib_tokens, max(windows.values(), default=0) * protocol.seqlen)
         out["gpu_peak_memory_bytes"] = gpu_peak_bytes(facts, carried, protocol.seqlen, protocol.batch_size,
-                                                      "hessian" in stat_needs)
+                                                      "hessian" in (needs | plan_needs))
     out["assumptions"] = _assumptions(rates, f"{what}, {spec.propagation} propagation; "
                                              + _windows_line(windows, protocol.eval_windows, "evaluation windows"))
     return out
@@ -293,13 +292,26 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     if "reconstruction" in metrics:
         breakdown["reconstruction"] = n_s * 4.0 * facts["prunable"] * max(facts["input_widths"]) / rates["flops"]
     seconds = sum(breakdown.values())
-    probe_cache = (L + 1) * probe_tokens * facts["hidden"] * 4
+    value = 2 if run_costs.bytes_per_weight(facts) <= 2 else 4  # bytes per activation (bf16-stored weights: 2)
+    probe_cache = (L + 1) * probe_tokens * facts["hidden"] * value  # `walk.carried_dtype`
     stats_bytes = L * sum(w * w * 4 for w in facts["input_widths"]) if needs == "hessian" else \
         L * sum(w * 8 for w in facts["input_widths"])
     taylor_bytes = 2 * facts["prunable"] * 4 if "taylor" in metrics else 0  # gradients + |W*G| scores
-    masks = facts["prunable"] * (1 + (4 if method == "sparsegpt" else 0))
-    peak = _memory_common(facts, protocol.seqlen, protocol.batch_size) + probe_cache + stats_bytes \
-        + taylor_bytes + masks
+    # Every sparsity's masks are kept bit-packed (`_MaskCache`), with SparseGPT's updated weights in fp32.
+    masks = n_s * (run_costs.mask_bytes(facts) + (facts["prunable"] * 4 if method == "sparsegpt" else 0))
+    # The phases that do not overlap: the statistics walk, the gradient passes, the exact probes.
+    walk = run_costs.walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, needs) \
+        if needs != "none" else 0
+    logits = 3 * protocol.seqlen * facts["vocab"] * 4
+    inner = max(facts["input_widths"])
+    # One window's backward (`second_order.gradient_moments` with the maps' changes folded in): the activations
+    # autograd saves (~10 hidden-wide and 4 MLP-wide values per token and layer), the logits, and one module's
+    # gradient with its fp32 copy, square, change and weight (the others are freed as they are folded).
+    fisher = (L * protocol.seqlen * (10 * facts["hidden"] + 4 * inner) * value + logits
+              + 18 * facts["hidden"] * inner) if "fisher" in metrics else 0
+    exact = (probe_cache + 12 * protocol.batch_size * protocol.seqlen * inner * value + logits) \
+        if "exact" in metrics or sample_rows else 0
+    peak = run_costs.RUNTIME_BYTES + facts["memory"] + stats_bytes + taylor_bytes + masks + max(walk, fisher, exact)
     what = f"{n_s} sparsities x {len(metrics)} metrics, {L * M} cells + {L} whole-layer probes per exact map, " \
            f"{probe_windows} probe windows"
     if rows_parallel > 1:  # each worker holds a model, its probe cache and the masks of its rows

@@ -44,6 +44,7 @@ from pruning_core.masks import UNSTRUCTURED, applied_masks, check_sparsity
 from pruning_core.methods import MethodOptions, get_method
 from pruning_core.metrics import EVAL_DTYPES, autocast_for, nll_from_hidden
 from pruning_core.models import LoadedModel, is_transposed, to_native, weight_matrix
+from pruning_core.packed_masks import PackedMasks
 from pruning_core.progress import ProgressFn, no_progress
 from pruning_core.protocol import Protocol, calibration_ids, corpus_key, evaluation_ids
 from pruning_core.spec import JobSpec
@@ -226,21 +227,25 @@ class _ProbeCache:
 
 
 class _MaskCache:
-    """Masks (and SparseGPT's updated weights) of one sparsity, computed once per module and reused."""
+    """Masks (and SparseGPT's updated weights) of one sparsity, computed once per module and reused; the masks are
+    held bit-packed (`PackedMasks`: 1/8 byte per weight, 0.35 GB instead of 2.8 GB for a 3B model)."""
 
     def __init__(self, loaded: LoadedModel, method: str, statistics, sparsity: float):
         self.loaded, self.method, self.statistics, self.sparsity = loaded, get_method(method), statistics, sparsity
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._keep = PackedMasks()
+        self._weights: dict[str, torch.Tensor | None] = {}
 
     def get(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(keep (out, in) bool, new weight (out, in) fp32 or None) for the qualified module `name`."""
-        if name not in self._cache:
+        if name not in self._keep:
             module = self.loaded.model.get_submodule(name)
-            source = weight_matrix(module).to(torch.float32).contiguous()
-            stats = self.statistics.by_module.get(name) if self.statistics is not None else None
-            keep, new_weight = self.method.prune(source, stats, self.sparsity, UNSTRUCTURED, MethodOptions())
-            self._cache[name] = (keep, new_weight)
-        return self._cache[name]
+            with torch.no_grad():
+                source = weight_matrix(module).detach().to(torch.float32).contiguous()
+                stats = self.statistics.by_module.get(name) if self.statistics is not None else None
+                keep, new_weight = self.method.prune(source, stats, self.sparsity, UNSTRUCTURED, MethodOptions())
+            self._keep[name], self._weights[name] = keep, new_weight
+            return keep, new_weight
+        return self._keep[name], self._weights[name]
 
     def native(self, names: Sequence[str]) -> tuple[dict, dict | None]:
         """masks, weights in the modules' native layout for `applied_masks`."""
@@ -255,7 +260,8 @@ class _MaskCache:
 
     def drop_layer(self, names: Sequence[str]) -> None:
         for name in names:
-            self._cache.pop(name, None)
+            self._keep.pop(name, None)
+            self._weights.pop(name, None)
 
 
 def _taylor_scores(loaded: LoadedModel, calib_ids: torch.Tensor, windows: int, batch_size: int,
@@ -417,6 +423,7 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
     statistics = None
     taylor = None
     moments = None
+    masks_by_sparsity: dict[float, _MaskCache] = {}  # the method's masks, one cache per sparsity
     calib = None
     ids = None
 
@@ -454,8 +461,19 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
                                     lambda m: advance(taylor_units / max(n_batches, 1), m))
         if any(m == "fisher" for m, _ in todo):
             windows = ids.shape[0]
+            fisher_at = [s for m, s in todo if m == "fisher"]
+            for s in fisher_at:
+                masks_by_sparsity.setdefault(s, _MaskCache(loaded, method, statistics, s))
+
+            @torch.no_grad()
+            def deltas(name: str) -> dict[float, torch.Tensor]:
+                """The method's change of module `name` at each sparsity of a second-order map: its gradients
+                are folded into those maps' values during the backward passes (`gradient_moments`)."""
+                weight = weight_matrix(loaded.model.get_submodule(name)).detach().to(torch.float32)
+                return {s: pruning_delta(weight, *masks_by_sparsity[s].get(name)) for s in fisher_at}
+
             moments = gradient_moments(loaded, ids, dtype,
-                                       lambda m: advance(3.0 * n_layers / max(windows, 1), m))
+                                       lambda m: advance(3.0 * n_layers / max(windows, 1), m), deltas=deltas)
     used_windows = int(ids.shape[0]) if ids is not None else int(probe_windows)
     proto_doc = {**protocol.to_dict(), "probe_windows": used_windows,
                  "probe_dtype": dtype, "taylor_windows": taylor_windows}
@@ -501,9 +519,8 @@ def compute_sensitivity(loaded: LoadedModel, protocol: Protocol, method: str, sp
 
     # ---------------------------------------------------------------- maps, one sparsity at a time
     rows_computed = [0]
-    masks_by_sparsity: dict[float, _MaskCache] = {}
     for s in sparsities:
-        masks = masks_by_sparsity[s] = _MaskCache(loaded, method, statistics, s)
+        masks = masks_by_sparsity.setdefault(s, _MaskCache(loaded, method, statistics, s))
         for metric in metrics:
             if (metric, s) in maps:
                 if on_map is not None:
@@ -644,7 +661,10 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
     proxy_scores = {
         "reconstruction": lambda name, keep, new: _relative_reconstruction(
             weight_of(name), keep, new, statistics.by_module[name].hessian),
-        "fisher": lambda name, keep, new: moments.estimate(name, pruning_delta(weight_of(name), keep, new)),
+        # Folded during the gradient passes when this map's masks were known then (the usual case), else from the
+        # per-weight moments.
+        "fisher": lambda name, keep, new: (moments.estimate_at(name, sparsity) if (name, sparsity) in moments.folded
+                                           else moments.estimate(name, pruning_delta(weight_of(name), keep, new))),
         "taylor": lambda name, keep, _new: float(taylor[name][~keep].sum(dtype=torch.float64)),
     }
     rows: dict[int, tuple[list[float], float]] = {}

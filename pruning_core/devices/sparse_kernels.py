@@ -162,6 +162,6 @@ def measure_two_four_speed(loaded, masks: Mapping[str, torch.Tensor], device: to
         "measured": {"device": f"{gpu}, {config.dtype}, 2:4 sparse tensor cores ({converted} matrices)",
                      phase: {"dense_tokens_per_s": dense_tps, "pruned_tokens_per_s": sparse_tps}},
     }
-    del model
+    model = None  # free the GPU copy (the closure above shares this cell) before emptying the cache
     torch.cuda.empty_cache()
     return out

@@ -45,15 +45,12 @@ def gguf_type_of(point: FrontierPoint) -> Optional[str]:
         return "F16"
     if point.family != "quantized" or (point.setting.get("start") or "dense") != "dense":
         return None
+    from pruning_core.quantization.gguf_file import block_type
+
     setting = point.setting
-    if setting.get("group_size") not in (32, "32"):
-        return None
-    bits, symmetric = int(setting.get("bits", 0)), bool(setting.get("symmetric", True))
-    if bits == 8 and symmetric:
-        return "Q8_0"
-    if bits in (4, 5):
-        return f"Q{bits}_{0 if symmetric else 1}"
-    return None
+    group = setting.get("group_size")
+    return block_type(int(setting.get("bits", 0)), int(group) if group else None,
+                      bool(setting.get("symmetric", True)))
 
 
 def own_gguf_type(setting: Mapping[str, Any]) -> Optional[str]:

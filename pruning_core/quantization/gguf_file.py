@@ -49,15 +49,24 @@ class GgufPlan:
                 f"GGUF {self.type}, re-rounded from the dequantized weights (not the quantized model's integers)")
 
 
-def exact_type(scheme: QuantScheme) -> Optional[str]:
-    """The GGUF type that stores `scheme` exactly (module docstring), or None."""
-    if scheme.group_size != 32 or scheme.scale_dtype != "float16":
+#: The GGUF block types this module writes from a scheme's integers (the three of the module docstring).
+EXACT_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+
+
+def block_type(bits: int, group_size: Optional[int], symmetric: bool) -> Optional[str]:
+    """The GGUF block type with this layout (32 weights of a row per block, one scale, a minimum when asymmetric):
+    Q4_0/Q4_1, Q5_0/Q5_1, Q8_0 (symmetric only), or None (GGUF has no block of that layout)."""
+    if group_size != 32:
         return None
-    if scheme.bits == 4:
-        return "Q4_0" if scheme.symmetric else "Q4_1"
-    if scheme.bits == 8 and scheme.symmetric:
-        return "Q8_0"
-    return None
+    if bits in (4, 5):
+        return f"Q{bits}_{0 if symmetric else 1}"
+    return "Q8_0" if bits == 8 and symmetric else None
+
+
+def exact_type(scheme: QuantScheme) -> Optional[str]:
+    """The GGUF type that stores `scheme` exactly (module docstring; one of `EXACT_TYPES`), or None."""
+    kind = block_type(scheme.bits, scheme.group_size, scheme.symmetric)
+    return kind if scheme.scale_dtype == "float16" and kind in EXACT_TYPES else None
 
 
 def gguf_plan(scheme: QuantScheme, requested: Optional[str] = None) -> GgufPlan:
