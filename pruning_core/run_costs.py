@@ -22,8 +22,17 @@ from typing import Mapping, Optional, Union
 DEFAULT_FLOPS = 40e9
 #: Seconds of Python overhead per SparseGPT column step (measured order of magnitude on a CPU).
 SPARSEGPT_COLUMN_OVERHEAD_S = 30e-6
-#: Seconds per weight of top-k mask selection (kthvalue + tie handling) for magnitude/Wanda.
-MASK_SECONDS_PER_WEIGHT = 8e-9
+#: Seconds per weight of top-k mask selection (scores, kthvalue + tie handling) for magnitude/Wanda: 18 ns
+#: measured on TinyLlama-1.1B's shape in bf16 (0.8 s per 44M-weight layer, 2-core AMD EPYC), where matrices no
+#: longer fit the caches (8 ns on the embedded model's).
+MASK_SECONDS_PER_WEIGHT = 18e-9
+#: fp32 matmul rate over bf16 matmul rate on a CPU with native bf16 (AVX512-BF16: about 130 against 390 GFLOP/s
+#: on a 2-core AMD EPYC; a CPU with AMX has a larger gap, so estimates there stay on the short side).
+FP32_OVER_BF16_MATMUL = 1 / 3
+#: Seconds per input value of the statistics hooks (`stats.InputStatistics.add_batch`: fp32 cast, square, float64
+#: column sums): 4.6 ns measured on a 4096 x 5632 bf16 input (2-core AMD EPYC), about 40 % of a layer's forward
+#: time for a bf16 model, which the forward's rate alone did not count.
+STATISTICS_SECONDS_PER_VALUE = 4.5e-9
 #: Seconds per weight of re-thresholding stored score ranks (a sweep's later sparsities of one method: one
 #: comparison per weight instead of a selection).
 RETHRESHOLD_SECONDS_PER_WEIGHT = 1.5e-9
@@ -54,15 +63,18 @@ Speed = Union[None, float, Mapping]
 
 
 def shape_facts(model_info: dict) -> dict:
-    """Sizes an estimate needs from `LoadedModel.describe()`: layers, hidden, parameters, prunable, head (the
-    non-prunable rest), vocab, kinds, per_layer (prunable parameters per layer), input_widths (distinct linear
+    """Sizes an estimate needs from `LoadedModel.describe()`: layers, hidden, parameters, prunable, head (the LM
+    head's weights, vocabulary x hidden), vocab, kinds, per_layer (prunable parameters per layer), input_widths (distinct linear
     input widths per layer), memory (bytes of the weights)."""
     layers = int(model_info["layers"])
     hidden = int(model_info.get("hidden_size") or 0)
     params = int(model_info["parameters"])
     prunable = int(model_info["prunable_parameters"])
-    head = max(params - prunable, 1)  # embeddings (tied head) + norms: the head's matmul share
-    vocab = max(head // max(hidden, 1), 1)
+    rest = max(params - prunable, 1)  # embeddings, LM head (its own or tied), norms
+    # The head's matmul: vocabulary x hidden. The embedding lookup costs nothing, so an untied model's embedding
+    # is not counted (counting all the rest made TinyLlama's head twice its share of a forward).
+    vocab = int(model_info.get("vocab_size") or 0) or max(rest // max(hidden, 1), 1)
+    head = min(rest, vocab * hidden) if hidden else rest
     kinds = list(model_info.get("module_kinds") or [])
     per_layer = prunable / max(layers, 1)
     # Distinct linear inputs per layer (Llama: attention input, o input, MLP input, down input): their widths
@@ -158,15 +170,19 @@ def rates(facts: dict, speed: Speed) -> dict:
     throughput = float(throughput) if measured else DEFAULT_FLOPS / flops_per_token
     full = 1.0 / throughput                                        # s per token of a full forward
     body_share = facts["prunable"] / (facts["prunable"] + facts["head"])
+    flops = throughput * flops_per_token
+    # Statistics and solver math (Hessians, SparseGPT, reconstruction) run in fp32 whatever the weights: a bf16
+    # model's forward rate is that of bf16 matmuls, so their rate is taken a third of it.
+    fp32_flops = flops * (FP32_OVER_BF16_MATMUL if bytes_per_weight(facts) <= 2 else 1.0)
     return {"layer_s_per_token": full * body_share / max(facts["layers"], 1),
             "head_s_per_token": full * (1 - body_share), "full_s_per_token": full,
-            "flops": throughput * flops_per_token, "throughput": throughput, "measured": measured,
+            "flops": flops, "fp32_flops": fp32_flops, "throughput": throughput, "measured": measured,
             "call_s": call, "layer_call_s": call / (facts["layers"] + 1)}
 
 
 def hessian_seconds(facts: dict, rates_: dict, tokens: int) -> float:
     """The X X^T of every distinct linear input over `tokens` calibration tokens, all layers."""
-    return sum(2.0 * w * w for w in facts["input_widths"]) * tokens * facts["layers"] / rates_["flops"]
+    return sum(2.0 * w * w for w in facts["input_widths"]) * tokens * facts["layers"] / rates_["fp32_flops"]
 
 
 def mask_seconds(facts: dict, rates_: dict, method: str, ranked: bool = False) -> float:
@@ -182,7 +198,7 @@ def mask_seconds(facts: dict, rates_: dict, method: str, ranked: bool = False) -
     matrices = max(len(facts["kinds"]), 1)
     per_layer_flops += (matrices - 1) * hidden ** 3 + inner ** 3       # Cholesky / inverse per matrix
     columns = (matrices - 1) * hidden + inner
-    return fixed + facts["layers"] * (per_layer_flops / rates_["flops"] + columns * SPARSEGPT_COLUMN_OVERHEAD_S)
+    return fixed + facts["layers"] * (per_layer_flops / rates_["fp32_flops"] + columns * SPARSEGPT_COLUMN_OVERHEAD_S)
 
 
 def forward_seconds(rates_: dict, windows: int, seqlen: int, batch: int = EVAL_BATCH) -> float:
@@ -206,6 +222,8 @@ def walk_seconds(facts: dict, rates_: dict, nsamples: int, seqlen: int, batch: i
     tokens = int(nsamples) * int(seqlen)
     calls = math.ceil(int(nsamples) / max(int(batch), 1)) * facts["layers"] * passes
     seconds = passes * tokens * facts["layers"] * rates_["layer_s_per_token"] + calls * rates_["layer_call_s"]
+    # The statistics pass's hooks: every input value of every distinct linear input, cast and squared and summed.
+    seconds += tokens * facts["layers"] * sum(facts["input_widths"]) * STATISTICS_SECONDS_PER_VALUE
     return seconds + (hessian_seconds(facts, rates_, tokens) if need == "hessian" else 0.0)
 
 

@@ -38,6 +38,16 @@ _hessian_seconds = run_costs.hessian_seconds
 _mask_seconds = run_costs.mask_seconds
 
 
+#: A probe window's forward + backward in forwards of it: 3 for fp32 weights (bf16 autocast where the CPU has it);
+#: 7.5 for bf16-stored weights, whose backward on the CPU measured 6.4 forwards (TinyLlama-1.1B's shape, 2-core
+#: AMD EPYC: 10.3 s against a 1.6 s forward of 512 tokens).
+FISHER_FORWARDS = 3.0
+FISHER_FORWARDS_BF16_WEIGHTS = 7.5
+#: Seconds per prunable weight, window and map of folding a gradient into a map's two sums (the change recomputed,
+#: two products summed): 6 ns measured with the above.
+FOLD_SECONDS_PER_WEIGHT = 6e-9
+
+
 def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
     # The process's runtime (torch, transformers) + model weights + a batch of layer activations (~12 MLP-wide
     # tensors live inside a layer; bf16 for bf16-stored weights) + one window's logits in fp32 (and its softmax).
@@ -274,9 +284,11 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
                                                          protocol.batch_size, needs)
     if "taylor" in metrics:
         breakdown["taylor"] = 3.0 * min(TAYLOR_WINDOWS, protocol.nsamples) * protocol.seqlen * rates["full_s_per_token"]
-    if "fisher" in metrics:  # one forward + backward (~3 forwards) per probe window
-        breakdown["fisher"] = 3.0 * run_costs.forward_seconds(rates, probe_windows, protocol.seqlen)
     n_s = len(sparsities)
+    if "fisher" in metrics:  # one forward + backward per probe window, each module's gradient folded into the maps
+        backward = FISHER_FORWARDS_BF16_WEIGHTS if run_costs.bytes_per_weight(facts) <= 2 else FISHER_FORWARDS
+        breakdown["fisher"] = (backward * run_costs.forward_seconds(rates, probe_windows, protocol.seqlen)
+                               + probe_windows * n_s * facts["prunable"] * FOLD_SECONDS_PER_WEIGHT)
     breakdown["masks"] = n_s * _mask_seconds(facts, rates, method)
     rows_parallel = 1  # workers sharing the exact rows (of the maps, or of the agreement sample)
     if "exact" in metrics or sample_rows:
@@ -290,7 +302,7 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
         rows_parallel = max(1, min(int(workers), n_s * len(rows)))
         breakdown["exact_probes"] /= rows_parallel  # rows are independent tasks
     if "reconstruction" in metrics:
-        breakdown["reconstruction"] = n_s * 4.0 * facts["prunable"] * max(facts["input_widths"]) / rates["flops"]
+        breakdown["reconstruction"] = n_s * 4.0 * facts["prunable"] * max(facts["input_widths"]) / rates["fp32_flops"]
     seconds = sum(breakdown.values())
     value = 2 if run_costs.bytes_per_weight(facts) <= 2 else 4  # bytes per activation (bf16-stored weights: 2)
     probe_cache = (L + 1) * probe_tokens * facts["hidden"] * value  # `walk.carried_dtype`

@@ -187,6 +187,7 @@ class LoadedModel:
             "family": self.adapter.family,
             "layers": len(self.adapter.decoder_layers(self.model)),
             "hidden_size": getattr(cfg, "hidden_size", getattr(cfg, "n_embd", None)),
+            "vocab_size": getattr(cfg, "vocab_size", None),
             "module_kinds": self.adapter.module_kinds,
             "parameters": params,
             "prunable_parameters": prunable,
