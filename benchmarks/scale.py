@@ -19,6 +19,7 @@ embedding parameters x calibration tokens), the figure that should not grow with
     nice -n 19 python benchmarks/scale.py --quick                       # tiny smoke test, seconds
     nice -n 19 python benchmarks/scale.py --models random:smollm2-360m --tasks load wanda
     python benchmarks/scale.py --save                                    # all models and tasks: hours on 2 cores
+    python benchmarks/scale.py --save --estimates-only --models M ...   # the current estimates beside saved runs
 
 Prints one JSON document; --save writes docs/runs/scale.json (merging models already there).
 """
@@ -259,6 +260,28 @@ def measure_model(model: str, options: dict, timeout: float) -> dict:
     return record
 
 
+def reestimate(models: list[str], options: dict, timeout: float) -> None:
+    """Estimate each saved task of `models` with the current code and record it beside the measurement
+    ("estimate_now", "estimate_now_seconds_ratio", "estimate_now_memory_ratio"): the estimate the tool shows now
+    for a run measured earlier on this machine (the "estimate" field stays what was shown before that run)."""
+    path = ROOT / "docs" / "runs" / "scale.json"
+    saved = json.loads(path.read_text())
+    for model in models:
+        record = saved["models"][model]
+        tasks = [task for task, result in record["tasks"].items() if task != "load" and "error" not in result]
+        made = in_child("estimates", model, {**record.get("options", options), "tasks": tasks}, timeout)
+        for task in tasks:
+            result, estimate = record["tasks"][task], made.get(task) or {}
+            result["estimate_now"] = estimate
+            if estimate.get("seconds"):
+                result["estimate_now_seconds_ratio"] = estimate["seconds"] / result["seconds"]
+            if estimate.get("peak_memory_bytes"):
+                result["estimate_now_memory_ratio"] = estimate["peak_memory_bytes"] / result["maxrss_bytes"]
+            print(json.dumps({"model": model, "task": task, "estimate_now": estimate}), file=sys.stderr, flush=True)
+        record["estimate_now_machine"] = machine()
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
@@ -271,6 +294,9 @@ def main(argv=None) -> None:
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per task before it is stopped")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny-llama, 4 x 64 calibration")
     parser.add_argument("--save", action="store_true", help="write docs/runs/scale.json (merged by model)")
+    parser.add_argument("--estimates-only", action="store_true",
+                        help="with --save: estimate the saved tasks again with the current code (no run) and record "
+                             "each as estimate_now beside the measurement, with its ratios")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     parser.add_argument("--child-options", help=argparse.SUPPRESS)
@@ -284,6 +310,9 @@ def main(argv=None) -> None:
     options = {"nsamples": args.nsamples, "seqlen": args.seqlen, "eval_windows": args.eval_windows,
                "batch_size": args.batch_size, "recovery_steps": args.recovery_steps, "tasks": args.tasks,
                "quick": args.quick}
+    if args.estimates_only:
+        reestimate(args.models, options, args.timeout)
+        return
     doc = {"what": "time and peak resident memory per task and model, beside the estimate shown before it",
            "options": options, "machine": machine(), "models": {}}
     for model in args.models:

@@ -63,3 +63,21 @@ def test_sparsegpt_on_bf16_weights_solves_in_fp32_and_returns_bf16_weights():
     assert abs(result.sparsity - 0.5) < 0.01
     for name, value in snapshot(lm.model).items():
         assert torch.equal(value, before[name]), f"{name} changed"
+
+
+def test_the_walk_carries_a_bf16_model_s_own_hidden_states_in_bf16():
+    """bf16-stored weights: the walk's buffers hold bf16 states (half the bytes), and they are the very values the
+    model's own forward passes from layer to layer; fp32 weights keep fp32 buffers."""
+    from pruning_core.walk import capture_layer_inputs, run_layer
+
+    ids = windows(n=4, seqlen=32)
+    lm = load_model("tiny-llama@bfloat16")
+    with torch.inference_mode():
+        own = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+    inputs = capture_layer_inputs(lm, ids, batch_size=2)
+    assert all(h.dtype == torch.bfloat16 for h in inputs.hidden)
+    assert torch.equal(torch.cat(inputs.hidden), own[0])
+    outputs = run_layer(lm.adapter.decoder_layers(lm.model)[0], inputs)
+    assert all(h.dtype == torch.bfloat16 for h in outputs) and torch.equal(torch.cat(outputs), own[1])
+    fp32 = load_model("tiny-llama")
+    assert all(h.dtype == torch.float32 for h in capture_layer_inputs(fp32, ids, batch_size=2).hidden)
