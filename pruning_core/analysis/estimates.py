@@ -172,12 +172,12 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     # masks, one batch's activations and logits); the plans' dense walk and the maps have their own.
     methods = {config.method for _, config, _ in todo}
     peaks = [run_costs.pruning_peak_bytes(facts, protocol, name, spec.propagation) for name in methods]
-    peaks.append(_memory_common(facts, protocol.seqlen, protocol.batch_size)
-                 + (run_costs.mask_bytes(facts) if todo else 0))
+    peaks.append(run_costs.resident_bytes(_memory_common(facts, protocol.seqlen, protocol.batch_size)
+                                          + (run_costs.mask_bytes(facts) if todo else 0), facts))
     if plan_needs:
-        peaks.append(run_costs.RUNTIME_BYTES + facts["memory"] + run_costs.walk_working_bytes(
+        peaks.append(run_costs.resident_bytes(run_costs.RUNTIME_BYTES + facts["memory"] + run_costs.walk_working_bytes(
             facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, strongest_need(list(plan_needs)),
-            all_layers=True))
+            all_layers=True), facts))
     peak = max(peaks + [map_peak])
     if parallel > 1:  # the driver's model and each worker's own copy, with its walk and masks
         peak *= parallel + 1
@@ -329,7 +329,7 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     if rows_parallel > 1:  # each worker holds a model, its probe cache and the masks of its rows
         peak += rows_parallel * (facts["memory"] + probe_cache + masks)
         what += f"; exact rows on {rows_parallel} parallel workers"
-    out = {"seconds": float(seconds), "peak_memory_bytes": int(peak),
+    out = {"seconds": float(seconds), "peak_memory_bytes": run_costs.resident_bytes(peak, facts),
            "breakdown": {k: float(v) for k, v in breakdown.items()}}
     if refined:  # the page's first view: the second-order estimate, shown before the exact rows start
         out["first_view_seconds"] = float(sum(breakdown[k] for k in ("load", "dense_probe", "statistics", "fisher",
