@@ -158,7 +158,8 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
                 ranked_seen.add(config.method)
         if spec.propagation == "pruned" and method.needs != "none":
             breakdown["pruning"] += run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
-                                                           protocol.batch_size, method.needs, passes=2)
+                                                           protocol.batch_size, method.needs, passes=2,
+                                                           calib_dtype=config.calib_dtype)
         breakdown["evaluation"] += point_eval
         breakdown["store"] += run_costs.POINT_FIXED_S
     parallel = max(1, min(int(workers), max(len(todo), 1)))
