@@ -98,6 +98,12 @@ def bytes_per_weight(facts: dict) -> float:
     return facts["memory"] / max(facts["params"], 1)
 
 
+def activation_bytes(facts: dict) -> int:
+    """Bytes of one activation value in a walk or forward: 2 for bf16-stored weights (their layers compute and pass
+    bf16 states, `walk.carried_dtype`), else 4."""
+    return 2 if bytes_per_weight(facts) <= 2 else 4
+
+
 def restore_copy_bytes(facts: dict) -> int:
     """One decoder layer's prunable weights, in the model's dtype: the walk copies a layer's weights before its
     handler writes into them and puts them back after the layer's outputs are recomputed
@@ -140,7 +146,7 @@ def walk_working_bytes(facts: dict, nsamples: int, seqlen: int, batch: int, need
     if need == "none":
         return int(MASK_SCRATCH_BYTES_PER_WEIGHT * facts["per_layer"] / max(len(facts["kinds"]), 1))
     tokens = int(nsamples) * int(seqlen)
-    value = 2 if bytes_per_weight(facts) <= 2 else 4  # bytes per activation value
+    value = activation_bytes(facts)
     buffers = 2 * tokens * facts["hidden"] * value
     inside = 12 * int(batch) * int(seqlen) * max(facts["input_widths"]) * value
     largest = facts["hidden"] * max(facts["input_widths"])  # the widest matrix of a Llama-like layer (MLP)

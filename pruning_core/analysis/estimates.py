@@ -51,7 +51,7 @@ FOLD_SECONDS_PER_WEIGHT = 6e-9
 def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
     # The process's runtime (torch, transformers) + model weights + a batch of layer activations (~12 MLP-wide
     # tensors live inside a layer; bf16 for bf16-stored weights) + one window's logits in fp32 (and its softmax).
-    value = 2 if run_costs.bytes_per_weight(facts) <= 2 else 4
+    value = run_costs.activation_bytes(facts)
     return int(run_costs.RUNTIME_BYTES + facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * value
                + 3 * seqlen * facts["vocab"] * 4)
 
@@ -305,7 +305,7 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     if "reconstruction" in metrics:
         breakdown["reconstruction"] = n_s * 4.0 * facts["prunable"] * max(facts["input_widths"]) / rates["fp32_flops"]
     seconds = sum(breakdown.values())
-    value = 2 if run_costs.bytes_per_weight(facts) <= 2 else 4  # bytes per activation (bf16-stored weights: 2)
+    value = run_costs.activation_bytes(facts)
     probe_cache = (L + 1) * probe_tokens * facts["hidden"] * value  # `walk.carried_dtype`
     stats_bytes = L * sum(w * w * 4 for w in facts["input_widths"]) if needs == "hessian" else \
         L * sum(w * 8 for w in facts["input_widths"])
