@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pruning_core.devices.allocator import SETTINGS, with_allocator_settings  # noqa: E402 - after the path insert
+
 DEFAULT_MODELS = ("embedded", "random:smollm2-360m", "random:tinyllama-1.1b", "random:llama-3.2-3b")
 TASKS = ("load", "wanda", "sparsegpt", "first_map", "dense_sweep", "structured", "recovery")
 #: Job kind of each task, for its estimate.
@@ -210,7 +212,8 @@ def run_task(task: str, model: str, options: dict) -> dict:
 
 def in_child(task: str, model: str, options: dict, timeout: float) -> dict:
     """Run `task` in a fresh Python process with a fresh PRUNESCOPE_HOME; its record, or {"error": ...}."""
-    env = dict(os.environ, PRUNESCOPE_HOME=tempfile.mkdtemp(prefix=f"scale-{task}-"))
+    # As the CLI and job workers run: glibc's malloc settings of devices/allocator.py (its heap keeps freed blocks).
+    env = with_allocator_settings(dict(os.environ, PRUNESCOPE_HOME=tempfile.mkdtemp(prefix=f"scale-{task}-")))
     command = [sys.executable, __file__, "--child", task, "--child-model", model, "--child-options", json.dumps(options)]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -231,7 +234,8 @@ def machine() -> dict:
         if Path("/proc/meminfo").exists() else {}
     return {"cpu_model": name, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
             "amx_bf16": "amx_bf16" in flags, "mem_total_kib": meminfo.get("MemTotal", "").strip(),
-            "load_average_start": os.getloadavg()}
+            "load_average_start": os.getloadavg(),
+            "allocator": {k: v for k, v in with_allocator_settings(os.environ).items() if k in SETTINGS}}
 
 
 def measure_model(model: str, options: dict, timeout: float) -> dict:

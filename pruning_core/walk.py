@@ -37,8 +37,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from pruning_core.errors import ConfigError
+from pruning_core.devices.allocator import release_free_memory
 from pruning_core.devices.placement import LayerOffload
+from pruning_core.errors import ConfigError
 from pruning_core.masks import preserved_module_weights
 from pruning_core.models import LoadedModel
 from pruning_core.precision import autocast_for, compute_dtype
@@ -192,6 +193,9 @@ def walk_layers(loaded: LoadedModel, inputs: LayerInputs, on_layer: LayerHandler
         with visit, keep:
             current = _walk_layer(loaded, layer, index, step, current, on_layer, need, propagation, progress,
                                   len(indices), len(layers), dtype, always_changes)
+        # The layer's activations are freed and its long-lived results (masks) stay: without handing the holes
+        # back, the heap's resident size creeps up by about a layer's transients per layer (devices/allocator.py).
+        release_free_memory()
     return current
 
 

@@ -12,13 +12,23 @@ so its resident size stays near its peak instead of falling back between probes.
 glibc reads these settings when a process starts, so they go into the environment of the processes the engine
 starts (job workers, `worker_environment`) and the command line re-executes itself once with them
 (`reexec_with_allocator_settings`). A value the user has set is kept. Other C libraries ignore the variables.
+
+Keeping freed memory has a price in a long walk: each decoder layer leaves small long-lived blocks (its bit-packed
+masks) between the holes its activations left, and the heap's resident size crept up about 45 MB a layer on a
+random model of TinyLlama-1.1B's shape (peak 4.66 GB, 2.34 GB of bf16 weights, 64 x 512 calibration). The walk
+therefore hands the heap's free pages back once per layer (`release_free_memory`, glibc's malloc_trim): the same
+run peaked at 3.99 GB and took 279 s against 286 s, since one call per layer costs milliseconds against seconds
+of layer work and the pages the next layer faults in again are a few hundred MB.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import sys
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 #: glibc malloc settings (mallopt(3) names them; read from the environment at process start), in bytes.
 SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(8 * 2**30)}
@@ -52,3 +62,27 @@ def reexec_with_allocator_settings() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, command, with_allocator_settings(os.environ))
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    """glibc's malloc_trim(3), or None where the C library has none (macOS, musl, Windows)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> bool:
+    """Give the pages of every free block in the heap back to the operating system (glibc's malloc_trim(0));
+    returns whether the C library could. Memory that is still in use is untouched, so results never change; a
+    later allocation in the same place faults its pages in again. Call it between long steps (the walk does,
+    once per decoder layer), not inside a hot loop."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
