@@ -98,10 +98,17 @@ def bytes_per_weight(facts: dict) -> float:
     return facts["memory"] / max(facts["params"], 1)
 
 
+def low_precision_weights(facts: dict) -> bool:
+    """Whether the model's weights are stored in 16 bits (bf16, fp16): their layers compute and pass 16-bit states
+    (`walk.carried_dtype`), run fp32 solver math at the slower fp32 rate beside them, and leave more of the heap
+    resident (`resident_bytes`)."""
+    return bytes_per_weight(facts) <= 2
+
+
 def activation_bytes(facts: dict) -> int:
     """Bytes of one activation value in a walk or forward: 2 for bf16-stored weights (their layers compute and pass
     bf16 states, `walk.carried_dtype`), else 4."""
-    return 2 if bytes_per_weight(facts) <= 2 else 4
+    return 2 if low_precision_weights(facts) else 4
 
 
 def restore_copy_bytes(facts: dict) -> int:
@@ -175,7 +182,7 @@ def resident_bytes(live_bytes: float, facts: dict) -> int:
     """The resident memory a process reaches when `live_bytes` (the runtime and the weights included) are alive at
     once: for bf16-stored weights, the working set above the runtime and the weights times
     `HEAP_OVERHEAD_BF16_WEIGHTS`."""
-    if bytes_per_weight(facts) > 2:
+    if not low_precision_weights(facts):
         return int(live_bytes)
     base = RUNTIME_BYTES + facts["memory"]
     return int(base + max(live_bytes - base, 0) * HEAP_OVERHEAD_BF16_WEIGHTS)
@@ -196,7 +203,7 @@ def rates(facts: dict, speed: Speed) -> dict:
     flops = throughput * flops_per_token
     # Statistics and solver math (Hessians, SparseGPT, reconstruction) run in fp32 whatever the weights: a bf16
     # model's forward rate is that of bf16 matmuls, so their rate is taken a third of it.
-    fp32_flops = flops * (FP32_OVER_BF16_MATMUL if bytes_per_weight(facts) <= 2 else 1.0)
+    fp32_flops = flops * (FP32_OVER_BF16_MATMUL if low_precision_weights(facts) else 1.0)
     return {"layer_s_per_token": full * body_share / max(facts["layers"], 1),
             "head_s_per_token": full * (1 - body_share), "full_s_per_token": full,
             "flops": flops, "fp32_flops": fp32_flops, "throughput": throughput, "measured": measured,
@@ -246,7 +253,7 @@ def walk_seconds(facts: dict, rates_: dict, nsamples: int, seqlen: int, batch: i
     tokens = int(nsamples) * int(seqlen)
     calls = math.ceil(int(nsamples) / max(int(batch), 1)) * facts["layers"] * passes
     layer_s = rates_["layer_s_per_token"]
-    if calib_dtype == "bfloat16" and bytes_per_weight(facts) > 2:
+    if calib_dtype == "bfloat16" and not low_precision_weights(facts):
         from pruning_core.devices.placement import cpu_has_native_bf16
 
         layer_s *= FP32_OVER_BF16_MATMUL if cpu_has_native_bf16() else BF16_CPU_SLOWDOWN

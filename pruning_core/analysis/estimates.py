@@ -287,7 +287,7 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
         breakdown["taylor"] = 3.0 * min(TAYLOR_WINDOWS, protocol.nsamples) * protocol.seqlen * rates["full_s_per_token"]
     n_s = len(sparsities)
     if "fisher" in metrics:  # one forward + backward per probe window, each module's gradient folded into the maps
-        backward = FISHER_FORWARDS_BF16_WEIGHTS if run_costs.bytes_per_weight(facts) <= 2 else FISHER_FORWARDS
+        backward = FISHER_FORWARDS_BF16_WEIGHTS if run_costs.low_precision_weights(facts) else FISHER_FORWARDS
         breakdown["fisher"] = (backward * run_costs.forward_seconds(rates, probe_windows, protocol.seqlen)
                                + probe_windows * n_s * facts["prunable"] * FOLD_SECONDS_PER_WEIGHT)
     breakdown["masks"] = n_s * _mask_seconds(facts, rates, method)

@@ -661,10 +661,8 @@ def _compute_map(loaded: LoadedModel, metric: str, sparsity: float, layer_list: 
     proxy_scores = {
         "reconstruction": lambda name, keep, new: _relative_reconstruction(
             weight_of(name), keep, new, statistics.by_module[name].hessian),
-        # Folded during the gradient passes when this map's masks were known then (the usual case), else from the
-        # per-weight moments.
-        "fisher": lambda name, keep, new: (moments.estimate_at(name, sparsity) if (name, sparsity) in moments.folded
-                                           else moments.estimate(name, pruning_delta(weight_of(name), keep, new))),
+        # Folded during the gradient passes: `compute_sensitivity` knows every second-order map's masks before them.
+        "fisher": lambda name, _keep, _new: moments.estimate_at(name, sparsity),
         "taylor": lambda name, keep, _new: float(taylor[name][~keep].sum(dtype=torch.float64)),
     }
     rows: dict[int, tuple[list[float], float]] = {}
