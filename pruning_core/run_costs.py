@@ -56,12 +56,16 @@ BF16_CPU_SLOWDOWN = 1.5
 #: pays it once per process (0.40 GB measured with torch 2.13+cpu and transformers 5 on Linux, tiny model loaded).
 RUNTIME_BYTES = 400_000_000
 #: Resident memory of a working set (what is alive beside the runtime and the weights) over its live bytes, for
-#: bf16-stored weights: Wanda points and first maps on random models of TinyLlama-1.1B and Llama-3.2-3B shapes
-#: peaked 1.8-1.9x their working sets above the weights (1.5x at SmolLM2-360M, 1.35x for SparseGPT, whose updated
-#: weights are one long-lived block; docs/runs/scale.json): glibc keeps freed bf16 activations and fp32 statistics
-#: temporaries in its heap (a fixed 256 KB mmap threshold gave ~1 GB of it back at 1.1B, for 19 % more time).
-#: Estimates of fp32 models, whose live sums came out 8-19 % above their measured peaks, are not raised.
+#: bf16-stored weights, outside the layer walk: first maps on random models of TinyLlama-1.1B and Llama-3.2-3B
+#: shapes peaked 1.8-1.9x their working sets above the weights (docs/runs/scale.json): glibc keeps freed bf16
+#: activations and fp32 temporaries in its heap. Estimates of fp32 models, whose live sums came out 8-19 % above
+#: their measured peaks, are not raised.
 HEAP_OVERHEAD_BF16_WEIGHTS = 1.8
+#: The same ratio for the layer walk (pruning, statistics), which hands the heap's free pages back after each
+#: layer (`devices.allocator.release_free_memory`), and for a sweep's evaluations: Wanda points at 64 x 512 (walk
+#: and evaluation in one process) on the TinyLlama-1.1B and Llama-3.2-3B shapes peaked 1.15x and 1.10x their
+#: working sets (3.97 and 9.00 GB; 1.8x and 2.0x before the release).
+WALK_HEAP_OVERHEAD_BF16_WEIGHTS = 1.15
 #: Working bytes per weight of the largest matrix while its mask is chosen (fp32 scores, int64 indices of the
 #: selection, a fp32 source copy of a low-precision weight): one matrix at a time.
 MASK_SCRATCH_BYTES_PER_WEIGHT = 16
@@ -175,17 +179,17 @@ def pruning_peak_bytes(facts: dict, protocol, method: str, propagation: str) -> 
         peak += updated_weights_bytes(facts)
     peak += walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, spec.needs,
                                all_layers=propagation == "dense")
-    return resident_bytes(peak, facts)
+    return resident_bytes(peak, facts, WALK_HEAP_OVERHEAD_BF16_WEIGHTS)
 
 
-def resident_bytes(live_bytes: float, facts: dict) -> int:
+def resident_bytes(live_bytes: float, facts: dict, heap_overhead: float = HEAP_OVERHEAD_BF16_WEIGHTS) -> int:
     """The resident memory a process reaches when `live_bytes` (the runtime and the weights included) are alive at
-    once: for bf16-stored weights, the working set above the runtime and the weights times
-    `HEAP_OVERHEAD_BF16_WEIGHTS`."""
+    once: for bf16-stored weights, the working set above the runtime and the weights times `heap_overhead`
+    (`WALK_HEAP_OVERHEAD_BF16_WEIGHTS` for the layer walk, which releases the heap's free pages per layer)."""
     if not low_precision_weights(facts):
         return int(live_bytes)
     base = RUNTIME_BYTES + facts["memory"]
-    return int(base + max(live_bytes - base, 0) * HEAP_OVERHEAD_BF16_WEIGHTS)
+    return int(base + max(live_bytes - base, 0) * heap_overhead)
 
 
 def rates(facts: dict, speed: Speed) -> dict:

@@ -173,12 +173,15 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     # masks, one batch's activations and logits); the plans' dense walk and the maps have their own.
     methods = {config.method for _, config, _ in todo}
     peaks = [run_costs.pruning_peak_bytes(facts, protocol, name, spec.propagation) for name in methods]
+    # The evaluations' heap overhead is the walk's: the sweeps' measured peaks (walk and evaluations together) are
+    # what WALK_HEAP_OVERHEAD_BF16_WEIGHTS was fitted to.
     peaks.append(run_costs.resident_bytes(_memory_common(facts, protocol.seqlen, protocol.batch_size)
-                                          + (run_costs.mask_bytes(facts) if todo else 0), facts))
+                                          + (run_costs.mask_bytes(facts) if todo else 0), facts,
+                                          run_costs.WALK_HEAP_OVERHEAD_BF16_WEIGHTS))
     if plan_needs:
         peaks.append(run_costs.resident_bytes(run_costs.RUNTIME_BYTES + facts["memory"] + run_costs.walk_working_bytes(
             facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, strongest_need(list(plan_needs)),
-            all_layers=True), facts))
+            all_layers=True), facts, run_costs.WALK_HEAP_OVERHEAD_BF16_WEIGHTS))
     peak = max(peaks + [map_peak])
     if parallel > 1:  # the driver's model and each worker's own copy, with its walk and masks
         peak *= parallel + 1

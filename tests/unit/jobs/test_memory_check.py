@@ -112,7 +112,7 @@ def test_the_peak_of_a_big_model_counts_its_weights_one_layer_copy_and_the_walk(
     working = wanda - fp32["memory"] - run_costs.RUNTIME_BYTES - run_costs.restore_copy_bytes(fp32) / 2 \
         - activations / 2
     assert run_costs.pruning_peak_bytes(bf16, protocol, "wanda", "pruned") == pytest.approx(
-        run_costs.RUNTIME_BYTES + bf16["memory"] + working * run_costs.HEAP_OVERHEAD_BF16_WEIGHTS, rel=1e-6)
+        run_costs.RUNTIME_BYTES + bf16["memory"] + working * run_costs.WALK_HEAP_OVERHEAD_BF16_WEIGHTS, rel=1e-6)
     # SparseGPT keeps its updated weights too; dense propagation keeps every layer's Hessians.
     sparsegpt = run_costs.pruning_peak_bytes(fp32, protocol, "sparsegpt", "pruned")
     assert sparsegpt >= wanda + run_costs.updated_weights_bytes(fp32)
@@ -127,7 +127,7 @@ def test_the_peak_of_a_big_model_counts_its_weights_one_layer_copy_and_the_walk(
 def test_a_3b_model_s_bit_packed_masks_take_an_eighth_of_a_byte_per_weight_in_its_estimate():
     """Llama-3.2-3B's shape (28 layers, hidden 3072, MLP 8192, 8 KV heads of 128, vocabulary 128256, tied head) in
     bf16 at 16 x 512 calibration: masks held a byte per weight (2.8 GB) would take 2.5 GB more (docs/runs/scale.json
-    has the measured peak at 64 x 512: weights + 4.1 GB)."""
+    has the measured peak at 64 x 512: weights + 2.6 GB)."""
     from pruning_core import run_costs
 
     per_layer = 2 * 3072 * 3072 + 2 * 3072 * 1024 + 3 * 3072 * 8192
@@ -138,5 +138,5 @@ def test_a_3b_model_s_bit_packed_masks_take_an_eighth_of_a_byte_per_weight_in_it
                                                     "down_proj"]})
     peak = run_costs.pruning_peak_bytes(facts, Protocol(calib="wiki", nsamples=16, seqlen=512), "wanda", "pruned")
     assert run_costs.mask_bytes(facts) == facts["prunable"] // 8 < 0.36e9
-    working = (peak - facts["memory"] - run_costs.RUNTIME_BYTES) / run_costs.HEAP_OVERHEAD_BF16_WEIGHTS
+    working = (peak - facts["memory"] - run_costs.RUNTIME_BYTES) / run_costs.WALK_HEAP_OVERHEAD_BF16_WEIGHTS
     assert run_costs.mask_bytes(facts) < 0.25 * working < facts["prunable"]  # as bool masks they would dominate it
