@@ -253,6 +253,7 @@ def measure_model(model: str, options: dict, timeout: float) -> dict:
         if "error" not in result and estimate.get("peak_memory_bytes"):
             result["estimate_memory_ratio"] = estimate["peak_memory_bytes"] / result["maxrss_bytes"]
         result["load_average_end"] = os.getloadavg()
+        result["allocator"] = record["machine"]["allocator"]  # the glibc settings this task's child ran under
         record["tasks"][task] = result
         print(json.dumps({"model": model, "task": task, **result}), file=sys.stderr, flush=True)
     facts, wanda = record.get("model"), record["tasks"].get("wanda")
