@@ -14,11 +14,13 @@ starts (job workers, `worker_environment`) and the command line re-executes itse
 (`reexec_with_allocator_settings`). A value the user has set is kept. Other C libraries ignore the variables.
 
 Keeping freed memory has a price in a long walk: each decoder layer leaves small long-lived blocks (its bit-packed
-masks) between the holes its activations left, and the heap's resident size crept up about 45 MB a layer on a
-random model of TinyLlama-1.1B's shape (peak 4.66 GB, 2.34 GB of bf16 weights, 64 x 512 calibration). The walk
-therefore hands the heap's free pages back once per layer (`release_free_memory`, glibc's malloc_trim): the same
-run peaked at 3.99 GB and took 279 s against 286 s, since one call per layer costs milliseconds against seconds
-of layer work and the pages the next layer faults in again are a few hundred MB.
+masks) between the holes its activations left, and the heap's resident size crept up about 45 MB a layer in a
+Wanda point on a random model of TinyLlama-1.1B's shape (2.34 GB of bf16 weights, 64 x 512 calibration; peak
+4.66 GB under glibc's defaults, 4.74 GB in docs/runs/scale.json). The walk therefore hands the heap's free pages
+back once per layer (`release_free_memory`, glibc's malloc_trim): the same point peaked at 3.99 GB (3.97 GB under
+these settings) in 279 s against 286 s, since one call per layer costs milliseconds against seconds of layer work
+and the pages the next layer faults in again are a few hundred MB; once per batch instead gave no lower peak
+(3.96 GB) for 8 % more time. `benchmarks/walk_heap.py` measures it layer by layer.
 """
 
 from __future__ import annotations
