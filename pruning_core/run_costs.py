@@ -338,16 +338,21 @@ def phase_estimate(breakdown: Mapping[str, float], peak_memory_bytes: int, what:
     return out
 
 
-def prune_seconds(facts: dict, rates_: dict, method: str, propagation: str, protocol) -> float:
+def prune_seconds(facts: dict, rates_: dict, method: str, propagation: str, protocol,
+                  calib_dtype: Optional[str] = None) -> float:
     """Pruning the model once with `method` (`prune.prune_model`): in "pruned" propagation a walk with two
     forwards per layer (statistics, then the pruned outputs) and the masks; in "dense" propagation the statistics
-    walk once, then the masks. protocol: a `protocol.Protocol` (nsamples, seqlen, batch_size)."""
+    walk once, then the masks. protocol: a `protocol.Protocol` (nsamples, seqlen, batch_size); calib_dtype: the
+    walk's compute dtype (None: `prune.default_calib_dtype`, what a `PruneConfig` left unset runs with)."""
     from pruning_core.methods import get_method
+    from pruning_core.prune import default_calib_dtype
 
     needs = get_method(method).needs
     passes = 2 if propagation == "pruned" else 1
+    dtype = calib_dtype or default_calib_dtype(propagation, method)
     return mask_seconds(facts, rates_, method) + walk_seconds(facts, rates_, protocol.nsamples, protocol.seqlen,
-                                                              protocol.batch_size, needs, passes=passes)
+                                                              protocol.batch_size, needs, passes=passes,
+                                                              calib_dtype=dtype)
 
 
 def capped_windows(windows: Mapping[str, int], asked: int) -> dict[str, int]:

@@ -158,6 +158,38 @@ def test_recovery_counts_every_phase_not_only_training():
     assert staged["pruning"] == pytest.approx(2 * phases["pruning"])  # one prune per stage
 
 
+def test_recovery_memory_counts_a_training_steps_activations_and_logits():
+    """The embedded model's recovery peaked at 3.64 GB against 2.03 GB when only three copies of the weights were
+    counted: a training step's saved activations and logits are most of it."""
+    from pruning_core.recovery.estimate import estimate_recovery, training_bytes
+    from pruning_core.recovery.run import RecoverySpec
+
+    def peak(batch_size: int) -> int:
+        spec = RecoverySpec(model="tiny-llama", protocol=PROTOCOL, train_corpus="news",
+                            train={"steps": 2, "batch_size": batch_size, "seqlen": 64}, max_new_tokens=0)
+        return estimate_recovery(INFO, spec, SPEED, WINDOWS)["peak_memory_bytes"]
+
+    facts = run_costs.shape_facts(INFO)
+    assert training_bytes(facts, 2, 64) > 2 * 64 * facts["vocab"] * 4  # at least the batch's logits
+    # Training dominates this tiny model's run: twice the windows per step, twice the step's activations and logits.
+    assert peak(8) - peak(4) == training_bytes(facts, 8, 64) - training_bytes(facts, 4, 64) > 0
+    assert peak(4) >= run_costs.RUNTIME_BYTES + 2 * INFO["memory_bytes"] + training_bytes(facts, 4, 64)
+
+
+def test_pruning_estimates_walk_at_the_calibration_dtype_the_setting_runs_with():
+    """Wanda in pruned propagation walks under bf16 autocast by default (`prune.default_calib_dtype`): recovery,
+    export and budget estimates timed it at the fp32 rate, 2.5x the sweep's estimate of the same point."""
+    from pruning_core.prune import default_calib_dtype
+
+    facts = run_costs.shape_facts(INFO)
+    rates = run_costs.rates(facts, SPEED)
+    assert default_calib_dtype("pruned", "wanda") == "bfloat16"
+    assert run_costs.prune_seconds(facts, rates, "wanda", "pruned", PROTOCOL) == pytest.approx(
+        run_costs.prune_seconds(facts, rates, "wanda", "pruned", PROTOCOL, calib_dtype="bfloat16"))
+    assert run_costs.prune_seconds(facts, rates, "wanda", "pruned", PROTOCOL) < run_costs.prune_seconds(
+        facts, rates, "wanda", "pruned", PROTOCOL, calib_dtype="float32")
+
+
 def test_budget_search_counts_its_most_steps():
     from pruning_core.allocation.budget import BudgetSpec
     from pruning_core.allocation.budget_estimate import estimate_budget, search_steps
