@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pruning_core.devices.allocator import release_free_memory
 from pruning_core.models import LoadedModel, is_transposed
 from pruning_core.precision import autocast_for
 
@@ -140,9 +139,6 @@ def gradient_moments(loaded: LoadedModel, probe_ids: torch.Tensor, dtype: str = 
                 loss.backward()
                 total_loss += float(loss.detach())
                 del logits, loss
-                # A window's freed activations and gradients leave holes between the folded sums: hand their pages
-                # back before the next window (one call per backward pass of seconds; devices/allocator.py).
-                release_free_memory()
                 for name, module in modules.items() if keep_moments else ():
                     grad = module.weight.grad.float()
                     module.weight.grad = None
