@@ -32,6 +32,7 @@ from pruning_core.masks import (
     sparsity_when_applied,
 )
 from pruning_core.methods import MethodOptions, covers, get_method
+from pruning_core.devices.allocator import release_free_memory
 from pruning_core.packed_masks import PackedMasks
 from pruning_core.models import LoadedModel, to_native, weight_matrix
 from pruning_core.progress import ProgressFn, no_progress
@@ -383,6 +384,8 @@ def prune_with_statistics(loaded: LoadedModel, statistics: Optional[Statistics],
         stats = {kind: by_module[loaded.adapter.qualified_name(index, kind)]
                  for kind in loaded.adapter.module_kinds if loaded.adapter.qualified_name(index, kind) in by_module}
         _prune_layer(loaded, index, layer, stats, config, masks, weights, write=False, ranks=ranks)
+        # Each layer's kept ranks or masks sit between the holes its scoring temporaries left (as in the walk).
+        release_free_memory()
     return _finish(loaded, config, masks, weights, start)
 
 

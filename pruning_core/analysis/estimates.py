@@ -171,12 +171,16 @@ def estimate_sweep(model_info: dict, spec, throughput_tokens_per_s: float | None
     # (`run_costs.pruning_peak_bytes`: weights, one layer's restore copy, bit-packed masks, SparseGPT's updated
     # weights, the walk's working set with every layer's statistics in dense propagation) or evaluated (weights,
     # masks, one batch's activations and logits); the plans' dense walk and the maps have their own.
-    methods = {config.method for _, config, _ in todo}
-    peaks = [run_costs.pruning_peak_bytes(facts, protocol, name, spec.propagation) for name in methods]
+    methods = {config.method: config.method_spec for _, config, _ in todo}
+    # A re-thresholded method's score ranks stay for the whole sweep (`prune._prune_layer`'s `ranks`): int16 per
+    # weight when ranked within rows shorter than 32768 (Wanda), else int32 (magnitude ranks whole matrices).
+    ranks = sum(facts["prunable"] * (2 if methods[name].per_row and max(facts["input_widths"]) < 2**15 else 4)
+                for name in ranked_seen)
+    peaks = [run_costs.pruning_peak_bytes(facts, protocol, name, spec.propagation) + ranks for name in methods]
     # The evaluations' heap overhead is the walk's: the sweeps' measured peaks (walk and evaluations together) are
     # what WALK_HEAP_OVERHEAD_BF16_WEIGHTS was fitted to.
     peaks.append(run_costs.resident_bytes(_memory_common(facts, protocol.seqlen, protocol.batch_size)
-                                          + (run_costs.mask_bytes(facts) if todo else 0), facts,
+                                          + (run_costs.mask_bytes(facts) if todo else 0) + ranks, facts,
                                           run_costs.WALK_HEAP_OVERHEAD_BF16_WEIGHTS))
     if plan_needs:
         peaks.append(run_costs.resident_bytes(run_costs.RUNTIME_BYTES + facts["memory"] + run_costs.walk_working_bytes(

@@ -85,6 +85,16 @@ def test_the_first_view_walks_its_own_windows_and_the_exact_map_walks_all_of_the
     assert "exact_statistics" not in few
 
 
+def test_a_dense_sweep_counts_the_score_ranks_it_keeps_between_points():
+    """A dense-propagation sweep ranks each matrix once and re-thresholds the ranks at later points: the ranks stay
+    for the whole sweep (int16 per weight for Wanda). SmolLM2-360M's five-point sweep peaked at 3.61 GB against
+    1.77 GB estimated without them."""
+    one, five = (estimate_sweep(INFO, SweepSpec(model="tiny-llama", methods=("wanda",), sparsities=sparsities,
+                                                 eval_corpora=("news",), protocol=PROTOCOL, propagation="dense"),
+                                SPEED)["peak_memory_bytes"] for sparsities in ((0.5,), (0.3, 0.4, 0.5, 0.6, 0.7)))
+    assert five - one == 2 * INFO["prunable_parameters"]
+
+
 def test_structured_counts_statistics_pruning_evaluation_speed_and_samples():
     from pruning_core.structured.estimate import estimate_structured
     from pruning_core.structured.run import StructuredSpec
