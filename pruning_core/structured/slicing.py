@@ -167,6 +167,12 @@ def loadable_with_transformers(layout: LayerLayout, widths: list[LayerWidths]) -
     if widths and layout.style in ("opt", "gpt2") and widths[0].heads != layout.heads:
         return False, (f"{layout.style.upper()}'s config derives the head size from hidden / heads, so removed "
                        "heads cannot be described; load it with pruning_core.structured.load_structured")
+    if widths and layout.style == "llama" and widths[0].heads and layout.hidden % widths[0].heads:
+        # transformers 5 validates Llama-like configs strictly: hidden size a multiple of the heads, even with an
+        # explicit head_dim (TinyLlama's 2048 features with 24 of its 32 heads left failed to load back).
+        return False, (f"the hidden size ({layout.hidden}) is not a multiple of the {widths[0].heads} heads left, "
+                       "which a Llama-like Hugging Face config refuses; load it with "
+                       "pruning_core.structured.load_structured")
     return True, ""
 
 

@@ -292,3 +292,19 @@ def test_bad_settings_are_refused_with_a_message(models):
         prune_structured(lm, windows(), StructuredConfig(head_mode="kv"))
     magnitude = prune_structured(lm, None, StructuredConfig(score="magnitude", compensate=False, ratio=0.2))
     assert magnitude.ratio > 0.1
+
+
+def test_heads_left_that_do_not_divide_the_hidden_size_reload_with_load_structured(tmp_path):
+    """transformers 5 refuses a Llama config whose hidden size is not a multiple of its heads, head_dim or not:
+    TinyLlama's shape (2048 features) with 24 of its 32 heads left failed to load back. Such a folder keeps the
+    dense widths in its config and loads with `load_structured`."""
+    lm = tiny_model("llama", num_key_value_heads=4)  # 4 heads of 16 features, removable one by one
+    ids = windows()
+    result = prune_structured(lm, ids, StructuredConfig(units=("heads",), ratio=0.05))
+    assert {w["heads"] for w in result.widths} == {3} and not result.loadable_with_transformers
+    assert "not a multiple" in result.load_note
+    save_structured(result.loaded, result.layout, tmp_path / "out")
+    reloaded = load_structured(tmp_path / "out")
+    assert sum(p.numel() for p in reloaded.parameters()) == result.params.model_after
+    torch.testing.assert_close(logits(reloaded, ids[:2]), logits(result.loaded.model, ids[:2]), rtol=1e-5,
+                               atol=1e-5)
