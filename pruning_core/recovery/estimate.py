@@ -64,23 +64,28 @@ def estimate_training(steps: int, batch_size: int, seqlen: int, *, measured: Opt
                                              "before and after training are not counted."}
 
 
-def training_bytes(facts: dict, batch_size: int, seqlen: int) -> int:
-    """What one masked-LoRA training step holds beside the weights (bytes): the activations autograd saves for a
-    batch (~10 hidden-wide and 4 MLP-wide values per token and layer; 4 bytes each for fp32 weights, whose bf16
-    autocast also saves the casts of the frozen weights and fp32 norm outputs, 2 for bf16 weights), the batch's
-    logits with their softmax and gradient (fp32), and every adapted module's keep pattern (a byte per weight)."""
+def training_bytes(facts: dict, batch_size: int, seqlen: int, dtype: str = "bfloat16") -> int:
+    """What one masked-LoRA training step holds beside the weights (bytes): every adapted module's effective
+    weight W + mask * BA, which autograd saves for the backward pass (in the weights' dtype, plus its bf16 cast
+    under bf16 autocast of fp32 weights), each module's keep pattern (a byte per weight), the activations autograd
+    saves for a batch (~10 hidden-wide and 4 MLP-wide values per token and layer, 2 bytes under bf16 autocast,
+    else 4) and the batch's logits with their softmax and gradient (fp32). dtype: the training's compute dtype.
+    Measured: 3.64 GB (embedded, fp32), 6.22 GB (SmolLM2-360M shape, bf16), 14.1 GB (TinyLlama-1.1B shape, bf16)
+    at 4 x 256 tokens per step, where three copies of the weights had been estimated."""
     tokens = int(batch_size) * int(seqlen)
-    value = run_costs.activation_bytes(facts)
-    activations = facts["layers"] * tokens * (10 * facts["hidden"] + 4 * max(facts["input_widths"])) * value
-    return int(activations + 3 * tokens * facts["vocab"] * 4 + facts["prunable"])
+    autocast = dtype == "bfloat16"
+    cast = 2 if autocast and not run_costs.low_precision_weights(facts) else 0
+    effective = facts["prunable"] * (run_costs.bytes_per_weight(facts) + cast + 1)  # + the keep pattern
+    activations = facts["layers"] * tokens * (10 * facts["hidden"] + 4 * max(facts["input_widths"])) * \
+        (2 if autocast else 4)
+    return int(effective + activations + 3 * tokens * facts["vocab"] * 4)
 
 
 def recovery_peak_bytes(facts: dict, spec) -> int:
     """Peak resident bytes of a recovery (`run.run_recovery`): the dense model and the pruned copy the adapter
     trains on, with the larger of the pruning's working set (`run_costs.pruning_peak_bytes` beyond its weights;
-    none when the masks come from a folder) and a training step's (`training_bytes`). The embedded model's run
-    (64 x 512 calibration, batches of 4 x 256) peaked at 3.64 GB against 2.03 GB when only three copies of the
-    weights were counted."""
+    none when the masks come from a folder) and a training step's (`training_bytes`, with the heap's overhead of
+    gradient passes for bf16 weights, `run_costs.HEAP_OVERHEAD_BF16_WEIGHTS`)."""
     config = spec.train_config()
     base = run_costs.RUNTIME_BYTES + 2 * facts["memory"]
     pruning = 0
@@ -89,7 +94,8 @@ def recovery_peak_bytes(facts: dict, spec) -> int:
                                                spec.setting.propagation or "pruned") - run_costs.RUNTIME_BYTES \
             - facts["memory"]
     training = run_costs.resident_bytes(run_costs.RUNTIME_BYTES + facts["memory"]
-                                        + training_bytes(facts, config.batch_size, config.seqlen), facts) \
+                                        + training_bytes(facts, config.batch_size, config.seqlen, config.dtype),
+                                        facts) \
         - run_costs.RUNTIME_BYTES - facts["memory"]
     return int(base + max(pruning, training))
 
