@@ -256,8 +256,16 @@ def measure_model(model: str, options: dict, timeout: float) -> dict:
         result["allocator"] = record["machine"]["allocator"]  # the glibc settings this task's child ran under
         record["tasks"][task] = result
         print(json.dumps({"model": model, "task": task, **result}), file=sys.stderr, flush=True)
-    facts, wanda = record.get("model"), record["tasks"].get("wanda")
+    return with_target_figures(record)
+
+
+def with_target_figures(record: dict) -> dict:
+    """Add the targets' figures to a model's Wanda record (in place; returns the record): pruning seconds per
+    non-embedding parameter and calibration token, and the peak over the weights plus 3 GiB. Needs the model's
+    facts (its load task), from this run or a saved one."""
+    facts, wanda = record.get("model"), record.get("tasks", {}).get("wanda")
     if facts and wanda and wanda.get("points"):
+        options = record.get("options") or {}
         tokens = options["nsamples"] * options["seqlen"]
         prune = wanda["points"][0]["prune_seconds"]
         wanda["prune_seconds_per_param_token"] = prune / (facts["non_embedding_parameters"] * tokens)
@@ -332,7 +340,7 @@ def main(argv=None) -> None:
             kept = saved["models"].get(model, {})
             if kept.get("options", {}).get("nsamples") == options["nsamples"]:
                 record = {**kept, **record, "tasks": {**kept.get("tasks", {}), **record["tasks"]}}
-            saved["models"][model] = record
+            saved["models"][model] = with_target_figures(record)
         saved.update({k: v for k, v in doc.items() if k != "models"})
         path.write_text(json.dumps(saved, indent=2) + "\n")
 
