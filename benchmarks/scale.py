@@ -264,8 +264,8 @@ def with_target_figures(record: dict) -> dict:
     non-embedding parameter and calibration token, and the peak over the weights plus 3 GiB. Needs the model's
     facts (its load task), from this run or a saved one."""
     facts, wanda = record.get("model"), record.get("tasks", {}).get("wanda")
-    if facts and wanda and wanda.get("points"):
-        options = record.get("options") or {}
+    options = record.get("options") or {}
+    if facts and wanda and wanda.get("points") and "nsamples" in options:
         tokens = options["nsamples"] * options["seqlen"]
         prune = wanda["points"][0]["prune_seconds"]
         wanda["prune_seconds_per_param_token"] = prune / (facts["non_embedding_parameters"] * tokens)
