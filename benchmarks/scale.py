@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,8 @@ def task_spec(task: str, model: str, options: dict) -> dict:
         from pruning_core.cli.analysis import sensitivity_spec_from_args
         from pruning_core.cli.main import build_parser
 
-        out = tempfile.mkdtemp(prefix="scale-map-")
+        home = os.environ.get("PRUNESCOPE_HOME")  # the child's home, removed after the task (`in_child`)
+        out = os.path.join(home, "map") if home else tempfile.mkdtemp(prefix="scale-map-")
         argv = ["sensitivity", "--out", out, "--model", model]
         if options["quick"]:
             argv += ["--nsamples", str(options["nsamples"]), "--seqlen", str(options["seqlen"])]
@@ -213,12 +215,17 @@ def run_task(task: str, model: str, options: dict) -> dict:
 def in_child(task: str, model: str, options: dict, timeout: float) -> dict:
     """Run `task` in a fresh Python process with a fresh PRUNESCOPE_HOME; its record, or {"error": ...}."""
     # As the CLI and job workers run: glibc's malloc settings of devices/allocator.py (its heap keeps freed blocks).
-    env = with_allocator_settings(dict(os.environ, PRUNESCOPE_HOME=tempfile.mkdtemp(prefix=f"scale-{task}-")))
+    home = tempfile.mkdtemp(prefix=f"scale-{task}-")
+    env = with_allocator_settings(dict(os.environ, PRUNESCOPE_HOME=home))
     command = [sys.executable, __file__, "--child", task, "--child-model", model, "--child-options", json.dumps(options)]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
+    finally:
+        # A task's home holds its store and the folders it wrote (a 1.1B recovery's merged model, a structured
+        # run's dense and pruned copies): tens of GB over a session's runs filled the disk once.
+        shutil.rmtree(home, ignore_errors=True)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])
