@@ -115,6 +115,17 @@ def activation_bytes(facts: dict) -> int:
     return 2 if low_precision_weights(facts) else 4
 
 
+def saved_activation_bytes(facts: dict, tokens: int, value: int) -> int:
+    """The activations autograd saves for a backward pass over `tokens` tokens (bytes): ~10 hidden-wide and 4
+    MLP-wide values per token and layer, `value` bytes each."""
+    return int(facts["layers"] * int(tokens) * (10 * facts["hidden"] + 4 * max(facts["input_widths"])) * value)
+
+
+def logits_bytes(facts: dict, tokens: int) -> int:
+    """`tokens` tokens' logits with their softmax and its gradient (fp32, three vocabulary-wide values each)."""
+    return int(3 * int(tokens) * facts["vocab"] * 4)
+
+
 def restore_copy_bytes(facts: dict) -> int:
     """One decoder layer's prunable weights, in the model's dtype: the walk copies a layer's weights before its
     handler writes into them and puts them back after the layer's outputs are recomputed

@@ -53,7 +53,7 @@ def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
     # tensors live inside a layer; bf16 for bf16-stored weights) + one window's logits in fp32 (and its softmax).
     value = run_costs.activation_bytes(facts)
     return int(run_costs.RUNTIME_BYTES + facts["memory"] + 12 * batch * seqlen * max(facts["input_widths"]) * value
-               + 3 * seqlen * facts["vocab"] * 4)
+               + run_costs.logits_bytes(facts, seqlen))
 
 
 def _windows_line(windows: dict[str, int], asked: int, what: str) -> str:
@@ -322,12 +322,12 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     # The phases that do not overlap: the statistics walk, the gradient passes, the exact probes.
     walk = run_costs.walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, needs) \
         if needs != "none" else 0
-    logits = 3 * protocol.seqlen * facts["vocab"] * 4
+    logits = run_costs.logits_bytes(facts, protocol.seqlen)
     inner = max(facts["input_widths"])
     # One window's backward (`second_order.gradient_moments` with the maps' changes folded in): the activations
     # autograd saves (~10 hidden-wide and 4 MLP-wide values per token and layer), the logits, and one module's
     # gradient with its fp32 copy, square, change and weight (the others are freed as they are folded).
-    fisher = (L * protocol.seqlen * (10 * facts["hidden"] + 4 * inner) * value + logits
+    fisher = (run_costs.saved_activation_bytes(facts, protocol.seqlen, value) + logits
               + 18 * facts["hidden"] * inner) if "fisher" in metrics else 0
     exact = (probe_cache + 12 * protocol.batch_size * protocol.seqlen * inner * value + logits) \
         if "exact" in metrics or sample_rows else 0

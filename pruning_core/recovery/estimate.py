@@ -76,9 +76,8 @@ def training_bytes(facts: dict, batch_size: int, seqlen: int, dtype: str = "bflo
     autocast = dtype == "bfloat16"
     cast = 2 if autocast and not run_costs.low_precision_weights(facts) else 0
     effective = facts["prunable"] * (run_costs.bytes_per_weight(facts) + cast + 1)  # + the keep pattern
-    activations = facts["layers"] * tokens * (10 * facts["hidden"] + 4 * max(facts["input_widths"])) * \
-        (2 if autocast else 4)
-    return int(effective + activations + 3 * tokens * facts["vocab"] * 4)
+    activations = run_costs.saved_activation_bytes(facts, tokens, 2 if autocast else 4)
+    return int(effective + activations + run_costs.logits_bytes(facts, tokens))
 
 
 def recovery_peak_bytes(facts: dict, spec) -> int:
