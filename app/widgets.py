@@ -178,13 +178,31 @@ def _eta_text(status: dict) -> str:
     return f"{elapsed} · time left {format_seconds(eta)}" if eta is not None else elapsed
 
 
+def rerun_page() -> None:
+    """Rerun the whole page, unless a rerun is already on its way (the user opened another page or clicked).
+
+    `st.rerun()` asks for a rerun of the page whose script is running, and Streamlit keeps the newest of two
+    pending requests: a panel's fragment that calls it just after the user clicked another page in the menu
+    would replace that page switch with a rerun of the page being left (the address bar shows the new page, the
+    content stays the old one: seen as the Curves page never drawing after Setup's speed measurement ended). A
+    pending rerun redraws the page anyway, so none is needed. Streamlit has no public way to ask whether one is
+    pending: the script's request queue is read defensively, and without it the page reruns as before."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    requests = getattr(get_script_run_ctx(), "script_requests", None)
+    pending = getattr(getattr(requests, "_state", None), "name", None)
+    if pending in ("RERUN", "STOP"):
+        return
+    st.rerun()
+
+
 @st.fragment(run_every=REFRESH_S)
 def _live_panel(kind: str, job_id: str, on_progress: Optional[Callable[[dict], None]]) -> None:
     status = guarded(jobs.job_status, job_id)
     if status is None:
         return
     if not jobs.is_active(status):
-        st.rerun()  # the whole page: it draws the final results
+        rerun_page()  # the whole page: it draws the final results
     with st.container(border=True):
         fraction = float(status.get("fraction") or 0.0)
         st.progress(min(max(fraction, 0.0), 1.0),

@@ -163,11 +163,31 @@ def page(browser, app_url):
 
 
 def _wait_for_app(page, text: str, timeout_ms: int = 30_000) -> None:
-    """Wait until Streamlit has rendered `text` and finished the script run (no 'Running...' widget)."""
-    page.get_by_text(text, exact=False).first.wait_for(state="visible", timeout=timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
-    )
+    """Wait until Streamlit has rendered `text` and finished the script run (no 'Running...' widget).
+    On a timeout the error carries what the page showed instead (its text's end, and a screenshot in
+    test-artifacts/), so a failure on CI says why the page never got there."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.get_by_text(text, exact=False).first.wait_for(state="visible", timeout=timeout_ms)
+        page.wait_for_function(
+            "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
+        )
+    except PlaywrightTimeout as error:
+        raise AssertionError(f"waited {timeout_ms / 1000:.0f} s for {text!r} on {page.url}; the page showed:\n"
+                             f"{_page_text_for_failure(page)}") from error
+
+
+def _page_text_for_failure(page) -> str:
+    """The end of the page's visible text (the part a failure needs) and a screenshot beside the artifacts."""
+    try:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "timeout.png"), full_page=True)
+        body = page.inner_text("body", timeout=10_000)
+    except Exception as error:  # noqa: BLE001 - the page itself may be gone; say so instead
+        return f"(the page could not be read: {error})"
+    status = page.locator('[data-testid="stStatusWidget"]').count()
+    return ("(Streamlit still running) " if status else "") + body[-3000:]
 
 
 @pytest.fixture(scope="session")
