@@ -39,7 +39,7 @@ def point_files(spec: dict, key: str) -> None:
         words = widgets.guarded(point_export.formats_words, spec) or "its files"
         if st.button(f"Write its files: {words}", key=f"{key}_write", icon=":material/download:"):
             if widgets.start_job(point_export.KIND, job_spec):
-                st.rerun()  # the panel above follows the job, then its files are offered below it
+                widgets.rerun_page()  # the panel above follows the job, then its files are offered below it
         return
     if status.get("state") != "done" or not status.get("result"):
         return
@@ -148,7 +148,7 @@ spec = widgets.guarded(frontier_service.frontier_spec, settings, techniques, cor
 if st.button("Measure the frontier", key="frontier_run", type="primary", icon=":material/straighten:",
              disabled=spec is None):
     if widgets.start_job("frontier", spec):
-        st.rerun()  # the answer above is drawn from the store: read it again with this job's points
+        widgets.rerun_page()  # the answer above is drawn from the store: read it again with this job's points
 # The panel reruns the page when the job ends: its points are in the store then, and drawn above.
 widgets.job_panel("frontier", widgets.attach_job("frontier", spec, settings["model"]), spec=spec)
 
@@ -168,7 +168,7 @@ with st.container(border=True):
     q_spec = widgets.guarded(frontier_service.quantize_spec, settings, method, bits, group, symmetric, start)
     if st.button("Quantize", key="frontier_q_run", icon=":material/compress:", disabled=q_spec is None):
         if widgets.start_job("quantize", q_spec):
-            st.rerun()  # its point joins the frontier above
+            widgets.rerun_page()  # its point joins the frontier above
     q_status = widgets.job_panel("quantize", widgets.attach_job("quantize", q_spec, settings["model"]), spec=q_spec)
     if q_status is not None and q_status.get("state") == "done" and q_status.get("result"):
         record = q_status["result"]

@@ -152,7 +152,7 @@ with calib_col:
                 st.session_state["setup_calib_column"] = upload_column.strip()
                 st.session_state["setup_pending_calib"] = path
             # The selectbox above is already drawn this run: show the outcome on the next run.
-            st.rerun()
+            widgets.rerun_page()
         calib = None
     if calib and Path(calib).suffix.lower() in (".csv", ".parquet", ".json", ".jsonl"):
         _seed("setup_calib_column", settings.get("calib_column") or "")

@@ -158,7 +158,7 @@ def budget_section(budget: int, corpora: list[str], labels: dict, default_method
                                   "re-measuring each step; measurements stored by earlier searches are reused."):
         for method in missing:
             widgets.start_job("budget", specs[method])
-        st.rerun()
+        widgets.rerun_page()
     active = next((s for s in statuses.values() if s and jobs.is_active(s)), None)
     if active is not None:
         widgets.job_panel("budget", active["id"])
