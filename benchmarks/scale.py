@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -245,11 +246,31 @@ def machine() -> dict:
             "allocator": {k: v for k, v in with_allocator_settings(os.environ).items() if k in SETTINGS}}
 
 
+def memory_refusal(task: str, estimate: Optional[dict]) -> Optional[str]:
+    """The product's refusal sentence when `task`'s estimated peak exceeds this machine's free memory (the
+    check a dashboard job passes before its worker starts: `memory_check.check_fits`), else None."""
+    from pruning_core.jobs.memory_check import MemoryRefused, check_fits
+
+    if task == "load" or not estimate:
+        return None
+    try:
+        check_fits(TASK_KINDS[task], estimate, in_process=False, where="dashboard")
+    except MemoryRefused as refused:
+        return str(refused)
+    return None
+
+
 def measure_model(model: str, options: dict, timeout: float) -> dict:
     record: dict = {"tasks": {}, "options": options, "machine": machine()}
     estimates = in_child("estimates", model, options, timeout)
     record["estimates_error"] = estimates.pop("error", None)
     for task in options["tasks"]:
+        refusal = memory_refusal(task, estimates.get(task))
+        if refusal:  # as the dashboard and the CLI would: refused before it starts, in the product's sentence
+            record["tasks"][task] = {"refused": refusal, "estimate": estimates.get(task),
+                                     "load_average_end": os.getloadavg()}
+            print(json.dumps({"model": model, "task": task, **record["tasks"][task]}), file=sys.stderr, flush=True)
+            continue
         result = in_child(task, model, options, timeout)
         if task == "load" and "model" in result:
             record["model"] = result.pop("model")
