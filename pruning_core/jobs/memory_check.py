@@ -92,24 +92,37 @@ def available_memory(in_process: bool, environ: Optional[Mapping[str, str]] = No
     return AvailableMemory(free, "free on this machine (MemAvailable)")
 
 
-#: What to change, in the words of where the run was started: the command line's flags or the dashboard's settings.
+#: What to change, in the words of where the run was started (the command line's flags or the dashboard's
+#: settings), one entry per remedy: (remedy, words). `changes` drops a remedy the run already took.
 CHANGES = {
-    "cli": "keep the weights in bf16 (--model NAME@bfloat16: half the weight memory, perplexity within 0.05 % on "
-           "the embedded model), use fewer calibration windows (--nsamples), compute on a GPU "
-           "(--device cuda), or run the points on Ray workers on other machines (--executor ray --ray-address ADDR)",
-    "dashboard": "keep the weights in bf16 (Setup: the model source ending in @bfloat16), use fewer calibration windows (Setup: Calibration "
-                 "windows), compute on a GPU (prunescope ... --device cuda), or run the points on Ray workers on "
-                 "other machines (PRUNESCOPE_EXECUTOR=ray with PRUNESCOPE_RAY_ADDRESS)",
+    "cli": (("bf16", "keep the weights in bf16 (--model NAME@bfloat16: half the weight memory, perplexity within "
+                     "0.05 % on the embedded model)"),
+            ("calibration", "use fewer calibration windows (--nsamples)"),
+            ("gpu", "compute on a GPU (--device cuda)"),
+            ("ray", "run the points on Ray workers on other machines (--executor ray --ray-address ADDR)")),
+    "dashboard": (("bf16", "keep the weights in bf16 (Setup: the model source ending in @bfloat16)"),
+                  ("calibration", "use fewer calibration windows (Setup: Calibration windows)"),
+                  ("gpu", "compute on a GPU (prunescope ... --device cuda)"),
+                  ("ray", "run the points on Ray workers on other machines (PRUNESCOPE_EXECUTOR=ray with "
+                          "PRUNESCOPE_RAY_ADDRESS)")),
 }
 
 
+def changes(where: str, spec: Optional[Mapping] = None) -> str:
+    """The remedies of `CHANGES[where]` as one clause, without bf16 when the run's model already keeps its weights
+    in bf16 (a source ending in "@bfloat16": advising it would send the user round in a circle)."""
+    already_bf16 = str((spec or {}).get("model") or "").endswith("@bfloat16")
+    words = [text for remedy, text in CHANGES[where] if not (remedy == "bf16" and already_bf16)]
+    return ", ".join(words[:-1]) + ", or " + words[-1]
+
+
 def refusal_sentence(kind: str, estimate_bytes: int, available: AvailableMemory, force_hint: str = "",
-                     where: str = "cli") -> str:
-    """The one sentence of a refused run: its estimate, what is available, what to change (`CHANGES[where]`)."""
+                     where: str = "cli", spec: Optional[Mapping] = None) -> str:
+    """The one sentence of a refused run: its estimate, what is available, what to change (`changes`)."""
     hint = f"; or {force_hint} to run anyway" if force_hint else ""
     return (f"This {kind} run needs about {format_bytes(estimate_bytes)} of memory at its peak (estimate) but "
-            f"{format_bytes(available.bytes)} is available ({available.source}); to make it fit, {CHANGES[where]}"
-            f"{hint}.")
+            f"{format_bytes(available.bytes)} is available ({available.source}); to make it fit, "
+            f"{changes(where, spec)}{hint}.")
 
 
 def runs_elsewhere(spec: Optional[Mapping]) -> bool:
@@ -136,7 +149,7 @@ def check_fits(kind: str, estimate: Optional[Mapping], *, in_process: bool, spec
         return
     peak = int(estimate["peak_memory_bytes"])
     if peak > available.bytes:
-        raise MemoryRefused(refusal_sentence(kind, peak, available, force_hint, where))
+        raise MemoryRefused(refusal_sentence(kind, peak, available, force_hint, where, spec))
 
 
 def check_job_fits(kind: str, spec: dict, loaded, store=None, *, in_process: bool, where: str = "dashboard",

@@ -43,6 +43,20 @@ def test_a_run_over_the_limit_is_refused_and_one_under_it_passes():
     check_fits("sweep", estimate, in_process=False, environ={MEMORY_LIMIT_ENV: "8GB"}, force=True)  # the escape
 
 
+def test_a_model_already_in_bf16_is_not_told_to_keep_its_weights_in_bf16():
+    estimate = {"seconds": 60.0, "peak_memory_bytes": 9 * 10**9}
+    said = {}
+    for model in ("random:llama-3.2-3b@bfloat16", "random:llama-3.2-3b"):
+        with pytest.raises(MemoryRefused) as refused:
+            check_fits("recovery", estimate, in_process=False, spec={"model": model}, where="dashboard",
+                       environ={MEMORY_LIMIT_ENV: "8GB"})
+        said[model] = str(refused.value)
+    assert "bf16" not in said["random:llama-3.2-3b@bfloat16"]
+    assert "keep the weights in bf16" in said["random:llama-3.2-3b"]
+    for sentence in said.values():
+        assert "Calibration windows" in sentence and ", or run the points on Ray workers" in sentence
+
+
 def test_nothing_to_check_without_an_estimate_or_for_workers_on_other_machines():
     small = {MEMORY_LIMIT_ENV: "1KB"}
     check_fits("plan", None, in_process=False, environ=small)
