@@ -64,20 +64,29 @@ def estimate_training(steps: int, batch_size: int, seqlen: int, *, measured: Opt
                                              "before and after training are not counted."}
 
 
+#: Working bytes per weight of the one module whose effective weight is being built or differentiated
+#: (`masked_lora._MaskedLoraMatmul`): the weight W + masked delta and its cast, the rank-r product, the unpacked
+#: keep pattern, and in backward the weight's gradient and its masked copy.
+EFFECTIVE_WEIGHT_SCRATCH_BYTES = 16
+
+
 def training_bytes(facts: dict, batch_size: int, seqlen: int, dtype: str = "bfloat16") -> int:
-    """What one masked-LoRA training step holds beside the weights (bytes): every adapted module's effective
-    weight W + mask * BA, which autograd saves for the backward pass (in the weights' dtype, plus its bf16 cast
-    under bf16 autocast of fp32 weights), each module's keep pattern (a byte per weight), the activations autograd
-    saves for a batch (~10 hidden-wide and 4 MLP-wide values per token and layer, 2 bytes under bf16 autocast,
-    else 4) and the batch's logits with their softmax and gradient (fp32). dtype: the training's compute dtype.
-    Measured: 3.64 GB (embedded, fp32), 6.22 GB (SmolLM2-360M shape, bf16), 14.1 GB (TinyLlama-1.1B shape, bf16)
-    at 4 x 256 tokens per step, where three copies of the weights had been estimated."""
+    """What one masked-LoRA training step holds beside the weights (bytes): the adapted modules' keep patterns
+    (bit-packed, an eighth of a byte per weight), one module's effective weight W + mask * BA at a time with its
+    scratch (`EFFECTIVE_WEIGHT_SCRATCH_BYTES` per weight of the largest matrix: the backward rebuilds each
+    module's weight instead of keeping it from the forward), the activations autograd saves for a batch (~10
+    hidden-wide and 4 MLP-wide values per token and layer, 2 bytes under bf16 autocast, else 4) and the batch's
+    logits with their softmax and gradient (fp32). dtype: the training's compute dtype.
+    Before the backward rebuilt the weights, autograd kept every module's effective weight (and its bf16 cast for
+    fp32 weights) for the whole step: 3.64 GB (embedded, fp32), 6.22 GB (SmolLM2-360M shape, bf16), 14.1 GB
+    (TinyLlama-1.1B shape, bf16) at 4 x 256 tokens per step."""
     tokens = int(batch_size) * int(seqlen)
     autocast = dtype == "bfloat16"
-    cast = 2 if autocast and not run_costs.low_precision_weights(facts) else 0
-    effective = facts["prunable"] * (run_costs.bytes_per_weight(facts) + cast + 1)  # + the keep pattern
+    keep = run_costs.mask_bytes(facts)
+    largest = facts["hidden"] * max(facts["input_widths"])  # the widest matrix of a Llama-like layer (MLP)
+    effective = largest * EFFECTIVE_WEIGHT_SCRATCH_BYTES
     activations = run_costs.saved_activation_bytes(facts, tokens, 2 if autocast else 4)
-    return int(effective + activations + run_costs.logits_bytes(facts, tokens))
+    return int(keep + effective + activations + run_costs.logits_bytes(facts, tokens))
 
 
 def recovery_peak_bytes(facts: dict, spec) -> int:

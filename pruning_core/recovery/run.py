@@ -405,14 +405,17 @@ def run_recovery(spec: Union[RecoverySpec, dict], loaded: Optional[LoadedModel] 
         saved = {**saved, "folder": str(target)}
     mask_dir = save_mask_beside(loaded, spec, pruned_record, protocol, Path(out_dir)) if out_dir is not None else None
     # Merge: the shipped model. Its zeros must be exactly the pruned model's.
-    keep = {n: m.keep_pattern.clone() for n, m in masked_lora.masked_modules(peft_model).items()}
+    keep = {n: m.keep_bits for n, m in masked_lora.masked_modules(peft_model).items()}  # bit-packed
     merged = peft_model.merge_and_unload()
     merged_loaded = _copy_of(loaded, merged, "recovered")
     modules = merged_loaded.adapter.prunable_modules(merged)
     from pruning_core.masks import measured_sparsity
+    from pruning_core.packed_masks import pack_bits
 
     merged_sparsity = measured_sparsity(merged, modules)["overall"]
-    zeros_kept = all(bool((merged.get_submodule(_strip(n)).weight[~k] == 0).all()) for n, k in keep.items())
+    # No weight outside its keep pattern became non-zero: the packed non-zeros have no bit the pattern lacks.
+    zeros_kept = all(not bool((pack_bits(merged.get_submodule(_strip(n)).weight != 0) & ~k).any())
+                     for n, k in keep.items())
     after = evaluate.evaluate_setting(merged_loaded, protocol, corpora, evaluate.IN_PLACE, dense=False,
                                       eval_ids=eval_ids, progress=sub_progress(progress, 0.9, 0.97),
                                       label="recovered")

@@ -91,6 +91,57 @@ def test_unmerged_masked_adapter_is_the_merged_model(family):
     torch.testing.assert_close(unmerged, merged, rtol=1e-5, atol=1e-5)
 
 
+def _loss_and_grads(peft_model, hf_model, ids, autocast: bool, materialised: bool):
+    """The training loss, its gradients (adapter matrices) and the bytes autograd saved for the backward pass:
+    through `MaskedLoraLinear`'s own backward, or (materialised) through plain autograd on W + masked delta."""
+    cls = masked_lora.masked_lora_class()
+
+    def plain(self, x, *args, **kwargs):
+        base = self.get_base_layer()
+        weight = base.weight + self.get_delta_weight("default").to(base.weight.dtype)
+        return torch.nn.functional.linear(x, weight.t() if self.fan_in_fan_out else weight, getattr(base, "bias", None))
+
+    saved = {}
+    held = {p.data_ptr() for p in peft_model.parameters()} | {b.data_ptr() for b in peft_model.buffers()}
+
+    def pack(tensor):  # what the backward keeps beyond the model's own parameters and buffers, once per tensor
+        if tensor.data_ptr() not in held:
+            saved[tensor.data_ptr()] = (tuple(tensor.shape), tensor.numel() * tensor.element_size())
+        return tensor
+
+    own, cls.forward = cls.forward, (plain if materialised else cls.forward)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = batch_loss(hf_model, ids)
+        loss.backward()
+    finally:
+        cls.forward = own
+    grads = {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.grad is not None}
+    peft_model.zero_grad(set_to_none=True)
+    return loss.item(), grads, list(saved.values())
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_training_gradients_are_the_masked_expression_s_without_saving_its_weights(family, autocast):
+    lm, modules = _randomly_pruned(family)
+    peft_model = _masked(lm, modules)
+    ids = _ids(lm)
+    loss, grads, saved = _loss_and_grads(peft_model, lm.model, ids, autocast, materialised=False)
+    loss_ref, grads_ref, saved_ref = _loss_and_grads(peft_model, lm.model, ids, autocast, materialised=True)
+    assert loss == pytest.approx(loss_ref, rel=1e-6)
+    assert grads.keys() == grads_ref.keys() and len(grads) == 2 * len(modules)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_ref[name], rtol=1e-4, atol=1e-6)
+    # The plain expression saves effective weights (and their keep patterns) for the backward pass; the own
+    # backward saves no weight-shaped tensor at all, only activations (it rebuilds each weight when it needs it).
+    shapes = {tuple(m.weight.shape) for m in modules.values()} | {tuple(m.weight.shape[::-1]) for m in modules.values()}
+    assert any(shape in shapes for shape, _ in saved_ref)
+    assert not any(shape in shapes for shape, _ in saved), [shape for shape, _ in saved]
+    assert sum(size for _, size in saved) < sum(size for _, size in saved_ref)
+
+
 def test_plain_lora_merge_would_fill_the_zeros():
     from peft import LoraConfig, get_peft_model
 
