@@ -179,7 +179,11 @@ class LoadedModel:
         """Architecture facts for display: family, layers, hidden size, parameter counts, bytes in memory."""
         cfg = self.model.config
         params = sum(p.numel() for p in self.model.parameters())
-        prunable = sum(m.weight.numel() for m in self.adapter.prunable_modules(self.model).values())
+        modules = self.adapter.prunable_modules(self.model).values()
+        prunable = sum(m.weight.numel() for m in modules)
+        # The widest input of a prunable linear (a Llama MLP's down projection: its intermediate size), read from the
+        # weights: a width derived from the parameter count is wrong for grouped-query attention.
+        widest = max((int(m.weight.shape[0] if is_transposed(m) else m.weight.shape[1]) for m in modules), default=None)
         mem = sum(p.numel() * p.element_size() for p in self.model.parameters())
         return {
             "name": self.name,
@@ -191,6 +195,7 @@ class LoadedModel:
             "module_kinds": self.adapter.module_kinds,
             "parameters": params,
             "prunable_parameters": prunable,
+            "widest_input": widest,
             "memory_bytes": mem,
             "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
             "fingerprint": self.fingerprint,
