@@ -119,6 +119,11 @@ def activation_bytes(facts: dict) -> int:
     return 2 if low_precision_weights(facts) else 4
 
 
+def largest_matrix(facts: dict) -> int:
+    """Weights of the widest matrix of a Llama-like layer (an MLP projection: hidden x the widest input)."""
+    return int(facts["hidden"] * max(facts["input_widths"]))
+
+
 def saved_activation_bytes(facts: dict, tokens: int, value: int) -> int:
     """The activations autograd saves for a backward pass over `tokens` tokens (bytes): ~10 hidden-wide and 4
     MLP-wide values per token and layer, `value` bytes each."""
@@ -175,9 +180,8 @@ def walk_working_bytes(facts: dict, nsamples: int, seqlen: int, batch: int, need
     value = activation_bytes(facts)
     buffers = 2 * tokens * facts["hidden"] * value
     inside = 12 * int(batch) * int(seqlen) * max(facts["input_widths"]) * value
-    largest = facts["hidden"] * max(facts["input_widths"])  # the widest matrix of a Llama-like layer (MLP)
     return int(buffers + inside + statistics_bytes(facts, need, facts["layers"] if all_layers else 1)
-               + MASK_SCRATCH_BYTES_PER_WEIGHT * largest)
+               + MASK_SCRATCH_BYTES_PER_WEIGHT * largest_matrix(facts))
 
 
 def pruning_peak_bytes(facts: dict, protocol, method: str, propagation: str) -> int:

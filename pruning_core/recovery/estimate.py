@@ -83,8 +83,7 @@ def training_bytes(facts: dict, batch_size: int, seqlen: int, dtype: str = "bflo
     tokens = int(batch_size) * int(seqlen)
     autocast = dtype == "bfloat16"
     keep = run_costs.mask_bytes(facts)
-    largest = facts["hidden"] * max(facts["input_widths"])  # the widest matrix of a Llama-like layer (MLP)
-    effective = largest * EFFECTIVE_WEIGHT_SCRATCH_BYTES
+    effective = run_costs.largest_matrix(facts) * EFFECTIVE_WEIGHT_SCRATCH_BYTES
     activations = run_costs.saved_activation_bytes(facts, tokens, 2 if autocast else 4)
     return int(keep + effective + activations + run_costs.logits_bytes(facts, tokens))
 

@@ -57,6 +57,14 @@ def _masked_delta(keep: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor
     return torch.where(keep, product * scaling, torch.zeros((), dtype=product.dtype, device=product.device)).to(dtype)
 
 
+def _effective_weight(weight: torch.Tensor, keep: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                      scaling: float, fan_in_fan_out: bool, compute: torch.dtype) -> torch.Tensor:
+    """W + masked delta, summed in the weight's dtype, as the (out, in) matrix of the matmul in `compute`: the
+    forward builds it, the backward builds it again instead of keeping it."""
+    effective = weight + _masked_delta(keep, lora_a, lora_b, scaling, fan_in_fan_out, weight.dtype)
+    return (effective.t() if fan_in_fan_out else effective).to(compute)
+
+
 class _MaskedLoraMatmul(torch.autograd.Function):
     """y = x·(W + (B·A·s) ⊙ keep)ᵀ + bias, saving for the backward pass only x and references to W, A and B.
 
@@ -73,15 +81,14 @@ class _MaskedLoraMatmul(torch.autograd.Function):
 
         compute = _compute_dtype(weight)
         keep = unpack_bits(keep_bits, tuple(weight.shape))
-        effective = weight + _masked_delta(keep, lora_a.to(compute), lora_b.to(compute), scaling, fan_in_fan_out,
-                                           weight.dtype)
+        effective = _effective_weight(weight, keep, lora_a.to(compute), lora_b.to(compute), scaling, fan_in_fan_out,
+                                      compute)
         del keep
-        effective = effective.t() if fan_in_fan_out else effective
         inputs = x.to(compute)  # what F.linear under autocast saves too: the input in the matmul's dtype
         ctx.save_for_backward(inputs, weight, keep_bits, lora_a, lora_b)
         ctx.scaling, ctx.fan_in_fan_out, ctx.compute = scaling, fan_in_fan_out, compute
         ctx.input_dtype, ctx.bias_dtype = x.dtype, None if bias is None else bias.dtype
-        return F.linear(inputs, effective.to(compute), None if bias is None else bias.to(compute))
+        return F.linear(inputs, effective, None if bias is None else bias.to(compute))
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -94,8 +101,7 @@ class _MaskedLoraMatmul(torch.autograd.Function):
         grad_out = grad_out.to(compute)
         grad_x = grad_b = grad_a = grad_bias = None
         if ctx.needs_input_grad[0]:
-            effective = weight + _masked_delta(keep, a, b, scaling, ctx.fan_in_fan_out, weight.dtype)
-            effective = (effective.t() if ctx.fan_in_fan_out else effective).to(compute)  # (out, in)
+            effective = _effective_weight(weight, keep, a, b, scaling, ctx.fan_in_fan_out, compute)
             grad_x = (grad_out @ effective).to(ctx.input_dtype)
             del effective
         if ctx.needs_input_grad[4] or ctx.needs_input_grad[5]:
