@@ -15,10 +15,35 @@ from pruning_core import run_costs
 def consumer_statistics_bytes(facts: dict) -> int:
     """Every layer's unit statistics (`statistics.ConsumerStatistics`), bytes: per layer, the attention output's and
     the MLP down projection's input Gram matrices (fp32, width x width) and sums (fp64), one per fold."""
-    from pruning_core.structured.statistics import FOLDS
+    return int(facts["layers"] * layer_statistics_bytes(facts))
 
-    widths = (facts["hidden"], max(facts["input_widths"]))
-    return int(facts["layers"] * FOLDS * sum(4 * w * w + 8 * w for w in widths))
+
+def layer_statistics_bytes(facts: dict) -> int:
+    """One layer's unit statistics, bytes (`statistics.statistics_bytes` of its two consumers)."""
+    from pruning_core.structured.statistics import statistics_bytes
+
+    return statistics_bytes({"o": facts["hidden"], "mlp": max(facts["input_widths"])})
+
+
+def held_statistics_bytes(facts: dict) -> int:
+    """The unit statistics alive at once, bytes: every layer's when they stay in memory, else (spilled to disk
+    above `statistics.SPILL_ABOVE_BYTES`) the layer being collected or read back and one being written."""
+    from pruning_core.structured.statistics import SPILL_ABOVE_BYTES
+
+    every = consumer_statistics_bytes(facts)
+    return every if every <= SPILL_ABOVE_BYTES else 2 * layer_statistics_bytes(facts)
+
+
+#: fp64-equivalent (8-byte) values per squared consumer width alive while one consumer is refit
+#: (`compensate.refit`): the folds' fp64 moments and fp32 augmented moments, the kept blocks and their Cholesky
+#: factors, the identity and the damped system.
+REFIT_WORKSPACE_VALUES_PER_WIDTH_SQUARED = 6
+
+
+def refit_workspace_bytes(facts: dict) -> int:
+    """The compensation's working set for the widest consumer (the MLP down projection), bytes."""
+    width = max(facts["input_widths"])
+    return int(REFIT_WORKSPACE_VALUES_PER_WIDTH_SQUARED * 8 * width * width)
 
 
 def compensation_flops(facts: dict) -> float:
@@ -71,16 +96,24 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
         if spec.speed:
             breakdown["speed_timing"] += run_costs.speed_timing_seconds(facts, rates, dict(spec.speed_settings))
         breakdown["samples"] += run_costs.generation_seconds(facts, rates, 1, int(spec.max_new_tokens))
-    # The dense model and its pruned copy, every layer's consumer statistics (kept from the walk to the pruning),
-    # and the walk's hidden states and in-layer activations: measured 2.55 GB on the embedded model at 64 x 512,
-    # against 1.82 GB when the statistics were counted as one Hessian per linear input and the walk as none.
-    peak = run_costs.resident_bytes(
-        run_costs.RUNTIME_BYTES + 2 * facts["memory"] + consumer_statistics_bytes(facts)
-        + run_costs.walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size, "act_sq"),
-        facts, run_costs.WALK_HEAP_OVERHEAD_BF16_WEIGHTS)
+    # Two phases that do not overlap, each beside the dense model: the statistics walk (held statistics and the
+    # walk's hidden states and in-layer activations), and the pruning of one ratio (the smaller copy, built one
+    # layer at a time beside one dense layer's copy, held statistics and one consumer's refit workspace), whose
+    # copy then stays through the evaluation. Measured before the copy and the statistics were bounded: 2.55 GB
+    # on the embedded model at 64 x 512, 13.0 GB on TinyLlama-1.1B's shapes (both copies and all statistics).
+    held = held_statistics_bytes(facts)
+    walk = held + run_costs.walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size,
+                                               "act_sq")  # the hidden-state buffers (its act_sq is a few KB)
+    kept_share = 1.0 - min((float(r) for r in spec.ratios), default=0.0)
+    layer_bytes = facts["memory"] * facts["prunable"] / max(facts["params"], 1) / max(facts["layers"], 1)
+    prune = (kept_share * facts["memory"] + layer_bytes + held
+             + (refit_workspace_bytes(facts) if spec.compensate else 0))
+    peak = run_costs.resident_bytes(run_costs.RUNTIME_BYTES + facts["memory"] + max(walk, prune), facts,
+                                    run_costs.WALK_HEAP_OVERHEAD_BF16_WEIGHTS)
     what = (f"{len(spec.ratios)} ratios ({len(spec.ratios) - len(todo)} already in the store: they cost nothing)"
             f", evaluated on {', '.join(f'{c} {w} windows' for c, w in used.items())}"
             + ("; dense-against-pruned speed timing per ratio" if spec.speed else "")
             + (f"; {spec.max_new_tokens} sample tokens per model" if int(spec.max_new_tokens) else "")
-            + "; memory: the dense model and one pruned copy")
+            + "; memory: the dense model, the smaller copy and the unit statistics (one layer's at a time when they "
+               "go to disk)")
     return run_costs.phase_estimate(breakdown, peak, what, rates)

@@ -262,6 +262,13 @@ def layers_to_remove(influence: list[float], layer_params: list[int], target: fl
 
 # ------------------------------------------------------------------------------------------ the call
 
+def _copy_without_layers(model: torch.nn.Module, layers: torch.nn.ModuleList) -> torch.nn.Module:
+    """A deep copy of `model` whose decoder layer list holds the original `layers` (the caller copies the ones it
+    keeps, one at a time): everything else (embeddings, norm, head, config) is copied."""
+    memo = {id(layer): layer for layer in layers}  # deepcopy returns memo entries as they are
+    return copy.deepcopy(model, memo)
+
+
 def prune_structured(loaded: LoadedModel, calib_ids: Optional[torch.Tensor], config: StructuredConfig,
                      progress: Optional[ProgressFn] = None, statistics: Optional[UnitStatistics] = None,
                      batch_size: int = 8) -> StructuredResult:
@@ -286,7 +293,7 @@ def prune_structured(loaded: LoadedModel, calib_ids: Optional[torch.Tensor], con
         seconds["statistics"] = statistics.seconds
     dense_layers = loaded.adapter.decoder_layers(loaded.model)
     if statistics is not None and (len(statistics.consumers) != len(dense_layers) or
-                                   statistics.consumers[0][layout.mlp_consumer].columns != layout.intermediate):
+                                   statistics.columns(0, layout.mlp_consumer) != layout.intermediate):
         raise ConfigError("The structured statistics given were collected on another model (their layers or "
                           "widths differ); collect them on this model with collect_unit_statistics.")
     params_before = decoder_parameters(loaded), model_parameters(loaded)
@@ -312,24 +319,31 @@ def prune_structured(loaded: LoadedModel, calib_ids: Optional[torch.Tensor], con
             linears = loaded.adapter.layer_linears(layer)
             counts = removal_counts(layout, linears, per_layer_params[index], ratios[index], config.units, mode)
             removals[index] = {}
+            layer_stats = statistics.consumers[index] if statistics is not None and any(counts.values()) else None
             for unit_kind, count in counts.items():
                 if count == 0:
                     removals[index][unit_kind] = []
                     continue
-                stats = statistics.consumers[index][consumer_kind(layout, unit_kind)] if statistics else None
+                stats = layer_stats[consumer_kind(layout, unit_kind)] if layer_stats else None
                 scores = unit_scores(layout, linears, unit_kind, config.score, stats, mode,
                                      config.score_damping)
                 removals[index][unit_kind] = choose_removed(layout, scores, unit_kind, count, mode)
             progress(0.6 + 0.2 * (index + 1) / len(dense_layers), f"scored layer {index + 1}/{len(dense_layers)}")
     seconds["scoring"] = time.perf_counter() - clock
 
-    # Slice a copy; compensation reads the dense weights of the copy before each consumer is sliced.
-    pruned = LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.source,
+    # Slice a copy, built one layer at a time (the dense model plus the smaller copy plus one dense layer, not
+    # two dense models); compensation reads the dense weights of the layer's copy before its consumer is sliced.
+    pruned = LoadedModel(_copy_without_layers(loaded.model, dense_layers), loaded.tokenizer, loaded.source,
                          f"{loaded.name} (structured)", loaded.adapter)
     clock = time.perf_counter()
     refit_seconds = 0.0
     compensation_report: dict[int, dict[str, dict]] = {}
-    for index, layer in enumerate(pruned.adapter.decoder_layers(pruned.model)):
+    copied_layers = pruned.adapter.decoder_layers(pruned.model)
+    for index in kept_layers:  # dropped layers stay the dense objects until remove_layers takes them out
+        copied_layers[index] = copy.deepcopy(dense_layers[index])
+        layer = copied_layers[index]
+        layer_stats = statistics.consumers[index] if config.compensate and any(removals.get(index, {}).values()) \
+            else None
         for unit_kind, removed in removals.get(index, {}).items():
             if not removed:
                 continue
@@ -341,8 +355,7 @@ def prune_structured(loaded: LoadedModel, calib_ids: Optional[torch.Tensor], con
                 gone = {c for u in removed for c in consumer_columns(layout, unit_kind, u, mode)}
                 keep = [c for c in range(weight_matrix(module).shape[1]) if c not in gone]
                 bias = module.bias.data if getattr(module, "bias", None) is not None else None
-                refit = compensation.refit(weight_matrix(module), bias, keep, statistics.consumers[index][kind],
-                                           config.damping)
+                refit = compensation.refit(weight_matrix(module), bias, keep, layer_stats[kind], config.damping)
                 new_weight, new_bias = refit.weight, refit.bias
                 compensation_report.setdefault(index, {})[kind] = {
                     "alpha": refit.alpha, "cv_error": refit.cv_error, "cv_error_removal": refit.cv_error_removal}
@@ -350,6 +363,8 @@ def prune_structured(loaded: LoadedModel, calib_ids: Optional[torch.Tensor], con
             remove_units(layout, pruned.adapter, layer, unit_kind, removed, mode, new_weight, new_bias)
         progress(0.8 + 0.2 * (index + 1) / len(dense_layers), f"sliced layer {index + 1}/{len(dense_layers)}")
     remove_layers(pruned, kept_layers)
+    if any(a is b for a in pruned.adapter.decoder_layers(pruned.model) for b in dense_layers):
+        raise RuntimeError("structured pruning left a dense layer in its copy")  # the cached model must not change
     seconds["compensation"] = refit_seconds
     seconds["slicing"] = time.perf_counter() - clock - refit_seconds
 

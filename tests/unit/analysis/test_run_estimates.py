@@ -132,19 +132,48 @@ def test_structured_time_counts_the_cross_validated_compensation():
 def test_structured_memory_counts_both_folds_unit_statistics_and_the_walks_hidden_states():
     """The embedded model's structured run peaked at 2.55 GB against 1.82 GB estimated when every layer's consumer
     statistics (two folds of two Gram matrices) were counted as one Hessian per input and the walk as nothing."""
-    from pruning_core.structured.estimate import consumer_statistics_bytes, estimate_structured
+    from pruning_core.structured.estimate import (
+        consumer_statistics_bytes,
+        estimate_structured,
+        held_statistics_bytes,
+    )
     from pruning_core.structured.run import StructuredSpec
 
     facts = run_costs.shape_facts(INFO)
     widths = (64, max(facts["input_widths"]))
     assert consumer_statistics_bytes(facts) == int(2 * 2 * sum(4 * w * w + 8 * w for w in widths))  # 2 layers, 2 folds
+    assert held_statistics_bytes(facts) == consumer_statistics_bytes(facts)  # small: kept in memory
     few, more = (estimate_structured(INFO, StructuredSpec(model="tiny-llama", protocol=Protocol(
         calib="news", nsamples=n, seqlen=64, eval_windows=4, batch_size=4), ratios=(0.2,)), SPEED, WINDOWS)
         for n in (8, 16))
     # Eight more windows: two fp32 buffers of their hidden states (entering and leaving a layer).
     assert more["peak_memory_bytes"] - few["peak_memory_bytes"] == 2 * 8 * 64 * 64 * 4
-    assert few["peak_memory_bytes"] > run_costs.RUNTIME_BYTES + 2 * INFO["memory_bytes"] + consumer_statistics_bytes(
+    assert few["peak_memory_bytes"] > run_costs.RUNTIME_BYTES + INFO["memory_bytes"] + consumer_statistics_bytes(
         facts)
+
+
+# Llama-3.2-3B's `describe()` in bf16, written out (its statistics: 17 GB over 28 layers).
+LLAMA_3B = {"layers": 28, "hidden_size": 3072, "module_kinds": ["q", "k", "v", "o", "gate", "up", "down"],
+            "parameters": 3_212_749_824, "prunable_parameters": 2_818_572_288, "memory_bytes": 6_425_499_648,
+            "vocab_size": 128_256, "widest_input": 8192}
+
+
+def test_structured_memory_of_a_3b_model_holds_one_layers_statistics_and_a_smaller_copy():
+    """Spilled statistics and a copy built layer by layer: Llama-3.2-3B's run fits beside its 6.4 GB of bf16 weights
+    in 24 GB, where the dense model, a full copy and every layer's 17 GB of statistics would not."""
+    from pruning_core.structured.estimate import consumer_statistics_bytes, estimate_structured, held_statistics_bytes
+    from pruning_core.structured.run import StructuredSpec
+    from pruning_core.structured.statistics import SPILL_ABOVE_BYTES
+
+    facts = run_costs.shape_facts(LLAMA_3B)
+    every = consumer_statistics_bytes(facts)
+    assert every > 16e9 and every > SPILL_ABOVE_BYTES
+    assert held_statistics_bytes(facts) == 2 * every // 28
+    spec = StructuredSpec(model="random:llama-3.2-3b@bfloat16", protocol=Protocol(
+        calib="news", nsamples=64, seqlen=512, eval_windows=8, batch_size=8), ratios=(0.2,))
+    peak = estimate_structured(LLAMA_3B, spec, SPEED, WINDOWS)["peak_memory_bytes"]
+    assert LLAMA_3B["memory_bytes"] * 1.8 < peak < 20e9
+    assert peak < run_costs.RUNTIME_BYTES + 2 * LLAMA_3B["memory_bytes"] + every
 
 
 def test_continual_counts_each_domain_statistics_and_every_step_on_every_domain():

@@ -308,3 +308,94 @@ def test_heads_left_that_do_not_divide_the_hidden_size_reload_with_load_structur
     assert sum(p.numel() for p in reloaded.parameters()) == result.params.model_after
     torch.testing.assert_close(logits(reloaded, ids[:2]), logits(result.loaded.model, ids[:2]), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_statistics_on_disk_prune_exactly_as_in_memory_holding_one_layer_at_a_time(models, monkeypatch):
+    """Above `SPILL_ABOVE_BYTES` each layer's statistics go to disk once it is walked and come back one layer at a
+    time: the same pruned weights, and at most one layer's statistics alive while the walk writes them."""
+    import gc
+    import weakref
+
+    from pruning_core.structured import statistics as unit_statistics
+
+    lm = models["llama"]
+    ids = windows()
+    in_memory = collect_unit_statistics(lm, ids, spill_above_bytes=None)
+    written, alive = [], []
+    append = unit_statistics.SpilledLayers.append
+
+    def counting_append(self, layer):
+        gc.collect()
+        alive.append(sum(type(o) is ConsumerStatistics for o in gc.get_objects()))
+        written.append(len(layer))
+        append(self, layer)
+
+    monkeypatch.setattr(unit_statistics.SpilledLayers, "append", counting_append)
+    spilled = collect_unit_statistics(lm, ids, spill_above_bytes=0)
+    layers = len(lm.adapter.decoder_layers(lm.model))
+    assert isinstance(spilled.consumers, unit_statistics.SpilledLayers) and len(spilled.consumers) == layers
+    assert written == [2] * layers
+    assert max(alive) == 2 + 2 * layers  # the in-memory copy's, and one walked layer's two consumers
+    assert spilled.columns(0, "down") == in_memory.consumers[0]["down"].columns
+    for index in range(layers):
+        back = spilled.consumers[index]
+        for kind, stats in in_memory.consumers[index].items():
+            assert back[kind].tokens == stats.tokens
+            for a, b in zip(back[kind].gram + back[kind].total, stats.gram + stats.total):
+                assert torch.equal(a, b)
+    config = StructuredConfig(units=("heads", "channels"), ratio=0.3)
+    expected = prune_structured(lm, None, config, statistics=in_memory)
+    got = prune_structured(lm, None, config, statistics=spilled)
+    assert state(got.loaded.model).keys() == state(expected.loaded.model).keys()
+    for name, tensor in state(expected.loaded.model).items():
+        assert torch.equal(state(got.loaded.model)[name], tensor), name
+    folder = spilled.consumers.folder
+    assert folder.is_dir()
+    probe = weakref.ref(spilled.consumers)
+    del spilled, got
+    gc.collect()
+    assert probe() is None and not folder.exists()  # the temporary files go with the statistics
+
+
+def test_a_disk_that_cannot_take_the_statistics_is_one_sentence_and_leaves_nothing(models, monkeypatch):
+    import gc
+
+    from pruning_core.structured.statistics import scratch_dir
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(ConfigError) as caught:
+        collect_unit_statistics(models["llama"], windows(), spill_above_bytes=0)
+    message = str(caught.value)
+    assert "No space left on device" in message and "PRUNESCOPE_HOME" in message and message.count(". ") == 0
+    del caught
+    gc.collect()
+    assert not list(scratch_dir().iterdir())
+
+
+def test_statistics_left_by_a_killed_process_are_removed_and_a_running_one_s_kept():
+    import os
+    import subprocess
+    import sys
+
+    from pruning_core.structured.statistics import SPILL_PREFIX, SpilledLayers, scratch_dir
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = scratch_dir() / f"{SPILL_PREFIX}{int(done.stdout)}-abc"
+    dead.mkdir()
+    (dead / "layer-0.safetensors").write_bytes(b"x" * 10)
+    alive = SpilledLayers()
+    assert alive.folder.name.startswith(f"{SPILL_PREFIX}{os.getpid()}-")
+    assert not dead.exists() and alive.folder.exists()
+    SpilledLayers()  # another one does not remove a running process's folder
+    assert alive.folder.exists()
+
+
+def test_the_copy_shares_no_layer_or_tensor_with_the_dense_model(models):
+    lm = models["llama"]
+    for units in (("heads", "channels"), ("layers",), ("layers", "channels")):
+        result = prune_structured(lm, windows(), StructuredConfig(units=units, ratio=0.4))
+        dense = {p.data_ptr() for p in lm.model.parameters()}
+        assert not dense & {p.data_ptr() for p in result.loaded.model.parameters()}, units
