@@ -199,6 +199,9 @@ def run_task(task: str, model: str, options: dict) -> dict:
 
             result = run_structured_job(spec, store, lambda f, m: None)
             out["points"] = len(result.get("points", []))
+            # The phases of each point (statistics walk, scoring, compensation, slicing, evaluation), to set the
+            # estimate's constants against (the 3B run took 1.6x its estimate; which phase, these say).
+            out["point_seconds"] = [p.get("seconds") for p in result.get("points", [])]
         elif task == "recovery":
             from pruning_core.recovery.run import run_recovery_job
 

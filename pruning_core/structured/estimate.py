@@ -1,8 +1,10 @@
 """How long a structured run takes, before the user commits (`run.run_structured`'s phases, `run_costs` units).
 
 Counted: the model load; the dense perplexities (unless stored); the unit statistics walk (when the score or
-compensation reads data); per ratio not yet in the store: pruning (scores per unit; OBS compensation solves like
-SparseGPT), the evaluation, the dense-against-pruned speed timing (when asked) and the sample text.
+compensation reads data), with its disk time when the statistics are spilled (`statistics.SpilledLayers`: written
+once, read back twice per ratio); per ratio not yet in the store: pruning (scores per unit; OBS compensation solves
+like SparseGPT), the evaluation, the sizes (16-bit files written and measured), the dense-against-pruned speed
+timing (when asked) and the sample text.
 """
 
 from __future__ import annotations
@@ -78,20 +80,30 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
     used = run_costs.capped_windows({c: windows.get(c, protocol.eval_windows) for c in spec.corpora},
                                     protocol.eval_windows)
     todo = [r for r in spec.ratios if float(r) not in {float(s) for s in stored_ratios}]
+    kept_share = 1.0 - min((float(r) for r in spec.ratios), default=0.0)  # of the weights, in the smaller copy
     breakdown = {"load": run_costs.load_seconds(facts),
                  "dense_evaluation": 0.0 if dense_stored else run_costs.evaluation_seconds(rates, used,
                                                                                            protocol.seqlen),
-                 "statistics": 0.0, "pruning": 0.0, "evaluation": 0.0, "speed_timing": 0.0, "samples": 0.0}
+                 "statistics": 0.0, "statistics_disk": 0.0, "pruning": 0.0, "evaluation": 0.0,
+                 "sizes": 0.0, "speed_timing": 0.0, "samples": 0.0}
     needs_data = spec.score != "magnitude" or spec.compensate or "layers" in spec.units
     if todo and needs_data:
         need = "hessian" if spec.compensate or spec.score == "obs" else "act_sq"
         breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
                                                          protocol.batch_size, need)
+        if held_statistics_bytes(facts) < consumer_statistics_bytes(facts):  # spilled: written once
+            breakdown["statistics_disk"] = run_costs.save_seconds(consumer_statistics_bytes(facts))
     per_prune = run_costs.mask_seconds(facts, rates, "sparsegpt" if spec.compensate else "wanda")
     if spec.compensate:
         per_prune += compensation_flops(facts) / rates["fp32_flops"]
-    for _ in todo:
+    spilled = held_statistics_bytes(facts) < consumer_statistics_bytes(facts)
+    for i, _ in enumerate(todo):
         breakdown["pruning"] += per_prune
+        if spilled and needs_data:  # read back for the scores and again for the compensation
+            breakdown["statistics_disk"] += 2 * consumer_statistics_bytes(facts) / run_costs.LOAD_BYTES_PER_S
+        # THE sizes: the smaller copy, and the first time the dense model (then stored), written as 16-bit
+        # safetensors (2 bytes a parameter).
+        breakdown["sizes"] += run_costs.save_seconds(2 * facts["params"] * (kept_share + (i == 0)))
         breakdown["evaluation"] += run_costs.evaluation_seconds(rates, used, protocol.seqlen)
         if spec.speed:
             breakdown["speed_timing"] += run_costs.speed_timing_seconds(facts, rates, dict(spec.speed_settings))
@@ -104,7 +116,6 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
     held = held_statistics_bytes(facts)
     walk = held + run_costs.walk_working_bytes(facts, protocol.nsamples, protocol.seqlen, protocol.batch_size,
                                                "act_sq")  # the hidden-state buffers (its act_sq is a few KB)
-    kept_share = 1.0 - min((float(r) for r in spec.ratios), default=0.0)
     layer_bytes = facts["memory"] * facts["prunable"] / max(facts["params"], 1) / max(facts["layers"], 1)
     prune = (kept_share * facts["memory"] + layer_bytes + held
              + (refit_workspace_bytes(facts) if spec.compensate else 0))

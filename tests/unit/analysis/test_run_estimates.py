@@ -174,6 +174,15 @@ def test_structured_memory_of_a_3b_model_holds_one_layers_statistics_and_a_small
     peak = estimate_structured(LLAMA_3B, spec, SPEED, WINDOWS)["peak_memory_bytes"]
     assert LLAMA_3B["memory_bytes"] * 1.8 < peak < 20e9
     assert peak < run_costs.RUNTIME_BYTES + 2 * LLAMA_3B["memory_bytes"] + every
+    # Spilled statistics cost disk time (written once, read back twice per ratio); kept in memory, none.
+    phases = _phases(estimate_structured(LLAMA_3B, spec, SPEED, WINDOWS))
+    assert phases["statistics_disk"] == pytest.approx(run_costs.save_seconds(every)
+                                                      + 2 * every / run_costs.LOAD_BYTES_PER_S)
+    assert phases["sizes"] == pytest.approx(run_costs.save_seconds(2 * LLAMA_3B["parameters"] * 1.8))
+    small = _phases(estimate_structured(INFO, StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.2, 0.4)),
+                                        SPEED, WINDOWS))
+    assert small["statistics_disk"] == 0.0
+    assert small["sizes"] == pytest.approx(run_costs.save_seconds(2 * INFO["parameters"] * (0.8 + 1 + 0.8)))
 
 
 def test_continual_counts_each_domain_statistics_and_every_step_on_every_domain():
