@@ -87,16 +87,16 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
                  "statistics": 0.0, "statistics_disk": 0.0, "pruning": 0.0, "evaluation": 0.0,
                  "sizes": 0.0, "speed_timing": 0.0, "samples": 0.0}
     needs_data = spec.score != "magnitude" or spec.compensate or "layers" in spec.units
+    spilled = held_statistics_bytes(facts) < consumer_statistics_bytes(facts)  # on disk, one layer at a time
     if todo and needs_data:
         need = "hessian" if spec.compensate or spec.score == "obs" else "act_sq"
         breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
                                                          protocol.batch_size, need)
-        if held_statistics_bytes(facts) < consumer_statistics_bytes(facts):  # spilled: written once
+        if spilled:  # written once
             breakdown["statistics_disk"] = run_costs.save_seconds(consumer_statistics_bytes(facts))
     per_prune = run_costs.mask_seconds(facts, rates, "sparsegpt" if spec.compensate else "wanda")
     if spec.compensate:
         per_prune += compensation_flops(facts) / rates["fp32_flops"]
-    spilled = held_statistics_bytes(facts) < consumer_statistics_bytes(facts)
     for i, _ in enumerate(todo):
         breakdown["pruning"] += per_prune
         if spilled and needs_data:  # read back for the scores and again for the compensation
