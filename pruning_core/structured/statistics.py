@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 import weakref
@@ -106,11 +107,17 @@ def scratch_dir() -> Path:
 
     folder = home_dir() / "scratch"
     folder.mkdir(exist_ok=True)
-    for stale in folder.glob(f"{SPILL_PREFIX}*"):
-        pid = stale.name[len(SPILL_PREFIX):].split("-", 1)[0]
+    mine = _owner_prefix("")
+    for stale in folder.glob(f"{mine}*"):  # this host's only: a shared home's other machines have their own PIDs
+        pid = stale.name[len(mine):].split("-", 1)[0]
         if pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return folder
+
+
+def _owner_prefix(pid) -> str:
+    """Folder name prefix naming this host and `pid` (a host name's own dashes become underscores)."""
+    return f"{SPILL_PREFIX}{socket.gethostname().replace('-', '_')}-{pid}"
 
 
 def _running(pid: int) -> bool:
@@ -130,7 +137,7 @@ class SpilledLayers(Sequence):
 
     def __init__(self, where: Optional[Union[str, Path]] = None):
         where = Path(where) if where is not None else scratch_dir()
-        self.folder = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=where))
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{_owner_prefix(os.getpid())}-", dir=where))
         self.columns: list[dict[str, int]] = []  # per layer, consumer kind -> input features (no file read)
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
 

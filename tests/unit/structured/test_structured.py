@@ -375,20 +375,22 @@ def test_a_disk_that_cannot_take_the_statistics_is_one_sentence_and_leaves_nothi
     assert not list(scratch_dir().iterdir())
 
 
-def test_statistics_left_by_a_killed_process_are_removed_and_a_running_one_s_kept():
+def test_statistics_left_by_a_killed_process_are_removed_and_a_running_or_other_host_s_kept():
     import os
     import subprocess
     import sys
 
-    from pruning_core.structured.statistics import SPILL_PREFIX, SpilledLayers, scratch_dir
+    from pruning_core.structured.statistics import SPILL_PREFIX, SpilledLayers, _owner_prefix, scratch_dir
 
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = scratch_dir() / f"{SPILL_PREFIX}{int(done.stdout)}-abc"
-    dead.mkdir()
-    (dead / "layer-0.safetensors").write_bytes(b"x" * 10)
+    dead = scratch_dir() / f"{_owner_prefix(int(done.stdout))}-abc"
+    elsewhere = scratch_dir() / f"{SPILL_PREFIX}another_host-{int(done.stdout)}-abc"  # that host's PIDs, not ours
+    for folder in (dead, elsewhere):
+        folder.mkdir()
+        (folder / "layer-0.safetensors").write_bytes(b"x" * 10)
     alive = SpilledLayers()
-    assert alive.folder.name.startswith(f"{SPILL_PREFIX}{os.getpid()}-")
-    assert not dead.exists() and alive.folder.exists()
+    assert alive.folder.name.startswith(f"{_owner_prefix(os.getpid())}-")
+    assert not dead.exists() and alive.folder.exists() and elsewhere.exists()
     SpilledLayers()  # another one does not remove a running process's folder
     assert alive.folder.exists()
 
