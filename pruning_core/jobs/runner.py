@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 
 from pruning_core.errors import ConfigError, JobCancelled, PruneScopeError
 from pruning_core.devices.allocator import with_allocator_settings
+from pruning_core.processes import process_exists
 from pruning_core.progress import ProgressFn
 from pruning_core.store import Store, content_hash
 
@@ -234,21 +235,10 @@ def _reap_and_record(store: Store, job_id: str, proc: subprocess.Popen) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine and is not a zombie."""
+    """Whether process `pid` exists on this machine and is not a zombie (this process's dead workers reaped
+    first)."""
     _reap_children()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    try:  # Linux: a dead child nobody has waited for still has a pid; its state letter is Z.
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-    except (OSError, IndexError):
-        pass
-    return True
+    return process_exists(pid)
 
 
 def _worker_alive(job: dict, now: Optional[float] = None) -> bool:

@@ -183,7 +183,7 @@ class LoadedModel:
         prunable = sum(m.weight.numel() for m in modules)
         # The widest input of a prunable linear (a Llama MLP's down projection: its intermediate size), read from the
         # weights: a width derived from the parameter count is wrong for grouped-query attention.
-        widest = max((int(m.weight.shape[0] if is_transposed(m) else m.weight.shape[1]) for m in modules), default=None)
+        widest = max((int(weight_matrix(m).shape[1]) for m in modules), default=None)
         mem = sum(p.numel() * p.element_size() for p in self.model.parameters())
         return {
             "name": self.name,

@@ -27,13 +27,18 @@ def layer_statistics_bytes(facts: dict) -> int:
     return statistics_bytes({"o": facts["hidden"], "mlp": max(facts["input_widths"])})
 
 
-def held_statistics_bytes(facts: dict) -> int:
-    """The unit statistics alive at once, bytes: every layer's when they stay in memory, else (spilled to disk
-    above `statistics.SPILL_ABOVE_BYTES`) the layer being collected or read back and one being written."""
+def statistics_spilled(facts: dict) -> bool:
+    """Whether `statistics.collect_unit_statistics` keeps this model's statistics on disk (above
+    `statistics.SPILL_ABOVE_BYTES` for the whole model)."""
     from pruning_core.structured.statistics import SPILL_ABOVE_BYTES
 
-    every = consumer_statistics_bytes(facts)
-    return every if every <= SPILL_ABOVE_BYTES else 2 * layer_statistics_bytes(facts)
+    return consumer_statistics_bytes(facts) > SPILL_ABOVE_BYTES
+
+
+def held_statistics_bytes(facts: dict) -> int:
+    """The unit statistics alive at once, bytes: every layer's when they stay in memory, else (spilled to disk)
+    the layer being collected or read back and one being written."""
+    return 2 * layer_statistics_bytes(facts) if statistics_spilled(facts) else consumer_statistics_bytes(facts)
 
 
 #: fp64-equivalent (8-byte) values per squared consumer width alive while one consumer is refit
@@ -87,7 +92,7 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
                  "statistics": 0.0, "statistics_disk": 0.0, "pruning": 0.0, "evaluation": 0.0,
                  "sizes": 0.0, "speed_timing": 0.0, "samples": 0.0}
     needs_data = spec.score != "magnitude" or spec.compensate or "layers" in spec.units
-    spilled = held_statistics_bytes(facts) < consumer_statistics_bytes(facts)  # on disk, one layer at a time
+    spilled = statistics_spilled(facts)  # on disk, read back one layer at a time
     if todo and needs_data:
         need = "hessian" if spec.compensate or spec.score == "obs" else "act_sq"
         breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,

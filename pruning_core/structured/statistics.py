@@ -104,13 +104,14 @@ def scratch_dir() -> Path:
     system's /tmp may be memory (tmpfs), with the folders of processes that no longer run (a worker killed for
     memory cannot remove its own) removed first."""
     from pruning_core.home import home_dir
+    from pruning_core.processes import process_exists
 
     folder = home_dir() / "scratch"
     folder.mkdir(exist_ok=True)
     mine = _owner_prefix("")
     for stale in folder.glob(f"{mine}*"):  # this host's only: a shared home's other machines have their own PIDs
         pid = stale.name[len(mine):].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_exists(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return folder
 
@@ -118,16 +119,6 @@ def scratch_dir() -> Path:
 def _owner_prefix(pid) -> str:
     """Folder name prefix naming this host and `pid` (a host name's own dashes become underscores)."""
     return f"{SPILL_PREFIX}{socket.gethostname().replace('-', '_')}-{pid}"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 class SpilledLayers(Sequence):
@@ -146,6 +137,7 @@ class SpilledLayers(Sequence):
         from safetensors.torch import save_file
 
         tensors, metadata = {}, {}
+        columns = {kind: stats.columns for kind, stats in layer.items()}
         for kind, stats in layer.items():
             for fold in range(FOLDS):
                 tensors[f"{kind}.gram.{fold}"] = stats.gram[fold]
@@ -158,11 +150,11 @@ class SpilledLayers(Sequence):
             os.replace(part, path)  # a file under its final name is whole
         except OSError as exc:
             part.unlink(missing_ok=True)
-            need = statistics_bytes({k: s.columns for k, s in layer.items()}) / 1e9
+            need = statistics_bytes(columns) / 1e9
             raise ConfigError(f"Structured pruning could not write a layer's statistics ({need:.2f} GB) to "
                               f"{self.folder.parent} ({exc.strerror or exc}); free disk space there or set "
                               "PRUNESCOPE_HOME to a folder on a disk with room for every layer's.") from exc
-        self.columns.append({k: s.columns for k, s in layer.items()})
+        self.columns.append(columns)
 
     def __len__(self) -> int:
         return len(self.columns)
