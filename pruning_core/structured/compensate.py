@@ -179,9 +179,11 @@ def cross_validated_alpha(weight: torch.Tensor, bias: Optional[torch.Tensor], ke
     for fold in range(FOLDS):
         gram, mean, _ = stats.moments((fold,))
         sigma = augmented(gram, mean, with_bias).to(torch.float32)
-        cross = dense @ sigma[:, index]  # (out, |K~|) W~ Sigma[:, K]
-        kept = sigma[index][:, index]
-        total = float(((dense @ sigma) * dense).sum())
+        product = dense @ sigma  # (out, in~): one product gives both the cross term and the total
+        cross = product.index_select(1, index)  # (out, |K~|) W~ Sigma[:, K]
+        kept = sigma.index_select(0, index).index_select(1, index)
+        total = float((product * dense).sum())
+        del product
         prior = removal_weights(weight, bias, keep, mean).to(torch.float32)
         lam_unit = float(torch.diagonal(sigma)[index[index < columns]].mean())
         folds.append((cross, kept, total, prior, lam_unit))

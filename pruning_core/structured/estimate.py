@@ -2,9 +2,9 @@
 
 Counted: the model load; the dense perplexities (unless stored); the unit statistics walk (when the score or
 compensation reads data), with its disk time when the statistics are spilled (`statistics.SpilledLayers`: written
-once, read back twice per ratio); per ratio not yet in the store: pruning (scores per unit; OBS compensation solves
-like SparseGPT), the evaluation, the sizes (16-bit files written and measured), the dense-against-pruned speed
-timing (when asked) and the sample text.
+once, read back twice per ratio); per ratio not yet in the store: pruning (scores per unit, the OBS score's
+inverses, the compensation's cross-validated refits), the evaluation, the sizes (16-bit files written and
+measured), the dense-against-pruned speed timing (when asked) and the sample text.
 """
 
 from __future__ import annotations
@@ -53,23 +53,67 @@ def refit_workspace_bytes(facts: dict) -> int:
     return int(REFIT_WORKSPACE_VALUES_PER_WIDTH_SQUARED * 8 * width * width)
 
 
-def compensation_flops(facts: dict) -> float:
-    """Floating-point operations of the OBS compensation (`compensate.cross_validated_alpha`, then the final
-    refit) over every layer: per consumer (attention output and down projection, both hidden-wide outputs, of
-    width w), the alpha-independent products (4 out w^2), per finite alpha and fold a Cholesky factorisation and a
-    solve with the held-out error (w^3 / 3 + 3 out w^2), and the fp64 refit (counted twice for its half rate). The
-    kept width is taken as w (an upper bound). SmolLM2-360M's compensation took 98 s where the estimate had only
-    the masks' selection: its structured estimate was 0.68 of the measured time."""
+#: Share of `run_costs.rates()["fp32_flops"]` (a third of the measured bf16 forward rate) that the scores', the
+#: statistics' and the compensation's fp32 matrix products reach. Measured per layer, against the counts below with
+#: this share: 0.93 (Llama-3.2-3B shape), 0.99 (TinyLlama-1.1B), 1.19 (SmolLM2-360M) of the compensation's time, on
+#: a 2-core AMD EPYC whose fp32 matmul runs at 0.82 of that third (210 against 256 GFLOP/s).
+FP32_RATE_SHARE = 0.8
+#: Cholesky factorisations and triangular solves against matrix products of the same flops (152 against 210
+#: GFLOP/s in fp32 at 6,554 x 6,554, 2-core AMD EPYC).
+FACTORISATION_RATE_SHARE = 0.7
+#: fp64 against fp32 (AVX-512 holds half as many; 116 against 210 GFLOP/s for matrix products).
+FP64_RATE_SHARE = 0.5
+
+
+def consumer_widths(facts: dict) -> tuple[tuple[int, int], ...]:
+    """(input width, output rows) of each layer's two consumers: the attention output (hidden x hidden) and the MLP
+    down projection (hidden x the widest input)."""
+    return (facts["hidden"], facts["hidden"]), (max(facts["input_widths"]), facts["hidden"])
+
+
+def compensation_flops(facts: dict, ratio: float) -> float:
+    """Floating-point operations of the OBS compensation at `ratio` (`compensate.cross_validated_alpha`, then the
+    final refit) over every layer, weighted to fp32 matrix-product flops (a factorisation's flop counts
+    1 / FACTORISATION_RATE_SHARE, an fp64 one 1 / FP64_RATE_SHARE). Per consumer of width w, `out` rows and kept
+    width k = (1 - ratio) w (each kind loses about `ratio` of its own parameters, `prune_structured.removal_counts`):
+
+    - per fold, the alpha-independent product W Sigma (2 out w^2);
+    - per finite alpha and fold, a Cholesky factorisation (k^3 / 3), its solve (2 out k^2) and the held-out error's
+      product (2 out k^2);
+    - the fp64 refit: W Sigma[:, K] (2 out w k), a factorisation and a solve.
+
+    Counted with the full width w for k, and fp64 at the fp32 rate, the estimate of Llama-3.2-3B's compensation was
+    0.73 of the measured 98 s per layer (more at smaller widths), and the score's inverse was counted as SparseGPT's."""
     from pruning_core.structured.compensate import ALPHA_GRID
     from pruning_core.structured.statistics import FOLDS
 
     finite = sum(1 for alpha in ALPHA_GRID if alpha != float("inf"))
-    out = facts["hidden"]
     total = 0.0
-    for w in (facts["hidden"], max(facts["input_widths"])):
-        solve = w ** 3 / 3 + 3 * out * w * w
-        total += 4 * out * w * w + FOLDS * finite * solve + 2 * (w ** 3 / 3 + 2 * out * w * w)
+    for w, out in consumer_widths(facts):
+        k = max(1.0 - float(ratio), 0.0) * w
+        factorise = k ** 3 / 3 + 2 * out * k * k
+        total += FOLDS * 2 * out * w * w + FOLDS * finite * (factorise / FACTORISATION_RATE_SHARE + 2 * out * k * k)
+        total += (2 * out * w * k + factorise / FACTORISATION_RATE_SHARE) / FP64_RATE_SHARE
     return facts["layers"] * total
+
+
+def score_flops(facts: dict) -> float:
+    """The OBS score's inverse of each consumer's damped moments (`scores.unit_scores`: an fp64 Cholesky
+    factorisation, w^3 / 3, and `cholesky_inverse`, 2 w^3 / 3), weighted like `compensation_flops`, every layer.
+    Llama-3.2-3B's shape: 10 s per layer measured."""
+    per_layer = sum(w ** 3 for w, _ in consumer_widths(facts))
+    return facts["layers"] * per_layer / FACTORISATION_RATE_SHARE / FP64_RATE_SHARE
+
+
+def statistics_gram_flops(facts: dict, tokens: int) -> float:
+    """The unit statistics' Gram matrices over `tokens` calibration tokens, every layer: the upper block triangle
+    (`stats.add_upper_gram`, blocks of `GRAM_BLOCK` columns) of X^T X for the two consumers' inputs only, where
+    `run_costs.hessian_seconds` counts a full X^T X for every linear input (2.5x too much at Llama-3.2-3B's
+    widths: the statistics walk was estimated at 35.6 s per layer and took 26.7 s)."""
+    from pruning_core.stats import GRAM_BLOCK
+
+    per_token = sum(min(w * (w + GRAM_BLOCK), 2 * w * w) for w, _ in consumer_widths(facts))
+    return facts["layers"] * int(tokens) * per_token
 
 
 def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows: Mapping[str, int], *,
@@ -81,6 +125,7 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
     dense perplexities are stored."""
     facts = run_costs.shape_facts(model_info)
     rates = run_costs.rates(facts, speed)
+    product_rate = rates["fp32_flops"] * FP32_RATE_SHARE
     protocol = spec.protocol
     used = run_costs.capped_windows({c: windows.get(c, protocol.eval_windows) for c in spec.corpora},
                                     protocol.eval_windows)
@@ -94,16 +139,21 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
     needs_data = spec.score != "magnitude" or spec.compensate or "layers" in spec.units
     spilled = statistics_spilled(facts)  # on disk, read back one layer at a time
     if todo and needs_data:
-        need = "hessian" if spec.compensate or spec.score == "obs" else "act_sq"
-        breakdown["statistics"] = run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
-                                                         protocol.batch_size, need)
+        # The forwards and the hooks' per-value cost (counted for every linear input: the two consumers' and the
+        # block influence's layer input and output), then the consumers' Gram matrices.
+        breakdown["statistics"] = (run_costs.walk_seconds(facts, rates, protocol.nsamples, protocol.seqlen,
+                                                          protocol.batch_size, "act_sq")
+                                   + statistics_gram_flops(facts, protocol.nsamples * protocol.seqlen) / product_rate)
         if spilled:  # written once
             breakdown["statistics_disk"] = run_costs.save_seconds(consumer_statistics_bytes(facts))
-    per_prune = run_costs.mask_seconds(facts, rates, "sparsegpt" if spec.compensate else "wanda")
-    if spec.compensate:
-        per_prune += compensation_flops(facts) / rates["fp32_flops"]
-    for i, _ in enumerate(todo):
-        breakdown["pruning"] += per_prune
+    # Choosing the units: a comparison per weight, plus the OBS score's inverses.
+    per_score = run_costs.mask_seconds(facts, rates, "wanda")
+    if spec.score == "obs":
+        per_score += score_flops(facts) / product_rate
+    for i, ratio in enumerate(todo):
+        breakdown["pruning"] += per_score
+        if spec.compensate:
+            breakdown["pruning"] += compensation_flops(facts, ratio) / product_rate
         if spilled and needs_data:  # read back for the scores and again for the compensation
             breakdown["statistics_disk"] += 2 * consumer_statistics_bytes(facts) / run_costs.LOAD_BYTES_PER_S
         # THE sizes: the smaller copy, and the first time the dense model (then stored), written as 16-bit

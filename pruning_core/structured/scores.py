@@ -66,12 +66,7 @@ def unit_scores(layout: LayerLayout, linears: dict, unit_kind: str, score: str,
     groups = [consumer_columns(layout, unit_kind, u, mode) for u in range(units)]
     if score == "obs":
         h_inv = torch.cholesky_inverse(torch.linalg.cholesky(damped_moment(stats, damping)))
-        out = torch.empty(units, dtype=torch.float64)
-        for u, cols in enumerate(groups):
-            w_s = weight[:, cols]  # (out, |S|)
-            block = h_inv[cols][:, cols]  # (|S|, |S|)
-            out[u] = torch.trace(w_s @ torch.linalg.solve(block, w_s.t()))
-        return out
+        return obs_scores(weight, h_inv, groups)
     if score == "magnitude":
         per_column = weight.abs().sum(dim=0)
     elif score == "wanda_sp":
@@ -87,4 +82,35 @@ def unit_scores(layout: LayerLayout, linears: dict, unit_kind: str, score: str,
         for u in range(units):
             for kind, rows in producer_rows(layout, unit_kind, u, mode).items():
                 out[u] += row_mass[kind][rows].sum()
+    return out
+
+
+#: Values (units x group size x output rows) of the batched OBS blocks solved at once: 16 M fp64 values, 128 MB.
+OBS_CHUNK_VALUES = 16 * 2 ** 20
+
+
+def obs_scores(weight: torch.Tensor, h_inv: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
+    """trace(W[:, S] ([H^-1]_SS)^-1 W[:, S]^T) for every column group S of `groups`, (units,) fp64.
+
+    weight: (out, in) fp64; h_inv: (in, in) fp64. Groups of one size (every unit of a kind has one: one column
+    per channel, head_dim or a KV group's columns per head unit) are solved as one batch, a chunk of units at a
+    time: one unit at a time, indexing a column of W copied the whole (out, in) matrix each time (240 s per
+    layer at Llama-3.2-3B's 8,192 channels, 2 s batched)."""
+    out = torch.empty(len(groups), dtype=torch.float64)
+    sizes = {len(cols) for cols in groups}
+    if len(sizes) != 1:  # not produced by any layout today; kept correct rather than fast
+        for u, cols in enumerate(groups):
+            out[u] = obs_scores(weight, h_inv, [cols])[0]
+        return out
+    size = sizes.pop()
+    index = torch.tensor(groups, dtype=torch.long)  # (units, |S|)
+    chunk = max(1, OBS_CHUNK_VALUES // max(size * weight.shape[0], 1))
+    for start in range(0, len(groups), chunk):
+        part = index[start:start + chunk]
+        w_s = weight.t()[part.reshape(-1)].reshape(len(part), size, -1)  # (units, |S|, out): W[:, S]^T per unit
+        blocks = h_inv[part[:, :, None], part[:, None, :]]  # (units, |S|, |S|)
+        if size == 1:  # a channel: ||W[:, j]||^2 / [H^-1]_jj
+            out[start:start + len(part)] = w_s.square().sum(dim=(1, 2)) / blocks.reshape(-1)
+        else:
+            out[start:start + len(part)] = (torch.linalg.solve(blocks, w_s) * w_s).sum(dim=(1, 2))
     return out

@@ -401,3 +401,22 @@ def test_the_copy_shares_no_layer_or_tensor_with_the_dense_model(models):
         result = prune_structured(lm, windows(), StructuredConfig(units=units, ratio=0.4))
         dense = {p.data_ptr() for p in lm.model.parameters()}
         assert not dense & {p.data_ptr() for p in result.loaded.model.parameters()}, units
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_obs_scores_batched_equal_the_per_unit_formula(size, monkeypatch):
+    from pruning_core.structured import scores as scores_module
+
+    torch.manual_seed(1)
+    weight = torch.randn(7, 12, dtype=torch.float64)
+    a = torch.randn(12, 12, dtype=torch.float64)
+    h_inv = torch.linalg.inv(a @ a.t() + torch.eye(12, dtype=torch.float64))
+    groups = [list(range(u * size, (u + 1) * size)) for u in range(12 // size)]
+    monkeypatch.setattr(scores_module, "OBS_CHUNK_VALUES", 2 * size * 7)  # several chunks of two units
+    batched = scores_module.obs_scores(weight, h_inv, groups)
+    for u, cols in enumerate(groups):
+        w_s = weight[:, cols]
+        expected = torch.trace(w_s @ torch.linalg.solve(h_inv[cols][:, cols], w_s.t()))
+        assert float(batched[u]) == pytest.approx(float(expected), rel=1e-10)
+    uneven = scores_module.obs_scores(weight, h_inv, [[0], [1, 2]])
+    assert float(uneven[1]) == pytest.approx(float(scores_module.obs_scores(weight, h_inv, [[1, 2]])[0]), rel=1e-12)
