@@ -39,13 +39,30 @@ _mask_seconds = run_costs.mask_seconds
 
 
 #: A probe window's forward + backward in forwards of it: 3 for fp32 weights (bf16 autocast where the CPU has it);
-#: 7.5 for bf16-stored weights, whose backward on the CPU measured 6.4 forwards (TinyLlama-1.1B's shape, 2-core
-#: AMD EPYC: 10.3 s against a 1.6 s forward of 512 tokens).
+#: 3.3 for bf16-stored weights (SmolLM2-360M and TinyLlama-1.1B shapes, 2-core AMD EPYC: 2.39 s against 0.72 s and
+#: 5.67 s against 1.72 s for 512 tokens, without the maps' folding, which an earlier 7.5 had taken in).
 FISHER_FORWARDS = 3.0
-FISHER_FORWARDS_BF16_WEIGHTS = 7.5
-#: Seconds per prunable weight, window and map of folding a gradient into a map's two sums (the change recomputed,
-#: two products summed): 6 ns measured with the above.
-FOLD_SECONDS_PER_WEIGHT = 6e-9
+FISHER_FORWARDS_BF16_WEIGHTS = 3.3
+#: Seconds per prunable weight, window and map of folding a gradient into a map's two sums (the fp32 gradient, the
+#: change recomputed, two products summed: passes over the matrix), for a matrix whose fp32 copy stays in the
+#: CPU's cache (at most `FOLD_CACHE_BYTES`) and for a larger one: 4.4 ns per weight measured on SmolLM2-360M's
+#: shape (largest matrix 9.8 MB in fp32) and 11.8 ns on TinyLlama-1.1B's MLP matrices (46 MB), 2-core AMD EPYC.
+FOLD_SECONDS_PER_WEIGHT = 4.4e-9
+FOLD_SECONDS_PER_WEIGHT_UNCACHED = 11.8e-9
+FOLD_CACHE_BYTES = 16 * 2 ** 20
+
+
+def fold_seconds_per_window(facts: dict) -> float:
+    """Folding one window's gradients into one map (`second_order.gradient_moments`), seconds: the MLP matrices
+    (hidden x the widest input) and the attention's (at most hidden x hidden), each at the rate of its size."""
+    hidden, inner = facts["hidden"], max(facts["input_widths"])
+    mlp = min(3 * hidden * inner, facts["per_layer"])  # Llama-like: gate, up and down
+
+    def rate(rows: int, columns: int) -> float:
+        return FOLD_SECONDS_PER_WEIGHT if 4 * rows * columns <= FOLD_CACHE_BYTES else FOLD_SECONDS_PER_WEIGHT_UNCACHED
+
+    per_layer = mlp * rate(hidden, inner) + (facts["per_layer"] - mlp) * rate(hidden, hidden)
+    return facts["layers"] * per_layer
 
 
 def _memory_common(facts: dict, seqlen: int, batch: int) -> int:
@@ -296,7 +313,7 @@ def estimate_sensitivity(model_info: dict, protocol, method: str, sparsities: Se
     if "fisher" in metrics:  # one forward + backward per probe window, each module's gradient folded into the maps
         backward = FISHER_FORWARDS_BF16_WEIGHTS if run_costs.low_precision_weights(facts) else FISHER_FORWARDS
         breakdown["fisher"] = (backward * run_costs.forward_seconds(rates, probe_windows, protocol.seqlen)
-                               + probe_windows * n_s * facts["prunable"] * FOLD_SECONDS_PER_WEIGHT)
+                               + probe_windows * n_s * fold_seconds_per_window(facts))
     breakdown["masks"] = n_s * _mask_seconds(facts, rates, method)
     rows_parallel = 1  # workers sharing the exact rows (of the maps, or of the agreement sample)
     if "exact" in metrics or sample_rows:
