@@ -216,8 +216,10 @@ def rates(facts: dict, speed: Speed) -> dict:
     seconds of one forward call (`call_s`). speed: tokens/s, or {"tokens_per_s", "call_seconds"}, or None."""
     call = 0.0
     throughput = speed
+    matmul = None
     if isinstance(speed, Mapping):
         throughput, call = speed.get("tokens_per_s"), float(speed.get("call_seconds") or 0.0)
+        matmul = speed.get("fp32_matmul_flops")
     flops_per_token = 2.0 * (facts["prunable"] + facts["head"])
     measured = throughput is not None and float(throughput) > 0
     throughput = float(throughput) if measured else DEFAULT_FLOPS / flops_per_token
@@ -230,6 +232,8 @@ def rates(facts: dict, speed: Speed) -> dict:
     return {"layer_s_per_token": full * body_share / max(facts["layers"], 1),
             "head_s_per_token": full * (1 - body_share), "full_s_per_token": full,
             "flops": flops, "fp32_flops": fp32_flops, "throughput": throughput, "measured": measured,
+            # The measured rate of large fp32 products (`estimates.fp32_matmul_flops`), when the speed has it.
+            "fp32_matmul_flops": float(matmul) if matmul else None,
             "call_s": call, "layer_call_s": call / (facts["layers"] + 1)}
 
 

@@ -422,7 +422,7 @@ def measured_speed(loaded, seqlen: int, dtype: str = "float32", store=None, offl
         from pruning_core.store import content_hash
 
         identity = {"kind": "throughput", "model": loaded.fingerprint, "dtype": dtype, "tokens": tokens,
-                    "windows": windows, "threads": torch.get_num_threads(), "statistic": "median+call"}
+                    "windows": windows, "threads": torch.get_num_threads(), "statistic": "median+call+fp32mm"}
         if on_gpu:
             identity["device"] = torch.cuda.get_device_name(offload.compute)
         key = content_hash(identity)
@@ -430,7 +430,9 @@ def measured_speed(loaded, seqlen: int, dtype: str = "float32", store=None, offl
         if cached is not None:
             return {"tokens_per_s": float(cached["tokens_per_s"]),
                     "call_seconds": float(cached.get("call_seconds") or 0.0),
-                    "busy_share": cached.get("busy_share")}
+                    "busy_share": cached.get("busy_share"),
+                    **({"fp32_matmul_flops": float(cached["fp32_matmul_flops"])}
+                       if cached.get("fp32_matmul_flops") else {})}
     if not measure:
         return None
     vocab = loaded.model.get_output_embeddings().weight.shape[0]
@@ -449,9 +451,36 @@ def measured_speed(loaded, seqlen: int, dtype: str = "float32", store=None, offl
     else:
         rate, call = long_tokens / max(seconds, 1e-9), 0.0
     speed = {"tokens_per_s": rate, "call_seconds": call, "busy_share": busy}
+    if not on_gpu:
+        speed["fp32_matmul_flops"] = fp32_matmul_flops()
     if store is not None:
         store.put_result(key, "throughput", {**speed, "seconds": seconds, "tokens": tokens})
     return speed
+
+
+#: Side of the square fp32 matrices `fp32_matmul_flops` multiplies: the size of the solver math's products (Gram
+#: matrices, refits), where a model's forward rate says little about it (SmolLM2-360M's small matmuls run at 0.8x
+#: a 3B model's, its structured compensation's products at the same rate).
+MATMUL_PROBE_SIDE = 2048
+
+
+def fp32_matmul_flops(repeats: int = SPEED_REPEATS) -> float:
+    """This machine's fp32 matrix-product rate, FLOP/s: the median of `repeats` timed products of two
+    `MATMUL_PROBE_SIDE`-square fp32 matrices after a warm-up (about 0.1 s each on 2 cores)."""
+    import statistics
+    import time
+
+    import torch
+
+    a = torch.randn(MATMUL_PROBE_SIDE, MATMUL_PROBE_SIDE, generator=torch.Generator().manual_seed(0))
+    out = torch.empty_like(a)
+    torch.mm(a, a, out=out)
+    timings = []
+    for _ in range(max(int(repeats), 1)):
+        start = time.perf_counter()
+        torch.mm(a, a, out=out)
+        timings.append(time.perf_counter() - start)
+    return 2.0 * MATMUL_PROBE_SIDE ** 3 / max(statistics.median(timings), 1e-9)
 
 
 def _time_forwards(loaded, ids, short, dtype: str, offload, on_gpu: bool, timings: list, calls: list) -> None:

@@ -365,3 +365,21 @@ def test_fisher_folding_costs_more_per_weight_for_matrices_beyond_the_cache():
     mlp = 28 * 3 * 3072 * 8192
     assert fold_seconds_per_window(big) == pytest.approx(mlp * FOLD_SECONDS_PER_WEIGHT_UNCACHED
                                                          + (big["prunable"] - mlp) * FOLD_SECONDS_PER_WEIGHT_UNCACHED)
+
+
+def test_structured_solver_math_runs_at_the_measured_fp32_matmul_rate_when_known():
+    """A small model's forward runs small matmuls: a rate derived from it put SmolLM2-360M's structured run at 1.29x
+    its time; the compensation's products run at the machine's large-matmul rate at every model size."""
+    from pruning_core.analysis.estimates import fp32_matmul_flops
+    from pruning_core.structured.estimate import MATMUL_RATE_SHARE, compensation_flops, estimate_structured, score_flops
+    from pruning_core.structured.run import StructuredSpec
+
+    spec = StructuredSpec(model="tiny-llama", protocol=PROTOCOL, ratios=(0.2,))
+    base = dict(SPEED) if isinstance(SPEED, dict) else {"tokens_per_s": SPEED}
+    facts = run_costs.shape_facts(INFO)
+    slow, fast = (estimate_structured(INFO, spec, {**base, "fp32_matmul_flops": rate}, WINDOWS)["breakdown"]
+                  for rate in (1e9, 2e9))
+    work = compensation_flops(facts, 0.2) + score_flops(facts)
+    assert slow["pruning"] - fast["pruning"] == pytest.approx(work / (MATMUL_RATE_SHARE * 1e9) / 2)
+    assert slow["statistics"] > fast["statistics"]
+    assert fp32_matmul_flops(repeats=1) > 1e8  # measured: a real product, of at least 100 MFLOP/s
