@@ -127,7 +127,7 @@ def estimate_structured(model_info: dict, spec, speed: run_costs.Speed, windows:
     dense perplexities are stored."""
     facts = run_costs.shape_facts(model_info)
     rates = run_costs.rates(facts, speed)
-    product_rate = (rates["fp32_matmul_flops"] * MATMUL_RATE_SHARE if rates.get("fp32_matmul_flops")
+    product_rate = (rates["fp32_matmul_flops"] * MATMUL_RATE_SHARE if rates["fp32_matmul_flops"]
                     else rates["fp32_flops"] * FP32_RATE_SHARE)
     protocol = spec.protocol
     used = run_costs.capped_windows({c: windows.get(c, protocol.eval_windows) for c in spec.corpora},
